@@ -1,0 +1,669 @@
+"""The IRP client library: a Deferred-returning API for every registry operation.
+
+:func:`connect` opens a TLS connection that verifies the registry (its chain must end at a
+pinned root CA, and its certificate must name the host dialled), optionally logging in with
+a client certificate. :class:`RegistryClient` then offers one method per operation; each
+returns a Deferred. Records the registry signs are verified before they are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from irp import DEFAULT_PORT, errors
+from irp.ca import RECORD_SIGNING_OID
+from irp.elements import (
+    AccountView,
+    CertificateEntry,
+    parse_addresses,
+    parse_certificate,
+    parse_pkcs12,
+    parse_user,
+)
+from irp.framing import FrameDecoder, FrameError, encode_frame
+from irp.identity import Identity
+from irp.keyfiles import PrivateKey, fingerprint
+from irp.messages import (
+    Response,
+    bool_text,
+    build_request,
+    encode_base64,
+    parse_response,
+    required,
+)
+from irp.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
+from irp.tls import client_options
+from irp.xmlcodec import Element, make_element, sub_element
+
+T = TypeVar("T")
+
+MAX_RESPONSE = 16 * 1024 * 1024
+DEFAULT_TIMEOUT = 30.0
+
+
+def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
+    return Deferred.fromCoroutine(coroutine)
+
+
+@implementer(IHandshakeListener)
+class RegistryClientProtocol(Protocol):
+    """Sends requests and matches responses by id (requests may be pipelined)."""
+
+    def __init__(self, clock: IReactorTime, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.decoder = FrameDecoder(MAX_RESPONSE)
+        self.waiting: dict[int, tuple[Deferred[Response], IDelayedCall]] = {}
+        self.next_id = 1
+        self.ready: Deferred[RegistryClientProtocol] = Deferred()
+        self.closed = False
+        self.failure: errors.IRPError | None = None
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (and the registry's certificate verified)."""
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def request(self, operation: Element) -> Deferred[Response]:
+        """Send one request; fire with its response or fail with the IRPError it carries."""
+        if self.closed:
+            raise self.failure or errors.ConnectionLost()
+        request_id = self.next_id
+        self.next_id += 1
+        result: Deferred[Response] = Deferred()
+        timer = self.clock.callLater(self.timeout, self._timed_out, request_id)
+        self.waiting[request_id] = (result, timer)
+        self.transport.write(encode_frame(build_request(request_id, operation)))  # type: ignore[union-attr]
+        return result
+
+    def _timed_out(self, request_id: int) -> None:
+        entry = self.waiting.pop(request_id, None)
+        if entry is not None:
+            entry[0].errback(errors.Timeout(f"the registry did not answer within {self.timeout:g} seconds"))
+        self.failure = errors.Timeout("an earlier request timed out")
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        """Dispatch each complete response to its request."""
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as error:
+            self._fail_all(errors.MalformedMessage(f"the registry broke the framing: {error}"))
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        for frame in frames:
+            try:
+                response: Response | errors.IRPError = parse_response(frame)
+                response_id = response.id
+            except errors.IRPError as error:
+                response = error
+                response_id = getattr(error, "request_id", 0)
+            if response_id == 0:
+                # A connection-level error: the registry is closing the connection.
+                assert isinstance(response, errors.IRPError)
+                self.failure = response
+                self._fail_all(response)
+                continue
+            entry = self.waiting.pop(response_id, None)
+            if entry is None:
+                continue
+            deferred, timer = entry
+            if timer.active():
+                timer.cancel()
+            if isinstance(response, errors.IRPError):
+                deferred.errback(response)
+            else:
+                deferred.callback(response)
+
+    def _fail_all(self, error: errors.IRPError) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for deferred, timer in waiting.values():
+            if timer.active():
+                timer.cancel()
+            deferred.errback(error)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        """Fail every outstanding request."""
+        self.closed = True
+        error = self.failure or errors.ConnectionLost(f"the connection to the registry was lost: {reason.getErrorMessage()}")
+        if not self.ready.called:
+            tls_problem = reason.getErrorMessage()
+            self.ready.errback(
+                errors.ServerVerificationFailed(f"the TLS connection to the registry failed: {tls_problem}")
+            )
+        self._fail_all(error)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The answer to login and whoami."""
+
+    user: Identity | None
+    method: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class CRLInfo:
+    """A CRL fetched from the registry and verified against the CA."""
+
+    issuer: str
+    number: int
+    crl: x509.CertificateRevocationList
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """The registry's answer about one certificate."""
+
+    serial: int
+    state: str
+    user: str | None
+    revoked_at: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CAChain:
+    """The domain's root and issuing CA and the record-signing certificate."""
+
+    domain: str
+    root: x509.Certificate
+    issuing: x509.Certificate
+    record_signing: x509.Certificate
+
+
+def verify_ca_chain(chain: CAChain, pinned_roots: Sequence[x509.Certificate], now: datetime) -> None:
+    """Check that the chain's root is pinned and the others descend from it correctly."""
+    pinned = {fingerprint(root) for root in pinned_roots}
+    if fingerprint(chain.root) not in pinned:
+        raise errors.ServerVerificationFailed("the registry's root CA is not the one you trust (fingerprint differs)")
+    try:
+        chain.issuing.verify_directly_issued_by(chain.root)
+        chain.record_signing.verify_directly_issued_by(chain.issuing)
+    except (ValueError, TypeError, InvalidSignature):
+        raise errors.ServerVerificationFailed("the registry's CA chain does not verify") from None
+    for certificate in (chain.root, chain.issuing, chain.record_signing):
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise errors.ServerVerificationFailed("a certificate of the registry's CA chain is expired")
+    try:
+        usages = chain.record_signing.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise errors.ServerVerificationFailed("the record-signing certificate has no extended key usage") from None
+    if RECORD_SIGNING_OID not in usages:
+        raise errors.ServerVerificationFailed("the record-signing certificate is not for signing records")
+
+
+def parse_ca_chain(element: Element) -> CAChain:
+    """Parse ``<ca-chain>``."""
+    found: dict[str, x509.Certificate] = {}
+    for child in element:
+        role = required(child, "role")
+        try:
+            found[role] = x509.load_pem_x509_certificate((child.text or "").encode("ascii"))
+        except ValueError:
+            raise errors.BadRequest(f"the {role} CA certificate is not valid PEM") from None
+    missing = {"root", "issuing", "record-signing"} - found.keys()
+    if missing:
+        raise errors.BadRequest(f"the CA chain lacks {', '.join(sorted(missing))}")
+    return CAChain(required(element, "domain"), found["root"], found["issuing"], found["record-signing"])
+
+
+class RegistryClient:
+    """A connection to one registry, with one method per operation."""
+
+    def __init__(
+        self,
+        protocol: RegistryClientProtocol,
+        domain: str,
+        trust_roots: Sequence[x509.Certificate],
+        clock: IReactorTime,
+    ) -> None:
+        self.protocol = protocol
+        self.domain = domain
+        self.trust_roots = list(trust_roots)
+        self.clock = clock
+        self.chain: CAChain | None = None
+        self.verifier: RecordVerifier | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+
+    async def _call(self, tag: str, attributes: dict[str, Any] | None = None, children: Sequence[tuple[str, str]] = ()) -> Response:
+        operation = make_element(tag, {k: v for k, v in (attributes or {}).items() if v is not None})
+        for child_tag, text in children:
+            sub_element(operation, child_tag, None, text)
+        return await self.protocol.request(operation)
+
+    async def _single(self, tag: str, result_tag: str, attributes: dict[str, Any] | None = None, children: Sequence[tuple[str, str]] = ()) -> Element:
+        response = await self._call(tag, attributes, children)
+        return response.single(result_tag)
+
+    async def _verifier(self) -> RecordVerifier:
+        if self.verifier is None:
+            await self.ca_chain()
+        assert self.verifier is not None
+        return self.verifier
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+
+    # -- session ----------------------------------------------------------------------
+
+    def capabilities(self) -> Deferred[Element]:
+        """The server's versions, auth methods, limits and operations."""
+        return _deferred(self._single("capabilities", "capabilities"))
+
+    @staticmethod
+    def _session(element: Element) -> SessionInfo:
+        user = element.get("user")
+        return SessionInfo(
+            user=None if user is None else Identity.parse(user),
+            method=required(element, "method"),
+            is_admin=element.get("admin") == "true",
+        )
+
+    def login(self, username: str, password: str) -> Deferred[SessionInfo]:
+        """Log in with a user name and password."""
+
+        async def run() -> SessionInfo:
+            element = await self._single("login", "session", {"user": username}, [("password", password)])
+            return self._session(element)
+
+        return _deferred(run())
+
+    def logout(self) -> Deferred[SessionInfo]:
+        """End the login on this connection."""
+        return _deferred(self._session_call("logout"))
+
+    def whoami(self) -> Deferred[SessionInfo]:
+        """Who this connection is logged in as."""
+        return _deferred(self._session_call("whoami"))
+
+    async def _session_call(self, tag: str) -> SessionInfo:
+        return self._session(await self._single(tag, "session"))
+
+    # -- directory --------------------------------------------------------------------
+
+    def get_user(self, user: str) -> Deferred[tuple[UserRecord, AccountView | None]]:
+        """A user's verified directory entry (and account settings for self/admins)."""
+
+        async def run() -> tuple[UserRecord, AccountView | None]:
+            element = await self._single("get-user", "user", {"user": user})
+            record, account = parse_user(element)
+            self._check_identity(record.identity, user)
+            (await self._verifier()).verify(record)
+            return record, account
+
+        return _deferred(run())
+
+    def update_user(
+        self,
+        user: str | None = None,
+        *,
+        display_name: str | None = None,
+        email: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> Deferred[UserRecord]:
+        """Change directory fields (attributes, when given, replace all attributes)."""
+
+        async def run() -> UserRecord:
+            operation = make_element("update-user", {"user": user, "display-name": display_name, "email": email})
+            if attributes is not None:
+                group = sub_element(operation, "attributes")
+                for name, value in sorted(attributes.items()):
+                    sub_element(group, "attribute", {"name": name}, value)
+            response = await self.protocol.request(operation)
+            record, _account = parse_user(response.single("user"))
+            (await self._verifier()).verify(record)
+            return record
+
+        return _deferred(run())
+
+    def list_users(self, offset: int = 0, limit: int = 50, prefix: str = "") -> Deferred[tuple[int, list[UserRecord]]]:
+        """One page of the directory: (total, entries)."""
+
+        async def run() -> tuple[int, list[UserRecord]]:
+            element = await self._single(
+                "list-users", "users", {"offset": str(offset), "limit": str(limit), "prefix": prefix or None}
+            )
+            verifier = await self._verifier()
+            records = [verifier.verify(parse_user(child)[0]) for child in element]
+            return int(required(element, "total")), records
+
+        return _deferred(run())
+
+    # -- addresses --------------------------------------------------------------------
+
+    def register_addresses(
+        self, endpoints: Sequence[Endpoint], presence: str = "online", ttl: int | None = None
+    ) -> Deferred[AddressRecord]:
+        """Publish this user's current addresses and presence."""
+
+        async def run() -> AddressRecord:
+            operation = make_element(
+                "register-address", {"presence": presence, "ttl": None if ttl is None else str(ttl)}
+            )
+            for endpoint in endpoints:
+                sub_element(operation, "endpoint", {"address": endpoint.address, "port": str(endpoint.port)})
+            response = await self.protocol.request(operation)
+            record = parse_addresses(response.single("addresses"))
+            return (await self._verifier()).verify(record)
+
+        return _deferred(run())
+
+    def lookup(self, user: str) -> Deferred[AddressRecord]:
+        """A user's verified address record; check ``is_current`` before using it."""
+
+        async def run() -> AddressRecord:
+            element = await self._single("lookup", "addresses", {"user": user})
+            record = parse_addresses(element)
+            self._check_identity(record.identity, user)
+            return (await self._verifier()).verify(record)
+
+        return _deferred(run())
+
+    def _check_identity(self, found: Identity, asked: str) -> None:
+        wanted = asked if "@" in asked else f"{asked}@{self.domain}"
+        if str(found) != wanted:
+            raise errors.ServerVerificationFailed(f"asked for {wanted}, the registry answered for {found}")
+
+    # -- certificates -----------------------------------------------------------------
+
+    def request_certificate(self, csr_pem: bytes, user: str | None = None) -> Deferred[CertificateEntry]:
+        """Send a CSR; fire with the issued certificate."""
+
+        async def run() -> CertificateEntry:
+            element = await self._single("request-certificate", "certificate", {"user": user}, [("csr", csr_pem.decode("ascii"))])
+            return parse_certificate(element)
+
+        return _deferred(run())
+
+    def generate_key(
+        self, passphrase: str, *, key_type: str = "p384", label: str = "generated key", user: str | None = None
+    ) -> Deferred[tuple[Pkcs12Info, CertificateEntry]]:
+        """Have the registry generate a key; fire with the PKCS#12 file and certificate."""
+
+        async def run() -> tuple[Pkcs12Info, CertificateEntry]:
+            response = await self._call(
+                "generate-key", {"user": user, "key-type": key_type, "label": label}, [("passphrase", passphrase)]
+            )
+            if len(response.results) != 2:
+                raise errors.BadRequest("expected a PKCS#12 file and a certificate")
+            return parse_pkcs12(response.results[0]), parse_certificate(response.results[1])
+
+        return _deferred(run())
+
+    def list_certificates(self, user: str | None = None) -> Deferred[list[CertificateEntry]]:
+        """All certificates of a user (default: yourself)."""
+        return _deferred(self._certificates("list-certificates", {"user": user}))
+
+    def user_certificates(self, user: str) -> Deferred[list[CertificateEntry]]:
+        """A user's currently good certificates, each verified against the CA chain."""
+
+        async def run() -> list[CertificateEntry]:
+            entries = await self._certificates("user-certificates", {"user": user})
+            chain = await self.ca_chain()
+            for entry in entries:
+                self._check_identity(entry.user, user)
+                if entry.certificate is None:
+                    raise errors.BadRequest("a user certificate came without its PEM")
+                try:
+                    entry.certificate.verify_directly_issued_by(chain.issuing)
+                except (ValueError, TypeError, InvalidSignature):
+                    raise errors.ServerVerificationFailed("a user certificate was not issued by the registry's CA") from None
+                if fingerprint(entry.certificate) != entry.fingerprint:
+                    raise errors.ServerVerificationFailed("a user certificate's fingerprint does not match")
+            return entries
+
+        return _deferred(run())
+
+    async def _certificates(self, tag: str, attributes: dict[str, Any]) -> list[CertificateEntry]:
+        element = await self._single(tag, "certificates", attributes)
+        return [parse_certificate(child) for child in element]
+
+    def get_certificate(self, serial: int) -> Deferred[CertificateEntry]:
+        """Download one certificate by serial number."""
+        return _deferred(self._certificate_call("get-certificate", {"serial": format(serial, "x")}))
+
+    async def _certificate_call(self, tag: str, attributes: dict[str, Any], children: Sequence[tuple[str, str]] = ()) -> CertificateEntry:
+        return parse_certificate(await self._single(tag, "certificate", attributes, children))
+
+    def upload_certificate(self, certificate: x509.Certificate) -> Deferred[CertificateEntry]:
+        """Publish a certificate from another issuer that names you."""
+        pem = certificate.public_bytes(Encoding.PEM).decode("ascii")
+        return _deferred(self._certificate_call("upload-certificate", {}, [("pem", pem)]))
+
+    def renew(self, serial: int, csr_pem: bytes | None = None) -> Deferred[CertificateEntry]:
+        """Renew a certificate (same key, or the key of a new CSR)."""
+        children = [] if csr_pem is None else [("csr", csr_pem.decode("ascii"))]
+        return _deferred(self._certificate_call("renew", {"serial": format(serial, "x")}, children))
+
+    def revoke(self, serial: int, reason: str = "unspecified") -> Deferred[CertificateEntry]:
+        """Revoke a certificate."""
+        return _deferred(self._certificate_call("revoke", {"serial": format(serial, "x"), "reason": reason}))
+
+    def certificate_status(self, serial: int | None = None, certificate: x509.Certificate | None = None) -> Deferred[CertificateStatus]:
+        """good, revoked, expired, not-yet-valid or unknown."""
+
+        async def run() -> CertificateStatus:
+            if certificate is not None:
+                pem = certificate.public_bytes(Encoding.PEM).decode("ascii")
+                element = await self._single("certificate-status", "status", {}, [("pem", pem)])
+            else:
+                element = await self._single("certificate-status", "status", {"serial": format(serial or 0, "x")})
+            return CertificateStatus(
+                serial=int(required(element, "serial"), 16),
+                state=required(element, "state"),
+                user=element.get("user"),
+                revoked_at=element.get("revoked"),
+                reason=element.get("reason"),
+            )
+
+        return _deferred(run())
+
+    def get_crls(self) -> Deferred[list[CRLInfo]]:
+        """The issuing CA's and the root's CRLs, with their signatures verified."""
+
+        async def run() -> list[CRLInfo]:
+            element = await self._single("get-crl", "crls")
+            chain = await self.ca_chain()
+            result = []
+            for child in element:
+                issuer = required(child, "issuer")
+                pem = (child.findtext("pem") or "").encode("ascii")
+                try:
+                    crl = x509.load_pem_x509_crl(pem)
+                except ValueError:
+                    raise errors.BadRequest("a CRL is not valid PEM") from None
+                signer = chain.root if issuer == "root" else chain.issuing
+                if not crl.is_signature_valid(signer.public_key()):  # type: ignore[arg-type]
+                    raise errors.ServerVerificationFailed(f"the {issuer} CRL's signature does not verify")
+                result.append(CRLInfo(issuer, int(required(child, "number")), crl))
+            return result
+
+        return _deferred(run())
+
+    def ca_chain(self) -> Deferred[CAChain]:
+        """The domain's CA and record-signing certificates, verified against the pinned root."""
+        if self.chain is not None:
+            return succeed(self.chain)
+
+        async def run() -> CAChain:
+            chain = parse_ca_chain(await self._single("ca-chain", "ca-chain"))
+            if chain.domain != self.domain:
+                raise errors.ServerVerificationFailed(f"the registry serves {chain.domain}, not {self.domain}")
+            verify_ca_chain(chain, self.trust_roots, self._now())
+            self.chain = chain
+            self.verifier = RecordVerifier(chain.record_signing)
+            return chain
+
+        return _deferred(run())
+
+    # -- PKCS#12 files ----------------------------------------------------------------
+
+    def list_pkcs12(self, user: str | None = None) -> Deferred[list[Pkcs12Info]]:
+        """A user's stored PKCS#12 files (default: yourself)."""
+
+        async def run() -> list[Pkcs12Info]:
+            element = await self._single("list-pkcs12", "pkcs12-files", {"user": user})
+            return [parse_pkcs12(child) for child in element]
+
+        return _deferred(run())
+
+    def get_pkcs12(self, file_id: int) -> Deferred[Pkcs12Info]:
+        """Download a stored PKCS#12 file."""
+
+        async def run() -> Pkcs12Info:
+            return parse_pkcs12(await self._single("get-pkcs12", "pkcs12", {"id": str(file_id)}))
+
+        return _deferred(run())
+
+    def upload_pkcs12(self, data: bytes, label: str = "uploaded") -> Deferred[Pkcs12Info]:
+        """Escrow a PKCS#12 file with the registry."""
+
+        async def run() -> Pkcs12Info:
+            return parse_pkcs12(await self._single("upload-pkcs12", "pkcs12", {"label": label}, [("data", encode_base64(data))]))
+
+        return _deferred(run())
+
+    # -- administration ---------------------------------------------------------------
+
+    def create_user(
+        self,
+        username: str,
+        *,
+        password: str | None = None,
+        display_name: str = "",
+        email: str = "",
+        admin: bool = False,
+        password_login: bool = True,
+    ) -> Deferred[tuple[UserRecord, AccountView | None]]:
+        """Create a user (administrators)."""
+
+        async def run() -> tuple[UserRecord, AccountView | None]:
+            children = [] if password is None else [("password", password)]
+            element = await self._single(
+                "create-user",
+                "user",
+                {
+                    "user": username,
+                    "display-name": display_name,
+                    "email": email,
+                    "admin": bool_text(admin),
+                    "password-login": bool_text(password_login),
+                },
+                children,
+            )
+            return parse_user(element)
+
+        return _deferred(run())
+
+    def set_password(self, user: str | None, password: str, current_password: str | None = None) -> Deferred[Element]:
+        """Set a password (your own, or anyone's for administrators)."""
+        children = [("password", password)]
+        if current_password is not None:
+            children.append(("current-password", current_password))
+        return _deferred(self._single("set-password", "user", {"user": user}, children))
+
+    def set_password_login(self, user: str | None, enabled: bool) -> Deferred[Element]:
+        """Enable (administrators) or disable password login for a user."""
+        return _deferred(self._single("set-password-login", "user", {"user": user, "enabled": bool_text(enabled)}))
+
+    def set_admin(self, user: str, enabled: bool) -> Deferred[Element]:
+        """Grant or withdraw administrator rights."""
+        return _deferred(self._single("set-admin", "user", {"user": user, "enabled": bool_text(enabled)}))
+
+    def delete_user(self, user: str) -> Deferred[Element]:
+        """Delete a user and revoke their certificates."""
+        return _deferred(self._single("delete-user", "deleted", {"user": user}))
+
+
+def split_server(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ValueError(f"invalid port in {text!r}")
+    return host, int(port) if port else default_port
+
+
+def connect(
+    reactor: Any,
+    host: str,
+    port: int,
+    *,
+    domain: str,
+    trust_roots: Sequence[x509.Certificate],
+    client_key: PrivateKey | None = None,
+    client_certificate: x509.Certificate | None = None,
+    client_chain: Sequence[x509.Certificate] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+    tls_options: Callable[..., Any] = client_options,
+) -> Deferred[RegistryClient]:
+    """Connect to a registry over TLS; fire with a :class:`RegistryClient` once TLS is up.
+
+    The server's chain must end at one of ``trust_roots`` and its certificate must name
+    ``host``. With ``client_key`` and ``client_certificate`` the connection is logged in
+    with the certificate at once.
+    """
+    options = tls_options(host, trust_roots, client_key, client_certificate, client_chain)
+    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, host.encode("idna") if not _is_ip(host) else host, port, timeout=timeout))
+    protocol = RegistryClientProtocol(reactor, timeout)
+
+    async def run() -> RegistryClient:
+        try:
+            await endpoint.connect(Factory.forProtocol(lambda: protocol))
+        except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
+            raise errors.ConnectionLost(f"cannot connect to the registry at {host} port {port}: {error}") from None
+        await _with_timeout(reactor, protocol.ready, timeout, "the TLS handshake with the registry timed out")
+        return RegistryClient(protocol, domain, trust_roots, reactor)
+
+    return _deferred(run())
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _with_timeout(reactor: Any, waiting: Deferred[T], seconds: float, message: str) -> T:
+    timer = reactor.callLater(seconds, lambda: waiting.called or waiting.errback(errors.Timeout(message)))
+    try:
+        return await waiting
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+__all__ = ["RegistryClient", "RegistryClientProtocol", "connect", "split_server", "verify_ca_chain"]

@@ -1,0 +1,258 @@
+"""The IRP error hierarchy.
+
+Every error the registry can report carries its wire code (an integer, grouped as in
+HTTP: 4xx the request, 5xx the server), a stable wire name and a sentence a user can read.
+Errors become ``<error>`` elements in exactly one place: :func:`irp.messages.error_response`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class IRPError(Exception):
+    """Base of every error reported by the IRP server, client or tools."""
+
+    code: ClassVar[int] = 500
+    name: ClassVar[str] = "internal-error"
+    default_message: ClassVar[str] = "The registry failed to handle the request."
+    #: Whether the connection must be closed after the error is sent.
+    fatal: ClassVar[bool] = False
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.name}, {self.code}]"
+
+
+class BadRequest(IRPError):
+    """The message is not a valid IRP request."""
+
+    code = 400
+    name = "bad-request"
+    default_message = "The request is not a valid IRP message."
+
+
+class MalformedMessage(BadRequest):
+    """The bytes are not well-formed, safe XML; the stream cannot be trusted any more."""
+
+    name = "malformed-message"
+    default_message = "The message is not well-formed XML."
+    fatal = True
+
+
+class ForbiddenMarkup(MalformedMessage):
+    """The document uses a DTD, entity, comment, CDATA or processing instruction."""
+
+    name = "forbidden-markup"
+    default_message = "DTDs, entities, comments, CDATA and processing instructions are not allowed."
+
+
+class UnknownOperation(BadRequest):
+    """The request names an operation this server does not know."""
+
+    name = "unknown-operation"
+    default_message = "The server does not know this operation."
+
+
+class NotAuthenticated(IRPError):
+    """The operation needs a logged-in user."""
+
+    code = 401
+    name = "not-authenticated"
+    default_message = "Log in first, with a client certificate or a password."
+
+
+class LoginFailed(NotAuthenticated):
+    """Wrong user name or password (deliberately not telling which)."""
+
+    name = "login-failed"
+    default_message = "The user name or password is wrong."
+
+
+class PasswordLoginDisabled(NotAuthenticated):
+    """Password login is disabled for this user: only certificates work."""
+
+    name = "password-login-disabled"
+    default_message = "Password login is disabled for this user; log in with a certificate."
+
+
+class CertificateRejected(NotAuthenticated):
+    """The client certificate is revoked, expired, unknown or not this CA's."""
+
+    name = "certificate-rejected"
+    default_message = "The client certificate is not valid for this registry."
+
+
+class Forbidden(IRPError):
+    """The caller may not do this."""
+
+    code = 403
+    name = "forbidden"
+    default_message = "You are not allowed to do this."
+
+
+class NotFound(IRPError):
+    """The user, certificate or file does not exist."""
+
+    code = 404
+    name = "not-found"
+    default_message = "No such object."
+
+
+class Timeout(IRPError):
+    """The peer was too slow or silent."""
+
+    code = 408
+    name = "timeout"
+    default_message = "The connection was idle or too slow and is closed."
+    fatal = True
+
+
+class Conflict(IRPError):
+    """The object already exists or changed meanwhile."""
+
+    code = 409
+    name = "conflict"
+    default_message = "The object already exists."
+
+
+class MessageTooLarge(IRPError):
+    """A frame or document exceeds the size limits."""
+
+    code = 413
+    name = "message-too-large"
+    default_message = "The message is larger than the server accepts."
+    fatal = True
+
+
+class InvalidArgument(IRPError):
+    """A field has a value the server refuses (bad CSR, weak key, bad address...)."""
+
+    code = 422
+    name = "invalid-argument"
+    default_message = "A value in the request is not acceptable."
+
+
+class RateLimited(IRPError):
+    """Too many attempts; try again later."""
+
+    code = 429
+    name = "rate-limited"
+    default_message = "Too many attempts; wait and try again."
+
+
+class TooManyConnections(RateLimited):
+    """The address holds too many connections."""
+
+    name = "too-many-connections"
+    default_message = "Too many connections from your address."
+    fatal = True
+
+
+class InternalError(IRPError):
+    """An unexpected failure inside the server; details are in its log only."""
+
+
+class Unavailable(IRPError):
+    """The server is shutting down or a dependency is unavailable."""
+
+    code = 503
+    name = "unavailable"
+    default_message = "The registry is unavailable; try again later."
+
+
+class UnsupportedVersion(IRPError):
+    """The peer speaks a protocol version we do not."""
+
+    code = 505
+    name = "unsupported-version"
+    default_message = "This protocol version is not supported."
+    fatal = True
+
+
+class ClientError(IRPError):
+    """A local failure in the client library or command (not a wire error)."""
+
+    code = 0
+    name = "client-error"
+    default_message = "The client failed."
+
+
+class ServerVerificationFailed(ClientError):
+    """The server's certificate, chain or a record signature did not verify."""
+
+    name = "server-verification-failed"
+    default_message = "The registry's identity or signature did not verify."
+
+
+class ConnectionLost(ClientError):
+    """The connection closed before an answer arrived."""
+
+    name = "connection-lost"
+    default_message = "The connection to the registry was lost."
+
+
+def _all_subclasses(cls: type[IRPError]) -> list[type[IRPError]]:
+    found: list[type[IRPError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def error_class_for(name: str, code: int) -> type[IRPError]:
+    """Return the error class for a wire name (falling back to the code's class).
+
+    Where several classes share a wire name, the most general one (defined first) is
+    returned, so it can always be built from a message alone.
+    """
+    classes = [IRPError, *_all_subclasses(IRPError)]
+    for cls in classes:
+        if cls.name == name:
+            return cls
+    for cls in classes:
+        if cls.code == code:
+            return cls
+    return IRPError
+
+
+class WeakKey(InvalidArgument):
+    """A public key is of a type or size the registry does not accept."""
+
+    name = "weak-key"
+    default_message = (
+        "The key is too weak: use EC P-256, P-384 or P-521, Ed25519, or RSA of at least 3072 bits."
+    )
+
+
+#: Why a certificate was rejected: the ``reason`` of :class:`CertificateInvalid`.
+CERTIFICATE_REJECTION_REASONS = frozenset(
+    {
+        "expired",
+        "not-yet-valid",
+        "unknown-issuer",
+        "wrong-usage",
+        "weak-key",
+        "chain-too-long",
+        "bad-identity",
+        "bad-signature",
+        "malformed",
+    }
+)
+
+
+class CertificateInvalid(CertificateRejected):
+    """A user certificate failed verification; ``reason`` says why, in one word.
+
+    ``reason`` is one of :data:`CERTIFICATE_REJECTION_REASONS`. On the wire this is still a
+    ``certificate-rejected`` error.
+    """
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        if reason not in CERTIFICATE_REJECTION_REASONS:
+            raise ValueError(f"unknown certificate rejection reason {reason!r}")
+        self.reason = reason
+        super().__init__(message)

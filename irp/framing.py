@@ -1,0 +1,88 @@
+"""Length-prefixed framing shared by IRP and SixChat (sans-I/O).
+
+A frame is a 4-byte unsigned big-endian length followed by that many bytes of payload.
+Empty frames are not allowed. The decoder never buffers more than one frame's header plus
+the cap, so a peer cannot make us hold more than ``max_frame`` bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+
+
+class FrameError(Exception):
+    """The byte stream breaks the framing rules; the stream must be closed."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame announces a length over the cap."""
+
+    def __init__(self, length: int, cap: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the limit of {cap} bytes")
+        self.length = length
+        self.cap = cap
+
+
+class EmptyFrame(FrameError):
+    """A frame of length zero."""
+
+    def __init__(self) -> None:
+        super().__init__("empty frame")
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Return ``payload`` with its length prefix."""
+    if not payload:
+        raise EmptyFrame()
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get complete frame payloads.
+
+    ``max_frame`` may be changed between calls (e.g. raised after authentication).
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._expected: int | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a complete frame."""
+        return len(self._buffer)
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame has arrived but not all of it."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return every frame it completes, in order.
+
+        Raises :class:`FrameTooLarge` or :class:`EmptyFrame` as soon as a header breaks the
+        rules; the decoder is then unusable.
+        """
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        while True:
+            if self._expected is None:
+                if len(buffer) < HEADER_SIZE:
+                    return frames
+                (length,) = HEADER.unpack_from(buffer)
+                if length == 0:
+                    raise EmptyFrame()
+                if length > self.max_frame:
+                    raise FrameTooLarge(length, self.max_frame)
+                self._expected = length
+                del buffer[:HEADER_SIZE]
+            if len(buffer) < self._expected:
+                return frames
+            frames.append(bytes(buffer[: self._expected]))
+            del buffer[: self._expected]
+            self._expected = None

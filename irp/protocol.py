@@ -1,0 +1,318 @@
+"""The registry's Twisted protocol: a thin adapter from TLS bytes to :class:`Registry`.
+
+It frames and parses requests (sans-I/O codecs), runs them one at a time in order, writes
+responses, and enforces the connection's limits: a deadline for the TLS handshake and the
+first request, an idle timeout, a deadline for finishing a frame once started (against
+slow senders), a cap on frame size and on pipelined requests, and a cap on connections per
+address. Every refusal is an error response on the wire and a log line; fatal ones close
+the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from irp import errors
+from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
+from irp.messages import Request, error_response, ok_response, parse_request
+from irp.ratelimit import ConnectionCounter
+from irp.registry import Registry, Session
+from irp.trust import TrustStore
+from irp.xmlcodec import Element
+
+log = Logger()
+
+
+@dataclass
+class ConnectionLimits:
+    """Per-connection limits (seconds and bytes)."""
+
+    max_request: int = 256 * 1024
+    handshake_timeout: float = 30.0
+    idle_timeout: float = 300.0
+    frame_timeout: float = 30.0
+    max_pipelined: int = 32
+    max_connections_per_address: int = 64
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class RegistryServerProtocol(Protocol):
+    """One client connection to the registry."""
+
+    factory: RegistryServerFactory
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.decoder: FrameDecoder | None = None
+        self.pending: deque[Request] = deque()
+        self.busy = False
+        self.handshake_done = False
+        self.closing = False
+        self.writes_paused = False
+        self.counted = False
+        self._deadline: IDelayedCall | None = None
+        self._frame_deadline: IDelayedCall | None = None
+        self._peer_host = "unknown"
+
+    # -- connection lifecycle -------------------------------------------------------
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The reactor's clock (a fake one in tests)."""
+        return self.factory.clock
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The factory's limits."""
+        return self.factory.limits
+
+    def connectionMade(self) -> None:
+        """Count the connection and start the handshake deadline."""
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._peer_host = getattr(peer, "host", "unknown")
+        self.session = Session(peer_host=self._peer_host)
+        self.decoder = FrameDecoder(self.limits.max_request)
+        if not self.factory.connections.acquire(self._peer_host):
+            log.warn("Refused a connection from {host}: too many connections", host=self._peer_host)
+            self._fail(errors.TooManyConnections())
+            return
+        self.counted = True
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._set_deadline(self.limits.handshake_timeout, "the TLS handshake and first request took too long")
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: log in with the client certificate, if one was presented."""
+        self.handshake_done = True
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        peer = handle.get_peer_certificate(as_cryptography=True)
+        if peer is None:
+            self._drain()
+            return
+        intermediates = [
+            certificate
+            for certificate in (handle.get_peer_cert_chain(as_cryptography=True) or [])
+            if certificate != peer
+        ]
+        self.busy = True
+        result = self.factory.authenticate(self.session, peer, intermediates)  # type: ignore[arg-type]
+        result.addErrback(self._internal_failure)
+        result.addBoth(self._request_finished)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        """Release the connection's slot and cancel its timers."""
+        self.closing = True
+        self._cancel(self._deadline)
+        self._cancel(self._frame_deadline)
+        self._deadline = self._frame_deadline = None
+        if self.counted:
+            self.factory.connections.release(self._peer_host)
+            self.counted = False
+        self.pending.clear()
+
+    # -- input ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split frames, parse requests, queue them."""
+        if self.closing or self.decoder is None:
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except FrameTooLarge as error:
+            self._fail(errors.MessageTooLarge(f"the request is larger than {error.cap} bytes"))
+            return
+        except FrameError as error:
+            self._fail(errors.MalformedMessage(str(error)))
+            return
+        for frame in frames:
+            try:
+                request = parse_request(frame)
+            except errors.IRPError as error:
+                log.warn("Bad request from {host}: {error}", host=self._peer_host, error=str(error))
+                if error.fatal:
+                    self._fail(error)
+                    return
+                self._write(error_response(_request_id_of(frame), error))
+                continue
+            self.pending.append(request)
+        self._watch_frame()
+        if len(self.pending) > self.limits.max_pipelined:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._drain()
+
+    def _drain(self) -> None:
+        """Start the next queued request if none is running."""
+        if self.busy or self.closing or self.writes_paused or not self.handshake_done:
+            return
+        if not self.pending:
+            anonymous = self.session is None or self.session.identity is None
+            idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
+            self._set_deadline(idle, "the connection was idle too long")
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            return
+        request = self.pending.popleft()
+        self._cancel(self._deadline)
+        self._deadline = None
+        self.busy = True
+        result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
+        result.addCallbacks(self._respond, self._request_failed, callbackArgs=(request,), errbackArgs=(request,))
+        result.addErrback(self._internal_failure)
+        result.addBoth(self._request_finished)
+
+    def _respond(self, results: list[Element], request: Request) -> None:
+        self._write(ok_response(request.id, results))
+
+    def _request_failed(self, failure: Failure, request: Request) -> None:
+        if not failure.check(errors.IRPError):
+            log.failure("Request {op} from {host} failed", failure, op=request.operation, host=self._peer_host)
+            error: errors.IRPError = errors.InternalError()
+        else:
+            error = failure.value
+            log.info(
+                "Request {op} from {host} refused: {error}",
+                op=request.operation,
+                host=self._peer_host,
+                error=str(error),
+            )
+        if error.fatal:
+            self._fail(error, request.id)
+        else:
+            self._write(error_response(request.id, error))
+
+    def _internal_failure(self, failure: Failure) -> None:
+        log.failure("Internal failure serving {host}", failure, host=self._peer_host)
+        self._fail(errors.InternalError())
+
+    def _request_finished(self, _: Any) -> None:
+        self.busy = False
+        self._drain()
+
+    # -- output and flow control ------------------------------------------------------
+
+    def _write(self, payload: bytes) -> None:
+        if not self.closing:
+            self.transport.write(encode_frame(payload))  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        """The client is not reading our answers: stop answering (and reading)."""
+        self.writes_paused = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._set_deadline(self.limits.idle_timeout, "the client stopped reading answers")
+
+    def resumeProducing(self) -> None:
+        """The client caught up."""
+        self.writes_paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._drain()
+
+    def stopProducing(self) -> None:
+        """The transport is going away."""
+        self.closing = True
+
+    # -- failures and timers ----------------------------------------------------------
+
+    def _fail(self, error: errors.IRPError, request_id: int = 0) -> None:
+        """Send ``error`` and close: the single exit for fatal conditions."""
+        if self.closing:
+            return
+        log.warn("Closing connection from {host}: {error}", host=self._peer_host, error=str(error))
+        self._write(error_response(request_id, error))
+        self.closing = True
+        self._cancel(self._deadline)
+        self._cancel(self._frame_deadline)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        # A peer that does not read what we send cannot hold the socket open.
+        self._deadline = self.clock.callLater(self.limits.frame_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._deadline = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _set_deadline(self, seconds: float, why: str) -> None:
+        self._cancel(self._deadline)
+        self._deadline = self.clock.callLater(seconds, self._timed_out, why)
+
+    def _timed_out(self, why: str) -> None:
+        self._deadline = None
+        self._fail(errors.Timeout(why))
+
+    def _watch_frame(self) -> None:
+        """Give a started frame ``frame_timeout`` seconds to complete."""
+        assert self.decoder is not None
+        if self.decoder.in_frame:
+            if self._frame_deadline is None:
+                self._frame_deadline = self.clock.callLater(
+                    self.limits.frame_timeout, self._frame_timed_out
+                )
+        else:
+            self._cancel(self._frame_deadline)
+            self._frame_deadline = None
+
+    def _frame_timed_out(self) -> None:
+        self._frame_deadline = None
+        self._fail(errors.Timeout("the request arrived too slowly"))
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+
+def _request_id_of(frame: bytes) -> int:
+    """Best-effort request id of a refused request (0 if none can be found)."""
+    marker = frame.find(b' id="')
+    if marker == -1 or marker > 200:
+        return 0
+    end = frame.find(b'"', marker + 5)
+    digits = frame[marker + 5 : end]
+    return int(digits) if digits.isdigit() and len(digits) <= 10 else 0
+
+
+class RegistryServerFactory(Factory):
+    """Builds :class:`RegistryServerProtocol` connections sharing one registry."""
+
+    protocol = RegistryServerProtocol
+
+    def __init__(
+        self,
+        registry: Registry,
+        trust: TrustStore,
+        clock: IReactorTime,
+        limits: ConnectionLimits | None = None,
+        known_intermediates: Sequence[x509.Certificate] = (),
+    ) -> None:
+        #: Intermediates to complete client chains with (clients may send only their leaf).
+        self.known_intermediates = list(known_intermediates)
+        self.registry = registry
+        self.trust = trust
+        self.clock = clock
+        self.limits = limits or ConnectionLimits()
+        self.connections = ConnectionCounter(self.limits.max_connections_per_address)
+
+    def authenticate(self, session: Session, leaf: Any, intermediates: list[Any]) -> Any:
+        """Check a client certificate's chain, then log the session in with it."""
+        from datetime import datetime, timezone
+
+        from twisted.internet.defer import Deferred, succeed
+
+        try:
+            self.trust.verify_user_certificate(
+                leaf,
+                [*intermediates, *self.known_intermediates],
+                now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
+            )
+        except errors.CertificateRejected as error:
+            log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
+            session.rejected = error
+            return succeed(None)
+        result: Deferred[None] = Deferred.fromCoroutine(self.registry.authenticate_certificate(session, leaf))
+        return result

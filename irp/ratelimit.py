@@ -1,0 +1,112 @@
+"""Rate limits: failed-login lock-outs and per-address connection counts (sans-I/O).
+
+Both keep bounded state in memory and take time from an injected clock, so they are
+tested with ``twisted.internet.task.Clock``. With several registry processes each keeps
+its own counts: a guesser spread over ``n`` processes gets at most ``n`` times the budget.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from irp.errors import RateLimited
+
+
+@dataclass
+class _FailureState:
+    failures: int
+    window_start: float
+    locked_until: float
+
+
+class FailureLimiter:
+    """Locks a key (an address or a user) out after repeated failures.
+
+    Within ``window`` seconds a key may fail ``max_failures`` times; the next failure locks
+    it for ``lockout`` seconds, doubling for each further lock-out up to ``max_lockout``.
+    A success clears the key. At most ``max_keys`` keys are tracked (oldest dropped).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        max_failures: int,
+        window: float,
+        lockout: float,
+        max_lockout: float,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self.max_lockout = max_lockout
+        self.max_keys = max_keys
+        self._states: OrderedDict[Hashable, _FailureState] = OrderedDict()
+        self._lockouts: dict[Hashable, int] = {}
+
+    def check(self, key: Hashable) -> None:
+        """Raise :class:`RateLimited` if ``key`` is locked out now."""
+        state = self._states.get(key)
+        if state is None:
+            return
+        remaining = state.locked_until - self.clock.seconds()
+        if remaining > 0:
+            raise RateLimited(f"too many failed attempts; try again in {int(remaining) + 1} seconds")
+
+    def record_failure(self, key: Hashable) -> None:
+        """Count a failure for ``key``, locking it out when over the limit."""
+        now = self.clock.seconds()
+        state = self._states.get(key)
+        if state is None or now - state.window_start > self.window:
+            state = _FailureState(0, now, 0.0)
+        state.failures += 1
+        if state.failures > self.max_failures:
+            count = self._lockouts.get(key, 0)
+            state.locked_until = now + min(self.lockout * (2**count), self.max_lockout)
+            self._lockouts[key] = count + 1
+            state.failures = 0
+            state.window_start = now
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > self.max_keys:
+            old_key, _ = self._states.popitem(last=False)
+            self._lockouts.pop(old_key, None)
+
+    def record_success(self, key: Hashable) -> None:
+        """Forget ``key``'s failures."""
+        self._states.pop(key, None)
+        self._lockouts.pop(key, None)
+
+
+class ConnectionCounter:
+    """Counts open connections per address and refuses more than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, host: str) -> bool:
+        """Count a new connection from ``host``; False if it is over the limit."""
+        count = self._counts.get(host, 0)
+        if count >= self.limit:
+            return False
+        self._counts[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        """Forget one connection from ``host``."""
+        count = self._counts.get(host, 0) - 1
+        if count <= 0:
+            self._counts.pop(host, None)
+        else:
+            self._counts[host] = count
+
+    def count(self, host: str) -> int:
+        """Open connections from ``host``."""
+        return self._counts.get(host, 0)

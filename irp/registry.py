@@ -1,0 +1,902 @@
+"""Request handling for the IRP registry: authorisation and every operation.
+
+:class:`Registry` takes a parsed request and the connection's :class:`Session` and fires
+with the result elements, or fails with an :class:`~irp.errors.IRPError`. It knows nothing
+of sockets or framing (the Twisted protocol in :mod:`irp.protocol` is a thin adapter); it
+does know the store, the CA and the password hasher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from irp import errors
+from irp.ca import REVOCATION_REASONS, CertificateAuthority, RevokedEntry, check_public_key
+from irp.elements import (
+    AccountView,
+    addresses_element,
+    certificate_element,
+    pem_text,
+    pkcs12_element,
+    user_element,
+)
+from irp.identity import Identity, InvalidIdentity, check_username, identity_from_certificate
+from irp.keyfiles import fingerprint
+from irp.messages import (
+    PROTOCOL_VERSION,
+    Request,
+    bool_text,
+    check_fields,
+    child_text,
+    decode_base64,
+    optional_bool,
+    optional_int,
+    parse_serial,
+    required,
+)
+from irp.passwords import PasswordHasher, check_password_policy
+from irp.ratelimit import FailureLimiter
+from irp.records import (
+    MAX_ENDPOINTS,
+    PRESENCE_STATES,
+    CertificateInfo,
+    Endpoint,
+    check_attributes,
+    check_presence,
+    check_text_field,
+)
+from irp.store import Account, RegistryStore
+from irp.xmlcodec import Element, make_element, sub_element
+
+T = TypeVar("T")
+
+log = Logger()
+
+ThreadRunner = Callable[..., Deferred[Any]]
+
+KEY_TYPES = ("p384", "p256", "ed25519")
+
+
+@dataclass
+class RegistryConfig:
+    """Operator-tunable limits of the registry."""
+
+    domain: str
+    certificate_validity: timedelta = timedelta(days=365)
+    address_ttl_default: int = 300
+    address_ttl_min: int = 30
+    address_ttl_max: int = 86400
+    page_size_max: int = 200
+    max_certificates_per_user: int = 50
+    max_pkcs12_per_user: int = 20
+    max_pkcs12_size: int = 64 * 1024
+    crl_lifetime: timedelta = timedelta(days=1)
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    login_failure_window: float = 600.0
+    login_lockout: float = 30.0
+    login_lockout_max: float = 900.0
+    max_request: int = 256 * 1024
+    idle_timeout: float = 300.0
+
+
+@dataclass
+class Session:
+    """Who is on the other end of one connection."""
+
+    peer_host: str
+    identity: Identity | None = None
+    method: str = "none"  # "certificate" or "password" once authenticated
+    certificate_serial: int | None = None
+    #: The security generation the session was last validated at.
+    generation: int = 0
+    #: Set when a presented client certificate was refused; every request then fails.
+    rejected: errors.IRPError | None = None
+
+    @property
+    def username(self) -> str:
+        """The logged-in user's name (raises NotAuthenticated when anonymous)."""
+        if self.identity is None:
+            raise errors.NotAuthenticated()
+        return self.identity.username
+
+
+Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Element]]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation: its handler and whether it needs a logged-in caller."""
+
+    handler: Handler
+    needs_login: bool
+    attributes: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+
+
+@dataclass
+class Registry:
+    """The registry's operations, authorisation and policies."""
+
+    config: RegistryConfig
+    store: RegistryStore
+    ca: CertificateAuthority
+    signing_certificate: x509.Certificate
+    hasher: PasswordHasher
+    clock: IReactorTime
+    run_in_thread: ThreadRunner
+    operations: dict[str, Operation] = field(init=False)
+    #: Grows whenever a revocation or account change may end existing sessions.
+    generation: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.user_limiter = FailureLimiter(
+            self.clock,
+            max_failures=self.config.login_failures_per_user,
+            window=self.config.login_failure_window,
+            lockout=self.config.login_lockout,
+            max_lockout=self.config.login_lockout_max,
+        )
+        self.address_limiter = FailureLimiter(
+            self.clock,
+            max_failures=self.config.login_failures_per_address,
+            window=self.config.login_failure_window,
+            lockout=self.config.login_lockout,
+            max_lockout=self.config.login_lockout_max,
+        )
+        self.operations = self._operation_table()
+
+    @property
+    def domain(self) -> str:
+        """The domain this registry serves."""
+        return self.config.domain
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _operation_table(self) -> dict[str, Operation]:
+        op = Operation
+        return {
+            "capabilities": op(self.capabilities, False),
+            "login": op(self.login, False, ("user",), ("password",)),
+            "logout": op(self.logout, False),
+            "whoami": op(self.whoami, False),
+            "get-user": op(self.get_user, True, ("user",)),
+            "update-user": op(self.update_user, True, ("user", "display-name", "email"), ("attribute", "attributes")),
+            "list-users": op(self.list_users, True, ("offset", "limit", "prefix")),
+            "register-address": op(self.register_address, True, ("presence", "ttl"), ("endpoint",)),
+            "lookup": op(self.lookup, True, ("user",)),
+            "request-certificate": op(self.request_certificate, True, ("user",), ("csr",)),
+            "generate-key": op(self.generate_key, True, ("user", "key-type", "label"), ("passphrase",)),
+            "list-certificates": op(self.list_certificates, True, ("user",)),
+            "get-certificate": op(self.get_certificate, True, ("serial",)),
+            "user-certificates": op(self.user_certificates, True, ("user",)),
+            "upload-certificate": op(self.upload_certificate, True, (), ("pem",)),
+            "list-pkcs12": op(self.list_pkcs12, True, ("user",)),
+            "get-pkcs12": op(self.get_pkcs12, True, ("id",)),
+            "upload-pkcs12": op(self.upload_pkcs12, True, ("label",), ("data",)),
+            "renew": op(self.renew, True, ("serial",), ("csr",)),
+            "revoke": op(self.revoke, True, ("serial", "reason")),
+            "get-crl": op(self.get_crl, False),
+            "certificate-status": op(self.certificate_status, False, ("serial",), ("pem",)),
+            "ca-chain": op(self.ca_chain, False),
+            "create-user": op(self.create_user, True, ("user", "display-name", "email", "admin", "password-login"), ("password",)),
+            "set-password": op(self.set_password, True, ("user",), ("password", "current-password")),
+            "set-password-login": op(self.set_password_login, True, ("user", "enabled")),
+            "set-admin": op(self.set_admin, True, ("user", "enabled")),
+            "delete-user": op(self.delete_user, True, ("user",)),
+        }
+
+    def handle(self, session: Session, request: Request) -> Deferred[list[Element]]:
+        """Run one request for ``session``; fire with the result elements."""
+        return Deferred.fromCoroutine(self._handle(session, request))
+
+    async def _handle(self, session: Session, request: Request) -> list[Element]:
+        if session.rejected is not None:
+            raise session.rejected
+        operation = self.operations.get(request.operation)
+        if operation is None:
+            raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
+        check_fields(request.element, operation.attributes, operation.children)
+        if operation.needs_login:
+            if session.identity is None:
+                raise errors.NotAuthenticated()
+            if session.generation != self.generation:
+                await self._revalidate(session)
+        return await operation.handler(session, request.element)
+
+    async def _revalidate(self, session: Session) -> None:
+        """Re-check a session after revocations or account changes anywhere."""
+        generation = self.generation
+        account = await self.store.get_account(session.username)
+        failure: errors.IRPError | None = None
+        if account is None:
+            failure = errors.NotAuthenticated("your account no longer exists")
+        elif session.method == "certificate" and session.certificate_serial is not None:
+            info = await self.store.get_certificate(session.certificate_serial)
+            if info is None or info.status(self.clock.seconds()) != "good":
+                failure = errors.CertificateRejected("your certificate has been revoked or has expired")
+        elif session.method == "password" and not account.password_login:
+            failure = errors.PasswordLoginDisabled()
+        if failure is not None:
+            session.identity = None
+            session.method = "none"
+            raise failure
+        session.generation = generation
+
+    def security_changed(self) -> None:
+        """Make every session re-check itself before its next request."""
+        self.generation += 1
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.clock.seconds()
+
+    async def _account(self, username: str) -> Account:
+        account = await self.store.get_account(username)
+        if account is None:
+            raise errors.NotFound(f"no user {username}@{self.domain}")
+        return account
+
+    async def _caller_is_admin(self, session: Session) -> bool:
+        account = await self.store.get_account(session.username)
+        return account is not None and account.is_admin
+
+    async def _require_admin(self, session: Session) -> None:
+        if not await self._caller_is_admin(session):
+            raise errors.Forbidden("only administrators may do this")
+
+    def _target_user(self, element: Element, session: Session) -> str:
+        """The user an operation is about: the ``user`` attribute, or the caller."""
+        name = element.get("user")
+        if name is None:
+            return session.username
+        return self._local_username(name)
+
+    def _local_username(self, name: str) -> str:
+        """Accept ``alice`` or ``alice@<our domain>``; refuse other domains."""
+        try:
+            if "@" in name:
+                identity = Identity.parse(name)
+                if identity.domain != self.domain:
+                    raise errors.NotFound(f"{name} is not a user of {self.domain}")
+                return identity.username
+            return check_username(name)
+        except InvalidIdentity as error:
+            raise errors.InvalidArgument(str(error)) from None
+
+    async def _self_or_admin(self, session: Session, username: str) -> None:
+        if username != session.username:
+            await self._require_admin(session)
+
+    def _account_view(self, account: Account) -> AccountView:
+        return AccountView(
+            is_admin=account.is_admin,
+            password_login=account.password_login,
+            has_password=account.password_hash is not None,
+            created_at=account.created_at,
+            updated_at=account.updated_at,
+        )
+
+    def _session_element(self, session: Session, is_admin: bool) -> Element:
+        return make_element(
+            "session",
+            {
+                "user": None if session.identity is None else str(session.identity),
+                "method": session.method,
+                "admin": bool_text(is_admin),
+            },
+        )
+
+    def _certificate_element(self, info: CertificateInfo, with_pem: bool) -> Element:
+        return certificate_element(info, self.domain, self._now(), with_pem=with_pem)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def capabilities(self, session: Session, element: Element) -> list[Element]:
+        """What this server supports."""
+        result = make_element(
+            "capabilities",
+            {
+                "domain": self.domain,
+                "versions": PROTOCOL_VERSION,
+                "max-request": str(self.config.max_request),
+                "idle-timeout": str(int(self.config.idle_timeout)),
+            },
+        )
+        for method in ("certificate", "password"):
+            sub_element(result, "auth", {"method": method})
+        for name in self.operations:
+            sub_element(result, "operation", {"name": name})
+        return [result]
+
+    async def authenticate_certificate(self, session: Session, certificate: x509.Certificate) -> None:
+        """Log ``session`` in with a client certificate already verified by TLS.
+
+        The certificate must be one this registry issued (known fingerprint), good now,
+        and its owner must exist. Otherwise the session is marked rejected.
+        """
+        digest = fingerprint(certificate)
+        info = await self.store.get_certificate_by_fingerprint(digest)
+        problem: str | None = None
+        if info is None or info.origin != "issued":
+            problem = "the client certificate was not issued by this registry"
+        else:
+            status = info.status(self._now())
+            if status != "good":
+                problem = f"the client certificate is {status}"
+            else:
+                try:
+                    identity = identity_from_certificate(certificate)
+                except InvalidIdentity:
+                    identity = None
+                if identity != Identity(info.username, self.domain):
+                    problem = "the client certificate does not name its registered owner"
+                elif await self.store.get_account(info.username) is None:
+                    problem = "the client certificate's owner no longer exists"
+        if problem is not None:
+            log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
+            session.rejected = errors.CertificateRejected(problem)
+            return
+        assert info is not None
+        session.identity = Identity(info.username, self.domain)
+        session.method = "certificate"
+        session.certificate_serial = info.serial
+        session.generation = self.generation
+        log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
+
+    async def login(self, session: Session, element: Element) -> list[Element]:
+        """Username/password login (UPA)."""
+        username = self._local_username(required(element, "user"))
+        password = child_text(element, "password", limit=1024) or ""
+        user_key = ("user", username)
+        address_key = ("address", session.peer_host)
+        self.address_limiter.check(address_key)
+        self.user_limiter.check(user_key)
+        account = await self.store.get_account(username)
+        stored_hash = account.password_hash if account is not None else None
+        valid = await self.run_in_thread(self.hasher.verify, password, stored_hash)
+        if not valid or account is None:
+            self.user_limiter.record_failure(user_key)
+            self.address_limiter.record_failure(address_key)
+            log.warn("Failed password login for {user} from {host}", user=username, host=session.peer_host)
+            raise errors.LoginFailed()
+        if not account.password_login:
+            log.warn("Refused password login for {user} from {host}: disabled", user=username, host=session.peer_host)
+            raise errors.PasswordLoginDisabled()
+        self.user_limiter.record_success(user_key)
+        self.address_limiter.record_success(address_key)
+        if self.hasher.needs_rehash(account.password_hash or ""):
+            new_hash = await self.run_in_thread(self.hasher.hash, password)
+            await self.store.set_password_hash(username, new_hash)
+        session.identity = Identity(username, self.domain)
+        session.method = "password"
+        session.certificate_serial = None
+        session.generation = self.generation
+        log.info("{user} logged in with a password from {host}", user=str(session.identity), host=session.peer_host)
+        return [self._session_element(session, account.is_admin)]
+
+    async def logout(self, session: Session, element: Element) -> list[Element]:
+        """End the login (a certificate login ends too, until the next connection)."""
+        session.identity = None
+        session.method = "none"
+        session.certificate_serial = None
+        return [self._session_element(session, False)]
+
+    async def whoami(self, session: Session, element: Element) -> list[Element]:
+        """Who the session is logged in as."""
+        if session.identity is not None and session.generation != self.generation:
+            await self._revalidate(session)
+        is_admin = session.identity is not None and await self._caller_is_admin(session)
+        return [self._session_element(session, is_admin)]
+
+    # -- directory --------------------------------------------------------------------
+
+    async def get_user(self, session: Session, element: Element) -> list[Element]:
+        """A user's signed public entry (with account settings for self and admins)."""
+        username = self._local_username(required(element, "user"))
+        account = await self._account(username)
+        private = username == session.username or await self._caller_is_admin(session)
+        return [user_element(account.record, self._account_view(account) if private else None)]
+
+    async def update_user(self, session: Session, element: Element) -> list[Element]:
+        """Change one's display name, email or free attributes (admins: anyone's)."""
+        username = self._target_user(element, session)
+        await self._self_or_admin(session, username)
+        display_name = element.get("display-name")
+        email = element.get("email")
+        if display_name is not None:
+            check_text_field("display-name", display_name)
+        if email is not None:
+            check_text_field("email", email)
+            if email and ("@" not in email or " " in email):
+                raise errors.InvalidArgument(f"{email!r} is not an email address")
+        attributes = None
+        groups = element.findall("attributes")
+        loose = element.findall("attribute")
+        if loose:
+            raise errors.BadRequest("put <attribute> elements inside one <attributes> element")
+        if len(groups) > 1:
+            raise errors.BadRequest("more than one <attributes> element")
+        if groups:
+            pairs = []
+            for child in groups[0]:
+                if child.tag != "attribute":
+                    raise errors.BadRequest(f"unknown element <{child.tag}> in <attributes>")
+                check_fields(child, ("name",))
+                pairs.append((required(child, "name"), child.text or ""))
+            attributes = check_attributes(pairs)
+        account = await self.store.update_user(
+            username, display_name=display_name, email=email, attributes=attributes
+        )
+        return [user_element(account.record, self._account_view(account))]
+
+    async def list_users(self, session: Session, element: Element) -> list[Element]:
+        """One page of users' public entries, by user name."""
+        offset = optional_int(element, "offset", 0, 0, 10**9)
+        limit = optional_int(element, "limit", 50, 1, self.config.page_size_max)
+        prefix = element.get("prefix", "")
+        if len(prefix) > 63:
+            raise errors.InvalidArgument("the prefix is too long")
+        total, accounts = await self.store.list_users(offset, limit, prefix)
+        result = make_element("users", {"total": str(total), "offset": str(offset)})
+        for account in accounts:
+            result.append(user_element(account.record))
+        return [result]
+
+    # -- addresses --------------------------------------------------------------------
+
+    async def register_address(self, session: Session, element: Element) -> list[Element]:
+        """Replace one's current addresses and presence (signed, with an expiry)."""
+        presence = check_presence(element.get("presence", "online"))
+        ttl = optional_int(
+            element,
+            "ttl",
+            self.config.address_ttl_default,
+            self.config.address_ttl_min,
+            self.config.address_ttl_max,
+        )
+        endpoints: list[Endpoint] = []
+        for child in element:
+            check_fields(child, ("address", "port"))
+            endpoints.append(Endpoint.parse(required(child, "address"), required(child, "port")))
+        if len(endpoints) > MAX_ENDPOINTS:
+            raise errors.InvalidArgument(f"at most {MAX_ENDPOINTS} endpoints may be registered")
+        if len(set(endpoints)) != len(endpoints):
+            raise errors.InvalidArgument("an endpoint is listed twice")
+        if presence == "offline":
+            endpoints = []
+        record = await self.store.put_addresses(session.username, presence, tuple(endpoints), ttl)
+        return [addresses_element(record)]
+
+    async def lookup(self, session: Session, element: Element) -> list[Element]:
+        """A user's signed addresses and presence."""
+        username = self._local_username(required(element, "user"))
+        record = await self.store.get_addresses(username)
+        if record is None:
+            raise errors.NotFound(f"no user {username}@{self.domain}")
+        return [addresses_element(record)]
+
+    # -- certificates -----------------------------------------------------------------
+
+    async def _issue_and_store(
+        self, username: str, make: Callable[[int], x509.Certificate]
+    ) -> CertificateInfo:
+        """Issue with fresh random serials until one is unused, then store the certificate."""
+        existing = await self.store.list_certificates(username)
+        if len(existing) >= self.config.max_certificates_per_user:
+            raise errors.Conflict(
+                f"{username} already holds {len(existing)} certificates, the most allowed"
+            )
+        for _attempt in range(3):
+            serial = x509.random_serial_number()
+            certificate = make(serial)
+            try:
+                info = await self.store.add_certificate(username, certificate, fingerprint(certificate))
+            except errors.Conflict:
+                continue
+            log.info("Issued certificate {serial:x} to {user}", serial=serial, user=username)
+            return info
+        raise errors.InternalError("could not find an unused serial number")
+
+    async def request_certificate(self, session: Session, element: Element) -> list[Element]:
+        """Sign a CSR; the certificate names the target user, whatever the CSR says."""
+        username = self._target_user(element, session)
+        await self._self_or_admin(session, username)
+        await self._account(username)
+        csr = (child_text(element, "csr", limit=16384) or "").encode("ascii", "replace")
+        identity = Identity(username, self.domain)
+        validity = self.config.certificate_validity
+        info = await self._issue_and_store(
+            username, lambda serial: self.ca.issue_from_csr(csr, identity, validity=validity, serial=serial)
+        )
+        return [self._certificate_element(info, with_pem=True)]
+
+    async def generate_key(self, session: Session, element: Element) -> list[Element]:
+        """Generate a key pair here and return it with a new certificate as PKCS#12."""
+        username = self._target_user(element, session)
+        await self._self_or_admin(session, username)
+        await self._account(username)
+        key_type = element.get("key-type", "p384")
+        if key_type not in KEY_TYPES:
+            raise errors.InvalidArgument(f"key-type must be one of {', '.join(KEY_TYPES)}")
+        label = check_text_field("label", element.get("label", "generated key"), 64)
+        passphrase = child_text(element, "passphrase", limit=1024) or ""
+        if len(passphrase) < 8:
+            raise errors.InvalidArgument("the PKCS#12 passphrase must have at least 8 characters")
+        identity = Identity(username, self.domain)
+        validity = self.config.certificate_validity
+        certificate, pkcs12 = await self.run_in_thread(
+            self.ca.generate_pkcs12, identity, passphrase.encode("utf-8"), key_type=key_type, validity=validity
+        )
+        try:
+            info = await self.store.add_certificate(username, certificate, fingerprint(certificate))
+        except errors.Conflict:
+            raise errors.InternalError("a generated certificate collided with a stored one; retry") from None
+        stored = await self.store.add_pkcs12(username, label, "generated", pkcs12, info.serial)
+        stored_with_data = replace(stored, data=pkcs12)
+        log.info("Generated a key and certificate {serial:x} for {user}", serial=info.serial, user=username)
+        return [pkcs12_element(stored_with_data, self.domain), self._certificate_element(info, with_pem=True)]
+
+    async def list_certificates(self, session: Session, element: Element) -> list[Element]:
+        """All certificates of a user (self or admin), newest first."""
+        username = self._target_user(element, session)
+        await self._self_or_admin(session, username)
+        await self._account(username)
+        infos = await self.store.list_certificates(username)
+        result = make_element("certificates", {"user": f"{username}@{self.domain}"})
+        for info in infos:
+            result.append(self._certificate_element(info, with_pem=False))
+        return [result]
+
+    async def _certificate_by_serial(self, element: Element) -> CertificateInfo:
+        serial = parse_serial(required(element, "serial"))
+        info = await self.store.get_certificate(serial)
+        if info is None:
+            raise errors.NotFound(f"no certificate with serial {serial:x}")
+        return info
+
+    async def get_certificate(self, session: Session, element: Element) -> list[Element]:
+        """Download one certificate (certificates are public)."""
+        info = await self._certificate_by_serial(element)
+        return [self._certificate_element(info, with_pem=True)]
+
+    async def user_certificates(self, session: Session, element: Element) -> list[Element]:
+        """A user's currently good certificates issued here, newest first, with PEM."""
+        username = self._local_username(required(element, "user"))
+        await self._account(username)
+        now = self._now()
+        infos = [
+            info
+            for info in await self.store.list_certificates(username)
+            if info.origin == "issued" and info.status(now) == "good"
+        ]
+        result = make_element("certificates", {"user": f"{username}@{self.domain}"})
+        for info in infos:
+            result.append(self._certificate_element(info, with_pem=True))
+        return [result]
+
+    async def upload_certificate(self, session: Session, element: Element) -> list[Element]:
+        """Publish a certificate from another issuer that names the caller."""
+        text = child_text(element, "pem", limit=16384) or ""
+        try:
+            certificate = x509.load_pem_x509_certificate(text.encode("ascii", "replace"))
+        except ValueError:
+            raise errors.InvalidArgument("<pem> does not hold a PEM certificate") from None
+        now = self._now()
+        if not certificate.not_valid_before_utc.timestamp() <= now <= certificate.not_valid_after_utc.timestamp():
+            raise errors.InvalidArgument("the certificate is expired or not yet valid")
+        check_public_key(certificate.public_key())
+        if certificate.issuer == self.ca.issuing_certificate.subject:
+            raise errors.Conflict("certificates of this registry's CA are stored when issued; no upload is needed")
+        account = await self._account(session.username)
+        if not self._names_user(certificate, account):
+            raise errors.InvalidArgument(
+                "the certificate must name you: an irp: URI with your identity or your registered email"
+            )
+        info = await self.store.add_certificate(session.username, certificate, fingerprint(certificate), origin="external")
+        return [self._certificate_element(info, with_pem=False)]
+
+    def _names_user(self, certificate: x509.Certificate, account: Account) -> bool:
+        try:
+            return identity_from_certificate(certificate) == account.record.identity
+        except InvalidIdentity:
+            pass
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return False
+        emails = [value.lower() for value in san.value.get_values_for_type(x509.RFC822Name)]
+        return bool(account.record.email) and account.record.email.lower() in emails
+
+    # -- PKCS#12 files ----------------------------------------------------------------
+
+    async def list_pkcs12(self, session: Session, element: Element) -> list[Element]:
+        """A user's stored PKCS#12 files (self or admin), without their contents."""
+        username = self._target_user(element, session)
+        await self._self_or_admin(session, username)
+        await self._account(username)
+        result = make_element("pkcs12-files", {"user": f"{username}@{self.domain}"})
+        for info in await self.store.list_pkcs12(username):
+            result.append(pkcs12_element(info, self.domain))
+        return [result]
+
+    async def get_pkcs12(self, session: Session, element: Element) -> list[Element]:
+        """Download a stored PKCS#12 file (its owner or an administrator)."""
+        file_id = optional_int(element, "id", 0, 1, 2**62)
+        info = await self.store.get_pkcs12(file_id)
+        if info is None:
+            raise errors.NotFound(f"no PKCS#12 file {file_id}")
+        if info.username != session.username and not await self._caller_is_admin(session):
+            # Do not tell other users that the file exists.
+            raise errors.NotFound(f"no PKCS#12 file {file_id}")
+        return [pkcs12_element(info, self.domain)]
+
+    async def upload_pkcs12(self, session: Session, element: Element) -> list[Element]:
+        """Escrow a passphrase-protected PKCS#12 file (stored as opaque bytes)."""
+        label = check_text_field("label", element.get("label", "uploaded"), 64)
+        text = child_text(element, "data", limit=self.config.max_pkcs12_size * 2) or ""
+        data = decode_base64(text, "PKCS#12 data")
+        if len(data) > self.config.max_pkcs12_size:
+            raise errors.MessageTooLarge(f"PKCS#12 files may have at most {self.config.max_pkcs12_size} bytes")
+        if not looks_like_pkcs12(data):
+            raise errors.InvalidArgument("the data is not a DER-encoded PKCS#12 (PFX version 3) file")
+        existing = await self.store.list_pkcs12(session.username)
+        if len(existing) >= self.config.max_pkcs12_per_user:
+            raise errors.Conflict(f"you already hold {len(existing)} PKCS#12 files, the most allowed")
+        info = await self.store.add_pkcs12(session.username, label, "uploaded", data, None)
+        return [pkcs12_element(info, self.domain)]
+
+    # -- renewal and revocation -------------------------------------------------------
+
+    async def renew(self, session: Session, element: Element) -> list[Element]:
+        """Issue a successor to a good certificate (same key, or a new CSR); the old one is
+        revoked as superseded."""
+        old = await self._certificate_by_serial(element)
+        await self._self_or_admin(session, old.username)
+        if old.origin != "issued":
+            raise errors.InvalidArgument("only certificates issued by this registry can be renewed")
+        if old.revoked_at is not None:
+            raise errors.InvalidArgument("a revoked certificate cannot be renewed")
+        csr_text = child_text(element, "csr", required_child=False, limit=16384)
+        identity = Identity(old.username, self.domain)
+        validity = self.config.certificate_validity
+        if csr_text is not None:
+            csr = csr_text.encode("ascii", "replace")
+
+            def make(serial: int) -> x509.Certificate:
+                return self.ca.issue_from_csr(csr, identity, validity=validity, serial=serial)
+        else:
+            public_key = old.certificate.public_key()
+
+            def make(serial: int) -> x509.Certificate:
+                return self.ca.issue_user_certificate(identity, public_key, validity=validity, serial=serial)  # type: ignore[arg-type]
+
+        info = await self._issue_and_store(old.username, make)
+        try:
+            await self.store.revoke_certificate(old.serial, "superseded")
+        except errors.Conflict:
+            pass
+        self.security_changed()
+        return [self._certificate_element(info, with_pem=True)]
+
+    async def revoke(self, session: Session, element: Element) -> list[Element]:
+        """Revoke a certificate (its owner or an administrator), with a reason."""
+        info = await self._certificate_by_serial(element)
+        await self._self_or_admin(session, info.username)
+        reason = element.get("reason", "unspecified")
+        if reason not in REVOCATION_REASONS:
+            raise errors.InvalidArgument(f"reason must be one of {', '.join(sorted(REVOCATION_REASONS))}")
+        revoked = await self.store.revoke_certificate(info.serial, reason)
+        self.security_changed()
+        log.info("{caller} revoked certificate {serial:x} of {user} ({reason})", caller=str(session.identity), serial=info.serial, user=info.username, reason=reason)
+        return [self._certificate_element(revoked, with_pem=False)]
+
+    async def current_crls(self) -> list[tuple[str, int, int, bytes]]:
+        """The issuing CA's and the root's current CRLs: (issuer, number, next update, DER)."""
+        lifetime = self.config.crl_lifetime
+        refresh_before = int(lifetime.total_seconds() // 4)
+
+        def build_issuing(number: int, entries: list[tuple[int, int, str | None]]) -> tuple[bytes, int]:
+            from irp.timeutil import to_datetime
+
+            revoked = [
+                RevokedEntry(serial, to_datetime(at), REVOCATION_REASONS.get(reason or "unspecified"))
+                for serial, at, reason in entries
+            ]
+            crl = self.ca.build_crl(revoked, number, next_update_after=lifetime)
+            return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
+
+        def build_root(number: int, entries: list[tuple[int, int, str | None]]) -> tuple[bytes, int]:
+            crl = self.ca.build_root_crl(number, next_update_after=lifetime)
+            return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
+
+        issuing = await self.store.refresh_crl("issuing", build_issuing, refresh_before)
+        root = await self.store.refresh_crl("root", build_root, refresh_before)
+        return [
+            (stored.issuer, stored.crl_number, stored.next_update, stored.der) for stored in (issuing, root)
+        ]
+
+    async def get_crl(self, session: Session, element: Element) -> list[Element]:
+        """The current CRLs of the issuing CA and the root, PEM-encoded."""
+        result = make_element("crls")
+        from irp.timeutil import format_timestamp
+
+        for issuer, number, next_update, der in await self.current_crls():
+            crl = x509.load_der_x509_crl(der)
+            crl_element = sub_element(
+                result,
+                "crl",
+                {"issuer": issuer, "number": str(number), "next-update": format_timestamp(next_update)},
+            )
+            sub_element(crl_element, "pem", None, crl.public_bytes(Encoding.PEM).decode("ascii"))
+        return [result]
+
+    async def certificate_status(self, session: Session, element: Element) -> list[Element]:
+        """good, revoked, expired, not-yet-valid or unknown, by serial or by PEM."""
+        pem = child_text(element, "pem", required_child=False, limit=16384)
+        serial_text = element.get("serial")
+        if (pem is None) == (serial_text is None):
+            raise errors.BadRequest("give either a serial attribute or a <pem> element")
+        info: CertificateInfo | None
+        if pem is not None:
+            try:
+                certificate = x509.load_pem_x509_certificate(pem.encode("ascii", "replace"))
+            except ValueError:
+                raise errors.InvalidArgument("<pem> does not hold a PEM certificate") from None
+            serial = certificate.serial_number
+            info = await self.store.get_certificate_by_fingerprint(fingerprint(certificate))
+        else:
+            serial = parse_serial(serial_text or "")
+            info = await self.store.get_certificate(serial)
+        from irp.timeutil import format_timestamp
+
+        if info is None or info.origin != "issued":
+            return [make_element("status", {"serial": format(serial, "x"), "state": "unknown"})]
+        attributes = {
+            "serial": format(info.serial, "x"),
+            "state": info.status(self._now()),
+            "user": f"{info.username}@{self.domain}",
+            "not-after": format_timestamp(info.not_after),
+        }
+        if info.revoked_at is not None:
+            attributes["revoked"] = format_timestamp(info.revoked_at)
+            attributes["reason"] = info.revocation_reason or "unspecified"
+        return [make_element("status", attributes)]
+
+    async def ca_chain(self, session: Session, element: Element) -> list[Element]:
+        """The CA certificates and the record-signing certificate."""
+        result = make_element("ca-chain", {"domain": self.domain, "root-fingerprint": fingerprint(self.ca.root_certificate)})
+        for role, certificate in (
+            ("root", self.ca.root_certificate),
+            ("issuing", self.ca.issuing_certificate),
+            ("record-signing", self.signing_certificate),
+        ):
+            sub_element(result, "ca", {"role": role}, pem_text(certificate))
+        return [result]
+
+    # -- administration ---------------------------------------------------------------
+
+    async def create_user(self, session: Session, element: Element) -> list[Element]:
+        """Create a user (administrators only)."""
+        await self._require_admin(session)
+        return [await self.add_user(
+            self._local_username(required(element, "user")),
+            display_name=check_text_field("display-name", element.get("display-name", "")),
+            email=check_text_field("email", element.get("email", "")),
+            is_admin=bool(optional_bool(element, "admin", False)),
+            password=child_text(element, "password", required_child=False, limit=1024),
+            password_login=bool(optional_bool(element, "password-login", True)),
+        )]
+
+    async def add_user(
+        self,
+        username: str,
+        *,
+        display_name: str = "",
+        email: str = "",
+        is_admin: bool = False,
+        password: str | None = None,
+        password_login: bool = True,
+    ) -> Element:
+        """Create a user; used by ``create-user`` and by the first-start bootstrap."""
+        password_hash = None
+        if password is not None:
+            check_password_policy(password)
+            password_hash = await self.run_in_thread(self.hasher.hash, password)
+        account = await self.store.create_user(
+            username,
+            display_name=display_name,
+            email=email,
+            is_admin=is_admin,
+            password_hash=password_hash,
+            password_login=password_login,
+        )
+        log.info("Created user {user} (admin: {admin})", user=username, admin=is_admin)
+        return user_element(account.record, self._account_view(account))
+
+    async def set_password(self, session: Session, element: Element) -> list[Element]:
+        """Set a password: one's own (with the current one after a password login), or
+        anyone's for administrators."""
+        username = self._target_user(element, session)
+        new_password = child_text(element, "password", limit=1024) or ""
+        check_password_policy(new_password)
+        is_admin = await self._caller_is_admin(session)
+        if username != session.username and not is_admin:
+            raise errors.Forbidden("only administrators may set other users' passwords")
+        account = await self._account(username)
+        if username == session.username and session.method == "password" and not is_admin:
+            current = child_text(element, "current-password", required_child=False, limit=1024)
+            if current is None or not await self.run_in_thread(self.hasher.verify, current, account.password_hash):
+                raise errors.LoginFailed("the current password is wrong")
+        new_hash = await self.run_in_thread(self.hasher.hash, new_password)
+        account = await self.store.set_password_hash(username, new_hash)
+        self.security_changed()
+        log.info("Password of {user} set by {caller}", user=username, caller=str(session.identity))
+        return [user_element(account.record, self._account_view(account))]
+
+    async def set_password_login(self, session: Session, element: Element) -> list[Element]:
+        """Enable or disable password login for a user. Users may disable their own;
+        only administrators may enable it."""
+        username = self._target_user(element, session)
+        enabled = optional_bool(element, "enabled")
+        if enabled is None:
+            raise errors.BadRequest("<set-password-login> needs enabled='true' or 'false'")
+        if enabled or username != session.username:
+            await self._require_admin(session)
+        account = await self.store.set_password_login(username, enabled)
+        self.security_changed()
+        log.info("Password login of {user} {state} by {caller}", user=username, state="enabled" if enabled else "disabled", caller=str(session.identity))
+        return [user_element(account.record, self._account_view(account))]
+
+    async def set_admin(self, session: Session, element: Element) -> list[Element]:
+        """Grant or withdraw administrator rights (never from the last administrator)."""
+        await self._require_admin(session)
+        username = self._local_username(required(element, "user"))
+        enabled = optional_bool(element, "enabled")
+        if enabled is None:
+            raise errors.BadRequest("<set-admin> needs enabled='true' or 'false'")
+        account = await self._account(username)
+        if account.is_admin and not enabled and await self.store.count_admins() <= 1:
+            raise errors.Conflict("the last administrator cannot lose administrator rights")
+        account = await self.store.set_admin(username, enabled)
+        self.security_changed()
+        return [user_element(account.record, self._account_view(account))]
+
+    async def delete_user(self, session: Session, element: Element) -> list[Element]:
+        """Delete a user and revoke their certificates (administrators only)."""
+        await self._require_admin(session)
+        username = self._local_username(required(element, "user"))
+        account = await self._account(username)
+        if account.is_admin and await self.store.count_admins() <= 1:
+            raise errors.Conflict("the last administrator cannot be deleted")
+        revoked = await self.store.delete_user(username)
+        self.security_changed()
+        log.info("{caller} deleted user {user}, revoking {count} certificates", caller=str(session.identity), user=username, count=revoked)
+        return [make_element("deleted", {"user": f"{username}@{self.domain}", "revoked": str(revoked)})]
+
+
+
+def looks_like_pkcs12(data: bytes) -> bool:
+    """True if ``data`` is a DER SEQUENCE spanning all of it whose first element is
+    INTEGER 3 (a PKCS#12 PFX). The contents stay opaque: the passphrase is not ours."""
+    if len(data) < 8 or data[0] != 0x30:
+        return False
+    length_byte = data[1]
+    if length_byte < 0x80:
+        length, offset = length_byte, 2
+    else:
+        count = length_byte & 0x7F
+        if count == 0 or count > 4 or len(data) < 2 + count:
+            return False
+        length, offset = int.from_bytes(data[2 : 2 + count], "big"), 2 + count
+    return offset + length == len(data) and data[offset : offset + 3] == b"\x02\x01\x03"

@@ -1,0 +1,125 @@
+"""Persistent storage of the registry: SQLite (default) or PostgreSQL, through adbapi."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
+
+from irp.records import RecordSigner
+from irp.store.dialect import POSTGRESQL, SQLITE, Dialect
+from irp.records import CertificateInfo, Pkcs12Info
+from irp.store.store import Account, RegistryStore, StoredCRL, serial_text
+
+__all__ = [
+    "Account",
+    "CertificateInfo",
+    "Pkcs12Info",
+    "RegistryStore",
+    "StoredCRL",
+    "UnsupportedDatabase",
+    "open_store",
+    "serial_text",
+]
+
+
+class UnsupportedDatabase(ValueError):
+    """The database URL names an engine or driver that is not available."""
+
+
+def _prepare_sqlite(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA busy_timeout = 10000")
+
+
+def _sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # The database holds password hashes and escrowed PKCS#12 files: owner only.
+        # (SQLite gives its -wal and -shm files the database file's permissions.)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        isolation_level=None,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_prepare_sqlite,
+        cp_reactor=reactor,
+    )
+
+
+def _postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.ConnectionPool:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise UnsupportedDatabase(
+            "PostgreSQL needs the psycopg driver: pip install 'irp-sixchat[postgresql]'"
+        ) from None
+    return adbapi.ConnectionPool(
+        "psycopg",
+        url,
+        cp_min=1,
+        cp_max=pool_size,
+        cp_reconnect=True,
+        cp_reactor=reactor,
+    )
+
+
+def parse_database_url(url: str) -> tuple[Dialect, str]:
+    """Return the dialect and the driver's connection argument for a database URL.
+
+    Accepted: ``sqlite:///relative/or//absolute/path.db``, a plain file path (SQLite),
+    ``postgresql://user:password@host:port/dbname`` (also ``postgres://``).
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return POSTGRESQL, url
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise UnsupportedDatabase("sqlite URLs need a file path: sqlite:///registry.db")
+        return SQLITE, path
+    if parts.scheme and len(parts.scheme) > 1:
+        raise UnsupportedDatabase(f"unsupported database URL scheme {parts.scheme!r}")
+    return SQLITE, url
+
+
+def open_store(
+    url: str,
+    *,
+    domain: str,
+    signer: RecordSigner,
+    now: Callable[[], float],
+    reactor: Any,
+    pool_size: int = 4,
+) -> Deferred[RegistryStore]:
+    """Open (creating or upgrading the schema) the store at ``url``; fire with it."""
+    dialect, target = parse_database_url(url)
+    if dialect is SQLITE:
+        pool = _sqlite_pool(target, reactor)
+    else:
+        pool = _postgresql_pool(target, reactor, pool_size)
+    store = RegistryStore(pool, dialect, domain, signer, now)
+    pool.start()
+    result: Deferred[RegistryStore] = store.upgrade().addCallback(lambda _version: store)
+
+    def close_on_failure(failure: Any) -> Any:
+        pool.close()
+        return failure
+
+    result.addErrback(close_on_failure)
+    return result

@@ -1,0 +1,78 @@
+"""The registry's database schema, as numbered migrations.
+
+``MIGRATIONS[n]`` upgrades a database from version ``n`` to ``n + 1``. A new database runs
+them all; an old one runs only the missing ones, in one transaction each. Never edit a
+released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    # 0 -> 1: the first schema.
+    [
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            display_name TEXT NOT NULL,
+            email TEXT NOT NULL,
+            attributes TEXT NOT NULL,
+            is_admin INTEGER NOT NULL,
+            password_hash TEXT,
+            password_login INTEGER NOT NULL,
+            created_at {BIGINT} NOT NULL,
+            updated_at {BIGINT} NOT NULL,
+            record_seq {BIGINT} NOT NULL,
+            record_signed_at {BIGINT} NOT NULL,
+            record_signature {BLOB} NOT NULL
+        )""",
+        """CREATE TABLE addresses (
+            username TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            presence TEXT NOT NULL,
+            endpoints TEXT NOT NULL,
+            expires_at {BIGINT} NOT NULL,
+            seq {BIGINT} NOT NULL,
+            signed_at {BIGINT} NOT NULL,
+            signature {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX addresses_expiry ON addresses (expires_at)",
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL UNIQUE,
+            username TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            not_before {BIGINT} NOT NULL,
+            not_after {BIGINT} NOT NULL,
+            issued_at {BIGINT} NOT NULL,
+            revoked_at {BIGINT},
+            revocation_reason TEXT,
+            der {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX certificates_by_user ON certificates (username, issued_at)",
+        "CREATE INDEX certificates_revoked ON certificates (revoked_at)",
+        """CREATE TABLE pkcs12_files (
+            id {ID_PK},
+            username TEXT NOT NULL,
+            label TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            certificate_serial TEXT,
+            created_at {BIGINT} NOT NULL,
+            data {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX pkcs12_by_user ON pkcs12_files (username)",
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value {BIGINT} NOT NULL
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('crl_number', 0)",
+        "INSERT INTO counters (name, value) VALUES ('revocations', 0)",
+        """CREATE TABLE crls (
+            issuer TEXT PRIMARY KEY,
+            crl_number {BIGINT} NOT NULL,
+            revocations {BIGINT} NOT NULL,
+            next_update {BIGINT} NOT NULL,
+            der {BLOB} NOT NULL
+        )""",
+    ],
+]
+
+#: The version a fully upgraded database has.
+LATEST_VERSION = len(MIGRATIONS)

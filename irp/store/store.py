@@ -1,0 +1,732 @@
+"""The registry's persistent store, through ``twisted.enterprise.adbapi``.
+
+:class:`RegistryStore` is the only code that talks to the database. Public records are
+signed here, inside the transaction that writes them, so what is stored and what is served
+are always the same signed bytes. Every method returns a Deferred; the SQL runs in
+adbapi's thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cryptography import x509
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+from irp.errors import Conflict, NotFound
+from irp.identity import Identity
+from irp.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
+from irp.store.dialect import Dialect
+from irp.store.schema import LATEST_VERSION, MIGRATIONS
+
+T = TypeVar("T")
+
+Transaction = Any  # adbapi.Transaction: a DB-API cursor-like object
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user's full row: the public record and the private account settings."""
+
+    record: UserRecord
+    is_admin: bool
+    password_hash: str | None
+    password_login: bool
+    created_at: int
+    updated_at: int
+
+    @property
+    def username(self) -> str:
+        """The user's name."""
+        return self.record.identity.username
+
+
+@dataclass(frozen=True)
+class StoredCRL:
+    """A CRL as stored, with the revocation generation it reflects."""
+
+    issuer: str
+    crl_number: int
+    revocations: int
+    next_update: int
+    der: bytes
+
+
+def serial_text(serial: int) -> str:
+    """The canonical text form of a serial number (lower-case hex)."""
+    return format(serial, "x")
+
+
+_USER_COLUMNS = (
+    "username, display_name, email, attributes, is_admin, password_hash, password_login,"
+    " created_at, updated_at, record_seq, record_signed_at, record_signature"
+)
+_CERT_COLUMNS = (
+    "serial, fingerprint, username, origin, not_before, not_after, issued_at, revoked_at,"
+    " revocation_reason, der"
+)
+
+
+class RegistryStore:
+    """Persistent users, addresses, certificates and PKCS#12 files of one domain."""
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        dialect: Dialect,
+        domain: str,
+        signer: RecordSigner,
+        now: Callable[[], float],
+    ) -> None:
+        self.pool = pool
+        self.dialect = dialect
+        self.domain = domain
+        self.signer = signer
+        self.now = now
+        self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _execute(self, txn: Transaction, statement: str, params: Sequence[Any] = ()) -> None:
+        txn.execute(self.dialect.sql(statement), tuple(params))
+
+    def _fetchone(self, txn: Transaction, statement: str, params: Sequence[Any] = ()) -> Any:
+        self._execute(txn, statement, params)
+        return txn.fetchone()
+
+    def _fetchall(self, txn: Transaction, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        self._execute(txn, statement, params)
+        return list(txn.fetchall())
+
+    def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        return self.pool.runInteraction(interaction, *args)
+
+    def _write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``interaction`` in a write transaction; integrity errors become Conflict."""
+
+        def transaction(txn: Transaction, *inner: Any) -> T:
+            if self.dialect.begin_write:
+                txn.execute(self.dialect.begin_write)
+            try:
+                return interaction(txn, *inner)
+            except self._integrity_error as error:
+                raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
+
+        return self.pool.runInteraction(transaction, *args)
+
+    def _now(self) -> int:
+        return int(self.now())
+
+    def _identity(self, username: str) -> Identity:
+        return Identity(username, self.domain)
+
+    # -- schema -----------------------------------------------------------------------
+
+    def upgrade(self) -> Deferred[int]:
+        """Create or upgrade the schema; fire with the version now in use."""
+        return self.pool.runInteraction(self._upgrade)
+
+    def _upgrade(self, txn: Transaction) -> int:
+        if self.dialect.begin_write:
+            txn.execute(self.dialect.begin_write)
+        else:
+            # PostgreSQL: serialise concurrent upgraders of one database.
+            txn.execute("SELECT pg_advisory_xact_lock(4604)")
+        self._execute(txn, "CREATE TABLE IF NOT EXISTS schema_version (version {BIGINT} NOT NULL)")
+        row = self._fetchone(txn, "SELECT version FROM schema_version")
+        version = 0 if row is None else int(row[0])
+        if row is None:
+            self._execute(txn, "INSERT INTO schema_version (version) VALUES (0)")
+        if version > LATEST_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {version}, newer than this software"
+                f" ({LATEST_VERSION}); upgrade the software"
+            )
+        for number in range(version, LATEST_VERSION):
+            for statement in MIGRATIONS[number]:
+                self._execute(txn, statement)
+            self._execute(txn, "UPDATE schema_version SET version = ?", (number + 1,))
+        return LATEST_VERSION
+
+    def check_integrity(self) -> Deferred[str]:
+        """Run the engine's integrity check; fire with ``"ok"`` or the problems found."""
+
+        def check(txn: Transaction) -> str:
+            if self.dialect.name != "sqlite":
+                txn.execute("SELECT 1")
+                return "ok"
+            txn.execute("PRAGMA integrity_check")
+            return ", ".join(str(row[0]) for row in txn.fetchall())
+
+        return self.pool.runInteraction(check)
+
+    # -- users ------------------------------------------------------------------------
+
+    def _account_from_row(self, row: Sequence[Any]) -> Account:
+        record = UserRecord(
+            identity=self._identity(row[0]),
+            display_name=row[1],
+            email=row[2],
+            attributes=tuple((name, value) for name, value in json.loads(row[3])),
+            seq=int(row[9]),
+            signed_at=int(row[10]),
+            signature=self.dialect.blob(row[11]),
+        )
+        return Account(
+            record=record,
+            is_admin=bool(row[4]),
+            password_hash=row[5],
+            password_login=bool(row[6]),
+            created_at=int(row[7]),
+            updated_at=int(row[8]),
+        )
+
+    def _get_account(self, txn: Transaction, username: str, lock: bool = False) -> Account | None:
+        suffix = self.dialect.for_update if lock else ""
+        row = self._fetchone(
+            txn, f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?{suffix}", (username,)
+        )
+        return None if row is None else self._account_from_row(row)
+
+    def _require_account(self, txn: Transaction, username: str, lock: bool = False) -> Account:
+        account = self._get_account(txn, username, lock)
+        if account is None:
+            raise NotFound(f"no user {username}@{self.domain}")
+        return account
+
+    def get_account(self, username: str) -> Deferred[Account | None]:
+        """Fire with the user's account, or None."""
+        return self._read(self._get_account, username)
+
+    def create_user(
+        self,
+        username: str,
+        *,
+        display_name: str = "",
+        email: str = "",
+        attributes: tuple[tuple[str, str], ...] = (),
+        is_admin: bool = False,
+        password_hash: str | None = None,
+        password_login: bool = True,
+    ) -> Deferred[Account]:
+        """Create a user with a signed directory entry and a signed offline address record."""
+
+        def create(txn: Transaction) -> Account:
+            now = self._now()
+            if self._get_account(txn, username) is not None:
+                raise Conflict(f"the user {username}@{self.domain} already exists")
+            record = self.signer.sign(
+                UserRecord(self._identity(username), display_name, email, attributes, 1, now)
+            )
+            self._execute(
+                txn,
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    username,
+                    display_name,
+                    email,
+                    json.dumps(attributes),
+                    int(is_admin),
+                    password_hash,
+                    int(password_login),
+                    now,
+                    now,
+                    record.seq,
+                    record.signed_at,
+                    record.signature,
+                ),
+            )
+            self._write_addresses(txn, username, "offline", (), now, 1, now)
+            return Account(record, is_admin, password_hash, password_login, now, now)
+
+        return self._write(create)
+
+    def update_user(
+        self,
+        username: str,
+        *,
+        display_name: str | None = None,
+        email: str | None = None,
+        attributes: tuple[tuple[str, str], ...] | None = None,
+    ) -> Deferred[Account]:
+        """Change directory fields (None leaves a field as it is) and re-sign the entry."""
+
+        def update(txn: Transaction) -> Account:
+            account = self._require_account(txn, username, lock=True)
+            now = self._now()
+            old = account.record
+            record = self.signer.sign(
+                UserRecord(
+                    old.identity,
+                    old.display_name if display_name is None else display_name,
+                    old.email if email is None else email,
+                    old.attributes if attributes is None else attributes,
+                    old.seq + 1,
+                    now,
+                )
+            )
+            self._execute(
+                txn,
+                "UPDATE users SET display_name = ?, email = ?, attributes = ?, updated_at = ?,"
+                " record_seq = ?, record_signed_at = ?, record_signature = ? WHERE username = ?",
+                (
+                    record.display_name,
+                    record.email,
+                    json.dumps(record.attributes),
+                    now,
+                    record.seq,
+                    record.signed_at,
+                    record.signature,
+                    username,
+                ),
+            )
+            return Account(
+                record,
+                account.is_admin,
+                account.password_hash,
+                account.password_login,
+                account.created_at,
+                now,
+            )
+
+        return self._write(update)
+
+    def _update_account_field(self, username: str, column: str, value: Any) -> Deferred[Account]:
+        def update(txn: Transaction) -> Account:
+            self._require_account(txn, username, lock=True)
+            self._execute(
+                txn,
+                f"UPDATE users SET {column} = ?, updated_at = ? WHERE username = ?",
+                (value, self._now(), username),
+            )
+            return self._require_account(txn, username)
+
+        return self._write(update)
+
+    def set_password_hash(self, username: str, password_hash: str | None) -> Deferred[Account]:
+        """Set (or clear, with None) the user's password hash."""
+        return self._update_account_field(username, "password_hash", password_hash)
+
+    def set_password_login(self, username: str, enabled: bool) -> Deferred[Account]:
+        """Allow or refuse password login for the user."""
+        return self._update_account_field(username, "password_login", int(enabled))
+
+    def set_admin(self, username: str, is_admin: bool) -> Deferred[Account]:
+        """Grant or withdraw administrator rights."""
+        return self._update_account_field(username, "is_admin", int(is_admin))
+
+    def count_admins(self) -> Deferred[int]:
+        """Fire with the number of administrators."""
+
+        def count(txn: Transaction) -> int:
+            return int(self._fetchone(txn, "SELECT COUNT(*) FROM users WHERE is_admin = 1")[0])
+
+        return self._read(count)
+
+    def delete_user(self, username: str, reason: str = "cessation-of-operation") -> Deferred[int]:
+        """Delete a user, revoke their certificates and drop their files.
+
+        Fires with the number of certificates revoked.
+        """
+
+        def delete(txn: Transaction) -> int:
+            self._require_account(txn, username, lock=True)
+            now = self._now()
+            rows = self._fetchall(
+                txn,
+                "SELECT serial FROM certificates WHERE username = ? AND origin = 'issued'"
+                " AND revoked_at IS NULL",
+                (username,),
+            )
+            for (serial,) in rows:
+                self._revoke(txn, serial, reason, now)
+            self._execute(txn, "DELETE FROM addresses WHERE username = ?", (username,))
+            self._execute(txn, "DELETE FROM pkcs12_files WHERE username = ?", (username,))
+            self._execute(txn, "DELETE FROM users WHERE username = ?", (username,))
+            return len(rows)
+
+        return self._write(delete)
+
+    def list_users(self, offset: int, limit: int, prefix: str = "") -> Deferred[tuple[int, list[Account]]]:
+        """Fire with (total matching, one page of accounts ordered by user name)."""
+
+        def page(txn: Transaction) -> tuple[int, list[Account]]:
+            pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            total = int(
+                self._fetchone(
+                    txn, "SELECT COUNT(*) FROM users WHERE username LIKE ? ESCAPE '\\'", (pattern,)
+                )[0]
+            )
+            rows = self._fetchall(
+                txn,
+                f"SELECT {_USER_COLUMNS} FROM users WHERE username LIKE ? ESCAPE '\\'"
+                " ORDER BY username LIMIT ? OFFSET ?",
+                (pattern, limit, offset),
+            )
+            return total, [self._account_from_row(row) for row in rows]
+
+        return self._read(page)
+
+    # -- addresses --------------------------------------------------------------------
+
+    def _write_addresses(
+        self,
+        txn: Transaction,
+        username: str,
+        presence: str,
+        endpoints: tuple[Endpoint, ...],
+        expires_at: int,
+        seq: int,
+        now: int,
+        insert: bool = True,
+    ) -> AddressRecord:
+        record = self.signer.sign(
+            AddressRecord(self._identity(username), presence, endpoints, expires_at, seq, now)
+        )
+        encoded = json.dumps([[endpoint.address, endpoint.port] for endpoint in endpoints])
+        if insert:
+            self._execute(
+                txn,
+                "INSERT INTO addresses (username, presence, endpoints, expires_at, seq, signed_at,"
+                " signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (username, presence, encoded, expires_at, seq, now, record.signature),
+            )
+        else:
+            self._execute(
+                txn,
+                "UPDATE addresses SET presence = ?, endpoints = ?, expires_at = ?, seq = ?,"
+                " signed_at = ?, signature = ? WHERE username = ?",
+                (presence, encoded, expires_at, seq, now, record.signature, username),
+            )
+        return record
+
+    def _address_from_row(self, row: Sequence[Any]) -> AddressRecord:
+        return AddressRecord(
+            identity=self._identity(row[0]),
+            presence=row[1],
+            endpoints=tuple(Endpoint(address, int(port)) for address, port in json.loads(row[2])),
+            expires_at=int(row[3]),
+            seq=int(row[4]),
+            signed_at=int(row[5]),
+            signature=self.dialect.blob(row[6]),
+        )
+
+    _ADDRESS_SELECT = (
+        "SELECT username, presence, endpoints, expires_at, seq, signed_at, signature"
+        " FROM addresses WHERE username = ?"
+    )
+
+    def put_addresses(
+        self, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
+    ) -> Deferred[AddressRecord]:
+        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them."""
+
+        def put(txn: Transaction) -> AddressRecord:
+            row = self._fetchone(txn, self._ADDRESS_SELECT + self.dialect.for_update, (username,))
+            if row is None:
+                self._require_account(txn, username)
+                raise NotFound(f"no address record for {username}@{self.domain}")
+            now = self._now()
+            return self._write_addresses(
+                txn, username, presence, endpoints, now + ttl, int(row[4]) + 1, now, insert=False
+            )
+
+        return self._write(put)
+
+    def get_addresses(self, username: str) -> Deferred[AddressRecord | None]:
+        """Fire with the user's signed address record, or None for an unknown user."""
+
+        def get(txn: Transaction) -> AddressRecord | None:
+            row = self._fetchone(txn, self._ADDRESS_SELECT, (username,))
+            return None if row is None else self._address_from_row(row)
+
+        return self._read(get)
+
+    def expire_addresses(self) -> Deferred[int]:
+        """Replace every expired record that still lists addresses with a signed offline one.
+
+        Fires with the number of records replaced.
+        """
+
+        def sweep(txn: Transaction) -> int:
+            now = self._now()
+            rows = self._fetchall(
+                txn,
+                "SELECT username, seq FROM addresses WHERE expires_at <= ?"
+                " AND (endpoints <> '[]' OR presence <> 'offline')",
+                (now,),
+            )
+            for username, seq in rows:
+                self._write_addresses(txn, username, "offline", (), now, int(seq) + 1, now, insert=False)
+            return len(rows)
+
+        return self._write(sweep)
+
+    # -- certificates -----------------------------------------------------------------
+
+    def _certificate_from_row(self, row: Sequence[Any]) -> CertificateInfo:
+        return CertificateInfo(
+            serial=int(row[0], 16),
+            fingerprint=row[1],
+            username=row[2],
+            origin=row[3],
+            not_before=int(row[4]),
+            not_after=int(row[5]),
+            issued_at=int(row[6]),
+            revoked_at=None if row[7] is None else int(row[7]),
+            revocation_reason=row[8],
+            der=self.dialect.blob(row[9]),
+        )
+
+    def add_certificate(
+        self, username: str, certificate: x509.Certificate, fingerprint: str, origin: str = "issued"
+    ) -> Deferred[CertificateInfo]:
+        """Record a certificate for a user; a duplicate serial or fingerprint is a Conflict."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        der = certificate.public_bytes(Encoding.DER)
+
+        def add(txn: Transaction) -> CertificateInfo:
+            self._require_account(txn, username)
+            info = CertificateInfo(
+                serial=certificate.serial_number,
+                fingerprint=fingerprint,
+                username=username,
+                origin=origin,
+                not_before=int(certificate.not_valid_before_utc.timestamp()),
+                not_after=int(certificate.not_valid_after_utc.timestamp()),
+                issued_at=self._now(),
+                revoked_at=None,
+                revocation_reason=None,
+                der=der,
+            )
+            self._execute(
+                txn,
+                f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    serial_text(info.serial),
+                    info.fingerprint,
+                    username,
+                    origin,
+                    info.not_before,
+                    info.not_after,
+                    info.issued_at,
+                    None,
+                    None,
+                    der,
+                ),
+            )
+            return info
+
+        return self._write(add)
+
+    def serial_in_use(self, serial: int) -> Deferred[bool]:
+        """Fire with whether a certificate with this serial is already recorded."""
+
+        def check(txn: Transaction) -> bool:
+            row = self._fetchone(txn, "SELECT 1 FROM certificates WHERE serial = ?", (serial_text(serial),))
+            return row is not None
+
+        return self._read(check)
+
+    def get_certificate(self, serial: int) -> Deferred[CertificateInfo | None]:
+        """Fire with the certificate with this serial, or None."""
+
+        def get(txn: Transaction) -> CertificateInfo | None:
+            row = self._fetchone(
+                txn, f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?", (serial_text(serial),)
+            )
+            return None if row is None else self._certificate_from_row(row)
+
+        return self._read(get)
+
+    def get_certificate_by_fingerprint(self, fingerprint: str) -> Deferred[CertificateInfo | None]:
+        """Fire with the certificate with this SHA-256 fingerprint, or None."""
+
+        def get(txn: Transaction) -> CertificateInfo | None:
+            row = self._fetchone(
+                txn, f"SELECT {_CERT_COLUMNS} FROM certificates WHERE fingerprint = ?", (fingerprint,)
+            )
+            return None if row is None else self._certificate_from_row(row)
+
+        return self._read(get)
+
+    def list_certificates(self, username: str) -> Deferred[list[CertificateInfo]]:
+        """Fire with all certificates of a user, newest first."""
+
+        def get(txn: Transaction) -> list[CertificateInfo]:
+            rows = self._fetchall(
+                txn,
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE username = ?"
+                " ORDER BY issued_at DESC, serial",
+                (username,),
+            )
+            return [self._certificate_from_row(row) for row in rows]
+
+        return self._read(get)
+
+    def _revoke(self, txn: Transaction, serial: str, reason: str, at: int) -> None:
+        self._execute(
+            txn,
+            "UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ?",
+            (at, reason, serial),
+        )
+        self._execute(txn, "UPDATE counters SET value = value + 1 WHERE name = 'revocations'")
+
+    def revoke_certificate(self, serial: int, reason: str) -> Deferred[CertificateInfo]:
+        """Revoke a certificate this CA issued; revoking twice is a Conflict."""
+
+        def revoke(txn: Transaction) -> CertificateInfo:
+            text = serial_text(serial)
+            row = self._fetchone(
+                txn,
+                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?{self.dialect.for_update}",
+                (text,),
+            )
+            if row is None:
+                raise NotFound(f"no certificate with serial {text}")
+            info = self._certificate_from_row(row)
+            if info.origin != "issued":
+                raise Conflict("only certificates issued by this registry's CA can be revoked here")
+            if info.revoked_at is not None:
+                raise Conflict(f"the certificate {text} is already revoked")
+            self._revoke(txn, text, reason, self._now())
+            row = self._fetchone(txn, f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?", (text,))
+            return self._certificate_from_row(row)
+
+        return self._write(revoke)
+
+    def revocation_generation(self) -> Deferred[int]:
+        """Fire with a counter that grows with every revocation (for CRL caching)."""
+
+        def get(txn: Transaction) -> int:
+            return int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'revocations'")[0])
+
+        return self._read(get)
+
+    def get_crl(self, issuer: str) -> Deferred[StoredCRL | None]:
+        """Fire with the last CRL stored for ``issuer`` (``"issuing"`` or ``"root"``)."""
+
+        def get(txn: Transaction) -> StoredCRL | None:
+            row = self._fetchone(
+                txn,
+                "SELECT issuer, crl_number, revocations, next_update, der FROM crls WHERE issuer = ?",
+                (issuer,),
+            )
+            if row is None:
+                return None
+            return StoredCRL(row[0], int(row[1]), int(row[2]), int(row[3]), self.dialect.blob(row[4]))
+
+        return self._read(get)
+
+    def refresh_crl(
+        self,
+        issuer: str,
+        build: Callable[[int, list[tuple[int, int, str | None]]], tuple[bytes, int]],
+        refresh_before: int,
+    ) -> Deferred[StoredCRL]:
+        """Return the current CRL for ``issuer``, building and storing a new one if needed.
+
+        A new CRL is built when revocations happened since the stored one, or when it is
+        within ``refresh_before`` seconds of its next update. ``build(crl_number, entries)``
+        gets the next CRL number and ``(serial, revoked_at, reason)`` entries (empty for the
+        root) and returns ``(der, next_update)``. The counter row is locked, so servers
+        sharing one database agree on one CRL sequence.
+        """
+
+        def refresh(txn: Transaction) -> StoredCRL:
+            counter = self._fetchone(
+                txn,
+                "SELECT value FROM counters WHERE name = 'crl_number'" + self.dialect.for_update,
+            )
+            generation = int(
+                self._fetchone(txn, "SELECT value FROM counters WHERE name = 'revocations'")[0]
+            )
+            row = self._fetchone(
+                txn,
+                "SELECT issuer, crl_number, revocations, next_update, der FROM crls WHERE issuer = ?",
+                (issuer,),
+            )
+            now = self._now()
+            if row is not None:
+                stored = StoredCRL(row[0], int(row[1]), int(row[2]), int(row[3]), self.dialect.blob(row[4]))
+                fresh = stored.next_update - refresh_before > now
+                if fresh and (issuer == "root" or stored.revocations == generation):
+                    return stored
+            number = int(counter[0]) + 1
+            self._execute(txn, "UPDATE counters SET value = ? WHERE name = 'crl_number'", (number,))
+            entries: list[tuple[int, int, str | None]] = []
+            if issuer != "root":
+                rows = self._fetchall(
+                    txn,
+                    "SELECT serial, revoked_at, revocation_reason FROM certificates"
+                    " WHERE revoked_at IS NOT NULL AND origin = 'issued' ORDER BY revoked_at, serial",
+                )
+                entries = [(int(serial, 16), int(at), reason) for serial, at, reason in rows]
+            der, next_update = build(number, entries)
+            self._execute(txn, "DELETE FROM crls WHERE issuer = ?", (issuer,))
+            self._execute(
+                txn,
+                "INSERT INTO crls (issuer, crl_number, revocations, next_update, der) VALUES (?, ?, ?, ?, ?)",
+                (issuer, number, generation, next_update, der),
+            )
+            return StoredCRL(issuer, number, generation, next_update, der)
+
+        return self._write(refresh)
+
+    # -- PKCS#12 files ----------------------------------------------------------------
+
+    def add_pkcs12(
+        self, username: str, label: str, origin: str, data: bytes, certificate_serial: int | None
+    ) -> Deferred[Pkcs12Info]:
+        """Store a PKCS#12 file for a user."""
+
+        def add(txn: Transaction) -> Pkcs12Info:
+            self._require_account(txn, username)
+            now = self._now()
+            serial = None if certificate_serial is None else serial_text(certificate_serial)
+            row = self._fetchone(
+                txn,
+                "INSERT INTO pkcs12_files (username, label, origin, certificate_serial, created_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (username, label, origin, serial, now, data),
+            )
+            return Pkcs12Info(int(row[0]), username, label, origin, serial, now, len(data))
+
+        return self._write(add)
+
+    _PKCS12_COLUMNS = "id, username, label, origin, certificate_serial, created_at, data"
+
+    def _pkcs12_from_row(self, row: Sequence[Any], with_data: bool) -> Pkcs12Info:
+        data = self.dialect.blob(row[6])
+        return Pkcs12Info(
+            int(row[0]), row[1], row[2], row[3], row[4], int(row[5]), len(data), data if with_data else None
+        )
+
+    def list_pkcs12(self, username: str) -> Deferred[list[Pkcs12Info]]:
+        """Fire with the user's PKCS#12 files (without their data), newest first."""
+
+        def get(txn: Transaction) -> list[Pkcs12Info]:
+            rows = self._fetchall(
+                txn,
+                f"SELECT {self._PKCS12_COLUMNS} FROM pkcs12_files WHERE username = ? ORDER BY id DESC",
+                (username,),
+            )
+            return [self._pkcs12_from_row(row, with_data=False) for row in rows]
+
+        return self._read(get)
+
+    def get_pkcs12(self, file_id: int) -> Deferred[Pkcs12Info | None]:
+        """Fire with one PKCS#12 file including its data, or None."""
+
+        def get(txn: Transaction) -> Pkcs12Info | None:
+            row = self._fetchone(
+                txn, f"SELECT {self._PKCS12_COLUMNS} FROM pkcs12_files WHERE id = ?", (file_id,)
+            )
+            return None if row is None else self._pkcs12_from_row(row, with_data=True)
+
+        return self._read(get)

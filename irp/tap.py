@@ -1,0 +1,147 @@
+"""``twistd irp``: command-line options and the service maker."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from irp import DEFAULT_PORT
+from irp.ca import KEY_TYPES
+from irp.identity import InvalidIdentity, check_domain
+from irp.passwords import Argon2Parameters
+from irp.protocol import ConnectionLimits
+from irp.registry import RegistryConfig
+from irp.service import RegistrySettings, RegistryService
+from irp.store import UnsupportedDatabase, parse_database_url
+
+
+def check_endpoint(description: str) -> str:
+    """Refuse an endpoint string Twisted cannot parse (raises UsageError)."""
+    try:
+        serverFromString(None, description)
+    except (ValueError, KeyError, TypeError) as error:
+        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
+    return description
+
+
+class Options(usage.Options):
+    """Options of ``twistd irp``."""
+
+    synopsis = "--domain DOMAIN [options]"
+    longdesc = (
+        "Run the IRP identity registry of one domain: a user directory, an authenticated"
+        " address registry and the domain's CA, over TLS on TCP port 4604. On first start it"
+        " creates the CA, its server certificate and an administrator 'admin' whose password"
+        " it writes to DATA_DIR/admin-password (mode 0600)."
+    )
+
+    optParameters = [
+        ["domain", "d", None, "The domain this registry serves (required), e.g. example.org."],
+        ["data-dir", None, "irp-data", "Directory for the CA, keys and the SQLite database."],
+        ["database", None, None, "Database URL: a SQLite path (default DATA_DIR/registry.sqlite3)"
+         " or postgresql://user@host/dbname."],
+        ["key-type", None, "p384", f"Key type of new CA and server keys: {', '.join(KEY_TYPES)}."],
+        ["certificate-days", None, 365, "Validity of issued user certificates, in days.", int],
+        ["max-request", None, 256 * 1024, "Largest request accepted, in bytes.", int],
+        ["idle-timeout", None, 300.0, "Seconds an authenticated connection may stay idle.", float],
+        ["handshake-timeout", None, 30.0, "Seconds for the TLS handshake and first request, and"
+         " for an anonymous connection's idle time.", float],
+        ["frame-timeout", None, 30.0, "Seconds a started request has to arrive completely.", float],
+        ["max-connections-per-address", None, 64, "Open connections allowed per client address.", int],
+        ["login-failures", None, 5, "Failed logins per user before a lock-out.", int],
+        ["argon2-memory", None, 65536, "Argon2id memory cost per password hash, in KiB.", int],
+        ["admin", None, "admin", "Name of the administrator created on first start."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["hostnames"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on (repeatable); default tcp6:4604:interface=\\:\\: (IPv6 and IPv4)."""
+        self["listen"].append(check_endpoint(description))
+
+    def opt_hostname(self, name: str) -> None:
+        """A name (or address) for the server certificate (repeatable); default localhost,
+        127.0.0.1, ::1 and this host's fully qualified name."""
+        self["hostnames"].append(name)
+
+    def postOptions(self) -> None:
+        """Check and complete the options."""
+        if not self["domain"]:
+            raise usage.UsageError("--domain is required (the domain this registry serves)")
+        try:
+            self["domain"] = check_domain(self["domain"])
+        except InvalidIdentity as error:
+            raise usage.UsageError(str(error)) from None
+        if self["key-type"] not in KEY_TYPES:
+            raise usage.UsageError(f"--key-type must be one of {', '.join(KEY_TYPES)}")
+        for name in ("certificate-days", "max-request", "max-connections-per-address", "login-failures"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        for name in ("idle-timeout", "handshake-timeout", "frame-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        if self["argon2-memory"] < 8192:
+            raise usage.UsageError("--argon2-memory must be at least 8192 KiB")
+        if self["database"]:
+            try:
+                parse_database_url(self["database"])
+            except UnsupportedDatabase as error:
+                raise usage.UsageError(str(error)) from None
+        if not self["listen"]:
+            self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
+        if not self["hostnames"]:
+            import socket
+
+            self["hostnames"] = sorted({"localhost", "127.0.0.1", "::1", socket.getfqdn().lower()})
+
+    def settings(self) -> RegistrySettings:
+        """The registry settings these options describe."""
+        from datetime import timedelta
+
+        limits = ConnectionLimits(
+            max_request=self["max-request"],
+            handshake_timeout=self["handshake-timeout"],
+            idle_timeout=self["idle-timeout"],
+            frame_timeout=self["frame-timeout"],
+            max_connections_per_address=self["max-connections-per-address"],
+        )
+        config = RegistryConfig(
+            domain=self["domain"],
+            certificate_validity=timedelta(days=self["certificate-days"]),
+            login_failures_per_user=self["login-failures"],
+        )
+        return RegistrySettings(
+            domain=self["domain"],
+            data_dir=os.path.abspath(self["data-dir"]),
+            listen=self["listen"],
+            hostnames=self["hostnames"],
+            database=self["database"],
+            key_type=self["key-type"],
+            admin_username=self["admin"],
+            config=config,
+            limits=limits,
+            argon2=Argon2Parameters(memory_kib=self["argon2-memory"]),
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    """Build the registry service; credentials are prepared now so errors show at once."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    registry = RegistryService(options.settings(), reactor)
+    try:
+        registry.prepare_credentials()
+    except Exception as error:  # a readable message instead of a traceback
+        raise SystemExit(f"irp: cannot prepare the registry's credentials: {error}") from None
+    parent = service.MultiService()
+    registry.setServiceParent(parent)
+    return parent

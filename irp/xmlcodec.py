@@ -1,0 +1,158 @@
+"""Hardened XML parsing and serialisation shared by IRP and SixChat.
+
+Every document received from the network goes through :func:`parse_document`. The rules:
+
+* UTF-8 only; an optional XML declaration is the only ``<?`` allowed, at the very start.
+* No ``<!`` anywhere: so no DOCTYPE, DTD, entity declaration, comment or CDATA section.
+  This is checked on the raw bytes before any parser sees them.
+* The parser (lxml, with entity resolution, DTD loading and network access off, and the
+  huge-tree switch off) then builds the tree; depth and element count are capped.
+
+lxml was chosen over defusedxml + ElementTree for speed (5 us against 20 us to parse and
+2 us against 22 us to serialise a 330-byte message on the reference machine); the raw-byte
+pre-check makes it at least as strict as defusedxml, which forbids the same constructs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from lxml import etree
+
+Element = etree._Element
+
+MAX_DEPTH: Final = 12
+MAX_ELEMENTS: Final = 5000
+
+_XML_DECLARATION = b"<?xml"
+
+
+class XMLRejected(Exception):
+    """The document is not acceptable; ``forbidden`` tells whether it used banned markup."""
+
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+def _make_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=False,
+        collect_ids=False,
+        encoding="utf-8",
+    )
+
+
+_PARSER = _make_parser()
+
+
+def check_markup(data: bytes) -> None:
+    """Refuse DTDs, entities, comments, CDATA and processing instructions on raw bytes."""
+    if b"<!" in data:
+        raise XMLRejected(
+            "DTDs, entities, comments and CDATA sections are not allowed", forbidden=True
+        )
+    question = data.find(b"<?")
+    if question != -1:
+        if question != 0 or not data.startswith(_XML_DECLARATION):
+            raise XMLRejected("processing instructions are not allowed", forbidden=True)
+        if data.find(b"<?", 2) != -1:
+            raise XMLRejected("processing instructions are not allowed", forbidden=True)
+        end = data.find(b"?>")
+        if end == -1:
+            raise XMLRejected("unterminated XML declaration")
+        declaration = data[:end].lower()
+        if b"encoding" in declaration and b"utf-8" not in declaration:
+            raise XMLRejected("only UTF-8 documents are accepted")
+    if b"&" in data:
+        _check_entity_references(data)
+
+
+_PREDEFINED = (b"&lt;", b"&gt;", b"&amp;", b"&quot;", b"&apos;", b"&#")
+
+
+def _check_entity_references(data: bytes) -> None:
+    """Allow only the five predefined entities and character references."""
+    start = 0
+    while True:
+        amp = data.find(b"&", start)
+        if amp == -1:
+            return
+        if not data.startswith(_PREDEFINED, amp):
+            raise XMLRejected("only the predefined XML entities are allowed", forbidden=True)
+        start = amp + 1
+
+
+def parse_document(
+    data: bytes, *, max_depth: int = MAX_DEPTH, max_elements: int = MAX_ELEMENTS
+) -> Element:
+    """Parse one untrusted document and return its root element.
+
+    Raises :class:`XMLRejected` for anything not well-formed, not UTF-8, using forbidden
+    markup, nested deeper than ``max_depth`` or holding more than ``max_elements`` elements.
+    """
+    check_markup(data)
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as error:
+        raise XMLRejected(f"not well-formed XML: {error.msg}") from None
+    except ValueError as error:
+        raise XMLRejected(f"not acceptable XML: {error}") from None
+    if root is None:
+        raise XMLRejected("empty document")
+    count = 0
+    for element in root.iter():
+        count += 1
+        if not isinstance(element.tag, str):
+            raise XMLRejected("comments and processing instructions are not allowed", forbidden=True)
+        if count > max_elements:
+            raise XMLRejected(f"more than {max_elements} elements")
+    if count > 1:
+        _check_depth(root, max_depth)
+    return root
+
+
+def _check_depth(root: Element, max_depth: int) -> None:
+    stack: list[tuple[Element, int]] = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > max_depth:
+            raise XMLRejected(f"elements nested deeper than {max_depth}")
+        for child in element:
+            stack.append((child, depth + 1))
+
+
+def serialize(element: Element) -> bytes:
+    """Serialise an element to compact UTF-8 bytes without an XML declaration."""
+    return etree.tostring(element, encoding="utf-8")
+
+
+def make_element(tag: str, attributes: dict[str, str] | None = None, text: str | None = None) -> Element:
+    """Create an element with string attributes (``None`` values are left out) and text."""
+    element = etree.Element(tag)
+    if attributes:
+        for key, value in attributes.items():
+            if value is not None:
+                element.set(key, value)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def sub_element(
+    parent: Element, tag: str, attributes: dict[str, str] | None = None, text: str | None = None
+) -> Element:
+    """Append a child element (see :func:`make_element`) and return it."""
+    child = etree.SubElement(parent, tag)
+    if attributes:
+        for key, value in attributes.items():
+            if value is not None:
+                child.set(key, value)
+    if text is not None:
+        child.text = text
+    return child
