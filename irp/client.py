@@ -69,6 +69,8 @@ class RegistryClientProtocol(Protocol):
         self.waiting: dict[int, tuple[Deferred[Response], IDelayedCall]] = {}
         self.next_id = 1
         self.ready: Deferred[RegistryClientProtocol] = Deferred()
+        #: Fires (with None) once the connection is closed.
+        self.disconnected: Deferred[None] = Deferred()
         self.closed = False
         self.failure: errors.IRPError | None = None
 
@@ -145,6 +147,7 @@ class RegistryClientProtocol(Protocol):
                 errors.ServerVerificationFailed(f"the TLS connection to the registry failed: {tls_problem}")
             )
         self._fail_all(error)
+        self.disconnected.callback(None)
 
 
 @dataclass(frozen=True)
@@ -260,10 +263,11 @@ class RegistryClient:
         assert self.verifier is not None
         return self.verifier
 
-    def close(self) -> None:
-        """Close the connection."""
-        if self.protocol.transport is not None:
+    def close(self) -> Deferred[None]:
+        """Close the connection; fire once it is closed."""
+        if self.protocol.transport is not None and not self.protocol.closed:
             self.protocol.transport.loseConnection()
+        return self.protocol.disconnected
 
     # -- session ----------------------------------------------------------------------
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from irp import errors
 from irp.xmlcodec import Element, XMLRejected, make_element, parse_document, serialize
+
+#: Callables given every serialised message (tests use this to check each message against
+#: the schema). Empty in production, where it costs one truth test per message.
+message_observers: list[Callable[[bytes], None]] = []
 
 PROTOCOL_VERSION = "1"
 SUPPORTED_VERSIONS = ("1",)
@@ -45,6 +49,13 @@ class Response:
             found = ", ".join(element.tag for element in self.results) or "nothing"
             raise errors.BadRequest(f"expected a <{tag}> answer, got {found}")
         return self.results[0]
+
+
+def _observed(payload: bytes) -> bytes:
+    if message_observers:
+        for observer in message_observers:
+            observer(payload)
+    return payload
 
 
 def parse_xml(payload: bytes) -> Element:
@@ -93,7 +104,7 @@ def build_request(request_id: int, operation: Element) -> bytes:
     """Serialise a request envelope around ``operation``."""
     root = make_element("request", {"v": PROTOCOL_VERSION, "id": str(request_id)})
     root.append(operation)
-    return serialize(root)
+    return _observed(serialize(root))
 
 
 def ok_response(request_id: int, results: Iterable[Element]) -> bytes:
@@ -101,7 +112,7 @@ def ok_response(request_id: int, results: Iterable[Element]) -> bytes:
     root = make_element("response", {"v": PROTOCOL_VERSION, "id": str(request_id), "status": "ok"})
     for element in results:
         root.append(element)
-    return serialize(root)
+    return _observed(serialize(root))
 
 
 def error_response(request_id: int, error: errors.IRPError) -> bytes:
@@ -111,7 +122,7 @@ def error_response(request_id: int, error: errors.IRPError) -> bytes:
     )
     detail = make_element("error", {"code": str(error.code), "name": error.name}, error.message)
     root.append(detail)
-    return serialize(root)
+    return _observed(serialize(root))
 
 
 def parse_response(payload: bytes) -> Response:
