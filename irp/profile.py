@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -49,6 +49,8 @@ class ProfileConfig:
     domain: str
     port: int = DEFAULT_PORT
     username: str | None = None
+    #: Registries of other domains this user talks to: domain -> "host:port".
+    registries: dict[str, str] = field(default_factory=dict)
 
 
 class Profile:
@@ -95,6 +97,7 @@ class Profile:
                 domain=str(data["domain"]),
                 port=int(data.get("port", DEFAULT_PORT)),
                 username=data.get("username"),
+                registries={str(key): str(value) for key, value in dict(data.get("registries", {})).items()},
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ProfileError(f"the profile configuration {self.file(CONFIG_FILE)} is unreadable: {error}") from None

@@ -130,3 +130,17 @@ class RunningRegistry:
         await client.close()
         assert entry.certificate is not None
         return EnrolledUser(username, password, key, entry.certificate, entry.serial)
+
+
+def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> str:
+    """Write an IRP/SixChat profile folder for an enrolled user of ``registry``."""
+    from irp.profile import Profile, ProfileConfig
+
+    assert registry.service is not None and registry.service.credentials is not None
+    profile = Profile(path)
+    profile.create(
+        ProfileConfig(server=registry.listen_host, port=registry.port, domain=registry.domain, username=user.username),
+        registry.root,
+    )
+    profile.save_credentials(user.key, [user.certificate, registry.service.credentials.ca.issuing_certificate])
+    return path

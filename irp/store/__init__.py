@@ -27,6 +27,7 @@ __all__ = [
     "UnsupportedDatabase",
     "open_store",
     "serial_text",
+    "sqlite_pool",
 ]
 
 
@@ -41,7 +42,8 @@ def _prepare_sqlite(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA busy_timeout = 10000")
 
 
-def _sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
+def sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
+    """A one-connection adbapi pool on a SQLite file (WAL, full sync, mode 0600)."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # The database holds password hashes and escrowed PKCS#12 files: owner only.
@@ -110,7 +112,7 @@ def open_store(
     """Open (creating or upgrading the schema) the store at ``url``; fire with it."""
     dialect, target = parse_database_url(url)
     if dialect is SQLITE:
-        pool = _sqlite_pool(target, reactor)
+        pool = sqlite_pool(target, reactor)
     else:
         pool = _postgresql_pool(target, reactor, pool_size)
     store = RegistryStore(pool, dialect, domain, signer, now)

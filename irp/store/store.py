@@ -21,7 +21,7 @@ from irp.errors import Conflict, NotFound
 from irp.identity import Identity
 from irp.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
 from irp.store.dialect import Dialect
-from irp.store.schema import LATEST_VERSION, MIGRATIONS
+from irp.store.schema import MIGRATIONS, upgrade_schema
 
 T = TypeVar("T")
 
@@ -131,26 +131,7 @@ class RegistryStore:
         return self.pool.runInteraction(self._upgrade)
 
     def _upgrade(self, txn: Transaction) -> int:
-        if self.dialect.begin_write:
-            txn.execute(self.dialect.begin_write)
-        else:
-            # PostgreSQL: serialise concurrent upgraders of one database.
-            txn.execute("SELECT pg_advisory_xact_lock(4604)")
-        self._execute(txn, "CREATE TABLE IF NOT EXISTS schema_version (version {BIGINT} NOT NULL)")
-        row = self._fetchone(txn, "SELECT version FROM schema_version")
-        version = 0 if row is None else int(row[0])
-        if row is None:
-            self._execute(txn, "INSERT INTO schema_version (version) VALUES (0)")
-        if version > LATEST_VERSION:
-            raise RuntimeError(
-                f"the database has schema version {version}, newer than this software"
-                f" ({LATEST_VERSION}); upgrade the software"
-            )
-        for number in range(version, LATEST_VERSION):
-            for statement in MIGRATIONS[number]:
-                self._execute(txn, statement)
-            self._execute(txn, "UPDATE schema_version SET version = ?", (number + 1,))
-        return LATEST_VERSION
+        return upgrade_schema(txn, self.dialect, MIGRATIONS)
 
     def check_integrity(self) -> Deferred[str]:
         """Run the engine's integrity check; fire with ``"ok"`` or the problems found."""

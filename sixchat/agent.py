@@ -1,0 +1,504 @@
+"""A person's SixChat user agent: listens, dials, delivers, keeps history.
+
+The :class:`Agent` owns every connection of one user. It publishes its addresses with its
+IRP registry, reaches contacts (last address that worked first, then what the registry
+says), checks every peer with :class:`~sixchat.verification.PeerVerifier`, keeps exactly
+one session per peer when both dial at once, and delivers the outbox with receipts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from irp import errors as irp_errors
+from irp.identity import Identity
+from irp.keyfiles import fingerprint
+from irp.profile import Profile
+from irp.records import Endpoint
+from irp.trust import TrustStore
+from sixchat import DEFAULT_PORT, errors
+from sixchat.addresses import advertised_endpoints
+from sixchat.directory import Directory
+from sixchat.handshake import LocalCredentials, Role
+from sixchat.messages import ChatMessage, Ping, Pong, Presence, Receipt, ApplicationMessage
+from sixchat.protocol import ConnectionLimits, PeerConnection
+from sixchat.store import AgentStore, StoredMessage
+from sixchat.verification import PeerVerifier, RevocationChecker
+
+log = Logger()
+
+STORE_FILE = "sixchat.sqlite3"
+Event = dict[str, Any]
+
+
+class PeerUnreachable(errors.SixChatError):
+    """No address of the peer answered with the right identity."""
+
+    code = 501
+    name = "peer-unreachable"
+    default_message = "The peer could not be reached."
+
+
+@dataclass
+class AgentSettings:
+    """How one agent runs."""
+
+    profile_dir: str
+    listen: list[str] = field(default_factory=lambda: [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"])
+    advertise: list[Endpoint] | None = None
+    policy: str = "contacts"
+    register_ttl: int = 300
+    undelivered_after: float = 300.0
+    retry_interval: float = 15.0
+    connect_timeout: float = 5.0
+    fingerprint_cache: float = 300.0
+    handshakes_per_address: int = 20
+    handshake_window: float = 10.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    register: bool = True
+
+
+class _ResponderFactory(Factory):
+    """Accepts incoming connections, within a per-address handshake budget."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def buildProtocol(self, addr: Any) -> PeerConnection | None:
+        host = getattr(addr, "host", "")
+        if not self.agent.admit_handshake(host):
+            log.warn("Refused a connection from {host}: too many handshakes", host=host)
+            return None
+        return PeerConnection(self.agent, Role.RESPONDER)
+
+
+class Agent(service.Service):
+    """One user's agent (see the module docs)."""
+
+    def __init__(self, settings: AgentSettings, reactor: Any) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = reactor
+        self.limits = settings.limits
+        self.profile = Profile(settings.profile_dir)
+        self.credentials: LocalCredentials
+        self.identity: Identity
+        self.store: AgentStore | None = None
+        self.directory: Directory | None = None
+        self.verifier: PeerVerifier | None = None
+        self.ports: list[IListeningPort] = []
+        self.loops: list[LoopingCall] = []
+        self.sessions: dict[Identity, PeerConnection] = {}
+        self.connections: set[PeerConnection] = set()
+        self._dialling: dict[Identity, list[Deferred[PeerConnection]]] = {}
+        self._flush_locks: dict[Identity, DeferredLock] = {}
+        self._in_flight: dict[PeerConnection, set[str]] = {}
+        self._expected: dict[Identity, tuple[float, set[str]]] = {}
+        self._handshake_times: dict[str, list[float]] = {}
+        self._listeners: list[Callable[[Event], None]] = []
+        self.ready: Deferred[Agent] = Deferred()
+        self.advertised: list[Endpoint] = []
+
+    # -- start and stop ---------------------------------------------------------------
+
+    def load_credentials(self) -> None:
+        """Read the user's key and certificate from the profile (synchronous)."""
+        key, certificate, chain = self.profile.credentials()
+        self.identity = self.profile.identity()
+        self.credentials = LocalCredentials(self.identity, certificate, chain, key)
+
+    def startService(self) -> None:
+        """Start in the background; ``ready`` fires when listening."""
+        super().startService()
+        started = Deferred.fromCoroutine(self._start())
+        started.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(irp_errors.IRPError, errors.SixChatError, OSError, ValueError):
+            log.critical("The agent could not start: {why}", why=str(failure.value))
+        else:
+            log.failure("The agent could not start", failure)
+        self.ready.errback(failure)
+
+    async def _start(self) -> Agent:
+        settings = self.settings
+        self.load_credentials()
+        self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor)
+        key, certificate, chain = self.profile.credentials()
+        self.directory = Directory(self.reactor, self.profile, key, certificate, chain)
+        roots = self.profile.trusted_roots()
+        revocation = RevocationChecker(self.directory.issuing_crl, self.clock)
+        self.verifier = PeerVerifier(
+            TrustStore(list(roots.values())),
+            revocation,
+            self.store,
+            self.clock,
+            policy=settings.policy,
+            home_domain=self.identity.domain,
+            known_intermediates=chain,
+        )
+        factory = _ResponderFactory(self)
+        for description in settings.listen:
+            port = await serverFromString(self.reactor, description).listen(factory)
+            self.ports.append(port)
+            address = port.getHost()
+            log.info("SixChat agent of {user} listening on {host} port {port}", user=str(self.identity), host=address.host, port=address.port)
+        bound = [(port.getHost().host, port.getHost().port) for port in self.ports]
+        self.advertised = list(settings.advertise) if settings.advertise is not None else advertised_endpoints(bound)
+        if settings.register:
+            await self._register("online")
+            self._loop(lambda: self._register("online"), max(settings.register_ttl / 2, 5))
+        self._loop(self._retry_pending, settings.retry_interval)
+        self._loop(self._give_up_old, min(settings.undelivered_after / 4, 15.0))
+        return self
+
+    def _loop(self, function: Callable[[], Any], interval: float) -> None:
+        def guarded() -> Deferred[None]:
+            result: Deferred[None] = Deferred.fromCoroutine(_call(function))
+            result.addErrback(lambda failure: log.failure("Agent housekeeping failed", failure))
+            return result
+
+        loop = LoopingCall(guarded)
+        loop.clock = self.clock
+        loop.start(interval, now=False)
+        self.loops.append(loop)
+
+    async def _register(self, presence: str) -> None:
+        assert self.directory is not None
+        endpoints = self.advertised if presence != "offline" else []
+        try:
+            await self.directory.register(endpoints, presence, self.settings.register_ttl)
+        except irp_errors.IRPError as error:
+            log.warn("Could not register with the registry: {error}", error=str(error))
+
+    def stopService(self) -> Deferred[None]:
+        """Close sessions, mark ourselves away at the registry, stop listening."""
+        super().stopService()
+
+        async def stop() -> None:
+            for loop in self.loops:
+                if loop.running:
+                    loop.stop()
+            self.loops.clear()
+            for connection in list(self.connections):
+                connection.close("bye")
+            for port in self.ports:
+                await port.stopListening()
+            self.ports.clear()
+            if self.directory is not None:
+                if self.settings.register:
+                    self.advertised = []
+                    await self._register("away")
+                await self.directory.close()
+            if self.store is not None:
+                self.store.close()
+
+        return Deferred.fromCoroutine(stop())
+
+    # -- events for the user interface ------------------------------------------------
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` with every event; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - one broken listener must not stop the others
+                log.failure("An event listener failed")
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send_text(self, peer: Identity, text: str) -> StoredMessage:
+        """Queue a message (stored first) and start delivering it."""
+        assert self.store is not None
+        if peer == self.identity:
+            raise errors.SelfConnection("you cannot send messages to yourself")
+        ChatMessage(text=text).to_element()  # size and character checks before storing
+        if len(text) > 16384:
+            raise errors.MessageTooLarge("a message is limited to 16384 characters", fatal=False)
+        message = await self.store.queue_message(peer, text)
+        self._emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
+        Deferred.fromCoroutine(self._deliver(peer)).addErrback(self._log_delivery_problem, peer)
+        return message
+
+    def _log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
+        if failure.check(errors.SixChatError, irp_errors.IRPError):
+            log.info("Cannot reach {peer} now: {why}", peer=str(peer), why=str(failure.value))
+        else:
+            log.failure("Delivery to {peer} failed", failure, peer=str(peer))
+
+    async def _deliver(self, peer: Identity) -> None:
+        connection = await self.connect(peer)
+        await self._flush(peer, connection)
+
+    async def _flush(self, peer: Identity, connection: PeerConnection) -> None:
+        """Send every pending message to ``peer`` not yet sent on ``connection``."""
+        assert self.store is not None
+        lock = self._flush_locks.setdefault(peer, DeferredLock())
+        await lock.acquire()
+        try:
+            sent = self._in_flight.setdefault(connection, set())
+            for message in await self.store.pending_for(peer):
+                if message.id in sent or not connection.is_established:
+                    continue
+                connection.send(ChatMessage(text=message.body, id=message.id, sent=_datetime(message.sent_at)))
+                sent.add(message.id)
+                await self.store.set_state(message.id, "sent", only_from=("queued",))
+        finally:
+            lock.release()
+
+    async def _retry_pending(self) -> None:
+        assert self.store is not None
+        for peer in await self.store.pending_peers():
+            if peer in self._dialling:
+                continue
+            Deferred.fromCoroutine(self._deliver(peer)).addErrback(self._log_delivery_problem, peer)
+
+    async def _give_up_old(self) -> None:
+        assert self.store is not None
+        cutoff = self.clock.seconds() - self.settings.undelivered_after
+        for message in await self.store.give_up_older_than(cutoff):
+            log.info("Message {id} to {peer} is undelivered", id=message.id, peer=str(message.peer))
+            self._emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body})
+
+    # -- reaching peers ---------------------------------------------------------------
+
+    def connect(self, peer: Identity) -> Deferred[PeerConnection]:
+        """An established session with ``peer``: the current one, or a new one (one dial
+        at a time per peer; every caller gets its outcome)."""
+        current = self.sessions.get(peer)
+        if current is not None and current.is_established:
+            return succeed(current)
+        waiter: Deferred[PeerConnection] = Deferred()
+        waiters = self._dialling.get(peer)
+        if waiters is None:
+            self._dialling[peer] = [waiter]
+            Deferred.fromCoroutine(self._dial(peer)).addBoth(self._dial_finished, peer)
+        else:
+            waiters.append(waiter)
+        return waiter
+
+    def _dial_finished(self, result: Any, peer: Identity) -> None:
+        for waiter in self._dialling.pop(peer, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def expected_fingerprints(self, peer: Identity) -> set[str]:
+        """The certificates the peer's registry holds for them now (cached briefly)."""
+        assert self.directory is not None
+        cached = self._expected.get(peer)
+        now = self.clock.seconds()
+        if cached is not None and now - cached[0] < self.settings.fingerprint_cache:
+            return cached[1]
+        fingerprints = await self.directory.certificate_fingerprints(peer)
+        if not fingerprints:
+            raise PeerUnreachable(f"{peer} has no valid certificate at their registry")
+        self._expected[peer] = (now, fingerprints)
+        return fingerprints
+
+    async def _dial(self, peer: Identity) -> PeerConnection:
+        assert self.store is not None and self.directory is not None
+        if peer == self.identity:
+            raise errors.SelfConnection("dialling yourself")
+        await self.expected_fingerprints(peer)
+        tried: list[Endpoint] = []
+        contact = await self.store.get_contact(peer)
+        problems: list[str] = []
+        if contact is not None and contact.last_endpoint is not None:
+            tried.append(contact.last_endpoint)
+            connection = await self._try_endpoint(peer, contact.last_endpoint, problems)
+            if connection is not None:
+                return connection
+        record = await self.directory.lookup(peer)
+        if not record.is_current(self.clock.seconds()) or not record.endpoints:
+            raise PeerUnreachable(f"{peer} is offline (no current address at their registry)")
+        if record.presence != "offline":
+            await self.store.set_presence(peer, record.presence)
+        for endpoint in sorted(record.endpoints, key=lambda item: item.family != "ipv6"):
+            if endpoint in tried:
+                continue
+            tried.append(endpoint)
+            connection = await self._try_endpoint(peer, endpoint, problems)
+            if connection is not None:
+                return connection
+        raise PeerUnreachable(f"{peer} did not answer at {', '.join(problems) or 'any address'}")
+
+    async def _try_endpoint(self, peer: Identity, endpoint: Endpoint, problems: list[str]) -> PeerConnection | None:
+        assert self.store is not None
+        endpoint_class = TCP6ClientEndpoint if endpoint.family == "ipv6" else TCP4ClientEndpoint
+        client = endpoint_class(self.reactor, endpoint.address, endpoint.port, timeout=self.settings.connect_timeout)
+        connection = PeerConnection(self, Role.INITIATOR, expected_peer=peer)
+        try:
+            await client.connect(Factory.forProtocol(lambda: connection))
+            await connection.established
+        except errors.SixChatError as error:
+            problems.append(f"{endpoint.address} port {endpoint.port} ({error.message})")
+            if isinstance(error, (errors.IdentityMismatch, errors.PeerRejected, errors.CertificateInvalid)):
+                raise
+            return None
+        except Exception as error:  # noqa: BLE001 - any transport failure means "try the next"
+            problems.append(f"{endpoint.address} port {endpoint.port} ({error.__class__.__name__})")
+            return None
+        await self.store.remember_endpoint(peer, endpoint)
+        return connection
+
+    def admit_handshake(self, host: str) -> bool:
+        """Rate-limit incoming handshakes per source address (sliding window)."""
+        now = self.clock.seconds()
+        window = [moment for moment in self._handshake_times.get(host, []) if now - moment < self.settings.handshake_window]
+        if len(window) >= self.settings.handshakes_per_address:
+            self._handshake_times[host] = window
+            return False
+        window.append(now)
+        self._handshake_times[host] = window
+        if len(self._handshake_times) > 10000:
+            self._handshake_times = {key: value for key, value in self._handshake_times.items() if value and now - value[-1] < self.settings.handshake_window}
+        return True
+
+    # -- ConnectionOwner --------------------------------------------------------------
+
+    def verify_peer(self, connection: PeerConnection, identity: Identity, chain: list[x509.Certificate]) -> Deferred[None]:
+        """Check a peer whose key the handshake proved (see :class:`PeerVerifier`)."""
+        assert self.verifier is not None
+
+        async def check() -> None:
+            assert self.verifier is not None
+            expected = None
+            dialled = None
+            if connection.role is Role.INITIATOR:
+                dialled = connection.expected_peer
+                expected = await self.expected_fingerprints(identity)
+            await self.verifier.verify(identity, chain, dialled=dialled, expected_fingerprints=expected)
+
+        async def guarded() -> None:
+            try:
+                await check()
+            except irp_errors.IRPError as error:
+                raise errors.PeerRejected(f"cannot check {identity}: {error.message}", reason="untrusted-ca") from None
+
+        return Deferred.fromCoroutine(guarded())
+
+    def connection_started(self, connection: PeerConnection) -> None:
+        """Track a new connection, in either role."""
+        self.connections.add(connection)
+
+    def session_established(self, connection: PeerConnection) -> None:
+        """Keep one session per peer; send presence and the outbox."""
+        self.connections.add(connection)
+        peer = connection.peer
+        assert peer is not None
+        existing = self.sessions.get(peer)
+        if existing is not None and existing is not connection and existing.is_established:
+            keep, drop = self._pick_session(existing, connection)
+            log.info("Two sessions with {peer}: keeping the one {who} dialled", peer=str(peer), who="we" if keep.role is Role.INITIATOR else "they")
+            self.sessions[peer] = keep
+            drop.close("duplicate")
+            if keep is existing:
+                return
+        self.sessions[peer] = connection
+        self._emit({"event": "session", "who": str(peer), "state": "up"})
+        try:
+            connection.send(Presence("online"))
+        except errors.SixChatError:
+            return
+        Deferred.fromCoroutine(self._flush(peer, connection)).addErrback(self._log_delivery_problem, peer)
+
+    def _initiator_fingerprint(self, connection: PeerConnection) -> str:
+        if connection.role is Role.INITIATOR:
+            return self.credentials.fingerprint
+        assert connection.session is not None
+        return connection.session.peer_fingerprint
+
+    def _pick_session(self, first: PeerConnection, second: PeerConnection) -> tuple[PeerConnection, PeerConnection]:
+        """Both peers keep the session dialled by the one with the larger fingerprint (the
+        newer one when both were dialled by the same side)."""
+        first_key = self._initiator_fingerprint(first)
+        second_key = self._initiator_fingerprint(second)
+        if first_key > second_key:
+            return first, second
+        return second, first
+
+    def message_received(self, connection: PeerConnection, message: ApplicationMessage) -> None:
+        """Store and acknowledge messages; apply receipts and presence."""
+        peer = connection.peer
+        assert peer is not None
+        Deferred.fromCoroutine(self._handle_message(connection, peer, message)).addErrback(
+            lambda failure: log.failure("Handling a message from {peer} failed", failure, peer=str(peer))
+        )
+
+    async def _handle_message(self, connection: PeerConnection, peer: Identity, message: ApplicationMessage) -> None:
+        assert self.store is not None
+        if isinstance(message, ChatMessage):
+            new = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()))
+            if connection.is_established:
+                connection.send(Receipt(message.id))
+            if new:
+                self._emit({"event": "message", "id": message.id, "from": str(peer), "text": message.text, "sent": int(message.sent.timestamp())})
+        elif isinstance(message, Receipt):
+            if await self.store.set_state(message.id, "delivered", only_from=("queued", "sent", "undelivered")):
+                self._emit({"event": "receipt", "id": message.id, "to": str(peer)})
+        elif isinstance(message, Presence):
+            await self.store.set_presence(peer, message.status)
+            self._emit({"event": "presence", "who": str(peer), "status": message.status})
+        elif isinstance(message, Ping) and connection.is_established:
+            connection.send(Pong())
+
+    def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
+        """Forget the connection; unacknowledged messages stay pending for the next one."""
+        self.connections.discard(connection)
+        self._in_flight.pop(connection, None)
+        peer = connection.peer
+        if peer is not None and self.sessions.get(peer) is connection:
+            del self.sessions[peer]
+            event: Event = {"event": "session", "who": str(peer), "state": "down"}
+            if error is not None:
+                event["error"] = error.message
+            self._emit(event)
+            Deferred.fromCoroutine(self._redeliver(peer)).addErrback(self._log_delivery_problem, peer)
+
+    async def _redeliver(self, peer: Identity) -> None:
+        """After a session ends, move pending messages to the surviving session, if any."""
+        current = self.sessions.get(peer)
+        if current is not None and current.is_established:
+            await self._flush(peer, current)
+
+    def status(self) -> dict[str, Any]:
+        """A summary for ``sixchat status``."""
+        return {
+            "identity": str(self.identity),
+            "fingerprint": fingerprint(self.credentials.certificate),
+            "listening": [f"{port.getHost().host} port {port.getHost().port}" for port in self.ports],
+            "advertised": [f"{endpoint.address} port {endpoint.port}" for endpoint in self.advertised],
+            "sessions": sorted(str(peer) for peer, connection in self.sessions.items() if connection.is_established),
+            "policy": self.settings.policy,
+        }
+
+
+async def _call(function: Callable[[], Any]) -> None:
+    result = function()
+    if hasattr(result, "__await__"):
+        await result
+
+
+def _datetime(seconds: int) -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc)

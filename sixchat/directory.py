@@ -1,0 +1,124 @@
+"""The agent's view of IRP: its own registry and those of other domains it trusts.
+
+One certificate-authenticated connection per registry is kept open and reopened when it
+drops. Every answer is verified by :mod:`irp.client` (pinned roots, record signatures);
+this module adds which registry serves which domain, and caches nothing but connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from irp import DEFAULT_PORT, errors
+from irp.client import CRLInfo, RegistryClient, connect, split_server
+from irp.identity import Identity
+from irp.keyfiles import PrivateKey, fingerprint
+from irp.profile import Profile
+from irp.records import AddressRecord, Endpoint
+
+log = Logger()
+
+
+class Directory:
+    """Reaches the registry of any trusted domain with the user's certificate."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        profile: Profile,
+        key: PrivateKey,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        *,
+        timeout: float = 15.0,
+    ) -> None:
+        self.reactor = reactor
+        self.profile = profile
+        self.key = key
+        self.certificate = certificate
+        self.chain = list(chain)
+        self.timeout = timeout
+        config = profile.load_config()
+        self.home_domain = config.domain
+        self.servers: dict[str, tuple[str, int]] = {config.domain: (config.server, config.port)}
+        for domain, server in config.registries.items():
+            self.servers[domain] = split_server(server, DEFAULT_PORT)
+        self.roots = profile.trusted_roots()
+        self._clients: dict[str, RegistryClient] = {}
+        self._connecting: dict[str, Deferred[RegistryClient]] = {}
+
+    def server_for(self, domain: str) -> tuple[str, int]:
+        """The registry serving ``domain``."""
+        if domain not in self.roots:
+            raise errors.ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
+        try:
+            return self.servers[domain]
+        except KeyError:
+            raise errors.ClientError(f"no registry is configured for {domain}") from None
+
+    async def client(self, domain: str) -> RegistryClient:
+        """A logged-in connection to ``domain``'s registry (reused while it stays up)."""
+        existing = self._clients.get(domain)
+        if existing is not None and not existing.protocol.closed:
+            return existing
+        waiting = self._connecting.get(domain)
+        if waiting is None:
+            host, port = self.server_for(domain)
+            waiting = connect(
+                self.reactor,
+                host,
+                port,
+                domain=domain,
+                trust_roots=[self.roots[domain]],
+                client_key=self.key,
+                client_certificate=self.certificate,
+                client_chain=self.chain,
+                timeout=self.timeout,
+            )
+            self._connecting[domain] = waiting
+        try:
+            client = await waiting
+        finally:
+            self._connecting.pop(domain, None)
+        self._clients[domain] = client
+        return client
+
+    async def lookup(self, identity: Identity) -> AddressRecord:
+        """The peer's current, verified address record."""
+        client = await self.client(identity.domain)
+        return await client.lookup(str(identity))
+
+    async def certificate_fingerprints(self, identity: Identity) -> set[str]:
+        """Fingerprints of the peer's currently good certificates, per its registry."""
+        client = await self.client(identity.domain)
+        return {entry.fingerprint for entry in await client.user_certificates(str(identity))}
+
+    async def issuing_crl(self, domain: str) -> x509.CertificateRevocationList:
+        """The verified current CRL of ``domain``'s issuing CA."""
+        client = await self.client(domain)
+        crls: list[CRLInfo] = await client.get_crls()
+        for info in crls:
+            if info.issuer == "issuing":
+                return info.crl
+        raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+
+    async def register(self, endpoints: Sequence[Endpoint], presence: str, ttl: int) -> AddressRecord:
+        """Publish our addresses and presence with our own registry."""
+        client = await self.client(self.home_domain)
+        return await client.register_addresses(endpoints, presence, ttl)
+
+    @property
+    def own_fingerprint(self) -> str:
+        """Our certificate's fingerprint."""
+        return fingerprint(self.certificate)
+
+    async def close(self) -> None:
+        """Close every registry connection."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()

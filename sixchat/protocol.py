@@ -1,0 +1,278 @@
+"""The Twisted adapter of one SixChat connection: bytes in, handshake and session events out.
+
+:class:`PeerConnection` feeds the sans-I/O :class:`~sixchat.handshake.Handshake` and then the
+:class:`~sixchat.record.Session`, writes what they return, and reports to its owner (the
+agent) through the :class:`ConnectionOwner` interface. It enforces the time limits (a
+handshake deadline, an idle limit on sessions) and has a single exit: every failure ends in
+:meth:`PeerConnection._end`, which sends the alert the core produced and closes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from irp.identity import Identity
+from sixchat import errors, messages
+from sixchat.handshake import (
+    HandshakeAborted,
+    HandshakeComplete,
+    Handshake,
+    LocalCredentials,
+    PeerNeedsVerification,
+    Role,
+    SendData,
+)
+from sixchat.record import AlertReceived, CloseReceived, DataReceived, MessageReceived, Session
+
+log = Logger()
+
+
+@dataclass
+class ConnectionLimits:
+    """Time limits of peer connections (seconds)."""
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 600.0
+    verification_timeout: float = 15.0
+
+
+class ConnectionOwner(TypingProtocol):
+    """What a :class:`PeerConnection` needs from the agent."""
+
+    clock: IReactorTime
+    credentials: LocalCredentials
+    limits: ConnectionLimits
+
+    def verify_peer(self, connection: PeerConnection, identity: Identity, chain: list[x509.Certificate]) -> Deferred[None]:
+        """Fire if the peer may talk to us; fail with a SixChatError otherwise."""
+
+    def connection_started(self, connection: PeerConnection) -> None:
+        """A connection (either role) was opened."""
+
+    def session_established(self, connection: PeerConnection) -> None:
+        """The handshake completed: ``connection.session`` is ready."""
+
+    def message_received(self, connection: PeerConnection, message: messages.ApplicationMessage) -> None:
+        """An application message arrived on an established session."""
+
+    def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
+        """The connection is over (``error`` is None after a clean close)."""
+
+
+class PeerConnection(Protocol):
+    """One TCP connection to a peer, in either role."""
+
+    def __init__(self, owner: ConnectionOwner, role: Role, expected_peer: Identity | None = None) -> None:
+        self.owner = owner
+        self.role = role
+        self.expected_peer = expected_peer
+        self.handshake: Handshake | None = None
+        self.session: Session | None = None
+        self.peer: Identity | None = expected_peer
+        self.peer_host = "unknown"
+        self.ended = False
+        self.established: Deferred[PeerConnection] = Deferred()
+        self._timer: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
+
+    @property
+    def is_established(self) -> bool:
+        """True while the session can carry messages."""
+        return self.session is not None and self.session.is_open and not self.ended
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Start the handshake and its deadline."""
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer_host = getattr(peer, "host", "unknown")
+        self.owner.connection_started(self)
+        self.handshake = Handshake(self.role, self.owner.credentials, expected_peer=self.expected_peer)
+        self._arm(self.owner.limits.handshake_timeout, "the handshake took too long")
+        self._write_all(self.handshake.start())
+
+    def dataReceived(self, data: bytes) -> None:
+        """Route bytes to the handshake or the session."""
+        if self.ended:
+            return
+        if self.session is not None:
+            self._session_data(data)
+            return
+        assert self.handshake is not None
+        self._handshake_events(self.handshake.receive_data(data))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        """Report the end to the owner (Truncated if it was not a clean close)."""
+        self._disarm()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        if self.ended:
+            return
+        self.ended = True
+        error: errors.SixChatError | None
+        if self.session is not None:
+            error = self.session.connection_lost()
+        else:
+            error = errors.Truncated(f"the connection closed during the handshake: {reason.getErrorMessage()}")
+        if not self.established.called:
+            self.established.errback(error or errors.Closed())
+        self.owner.connection_ended(self, error)
+
+    # -- handshake --------------------------------------------------------------------
+
+    def _handshake_events(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, SendData):
+                self.transport.write(event.data)  # type: ignore[union-attr]
+            elif isinstance(event, PeerNeedsVerification):
+                self.peer = event.identity
+                self._verify(event)
+            elif isinstance(event, HandshakeComplete):
+                self._complete(event)
+            elif isinstance(event, HandshakeAborted):
+                self._end(event.error, alert=b"")
+
+    def _verify(self, event: PeerNeedsVerification) -> None:
+        verdict = self.owner.verify_peer(self, event.identity, event.chain)
+        timeout = self.owner.clock.callLater(
+            self.owner.limits.verification_timeout,
+            lambda: verdict.called or verdict.cancel(),
+        )
+
+        def accepted(_: Any) -> None:
+            if timeout.active():
+                timeout.cancel()
+            if not self.ended and self.handshake is not None:
+                self._handshake_events(self.handshake.accept_peer())
+
+        def refused(failure: Failure) -> None:
+            if timeout.active():
+                timeout.cancel()
+            error = failure.value
+            if not isinstance(error, errors.SixChatError):
+                log.failure("Checking {peer} failed", failure, peer=str(event.identity))
+                error = errors.InternalError("the peer could not be checked")
+            if not self.ended and self.handshake is not None:
+                self._handshake_events(self.handshake.reject_peer(error))
+
+        verdict.addCallbacks(accepted, refused)
+
+    def _complete(self, event: HandshakeComplete) -> None:
+        self.session = event.session
+        self.peer = event.peer
+        self._arm(self.owner.limits.idle_timeout, "idle")
+        log.info("Session with {peer} at {host} established ({role})", peer=str(event.peer), host=self.peer_host, role=self.role.name.lower())
+        self.established.callback(self)
+        self.owner.session_established(self)
+        if event.leftover and not self.ended:
+            self._session_data(event.leftover)
+
+    # -- session ----------------------------------------------------------------------
+
+    def _session_data(self, data: bytes) -> None:
+        assert self.session is not None
+        try:
+            events = self.session.receive_data(data)
+        except errors.SixChatError as error:
+            self._end(error, alert=self.session.abort(error))
+            return
+        self._arm(self.owner.limits.idle_timeout, "idle")
+        for event in events:
+            if self.ended:
+                return
+            if isinstance(event, MessageReceived):
+                self.owner.message_received(self, event.message)
+            elif isinstance(event, CloseReceived):
+                self.close(event.reason)
+            elif isinstance(event, AlertReceived):
+                self._end(event.error, alert=b"")
+            elif isinstance(event, DataReceived):
+                log.debug("Ignored {size} bytes of binary data from {peer}", size=len(event.data), peer=str(self.peer))
+
+    def send(self, message: messages.ApplicationMessage) -> None:
+        """Encrypt and send one application message."""
+        if not self.is_established:
+            raise errors.Closed("the session is not established")
+        assert self.session is not None
+        self.transport.write(self.session.send_message(message))  # type: ignore[union-attr]
+
+    def close(self, reason: str = "bye") -> None:
+        """Close the session with an authenticated close, then the connection."""
+        if self.ended:
+            return
+        if self.session is not None and self.session.is_open:
+            self.transport.write(self.session.close(reason))  # type: ignore[union-attr]
+        elif self.session is None and self.handshake is not None:
+            self._handshake_events(self.handshake.abort(errors.Closed(f"closing: {reason}")))
+            return
+        self._finish(None)
+
+    def abort(self, error: errors.SixChatError) -> None:
+        """End the connection because of ``error`` (sending an alert where possible)."""
+        if self.ended:
+            return
+        if self.session is not None:
+            self._end(error, alert=self.session.abort(error))
+        elif self.handshake is not None:
+            self._handshake_events(self.handshake.abort(error))
+
+    # -- the single exit ----------------------------------------------------------------
+
+    def _end(self, error: errors.SixChatError, *, alert: bytes) -> None:
+        if self.ended:
+            return
+        log.warn(
+            "Connection with {peer} at {host} failed: {error}",
+            peer=str(self.peer) if self.peer else "an unknown peer",
+            host=self.peer_host,
+            error=str(error),
+        )
+        if alert:
+            self.transport.write(alert)  # type: ignore[union-attr]
+        self._finish(error)
+
+    def _finish(self, error: errors.SixChatError | None) -> None:
+        self.ended = True
+        self._disarm()
+        if not self.established.called:
+            self.established.errback(error or errors.Closed())
+        self.owner.connection_ended(self, error)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        # A peer that stops reading cannot hold the socket open.
+        self._abort_call = self.owner.clock.callLater(self.owner.limits.handshake_timeout, self._abort_transport)
+
+    def _abort_transport(self) -> None:
+        self._abort_call = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _write_all(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.transport.write(frame)  # type: ignore[union-attr]
+
+    def _arm(self, seconds: float, why: str) -> None:
+        self._disarm()
+        self._timer = self.owner.clock.callLater(seconds, self._expired, why)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _expired(self, why: str) -> None:
+        self._timer = None
+        if self.session is not None and why == "idle":
+            log.info("Closing the idle session with {peer}", peer=str(self.peer))
+            self.close("idle")
+        else:
+            self.abort(errors.Timeout(why))

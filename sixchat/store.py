@@ -1,0 +1,330 @@
+"""The agent's own store: contacts, message history and the outbox (SQLite via adbapi).
+
+Outgoing messages are written here (state ``queued``) before the user is told they are
+accepted, and stay until the peer's receipt marks them ``delivered`` or the delivery
+timeout marks them ``undelivered``; so a message survives an agent restart. Incoming
+messages are stored before their receipt is sent, and their ids make redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+from irp.identity import Identity
+from irp.records import Endpoint
+from irp.store import sqlite_pool
+from irp.store.dialect import SQLITE
+from irp.store.schema import upgrade_schema
+
+Transaction = Any
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE contacts (
+            identity TEXT PRIMARY KEY,
+            display_name TEXT NOT NULL,
+            fingerprints TEXT NOT NULL,
+            blocked INTEGER NOT NULL,
+            last_address TEXT,
+            last_port INTEGER,
+            last_seen {BIGINT},
+            presence TEXT NOT NULL,
+            added_at {BIGINT} NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            peer TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            body TEXT NOT NULL,
+            sent_at {BIGINT} NOT NULL,
+            created_at {BIGINT} NOT NULL,
+            state TEXT NOT NULL,
+            updated_at {BIGINT} NOT NULL
+        )""",
+        "CREATE INDEX messages_by_peer ON messages (peer, created_at)",
+        "CREATE INDEX messages_by_state ON messages (state, created_at)",
+    ],
+]
+
+#: Message states: outgoing ones move queued -> sent -> delivered, or to undelivered.
+OUTGOING_PENDING = ("queued", "sent")
+
+
+@dataclass(frozen=True)
+class Contact:
+    """Someone the user knows, with what was learnt about reaching them."""
+
+    identity: Identity
+    display_name: str
+    #: Pinned certificate fingerprints; empty means "whatever the registry vouches for".
+    fingerprints: tuple[str, ...]
+    blocked: bool
+    last_endpoint: Endpoint | None
+    last_seen: int | None
+    presence: str
+    added_at: int
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message in the history."""
+
+    id: str
+    peer: Identity
+    direction: str  # "out" or "in"
+    body: str
+    sent_at: int
+    created_at: int
+    state: str  # out: queued, sent, delivered, undelivered; in: received
+    updated_at: int
+
+
+_CONTACT_COLUMNS = "identity, display_name, fingerprints, blocked, last_address, last_port, last_seen, presence, added_at"
+_MESSAGE_COLUMNS = "id, peer, direction, body, sent_at, created_at, state, updated_at"
+
+
+def _contact(row: Sequence[Any]) -> Contact:
+    endpoint = None if row[4] is None else Endpoint(row[4], int(row[5]))
+    fingerprints = tuple(part for part in row[2].split(",") if part)
+    return Contact(Identity.parse(row[0]), row[1], fingerprints, bool(row[3]), endpoint, row[6], row[7], int(row[8]))
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(row[0], Identity.parse(row[1]), row[2], row[3], int(row[4]), int(row[5]), row[6], int(row[7]))
+
+
+class AgentStore:
+    """Contacts, history and outbox of one user's agent."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, now: Callable[[], float]) -> None:
+        self.pool = pool
+        self.now = now
+
+    @classmethod
+    def open(cls, path: str, reactor: Any) -> Deferred[AgentStore]:
+        """Open (creating or upgrading) the store file at ``path``."""
+        pool = sqlite_pool(path, reactor)
+        pool.start()
+        store = cls(pool, reactor.seconds)
+
+        def upgrade(txn: Transaction) -> int:
+            return upgrade_schema(txn, SQLITE, MIGRATIONS)
+
+        result: Deferred[AgentStore] = pool.runInteraction(upgrade).addCallback(lambda _: store)
+        return result
+
+    def close(self) -> None:
+        """Close the database."""
+        self.pool.close()
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        def interaction(txn: Transaction) -> Any:
+            txn.execute(SQLITE.begin_write)
+            return function(txn, *args)
+
+        return self.pool.runInteraction(interaction)
+
+    def _stamp(self) -> int:
+        return int(self.now())
+
+    # -- contacts ---------------------------------------------------------------------
+
+    def add_contact(self, identity: Identity, display_name: str = "", fingerprints: Sequence[str] = ()) -> Deferred[Contact]:
+        """Add a contact, or update its name and pinned fingerprints; unblocks it."""
+
+        def add(txn: Transaction) -> Contact:
+            joined = ",".join(fingerprints)
+            txn.execute("SELECT 1 FROM contacts WHERE identity = ?", (str(identity),))
+            if txn.fetchone() is None:
+                txn.execute(
+                    f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?, ?, ?, 0, NULL, NULL, NULL, 'offline', ?)",
+                    (str(identity), display_name, joined, self._stamp()),
+                )
+            else:
+                txn.execute(
+                    "UPDATE contacts SET display_name = ?, fingerprints = ?, blocked = 0 WHERE identity = ?",
+                    (display_name, joined, str(identity)),
+                )
+            return self._get_contact(txn, identity)  # type: ignore[return-value]
+
+        return self._run(add)
+
+    def _get_contact(self, txn: Transaction, identity: Identity) -> Contact | None:
+        txn.execute(f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE identity = ?", (str(identity),))
+        row = txn.fetchone()
+        return None if row is None else _contact(row)
+
+    def get_contact(self, identity: Identity) -> Deferred[Contact | None]:
+        """Fire with the contact, or None."""
+        return self.pool.runInteraction(self._get_contact, identity)
+
+    def contacts(self) -> Deferred[list[Contact]]:
+        """Fire with every contact, by identity."""
+
+        def get(txn: Transaction) -> list[Contact]:
+            txn.execute(f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY identity")
+            return [_contact(row) for row in txn.fetchall()]
+
+        return self.pool.runInteraction(get)
+
+    def remove_contact(self, identity: Identity) -> Deferred[bool]:
+        """Forget a contact (history stays); fire with whether it existed."""
+
+        def remove(txn: Transaction) -> bool:
+            txn.execute("DELETE FROM contacts WHERE identity = ?", (str(identity),))
+            return bool(txn.rowcount)
+
+        return self._run(remove)
+
+    def set_blocked(self, identity: Identity, blocked: bool) -> Deferred[None]:
+        """Block (deny) or unblock someone; blocking a stranger records them as a contact."""
+
+        def block(txn: Transaction) -> None:
+            txn.execute("SELECT 1 FROM contacts WHERE identity = ?", (str(identity),))
+            if txn.fetchone() is None:
+                txn.execute(
+                    f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?, '', '', ?, NULL, NULL, NULL, 'offline', ?)",
+                    (str(identity), int(blocked), self._stamp()),
+                )
+            else:
+                txn.execute("UPDATE contacts SET blocked = ? WHERE identity = ?", (int(blocked), str(identity)))
+
+        return self._run(block)
+
+    def remember_endpoint(self, identity: Identity, endpoint: Endpoint) -> Deferred[None]:
+        """Record the address that last worked for a contact (if they are one)."""
+
+        def remember(txn: Transaction) -> None:
+            txn.execute(
+                "UPDATE contacts SET last_address = ?, last_port = ?, last_seen = ? WHERE identity = ?",
+                (endpoint.address, endpoint.port, self._stamp(), str(identity)),
+            )
+
+        return self._run(remember)
+
+    def set_presence(self, identity: Identity, presence: str) -> Deferred[None]:
+        """Record a contact's last known presence."""
+
+        def update(txn: Transaction) -> None:
+            txn.execute("UPDATE contacts SET presence = ? WHERE identity = ?", (presence, str(identity)))
+
+        return self._run(update)
+
+    # -- messages ---------------------------------------------------------------------
+
+    def queue_message(self, peer: Identity, body: str) -> Deferred[StoredMessage]:
+        """Store a new outgoing message (state ``queued``) and fire with it."""
+
+        def queue(txn: Transaction) -> StoredMessage:
+            now = self._stamp()
+            message = StoredMessage(str(uuid.uuid4()), peer, "out", body, now, now, "queued", now)
+            txn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (message.id, str(peer), "out", body, now, now, "queued", now),
+            )
+            return message
+
+        return self._run(queue)
+
+    def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = OUTGOING_PENDING) -> Deferred[bool]:
+        """Move an outgoing message to ``state`` if it is in one of ``only_from``; fire with
+        whether it moved (so a second receipt changes nothing)."""
+
+        def update(txn: Transaction) -> bool:
+            marks = ", ".join("?" for _ in only_from)
+            txn.execute(
+                f"UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND direction = 'out' AND state IN ({marks})",
+                (state, self._stamp(), message_id, *only_from),
+            )
+            return bool(txn.rowcount)
+
+        return self._run(update)
+
+    def pending_for(self, peer: Identity) -> Deferred[list[StoredMessage]]:
+        """Outgoing messages to ``peer`` not yet delivered nor given up, oldest first."""
+
+        def get(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
+                " AND state IN ('queued', 'sent') ORDER BY created_at, rowid",
+                (str(peer),),
+            )
+            return [_message(row) for row in txn.fetchall()]
+
+        return self.pool.runInteraction(get)
+
+    def pending_peers(self) -> Deferred[list[Identity]]:
+        """Peers with messages waiting to be delivered."""
+
+        def get(txn: Transaction) -> list[Identity]:
+            txn.execute("SELECT DISTINCT peer FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')")
+            return [Identity.parse(row[0]) for row in txn.fetchall()]
+
+        return self.pool.runInteraction(get)
+
+    def give_up_older_than(self, cutoff: float) -> Deferred[list[StoredMessage]]:
+        """Mark undelivered every pending message created before ``cutoff``; fire with them."""
+
+        def give_up(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
+                " AND created_at < ?",
+                (int(cutoff),),
+            )
+            expired = [_message(row) for row in txn.fetchall()]
+            for message in expired:
+                txn.execute(
+                    "UPDATE messages SET state = 'undelivered', updated_at = ? WHERE id = ?",
+                    (self._stamp(), message.id),
+                )
+            return expired
+
+        return self._run(give_up)
+
+    def record_incoming(self, message_id: str, peer: Identity, body: str, sent_at: int) -> Deferred[bool]:
+        """Store a received message; fire with False if it was already stored (a resend)."""
+
+        def record(txn: Transaction) -> bool:
+            txn.execute("SELECT peer FROM messages WHERE id = ?", (message_id,))
+            row = txn.fetchone()
+            if row is not None:
+                return False
+            now = self._stamp()
+            txn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
+                (message_id, str(peer), body, sent_at, now, now),
+            )
+            return True
+
+        return self._run(record)
+
+    def history(self, peer: Identity | None = None, limit: int = 50) -> Deferred[list[StoredMessage]]:
+        """The last ``limit`` messages (with one peer, or all), oldest first."""
+
+        def get(txn: Transaction) -> list[StoredMessage]:
+            if peer is None:
+                txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+            else:
+                txn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                    (str(peer), limit),
+                )
+            return [_message(row) for row in reversed(txn.fetchall())]
+
+        return self.pool.runInteraction(get)
+
+    def get_message(self, message_id: str) -> Deferred[StoredMessage | None]:
+        """One message by id."""
+
+        def get(txn: Transaction) -> StoredMessage | None:
+            txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+            row = txn.fetchone()
+            return None if row is None else _message(row)
+
+        return self.pool.runInteraction(get)
