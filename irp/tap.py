@@ -67,8 +67,7 @@ class Options(usage.Options):
         self["listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
-        """A name (or address) for the server certificate (repeatable); default localhost,
-        127.0.0.1, ::1 and this host's fully qualified name."""
+        """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
         self["hostnames"].append(name)
 
     def postOptions(self) -> None:

@@ -31,6 +31,7 @@ from irp.records import Endpoint
 from irp.trust import TrustStore
 from sixchat import DEFAULT_PORT, errors
 from sixchat.addresses import advertised_endpoints
+from sixchat.control import listen_control
 from sixchat.directory import Directory
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.messages import ChatMessage, Ping, Pong, Presence, Receipt, ApplicationMessage
@@ -69,6 +70,7 @@ class AgentSettings:
     handshake_window: float = 10.0
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     register: bool = True
+    control: bool = True
 
 
 class _ResponderFactory(Factory):
@@ -111,6 +113,7 @@ class Agent(service.Service):
         self._listeners: list[Callable[[Event], None]] = []
         self.ready: Deferred[Agent] = Deferred()
         self.advertised: list[Endpoint] = []
+        self.control_port: IListeningPort | None = None
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -156,6 +159,8 @@ class Agent(service.Service):
             self.ports.append(port)
             address = port.getHost()
             log.info("SixChat agent of {user} listening on {host} port {port}", user=str(self.identity), host=address.host, port=address.port)
+        if settings.control:
+            self.control_port = await listen_control(self, self.reactor, settings.profile_dir)
         bound = [(port.getHost().host, port.getHost().port) for port in self.ports]
         self.advertised = list(settings.advertise) if settings.advertise is not None else advertised_endpoints(bound)
         if settings.register:
@@ -198,6 +203,9 @@ class Agent(service.Service):
             for port in self.ports:
                 await port.stopListening()
             self.ports.clear()
+            if self.control_port is not None:
+                await self.control_port.stopListening()
+                self.control_port = None
             if self.directory is not None:
                 if self.settings.register:
                     self.advertised = []

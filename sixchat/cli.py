@@ -1,0 +1,375 @@
+"""The ``sixchat`` command: enrol, manage contacts, send, and chat in the terminal.
+
+Commands that need the agent talk to the running one (``twistd sixchat``) through its
+control socket; when none runs, the command runs an agent itself for as long as it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from irp import errors as irp_errors
+from irp import keyfiles
+from irp.cli import CommandError, Context, cmd_enrol, cmd_init, fetch_root_by_fingerprint, parse_endpoint
+from irp.client import split_server
+from irp.identity import Identity, InvalidIdentity, check_domain
+from irp.profile import Profile, ProfileError, default_profile_path
+from sixchat import DEFAULT_PORT, errors
+from sixchat.agent import Agent, AgentSettings
+from sixchat.control import ControlError, InProcessControl, connect_control
+
+Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
+
+
+def parse_identity(text: str, profile: Profile) -> Identity:
+    """``bob`` (same domain as the profile) or ``bob@example.org``."""
+    try:
+        if "@" not in text:
+            return Identity(text, profile.load_config().domain)
+        return Identity.parse(text)
+    except InvalidIdentity as error:
+        raise CommandError(str(error)) from None
+
+
+class ChatContext(Context):
+    """The irp command context plus a handle on the agent."""
+
+    def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
+        super().__init__(reactor, args)
+        self.control: Any = None
+        self.local_agent: Agent | None = None
+
+    async def agent(self, *, network: bool = False) -> Any:
+        """The running agent's control connection, or an agent started here.
+
+        ``network`` asks for an agent that listens and registers (for chat); otherwise an
+        agent started here only reads and writes the profile and dials out.
+        """
+        if self.control is not None:
+            return self.control
+        control = await connect_control(self.reactor, self.args.profile)
+        if control is not None:
+            self.control = control
+            return control
+        listen = (self.args.listen or [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]) if network else []
+        settings = AgentSettings(
+            profile_dir=self.args.profile,
+            listen=listen,
+            advertise=[parse_endpoint(text, DEFAULT_PORT) for text in self.args.advertise] if self.args.advertise else None,
+            register=network,
+            control=False,
+        )
+        agent = Agent(settings, self.reactor)
+        try:
+            agent.load_credentials()
+        except (ProfileError, keyfiles.KeyFileError, ValueError) as error:
+            raise CommandError(f"{error} (run 'sixchat init' and 'sixchat enrol' first)") from None
+        agent.startService()
+        await agent.ready
+        self.local_agent = agent
+        self.control = InProcessControl(agent)
+        return self.control
+
+    async def finish(self) -> None:
+        """Stop an agent started here; close the control connection."""
+        if self.local_agent is not None:
+            await self.local_agent.stopService()
+        elif self.control is not None and hasattr(self.control, "transport"):
+            self.control.transport.loseConnection()
+        self.close()
+
+
+def show(text: str = "") -> None:
+    """Print a line of output."""
+    print(text, flush=True)
+
+
+def clock_text(seconds: float) -> str:
+    """HH:MM in local time."""
+    return time.strftime("%H:%M", time.localtime(seconds))
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+async def cmd_trust_domain(ctx: ChatContext) -> int:
+    """Trust another domain's CA (by fingerprint) and note its registry."""
+    args = ctx.args
+    try:
+        domain = check_domain(args.domain)
+    except InvalidIdentity as error:
+        raise CommandError(str(error)) from None
+    host, port = split_server(args.server)
+    if args.ca_file:
+        root = keyfiles.load_certificates(args.ca_file)[0]
+        if args.ca_fingerprint and keyfiles.fingerprint(root) != keyfiles.parse_fingerprint(args.ca_fingerprint):
+            raise CommandError("the CA file does not have the fingerprint given")
+    elif args.ca_fingerprint:
+        root = await fetch_root_by_fingerprint(ctx, host, port, domain, keyfiles.parse_fingerprint(args.ca_fingerprint))
+    else:
+        raise CommandError("give --ca-fingerprint FP (checked with that domain's operator) or --ca-file")
+    config = ctx.profile.load_config()
+    ctx.profile.trust_domain(domain, root)
+    config.registries[domain] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ctx.profile.save_config(config)
+    show(f"Trusting {domain} (root {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}), registry {host} port {port}.")
+    return 0
+
+
+async def cmd_contacts(ctx: ChatContext) -> int:
+    """List contacts."""
+    control = await ctx.agent()
+    contacts = await control.call("contacts")
+    for contact in contacts:
+        flags = " (blocked)" if contact["blocked"] else ""
+        pinned = f", {len(contact['fingerprints'])} pinned" if contact["fingerprints"] else ""
+        show(f"{contact['who']:<32} {contact['presence']:<8} {contact['name']}{pinned}{flags}")
+    if not contacts:
+        show("(no contacts: add one with 'sixchat add user@domain')")
+    return 0
+
+
+async def cmd_add(ctx: ChatContext) -> int:
+    """Add a contact; show the fingerprints their registry vouches for."""
+    who = parse_identity(ctx.args.who, ctx.profile)
+    control = await ctx.agent()
+    result = await control.call(
+        "add-contact", who=str(who), name=ctx.args.name or "", fingerprints=ctx.args.fingerprint or [], pin=ctx.args.pin
+    )
+    show(f"Added {who}.")
+    for digest in result["registry_fingerprints"]:
+        show(f"  certificate {keyfiles.format_fingerprint(digest)}")
+    if result["contact"]["fingerprints"]:
+        show("  pinned: only these certificates will be accepted for this contact.")
+    else:
+        show("  Compare the fingerprint with them by another channel; --pin keeps exactly these.")
+    return 0
+
+
+async def cmd_simple(ctx: ChatContext) -> int:
+    """remove, block, unblock."""
+    who = parse_identity(ctx.args.who, ctx.profile)
+    control = await ctx.agent()
+    op = {"remove": "remove-contact", "block": "block", "unblock": "unblock"}[ctx.args.command]
+    await control.call(op, who=str(who))
+    show(f"{ctx.args.command.capitalize()}ed {who}." if ctx.args.command != "remove" else f"Removed {who}.")
+    return 0
+
+
+async def cmd_send(ctx: ChatContext) -> int:
+    """Send one message and wait for its receipt."""
+    who = parse_identity(ctx.args.who, ctx.profile)
+    text = " ".join(ctx.args.text) if ctx.args.text else sys.stdin.read().rstrip("\n")
+    if not text:
+        raise CommandError("nothing to send")
+    control = await ctx.agent()
+    outcome: Deferred[dict[str, Any]] = Deferred()
+    message_id: dict[str, str] = {}
+
+    def event(data: dict[str, Any]) -> None:
+        if data.get("id") == message_id.get("id") and data.get("event") in ("receipt", "undelivered") and not outcome.called:
+            outcome.callback(data)
+
+    control.on_event = event
+    await control.call("subscribe")
+    result = await control.call("send", to=str(who), text=text)
+    message_id["id"] = result["id"]
+    if ctx.args.no_wait:
+        show(f"Queued message {result['id']} for {who}.")
+        return 0
+    timer = ctx.reactor.callLater(ctx.args.wait, lambda: outcome.called or outcome.callback({"event": "timeout"}))
+    data = await outcome
+    if timer.active():
+        timer.cancel()
+    if data["event"] == "receipt":
+        show(f"Delivered to {who}.")
+        return 0
+    if data["event"] == "undelivered":
+        show(f"Could not deliver to {who}.")
+        return 1
+    if ctx.local_agent is not None:
+        show(f"Not delivered yet: {who} is not reachable now. The message stays queued and your agent will deliver it later.")
+    else:
+        show(f"Not delivered yet; your agent keeps trying for {who}.")
+    return 1
+
+
+async def cmd_history(ctx: ChatContext) -> int:
+    """Show the message history."""
+    who = parse_identity(ctx.args.who, ctx.profile) if ctx.args.who else None
+    control = await ctx.agent()
+    rows = await control.call("history", who=None if who is None else str(who), limit=ctx.args.limit)
+    for row in rows:
+        arrow = "->" if row["direction"] == "out" else "<-"
+        state = "" if row["direction"] == "in" else f"  [{row['state']}]"
+        show(f"{clock_text(row['sent'])} {arrow} {row['peer']}: {row['text']}{state}")
+    if not rows:
+        show("(no messages)")
+    return 0
+
+
+async def cmd_status(ctx: ChatContext) -> int:
+    """Show the agent's status."""
+    control = await ctx.agent()
+    status = await control.call("status")
+    show(f"{status['identity']}  ({'running agent' if ctx.local_agent is None else 'no agent running'})")
+    show(f"  certificate {keyfiles.format_fingerprint(status['fingerprint'])}")
+    for line in status["listening"]:
+        show(f"  listening on {line}")
+    for line in status["advertised"]:
+        show(f"  published   {line}")
+    show(f"  sessions: {', '.join(status['sessions']) or 'none'}; accepting: {status['policy']}")
+    return 0
+
+
+async def cmd_lookup(ctx: ChatContext) -> int:
+    """Ask the registry where someone is."""
+    who = parse_identity(ctx.args.who, ctx.profile)
+    control = await ctx.agent()
+    result = await control.call("lookup", who=str(who))
+    show(f"{result['who']}: {result['presence']}")
+    for address, port in result["endpoints"]:
+        show(f"  {'[' + address + ']' if ':' in address else address}:{port}")
+    return 0
+
+
+async def cmd_chat(ctx: ChatContext) -> int:
+    """Interactive chat with one contact."""
+    from sixchat.chatui import run_chat
+
+    who = parse_identity(ctx.args.who, ctx.profile)
+    control = await ctx.agent(network=True)
+    return await run_chat(ctx.reactor, control, who, history=ctx.args.history)
+
+
+# -- parsing and running -------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``sixchat``."""
+    parser = argparse.ArgumentParser(
+        prog="sixchat",
+        description="SixChat End2End Direct: chat directly and end-to-end encrypted with people"
+        " whose identity an IRP registry vouches for.",
+        epilog="First 'sixchat init' and 'sixchat enrol'; then run your agent with 'twistd -n sixchat'"
+        " (or let each command start one). Every command has --help.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, None), (common, argparse.SUPPRESS)):
+        target.add_argument("--profile", default=default_profile_path() if default is None else default, help="profile folder (default: $IRP_PROFILE or ~/.irp)")
+        target.add_argument("--server", default=default, help="your registry HOST[:PORT], overriding the profile")
+        target.add_argument("--timeout", type=float, default=30.0 if default is None else default, help="seconds to wait for a registry (default 30)")
+        target.add_argument("--listen", action="append", default=default, help="endpoint for an agent this command starts (chat)")
+        target.add_argument("--advertise", action="append", default=default, help="address such an agent publishes")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, function: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = command("init", cmd_init, "Create your profile, pinned to your registry's root CA.")  # type: ignore[arg-type]
+    sub.add_argument("--domain", required=True, help="your domain")
+    sub.add_argument("--user", required=True, help="your user name")
+    sub.add_argument("--ca-fingerprint", help="SHA-256 fingerprint of the registry's root CA")
+    sub.add_argument("--ca-file", help="the registry's root CA (PEM) instead")
+    sub.add_argument("--force", action="store_true", help="replace an existing profile")
+    sub = command("enrol", cmd_enrol, "Log in with your password, make your key here and get its certificate.")  # type: ignore[arg-type]
+    sub.add_argument("--user", help="your user name (default: the profile's)")
+    sub.add_argument("--password-file", help="read the password from this file")
+    sub.add_argument("--key-type", choices=("p384", "p256", "ed25519"), default="p384")
+    sub.add_argument("--force", action="store_true")
+    commands._name_parser_map["enroll"] = sub
+
+    sub = command("trust-domain", cmd_trust_domain, "Trust another domain's CA, to talk with its users.")
+    sub.add_argument("domain")
+    sub.add_argument("--registry", dest="server", required=True, help="that domain's registry HOST[:PORT]")
+    sub.add_argument("--ca-fingerprint", help="its root CA fingerprint, checked with its operator")
+    sub.add_argument("--ca-file", help="its root CA (PEM)")
+
+    command("contacts", cmd_contacts, "List your contacts.")
+    sub = command("add", cmd_add, "Add a contact (shows the certificate fingerprints to compare).")
+    sub.add_argument("who", help="user@domain (or a user of your domain)")
+    sub.add_argument("--name", help="a name to show")
+    sub.add_argument("--fingerprint", action="append", help="pin this certificate fingerprint (repeatable)")
+    sub.add_argument("--pin", action="store_true", help="pin the certificates the registry vouches for now")
+    for name, text in (("remove", "Forget a contact (history stays)."), ("block", "Refuse connections from someone."), ("unblock", "Accept someone again.")):
+        sub = command(name, cmd_simple, text)
+        sub.add_argument("who")
+
+    sub = command("send", cmd_send, "Send one message and wait for the receipt.")
+    sub.add_argument("who")
+    sub.add_argument("text", nargs="*", help="the message (default: read stdin)")
+    sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the receipt (default 30)")
+    sub.add_argument("--no-wait", action="store_true", help="queue and return at once")
+
+    sub = command("chat", cmd_chat, "Chat with someone in this terminal.")
+    sub.add_argument("who")
+    sub.add_argument("--history", type=int, default=20, help="earlier messages to show first (default 20)")
+    sub = command("history", cmd_history, "Show your message history.")
+    sub.add_argument("who", nargs="?")
+    sub.add_argument("--limit", type=int, default=50)
+    command("status", cmd_status, "Show your agent's status.")
+    sub = command("lookup", cmd_lookup, "Ask the registry where someone is.")
+    sub.add_argument("who")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    ctx = ChatContext(reactor, args)
+    outcome: dict[str, int] = {}
+
+    async def main() -> None:
+        try:
+            outcome["code"] = await args.function(ctx)
+        finally:
+            await ctx.finish()
+
+    def failed(failure: Any) -> None:
+        error = failure.value
+        if isinstance(error, (irp_errors.IRPError, errors.SixChatError)):
+            print(f"sixchat: {error.message} [{error.name}]", file=sys.stderr)
+            outcome["code"] = 1
+        elif isinstance(error, (CommandError, ControlError, ProfileError, keyfiles.KeyFileError, OSError)):
+            print(f"sixchat: {error}", file=sys.stderr)
+            outcome["code"] = getattr(error, "exit_code", 1)
+        else:
+            print("sixchat: unexpected failure:", file=sys.stderr)
+            failure.printTraceback(file=sys.stderr)
+            outcome["code"] = 70
+
+    def start() -> None:
+        done: Deferred[None] = Deferred.fromCoroutine(main())
+        done.addErrback(failed)
+        done.addBoth(lambda _: reactor.callLater(0, reactor.stop))
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return outcome.get("code", 1)
+
+
+def main() -> None:
+    """Console entry point."""
+    os.umask(0o077)
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``twistd sixchat``: run a person's SixChat agent from a profile folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from irp import errors as irp_errors
+from irp.profile import Profile, ProfileError, default_profile_path
+from irp.records import Endpoint
+from irp.tap import check_endpoint
+from sixchat import DEFAULT_PORT
+from sixchat.agent import Agent, AgentSettings
+from sixchat.verification import POLICIES
+
+
+class Options(usage.Options):
+    """Options of ``twistd sixchat``."""
+
+    synopsis = "[--profile DIR] [options]"
+    longdesc = (
+        "Run your SixChat agent: it listens on TCP 4605 (IPv6 and IPv4), registers your"
+        " addresses and presence with your IRP registry, delivers your messages end-to-end"
+        " encrypted and keeps your history. Drive it with the 'sixchat' command."
+    )
+    optParameters = [
+        ["profile", "p", None, "Profile folder made by 'sixchat init' and 'sixchat enrol' (default: $IRP_PROFILE or ~/.irp)."],
+        ["policy", None, "contacts", f"Who may connect to you: {', '.join(POLICIES)}."],
+        ["ttl", None, 300, "Seconds your registered addresses stay valid (refreshed at half that).", int],
+        ["undelivered-after", None, 300.0, "Seconds before an undeliverable message is reported.", float],
+    ]
+    optFlags = [["no-register", None, "Do not publish addresses with the registry."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["advertise"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on (repeatable); default tcp6:4605:interface=\\:\\: (IPv6 and IPv4)."""
+        self["listen"].append(check_endpoint(description))
+
+    def opt_advertise(self, address: str) -> None:
+        """Address to publish: ADDRESS, [v6]:PORT or v4:PORT (repeatable; default: listened-on or primary addresses)."""
+        from irp.cli import CommandError, parse_endpoint
+
+        try:
+            self["advertise"].append(parse_endpoint(address, DEFAULT_PORT))
+        except CommandError as error:
+            raise usage.UsageError(str(error)) from None
+
+    def postOptions(self) -> None:
+        """Check the options and the profile."""
+        self["profile"] = self["profile"] or default_profile_path()
+        if self["policy"] not in POLICIES:
+            raise usage.UsageError(f"--policy must be one of {', '.join(POLICIES)}")
+        if self["ttl"] < 30:
+            raise usage.UsageError("--ttl must be at least 30 seconds")
+        if self["undelivered-after"] <= 0:
+            raise usage.UsageError("--undelivered-after must be positive")
+        profile = Profile(self["profile"])
+        try:
+            profile.identity()
+            profile.credentials()
+        except (ProfileError, irp_errors.IRPError, ValueError, OSError) as error:
+            raise usage.UsageError(str(error)) from None
+        if not self["listen"]:
+            self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
+
+    def settings(self) -> AgentSettings:
+        """The agent settings these options describe."""
+        advertise: list[Endpoint] | None = self["advertise"] or None
+        return AgentSettings(
+            profile_dir=self["profile"],
+            listen=self["listen"],
+            advertise=advertise,
+            policy=self["policy"],
+            register_ttl=self["ttl"],
+            undelivered_after=self["undelivered-after"],
+            register=not self["no-register"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    """Build the agent service."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    agent = Agent(options.settings(), reactor)
+    try:
+        agent.load_credentials()
+    except Exception as error:  # readable message instead of a traceback
+        raise SystemExit(f"sixchat: cannot load your credentials: {error}") from None
+    parent = service.MultiService()
+    agent.setServiceParent(parent)
+    return parent
