@@ -209,7 +209,7 @@ def error_class_for(name: str, code: int) -> type[IRPError]:
     Where several classes share a wire name, the most general one (defined first) is
     returned, so it can always be built from a message alone.
     """
-    classes = [IRPError, *_all_subclasses(IRPError)]
+    classes: list[type[IRPError]] = [IRPError, *_all_subclasses(IRPError)]
     for cls in classes:
         if cls.name == name:
             return cls

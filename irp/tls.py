@@ -14,13 +14,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITCPTransport
 from zope.interface import implementer
 
 #: TLS 1.2 suites: ephemeral ECDHE or DHE, AES-256-GCM, SHA-384.
 TLS12_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-GCM-SHA384"
 #: TLS 1.3 suites (always ephemeral key exchange).
 TLS13_CIPHERSUITES = "TLS_AES_256_GCM_SHA384"
+#: Key exchange groups, best first: the hybrid post-quantum X25519MLKEM768 where the
+#: client supports it, then classical ECDHE. Finite-field groups (ffdhe2048 is only
+#: 112-bit strong) are left out.
+KEY_EXCHANGE_GROUPS = "X25519MLKEM768:X25519:P-384:P-256"
 
 _OPTIONS = (
     SSL.OP_NO_COMPRESSION
@@ -55,6 +59,7 @@ def make_server_context(
     context.set_options(_OPTIONS)
     context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+    _set_groups(context, KEY_EXCHANGE_GROUPS)
     context.use_certificate(crypto.X509.from_cryptography(certificate))
     context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
     for extra in chain:
@@ -68,6 +73,18 @@ def make_server_context(
     context.set_session_id(b"irp-4604")
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     return context
+
+
+def _set_groups(context: SSL.Context, groups: str) -> None:
+    """Restrict key exchange groups (pyOpenSSL has no public call for it yet)."""
+    from OpenSSL._util import lib
+
+    setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    if setter is None:
+        return
+    if not setter(context._context, groups.encode("ascii")):  # noqa: SLF001
+        # An older OpenSSL without ML-KEM: classical groups only.
+        setter(context._context, groups.split(":", 1)[1].encode("ascii"))  # noqa: SLF001
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -114,3 +131,17 @@ def client_options(
         clientCertificate=private_certificate,
         extraCertificateOptions=extra,
     )
+
+
+def send_without_delay(transport: object) -> None:
+    """Turn Nagle's algorithm off on the TCP connection under a TLS transport.
+
+    IRP messages are small and answered one by one; with Nagle on, the first request
+    after the handshake (written right behind the TLS Finished message) waits for the
+    peer's delayed acknowledgement, some 40 ms on every connection.
+    """
+    lower = getattr(transport, "transport", None)  # TLSMemoryBIOProtocol wraps the TCP one
+    for candidate in (transport, lower):
+        if candidate is not None and ITCPTransport.providedBy(candidate):
+            candidate.setTcpNoDelay(True)
+            return

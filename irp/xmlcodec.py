@@ -15,16 +15,18 @@ pre-check makes it at least as strict as defusedxml, which forbids the same cons
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeAlias
 
 from lxml import etree
 
-Element = etree._Element
+Element: TypeAlias = etree._Element
 
 MAX_DEPTH: Final = 12
 MAX_ELEMENTS: Final = 5000
 
 _XML_DECLARATION = b"<?xml"
+#: What may follow ``<?xml`` in a declaration (anything else makes it a PI's target).
+_AFTER_DECLARATION = (b" ", b"\t", b"\r", b"\n")
 
 
 class XMLRejected(Exception):
@@ -59,7 +61,9 @@ def check_markup(data: bytes) -> None:
         )
     question = data.find(b"<?")
     if question != -1:
-        if question != 0 or not data.startswith(_XML_DECLARATION):
+        # The declaration's target is exactly "xml": "<?xml-stylesheet" is a PI.
+        declared = data.startswith(_XML_DECLARATION) and data[5:6] in _AFTER_DECLARATION
+        if question != 0 or not declared:
             raise XMLRejected("processing instructions are not allowed", forbidden=True)
         if data.find(b"<?", 2) != -1:
             raise XMLRejected("processing instructions are not allowed", forbidden=True)

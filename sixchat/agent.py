@@ -45,14 +45,6 @@ STORE_FILE = "sixchat.sqlite3"
 Event = dict[str, Any]
 
 
-class PeerUnreachable(errors.SixChatError):
-    """No address of the peer answered with the right identity."""
-
-    code = 501
-    name = "peer-unreachable"
-    default_message = "The peer could not be reached."
-
-
 @dataclass
 class AgentSettings:
     """How one agent runs."""
@@ -318,7 +310,7 @@ class Agent(service.Service):
             return cached[1]
         fingerprints = await self.directory.certificate_fingerprints(peer)
         if not fingerprints:
-            raise PeerUnreachable(f"{peer} has no valid certificate at their registry")
+            raise errors.PeerUnreachable(f"{peer} has no valid certificate at their registry")
         self._expected[peer] = (now, fingerprints)
         return fingerprints
 
@@ -337,7 +329,7 @@ class Agent(service.Service):
                 return connection
         record = await self.directory.lookup(peer)
         if not record.is_current(self.clock.seconds()) or not record.endpoints:
-            raise PeerUnreachable(f"{peer} is offline (no current address at their registry)")
+            raise errors.PeerUnreachable(f"{peer} is offline (no current address at their registry)")
         if record.presence != "offline":
             await self.store.set_presence(peer, record.presence)
         for endpoint in sorted(record.endpoints, key=lambda item: item.family != "ipv6"):
@@ -347,7 +339,7 @@ class Agent(service.Service):
             connection = await self._try_endpoint(peer, endpoint, problems)
             if connection is not None:
                 return connection
-        raise PeerUnreachable(f"{peer} did not answer at {', '.join(problems) or 'any address'}")
+        raise errors.PeerUnreachable(f"{peer} did not answer at {', '.join(problems) or 'any address'}")
 
     async def _try_endpoint(self, peer: Identity, endpoint: Endpoint, problems: list[str]) -> PeerConnection | None:
         assert self.store is not None

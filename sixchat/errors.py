@@ -229,6 +229,14 @@ class RateLimited(SixChatError):
     default_message = "Too many attempts; wait and try again."
 
 
+class PeerUnreachable(SixChatError):
+    """No address of the peer answered with the right identity (local only)."""
+
+    code = 503
+    name = "peer-unreachable"
+    default_message = "The peer could not be reached."
+
+
 def _all_subclasses(cls: type[SixChatError]) -> list[type[SixChatError]]:
     found: list[type[SixChatError]] = []
     for sub in cls.__subclasses__():

@@ -142,26 +142,36 @@ class PeerConnection(Protocol):
                 self._end(event.error, alert=b"")
 
     def _verify(self, event: PeerNeedsVerification) -> None:
+        # Nothing more is read until the verdict: the core buffers at most a bounded amount.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
         verdict = self.owner.verify_peer(self, event.identity, event.chain)
-        timeout = self.owner.clock.callLater(
-            self.owner.limits.verification_timeout,
-            lambda: verdict.called or verdict.cancel(),
-        )
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            if not verdict.called:
+                timed_out.append(True)
+                verdict.cancel()
+
+        timeout = self.owner.clock.callLater(self.owner.limits.verification_timeout, expire)
 
         def accepted(_: Any) -> None:
             if timeout.active():
                 timeout.cancel()
             if not self.ended and self.handshake is not None:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
                 self._handshake_events(self.handshake.accept_peer())
 
         def refused(failure: Failure) -> None:
             if timeout.active():
                 timeout.cancel()
             error = failure.value
-            if not isinstance(error, errors.SixChatError):
+            if timed_out:
+                error = errors.Timeout(f"checking {event.identity} took too long")
+            elif not isinstance(error, errors.SixChatError):
                 log.failure("Checking {peer} failed", failure, peer=str(event.identity))
                 error = errors.InternalError("the peer could not be checked")
             if not self.ended and self.handshake is not None:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
                 self._handshake_events(self.handshake.reject_peer(error))
 
         verdict.addCallbacks(accepted, refused)
