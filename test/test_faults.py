@@ -1,0 +1,244 @@
+"""Fault injection: the registry is killed with SIGKILL again and again under load.
+
+After every kill the registry is restarted on the same data directory and each write the
+clients saw acknowledged must be there: address records (or newer ones), issued
+certificates, revocations; the SQLite file must pass its integrity check, serial numbers
+and fingerprints stay unique, and the CRL lists exactly the revoked certificates.
+
+CI runs a few rounds; ``IRP_FAULT_ROUNDS=200 trial test.test_faults`` runs a long campaign
+(see docs/security.rst).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sqlite3
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import error as internet_error
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from irp import errors
+from irp.ca import generate_key
+from irp.cli import make_csr
+from irp.client import RegistryClient, connect
+from irp.keyfiles import fingerprint, load_certificates
+from irp.records import Endpoint
+
+ROUNDS = int(os.environ.get("IRP_FAULT_ROUNDS", "3"))
+USERS = 4
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LISTENING = re.compile(rb"listening on \S+ port (\d+)")
+
+
+class RegistryProcess(ProcessProtocol):
+    """``twistd irp`` in a child process; ``listening`` fires with its port."""
+
+    def __init__(self) -> None:
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = _LISTENING.search(self.output)
+        if match and not self.listening.called:
+            self.listening.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.listening.called:
+            self.listening.errback(RuntimeError("the registry exited before listening:\n" + self.output.decode(errors="replace")[-3000:]))
+        self.ended.callback(None)
+
+    def kill(self) -> Deferred[None]:
+        try:
+            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+        except internet_error.ProcessExitedAlready:
+            pass
+        return self.ended
+
+
+def start_registry(data_dir: str) -> tuple[RegistryProcess, Deferred[int]]:
+    process = RegistryProcess()
+    environment = dict(os.environ, PYTHONPATH=REPOSITORY)
+    arguments = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "--logfile=-",
+        "irp", "--domain", "example.org", "--data-dir", data_dir,
+        "--listen", "tcp:0:interface=127.0.0.1", "--hostname", "127.0.0.1",
+        "--key-type", "p256", "--argon2-memory", "8192",
+    ]
+    reactor.spawnProcess(process, sys.executable, arguments, env=environment, path=REPOSITORY)
+    return process, process.listening
+
+
+@dataclass
+class Acknowledged:
+    """Writes the clients saw acknowledged."""
+
+    addresses: dict[str, tuple[int, tuple[Endpoint, ...]]] = field(default_factory=dict)
+    certificates: dict[int, str] = field(default_factory=dict)
+    revoked: set[int] = field(default_factory=set)
+
+
+@dataclass
+class User:
+    name: str
+    password: str
+    key: Any = None
+    certificate: x509.Certificate | None = None
+
+
+class RegistryKillTests(TestCase):
+    timeout = 120 + 30 * ROUNDS
+
+    async def client(self, port: int, root: x509.Certificate, user: User | None = None) -> RegistryClient:
+        client = await connect(
+            reactor, "127.0.0.1", port, domain="example.org", trust_roots=[root],
+            client_key=None if user is None else user.key,
+            client_certificate=None if user is None else user.certificate, timeout=20,
+        )
+        return client
+
+    async def test_acknowledged_writes_survive_sigkill(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        rng = random.Random(4604)
+        acknowledged = Acknowledged()
+        process, listening = start_registry(data_dir)
+        port = await listening
+        root = load_certificates(os.path.join(data_dir, "ca", "root.pem"))[0]
+        with open(os.path.join(data_dir, "admin-password"), encoding="ascii") as handle:
+            admin_password = handle.read().strip()
+        users = [User(f"user{index}", f"password-of-user-{index}") for index in range(USERS)]
+        admin = await self.client(port, root)
+        await admin.login("admin", admin_password)
+        for user in users:
+            await admin.create_user(user.name, password=user.password)
+            client = await self.client(port, root)
+            await client.login(user.name, user.password)
+            user.key = generate_key("p256")
+            entry = await client.request_certificate(make_csr(user.key))
+            user.certificate = entry.certificate
+            acknowledged.certificates[entry.serial] = entry.fingerprint
+            await client.close()
+        await admin.close()
+
+        total_acknowledged = 0
+        for round_number in range(ROUNDS):
+            clients = [await self.client(port, root, user) for user in users]
+            kill_after = rng.randint(5, 40)
+            done = {"count": 0}
+            killed: Deferred[None] = Deferred()
+
+            def acked() -> None:
+                done["count"] += 1
+                if done["count"] == kill_after and not killed.called:
+                    killed.callback(None)
+
+            async def work(index: int, client: RegistryClient) -> None:
+                user = users[index]
+                step = 0
+                while not killed.called:
+                    step += 1
+                    try:
+                        choice = rng.random()
+                        if choice < 0.6:
+                            endpoint = Endpoint.parse("127.0.0.1", 1 + (round_number * 997 + step * 7 + index) % 65000)
+                            record = await client.register_addresses([endpoint], "online", 600)
+                            acknowledged.addresses[user.name] = (record.seq, record.endpoints)
+                        elif choice < 0.85:
+                            key = generate_key("p256")
+                            entry = await client.request_certificate(make_csr(key))
+                            acknowledged.certificates[entry.serial] = entry.fingerprint
+                        else:
+                            key = generate_key("p256")
+                            entry = await client.request_certificate(make_csr(key))
+                            acknowledged.certificates[entry.serial] = entry.fingerprint
+                            revoked = await client.revoke(entry.serial, "superseded")
+                            acknowledged.revoked.add(revoked.serial)
+                    except (errors.IRPError, internet_error.ConnectionDone, internet_error.ConnectionLost):
+                        return
+                    acked()
+
+            workers = [Deferred.fromCoroutine(work(index, client)) for index, client in enumerate(clients)]
+            await killed
+            await process.kill()
+            total_acknowledged += done["count"]
+            self.assertGreaterEqual(done["count"], kill_after)
+            await DeferredList(workers, consumeErrors=True)
+            self.check_database(data_dir, acknowledged)
+            process, listening = start_registry(data_dir)
+            port = await listening
+            await self.check_registry(data_dir, port, root, users, acknowledged)
+        await process.kill()
+        report = os.environ.get("IRP_FAULT_REPORT")
+        if report:
+            with open(report, "w", encoding="utf-8") as handle:
+                handle.write(
+                    f"rounds (SIGKILLs): {ROUNDS}\nacknowledged writes during rounds: {total_acknowledged}\n"
+                    f"certificates checked: {len(acknowledged.certificates)}\nrevocations checked: {len(acknowledged.revoked)}\n"
+                    f"address records checked per round: {len(acknowledged.addresses)}\nlost: 0\n"
+                )
+
+    def check_database(self, data_dir: str, acknowledged: Acknowledged) -> None:
+        connection = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
+        try:
+            self.assertEqual(connection.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+            serials = [row[0] for row in connection.execute("SELECT serial FROM certificates")]
+            fingerprints = [row[0] for row in connection.execute("SELECT fingerprint FROM certificates")]
+            self.assertEqual(len(serials), len(set(serials)))
+            self.assertEqual(len(fingerprints), len(set(fingerprints)))
+            stored = {int(serial, 16): digest for serial, digest in connection.execute("SELECT serial, fingerprint FROM certificates")}
+            for serial, digest in acknowledged.certificates.items():
+                self.assertEqual(stored.get(serial), digest, f"acknowledged certificate {serial:x} lost")
+            revoked = {int(row[0], 16) for row in connection.execute("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")}
+            self.assertLessEqual(acknowledged.revoked, revoked)
+        finally:
+            connection.close()
+
+    async def check_registry(
+        self, data_dir: str, port: int, root: x509.Certificate, users: list[User], acknowledged: Acknowledged
+    ) -> None:
+        client = await self.client(port, root, users[0])
+        try:
+            for name, (seq, endpoints) in acknowledged.addresses.items():
+                record = await client.lookup(name)
+                self.assertGreaterEqual(record.seq, seq, f"acknowledged address registration of {name} lost")
+                if record.seq == seq:
+                    self.assertEqual(record.endpoints, endpoints)
+            crls = await client.get_crls()
+            issuing = next(info.crl for info in crls if info.issuer == "issuing")
+            listed = {entry.serial_number for entry in issuing}
+            self.assertEqual(listed, revoked_in_database(data_dir), "the CRL differs from the revocations")
+            self.assertLessEqual(acknowledged.revoked, listed)
+            for serial in acknowledged.revoked:
+                status = await client.certificate_status(serial=serial)
+                self.assertEqual(status.state, "revoked")
+            for serial, digest in list(acknowledged.certificates.items())[-5:]:
+                entry = await client.get_certificate(serial)
+                self.assertEqual(entry.fingerprint, digest)
+                assert entry.certificate is not None
+                self.assertEqual(fingerprint(entry.certificate), digest)
+        finally:
+            await client.close()
+
+
+def revoked_in_database(data_dir: str) -> set[int]:
+    """Serials the database holds as revoked (read while the registry runs: WAL allows it)."""
+    connection = sqlite3.connect(os.path.join(data_dir, "registry.sqlite3"))
+    try:
+        rows = connection.execute("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND origin = 'issued'")
+        return {int(row[0], 16) for row in rows}
+    finally:
+        connection.close()
