@@ -11,22 +11,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from typing import Any
 
 from cryptography import x509
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    serverFromString,
+)
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from irp import errors as irp_errors
+from irp.framing import encode_frame
 from irp.identity import Identity
-from irp.keyfiles import fingerprint
-from irp.profile import Profile
+from irp.keyfiles import KeyFileError, fingerprint
+from irp.profile import Profile, ProfileError
 from irp.records import Endpoint
 from irp.trust import TrustStore
 from sixchat import DEFAULT_PORT, errors
@@ -34,7 +41,15 @@ from sixchat.addresses import advertised_endpoints
 from sixchat.control import listen_control
 from sixchat.directory import Directory
 from sixchat.handshake import LocalCredentials, Role
-from sixchat.messages import ChatMessage, Ping, Pong, Presence, Receipt, ApplicationMessage
+from sixchat.messages import (
+    ApplicationMessage,
+    ChatMessage,
+    Ping,
+    Pong,
+    Presence,
+    Receipt,
+    alert_for,
+)
 from sixchat.protocol import ConnectionLimits, PeerConnection
 from sixchat.store import AgentStore, StoredMessage
 from sixchat.verification import PeerVerifier, RevocationChecker
@@ -58,11 +73,25 @@ class AgentSettings:
     retry_interval: float = 15.0
     connect_timeout: float = 5.0
     fingerprint_cache: float = 300.0
+    crl_max_age: float = 300.0
     handshakes_per_address: int = 20
     handshake_window: float = 10.0
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     register: bool = True
     control: bool = True
+
+
+class _Refused(Protocol):
+    """Answers a connection with one clear alert and closes it; reads nothing."""
+
+    def __init__(self, error: errors.SixChatError) -> None:
+        self.error = error
+
+    def connectionMade(self) -> None:
+        """Send the alert, then close."""
+        transport: Any = self.transport
+        transport.write(encode_frame(alert_for(self.error)))
+        transport.loseConnection()
 
 
 class _ResponderFactory(Factory):
@@ -71,21 +100,23 @@ class _ResponderFactory(Factory):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    def buildProtocol(self, addr: Any) -> PeerConnection | None:
+    def buildProtocol(self, addr: Any) -> Protocol:
         host = getattr(addr, "host", "")
         if not self.agent.admit_handshake(host):
             log.warn("Refused a connection from {host}: too many handshakes", host=host)
-            return None
+            return _Refused(errors.RateLimited(f"too many handshakes from {host}"))
         return PeerConnection(self.agent, Role.RESPONDER)
 
 
 class Agent(service.Service):
     """One user's agent (see the module docs)."""
 
-    def __init__(self, settings: AgentSettings, reactor: Any) -> None:
+    def __init__(self, settings: AgentSettings, reactor: Any, clock: IReactorTime | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.clock = reactor
+        #: Every timer and time stamp of the agent (the reactor's, unless a test passes a
+        #: fake clock; sockets always use ``reactor``).
+        self.clock: Any = clock if clock is not None else reactor
         self.limits = settings.limits
         self.profile = Profile(settings.profile_dir)
         self.credentials: LocalCredentials
@@ -122,7 +153,7 @@ class Agent(service.Service):
         started.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
-        if failure.check(irp_errors.IRPError, errors.SixChatError, OSError, ValueError):
+        if failure.check(irp_errors.IRPError, errors.SixChatError, ProfileError, KeyFileError, CannotListenError, OSError, ValueError):
             log.critical("The agent could not start: {why}", why=str(failure.value))
         else:
             log.failure("The agent could not start", failure)
@@ -131,11 +162,11 @@ class Agent(service.Service):
     async def _start(self) -> Agent:
         settings = self.settings
         self.load_credentials()
-        self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor)
+        self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor, now=self.clock.seconds)
         key, certificate, chain = self.profile.credentials()
         self.directory = Directory(self.reactor, self.profile, key, certificate, chain)
         roots = self.profile.trusted_roots()
-        revocation = RevocationChecker(self.directory.issuing_crl, self.clock)
+        revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
             TrustStore(list(roots.values())),
             revocation,
@@ -160,6 +191,7 @@ class Agent(service.Service):
             self._loop(lambda: self._register("online"), max(settings.register_ttl / 2, 5))
         self._loop(self._retry_pending, settings.retry_interval)
         self._loop(self._give_up_old, min(settings.undelivered_after / 4, 15.0))
+        log.info("SixChat agent of {user} is ready", user=str(self.identity))
         return self
 
     def _loop(self, function: Callable[[], Any], interval: float) -> None:
@@ -190,11 +222,15 @@ class Agent(service.Service):
                 if loop.running:
                     loop.stop()
             self.loops.clear()
-            for connection in list(self.connections):
+            closing = list(self.connections)
+            for connection in closing:
                 connection.close("bye")
             for port in self.ports:
                 await port.stopListening()
             self.ports.clear()
+            # Each is gone within the handshake timeout (then aborted if the peer stalls).
+            for connection in closing:
+                await connection.when_lost()
             if self.control_port is not None:
                 await self.control_port.stopListening()
                 self.control_port = None
@@ -301,12 +337,13 @@ class Agent(service.Service):
             else:
                 waiter.callback(result)
 
-    async def expected_fingerprints(self, peer: Identity) -> set[str]:
-        """The certificates the peer's registry holds for them now (cached briefly)."""
+    async def expected_fingerprints(self, peer: Identity, *, fresh: bool = False) -> set[str]:
+        """The certificates the peer's registry holds for them now (cached briefly, unless
+        ``fresh``)."""
         assert self.directory is not None
         cached = self._expected.get(peer)
         now = self.clock.seconds()
-        if cached is not None and now - cached[0] < self.settings.fingerprint_cache:
+        if cached is not None and not fresh and now - cached[0] < self.settings.fingerprint_cache:
             return cached[1]
         fingerprints = await self.directory.certificate_fingerprints(peer)
         if not fingerprints:
@@ -315,6 +352,11 @@ class Agent(service.Service):
         return fingerprints
 
     async def _dial(self, peer: Identity) -> PeerConnection:
+        """Try the address that last worked, then every address the registry gives (IPv6
+        first). A peer that answers but is refused (another identity or certificate, or it
+        refuses us) does not stop the search: an address can move to someone else, and
+        nothing is sent before a session with the right peer exists. If no address works,
+        the first refusal is raised (it says more than "unreachable")."""
         assert self.store is not None and self.directory is not None
         if peer == self.identity:
             raise errors.SelfConnection("dialling yourself")
@@ -322,13 +364,16 @@ class Agent(service.Service):
         tried: list[Endpoint] = []
         contact = await self.store.get_contact(peer)
         problems: list[str] = []
+        refusals: list[errors.SixChatError] = []
         if contact is not None and contact.last_endpoint is not None:
             tried.append(contact.last_endpoint)
-            connection = await self._try_endpoint(peer, contact.last_endpoint, problems)
+            connection = await self._try_endpoint(peer, contact.last_endpoint, problems, refusals)
             if connection is not None:
                 return connection
         record = await self.directory.lookup(peer)
         if not record.is_current(self.clock.seconds()) or not record.endpoints:
+            if refusals:
+                raise refusals[0]
             raise errors.PeerUnreachable(f"{peer} is offline (no current address at their registry)")
         if record.presence != "offline":
             await self.store.set_presence(peer, record.presence)
@@ -336,23 +381,29 @@ class Agent(service.Service):
             if endpoint in tried:
                 continue
             tried.append(endpoint)
-            connection = await self._try_endpoint(peer, endpoint, problems)
+            connection = await self._try_endpoint(peer, endpoint, problems, refusals)
             if connection is not None:
                 return connection
+        if refusals:
+            raise refusals[0]
         raise errors.PeerUnreachable(f"{peer} did not answer at {', '.join(problems) or 'any address'}")
 
-    async def _try_endpoint(self, peer: Identity, endpoint: Endpoint, problems: list[str]) -> PeerConnection | None:
+    async def _try_endpoint(
+        self, peer: Identity, endpoint: Endpoint, problems: list[str], refusals: list[errors.SixChatError]
+    ) -> PeerConnection | None:
+        """A session with ``peer`` at ``endpoint``, or None (with the problem noted)."""
         assert self.store is not None
         endpoint_class = TCP6ClientEndpoint if endpoint.family == "ipv6" else TCP4ClientEndpoint
         client = endpoint_class(self.reactor, endpoint.address, endpoint.port, timeout=self.settings.connect_timeout)
         connection = PeerConnection(self, Role.INITIATOR, expected_peer=peer)
         try:
             await client.connect(Factory.forProtocol(lambda: connection))
-            await connection.established
+            await connection.when_established()
         except errors.SixChatError as error:
             problems.append(f"{endpoint.address} port {endpoint.port} ({error.message})")
-            if isinstance(error, (errors.IdentityMismatch, errors.PeerRejected, errors.CertificateInvalid)):
-                raise
+            if isinstance(error, (errors.IdentityMismatch, errors.SelfConnection, errors.PeerRejected, errors.CertificateInvalid)):
+                log.warn("{address} port {port} did not give a session with {peer}: {error}", address=endpoint.address, port=endpoint.port, peer=str(peer), error=str(error))
+                refusals.append(error)
             return None
         except Exception as error:  # noqa: BLE001 - any transport failure means "try the next"
             problems.append(f"{endpoint.address} port {endpoint.port} ({error.__class__.__name__})")
@@ -386,6 +437,9 @@ class Agent(service.Service):
             if connection.role is Role.INITIATOR:
                 dialled = connection.expected_peer
                 expected = await self.expected_fingerprints(identity)
+                if fingerprint(chain[0]) not in expected:
+                    # The cached answer may predate a renewal: ask the registry again.
+                    expected = await self.expected_fingerprints(identity, fresh=True)
             await self.verifier.verify(identity, chain, dialled=dialled, expected_fingerprints=expected)
 
         async def guarded() -> None:
@@ -447,13 +501,18 @@ class Agent(service.Service):
     async def _handle_message(self, connection: PeerConnection, peer: Identity, message: ApplicationMessage) -> None:
         assert self.store is not None
         if isinstance(message, ChatMessage):
-            new = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()))
+            outcome = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()))
+            if outcome == "conflict":
+                # Not a resend of ours to confirm: another message holds that id.
+                log.warn("Refused message {id} from {peer}: that id belongs to another message", id=message.id, peer=str(peer))
+                return
             if connection.is_established:
                 connection.send(Receipt(message.id))
-            if new:
+            if outcome == "new":
                 self._emit({"event": "message", "id": message.id, "from": str(peer), "text": message.text, "sent": int(message.sent.timestamp())})
         elif isinstance(message, Receipt):
-            if await self.store.set_state(message.id, "delivered", only_from=("queued", "sent", "undelivered")):
+            # Only the recipient of a message can confirm it.
+            if await self.store.set_state(message.id, "delivered", only_from=("queued", "sent", "undelivered"), peer=peer):
                 self._emit({"event": "receipt", "id": message.id, "to": str(peer)})
         elif isinstance(message, Presence):
             await self.store.set_presence(peer, message.status)
@@ -471,6 +530,7 @@ class Agent(service.Service):
             event: Event = {"event": "session", "who": str(peer), "state": "down"}
             if error is not None:
                 event["error"] = error.message
+                event["name"] = error.name
             self._emit(event)
             Deferred.fromCoroutine(self._redeliver(peer)).addErrback(self._log_delivery_problem, peer)
 
@@ -499,6 +559,6 @@ async def _call(function: Callable[[], Any]) -> None:
 
 
 def _datetime(seconds: int) -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(seconds, timezone.utc)
+    return datetime.fromtimestamp(seconds, UTC)

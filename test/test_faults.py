@@ -41,7 +41,9 @@ _LISTENING = re.compile(rb"listening on \S+ port (\d+)")
 
 
 class RegistryProcess(ProcessProtocol):
-    """``twistd irp`` in a child process; ``listening`` fires with its port."""
+    """``twistd irp`` in a child process; ``listening`` fires with its port once ready."""
+
+    ready = _LISTENING
 
     def __init__(self) -> None:
         self.listening: Deferred[int] = Deferred()
@@ -50,9 +52,9 @@ class RegistryProcess(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
-        match = _LISTENING.search(self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
+        port = _LISTENING.search(self.output)
+        if port and self.ready.search(self.output) and not self.listening.called:
+            self.listening.callback(int(port.group(1)))
 
     errReceived = outReceived
 
@@ -242,3 +244,91 @@ def revoked_in_database(data_dir: str) -> set[int]:
         return {int(row[0], 16) for row in rows}
     finally:
         connection.close()
+
+
+class AgentProcess(RegistryProcess):
+    """``twistd sixchat`` in a child process; ready once its control socket listens."""
+
+    ready = re.compile(rb"SixChat agent of \S+ is ready")
+
+
+def start_agent(profile: str) -> tuple[AgentProcess, Deferred[int]]:
+    process = AgentProcess()
+    environment = dict(os.environ, PYTHONPATH=REPOSITORY)
+    arguments = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "--logfile=-",
+        "sixchat", "--profile", profile, "--listen", "tcp:0:interface=127.0.0.1", "--ttl", "60",
+    ]
+    reactor.spawnProcess(process, sys.executable, arguments, env=environment, path=REPOSITORY)
+    return process, process.listening
+
+
+class AgentKillTests(TestCase):
+    timeout = 120 + 30 * ROUNDS
+
+    async def test_queued_and_acknowledged_messages_survive_sigkill(self) -> None:
+        from irp.identity import Identity
+        from sixchat.agent import Agent, AgentSettings
+        from sixchat.control import connect_control
+        from test.helpers import RunningRegistry, make_profile
+
+        registry = await RunningRegistry(self).start()
+        alice_user = await registry.enrol("alice")
+        bob_user = await registry.enrol("bob")
+        alice_profile = make_profile(registry, alice_user, os.path.abspath(os.path.join(self.mktemp(), "alice")))
+        bob_profile = make_profile(registry, bob_user, os.path.abspath(os.path.join(self.mktemp(), "bob")))
+        alice_id, bob_id = Identity.parse("alice@example.org"), Identity.parse("bob@example.org")
+        bob = Agent(AgentSettings(profile_dir=bob_profile, listen=["tcp:0:interface=127.0.0.1"], retry_interval=1.0), reactor)
+        bob.startService()
+        self.addCleanup(bob.stopService)
+        await bob.ready
+        assert bob.store is not None
+        await bob.store.add_contact(alice_id)
+        received_by_bob: set[str] = set()
+        all_received: Deferred[None] = Deferred()
+        queued_by_alice: set[str] = set()
+
+        def bob_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "message":
+                received_by_bob.add(event["id"])
+            if finished["queueing"] and queued_by_alice <= received_by_bob and not all_received.called:
+                all_received.callback(None)
+
+        finished = {"queueing": False}
+        bob.subscribe(bob_event)
+
+        rng = random.Random(4605)
+        acknowledged_by_alice: set[str] = set()
+        for round_number in range(ROUNDS):
+            process, listening = start_agent(alice_profile)
+            await listening
+            control = await connect_control(reactor, alice_profile)
+            if round_number == 0:
+                await control.call("add-contact", who=str(bob_id))
+            # Bob writes to Alice: a receipt from Alice means she acknowledged (stored) it.
+            bob_messages = [await bob.send_text(alice_id, f"bob {round_number}.{index}") for index in range(3)]
+            kill_after = rng.randint(1, 6)
+            for index in range(kill_after):
+                result = await control.call("send", to=str(bob_id), text=f"alice {round_number}.{index}")
+                queued_by_alice.add(result["id"])
+            await process.kill()
+            for message in bob_messages:
+                stored = await bob.store.get_message(message.id)
+                assert stored is not None
+                if stored.state == "delivered":
+                    acknowledged_by_alice.add(message.id)
+        # A last run lets Alice deliver what she had queued; then check both stores.
+        finished["queueing"] = True
+        if queued_by_alice <= received_by_bob:
+            all_received.callback(None)
+        process, listening = start_agent(alice_profile)
+        await listening
+        control = await connect_control(reactor, alice_profile)
+        await all_received
+        history = await control.call("history", who=str(bob_id), limit=1000)
+        await process.kill()
+        self.assertLessEqual(queued_by_alice, received_by_bob, "a message Alice had queued was lost")
+        alice_has = {row["id"] for row in history if row["direction"] == "in"}
+        self.assertLessEqual(acknowledged_by_alice, alice_has, "a message Alice had acknowledged was lost")
+
