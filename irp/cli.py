@@ -81,6 +81,14 @@ def read_secret(args: argparse.Namespace, prompt: str, *, file_option: str = "pa
 # -- connection context --------------------------------------------------------------
 
 
+def server_argument(text: str) -> tuple[str, int]:
+    """Parse ``--server HOST[:PORT]`` (a readable error, not a traceback, when bad)."""
+    try:
+        return split_server(text)
+    except ValueError as error:
+        raise CommandError(f"--server: {error}") from None
+
+
 class Context:
     """Profile, options and (lazily) a connection for one command run."""
 
@@ -94,7 +102,7 @@ class Context:
         """The profile's configuration, with ``--server`` and ``--user`` applied."""
         config = self.profile.load_config()
         if self.args.server:
-            config.server, config.port = split_server(self.args.server)
+            config.server, config.port = server_argument(self.args.server)
         user = getattr(self.args, "user", None)
         if user:
             config.username = user
@@ -216,7 +224,7 @@ async def cmd_init(ctx: Context) -> int:
     args = ctx.args
     if not args.server:
         raise CommandError("--server HOST[:PORT] is required")
-    host, port = split_server(args.server)
+    host, port = server_argument(args.server)
     try:
         domain = check_domain(args.domain)
         username = check_username(args.user) if args.user else None
@@ -431,6 +439,10 @@ async def cmd_upload_certificate(ctx: Context) -> int:
 async def cmd_pkcs12(ctx: Context) -> int:
     """List, download, upload or generate PKCS#12 files."""
     args = ctx.args
+    if args.pkcs12_action == "get" and args.id is None:
+        raise CommandError("pkcs12 get needs --id (see 'irp pkcs12 list')")
+    if args.pkcs12_action == "upload" and not args.file:
+        raise CommandError("pkcs12 upload needs --file FILE.p12")
     client = await ctx.connect()
     if args.pkcs12_action == "list":
         files = await client.list_pkcs12(args.of)
@@ -504,6 +516,8 @@ async def cmd_crl(ctx: Context) -> int:
 
 async def cmd_status(ctx: Context) -> int:
     """Ask whether a certificate is good, revoked, expired or unknown."""
+    if ctx.args.file is None and ctx.args.serial is None:
+        raise CommandError("give a serial number or --file CERTIFICATE.pem")
     client = await ctx.connect(login=False)
     if ctx.args.file:
         certificate = keyfiles.load_certificates(ctx.args.file)[0]

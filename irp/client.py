@@ -34,7 +34,7 @@ from irp.elements import (
     parse_user,
 )
 from irp.framing import FrameDecoder, FrameError, encode_frame
-from irp.identity import Identity
+from irp.identity import Identity, InvalidIdentity, identity_from_certificate
 from irp.keyfiles import PrivateKey, fingerprint
 from irp.messages import (
     Response,
@@ -45,7 +45,7 @@ from irp.messages import (
     required,
 )
 from irp.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
-from irp.tls import client_options
+from irp.tls import client_options, send_without_delay
 from irp.xmlcodec import Element, make_element, sub_element
 
 T = TypeVar("T")
@@ -73,6 +73,10 @@ class RegistryClientProtocol(Protocol):
         self.disconnected: Deferred[None] = Deferred()
         self.closed = False
         self.failure: errors.IRPError | None = None
+
+    def connectionMade(self) -> None:
+        """TCP is up (the TLS handshake starts): send small messages at once."""
+        send_without_delay(self.transport)
 
     def handshakeCompleted(self) -> None:
         """TLS is up (and the registry's certificate verified)."""
@@ -435,6 +439,13 @@ class RegistryClient:
                     raise errors.ServerVerificationFailed("a user certificate was not issued by the registry's CA") from None
                 if fingerprint(entry.certificate) != entry.fingerprint:
                     raise errors.ServerVerificationFailed("a user certificate's fingerprint does not match")
+                # The certificate itself, not the listing around it, says whose it is.
+                try:
+                    named = identity_from_certificate(entry.certificate)
+                except InvalidIdentity:
+                    named = None
+                if named != entry.user:
+                    raise errors.ServerVerificationFailed(f"a certificate listed for {entry.user} does not name that user")
             return entries
 
         return _deferred(run())
@@ -645,7 +656,7 @@ def connect(
             await endpoint.connect(Factory.forProtocol(lambda: protocol))
         except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
             raise errors.ConnectionLost(f"cannot connect to the registry at {host} port {port}: {error}") from None
-        await _with_timeout(reactor, protocol.ready, timeout, "the TLS handshake with the registry timed out")
+        await _await_handshake(reactor, protocol, timeout)
         return RegistryClient(protocol, domain, trust_roots, reactor)
 
     return _deferred(run())
@@ -659,6 +670,16 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _await_handshake(clock: IReactorTime, protocol: RegistryClientProtocol, seconds: float) -> None:
+    """Wait for the TLS handshake; abort the connection if it takes longer than ``seconds``."""
+    try:
+        await _with_timeout(clock, protocol.ready, seconds, "the TLS handshake with the registry timed out")
+    except errors.Timeout:
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        raise
 
 
 async def _with_timeout(reactor: Any, waiting: Deferred[T], seconds: float, message: str) -> T:

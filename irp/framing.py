@@ -54,12 +54,14 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes received that do not yet form a complete frame."""
-        return len(self._buffer)
+        header = 0 if self._expected is None else HEADER_SIZE
+        return header + len(self._buffer)
 
     @property
     def in_frame(self) -> bool:
-        """True while part of a frame has arrived but not all of it."""
-        return bool(self._buffer)
+        """True while part of a frame has arrived but not all of it (a complete header
+        with no body yet included)."""
+        return self._expected is not None or bool(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every frame it completes, in order.

@@ -27,10 +27,19 @@ from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from irp.messages import Request, error_response, ok_response, parse_request
 from irp.ratelimit import ConnectionCounter
 from irp.registry import Registry, Session
+from irp.tls import send_without_delay
 from irp.trust import TrustStore
 from irp.xmlcodec import Element
 
 log = Logger()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused while parsing, answered in its turn among the others."""
+
+    request_id: int
+    error: errors.IRPError
 
 
 @dataclass
@@ -54,8 +63,11 @@ class RegistryServerProtocol(Protocol):
     def __init__(self) -> None:
         self.session: Session | None = None
         self.decoder: FrameDecoder | None = None
-        self.pending: deque[Request] = deque()
+        self.pending: deque[Request | Refusal] = deque()
         self.busy = False
+        self.draining = False
+        #: Set once a fatal request is queued: nothing after it is read.
+        self.reading_stopped = False
         self.handshake_done = False
         self.closing = False
         self.writes_paused = False
@@ -87,6 +99,7 @@ class RegistryServerProtocol(Protocol):
             self._fail(errors.TooManyConnections())
             return
         self.counted = True
+        send_without_delay(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._set_deadline(self.limits.handshake_timeout, "the TLS handshake and first request took too long")
 
@@ -123,7 +136,7 @@ class RegistryServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Split frames, parse requests, queue them."""
-        if self.closing or self.decoder is None:
+        if self.closing or self.decoder is None or self.reading_stopped:
             return
         try:
             frames = self.decoder.feed(data)
@@ -138,35 +151,58 @@ class RegistryServerProtocol(Protocol):
                 request = parse_request(frame)
             except errors.IRPError as error:
                 log.warn("Bad request from {host}: {error}", host=self._peer_host, error=str(error))
+                # Answered in order, after the requests before it; a fatal one ends the
+                # connection once those are answered, and nothing after it is read.
                 if error.fatal:
-                    self._fail(error)
+                    self.pending.append(Refusal(0, error))
+                    self.reading_stopped = True
+                    self._cancel(self._frame_deadline)
+                    self._frame_deadline = None
+                    self.transport.pauseProducing()  # type: ignore[union-attr]
+                    self._drain()
                     return
-                self._write(error_response(_request_id_of(frame), error))
+                self.pending.append(Refusal(_request_id_of(frame), error))
                 continue
             self.pending.append(request)
-        self._watch_frame()
+        self._watch_frame(restart=bool(frames))
         if len(self.pending) > self.limits.max_pipelined:
             self.transport.pauseProducing()  # type: ignore[union-attr]
         self._drain()
 
     def _drain(self) -> None:
-        """Start the next queued request if none is running."""
-        if self.busy or self.closing or self.writes_paused or not self.handshake_done:
+        """Run queued requests, one at a time, until one is still running.
+
+        A loop, not a recursion: requests that complete at once come back here through
+        ``_request_finished`` and are picked up by the loop already running.
+        """
+        if self.draining:
             return
-        if not self.pending:
-            anonymous = self.session is None or self.session.identity is None
-            idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
-            self._set_deadline(idle, "the connection was idle too long")
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-            return
-        request = self.pending.popleft()
-        self._cancel(self._deadline)
-        self._deadline = None
-        self.busy = True
-        result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
-        result.addCallbacks(self._respond, self._request_failed, callbackArgs=(request,), errbackArgs=(request,))
-        result.addErrback(self._internal_failure)
-        result.addBoth(self._request_finished)
+        self.draining = True
+        try:
+            while not (self.busy or self.closing or self.writes_paused or not self.handshake_done):
+                if not self.pending:
+                    anonymous = self.session is None or self.session.identity is None
+                    idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
+                    self._set_deadline(idle, "the connection was idle too long")
+                    if not self.reading_stopped:
+                        self.transport.resumeProducing()  # type: ignore[union-attr]
+                    return
+                request = self.pending.popleft()
+                if isinstance(request, Refusal):
+                    if request.error.fatal:
+                        self._fail(request.error, request.request_id)
+                    else:
+                        self._write(error_response(request.request_id, request.error))
+                    continue
+                self._cancel(self._deadline)
+                self._deadline = None
+                self.busy = True
+                result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
+                result.addCallbacks(self._respond, self._request_failed, callbackArgs=(request,), errbackArgs=(request,))
+                result.addErrback(self._internal_failure)
+                result.addBoth(self._request_finished)
+        finally:
+            self.draining = False
 
     def _respond(self, results: list[Element], request: Request) -> None:
         self._write(ok_response(request.id, results))
@@ -245,10 +281,17 @@ class RegistryServerProtocol(Protocol):
         self._deadline = None
         self._fail(errors.Timeout(why))
 
-    def _watch_frame(self) -> None:
-        """Give a started frame ``frame_timeout`` seconds to complete."""
+    def _watch_frame(self, restart: bool) -> None:
+        """Give a started frame ``frame_timeout`` seconds to complete.
+
+        ``restart`` (frames were completed) starts a new deadline for the frame now
+        under way, which is another frame than the one the old deadline was for.
+        """
         assert self.decoder is not None
         if self.decoder.in_frame:
+            if restart:
+                self._cancel(self._frame_deadline)
+                self._frame_deadline = None
             if self._frame_deadline is None:
                 self._frame_deadline = self.clock.callLater(
                     self.limits.frame_timeout, self._frame_timed_out

@@ -7,6 +7,8 @@ its own counts: a guesser spread over ``n`` processes gets at most ``n`` times t
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ class FailureLimiter:
             return
         remaining = state.locked_until - self.clock.seconds()
         if remaining > 0:
-            raise RateLimited(f"too many failed attempts; try again in {int(remaining) + 1} seconds")
+            raise RateLimited(f"too many failed attempts; try again in {math.ceil(remaining)} seconds")
 
     def record_failure(self, key: Hashable) -> None:
         """Count a failure for ``key``, locking it out when over the limit."""
@@ -84,8 +86,27 @@ class FailureLimiter:
         self._lockouts.pop(key, None)
 
 
+def address_key(host: str) -> str:
+    """The unit a client address is limited by: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually holds a whole /64 and can pick any source address in it, so
+    limits per single IPv6 address would be no limits at all. IPv4-mapped IPv6 addresses
+    count as the IPv4 address. Anything that is not an IP address is used as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class ConnectionCounter:
-    """Counts open connections per address and refuses more than ``limit``."""
+    """Counts open connections per address (see :func:`address_key`) and refuses more
+    than ``limit``."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -93,20 +114,22 @@ class ConnectionCounter:
 
     def acquire(self, host: str) -> bool:
         """Count a new connection from ``host``; False if it is over the limit."""
-        count = self._counts.get(host, 0)
+        key = address_key(host)
+        count = self._counts.get(key, 0)
         if count >= self.limit:
             return False
-        self._counts[host] = count + 1
+        self._counts[key] = count + 1
         return True
 
     def release(self, host: str) -> None:
         """Forget one connection from ``host``."""
-        count = self._counts.get(host, 0) - 1
+        key = address_key(host)
+        count = self._counts.get(key, 0) - 1
         if count <= 0:
-            self._counts.pop(host, None)
+            self._counts.pop(key, None)
         else:
-            self._counts[host] = count
+            self._counts[key] = count
 
     def count(self, host: str) -> int:
-        """Open connections from ``host``."""
-        return self._counts.get(host, 0)
+        """Open connections from ``host`` (and its /64, for IPv6)."""
+        return self._counts.get(address_key(host), 0)

@@ -15,6 +15,7 @@ key, whose certificate the domain's CA issues (see :mod:`irp.ca`).
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -60,8 +61,13 @@ class Endpoint:
             ip = ipaddress.ip_address(address)
         except ValueError:
             raise InvalidArgument(f"{address!r} is not an IPv6 or IPv4 address") from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+            # A zone (%eth0) means nothing off the registering host, and is free text.
+            raise InvalidArgument("addresses with a zone (%...) cannot be registered")
         if ip.is_multicast or ip.is_unspecified:
             raise InvalidArgument(f"{address} cannot be registered (multicast or unspecified)")
+        if isinstance(port, str) and not (port.isascii() and port.isdigit() and len(port) <= 5):
+            raise InvalidArgument(f"{port!r} is not a port number")
         try:
             number = int(port)
         except (TypeError, ValueError):
@@ -199,7 +205,9 @@ def check_text_field(name: str, value: str, limit: int = MAX_TEXT_FIELD) -> str:
     """Refuse over-long or control-character text in a directory field."""
     if len(value) > limit:
         raise InvalidArgument(f"{name} is longer than {limit} characters")
-    if any(ord(character) < 32 and character not in "\t" for character in value):
+    # All control characters (C0, DEL and C1, such as the one-byte CSI U+009B), tab apart:
+    # these fields end up on other users' terminals.
+    if any(unicodedata.category(character) == "Cc" and character != "\t" for character in value):
         raise InvalidArgument(f"{name} contains control characters")
     return value
 

@@ -45,6 +45,7 @@ from irp.messages import (
 )
 from irp.passwords import PasswordHasher, check_password_policy
 from irp.ratelimit import FailureLimiter
+from irp.ratelimit import address_key as limited_address
 from irp.records import (
     MAX_ENDPOINTS,
     PRESENCE_STATES,
@@ -97,6 +98,9 @@ class Session:
     identity: Identity | None = None
     method: str = "none"  # "certificate" or "password" once authenticated
     certificate_serial: int | None = None
+    #: The password hash a password login was checked against: when it changes (the
+    #: password was changed or reset) the session ends.
+    password_hash: str | None = None
     #: The security generation the session was last validated at.
     generation: int = 0
     #: Set when a presented client certificate was refused; every request then fails.
@@ -226,6 +230,8 @@ class Registry:
                 failure = errors.CertificateRejected("your certificate has been revoked or has expired")
         elif session.method == "password" and not account.password_login:
             failure = errors.PasswordLoginDisabled()
+        elif session.method == "password" and account.password_hash != session.password_hash:
+            failure = errors.NotAuthenticated("your password was changed: log in again")
         if failure is not None:
             session.identity = None
             session.method = "none"
@@ -351,6 +357,7 @@ class Registry:
         session.identity = Identity(info.username, self.domain)
         session.method = "certificate"
         session.certificate_serial = info.serial
+        session.password_hash = None
         session.generation = self.generation
         log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
 
@@ -359,7 +366,7 @@ class Registry:
         username = self._local_username(required(element, "user"))
         password = child_text(element, "password", limit=1024) or ""
         user_key = ("user", username)
-        address_key = ("address", session.peer_host)
+        address_key = ("address", limited_address(session.peer_host))
         self.address_limiter.check(address_key)
         self.user_limiter.check(user_key)
         account = await self.store.get_account(username)
@@ -373,14 +380,17 @@ class Registry:
         if not account.password_login:
             log.warn("Refused password login for {user} from {host}: disabled", user=username, host=session.peer_host)
             raise errors.PasswordLoginDisabled()
+        # Only the user's count is cleared: the address's failures stand, or one account of
+        # one's own would reset the budget for guessing other users' passwords.
         self.user_limiter.record_success(user_key)
-        self.address_limiter.record_success(address_key)
-        if self.hasher.needs_rehash(account.password_hash or ""):
-            new_hash = await self.run_in_thread(self.hasher.hash, password)
-            await self.store.set_password_hash(username, new_hash)
+        password_hash = account.password_hash
+        if self.hasher.needs_rehash(password_hash or ""):
+            password_hash = await self.run_in_thread(self.hasher.hash, password)
+            await self.store.set_password_hash(username, password_hash)
         session.identity = Identity(username, self.domain)
         session.method = "password"
         session.certificate_serial = None
+        session.password_hash = password_hash
         session.generation = self.generation
         log.info("{user} logged in with a password from {host}", user=str(session.identity), host=session.peer_host)
         return [self._session_element(session, account.is_admin)]
@@ -390,6 +400,7 @@ class Registry:
         session.identity = None
         session.method = "none"
         session.certificate_serial = None
+        session.password_hash = None
         return [self._session_element(session, False)]
 
     async def whoami(self, session: Session, element: Element) -> list[Element]:
@@ -488,15 +499,28 @@ class Registry:
 
     # -- certificates -----------------------------------------------------------------
 
+    async def _check_certificate_quota(self, username: str, replacing: int | None = None) -> None:
+        """Refuse a new certificate when the user holds the most allowed. Revoked and
+        expired certificates do not count, nor the one a renewal replaces."""
+        now = self._now()
+        held = [
+            info
+            for info in await self.store.list_certificates(username)
+            if info.status(now) in ("good", "not-yet-valid") and info.serial != replacing
+        ]
+        if len(held) >= self.config.max_certificates_per_user:
+            raise errors.Conflict(f"{username} already holds {len(held)} certificates, the most allowed")
+
+    async def _check_pkcs12_quota(self, username: str) -> None:
+        existing = await self.store.list_pkcs12(username)
+        if len(existing) >= self.config.max_pkcs12_per_user:
+            raise errors.Conflict(f"{username} already holds {len(existing)} PKCS#12 files, the most allowed")
+
     async def _issue_and_store(
-        self, username: str, make: Callable[[int], x509.Certificate]
+        self, username: str, make: Callable[[int], x509.Certificate], replacing: int | None = None
     ) -> CertificateInfo:
         """Issue with fresh random serials until one is unused, then store the certificate."""
-        existing = await self.store.list_certificates(username)
-        if len(existing) >= self.config.max_certificates_per_user:
-            raise errors.Conflict(
-                f"{username} already holds {len(existing)} certificates, the most allowed"
-            )
+        await self._check_certificate_quota(username, replacing)
         for _attempt in range(3):
             serial = x509.random_serial_number()
             certificate = make(serial)
@@ -533,6 +557,8 @@ class Registry:
         passphrase = child_text(element, "passphrase", limit=1024) or ""
         if len(passphrase) < 8:
             raise errors.InvalidArgument("the PKCS#12 passphrase must have at least 8 characters")
+        await self._check_certificate_quota(username)
+        await self._check_pkcs12_quota(username)
         identity = Identity(username, self.domain)
         validity = self.config.certificate_validity
         certificate, pkcs12 = await self.run_in_thread(
@@ -632,6 +658,7 @@ class Registry:
 
     async def get_pkcs12(self, session: Session, element: Element) -> list[Element]:
         """Download a stored PKCS#12 file (its owner or an administrator)."""
+        required(element, "id")
         file_id = optional_int(element, "id", 0, 1, 2**62)
         info = await self.store.get_pkcs12(file_id)
         if info is None:
@@ -650,9 +677,7 @@ class Registry:
             raise errors.MessageTooLarge(f"PKCS#12 files may have at most {self.config.max_pkcs12_size} bytes")
         if not looks_like_pkcs12(data):
             raise errors.InvalidArgument("the data is not a DER-encoded PKCS#12 (PFX version 3) file")
-        existing = await self.store.list_pkcs12(session.username)
-        if len(existing) >= self.config.max_pkcs12_per_user:
-            raise errors.Conflict(f"you already hold {len(existing)} PKCS#12 files, the most allowed")
+        await self._check_pkcs12_quota(session.username)
         info = await self.store.add_pkcs12(session.username, label, "uploaded", data, None)
         return [pkcs12_element(info, self.domain)]
 
@@ -681,7 +706,7 @@ class Registry:
             def make(serial: int) -> x509.Certificate:
                 return self.ca.issue_user_certificate(identity, public_key, validity=validity, serial=serial)  # type: ignore[arg-type]
 
-        info = await self._issue_and_store(old.username, make)
+        info = await self._issue_and_store(old.username, make, replacing=old.serial)
         try:
             await self.store.revoke_certificate(old.serial, "superseded")
         except errors.Conflict:
@@ -840,6 +865,8 @@ class Registry:
                 raise errors.LoginFailed("the current password is wrong")
         new_hash = await self.run_in_thread(self.hasher.hash, new_password)
         account = await self.store.set_password_hash(username, new_hash)
+        if username == session.username and session.method == "password":
+            session.password_hash = new_hash  # the caller stays logged in; other sessions end
         self.security_changed()
         log.info("Password of {user} set by {caller}", user=username, caller=str(session.identity))
         return [user_element(account.record, self._account_view(account))]

@@ -15,14 +15,16 @@ from cryptography import x509
 from twisted.internet import reactor as global_reactor
 from twisted.trial.unittest import TestCase
 
-from irp.ca import generate_key
+from irp.ca import CertificateAuthority, generate_key
 from irp.cli import make_csr
 from irp.client import RegistryClient, connect
-from irp.keyfiles import PrivateKey
+from irp.identity import Identity
+from irp.keyfiles import PrivateKey, fingerprint
 from irp.passwords import TEST_PARAMETERS
 from irp.protocol import ConnectionLimits
-from irp.registry import RegistryConfig
+from irp.registry import Registry, RegistryConfig
 from irp.service import ADMIN_PASSWORD_FILE, RegistryService, RegistrySettings
+from irp.store import RegistryStore
 
 DEFAULT_PASSWORD = "correct horse battery staple"
 
@@ -62,6 +64,24 @@ class RunningRegistry:
         """The domain's root CA."""
         assert self.service is not None and self.service.credentials is not None
         return self.service.credentials.ca.root_certificate
+
+    @property
+    def registry(self) -> Registry:
+        """The running :class:`Registry` (for setting up fixtures without the network)."""
+        assert self.service is not None and self.service.registry is not None
+        return self.service.registry
+
+    @property
+    def store(self) -> RegistryStore:
+        """The registry's store."""
+        assert self.service is not None and self.service.store is not None
+        return self.service.store
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The domain's CA."""
+        assert self.service is not None and self.service.credentials is not None
+        return self.service.credentials.ca
 
     async def start(self) -> RunningRegistry:
         """Start the service; stop it when the test ends."""
@@ -131,6 +151,18 @@ class RunningRegistry:
         assert entry.certificate is not None
         return EnrolledUser(username, password, key, entry.certificate, entry.serial)
 
+    async def add_user(self, username: str, password: str | None = DEFAULT_PASSWORD, **fields: Any) -> None:
+        """Create a user directly in the registry (no connection: fast fixture set-up)."""
+        await self.registry.add_user(username, password=password, **fields)
+
+    async def issue(self, username: str, password: str = DEFAULT_PASSWORD) -> EnrolledUser:
+        """Issue a certificate for a fresh key to an existing user directly (no connection),
+        as ``request-certificate`` would."""
+        key = generate_key("p256")
+        certificate = self.ca.issue_user_certificate(Identity(username, self.domain), key.public_key())
+        await self.store.add_certificate(username, certificate, fingerprint(certificate))
+        return EnrolledUser(username, password, key, certificate, certificate.serial_number)
+
 
 def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> str:
     """Write an IRP/SixChat profile folder for an enrolled user of ``registry``."""
@@ -144,3 +176,246 @@ def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> st
     )
     profile.save_credentials(user.key, [user.certificate, registry.service.credentials.ca.issuing_certificate])
     return path
+
+
+# -- SixChat agents ----------------------------------------------------------------------
+
+
+class EventCollector:
+    """Collects a SixChat agent's events and lets a test wait for one.
+
+    ``wait_for(event="receipt", id=...)`` fires with the first event (past or future) whose
+    items include all those given.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._waiting: list[tuple[dict[str, Any], Any]] = []
+        agent.subscribe(self._event)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        for pattern, waiter in list(self._waiting):
+            if all(event.get(key) == value for key, value in pattern.items()):
+                self._waiting.remove((pattern, waiter))
+                waiter.callback(event)
+
+    def matching(self, **pattern: Any) -> list[dict[str, Any]]:
+        """The events so far that match ``pattern``."""
+        return [event for event in self.events if all(event.get(key) == value for key, value in pattern.items())]
+
+    def next(self, **pattern: Any) -> Any:
+        """A Deferred firing with the next event matching ``pattern`` (ignoring past ones)."""
+        from twisted.internet.defer import Deferred
+
+        waiter: Deferred[dict[str, Any]] = Deferred()
+        self._waiting.append((pattern, waiter))
+        return waiter
+
+    def wait_for(self, **pattern: Any) -> Any:
+        """A Deferred firing with the first event matching ``pattern``."""
+        from twisted.internet.defer import Deferred, succeed
+
+        for event in self.events:
+            if all(event.get(key) == value for key, value in pattern.items()):
+                return succeed(event)
+        waiter: Deferred[dict[str, Any]] = Deferred()
+        self._waiting.append((pattern, waiter))
+        return waiter
+
+
+def agent_listen(host: str) -> str:
+    """A server endpoint description on ``host`` (IPv4 or IPv6 literal), any free port."""
+    if ":" in host:
+        return "tcp6:0:interface=" + host.replace(":", "\\:")
+    return f"tcp:0:interface={host}"
+
+
+async def start_agent(
+    testcase: TestCase,
+    registry: RunningRegistry,
+    user: EnrolledUser,
+    *,
+    listen: tuple[str, ...] | list[str] = ("127.0.0.1",),
+    path: str | None = None,
+    clock: Any = None,
+    **settings: Any,
+) -> tuple[Any, EventCollector]:
+    """Start a SixChat agent for ``user`` of ``registry`` on loopback; stop it at cleanup.
+
+    ``listen`` holds hosts (or full endpoint descriptions); ``path`` reuses a profile folder
+    (made with :func:`make_profile` when it does not exist yet); ``clock`` replaces the
+    reactor's clock for timers (sockets stay real); other keywords are AgentSettings.
+    """
+    from sixchat.agent import Agent, AgentSettings
+
+    if path is None:
+        path = os.path.join(os.path.abspath(testcase.mktemp()), user.username)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        make_profile(registry, user, path)
+    descriptions = [item if item.startswith(("tcp", "unix")) else agent_listen(item) for item in listen]
+    settings.setdefault("control", False)
+    agent = Agent(AgentSettings(profile_dir=path, listen=descriptions, **settings), global_reactor, clock=clock)
+    collector = EventCollector(agent)
+    agent.startService()
+    testcase.addCleanup(lambda: agent.stopService() if agent.running else None)
+    await agent.ready
+    return agent, collector
+
+
+def fake_clock_now() -> Any:
+    """A fake clock (``twisted.internet.task.Clock``) set to the real time now, so that
+    certificates, CRLs and registry records read as current."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(global_reactor.seconds())  # type: ignore[attr-defined]
+    return clock
+
+
+class BareOwner:
+    """A SixChat :class:`~sixchat.protocol.ConnectionOwner` with no agent behind it: it
+    accepts every authenticated peer (unless ``verdict`` says otherwise) and records what
+    happens. It is what an attacker's own implementation would run, and a test's handle on
+    single connections.
+    """
+
+    def __init__(self, credentials: Any, *, clock: Any = None, limits: Any = None, verdict: Any = None) -> None:
+        from twisted.internet.defer import Deferred
+
+        from sixchat.protocol import ConnectionLimits
+
+        self.credentials = credentials
+        self.clock = clock if clock is not None else global_reactor
+        self.limits = limits if limits is not None else ConnectionLimits()
+        #: ``verdict(identity, chain)`` returns the Deferred verify_peer returns (default:
+        #: accept at once).
+        self.verdict = verdict
+        self.verified: list[Any] = []
+        self.started: list[Any] = []
+        self.established: list[Any] = []
+        self.messages: list[Any] = []
+        self.ended: list[tuple[Any, Any]] = []
+        self.first_end: Deferred[tuple[Any, Any]] = Deferred()
+
+    def verify_peer(self, connection: Any, identity: Any, chain: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.verified.append(identity)
+        return succeed(None) if self.verdict is None else self.verdict(identity, chain)
+
+    def connection_started(self, connection: Any) -> None:
+        self.started.append(connection)
+
+    def session_established(self, connection: Any) -> None:
+        self.established.append(connection)
+
+    def message_received(self, connection: Any, message: Any) -> None:
+        self.messages.append(message)
+
+    def connection_ended(self, connection: Any, error: Any) -> None:
+        self.ended.append((connection, error))
+        if not self.first_end.called:
+            self.first_end.callback((connection, error))
+
+
+def credentials_of(user: EnrolledUser, registry: RunningRegistry) -> Any:
+    """SixChat LocalCredentials of an enrolled user."""
+    from sixchat.handshake import LocalCredentials
+
+    return LocalCredentials(Identity(user.username, registry.domain), user.certificate, [registry.ca.issuing_certificate], user.key)
+
+
+async def dial_bare(owner: BareOwner, host: str, port: int, peer: Identity) -> Any:
+    """Open a SixChat connection to ``host``/``port`` as the initiator calling ``peer``,
+    driven by ``owner``; returns the PeerConnection once TCP is up."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+    from twisted.internet.protocol import Factory
+
+    from sixchat.handshake import Role
+    from sixchat.protocol import PeerConnection
+
+    connection = PeerConnection(owner, Role.INITIATOR, expected_peer=peer)
+    endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+    await endpoint_class(global_reactor, host, port).connect(Factory.forProtocol(lambda: connection))
+    return connection
+
+
+async def listen_bare(testcase: TestCase, make_owner: Any, host: str = "127.0.0.1") -> Any:
+    """Listen on loopback as a SixChat responder; each connection gets ``make_owner()``.
+    Returns the listening port (closed at cleanup)."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+
+    from sixchat.handshake import Role
+    from sixchat.protocol import PeerConnection
+
+    def build() -> Any:
+        return PeerConnection(make_owner(), Role.RESPONDER)
+
+    port = await serverFromString(global_reactor, agent_listen(host)).listen(Factory.forProtocol(build))
+    testcase.addCleanup(port.stopListening)
+    return port
+
+
+class RawPeer:
+    """A raw TCP client: writes what it is told, keeps every byte received, and fires
+    ``closed`` with them when the connection ends."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.received = bytearray()
+        self.closed: Deferred[bytes] = Deferred()
+        self.transport: Any = None
+
+    def protocol(self) -> Any:
+        """The Twisted protocol of this peer."""
+        from twisted.internet.protocol import Protocol
+
+        peer = self
+
+        class _Raw(Protocol):
+            def connectionMade(self) -> None:
+                peer.transport = self.transport
+
+            def dataReceived(self, data: bytes) -> None:
+                peer.received += data
+
+            def connectionLost(self, reason: Any = None) -> None:
+                peer.closed.callback(bytes(peer.received))
+
+        return _Raw()
+
+    async def connect(self, host: str, port: int) -> RawPeer:
+        """Connect to ``host``/``port``."""
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+        from twisted.internet.protocol import Factory
+
+        endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        await endpoint_class(global_reactor, host, port).connect(Factory.forProtocol(self.protocol))
+        return self
+
+
+def frames_of(data: bytes) -> list[bytes]:
+    """The payloads of the length-prefixed frames in ``data`` (a partial last frame is
+    dropped)."""
+    payloads = []
+    while len(data) >= 4:
+        length = int.from_bytes(data[:4], "big")
+        if len(data) < 4 + length:
+            break
+        payloads.append(data[4 : 4 + length])
+        data = data[4 + length :]
+    return payloads
+
+
+async def closed_port(host: str = "127.0.0.1") -> int:
+    """A loopback TCP port where nothing listens (one just closed)."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = await serverFromString(global_reactor, agent_listen(host)).listen(Factory.forProtocol(Protocol))
+    number: int = port.getHost().port
+    await port.stopListening()
+    return number

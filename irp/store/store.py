@@ -276,9 +276,20 @@ class RegistryStore:
 
         return self._write(update)
 
+    def _keep_an_administrator(self, txn: Transaction, account: Account) -> None:
+        """Refuse to remove the last administrator (checked inside the write transaction,
+        with every administrator row locked, so two concurrent removals cannot both pass)."""
+        if not account.is_admin:
+            return
+        admins = self._fetchall(txn, "SELECT username FROM users WHERE is_admin = 1" + self.dialect.for_update)
+        if not any(name != account.username for (name,) in admins):
+            raise Conflict("the last administrator cannot be removed or lose administrator rights")
+
     def _update_account_field(self, username: str, column: str, value: Any) -> Deferred[Account]:
         def update(txn: Transaction) -> Account:
-            self._require_account(txn, username, lock=True)
+            account = self._require_account(txn, username, lock=True)
+            if column == "is_admin" and not value:
+                self._keep_an_administrator(txn, account)
             self._execute(
                 txn,
                 f"UPDATE users SET {column} = ?, updated_at = ? WHERE username = ?",
@@ -297,7 +308,7 @@ class RegistryStore:
         return self._update_account_field(username, "password_login", int(enabled))
 
     def set_admin(self, username: str, is_admin: bool) -> Deferred[Account]:
-        """Grant or withdraw administrator rights."""
+        """Grant or withdraw administrator rights (never the last administrator's: Conflict)."""
         return self._update_account_field(username, "is_admin", int(is_admin))
 
     def count_admins(self) -> Deferred[int]:
@@ -311,11 +322,13 @@ class RegistryStore:
     def delete_user(self, username: str, reason: str = "cessation-of-operation") -> Deferred[int]:
         """Delete a user, revoke their certificates and drop their files.
 
-        Fires with the number of certificates revoked.
+        Fires with the number of certificates revoked. The last administrator cannot be
+        deleted (Conflict).
         """
 
         def delete(txn: Transaction) -> int:
-            self._require_account(txn, username, lock=True)
+            account = self._require_account(txn, username, lock=True)
+            self._keep_an_administrator(txn, account)
             now = self._now()
             rows = self._fetchall(
                 txn,
@@ -327,6 +340,11 @@ class RegistryStore:
                 self._revoke(txn, serial, reason, now)
             self._execute(txn, "DELETE FROM addresses WHERE username = ?", (username,))
             self._execute(txn, "DELETE FROM pkcs12_files WHERE username = ?", (username,))
+            # Issued certificates stay (revoked) for the CRL; uploaded ones go, so that a
+            # user later created under the same name does not inherit them.
+            self._execute(
+                txn, "DELETE FROM certificates WHERE username = ? AND origin <> 'issued'", (username,)
+            )
             self._execute(txn, "DELETE FROM users WHERE username = ?", (username,))
             return len(rows)
 

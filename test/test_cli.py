@@ -1,0 +1,347 @@
+"""End-to-end tests of the ``irp`` command against a real registry.
+
+``irp.cli.run`` starts and stops the reactor itself, so each command runs in a child
+process (``python -m irp.cli``, spawned with the reactor's ``spawnProcess``) against a
+:class:`RunningRegistry` served by this test's reactor. Every run is checked for its exit
+code and for the absence of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+import irp
+from irp.keyfiles import format_fingerprint, load_certificates
+from irp.profile import Profile, ProfileConfig
+from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(irp.__file__)))
+
+
+def write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one run of the command did."""
+
+    code: int
+    out: str
+    err: str
+
+
+class _Collector(ProcessProtocol):
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: Deferred[Result] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.done.callback(
+            Result(-1 if code is None else code, b"".join(self.out).decode("utf-8", "replace"), b"".join(self.err).decode("utf-8", "replace"))
+        )
+
+
+class CLITestCase(unittest.TestCase):
+    """Runs ``irp`` in child processes against a registry in this process."""
+
+    async def start(self) -> RunningRegistry:
+        self.registry = await RunningRegistry(self).start()
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        return self.registry
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.registry.port}"
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.home, name)
+
+    def secret(self, name: str, text: str) -> str:
+        """A password file."""
+        path = self.path(name)
+        write_file(path, (text + "\n").encode("utf-8"))
+        return path
+
+    def irp(self, *args: str, expect: int | None = 0, stdin: bytes = b"") -> Deferred[Result]:
+        """Run ``irp ARGS``; check the exit code (unless ``expect`` is None) and that no
+        traceback was printed."""
+        return Deferred.fromCoroutine(self._irp(args, expect, stdin))
+
+    async def _irp(self, args: tuple[str, ...], expect: int | None, stdin: bytes) -> Result:
+        collector = _Collector(stdin)
+        env = {
+            "PYTHONPATH": SOURCE_ROOT,
+            "HOME": self.home,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+        }
+        global_reactor.spawnProcess(  # type: ignore[attr-defined]
+            collector, sys.executable, [sys.executable, "-m", "irp.cli", *args], env=env, path=self.home
+        )
+        result = await collector.done
+        self.assertNotIn("Traceback", result.err, f"irp {' '.join(args)} printed a traceback:\n{result.err}")
+        if expect is not None:
+            self.assertEqual(result.code, expect, f"irp {' '.join(args)}: exit {result.code}\nstdout: {result.out}\nstderr: {result.err}")
+        return result
+
+    async def init(self, profile: str, user: str | None = None) -> str:
+        """A profile for ``user`` pinned to the registry's root, as ``irp init`` writes it
+        (written here directly: InitTests cover the command); returns its path."""
+        path = self.path(profile)
+        Profile(path).create(ProfileConfig(server="127.0.0.1", port=self.registry.port, domain="example.org", username=user), self.registry.root)
+        return path
+
+
+class InitTests(CLITestCase):
+    """irp init."""
+
+    async def test_by_fingerprint(self) -> None:
+        """The root is fetched and pinned when its fingerprint matches."""
+        await self.start()
+        profile = self.path("profile")
+        fingerprint = format_fingerprint(self.registry.ca.root_fingerprint)
+        result = await self.irp(
+            "--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-fingerprint", fingerprint
+        )
+        self.assertIn("created for example.org", result.out)
+        self.assertIn(fingerprint, result.out)
+        self.assertEqual(load_certificates(os.path.join(profile, "ca.pem")), [self.registry.root])
+        self.assertEqual(stat.S_IMODE(os.stat(profile).st_mode), 0o700)
+        again = await self.irp(
+            "--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-fingerprint", fingerprint, expect=2
+        )
+        self.assertIn("--force", again.err)
+
+    async def test_wrong_fingerprint(self) -> None:
+        """Another fingerprint: nothing is trusted or written (exit 5)."""
+        await self.start()
+        profile = self.path("profile")
+        wrong = "ab" * 32
+        result = await self.irp(
+            "--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-fingerprint", wrong, expect=5
+        )
+        self.assertIn("refusing to trust it", result.err)
+        self.assertFalse(os.path.exists(os.path.join(profile, "config.json")))
+
+    async def test_wrong_domain(self) -> None:
+        """A registry of another domain is refused (exit 5)."""
+        await self.start()
+        fingerprint = format_fingerprint(self.registry.ca.root_fingerprint)
+        result = await self.irp(
+            "--profile", self.path("p"), "init", "--server", self.server, "--domain", "example.net", "--ca-fingerprint", fingerprint, expect=5
+        )
+        self.assertIn("example.org", result.err)
+
+    async def test_by_file(self) -> None:
+        """--ca-file pins a root given as PEM (checked against --ca-fingerprint if given)."""
+        await self.start()
+        root_file = self.path("root.pem")
+        write_file(root_file, self.registry.root.public_bytes(Encoding.PEM))
+        profile = self.path("profile")
+        await self.irp("--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-file", root_file)
+        self.assertEqual(load_certificates(os.path.join(profile, "ca.pem")), [self.registry.root])
+        result = await self.irp(
+            "--profile", self.path("other"), "init", "--server", self.server, "--domain", "example.org",
+            "--ca-file", root_file, "--ca-fingerprint", "cd" * 32, expect=2,
+        )
+        self.assertIn("fingerprint", result.err)
+
+    async def test_bad_arguments(self) -> None:
+        """Bad server, domain or missing CA: readable errors, exit 2."""
+        await self.start()
+        profile = self.path("profile")
+        results = await gatherResults(
+            [
+                self.irp("--profile", profile, "init", "--server", "127.0.0.1:99999", "--domain", "example.org", "--ca-fingerprint", "ab" * 32, expect=2),
+                self.irp("--profile", profile, "init", "--server", self.server, "--domain", "bad domain!", "--ca-fingerprint", "ab" * 32, expect=2),
+                self.irp("--profile", profile, "init", "--server", self.server, "--domain", "example.org", expect=2),
+                self.irp("--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-fingerprint", "xyz", expect=2),
+            ]
+        )
+        self.assertIn("--server", results[0].err)
+        self.assertIn("--ca-fingerprint", results[2].err)
+        self.assertFalse(os.path.exists(profile))
+
+
+class UserJourneyTests(CLITestCase):
+    """Enrol, publish, look up, list, revoke, CRL and status."""
+
+    async def test_journey(self) -> None:
+        """Everything a user does, in order, with the effects visible to another user."""
+        await self.start()
+        await self.registry.add_user("alice")
+        await self.registry.add_user("bob")
+        password = self.secret("password", DEFAULT_PASSWORD)
+        alice = await self.init("alice", "alice")
+        bob = await self.init("bob", "bob")
+
+        result = await self.irp("--profile", alice, "enrol", "--password-file", password, "--key-type", "p256")
+        self.assertIn("Enrolled alice@example.org", result.out)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(alice, "key.pem")).st_mode), 0o600)
+        certificate = load_certificates(os.path.join(alice, "certificate.pem"))[0]
+        serial = format(certificate.serial_number, "x")
+
+        whoami, registered, listed, status = await gatherResults(
+            [
+                self.irp("--profile", alice, "whoami"),
+                self.irp("--profile", alice, "register", "--address", "192.0.2.7", "--address", "[2001:db8::1]:4700", "--presence", "busy"),
+                self.irp("--profile", alice, "certificates"),
+                self.irp("--profile", bob, "status", serial),
+            ]
+        )
+        self.assertEqual(whoami.out.strip(), "alice@example.org (certificate)")
+        self.assertIn("alice@example.org: busy", registered.out)
+        self.assertIn(serial, listed.out)
+        self.assertIn("good", listed.out)
+        self.assertIn(f"{serial}: good (alice@example.org)", status.out)
+
+        result = await self.irp("--profile", bob, "lookup", "alice", "--password-file", password)
+        self.assertIn("alice@example.org: busy", result.out)
+        self.assertIn("192.0.2.7:4605", result.out)
+        self.assertIn("[2001:db8::1]:4700", result.out)
+        self.assertIn("signature verified", result.out)
+
+        result = await self.irp("--profile", alice, "revoke", serial, "--reason", "key-compromise")
+        self.assertIn("revoked", result.out)
+
+        crl_file = self.path("crl.pem")
+        by_serial, by_file, _crl, refused = await gatherResults(
+            [
+                self.irp("--profile", bob, "status", serial, expect=1),
+                self.irp("--profile", bob, "status", "--file", os.path.join(alice, "certificate.pem"), expect=1),
+                self.irp("--profile", bob, "crl", "--out", crl_file),
+                self.irp("--profile", alice, "whoami", expect=3),
+            ]
+        )
+        self.assertIn(f"{serial}: revoked (alice@example.org)", by_serial.out)
+        self.assertIn("key-compromise", by_serial.out)
+        self.assertIn("revoked", by_file.out)
+        issuing_crl = x509.load_pem_x509_crl(read_file(crl_file))  # the issuing CA's comes first
+        self.assertIsNotNone(issuing_crl.get_revoked_certificate_by_serial_number(certificate.serial_number))
+        self.assertIn("[certificate-rejected]", refused.err)
+
+
+class AdministrationTests(CLITestCase):
+    """irp admin."""
+
+    async def test_create_user_and_disable_password_login(self) -> None:
+        """An administrator creates a user, who logs in; once password login is disabled
+        the password no longer works (exit 3)."""
+        await self.start()
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        carol_password = self.secret("carol-password", DEFAULT_PASSWORD)
+        result = await self.irp(
+            "--profile", admin, "admin", "--password-file", admin_password,
+            "create-user", "carol", "--display-name", "Carol", "--new-password-file", carol_password,
+        )
+        self.assertIn("Created carol@example.org.", result.out)
+        carol = await self.init("carol", "carol")
+        result = await self.irp("--profile", carol, "login", "--password-file", carol_password)
+        self.assertIn("Logged in as carol@example.org with a password", result.out)
+        result = await self.irp("--profile", admin, "admin", "--password-file", admin_password, "disable-password-login", "carol")
+        self.assertIn("disabled for carol", result.out)
+        result = await self.irp("--profile", carol, "login", "--password-file", carol_password, expect=3)
+        self.assertIn("[password-login-disabled]", result.err)
+
+    async def test_not_an_administrator(self) -> None:
+        """A user who is not an administrator gets a readable refusal (exit 1)."""
+        await self.start()
+        await self.registry.add_user("alice")
+        password = self.secret("password", DEFAULT_PASSWORD)
+        alice = await self.init("alice", "alice")
+        result = await self.irp(
+            "--profile", alice, "admin", "--password-file", password, "create-user", "eve", "--no-password", expect=1
+        )
+        self.assertIn("[forbidden]", result.err)
+
+
+class ErrorTests(CLITestCase):
+    """Readable errors and their exit codes."""
+
+    async def test_exit_codes(self) -> None:
+        """Wrong password 3, unknown user 4, unreachable registry 5, local problems 2;
+        one line on stderr, no traceback."""
+        await self.start()
+        await self.registry.add_user("alice")
+        profile = await self.init("alice", "alice")
+        good = self.secret("good", DEFAULT_PASSWORD)
+        bad = self.secret("bad", "not the password")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        wrong_password, unknown_user, unknown_entry, unreachable, no_profile, status_without_serial, upload_without_file, no_password = await gatherResults(
+            [
+                self.irp("--profile", profile, "login", "--password-file", bad, expect=3),
+                self.irp("--profile", profile, "lookup", "nobody", "--password-file", good, expect=4),
+                self.irp("--profile", profile, "user", "nobody@example.org", "--password-file", good, expect=4),
+                self.irp("--profile", profile, "--server", f"127.0.0.1:{closed_port}", "login", "--password-file", good, expect=5),
+                self.irp("--profile", self.path("missing"), "whoami", expect=2),
+                self.irp("--profile", profile, "status", expect=2),
+                self.irp("--profile", profile, "pkcs12", "upload", "--password-file", good, expect=2),
+                self.irp("--profile", profile, "login", expect=2),
+            ]
+        )
+        self.assertIn("[login-failed]", wrong_password.err)
+        self.assertIn("[not-found]", unknown_user.err)
+        self.assertIn("[not-found]", unknown_entry.err)
+        self.assertIn("cannot connect", unreachable.err)
+        self.assertIn("irp init", no_profile.err)
+        self.assertIn("serial", status_without_serial.err)
+        self.assertIn("--file", upload_without_file.err)
+        self.assertIn("--password-file", no_password.err)
+        for result in (wrong_password, unknown_user, unreachable, no_profile, status_without_serial):
+            self.assertEqual(len(result.err.strip().splitlines()), 1, result.err)
+            self.assertTrue(result.err.startswith("irp: "), result.err)
+
+    async def test_password_on_stdin(self) -> None:
+        """Without --password-file the password is read from standard input."""
+        await self.start()
+        await self.registry.add_user("alice")
+        profile = await self.init("alice", "alice")
+        result = await self.irp("--profile", profile, "login", stdin=DEFAULT_PASSWORD.encode() + b"\n")
+        self.assertIn("alice@example.org", result.out)
+
+    async def test_help(self) -> None:
+        """--help works everywhere and names the commands."""
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        result = await self.irp("--help")
+        for command in ("init", "enrol", "register", "lookup", "certificates", "revoke", "crl", "status", "admin"):
+            self.assertIn(command, result.out)
+        result = await self.irp("admin", "--help")
+        self.assertIn("disable-password-login", result.out)
