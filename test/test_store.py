@@ -620,3 +620,28 @@ class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
         self.assertEqual(parse_database_url("postgres://u@h/db")[0], POSTGRESQL)
         self.assertRaises(UnsupportedDatabase, parse_database_url, "mysql://u@h/db")
         self.assertRaises(UnsupportedDatabase, parse_database_url, "sqlite://")
+
+
+class PostgreSQLStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
+    """The same store tests on a real PostgreSQL server (see test/pgserver.py)."""
+
+    def setUp(self) -> None:
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            self.server = PostgresServer.shared()
+        except PostgresUnavailable as error:
+            raise unittest.SkipTest(f"no PostgreSQL server: {error}") from None
+        super().setUp()
+        self._databases: dict[str, str] = {}
+
+    async def make_store(self, name: str = "registry") -> RegistryStore:
+        from irp.store import postgresql_pool
+        from irp.store.dialect import POSTGRESQL
+
+        if name not in self._databases:
+            self._databases[name] = self.server.create_database()
+        pool = postgresql_pool(self._databases[name], global_reactor, 4)
+        pool.start()
+        self.addCleanup(pool.close)
+        return RegistryStore(pool, POSTGRESQL, DOMAIN, self.signer, self.clock.seconds)

@@ -27,6 +27,7 @@ __all__ = [
     "UnsupportedDatabase",
     "open_store",
     "serial_text",
+    "postgresql_pool",
     "sqlite_pool",
 ]
 
@@ -62,7 +63,7 @@ def sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
     )
 
 
-def _postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.ConnectionPool:
+def postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.ConnectionPool:
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -114,7 +115,7 @@ def open_store(
     if dialect is SQLITE:
         pool = sqlite_pool(target, reactor)
     else:
-        pool = _postgresql_pool(target, reactor, pool_size)
+        pool = postgresql_pool(target, reactor, pool_size)
     store = RegistryStore(pool, dialect, domain, signer, now)
     pool.start()
     result: Deferred[RegistryStore] = store.upgrade().addCallback(lambda _version: store)
