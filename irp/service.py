@@ -144,6 +144,8 @@ class RegistryService(service.Service):
             fingerprint=keyfiles.format_fingerprint(ca.root_fingerprint),
         )
         self._start_loop(self._sweep, settings.sweep_interval)
+        # The baseline: later changes made through other processes end sessions here.
+        self._last_revocations = await self.store.revocation_generation()
         self._start_loop(self._sync_generation, settings.sync_interval)
         return self
 

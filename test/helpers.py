@@ -50,6 +50,8 @@ class RunningRegistry:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     listen_host: str = "127.0.0.1"
     data_dir: str = ""
+    database: str | None = None
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     service: RegistryService | None = None
     admin_password: str = ""
 
@@ -91,7 +93,8 @@ class RunningRegistry:
             domain=self.domain,
             data_dir=self.data_dir,
             listen=[listen],
-            hostnames=["localhost", "127.0.0.1", "::1"],
+            hostnames=list(self.hostnames),
+            database=self.database,
             key_type="p256",
             config=self.config,
             limits=self.limits,
