@@ -42,6 +42,7 @@ from sixchat.control import listen_control
 from sixchat.directory import Directory
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.messages import (
+    MAX_TEXT_LENGTH,
     ApplicationMessage,
     ChatMessage,
     Ping,
@@ -49,8 +50,10 @@ from sixchat.messages import (
     Presence,
     Receipt,
     alert_for,
+    encode_application,
 )
 from sixchat.protocol import ConnectionLimits, PeerConnection
+from sixchat.record import MAX_BODY
 from sixchat.store import AgentStore, StoredMessage
 from sixchat.verification import PeerVerifier, RevocationChecker
 
@@ -233,6 +236,7 @@ class Agent(service.Service):
                 await connection.when_lost()
             if self.control_port is not None:
                 await self.control_port.stopListening()
+                self.control_port.factory.disconnect_all()  # type: ignore[attr-defined]
                 self.control_port = None
             if self.directory is not None:
                 if self.settings.register:
@@ -265,9 +269,14 @@ class Agent(service.Service):
         assert self.store is not None
         if peer == self.identity:
             raise errors.SelfConnection("you cannot send messages to yourself")
-        ChatMessage(text=text).to_element()  # size and character checks before storing
-        if len(text) > 16384:
-            raise errors.MessageTooLarge("a message is limited to 16384 characters", fatal=False)
+        try:
+            encoded = encode_application(ChatMessage(text=text))  # checks before storing
+        except ValueError as error:
+            raise errors.MalformedMessage(f"this text cannot be sent: {error}", fatal=False) from None
+        if len(text) > MAX_TEXT_LENGTH or len(encoded) > MAX_BODY:
+            raise errors.MessageTooLarge(
+                f"a message is limited to {MAX_TEXT_LENGTH} characters and {MAX_BODY // 1024} KiB once encoded", fatal=False
+            )
         message = await self.store.queue_message(peer, text)
         self._emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
         Deferred.fromCoroutine(self._deliver(peer)).addErrback(self._log_delivery_problem, peer)
@@ -293,7 +302,14 @@ class Agent(service.Service):
             for message in await self.store.pending_for(peer):
                 if message.id in sent or not connection.is_established:
                     continue
-                connection.send(ChatMessage(text=message.body, id=message.id, sent=_datetime(message.sent_at)))
+                try:
+                    connection.send(ChatMessage(text=message.body, id=message.id, sent=_datetime(message.sent_at)))
+                except (errors.MessageTooLarge, errors.MalformedMessage) as error:
+                    # It can never be sent: give it up rather than block the ones behind it.
+                    log.warn("Message {id} to {peer} cannot be sent: {error}", id=message.id, peer=str(peer), error=str(error))
+                    if await self.store.set_state(message.id, "undelivered", peer=peer):
+                        self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body})
+                    continue
                 sent.add(message.id)
                 await self.store.set_state(message.id, "sent", only_from=("queued",))
         finally:

@@ -139,24 +139,43 @@ async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int =
     interactive = os.isatty(sys.stdin.fileno())
     line_protocol: Any = None
     view = ChatView(peer, lambda text: print(text, flush=True))
-    pending: list[Deferred[Any]] = []
+    #: Sends not yet answered, and ids of messages without a receipt yet.
+    sending: list[Deferred[Any]] = []
+    unconfirmed: set[str] = set()
+    settled: list[Deferred[None]] = []
+
+    def check_settled() -> None:
+        if not unconfirmed and all(call.called for call in sending):
+            for waiter in settled:
+                if not waiter.called:
+                    waiter.callback(None)
 
     def submit(text: str) -> None:
+        if done.called:
+            return  # typed after /quit
         if text.strip() in QUIT_COMMANDS:
-            if not done.called:
-                done.callback(None)
+            done.callback(None)
             return
         if not text.strip():
             return
 
         def sent(result: dict[str, Any]) -> None:
             view.sent[result["id"]] = text
+            unconfirmed.add(result["id"])
             view.write(f"[{_stamp()}] you: {text}")
 
         def failed(failure: Failure) -> None:
             view.write(f"-- not sent: {failure.getErrorMessage()}")
 
-        pending.append(control.call("send", to=str(peer), text=text).addCallbacks(sent, failed))
+        call = control.call("send", to=str(peer), text=text)
+        sending.append(call)
+        call.addCallbacks(sent, failed).addBoth(lambda _: check_settled())
+
+    def on_event(event: dict[str, Any]) -> None:
+        view.event(event)
+        if event.get("event") in ("receipt", "undelivered"):
+            unconfirmed.discard(str(event.get("id")))
+            check_settled()
 
     saved = None
     if interactive:
@@ -173,16 +192,25 @@ async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int =
         view.write(f"Chatting with {peer}. Type a message and press Enter; /quit or Ctrl-D leaves.")
         rows = await control.call("history", who=str(peer), limit=history)
         view.history(rows)
-        control.on_event = view.event
+        control.on_event = on_event
         await control.call("subscribe")
         await done
-        if pending:
-            # Give receipts of the last messages a moment to arrive.
+        if sending:
+            # Wait (at most ``linger`` seconds) for the receipts of the last messages.
             waiter: Deferred[None] = Deferred()
-            reactor.callLater(linger, waiter.callback, None)
+            settled.append(waiter)
+
+            def give_up() -> None:
+                if not waiter.called:
+                    waiter.callback(None)
+
+            timer = reactor.callLater(linger, give_up)
+            check_settled()
             await waiter
+            if timer.active():
+                timer.cancel()
     finally:
         if saved is not None:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, saved)
-            print("", flush=True)
+            print(flush=True)
     return 0

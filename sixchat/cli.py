@@ -17,7 +17,14 @@ from twisted.internet.defer import Deferred
 
 from irp import errors as irp_errors
 from irp import keyfiles
-from irp.cli import CommandError, Context, cmd_enrol, cmd_init, fetch_root_by_fingerprint, parse_endpoint
+from irp.cli import (
+    CommandError,
+    Context,
+    cmd_enrol,
+    cmd_init,
+    fetch_root_by_fingerprint,
+    parse_endpoint,
+)
 from irp.client import split_server
 from irp.identity import Identity, InvalidIdentity, check_domain
 from irp.profile import Profile, ProfileError, default_profile_path
@@ -346,6 +353,9 @@ def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         error = failure.value
         if isinstance(error, (irp_errors.IRPError, errors.SixChatError)):
             print(f"sixchat: {error.message} [{error.name}]", file=sys.stderr)
+            outcome["code"] = 1
+        elif isinstance(error, ControlError) and error.name not in ("control-error", "None"):
+            print(f"sixchat: {error} [{error.name}]", file=sys.stderr)
             outcome["code"] = 1
         elif isinstance(error, (CommandError, ControlError, ProfileError, keyfiles.KeyFileError, OSError)):
             print(f"sixchat: {error}", file=sys.stderr)

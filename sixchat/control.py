@@ -65,18 +65,36 @@ def _identity(value: Any) -> Identity:
         raise ControlError(str(error), "invalid-identity") from None
 
 
+def _integer(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ControlError(f"{name} must be a whole number", "bad-request") from None
+
+
+def _fingerprints(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ControlError("fingerprints must be a list", "bad-request")
+    try:
+        return [parse_fingerprint(str(item)) for item in value]
+    except ValueError as error:
+        raise ControlError(str(error), "bad-request") from None
+
+
 class ControlServerProtocol(LineOnlyReceiver):
     """One local client of the agent."""
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Any, clients: set[ControlServerProtocol] | None = None) -> None:
         self.agent = agent
         self._unsubscribe: Callable[[], None] | None = None
+        self._clients = clients if clients is not None else set()
 
     def connectionMade(self) -> None:
         """Refuse other users (SO_PEERCRED)."""
+        self._clients.add(self)
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         try:
             credentials = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -89,6 +107,7 @@ class ControlServerProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         """Stop the event stream."""
+        self._clients.discard(self)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -149,7 +168,7 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         return [_contact_json(contact) for contact in await store.contacts()]
     if op == "add-contact":
         who = _identity(request.get("who"))
-        pins = [parse_fingerprint(str(item)) for item in request.get("fingerprints", [])]
+        pins = _fingerprints(request.get("fingerprints", []))
         current = sorted(await agent.expected_fingerprints(who)) if request.get("check", True) else []
         if request.get("pin") and not pins:
             pins = current
@@ -163,7 +182,7 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         return True
     if op == "history":
         who = request.get("who")
-        limit = int(request.get("limit", 50))
+        limit = _integer(request.get("limit", 50), "limit")
         rows = await store.history(None if who is None else _identity(who), max(1, min(limit, 1000)))
         return [_message_json(message) for message in rows]
     if op == "lookup":
@@ -200,12 +219,31 @@ def _message_json(message: Any) -> dict[str, Any]:
     }
 
 
+class ControlFactory(Factory):
+    """Makes the control connections of one agent and can close them all."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.clients: set[ControlServerProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> ControlServerProtocol:
+        """A protocol for one local client."""
+        return ControlServerProtocol(self.agent, self.clients)
+
+    def disconnect_all(self) -> None:
+        """Close every control connection (the agent is stopping)."""
+        for client in list(self.clients):
+            transport: Any = client.transport
+            transport.loseConnection()
+
+
 async def listen_control(agent: Any, reactor: Any, profile_dir: str) -> IListeningPort:
-    """Listen on the profile's control socket (replacing a stale one)."""
+    """Listen on the profile's control socket (replacing a stale one); the port's
+    ``factory`` is a :class:`ControlFactory`."""
     path = control_socket_path(profile_dir)
     ensure_private_directory(os.path.dirname(path))
     endpoint = UNIXServerEndpoint(reactor, path, mode=0o600, wantPID=True)
-    port: IListeningPort = await endpoint.listen(Factory.forProtocol(lambda: ControlServerProtocol(agent)))
+    port: IListeningPort = await endpoint.listen(ControlFactory(agent))
     return port
 
 
@@ -236,10 +274,13 @@ class ControlClientProtocol(LineOnlyReceiver):
             data = json.loads(line)
         except ValueError:
             return
+        if not isinstance(data, dict):
+            return
         if "event" in data:
             self.on_event(data)
             return
-        waiter = self.waiting.pop(data.get("id"), None)
+        request_id = data.get("id")
+        waiter = self.waiting.pop(request_id, None) if isinstance(request_id, int) else None
         if waiter is None:
             return
         if data.get("ok"):

@@ -1,8 +1,11 @@
 """The agent's view of IRP: its own registry and those of other domains it trusts.
 
-One certificate-authenticated connection per registry is kept open and reopened when it
-drops. Every answer is verified by :mod:`irp.client` (pinned roots, record signatures);
-this module adds which registry serves which domain, and caches nothing but connections.
+One connection per registry is kept open and reopened when it drops: logged in with the
+user's certificate at their own registry, anonymous at the registries of other trusted
+domains (which did not issue the certificate and would refuse it; their CA chain and CRLs
+are public). Every answer is verified by :mod:`irp.client` (pinned roots, record
+signatures); this module adds which registry serves which domain, and caches nothing but
+connections.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from irp import DEFAULT_PORT, errors
 from irp.client import CRLInfo, RegistryClient, connect, split_server
@@ -50,7 +54,7 @@ class Directory:
             self.servers[domain] = split_server(server, DEFAULT_PORT)
         self.roots = profile.trusted_roots()
         self._clients: dict[str, RegistryClient] = {}
-        self._connecting: dict[str, Deferred[RegistryClient]] = {}
+        self._connecting: dict[str, list[Deferred[RegistryClient]]] = {}
 
     def server_for(self, domain: str) -> tuple[str, int]:
         """The registry serving ``domain``."""
@@ -62,31 +66,43 @@ class Directory:
             raise errors.ClientError(f"no registry is configured for {domain}") from None
 
     async def client(self, domain: str) -> RegistryClient:
-        """A logged-in connection to ``domain``'s registry (reused while it stays up)."""
+        """A connection to ``domain``'s registry (reused while it stays up): logged in with
+        the user's certificate at their own registry, anonymous at other domains' (which
+        did not issue it and would refuse it)."""
         existing = self._clients.get(domain)
         if existing is not None and not existing.protocol.closed:
             return existing
-        waiting = self._connecting.get(domain)
-        if waiting is None:
+        mine: Deferred[RegistryClient] = Deferred()
+        waiters = self._connecting.get(domain)
+        if waiters is None:
             host, port = self.server_for(domain)
-            waiting = connect(
+            own = domain == self.home_domain
+            self._connecting[domain] = [mine]
+            connect(
                 self.reactor,
                 host,
                 port,
                 domain=domain,
                 trust_roots=[self.roots[domain]],
-                client_key=self.key,
-                client_certificate=self.certificate,
-                client_chain=self.chain,
+                client_key=self.key if own else None,
+                client_certificate=self.certificate if own else None,
+                client_chain=self.chain if own else (),
                 timeout=self.timeout,
-            )
-            self._connecting[domain] = waiting
-        try:
-            client = await waiting
-        finally:
-            self._connecting.pop(domain, None)
-        self._clients[domain] = client
-        return client
+            ).addBoth(self._connected, domain)
+        else:
+            waiters.append(mine)
+        return await mine
+
+    def _connected(self, result: RegistryClient | Failure, domain: str) -> None:
+        """Hand a new connection (or its failure) to everyone who asked for it."""
+        waiters = self._connecting.pop(domain, [])
+        if not isinstance(result, Failure):
+            self._clients[domain] = result
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     async def lookup(self, identity: Identity) -> AddressRecord:
         """The peer's current, verified address record."""

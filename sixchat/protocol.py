@@ -10,10 +10,11 @@ handshake deadline, an idle limit on sessions) and has a single exit: every fail
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -22,15 +23,21 @@ from twisted.python.failure import Failure
 from irp.identity import Identity
 from sixchat import errors, messages
 from sixchat.handshake import (
+    Handshake,
     HandshakeAborted,
     HandshakeComplete,
-    Handshake,
     LocalCredentials,
     PeerNeedsVerification,
     Role,
     SendData,
 )
-from sixchat.record import AlertReceived, CloseReceived, DataReceived, MessageReceived, Session
+from sixchat.record import (
+    AlertReceived,
+    CloseReceived,
+    DataReceived,
+    MessageReceived,
+    Session,
+)
 
 log = Logger()
 
@@ -79,9 +86,15 @@ class PeerConnection(Protocol):
         self.peer: Identity | None = expected_peer
         self.peer_host = "unknown"
         self.ended = False
-        self.established: Deferred[PeerConnection] = Deferred()
+        #: Why the connection ended before a session existed (None otherwise).
+        self.failure: errors.SixChatError | None = None
+        self._established_waiters: list[Deferred[PeerConnection]] = []
         self._timer: IDelayedCall | None = None
+        self._verify_timer: Any = None
         self._abort_call: IDelayedCall | None = None
+        #: True once the TCP connection is gone.
+        self.disconnected = False
+        self._lost_waiters: list[Deferred[None]] = []
 
     @property
     def is_established(self) -> bool:
@@ -109,12 +122,40 @@ class PeerConnection(Protocol):
         assert self.handshake is not None
         self._handshake_events(self.handshake.receive_data(data))
 
+    def when_established(self) -> Deferred[PeerConnection]:
+        """A Deferred that fires with this connection once its session is established, or
+        fails with the SixChatError that ended it first."""
+        if self.session is not None:
+            return succeed(self)
+        if self.ended:
+            return fail(self.failure or errors.Closed())
+        waiter: Deferred[PeerConnection] = Deferred()
+        self._established_waiters.append(waiter)
+        return waiter
+
+    def when_lost(self) -> Deferred[None]:
+        """A Deferred that fires once the TCP connection is gone."""
+        if self.disconnected:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
+
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         """Report the end to the owner (Truncated if it was not a clean close)."""
-        self._disarm()
+        self._cancel_timers()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        self.disconnected = True
+        waiters, self._lost_waiters = self._lost_waiters, []
+        try:
+            self._lost(reason)
+        finally:
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _lost(self, reason: Failure) -> None:
         if self.ended:
             return
         self.ended = True
@@ -123,9 +164,17 @@ class PeerConnection(Protocol):
             error = self.session.connection_lost()
         else:
             error = errors.Truncated(f"the connection closed during the handshake: {reason.getErrorMessage()}")
-        if not self.established.called:
-            self.established.errback(error or errors.Closed())
+        if error is not None:
+            self._log_failure(error)
+        self._fail_established(error or errors.Closed())
         self.owner.connection_ended(self, error)
+
+    def _fail_established(self, error: errors.SixChatError) -> None:
+        if self.session is None:
+            self.failure = error
+        waiters, self._established_waiters = self._established_waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
 
     # -- handshake --------------------------------------------------------------------
 
@@ -144,15 +193,20 @@ class PeerConnection(Protocol):
     def _verify(self, event: PeerNeedsVerification) -> None:
         # Nothing more is read until the verdict: the core buffers at most a bounded amount.
         self.transport.pauseProducing()  # type: ignore[union-attr]
+        # Our own checks (a CRL fetch) are not the peer's slowness: from here the
+        # verification deadline applies instead of the handshake's.
+        self._disarm()
         verdict = self.owner.verify_peer(self, event.identity, event.chain)
         timed_out: list[bool] = []
 
         def expire() -> None:
+            self._verify_timer = None
             if not verdict.called:
                 timed_out.append(True)
                 verdict.cancel()
 
         timeout = self.owner.clock.callLater(self.owner.limits.verification_timeout, expire)
+        self._verify_timer = timeout
 
         def accepted(_: Any) -> None:
             if timeout.active():
@@ -181,7 +235,9 @@ class PeerConnection(Protocol):
         self.peer = event.peer
         self._arm(self.owner.limits.idle_timeout, "idle")
         log.info("Session with {peer} at {host} established ({role})", peer=str(event.peer), host=self.peer_host, role=self.role.name.lower())
-        self.established.callback(self)
+        waiters, self._established_waiters = self._established_waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
         self.owner.session_established(self)
         if event.leftover and not self.ended:
             self._session_data(event.leftover)
@@ -240,21 +296,23 @@ class PeerConnection(Protocol):
     def _end(self, error: errors.SixChatError, *, alert: bytes) -> None:
         if self.ended:
             return
+        self._log_failure(error)
+        if alert:
+            self.transport.write(alert)  # type: ignore[union-attr]
+        self._finish(error)
+
+    def _log_failure(self, error: errors.SixChatError) -> None:
         log.warn(
             "Connection with {peer} at {host} failed: {error}",
             peer=str(self.peer) if self.peer else "an unknown peer",
             host=self.peer_host,
             error=str(error),
         )
-        if alert:
-            self.transport.write(alert)  # type: ignore[union-attr]
-        self._finish(error)
 
     def _finish(self, error: errors.SixChatError | None) -> None:
         self.ended = True
-        self._disarm()
-        if not self.established.called:
-            self.established.errback(error or errors.Closed())
+        self._cancel_timers()
+        self._fail_established(error or errors.Closed())
         self.owner.connection_ended(self, error)
         self.transport.loseConnection()  # type: ignore[union-attr]
         # A peer that stops reading cannot hold the socket open.
@@ -278,6 +336,12 @@ class PeerConnection(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def _cancel_timers(self) -> None:
+        self._disarm()
+        if self._verify_timer is not None and self._verify_timer.active():
+            self._verify_timer.cancel()
+        self._verify_timer = None
 
     def _expired(self, why: str) -> None:
         self._timer = None

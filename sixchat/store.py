@@ -50,6 +50,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX messages_by_peer ON messages (peer, created_at)",
         "CREATE INDEX messages_by_state ON messages (state, created_at)",
     ],
+    # 1 -> 2: whether a contact was added by the user (1) or recorded only to block (0).
+    ["ALTER TABLE contacts ADD COLUMN listed INTEGER NOT NULL DEFAULT 1"],
 ]
 
 #: Message states: outgoing ones move queued -> sent -> delivered, or to undelivered.
@@ -107,11 +109,12 @@ class AgentStore:
         self.now = now
 
     @classmethod
-    def open(cls, path: str, reactor: Any) -> Deferred[AgentStore]:
-        """Open (creating or upgrading) the store file at ``path``."""
+    def open(cls, path: str, reactor: Any, now: Callable[[], float] | None = None) -> Deferred[AgentStore]:
+        """Open (creating or upgrading) the store file at ``path``; time stamps come from
+        ``now`` (default: the reactor's clock)."""
         pool = sqlite_pool(path, reactor)
         pool.start()
-        store = cls(pool, reactor.seconds)
+        store = cls(pool, now or reactor.seconds)
 
         def upgrade(txn: Transaction) -> int:
             return upgrade_schema(txn, SQLITE, MIGRATIONS)
@@ -148,7 +151,7 @@ class AgentStore:
                 )
             else:
                 txn.execute(
-                    "UPDATE contacts SET display_name = ?, fingerprints = ?, blocked = 0 WHERE identity = ?",
+                    "UPDATE contacts SET display_name = ?, fingerprints = ?, blocked = 0, listed = 1 WHERE identity = ?",
                     (display_name, joined, str(identity)),
                 )
             return self._get_contact(txn, identity)  # type: ignore[return-value]
@@ -183,17 +186,23 @@ class AgentStore:
         return self._run(remove)
 
     def set_blocked(self, identity: Identity, blocked: bool) -> Deferred[None]:
-        """Block (deny) or unblock someone; blocking a stranger records them as a contact."""
+        """Block (deny) or unblock someone. Blocking a stranger records them (blocked, but
+        not as a contact); unblocking such a record forgets it, so that unblocking never
+        makes anyone a contact."""
 
         def block(txn: Transaction) -> None:
             txn.execute("SELECT 1 FROM contacts WHERE identity = ?", (str(identity),))
             if txn.fetchone() is None:
-                txn.execute(
-                    f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?, '', '', ?, NULL, NULL, NULL, 'offline', ?)",
-                    (str(identity), int(blocked), self._stamp()),
-                )
+                if blocked:
+                    txn.execute(
+                        f"INSERT INTO contacts ({_CONTACT_COLUMNS}, listed) VALUES (?, '', '', 1, NULL, NULL, NULL, 'offline', ?, 0)",
+                        (str(identity), self._stamp()),
+                    )
+            elif blocked:
+                txn.execute("UPDATE contacts SET blocked = 1 WHERE identity = ?", (str(identity),))
             else:
-                txn.execute("UPDATE contacts SET blocked = ? WHERE identity = ?", (int(blocked), str(identity)))
+                txn.execute("DELETE FROM contacts WHERE identity = ? AND listed = 0", (str(identity),))
+                txn.execute("UPDATE contacts SET blocked = 0 WHERE identity = ?", (str(identity),))
 
         return self._run(block)
 
@@ -232,15 +241,18 @@ class AgentStore:
 
         return self._run(queue)
 
-    def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = OUTGOING_PENDING) -> Deferred[bool]:
-        """Move an outgoing message to ``state`` if it is in one of ``only_from``; fire with
-        whether it moved (so a second receipt changes nothing)."""
+    def set_state(
+        self, message_id: str, state: str, *, only_from: Sequence[str] = OUTGOING_PENDING, peer: Identity | None = None
+    ) -> Deferred[bool]:
+        """Move an outgoing message (to ``peer``, if given) to ``state`` if it is in one of
+        ``only_from``; fire with whether it moved (so a second receipt changes nothing)."""
 
         def update(txn: Transaction) -> bool:
             marks = ", ".join("?" for _ in only_from)
+            to_peer = "" if peer is None else " AND peer = ?"
             txn.execute(
-                f"UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND direction = 'out' AND state IN ({marks})",
-                (state, self._stamp(), message_id, *only_from),
+                f"UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND direction = 'out'{to_peer} AND state IN ({marks})",
+                (state, self._stamp(), message_id, *([] if peer is None else [str(peer)]), *only_from),
             )
             return bool(txn.rowcount)
 
@@ -287,20 +299,22 @@ class AgentStore:
 
         return self._run(give_up)
 
-    def record_incoming(self, message_id: str, peer: Identity, body: str, sent_at: int) -> Deferred[bool]:
-        """Store a received message; fire with False if it was already stored (a resend)."""
+    def record_incoming(self, message_id: str, peer: Identity, body: str, sent_at: int) -> Deferred[str]:
+        """Store a received message; fire with ``"new"``, ``"duplicate"`` if ``peer`` sent
+        it before (a resend), or ``"conflict"`` if another message (outgoing, or from
+        someone else) has that id, in which case nothing is stored."""
 
-        def record(txn: Transaction) -> bool:
-            txn.execute("SELECT peer FROM messages WHERE id = ?", (message_id,))
+        def record(txn: Transaction) -> str:
+            txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
             row = txn.fetchone()
             if row is not None:
-                return False
+                return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
             now = self._stamp()
             txn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
                 (message_id, str(peer), body, sent_at, now, now),
             )
-            return True
+            return "new"
 
         return self._run(record)
 

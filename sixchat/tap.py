@@ -96,4 +96,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         raise SystemExit(f"sixchat: cannot load your credentials: {error}") from None
     parent = service.MultiService()
     agent.setServiceParent(parent)
+
+    def start_failed(failure: Any) -> None:
+        # Already logged by the agent; an agent that cannot run must not leave twistd idle.
+        if reactor.running:
+            reactor.stop()
+
+    agent.ready.addErrback(start_failed)
     return parent

@@ -6,8 +6,9 @@ module decides the rest, in this order, and raises the matching SixChat error:
 1. the chain reaches a root we trust (our domain's, or another domain's trusted explicitly
    by fingerprint), is valid now and names exactly one identity of that root's domain;
 2. the certificate is not revoked, by the issuing CA's current CRL (fetched from the
-   peer's registry, verified, cached until its next update; a stale CRL is used for a
-   grace period if the registry cannot be reached, and with no CRL at all we refuse);
+   peer's registry, verified, cached until its next update or for at most ``max_age``; a
+   stale CRL is used for a grace period if the registry cannot be reached, and with no
+   CRL at all we refuse);
 3. for a dialled peer: the certificate is one the peer's registry holds for them now
    (fingerprint), and the identity is the one we dialled;
 4. for an incoming peer: it is not blocked, and it is acceptable under our policy
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -44,19 +45,33 @@ CRLFetcher = Callable[[str], Awaitable[x509.CertificateRevocationList]]
 class _CachedCRL:
     crl: x509.CertificateRevocationList
     next_update: datetime
+    fetched_at: datetime
 
 
 class RevocationChecker:
-    """Keeps each trusted domain's issuing CRL and answers "is this revoked?"."""
+    """Keeps each trusted domain's issuing CRL and answers "is this revoked?".
 
-    def __init__(self, fetch: CRLFetcher, clock: Any, *, stale_grace: timedelta = timedelta(days=3)) -> None:
+    A CRL is used until its next update, but fetched again once it is older than
+    ``max_age`` (registries publish a new CRL at every revocation, so this bounds how long
+    a revocation goes unnoticed); None keeps it until its next update.
+    """
+
+    def __init__(
+        self,
+        fetch: CRLFetcher,
+        clock: Any,
+        *,
+        stale_grace: timedelta = timedelta(days=3),
+        max_age: timedelta | None = timedelta(minutes=5),
+    ) -> None:
         self.fetch = fetch
         self.clock = clock
         self.stale_grace = stale_grace
+        self.max_age = max_age
         self._cache: dict[str, _CachedCRL] = {}
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
 
     def forget(self, domain: str) -> None:
         """Drop a cached CRL (to force a fetch on the next check)."""
@@ -73,7 +88,7 @@ class RevocationChecker:
     async def _current(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
         now = self._now()
         cached = self._cache.get(domain)
-        if cached is not None and now < cached.next_update:
+        if cached is not None and now < cached.next_update and (self.max_age is None or now < cached.fetched_at + self.max_age):
             return cached.crl
         try:
             crl = await self.fetch(domain)
@@ -88,7 +103,7 @@ class RevocationChecker:
         if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             raise errors.PeerRejected(f"the CRL of {domain} does not verify", reason="untrusted-ca")
         next_update = crl.next_update_utc or (now + timedelta(hours=1))
-        self._cache[domain] = _CachedCRL(crl, next_update)
+        self._cache[domain] = _CachedCRL(crl, next_update, now)
         return crl
 
 
@@ -120,7 +135,7 @@ class PeerVerifier:
         self.known_intermediates = list(known_intermediates)
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
 
     async def verify(
         self,

@@ -1,0 +1,116 @@
+"""The agent's view of IRP (sixchat/directory.py) against real registries on loopback."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from irp import errors as irp_errors
+from irp.identity import Identity
+from irp.keyfiles import fingerprint
+from irp.profile import Profile
+from irp.records import Endpoint
+from sixchat.directory import Directory
+from test.helpers import EnrolledUser, RunningRegistry, closed_port, make_profile
+
+ALICE = Identity.parse("alice@example.org")
+BOB = Identity.parse("bob@example.org")
+
+
+class DirectoryTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.registry = await RunningRegistry(self).start()
+        self.alice = await self.registry.enrol("alice")
+        self.path = make_profile(self.registry, self.alice, os.path.join(os.path.abspath(self.mktemp()), "alice"))
+
+    def directory(self, user: EnrolledUser | None = None) -> Directory:
+        user = user or self.alice
+        directory = Directory(reactor, Profile(self.path), user.key, user.certificate, [self.registry.ca.issuing_certificate])
+        self.addCleanup(directory.close)
+        return directory
+
+    async def test_register_and_look_up(self) -> None:
+        directory = self.directory()
+        endpoints = [Endpoint.parse("2001:db8::1", 4605), Endpoint.parse("192.0.2.7", 4605)]
+        record = await directory.register(endpoints, "busy", 120)
+        self.assertEqual((record.identity, record.presence, record.endpoints), (ALICE, "busy", tuple(endpoints)))
+        found = await directory.lookup(ALICE)
+        self.assertEqual((found.presence, found.endpoints, found.seq), ("busy", tuple(endpoints), record.seq))
+
+    async def test_certificate_fingerprints(self) -> None:
+        bob = await self.registry.enrol("bob")
+        directory = self.directory()
+        self.assertEqual(await directory.certificate_fingerprints(BOB), {fingerprint(bob.certificate)})
+        client = await self.registry.client(user=bob)
+        await client.revoke(bob.serial, "key-compromise")
+        self.assertEqual(await directory.certificate_fingerprints(BOB), set())
+        self.assertEqual(directory.own_fingerprint, fingerprint(self.alice.certificate))
+
+    async def test_issuing_crl(self) -> None:
+        bob = await self.registry.enrol("bob")
+        client = await self.registry.client(user=bob)
+        await client.revoke(bob.serial, "key-compromise")
+        crl = await self.directory().issuing_crl("example.org")
+        self.assertEqual(crl.issuer, self.registry.ca.issuing_certificate.subject)
+        self.assertIsNotNone(crl.get_revoked_certificate_by_serial_number(bob.serial))
+
+    async def test_unknown_user(self) -> None:
+        with self.assertRaises(irp_errors.NotFound):
+            await self.directory().lookup(Identity.parse("nobody@example.org"))
+
+    async def test_untrusted_or_unconfigured_domain(self) -> None:
+        directory = self.directory()
+        with self.assertRaises(irp_errors.ClientError) as caught:
+            await directory.lookup(Identity.parse("dave@other.example"))
+        self.assertIn("not a trusted domain", caught.exception.message)
+        profile = Profile(self.path)
+        profile.trust_domain("other.example", self.registry.root)
+        with self.assertRaises(irp_errors.ClientError) as caught:
+            await self.directory().lookup(Identity.parse("dave@other.example"))
+        self.assertIn("no registry is configured", caught.exception.message)
+
+    async def test_one_connection_for_concurrent_callers(self) -> None:
+        directory = self.directory()
+        first, second, third = directory.client("example.org"), directory.client("example.org"), directory.client("example.org")
+        clients = [await first, await second, await third]
+        self.assertIsNotNone(clients[0])
+        self.assertEqual(len({id(client) for client in clients}), 1)
+
+    async def test_concurrent_failure_reaches_everyone(self) -> None:
+        profile = Profile(self.path)
+        config = profile.load_config()
+        config.port = await closed_port()
+        profile.save_config(config)
+        directory = self.directory()
+        waiting = [directory.client("example.org") for _ in range(2)]
+        for attempt in waiting:
+            with self.assertRaises(irp_errors.IRPError):
+                await attempt
+
+    async def test_reconnects_after_the_connection_drops(self) -> None:
+        directory = self.directory()
+        client = await directory.client("example.org")
+        await client.close()
+        again = await directory.client("example.org")
+        self.assertIsNot(again, client)
+        await directory.lookup(ALICE)
+
+    async def test_other_domains_are_asked_anonymously(self) -> None:
+        """Another domain's registry did not issue our certificate and would refuse every
+        request made with it; its CRL and CA chain are public."""
+        other = await RunningRegistry(self, domain="other.example").start()
+        dave = await other.enrol("dave")
+        client = await other.client(user=dave)
+        await client.revoke(dave.serial, "superseded")
+        profile = Profile(self.path)
+        profile.trust_domain("other.example", other.root)
+        config = profile.load_config()
+        config.registries["other.example"] = f"127.0.0.1:{other.port}"
+        profile.save_config(config)
+        directory = self.directory()
+        crl = await directory.issuing_crl("other.example")
+        self.assertIsNotNone(crl.get_revoked_certificate_by_serial_number(dave.serial))
+        # Our own registry still knows us.
+        await directory.register([], "away", 60)
