@@ -253,7 +253,8 @@ def error_classes() -> list[type[SixChatError]]:
 def error_class_for(name: str, code: int) -> type[SixChatError]:
     """Return the class for a wire name, falling back to the code, then to the base."""
     classes = error_classes()
-    for cls in classes:
+    # Subclasses first, so a name shared with the base (internal-error) finds its class.
+    for cls in reversed(classes):
         if cls.name == name:
             return cls
     for cls in classes:

@@ -288,6 +288,8 @@ TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     (State.START, "start"): State.WAIT_REPLY,
     (State.WAIT_HELLO, "start"): State.WAIT_HELLO,
     (State.WAIT_HELLO, "Hello"): State.WAIT_INITIATOR_AUTH,
+    # An initiator may give up before saying hello: an alert is never answered.
+    (State.WAIT_HELLO, "Alert"): State.FAILED,
     (State.WAIT_REPLY, "Reply"): State.WAIT_RESPONDER_AUTH,
     (State.WAIT_REPLY, "Alert"): State.FAILED,
     (State.WAIT_RESPONDER_AUTH, "Sealed"): State.WAIT_RESPONDER_AUTH,

@@ -252,6 +252,7 @@ class Session:
         self.received_close = False
         self._ended = False  # failed, alerted, or the connection is gone
         self._alert_sent = False
+        self._unexplained = False
 
     @property
     def peer_certificate(self) -> x509.Certificate:
@@ -350,6 +351,9 @@ class Session:
 
     def connection_lost(self) -> errors.SixChatError | None:
         """The transport is gone: returns Truncated unless the end was clean or explained."""
+        if self._unexplained:
+            self._ended = True
+            return errors.InternalError("the session failed unexpectedly")
         explained = self.sent_close or self.received_close or self._ended
         self._ended = True
         return None if explained else errors.Truncated()
@@ -362,8 +366,13 @@ class Session:
             raise errors.Closed()
         try:
             return self._receive_bytes(data)
-        except BaseException:
+        except errors.SixChatError:
             self._ended = True
+            raise
+        except BaseException:
+            # Not a protocol failure we can explain to the peer: the end is not clean.
+            self._ended = True
+            self._unexplained = True
             raise
 
     def _receive_bytes(self, data: bytes) -> list[SessionEvent]:

@@ -803,6 +803,15 @@ class MalformedInputTests(HandshakeTestCase):
         assert isinstance(aborted, HandshakeAborted)
         self.assertIsInstance(aborted.error, errors.RateLimited)
 
+    def test_alert_instead_of_hello_is_not_answered(self) -> None:
+        """A responder whose first frame is an alert fails without an alert back."""
+        waiting = responder()
+        waiting.start()
+        events = waiting.receive_data(encode_frame(messages.alert_for(errors.Timeout())))
+        (aborted,) = events
+        assert isinstance(aborted, HandshakeAborted)
+        self.assertIsInstance(aborted.error, errors.Timeout)
+
 
 def _flip_positions(length: int, stride: int = 7) -> list[tuple[int, int]]:
     """(byte, bit) positions: all bytes near the ends, every stride-th byte elsewhere."""

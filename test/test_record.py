@@ -409,6 +409,17 @@ class CloseTests(TestCase):
         self.assertIsInstance(bob.connection_lost(), errors.Truncated)
         self.assertRaises(errors.Closed, bob.receive_data, b"")
 
+    def test_unexpected_failure_is_not_a_clean_end(self) -> None:
+        """A failure outside the protocol's errors is reported, never taken for a close."""
+        alice, bob = session_pair()
+
+        def broken(data: bytes) -> list[object]:
+            raise RuntimeError("a bug")
+
+        bob._receive_bytes = broken  # type: ignore[method-assign]
+        self.assertRaises(RuntimeError, bob.receive_data, alice.send_data(b"x"))
+        self.assertIsInstance(bob.connection_lost(), errors.InternalError)
+
     def test_close_lost_in_transit(self) -> None:
         """The sender of a close is done; the receiver that never saw it is truncated."""
         alice, bob = session_pair()

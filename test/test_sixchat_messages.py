@@ -410,3 +410,4 @@ class ErrorTests(TestCase):
         self.assertIs(errors.error_class_for("truncated", 0), errors.Truncated)
         self.assertIs(errors.error_class_for("nope", 402), errors.Truncated)
         self.assertIs(errors.error_class_for("nope", 0), errors.SixChatError)
+        self.assertIs(errors.error_class_for("internal-error", 500), errors.InternalError)
