@@ -26,7 +26,14 @@ from twisted.internet.defer import Deferred
 
 from irp import DEFAULT_PORT, errors, keyfiles
 from irp.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
-from irp.client import RegistryClient, connect, parse_ca_chain, split_server, verify_ca_chain
+from irp.client import (
+    RegistryClient,
+    connect,
+    connect_domain,
+    parse_ca_chain,
+    split_server,
+    verify_ca_chain,
+)
 from irp.elements import CertificateEntry
 from irp.identity import InvalidIdentity, check_domain, check_username
 from irp.profile import Profile, ProfileConfig, ProfileError, default_profile_path
@@ -97,6 +104,8 @@ class Context:
         self.args = args
         self.profile = Profile(args.profile)
         self.client: RegistryClient | None = None
+        #: The DNS resolver for finding registries by SRV (None: the system's).
+        self.resolver: Any = None
 
     def config(self) -> ProfileConfig:
         """The profile's configuration, with ``--server`` and ``--user`` applied."""
@@ -220,11 +229,16 @@ Command = Callable[[Context], Coroutine[Any, Any, int]]
 
 
 async def cmd_init(ctx: Context) -> int:
-    """Create a profile pinned to a registry's root CA."""
+    """Create a profile pinned to a registry's root CA.
+
+    Without ``--server`` the registry is found by DNS SRV (``_irp._tcp.<domain>``): the
+    targets are tried in order and the profile keeps the one that answered.
+    """
     args = ctx.args
-    if not args.server:
-        raise CommandError("--server HOST[:PORT] is required")
-    host, port = server_argument(args.server)
+    host: str | None = None
+    port: int | None = None
+    if args.server:
+        host, port = server_argument(args.server)
     try:
         domain = check_domain(args.domain)
         username = check_username(args.user) if args.user else None
@@ -244,22 +258,42 @@ async def cmd_init(ctx: Context) -> int:
         root = keyfiles.load_certificates(args.ca_file)[0]
         if expected and keyfiles.fingerprint(root) != expected:
             raise CommandError("the CA file does not have the fingerprint given")
+        if host is None:
+            # Find a registry that answers and proves itself with this root.
+            ctx.client = await connect_domain(
+                ctx.reactor, domain, trust_roots=[root], timeout=args.timeout, resolver=ctx.resolver
+            )
     else:
         root = await fetch_root_by_fingerprint(ctx, host, port, domain, expected or "")
+    if host is None or port is None:
+        assert ctx.client is not None and ctx.client.host is not None and ctx.client.port is not None
+        host, port = ctx.client.host, ctx.client.port
+        show(f"Found the registry of {domain} by DNS SRV: {host} port {port}.")
     ctx.profile.create(ProfileConfig(server=host, port=port, domain=domain, username=username), root)
     show(f"Profile {ctx.profile.path} created for {domain} at {host} port {port}.")
     show(f"Trusted root CA: {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}")
     return 0
 
 
-async def fetch_root_by_fingerprint(ctx: Context, host: str, port: int, domain: str, expected: str) -> x509.Certificate:
+async def fetch_root_by_fingerprint(
+    ctx: Context, host: str | None, port: int | None, domain: str, expected: str
+) -> x509.Certificate:
     """Fetch the CA chain without trusting anything yet, and accept it only if the root has
-    the expected fingerprint and the server's own certificate descends from it."""
+    the expected fingerprint and the server's own certificate descends from it.
+
+    With ``host`` None the registry is found by DNS SRV (see
+    :func:`irp.client.connect_domain`); ``ctx.client`` tells which target answered.
+    """
 
     def unverified(*_args: Any) -> Any:
         return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
-    client = await connect(ctx.reactor, host, port, domain=domain, trust_roots=[], tls_options=unverified, timeout=ctx.args.timeout)
+    if host is None or port is None:
+        client = await connect_domain(
+            ctx.reactor, domain, trust_roots=[], tls_options=unverified, timeout=ctx.args.timeout, resolver=ctx.resolver
+        )
+    else:
+        client = await connect(ctx.reactor, host, port, domain=domain, trust_roots=[], tls_options=unverified, timeout=ctx.args.timeout)
     ctx.client = client
     chain = parse_ca_chain((await client._call("ca-chain")).single("ca-chain"))
     if chain.domain != domain:
@@ -631,7 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--password-file", help="read the password from this file instead of asking")
         return sub
 
-    sub = command("init", cmd_init, "Create a profile pinned to a registry's root CA.", password=False)
+    sub = command(
+        "init",
+        cmd_init,
+        "Create a profile pinned to a registry's root CA. Without --server the registry is"
+        " found by DNS SRV (_irp._tcp.DOMAIN).",
+        password=False,
+    )
     sub.add_argument("--domain", required=True, help="the domain the registry serves")
     sub.add_argument("--ca-fingerprint", help="SHA-256 fingerprint of the registry's root CA, from its operator")
     sub.add_argument("--ca-file", help="the registry's root CA certificate (PEM), instead of a fingerprint")

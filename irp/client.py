@@ -2,12 +2,15 @@
 
 :func:`connect` opens a TLS connection that verifies the registry (its chain must end at a
 pinned root CA, and its certificate must name the host dialled), optionally logging in with
-a client certificate. :class:`RegistryClient` then offers one method per operation; each
-returns a Deferred. Records the registry signs are verified before they are returned.
+a client certificate; :func:`connect_domain` finds the domain's registry by DNS SRV first
+and tries its targets in order. :class:`RegistryClient` then offers one method per
+operation; each returns a Deferred. Answers are parsed strictly (unknown fields are
+refused), and records the registry signs are verified before they are returned.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,13 +28,17 @@ from zope.interface import implementer
 
 from irp import DEFAULT_PORT, errors
 from irp.ca import RECORD_SIGNING_OID
+from irp.discovery import discover
 from irp.elements import (
     AccountView,
     CertificateEntry,
+    int_attribute,
     parse_addresses,
     parse_certificate,
+    parse_identity,
     parse_pkcs12,
     parse_user,
+    timestamp_attribute,
 )
 from irp.framing import FrameDecoder, FrameError, encode_frame
 from irp.identity import Identity, InvalidIdentity, identity_from_certificate
@@ -40,8 +47,12 @@ from irp.messages import (
     Response,
     bool_text,
     build_request,
+    check_fields,
+    child_text,
     encode_base64,
+    is_decimal,
     parse_response,
+    parse_serial,
     required,
 )
 from irp.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
@@ -214,19 +225,64 @@ def verify_ca_chain(chain: CAChain, pinned_roots: Sequence[x509.Certificate], no
         raise errors.ServerVerificationFailed("the record-signing certificate is not for signing records")
 
 
+CA_ROLES = ("root", "issuing", "record-signing")
+
+
 def parse_ca_chain(element: Element) -> CAChain:
-    """Parse ``<ca-chain>``."""
+    """Parse ``<ca-chain>`` (strictly: its three certificates, once each, nothing else)."""
+    check_fields(element, ("domain", "root-fingerprint"), ("ca",))
     found: dict[str, x509.Certificate] = {}
     for child in element:
+        check_fields(child, ("role",), text=True)
         role = required(child, "role")
+        if role not in CA_ROLES:
+            raise errors.BadRequest(f"unknown CA role {role!r}")
+        if role in found:
+            raise errors.BadRequest(f"the CA chain lists the {role} certificate twice")
         try:
             found[role] = x509.load_pem_x509_certificate((child.text or "").encode("ascii"))
         except ValueError:
             raise errors.BadRequest(f"the {role} CA certificate is not valid PEM") from None
-    missing = {"root", "issuing", "record-signing"} - found.keys()
+    missing = set(CA_ROLES) - found.keys()
     if missing:
         raise errors.BadRequest(f"the CA chain lacks {', '.join(sorted(missing))}")
+    if required(element, "root-fingerprint") != fingerprint(found["root"]):
+        raise errors.BadRequest("the CA chain's root-fingerprint is not its root's")
     return CAChain(required(element, "domain"), found["root"], found["issuing"], found["record-signing"])
+
+
+def _boolean(element: Element, name: str) -> bool:
+    value = required(element, name)
+    if value not in ("true", "false"):
+        raise errors.BadRequest(f"{name!r} must be 'true' or 'false'")
+    return value == "true"
+
+
+STATUS_STATES = ("good", "revoked", "expired", "not-yet-valid", "unknown")
+
+
+def _parse_status(element: Element, asked: int) -> CertificateStatus:
+    """Parse ``<status>`` (strictly), which must be about the serial number ``asked``."""
+    check_fields(element, ("serial", "state", "user", "not-after", "revoked", "reason"))
+    serial = parse_serial(required(element, "serial"))
+    if serial != asked:
+        raise errors.ServerVerificationFailed(f"asked about certificate {asked:x}, the registry answered about {serial:x}")
+    state = required(element, "state")
+    if state not in STATUS_STATES:
+        raise errors.BadRequest(f"unknown certificate state {state!r}")
+    user = element.get("user")
+    if (user is None) != (state == "unknown") or (element.get("not-after") is None) != (state == "unknown"):
+        raise errors.BadRequest("a status names the user and not-after exactly when the certificate is known")
+    if user is not None:
+        parse_identity(user)
+        timestamp_attribute(element, "not-after")
+    revoked = element.get("revoked")
+    reason = element.get("reason")
+    if (revoked is not None) != (state == "revoked") or (reason is not None) != (state == "revoked"):
+        raise errors.BadRequest("a status gives revoked and reason exactly when the certificate is revoked")
+    if revoked is not None:
+        timestamp_attribute(element, "revoked")
+    return CertificateStatus(serial=serial, state=state, user=user, revoked_at=revoked, reason=reason)
 
 
 class RegistryClient:
@@ -238,11 +294,22 @@ class RegistryClient:
         domain: str,
         trust_roots: Sequence[x509.Certificate],
         clock: IReactorTime,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.protocol = protocol
         self.domain = domain
         self.trust_roots = list(trust_roots)
         self.clock = clock
+        #: The host and port connected to (for :func:`connect_domain`: the target chosen).
+        self.host = host
+        self.port = port
+        #: Who the connection is logged in as, as far as the client knows (the client
+        #: certificate's identity, then what login, logout and whoami answer); None when
+        #: anonymous or not yet known.
+        self.identity = identity
         self.chain: CAChain | None = None
         self.verifier: RecordVerifier | None = None
 
@@ -279,14 +346,22 @@ class RegistryClient:
         """The server's versions, auth methods, limits and operations."""
         return _deferred(self._single("capabilities", "capabilities"))
 
-    @staticmethod
-    def _session(element: Element) -> SessionInfo:
+    def _session(self, element: Element) -> SessionInfo:
+        """Parse ``<session>`` (strictly) and remember who the connection is logged in as."""
+        check_fields(element, ("user", "method", "admin"))
         user = element.get("user")
-        return SessionInfo(
-            user=None if user is None else Identity.parse(user),
-            method=required(element, "method"),
-            is_admin=element.get("admin") == "true",
+        method = required(element, "method")
+        if method not in ("none", "certificate", "password"):
+            raise errors.BadRequest(f"unknown session method {method!r}")
+        if (user is None) != (method == "none"):
+            raise errors.BadRequest("a session names its user exactly when it is logged in")
+        session = SessionInfo(
+            user=None if user is None else parse_identity(user),
+            method=method,
+            is_admin=_boolean(element, "admin"),
         )
+        self.identity = session.user
+        return session
 
     def login(self, username: str, password: str) -> Deferred[SessionInfo]:
         """Log in with a user name and password."""
@@ -340,6 +415,10 @@ class RegistryClient:
                     sub_element(group, "attribute", {"name": name}, value)
             response = await self.protocol.request(operation)
             record, _account = parse_user(response.single("user"))
+            if user is None:
+                await self._check_own(record.identity)
+            else:
+                self._check_identity(record.identity, user)
             (await self._verifier()).verify(record)
             return record
 
@@ -352,9 +431,18 @@ class RegistryClient:
             element = await self._single(
                 "list-users", "users", {"offset": str(offset), "limit": str(limit), "prefix": prefix or None}
             )
+            check_fields(element, ("total", "offset"), ("user",))
+            total = int_attribute(element, "total")
+            if int_attribute(element, "offset") != offset:
+                raise errors.BadRequest(f"asked for users from {offset}, got another page")
             verifier = await self._verifier()
-            records = [verifier.verify(parse_user(child)[0]) for child in element]
-            return int(required(element, "total")), records
+            records = []
+            for child in element:
+                record, account = parse_user(child)
+                if account is not None:
+                    raise errors.BadRequest("a directory listing holds no account settings")
+                records.append(verifier.verify(record))
+            return total, records
 
         return _deferred(run())
 
@@ -373,6 +461,7 @@ class RegistryClient:
                 sub_element(operation, "endpoint", {"address": endpoint.address, "port": str(endpoint.port)})
             response = await self.protocol.request(operation)
             record = parse_addresses(response.single("addresses"))
+            await self._check_own(record.identity)
             return (await self._verifier()).verify(record)
 
         return _deferred(run())
@@ -392,6 +481,15 @@ class RegistryClient:
         wanted = asked if "@" in asked else f"{asked}@{self.domain}"
         if str(found) != wanted:
             raise errors.ServerVerificationFailed(f"asked for {wanted}, the registry answered for {found}")
+
+    async def _check_own(self, found: Identity) -> None:
+        """Refuse an answer about oneself that names someone else."""
+        if self.identity is None:
+            await self.whoami()
+        if found != self.identity:
+            raise errors.ServerVerificationFailed(
+                f"the registry answered for {found}, not for this connection's user {self.identity}"
+            )
 
     # -- certificates -----------------------------------------------------------------
 
@@ -452,6 +550,8 @@ class RegistryClient:
 
     async def _certificates(self, tag: str, attributes: dict[str, Any]) -> list[CertificateEntry]:
         element = await self._single(tag, "certificates", attributes)
+        check_fields(element, ("user",), ("certificate",))
+        parse_identity(required(element, "user"))
         return [parse_certificate(child) for child in element]
 
     def get_certificate(self, serial: int) -> Deferred[CertificateEntry]:
@@ -480,17 +580,13 @@ class RegistryClient:
 
         async def run() -> CertificateStatus:
             if certificate is not None:
+                asked = certificate.serial_number
                 pem = certificate.public_bytes(Encoding.PEM).decode("ascii")
                 element = await self._single("certificate-status", "status", {}, [("pem", pem)])
             else:
-                element = await self._single("certificate-status", "status", {"serial": format(serial or 0, "x")})
-            return CertificateStatus(
-                serial=int(required(element, "serial"), 16),
-                state=required(element, "state"),
-                user=element.get("user"),
-                revoked_at=element.get("revoked"),
-                reason=element.get("reason"),
-            )
+                asked = serial or 0
+                element = await self._single("certificate-status", "status", {"serial": format(asked, "x")})
+            return _parse_status(element, asked)
 
         return _deferred(run())
 
@@ -499,11 +595,18 @@ class RegistryClient:
 
         async def run() -> list[CRLInfo]:
             element = await self._single("get-crl", "crls")
+            check_fields(element, (), ("crl",))
+            issuers = [child.get("issuer") for child in element]
+            if issuers != ["issuing", "root"]:
+                raise errors.BadRequest("expected the issuing CA's CRL, then the root's")
             chain = await self.ca_chain()
             result = []
             for child in element:
+                check_fields(child, ("issuer", "number", "next-update"), ("pem",))
                 issuer = required(child, "issuer")
-                pem = (child.findtext("pem") or "").encode("ascii")
+                number = int_attribute(child, "number")
+                timestamp_attribute(child, "next-update")
+                pem = (child_text(child, "pem") or "").encode("ascii", "replace")
                 try:
                     crl = x509.load_pem_x509_crl(pem)
                 except ValueError:
@@ -511,7 +614,7 @@ class RegistryClient:
                 signer = chain.root if issuer == "root" else chain.issuing
                 if not crl.is_signature_valid(signer.public_key()):  # type: ignore[arg-type]
                     raise errors.ServerVerificationFailed(f"the {issuer} CRL's signature does not verify")
-                result.append(CRLInfo(issuer, int(required(child, "number")), crl))
+                result.append(CRLInfo(issuer, number, crl))
             return result
 
         return _deferred(run())
@@ -539,6 +642,8 @@ class RegistryClient:
 
         async def run() -> list[Pkcs12Info]:
             element = await self._single("list-pkcs12", "pkcs12-files", {"user": user})
+            check_fields(element, ("user",), ("pkcs12",))
+            parse_identity(required(element, "user"))
             return [parse_pkcs12(child) for child in element]
 
         return _deferred(run())
@@ -623,7 +728,7 @@ def split_server(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
         host, port = text, ""
     if not host:
         raise ValueError(f"no host in {text!r}")
-    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+    if port and (not is_decimal(port, 5) or not 1 <= int(port) <= 65535):
         raise ValueError(f"invalid port in {text!r}")
     return host, int(port) if port else default_port
 
@@ -657,7 +762,54 @@ def connect(
         except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
             raise errors.ConnectionLost(f"cannot connect to the registry at {host} port {port}: {error}") from None
         await _await_handshake(reactor, protocol, timeout)
-        return RegistryClient(protocol, domain, trust_roots, reactor)
+        identity = None
+        if client_certificate is not None:
+            try:
+                identity = identity_from_certificate(client_certificate)
+            except InvalidIdentity:
+                identity = None
+        return RegistryClient(protocol, domain, trust_roots, reactor, host=host, port=port, identity=identity)
+
+    return _deferred(run())
+
+
+def connect_domain(
+    reactor: Any,
+    domain: str,
+    *,
+    resolver: Any = None,
+    rng: random.Random | None = None,
+    **options: Any,
+) -> Deferred[RegistryClient]:
+    """Connect to the registry of ``domain``, found by DNS SRV (``_irp._tcp.<domain>``).
+
+    The targets :func:`irp.discovery.discover` returns are tried in order (by priority,
+    then weighted at random), falling back to the next on a failure to connect, to
+    complete TLS or to verify the server (each target must present a certificate for its
+    own name, chaining to the pinned root), or a timeout; with no SRV records, the domain
+    itself on port 4604. A domain that publishes that it has no registry fails with
+    ``not-found``. The client's ``host`` and ``port`` tell which target answered.
+    ``options`` are those of :func:`connect` (``trust_roots``, ``client_key``...);
+    ``resolver`` is a ``twisted.names`` resolver (default: the system's).
+    """
+
+    async def run() -> RegistryClient:
+        try:
+            targets = await discover(domain, resolver, rng)
+        except errors.IRPError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every DNS failure (timeout, SERVFAIL...) reads the same way
+            raise errors.ConnectionLost(f"cannot look up the registry of {domain} in the DNS: {error}") from None
+        if not targets:
+            raise errors.NotFound(f"{domain} publishes no IRP registry")
+        failures: list[errors.IRPError] = []
+        for host, port in targets:
+            try:
+                return await connect(reactor, host, port, domain=domain, **options)
+            except (errors.ConnectionLost, errors.Timeout, errors.ServerVerificationFailed) as error:
+                failures.append(error)
+        tried = "; ".join(f"{host} port {port}: {error.message}" for (host, port), error in zip(targets, failures))
+        raise type(failures[-1])(f"no registry of {domain} could be reached ({tried})")
 
     return _deferred(run())
 
@@ -691,4 +843,4 @@ async def _with_timeout(reactor: Any, waiting: Deferred[T], seconds: float, mess
             timer.cancel()
 
 
-__all__ = ["RegistryClient", "RegistryClientProtocol", "connect", "split_server", "verify_ca_chain"]
+__all__ = ["RegistryClient", "RegistryClientProtocol", "connect", "connect_domain", "split_server", "verify_ca_chain"]

@@ -4,8 +4,8 @@
                          every registry process of the domain must share;
 ``<data-dir>/server/``   the TLS server key and certificate of this host.
 
-Everything is created on first start and renewed when it nears its end or the host names
-change. Creation happens under an exclusive lock on ``<data-dir>/.lock`` so that several
+Everything is created on first start, and the server and record-signing certificates are
+renewed when they near their end (checked at start and daily) or the host names change. Creation happens under an exclusive lock on ``<data-dir>/.lock`` so that several
 processes starting together on one data directory end up with one set of credentials.
 """
 
@@ -68,6 +68,7 @@ def _load_or_issue(
     make_key: Callable[[], PrivateKey],
     issue: Callable[[PrivateKey], x509.Certificate],
     still_good: Callable[[x509.Certificate], bool],
+    renew_before: timedelta = RENEW_BEFORE,
 ) -> tuple[PrivateKey, x509.Certificate]:
     key_path = os.path.join(directory, "key.pem")
     certificate_path = os.path.join(directory, "certificate.pem")
@@ -75,7 +76,7 @@ def _load_or_issue(
     if os.path.exists(key_path) and os.path.exists(certificate_path):
         key = keyfiles.load_private_key(key_path)
         certificate = keyfiles.load_certificates(certificate_path)[0]
-        if certificate.not_valid_after_utc - now > RENEW_BEFORE and still_good(certificate):
+        if certificate.not_valid_after_utc - now > renew_before and still_good(certificate):
             return key, certificate
     else:
         key = make_key()
@@ -92,8 +93,15 @@ def load_or_create_credentials(
     *,
     key_type: str = "p384",
     now: Callable[[], datetime] | None = None,
+    renew_before: timedelta = RENEW_BEFORE,
 ) -> ServerCredentials:
-    """Load the registry's credentials from ``data_dir``, creating what is missing."""
+    """Load the registry's credentials from ``data_dir``, creating what is missing and
+    renewing the server and record-signing certificates when they end within
+    ``renew_before`` (or no longer fit: other host names, another issuing CA).
+
+    The registry runs this at start and then daily (see
+    :meth:`irp.service.RegistryService.renew_credentials`).
+    """
     with data_directory_lock(data_dir):
         ca = CertificateAuthority.load_or_create(
             os.path.join(data_dir, "ca"), domain, key_type=key_type, now=now
@@ -109,6 +117,7 @@ def load_or_create_credentials(
             lambda key: ca.issue_server_certificate(list(hostnames), key.public_key()),
             lambda certificate: certificate.issuer == issuing.subject
             and {name.lower() for name in _names_of(certificate)} == wanted,
+            renew_before,
         )
         signing_key, signing_certificate = _load_or_issue(
             os.path.join(data_dir, "ca", "record-signing"),
@@ -116,6 +125,7 @@ def load_or_create_credentials(
             ed25519.Ed25519PrivateKey.generate,
             lambda key: ca.issue_signing_certificate(key.public_key()),
             lambda certificate: certificate.issuer == issuing.subject,
+            renew_before,
         )
     if not isinstance(signing_key, ed25519.Ed25519PrivateKey):
         raise keyfiles.KeyFileError("the record-signing key must be an Ed25519 key")

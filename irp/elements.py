@@ -20,6 +20,7 @@ from irp.messages import (
     child_text,
     decode_base64,
     encode_base64,
+    is_decimal,
     parse_serial,
     required,
 )
@@ -28,23 +29,29 @@ from irp.timeutil import format_timestamp, parse_timestamp
 from irp.xmlcodec import Element, make_element, sub_element
 
 
-def _identity(text: str) -> Identity:
+def parse_identity(text: str) -> Identity:
+    """An identity from an answer (bad-request if malformed)."""
     try:
         return Identity.parse(text)
     except InvalidIdentity as error:
         raise errors.BadRequest(str(error)) from None
 
 
-def _timestamp(element: Element, name: str) -> int:
+def timestamp_attribute(element: Element, name: str) -> int:
+    """A required RFC 3339 timestamp attribute (ASCII digits only), as POSIX seconds."""
+    text = required(element, name)
     try:
-        return parse_timestamp(required(element, name))
+        if not text.isascii():
+            raise ValueError(f"invalid timestamp {text!r}: expected YYYY-MM-DDTHH:MM:SSZ")
+        return parse_timestamp(text)
     except ValueError as error:
         raise errors.BadRequest(str(error)) from None
 
 
-def _int(element: Element, name: str) -> int:
+def int_attribute(element: Element, name: str) -> int:
+    """A required non-negative integer attribute (ASCII digits, at most 19)."""
     value = required(element, name)
-    if not value.isdigit() or len(value) > 19:
+    if not is_decimal(value, 19):
         raise errors.BadRequest(f"{name!r} must be a non-negative integer")
     return int(value)
 
@@ -100,7 +107,7 @@ def parse_user(element: Element) -> tuple[UserRecord, AccountView | None]:
     account = None
     for child in element:
         if child.tag == "attribute":
-            check_fields(child, ("name",))
+            check_fields(child, ("name",), text=True)
             attributes.append((required(child, "name"), child.text or ""))
         elif account is None:
             check_fields(child, ("admin", "password-login", "has-password", "created", "updated"))
@@ -108,18 +115,18 @@ def parse_user(element: Element) -> tuple[UserRecord, AccountView | None]:
                 is_admin=required(child, "admin") == "true",
                 password_login=required(child, "password-login") == "true",
                 has_password=required(child, "has-password") == "true",
-                created_at=_timestamp(child, "created"),
-                updated_at=_timestamp(child, "updated"),
+                created_at=timestamp_attribute(child, "created"),
+                updated_at=timestamp_attribute(child, "updated"),
             )
         else:
             raise errors.BadRequest("<user> has more than one <account>")
     record = UserRecord(
-        identity=_identity(required(element, "id")),
+        identity=parse_identity(required(element, "id")),
         display_name=required(element, "display-name"),
         email=required(element, "email"),
         attributes=tuple(attributes),
-        seq=_int(element, "seq"),
-        signed_at=_timestamp(element, "signed-at"),
+        seq=int_attribute(element, "seq"),
+        signed_at=timestamp_attribute(element, "signed-at"),
         signature=decode_base64(required(element, "signature"), "signature"),
     )
     return record, account
@@ -153,16 +160,18 @@ def parse_addresses(element: Element) -> AddressRecord:
     for child in element:
         check_fields(child, ("address", "port"))
         try:
-            endpoints.append(Endpoint.parse(required(child, "address"), required(child, "port")))
+            # Exactly as sent: the signature covers the address text, which another
+            # Python version could format differently if it were normalised here.
+            endpoints.append(Endpoint.received(required(child, "address"), required(child, "port")))
         except errors.InvalidArgument as error:
             raise errors.BadRequest(error.message) from None
     return AddressRecord(
-        identity=_identity(required(element, "id")),
+        identity=parse_identity(required(element, "id")),
         presence=required(element, "presence"),
         endpoints=tuple(endpoints),
-        expires_at=_timestamp(element, "expires"),
-        seq=_int(element, "seq"),
-        signed_at=_timestamp(element, "signed-at"),
+        expires_at=timestamp_attribute(element, "expires"),
+        seq=int_attribute(element, "seq"),
+        signed_at=timestamp_attribute(element, "signed-at"),
         signature=decode_base64(required(element, "signature"), "signature"),
     )
 
@@ -231,13 +240,13 @@ def parse_certificate(element: Element) -> CertificateEntry:
     return CertificateEntry(
         serial=parse_serial(required(element, "serial")),
         fingerprint=required(element, "fingerprint"),
-        user=_identity(required(element, "user")),
+        user=parse_identity(required(element, "user")),
         origin=required(element, "origin"),
         status=required(element, "status"),
-        not_before=_timestamp(element, "not-before"),
-        not_after=_timestamp(element, "not-after"),
-        issued_at=_timestamp(element, "issued"),
-        revoked_at=None if revoked is None else _timestamp(element, "revoked"),
+        not_before=timestamp_attribute(element, "not-before"),
+        not_after=timestamp_attribute(element, "not-after"),
+        issued_at=timestamp_attribute(element, "issued"),
+        revoked_at=None if revoked is None else timestamp_attribute(element, "revoked"),
         reason=element.get("reason"),
         certificate=certificate,
     )
@@ -270,12 +279,12 @@ def parse_pkcs12(element: Element) -> Pkcs12Info:
     check_fields(element, ("id", "user", "label", "origin", "created", "size", "certificate-serial"), ("data",))
     text = child_text(element, "data", required_child=False, limit=1 << 20)
     return Pkcs12Info(
-        id=_int(element, "id"),
-        username=_identity(required(element, "user")).username,
+        id=int_attribute(element, "id"),
+        username=parse_identity(required(element, "user")).username,
         label=required(element, "label"),
         origin=required(element, "origin"),
         certificate_serial=element.get("certificate-serial"),
-        created_at=_timestamp(element, "created"),
-        size=_int(element, "size"),
+        created_at=timestamp_attribute(element, "created"),
+        size=int_attribute(element, "size"),
         data=None if text is None else decode_base64(text, "PKCS#12 data"),
     )

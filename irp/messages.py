@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from irp import errors
-from irp.xmlcodec import Element, XMLRejected, make_element, parse_document, serialize
+from irp.xmlcodec import (
+    MAX_ELEMENTS,
+    Element,
+    XMLRejected,
+    make_element,
+    parse_document,
+    serialize,
+)
 
 #: Callables given every serialised message (tests use this to check each message against
 #: the schema). Empty in production, where it costs one truth test per message.
@@ -25,6 +32,12 @@ message_observers: list[Callable[[bytes], None]] = []
 PROTOCOL_VERSION = "1"
 SUPPORTED_VERSIONS = ("1",)
 MAX_REQUEST_ID = 2**31 - 1
+#: The most elements a response may hold. The largest answer the protocol defines is a
+#: full ``list-users`` page: 200 ``<user>`` entries of up to 1 + 32 elements each (the
+#: entry and its attributes), plus ``<users>`` and ``<response>``: 6 602 elements. Lists of
+#: certificates grow with revoked ones; the cap leaves room for ten times as much, and
+#: bounds what a (16 MiB) response can cost to parse.
+MAX_RESPONSE_ELEMENTS = 65536
 
 
 @dataclass(frozen=True)
@@ -58,46 +71,81 @@ def _observed(payload: bytes) -> bytes:
     return payload
 
 
-def parse_xml(payload: bytes) -> Element:
+def is_decimal(text: str, max_digits: int) -> bool:
+    """True if ``text`` is 1 to ``max_digits`` ASCII digits.
+
+    (``str.isdigit`` also accepts digits of other scripts and superscripts, such as
+    ``"\u0663"`` and ``"\u00b2"``, which ``int`` either refuses or reads.)
+    """
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
+def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:
     """Parse untrusted bytes, turning codec failures into IRP errors."""
     try:
-        return parse_document(payload)
+        return parse_document(payload, max_elements=max_elements)
     except XMLRejected as error:
         if error.forbidden:
             raise errors.ForbiddenMarkup(str(error)) from None
         raise errors.MalformedMessage(str(error)) from None
 
 
-def _parse_envelope(root: Element, tag: str) -> int:
-    if root.tag != tag:
-        raise errors.BadRequest(f"expected a <{tag}> document, got <{root.tag}>")
+def _check_version(root: Element) -> None:
     version = root.get("v")
     if version not in SUPPORTED_VERSIONS:
         raise errors.UnsupportedVersion(
             f"protocol version {version!r} is not supported; this side speaks {', '.join(SUPPORTED_VERSIONS)}"
         )
+
+
+def _message_id(root: Element) -> int | None:
+    """The envelope's id, or None when it is missing or not an integer 0 to 2**31-1."""
     raw_id = root.get("id", "")
-    if not raw_id.isdigit() or len(raw_id) > 10 or int(raw_id) > MAX_REQUEST_ID:
-        raise errors.BadRequest("the id attribute must be an integer from 0 to 2147483647")
+    if not is_decimal(raw_id, 10) or int(raw_id) > MAX_REQUEST_ID:
+        return None
     return int(raw_id)
 
 
+def request_id_of(error: errors.IRPError) -> int:
+    """The id of the request (or response) an error raised while parsing it belongs to;
+    0 when the error concerns the connection (the id could not be read)."""
+    return int(getattr(error, "request_id", 0))
+
+
+def _check_text(element: Element) -> None:
+    """Refuse text (other than white space) directly inside ``element``."""
+    if (element.text or "").strip() or any((child.tail or "").strip() for child in element):
+        raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
+
+
 def parse_request(payload: bytes) -> Request:
-    """Parse one request frame."""
+    """Parse one request frame.
+
+    A refused request whose id could be read is a non-fatal error that carries the id in
+    ``request_id`` (see :func:`request_id_of`), so that it is answered like any other. A
+    document whose id cannot be read (not a ``<request>``, no id, or one that is not an
+    integer from 1 to 2**31-1) is a fatal ``malformed-message``: its answer could not be
+    matched to a request, and id 0 on the wire always means the connection is ending.
+    """
     root = parse_xml(payload)
-    request_id = _parse_envelope(root, "request")
-    if request_id == 0:
-        raise errors.BadRequest("request ids start at 1")
-    extra = set(root.keys()) - {"v", "id"}
-    if extra:
-        raise errors.BadRequest(f"unknown attribute {sorted(extra)[0]!r} on <request>")
-    children = list(root)
-    if len(children) != 1 or (root.text or "").strip():
-        raise errors.BadRequest("a request holds exactly one operation element")
-    operation = children[0]
-    if (operation.tail or "").strip():
-        raise errors.BadRequest("text outside the operation element")
-    return Request(request_id, operation.tag, operation)
+    if root.tag != "request":
+        raise errors.MalformedMessage(f"expected a <request> document, got <{root.tag}>")
+    _check_version(root)
+    request_id = _message_id(root)
+    if not request_id:
+        raise errors.MalformedMessage("the request has no usable id (an integer from 1 to 2147483647)")
+    try:
+        extra = set(root.keys()) - {"v", "id"}
+        if extra:
+            raise errors.BadRequest(f"unknown attribute {sorted(extra)[0]!r} on <request>")
+        children = list(root)
+        if len(children) != 1:
+            raise errors.BadRequest("a request holds exactly one operation element")
+        _check_text(root)
+    except errors.IRPError as error:
+        error.request_id = request_id  # type: ignore[attr-defined]
+        raise
+    return Request(request_id, children[0].tag, children[0])
 
 
 def build_request(request_id: int, operation: Element) -> bytes:
@@ -128,39 +176,56 @@ def error_response(request_id: int, error: errors.IRPError) -> bytes:
 def parse_response(payload: bytes) -> Response:
     """Parse a response frame; an error response raises the matching IRPError.
 
-    The raised error carries the response id in ``request_id``.
+    The raised error carries the response id in ``request_id`` (see :func:`request_id_of`;
+    0 when the id could not be read). Responses may hold up to
+    :data:`MAX_RESPONSE_ELEMENTS` elements.
     """
-    root = parse_xml(payload)
-    response_id = _parse_envelope(root, "response")
-    status = root.get("status")
-    if status == "ok":
-        return Response(response_id, list(root))
-    if status == "error":
-        detail = root.find("error")
-        if detail is None:
-            raise errors.BadRequest("an error response without an <error> element")
+    root = parse_xml(payload, MAX_RESPONSE_ELEMENTS)
+    if root.tag != "response":
+        raise errors.BadRequest(f"expected a <response> document, got <{root.tag}>")
+    _check_version(root)
+    response_id = _message_id(root)
+    if response_id is None:
+        raise errors.BadRequest("the id attribute must be an integer from 0 to 2147483647")
+    try:
+        status = root.get("status")
+        # The result elements are the caller's to check; the envelope holds nothing else.
+        check_fields(root, ("v", "id", "status"), [child.tag for child in root])
+        if status == "ok":
+            return Response(response_id, list(root))
+        if status != "error":
+            raise errors.BadRequest(f"unknown response status {status!r}")
+        if len(root) != 1 or root[0].tag != "error":
+            raise errors.BadRequest("an error response holds exactly one <error> element")
+        detail = root[0]
+        check_fields(detail, ("code", "name"), text=True)
         code = detail.get("code", "500")
         name = detail.get("name", "internal-error")
-        cls = errors.error_class_for(name, int(code) if code.isdigit() else 500)
+        cls = errors.error_class_for(name, int(code) if is_decimal(code, 3) else 500)
         failure = cls(detail.text or None)
-        failure.request_id = response_id  # type: ignore[attr-defined]
-        raise failure
-    raise errors.BadRequest(f"unknown response status {status!r}")
+    except errors.IRPError as error:
+        error.request_id = response_id  # type: ignore[attr-defined]
+        raise
+    failure.request_id = response_id  # type: ignore[attr-defined]
+    raise failure
 
 
 # -- strict field access ------------------------------------------------------------
 
 
 def check_fields(
-    element: Element, attributes: Sequence[str] = (), children: Sequence[str] = ()
+    element: Element, attributes: Sequence[str] = (), children: Sequence[str] = (), *, text: bool = False
 ) -> None:
-    """Refuse attributes and child elements other than those named."""
+    """Refuse attributes and child elements other than those named, and text (other than
+    white space between elements) unless ``text`` is true."""
     for name in element.keys():
         if name not in attributes:
             raise errors.BadRequest(f"unknown attribute {name!r} on <{element.tag}>")
     for child in element:
         if child.tag not in children:
             raise errors.BadRequest(f"unknown element <{child.tag}> in <{element.tag}>")
+    if not text:
+        _check_text(element)
 
 
 def required(element: Element, name: str) -> str:
@@ -176,7 +241,7 @@ def optional_int(element: Element, name: str, default: int, low: int, high: int)
     value = element.get(name)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 12:
+    if not is_decimal(value, 12):
         raise errors.BadRequest(f"{name!r} must be a non-negative integer")
     number = int(value)
     if not low <= number <= high:
@@ -200,7 +265,11 @@ def bool_text(value: bool) -> str:
 
 
 def child_text(element: Element, tag: str, *, required_child: bool = True, limit: int = 65536) -> str | None:
-    """Return the text of the single child ``tag``."""
+    """Return the text of the single child ``tag``, which has no attributes or elements.
+
+    Text longer than ``limit`` characters is an ``invalid-argument`` error: a field's limit
+    is not the frame's (only a frame over the size limit ends the connection).
+    """
     found = element.findall(tag)
     if not found:
         if required_child:
@@ -209,11 +278,10 @@ def child_text(element: Element, tag: str, *, required_child: bool = True, limit
     if len(found) > 1:
         raise errors.BadRequest(f"<{element.tag}> has more than one <{tag}>")
     child = found[0]
-    if len(child):
-        raise errors.BadRequest(f"<{tag}> must hold only text")
+    check_fields(child, text=True)
     text = child.text or ""
     if len(text) > limit:
-        raise errors.MessageTooLarge(f"<{tag}> is longer than {limit} characters")
+        raise errors.InvalidArgument(f"<{tag}> is longer than {limit} characters")
     return text
 
 

@@ -24,7 +24,13 @@ from zope.interface import implementer
 
 from irp import errors
 from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
-from irp.messages import Request, error_response, ok_response, parse_request
+from irp.messages import (
+    Request,
+    error_response,
+    ok_response,
+    parse_request,
+    request_id_of,
+)
 from irp.ratelimit import ConnectionCounter
 from irp.registry import Registry, Session
 from irp.tls import send_without_delay
@@ -72,6 +78,8 @@ class RegistryServerProtocol(Protocol):
         self.closing = False
         self.writes_paused = False
         self.counted = False
+        #: Whether the protocol is registered as its transport's producer.
+        self.producing = False
         self._deadline: IDelayedCall | None = None
         self._frame_deadline: IDelayedCall | None = None
         self._peer_host = "unknown"
@@ -101,6 +109,7 @@ class RegistryServerProtocol(Protocol):
         self.counted = True
         send_without_delay(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.producing = True
         self._set_deadline(self.limits.handshake_timeout, "the TLS handshake and first request took too long")
 
     def handshakeCompleted(self) -> None:
@@ -152,8 +161,11 @@ class RegistryServerProtocol(Protocol):
             except errors.IRPError as error:
                 log.warn("Bad request from {host}: {error}", host=self._peer_host, error=str(error))
                 # Answered in order, after the requests before it; a fatal one ends the
-                # connection once those are answered, and nothing after it is read.
-                if error.fatal:
+                # connection once those are answered, and nothing after it is read. A
+                # refusal that cannot name its request is fatal too: id 0 on the wire
+                # always means the connection is ending.
+                request_id = request_id_of(error)
+                if error.fatal or request_id == 0:
                     self.pending.append(Refusal(0, error))
                     self.reading_stopped = True
                     self._cancel(self._frame_deadline)
@@ -161,7 +173,7 @@ class RegistryServerProtocol(Protocol):
                     self.transport.pauseProducing()  # type: ignore[union-attr]
                     self._drain()
                     return
-                self.pending.append(Refusal(_request_id_of(frame), error))
+                self.pending.append(Refusal(request_id, error))
                 continue
             self.pending.append(request)
         self._watch_frame(restart=bool(frames))
@@ -189,7 +201,7 @@ class RegistryServerProtocol(Protocol):
                     return
                 request = self.pending.popleft()
                 if isinstance(request, Refusal):
-                    if request.error.fatal:
+                    if request.error.fatal or request.request_id == 0:
                         self._fail(request.error, request.request_id)
                     else:
                         self._write(error_response(request.request_id, request.error))
@@ -265,8 +277,19 @@ class RegistryServerProtocol(Protocol):
         self.closing = True
         self._cancel(self._deadline)
         self._cancel(self._frame_deadline)
+        self._frame_deadline = None
+        if self.producing:
+            # While a producer is registered, the TLS layer holds close_notify back (it
+            # waits for the producer to go), and the socket would stay open until _abort.
+            self.producing = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+        # Read again (reading may be paused), so that the peer's close_notify, which
+        # completes the TLS shutdown and closes the socket, is seen; nothing read after
+        # this point reaches dataReceived's parser.
+        self.transport.resumeProducing()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
-        # A peer that does not read what we send cannot hold the socket open.
+        # A peer that does not read what we send, or does not answer close_notify, cannot
+        # hold the socket (and its per-address slot) open.
         self._deadline = self.clock.callLater(self.limits.frame_timeout, self._abort)
 
     def _abort(self) -> None:
@@ -308,16 +331,6 @@ class RegistryServerProtocol(Protocol):
     def _cancel(call: IDelayedCall | None) -> None:
         if call is not None and call.active():
             call.cancel()
-
-
-def _request_id_of(frame: bytes) -> int:
-    """Best-effort request id of a refused request (0 if none can be found)."""
-    marker = frame.find(b' id="')
-    if marker == -1 or marker > 200:
-        return 0
-    end = frame.find(b'"', marker + 5)
-    digits = frame[marker + 5 : end]
-    return int(digits) if digits.isdigit() and len(digits) <= 10 else 0
 
 
 class RegistryServerFactory(Factory):

@@ -56,30 +56,61 @@ class Endpoint:
 
     @classmethod
     def parse(cls, address: str, port: int | str) -> Endpoint:
-        """Validate and normalise an IPv6 or IPv4 address and a TCP port."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            raise InvalidArgument(f"{address!r} is not an IPv6 or IPv4 address") from None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-            # A zone (%eth0) means nothing off the registering host, and is free text.
-            raise InvalidArgument("addresses with a zone (%...) cannot be registered")
-        if ip.is_multicast or ip.is_unspecified:
-            raise InvalidArgument(f"{address} cannot be registered (multicast or unspecified)")
-        if isinstance(port, str) and not (port.isascii() and port.isdigit() and len(port) <= 5):
-            raise InvalidArgument(f"{port!r} is not a port number")
-        try:
-            number = int(port)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"{port!r} is not a port number") from None
-        if not 1 <= number <= 65535:
-            raise InvalidArgument(f"port {number} is outside 1-65535")
-        return cls(ip.compressed, number)
+        """Validate and normalise an IPv6 or IPv4 address and a TCP port, for registering.
+
+        IPv4-mapped (``::ffff:192.0.2.1``) and IPv4-compatible (``::192.0.2.1``) IPv6
+        addresses are refused: the IPv4 address itself is registered instead (and Python
+        versions write such addresses differently, see gh-87799, while the record's
+        signature covers the text).
+        """
+        ip = _check_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and (
+            ip.ipv4_mapped is not None or (int(ip) >> 32 == 0 and int(ip) > 1)
+        ):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            raise InvalidArgument(
+                f"{address} is an IPv4 address written as IPv6: register {embedded} instead"
+            )
+        return cls(ip.compressed, _check_port(port))
+
+    @classmethod
+    def received(cls, address: str, port: str) -> Endpoint:
+        """Validate an endpoint of a record received from a registry, keeping the address
+        text exactly as sent: the record's signature covers that text."""
+        _check_address(address)
+        return cls(address, _check_port(port))
 
     @property
     def family(self) -> str:
         """``"ipv6"`` or ``"ipv4"``."""
         return "ipv6" if ":" in self.address else "ipv4"
+
+
+def _check_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse an endpoint address; refuse zones, multicast and unspecified addresses."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidArgument(f"{address!r} is not an IPv6 or IPv4 address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        # A zone (%eth0) means nothing off the registering host, and is free text.
+        raise InvalidArgument("addresses with a zone (%...) cannot be registered")
+    if ip.is_multicast or ip.is_unspecified:
+        raise InvalidArgument(f"{address} cannot be registered (multicast or unspecified)")
+    return ip
+
+
+def _check_port(port: int | str) -> int:
+    """A TCP port, 1-65535 (as text: ASCII digits only)."""
+    if isinstance(port, str) and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise InvalidArgument(f"{port!r} is not a port number")
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{port!r} is not a port number") from None
+    if not 1 <= number <= 65535:
+        raise InvalidArgument(f"port {number} is outside 1-65535")
+    return number
 
 
 @dataclass(frozen=True)
@@ -209,6 +240,15 @@ def check_text_field(name: str, value: str, limit: int = MAX_TEXT_FIELD) -> str:
     # these fields end up on other users' terminals.
     if any(unicodedata.category(character) == "Cc" and character != "\t" for character in value):
         raise InvalidArgument(f"{name} contains control characters")
+    return value
+
+
+def check_email(value: str) -> str:
+    """Refuse an email address that is not empty, one text field with an ``@`` and no
+    space (the registry does not otherwise judge addresses)."""
+    check_text_field("email", value)
+    if value and ("@" not in value or " " in value):
+        raise InvalidArgument(f"{value!r} is not an email address")
     return value
 
 

@@ -20,7 +20,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from irp import errors
-from irp.ca import REVOCATION_REASONS, CertificateAuthority, RevokedEntry, check_public_key
+from irp.ca import (
+    DEFAULT_ROOT_CRL_LIFETIME,
+    REVOCATION_REASONS,
+    CertificateAuthority,
+    RevokedEntry,
+    check_public_key,
+)
 from irp.elements import (
     AccountView,
     addresses_element,
@@ -52,6 +58,7 @@ from irp.records import (
     CertificateInfo,
     Endpoint,
     check_attributes,
+    check_email,
     check_presence,
     check_text_field,
 )
@@ -65,6 +72,31 @@ log = Logger()
 ThreadRunner = Callable[..., Deferred[Any]]
 
 KEY_TYPES = ("p384", "p256", "ed25519")
+
+_TEXT_ONLY: tuple[tuple[str, ...], tuple[str, ...], bool] = ((), (), True)
+
+#: The fields of the elements inside operation elements: their attributes, their child
+#: elements and whether they hold text. Checked, with the operation's own, before the login.
+CHILD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
+    "password": _TEXT_ONLY,
+    "current-password": _TEXT_ONLY,
+    "csr": _TEXT_ONLY,
+    "pem": _TEXT_ONLY,
+    "data": _TEXT_ONLY,
+    "passphrase": _TEXT_ONLY,
+    "endpoint": (("address", "port"), (), False),
+    "attributes": ((), ("attribute",), False),
+    "attribute": (("name",), (), True),
+}
+
+
+def check_children(element: Element) -> None:
+    """Check the fields of every element inside an operation element (see
+    :data:`CHILD_FIELDS`; the operation's own check let only known tags through)."""
+    for child in element:
+        attributes, children, text = CHILD_FIELDS[child.tag]
+        check_fields(child, attributes, children, text=text)
+        check_children(child)
 
 
 @dataclass
@@ -98,9 +130,11 @@ class Session:
     identity: Identity | None = None
     method: str = "none"  # "certificate" or "password" once authenticated
     certificate_serial: int | None = None
-    #: The password hash a password login was checked against: when it changes (the
-    #: password was changed or reset) the session ends.
-    password_hash: str | None = None
+    #: When the login certificate expires (POSIX seconds): the session ends then.
+    certificate_not_after: int | None = None
+    #: The password version a password login was checked against: when it changes (the
+    #: password was changed or reset, not merely rehashed) the session ends.
+    password_version: int | None = None
     #: The security generation the session was last validated at.
     generation: int = 0
     #: Set when a presented client certificate was refused; every request then fails.
@@ -210,12 +244,30 @@ class Registry:
         if operation is None:
             raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
         check_fields(request.element, operation.attributes, operation.children)
+        check_children(request.element)
         if operation.needs_login:
             if session.identity is None:
                 raise errors.NotAuthenticated()
-            if session.generation != self.generation:
-                await self._revalidate(session)
+            await self._check_session(session)
         return await operation.handler(session, request.element)
+
+    async def _check_session(self, session: Session) -> None:
+        """Before a request that needs a login: end a certificate session whose certificate
+        has expired, and re-validate a session after security changes."""
+        if session.certificate_not_after is not None and self._now() > session.certificate_not_after:
+            self._end_session(session)
+            raise errors.CertificateRejected("your certificate has expired: connect with a current one")
+        if session.generation != self.generation:
+            await self._revalidate(session)
+
+    @staticmethod
+    def _end_session(session: Session) -> None:
+        """Make ``session`` anonymous."""
+        session.identity = None
+        session.method = "none"
+        session.certificate_serial = None
+        session.certificate_not_after = None
+        session.password_version = None
 
     async def _revalidate(self, session: Session) -> None:
         """Re-check a session after revocations or account changes anywhere."""
@@ -230,11 +282,10 @@ class Registry:
                 failure = errors.CertificateRejected("your certificate has been revoked or has expired")
         elif session.method == "password" and not account.password_login:
             failure = errors.PasswordLoginDisabled()
-        elif session.method == "password" and account.password_hash != session.password_hash:
+        elif session.method == "password" and account.password_version != session.password_version:
             failure = errors.NotAuthenticated("your password was changed: log in again")
         if failure is not None:
-            session.identity = None
-            session.method = "none"
+            self._end_session(session)
             raise failure
         session.generation = generation
 
@@ -357,7 +408,8 @@ class Registry:
         session.identity = Identity(info.username, self.domain)
         session.method = "certificate"
         session.certificate_serial = info.serial
-        session.password_hash = None
+        session.certificate_not_after = info.not_after
+        session.password_version = None
         session.generation = self.generation
         log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
 
@@ -383,30 +435,28 @@ class Registry:
         # Only the user's count is cleared: the address's failures stand, or one account of
         # one's own would reset the budget for guessing other users' passwords.
         self.user_limiter.record_success(user_key)
-        password_hash = account.password_hash
-        if self.hasher.needs_rehash(password_hash or ""):
-            password_hash = await self.run_in_thread(self.hasher.hash, password)
-            await self.store.set_password_hash(username, password_hash)
+        if account.password_hash is not None and self.hasher.needs_rehash(account.password_hash):
+            # The same password with the current parameters: not a new password (the
+            # version stays, so no session of the user ends).
+            new_hash = await self.run_in_thread(self.hasher.hash, password)
+            await self.store.rehash_password(username, account.password_hash, new_hash)
+        self._end_session(session)
         session.identity = Identity(username, self.domain)
         session.method = "password"
-        session.certificate_serial = None
-        session.password_hash = password_hash
+        session.password_version = account.password_version
         session.generation = self.generation
         log.info("{user} logged in with a password from {host}", user=str(session.identity), host=session.peer_host)
         return [self._session_element(session, account.is_admin)]
 
     async def logout(self, session: Session, element: Element) -> list[Element]:
         """End the login (a certificate login ends too, until the next connection)."""
-        session.identity = None
-        session.method = "none"
-        session.certificate_serial = None
-        session.password_hash = None
+        self._end_session(session)
         return [self._session_element(session, False)]
 
     async def whoami(self, session: Session, element: Element) -> list[Element]:
         """Who the session is logged in as."""
-        if session.identity is not None and session.generation != self.generation:
-            await self._revalidate(session)
+        if session.identity is not None:
+            await self._check_session(session)
         is_admin = session.identity is not None and await self._caller_is_admin(session)
         return [self._session_element(session, is_admin)]
 
@@ -428,9 +478,7 @@ class Registry:
         if display_name is not None:
             check_text_field("display-name", display_name)
         if email is not None:
-            check_text_field("email", email)
-            if email and ("@" not in email or " " in email):
-                raise errors.InvalidArgument(f"{email!r} is not an email address")
+            check_email(email)
         attributes = None
         groups = element.findall("attributes")
         loose = element.findall("attribute")
@@ -439,11 +487,10 @@ class Registry:
         if len(groups) > 1:
             raise errors.BadRequest("more than one <attributes> element")
         if groups:
+            check_fields(groups[0], (), ("attribute",))
             pairs = []
             for child in groups[0]:
-                if child.tag != "attribute":
-                    raise errors.BadRequest(f"unknown element <{child.tag}> in <attributes>")
-                check_fields(child, ("name",))
+                check_fields(child, ("name",), text=True)
                 pairs.append((required(child, "name"), child.text or ""))
             attributes = check_attributes(pairs)
         account = await self.store.update_user(
@@ -458,6 +505,7 @@ class Registry:
         prefix = element.get("prefix", "")
         if len(prefix) > 63:
             raise errors.InvalidArgument("the prefix is too long")
+        prefix = prefix.lower()  # user names are lower case
         total, accounts = await self.store.list_users(offset, limit, prefix)
         result = make_element("users", {"total": str(total), "offset": str(offset)})
         for account in accounts:
@@ -629,6 +677,7 @@ class Registry:
             raise errors.InvalidArgument(
                 "the certificate must name you: an irp: URI with your identity or your registered email"
             )
+        await self._check_certificate_quota(session.username)
         info = await self.store.add_certificate(session.username, certificate, fingerprint(certificate), origin="external")
         return [self._certificate_element(info, with_pem=False)]
 
@@ -674,7 +723,7 @@ class Registry:
         text = child_text(element, "data", limit=self.config.max_pkcs12_size * 2) or ""
         data = decode_base64(text, "PKCS#12 data")
         if len(data) > self.config.max_pkcs12_size:
-            raise errors.MessageTooLarge(f"PKCS#12 files may have at most {self.config.max_pkcs12_size} bytes")
+            raise errors.InvalidArgument(f"PKCS#12 files may have at most {self.config.max_pkcs12_size} bytes")
         if not looks_like_pkcs12(data):
             raise errors.InvalidArgument("the data is not a DER-encoded PKCS#12 (PFX version 3) file")
         await self._check_pkcs12_quota(session.username)
@@ -690,8 +739,9 @@ class Registry:
         await self._self_or_admin(session, old.username)
         if old.origin != "issued":
             raise errors.InvalidArgument("only certificates issued by this registry can be renewed")
-        if old.revoked_at is not None:
-            raise errors.InvalidArgument("a revoked certificate cannot be renewed")
+        status = old.status(self._now())
+        if status != "good":
+            raise errors.InvalidArgument(f"only good certificates can be renewed; this one is {status}")
         csr_text = child_text(element, "csr", required_child=False, limit=16384)
         identity = Identity(old.username, self.domain)
         validity = self.config.certificate_validity
@@ -727,7 +777,12 @@ class Registry:
         return [self._certificate_element(revoked, with_pem=False)]
 
     async def current_crls(self) -> list[tuple[str, int, int, bytes]]:
-        """The issuing CA's and the root's current CRLs: (issuer, number, next update, DER)."""
+        """The issuing CA's and the root's current CRLs: (issuer, number, next update, DER).
+
+        The issuing CRL lives ``crl_lifetime``, the root's (always empty)
+        :data:`~irp.ca.DEFAULT_ROOT_CRL_LIFETIME`; each is rebuilt in the last quarter of
+        its life (and the issuing one after every revocation).
+        """
         lifetime = self.config.crl_lifetime
         refresh_before = int(lifetime.total_seconds() // 4)
 
@@ -742,11 +797,14 @@ class Registry:
             return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
 
         def build_root(number: int, entries: list[tuple[int, int, str | None]]) -> tuple[bytes, int]:
-            crl = self.ca.build_root_crl(number, next_update_after=lifetime)
+            # The root CRL only ever lists nothing (the issuing CA is never revoked): it
+            # lives longer than the issuing CA's.
+            crl = self.ca.build_root_crl(number, next_update_after=DEFAULT_ROOT_CRL_LIFETIME)
             return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
 
         issuing = await self.store.refresh_crl("issuing", build_issuing, refresh_before)
-        root = await self.store.refresh_crl("root", build_root, refresh_before)
+        root_refresh_before = int(DEFAULT_ROOT_CRL_LIFETIME.total_seconds() // 4)
+        root = await self.store.refresh_crl("root", build_root, root_refresh_before)
         return [
             (stored.issuer, stored.crl_number, stored.next_update, stored.der) for stored in (issuing, root)
         ]
@@ -817,7 +875,7 @@ class Registry:
         return [await self.add_user(
             self._local_username(required(element, "user")),
             display_name=check_text_field("display-name", element.get("display-name", "")),
-            email=check_text_field("email", element.get("email", "")),
+            email=check_email(element.get("email", "")),
             is_admin=bool(optional_bool(element, "admin", False)),
             password=child_text(element, "password", required_child=False, limit=1024),
             password_login=bool(optional_bool(element, "password-login", True)),
@@ -866,7 +924,8 @@ class Registry:
         new_hash = await self.run_in_thread(self.hasher.hash, new_password)
         account = await self.store.set_password_hash(username, new_hash)
         if username == session.username and session.method == "password":
-            session.password_hash = new_hash  # the caller stays logged in; other sessions end
+            # The caller stays logged in; other password sessions of the user end.
+            session.password_version = account.password_version
         self.security_changed()
         log.info("Password of {user} set by {caller}", user=username, caller=str(session.identity))
         return [user_element(account.record, self._account_view(account))]

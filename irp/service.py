@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -17,7 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from irp import errors, keyfiles
-from irp.credentials import ServerCredentials, load_or_create_credentials
+from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import ConnectionLimits, RegistryServerFactory
 from irp.records import RecordSigner
@@ -47,6 +49,9 @@ class RegistrySettings:
     argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
     sweep_interval: float = 15.0
     sync_interval: float = 5.0
+    #: How often to renew the server and record-signing certificates that are within
+    #: RENEW_BEFORE of their end (a long-running registry must not serve expired ones).
+    renew_interval: float = 86400.0
 
     @property
     def database_url(self) -> str:
@@ -67,7 +72,9 @@ class RegistryService(service.Service):
         self.ports: list[IListeningPort] = []
         self.loops: list[LoopingCall] = []
         self.ready: Deferred[RegistryService] = Deferred()
-        self._last_revocations: int | None = None
+        self._last_security_events: int | None = None
+        #: The TLS connection creator of every listener: holds the current context.
+        self.tls: ServerTLS | None = None
 
     def prepare_credentials(self) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous)."""
@@ -108,12 +115,17 @@ class RegistryService(service.Service):
         config = settings.config or RegistryConfig(domain=settings.domain)
         config.max_request = settings.limits.max_request
         config.idle_timeout = settings.limits.idle_timeout
+        hasher = PasswordHasher(settings.argon2)
+        # Checking a password of an unknown user costs one hash of a dummy hash, computed
+        # once: now, in a thread, rather than during the first such login (which would then
+        # cost two hashes, and tell that the user does not exist).
+        await self._run_in_thread(hasher.verify, "", None)
         self.registry = Registry(
             config=config,
             store=self.store,
             ca=ca,
             signing_certificate=credentials.signing_certificate,
-            hasher=PasswordHasher(settings.argon2),
+            hasher=hasher,
             clock=self.reactor,
             run_in_thread=self._run_in_thread,
         )
@@ -122,13 +134,8 @@ class RegistryService(service.Service):
         self.factory = RegistryServerFactory(
             self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
         )
-        context = make_server_context(
-            credentials.server_key,
-            credentials.server_certificate,
-            [ca.issuing_certificate],
-            client_ca_names=[ca.root_certificate],
-        )
-        tls_factory = TLSMemoryBIOFactory(ServerTLS(context), False, self.factory)
+        self.tls = ServerTLS(self._server_context(credentials))
+        tls_factory = TLSMemoryBIOFactory(self.tls, False, self.factory)
         for description in settings.listen:
             port = await serverFromString(self.reactor, description).listen(tls_factory)
             self.ports.append(port)
@@ -145,9 +152,68 @@ class RegistryService(service.Service):
         )
         self._start_loop(self._sweep, settings.sweep_interval)
         # The baseline: later changes made through other processes end sessions here.
-        self._last_revocations = await self.store.revocation_generation()
+        self._last_security_events = await self.store.security_generation()
         self._start_loop(self._sync_generation, settings.sync_interval)
+        self._start_loop(self._daily_renewal, settings.renew_interval)
         return self
+
+    @staticmethod
+    def _server_context(credentials: ServerCredentials) -> SSL.Context:
+        ca = credentials.ca
+        return make_server_context(
+            credentials.server_key,
+            credentials.server_certificate,
+            [ca.issuing_certificate],
+            client_ca_names=[ca.root_certificate],
+        )
+
+    async def _daily_renewal(self) -> None:
+        # A failure (a full disk, say) is logged and tried again the next day, rather
+        # than ending the loop.
+        try:
+            await self.renew_credentials()
+        except Exception:  # noqa: BLE001 - logged with its traceback
+            log.failure("Renewing the registry's certificates failed; trying again in a day")
+
+    async def renew_credentials(self, renew_before: timedelta = RENEW_BEFORE) -> None:
+        """Renew the server and record-signing certificates that end within
+        ``renew_before`` (the daily check), and put renewed ones to use.
+
+        A new server certificate serves new connections (open ones keep theirs); a new
+        record-signing certificate (for the same key) is served by ``ca-chain`` and signs
+        from now on. Another process of the domain may have renewed them already: what is
+        on disk is loaded either way.
+        """
+        assert self.credentials is not None and self.registry is not None and self.store is not None
+        settings = self.settings
+        old = self.credentials
+        loaded: ServerCredentials = await self._run_in_thread(
+            load_or_create_credentials,
+            settings.data_dir,
+            settings.domain,
+            settings.hostnames,
+            key_type=settings.key_type,
+            renew_before=renew_before,
+        )
+        # The CA in use stays (it is never renewed here; the same one is on disk).
+        new = ServerCredentials(
+            old.ca, loaded.server_key, loaded.server_certificate, loaded.signing_key, loaded.signing_certificate
+        )
+        if new.server_certificate != old.server_certificate:
+            if self.tls is not None:
+                self.tls.context = self._server_context(new)
+            log.info(
+                "Renewed the TLS server certificate; new connections get the one valid until {until}",
+                until=new.server_certificate.not_valid_after_utc.isoformat(),
+            )
+        if new.signing_certificate != old.signing_certificate:
+            self.store.signer = RecordSigner(new.signing_key, new.signing_certificate)
+            self.registry.signing_certificate = new.signing_certificate
+            log.info(
+                "Renewed the record-signing certificate, valid until {until}",
+                until=new.signing_certificate.not_valid_after_utc.isoformat(),
+            )
+        self.credentials = new
 
     def _run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
@@ -186,12 +252,14 @@ class RegistryService(service.Service):
             log.debug("Expired {count} address records", count=count)
 
     async def _sync_generation(self) -> None:
-        """Notice revocations made by other processes sharing the database."""
+        """Notice changes that may end sessions (revocations, new passwords, password
+        login and administrator changes, deleted users) made by other processes sharing
+        the database."""
         assert self.store is not None and self.registry is not None
-        revocations = await self.store.revocation_generation()
-        if self._last_revocations is not None and revocations != self._last_revocations:
+        events = await self.store.security_generation()
+        if self._last_security_events is not None and events != self._last_security_events:
             self.registry.security_changed()
-        self._last_revocations = revocations
+        self._last_security_events = events
 
     def stopService(self) -> Deferred[None]:
         """Stop listening and housekeeping, then close the database."""

@@ -2,7 +2,8 @@
 
 Every document received from the network goes through :func:`parse_document`. The rules:
 
-* UTF-8 only; an optional XML declaration is the only ``<?`` allowed, at the very start.
+* UTF-8 only, without a byte-order mark (nothing we send has one); an optional XML
+  declaration is the only ``<?`` allowed, at the very start.
 * No ``<!`` anywhere: so no DOCTYPE, DTD, entity declaration, comment or CDATA section.
   This is checked on the raw bytes before any parser sees them.
 * The parser (lxml, with entity resolution, DTD loading and network access off, and the
@@ -25,6 +26,7 @@ MAX_DEPTH: Final = 12
 MAX_ELEMENTS: Final = 5000
 
 _XML_DECLARATION = b"<?xml"
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 #: What may follow ``<?xml`` in a declaration (anything else makes it a PI's target).
 _AFTER_DECLARATION = (b" ", b"\t", b"\r", b"\n")
 
@@ -54,7 +56,10 @@ _PARSER = _make_parser()
 
 
 def check_markup(data: bytes) -> None:
-    """Refuse DTDs, entities, comments, CDATA and processing instructions on raw bytes."""
+    """Refuse DTDs, entities, comments, CDATA and processing instructions on raw bytes,
+    and a byte-order mark (one rule for every document, with or without a declaration)."""
+    if data.startswith(_BYTE_ORDER_MARK):
+        raise XMLRejected("a byte-order mark is not allowed: send UTF-8 without one")
     if b"<!" in data:
         raise XMLRejected(
             "DTDs, entities, comments and CDATA sections are not allowed", forbidden=True

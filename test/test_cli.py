@@ -8,11 +8,13 @@ code and for the absence of a traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import stat
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -23,9 +25,10 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import irp
+from irp.cli import Context, build_parser, cmd_init
 from irp.keyfiles import format_fingerprint, load_certificates
 from irp.profile import Profile, ProfileConfig
-from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+from test.helpers import DEFAULT_PASSWORD, RunningRegistry, closed_port
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(irp.__file__)))
 
@@ -195,6 +198,55 @@ class InitTests(CLITestCase):
         self.assertIn("--server", results[0].err)
         self.assertIn("--ca-fingerprint", results[2].err)
         self.assertFalse(os.path.exists(profile))
+
+
+class InitByDiscoveryTests(CLITestCase):
+    """irp init without --server: the registry is found by DNS SRV. Run in this process
+    (cmd_init itself), so that it can be given a resolver of a DNS server on loopback."""
+
+    def resolver(self, records: list[tuple[int, int, int, str]]) -> Any:
+        from twisted.names import client, dns, server
+
+        from test.test_discovery import ZoneAuthority, srv
+
+        zone = ZoneAuthority("example.org", {b"_irp._tcp.example.org": [srv(*record) for record in records]})
+        protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone]))
+        port = global_reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return client.Resolver(servers=[("127.0.0.1", port.getHost().port)])
+
+    async def init(self, *args: str) -> tuple[Profile, str]:  # type: ignore[override]
+        """Run ``irp --profile P init --domain example.org ARGS`` against the DNS server of
+        the test; return the profile and what was printed."""
+        dead = await closed_port()
+        profile = self.path("profile")
+        ctx = Context(global_reactor, build_parser().parse_args(["--profile", profile, "--timeout", "10", "init", "--domain", "example.org", *args]))
+        ctx.resolver = self.resolver([(0, 0, dead, "localhost"), (10, 0, self.registry.port, "localhost")])
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        try:
+            self.assertEqual(await cmd_init(ctx), 0)
+        finally:
+            if ctx.client is not None:
+                await ctx.client.close()
+        return Profile(profile), output.getvalue()
+
+    async def test_by_fingerprint(self) -> None:
+        """The first SRV target that answers is pinned-checked and stored in the profile."""
+        await self.start()
+        profile, output = await self.init("--ca-fingerprint", format_fingerprint(self.registry.ca.root_fingerprint))
+        config = profile.load_config()
+        self.assertEqual((config.server, config.port, config.domain), ("localhost", self.registry.port, "example.org"))
+        self.assertEqual(profile.root(), self.registry.root)
+        self.assertIn("DNS SRV", output)
+
+    async def test_by_file(self) -> None:
+        """With --ca-file the target must prove itself with that root."""
+        await self.start()
+        root_file = self.path("root.pem")
+        write_file(root_file, self.registry.root.public_bytes(Encoding.PEM))
+        profile, _output = await self.init("--ca-file", root_file)
+        self.assertEqual((profile.load_config().server, profile.load_config().port), ("localhost", self.registry.port))
 
 
 class UserJourneyTests(CLITestCase):

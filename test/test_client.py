@@ -36,6 +36,7 @@ from irp.client import (
     RegistryClientProtocol,
     _await_handshake,
     connect,
+    connect_domain,
     split_server,
     verify_ca_chain,
 )
@@ -53,7 +54,7 @@ from irp.records import (
 )
 from irp.xmlcodec import Element, make_element, sub_element
 from test import pki
-from test.helpers import RunningRegistry
+from test.helpers import RunningRegistry, closed_port
 
 DOMAIN = "example.org"
 NOW = datetime.datetime.now(datetime.UTC)
@@ -172,6 +173,13 @@ class RecordVerificationTests(ClientTestCase):
         self.assertEqual(scripted.seen, ["lookup", "ca-chain"])
         self.outcome(self.client.lookup("bob@example.org"), scripted)
         self.assertEqual(scripted.seen.count("ca-chain"), 1)  # the chain is fetched once
+
+    def test_address_text_kept_for_verification(self) -> None:
+        """A record whose addresses are not in the form this Python would write (another
+        version's IPv4-mapped form, upper case) verifies: the text is kept as signed."""
+        record = self.registry.addresses(endpoints=(Endpoint("::ffff:192.0.2.1", 4605), Endpoint("2001:DB8::2", 1)))
+        found = self.outcome(self.client.lookup("bob"), self.script(lookup=lambda element: [addresses_element(record)]))
+        self.assertEqual(found.endpoints, record.endpoints)
 
     def test_tampered_record(self) -> None:
         """A field changed after signing fails verification."""
@@ -356,6 +364,152 @@ class CertificateVerificationTests(ClientTestCase):
         self.assertIn("CRL", error.message)
 
 
+class StrictAnswerTests(ClientTestCase):
+    """Every answer is parsed strictly: unknown fields are refused, as in records; answers
+    about oneself must name oneself."""
+
+    def session(self, **attributes: str) -> Answer:
+        fields = {"user": "alice@example.org", "method": "password", "admin": "false", **attributes}
+        return lambda element: [make_element("session", {k: v for k, v in fields.items() if v != "-"})]
+
+    def test_session(self) -> None:
+        """<session> with unknown or inconsistent fields is refused."""
+        self.assertEqual(self.outcome(self.client.whoami(), self.script(whoami=self.session())).method, "password")
+        for bad in ({"colour": "red"}, {"admin": "yes"}, {"method": "kerberos"}, {"user": "-"}, {"method": "none"}, {"admin": "-"}):
+            self.assertRaises(errors.BadRequest, self.outcome, self.client.whoami(), self.script(whoami=self.session(**bad)))
+        with_child = self.session()
+        self.assertRaises(
+            errors.BadRequest,
+            self.outcome,
+            self.client.whoami(),
+            self.script(whoami=lambda element: [self.with_child(with_child(element)[0])]),
+        )
+
+    @staticmethod
+    def with_child(element: Element) -> Element:
+        sub_element(element, "extra")
+        return element
+
+    def test_ca_chain(self) -> None:
+        """<ca-chain> with an unknown attribute or element, a repeated or unknown role, or
+        a root-fingerprint that is not its root's is refused."""
+        def changed(change: Callable[[Element], None]) -> Answer:
+            def answer(element: Element) -> list[Element]:
+                chain = self.registry.chain()
+                change(chain)
+                return [chain]
+
+            return answer
+
+        for change in (
+            lambda chain: chain.set("trusted", "yes"),
+            lambda chain: chain[0].set("usage", "all"),
+            lambda chain: chain[1].set("role", "root"),
+            lambda chain: chain[2].set("role", "signing"),
+            lambda chain: chain.set("root-fingerprint", "00" * 32),
+            lambda chain: sub_element(chain, "note", None, "x"),
+        ):
+            scripted = self.script()
+            scripted.answers["ca-chain"] = changed(change)
+            self.assertRaises(errors.BadRequest, self.outcome, RegistryClient(self.protocol, DOMAIN, [self.registry.ca.root_certificate], self.clock).ca_chain(), scripted)
+
+    def test_crls(self) -> None:
+        """<crls> must hold the issuing CA's CRL then the root's, with known fields."""
+        good = CertificateVerificationTests.crls(self)  # type: ignore[arg-type]
+
+        def changed(change: Callable[[Element], None]) -> Answer:
+            def answer(element: Element) -> list[Element]:
+                [crls] = good(element)  # type: ignore[misc]
+                change(crls)
+                return [crls]
+
+            return answer
+
+        for change in (
+            lambda crls: crls.set("x", "1"),
+            lambda crls: crls[0].set("signed-by", "me"),
+            lambda crls: crls[1][0].set("x", "1"),
+            lambda crls: crls.remove(crls[1]),
+            lambda crls: crls.append(crls[0]),
+            lambda crls: crls[0].set("number", "\u0663"),
+            lambda crls: crls[0].set("next-update", "soon"),
+        ):
+            self.assertRaises(errors.BadRequest, self.outcome, self.client.get_crls(), self.script(get_crl=changed(change)))
+
+    def test_certificate_status(self) -> None:
+        """<status> must be about the serial asked, with consistent known fields."""
+        def status(**attributes: str) -> Answer:
+            fields = {"serial": "1f", "state": "good", "user": "alice@example.org", "not-after": "2100-01-01T00:00:00Z", **attributes}
+            return lambda element: [make_element("status", {k: v for k, v in fields.items() if v != "-"})]
+
+        found = self.outcome(self.client.certificate_status(0x1F), self.script(certificate_status=status()))
+        self.assertEqual((found.serial, found.state, found.user), (0x1F, "good", "alice@example.org"))
+        error = self.assertRaises(
+            errors.ServerVerificationFailed, self.outcome, self.client.certificate_status(0x20), self.script(certificate_status=status())
+        )
+        self.assertIn("20", error.message)
+        for bad in (
+            {"colour": "red"},
+            {"state": "fine"},
+            {"user": "-"},
+            {"state": "revoked"},
+            {"reason": "superseded"},
+            {"state": "unknown"},
+            {"user": "not an identity"},
+            {"not-after": "2100-01-01"},
+        ):
+            self.assertRaises(
+                errors.BadRequest, self.outcome, self.client.certificate_status(0x1F), self.script(certificate_status=status(**bad))
+            )
+
+    def test_list_users(self) -> None:
+        """<users> with unknown fields, another page, or entries with account settings is
+        refused."""
+        def listing(change: Callable[[Element], None]) -> Answer:
+            def answer(element: Element) -> list[Element]:
+                users = make_element("users", {"total": "1", "offset": "0"})
+                users.append(user_element(self.registry.user("alice")))
+                change(users)
+                return [users]
+
+            return answer
+
+        total, records = self.outcome(self.client.list_users(), self.script(list_users=listing(lambda users: None)))
+        self.assertEqual((total, [str(record.identity) for record in records]), (1, ["alice@example.org"]))
+        for change in (
+            lambda users: users.set("more", "yes"),
+            lambda users: users.set("offset", "5"),
+            lambda users: users.set("total", "\u00b2"),
+            lambda users: sub_element(users, "cursor"),
+            lambda users: sub_element(users[0], "account", {"admin": "true", "password-login": "true", "has-password": "true", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"}),
+        ):
+            self.assertRaises(errors.BadRequest, self.outcome, self.client.list_users(), self.script(list_users=listing(change)))
+
+    def test_answers_about_oneself_name_oneself(self) -> None:
+        """update-user and register-address answers must be about the caller (or the user
+        named): a valid record of someone else is refused."""
+        scripted = self.script(
+            login=self.session(),
+            update_user=lambda element: [user_element(self.registry.user("bob"))],
+            register_address=lambda element: [addresses_element(self.registry.addresses("bob"))],
+        )
+        self.outcome(self.client.login("alice", "password"), scripted)
+        error = self.assertRaises(errors.ServerVerificationFailed, self.outcome, self.client.update_user(display_name="A"), scripted)
+        self.assertIn("bob", error.message)
+        self.assertRaises(errors.ServerVerificationFailed, self.outcome, self.client.register_addresses([]), scripted)
+        self.assertRaises(errors.ServerVerificationFailed, self.outcome, self.client.update_user("carol", display_name="C"), scripted)
+        scripted.answers["update-user"] = lambda element: [user_element(self.registry.user("alice"))]
+        self.assertEqual(str(self.outcome(self.client.update_user(display_name="A"), scripted).identity), "alice@example.org")
+
+    def test_own_identity_asked_when_unknown(self) -> None:
+        """Without a login answer to go by, the client asks whoami before believing an
+        answer about itself."""
+        scripted = self.script(whoami=self.session(), register_address=lambda element: [addresses_element(self.registry.addresses("alice"))])
+        record = self.outcome(self.client.register_addresses([]), scripted)
+        self.assertEqual(str(record.identity), "alice@example.org")
+        self.assertIn("whoami", scripted.seen)
+
+
 class RequestTests(ClientTestCase):
     """Requests, responses, timeouts and connection-level errors on the fake clock."""
 
@@ -363,7 +517,7 @@ class RequestTests(ClientTestCase):
         return [parse_request(frame).id for frame in FrameDecoder(1 << 20).feed(self.transport.value())]
 
     def answer(self, request_id: int, results: list[Element] | None = None) -> None:
-        self.protocol.dataReceived(encode_frame(ok_response(request_id, results or [make_element("session", {"method": "none"})])))
+        self.protocol.dataReceived(encode_frame(ok_response(request_id, results or [make_element("session", {"method": "none", "admin": "false"})])))
 
     def test_responses_matched_by_id(self) -> None:
         """Pipelined requests get their own answers, whatever the order."""
@@ -433,6 +587,17 @@ class RequestTests(ClientTestCase):
         self.protocol.dataReceived(b"\x00\x00\x00\x00")
         self.failureResultOf(waiting, errors.MalformedMessage)
         self.assertTrue(self.transport.disconnected)
+
+    def test_response_with_many_elements(self) -> None:
+        """A response with more elements than a request may hold (a full list-users page)
+        is accepted; it does not fail the connection."""
+        waiting = self.client.capabilities()
+        element = make_element("capabilities", {"domain": DOMAIN})
+        for _ in range(7000):
+            sub_element(element, "operation", {"name": "x"})
+        self.answer(1, [element])
+        self.assertEqual(len(self.successResultOf(waiting)), 7000)
+        self.assertFalse(self.protocol.closed)
 
     def test_unparseable_response(self) -> None:
         """A response that is not XML is a connection-level failure."""
@@ -548,6 +713,55 @@ class RealTLSTests(unittest.TestCase):
             self.fail("connected to nothing")
 
 
+class DiscoveryTests(unittest.TestCase):
+    """connect_domain: a registry found by DNS SRV, trying targets in order."""
+
+    def resolver(self, records: list[tuple[int, int, int, str]]) -> Any:
+        """A DNS server on loopback publishing ``_irp._tcp.example.org`` SRV records
+        (priority, weight, port, target); a resolver asking it."""
+        from twisted.names import client, dns, server
+
+        from test.test_discovery import ZoneAuthority, srv
+
+        zone = ZoneAuthority(DOMAIN, {b"_irp._tcp.example.org": [srv(*record) for record in records]})
+        protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone]))
+        port = global_reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return client.Resolver(servers=[("127.0.0.1", port.getHost().port)])
+
+    async def test_falls_back_in_order(self) -> None:
+        """A target that does not answer is skipped; the client says which one answered."""
+        registry = await RunningRegistry(self).start()
+        dead = await closed_port()
+        resolver = self.resolver([(0, 0, dead, "localhost"), (10, 0, registry.port, "localhost")])
+        client = await connect_domain(global_reactor, DOMAIN, trust_roots=[registry.root], timeout=10, resolver=resolver)
+        self.addCleanup(client.close)
+        self.assertEqual((client.host, client.port), ("localhost", registry.port))
+        self.assertEqual((await client.ca_chain()).root, registry.root)
+
+    async def test_nothing_answers(self) -> None:
+        """When no target answers, the error lists every one tried."""
+        dead = await closed_port()
+        resolver = self.resolver([(0, 0, dead, "localhost"), (5, 0, dead, "irp.invalid")])
+        try:
+            await connect_domain(global_reactor, DOMAIN, trust_roots=[pki.make_ca().root_certificate], timeout=5, resolver=resolver)
+        except errors.ConnectionLost as error:
+            self.assertIn("localhost", error.message)
+            self.assertIn("irp.invalid", error.message)
+        else:
+            self.fail("connected to nothing")
+
+    async def test_server_that_fails_verification_is_skipped(self) -> None:
+        """A target whose certificate does not chain to the pinned root is not the
+        registry: the next one is tried."""
+        impostor = await RunningRegistry(self, domain=DOMAIN).start()
+        genuine = await RunningRegistry(self, domain=DOMAIN).start()
+        resolver = self.resolver([(0, 0, impostor.port, "localhost"), (1, 0, genuine.port, "localhost")])
+        client = await connect_domain(global_reactor, DOMAIN, trust_roots=[genuine.root], timeout=10, resolver=resolver)
+        self.addCleanup(client.close)
+        self.assertEqual(client.port, genuine.port)
+
+
 class SplitServerTests(unittest.SynchronousTestCase):
     """split_server."""
 
@@ -562,5 +776,5 @@ class SplitServerTests(unittest.SynchronousTestCase):
 
     def test_bad(self) -> None:
         """Bad ports and empty hosts are refused."""
-        for text in ("", ":4604", "host:0", "host:65536", "host:abc", "[::1]:x"):
+        for text in ("", ":4604", "host:0", "host:65536", "host:abc", "[::1]:x", "host:\u00b2", "host:\u0664\u0666\u0660\u0664"):
             self.assertRaises(ValueError, split_server, text)

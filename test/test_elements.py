@@ -92,9 +92,28 @@ class UserElementTests(unittest.SynchronousTestCase):
         element.append(user_element(user(), view)[-1])
         self.assertRaises(errors.BadRequest, parse_user, over_the_wire(element))
 
+    def test_text_refused(self) -> None:
+        """Text inside <user> or <account> (where none is defined) is refused; an
+        attribute's value is its text."""
+        element = user_element(user())
+        element.text = "hello"
+        self.assertRaises(errors.BadRequest, parse_user, element)
+        view = AccountView(False, True, True, NOW, NOW)
+        element = user_element(user(), view)
+        element[-1].text = "hello"
+        self.assertRaises(errors.BadRequest, parse_user, element)
+
     def test_missing_and_bad_fields(self) -> None:
         """Missing fields, bad identities, times and signatures are bad-request."""
-        for name, value in (("id", "alice"), ("seq", "-1"), ("signed-at", "yesterday"), ("signature", "***")):
+        for name, value in (
+            ("id", "alice"),
+            ("seq", "-1"),
+            ("seq", "\u00b2"),
+            ("seq", "\u0663"),
+            ("signed-at", "yesterday"),
+            ("signed-at", "\u0662\u0660\u0662\u0666-11-22T03:46:51Z"),
+            ("signature", "***"),
+        ):
             element = user_element(user())
             element.set(name, value)
             self.assertRaises(errors.BadRequest, parse_user, element)
@@ -123,10 +142,23 @@ class AddressesElementTests(unittest.SynchronousTestCase):
             self.assertRaises(errors.BadRequest, parse_addresses, element)
 
     def test_unknown_endpoint_attribute(self) -> None:
-        """Endpoints hold only address and port."""
+        """Endpoints hold only address and port, and no text."""
         element = addresses_element(addresses())
         element[0].set("weight", "1")
         self.assertRaises(errors.BadRequest, parse_addresses, element)
+        element = addresses_element(addresses())
+        element[0].text = "x"
+        self.assertRaises(errors.BadRequest, parse_addresses, element)
+
+    def test_address_text_kept(self) -> None:
+        """Addresses come back exactly as written, not normalised: the signature covers
+        the text, and another Python version may write an address otherwise (gh-87799)."""
+        record = dataclasses.replace(
+            addresses(), endpoints=(Endpoint("2001:DB8:0::1", 4605), Endpoint("::ffff:192.0.2.1", 7))
+        )
+        parsed = parse_addresses(over_the_wire(addresses_element(record)))
+        self.assertEqual(parsed, record)
+        self.assertEqual(parsed.signing_bytes(), record.signing_bytes())
 
 
 class CertificateElementTests(unittest.SynchronousTestCase):
@@ -171,9 +203,15 @@ class CertificateElementTests(unittest.SynchronousTestCase):
             self.assertRaises(errors.BadRequest, parse_certificate, element)
 
     def test_unknown_attribute(self) -> None:
-        """Unknown attributes are refused."""
+        """Unknown attributes are refused, on <pem> too, and text in <certificate>."""
         element = certificate_element(certificate_info(), "example.org", NOW, with_pem=False)
         element.set("trusted", "yes")
+        self.assertRaises(errors.BadRequest, parse_certificate, element)
+        element = certificate_element(certificate_info(), "example.org", NOW, with_pem=True)
+        element[0].set("format", "pem")
+        self.assertRaises(errors.BadRequest, parse_certificate, element)
+        element = certificate_element(certificate_info(), "example.org", NOW, with_pem=False)
+        element.text = "trust me"
         self.assertRaises(errors.BadRequest, parse_certificate, element)
 
     def test_pem_text(self) -> None:
@@ -201,7 +239,10 @@ class Pkcs12ElementTests(unittest.SynchronousTestCase):
         self.assertEqual(parse_pkcs12(element), info)
 
     def test_bad_data(self) -> None:
-        """Data that is not base64 is refused."""
+        """Data that is not base64, or <data> with attributes, is refused."""
         element = pkcs12_element(Pkcs12Info(8, "alice", "x", "uploaded", None, NOW, 1), "example.org")
         sub_element(element, "data", None, "not base64!")
+        self.assertRaises(errors.BadRequest, parse_pkcs12, element)
+        element = pkcs12_element(Pkcs12Info(8, "alice", "x", "uploaded", None, NOW, 1, b"\x30\x03\x02\x01\x03"), "example.org")
+        element[0].set("encoding", "base64")
         self.assertRaises(errors.BadRequest, parse_pkcs12, element)

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 from irp import errors
 from irp.messages import (
     MAX_REQUEST_ID,
+    MAX_RESPONSE_ELEMENTS,
     PROTOCOL_VERSION,
     Response,
     bool_text,
@@ -24,6 +25,7 @@ from irp.messages import (
     parse_response,
     parse_serial,
     parse_xml,
+    request_id_of,
     required,
 )
 from irp.xmlcodec import make_element, parse_document, sub_element
@@ -59,12 +61,15 @@ class ParseRequestTests(unittest.SynchronousTestCase):
         return error
 
     def test_wrong_root(self) -> None:
-        """The root must be <request>."""
-        self.assertRequestError(b'<response v="1" id="1"><whoami/></response>', errors.BadRequest)
+        """The root must be <request>; another document has no request id to answer, so
+        it is fatal (answered with id 0)."""
+        error = self.assertRequestError(b'<response v="1" id="1"><whoami/></response>', errors.MalformedMessage)
+        self.assertTrue(error.fatal)
+        self.assertEqual(request_id_of(error), 0)
 
     def test_namespaced_root(self) -> None:
         """A namespaced <request> is not <request>."""
-        self.assertRequestError(b'<request xmlns="urn:x" v="1" id="1"><whoami/></request>', errors.BadRequest)
+        self.assertRequestError(b'<request xmlns="urn:x" v="1" id="1"><whoami/></request>', errors.MalformedMessage)
 
     def test_unsupported_version(self) -> None:
         """Another version (or none) is unsupported-version, which is fatal."""
@@ -74,17 +79,33 @@ class ParseRequestTests(unittest.SynchronousTestCase):
             self.assertIn(PROTOCOL_VERSION, error.message)
 
     def test_bad_ids(self) -> None:
-        """Ids are decimal integers from 1 to 2**31-1."""
-        for raw in ("", "abc", "-1", "0", "1.5", str(MAX_REQUEST_ID + 1), "99999999999", " 1"):
+        """Ids are ASCII decimal integers from 1 to 2**31-1. A request whose id cannot be
+        read is fatal: an answer with id 0 would read as the end of the connection."""
+        for raw in ("", "abc", "-1", "0", "1.5", str(MAX_REQUEST_ID + 1), "99999999999", " 1", "\u00b2", "\u0663", "\uff17"):
             error = self.assertRequestError(
-                f'<request v="1" id="{raw}"><whoami/></request>'.encode(), errors.BadRequest
+                f'<request v="1" id="{raw}"><whoami/></request>'.encode(), errors.MalformedMessage
             )
-            self.assertFalse(error.fatal)
+            self.assertTrue(error.fatal)
+            self.assertEqual(request_id_of(error), 0)
         self.assertEqual(parse_request(f'<request v="1" id="{MAX_REQUEST_ID}"><whoami/></request>'.encode()).id, MAX_REQUEST_ID)
 
     def test_missing_id(self) -> None:
-        """A request without an id is refused."""
-        self.assertRequestError(b'<request v="1"><whoami/></request>', errors.BadRequest)
+        """A request without an id is refused fatally, even when its operation has an id
+        attribute of its own."""
+        for data in (b'<request v="1"><whoami/></request>', b'<request v="1"><get-pkcs12 id="5"/></request>'):
+            error = self.assertRequestError(data, errors.MalformedMessage)
+            self.assertEqual(request_id_of(error), 0)
+
+    def test_refusals_carry_the_request_id(self) -> None:
+        """Non-fatal refusals of a request whose id was read carry that id."""
+        for data in (
+            b'<request v="1" id="12" x="y"><whoami/></request>',
+            b'<request v="1" id="12"/>',
+            b'<request v="1" id="12">x<whoami/></request>',
+        ):
+            error = self.assertRequestError(data, errors.BadRequest)
+            self.assertFalse(error.fatal)
+            self.assertEqual(request_id_of(error), 12)
 
     def test_unknown_envelope_attribute(self) -> None:
         """Attributes other than v and id on <request> are refused (not fatally)."""
@@ -190,6 +211,44 @@ class ResponseTests(unittest.SynchronousTestCase):
         raised = self.assertRaises(errors.IRPError, parse_response, payload)
         self.assertEqual(raised.name, "internal-error")
 
+    def test_non_ascii_digits(self) -> None:
+        """Codes and ids of other digits than ASCII (which str.isdigit accepts, and int
+        reads or refuses) are not numbers."""
+        for code in ("4\u00b2", "\u0664\u0660\u0664"):
+            payload = f'<response v="1" id="2" status="error"><error code="{code}" name="gone-fishing">x</error></response>'.encode()
+            raised = self.assertRaises(errors.IRPError, parse_response, payload)
+            self.assertEqual((raised.name, raised.code), ("internal-error", 500))
+        for raw in ("\u00b2", "\u0663"):
+            payload = f'<response v="1" id="{raw}" status="ok"/>'.encode()
+            raised = self.assertRaises(errors.BadRequest, parse_response, payload)
+            self.assertEqual(request_id_of(raised), 0)
+
+    def test_strict_envelope(self) -> None:
+        """Unknown attributes or text in a response are refused, with its id."""
+        for payload in (
+            b'<response v="1" id="4" status="ok" x="y"/>',
+            b'<response v="1" id="4" status="ok">text</response>',
+            b'<response v="1" id="4" status="error"><error code="404" name="not-found" x="y">z</error></response>',
+            b'<response v="1" id="4" status="error"><error code="404" name="not-found">z</error><error code="404" name="not-found">z</error></response>',
+        ):
+            raised = self.assertRaises(errors.BadRequest, parse_response, payload)
+            self.assertEqual(request_id_of(raised), 4)
+
+    def test_large_responses(self) -> None:
+        """A response may hold more elements than a request (a full list-users page of
+        200 entries with 32 attributes each is 6 602), up to MAX_RESPONSE_ELEMENTS."""
+        users = make_element("users", {"total": "200", "offset": "0"})
+        for number in range(200):
+            entry = sub_element(users, "user", {"id": f"u{number}@example.org"})
+            for index in range(32):
+                sub_element(entry, "attribute", {"name": f"a{index}"}, "v")
+        response = parse_response(ok_response(3, [users]))
+        self.assertEqual(sum(1 for _ in response.single("users").iter()), 1 + 200 * 33)
+        too_many = make_element("users", {"total": "0", "offset": "0"})
+        for _ in range(MAX_RESPONSE_ELEMENTS):
+            sub_element(too_many, "user")
+        self.assertRaises(errors.MalformedMessage, parse_response, ok_response(3, [too_many]))
+
     def test_error_without_detail(self) -> None:
         """An error response must hold <error>."""
         self.assertRaises(errors.BadRequest, parse_response, b'<response v="1" id="2" status="error"/>')
@@ -256,6 +315,9 @@ class FieldTests(unittest.SynchronousTestCase):
         self.assertRaises(errors.BadRequest, optional_int, element, "neg", 0, -5, 10)
         self.assertRaises(errors.BadRequest, optional_int, element, "junk", 0, 0, 10)
         self.assertRaises(errors.BadRequest, optional_int, element, "long", 0, 0, 10**20)
+        for digits in ("\u00b2", "\u0663", "\uff15"):
+            element.set("n", digits)
+            self.assertRaises(errors.BadRequest, optional_int, element, "n", 0, 0, 10)
 
     def test_optional_bool(self) -> None:
         """Only 'true' and 'false'."""
@@ -274,9 +336,25 @@ class FieldTests(unittest.SynchronousTestCase):
         self.assertEqual(child_text(element, "password"), "secret")
         self.assertIsNone(child_text(element, "csr", required_child=False))
         self.assertRaises(errors.BadRequest, child_text, element, "csr")
-        self.assertRaises(errors.MessageTooLarge, child_text, element, "password", limit=3)
+        # A field over its limit is not a frame over its limit: not fatal.
+        error = self.assertRaises(errors.InvalidArgument, child_text, element, "password", limit=3)
+        self.assertFalse(error.fatal)
         sub_element(element, "password", None, "again")
         self.assertRaises(errors.BadRequest, child_text, element, "password")
+
+    def test_child_text_without_attributes(self) -> None:
+        """Text-only children carry no attributes."""
+        element = _element(b'<op><password colour="red">secret</password></op>')
+        error = self.assertRaises(errors.BadRequest, child_text, element, "password")
+        self.assertIn("colour", error.message)
+
+    def test_check_fields_text(self) -> None:
+        """Text where none is defined is refused (white space between elements is not
+        text); with text=True it is allowed."""
+        for data in (b"<op>hello</op>", b"<op><c/>tail</op>", b"<op> x <c/></op>"):
+            self.assertRaises(errors.BadRequest, check_fields, _element(data), (), ("c",))
+        check_fields(_element(b"<op>\n  <c/>\n</op>"), (), ("c",))
+        check_fields(_element(b"<op>hello</op>"), text=True)
 
     def test_child_text_empty_and_nested(self) -> None:
         """An empty child is the empty string; a child with elements is refused."""

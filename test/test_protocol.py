@@ -282,11 +282,29 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual([r[:2] for r in responses(transport)], [(12, "bad-request")])
         self.assertOpen(protocol, transport)
 
-    def test_bad_id(self) -> None:
-        """A request without a usable id is answered with id 0, not fatally."""
+    def test_text_and_attributes_where_none_belong(self) -> None:
+        """Text in an operation element, attributes on a text-only child and text in
+        <endpoint> or <attributes> are non-fatal bad-requests."""
         protocol, transport = self.connect()
-        self.send(protocol, b'<request v="1" id="x"><whoami/></request>')
-        self.assertEqual([r[:2] for r in responses(transport)], [(0, "bad-request")])
+        self.send(
+            protocol,
+            request(1, "<whoami>hello</whoami>"),
+            request(2, '<login user="alice"><password colour="red">pw</password></login>'),
+            request(3, '<login user="alice"><password>pw</password>tail</login>'),
+            request(4, '<register-address><endpoint address="192.0.2.1" port="1">x</endpoint></register-address>'),
+            request(5, '<update-user><attributes x="1"/></update-user>'),
+            request(6, '<update-user><attributes>text</attributes></update-user>'),
+            request(7, '<login user="alice"><password><b/></password></login>'),
+        )
+        self.assertEqual([r[:2] for r in responses(transport)], [(n, "bad-request") for n in range(1, 8)])
+        self.assertOpen(protocol, transport)
+
+    def test_long_field_not_fatal(self) -> None:
+        """A field over its own limit (a password over 1 024 characters) is a non-fatal
+        invalid-argument: only a frame over max_request ends the connection."""
+        protocol, transport = self.connect()
+        self.send(protocol, request(1, f'<login user="alice"><password>{"x" * 1025}</password></login>'))
+        self.assertEqual([r[:2] for r in responses(transport)], [(1, "invalid-argument")])
         self.assertOpen(protocol, transport)
 
     def test_needs_login(self) -> None:
@@ -330,6 +348,36 @@ class FatalInputTests(ProtocolTestCase):
         payload = prefix + b"x" * (self.limits.max_request - len(prefix) - len(suffix)) + suffix
         self.send(protocol, payload)
         self.assertEqual([r[:2] for r in responses(transport)], [(1, "ok")])
+
+    def test_bad_id(self) -> None:
+        """A request without a usable id cannot be answered in its own name: it is fatal,
+        answered with id 0 (which always means the connection ends), after the requests
+        before it."""
+        for envelope in (b'<request v="1" id="x">', b'<request v="1" id="\xc2\xb2">', b'<request v="1" id="0">'):
+            protocol, transport = self.connect()
+            self.send(protocol, request(1, '<echo n="1"/>'), envelope + b"<whoami/></request>")
+            self.assertEqual([r[:2] for r in responses(transport)], [(1, "ok"), (0, "malformed-message")])
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost()
+
+    def test_operation_id_not_taken_for_the_request_id(self) -> None:
+        """An operation's own id attribute is not the request's id."""
+        protocol, transport = self.connect()
+        self.send(protocol, b'<request v="1"><get-pkcs12 id="5"/></request>')
+        self.assertClosedWith(transport, "malformed-message")
+
+    def test_fatal_error_releases_the_transport(self) -> None:
+        """A fatal error unregisters the protocol as producer (else the TLS layer holds
+        close_notify back until the producer goes) and reads again (reading may be
+        paused), so that the TLS shutdown can complete at once."""
+        protocol, transport = self.connect()
+        self.send(protocol, request(1, '<slow n="1"/>'), b"<broken")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertIs(transport.producer, protocol)
+        self.gate.release()
+        self.assertClosedWith(transport, "malformed-message")
+        self.assertIsNone(transport.producer)
+        self.assertEqual(transport.producerState, "producing")
 
     def test_empty_frame(self) -> None:
         """A zero-length frame is malformed-message."""

@@ -8,6 +8,7 @@ returns and what it changes for everyone else.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -17,22 +18,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet.defer import DeferredList
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from irp import errors
-from irp.ca import generate_key
+from irp.ca import DEFAULT_ROOT_CRL_LIFETIME, generate_key
 from irp.client import RegistryClient
-from irp.framing import FrameDecoder, encode_frame
+from irp.framing import HEADER, FrameDecoder, encode_frame
 from irp.identity import Identity, identity_from_certificate
 from irp.keyfiles import fingerprint
 from irp.messages import build_request, parse_request
-from irp.passwords import Argon2Parameters, PasswordHasher
+from irp.passwords import TEST_PARAMETERS, Argon2Parameters, PasswordHasher
 from irp.records import Endpoint
-from irp.registry import RegistryConfig, Session
+from irp.registry import CHILD_FIELDS, RegistryConfig, Session
 from irp.xmlcodec import make_element, sub_element
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
+from test.test_protocol import make_registry
 
 T = TypeVar("T")
 
@@ -237,6 +241,67 @@ class SessionTests(RegistryTestCase):
         self.assertFalse(self.registry.registry.hasher.needs_rehash(account.password_hash))
         await self.registry.client("alice")  # the new hash works
 
+    async def test_rehash_keeps_other_sessions(self) -> None:
+        """A rehash (the same password, stronger parameters) is not a new password: other
+        password sessions of the user outlive it, even when sessions are re-validated."""
+        await self.start()
+        await self.registry.add_user("alice")
+        await self.registry.add_user("bob")
+        earlier = await self.registry.client("alice")
+        registry = self.registry.registry
+        registry.hasher = PasswordHasher(dataclasses.replace(TEST_PARAMETERS, memory_kib=512))  # an upgrade
+        await self.registry.client("alice")  # rehashes
+        account = await self.registry.store.get_account("alice")
+        assert account is not None and account.password_hash is not None
+        self.assertFalse(registry.hasher.needs_rehash(account.password_hash))
+        await (await self.registry.admin()).set_admin("bob", True)  # every session re-validates
+        await earlier.lookup("alice")
+        self.assertEqual((await earlier.whoami()).method, "password")
+
+    async def test_rehash_does_not_undo_a_new_password(self) -> None:
+        """A rehash replaces only the hash it was computed for: a password set meanwhile
+        stays."""
+        await self.start()
+        await self.registry.add_user("alice")
+        store = self.registry.store
+        old = await store.get_account("alice")
+        assert old is not None and old.password_hash is not None
+        await store.set_password_hash("alice", "$argon2id$new")
+        self.assertFalse(await store.rehash_password("alice", old.password_hash, "$argon2id$rehashed"))
+        account = await store.get_account("alice")
+        assert account is not None
+        self.assertEqual(account.password_hash, "$argon2id$new")
+
+    async def test_unknown_user_costs_one_hash(self) -> None:
+        """The dummy hash that an unknown user's password is checked against is made when
+        the registry starts: the first such login costs no extra hash."""
+        await self.start()
+        hasher = self.registry.registry.hasher
+        made: list[str] = []
+        original = hasher.hash
+
+        def counting(password: str) -> str:
+            made.append(password)
+            return original(password)
+
+        hasher.hash = counting  # type: ignore[method-assign]
+        client = await self.registry.client()
+        await self.fails("login-failed", client.login("nobody", DEFAULT_PASSWORD))
+        self.assertEqual(made, [])
+
+    async def test_certificate_expiry_ends_session(self) -> None:
+        """A certificate that expires during a session ends it at the next request (no
+        other event needed); the session is anonymous afterwards."""
+        await self.start()
+        alice, client = await self.enrolled("alice")
+        await client.lookup("alice")
+        later = Clock()
+        later.advance(alice.certificate.not_valid_after_utc.timestamp() + 1)
+        self.registry.registry.clock = later  # the registry's clock only
+        error = await self.fails("certificate-rejected", client.lookup("alice"))
+        self.assertIn("expired", error.message)
+        await self.fails("not-authenticated", client.lookup("alice"))
+
     async def test_certificate_login(self) -> None:
         """A certificate the registry issued logs the connection in at once."""
         await self.start()
@@ -346,6 +411,19 @@ class DirectoryTests(RegistryTestCase):
         await self.fails("invalid-argument", client.list_users(0, 10_000))
         await self.fails("invalid-argument", client.list_users(0, 0))
 
+    async def test_full_page_of_large_entries(self) -> None:
+        """A page of 200 entries with 32 attributes each (6 602 elements, more than a
+        request may hold) reaches the client whole."""
+        await self.start()
+        attributes = tuple((f"attribute{index:02d}", "v") for index in range(32))
+        for number in range(200):
+            await self.registry.store.create_user(f"user{number:03d}", attributes=attributes)
+        client = await self.registry.client("admin", self.registry.admin_password)
+        total, page = await client.list_users(0, 200, "user")
+        self.assertEqual((total, len(page)), (200, 200))
+        self.assertEqual({len(record.attributes) for record in page}, {32})
+        self.assertEqual((await client.whoami()).method, "password")  # the connection is fine
+
 
 class AddressTests(RegistryTestCase):
     """register-address and lookup."""
@@ -391,7 +469,15 @@ class AddressTests(RegistryTestCase):
         await self.fails("invalid-argument", alice.register_addresses(one * 2))
         many = [Endpoint.parse(f"192.0.2.{i}", 4605) for i in range(1, 10)]
         await self.fails("invalid-argument", alice.register_addresses(many))
-        for address, port in (("example.org", "4605"), ("224.0.0.1", "4605"), ("fe80::1%eth0", "4605"), ("::1", "0")):
+        for address, port in (
+            ("example.org", "4605"),
+            ("224.0.0.1", "4605"),
+            ("fe80::1%eth0", "4605"),
+            ("::1", "0"),
+            ("::1", "\u0664\u0666\u0660\u0665"),
+            ("::ffff:192.0.2.7", "4605"),
+            ("::192.0.2.7", "4605"),
+        ):
             operation = make_element("register-address")
             sub_element(operation, "endpoint", {"address": address, "port": port})
             await self.fails("invalid-argument", alice.protocol.request(operation))
@@ -494,6 +580,15 @@ class CertificateTests(RegistryTestCase):
         await alice.request_certificate(csr(generate_key("p256")))
         await self.fails("conflict", alice.request_certificate(csr(generate_key("p256"))))
         self.assertEqual(len(await alice.list_certificates()), 4)
+
+    async def test_upload_quota(self) -> None:
+        """Uploaded certificates count against the quota like issued ones."""
+        await self.start(max_certificates_per_user=2)
+        alice = await self.user("alice")
+        await alice.request_certificate(csr(generate_key("p256")))
+        await alice.upload_certificate(external_certificate())
+        await self.fails("conflict", alice.upload_certificate(external_certificate()))
+        self.assertEqual(len(await alice.list_certificates()), 2)
 
     async def test_pkcs12_quota_for_generated_keys(self) -> None:
         """Generated keys count against max_pkcs12_per_user."""
@@ -645,13 +740,16 @@ class Pkcs12Tests(RegistryTestCase):
         await self.fails("conflict", alice.upload_pkcs12(self.bundle()))
 
     async def test_too_large(self) -> None:
-        """A file over max_pkcs12_size is message-too-large (and ends the connection)."""
+        """A file over max_pkcs12_size is invalid-argument: a field's limit, not the
+        frame's, so the connection goes on."""
         await self.start(max_pkcs12_size=1024)
         alice = await self.user("alice")
         body = b"\x02\x01\x03" + b"\x04\x82\x04\x00" + b"x" * 1024
         data = b"\x30\x82" + len(body).to_bytes(2, "big") + body
-        await self.fails("message-too-large", alice.upload_pkcs12(data))
-        self.assertEqual(await (await self.registry.client("alice")).list_pkcs12(), [])
+        error = await self.fails("invalid-argument", alice.upload_pkcs12(data))
+        self.assertIn("1024", error.message)
+        await self.fails("invalid-argument", alice.upload_pkcs12(b"\x30" * 4096))  # over the <data> limit
+        self.assertEqual(await alice.list_pkcs12(), [])
 
 
 class RenewRevokeTests(RegistryTestCase):
@@ -693,6 +791,38 @@ class RenewRevokeTests(RegistryTestCase):
         await client.revoke(alice.serial)
         await self.fails("invalid-argument", client.renew(alice.serial))
         await self.fails("not-found", client.renew(12345))
+
+    async def test_renew_expired_refused(self) -> None:
+        """Only a good certificate can be renewed: not an expired one."""
+        await self.start()
+        await self.registry.add_user("alice")
+        ca = self.registry.ca
+        expired, _key = pki.build_certificate(
+            ca.issuing_certificate,
+            ca.issuing_key,
+            subject=pki.user_name(Identity("alice", DOMAIN)),
+            san=[x509.UniformResourceIdentifier(f"irp:alice@{DOMAIN}")],
+            not_before=datetime.timedelta(days=-30),
+            not_after=datetime.timedelta(days=-1),
+        )
+        await self.registry.store.add_certificate("alice", expired, fingerprint(expired))
+        client = await self.registry.client("alice")
+        error = await self.fails("invalid-argument", client.renew(expired.serial_number))
+        self.assertIn("expired", error.message)
+        self.assertEqual([entry.status for entry in await client.list_certificates()], ["expired"])
+
+    async def test_root_crl_lifetime(self) -> None:
+        """The root CRL (always empty) lives DEFAULT_ROOT_CRL_LIFETIME, the issuing CA's
+        CRL crl_lifetime."""
+        await self.start()
+        client = await self.registry.client()
+        crls = {info.issuer: info.crl for info in await client.get_crls()}
+        for issuer, lifetime in (("root", DEFAULT_ROOT_CRL_LIFETIME), ("issuing", datetime.timedelta(days=1))):
+            crl = crls[issuer]
+            assert crl.next_update_utc is not None
+            remaining = crl.next_update_utc - datetime.datetime.now(datetime.UTC)
+            self.assertGreater(remaining, lifetime - datetime.timedelta(minutes=5), issuer)
+            self.assertLessEqual(remaining, lifetime, issuer)
 
     async def test_revoke(self) -> None:
         """Revocation shows in status, listings and the CRL at once; the certificate no
@@ -776,6 +906,9 @@ class AdministrationTests(RegistryTestCase):
         await self.fails("invalid-argument", admin.create_user("bob", password="short"))
         await self.fails("invalid-argument", admin.create_user("Bad Name", password=DEFAULT_PASSWORD))
         await self.fails("not-found", admin.create_user("carol@example.net", password=DEFAULT_PASSWORD))
+        for email in ("not an email", "nobody", "two@at signs"):
+            await self.fails("invalid-argument", admin.create_user("dave", password=DEFAULT_PASSWORD, email=email))
+        await self.fails("login-failed", (await self.registry.client()).login("dave", DEFAULT_PASSWORD))  # not created
         _record, account = await admin.create_user("root2", admin=True)
         assert account is not None
         self.assertEqual((account.is_admin, account.has_password), (True, False))
@@ -935,3 +1068,150 @@ class ConnectionTests(RegistryTestCase):
         third = await self.registry.client()
         await self.fails("too-many-connections", third.whoami())
         await first.whoami()
+
+    async def released(self, registry: RunningRegistry) -> Deferred[None]:
+        """A Deferred that fires when the server next frees a connection's slot."""
+        assert registry.service is not None and registry.service.factory is not None
+        counter = registry.service.factory.connections
+        freed: Deferred[None] = Deferred()
+        original = counter.release
+
+        def release(host: str) -> None:
+            original(host)
+            if not freed.called:
+                freed.callback(None)
+
+        counter.release = release  # type: ignore[method-assign]
+        self.addCleanup(setattr, counter, "release", original)
+        return freed
+
+    async def test_fatal_error_closes_at_once(self) -> None:
+        """After a fatal error the client gets the error and the connection closes at once
+        (TLS close_notify both ways), not when the abort timer (frame_timeout, 30 s) fires;
+        the address's connection slot is free again."""
+        self.registry = await RunningRegistry(self).start()
+        for frame in (encode_frame(b"<broken"), encode_frame(b'<request v="1"><whoami/></request>'), HEADER.pack(1 << 30)):
+            client = await self.registry.client()
+            freed = await self.released(self.registry)
+            answer: Deferred[Any] = Deferred()
+            timer = global_reactor.callLater(10, answer.cancel)
+            client.protocol.waiting[1] = (answer, timer)
+            client.protocol.transport.write(frame)  # type: ignore[union-attr]
+            try:
+                await answer
+            except errors.IRPError as error:
+                self.assertIn(error.name, ("malformed-message", "message-too-large"))
+            else:
+                self.fail("the server accepted a broken frame")
+            finally:
+                if timer.active():
+                    timer.cancel()
+            await client.protocol.disconnected.addTimeout(10, global_reactor)
+            await freed.addTimeout(10, global_reactor)
+            self.assertEqual(self.registry.service.factory.connections.count("127.0.0.1"), 0)  # type: ignore[union-attr]
+
+    async def test_field_limits_are_not_fatal(self) -> None:
+        """A field over its limit is invalid-argument and the connection goes on."""
+        self.registry = await RunningRegistry(self).start()
+        await self.registry.add_user("alice")
+        client = await self.registry.client()
+        await self.fails("invalid-argument", client.protocol.request(login_element("alice", "x" * 1025)))
+        self.assertEqual((await client.login("alice", DEFAULT_PASSWORD)).method, "password")
+        operation = make_element("upload-certificate")
+        sub_element(operation, "pem", None, "x" * 20000)
+        await self.fails("invalid-argument", client.protocol.request(operation))
+        await client.whoami()
+
+
+class ServiceTests(unittest.TestCase):
+    """The registry service: housekeeping shared between processes, renewal."""
+
+    async def test_daily_renewal(self) -> None:
+        """The daily check renews the server and record-signing certificates near their
+        end: new connections get the new server certificate, ca-chain serves the new
+        record-signing certificate (same key), open connections go on."""
+        registry = await RunningRegistry(self).start()
+        service = registry.service
+        assert service is not None and service.credentials is not None
+        self.assertIn(86400.0, [loop.interval for loop in service.loops])
+        old = service.credentials
+        before = await registry.client()
+        await service.renew_credentials()  # nothing ends within 30 days: nothing changes
+        self.assertEqual(service.credentials.server_certificate, old.server_certificate)
+        await service.renew_credentials(renew_before=datetime.timedelta(days=398))  # both "near their end"
+        new = service.credentials
+        self.assertNotEqual(new.server_certificate, old.server_certificate)
+        self.assertNotEqual(new.signing_certificate, old.signing_certificate)
+        self.assertEqual(new.signing_certificate.public_key(), old.signing_certificate.public_key())
+        after = await registry.client()
+        presented = after.protocol.transport.getPeerCertificate().to_cryptography()  # type: ignore[union-attr]
+        self.assertEqual(presented, new.server_certificate)
+        self.assertEqual((await after.ca_chain()).record_signing, new.signing_certificate)
+        await registry.add_user("alice")
+        alice = await registry.client("alice")
+        await alice.register_addresses([Endpoint.parse("192.0.2.1", 4605)])  # signed and verified
+        self.assertEqual(registry.store.signer.certificate, new.signing_certificate)
+        await before.whoami()
+
+    async def test_changes_end_sessions_in_other_processes(self) -> None:
+        """Two registry processes on one database: a password change, a password-login
+        change, an administrator change or a deleted user made through one ends or
+        re-checks sessions on the other at its next sync (not only revocations)."""
+        first = await RunningRegistry(self).start()
+        second = await RunningRegistry(self, data_dir=first.data_dir).start()
+        assert second.service is not None
+        for name in ("alice", "bob", "carol"):
+            await first.add_user(name)
+        await first.add_user("dave", is_admin=True)
+        alice, bob, carol, dave = [await second.client(name) for name in ("alice", "bob", "carol", "dave")]
+        admin = await first.admin()
+        await admin.set_password("alice", OTHER_PASSWORD)
+        await admin.set_password_login("bob", False)
+        await admin.delete_user("carol")
+        await admin.set_admin("dave", False)
+        await second.service._sync_generation()  # the periodic check, run now
+        failures = []
+        for client in (alice, bob, carol):
+            try:
+                await client.lookup("admin")
+            except errors.IRPError as error:
+                failures.append(error.name)
+        self.assertEqual(failures, ["not-authenticated", "password-login-disabled", "not-authenticated"])
+        self.assertFalse((await dave.whoami()).is_admin)
+        await self.fails_forbidden(dave)
+
+    async def fails_forbidden(self, client: RegistryClient) -> None:
+        try:
+            await client.create_user("mallory", password=DEFAULT_PASSWORD)
+        except errors.Forbidden:
+            return
+        self.fail("a former administrator could still create users")
+
+
+class RegistryUnitTests(unittest.SynchronousTestCase):
+    """The registry's own rules, with a stand-in store (no database)."""
+
+    def test_list_users_prefix_lower_cased(self) -> None:
+        """User names are lower case: so is the prefix the store is asked for (a
+        case-sensitive LIKE, as PostgreSQL's, would otherwise find nobody)."""
+        registry = make_registry(Clock())
+        asked: list[str] = []
+
+        class Store:
+            def list_users(self, offset: int, limit: int, prefix: str) -> Deferred[tuple[int, list[Any]]]:
+                asked.append(prefix)
+                return succeed((0, []))
+
+        registry.store = Store()  # type: ignore[assignment]
+        session = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
+        request = parse_request(build_request(1, make_element("list-users", {"prefix": "BoB"})))
+        self.successResultOf(registry.handle(session, request))
+        self.assertEqual(asked, ["bob"])
+
+    def test_every_child_element_has_fields(self) -> None:
+        """Every child element an operation takes has its fields declared."""
+        registry = make_registry(Clock())
+        for name, operation in registry.operations.items():
+            for child in operation.children:
+                self.assertIn(child, CHILD_FIELDS, name)
+

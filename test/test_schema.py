@@ -376,6 +376,13 @@ class RegistryMessagesTests(TestCase):
         with_child = make_element("list-users")
         sub_element(with_child, "page", {"number": "2"})
         bad_requests.append(with_child)
+        bad_requests.append(make_element("whoami", None, "hello"))
+        login = make_element("login", {"user": "erin"})
+        sub_element(login, "password", {"colour": "red"}, DEFAULT_PASSWORD)
+        bad_requests.append(login)
+        mapped = make_element("register-address")
+        sub_element(mapped, "endpoint", {"address": "::ffff:192.0.2.1", "port": "4605"})
+        bad_requests.append(mapped)
         expected = [
             errors.BadRequest,
             errors.BadRequest,
@@ -383,6 +390,9 @@ class RegistryMessagesTests(TestCase):
             errors.InvalidArgument,
             errors.BadRequest,
             errors.BadRequest,
+            errors.BadRequest,
+            errors.BadRequest,
+            errors.InvalidArgument,
         ]
         for operation, error in zip(bad_requests, expected, strict=True):
             with self.observer.invalid_request(), self.assertRaises(error):
@@ -403,13 +413,14 @@ class RegistryMessagesTests(TestCase):
             encode_frame(b'<request v="1" id="1"><whoami></request>'),
             encode_frame(b'<!DOCTYPE request><request v="1" id="1"><whoami/></request>'),
             HEADER.pack(registry.limits.max_request + 1),
+            encode_frame(b'<request v="1"><whoami/></request>'),
         ]
         refusals = await gatherResults(
             [Deferred.fromCoroutine(self.fatal(registry, frame)) for frame in fatal_frames]
         )
         self.assertEqual(
             [type(refusal) for refusal in refusals],
-            [errors.UnsupportedVersion, errors.MalformedMessage, errors.ForbiddenMarkup, errors.MessageTooLarge],
+            [errors.UnsupportedVersion, errors.MalformedMessage, errors.ForbiddenMarkup, errors.MessageTooLarge, errors.MalformedMessage],
         )
         await self.connections_closed(registry)
 
@@ -475,10 +486,17 @@ class ErrorFormTests(TestCase):
         return [cls for cls in found if not issubclass(cls, errors.ClientError)]
 
     def test_every_error_class(self) -> None:
+        """Every error answers a request; with id 0 (the connection ends) only those
+        that end connections: the fatal ones, and internal-error."""
         for cls in self.wire_errors():
             error = cls("expired") if cls is errors.CertificateInvalid else cls()  # type: ignore[call-arg]
-            for request_id in (0, 1, 2**31 - 1):
+            for request_id in (1, 2**31 - 1):
                 validate(error_response(request_id, error))
+            if cls.fatal or cls.name == "internal-error":
+                validate(error_response(0, error))
+            else:
+                with self.assertRaises(ValueError, msg=cls.__name__):
+                    validate(error_response(0, error))
 
     def test_client_errors_never_on_the_wire(self) -> None:
         for cls in (errors.ClientError, errors.ServerVerificationFailed, errors.ConnectionLost):
@@ -569,6 +587,8 @@ class SchemaTests(TestCase):
         self.assertInvalid(b'<request v="1" id="007"><whoami/></request>')
         self.assertInvalid(b'<response v="1" id="0" status="ok"><session method="none" admin="false"/></response>')
         self.assertValid(b'<response v="1" id="0" status="error"><error code="408" name="timeout">Late.</error></response>')
+        self.assertInvalid(b'<response v="1" id="0" status="error"><error code="400" name="bad-request">Id?</error></response>')
+        self.assertInvalid(b'<response v="1" id="00" status="error"><error code="408" name="timeout">Late.</error></response>')
 
     def test_one_operation_per_request(self) -> None:
         self.assertInvalid(request("<whoami/><whoami/>"))
@@ -583,7 +603,10 @@ class SchemaTests(TestCase):
         self.assertInvalid(request('<register-address><endpoint address="192.0.2.300" port="4605"/></register-address>'))
         self.assertInvalid(request('<register-address><endpoint address="192.0.2.1" port="65536"/></register-address>'))
         self.assertInvalid(request('<register-address><endpoint address="192.0.2.1" port="0"/></register-address>'))
-        self.assertValid(request('<register-address><endpoint address="::ffff:192.0.2.1" port="1"/></register-address>'))
+        for address in ("::ffff:192.0.2.1", "::FFFF:c000:201", "0:0:0:0:0:ffff:c000:201", "::192.0.2.1", "::c000:201", "::"):
+            self.assertInvalid(request(f'<register-address><endpoint address="{address}" port="1"/></register-address>'))
+        for address in ("::1", "0:0:0:0:0:0:0:1", "::1:0:0:0", "::fffe:c000:201", "2001:db8::ffff:192.0.2.1", "192.0.2.1"):
+            self.assertValid(request(f'<register-address><endpoint address="{address}" port="1"/></register-address>'))
         nine = '<endpoint address="192.0.2.1" port="1"/>' * 9
         self.assertInvalid(request(f"<register-address>{nine}</register-address>"))
         self.assertInvalid(request('<create-user user="x"><password>too short</password></create-user>'))
@@ -591,6 +614,47 @@ class SchemaTests(TestCase):
         self.assertInvalid(request('<update-user><attributes><attribute name="-">b</attribute></attributes></update-user>'))
         self.assertInvalid(request('<certificate-status serial="1f"><pem>x</pem></certificate-status>'))
         self.assertInvalid(request("<certificate-status/>"))
+
+    def test_ipv4_in_ipv6_forms(self) -> None:
+        """The schema refuses exactly the IPv6 texts the registry refuses as IPv4-mapped
+        or IPv4-compatible (and the unspecified address), in every text form: checked
+        against Python's reading of each form, compressed anywhere, in either case, with
+        leading zeros and dotted quads."""
+        import ipaddress
+        import random
+
+        rng = random.Random(4604)
+        values = [0, 1, 2, 0xFFFF, 0x10000, 0xFFFF << 32, (0xFFFF << 32) | 1, 1 << 32, (1 << 32) | 1, 1 << 48, (0xFFFE << 32) | 5]
+        values += [rng.getrandbits(32) for _ in range(20)] + [(0xFFFF << 32) | rng.getrandbits(32) for _ in range(20)]
+        values += [rng.getrandbits(16) << (16 * rng.randrange(8)) for _ in range(20)] + [rng.getrandbits(128) for _ in range(20)]
+        checked = 0
+        for value in values:
+            groups = [(value >> (16 * (7 - index))) & 0xFFFF for index in range(8)]
+            for _variant in range(4):
+                texts = []
+                for index in range(8):
+                    text = format(groups[index], "x").zfill(rng.choice([1, 1, 4]))
+                    texts.append(text.upper() if rng.random() < 0.3 else text)
+                parts = texts[:6] + [".".join(str((value >> shift) & 255) for shift in (24, 16, 8, 0))] if rng.random() < 0.4 else texts
+                forms = {":".join(parts)}
+                for start in range(min(len(parts), 6 if len(parts) == 7 else 8)):
+                    for end in range(start, 6 if len(parts) == 7 else 8):
+                        if any(groups[index] for index in range(start, end + 1)):
+                            break
+                        forms.add(":".join(parts[:start]) + "::" + ":".join(parts[end + 1 :]))
+                for form in forms:
+                    ip = ipaddress.IPv6Address(form)
+                    refused = ip.ipv4_mapped is not None or (int(ip) >> 32 == 0 and int(ip) != 1)
+                    payload = request(f'<register-address><endpoint address="{form}" port="1"/></register-address>')
+                    if refused:
+                        self.assertInvalid(payload)
+                    else:
+                        try:
+                            validate(payload)
+                        except ValueError:
+                            self.fail(f"{form} refused")
+                    checked += 1
+        self.assertGreater(checked, 500)
 
     def test_timestamps_and_signatures(self) -> None:
         def addresses(expires: str, signature: str) -> bytes:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -26,7 +27,7 @@ from irp.keyfiles import fingerprint
 from irp.records import Endpoint, RecordSigner, RecordVerifier
 from irp.store import RegistryStore, open_store, parse_database_url, sqlite_pool
 from irp.store.dialect import SQLITE
-from irp.store.schema import LATEST_VERSION
+from irp.store.schema import LATEST_VERSION, MIGRATIONS, upgrade_schema
 from test import pki
 
 DOMAIN = "example.org"
@@ -115,6 +116,25 @@ class RegistryStoreTestsMixin(_MixinBase):
         await store.pool.runOperation(store.dialect.sql("UPDATE schema_version SET version = ?"), (LATEST_VERSION + 1,))
         error = await self.assertFailsWith(RuntimeError, store.upgrade())
         self.assertIn("newer", str(error))
+
+    async def test_upgrade_from_version_1(self) -> None:
+        """A database of the first schema gets the security-event counter (at 0) and its
+        users a password version, and keeps its data."""
+        store = await self.make_store()
+        await store.pool.runInteraction(upgrade_schema, store.dialect, MIGRATIONS[:1])
+        await store.pool.runOperation(
+            store.dialect.sql(
+                "INSERT INTO users (username, display_name, email, attributes, is_admin, password_hash,"
+                " password_login, created_at, updated_at, record_seq, record_signed_at, record_signature)"
+                " VALUES (?, '', '', '[]', 0, 'hash', 1, 1, 1, 1, 1, ?)"
+            ),
+            ("alice", b"\x00" * 64),
+        )
+        self.assertEqual(await store.upgrade(), LATEST_VERSION)
+        self.assertEqual(await store.security_generation(), 0)
+        account = await store.get_account("alice")
+        assert account is not None
+        self.assertEqual((account.password_hash, account.password_version), ("hash", 0))
 
     async def test_integrity_check(self) -> None:
         """A fresh database passes the engine's integrity check."""
@@ -217,6 +237,52 @@ class RegistryStoreTestsMixin(_MixinBase):
         await self.assertFailsWith(errors.NotFound, store.set_password_hash("nobody", "h"))
         await self.assertFailsWith(errors.NotFound, store.set_password_login("nobody", True))
         await self.assertFailsWith(errors.NotFound, store.set_admin("nobody", True))
+
+    async def test_security_events(self) -> None:
+        """Revocations, new passwords, password-login and administrator changes and deleted
+        users each count as a security event; directory and address changes, rehashes and
+        new users do not."""
+        store = await self.store()
+        await store.create_user("root", is_admin=True)
+        await store.create_user("alice", password_hash="one")
+        certificate = await self.add_certificate(store, "alice")
+        self.assertEqual(await store.security_generation(), 0)
+        for change in (
+            lambda: store.update_user("alice", display_name="Alice"),
+            lambda: store.put_addresses("alice", "online", (Endpoint.parse("192.0.2.1", 1),), 60),
+            lambda: store.rehash_password("alice", "one", "one, rehashed"),
+            lambda: store.create_user("bob"),
+        ):
+            await change()
+        self.assertEqual(await store.security_generation(), 0)
+        events = [
+            lambda: store.set_password_hash("alice", "two"),
+            lambda: store.set_password_login("alice", False),
+            lambda: store.set_admin("alice", True),
+            lambda: store.revoke_certificate(certificate.serial_number, "superseded"),
+            lambda: store.delete_user("bob"),
+        ]
+        for number, change in enumerate(events, 1):
+            await change()
+            self.assertEqual(await store.security_generation(), number)
+
+    async def test_password_version(self) -> None:
+        """A new password changes the version; a rehash does not, and replaces only the
+        hash it was made from; a user created again under a deleted name gets a version no
+        session of the old account holds."""
+        store = await self.store()
+        created = await store.create_user("alice", password_hash="one")
+        changed = await store.set_password_hash("alice", "two")
+        self.assertNotEqual(changed.password_version, created.password_version)
+        self.assertTrue(await store.rehash_password("alice", "two", "two, rehashed"))
+        self.assertFalse(await store.rehash_password("alice", "two", "two, again"))
+        account = await store.get_account("alice")
+        assert account is not None
+        self.assertEqual((account.password_hash, account.password_version), ("two, rehashed", changed.password_version))
+        self.assertEqual(account.updated_at, changed.updated_at)
+        await store.delete_user("alice")
+        again = await store.create_user("alice", password_hash="one")
+        self.assertNotIn(again.password_version, (created.password_version, changed.password_version))
 
     async def test_count_admins(self) -> None:
         """count_admins counts administrators only."""
@@ -591,6 +657,25 @@ class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
         pool.start()
         self.addCleanup(pool.close)
         return RegistryStore(pool, SQLITE, DOMAIN, self.signer, self.clock.seconds)
+
+    async def test_locked_database_is_unavailable(self) -> None:
+        """A database that stays locked (or cannot be reached) makes operations fail with
+        unavailable (503, try again later), logged; the store works again afterwards."""
+        import sqlite3
+
+        store = await self.store()
+        await store.create_user("alice")
+        await store.pool.runOperation("PRAGMA busy_timeout = 0")  # fail at once, not after 10 s
+        other = sqlite3.connect(self.path("registry"), isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN EXCLUSIVE")
+        logged: list[Any] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        await self.assertFailsWith(errors.Unavailable, store.set_password_login("alice", False))
+        self.assertTrue(any("database is unavailable" in (formatEvent(event) or "") for event in logged))
+        other.execute("ROLLBACK")
+        self.assertEqual((await store.set_password_login("alice", False)).password_login, False)
 
     async def test_file_is_private(self) -> None:
         """The database file holds password hashes: mode 0600."""

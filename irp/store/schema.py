@@ -77,6 +77,14 @@ MIGRATIONS: list[list[str]] = [
             der {BLOB} NOT NULL
         )""",
     ],
+    # 1 -> 2: a counter of everything that may end sessions (revocations, password and
+    # password-login changes, administrator changes, deleted users), which registry
+    # processes sharing the database watch; and a password version that only a new
+    # password changes (not a rehash of the same password with stronger parameters).
+    [
+        "INSERT INTO counters (name, value) VALUES ('security_events', 0)",
+        "ALTER TABLE users ADD COLUMN password_version {BIGINT} NOT NULL DEFAULT 0",
+    ],
 ]
 
 #: The version a fully upgraded database has.

@@ -16,14 +16,18 @@ from typing import Any, TypeVar
 from cryptography import x509
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from irp.errors import Conflict, NotFound
+from irp.errors import Conflict, NotFound, Unavailable
 from irp.identity import Identity
 from irp.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
 from irp.store.dialect import Dialect
 from irp.store.schema import MIGRATIONS, upgrade_schema
 
 T = TypeVar("T")
+
+log = Logger()
 
 Transaction = Any  # adbapi.Transaction: a DB-API cursor-like object
 
@@ -38,6 +42,10 @@ class Account:
     password_login: bool
     created_at: int
     updated_at: int
+    #: Changes with every new password (not with a rehash of the same password), and
+    #: differs from every version of an earlier account of the same name: it is the
+    #: security-event count when the password was set or the account created.
+    password_version: int = 0
 
     @property
     def username(self) -> str:
@@ -63,7 +71,7 @@ def serial_text(serial: int) -> str:
 
 _USER_COLUMNS = (
     "username, display_name, email, attributes, is_admin, password_hash, password_login,"
-    " created_at, updated_at, record_seq, record_signed_at, record_signature"
+    " created_at, updated_at, record_seq, record_signed_at, record_signature, password_version"
 )
 _CERT_COLUMNS = (
     "serial, fingerprint, username, origin, not_before, not_after, issued_at, revoked_at,"
@@ -88,6 +96,7 @@ class RegistryStore:
         self.signer = signer
         self.now = now
         self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
+        self._operational_error: type[Exception] = pool.dbapi.OperationalError
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -102,11 +111,21 @@ class RegistryStore:
         self._execute(txn, statement, params)
         return list(txn.fetchall())
 
+    def _unavailable(self, failure: Failure) -> Failure:
+        """Turn the database's operational errors (locked, unreachable, out of space...)
+        into Unavailable (503, try again later), logged; pass other failures on."""
+        if failure.check(self._operational_error):
+            log.error("The database is unavailable: {error}", error=str(failure.value))
+            raise Unavailable("the registry's database is unavailable; try again later")
+        return failure
+
     def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        return self.pool.runInteraction(interaction, *args)
+        """Run ``interaction`` in a transaction; operational errors become Unavailable."""
+        return self.pool.runInteraction(interaction, *args).addErrback(self._unavailable)
 
     def _write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run ``interaction`` in a write transaction; integrity errors become Conflict."""
+        """Run ``interaction`` in a write transaction; integrity errors become Conflict,
+        operational errors Unavailable."""
 
         def transaction(txn: Transaction, *inner: Any) -> T:
             if self.dialect.begin_write:
@@ -116,7 +135,16 @@ class RegistryStore:
             except self._integrity_error as error:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
 
-        return self.pool.runInteraction(transaction, *args)
+        return self.pool.runInteraction(transaction, *args).addErrback(self._unavailable)
+
+    def _security_event(self, txn: Transaction) -> int:
+        """Count a change that may end sessions (see :meth:`security_generation`); return
+        the counter's new value."""
+        self._execute(txn, "UPDATE counters SET value = value + 1 WHERE name = 'security_events'")
+        return self._security_events(txn)
+
+    def _security_events(self, txn: Transaction) -> int:
+        return int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'security_events'")[0])
 
     def _now(self) -> int:
         return int(self.now())
@@ -164,6 +192,7 @@ class RegistryStore:
             password_login=bool(row[6]),
             created_at=int(row[7]),
             updated_at=int(row[8]),
+            password_version=int(row[12]),
         )
 
     def _get_account(self, txn: Transaction, username: str, lock: bool = False) -> Account | None:
@@ -200,12 +229,15 @@ class RegistryStore:
             now = self._now()
             if self._get_account(txn, username) is not None:
                 raise Conflict(f"the user {username}@{self.domain} already exists")
+            # Deleting a user was a security event: a session of a deleted account of the
+            # same name holds a lower version, and cannot pass for this account's.
+            password_version = self._security_events(txn)
             record = self.signer.sign(
                 UserRecord(self._identity(username), display_name, email, attributes, 1, now)
             )
             self._execute(
                 txn,
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     username,
                     display_name,
@@ -219,10 +251,11 @@ class RegistryStore:
                     record.seq,
                     record.signed_at,
                     record.signature,
+                    password_version,
                 ),
             )
             self._write_addresses(txn, username, "offline", (), now, 1, now)
-            return Account(record, is_admin, password_hash, password_login, now, now)
+            return Account(record, is_admin, password_hash, password_login, now, now, password_version)
 
         return self._write(create)
 
@@ -272,6 +305,7 @@ class RegistryStore:
                 account.password_login,
                 account.created_at,
                 now,
+                account.password_version,
             )
 
         return self._write(update)
@@ -286,10 +320,16 @@ class RegistryStore:
             raise Conflict("the last administrator cannot be removed or lose administrator rights")
 
     def _update_account_field(self, username: str, column: str, value: Any) -> Deferred[Account]:
+        """Change one security setting of an account: a security event (see
+        :meth:`security_generation`)."""
+
         def update(txn: Transaction) -> Account:
             account = self._require_account(txn, username, lock=True)
             if column == "is_admin" and not value:
                 self._keep_an_administrator(txn, account)
+            event = self._security_event(txn)
+            if column == "password_hash":
+                self._execute(txn, "UPDATE users SET password_version = ? WHERE username = ?", (event, username))
             self._execute(
                 txn,
                 f"UPDATE users SET {column} = ?, updated_at = ? WHERE username = ?",
@@ -300,8 +340,26 @@ class RegistryStore:
         return self._write(update)
 
     def set_password_hash(self, username: str, password_hash: str | None) -> Deferred[Account]:
-        """Set (or clear, with None) the user's password hash."""
+        """Set (or clear, with None) the user's password: a new password version."""
         return self._update_account_field(username, "password_hash", password_hash)
+
+    def rehash_password(self, username: str, old_hash: str, new_hash: str) -> Deferred[bool]:
+        """Replace ``old_hash`` by ``new_hash``, a hash of the same password with the
+        current parameters: not a new password (the version stays, no session ends).
+
+        Only if the stored hash is still ``old_hash``: a password set meanwhile wins. Fires
+        with whether the hash was replaced.
+        """
+
+        def rehash(txn: Transaction) -> bool:
+            self._execute(
+                txn,
+                "UPDATE users SET password_hash = ? WHERE username = ? AND password_hash = ?",
+                (new_hash, username, old_hash),
+            )
+            return bool(txn.rowcount == 1)
+
+        return self._write(rehash)
 
     def set_password_login(self, username: str, enabled: bool) -> Deferred[Account]:
         """Allow or refuse password login for the user."""
@@ -346,6 +404,7 @@ class RegistryStore:
                 txn, "DELETE FROM certificates WHERE username = ? AND origin <> 'issued'", (username,)
             )
             self._execute(txn, "DELETE FROM users WHERE username = ?", (username,))
+            self._security_event(txn)
             return len(rows)
 
         return self._write(delete)
@@ -575,6 +634,7 @@ class RegistryStore:
             (at, reason, serial),
         )
         self._execute(txn, "UPDATE counters SET value = value + 1 WHERE name = 'revocations'")
+        self._security_event(txn)
 
     def revoke_certificate(self, serial: int, reason: str) -> Deferred[CertificateInfo]:
         """Revoke a certificate this CA issued; revoking twice is a Conflict."""
@@ -606,6 +666,13 @@ class RegistryStore:
             return int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'revocations'")[0])
 
         return self._read(get)
+
+    def security_generation(self) -> Deferred[int]:
+        """Fire with a counter that grows with every change that may end sessions:
+        revocations, new passwords, password-login and administrator changes, deleted
+        users. Registry processes sharing the database watch it."""
+
+        return self._read(self._security_events)
 
     def get_crl(self, issuer: str) -> Deferred[StoredCRL | None]:
         """Fire with the last CRL stored for ``issuer`` (``"issuing"`` or ``"root"``)."""
