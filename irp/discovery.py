@@ -62,7 +62,7 @@ async def discover(domain: str, resolver: Any = None, rng: random.Random | None 
     if resolver is None:
         from twisted.names import client
 
-        resolver = client.createResolver()
+        resolver = client.getResolver()  # the process-wide one, from /etc/resolv.conf
     try:
         answers, _authority, _additional = await Deferred.fromCoroutine(_lookup(resolver, name))
     except (DNSNameError, DomainError):

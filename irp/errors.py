@@ -256,3 +256,15 @@ class CertificateInvalid(CertificateRejected):
             raise ValueError(f"unknown certificate rejection reason {reason!r}")
         self.reason = reason
         super().__init__(message)
+
+
+class CertificateRevoked(CertificateRejected):
+    """The certificate is on its CA's current CRL."""
+
+    default_message = "The certificate has been revoked."
+
+
+class RevocationUnknown(CertificateRejected):
+    """The certificate's revocation status cannot be learnt (no usable CRL)."""
+
+    default_message = "The certificate's revocation status cannot be checked now."

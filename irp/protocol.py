@@ -361,14 +361,18 @@ class RegistryServerFactory(Factory):
         from twisted.internet.defer import Deferred, succeed
 
         try:
-            self.trust.verify_user_certificate(
+            verified = self.trust.verify_user_certificate(
                 leaf,
                 [*intermediates, *self.known_intermediates],
                 now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
             )
         except errors.CertificateRejected as error:
             log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
-            session.rejected = error
+            # Keep the plain CertificateRejected: the wire form is the same, and the
+            # session must be able to raise it again for every request.
+            session.rejected = errors.CertificateRejected(error.message)
             return succeed(None)
-        result: Deferred[None] = Deferred.fromCoroutine(self.registry.authenticate_certificate(session, leaf))
+        result: Deferred[None] = Deferred.fromCoroutine(
+            self.registry.authenticate_certificate(session, leaf, verified.chain)
+        )
         return result

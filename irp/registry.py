@@ -8,7 +8,7 @@ does know the store, the CA and the password hasher.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -50,6 +50,7 @@ from irp.messages import (
     required,
 )
 from irp.passwords import PasswordHasher, check_password_policy
+from irp.revocation import RevocationChecker
 from irp.ratelimit import FailureLimiter
 from irp.ratelimit import address_key as limited_address
 from irp.records import (
@@ -137,28 +138,44 @@ class Session:
     password_version: int | None = None
     #: The security generation the session was last validated at.
     generation: int = 0
-    #: Set when a presented client certificate was refused; every request then fails.
+    #: Set when a presented client certificate was refused: every request that needs a
+    #: login then fails with it (public ones still work).
     rejected: errors.IRPError | None = None
+    #: True for a user of another, federated domain (read-only directory access).
+    federated: bool = False
 
     @property
     def username(self) -> str:
-        """The logged-in user's name (raises NotAuthenticated when anonymous)."""
+        """The logged-in local user's name (NotAuthenticated when anonymous, Forbidden for
+        a user of another domain)."""
         if self.identity is None:
             raise errors.NotAuthenticated()
+        if self.federated:
+            raise errors.Forbidden(f"{self.identity} is not a user of this registry: only look-ups are allowed")
         return self.identity.username
 
 
 Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Element]]]
 
 
+#: Who may call an operation: anyone (even before login), any logged-in user including
+#: users of federated domains, or only logged-in users of this domain.
+ACCESS_LEVELS = ("anyone", "user", "local")
+
+
 @dataclass(frozen=True)
 class Operation:
-    """One operation: its handler and whether it needs a logged-in caller."""
+    """One operation: its handler, who may call it, and the fields it takes."""
 
     handler: Handler
-    needs_login: bool
+    access: str
     attributes: tuple[str, ...] = ()
     children: tuple[str, ...] = ()
+
+    @property
+    def needs_login(self) -> bool:
+        """Whether an anonymous caller is refused."""
+        return self.access != "anyone"
 
 
 @dataclass
@@ -172,6 +189,10 @@ class Registry:
     hasher: PasswordHasher
     clock: IReactorTime
     run_in_thread: ThreadRunner
+    #: Checks certificates of users of federated domains against their CRLs.
+    revocation: RevocationChecker | None = None
+    #: Domains whose users may look users of this domain up (their roots are trusted).
+    federated_domains: frozenset[str] = frozenset()
     operations: dict[str, Operation] = field(init=False)
     #: Grows whenever a revocation or account change may end existing sessions.
     generation: int = field(init=False, default=0)
@@ -203,34 +224,34 @@ class Registry:
     def _operation_table(self) -> dict[str, Operation]:
         op = Operation
         return {
-            "capabilities": op(self.capabilities, False),
-            "login": op(self.login, False, ("user",), ("password",)),
-            "logout": op(self.logout, False),
-            "whoami": op(self.whoami, False),
-            "get-user": op(self.get_user, True, ("user",)),
-            "update-user": op(self.update_user, True, ("user", "display-name", "email"), ("attribute", "attributes")),
-            "list-users": op(self.list_users, True, ("offset", "limit", "prefix")),
-            "register-address": op(self.register_address, True, ("presence", "ttl"), ("endpoint",)),
-            "lookup": op(self.lookup, True, ("user",)),
-            "request-certificate": op(self.request_certificate, True, ("user",), ("csr",)),
-            "generate-key": op(self.generate_key, True, ("user", "key-type", "label"), ("passphrase",)),
-            "list-certificates": op(self.list_certificates, True, ("user",)),
-            "get-certificate": op(self.get_certificate, True, ("serial",)),
-            "user-certificates": op(self.user_certificates, True, ("user",)),
-            "upload-certificate": op(self.upload_certificate, True, (), ("pem",)),
-            "list-pkcs12": op(self.list_pkcs12, True, ("user",)),
-            "get-pkcs12": op(self.get_pkcs12, True, ("id",)),
-            "upload-pkcs12": op(self.upload_pkcs12, True, ("label",), ("data",)),
-            "renew": op(self.renew, True, ("serial",), ("csr",)),
-            "revoke": op(self.revoke, True, ("serial", "reason")),
-            "get-crl": op(self.get_crl, False),
-            "certificate-status": op(self.certificate_status, False, ("serial",), ("pem",)),
-            "ca-chain": op(self.ca_chain, False),
-            "create-user": op(self.create_user, True, ("user", "display-name", "email", "admin", "password-login"), ("password",)),
-            "set-password": op(self.set_password, True, ("user",), ("password", "current-password")),
-            "set-password-login": op(self.set_password_login, True, ("user", "enabled")),
-            "set-admin": op(self.set_admin, True, ("user", "enabled")),
-            "delete-user": op(self.delete_user, True, ("user",)),
+            "capabilities": op(self.capabilities, "anyone"),
+            "login": op(self.login, "anyone", ("user",), ("password",)),
+            "logout": op(self.logout, "anyone"),
+            "whoami": op(self.whoami, "anyone"),
+            "get-user": op(self.get_user, "user", ("user",)),
+            "update-user": op(self.update_user, "local", ("user", "display-name", "email"), ("attribute", "attributes")),
+            "list-users": op(self.list_users, "local", ("offset", "limit", "prefix")),
+            "register-address": op(self.register_address, "local", ("presence", "ttl"), ("endpoint",)),
+            "lookup": op(self.lookup, "user", ("user",)),
+            "request-certificate": op(self.request_certificate, "local", ("user",), ("csr",)),
+            "generate-key": op(self.generate_key, "local", ("user", "key-type", "label"), ("passphrase",)),
+            "list-certificates": op(self.list_certificates, "local", ("user",)),
+            "get-certificate": op(self.get_certificate, "user", ("serial",)),
+            "user-certificates": op(self.user_certificates, "user", ("user",)),
+            "upload-certificate": op(self.upload_certificate, "local", (), ("pem",)),
+            "list-pkcs12": op(self.list_pkcs12, "local", ("user",)),
+            "get-pkcs12": op(self.get_pkcs12, "local", ("id",)),
+            "upload-pkcs12": op(self.upload_pkcs12, "local", ("label",), ("data",)),
+            "renew": op(self.renew, "local", ("serial",), ("csr",)),
+            "revoke": op(self.revoke, "local", ("serial", "reason")),
+            "get-crl": op(self.get_crl, "anyone"),
+            "certificate-status": op(self.certificate_status, "anyone", ("serial",), ("pem",)),
+            "ca-chain": op(self.ca_chain, "anyone"),
+            "create-user": op(self.create_user, "local", ("user", "display-name", "email", "admin", "password-login"), ("password",)),
+            "set-password": op(self.set_password, "local", ("user",), ("password", "current-password")),
+            "set-password-login": op(self.set_password_login, "local", ("user", "enabled")),
+            "set-admin": op(self.set_admin, "local", ("user", "enabled")),
+            "delete-user": op(self.delete_user, "local", ("user",)),
         }
 
     def handle(self, session: Session, request: Request) -> Deferred[list[Element]]:
@@ -238,16 +259,20 @@ class Registry:
         return Deferred.fromCoroutine(self._handle(session, request))
 
     async def _handle(self, session: Session, request: Request) -> list[Element]:
-        if session.rejected is not None:
-            raise session.rejected
         operation = self.operations.get(request.operation)
         if operation is None:
             raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
         check_fields(request.element, operation.attributes, operation.children)
         check_children(request.element)
         if operation.needs_login:
+            if session.rejected is not None:
+                raise session.rejected
             if session.identity is None:
                 raise errors.NotAuthenticated()
+            if operation.access == "local" and session.federated:
+                raise errors.Forbidden(
+                    f"users of other domains may only look users of {self.domain} up"
+                )
             await self._check_session(session)
         return await operation.handler(session, request.element)
 
@@ -272,6 +297,11 @@ class Registry:
     async def _revalidate(self, session: Session) -> None:
         """Re-check a session after revocations or account changes anywhere."""
         generation = self.generation
+        if session.federated:
+            # A user of another domain: nothing of theirs is stored here; their own
+            # registry's CRL is checked when fetched again (see irp.revocation).
+            session.generation = generation
+            return
         account = await self.store.get_account(session.username)
         failure: errors.IRPError | None = None
         if account is None:
@@ -305,6 +335,8 @@ class Registry:
         return account
 
     async def _caller_is_admin(self, session: Session) -> bool:
+        if session.federated or session.identity is None:
+            return False
         account = await self.store.get_account(session.username)
         return account is not None and account.is_admin
 
@@ -376,12 +408,23 @@ class Registry:
             sub_element(result, "operation", {"name": name})
         return [result]
 
-    async def authenticate_certificate(self, session: Session, certificate: x509.Certificate) -> None:
-        """Log ``session`` in with a client certificate already verified by TLS.
+    async def authenticate_certificate(
+        self, session: Session, certificate: x509.Certificate, chain: Sequence[x509.Certificate] = ()
+    ) -> None:
+        """Log ``session`` in with a client certificate whose chain was verified.
 
-        The certificate must be one this registry issued (known fingerprint), good now,
-        and its owner must exist. Otherwise the session is marked rejected.
+        A certificate of this domain must be one this registry issued (known
+        fingerprint), good now, and its owner must exist. A certificate of a federated
+        domain (its root trusted by the operator) must not be on that domain's current
+        CRL; it gives read-only look-ups. Otherwise the session is marked rejected.
         """
+        try:
+            named = identity_from_certificate(certificate)
+        except InvalidIdentity:
+            named = None
+        if named is not None and named.domain != self.domain:
+            await self._authenticate_federated(session, named, certificate, chain)
+            return
         digest = fingerprint(certificate)
         info = await self.store.get_certificate_by_fingerprint(digest)
         problem: str | None = None
@@ -412,6 +455,30 @@ class Registry:
         session.password_version = None
         session.generation = self.generation
         log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
+
+    async def _authenticate_federated(
+        self, session: Session, identity: Identity, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> None:
+        problem: str | None = None
+        if self.revocation is None or identity.domain not in self.federated_domains or len(chain) < 2:
+            problem = f"users of {identity.domain} are not accepted here"
+        else:
+            try:
+                await self.revocation.check(identity.domain, certificate, chain[1])
+            except errors.CertificateRejected as error:
+                problem = error.message
+        if problem is not None:
+            log.warn("Refused client certificate of {user} from {host}: {problem}", user=str(identity), host=session.peer_host, problem=problem)
+            session.rejected = errors.CertificateRejected(problem)
+            return
+        session.identity = identity
+        session.method = "certificate"
+        session.federated = True
+        session.certificate_serial = None
+        session.certificate_not_after = int(certificate.not_valid_after_utc.timestamp())
+        session.password_version = None
+        session.generation = self.generation
+        log.info("{user} (a federated domain) logged in from {host}", user=str(identity), host=session.peer_host)
 
     async def login(self, session: Session, element: Element) -> list[Element]:
         """Username/password login (UPA)."""
@@ -454,7 +521,9 @@ class Registry:
         return [self._session_element(session, False)]
 
     async def whoami(self, session: Session, element: Element) -> list[Element]:
-        """Who the session is logged in as."""
+        """Who the session is logged in as (a refused certificate is reported)."""
+        if session.identity is None and session.rejected is not None:
+            raise session.rejected
         if session.identity is not None:
             await self._check_session(session)
         is_admin = session.identity is not None and await self._caller_is_admin(session)
@@ -466,7 +535,7 @@ class Registry:
         """A user's signed public entry (with account settings for self and admins)."""
         username = self._local_username(required(element, "user"))
         account = await self._account(username)
-        private = username == session.username or await self._caller_is_admin(session)
+        private = (not session.federated and username == session.username) or await self._caller_is_admin(session)
         return [user_element(account.record, self._account_view(account) if private else None)]
 
     async def update_user(self, session: Session, element: Element) -> list[Element]:

@@ -9,6 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 from OpenSSL import SSL
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -19,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from irp import errors, keyfiles
+from irp.client import connect, connect_domain
 from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import ConnectionLimits, RegistryServerFactory
@@ -26,6 +29,8 @@ from irp.records import RecordSigner
 from irp.registry import Registry, RegistryConfig
 from irp.store import RegistryStore, open_store
 from irp.tls import ServerTLS, make_server_context
+from irp.identity import check_domain
+from irp.revocation import RevocationChecker
 from irp.trust import TrustStore
 
 log = Logger()
@@ -52,6 +57,10 @@ class RegistrySettings:
     #: How often to renew the server and record-signing certificates that are within
     #: RENEW_BEFORE of their end (a long-running registry must not serve expired ones).
     renew_interval: float = 86400.0
+    #: Root CAs of other domains whose users may look users of this domain up.
+    federated_roots: list[x509.Certificate] = field(default_factory=list)
+    #: Registries of those domains (domain -> (host, port)); others are found by DNS SRV.
+    registries: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def database_url(self) -> str:
@@ -128,9 +137,17 @@ class RegistryService(service.Service):
             hasher=hasher,
             clock=self.reactor,
             run_in_thread=self._run_in_thread,
+            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor),
+            federated_domains=frozenset(self.federated_roots),
         )
         await self._bootstrap_admin()
-        trust = TrustStore([ca.root_certificate])
+        trust = TrustStore([ca.root_certificate, *self.federated_roots.values()])
+        for domain, root in sorted(self.federated_roots.items()):
+            log.info(
+                "Users of {domain} may look users up (their root CA {fingerprint})",
+                domain=domain,
+                fingerprint=keyfiles.format_fingerprint(keyfiles.fingerprint(root)),
+            )
         self.factory = RegistryServerFactory(
             self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
         )
@@ -214,6 +231,36 @@ class RegistryService(service.Service):
                 until=new.signing_certificate.not_valid_after_utc.isoformat(),
             )
         self.credentials = new
+
+    @property
+    def federated_roots(self) -> dict[str, x509.Certificate]:
+        """The federated domains' roots, by domain (from each root's O attribute)."""
+        roots: dict[str, x509.Certificate] = {}
+        for root in self.settings.federated_roots:
+            names = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+            if not names:
+                raise errors.InvalidArgument("a federated root CA names no domain (O attribute)")
+            domain = check_domain(str(names[0].value))
+            if domain == self.settings.domain:
+                raise errors.InvalidArgument(f"{domain} is this registry's own domain")
+            roots[domain] = root
+        return roots
+
+    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
+        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+        root = self.federated_roots[domain]
+        server = self.settings.registries.get(domain)
+        if server is not None:
+            client = await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
+        else:
+            client = await connect_domain(self.reactor, domain, trust_roots=[root], timeout=15)
+        try:
+            for info in await client.get_crls():
+                if info.issuer == "issuing":
+                    return info.crl
+            raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+        finally:
+            client.close()
 
     def _run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)

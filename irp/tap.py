@@ -61,6 +61,8 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["hostnames"] = []
+        self["federated-roots"] = []
+        self["registries"] = {}
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable); default tcp6:4604:interface=\\:\\: (IPv6 and IPv4)."""
@@ -69,6 +71,28 @@ class Options(usage.Options):
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
         self["hostnames"].append(name)
+
+    def opt_trust_domain(self, path: str) -> None:
+        """Root CA (PEM file) of another domain whose users may look users up (repeatable)."""
+        from irp.keyfiles import load_certificates
+
+        try:
+            root = load_certificates(path)[0]
+        except (OSError, ValueError, IndexError) as error:
+            raise usage.UsageError(f"cannot read a root CA from {path}: {error}") from None
+        self["federated-roots"].append(root)
+
+    def opt_registry(self, value: str) -> None:
+        """DOMAIN=HOST[:PORT]: where a trusted domain's registry is (else found by DNS SRV)."""
+        from irp.client import split_server
+
+        domain, separator, server = value.partition("=")
+        try:
+            if not separator:
+                raise ValueError("expected DOMAIN=HOST[:PORT]")
+            self["registries"][check_domain(domain)] = split_server(server)
+        except (ValueError, InvalidIdentity) as error:
+            raise usage.UsageError(f"--registry {value}: {error}") from None
 
     def postOptions(self) -> None:
         """Check and complete the options."""
@@ -117,6 +141,8 @@ class Options(usage.Options):
             login_failures_per_user=self["login-failures"],
         )
         return RegistrySettings(
+            federated_roots=self["federated-roots"],
+            registries=self["registries"],
             domain=self["domain"],
             data_dir=os.path.abspath(self["data-dir"]),
             listen=self["listen"],

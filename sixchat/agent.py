@@ -82,6 +82,9 @@ class AgentSettings:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     register: bool = True
     control: bool = True
+    #: twisted.names resolver for finding other domains' registries by DNS SRV (None:
+    #: the system's).
+    resolver: Any = None
 
 
 class _Refused(Protocol):
@@ -167,7 +170,7 @@ class Agent(service.Service):
         self.load_credentials()
         self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor, now=self.clock.seconds)
         key, certificate, chain = self.profile.credentials()
-        self.directory = Directory(self.reactor, self.profile, key, certificate, chain)
+        self.directory = Directory(self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver)
         roots = self.profile.trusted_roots()
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(

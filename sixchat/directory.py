@@ -1,11 +1,12 @@
 """The agent's view of IRP: its own registry and those of other domains it trusts.
 
-One connection per registry is kept open and reopened when it drops: logged in with the
-user's certificate at their own registry, anonymous at the registries of other trusted
-domains (which did not issue the certificate and would refuse it; their CA chain and CRLs
-are public). Every answer is verified by :mod:`irp.client` (pinned roots, record
-signatures); this module adds which registry serves which domain, and caches nothing but
-connections.
+One connection per registry is kept open and reopened when it drops, always presenting
+the user's certificate: their own registry logs them in with it, and the registry of
+another domain that federates with theirs accepts it for look-ups (one that does not
+refuses look-ups with ``certificate-rejected`` but still serves its public CA chain and
+CRLs). A domain's registry is the one configured in the profile, or else the one DNS SRV
+names (``_irp._tcp.<domain>``). Every answer is verified by :mod:`irp.client` (pinned
+roots, record signatures); this module caches nothing but connections.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from irp import DEFAULT_PORT, errors
-from irp.client import CRLInfo, RegistryClient, connect, split_server
+from irp.client import CRLInfo, RegistryClient, connect, connect_domain, split_server
 from irp.identity import Identity
 from irp.keyfiles import PrivateKey, fingerprint
 from irp.profile import Profile
@@ -40,6 +41,7 @@ class Directory:
         chain: Sequence[x509.Certificate],
         *,
         timeout: float = 15.0,
+        resolver: Any = None,
     ) -> None:
         self.reactor = reactor
         self.profile = profile
@@ -47,6 +49,8 @@ class Directory:
         self.certificate = certificate
         self.chain = list(chain)
         self.timeout = timeout
+        #: The twisted.names resolver for SRV look-ups (None: the system's).
+        self.resolver = resolver
         config = profile.load_config()
         self.home_domain = config.domain
         self.servers: dict[str, tuple[str, int]] = {config.domain: (config.server, config.port)}
@@ -56,39 +60,37 @@ class Directory:
         self._clients: dict[str, RegistryClient] = {}
         self._connecting: dict[str, list[Deferred[RegistryClient]]] = {}
 
-    def server_for(self, domain: str) -> tuple[str, int]:
-        """The registry serving ``domain``."""
+    def server_for(self, domain: str) -> tuple[str, int] | None:
+        """The registry configured for ``domain``, or None (found by DNS SRV then)."""
         if domain not in self.roots:
             raise errors.ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
-        try:
-            return self.servers[domain]
-        except KeyError:
-            raise errors.ClientError(f"no registry is configured for {domain}") from None
+        return self.servers.get(domain)
 
     async def client(self, domain: str) -> RegistryClient:
-        """A connection to ``domain``'s registry (reused while it stays up): logged in with
-        the user's certificate at their own registry, anonymous at other domains' (which
-        did not issue it and would refuse it)."""
+        """A connection to ``domain``'s registry, presenting the user's certificate
+        (reused while it stays up; concurrent callers share one connection attempt)."""
         existing = self._clients.get(domain)
         if existing is not None and not existing.protocol.closed:
             return existing
         mine: Deferred[RegistryClient] = Deferred()
         waiters = self._connecting.get(domain)
         if waiters is None:
-            host, port = self.server_for(domain)
-            own = domain == self.home_domain
+            server = self.server_for(domain)
             self._connecting[domain] = [mine]
-            connect(
-                self.reactor,
-                host,
-                port,
-                domain=domain,
-                trust_roots=[self.roots[domain]],
-                client_key=self.key if own else None,
-                client_certificate=self.certificate if own else None,
-                client_chain=self.chain if own else (),
-                timeout=self.timeout,
-            ).addBoth(self._connected, domain)
+            options: dict[str, Any] = {
+                "domain": domain,
+                "trust_roots": [self.roots[domain]],
+                "client_key": self.key,
+                "client_certificate": self.certificate,
+                "client_chain": self.chain,
+                "timeout": self.timeout,
+            }
+            if server is not None:
+                connecting = connect(self.reactor, server[0], server[1], **options)
+            else:
+                del options["domain"]
+                connecting = connect_domain(self.reactor, domain, resolver=self.resolver, **options)
+            connecting.addBoth(self._connected, domain)
         else:
             waiters.append(mine)
         return await mine

@@ -20,8 +20,7 @@ module decides the rest, in this order, and raises the matching SixChat error:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -30,6 +29,7 @@ from twisted.logger import Logger
 from irp import errors as irp_errors
 from irp.identity import Identity
 from irp.keyfiles import fingerprint
+from irp.revocation import RevocationChecker
 from irp.trust import TrustStore
 from sixchat import errors
 from sixchat.store import AgentStore
@@ -37,75 +37,6 @@ from sixchat.store import AgentStore
 log = Logger()
 
 POLICIES = ("contacts", "domain", "anyone")
-
-CRLFetcher = Callable[[str], Awaitable[x509.CertificateRevocationList]]
-
-
-@dataclass
-class _CachedCRL:
-    crl: x509.CertificateRevocationList
-    next_update: datetime
-    fetched_at: datetime
-
-
-class RevocationChecker:
-    """Keeps each trusted domain's issuing CRL and answers "is this revoked?".
-
-    A CRL is used until its next update, but fetched again once it is older than
-    ``max_age`` (registries publish a new CRL at every revocation, so this bounds how long
-    a revocation goes unnoticed); None keeps it until its next update.
-    """
-
-    def __init__(
-        self,
-        fetch: CRLFetcher,
-        clock: Any,
-        *,
-        stale_grace: timedelta = timedelta(days=3),
-        max_age: timedelta | None = timedelta(minutes=5),
-    ) -> None:
-        self.fetch = fetch
-        self.clock = clock
-        self.stale_grace = stale_grace
-        self.max_age = max_age
-        self._cache: dict[str, _CachedCRL] = {}
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.seconds(), UTC)
-
-    def forget(self, domain: str) -> None:
-        """Drop a cached CRL (to force a fetch on the next check)."""
-        self._cache.pop(domain, None)
-
-    async def check(self, domain: str, certificate: x509.Certificate, issuer: x509.Certificate) -> None:
-        """Raise PeerRejected(revoked) if ``certificate`` is on its CA's CRL."""
-        crl = await self._current(domain, issuer)
-        if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
-            raise errors.PeerRejected(
-                f"the certificate of {domain} serial {certificate.serial_number:x} is revoked", reason="revoked"
-            )
-
-    async def _current(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
-        now = self._now()
-        cached = self._cache.get(domain)
-        if cached is not None and now < cached.next_update and (self.max_age is None or now < cached.fetched_at + self.max_age):
-            return cached.crl
-        try:
-            crl = await self.fetch(domain)
-        except irp_errors.IRPError as error:
-            if cached is not None and now < cached.next_update + self.stale_grace:
-                log.warn("Using a stale CRL of {domain}: {error}", domain=domain, error=str(error))
-                return cached.crl
-            raise errors.PeerRejected(
-                f"cannot check revocation: the registry of {domain} is unreachable ({error.message})",
-                reason="untrusted-ca",
-            ) from None
-        if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            raise errors.PeerRejected(f"the CRL of {domain} does not verify", reason="untrusted-ca")
-        next_update = crl.next_update_utc or (now + timedelta(hours=1))
-        self._cache[domain] = _CachedCRL(crl, next_update, now)
-        return crl
-
 
 FingerprintSource = Callable[[Identity], Awaitable[set[str]]]
 
@@ -159,7 +90,12 @@ class PeerVerifier:
             raise errors.CertificateInvalid(f"{identity}: {error.message} ({error.reason})") from None
         if verified.identity != identity:
             raise errors.IdentityMismatch(f"the certificate names {verified.identity}, not {identity}")
-        await self.revocation.check(identity.domain, leaf, verified.chain[1])
+        try:
+            await self.revocation.check(identity.domain, leaf, verified.chain[1])
+        except irp_errors.CertificateRevoked as error:
+            raise errors.PeerRejected(error.message, reason="revoked") from None
+        except irp_errors.RevocationUnknown as error:
+            raise errors.PeerRejected(error.message, reason="untrusted-ca") from None
         digest = fingerprint(leaf)
         contact = await self.store.get_contact(identity)
         if contact is not None and contact.fingerprints and digest not in contact.fingerprints:

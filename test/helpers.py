@@ -52,6 +52,8 @@ class RunningRegistry:
     data_dir: str = ""
     database: str | None = None
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    federated_roots: tuple[x509.Certificate, ...] = ()
+    registries: dict[str, tuple[str, int]] = field(default_factory=dict)
     service: RegistryService | None = None
     admin_password: str = ""
 
@@ -95,6 +97,8 @@ class RunningRegistry:
             listen=[listen],
             hostnames=list(self.hostnames),
             database=self.database,
+            federated_roots=list(self.federated_roots),
+            registries=dict(self.registries),
             key_type="p256",
             config=self.config,
             limits=self.limits,

@@ -520,16 +520,22 @@ class SimultaneousOpenTests(AgentTestCase):
         crossings = 0
         for round_ in range(3):
             with capturedLogs() as logs:
+                # Both dial at once (sending starts a dial; the messages are queued on both
+                # sides meanwhile); the checks of peers wait until both dials are under
+                # way, so they cross.
+                release = self.hold_verification_until_crossed(alice, bob)
                 sent = [await alice.send_text(BOB, f"round {round_}: from alice {i}") for i in range(3)]
                 sent += [await bob.send_text(ALICE, f"round {round_}: from bob {i}") for i in range(3)]
-                # Both dial at once (their messages are queued on both sides meanwhile).
                 alice.connect(BOB).addErrback(lambda _: None)
                 bob.connect(ALICE).addErrback(lambda _: None)
+                await release
                 for message in sent:
                     sender_events = alice_events if message.peer == BOB else bob_events
                     await sender_events.wait_for(event="receipt", id=message.id)
                 await self.settle_connections(alice, bob)
-            crossings += sum("Two sessions with" in line for line in log_text(logs))
+            round_crossings = sum("Two sessions with" in line for line in log_text(logs))
+            self.assertGreater(round_crossings, 0, f"the dials of round {round_} did not cross")
+            crossings += round_crossings
             # Exactly one session survives, the same one on both sides.
             self.assertEqual(len(alice.connections), 1)
             self.assertEqual(len(bob.connections), 1)
@@ -546,6 +552,43 @@ class SimultaneousOpenTests(AgentTestCase):
             self.assertEqual(len(history), len(set(history)))
             self.assertEqual(len(history), 2 + 3 * 6)
             self.assertEqual({state for _, _, state in history}, {"delivered", "received"})
+
+    def hold_verification_until_crossed(self, alice: Agent, bob: Agent) -> Deferred[None]:
+        """Make both agents' peer checks wait until each agent holds two connections (its
+        own dial and the other's); fires when they are let go."""
+        gate: Deferred[None] = Deferred()
+        agents = (alice, bob)
+        verify = {agent: agent.verify_peer for agent in agents}
+        started = {agent: agent.connection_started for agent in agents}
+
+        def check() -> None:
+            if not gate.called and all(len(agent.connections) >= 2 for agent in agents):
+                for agent in agents:
+                    agent.verify_peer = verify[agent]  # type: ignore[method-assign]
+                    agent.connection_started = started[agent]  # type: ignore[method-assign]
+                gate.callback(None)
+
+        def held(agent: Agent) -> tuple[Any, Any]:
+            def verify_peer(connection: Any, identity: Any, chain: Any) -> Deferred[None]:
+                async def wait_then_check() -> None:
+                    await gate
+                    await verify[agent](connection, identity, chain)
+
+                waiting = Deferred.fromCoroutine(wait_then_check())
+                check()
+                return waiting
+
+            def connection_started(connection: Any) -> None:
+                started[agent](connection)
+                check()
+
+            return verify_peer, connection_started
+
+        for agent in agents:
+            agent.verify_peer, agent.connection_started = held(agent)  # type: ignore[method-assign]
+        released: Deferred[None] = Deferred()
+        gate.addCallback(lambda _: released.callback(None))
+        return released
 
     async def settle_connections(self, *agents: Agent) -> None:
         """Wait until each agent has no connection but its sessions."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.names.error import DNSNameError
 from twisted.trial.unittest import TestCase
 
 from irp import errors as irp_errors
@@ -19,15 +23,24 @@ ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")
 
 
+class NoSuchDomainResolver:
+    """A resolver for which no domain exists (as DNS answers NXDOMAIN)."""
+
+    def lookupService(self, name: str) -> Deferred[Any]:
+        return fail(DNSNameError(name))
+
+
 class DirectoryTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         self.registry = await RunningRegistry(self).start()
         self.alice = await self.registry.enrol("alice")
         self.path = make_profile(self.registry, self.alice, os.path.join(os.path.abspath(self.mktemp()), "alice"))
 
-    def directory(self, user: EnrolledUser | None = None) -> Directory:
+    def directory(self, user: EnrolledUser | None = None, resolver: Any = None) -> Directory:
         user = user or self.alice
-        directory = Directory(reactor, Profile(self.path), user.key, user.certificate, [self.registry.ca.issuing_certificate])
+        directory = Directory(
+            reactor, Profile(self.path), user.key, user.certificate, [self.registry.ca.issuing_certificate], resolver=resolver
+        )
         self.addCleanup(directory.close)
         return directory
 
@@ -67,9 +80,10 @@ class DirectoryTests(TestCase):
         self.assertIn("not a trusted domain", caught.exception.message)
         profile = Profile(self.path)
         profile.trust_domain("other.example", self.registry.root)
-        with self.assertRaises(irp_errors.ClientError) as caught:
-            await self.directory().lookup(Identity.parse("dave@other.example"))
-        self.assertIn("no registry is configured", caught.exception.message)
+        # Trusted but not configured: found by DNS SRV (here: no such domain).
+        with self.assertRaises(irp_errors.ConnectionLost) as caught:
+            await self.directory(resolver=NoSuchDomainResolver()).lookup(Identity.parse("dave@other.example"))
+        self.assertIn("no registry of other.example could be reached", caught.exception.message)
 
     async def test_one_connection_for_concurrent_callers(self) -> None:
         directory = self.directory()

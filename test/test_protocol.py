@@ -147,9 +147,9 @@ class ProtocolTestCase(unittest.TestCase):
         self.clock = Clock()
         self.registry = make_registry(self.clock)
         self.gate = Gate()
-        self.registry.operations["slow"] = Operation(self.gate.handler, False, ("n",))
-        self.registry.operations["echo"] = Operation(echo, False, ("n",))
-        self.registry.operations["boom"] = Operation(boom, False)
+        self.registry.operations["slow"] = Operation(self.gate.handler, "anyone", ("n",))
+        self.registry.operations["echo"] = Operation(echo, "anyone", ("n",))
+        self.registry.operations["boom"] = Operation(boom, "anyone")
         self.factory = RegistryServerFactory(
             self.registry, pki.trust_store(pki.make_ca()), self.clock, self.limits
         )
@@ -655,13 +655,17 @@ class CertificateLoginTests(ProtocolTestCase):
         self.assertEqual((request_id, status), (1, "ok"))
         self.assertEqual((results[0].get("user"), results[0].get("method")), ("alice@example.org", "certificate"))
 
-    def test_bad_certificate_refuses_every_request(self) -> None:
-        """A certificate the trust store refuses makes every request fail with
-        certificate-rejected (readably, in the application layer)."""
+    def test_bad_certificate_refuses_every_login_request(self) -> None:
+        """A certificate the trust store refuses makes every request that needs a login
+        (and whoami) fail with certificate-rejected, readably, in the application layer;
+        public requests still work."""
         bad = pki.bad_user(pki.make_ca(), "expired")
         protocol, transport = self.connect(peer=bad.certificate)
-        self.send(protocol, request(1, "<capabilities/>"), request(2, "<whoami/>"))
-        self.assertEqual([r[:2] for r in responses(transport)], [(1, "certificate-rejected"), (2, "certificate-rejected")])
+        self.send(protocol, request(1, "<capabilities/>"), request(2, "<whoami/>"), request(3, '<lookup user="bob"/>'))
+        self.assertEqual(
+            [r[:2] for r in responses(transport)],
+            [(1, "ok"), (2, "certificate-rejected"), (3, "certificate-rejected")],
+        )
         self.assertFalse(transport.disconnecting)
 
     def test_certificate_check_crash(self) -> None:

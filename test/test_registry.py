@@ -317,7 +317,10 @@ class SessionTests(RegistryTestCase):
         impostor = pki.issue_user(pki.make_ca(DOMAIN, label="impostor"), "alice")
         client = await self.registry.client(user=EnrolledUser("alice", "", impostor.key, impostor.certificate, 0))
         await self.fails("certificate-rejected", client.whoami())
-        await self.fails("certificate-rejected", client.capabilities())
+        await self.fails("certificate-rejected", client.lookup("alice"))
+        # Public operations still work: the CA chain and CRL help to find out why.
+        await client.capabilities()
+        await client.ca_chain()
 
     async def test_unissued_certificate_of_our_ca_refused(self) -> None:
         """A certificate with our CA's signature but unknown to the store is refused."""

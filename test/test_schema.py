@@ -351,7 +351,7 @@ class RegistryMessagesTests(TestCase):
             await carol_client.get_user("carol")
         refused = await registry.client(user=carol)
         with self.assertRaises(errors.CertificateRejected):
-            await refused.capabilities()
+            await refused.whoami()
         stranger = pki.issue_user(pki.make_ca("example.org"), "carol")
         impostor = await registry.client(user=stranger)  # type: ignore[arg-type]
         with self.assertRaises(errors.CertificateRejected):
