@@ -61,6 +61,8 @@ class RegistrySettings:
     federated_roots: list[x509.Certificate] = field(default_factory=list)
     #: Registries of those domains (domain -> (host, port)); others are found by DNS SRV.
     registries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: twisted.names resolver for DNS SRV look-ups of those registries (None: the system's).
+    resolver: Any = None
 
     @property
     def database_url(self) -> str:
@@ -253,7 +255,7 @@ class RegistryService(service.Service):
         if server is not None:
             client = await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
         else:
-            client = await connect_domain(self.reactor, domain, trust_roots=[root], timeout=15)
+            client = await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
         try:
             for info in await client.get_crls():
                 if info.issuer == "issuing":

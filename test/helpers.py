@@ -38,6 +38,8 @@ class EnrolledUser:
     key: PrivateKey
     certificate: x509.Certificate
     serial: int
+    #: Intermediates to present with the certificate (the issuing CA).
+    chain: tuple[x509.Certificate, ...] = ()
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RunningRegistry:
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     federated_roots: tuple[x509.Certificate, ...] = ()
     registries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    resolver: Any = None
     service: RegistryService | None = None
     admin_password: str = ""
 
@@ -99,6 +102,7 @@ class RunningRegistry:
             database=self.database,
             federated_roots=list(self.federated_roots),
             registries=dict(self.registries),
+            resolver=self.resolver,
             key_type="p256",
             config=self.config,
             limits=self.limits,
@@ -130,6 +134,7 @@ class RunningRegistry:
             trust_roots=[self.root],
             client_key=None if user is None else user.key,
             client_certificate=None if user is None else user.certificate,
+            client_chain=() if user is None else user.chain,
             timeout=timeout,
         )
         self.testcase.addCleanup(client.close)
@@ -156,7 +161,7 @@ class RunningRegistry:
         entry = await client.request_certificate(make_csr(key))
         await client.close()
         assert entry.certificate is not None
-        return EnrolledUser(username, password, key, entry.certificate, entry.serial)
+        return EnrolledUser(username, password, key, entry.certificate, entry.serial, (self.ca.issuing_certificate,))
 
     async def add_user(self, username: str, password: str | None = DEFAULT_PASSWORD, **fields: Any) -> None:
         """Create a user directly in the registry (no connection: fast fixture set-up)."""
@@ -168,7 +173,7 @@ class RunningRegistry:
         key = generate_key("p256")
         certificate = self.ca.issue_user_certificate(Identity(username, self.domain), key.public_key())
         await self.store.add_certificate(username, certificate, fingerprint(certificate))
-        return EnrolledUser(username, password, key, certificate, certificate.serial_number)
+        return EnrolledUser(username, password, key, certificate, certificate.serial_number, (self.ca.issuing_certificate,))
 
 
 def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> str:

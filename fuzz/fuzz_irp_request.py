@@ -1,0 +1,102 @@
+"""Coverage-guided fuzzing (atheris/libFuzzer) of the IRP parsers.
+
+The first input byte picks the target; the rest is its input:
+
+0. ``irp.messages.parse_request`` (then the registry's field check of the operation);
+1. ``irp.messages.parse_response``;
+2. the record parsers of ``irp.elements`` on the parsed document;
+3. ``irp.framing.FrameDecoder`` fed in chunks cut at the bytes ``0xff``;
+4. ``irp.xmlcodec.parse_document``.
+
+Only the package's own errors (``IRPError``, ``FrameError``, ``XMLRejected``) may escape;
+anything else is a crash that libFuzzer saves as ``crash-<hash>``. With ``--ignore-known``
+the open defects of ``test.test_fuzz_irp.KNOWN_DEFECTS`` do not count as crashes.
+
+Run (see fuzz/README.rst)::
+
+    PYTHONPATH=. python fuzz/make_corpus.py
+    PYTHONPATH=. python fuzz/fuzz_irp_request.py fuzz/corpus/irp -max_total_time=600
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+IGNORE_KNOWN = "--ignore-known" in sys.argv
+if IGNORE_KNOWN:
+    sys.argv.remove("--ignore-known")
+
+with atheris.instrument_imports(include=["irp"]):
+    from irp import errors
+    from irp.elements import (
+        parse_addresses,
+        parse_certificate,
+        parse_pkcs12,
+        parse_user,
+    )
+    from irp.framing import FrameDecoder, FrameError
+    from irp.messages import check_fields, parse_request, parse_response, parse_xml
+    from irp.xmlcodec import XMLRejected, parse_document
+
+#: Attributes and children of every operation (as irp.registry.Registry's table).
+OPERATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _operations() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    if not OPERATIONS:
+        from irp.registry import Registry
+
+        table = Registry._operation_table(Registry.__new__(Registry))  # only reads bound methods
+        OPERATIONS.update({name: (op.attributes, op.children) for name, op in table.items()})
+    return OPERATIONS
+
+
+def target(data: bytes) -> None:
+    if not data:
+        return
+    which, body = data[0] % 5, data[1:]
+    if which == 0:
+        request = parse_request(body)
+        spec = _operations().get(request.operation)
+        if spec is not None:
+            check_fields(request.element, *spec)
+    elif which == 1:
+        parse_response(body)
+    elif which == 2:
+        root = parse_xml(body)
+        for parser in (parse_user, parse_addresses, parse_certificate, parse_pkcs12):
+            try:
+                parser(root)
+            except errors.IRPError:
+                pass
+    elif which == 3:
+        decoder = FrameDecoder(4096)
+        for chunk in body.split(b"\xff"):
+            decoder.feed(chunk)
+    else:
+        parse_document(body)
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        target(data)
+    except (errors.IRPError, FrameError, XMLRejected):
+        pass
+    except Exception as error:
+        if IGNORE_KNOWN:
+            from test.test_fuzz_irp import known_defect
+
+            if known_defect(error) is not None:
+                return
+        raise
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
