@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from irp import keyfiles
+from irp.certificates import load_csr
 from irp.errors import InvalidArgument, WeakKey
 from irp.identity import Identity, InvalidIdentity, check_domain
 from irp.keyfiles import PrivateKey
@@ -551,10 +552,7 @@ class CertificateAuthority:
         if len(csr_data) > MAX_CSR_SIZE:
             raise InvalidArgument(f"the CSR is larger than {MAX_CSR_SIZE // 1024} KiB")
         try:
-            if csr_data.lstrip().startswith(b"-----BEGIN"):
-                csr = x509.load_pem_x509_csr(csr_data)
-            else:
-                csr = x509.load_der_x509_csr(csr_data)
+            csr = load_csr(csr_data)
             public_key = csr.public_key()
             signed = csr.is_signature_valid
         except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -121,6 +121,9 @@ class RegistryClientProtocol(Protocol):
             self._fail_all(errors.MalformedMessage(f"the registry broke the framing: {error}"))
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        if self.decoder.error is not None:
+            # Frames before a broken header are handled; after them, the stream is dead.
+            self.transport.abortConnection()  # type: ignore[union-attr]
         for frame in frames:
             try:
                 response: Response | errors.IRPError = parse_response(frame)

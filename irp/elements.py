@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from irp import errors
+from irp.certificates import UnusableCertificate, load_certificate
 from irp.identity import Identity, InvalidIdentity
 from irp.messages import (
     bool_text,
@@ -233,9 +234,9 @@ def parse_certificate(element: Element) -> CertificateEntry:
     certificate = None
     if pem is not None:
         try:
-            certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
-        except ValueError:
-            raise errors.BadRequest("<pem> does not hold a PEM certificate") from None
+            certificate = load_certificate(pem.encode("ascii", "replace"))
+        except UnusableCertificate:
+            raise errors.BadRequest("<pem> does not hold a usable PEM certificate") from None
     revoked = element.get("revoked")
     return CertificateEntry(
         serial=parse_serial(required(element, "serial")),

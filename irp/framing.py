@@ -50,6 +50,8 @@ class FrameDecoder:
         self.max_frame = max_frame
         self._buffer = bytearray()
         self._expected: int | None = None
+        #: The framing error met, if any (the stream cannot be trusted after it).
+        self.error: FrameError | None = None
 
     @property
     def pending(self) -> int:
@@ -66,9 +68,13 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every frame it completes, in order.
 
-        Raises :class:`FrameTooLarge` or :class:`EmptyFrame` as soon as a header breaks the
-        rules; the decoder is then unusable.
+        When a header breaks the rules (:class:`FrameTooLarge`, :class:`EmptyFrame`) the
+        decoder keeps the error in :attr:`error` and is unusable from then on: the frames
+        completed before the bad header are still returned, and the error is raised by this
+        call if there are none, or by the next call.
         """
+        if self.error is not None:
+            raise self.error
         buffer = self._buffer
         buffer += data
         frames: list[bytes] = []
@@ -78,9 +84,13 @@ class FrameDecoder:
                     return frames
                 (length,) = HEADER.unpack_from(buffer)
                 if length == 0:
-                    raise EmptyFrame()
-                if length > self.max_frame:
-                    raise FrameTooLarge(length, self.max_frame)
+                    self.error = EmptyFrame()
+                elif length > self.max_frame:
+                    self.error = FrameTooLarge(length, self.max_frame)
+                if self.error is not None:
+                    if frames:
+                        return frames
+                    raise self.error
                 self._expected = length
                 del buffer[:HEADER_SIZE]
             if len(buffer) < self._expected:

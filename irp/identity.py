@@ -84,6 +84,9 @@ def identity_from_certificate(certificate: x509.Certificate) -> Identity:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         raise InvalidIdentity("the certificate has no subjectAltName") from None
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as error:
+        # Garbled or repeated extensions: no identity can be read from them.
+        raise InvalidIdentity(f"the certificate's extensions cannot be read: {error}") from None
     uris = [
         uri
         for uri in san.value.get_values_for_type(x509.UniformResourceIdentifier)

@@ -149,12 +149,8 @@ class RegistryServerProtocol(Protocol):
             return
         try:
             frames = self.decoder.feed(data)
-        except FrameTooLarge as error:
-            self._fail(errors.MessageTooLarge(f"the request is larger than {error.cap} bytes"))
-            return
-        except FrameError as error:
-            self._fail(errors.MalformedMessage(str(error)))
-            return
+        except FrameError:
+            frames = []  # the error is in decoder.error, answered below in order
         for frame in frames:
             try:
                 request = parse_request(frame)
@@ -166,19 +162,35 @@ class RegistryServerProtocol(Protocol):
                 # always means the connection is ending.
                 request_id = request_id_of(error)
                 if error.fatal or request_id == 0:
-                    self.pending.append(Refusal(0, error))
-                    self.reading_stopped = True
-                    self._cancel(self._frame_deadline)
-                    self._frame_deadline = None
-                    self.transport.pauseProducing()  # type: ignore[union-attr]
-                    self._drain()
+                    self._refuse_and_stop(error)
                     return
                 self.pending.append(Refusal(request_id, error))
                 continue
             self.pending.append(request)
+        framing = self.decoder.error
+        if framing is not None:
+            # The frames before the bad header are answered first, then the refusal.
+            if isinstance(framing, FrameTooLarge):
+                self._refuse_and_stop(errors.MessageTooLarge(f"the request is larger than {framing.cap} bytes"))
+            else:
+                self._refuse_and_stop(errors.MalformedMessage(str(framing)))
+            return
         self._watch_frame(restart=bool(frames))
         if len(self.pending) > self.limits.max_pipelined:
             self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._drain()
+
+    def _refuse_and_stop(self, error: errors.IRPError) -> None:
+        """Queue a connection-ending refusal after what is queued, and read no more."""
+        log.warn("Refusing input from {host}: {error}", host=self._peer_host, error=str(error))
+        if not self.handshake_done:
+            self._fail(error)  # nothing is queued before the handshake
+            return
+        self.pending.append(Refusal(0, error))
+        self.reading_stopped = True
+        self._cancel(self._frame_deadline)
+        self._frame_deadline = None
+        self.transport.pauseProducing()  # type: ignore[union-attr]
         self._drain()
 
     def _drain(self) -> None:

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from irp import errors
+from irp.certificates import UnusableCertificate, load_certificate
 from irp.ca import (
     DEFAULT_ROOT_CRL_LIFETIME,
     REVOCATION_REASONS,
@@ -731,10 +732,7 @@ class Registry:
     async def upload_certificate(self, session: Session, element: Element) -> list[Element]:
         """Publish a certificate from another issuer that names the caller."""
         text = child_text(element, "pem", limit=16384) or ""
-        try:
-            certificate = x509.load_pem_x509_certificate(text.encode("ascii", "replace"))
-        except ValueError:
-            raise errors.InvalidArgument("<pem> does not hold a PEM certificate") from None
+        certificate = _untrusted_certificate(text)
         now = self._now()
         if not certificate.not_valid_before_utc.timestamp() <= now <= certificate.not_valid_after_utc.timestamp():
             raise errors.InvalidArgument("the certificate is expired or not yet valid")
@@ -757,7 +755,7 @@ class Registry:
             pass
         try:
             san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        except x509.ExtensionNotFound:
+        except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
             return False
         emails = [value.lower() for value in san.value.get_values_for_type(x509.RFC822Name)]
         return bool(account.record.email) and account.record.email.lower() in emails
@@ -901,10 +899,7 @@ class Registry:
             raise errors.BadRequest("give either a serial attribute or a <pem> element")
         info: CertificateInfo | None
         if pem is not None:
-            try:
-                certificate = x509.load_pem_x509_certificate(pem.encode("ascii", "replace"))
-            except ValueError:
-                raise errors.InvalidArgument("<pem> does not hold a PEM certificate") from None
+            certificate = _untrusted_certificate(pem)
             serial = certificate.serial_number
             info = await self.store.get_certificate_by_fingerprint(fingerprint(certificate))
         else:
@@ -1055,3 +1050,13 @@ def looks_like_pkcs12(data: bytes) -> bool:
             return False
         length, offset = int.from_bytes(data[2 : 2 + count], "big"), 2 + count
     return offset + length == len(data) and data[offset : offset + 3] == b"\x02\x01\x03"
+
+
+def _untrusted_certificate(pem: str) -> x509.Certificate:
+    """A PEM certificate from a request, fully readable, or InvalidArgument."""
+    if not pem.lstrip().startswith("-----BEGIN"):
+        raise errors.InvalidArgument("<pem> does not hold a PEM certificate")
+    try:
+        return load_certificate(pem.encode("ascii", "replace"))
+    except UnusableCertificate as error:
+        raise errors.InvalidArgument(f"<pem> does not hold a usable certificate: {error}") from None

@@ -16,6 +16,8 @@ pre-check makes it at least as strict as defusedxml, which forbids the same cons
 
 from __future__ import annotations
 
+import re
+
 from typing import Final, TypeAlias
 
 from lxml import etree
@@ -75,12 +77,17 @@ def check_markup(data: bytes) -> None:
         end = data.find(b"?>")
         if end == -1:
             raise XMLRejected("unterminated XML declaration")
-        declaration = data[:end].lower()
-        if b"encoding" in declaration and b"utf-8" not in declaration:
-            raise XMLRejected("only UTF-8 documents are accepted")
+        declaration = data[:end]
+        if b"encoding" in declaration:
+            match = _ENCODING.search(declaration)
+            if match is None or match.group(2).lower() != b"utf-8":
+                raise XMLRejected("only UTF-8 documents are accepted")
     if b"&" in data:
         _check_entity_references(data)
 
+
+#: The encoding pseudo-attribute of an XML declaration (quoted either way).
+_ENCODING = re.compile(rb"""\sencoding\s*=\s*(["'])([^"']*)\1""")
 
 _PREDEFINED = (b"&lt;", b"&gt;", b"&amp;", b"&quot;", b"&apos;", b"&#")
 

@@ -26,7 +26,12 @@ class SixChatError(Exception):
     #: the session usable, so that error is raised with ``fatal=False``).
     fatal: bool = True
 
+    #: Events decoded (authentic) before the failure in the same call, for the caller
+    #: to act on before ending the session (see Session.receive_data).
+    events_before: list[object]
+
     def __init__(self, message: str | None = None, *, fatal: bool | None = None) -> None:
+        self.events_before = []
         self.message = message or self.default_message
         if fatal is not None:
             self.fatal = fatal

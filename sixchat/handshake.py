@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Final, TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import (
     ec,
@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import (
     x25519,
 )
 
+from irp.certificates import UnusableCertificate, load_certificate
 from irp.framing import HEADER, HEADER_SIZE, encode_frame
 from irp.identity import Identity, InvalidIdentity, identity_from_certificate
 from irp.keyfiles import parse_fingerprint
@@ -744,16 +745,16 @@ def _x25519(private_key: x25519.X25519PrivateKey, peer_key: bytes) -> bytes:
 
 def _load_chain(certificates_der: tuple[bytes, ...]) -> list[x509.Certificate]:
     try:
-        return [x509.load_der_x509_certificate(der) for der in certificates_der]
-    except ValueError:
-        raise errors.MalformedMessage("a certificate is not valid DER") from None
+        return [load_certificate(der) for der in certificates_der]
+    except UnusableCertificate as error:
+        raise errors.CertificateInvalid(f"a certificate cannot be used: {error}") from None
 
 
 def _public_key(certificate: x509.Certificate) -> PublicKey:
     """The certificate's key if it is of a type SixChat signs with."""
     try:
         public_key = certificate.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise errors.CertificateInvalid("the certificate key cannot be read") from None
     if isinstance(public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)):
         return public_key

@@ -249,9 +249,16 @@ class PeerConnection(Protocol):
         try:
             events = self.session.receive_data(data)
         except errors.SixChatError as error:
-            self._end(error, alert=self.session.abort(error))
+            # What authenticated before the failure is delivered; then the session ends.
+            self._dispatch(error.events_before)  # type: ignore[arg-type]
+            if not self.ended:
+                self._end(error, alert=self.session.abort(error))
             return
         self._arm(self.owner.limits.idle_timeout, "idle")
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        """Act on session events in order (stopping if the connection ends)."""
         for event in events:
             if self.ended:
                 return

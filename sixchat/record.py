@@ -361,12 +361,19 @@ class Session:
     # -- receiving ----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[SessionEvent]:
-        """Decrypt every complete record in ``data``; raises SixChatError on any failure."""
+        """Decrypt every complete record in ``data``; raises SixChatError on any failure.
+
+        The error's ``events_before`` holds the events of the records that authenticated
+        before the failing one in the same ``data``, so none is lost to segmentation.
+        """
         if self._ended:
             raise errors.Closed()
+        events: list[SessionEvent] = []
         try:
-            return self._receive_bytes(data)
-        except errors.SixChatError:
+            return self._receive_bytes(data, events)
+        except errors.SixChatError as error:
+            # Records that authenticated before the bad one are not lost with it.
+            error.events_before = list(events)
             self._ended = True
             raise
         except BaseException:
@@ -375,8 +382,7 @@ class Session:
             self._unexplained = True
             raise
 
-    def _receive_bytes(self, data: bytes) -> list[SessionEvent]:
-        events: list[SessionEvent] = []
+    def _receive_bytes(self, data: bytes, events: list[SessionEvent]) -> list[SessionEvent]:
         buffer = self._buffer
         if buffer:
             buffer += data

@@ -97,10 +97,13 @@ class FrameDecoderTests(unittest.SynchronousTestCase):
         decoder = FrameDecoder(10)
         self.assertRaises(EmptyFrame, decoder.feed, b"\x00\x00\x00\x00")
 
-    def test_frames_before_an_error_are_lost_with_the_stream(self) -> None:
-        """An oversized frame after good ones raises (the stream is dead)."""
+    def test_frames_before_an_error_are_kept(self) -> None:
+        """An oversized frame after good ones: the good ones come out, the error is kept
+        and raised by the next call (the stream is dead)."""
         decoder = FrameDecoder(10)
-        self.assertRaises(FrameTooLarge, decoder.feed, encode_frame(b"ok") + struct.pack(">I", 50))
+        self.assertEqual(decoder.feed(encode_frame(b"ok") + struct.pack(">I", 50)), [b"ok"])
+        self.assertIsInstance(decoder.error, FrameTooLarge)
+        self.assertRaises(FrameTooLarge, decoder.feed, b"more")
 
     def test_cap_can_change(self) -> None:
         """max_frame may be raised between calls."""

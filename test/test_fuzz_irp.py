@@ -179,81 +179,13 @@ class Defect:
 
 
 #: Open defects found by this campaign, by signature. Each has a ``todo`` regression test.
-KNOWN_DEFECTS: tuple[Defect, ...] = (
-    Defect(
-        "IRP-5",
-        "UnsupportedAlgorithm",
-        ("upload_certificate",),
-        "irp/registry.py Registry.upload_certificate: check_public_key("
-        "certificate.public_key()) is not guarded: a PEM certificate whose "
-        "subjectPublicKeyInfo names an unknown algorithm (OID 1.2.3.4) or an unsupported "
-        "EC curve makes public_key() raise cryptography's UnsupportedAlgorithm; the "
-        "server answers internal-error (500) with a logged traceback. Should be: "
-        "invalid-argument / weak-key (422).",
-    ),
-    Defect(
-        "IRP-6",
-        "DuplicateExtension",
-        ("identity_from_certificate",),
-        "irp/identity.py identity_from_certificate: certificate.extensions raises "
-        "x509.DuplicateExtension (not a ValueError) for a certificate carrying two "
-        "subjectAltName extensions (and ValueError for a malformed extension); it is not "
-        "turned into InvalidIdentity. Registry.upload_certificate (_names_user) then "
-        "answers internal-error (500); the SixChat handshake lets it escape "
-        "Handshake.receive_data (any TCP peer can send it: see test_fuzz_sixchat). Should "
-        "be: InvalidIdentity.",
-    ),
-    Defect(
-        "IRP-7",
-        "ValueError",
-        ("identity_from_certificate",),
-        "irp/identity.py identity_from_certificate: a certificate whose subjectAltName "
-        "extension value is not valid DER makes certificate.extensions raise ValueError; "
-        "Registry._names_user catches only InvalidIdentity, so upload-certificate answers "
-        "internal-error (500). Should be: InvalidIdentity (then invalid-argument).",
-    ),
-    Defect(
-        "IRP-10",
-        "InvalidVersion",
-        ("upload_certificate", "certificate_status", "parse_certificate", "_load_chain", "issue_from_csr"),
-        "x509.load_pem_x509_certificate / load_der_x509_certificate raise "
-        "cryptography.x509.InvalidVersion (an Exception, not a ValueError) for a "
-        "certificate whose version field is not v1-v3 (e.g. INTEGER 66); every caller "
-        "catches only ValueError: irp/registry.py Registry.upload_certificate and "
-        "Registry.certificate_status answer internal-error (500), irp/elements.py "
-        "parse_certificate raises it in the client, and sixchat/handshake.py _load_chain "
-        "lets it escape Handshake.receive_data (see test_fuzz_sixchat). Should be: "
-        "invalid-argument / "
-        "bad-request / MalformedMessage (catch InvalidVersion too, or a shared loader). "
-        "The same for CSRs: irp/ca.py CertificateAuthority.issue_from_csr catches "
-        "(ValueError, TypeError, UnsupportedAlgorithm) but x509.load_pem_x509_csr raises "
-        "InvalidVersion for a CSR of version 1 (found by the long campaign: a "
-        "request-certificate whose CSR's version INTEGER is 1 answers internal-error).",
-    ),
-    Defect(
-        "IRP-12",
-        "ValueError",
-        ("upload_certificate",),
-        "irp/registry.py Registry.upload_certificate: a certificate whose issuer or subject "
-        "Name holds an empty RelativeDistinguishedName (SET {}) loads, but reading "
-        "certificate.issuer/.subject raises ValueError('a relative distinguished name "
-        "cannot be empty') outside the try around the load: internal-error (500). Found "
-        "by the long campaign (IRP_FUZZ_EXAMPLES=3000 IRP_FUZZ_SEED=7, an ASN.1 mutation "
-        "emptying the last RDN of the issuer). Should be: invalid-argument.",
-    ),
-    Defect(
-        "SIX-1",
-        "UnsupportedAlgorithm",
-        ("_public_key",),
-        "sixchat/handshake.py _public_key catches only ValueError around "
-        "certificate.public_key(): a peer's leaf whose subjectPublicKeyInfo names an "
-        "unknown algorithm (OID 1.2.3.4) or an unsupported EC curve raises cryptography's "
-        "UnsupportedAlgorithm out of Handshake.receive_data (before the signature check, "
-        "so any TCP peer can send it inside a correctly sealed <auth>); "
-        "PeerConnection.dataReceived then raises, and Twisted drops the connection with a "
-        "logged traceback and no alert. Should be: CertificateInvalid (alert 306).",
-    ),
-)
+KNOWN_DEFECTS: tuple[Defect, ...] = ()
+# Fixed (regression tests below): IRP-5 unguarded public_key() of uploaded certificates;
+# IRP-6/IRP-7 duplicated or garbled subjectAltName; IRP-8 encoding substring check;
+# IRP-9 requests before a framing error dropped; IRP-10 InvalidVersion of certificates
+# and CSRs; IRP-11 serials over 20 octets stored; IRP-12 empty RDNs; SIX-1 unknown key
+# algorithm in a peer's leaf; SIX-2 authentic records before a bad one lost.
+
 
 #: Open defects that are not exceptions: found by a property, recognised by a predicate.
 SERIAL_OVER_20_OCTETS = re.compile(rb' (?:certificate-)?serial="(-[0-9a-f]*|[0-9a-f]{41,})"')
@@ -1260,12 +1192,6 @@ class XMLCodecFuzzTests(SynchronousTestCase):
         data = f'<?xml version="1.0" encoding="{label}"?><request v="1" id="1"><whoami/></request>'.encode()
         self.assertRaises(XMLRejected, parse_document, data)
 
-    test_declared_encoding_must_be_utf8.todo = (  # type: ignore[attr-defined]
-        "defect IRP-8: irp/xmlcodec.py check_markup tests b'utf-8' in the lower-cased "
-        "declaration, a substring test: encoding=\"utf-88\", \"not-utf-8\", \"x-utf-8\" and "
-        "\"utf-8-sig\" are accepted (the parser then reads UTF-8 anyway). Should be: the "
-        "encoding pseudo-attribute's value, case-folded, equal to 'utf-8'."
-    )
 
     @fuzz_settings(150)
     @given(st.recursive(
@@ -1354,16 +1280,18 @@ class FramingFuzzTests(SynchronousTestCase):
             except FrameError as raised:
                 error = raised
                 break
+        error = error or decoder.error
         for frame in got:
             self.assertTrue(0 < len(frame) <= cap)
         if announced == len(payloads[liar]):  # not a lie after all
             self.assertEqual((got, error), (payloads, None))
             return
-        # The frames before the lie come out intact (those of the read that meets a bad
-        # header are lost with the exception: see IRP-9 for what that does to requests).
+        # The frames before the lie come out intact, whatever the chunking: a read that
+        # meets a bad header still returns the frames it completed before it.
         self.assertEqual(got[: min(len(got), liar)], payloads[: min(len(got), liar)])
         if announced == 0 or announced > cap:
             self.assertIsInstance(error, FrameError)
+            self.assertEqual(got, payloads[:liar])
 
 
 class MessagesFuzzTests(SynchronousTestCase):
@@ -1464,7 +1392,6 @@ class DefectRegressionTests(SynchronousTestCase):
         with self.assertRaises(InvalidIdentity):
             identity_from_certificate(crafted_certificate("duplicate-san"))
 
-    test_identity_of_certificate_with_two_san_extensions.todo = todo("IRP-6")  # type: ignore[attr-defined]
 
     def test_identity_of_certificate_with_garbage_san(self) -> None:
         """IRP-7: a subjectAltName that is not valid DER names no identity."""
@@ -1473,7 +1400,6 @@ class DefectRegressionTests(SynchronousTestCase):
         with self.assertRaises(InvalidIdentity):
             identity_from_certificate(crafted_certificate("garbage-san"))
 
-    test_identity_of_certificate_with_garbage_san.todo = todo("IRP-7")  # type: ignore[attr-defined]
 
     def test_parse_certificate_with_bad_version(self) -> None:
         """IRP-10 in the client: a <certificate> whose PEM has version 66 is bad-request."""
@@ -1483,7 +1409,6 @@ class DefectRegressionTests(SynchronousTestCase):
         with self.assertRaises(errors.BadRequest):
             parse_certificate(parse_xml(serialize(element)))
 
-    test_parse_certificate_with_bad_version.todo = todo("IRP-10")  # type: ignore[attr-defined]
 
 
 CRAFTED_DEFECTS = (
@@ -1866,7 +1791,6 @@ class RegistryHandleFuzzTests(RegistryFuzzTestCase):
             with self.assertRaises(errors.InvalidArgument):
                 await self.registry.handle(await self.session("alice"), request)
 
-    test_upload_certificate_with_unknown_key_type.todo = todo("IRP-5")  # type: ignore[attr-defined]
 
     async def test_upload_certificate_with_two_san_extensions(self) -> None:
         """IRP-6/IRP-7 through the handler: invalid-argument, not internal-error."""
@@ -1877,7 +1801,6 @@ class RegistryHandleFuzzTests(RegistryFuzzTestCase):
             with self.assertRaises(errors.InvalidArgument):
                 await self.registry.handle(await self.session("alice"), request)
 
-    test_upload_certificate_with_two_san_extensions.todo = todo("IRP-6")  # type: ignore[attr-defined]
 
     async def test_certificate_with_bad_version(self) -> None:
         """IRP-10: a certificate of version 66 is invalid-argument in upload-certificate
@@ -1889,7 +1812,6 @@ class RegistryHandleFuzzTests(RegistryFuzzTestCase):
             with self.assertRaises(errors.InvalidArgument):
                 await self.registry.handle(await self.session("alice"), request)
 
-    test_certificate_with_bad_version.todo = todo("IRP-10")  # type: ignore[attr-defined]
 
     async def test_upload_certificate_with_long_serial(self) -> None:
         """IRP-11: a certificate whose serial is over 20 octets, or negative, is refused
@@ -1906,7 +1828,6 @@ class RegistryHandleFuzzTests(RegistryFuzzTestCase):
             validate(payload)
             parse_certificate(parse_response(payload).single("certificate"))
 
-    test_upload_certificate_with_long_serial.todo = IRP_11  # type: ignore[attr-defined]
 
     async def test_numeric_attribute_unicode_digit(self) -> None:
         """Fixed defect IRP-2 through the handler: bad-request, not internal-error."""
@@ -2119,13 +2040,3 @@ class ServerProtocolFuzzTests(RegistryFuzzTestCase):
             protocol.connectionLost()
         self.assertEqual(problems, [], "\n".join(problems[:5]))
 
-    test_requests_before_a_framing_error_are_answered.todo = (
-        "defect IRP-9: irp/protocol.py RegistryServerProtocol.dataReceived: a framing error "
-        "(FrameDecoder.feed raising EmptyFrame or FrameTooLarge) calls _fail() at once. The "
-        "frames decoded earlier in the same read are lost with the exception (FrameDecoder."
-        "feed raises instead of returning them), and requests already queued behind a "
-        "running one are dropped unanswered: e.g. one read of frame(<request v=\"1\" id=\"1\">"
-        "<whoami/></request>) + b'\\x00\\x00\\x00\\x00' gets only (0, malformed-message). "
-        "docs/irp.rst says requests before a fatal error are still answered. Should be: "
-        "queue a fatal Refusal after the frames already decoded, as for fatal parse errors."
-    )

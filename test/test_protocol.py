@@ -440,13 +440,16 @@ class FatalInputTests(ProtocolTestCase):
         self.assertEqual([r[:2] for r in responses(transport)], [(1, "ok"), (0, "forbidden-markup")])
         self.assertTrue(transport.disconnecting)
 
-    def test_fatal_request_result_not_written_after_close(self) -> None:
-        """If the connection is closed while a request runs, its late result is dropped."""
+    def test_framing_error_behind_running_request(self) -> None:
+        """A broken frame header behind a running request: that request is answered,
+        then the refusal, then the connection closes."""
         protocol, transport = self.connect()
         self.send(protocol, request(1, '<slow n="1"/>'))
         protocol.dataReceived(b"\xff\xff\xff\xff")
+        self.assertFalse(transport.disconnecting)
         self.gate.release()
-        self.assertEqual([r[:2] for r in responses(transport)], [(0, "message-too-large")])
+        self.assertEqual([r[:2] for r in responses(transport)], [(1, "ok"), (0, "message-too-large")])
+        self.assertTrue(transport.disconnecting)
 
     def test_abort_when_peer_does_not_read(self) -> None:
         """After a fatal error the connection is aborted if it has not closed within

@@ -413,7 +413,7 @@ class CloseTests(TestCase):
         """A failure outside the protocol's errors is reported, never taken for a close."""
         alice, bob = session_pair()
 
-        def broken(data: bytes) -> list[object]:
+        def broken(data: bytes, events: list[object]) -> list[object]:
             raise RuntimeError("a bug")
 
         bob._receive_bytes = broken  # type: ignore[method-assign]
