@@ -748,15 +748,18 @@ def connect(
     client_chain: Sequence[x509.Certificate] = (),
     timeout: float = DEFAULT_TIMEOUT,
     tls_options: Callable[..., Any] = client_options,
+    bind_address: str | None = None,
 ) -> Deferred[RegistryClient]:
     """Connect to a registry over TLS; fire with a :class:`RegistryClient` once TLS is up.
 
     The server's chain must end at one of ``trust_roots`` and its certificate must name
     ``host``. With ``client_key`` and ``client_certificate`` the connection is logged in
-    with the certificate at once.
+    with the certificate at once. ``bind_address`` picks the local source address.
     """
     options = tls_options(host, trust_roots, client_key, client_certificate, client_chain)
-    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, host.encode("idna") if not _is_ip(host) else host, port, timeout=timeout))
+    name = host.encode("idna") if not _is_ip(host) else host
+    bind = None if bind_address is None else (bind_address, 0)
+    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, name, port, timeout=timeout, bindAddress=bind))
     protocol = RegistryClientProtocol(reactor, timeout)
 
     async def run() -> RegistryClient:

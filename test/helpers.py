@@ -67,6 +67,11 @@ class RunningRegistry:
         return self.service.ports[0].getHost().port  # type: ignore[attr-defined, no-any-return]
 
     @property
+    def connect_host(self) -> str:
+        """The address clients dial (loopback when listening on a wildcard)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.listen_host, self.listen_host)
+
+    @property
     def root(self) -> x509.Certificate:
         """The domain's root CA."""
         assert self.service is not None and self.service.credentials is not None
@@ -124,11 +129,12 @@ class RunningRegistry:
         user: EnrolledUser | None = None,
         host: str | None = None,
         timeout: float = 10.0,
+        bind_address: str | None = None,
     ) -> RegistryClient:
         """A connected client: anonymous, password-logged-in, or with a certificate."""
         client = await connect(
             global_reactor,
-            host or self.listen_host,
+            host or self.connect_host,
             self.port,
             domain=self.domain,
             trust_roots=[self.root],
@@ -136,6 +142,7 @@ class RunningRegistry:
             client_certificate=None if user is None else user.certificate,
             client_chain=() if user is None else user.chain,
             timeout=timeout,
+            bind_address=bind_address,
         )
         self.testcase.addCleanup(client.close)
         if username is not None:
@@ -183,7 +190,7 @@ def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> st
     assert registry.service is not None and registry.service.credentials is not None
     profile = Profile(path)
     profile.create(
-        ProfileConfig(server=registry.listen_host, port=registry.port, domain=registry.domain, username=user.username),
+        ProfileConfig(server=registry.connect_host, port=registry.port, domain=registry.domain, username=user.username),
         registry.root,
     )
     profile.save_credentials(user.key, [user.certificate, registry.service.credentials.ca.issuing_certificate])

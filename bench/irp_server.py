@@ -1,0 +1,331 @@
+"""The registry under test: the real ``RegistryService`` in a server process.
+
+:func:`serve_registry` (run by the harness in a process pinned to the server core) starts
+the product exactly as ``twistd irp`` does: :class:`irp.service.RegistryService` with its
+own CA (created on first start, P-384 by default), TLS on a loopback port and a SQLite file
+(WAL, ``synchronous=FULL``, one connection through ``twisted.enterprise.adbapi``). Its log
+goes to ``registry.log`` in the data folder at level info, as a deployed server's does.
+
+Set-up that is not measured is done directly, not over the network:
+
+* users for the load generator are created with ``Registry.add_user`` and get a
+  certificate from the registry's CA (``CertificateAuthority.issue_user_certificate``
+  stored with ``RegistryStore.add_certificate``), the same thing ``request-certificate``
+  does; their keys and certificates go back to the harness as PEM;
+* a large directory is bulk-loaded (:func:`populate`) before the service starts: the
+  schema comes from the store's own migrations, then one transaction of ``executemany``
+  INSERTs. A realistic mix: 10 % of users are online (a signed record with one endpoint,
+  valid for a day) and 90 % offline (the signed offline record ``create_user`` writes,
+  long expired). The records of the users the load generator looks up (an even spread of
+  the key space) are signed with the registry's record-signing key; the others carry a
+  random 64-byte signature of the same size (signing a million records would take
+  minutes and changes nothing the server does: it serves stored signatures, it does not
+  check them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench.fixtures import HOST, Pem
+from bench.harness import Commands, serve_twisted
+
+DOMAIN = "example.org"
+#: The endpoint every online user of the bulk-loaded directory registered.
+ONLINE_ENDPOINT = ("2001:db8::7", 4605)
+ONLINE_EVERY = 10
+
+
+def username(index: int) -> str:
+    """The name of bulk-loaded user ``index``."""
+    return f"u{index:07d}"
+
+
+def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
+    """Bulk-load ``count`` users into a new database at ``path``; return the user names
+    whose records are signed (an even spread of ``sample`` of them)."""
+    from irp.identity import Identity
+    from irp.records import AddressRecord, Endpoint, RecordSigner, UserRecord
+    from irp.store.dialect import SQLITE
+    from irp.store.schema import MIGRATIONS, upgrade_schema
+
+    signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
+    now = int(time.time())
+    created = now - 30 * 86400
+    expires = now + 86400
+    step = max(count // max(sample, 1), 1)
+    database = sqlite3.connect(path, isolation_level=None)
+    try:
+        database.execute("PRAGMA journal_mode = WAL")
+        database.execute("PRAGMA synchronous = OFF")  # loading only; the server uses FULL
+        upgrade_schema(database.cursor(), SQLITE, MIGRATIONS)
+        database.execute("COMMIT")
+        database.execute("BEGIN")
+        endpoint = Endpoint(*ONLINE_ENDPOINT)
+        online_endpoints = json.dumps([[endpoint.address, endpoint.port]])
+        signed: list[str] = []
+        users: list[tuple[Any, ...]] = []
+        addresses: list[tuple[Any, ...]] = []
+
+        def flush() -> None:
+            database.executemany(
+                "INSERT INTO users (username, display_name, email, attributes, is_admin, password_hash,"
+                " password_login, created_at, updated_at, record_seq, record_signed_at, record_signature)"
+                " VALUES (?, ?, ?, ?, 0, NULL, 1, ?, ?, 1, ?, ?)",
+                users,
+            )
+            database.executemany(
+                "INSERT INTO addresses (username, presence, endpoints, expires_at, seq, signed_at, signature)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                addresses,
+            )
+            users.clear()
+            addresses.clear()
+
+        for index in range(count):
+            name = username(index)
+            display = f"User {index}"
+            email = f"{name}@{DOMAIN}"
+            online = index % ONLINE_EVERY == 3
+            if index % step == 0:
+                identity = Identity(name, DOMAIN)
+                user_signature = signer.sign(UserRecord(identity, display, email, (), 1, created)).signature
+                if online:
+                    record = AddressRecord(identity, "online", (endpoint,), expires, 2, now - 60)
+                else:
+                    record = AddressRecord(identity, "offline", (), created, 1, created)
+                address_signature = signer.sign(record).signature
+                signed.append(name)
+            else:
+                user_signature = secrets.token_bytes(64)
+                address_signature = secrets.token_bytes(64)
+            users.append((name, display, email, "[]", created, created, created, user_signature))
+            if online:
+                addresses.append((name, "online", online_endpoints, expires, 2, now - 60, address_signature))
+            else:
+                addresses.append((name, "offline", "[]", created, 1, created, address_signature))
+            if len(users) >= 50_000:
+                flush()
+        flush()
+        database.execute("COMMIT")
+        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.close()
+    return signed
+
+
+def _pem(name: str, key: Any, certificate: Any, chain: list[Any]) -> Pem:
+    from cryptography.hazmat.primitives import serialization
+
+    return Pem(
+        name,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        certificate.public_bytes(serialization.Encoding.PEM),
+        tuple(c.public_bytes(serialization.Encoding.PEM) for c in chain),
+    )
+
+
+def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
+    """Server process: bulk-load (optionally), start the registry, create load users.
+
+    ``params``: ``data_dir``, ``key_type``, ``users`` (load users with certificates),
+    ``bulk_users`` and ``sample`` (bulk-loaded directory and how many records are signed).
+    """
+    from irp.credentials import load_or_create_credentials
+
+    data_dir = params["data_dir"]
+    key_type = params.get("key_type", "p384")
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    credentials = load_or_create_credentials(data_dir, DOMAIN, ["localhost", HOST], key_type=key_type)
+    database = os.path.join(data_dir, "registry.sqlite3")
+    targets: list[str] = []
+    populate_seconds = 0.0
+    if params.get("bulk_users"):
+        started = time.perf_counter()
+        targets = populate(database, credentials, params["bulk_users"], params.get("sample", 1000))
+        populate_seconds = time.perf_counter() - started
+
+    async def setup(reactor: Any) -> tuple[dict[str, Any], Commands]:
+        from irp.ca import generate_key
+        from irp.elements import addresses_element
+        from irp.framing import encode_frame
+        from irp.identity import Identity
+        from irp.keyfiles import fingerprint
+        from irp.messages import ok_response
+        from irp.passwords import TEST_PARAMETERS
+        from irp.service import RegistryService, RegistrySettings
+
+        settings = RegistrySettings(
+            domain=DOMAIN,
+            data_dir=data_dir,
+            listen=[f"tcp:0:interface={HOST}"],
+            hostnames=["localhost", HOST],
+            key_type=key_type,
+            # Only the bootstrap administrator's password is hashed; nothing measured
+            # logs in with a password.
+            argon2=TEST_PARAMETERS,
+        )
+        service = RegistryService(settings, reactor)
+        service.startService()
+        await service.ready
+        assert service.registry is not None and service.store is not None and service.credentials is not None
+        registry, store, ca = service.registry, service.store, service.credentials.ca
+        counter = {"next": 0}
+
+        async def enrol(prefix: str) -> Pem:
+            name = f"{prefix}{counter['next']:05d}"
+            counter["next"] += 1
+            await registry.add_user(name, password=None)
+            key = generate_key(key_type)
+            certificate = ca.issue_user_certificate(Identity(name, DOMAIN), key.public_key())
+            await store.add_certificate(name, certificate, fingerprint(certificate))
+            return _pem(name, key, certificate, [ca.issuing_certificate])
+
+        async def cohort(count: int, prefix: str = "load") -> list[Pem]:
+            return [await enrol(prefix) for _ in range(count)]
+
+        async def response_size(names: list[str]) -> float:
+            sizes = []
+            for name in names:
+                record = await store.get_addresses(name)
+                assert record is not None, name
+                sizes.append(len(encode_frame(ok_response(1, [addresses_element(record)]))) - 4)
+            return sum(sizes) / len(sizes)
+
+        async def sweep() -> dict[str, float]:
+            started = time.perf_counter()
+            replaced = await store.expire_addresses()
+            return {"seconds": time.perf_counter() - started, "replaced": replaced}
+
+        async def certificates() -> int:
+            def count(txn: Any) -> int:
+                txn.execute("SELECT COUNT(*) FROM certificates")
+                return int(txn.fetchone()[0])
+
+            return await store.pool.runInteraction(count)  # type: ignore[no-any-return]
+
+        users = await cohort(params.get("users", 0))
+        port = service.ports[0].getHost().port  # type: ignore[attr-defined]
+        info = {
+            "port": port,
+            "domain": DOMAIN,
+            "root": ca.root_certificate.public_bytes(_pem_encoding()),
+            "users": users,
+            "targets": targets or [user.name for user in users],
+            "bulk_users": params.get("bulk_users", 0),
+            "populate_seconds": populate_seconds,
+            "database": database,
+        }
+        commands: Commands = {
+            "cohort": cohort,
+            "response_size": response_size,
+            "sweep": sweep,
+            "certificates": certificates,
+        }
+        return info, commands
+
+    serve_twisted(connection, setup, log_path=os.path.join(data_dir, "registry.log"))
+
+
+def _pem_encoding() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.PEM
+
+
+# ---------------------------------------------------------------------------------------
+# Requests, serialised once (load generator side)
+
+
+def lookup_frames(targets: list[str], count: int = 4096) -> list[bytes]:
+    """Pre-serialised ``<lookup>`` request frames for ``targets`` (random order, fixed seed)."""
+    import random
+
+    from irp.framing import encode_frame
+    from irp.messages import build_request
+    from irp.xmlcodec import make_element
+
+    chooser = random.Random(4604)
+    return [
+        encode_frame(build_request(1 + index % 1000, make_element("lookup", {"user": chooser.choice(targets)})))
+        for index in range(count)
+    ]
+
+
+def register_frames(count: int = 64) -> list[bytes]:
+    """Pre-serialised ``<register-address>`` request frames (one endpoint, online)."""
+    from irp.framing import encode_frame
+    from irp.messages import build_request
+    from irp.xmlcodec import make_element, sub_element
+
+    frames = []
+    for index in range(count):
+        operation = make_element("register-address", {"presence": "online", "ttl": "300"})
+        sub_element(operation, "endpoint", {"address": f"2001:db8::{index + 1:x}", "port": "4605"})
+        frames.append(encode_frame(build_request(1 + index, operation)))
+    return frames
+
+
+def make_csr(key: Any) -> bytes:
+    """A PEM CSR for ``key``, as the ``irp`` command makes it (``irp.cli.make_csr``: a
+    placeholder subject, signed with the key's usual hash)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    from irp.ca import signature_hash
+
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "irp enrolment")])
+    )
+    return builder.sign(key, signature_hash(key)).public_bytes(serialization.Encoding.PEM)
+
+
+def request_certificate_frames(key_type: str, count: int = 32) -> list[bytes]:
+    """Pre-serialised ``<request-certificate>`` frames, each with a CSR of a fresh key."""
+    from irp.ca import generate_key
+    from irp.framing import encode_frame
+    from irp.messages import build_request
+    from irp.xmlcodec import make_element, sub_element
+
+    frames = []
+    for index in range(count):
+        operation = make_element("request-certificate")
+        sub_element(operation, "csr", None, make_csr(generate_key(key_type)).decode("ascii"))
+        frames.append(encode_frame(build_request(1 + index, operation)))
+    return frames
+
+
+#: What every successful IRP answer holds (checked by the load generator).
+OK = b'status="ok"'
+
+
+# ---------------------------------------------------------------------------------------
+# The registries the figures share (started once per suite run)
+
+
+def registry(ctx: Any, bulk_users: int, *, users: int | None = None, key: str | None = None) -> Any:
+    """The shared registry with ``bulk_users`` bulk-loaded users (all of them signed when
+    there are at most 10,000, else 10,000 of them) and ``users`` load users."""
+    import tempfile
+
+    settings = ctx.settings
+    name = key or f"irp-{bulk_users}"
+    return ctx.server(
+        name,
+        "bench.irp_server:serve_registry",
+        {
+            # A new folder each start: a module run again gets a fresh registry.
+            "data_dir": tempfile.mkdtemp(prefix=f"{name}-", dir=ctx.workdir),
+            "key_type": settings.key_type,
+            "users": settings.connections if users is None else users,
+            "bulk_users": bulk_users,
+            "sample": min(bulk_users, 10_000),
+        },
+    )

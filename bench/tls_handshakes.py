@@ -1,0 +1,71 @@
+"""Baseline: bare Twisted TLS handshakes with client certificates, same key types.
+
+The server is :mod:`bench.tls_echo`'s (Twisted's ``TLSMemoryBIOProtocol`` with the
+product's TLS context); the load generator opens connections as fast as the server takes
+them, ``concurrency`` at a time, each one: TCP connect, TLS handshake presenting a client
+certificate (with its issuing CA), one exchange, close_notify, close.
+
+Two variants:
+
+* for IRP (figure 2): the product's TLS 1.2+ settings, the server accepting any client
+  certificate at the TLS layer (the registry checks it in the application layer), then one
+  request/answer of the sizes of an IRP look-up;
+* for SixChat (figure 5): TLS 1.3 only, OpenSSL verifying the client's chain to the root
+  (as the SixChat responder verifies the initiator's), and the server's first frame sent
+  on completion of the handshake, of the size of the SixChat responder's first record.
+
+Both use the suite's key type (P-384 by default) for the CA, the server and the clients;
+the key exchange is OpenSSL's default, X25519MLKEM768 (hybrid, like SixChat's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.fixtures import HOST, Pki, client_context, source_addresses
+from bench.harness import Sample
+from bench.loadgen import TLSExchange, handshake_loop
+
+#: Handshakes in flight at once.
+CONCURRENCY = 16
+#: Loopback addresses the short-lived connections come from (ports are reused sooner
+#: when they are spread).
+SOURCES = 64
+
+
+def handshake_server(ctx: Any, pki: Pki, *, key: str, **options: Any) -> Any:
+    """A bare TLS server for handshake runs (``options`` as for ``serve_echo``)."""
+    return ctx.server(key, "bench.tls_echo:serve_echo", {"pki": pki, **options})
+
+
+def tls_sessions(
+    port: int,
+    server_pid: int,
+    contexts: Sequence[Any],
+    request: bytes | None,
+    *,
+    warmup: float,
+    duration: float,
+    check: bytes | None = None,
+    concurrency: int = CONCURRENCY,
+) -> Sample:
+    """One run of TLS sessions/s against ``port`` (load generator side)."""
+    sources = source_addresses(SOURCES)
+
+    def open_session(index: int) -> TLSExchange:
+        return TLSExchange(
+            HOST,
+            port,
+            contexts[index % len(contexts)],
+            request,
+            check=check,
+            source=sources[index % len(sources)],
+        )
+
+    return handshake_loop(open_session, concurrency=concurrency, warmup=warmup, duration=duration, server_pid=server_pid)
+
+
+def user_contexts(pki: Pki, tls13_only: bool = False) -> list[Any]:
+    """Client contexts for every user of ``pki``."""
+    return [client_context(user, tls13_only=tls13_only) for user in pki.users]

@@ -1,0 +1,182 @@
+"""The benchmark harness's statistics and writers, on synthetic numbers.
+
+Not a speed test: nothing here measures anything. It keeps ``bench/`` importable and its
+arithmetic right (``python -m bench --quick`` in CI keeps the benchmarks themselves
+running).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.trial.unittest import TestCase
+
+from bench import MODULES
+from bench.__main__ import disturbance, selected_modules
+from bench.harness import (
+    Figure,
+    Sample,
+    Stats,
+    failed_figure,
+    format_number,
+    render_table,
+    write_json,
+)
+from bench.profile import summarise
+
+
+def samples(*values: float, server: float = 1.0, load: float = 0.3) -> list[Sample]:
+    """Synthetic runs."""
+    return [Sample(value, 2.0, load, server, {"server_core_others": 0.02}) for value in values]
+
+
+def figure(values: tuple[float, ...], baseline: tuple[float, ...], **options: object) -> Figure:
+    """A synthetic figure."""
+    return Figure("1", "things/s", "/s", samples(*values), "bare things/s", "/s", samples(*baseline), **options)  # type: ignore[arg-type]
+
+
+class StatsTests(TestCase):
+    """Median, quartiles and extremes."""
+
+    def test_odd(self) -> None:
+        """Five values: the middle one, quartiles by the inclusive method."""
+        stats = Stats.of([5.0, 1.0, 4.0, 2.0, 3.0])
+        self.assertEqual((stats.n, stats.median, stats.minimum, stats.maximum), (5, 3.0, 1.0, 5.0))
+        self.assertEqual((stats.q1, stats.q3), (2.0, 4.0))
+        self.assertEqual(stats.mean, 3.0)
+
+    def test_even(self) -> None:
+        """Four values: the median is the mean of the middle two."""
+        self.assertEqual(Stats.of([1.0, 2.0, 3.0, 10.0]).median, 2.5)
+
+    def test_single(self) -> None:
+        """One run: every statistic is that run."""
+        stats = Stats.of([7.0])
+        self.assertEqual((stats.median, stats.q1, stats.q3, stats.minimum, stats.maximum), (7.0,) * 5)
+
+    def test_empty(self) -> None:
+        """No runs is an error, not a zero."""
+        self.assertRaises(ValueError, Stats.of, [])
+
+
+class FigureTests(TestCase):
+    """Ratios and verdicts."""
+
+    def test_ratio_of_medians(self) -> None:
+        """The ratio is median over median; the spread comes from the paired runs."""
+        result = figure((50.0, 60.0, 70.0), (100.0, 100.0, 200.0), target=0.5)
+        self.assertEqual(result.ratio, 0.6)
+        self.assertEqual(result.paired_ratios, [0.5, 0.6, 0.35])
+        self.assertTrue(result.met)
+
+    def test_missed(self) -> None:
+        """Below a ">=" target is a miss."""
+        self.assertFalse(figure((40.0,), (100.0,), target=0.5).met)
+
+    def test_lower_is_better(self) -> None:
+        """A "<=" target on the ratio (latency with and without load)."""
+        self.assertTrue(figure((1.5,), (1.0,), target=2.0, sense="<=").met)
+        self.assertFalse(figure((2.5,), (1.0,), target=2.0, sense="<=").met)
+
+    def test_value_target(self) -> None:
+        """A target on the figure's own median (a memory ceiling), whatever the ratio."""
+        result = figure((900.0, 1100.0, 1000.0), (60.0,), target=1024.0, sense="<=", judged="value")
+        self.assertTrue(result.met)
+        result = figure((1100.0,), (60.0,), target=1024.0, sense="<=", judged="value")
+        self.assertFalse(result.met)
+
+    def test_no_target(self) -> None:
+        """Information-only figures are neither met nor missed."""
+        self.assertIsNone(figure((1.0,), (2.0,)).met)
+
+    def test_saturation(self) -> None:
+        """The side at 90 % or more of its core is the one that saturates."""
+        result = figure((1.0,), (2.0,))
+        self.assertEqual(result.saturated(), "server")
+        self.assertEqual(result.cpu()["server_core_others"], 0.02)
+
+    def test_failed(self) -> None:
+        """A crashed benchmark has no verdict and says why in the table."""
+        failed = failed_figure("4", "issuances", "Traceback...\nValueError: boom")
+        self.assertIsNone(failed.met)
+        self.assertIn("ValueError: boom", render_table([failed]))
+
+
+class OutputTests(TestCase):
+    """The table and the JSON document."""
+
+    def test_table(self) -> None:
+        """One block per figure: ratio, spread, target, verdict, both medians."""
+        text = render_table(
+            [
+                figure((50.0, 60.0, 70.0), (100.0, 100.0, 200.0), target=0.5),
+                Figure("9a", "RSS", "MiB", samples(700.0), "RSS idle", "MiB", samples(60.0), target=1024.0, sense="<=", judged="value"),
+            ]
+        )
+        self.assertIn("0.600 [0.350-0.600]", text)
+        self.assertIn(">= 0.500", text)
+        self.assertIn("yes", text)
+        self.assertIn("things/s: 60.0 /s [50.0-70.0]", text)
+        self.assertIn("vs bare things/s: 100 /s [100-200]", text)
+        self.assertIn("<= 1,024 MiB", text)
+
+    def test_json(self) -> None:
+        """Every figure with its stats, runs, ratio, target and CPU shares."""
+        path = os.path.join(self.mktemp(), "results.json")
+        write_json(path, [figure((50.0, 70.0), (100.0, 100.0), target=0.5)], {"quick": True})
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+        self.assertEqual(document["meta"], {"quick": True})
+        (entry,) = document["figures"]
+        self.assertEqual(entry["figure"]["median"], 60.0)
+        self.assertEqual(entry["baseline"]["min"], 100.0)
+        self.assertEqual(entry["ratio"], 0.6)
+        self.assertEqual(entry["ratio_runs"], [0.5, 0.7])
+        self.assertEqual(entry["target"], 0.5)
+        self.assertTrue(entry["met"])
+        self.assertEqual(entry["cpu"]["figure"]["load_generator"], 0.3)
+        self.assertEqual(len(entry["figure_runs"]), 2)
+
+    def test_numbers(self) -> None:
+        """Three significant digits, thousands separated."""
+        self.assertEqual(
+            [format_number(v) for v in (12345.6, 123.4, 12.34, 1.234, 0.01234, None)],
+            ["12,346", "123", "12.3", "1.23", "0.012", "-"],
+        )
+
+
+class CommandTests(TestCase):
+    """Choosing benchmarks and reading profiles."""
+
+    def test_only(self) -> None:
+        """--only takes figure ids or module names, and keeps the run order."""
+        self.assertEqual(selected_modules("9,1"), ["irp_lookups", "irp_idle"])
+        self.assertEqual(selected_modules("sixchat_bulk,3b"), ["irp_registrations", "sixchat_bulk"])
+        self.assertEqual(selected_modules(""), list(MODULES))
+        self.assertRaises(SystemExit, selected_modules, "42")
+
+    def test_disturbance(self) -> None:
+        """The worst median share of the server's core that other work took."""
+        calm = figure((1.0,), (2.0,))
+        busy = Figure("2", "x", "/s", samples(1.0), "y", "/s", [Sample(2.0, 1.0, 0.3, 0.6, {"server_core_others": 0.3})])
+        self.assertEqual(disturbance([calm]), 0.02)
+        self.assertEqual(disturbance([calm, busy]), 0.3)
+        self.assertFalse(calm.disturbed)
+        self.assertTrue(busy.disturbed)
+        busy.target = 0.1
+        self.assertIn("yes*", render_table([busy]))
+        self.assertIn("not trustworthy", render_table([busy]))
+
+    def test_profile_summary(self) -> None:
+        """Own and inclusive shares of the busy samples; waits are set apart."""
+        stacks = (
+            "thread (0x1);main (a.py:1);work (a.py:5);parse (b.py:9) 6",
+            "thread (0x1);main (a.py:1);work (a.py:5) 2",
+            "thread (0x1);main (a.py:1);EPollReactor.doPoll (twisted/internet/epollreactor.py:3) 12",
+        )
+        collapsed = "\n".join(stacks)
+        text = summarise(collapsed)
+        self.assertIn("20 samples, 8 busy", text)
+        self.assertIn(" 75.0%  parse (b.py)", text)
+        self.assertIn("100.0%  work (a.py)", text)
