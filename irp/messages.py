@@ -14,6 +14,7 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from irp import errors
 from irp.xmlcodec import (
@@ -155,12 +156,17 @@ def build_request(request_id: int, operation: Element) -> bytes:
     return _observed(serialize(root))
 
 
-def ok_response(request_id: int, results: Iterable[Element]) -> bytes:
+#: A result: an element, or one already serialised (a cached answer).
+Result = Union[Element, bytes]
+
+
+def ok_response(request_id: int, results: Iterable[Result]) -> bytes:
     """Serialise a successful response."""
-    root = make_element("response", {"v": PROTOCOL_VERSION, "id": str(request_id), "status": "ok"})
-    for element in results:
-        root.append(element)
-    return _observed(serialize(root))
+    parts = [part if isinstance(part, bytes) else serialize(part) for part in results]
+    if not parts:
+        return _observed(f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii"))
+    head = f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok">'.encode("ascii")
+    return _observed(b"".join((head, *parts, b"</response>")))
 
 
 def error_response(request_id: int, error: errors.IRPError) -> bytes:

@@ -81,6 +81,7 @@ class RegistryServerProtocol(Protocol):
         #: Whether the protocol is registered as its transport's producer.
         self.producing = False
         self._deadline: IDelayedCall | None = None
+        self._deadline_reason = "the connection was idle too long"
         self._frame_deadline: IDelayedCall | None = None
         self._peer_host = "unknown"
 
@@ -309,12 +310,19 @@ class RegistryServerProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _set_deadline(self, seconds: float, why: str) -> None:
-        self._cancel(self._deadline)
-        self._deadline = self.clock.callLater(seconds, self._timed_out, why)
+        # Moving a pending deadline (reset) is much cheaper than cancelling it and
+        # scheduling a new one, and happens on every request.
+        self._deadline_reason = why
+        deadline = self._deadline
+        if deadline is not None and deadline.active() and deadline.func == self._timed_out:  # type: ignore[attr-defined]
+            deadline.reset(seconds)
+        else:
+            self._cancel(deadline)
+            self._deadline = self.clock.callLater(seconds, self._timed_out)
 
-    def _timed_out(self, why: str) -> None:
+    def _timed_out(self) -> None:
         self._deadline = None
-        self._fail(errors.Timeout(why))
+        self._fail(errors.Timeout(self._deadline_reason))
 
     def _watch_frame(self, restart: bool) -> None:
         """Give a started frame ``frame_timeout`` seconds to complete.

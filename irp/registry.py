@@ -8,6 +8,7 @@ does know the store, the CA and the password hasher.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -39,6 +40,7 @@ from irp.elements import (
 from irp.identity import Identity, InvalidIdentity, check_username, identity_from_certificate
 from irp.keyfiles import fingerprint
 from irp.messages import (
+    Result,
     PROTOCOL_VERSION,
     Request,
     bool_text,
@@ -65,7 +67,7 @@ from irp.records import (
     check_text_field,
 )
 from irp.store import Account, RegistryStore
-from irp.xmlcodec import Element, make_element, sub_element
+from irp.xmlcodec import Element, make_element, serialize, sub_element
 
 T = TypeVar("T")
 
@@ -74,6 +76,9 @@ log = Logger()
 ThreadRunner = Callable[..., Deferred[Any]]
 
 KEY_TYPES = ("p384", "p256", "ed25519")
+
+#: How many serialised look-up answers a registry keeps (about 600 bytes each).
+ANSWER_CACHE_SIZE = 20_000
 
 _TEXT_ONLY: tuple[tuple[str, ...], tuple[str, ...], bool] = ((), (), True)
 
@@ -156,7 +161,7 @@ class Session:
         return self.identity.username
 
 
-Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Element]]]
+Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Result]]]
 
 
 #: Who may call an operation: anyone (even before login), any logged-in user including
@@ -195,6 +200,8 @@ class Registry:
     #: Domains whose users may look users of this domain up (their roots are trusted).
     federated_domains: frozenset[str] = frozenset()
     operations: dict[str, Operation] = field(init=False)
+    #: Serialised look-up answers by user name, with the data version they were read at.
+    _answers: OrderedDict[str, tuple[int, bytes]] = field(init=False, default_factory=OrderedDict)
     #: Grows whenever a revocation or account change may end existing sessions.
     generation: int = field(init=False, default=0)
 
@@ -255,11 +262,11 @@ class Registry:
             "delete-user": op(self.delete_user, "local", ("user",)),
         }
 
-    def handle(self, session: Session, request: Request) -> Deferred[list[Element]]:
+    def handle(self, session: Session, request: Request) -> Deferred[list[Result]]:
         """Run one request for ``session``; fire with the result elements."""
         return Deferred.fromCoroutine(self._handle(session, request))
 
-    async def _handle(self, session: Session, request: Request) -> list[Element]:
+    async def _handle(self, session: Session, request: Request) -> list[Result]:
         operation = self.operations.get(request.operation)
         if operation is None:
             raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
@@ -607,13 +614,30 @@ class Registry:
         record = await self.store.put_addresses(session.username, presence, tuple(endpoints), ttl)
         return [addresses_element(record)]
 
-    async def lookup(self, session: Session, element: Element) -> list[Element]:
+    async def lookup(self, session: Session, element: Element) -> list[Result]:
         """A user's signed addresses and presence."""
         username = self._local_username(required(element, "user"))
+        version = self.store.data_version()
+        if version is not None:
+            cached = self._answers.get(username)
+            if cached is not None and cached[0] == version:
+                return [cached[1]]
         record = await self.store.get_addresses(username)
         if record is None:
             raise errors.NotFound(f"no user {username}@{self.domain}")
-        return [addresses_element(record)]
+        answer = serialize(addresses_element(record))
+        if version is not None:
+            self._remember_answer(username, version, answer)
+        return [answer]
+
+    def _remember_answer(self, username: str, version: int, answer: bytes) -> None:
+        """Keep a serialised look-up answer while the database does not change (any commit,
+        by any process, changes ``version`` and so retires every cached answer)."""
+        answers = self._answers
+        answers[username] = (version, answer)
+        answers.move_to_end(username)
+        if len(answers) > ANSWER_CACHE_SIZE:
+            answers.popitem(last=False)
 
     # -- certificates -----------------------------------------------------------------
 

@@ -325,6 +325,6 @@ class RegistryService(service.Service):
                 if waiting is not None:
                     await waiting
             if self.store is not None:
-                self.store.pool.close()
+                self.store.close()
 
         return Deferred.fromCoroutine(finish())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 
 def format_timestamp(seconds: int) -> str:
     """Format integer UTC seconds as RFC 3339 (``2026-11-22T03:46:51Z``)."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = time.gmtime(seconds)
+    return (
+        f"{moment.tm_year:04d}-{moment.tm_mon:02d}-{moment.tm_mday:02d}"
+        f"T{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d}Z"
+    )
 
 
 def parse_timestamp(text: str) -> int:

@@ -121,15 +121,16 @@ def parse_document(
         raise XMLRejected(f"not acceptable XML: {error}") from None
     if root is None:
         raise XMLRejected("empty document")
+    # check_markup refused every "<!" and "<?" on the raw bytes, so the tree holds
+    # elements only (no comments, PIs or entity references) and counting is enough.
+    if len(root) == 0:
+        return root
     count = 0
-    for element in root.iter():
+    for _element in root.iter():
         count += 1
-        if not isinstance(element.tag, str):
-            raise XMLRejected("comments and processing instructions are not allowed", forbidden=True)
         if count > max_elements:
             raise XMLRejected(f"more than {max_elements} elements")
-    if count > 1:
-        _check_depth(root, max_depth)
+    _check_depth(root, max_depth)
     return root
 
 

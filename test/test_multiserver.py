@@ -87,3 +87,24 @@ class TwoServerTests(unittest.TestCase):
         await second.service._sync_generation()  # the periodic check, run now
         with self.assertRaises(errors.CertificateRejected):
             await on_second.lookup("alice")
+
+
+class SharedSQLiteTests(unittest.TestCase):
+    """Two registry processes on one SQLite file (one machine): look-up answers cached by
+    one process never hide a registration made through the other."""
+
+    async def test_registration_visible_at_once_on_the_other_process(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        first = await RunningRegistry(self, data_dir=data_dir).start()
+        second = await RunningRegistry(self, data_dir=data_dir).start()
+        alice = await first.enrol("alice")
+        writer = await first.client(user=alice)
+        reader = await second.client(user=alice)
+        for port in range(1000, 1010):
+            # The reader looks up twice (the second answer may come from its cache)...
+            await reader.lookup("alice")
+            await reader.lookup("alice")
+            record = await writer.register_addresses([Endpoint.parse("192.0.2.1", port)], "online", 300)
+            # ...and still sees each registration at once.
+            seen = await reader.lookup("alice")
+            self.assertEqual((seen.seq, seen.endpoints), (record.seq, record.endpoints))

@@ -80,6 +80,17 @@ def postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.C
     )
 
 
+def direct_sqlite_reader(path: str) -> sqlite3.Connection:
+    """A read-only connection for point reads on the reactor thread (see RegistryStore)."""
+    connection = sqlite3.connect(
+        f"file:{os.path.abspath(path)}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+    )
+    # Never hold the reactor long: when busy, the read goes to the pool instead.
+    connection.execute("PRAGMA busy_timeout = 50")
+    connection.execute("PRAGMA query_only = ON")
+    return connection
+
+
 def parse_database_url(url: str) -> tuple[Dialect, str]:
     """Return the dialect and the driver's connection argument for a database URL.
 
@@ -118,7 +129,14 @@ def open_store(
         pool = postgresql_pool(target, reactor, pool_size)
     store = RegistryStore(pool, dialect, domain, signer, now)
     pool.start()
-    result: Deferred[RegistryStore] = store.upgrade().addCallback(lambda _version: store)
+
+    def ready(_version: int) -> RegistryStore:
+        if dialect is SQLITE and target != ":memory:":
+            store.direct_reader = direct_sqlite_reader(target)
+            store.reactor = reactor
+        return store
+
+    result: Deferred[RegistryStore] = store.upgrade().addCallback(ready)
 
     def close_on_failure(failure: Any) -> Any:
         pool.close()

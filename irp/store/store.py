@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -97,6 +97,17 @@ class RegistryStore:
         self.now = now
         self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
         self._operational_error: type[Exception] = pool.dbapi.OperationalError
+        #: A read-only SQLite connection used on the calling (reactor) thread for point
+        #: reads: a look-up then costs one in-process query (about 10 us) instead of a
+        #: hop to adbapi's thread (about 50 us). WAL lets it read while the writer writes,
+        #: and it sees every commit at once. None for PostgreSQL.
+        self.direct_reader: Any = None
+        #: The reactor (for once-per-turn work), set by open_store.
+        self.reactor: Any = None
+        self._version: int | None = None
+        #: Writes completed through this store: they change data_version() at once, even
+        #: within the reactor turn that memoised SQLite's own counter.
+        self._local_writes = 0
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -120,7 +131,50 @@ class RegistryStore:
         return failure
 
     def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run ``interaction`` in a transaction; operational errors become Unavailable."""
+        """Run a point read: on the direct reader when there is one, else in the pool.
+        Operational errors become Unavailable."""
+        reader = self.direct_reader
+        if reader is None:
+            return self._pool_read(interaction, *args)
+        cursor = reader.cursor()
+        try:
+            return succeed(interaction(cursor, *args))
+        except self._operational_error:
+            # Busy (a checkpoint, a schema change): the pool's connection waits instead.
+            return self._pool_read(interaction, *args)
+        except Exception:  # noqa: BLE001 - handed to the Deferred like the pool would
+            return fail()
+        finally:
+            cursor.close()
+
+    def data_version(self) -> int | None:
+        """A number that changes whenever another connection commits (SQLite's
+        ``PRAGMA data_version`` on the direct reader), for caches of answers; None when
+        there is no direct reader (answers are then not cached)."""
+        reader = self.direct_reader
+        if reader is None:
+            return None
+        if self._version is None:
+            try:
+                self._version = int(reader.execute("PRAGMA data_version").fetchone()[0])
+            except self._operational_error:
+                return None
+            # Asked again at most once per reactor turn: many look-ups share one query.
+            self.reactor.callLater(0, self._forget_version)
+        return self._version * 1_000_000_007 + self._local_writes
+
+    def _forget_version(self) -> None:
+        self._version = None
+
+    def close(self) -> None:
+        """Close the database connections."""
+        if self.direct_reader is not None:
+            self.direct_reader.close()
+            self.direct_reader = None
+        self.pool.close()
+
+    def _pool_read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run a read that may be long (scans, counts) in adbapi's thread pool."""
         return self.pool.runInteraction(interaction, *args).addErrback(self._unavailable)
 
     def _write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
@@ -135,7 +189,13 @@ class RegistryStore:
             except self._integrity_error as error:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
 
-        return self.pool.runInteraction(transaction, *args).addErrback(self._unavailable)
+        result = self.pool.runInteraction(transaction, *args)
+        result.addBoth(self._count_write)
+        return result.addErrback(self._unavailable)
+
+    def _count_write(self, result: T) -> T:
+        self._local_writes += 1
+        return result
 
     def _security_event(self, txn: Transaction) -> int:
         """Count a change that may end sessions (see :meth:`security_generation`); return
@@ -427,7 +487,7 @@ class RegistryStore:
             )
             return total, [self._account_from_row(row) for row in rows]
 
-        return self._read(page)
+        return self._pool_read(page)
 
     # -- addresses --------------------------------------------------------------------
 
