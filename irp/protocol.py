@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from irp import errors
 from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
+from irp.keyfiles import fingerprint
 from irp.messages import (
     Request,
     error_response,
@@ -375,24 +376,33 @@ class RegistryServerFactory(Factory):
         self.connections = ConnectionCounter(self.limits.max_connections_per_address)
 
     def authenticate(self, session: Session, leaf: Any, intermediates: list[Any]) -> Any:
-        """Check a client certificate's chain, then log the session in with it."""
+        """Log the session in with a client certificate.
+
+        A certificate this registry issued is recognised by its exact fingerprint (no
+        path to build: the registry checks its status and owner). Any other goes through
+        the trust store first: a user of a federated domain, or a refusal with a reason.
+        """
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(self._authenticate(session, leaf, intermediates))
+
+    async def _authenticate(self, session: Session, leaf: Any, intermediates: list[Any]) -> None:
         from datetime import datetime, timezone
 
-        from twisted.internet.defer import Deferred, succeed
-
-        try:
-            verified = self.trust.verify_user_certificate(
-                leaf,
-                [*intermediates, *self.known_intermediates],
-                now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
-            )
-        except errors.CertificateRejected as error:
-            log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
-            # Keep the plain CertificateRejected: the wire form is the same, and the
-            # session must be able to raise it again for every request.
-            session.rejected = errors.CertificateRejected(error.message)
-            return succeed(None)
-        result: Deferred[None] = Deferred.fromCoroutine(
-            self.registry.authenticate_certificate(session, leaf, verified.chain)
-        )
-        return result
+        info = await self.registry.store.get_certificate_by_fingerprint(fingerprint(leaf))
+        chain: Sequence[x509.Certificate] = ()
+        if info is None or info.origin != "issued":
+            try:
+                verified = self.trust.verify_user_certificate(
+                    leaf,
+                    [*intermediates, *self.known_intermediates],
+                    now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
+                )
+            except errors.CertificateRejected as error:
+                log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
+                # Keep the plain CertificateRejected: the wire form is the same, and the
+                # session must be able to raise it again for every request.
+                session.rejected = errors.CertificateRejected(error.message)
+                return
+            chain = verified.chain
+        await self.registry.authenticate_certificate(session, leaf, chain)

@@ -31,6 +31,7 @@ certificates both can judge.
 from __future__ import annotations
 
 import datetime
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -51,6 +52,8 @@ from irp.identity import (
 from irp.keyfiles import fingerprint
 
 DEFAULT_MAX_CHAIN_DEPTH = 2
+#: How many verified certificate-to-issuer signatures a trust store remembers.
+VERIFIED_LINKS_CACHED = 10_000
 #: A peer presenting more intermediates than this is refused before any path building.
 MAX_PRESENTED_INTERMEDIATES = 8
 #: Bound on the signature checks spent building paths, against crafted intermediates.
@@ -95,6 +98,7 @@ class TrustStore:
             raise ValueError("max_chain_depth must not be negative")
         self._max_chain_depth = max_chain_depth
         self._roots: dict[bytes, x509.Certificate] = {}
+        self._verified_links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self._root_domains: dict[bytes, str] = {}
         for root in roots:
             self.add_root(root)
@@ -165,7 +169,7 @@ class TrustStore:
                 " presented",
             )
         _processed_extensions(leaf)
-        builder = _PathBuilder(self._roots, intermediates)
+        builder = _PathBuilder(self._roots, intermediates, self._verified_links)
         first_failure: CertificateInvalid | None = None
         for path in builder.paths(leaf):
             try:
@@ -211,8 +215,12 @@ class _PathBuilder:
         self,
         roots: dict[bytes, x509.Certificate],
         intermediates: Sequence[x509.Certificate],
+        verified_links: OrderedDict[tuple[bytes, bytes], None] | None = None,
     ) -> None:
         self._roots = roots
+        #: (child DER, issuer DER) pairs whose signature already verified: a signature
+        #: check gives the same answer for the same bytes, so it is done once.
+        self._verified_links = verified_links if verified_links is not None else OrderedDict()
         self._candidates = [
             *roots.items(),
             *((_der(intermediate), intermediate) for intermediate in intermediates),
@@ -263,8 +271,11 @@ class _PathBuilder:
                 self._exhausted = True
                 return
             self._steps += 1
+            link = (_der(child), der)
             try:
-                child.verify_directly_issued_by(candidate)
+                if link not in self._verified_links:
+                    child.verify_directly_issued_by(candidate)
+                    self._remember_link(link)
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 self._signature_problem = self._signature_problem or CertificateInvalid(
                     "bad-signature",
@@ -273,6 +284,13 @@ class _PathBuilder:
                 )
                 continue
             yield candidate
+
+    def _remember_link(self, link: tuple[bytes, bytes]) -> None:
+        links = self._verified_links
+        links[link] = None
+        links.move_to_end(link)
+        if len(links) > VERIFIED_LINKS_CACHED:
+            links.popitem(last=False)
 
     def failure(self) -> CertificateInvalid:
         """Why no path was found."""

@@ -117,12 +117,19 @@ def responses(transport: StringTransport) -> list[tuple[int, str, Any]]:
     return found
 
 
+class EmptyStore:
+    """Stands in for the store where a test needs only "no such certificate"."""
+
+    def get_certificate_by_fingerprint(self, digest: str) -> Deferred[None]:
+        return succeed(None)
+
+
 def make_registry(clock: Clock) -> Registry:
     ca = pki.make_ca()
     signing_key = ed25519.Ed25519PrivateKey.generate()
     return Registry(
         config=RegistryConfig(domain=ca.domain),
-        store=None,  # type: ignore[arg-type]  # the operations used here never touch it
+        store=EmptyStore(),  # type: ignore[arg-type]  # the operations used here never touch it
         ca=ca,
         signing_certificate=ca.issue_signing_certificate(signing_key.public_key()),
         hasher=PasswordHasher(TEST_PARAMETERS),
