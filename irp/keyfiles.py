@@ -25,7 +25,7 @@ import stat
 from typing import TypeAlias
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 #: The private key types the suite stores and loads.
@@ -182,7 +182,7 @@ def read_bytes_private(path: str, *, max_size: int = MAX_KEY_FILE_SIZE) -> bytes
 
 def fingerprint(certificate: x509.Certificate) -> str:
     """Return the lowercase hex SHA-256 of the certificate's DER encoding (64 characters)."""
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return certificate.fingerprint(hashes.SHA256()).hex()
 
 
 def format_fingerprint(hex_fingerprint: str) -> str:

@@ -122,11 +122,14 @@ class RegistryServerProtocol(Protocol):
         if peer is None:
             self._drain()
             return
-        intermediates = [
-            certificate
-            for certificate in (handle.get_peer_cert_chain(as_cryptography=True) or [])
-            if certificate != peer
-        ]
+        def intermediates() -> list[x509.Certificate]:
+            # Read only when needed: certificates this registry issued need no path.
+            return [
+                certificate
+                for certificate in (handle.get_peer_cert_chain(as_cryptography=True) or [])
+                if certificate != peer
+            ]
+
         self.busy = True
         result = self.factory.authenticate(self.session, peer, intermediates)  # type: ignore[arg-type]
         result.addErrback(self._internal_failure)
@@ -375,7 +378,7 @@ class RegistryServerFactory(Factory):
         self.limits = limits or ConnectionLimits()
         self.connections = ConnectionCounter(self.limits.max_connections_per_address)
 
-    def authenticate(self, session: Session, leaf: Any, intermediates: list[Any]) -> Any:
+    def authenticate(self, session: Session, leaf: Any, intermediates: Any) -> Any:
         """Log the session in with a client certificate.
 
         A certificate this registry issued is recognised by its exact fingerprint (no
@@ -386,16 +389,17 @@ class RegistryServerFactory(Factory):
 
         return Deferred.fromCoroutine(self._authenticate(session, leaf, intermediates))
 
-    async def _authenticate(self, session: Session, leaf: Any, intermediates: list[Any]) -> None:
+    async def _authenticate(self, session: Session, leaf: Any, intermediates: Any) -> None:
         from datetime import datetime, timezone
 
         info = await self.registry.store.get_certificate_by_fingerprint(fingerprint(leaf))
         chain: Sequence[x509.Certificate] = ()
         if info is None or info.origin != "issued":
             try:
+                presented = intermediates() if callable(intermediates) else intermediates
                 verified = self.trust.verify_user_certificate(
                     leaf,
-                    [*intermediates, *self.known_intermediates],
+                    [*presented, *self.known_intermediates],
                     now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
                 )
             except errors.CertificateRejected as error:

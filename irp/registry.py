@@ -426,31 +426,25 @@ class Registry:
         domain (its root trusted by the operator) must not be on that domain's current
         CRL; it gives read-only look-ups. Otherwise the session is marked rejected.
         """
-        try:
-            named = identity_from_certificate(certificate)
-        except InvalidIdentity:
-            named = None
-        if named is not None and named.domain != self.domain:
-            await self._authenticate_federated(session, named, certificate, chain)
-            return
         digest = fingerprint(certificate)
         info = await self.store.get_certificate_by_fingerprint(digest)
+        if info is None or info.origin != "issued":
+            try:
+                named = identity_from_certificate(certificate)
+            except InvalidIdentity:
+                named = None
+            if named is not None and named.domain != self.domain:
+                await self._authenticate_federated(session, named, certificate, chain)
+                return
         problem: str | None = None
         if info is None or info.origin != "issued":
             problem = "the client certificate was not issued by this registry"
         else:
+            # The exact certificate this registry issued (same DER): it names its owner,
+            # and deleting an owner revokes their certificates, so the status says it all.
             status = info.status(self._now())
             if status != "good":
                 problem = f"the client certificate is {status}"
-            else:
-                try:
-                    identity = identity_from_certificate(certificate)
-                except InvalidIdentity:
-                    identity = None
-                if identity != Identity(info.username, self.domain):
-                    problem = "the client certificate does not name its registered owner"
-                elif await self.store.get_account(info.username) is None:
-                    problem = "the client certificate's owner no longer exists"
         if problem is not None:
             log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
             session.rejected = errors.CertificateRejected(problem)
