@@ -69,6 +69,9 @@ def serial_text(serial: int) -> str:
     return format(serial, "x")
 
 
+#: The most address registrations committed together.
+ADDRESS_GROUP_LIMIT = 256
+
 _USER_COLUMNS = (
     "username, display_name, email, attributes, is_admin, password_hash, password_login,"
     " created_at, updated_at, record_seq, record_signed_at, record_signature, password_version"
@@ -108,6 +111,9 @@ class RegistryStore:
         #: Writes completed through this store: they change data_version() at once, even
         #: within the reactor turn that memoised SQLite's own counter.
         self._local_writes = 0
+        #: Address registrations waiting for the next group commit.
+        self._pending_addresses: list[tuple[str, str, tuple[Endpoint, ...], int, Deferred[AddressRecord]]] = []
+        self._address_group_running = False
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -541,19 +547,59 @@ class RegistryStore:
     def put_addresses(
         self, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
     ) -> Deferred[AddressRecord]:
-        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them."""
+        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them.
 
-        def put(txn: Transaction) -> AddressRecord:
-            row = self._fetchone(txn, self._ADDRESS_SELECT + self.dialect.for_update, (username,))
-            if row is None:
-                self._require_account(txn, username)
-                raise NotFound(f"no address record for {username}@{self.domain}")
-            now = self._now()
-            return self._write_addresses(
-                txn, username, presence, endpoints, now + ttl, int(row[4]) + 1, now, insert=False
-            )
+        Registrations are committed in groups (group commit): those that arrive while a
+        group's transaction runs go into the next one, so one commit (one fsync) serves
+        many. Each still fires only after the commit that holds it.
+        """
+        waiting: Deferred[AddressRecord] = Deferred()
+        self._pending_addresses.append((username, presence, endpoints, ttl, waiting))
+        if not self._address_group_running:
+            self._commit_address_group()
+        return waiting
 
-        return self._write(put)
+    def _put_one_address(
+        self, txn: Transaction, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
+    ) -> AddressRecord:
+        row = self._fetchone(txn, self._ADDRESS_SELECT + self.dialect.for_update, (username,))
+        if row is None:
+            # Nothing is written for this one; the rest of its group goes on.
+            raise NotFound(f"no user {username}@{self.domain}")
+        now = self._now()
+        return self._write_addresses(txn, username, presence, endpoints, now + ttl, int(row[4]) + 1, now, insert=False)
+
+    def _commit_address_group(self) -> None:
+        group = self._pending_addresses[:ADDRESS_GROUP_LIMIT]
+        del self._pending_addresses[:ADDRESS_GROUP_LIMIT]
+        self._address_group_running = True
+
+        def commit_all(txn: Transaction) -> list[AddressRecord | NotFound]:
+            results: list[AddressRecord | NotFound] = []
+            for username, presence, endpoints, ttl, _waiting in group:
+                try:
+                    results.append(self._put_one_address(txn, username, presence, endpoints, ttl))
+                except NotFound as error:
+                    results.append(error)
+            return results
+
+        def committed(results: list[AddressRecord | NotFound]) -> None:
+            for (*_request, waiting), result in zip(group, results, strict=True):
+                if isinstance(result, NotFound):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for *_request, waiting in group:
+                waiting.errback(failure)
+
+        def next_group(_: object) -> None:
+            self._address_group_running = False
+            if self._pending_addresses:
+                self._commit_address_group()
+
+        self._write(commit_all).addCallbacks(committed, failed).addBoth(next_group)
 
     def get_addresses(self, username: str) -> Deferred[AddressRecord | None]:
         """Fire with the user's signed address record, or None for an unknown user."""
