@@ -638,14 +638,9 @@ class Registry:
     async def _check_certificate_quota(self, username: str, replacing: int | None = None) -> None:
         """Refuse a new certificate when the user holds the most allowed. Revoked and
         expired certificates do not count, nor the one a renewal replaces."""
-        now = self._now()
-        held = [
-            info
-            for info in await self.store.list_certificates(username)
-            if info.status(now) in ("good", "not-yet-valid") and info.serial != replacing
-        ]
-        if len(held) >= self.config.max_certificates_per_user:
-            raise errors.Conflict(f"{username} already holds {len(held)} certificates, the most allowed")
+        held = await self.store.count_current_certificates(username, self._now(), replacing)
+        if held >= self.config.max_certificates_per_user:
+            raise errors.Conflict(f"{username} already holds {held} certificates, the most allowed")
 
     async def _check_pkcs12_quota(self, username: str) -> None:
         existing = await self.store.list_pkcs12(username)

@@ -412,6 +412,46 @@ class RegistryStoreTestsMixin(_MixinBase):
         store = await self.store()
         await self.assertFailsWith(errors.NotFound, store.put_addresses("nobody", "online", (), 60))
 
+    async def test_group_commit_isolates_failures(self) -> None:
+        """Writes committed together: one that fails (unknown user, duplicate certificate)
+        is rolled back alone and fails alone; the others are stored."""
+        store = await self.store()
+        await store.create_user("alice")
+        duplicate = await self.add_certificate(store)
+        fresh = self.certificate("alice")
+        outcomes = await defer.DeferredList(
+            [
+                store.put_addresses("alice", "online", (Endpoint("192.0.2.1", 1001),), 60),
+                store.put_addresses("nobody", "online", (Endpoint("192.0.2.1", 1002),), 60),
+                store.add_certificate("alice", duplicate, fingerprint(duplicate)),
+                store.add_certificate("alice", fresh, fingerprint(fresh)),
+                store.put_addresses("alice", "busy", (Endpoint("192.0.2.1", 1003),), 60),
+            ],
+            consumeErrors=True,
+        )
+        self.assertEqual([success for success, _ in outcomes], [True, False, False, True, True])
+        self.assertIsInstance(outcomes[1][1].value, errors.NotFound)
+        self.assertIsInstance(outcomes[2][1].value, errors.Conflict)
+        record = await store.get_addresses("alice")
+        assert record is not None
+        self.assertEqual((record.presence, record.endpoints), ("busy", (Endpoint("192.0.2.1", 1003),)))
+        self.assertEqual(len(await store.list_certificates("alice")), 2)
+        self.assertEqual(await store.check_integrity(), "ok")
+
+    async def test_count_current_certificates(self) -> None:
+        """Revoked and expired certificates do not count, nor the one left out."""
+        store = await self.store()
+        await store.create_user("alice")
+        first = await self.add_certificate(store)
+        second = await self.add_certificate(store)
+        now = first.not_valid_before_utc.timestamp() + 3600  # the certificates' own time
+        self.assertEqual(await store.count_current_certificates("alice", now), 2)
+        self.assertEqual(await store.count_current_certificates("alice", now, excluding=first.serial_number), 1)
+        await store.revoke_certificate(second.serial_number, "superseded")
+        self.assertEqual(await store.count_current_certificates("alice", now), 1)
+        later = first.not_valid_after_utc.timestamp() + 1
+        self.assertEqual(await store.count_current_certificates("alice", later), 0)
+
     async def test_no_lost_updates(self) -> None:
         """Simultaneous address updates are all applied, one after the other."""
         store = await self.store()
@@ -687,7 +727,7 @@ class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
         """open_store creates the file and the schema from a URL."""
         path = self.path("opened")
         store = await open_store(f"sqlite:///{path}", domain=DOMAIN, signer=self.signer, now=self.clock.seconds, reactor=global_reactor)
-        self.addCleanup(store.pool.close)
+        self.addCleanup(store.close)
         await store.create_user("alice")
         self.assertTrue(os.path.exists(path))
         self.assertEqual(await store.check_integrity(), "ok")

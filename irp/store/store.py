@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from irp.errors import Conflict, NotFound, Unavailable
+from irp.errors import Conflict, IRPError, NotFound, Unavailable
 from irp.identity import Identity
 from irp.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
 from irp.store.dialect import Dialect
@@ -69,8 +69,8 @@ def serial_text(serial: int) -> str:
     return format(serial, "x")
 
 
-#: The most address registrations committed together.
-ADDRESS_GROUP_LIMIT = 256
+#: The most small writes committed together.
+GROUP_COMMIT_LIMIT = 256
 
 _USER_COLUMNS = (
     "username, display_name, email, attributes, is_admin, password_hash, password_login,"
@@ -111,9 +111,9 @@ class RegistryStore:
         #: Writes completed through this store: they change data_version() at once, even
         #: within the reactor turn that memoised SQLite's own counter.
         self._local_writes = 0
-        #: Address registrations waiting for the next group commit.
-        self._pending_addresses: list[tuple[str, str, tuple[Endpoint, ...], int, Deferred[AddressRecord]]] = []
-        self._address_group_running = False
+        #: Small writes waiting for the next group commit (see _grouped_write).
+        self._group_queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self._group_running = False
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -202,6 +202,58 @@ class RegistryStore:
     def _count_write(self, result: T) -> T:
         self._local_writes += 1
         return result
+
+    def _grouped_write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run a small write in the next group commit.
+
+        Writes that arrive while a group's transaction runs wait for the next group, so one
+        commit (one fsync) serves many. Each runs under its own savepoint: one that fails
+        (not found, a conflict) is rolled back alone and fails alone. Each Deferred fires
+        only after the commit that holds its write.
+        """
+        waiting: Deferred[T] = Deferred()
+        self._group_queue.append((interaction, args, waiting))
+        if not self._group_running:
+            self._commit_group()
+        return waiting
+
+    def _commit_group(self) -> None:
+        group = self._group_queue[:GROUP_COMMIT_LIMIT]
+        del self._group_queue[:GROUP_COMMIT_LIMIT]
+        self._group_running = True
+
+        def commit_all(txn: Transaction) -> list[Any]:
+            results: list[Any] = []
+            for interaction, args, _waiting in group:
+                txn.execute("SAVEPOINT grouped_write")
+                try:
+                    results.append(interaction(txn, *args))
+                except self._integrity_error as error:
+                    txn.execute("ROLLBACK TO SAVEPOINT grouped_write")
+                    results.append(Conflict(f"the change conflicts with stored data ({error.__class__.__name__})"))
+                except IRPError as error:
+                    txn.execute("ROLLBACK TO SAVEPOINT grouped_write")
+                    results.append(error)
+                txn.execute("RELEASE SAVEPOINT grouped_write")
+            return results
+
+        def committed(results: list[Any]) -> None:
+            for (_interaction, _args, waiting), result in zip(group, results, strict=True):
+                if isinstance(result, IRPError):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _interaction, _args, waiting in group:
+                waiting.errback(failure)
+
+        def next_group(_: object) -> None:
+            self._group_running = False
+            if self._group_queue:
+                self._commit_group()
+
+        self._write(commit_all).addCallbacks(committed, failed).addBoth(next_group)
 
     def _security_event(self, txn: Transaction) -> int:
         """Count a change that may end sessions (see :meth:`security_generation`); return
@@ -547,59 +599,18 @@ class RegistryStore:
     def put_addresses(
         self, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
     ) -> Deferred[AddressRecord]:
-        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them.
-
-        Registrations are committed in groups (group commit): those that arrive while a
-        group's transaction runs go into the next one, so one commit (one fsync) serves
-        many. Each still fires only after the commit that holds it.
-        """
-        waiting: Deferred[AddressRecord] = Deferred()
-        self._pending_addresses.append((username, presence, endpoints, ttl, waiting))
-        if not self._address_group_running:
-            self._commit_address_group()
-        return waiting
+        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them
+        (committed with others arriving at the same time: see :meth:`_grouped_write`)."""
+        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl)
 
     def _put_one_address(
         self, txn: Transaction, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
     ) -> AddressRecord:
         row = self._fetchone(txn, self._ADDRESS_SELECT + self.dialect.for_update, (username,))
         if row is None:
-            # Nothing is written for this one; the rest of its group goes on.
             raise NotFound(f"no user {username}@{self.domain}")
         now = self._now()
         return self._write_addresses(txn, username, presence, endpoints, now + ttl, int(row[4]) + 1, now, insert=False)
-
-    def _commit_address_group(self) -> None:
-        group = self._pending_addresses[:ADDRESS_GROUP_LIMIT]
-        del self._pending_addresses[:ADDRESS_GROUP_LIMIT]
-        self._address_group_running = True
-
-        def commit_all(txn: Transaction) -> list[AddressRecord | NotFound]:
-            results: list[AddressRecord | NotFound] = []
-            for username, presence, endpoints, ttl, _waiting in group:
-                try:
-                    results.append(self._put_one_address(txn, username, presence, endpoints, ttl))
-                except NotFound as error:
-                    results.append(error)
-            return results
-
-        def committed(results: list[AddressRecord | NotFound]) -> None:
-            for (*_request, waiting), result in zip(group, results, strict=True):
-                if isinstance(result, NotFound):
-                    waiting.errback(result)
-                else:
-                    waiting.callback(result)
-
-        def failed(failure: Failure) -> None:
-            for *_request, waiting in group:
-                waiting.errback(failure)
-
-        def next_group(_: object) -> None:
-            self._address_group_running = False
-            if self._pending_addresses:
-                self._commit_address_group()
-
-        self._write(commit_all).addCallbacks(committed, failed).addBoth(next_group)
 
     def get_addresses(self, username: str) -> Deferred[AddressRecord | None]:
         """Fire with the user's signed address record, or None for an unknown user."""
@@ -646,6 +657,21 @@ class RegistryStore:
             der=self.dialect.blob(row[9]),
         )
 
+    def count_current_certificates(self, username: str, now: float, excluding: int | None = None) -> Deferred[int]:
+        """How many certificates the user holds that are not revoked nor expired at
+        ``now`` (leaving out the serial ``excluding``)."""
+
+        def count(txn: Transaction) -> int:
+            row = self._fetchone(
+                txn,
+                "SELECT COUNT(*) FROM certificates WHERE username = ? AND revoked_at IS NULL"
+                " AND not_after >= ? AND serial <> ?",
+                (username, int(now), "" if excluding is None else serial_text(excluding)),
+            )
+            return int(row[0])
+
+        return self._read(count)
+
     def add_certificate(
         self, username: str, certificate: x509.Certificate, fingerprint: str, origin: str = "issued"
     ) -> Deferred[CertificateInfo]:
@@ -686,7 +712,7 @@ class RegistryStore:
             )
             return info
 
-        return self._write(add)
+        return self._grouped_write(add)
 
     def serial_in_use(self, serial: int) -> Deferred[bool]:
         """Fire with whether a certificate with this serial is already recorded."""
