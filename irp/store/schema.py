@@ -85,6 +85,12 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO counters (name, value) VALUES ('security_events', 0)",
         "ALTER TABLE users ADD COLUMN password_version {BIGINT} NOT NULL DEFAULT 0",
     ],
+    # 2 -> 3: a partial index of the address records that still list addresses, so the
+    # periodic sweep of expired ones reads those only (not every offline user).
+    [
+        "CREATE INDEX addresses_live ON addresses (expires_at)"
+        " WHERE endpoints <> '[]' OR presence <> 'offline'",
+    ],
 ]
 
 #: The version a fully upgraded database has.
