@@ -70,7 +70,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _ALERT_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}\Z")
 _ALERT_CODE = re.compile(r"[1-9][0-9]{2}\Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\Z")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z\Z")
 _XML_SPACE = " \t\r\n"
 
 #: Parse limits: handshake documents are shallow and small.
@@ -471,7 +471,9 @@ def parse_time(text: str) -> datetime:
         raise _malformed("invalid time stamp: expected RFC 3339 UTC such as 2026-01-02T03:04:05Z")
     seconds, _, fraction = text[:-1].partition(".")
     try:
-        moment = datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S")
+        # The pattern fixed the shape (ASCII digits only); fromisoformat checks the
+        # values, about ten times faster than strptime.
+        moment = datetime.fromisoformat(seconds)
     except ValueError:
         raise _malformed("invalid time stamp") from None
     microseconds = int(fraction.ljust(6, "0")) if fraction else 0
