@@ -257,6 +257,7 @@ class _PathBuilder:
             self._signature_problem = self._signature_problem or problem
             return
         seen: set[bytes] = set()
+        child_der = _der(child)
         for der, candidate in self._candidates:
             if der in used or der in seen or candidate.subject != child.issuer:
                 continue
@@ -271,7 +272,7 @@ class _PathBuilder:
                 self._exhausted = True
                 return
             self._steps += 1
-            link = (_der(child), der)
+            link = (child_der, der)
             try:
                 if link not in self._verified_links:
                     child.verify_directly_issued_by(candidate)
