@@ -406,7 +406,10 @@ class RegistryServerFactory(Factory):
                 log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
                 # Keep the plain CertificateRejected: the wire form is the same, and the
                 # session must be able to raise it again for every request.
-                session.rejected = errors.CertificateRejected(error.message)
+                reason = getattr(error, "reason", None)
+                session.rejected = errors.CertificateRejected(
+                    error.message if reason is None else f"{error.message} ({reason})"
+                )
                 return
             chain = verified.chain
         await self.registry.authenticate_certificate(session, leaf, chain)
