@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application import service
@@ -53,7 +54,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Check the options and the profile."""
-        self["profile"] = self["profile"] or default_profile_path()
+        self["profile"] = os.path.abspath(self["profile"] or default_profile_path())
         if self["policy"] not in POLICIES:
             raise usage.UsageError(f"--policy must be one of {', '.join(POLICIES)}")
         if self["ttl"] < 30:
