@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 
-from irp import DEFAULT_PORT, errors, keyfiles
+from irp import errors, keyfiles
 from irp.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
 from irp.client import (
     RegistryClient,
@@ -507,7 +507,7 @@ async def cmd_renew(ctx: Context) -> int:
     args = ctx.args
     own = ctx.profile.enrolled and args.serial is None
     if own:
-        key, certificate, _chain = ctx.profile.credentials()
+        _key, certificate, _chain = ctx.profile.credentials()
         serial = certificate.serial_number
     elif args.serial is None:
         raise CommandError("give the serial number of the certificate to renew")

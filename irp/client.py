@@ -125,9 +125,10 @@ class RegistryClientProtocol(Protocol):
             # Frames before a broken header are handled; after them, the stream is dead.
             self.transport.abortConnection()  # type: ignore[union-attr]
         for frame in frames:
+            response: Response | errors.IRPError
             try:
-                response: Response | errors.IRPError = parse_response(frame)
-                response_id = response.id
+                parsed = parse_response(frame)
+                response, response_id = parsed, parsed.id
             except errors.IRPError as error:
                 response = error
                 response_id = getattr(error, "request_id", 0)
@@ -814,7 +815,7 @@ def connect_domain(
                 return await connect(reactor, host, port, domain=domain, **options)
             except (errors.ConnectionLost, errors.Timeout, errors.ServerVerificationFailed) as error:
                 failures.append(error)
-        tried = "; ".join(f"{host} port {port}: {error.message}" for (host, port), error in zip(targets, failures))
+        tried = "; ".join(f"{host} port {port}: {error.message}" for (host, port), error in zip(targets, failures, strict=True))
         raise type(failures[-1])(f"no registry of {domain} could be reached ({tried})")
 
     return _deferred(run())
@@ -841,7 +842,11 @@ async def _await_handshake(clock: IReactorTime, protocol: RegistryClientProtocol
 
 
 async def _with_timeout(reactor: Any, waiting: Deferred[T], seconds: float, message: str) -> T:
-    timer = reactor.callLater(seconds, lambda: waiting.called or waiting.errback(errors.Timeout(message)))
+    def expire() -> None:
+        if not waiting.called:
+            waiting.errback(errors.Timeout(message))
+
+    timer = reactor.callLater(seconds, expire)
     try:
         return await waiting
     finally:

@@ -17,7 +17,6 @@ the bare hex, and the colon-separated form OpenSSL prints.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import secrets

@@ -14,7 +14,6 @@ import base64
 import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from irp import errors
 from irp.xmlcodec import (
@@ -157,7 +156,7 @@ def build_request(request_id: int, operation: Element) -> bytes:
 
 
 #: A result: an element, or one already serialised (a cached answer).
-Result = Union[Element, bytes]
+Result = Element | bytes
 
 
 def ok_response(request_id: int, results: Iterable[Result]) -> bytes:

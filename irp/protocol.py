@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
@@ -241,7 +241,7 @@ class RegistryServerProtocol(Protocol):
             log.failure("Request {op} from {host} failed", failure, op=request.operation, host=self._peer_host)
             error: errors.IRPError = errors.InternalError()
         else:
-            error = failure.value
+            error = cast(errors.IRPError, failure.value)
             log.info(
                 "Request {op} from {host} refused: {error}",
                 op=request.operation,
@@ -360,7 +360,7 @@ class RegistryServerProtocol(Protocol):
 class RegistryServerFactory(Factory):
     """Builds :class:`RegistryServerProtocol` connections sharing one registry."""
 
-    protocol = RegistryServerProtocol
+    protocol = RegistryServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

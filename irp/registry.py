@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from irp import errors
-from irp.certificates import UnusableCertificate, load_certificate
 from irp.ca import (
     DEFAULT_ROOT_CRL_LIFETIME,
     REVOCATION_REASONS,
@@ -29,6 +28,7 @@ from irp.ca import (
     RevokedEntry,
     check_public_key,
 )
+from irp.certificates import UnusableCertificate, load_certificate
 from irp.elements import (
     AccountView,
     addresses_element,
@@ -40,9 +40,9 @@ from irp.elements import (
 from irp.identity import Identity, InvalidIdentity, check_username, identity_from_certificate
 from irp.keyfiles import fingerprint
 from irp.messages import (
-    Result,
     PROTOCOL_VERSION,
     Request,
+    Result,
     bool_text,
     check_fields,
     child_text,
@@ -53,12 +53,10 @@ from irp.messages import (
     required,
 )
 from irp.passwords import PasswordHasher, check_password_policy
-from irp.revocation import RevocationChecker
 from irp.ratelimit import FailureLimiter
 from irp.ratelimit import address_key as limited_address
 from irp.records import (
     MAX_ENDPOINTS,
-    PRESENCE_STATES,
     CertificateInfo,
     Endpoint,
     check_attributes,
@@ -66,6 +64,7 @@ from irp.records import (
     check_presence,
     check_text_field,
 )
+from irp.revocation import RevocationChecker
 from irp.store import Account, RegistryStore
 from irp.xmlcodec import Element, make_element, serialize, sub_element
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from OpenSSL import SSL
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -23,14 +23,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from irp import errors, keyfiles
 from irp.client import connect, connect_domain
 from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials
+from irp.identity import check_domain
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import ConnectionLimits, RegistryServerFactory
 from irp.records import RecordSigner
 from irp.registry import Registry, RegistryConfig
+from irp.revocation import RevocationChecker
 from irp.store import RegistryStore, open_store
 from irp.tls import ServerTLS, make_server_context
-from irp.identity import check_domain
-from irp.revocation import RevocationChecker
 from irp.trust import TrustStore
 
 log = Logger()

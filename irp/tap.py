@@ -15,7 +15,7 @@ from irp.identity import InvalidIdentity, check_domain
 from irp.passwords import Argon2Parameters
 from irp.protocol import ConnectionLimits
 from irp.registry import RegistryConfig
-from irp.service import RegistrySettings, RegistryService
+from irp.service import RegistryService, RegistrySettings
 from irp.store import UnsupportedDatabase, parse_database_url
 
 
@@ -165,7 +165,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     registry = RegistryService(options.settings(), reactor)
     try:
         registry.prepare_credentials()
-    except Exception as error:  # a readable message instead of a traceback
+    except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
         raise SystemExit(f"irp: cannot prepare the registry's credentials: {error}") from None
     parent = service.MultiService()
     registry.setServiceParent(parent)

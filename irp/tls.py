@@ -61,7 +61,7 @@ def make_server_context(
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
     _set_groups(context, KEY_EXCHANGE_GROUPS)
     context.use_certificate(crypto.X509.from_cryptography(certificate))
-    context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
+    context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))  # type: ignore[arg-type]
     for extra in chain:
         context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
     context.check_privatekey()
@@ -117,7 +117,7 @@ def client_options(
     if client_key is not None and client_certificate is not None:
         private_certificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(
             ssl.Certificate(crypto.X509.from_cryptography(client_certificate)),
-            ssl.KeyPair(crypto.PKey.from_cryptography_key(client_key)),
+            ssl.KeyPair(crypto.PKey.from_cryptography_key(client_key)),  # type: ignore[arg-type]
         )
     extra: dict[str, object] = {
         "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,

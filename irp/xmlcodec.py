@@ -17,7 +17,7 @@ pre-check makes it at least as strict as defusedxml, which forbids the same cons
 from __future__ import annotations
 
 import re
-
+from collections.abc import Mapping
 from typing import Final, TypeAlias
 
 from lxml import etree
@@ -149,7 +149,7 @@ def serialize(element: Element) -> bytes:
     return etree.tostring(element, encoding="utf-8")
 
 
-def make_element(tag: str, attributes: dict[str, str] | None = None, text: str | None = None) -> Element:
+def make_element(tag: str, attributes: Mapping[str, str | None] | None = None, text: str | None = None) -> Element:
     """Create an element with string attributes (``None`` values are left out) and text."""
     element = etree.Element(tag)
     if attributes:
@@ -162,7 +162,7 @@ def make_element(tag: str, attributes: dict[str, str] | None = None, text: str |
 
 
 def sub_element(
-    parent: Element, tag: str, attributes: dict[str, str] | None = None, text: str | None = None
+    parent: Element, tag: str, attributes: Mapping[str, str | None] | None = None, text: str | None = None
 ) -> Element:
     """Append a child element (see :func:`make_element`) and return it."""
     child = etree.SubElement(parent, tag)

@@ -186,11 +186,11 @@ class Agent(service.Service):
         for description in settings.listen:
             port = await serverFromString(self.reactor, description).listen(factory)
             self.ports.append(port)
-            address = port.getHost()
+            address: Any = port.getHost()
             log.info("SixChat agent of {user} listening on {host} port {port}", user=str(self.identity), host=address.host, port=address.port)
         if settings.control:
             self.control_port = await listen_control(self, self.reactor, settings.profile_dir)
-        bound = [(port.getHost().host, port.getHost().port) for port in self.ports]
+        bound = [(port.getHost().host, port.getHost().port) for port in self.ports]  # type: ignore[attr-defined]
         self.advertised = list(settings.advertise) if settings.advertise is not None else advertised_endpoints(bound)
         if settings.register:
             await self._register("online")
@@ -232,13 +232,13 @@ class Agent(service.Service):
             for connection in closing:
                 connection.close("bye")
             for port in self.ports:
-                await port.stopListening()
+                await port.stopListening()  # type: ignore[misc]
             self.ports.clear()
             # Each is gone within the handshake timeout (then aborted if the peer stalls).
             for connection in closing:
                 await connection.when_lost()
             if self.control_port is not None:
-                await self.control_port.stopListening()
+                await self.control_port.stopListening()  # type: ignore[misc]
                 self.control_port.factory.disconnect_all()  # type: ignore[attr-defined]
                 self.control_port = None
             if self.directory is not None:
@@ -564,7 +564,7 @@ class Agent(service.Service):
         return {
             "identity": str(self.identity),
             "fingerprint": fingerprint(self.credentials.certificate),
-            "listening": [f"{port.getHost().host} port {port.getHost().port}" for port in self.ports],
+            "listening": [f"{port.getHost().host} port {port.getHost().port}" for port in self.ports],  # type: ignore[attr-defined]
             "advertised": [f"{endpoint.address} port {endpoint.port}" for endpoint in self.advertised],
             "sessions": sorted(str(peer) for peer, connection in self.sessions.items() if connection.is_established),
             "policy": self.settings.policy,

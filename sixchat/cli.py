@@ -191,7 +191,11 @@ async def cmd_send(ctx: ChatContext) -> int:
     if ctx.args.no_wait:
         show(f"Queued message {result['id']} for {who}.")
         return 0
-    timer = ctx.reactor.callLater(ctx.args.wait, lambda: outcome.called or outcome.callback({"event": "timeout"}))
+    def give_up() -> None:
+        if not outcome.called:
+            outcome.callback({"event": "timeout"})
+
+    timer = ctx.reactor.callLater(ctx.args.wait, give_up)
     data = await outcome
     if timer.active():
         timer.cancel()

@@ -181,9 +181,9 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         await store.set_blocked(who, op == "block")
         return True
     if op == "history":
-        who = request.get("who")
+        peer = request.get("who")
         limit = _integer(request.get("limit", 50), "limit")
-        rows = await store.history(None if who is None else _identity(who), max(1, min(limit, 1000)))
+        rows = await store.history(None if peer is None else _identity(peer), max(1, min(limit, 1000)))
         return [_message_json(message) for message in rows]
     if op == "lookup":
         who = _identity(request.get("who"))

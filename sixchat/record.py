@@ -90,7 +90,7 @@ class RecordLimits:
     def __post_init__(self) -> None:
         if not 0 < self.rekey_after_records < self.hard_limit_records <= MAX_SEQUENCE:
             raise ValueError("need 0 < rekey_after_records < hard_limit_records <= 2**64 - 1")
-        if not 0 < self.rekey_after_bytes:
+        if not self.rekey_after_bytes > 0:
             raise ValueError("rekey_after_bytes must be positive")
         if self.hard_limit_bytes < self.rekey_after_bytes + 2 * MAX_RECORD_PAYLOAD:
             raise ValueError("hard_limit_bytes must exceed rekey_after_bytes by two records")

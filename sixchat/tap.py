@@ -93,7 +93,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     agent = Agent(options.settings(), reactor)
     try:
         agent.load_credentials()
-    except Exception as error:  # readable message instead of a traceback
+    except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
         raise SystemExit(f"sixchat: cannot load your credentials: {error}") from None
     parent = service.MultiService()
     agent.setServiceParent(parent)

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from zope.interface import implementer
-
-from typing import Any
-
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet import reactor
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from irp import errors as irp_errors
 from irp.client import connect

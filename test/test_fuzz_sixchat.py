@@ -95,7 +95,6 @@ from test.test_fuzz_irp import (
     ops_strategy,
     random_ops,
     readable,
-    todo,
 )
 
 ALICE = Identity("alice", "example.org")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 
-
 from lxml import etree
 from OpenSSL import SSL
 from twisted.internet import utils

@@ -13,9 +13,8 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
 
-from irp.records import RecordSigner
+from irp.records import CertificateInfo, Pkcs12Info, RecordSigner
 from irp.store.dialect import POSTGRESQL, SQLITE, Dialect
-from irp.records import CertificateInfo, Pkcs12Info
 from irp.store.store import Account, RegistryStore, StoredCRL, serial_text
 
 __all__ = [
@@ -26,8 +25,8 @@ __all__ = [
     "StoredCRL",
     "UnsupportedDatabase",
     "open_store",
-    "serial_text",
     "postgresql_pool",
+    "serial_text",
     "sqlite_pool",
 ]
 
