@@ -35,6 +35,8 @@ from irp.keyfiles import fingerprint, load_certificates
 from irp.records import Endpoint
 
 ROUNDS = int(os.environ.get("IRP_FAULT_ROUNDS", "3"))
+#: Certificates a worker keeps at most (the registry allows 50 current ones per user).
+CERTIFICATES_HELD = 20
 USERS = 4
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LISTENING = re.compile(rb"listening on \S+ port (\d+)")
@@ -118,6 +120,7 @@ class RegistryKillTests(TestCase):
         rng = random.Random(4604)
         acknowledged = Acknowledged()
         process, listening = start_registry(data_dir)
+        self.addCleanup(process.kill)
         port = await listening
         root = load_certificates(os.path.join(data_dir, "ca", "root.pem"))[0]
         with open(os.path.join(data_dir, "admin-password"), encoding="ascii") as handle:
@@ -137,6 +140,9 @@ class RegistryKillTests(TestCase):
         await admin.close()
 
         total_acknowledged = 0
+        unexpected: list[str] = []
+        #: Each user's certificates issued during the rounds and not yet revoked.
+        live: dict[str, list[int]] = {user.name: [] for user in users}
         for round_number in range(ROUNDS):
             clients = [await self.client(port, root, user) for user in users]
             kill_after = rng.randint(5, 40)
@@ -159,28 +165,37 @@ class RegistryKillTests(TestCase):
                             endpoint = Endpoint.parse("127.0.0.1", 1 + (round_number * 997 + step * 7 + index) % 65000)
                             record = await client.register_addresses([endpoint], "online", 600)
                             acknowledged.addresses[user.name] = (record.seq, record.endpoints)
-                        elif choice < 0.85:
+                        elif choice < 0.85 and len(live[user.name]) < CERTIFICATES_HELD:
                             key = generate_key("p256")
                             entry = await client.request_certificate(make_csr(key))
                             acknowledged.certificates[entry.serial] = entry.fingerprint
+                            live[user.name].append(entry.serial)
                         else:
-                            key = generate_key("p256")
-                            entry = await client.request_certificate(make_csr(key))
-                            acknowledged.certificates[entry.serial] = entry.fingerprint
-                            revoked = await client.revoke(entry.serial, "superseded")
+                            # Revoke one (keeping under the registry's per-user quota).
+                            if not live[user.name]:
+                                continue
+                            serial = live[user.name].pop(0)
+                            revoked = await client.revoke(serial, "superseded")
                             acknowledged.revoked.add(revoked.serial)
-                    except (errors.IRPError, internet_error.ConnectionDone, internet_error.ConnectionLost):
+                    except (errors.ConnectionLost, errors.Timeout, internet_error.ConnectionDone, internet_error.ConnectionLost):
+                        return  # the registry was killed under this request
+                    except errors.IRPError as error:
+                        unexpected.append(f"{user.name}: {error}")
                         return
                     acked()
 
             workers = [Deferred.fromCoroutine(work(index, client)) for index, client in enumerate(clients)]
-            await killed
+            # Killed after kill_after acknowledged writes (or, should every worker stop
+            # first, with nothing in flight).
+            await DeferredList([killed, DeferredList(workers, consumeErrors=True)], fireOnOneCallback=True)
+            self.assertEqual(unexpected, [])
             await process.kill()
             total_acknowledged += done["count"]
             self.assertGreaterEqual(done["count"], kill_after)
             await DeferredList(workers, consumeErrors=True)
             self.check_database(data_dir, acknowledged)
             process, listening = start_registry(data_dir)
+            self.addCleanup(process.kill)
             port = await listening
             await self.check_registry(data_dir, port, root, users, acknowledged)
         await process.kill()
@@ -302,6 +317,7 @@ class AgentKillTests(TestCase):
         acknowledged_by_alice: set[str] = set()
         for round_number in range(ROUNDS):
             process, listening = start_agent(alice_profile)
+            self.addCleanup(process.kill)
             await listening
             control = await connect_control(reactor, alice_profile)
             if round_number == 0:
@@ -323,6 +339,7 @@ class AgentKillTests(TestCase):
         if queued_by_alice <= received_by_bob:
             all_received.callback(None)
         process, listening = start_agent(alice_profile)
+        self.addCleanup(process.kill)
         await listening
         control = await connect_control(reactor, alice_profile)
         await all_received
