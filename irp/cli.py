@@ -780,53 +780,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_until_done(
+    reactor: Any,
+    program: str,
+    command: Callable[[], Coroutine[Any, Any, int]],
+    explain: Callable[[BaseException], tuple[str, int] | None],
+) -> int:
+    """Run ``command`` in a reactor started for it; return its exit code.
+
+    A failure ``explain`` knows becomes one readable line on stderr and its exit code; any
+    other prints a traceback and exits 70. The reactor stops one turn after the command so
+    that connections close cleanly. Shared by the ``irp`` and ``sixchat`` commands.
+    """
+    outcome: dict[str, int] = {}
+
+    def failed(failure: Any) -> None:
+        error = failure.value
+        if isinstance(error, KeyboardInterrupt):
+            outcome["code"] = 130
+            return
+        explained = explain(error)
+        if explained is None:
+            print(f"{program}: unexpected failure:", file=sys.stderr)
+            failure.printTraceback(file=sys.stderr)
+            outcome["code"] = 70
+            return
+        message, code = explained
+        print(f"{program}: {message}", file=sys.stderr)
+        outcome["code"] = code
+
+    async def wrapped() -> None:
+        outcome["code"] = await command()
+
+    def start() -> None:
+        done: Deferred[None] = Deferred.fromCoroutine(wrapped())
+        done.addErrback(failed)
+        done.addBoth(lambda _: reactor.callLater(0, reactor.stop))
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return outcome.get("code", 1)
+
+
+def explain_failure(error: BaseException) -> tuple[str, int] | None:
+    """The readable line and exit code of an expected failure of ``irp``."""
+    if isinstance(error, errors.IRPError):
+        return f"{error.message} [{error.name}]", exit_code_for(error)
+    if isinstance(error, CommandError):
+        return str(error), error.exit_code
+    if isinstance(error, (ProfileError, keyfiles.KeyFileError, OSError)):
+        return str(error), 2
+    return None
+
+
 def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """Run the command line; return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     ctx = Context(reactor, args)
-    outcome: dict[str, int] = {}
 
-    async def main() -> None:
+    async def command() -> int:
         try:
-            outcome["code"] = await args.function(ctx)
+            code: int = await args.function(ctx)
+            return code
         finally:
             ctx.close()
 
-    def failed(failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, errors.IRPError):
-            print(f"irp: {error.message} [{error.name}]", file=sys.stderr)
-            outcome["code"] = exit_code_for(error)
-        elif isinstance(error, CommandError):
-            print(f"irp: {error}", file=sys.stderr)
-            outcome["code"] = error.exit_code
-        elif isinstance(error, (ProfileError, keyfiles.KeyFileError, OSError)):
-            print(f"irp: {error}", file=sys.stderr)
-            outcome["code"] = 2
-        elif isinstance(error, KeyboardInterrupt):
-            outcome["code"] = 130
-        else:
-            print("irp: unexpected failure:", file=sys.stderr)
-            failure.printTraceback(file=sys.stderr)
-            outcome["code"] = 70
-
-    def stop(_: Any) -> None:
-        # Let the connection close cleanly before the reactor stops.
-        reactor.callLater(0, reactor.stop)
-
-    def start() -> None:
-        done: Deferred[None] = Deferred.fromCoroutine(main())
-        done.addErrback(failed)
-        done.addBoth(stop)
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return outcome.get("code", 1)
+    return run_until_done(reactor, "irp", command, explain_failure)
 
 
 def main() -> None:

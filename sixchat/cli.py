@@ -24,6 +24,7 @@ from irp.cli import (
     cmd_init,
     fetch_root_by_fingerprint,
     parse_endpoint,
+    run_until_done,
 )
 from irp.client import split_server
 from irp.identity import Identity, InvalidIdentity, check_domain
@@ -345,38 +346,26 @@ def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
 
         reactor = default_reactor
     ctx = ChatContext(reactor, args)
-    outcome: dict[str, int] = {}
 
-    async def main() -> None:
+    async def command() -> int:
         try:
-            outcome["code"] = await args.function(ctx)
+            code: int = await args.function(ctx)
+            return code
         finally:
             await ctx.finish()
 
-    def failed(failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, (irp_errors.IRPError, errors.SixChatError)):
-            print(f"sixchat: {error.message} [{error.name}]", file=sys.stderr)
-            outcome["code"] = 1
-        elif isinstance(error, ControlError) and error.name not in ("control-error", "None"):
-            print(f"sixchat: {error} [{error.name}]", file=sys.stderr)
-            outcome["code"] = 1
-        elif isinstance(error, (CommandError, ControlError, ProfileError, keyfiles.KeyFileError, OSError)):
-            print(f"sixchat: {error}", file=sys.stderr)
-            outcome["code"] = getattr(error, "exit_code", 1)
-        else:
-            print("sixchat: unexpected failure:", file=sys.stderr)
-            failure.printTraceback(file=sys.stderr)
-            outcome["code"] = 70
+    return run_until_done(reactor, "sixchat", command, explain_failure)
 
-    def start() -> None:
-        done: Deferred[None] = Deferred.fromCoroutine(main())
-        done.addErrback(failed)
-        done.addBoth(lambda _: reactor.callLater(0, reactor.stop))
 
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return outcome.get("code", 1)
+def explain_failure(error: BaseException) -> tuple[str, int] | None:
+    """The readable line and exit code of an expected failure of ``sixchat``."""
+    if isinstance(error, (irp_errors.IRPError, errors.SixChatError)):
+        return f"{error.message} [{error.name}]", 1
+    if isinstance(error, ControlError) and error.name not in ("control-error", "None"):
+        return f"{error} [{error.name}]", 1
+    if isinstance(error, (CommandError, ControlError, ProfileError, keyfiles.KeyFileError, OSError)):
+        return str(error), getattr(error, "exit_code", 1)
+    return None
 
 
 def main() -> None:
