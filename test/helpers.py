@@ -8,11 +8,15 @@ Argon2 parameters and fast P-256 keys. Certificate fixtures come from :mod:`test
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from twisted.internet import reactor as global_reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from irp.ca import CertificateAuthority, generate_key
@@ -438,3 +442,61 @@ async def closed_port(host: str = "127.0.0.1") -> int:
     number: int = port.getHost().port
     await port.stopListening()
     return number
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run in a child process did."""
+
+    code: int
+    out: str
+    err: str
+
+
+class _CommandProtocol(ProcessProtocol):
+    """Writes ``stdin`` to the child, closes it, and collects what the child prints."""
+
+    def __init__(self, stdin: bytes) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.stdin = stdin
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: Deferred[CommandResult] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.done.callback(
+            CommandResult(
+                -1 if code is None else code,
+                b"".join(self.out).decode("utf-8", "replace"),
+                b"".join(self.err).decode("utf-8", "replace"),
+            )
+        )
+
+
+def run_module(module: str, arguments: Sequence[str], *, home: str, stdin: bytes = b"") -> Any:
+    """Run ``python -m MODULE ARGUMENTS`` in ``home`` (also its $HOME), with this source
+    tree on the path; fires with a :class:`CommandResult` (without blocking the reactor)."""
+    environment = {
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "HOME": home,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+    }
+    protocol = _CommandProtocol(stdin)
+    global_reactor.spawnProcess(  # type: ignore[attr-defined]
+        protocol, sys.executable, [sys.executable, "-m", module, *arguments], env=environment, path=home
+    )
+    return protocol.done

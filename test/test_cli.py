@@ -13,24 +13,18 @@ import os
 import socket
 import stat
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-import irp
 from irp.cli import Context, build_parser, cmd_init
 from irp.keyfiles import format_fingerprint, load_certificates
 from irp.profile import Profile, ProfileConfig
-from test.helpers import DEFAULT_PASSWORD, RunningRegistry, closed_port
-
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(irp.__file__)))
+from test.helpers import DEFAULT_PASSWORD, CommandResult, RunningRegistry, closed_port, run_module
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -43,38 +37,7 @@ def read_file(path: str) -> bytes:
         return handle.read()
 
 
-@dataclass(frozen=True)
-class Result:
-    """What one run of the command did."""
-
-    code: int
-    out: str
-    err: str
-
-
-class _Collector(ProcessProtocol):
-    def __init__(self, stdin: bytes) -> None:
-        self.stdin = stdin
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        self.done: Deferred[Result] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err.append(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.done.callback(
-            Result(-1 if code is None else code, b"".join(self.out).decode("utf-8", "replace"), b"".join(self.err).decode("utf-8", "replace"))
-        )
+Result = CommandResult
 
 
 class CLITestCase(unittest.TestCase):
@@ -105,17 +68,7 @@ class CLITestCase(unittest.TestCase):
         return Deferred.fromCoroutine(self._irp(args, expect, stdin))
 
     async def _irp(self, args: tuple[str, ...], expect: int | None, stdin: bytes) -> Result:
-        collector = _Collector(stdin)
-        env = {
-            "PYTHONPATH": SOURCE_ROOT,
-            "HOME": self.home,
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-        }
-        global_reactor.spawnProcess(  # type: ignore[attr-defined]
-            collector, sys.executable, [sys.executable, "-m", "irp.cli", *args], env=env, path=self.home
-        )
-        result = await collector.done
+        result: Result = await run_module("irp.cli", args, home=self.home, stdin=stdin)
         self.assertNotIn("Traceback", result.err, f"irp {' '.join(args)} printed a traceback:\n{result.err}")
         if expect is not None:
             self.assertEqual(result.code, expect, f"irp {' '.join(args)}: exit {result.code}\nstdout: {result.out}\nstderr: {result.err}")

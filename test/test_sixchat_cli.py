@@ -5,72 +5,28 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-import sixchat
 from irp.identity import Identity
 from irp.keyfiles import fingerprint, format_fingerprint
 from irp.profile import Profile
-from test.helpers import DEFAULT_PASSWORD, RunningRegistry, make_profile, start_agent
+from test.helpers import DEFAULT_PASSWORD, CommandResult, RunningRegistry, make_profile, run_module, start_agent
 
-SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sixchat.__file__)))
 ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
+Result = CommandResult
 
 
 def write_file(path: str, data: bytes) -> str:
     with open(path, "wb") as handle:
         handle.write(data)
     return path
-
-
-def environment(home: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "IRP_PROFILE"}
-    env["PYTHONPATH"] = SOURCE_ROOT
-    env["HOME"] = home
-    return env
-
-
-class _Feeder(ProcessProtocol):
-    """Writes ``stdin`` to the child, then closes it; collects output."""
-
-    def __init__(self, stdin: bytes) -> None:
-        self.stdin = stdin
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        self.done: Deferred[Result] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err.append(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.done.callback(Result(-1 if code is None else code, b"".join(self.out).decode(), b"".join(self.err).decode()))
 
 
 class CLITestCase(TestCase):
@@ -89,14 +45,8 @@ class CLITestCase(TestCase):
 
     async def sixchat(self, *args: str, profile: str | None = None, stdin: bytes | None = None) -> Result:
         """Run ``sixchat [--profile P] ARGS``; no traceback may appear."""
-        argv = ["-m", "sixchat.cli", *(["--profile", profile] if profile else []), *args]
-        if stdin is None:
-            out, err, code = await getProcessOutputAndValue(sys.executable, argv, env=environment(self.home), path=self.home)
-            result = Result(code, out.decode(), err.decode())
-        else:
-            feeder = _Feeder(stdin)
-            reactor.spawnProcess(feeder, sys.executable, [sys.executable, *argv], env=environment(self.home), path=self.home)
-            result = await feeder.done
+        argv = [*(["--profile", profile] if profile else []), *args]
+        result: Result = await run_module("sixchat.cli", argv, home=self.home, stdin=stdin or b"")
         self.assertNotIn("Traceback", result.err, result)
         return result
 
