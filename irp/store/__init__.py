@@ -62,7 +62,15 @@ def sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
     )
 
 
-def postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.ConnectionPool:
+def _autocommit(connection: Any) -> None:
+    connection.autocommit = True
+
+
+def postgresql_pool(
+    url: str, reactor: IReactorCore, pool_size: int, *, autocommit: bool = False
+) -> adbapi.ConnectionPool:
+    """A pool of psycopg connections; ``autocommit`` ones suit single-statement reads (no
+    BEGIN and COMMIT round trips around each)."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -76,6 +84,7 @@ def postgresql_pool(url: str, reactor: IReactorCore, pool_size: int) -> adbapi.C
         cp_max=pool_size,
         cp_reconnect=True,
         cp_reactor=reactor,
+        cp_openfun=_autocommit if autocommit else None,
     )
 
 
@@ -133,6 +142,10 @@ def open_store(
         if dialect is SQLITE and target != ":memory:":
             store.direct_reader = direct_sqlite_reader(target)
             store.reactor = reactor
+        elif dialect is POSTGRESQL:
+            read_pool = postgresql_pool(target, reactor, pool_size, autocommit=True)
+            read_pool.start()
+            store.read_pool = read_pool
         return store
 
     result: Deferred[RegistryStore] = store.upgrade().addCallback(ready)

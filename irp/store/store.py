@@ -105,6 +105,8 @@ class RegistryStore:
         #: hop to adbapi's thread (about 50 us). WAL lets it read while the writer writes,
         #: and it sees every commit at once. None for PostgreSQL.
         self.direct_reader: Any = None
+        #: PostgreSQL: a pool of autocommit connections for reads (one round trip each).
+        self.read_pool: Any = None
         #: The reactor (for once-per-turn work), set by open_store.
         self.reactor: Any = None
         self._version: int | None = None
@@ -177,11 +179,16 @@ class RegistryStore:
         if self.direct_reader is not None:
             self.direct_reader.close()
             self.direct_reader = None
+        if self.read_pool is not None:
+            self.read_pool.close()
+            self.read_pool = None
         self.pool.close()
 
     def _pool_read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
-        """Run a read that may be long (scans, counts) in adbapi's thread pool."""
-        return self.pool.runInteraction(interaction, *args).addErrback(self._unavailable)
+        """Run a read in a thread pool: the read pool's autocommit connections when there
+        is one (PostgreSQL), else the store's pool (reads that may be long, on SQLite)."""
+        pool = self.read_pool or self.pool
+        return pool.runInteraction(interaction, *args).addErrback(self._unavailable)
 
     def _write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``interaction`` in a write transaction; integrity errors become Conflict,
