@@ -17,4 +17,19 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sixchat_bulk": ("7",),
     "irp_scale": ("8",),
     "irp_idle": ("9a", "9b"),
+    "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
+    "abuse": ("10a", "10b", "10c"),
 }
+
+#: Modules run only when ``--only`` names them (they need more than the project's own
+#: dependencies, or take long): ``python -m bench --only postgres``; ``--only abuse`` (also
+#: ``python -m bench.abuse`` on its own) measures robustness under attack, not speed.
+OPT_IN: frozenset[str] = frozenset({"irp_postgres", "abuse"})
+
+
+def short_name(module: str) -> str:
+    """A module's name without its product prefix (``irp_postgres`` -> ``postgres``)."""
+    for prefix in ("irp_", "sixchat_"):
+        if module.startswith(prefix):
+            return module[len(prefix) :]
+    return module

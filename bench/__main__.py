@@ -18,7 +18,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import MODULES
+from bench import MODULES, OPT_IN, short_name
 from bench.harness import (
     DISTURBED_SHARE,
     LOAD_CPU,
@@ -60,14 +60,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def selected_modules(only: str) -> list[str]:
-    """The modules named by ``--only`` (by module name or figure id), in run order."""
+    """The modules named by ``--only`` (by module name, short name such as ``postgres``,
+    or figure id), in run order; by default all but the opt-in ones (:data:`bench.OPT_IN`)."""
     if not only:
-        return list(MODULES)
+        return [name for name in MODULES if name not in OPT_IN]
     wanted = {item.strip() for item in only.split(",") if item.strip()}
     chosen = [
         name
         for name, figures in MODULES.items()
-        if name in wanted or any(figure in wanted or figure.rstrip("ab") in wanted for figure in figures)
+        if name in wanted
+        or short_name(name) in wanted
+        or any(figure in wanted or figure.rstrip("ab") in wanted for figure in figures)
     ]
     if not chosen:
         raise SystemExit(f"--only {only!r} names no benchmark; see --list")
@@ -114,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, ids in MODULES.items():
             module = importlib.import_module(f"bench.{name}")
             summary = (module.__doc__ or "").strip().splitlines()[0]
-            print(f"{name:<20} figures {', '.join(ids):<8} {summary}")
+            optional = " (opt-in: --only " + short_name(name) + ")" if name in OPT_IN else ""
+            print(f"{name:<20} figures {', '.join(ids):<8} {summary}{optional}")
         return 0
     settings = Settings.for_mode(arguments.quick, arguments.runs, arguments.key_type)
     modules = selected_modules(arguments.only)
-    default_name = "latest-quick.json" if arguments.quick else "latest.json"
+    # A run of opt-in modules only writes its own file (bench/results/postgres.json), not
+    # over the suite's latest.json.
+    stem = "+".join(short_name(name) for name in modules) if set(modules) <= OPT_IN else "latest"
+    default_name = f"{stem}-quick.json" if arguments.quick else f"{stem}.json"
     json_path = arguments.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", default_name)
     pin(LOAD_CPU)  # the orchestrator mostly waits; keep it off the server's core
     workdir = tempfile.mkdtemp(prefix="irp-bench-")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -140,6 +140,36 @@ def process_rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def process_tree(root: int) -> list[int]:
+    """Process ``root`` and all its descendants (e.g. a PostgreSQL server and its backends)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _tree_cpu_seconds(root: int) -> dict[int, float]:
+    seconds = {}
+    for pid in process_tree(root):
+        try:
+            seconds[pid] = process_cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return seconds
+
+
 def load_average() -> tuple[float, float, float]:
     """The system's 1, 5 and 15 minute load averages."""
     return os.getloadavg()
@@ -149,11 +179,21 @@ class CpuWindow:
     """Measures a timed window: wall time and the CPU share of this process and the server.
 
     Use as ``with CpuWindow(server_pid) as window: ...`` and read :attr:`wall`,
-    :attr:`load_cpu` and :attr:`server_cpu` (fractions of one core) afterwards.
+    :attr:`load_cpu` and :attr:`server_cpu` (fractions of one core) afterwards. With
+    several server pids (several processes serving one figure), :attr:`server_cpu` is
+    their sum. ``trees`` names other processes to watch by the pid of their root (e.g.
+    ``{"postgres": postmaster_pid}``): the CPU share of each whole tree goes to
+    :attr:`tree_cpu` and to the sample's ``tree_cpu`` detail.
     """
 
-    def __init__(self, server_pid: int | None = None) -> None:
+    def __init__(self, server_pid: int | Sequence[int] | None = None, trees: Mapping[str, int] | None = None) -> None:
         self.server_pid = server_pid
+        self._server_pids: tuple[int, ...] = (
+            () if not server_pid else (server_pid,) if isinstance(server_pid, int) else tuple(server_pid)
+        )
+        self.trees = dict(trees or {})
+        self.tree_cpu: dict[str, float] = {}
+        self._trees: dict[str, dict[int, float]] = {}
         self.wall = 0.0
         self.load_cpu = 0.0
         self.server_cpu: float | None = None
@@ -181,9 +221,10 @@ class CpuWindow:
         self._own = own_cpu_seconds()
         self._own_delay = process_run_delay()
         self._cores = core_times()
-        if self.server_pid:
-            self._server = process_cpu_seconds(self.server_pid)
-            self._server_delay = process_run_delay(self.server_pid)
+        self._trees = {name: _tree_cpu_seconds(root) for name, root in self.trees.items()}
+        if self._server_pids:
+            self._server = sum(process_cpu_seconds(pid) for pid in self._server_pids)
+            self._server_delay = sum(process_run_delay(pid) for pid in self._server_pids)
         self._start = time.perf_counter()
 
     def end(self) -> None:
@@ -195,9 +236,16 @@ class CpuWindow:
             before = self._cores.get(cpu)
             if before is not None and total > before[1]:
                 self.core_busy[cpu] = (busy - before[0]) / (total - before[1])
-        if self.server_pid:
-            self.server_cpu = (process_cpu_seconds(self.server_pid) - self._server) / self.wall
-            self.server_wait = (process_run_delay(self.server_pid) - self._server_delay) / self.wall
+        if self._server_pids:
+            self.server_cpu = (sum(process_cpu_seconds(pid) for pid in self._server_pids) - self._server) / self.wall
+            self.server_wait = (
+                sum(process_run_delay(pid) for pid in self._server_pids) - self._server_delay
+            ) / self.wall
+        for name, root in self.trees.items():
+            started = self._trees.get(name, {})
+            # A process started within the window counts from zero; one that ended is lost.
+            used = sum(seconds - started.get(pid, 0.0) for pid, seconds in _tree_cpu_seconds(root).items())
+            self.tree_cpu[name] = max(used, 0.0) / self.wall
 
     def sample(self, value: float, **details: Any) -> Sample:
         """A :class:`Sample` for ``value`` measured in this window."""
@@ -207,6 +255,8 @@ class CpuWindow:
         pressure = cpu_pressure()
         if pressure is not None:
             details.setdefault("cpu_pressure_avg10", pressure)
+        if self.tree_cpu:
+            details.setdefault("tree_cpu", {name: round(share, 4) for name, share in self.tree_cpu.items()})
         if self.core_busy:
             details.setdefault("core_busy", {str(cpu): round(share, 3) for cpu, share in self.core_busy.items()})
             # What else ran on the server's core in the window (other processes; also
@@ -283,7 +333,8 @@ class Figure:
     ``sense`` is ``">="`` (higher is better) or ``"<="``; ``judged`` says whether the target
     applies to the ratio ``figure / baseline`` (``"ratio"``) or to the figure's own
     median (``"value"``, e.g. a memory ceiling). A figure with ``target`` None is for
-    information only. ``error`` is set when the benchmark failed to run.
+    information only. ``error`` is set when the benchmark failed to run, ``skipped`` (the
+    reason) when it could not run here (e.g. no PostgreSQL server): not a failure.
     """
 
     id: str
@@ -300,6 +351,7 @@ class Figure:
     parameters: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    skipped: str | None = None
 
     @property
     def stats(self) -> Stats | None:
@@ -331,7 +383,7 @@ class Figure:
     @property
     def met(self) -> bool | None:
         """Whether the target is met (None when there is no target or no result)."""
-        if self.target is None or self.error is not None:
+        if self.target is None or self.error is not None or self.skipped is not None:
             return None
         if self.judged == "value":
             stats = self.stats
@@ -402,6 +454,7 @@ class Figure:
             "notes": self.notes,
             "details": self.details,
             "error": self.error,
+            "skipped": self.skipped,
         }
 
 
@@ -466,6 +519,9 @@ def render_table(figures: Iterable[Figure]) -> str:
     header = ("#", "ratio [runs min-max]", "target", "met", "CPU% server/load(+others on server core): figure | baseline")
     rows: list[tuple[tuple[str, ...], list[str]]] = []
     for figure in figures:
+        if figure.skipped is not None:
+            rows.append(((figure.id, "-", "-", "SKIPPED", ""), [f"{figure.title}: {figure.skipped[:200]}"]))
+            continue
         if figure.error is not None:
             last = figure.error.strip().splitlines()[-1] if figure.error.strip() else "error"
             rows.append(((figure.id, "-", "-", "FAILED", ""), [f"{figure.title}: {last[:160]}"]))

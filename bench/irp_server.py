@@ -48,10 +48,12 @@ def username(index: int) -> str:
 
 
 def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
-    """Bulk-load ``count`` users into a new database at ``path``; return the user names
-    whose records are signed (an even spread of ``sample`` of them)."""
+    """Bulk-load ``count`` users into a new database at ``path`` (a SQLite file, or a
+    ``postgresql://`` URL of an empty database); return the user names whose records are
+    signed (an even spread of ``sample`` of them)."""
     from irp.identity import Identity
     from irp.records import AddressRecord, Endpoint, RecordSigner, UserRecord
+    from irp.store import parse_database_url
     from irp.store.dialect import SQLITE
     from irp.store.schema import MIGRATIONS, upgrade_schema
 
@@ -60,13 +62,30 @@ def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
     created = now - 30 * 86400
     expires = now + 86400
     step = max(count // max(sample, 1), 1)
-    database = sqlite3.connect(path, isolation_level=None)
+    dialect, target = parse_database_url(path)
+    database: Any
+    if dialect is SQLITE:
+        database = sqlite3.connect(target, isolation_level=None)
+    else:
+        import psycopg
+
+        database = psycopg.connect(target)
+    cursor = database.cursor()
+
+    def commit() -> None:
+        if dialect is SQLITE:
+            cursor.execute("COMMIT")
+        else:
+            database.commit()
+
     try:
-        database.execute("PRAGMA journal_mode = WAL")
-        database.execute("PRAGMA synchronous = OFF")  # loading only; the server uses FULL
-        upgrade_schema(database.cursor(), SQLITE, MIGRATIONS)
-        database.execute("COMMIT")
-        database.execute("BEGIN")
+        if dialect is SQLITE:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = OFF")  # loading only; the server uses FULL
+        upgrade_schema(cursor, dialect, MIGRATIONS)
+        commit()
+        if dialect is SQLITE:
+            cursor.execute("BEGIN")
         endpoint = Endpoint(*ONLINE_ENDPOINT)
         online_endpoints = json.dumps([[endpoint.address, endpoint.port]])
         signed: list[str] = []
@@ -74,15 +93,19 @@ def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
         addresses: list[tuple[Any, ...]] = []
 
         def flush() -> None:
-            database.executemany(
-                "INSERT INTO users (username, display_name, email, attributes, is_admin, password_hash,"
-                " password_login, created_at, updated_at, record_seq, record_signed_at, record_signature)"
-                " VALUES (?, ?, ?, ?, 0, NULL, 1, ?, ?, 1, ?, ?)",
+            cursor.executemany(
+                dialect.sql(
+                    "INSERT INTO users (username, display_name, email, attributes, is_admin, password_hash,"
+                    " password_login, created_at, updated_at, record_seq, record_signed_at, record_signature)"
+                    " VALUES (?, ?, ?, ?, 0, NULL, 1, ?, ?, 1, ?, ?)"
+                ),
                 users,
             )
-            database.executemany(
-                "INSERT INTO addresses (username, presence, endpoints, expires_at, seq, signed_at, signature)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cursor.executemany(
+                dialect.sql(
+                    "INSERT INTO addresses (username, presence, endpoints, expires_at, seq, signed_at, signature)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                ),
                 addresses,
             )
             users.clear()
@@ -113,8 +136,13 @@ def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
             if len(users) >= 50_000:
                 flush()
         flush()
-        database.execute("COMMIT")
-        database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        commit()
+        if dialect is SQLITE:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            # Fresh statistics, as a long-running database would have.
+            database.autocommit = True
+            cursor.execute("VACUUM ANALYZE")
     finally:
         database.close()
     return signed
@@ -135,7 +163,14 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
     """Server process: bulk-load (optionally), start the registry, create load users.
 
     ``params``: ``data_dir``, ``key_type``, ``users`` (load users with certificates),
-    ``bulk_users`` and ``sample`` (bulk-loaded directory and how many records are signed).
+    ``bulk_users`` and ``sample`` (bulk-loaded directory and how many records are signed);
+    optionally ``limits`` (:class:`irp.protocol.ConnectionLimits` fields, as ``twistd irp``'s
+    options set them), ``argon2`` (``"production"``: the product's default Argon2id cost
+    instead of cheap test parameters), ``password_users`` (``(name, password)`` pairs
+    created with a password and password login allowed), ``database`` (a
+    ``postgresql://`` URL instead of the SQLite file in the data folder; several processes
+    may share it and the data folder, see :mod:`bench.irp_postgres`) and ``log_name``
+    (the log file in the data folder, ``registry.log`` by default).
     """
     from irp.credentials import load_or_create_credentials
 
@@ -143,7 +178,7 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
     key_type = params.get("key_type", "p384")
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     credentials = load_or_create_credentials(data_dir, DOMAIN, ["localhost", HOST], key_type=key_type)
-    database = os.path.join(data_dir, "registry.sqlite3")
+    database = params.get("database") or os.path.join(data_dir, "registry.sqlite3")
     targets: list[str] = []
     populate_seconds = 0.0
     if params.get("bulk_users"):
@@ -158,18 +193,21 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         from irp.identity import Identity
         from irp.keyfiles import fingerprint
         from irp.messages import ok_response
-        from irp.passwords import TEST_PARAMETERS
+        from irp.passwords import TEST_PARAMETERS, Argon2Parameters
+        from irp.protocol import ConnectionLimits
         from irp.service import RegistryService, RegistrySettings
 
         settings = RegistrySettings(
             domain=DOMAIN,
             data_dir=data_dir,
+            database=params.get("database"),
             listen=[f"tcp:0:interface={HOST}"],
             hostnames=["localhost", HOST],
             key_type=key_type,
             # Only the bootstrap administrator's password is hashed; nothing measured
-            # logs in with a password.
-            argon2=TEST_PARAMETERS,
+            # logs in with a password (but the abuse runs, which ask for the real cost).
+            argon2=Argon2Parameters() if params.get("argon2") == "production" else TEST_PARAMETERS,
+            limits=ConnectionLimits(**params.get("limits", {})),
         )
         service = RegistryService(settings, reactor)
         service.startService()
@@ -211,6 +249,8 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
             return await store.pool.runInteraction(count)  # type: ignore[no-any-return]
 
         users = await cohort(params.get("users", 0))
+        for name, password in params.get("password_users", ()):
+            await registry.add_user(name, password=password)
         port = service.ports[0].getHost().port  # type: ignore[attr-defined]
         info = {
             "port": port,
@@ -230,7 +270,7 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         }
         return info, commands
 
-    serve_twisted(connection, setup, log_path=os.path.join(data_dir, "registry.log"))
+    serve_twisted(connection, setup, log_path=os.path.join(data_dir, params.get("log_name", "registry.log")))
 
 
 def _pem_encoding() -> Any:

@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bench.harness import CpuWindow, Sample
@@ -371,8 +371,9 @@ def round_trips(
     *,
     warmup: float,
     duration: float,
-    server_pid: int | None,
+    server_pid: int | Sequence[int] | None,
     limit: int | None = None,
+    trees: Mapping[str, int] | None = None,
 ) -> Sample:
     """Closed loop: each connection sends a request, waits for its answer, sends the next.
 
@@ -380,12 +381,14 @@ def round_trips(
     in the timed window that follows ``warmup`` seconds of the same load. Answers that
     fail the connection's ``check`` make the run fail. With ``limit``, no connection sends
     more than that many requests: the window closes early when the first one reaches it.
+    ``server_pid`` may list several server processes (their CPU shares are summed);
+    ``trees`` names other process trees whose CPU to record (see :class:`CpuWindow`).
     """
     epoll = select.epoll()
     by_fd = {connection.fd: connection for connection in connections}
     count_frames = len(frames)
     sent = 0
-    window = CpuWindow(server_pid)
+    window = CpuWindow(server_pid, trees)
     try:
         for connection in connections:
             epoll.register(connection.fd, _IN)

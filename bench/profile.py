@@ -10,7 +10,8 @@ benchmark: profiling costs the server time).
 Scenarios: ``lookups`` (figure 1), ``sessions`` (2), ``registrations`` (3), ``issuance``
 (4), ``sixchat-handshakes`` (5), ``sixchat-messages`` (6), ``sixchat-bulk`` (7),
 ``large-lookups`` (8, with ``--users``), ``idle-lookups`` (9: look-ups on one connection
-while ``--idle`` connections are held).
+while ``--idle`` connections are held). With ``--postgres``, the registry of the IRP
+scenarios stores in a PostgreSQL database (:mod:`bench.irp_postgres`) instead of SQLite.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
                 duration=seconds,
                 server_pid=info["pid"],
                 limit=45 if scenario == "issuance" else None,
+                trees={"postgres": extra["postmaster"]} if extra.get("postmaster") else None,
             )
         finally:
             for connection in [*connections, *held]:
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="include native (C) frames")
     parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
     parser.add_argument("--output", default=None, help="also keep py-spy's collapsed stacks here")
+    parser.add_argument("--postgres", action="store_true", help="the registry on PostgreSQL (IRP scenarios but large-lookups)")
     arguments = parser.parse_args(argv)
     pin(LOAD_CPU)
     workdir = tempfile.mkdtemp(prefix="irp-profile-")
@@ -244,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             extra["pki"] = pki
         else:
             bulk = arguments.users if scenario == "large-lookups" else settings.small_users
-            server = registry(ctx, bulk)
+            if arguments.postgres:
+                if scenario == "large-lookups":
+                    parser.error("--postgres loads the small directory only")
+                from bench.irp_postgres import postgres_registry, postmaster_pid, start_postgres
+
+                postgres = start_postgres()
+                server = postgres_registry(ctx, "pg-profile", postgres.create_database(), ctx.path("pg-profile"))
+                extra["postmaster"] = postmaster_pid(postgres)
+            else:
+                server = registry(ctx, bulk)
             if scenario == "issuance":
                 from bench.irp_issuance import checked_frames
 
@@ -280,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nrate while profiled: {sample.value:,.0f}/s; server CPU {100 * (sample.server_cpu or 0):.0f}%,"
             f" load generator CPU {100 * sample.load_cpu:.0f}%"
+            + (f", PostgreSQL CPU {100 * sample.details['tree_cpu']['postgres']:.0f}%" if "tree_cpu" in sample.details else "")
         )
         return 0
     finally:

@@ -12,7 +12,7 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from bench import MODULES
+from bench import MODULES, OPT_IN
 from bench.__main__ import disturbance, selected_modules
 from bench.harness import (
     Figure,
@@ -102,6 +102,18 @@ class FigureTests(TestCase):
         self.assertIsNone(failed.met)
         self.assertIn("ValueError: boom", render_table([failed]))
 
+    def test_skipped(self) -> None:
+        """A benchmark that cannot run here (no PostgreSQL) is skipped with its reason."""
+        from bench import irp_postgres
+
+        skipped = irp_postgres.skipped_figures("initdb is missing")
+        self.assertEqual([f.id for f in skipped], ["pg1", "pg2", "pg3", "pg4"])
+        self.assertTrue(all(f.met is None and f.error is None for f in skipped))
+        text = render_table(skipped)
+        self.assertIn("SKIPPED", text)
+        self.assertIn("no PostgreSQL server: initdb is missing", text)
+        self.assertEqual(skipped[0].to_json()["skipped"], "no PostgreSQL server: initdb is missing")
+
 
 class OutputTests(TestCase):
     """The table and the JSON document."""
@@ -138,6 +150,35 @@ class OutputTests(TestCase):
         self.assertEqual(entry["cpu"]["figure"]["load_generator"], 0.3)
         self.assertEqual(len(entry["figure_runs"]), 2)
 
+    def test_postgres_summary(self) -> None:
+        """Rates, ratios to SQLite and CPU per answer of the PostgreSQL set-ups."""
+        from bench.irp_postgres import _adjust, render_summary, summary_rows
+
+        def run(value: float, server: float, postgres: float) -> Sample:
+            details = {"tree_cpu": {"postgres": postgres}, "core_busy": {"0": 1.0, "1": 0.6}, "server_core_others": 0.0}
+            return _adjust(Sample(value, 1.0, 0.1, server, details))
+
+        results = {
+            operation: {
+                "sqlite": [run(4000.0, 1.0, 0.0), run(5000.0, 1.0, 0.0)],
+                "pg-1": [run(2000.0, 0.9, 0.3), run(3000.0, 0.9, 0.3)],
+                "pg-2": [run(1000.0, 1.0, 0.4), run(1500.0, 1.0, 0.4)],
+            }
+            for operation in ("lookups", "registrations")
+        }
+        sample = results["lookups"]["pg-1"][0]
+        self.assertAlmostEqual(sample.details["server_core_others"], 0.3)  # 1.6 busy - 0.9 - 0.1 - 0.3
+        self.assertEqual(sample.details["server_cpu_us_per_answer"], 600.0)
+        rows = summary_rows(results)
+        pg1 = next(row for row in rows if row["operation"] == "lookups" and row["setup"] == "pg-1")
+        self.assertAlmostEqual(pg1["ratio_to_sqlite"], 2500 / 4500)
+        self.assertEqual((pg1["ratio_runs_min"], pg1["ratio_runs_max"]), (0.5, 0.6))
+        text = render_summary(rows)
+        self.assertIn("2,500 [2,000-3,000]", text)
+        self.assertIn("0.556 [0.500-0.600]", text)
+        self.assertIn("90/30/10/30", text)
+        self.assertIn("360+120", text)  # 0.9 and 0.3 of a core at 2,500/s
+
     def test_numbers(self) -> None:
         """Three significant digits, thousands separated."""
         self.assertEqual(
@@ -153,7 +194,10 @@ class CommandTests(TestCase):
         """--only takes figure ids or module names, and keeps the run order."""
         self.assertEqual(selected_modules("9,1"), ["irp_lookups", "irp_idle"])
         self.assertEqual(selected_modules("sixchat_bulk,3b"), ["irp_registrations", "sixchat_bulk"])
-        self.assertEqual(selected_modules(""), list(MODULES))
+        self.assertEqual(selected_modules(""), [name for name in MODULES if name not in OPT_IN])
+        self.assertNotIn("irp_postgres", selected_modules(""))
+        self.assertEqual(selected_modules("postgres"), ["irp_postgres"])
+        self.assertEqual(selected_modules("pg3,1"), ["irp_lookups", "irp_postgres"])
         self.assertRaises(SystemExit, selected_modules, "42")
 
     def test_disturbance(self) -> None:
