@@ -19,6 +19,7 @@ from cryptography import x509
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -32,7 +33,7 @@ from irp.messages import (
     parse_request,
     request_id_of,
 )
-from irp.ratelimit import ConnectionCounter
+from irp.ratelimit import ConnectionCounter, address_key
 from irp.registry import Registry, Session
 from irp.tls import send_without_delay
 from irp.trust import TrustStore
@@ -326,6 +327,15 @@ class RegistryServerProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._deadline = None
+        if not self.handshake_done:
+            # The peer never finished TLS: there is no way to tell it why, and no reason to
+            # keep its socket (and its address's slot) for another deadline.
+            log.warn("Closing connection from {host}: no TLS handshake in time", host=self._peer_host)
+            self.closing = True
+            self._cancel(self._frame_deadline)
+            self._frame_deadline = None
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         self._fail(errors.Timeout(self._deadline_reason))
 
     def _watch_frame(self, restart: bool) -> None:
@@ -357,6 +367,24 @@ class RegistryServerProtocol(Protocol):
             call.cancel()
 
 
+#: Over-limit connections an address gets a readable refusal for, per REFUSAL_WINDOW.
+READABLE_REFUSALS = 10
+REFUSAL_WINDOW = 10.0
+
+
+class AdmittingTLSFactory(TLSMemoryBIOFactory):
+    """TLS for the registry's connections, but none for connections it will refuse anyway
+    (see :meth:`RegistryServerFactory.admit`)."""
+
+    wrappedFactory: RegistryServerFactory
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Build the TLS protocol, or None (the connection is closed at once)."""
+        if not self.wrappedFactory.admit(getattr(addr, "host", "")):
+            return None
+        return super().buildProtocol(addr)
+
+
 class RegistryServerFactory(Factory):
     """Builds :class:`RegistryServerProtocol` connections sharing one registry."""
 
@@ -377,6 +405,31 @@ class RegistryServerFactory(Factory):
         self.clock = clock
         self.limits = limits or ConnectionLimits()
         self.connections = ConnectionCounter(self.limits.max_connections_per_address)
+        #: Recent refusals of over-limit connections, per address unit: past a few, the
+        #: next are dropped before TLS (a flood must not buy a TLS handshake each).
+        self._refusals: dict[str, list[float]] = {}
+
+    def admit(self, host: str) -> bool:
+        """Whether to start TLS for a new connection from ``host``.
+
+        Within its connection limit, always. Past it, the first few refusals in
+        ``REFUSAL_WINDOW`` seconds still go through TLS (so that the client can read
+        ``too-many-connections``); the rest are closed at once, unread.
+        """
+        if self.connections.count(host) < self.connections.limit:
+            return True
+        key = address_key(host)
+        now = self.clock.seconds()
+        recent = [moment for moment in self._refusals.get(key, []) if now - moment < REFUSAL_WINDOW]
+        recent.append(now)
+        self._refusals[key] = recent[-READABLE_REFUSALS - 1 :]
+        if len(self._refusals) > 10_000:
+            self._refusals = {k: v for k, v in self._refusals.items() if v and now - v[-1] < REFUSAL_WINDOW}
+        if len(recent) <= READABLE_REFUSALS:
+            return True
+        if len(recent) == READABLE_REFUSALS + 1:
+            log.warn("Dropping connections from {host} before TLS: over its limit", host=host)
+        return False
 
     def authenticate(self, session: Session, leaf: Any, intermediates: Any) -> Any:
         """Log the session in with a client certificate.

@@ -51,18 +51,38 @@ class FailureLimiter:
         self.max_keys = max_keys
         self._states: OrderedDict[Hashable, _FailureState] = OrderedDict()
         self._lockouts: dict[Hashable, int] = {}
+        self._in_flight: dict[Hashable, int] = {}
 
     def check(self, key: Hashable) -> None:
-        """Raise :class:`RateLimited` if ``key`` is locked out now."""
+        """Raise :class:`RateLimited` if ``key`` is locked out now, or if the attempts still
+        being checked would reach the limit should they fail (so that concurrent guesses
+        cannot all be checked before the first failure is counted)."""
         state = self._states.get(key)
-        if state is None:
-            return
-        remaining = state.locked_until - self.clock.seconds()
-        if remaining > 0:
-            raise RateLimited(f"too many failed attempts; try again in {math.ceil(remaining)} seconds")
+        failures = 0
+        if state is not None:
+            remaining = state.locked_until - self.clock.seconds()
+            if remaining > 0:
+                raise RateLimited(f"too many failed attempts; try again in {math.ceil(remaining)} seconds")
+            if self.clock.seconds() - state.window_start <= self.window:
+                failures = state.failures
+        if failures + self._in_flight.get(key, 0) > self.max_failures:
+            raise RateLimited("too many attempts at once; try again in a moment")
+
+    def begin(self, key: Hashable) -> None:
+        """An attempt for ``key`` starts (ended by record_failure, record_success or end)."""
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def end(self, key: Hashable) -> None:
+        """An attempt for ``key`` ended without a verdict (an error)."""
+        count = self._in_flight.get(key, 0) - 1
+        if count <= 0:
+            self._in_flight.pop(key, None)
+        else:
+            self._in_flight[key] = count
 
     def record_failure(self, key: Hashable) -> None:
         """Count a failure for ``key``, locking it out when over the limit."""
+        self.end(key)
         now = self.clock.seconds()
         state = self._states.get(key)
         if state is None or now - state.window_start > self.window:
@@ -82,6 +102,7 @@ class FailureLimiter:
 
     def record_success(self, key: Hashable) -> None:
         """Forget ``key``'s failures."""
+        self.end(key)
         self._states.pop(key, None)
         self._lockouts.pop(key, None)
 

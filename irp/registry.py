@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from irp import errors
@@ -125,6 +126,10 @@ class RegistryConfig:
     login_lockout: float = 30.0
     login_lockout_max: float = 900.0
     max_request: int = 256 * 1024
+    #: Password hashes computed at once (each needs the Argon2 memory cost).
+    concurrent_hashes: int = 2
+    #: Seconds before a rate-limited login is answered (a tarpit for guessers).
+    login_refusal_delay: float = 1.0
     idle_timeout: float = 300.0
 
 
@@ -220,6 +225,9 @@ class Registry:
             max_lockout=self.config.login_lockout_max,
         )
         self.operations = self._operation_table()
+        # Argon2id is memory-hard: only a few hashes run at once (each takes the memory
+        # cost), the rest wait their turn in order.
+        self._hashing = DeferredSemaphore(self.config.concurrent_hashes)
 
     @property
     def domain(self) -> str:
@@ -487,16 +495,30 @@ class Registry:
         password = child_text(element, "password", limit=1024) or ""
         user_key = ("user", username)
         address_key = ("address", limited_address(session.peer_host))
-        self.address_limiter.check(address_key)
-        self.user_limiter.check(user_key)
-        account = await self.store.get_account(username)
-        stored_hash = account.password_hash if account is not None else None
-        valid = await self.run_in_thread(self.hasher.verify, password, stored_hash)
+        try:
+            self.address_limiter.check(address_key)
+            self.user_limiter.check(user_key)
+        except errors.RateLimited:
+            # A tarpit: the refusal comes late, and the connection's later requests wait
+            # behind it, so refused guesses cannot keep the server busy.
+            await deferLater(self.clock, self.config.login_refusal_delay)
+            raise
+        self.address_limiter.begin(address_key)
+        self.user_limiter.begin(user_key)
+        try:
+            account = await self.store.get_account(username)
+            stored_hash = account.password_hash if account is not None else None
+            valid = await self._hashing.run(self.run_in_thread, self.hasher.verify, password, stored_hash)
+        except BaseException:
+            self.address_limiter.end(address_key)
+            self.user_limiter.end(user_key)
+            raise
         if not valid or account is None:
             self.user_limiter.record_failure(user_key)
             self.address_limiter.record_failure(address_key)
             log.warn("Failed password login for {user} from {host}", user=username, host=session.peer_host)
             raise errors.LoginFailed()
+        self.address_limiter.end(address_key)
         if not account.password_login:
             log.warn("Refused password login for {user} from {host}: disabled", user=username, host=session.peer_host)
             raise errors.PasswordLoginDisabled()
@@ -506,7 +528,7 @@ class Registry:
         if account.password_hash is not None and self.hasher.needs_rehash(account.password_hash):
             # The same password with the current parameters: not a new password (the
             # version stays, so no session of the user ends).
-            new_hash = await self.run_in_thread(self.hasher.hash, password)
+            new_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, password)
             await self.store.rehash_password(username, account.password_hash, new_hash)
         self._end_session(session)
         session.identity = Identity(username, self.domain)
@@ -971,7 +993,7 @@ class Registry:
         password_hash = None
         if password is not None:
             check_password_policy(password)
-            password_hash = await self.run_in_thread(self.hasher.hash, password)
+            password_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, password)
         account = await self.store.create_user(
             username,
             display_name=display_name,
@@ -995,9 +1017,9 @@ class Registry:
         account = await self._account(username)
         if username == session.username and session.method == "password" and not is_admin:
             current = child_text(element, "current-password", required_child=False, limit=1024)
-            if current is None or not await self.run_in_thread(self.hasher.verify, current, account.password_hash):
+            if current is None or not await self._hashing.run(self.run_in_thread, self.hasher.verify, current, account.password_hash):
                 raise errors.LoginFailed("the current password is wrong")
-        new_hash = await self.run_in_thread(self.hasher.hash, new_password)
+        new_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, new_password)
         account = await self.store.set_password_hash(username, new_hash)
         if username == session.username and session.method == "password":
             # The caller stays logged in; other password sessions of the user end.

@@ -18,14 +18,13 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from irp import errors, keyfiles
 from irp.client import connect, connect_domain
 from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials
 from irp.identity import check_domain
 from irp.passwords import Argon2Parameters, PasswordHasher
-from irp.protocol import ConnectionLimits, RegistryServerFactory
+from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
 from irp.records import RecordSigner
 from irp.registry import Registry, RegistryConfig
 from irp.revocation import RevocationChecker
@@ -154,7 +153,7 @@ class RegistryService(service.Service):
             self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
         )
         self.tls = ServerTLS(self._server_context(credentials))
-        tls_factory = TLSMemoryBIOFactory(self.tls, False, self.factory)
+        tls_factory = AdmittingTLSFactory(self.tls, False, self.factory)
         for description in settings.listen:
             port = await serverFromString(self.reactor, description).listen(tls_factory)
             self.ports.append(port)

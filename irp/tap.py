@@ -53,6 +53,13 @@ class Options(usage.Options):
         ["frame-timeout", None, 30.0, "Seconds a started request has to arrive completely.", float],
         ["max-connections-per-address", None, 64, "Open connections allowed per client address.", int],
         ["login-failures", None, 5, "Failed logins per user before a lock-out.", int],
+        ["login-failures-per-address", None, 20, "Failed logins per client address (IPv4, or IPv6 /64) before a lock-out.", int],
+        ["login-window", None, 600.0, "Seconds over which failed logins are counted.", float],
+        ["lockout", None, 30.0, "Seconds of the first lock-out (each further one doubles).", float],
+        ["max-lockout", None, 900.0, "Longest lock-out, in seconds.", float],
+        ["refusal-delay", None, 1.0, "Seconds before a locked-out login is answered (a tarpit).", float],
+        ["concurrent-hashes", None, 2, "Password hashes computed at once (each takes the Argon2 memory).", int],
+        ["max-pipelined", None, 32, "Requests a connection may have queued before reading pauses.", int],
         ["argon2-memory", None, 65536, "Argon2id memory cost per password hash, in KiB.", int],
         ["admin", None, "admin", "Name of the administrator created on first start."],
     ]
@@ -76,9 +83,11 @@ class Options(usage.Options):
         """Root CA (PEM file) of another domain whose users may look users up (repeatable)."""
         from irp.keyfiles import load_certificates
 
+        from irp.keyfiles import KeyFileError
+
         try:
             root = load_certificates(path)[0]
-        except (OSError, ValueError, IndexError) as error:
+        except (OSError, ValueError, IndexError, KeyFileError) as error:
             raise usage.UsageError(f"cannot read a root CA from {path}: {error}") from None
         self["federated-roots"].append(root)
 
@@ -104,10 +113,15 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         if self["key-type"] not in KEY_TYPES:
             raise usage.UsageError(f"--key-type must be one of {', '.join(KEY_TYPES)}")
-        for name in ("certificate-days", "max-request", "max-connections-per-address", "login-failures"):
+        for name in (
+            "certificate-days", "max-request", "max-connections-per-address", "login-failures",
+            "login-failures-per-address", "concurrent-hashes", "max-pipelined",
+        ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
-        for name in ("idle-timeout", "handshake-timeout", "frame-timeout"):
+        if self["refusal-delay"] < 0:
+            raise usage.UsageError("--refusal-delay cannot be negative")
+        for name in ("idle-timeout", "handshake-timeout", "frame-timeout", "login-window", "lockout", "max-lockout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["argon2-memory"] < 8192:
@@ -134,11 +148,18 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             frame_timeout=self["frame-timeout"],
             max_connections_per_address=self["max-connections-per-address"],
+            max_pipelined=self["max-pipelined"],
         )
         config = RegistryConfig(
             domain=self["domain"],
             certificate_validity=timedelta(days=self["certificate-days"]),
             login_failures_per_user=self["login-failures"],
+            login_failures_per_address=self["login-failures-per-address"],
+            login_failure_window=self["login-window"],
+            login_lockout=self["lockout"],
+            login_lockout_max=self["max-lockout"],
+            login_refusal_delay=self["refusal-delay"],
+            concurrent_hashes=self["concurrent-hashes"],
         )
         return RegistrySettings(
             federated_roots=self["federated-roots"],

@@ -479,12 +479,16 @@ class TimeoutTests(ProtocolTestCase):
     """Handshake, idle and frame timeouts, on the fake clock."""
 
     def test_handshake_timeout(self) -> None:
-        """A connection that never completes the TLS handshake is closed."""
-        _protocol, transport = self.connect(handshake=False)
+        """A connection that never completes the TLS handshake is aborted at its deadline
+        (there is no TLS session to say why in, and its slot is freed at once)."""
+        protocol, transport = self.connect(handshake=False)
         self.clock.advance(self.limits.handshake_timeout - 0.1)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(0.1)
-        self.assertClosedWith(transport, "timeout")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(responses(transport), [])
+        self.assertTrue(protocol.closing)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # no second deadline waits
 
     def test_silent_anonymous_connection(self) -> None:
         """An anonymous connection that sends nothing is closed after handshake_timeout."""
@@ -699,3 +703,23 @@ class FactoryTests(unittest.TestCase):
         factory = RegistryServerFactory(make_registry(clock), TrustStore([pki.make_ca().root_certificate]), clock)
         self.assertEqual(factory.limits, ConnectionLimits())
         self.assertEqual(factory.connections.limit, ConnectionLimits().max_connections_per_address)
+
+
+class AdmissionTests(unittest.TestCase):
+    """Which new connections get TLS at all (RegistryServerFactory.admit)."""
+
+    def test_within_limit_and_a_few_readable_refusals(self) -> None:
+        from irp.protocol import READABLE_REFUSALS, REFUSAL_WINDOW, RegistryServerFactory
+
+        clock = Clock()
+        factory = RegistryServerFactory(make_registry(clock), None, clock, ConnectionLimits(max_connections_per_address=2))  # type: ignore[arg-type]
+        for _ in range(2):
+            self.assertTrue(factory.admit("192.0.2.1"))
+            factory.connections.acquire("192.0.2.1")
+        verdicts = [factory.admit("192.0.2.1") for _ in range(READABLE_REFUSALS + 5)]
+        self.assertEqual(verdicts, [True] * READABLE_REFUSALS + [False] * 5)
+        self.assertTrue(factory.admit("192.0.2.2"))  # other addresses are not affected
+        clock.advance(REFUSAL_WINDOW)
+        self.assertTrue(factory.admit("192.0.2.1"))  # readable again after the window
+        factory.connections.release("192.0.2.1")
+        self.assertTrue(all(factory.admit("192.0.2.1") for _ in range(20)))  # within its limit

@@ -1218,3 +1218,53 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
             for child in operation.children:
                 self.assertIn(child, CHILD_FIELDS, name)
 
+
+    def test_rate_limited_login_is_answered_late(self) -> None:
+        """A locked-out login is refused only after the tarpit delay, so refused guesses on
+        one connection cannot keep the server busy."""
+        clock = Clock()
+        registry = make_registry(clock)
+        session = Session(peer_host="192.0.2.9")
+        for _ in range(registry.config.login_failures_per_address + 1):
+            registry.address_limiter.record_failure(("address", "192.0.2.9"))
+        request = parse_request(
+            b'<request v="1" id="1"><login user="alice"><password>guess guess guess</password></login></request>'
+        )
+        answer = registry.handle(session, request)
+        self.assertNoResult(answer)
+        clock.advance(registry.config.login_refusal_delay)
+        self.failureResultOf(answer, errors.RateLimited)
+
+    def test_concurrent_guesses_are_counted_before_hashing(self) -> None:
+        """Attempts still being checked count against the limit: a user cannot be the
+        target of more concurrent password checks than failures allowed."""
+        clock = Clock()
+        registry = make_registry(clock)
+        started: list[Deferred[Any]] = []
+
+        def held(function: Any, *args: Any) -> Deferred[Any]:
+            waiting: Deferred[Any] = Deferred()
+            started.append(waiting)
+            return waiting
+
+        registry.run_in_thread = held  # type: ignore[method-assign]
+
+        class Store:
+            def get_account(self, username: str) -> Deferred[None]:
+                return succeed(None)
+
+        registry.store = Store()  # type: ignore[assignment]
+        request = b'<request v="1" id="1"><login user="alice"><password>guess guess guess</password></login></request>'
+        answers = [
+            registry.handle(Session(peer_host=f"192.0.2.{index}"), parse_request(request)) for index in range(20)
+        ]
+        refused: list[Any] = []
+        for answer in answers:
+            answer.addErrback(lambda failure: refused.append(failure.value))
+        clock.advance(registry.config.login_refusal_delay)
+        # As many attempts as may fail are let through (at most 2 hash at once, the rest
+        # queue); every other attempt is refused at once, before any hashing.
+        allowed = registry.config.login_failures_per_user + 1
+        self.assertEqual(len(refused), len(answers) - allowed)
+        self.assertTrue(all(isinstance(error, errors.RateLimited) for error in refused))
+        self.assertEqual(len(started), registry.config.concurrent_hashes)
