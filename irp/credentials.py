@@ -15,7 +15,7 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -37,6 +37,22 @@ class ServerCredentials:
     server_certificate: x509.Certificate
     signing_key: ed25519.Ed25519PrivateKey
     signing_certificate: x509.Certificate
+    #: Certificates sent after the server certificate (empty: the issuing CA).
+    server_chain: tuple[x509.Certificate, ...] = ()
+
+
+def with_given_server_certificate(
+    credentials: ServerCredentials, certificate_file: str, key_file: str
+) -> ServerCredentials:
+    """Serve TLS with a certificate the operator gives (PEM: the certificate, then its
+    chain) instead of the one the domain's CA issues; the key file must be 0600."""
+    key = keyfiles.load_private_key(key_file)
+    chain = keyfiles.load_certificates(certificate_file)
+    if not chain:
+        raise keyfiles.KeyFileError(f"{certificate_file} holds no certificate")
+    if key.public_key() != chain[0].public_key():
+        raise keyfiles.KeyFileError(f"the key in {key_file} does not belong to the certificate in {certificate_file}")
+    return replace(credentials, server_key=key, server_certificate=chain[0], server_chain=tuple(chain[1:]))
 
 
 @contextmanager

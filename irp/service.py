@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from irp import errors, keyfiles
 from irp.client import connect, connect_domain
-from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials
+from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials, with_given_server_certificate
 from irp.identity import check_domain
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
@@ -62,6 +62,10 @@ class RegistrySettings:
     registries: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: twisted.names resolver for DNS SRV look-ups of those registries (None: the system's).
     resolver: Any = None
+    #: A TLS certificate (PEM, with its chain) and key the operator gives, instead of the
+    #: server certificate the domain's CA issues for ``hostnames``.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
 
     @property
     def database_url(self) -> str:
@@ -90,10 +94,19 @@ class RegistryService(service.Service):
         """Load or create the CA, server and signing credentials (synchronous)."""
         settings = self.settings
         if self.credentials is None:
-            self.credentials = load_or_create_credentials(
+            credentials = load_or_create_credentials(
                 settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type
             )
+            self.credentials = self._given_tls(credentials)
         return self.credentials
+
+    def _given_tls(self, credentials: ServerCredentials) -> ServerCredentials:
+        """Use the operator's TLS certificate and key, when given (re-read at every renewal
+        check, so a certificate renewed on disk is picked up)."""
+        settings = self.settings
+        if settings.tls_certificate is None or settings.tls_key is None:
+            return credentials
+        return with_given_server_certificate(credentials, settings.tls_certificate, settings.tls_key)
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
@@ -181,7 +194,7 @@ class RegistryService(service.Service):
         return make_server_context(
             credentials.server_key,
             credentials.server_certificate,
-            [ca.issuing_certificate],
+            list(credentials.server_chain) or [ca.issuing_certificate],
             client_ca_names=[ca.root_certificate],
         )
 
@@ -214,8 +227,8 @@ class RegistryService(service.Service):
             renew_before=renew_before,
         )
         # The CA in use stays (it is never renewed here; the same one is on disk).
-        new = ServerCredentials(
-            old.ca, loaded.server_key, loaded.server_certificate, loaded.signing_key, loaded.signing_certificate
+        new = self._given_tls(
+            ServerCredentials(old.ca, loaded.server_key, loaded.server_certificate, loaded.signing_key, loaded.signing_certificate)
         )
         if new.server_certificate != old.server_certificate:
             if self.tls is not None:

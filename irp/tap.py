@@ -62,6 +62,8 @@ class Options(usage.Options):
         ["max-pipelined", None, 32, "Requests a connection may have queued before reading pauses.", int],
         ["argon2-memory", None, 65536, "Argon2id memory cost per password hash, in KiB.", int],
         ["admin", None, "admin", "Name of the administrator created on first start."],
+        ["tls-certificate", None, None, "A TLS server certificate to use (PEM, then its chain), instead of one from the domain's CA."],
+        ["tls-key", None, None, "The key of --tls-certificate (PEM, mode 0600)."],
     ]
 
     def __init__(self) -> None:
@@ -81,9 +83,7 @@ class Options(usage.Options):
 
     def opt_trust_domain(self, path: str) -> None:
         """Root CA (PEM file) of another domain whose users may look users up (repeatable)."""
-        from irp.keyfiles import load_certificates
-
-        from irp.keyfiles import KeyFileError
+        from irp.keyfiles import KeyFileError, load_certificates
 
         try:
             root = load_certificates(path)[0]
@@ -119,6 +119,8 @@ class Options(usage.Options):
         ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if bool(self["tls-certificate"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-certificate and --tls-key go together")
         if self["refusal-delay"] < 0:
             raise usage.UsageError("--refusal-delay cannot be negative")
         for name in ("idle-timeout", "handshake-timeout", "frame-timeout", "login-window", "lockout", "max-lockout"):
@@ -162,6 +164,8 @@ class Options(usage.Options):
             concurrent_hashes=self["concurrent-hashes"],
         )
         return RegistrySettings(
+            tls_certificate=self["tls-certificate"],
+            tls_key=self["tls-key"],
             federated_roots=self["federated-roots"],
             registries=self["registries"],
             domain=self["domain"],

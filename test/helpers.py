@@ -61,6 +61,8 @@ class RunningRegistry:
     federated_roots: tuple[x509.Certificate, ...] = ()
     registries: dict[str, tuple[str, int]] = field(default_factory=dict)
     resolver: Any = None
+    tls_certificate: str | None = None
+    tls_key: str | None = None
     service: RegistryService | None = None
     admin_password: str = ""
 
@@ -112,6 +114,8 @@ class RunningRegistry:
             federated_roots=list(self.federated_roots),
             registries=dict(self.registries),
             resolver=self.resolver,
+            tls_certificate=self.tls_certificate,
+            tls_key=self.tls_key,
             key_type="p256",
             config=self.config,
             limits=self.limits,

@@ -1268,3 +1268,51 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         self.assertEqual(len(refused), len(answers) - allowed)
         self.assertTrue(all(isinstance(error, errors.RateLimited) for error in refused))
         self.assertEqual(len(started), registry.config.concurrent_hashes)
+
+
+class GivenTLSCertificateTests(unittest.TestCase):
+    """``--tls-certificate``/``--tls-key``: the operator's certificate serves TLS."""
+
+    async def test_given_certificate_is_served(self) -> None:
+        import os
+
+        from twisted.internet import reactor
+
+        from irp.client import connect
+        from irp.keyfiles import fingerprint, write_certificates, write_private_key
+
+        web = pki.make_ca("example.org", label="web-pki")
+        key = generate_key("p256")
+        certificate = web.issue_server_certificate(["127.0.0.1"], key.public_key())
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        write_certificates(os.path.join(folder, "tls.pem"), [certificate, web.issuing_certificate])
+        write_private_key(os.path.join(folder, "tls.key"), key)
+        registry = await RunningRegistry(
+            self, tls_certificate=os.path.join(folder, "tls.pem"), tls_key=os.path.join(folder, "tls.key")
+        ).start()
+        client = await connect(
+            reactor, "127.0.0.1", registry.port, domain="example.org", trust_roots=[web.root_certificate, registry.root], timeout=10
+        )
+        self.addCleanup(client.close)
+        served = client.protocol.transport.getPeerCertificate().to_cryptography()  # type: ignore[union-attr]
+        self.assertEqual(fingerprint(served), fingerprint(certificate))
+        # The registry's own CA still anchors everything else it says.
+        chain = await client.ca_chain()
+        self.assertEqual(chain.root, registry.root)
+
+    def test_key_must_match(self) -> None:
+        import os
+
+        from irp.credentials import with_given_server_certificate
+        from irp.keyfiles import KeyFileError, write_certificates, write_private_key
+
+        web = pki.make_ca("example.org", label="web-pki")
+        certificate = web.issue_server_certificate(["127.0.0.1"], generate_key("p256").public_key())
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        write_certificates(os.path.join(folder, "tls.pem"), [certificate])
+        write_private_key(os.path.join(folder, "tls.key"), generate_key("p256"))
+        self.assertRaises(
+            KeyFileError, with_given_server_certificate, None, os.path.join(folder, "tls.pem"), os.path.join(folder, "tls.key")  # type: ignore[arg-type]
+        )
