@@ -7,7 +7,9 @@ Errors become ``<error>`` elements in exactly one place: :func:`irp.messages.err
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+E = TypeVar("E", bound=Exception)
 
 
 class IRPError(Exception):
@@ -195,11 +197,12 @@ class ConnectionLost(ClientError):
     default_message = "The connection to the registry was lost."
 
 
-def _all_subclasses(cls: type[IRPError]) -> list[type[IRPError]]:
-    found: list[type[IRPError]] = []
+def subclasses_of(cls: type[E]) -> list[type[E]]:
+    """Every subclass of ``cls``, depth first (shared by both error hierarchies)."""
+    found: list[type[E]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
-        found.extend(_all_subclasses(sub))
+        found.extend(subclasses_of(sub))
     return found
 
 
@@ -209,7 +212,7 @@ def error_class_for(name: str, code: int) -> type[IRPError]:
     Where several classes share a wire name, the most general one (defined first) is
     returned, so it can always be built from a message alone.
     """
-    classes: list[type[IRPError]] = [IRPError, *_all_subclasses(IRPError)]
+    classes: list[type[IRPError]] = [IRPError, *subclasses_of(IRPError)]
     for cls in classes:
         if cls.name == name:
             return cls

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
+from irp.errors import subclasses_of
+
 
 class SixChatError(Exception):
     """Base of every SixChat protocol error (wire name ``internal-error``)."""
@@ -242,17 +244,9 @@ class PeerUnreachable(SixChatError):
     default_message = "The peer could not be reached."
 
 
-def _all_subclasses(cls: type[SixChatError]) -> list[type[SixChatError]]:
-    found: list[type[SixChatError]] = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_all_subclasses(sub))
-    return found
-
-
 def error_classes() -> list[type[SixChatError]]:
     """Every error class, the base first."""
-    return [SixChatError, *_all_subclasses(SixChatError)]
+    return [SixChatError, *subclasses_of(SixChatError)]
 
 
 def error_class_for(name: str, code: int) -> type[SixChatError]:
