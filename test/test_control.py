@@ -236,8 +236,11 @@ class ControlUnitTests(TestCase):
         # A stale socket file left by a crashed agent.
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
+        stale_path = control_socket_path(directory)
+        os.makedirs(os.path.dirname(stale_path), mode=0o700, exist_ok=True)
         stale = socket.socket(socket.AF_UNIX)
-        stale.bind(os.path.join(directory, SOCKET_NAME))
+        stale.bind(stale_path)
+        self.addCleanup(lambda: os.path.exists(stale_path) and os.unlink(stale_path))
         stale.close()
         self.assertIsNone(await connect_control(reactor, directory))
 

@@ -1041,7 +1041,7 @@ def response_corpus() -> tuple[bytes, ...]:
     responses = [ok_response(index + 1, [element]) for index, element in enumerate(records)]
     responses.append(ok_response(20, [users]))
     responses.append(ok_response(21, [session]))
-    classes = [errors.IRPError, *errors._all_subclasses(errors.IRPError)]
+    classes = [errors.IRPError, *errors.subclasses_of(errors.IRPError)]
     for index, cls in enumerate(classes):
         if cls.code < 100:  # client-side errors never travel
             continue
@@ -1574,7 +1574,7 @@ class FakeTLSTransport(StringTransport):
 
 
 FATAL_NAMES = frozenset(
-    cls.name for cls in [errors.IRPError, *errors._all_subclasses(errors.IRPError)] if cls.fatal
+    cls.name for cls in [errors.IRPError, *errors.subclasses_of(errors.IRPError)] if cls.fatal
 )
 
 
