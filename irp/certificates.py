@@ -10,11 +10,22 @@ failure becomes one :class:`UnusableCertificate` (a ValueError) with a readable 
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 #: The largest serial number RFC 5280 allows (20 octets, positive).
 MAX_SERIAL = 2**159 - 1
+
+#: Certificates loaded recently are kept, parsed and checked, by their exact bytes: peers
+#: present the same chains again and again (the handshakes of one contact, the issuing CA
+#: in every chain), and a certificate object never changes. Only certificates up to
+#: ``_CACHED_CERTIFICATE_BYTES`` are kept, so the cache holds at most a few MiB whatever
+#: peers send; failures are never cached.
+LOADED_CERTIFICATES_CACHED = 256
+_CACHED_CERTIFICATE_BYTES = 16 * 1024
 
 _PARSE_FAILURES = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension)
 
@@ -41,7 +52,22 @@ def _readable(certificate: x509.Certificate) -> x509.Certificate:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """Load one PEM or DER certificate and check that every field can be read."""
+    """Load one PEM or DER certificate and check that every field can be read.
+
+    The same bytes give the same (immutable) certificate object while it stays among the
+    :data:`LOADED_CERTIFICATES_CACHED` most recently loaded.
+    """
+    if len(data) <= _CACHED_CERTIFICATE_BYTES:
+        return _load_certificate_cached(bytes(data))
+    return _load_certificate(data)
+
+
+@functools.lru_cache(maxsize=LOADED_CERTIFICATES_CACHED)
+def _load_certificate_cached(data: bytes) -> x509.Certificate:
+    return _load_certificate(data)
+
+
+def _load_certificate(data: bytes) -> x509.Certificate:
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             certificate = x509.load_pem_x509_certificate(data)
@@ -50,6 +76,13 @@ def load_certificate(data: bytes) -> x509.Certificate:
     except _PARSE_FAILURES as error:
         raise UnusableCertificate(f"not a certificate: {error}") from None
     return _readable(certificate)
+
+
+@functools.lru_cache(maxsize=2 * LOADED_CERTIFICATES_CACHED)
+def certificate_der(certificate: x509.Certificate) -> bytes:
+    """The certificate's DER encoding (kept for recently used certificates: path building
+    asks for it several times per chain)."""
+    return certificate.public_bytes(serialization.Encoding.DER)
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from irp.ca import check_public_key
+from irp.certificates import certificate_der as _der
 from irp.errors import CertificateInvalid, WeakKey
 from irp.identity import (
     Identity,
@@ -198,7 +199,7 @@ class TrustStore:
         for certificate in path:
             _check_key(certificate)
         root = path[-1]
-        domain = self._root_domains[root.public_bytes(serialization.Encoding.DER)]
+        domain = self._root_domains[_der(root)]
         identity = _check_identity(leaf, domain)
         return VerifiedUser(
             identity=identity,
@@ -306,10 +307,6 @@ class _PathBuilder:
         return CertificateInvalid(
             "unknown-issuer", "the certificate was not issued by a CA this peer trusts"
         )
-
-
-def _der(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.DER)
 
 
 def _subject_text(certificate: x509.Certificate) -> str:

@@ -6,6 +6,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from irp.ca import generate_key
+from irp import certificates
 from irp.certificates import UnusableCertificate, load_certificate, load_csr
 from irp.cli import make_csr
 from test import pki
@@ -29,6 +30,24 @@ class LoadCertificateTests(SynchronousTestCase):
     def test_not_a_certificate(self) -> None:
         for data in (b"", b"hello", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", b"\x30\x03\x02\x01\x01"):
             self.assertRaises(UnusableCertificate, load_certificate, data)
+
+
+    def test_recent_certificates_are_kept(self) -> None:
+        """The same bytes give the same checked object; failures and big inputs are not kept."""
+        der = pki.issue_user(pki.make_ca(), "carol").certificate.public_bytes(serialization.Encoding.DER)
+        first = load_certificate(der)
+        self.assertIs(load_certificate(bytes(bytearray(der))), first)
+        bad = crafted_pem("duplicate-san", external=True).encode("ascii")
+        for _ in range(2):
+            self.assertRaises(UnusableCertificate, load_certificate, bad)
+        # Over the size kept: loaded and checked every time.
+        big = b"\n" * certificates._CACHED_CERTIFICATE_BYTES + first.public_bytes(serialization.Encoding.PEM)
+        self.assertEqual(load_certificate(big), first)
+        self.assertIsNot(load_certificate(big), load_certificate(big))
+
+    def test_cache_is_bounded(self) -> None:
+        info = certificates._load_certificate_cached.cache_info()
+        self.assertEqual(info.maxsize, certificates.LOADED_CERTIFICATES_CACHED)
 
 
 class LoadCsrTests(SynchronousTestCase):
