@@ -10,12 +10,15 @@ the connection.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -24,8 +27,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from irp import errors
+from irp.certificates import UnusableCertificate, load_certificate
 from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
-from irp.keyfiles import fingerprint
 from irp.messages import (
     Request,
     error_response,
@@ -119,20 +122,20 @@ class RegistryServerProtocol(Protocol):
         """TLS is up: log in with the client certificate, if one was presented."""
         self.handshake_done = True
         handle = self.transport.getHandle()  # type: ignore[union-attr]
-        peer = handle.get_peer_certificate(as_cryptography=True)
+        peer = handle.get_peer_certificate()
         if peer is None:
             self._drain()
             return
-        def intermediates() -> list[x509.Certificate]:
+        leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+
+        def intermediates() -> list[bytes]:
             # Read only when needed: certificates this registry issued need no path.
-            return [
-                certificate
-                for certificate in (handle.get_peer_cert_chain(as_cryptography=True) or [])
-                if certificate != peer
-            ]
+            chain = (crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in handle.get_peer_cert_chain() or [])
+            return [der for der in chain if der != leaf_der]
 
         self.busy = True
-        result = self.factory.authenticate(self.session, peer, intermediates)  # type: ignore[arg-type]
+        assert self.session is not None  # made in connectionMade
+        result = self.factory.authenticate(self.session, leaf_der, intermediates)
         result.addErrback(self._internal_failure)
         result.addBoth(self._request_finished)
 
@@ -431,38 +434,48 @@ class RegistryServerFactory(Factory):
             log.warn("Dropping connections from {host} before TLS: over its limit", host=host)
         return False
 
-    def authenticate(self, session: Session, leaf: Any, intermediates: Any) -> Any:
-        """Log the session in with a client certificate.
+    def authenticate(
+        self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
+    ) -> Deferred[None]:
+        """Log the session in with the client certificate ``leaf_der`` (DER, as received).
 
         A certificate this registry issued is recognised by its exact fingerprint (no
         path to build: the registry checks its status and owner). Any other goes through
         the trust store first: a user of a federated domain, or a refusal with a reason.
+        ``intermediates`` gives the other certificates the client presented, when needed.
         """
-        from twisted.internet.defer import Deferred
+        return Deferred.fromCoroutine(self._authenticate(session, leaf_der, intermediates))
 
-        return Deferred.fromCoroutine(self._authenticate(session, leaf, intermediates))
-
-    async def _authenticate(self, session: Session, leaf: Any, intermediates: Any) -> None:
+    async def _authenticate(
+        self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
+    ) -> None:
         from datetime import datetime, timezone
 
-        info = await self.registry.store.get_certificate_by_fingerprint(fingerprint(leaf))
-        chain: Sequence[x509.Certificate] = ()
-        if info is None or info.origin != "issued":
-            try:
-                presented = intermediates() if callable(intermediates) else intermediates
-                verified = self.trust.verify_user_certificate(
-                    leaf,
-                    [*presented, *self.known_intermediates],
-                    now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
-                )
-            except errors.CertificateRejected as error:
-                log.warn("Refused client certificate from {host}: {error}", host=session.peer_host, error=str(error))
-                # Keep the plain CertificateRejected: the wire form is the same, and the
-                # session must be able to raise it again for every request.
-                reason = getattr(error, "reason", None)
-                session.rejected = errors.CertificateRejected(
-                    error.message if reason is None else f"{error.message} ({reason})"
-                )
-                return
-            chain = verified.chain
-        await self.registry.authenticate_certificate(session, leaf, chain)
+        issued = await self.registry.store.get_certificate_by_fingerprint(hashlib.sha256(leaf_der).hexdigest())
+        if issued is not None and issued.origin == "issued":
+            self.registry.login_with_issued_certificate(session, issued)
+            return
+        try:
+            leaf, presented = _load_presented(leaf_der, intermediates)
+            verified = self.trust.verify_user_certificate(
+                leaf,
+                [*presented, *self.known_intermediates],
+                now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
+            )
+        except errors.CertificateRejected as error:
+            # Keep the plain CertificateRejected: the wire form is the same, and the
+            # session must be able to raise it again for every request.
+            reason = getattr(error, "reason", None)
+            self.registry.refuse_certificate(session, error.message if reason is None else f"{error.message} ({reason})")
+            return
+        await self.registry.authenticate_certificate(session, leaf, verified.chain)
+
+
+def _load_presented(
+    leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """The client's certificate and the others it presented, or CertificateInvalid."""
+    try:
+        return load_certificate(leaf_der), [load_certificate(der) for der in intermediates()]
+    except UnusableCertificate as unusable:
+        raise errors.CertificateInvalid("malformed", str(unusable)) from None

@@ -433,30 +433,28 @@ class Registry:
         domain (its root trusted by the operator) must not be on that domain's current
         CRL; it gives read-only look-ups. Otherwise the session is marked rejected.
         """
-        digest = fingerprint(certificate)
-        info = await self.store.get_certificate_by_fingerprint(digest)
-        if info is None or info.origin != "issued":
-            try:
-                named = identity_from_certificate(certificate)
-            except InvalidIdentity:
-                named = None
-            if named is not None and named.domain != self.domain:
-                await self._authenticate_federated(session, named, certificate, chain)
-                return
-        problem: str | None = None
-        if info is None or info.origin != "issued":
-            problem = "the client certificate was not issued by this registry"
-        else:
-            # The exact certificate this registry issued (same DER): it names its owner,
-            # and deleting an owner revokes their certificates, so the status says it all.
-            status = info.status(self._now())
-            if status != "good":
-                problem = f"the client certificate is {status}"
-        if problem is not None:
-            log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
-            session.rejected = errors.CertificateRejected(problem)
+        info = await self.store.get_certificate_by_fingerprint(fingerprint(certificate))
+        if info is not None and info.origin == "issued":
+            self.login_with_issued_certificate(session, info)
             return
-        assert info is not None
+        try:
+            named = identity_from_certificate(certificate)
+        except InvalidIdentity:
+            named = None
+        if named is not None and named.domain != self.domain:
+            await self._authenticate_federated(session, named, certificate, chain)
+            return
+        self.refuse_certificate(session, "the client certificate was not issued by this registry")
+
+    def login_with_issued_certificate(self, session: Session, info: CertificateInfo) -> None:
+        """Log ``session`` in with a certificate this registry issued (``info``, found by
+        the exact fingerprint of the certificate the client presented), if it is good now."""
+        # The exact certificate this registry issued (same DER): it names its owner, and
+        # deleting an owner revokes their certificates, so the status says it all.
+        status = info.status(self._now())
+        if status != "good":
+            self.refuse_certificate(session, f"the client certificate is {status}")
+            return
         session.identity = Identity(info.username, self.domain)
         session.method = "certificate"
         session.certificate_serial = info.serial
@@ -464,6 +462,12 @@ class Registry:
         session.password_version = None
         session.generation = self.generation
         log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
+
+    @staticmethod
+    def refuse_certificate(session: Session, problem: str) -> None:
+        """Mark ``session`` refused: every request it makes answers CertificateRejected."""
+        log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
+        session.rejected = errors.CertificateRejected(problem)
 
     async def _authenticate_federated(
         self, session: Session, identity: Identity, certificate: x509.Certificate, chain: Sequence[x509.Certificate]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
-from irp.ca import generate_key
 from irp import certificates
+from irp.ca import generate_key
 from irp.certificates import UnusableCertificate, load_certificate, load_csr
 from irp.cli import make_csr
 from test import pki

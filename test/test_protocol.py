@@ -13,7 +13,9 @@ import struct
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import ITCPTransport
@@ -42,11 +44,15 @@ class FakeTLSHandle:
     def __init__(self, peer: x509.Certificate | None = None) -> None:
         self.peer = peer
 
-    def get_peer_certificate(self, as_cryptography: bool = False) -> x509.Certificate | None:
-        return self.peer
+    def get_peer_certificate(self, as_cryptography: bool = False) -> x509.Certificate | crypto.X509 | None:
+        if self.peer is None or as_cryptography:
+            return self.peer
+        return crypto.X509.from_cryptography(self.peer)
 
-    def get_peer_cert_chain(self, as_cryptography: bool = False) -> list[x509.Certificate] | None:
-        return None if self.peer is None else [self.peer]
+    def get_peer_cert_chain(self, as_cryptography: bool = False) -> list[x509.Certificate] | list[crypto.X509] | None:
+        if self.peer is None:
+            return None
+        return [self.peer] if as_cryptography else [crypto.X509.from_cryptography(self.peer)]
 
 
 @implementer(ITCPTransport)
@@ -649,16 +655,16 @@ class CertificateLoginTests(ProtocolTestCase):
     def test_requests_wait_for_certificate_check(self) -> None:
         """Requests sent during the certificate check run after it, as the user."""
         checking: Deferred[None] = Deferred()
-        seen: list[tuple[Session, x509.Certificate]] = []
+        seen: list[tuple[Session, bytes]] = []
 
-        def authenticate(session: Session, leaf: x509.Certificate, intermediates: list[Any]) -> Deferred[None]:
+        def authenticate(session: Session, leaf: bytes, intermediates: list[Any]) -> Deferred[None]:
             seen.append((session, leaf))
             return checking
 
         self.factory.authenticate = authenticate  # type: ignore[method-assign]
         certificate = pki.issue_user(pki.make_ca()).certificate
         protocol, transport = self.connect(peer=certificate)
-        self.assertEqual([leaf for _, leaf in seen], [certificate])
+        self.assertEqual([leaf for _, leaf in seen], [certificate.public_bytes(serialization.Encoding.DER)])
         self.send(protocol, request(1, "<whoami/>"))
         self.assertEqual(responses(transport), [])
         seen[0][0].identity = Identity("alice", "example.org")
