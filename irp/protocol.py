@@ -79,6 +79,8 @@ class RegistryServerProtocol(Protocol):
         self.draining = False
         #: Set once a fatal request is queued: nothing after it is read.
         self.reading_stopped = False
+        #: Reading was paused because too many requests are queued (resumed when drained).
+        self.reading_paused = False
         self.handshake_done = False
         self.closing = False
         self.writes_paused = False
@@ -185,7 +187,8 @@ class RegistryServerProtocol(Protocol):
                 self._refuse_and_stop(errors.MalformedMessage(str(framing)))
             return
         self._watch_frame(restart=bool(frames))
-        if len(self.pending) > self.limits.max_pipelined:
+        if len(self.pending) > self.limits.max_pipelined and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
         self._drain()
 
@@ -217,7 +220,8 @@ class RegistryServerProtocol(Protocol):
                     anonymous = self.session is None or self.session.identity is None
                     idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
                     self._set_deadline(idle, "the connection was idle too long")
-                    if not self.reading_stopped:
+                    if self.reading_paused and not self.reading_stopped:
+                        self.reading_paused = False
                         self.transport.resumeProducing()  # type: ignore[union-attr]
                     return
                 request = self.pending.popleft()
@@ -280,7 +284,8 @@ class RegistryServerProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The client caught up."""
         self.writes_paused = False
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self.reading_paused:  # else reading resumes once the queue is drained
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         self._drain()
 
     def stopProducing(self) -> None:

@@ -648,6 +648,20 @@ class FlowControlTests(ProtocolTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual([r[0] for r in responses(transport)], list(range(1, count + 1)))
 
+    def test_pipelining_cap_holds_across_a_consumer_pause(self) -> None:
+        """A client that pauses and resumes reading our answers while too many requests
+        are queued does not get its input read again before the queue drains."""
+        protocol, transport = self.connect()
+        count = self.limits.max_pipelined + 2
+        self.send(protocol, *(request(n, f'<slow n="{n}"/>') for n in range(1, count + 1)))
+        protocol.pauseProducing()
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "paused")
+        for _ in range(count):
+            self.gate.release()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual([r[0] for r in responses(transport)], list(range(1, count + 1)))
+
 
 class CertificateLoginTests(ProtocolTestCase):
     """The TLS client certificate."""
