@@ -231,13 +231,17 @@ class RegistryServerProtocol(Protocol):
                     else:
                         self._write(error_response(request.request_id, request.error))
                     continue
-                self._cancel(self._deadline)
-                self._deadline = None
                 self.busy = True
                 result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
                 result.addCallbacks(self._respond, self._request_failed, callbackArgs=(request,), errbackArgs=(request,))
                 result.addErrback(self._internal_failure)
                 result.addBoth(self._request_finished)
+                if self.busy:
+                    # Still running (it waits for the database, a hash, ...): the
+                    # connection is not idle. A request answered at once leaves the
+                    # deadline to be moved when the queue is empty.
+                    self._cancel(self._deadline)
+                    self._deadline = None
         finally:
             self.draining = False
 
