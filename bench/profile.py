@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
     parser.add_argument("--output", default=None, help="also keep py-spy's collapsed stacks here")
     parser.add_argument("--postgres", action="store_true", help="the registry on PostgreSQL (IRP scenarios but large-lookups)")
+    parser.add_argument("--cprofile", action="store_true", help="cProfile of the reactor thread (call counts) instead of py-spy")
     arguments = parser.parse_args(argv)
     pin(LOAD_CPU)
     workdir = tempfile.mkdtemp(prefix="irp-profile-")
@@ -282,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             assert executor is not None
             future = executor.submit(drive, *future_args)
             time.sleep(1.0 + delay)
+            if arguments.cprofile:
+                server.call("profile_start")
+                time.sleep(arguments.seconds)
+                report = server.call("profile_stop", top=arguments.top)
+                sample = future.result(timeout=arguments.seconds + delay + 600)
+                print(report)
+                print(f"rate while profiled: {sample.value:,.0f}/s (cProfile slows the server down)")
+                return 0
             profiler = subprocess.run(command, capture_output=True, text=True, check=False)
             sample = future.result(timeout=arguments.seconds + delay + 600)
         if profiler.returncode != 0:

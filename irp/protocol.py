@@ -209,7 +209,7 @@ class RegistryServerProtocol(Protocol):
         """Run queued requests, one at a time, until one is still running.
 
         A loop, not a recursion: requests that complete at once come back here through
-        ``_request_finished`` and are picked up by the loop already running.
+        ``_request_done`` and are picked up by the loop already running.
         """
         if self.draining:
             return
@@ -233,9 +233,7 @@ class RegistryServerProtocol(Protocol):
                     continue
                 self.busy = True
                 result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
-                result.addCallbacks(self._respond, self._request_failed, callbackArgs=(request,), errbackArgs=(request,))
-                result.addErrback(self._internal_failure)
-                result.addBoth(self._request_finished)
+                result.addBoth(self._request_done, request)
                 if self.busy:
                     # Still running (it waits for the database, a hash, ...): the
                     # connection is not idle. A request answered at once leaves the
@@ -244,6 +242,18 @@ class RegistryServerProtocol(Protocol):
                     self._deadline = None
         finally:
             self.draining = False
+
+    def _request_done(self, outcome: list[Element] | Failure, request: Request) -> None:
+        """Answer ``request`` (one callback: most requests are answered at once, and every
+        callback added to a fired Deferred costs a run of its chain), then go on."""
+        try:
+            if isinstance(outcome, Failure):
+                self._request_failed(outcome, request)
+            else:
+                self._respond(outcome, request)
+        except Exception:
+            self._internal_failure(Failure())
+        self._request_finished(None)
 
     def _respond(self, results: list[Element], request: Request) -> None:
         self._write(ok_response(request.id, results))
