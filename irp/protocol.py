@@ -251,7 +251,7 @@ class RegistryServerProtocol(Protocol):
                 self._request_failed(outcome, request)
             else:
                 self._respond(outcome, request)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a bug while answering: logged, connection closed
             self._internal_failure(Failure())
         self._request_finished(None)
 
