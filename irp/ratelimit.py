@@ -7,6 +7,8 @@ its own counts: a guesser spread over ``n`` processes gets at most ``n`` times t
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 import math
 from collections import OrderedDict
@@ -107,6 +109,7 @@ class FailureLimiter:
         self._lockouts.pop(key, None)
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(host: str) -> str:
     """The unit a client address is limited by: an IPv4 address, or an IPv6 /64.
 
