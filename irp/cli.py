@@ -443,8 +443,14 @@ async def cmd_certificates(ctx: Context) -> int:
 
 async def cmd_certificate(ctx: Context) -> int:
     """Download one certificate as PEM."""
+    try:
+        # 64 hex digits (or SHA256:...) cannot be a serial number, which has at most 40.
+        digest: str | None = keyfiles.parse_fingerprint(ctx.args.serial)
+    except ValueError:
+        digest = None
+    serial = None if digest is not None else parse_serial_argument(ctx.args.serial)
     client = await ctx.connect()
-    entry = await client.get_certificate(parse_serial_argument(ctx.args.serial))
+    entry = await client.get_certificate(serial, fingerprint=digest)
     assert entry.certificate is not None
     write_output(ctx.args.out, pem(entry.certificate))
     return 0
@@ -710,8 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("certificates", cmd_certificates, "List your certificates (or another user's).")
     sub.add_argument("--of", metavar="USER", help="another user's, for administrators")
     sub.add_argument("--current", metavar="USER", help="a user's currently good certificates (anyone may ask)")
-    sub = command("certificate", cmd_certificate, "Download a certificate by serial number.")
-    sub.add_argument("serial")
+    sub = command("certificate", cmd_certificate, "Download a certificate by serial number or fingerprint.")
+    sub.add_argument(
+        "serial",
+        metavar="SERIAL|FINGERPRINT",
+        help="hex serial of a certificate issued by the registry, or the SHA-256 fingerprint of any"
+        " stored one (uploaded ones too), as 'irp certificates' shows it",
+    )
     sub.add_argument("--out", help="file to write (default stdout)")
     sub = command("upload-certificate", cmd_upload_certificate, "Publish a certificate from another issuer that names you.")
     sub.add_argument("file")

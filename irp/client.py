@@ -558,9 +558,13 @@ class RegistryClient:
         parse_identity(required(element, "user"))
         return [parse_certificate(child) for child in element]
 
-    def get_certificate(self, serial: int) -> Deferred[CertificateEntry]:
-        """Download one certificate by serial number."""
-        return _deferred(self._certificate_call("get-certificate", {"serial": format(serial, "x")}))
+    def get_certificate(self, serial: int | None = None, *, fingerprint: str | None = None) -> Deferred[CertificateEntry]:
+        """Download one certificate: one the registry issued, by serial number, or any it
+        stores (uploaded ones too), by SHA-256 fingerprint (64 lower-case hex digits)."""
+        if (serial is None) == (fingerprint is None):
+            raise ValueError("give either a serial or a fingerprint")
+        attributes = {"serial": format(serial, "x")} if serial is not None else {"fingerprint": fingerprint}
+        return _deferred(self._certificate_call("get-certificate", attributes))
 
     async def _certificate_call(self, tag: str, attributes: dict[str, Any], children: Sequence[tuple[str, str]] = ()) -> CertificateEntry:
         return parse_certificate(await self._single(tag, "certificate", attributes, children))

@@ -8,7 +8,6 @@ its own counts: a guesser spread over ``n`` processes gets at most ``n`` times t
 from __future__ import annotations
 
 import functools
-
 import ipaddress
 import math
 from collections import OrderedDict

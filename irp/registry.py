@@ -8,6 +8,7 @@ does know the store, the CA and the password hasher.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,9 @@ from irp.store import Account, RegistryStore
 from irp.xmlcodec import Element, make_element, serialize, sub_element
 
 T = TypeVar("T")
+
+#: A certificate fingerprint on the wire: SHA-256 of the DER, lower-case hex.
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}\Z")
 
 log = Logger()
 
@@ -251,7 +255,7 @@ class Registry:
             "request-certificate": op(self.request_certificate, "local", ("user",), ("csr",)),
             "generate-key": op(self.generate_key, "local", ("user", "key-type", "label"), ("passphrase",)),
             "list-certificates": op(self.list_certificates, "local", ("user",)),
-            "get-certificate": op(self.get_certificate, "user", ("serial",)),
+            "get-certificate": op(self.get_certificate, "user", ("serial", "fingerprint")),
             "user-certificates": op(self.user_certificates, "user", ("user",)),
             "upload-certificate": op(self.upload_certificate, "local", (), ("pem",)),
             "list-pkcs12": op(self.list_pkcs12, "local", ("user",)),
@@ -744,12 +748,24 @@ class Registry:
         serial = parse_serial(required(element, "serial"))
         info = await self.store.get_certificate(serial)
         if info is None:
-            raise errors.NotFound(f"no certificate with serial {serial:x}")
+            raise errors.NotFound(f"no certificate issued here with serial {serial:x}")
         return info
 
     async def get_certificate(self, session: Session, element: Element) -> list[Element]:
-        """Download one certificate (certificates are public)."""
-        info = await self._certificate_by_serial(element)
+        """Download one certificate (certificates are public): one this registry issued, by
+        serial, or any stored one (uploaded ones too), by fingerprint."""
+        digest = element.get("fingerprint")
+        if (digest is None) == (element.get("serial") is None):
+            raise errors.BadRequest("give either a serial or a fingerprint attribute")
+        if digest is None:
+            info = await self._certificate_by_serial(element)
+        else:
+            if not _FINGERPRINT.match(digest):
+                raise errors.BadRequest("a fingerprint is 64 lower-case hex digits (SHA-256 of the DER)")
+            found = await self.store.get_certificate_by_fingerprint(digest)
+            if found is None:
+                raise errors.NotFound(f"no certificate with fingerprint {digest}")
+            info = found
         return [self._certificate_element(info, with_pem=True)]
 
     async def user_certificates(self, session: Session, element: Element) -> list[Element]:
@@ -840,10 +856,8 @@ class Registry:
     async def renew(self, session: Session, element: Element) -> list[Element]:
         """Issue a successor to a good certificate (same key, or a new CSR); the old one is
         revoked as superseded."""
-        old = await self._certificate_by_serial(element)
+        old = await self._certificate_by_serial(element)  # issued here: serials name no other
         await self._self_or_admin(session, old.username)
-        if old.origin != "issued":
-            raise errors.InvalidArgument("only certificates issued by this registry can be renewed")
         status = old.status(self._now())
         if status != "good":
             raise errors.InvalidArgument(f"only good certificates can be renewed; this one is {status}")

@@ -158,6 +158,7 @@ def build_certificate(
     not_after: datetime.timedelta = datetime.timedelta(days=30),
     extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     signing_key: PrivateKey | None = None,
+    serial: int | None = None,
 ) -> tuple[x509.Certificate, PrivateKey]:
     """Build any certificate, returning it and its private key.
 
@@ -193,7 +194,7 @@ def build_certificate(
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(x509.random_serial_number() if serial is None else serial)
         .not_valid_before(now + not_before)
         .not_valid_after(now + not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)

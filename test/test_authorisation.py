@@ -41,6 +41,7 @@ from irp.ca import generate_key
 from irp.cli import make_csr
 from irp.client import RegistryClient
 from irp.elements import pem_text
+from irp.keyfiles import fingerprint
 from irp.xmlcodec import Element, make_element, sub_element
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
@@ -73,6 +74,7 @@ class Context:
     serial: int
     pkcs12_id: int
     domain: str
+    fingerprint: str
 
     def external_pem(self) -> str:
         """A certificate from another CA naming the target (for upload-certificate)."""
@@ -142,6 +144,7 @@ TABLE: list[Row] = [
     Row("generate-key", lambda c: op("generate-key", {"user": c.target, "key-type": "p256"}, (("passphrase", "pkcs12 passphrase"),)), (NA, OK, OK, FB, OK, PD, CR), changes=True),
     Row("list-certificates", lambda c: op("list-certificates", {"user": c.target}), (NA, OK, OK, FB, OK, PD, CR)),
     Row("get-certificate", lambda c: op("get-certificate", {"serial": format(c.serial, "x")}), (NA, OK, OK, OK, OK, PD, CR)),
+    Row("get-certificate-by-fingerprint", lambda c: op("get-certificate", {"fingerprint": c.fingerprint}), (NA, OK, OK, OK, OK, PD, CR)),
     Row("user-certificates", lambda c: op("user-certificates", {"user": c.target}), (NA, OK, OK, OK, OK, PD, CR)),
     # Uploads are always for oneself: a certificate naming someone else is refused.
     Row("upload-certificate", lambda c: op("upload-certificate", None, (("pem", c.external_pem()),)), (NA, OK, OK, IA, IA, PD, CR), changes=True),
@@ -179,7 +182,10 @@ class Subject:
 
     def context(self, domain: str, caller: str | None, caller_password: str) -> Context:
         """The context of a request by ``caller`` about this user's objects."""
-        return Context(caller, caller_password, self.name, self.certificate.serial, self.pkcs12_id, domain)
+        return Context(
+            caller, caller_password, self.name, self.certificate.serial, self.pkcs12_id, domain,
+            fingerprint(self.certificate.certificate),
+        )
 
 
 class AuthorisationTests(unittest.TestCase):
@@ -279,6 +285,6 @@ class TableTests(unittest.SynchronousTestCase):
 
     def test_every_operation_has_a_row(self) -> None:
         """Every operation the registry offers is in the table, and nothing else."""
-        dummy = Context("someone", DEFAULT_PASSWORD, "someone", 1, 1, "example.org")
+        dummy = Context("someone", DEFAULT_PASSWORD, "someone", 1, 1, "example.org", "0" * 64)
         covered = {row.request(dummy).tag for row in TABLE}
         self.assertEqual(covered, set(make_registry(Clock()).operations))

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial import unittest
 
 from irp.cli import Context, build_parser, cmd_init
-from irp.keyfiles import format_fingerprint, load_certificates
+from irp.keyfiles import fingerprint, format_fingerprint, load_certificates
 from irp.profile import Profile, ProfileConfig
 from test.helpers import DEFAULT_PASSWORD, CommandResult, RunningRegistry, closed_port, run_module
 
@@ -234,6 +234,18 @@ class UserJourneyTests(CLITestCase):
         self.assertIn("good", listed.out)
         self.assertIn(f"{serial}: good (alice@example.org)", status.out)
 
+        # Downloads by serial, and by the fingerprint as "certificates" shows it.
+        shown = format_fingerprint(fingerprint(certificate))
+        self.assertIn(shown, listed.out)
+        by_serial, by_fingerprint = await gatherResults(
+            [
+                self.irp("--profile", alice, "certificate", serial),
+                self.irp("--profile", alice, "certificate", shown),
+            ]
+        )
+        self.assertEqual(load_certificates_text(by_serial.out), [certificate])
+        self.assertEqual(load_certificates_text(by_fingerprint.out), [certificate])
+
         result = await self.irp("--profile", bob, "lookup", "alice", "--password-file", password)
         self.assertIn("alice@example.org: busy", result.out)
         self.assertIn("192.0.2.7:4605", result.out)
@@ -350,3 +362,8 @@ class ErrorTests(CLITestCase):
             self.assertIn(command, result.out)
         result = await self.irp("admin", "--help")
         self.assertIn("disable-password-login", result.out)
+
+
+def load_certificates_text(text: str) -> list[x509.Certificate]:
+    """The PEM certificates a command printed."""
+    return x509.load_pem_x509_certificates(text.encode("ascii"))

@@ -64,7 +64,9 @@ def csr(key: Any, *, subject: str = "mallory", extra_san: bool = True) -> bytes:
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def external_certificate(identity: str = f"alice@{DOMAIN}", *, email: str | None = None, expired: bool = False) -> x509.Certificate:
+def external_certificate(
+    identity: str = f"alice@{DOMAIN}", *, email: str | None = None, expired: bool = False, serial: int | None = None
+) -> x509.Certificate:
     """A certificate from another organisation's CA naming ``identity`` (or an email)."""
     partner = pki.make_ca("partner.example")
     san: list[x509.GeneralName] = [x509.RFC822Name(email)] if email else [x509.UniformResourceIdentifier(f"irp:{identity}")]
@@ -76,6 +78,7 @@ def external_certificate(identity: str = f"alice@{DOMAIN}", *, email: str | None
         not_before=datetime.timedelta(days=-30 if expired else -1),
         not_after=datetime.timedelta(days=-1 if expired else 30),
         extended_key_usage=[ExtendedKeyUsageOID.EMAIL_PROTECTION],
+        serial=serial,
     )
     return certificate
 
@@ -667,6 +670,11 @@ class CertificateTests(RegistryTestCase):
         self.assertEqual(downloaded.certificate, entry.certificate)
         await self.fails("not-found", bob.get_certificate(entry.serial + 1))
         await self.fails("bad-request", bob.protocol.request(make_element("get-certificate", {"serial": "xyz"})))
+        by_fingerprint = await bob.get_certificate(fingerprint=entry.fingerprint)
+        self.assertEqual(by_fingerprint.certificate, entry.certificate)
+        await self.fails("not-found", bob.get_certificate(fingerprint="0" * 64))
+        for attributes in ({}, {"serial": format(entry.serial, "x"), "fingerprint": entry.fingerprint}, {"fingerprint": "AB" * 32}):
+            await self.fails("bad-request", bob.protocol.request(make_element("get-certificate", attributes)))
 
     async def test_upload_certificate(self) -> None:
         """A certificate from another issuer naming the user (by irp: URI or registered
@@ -687,10 +695,32 @@ class CertificateTests(RegistryTestCase):
         await self.fails("conflict", alice.upload_certificate(ours.certificate))
         status = await alice.certificate_status(certificate=external)
         self.assertEqual(status.state, "unknown")  # not ours to vouch for
-        await self.fails("conflict", alice.revoke(entry.serial))
+        await self.fails("not-found", alice.revoke(entry.serial))  # serials name certificates issued here
         operation = make_element("upload-certificate")
         sub_element(operation, "pem", None, "garbage")
         await self.fails("invalid-argument", alice.protocol.request(operation))
+
+    async def test_uploads_share_serials(self) -> None:
+        """Serial numbers are unique per issuer only: two users upload certificates of
+        different issuers with the serial of a certificate issued here; all three are
+        stored, each downloads by fingerprint, and the serial names the issued one."""
+        await self.start()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        ours = await alice.request_certificate(csr(generate_key("p256")))
+        alices = external_certificate(serial=ours.serial)
+        bobs = external_certificate(f"bob@{DOMAIN}", serial=ours.serial)
+        uploaded = [await alice.upload_certificate(alices), await bob.upload_certificate(bobs)]
+        self.assertEqual([entry.serial for entry in uploaded], [ours.serial, ours.serial])
+        for certificate in (alices, bobs):
+            downloaded = await bob.get_certificate(fingerprint=fingerprint(certificate))
+            self.assertEqual(downloaded.certificate, certificate)
+        by_serial = await bob.get_certificate(ours.serial)
+        self.assertEqual((by_serial.fingerprint, by_serial.origin), (ours.fingerprint, "issued"))
+        listed = await alice.list_certificates()
+        self.assertEqual(sorted(entry.origin for entry in listed), ["external", "issued"])
+        status = await bob.certificate_status(ours.serial)
+        self.assertEqual(status.state, "good")
 
     async def test_external_certificate_cannot_log_in(self) -> None:
         """An uploaded certificate is not a login credential."""

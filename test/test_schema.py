@@ -260,6 +260,7 @@ class RegistryMessagesTests(TestCase):
         listed = await alice.list_certificates()
         self.assertEqual([entry.serial for entry in listed], [first.serial])
         await alice.get_certificate(first.serial)
+        await alice.get_certificate(fingerprint=first.fingerprint)
         await alice.user_certificates("alice")
         await alice.certificate_status(serial=first.serial)
         assert first.certificate is not None
@@ -597,6 +598,9 @@ class SchemaTests(TestCase):
     def test_datatypes(self) -> None:
         self.assertInvalid(request('<get-certificate serial="xyz"/>'))
         self.assertInvalid(request('<get-certificate serial="%s"/>' % ("f" * 41)))
+        self.assertInvalid(request('<get-certificate fingerprint="%s"/>' % ("F" * 64)))
+        self.assertInvalid(request('<get-certificate serial="1" fingerprint="%s"/>' % ("f" * 64)))
+        self.assertInvalid(request("<get-certificate/>"))
         self.assertInvalid(request('<get-user user="Alice"/>'))
         self.assertInvalid(request('<get-user user="alice@example.org."/>'))
         self.assertInvalid(request('<register-address><endpoint address="fe80::1%eth0" port="4605"/></register-address>'))

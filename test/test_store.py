@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
@@ -23,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from irp import errors
+from irp.identity import Identity
 from irp.keyfiles import fingerprint
 from irp.records import Endpoint, RecordSigner, RecordVerifier
 from irp.store import RegistryStore, open_store, parse_database_url, sqlite_pool
@@ -550,13 +552,72 @@ class RegistryStoreTestsMixin(_MixinBase):
         self.assertEqual(await store.revocation_generation(), 1)
 
     async def test_revoke_unknown_and_external(self) -> None:
-        """Unknown serials are not-found; uploaded certificates cannot be revoked here."""
+        """Unknown serials are not-found, and so are uploaded certificates: a serial names
+        a certificate this registry's CA issued, and only those are revoked here."""
         store = await self.store()
         await store.create_user("alice")
         await self.assertFailsWith(errors.NotFound, store.revoke_certificate(12345, "unspecified"))
         external = await self.add_certificate(store, "alice", origin="external")
-        await self.assertFailsWith(errors.Conflict, store.revoke_certificate(external.serial_number, "unspecified"))
+        await self.assertFailsWith(errors.NotFound, store.revoke_certificate(external.serial_number, "unspecified"))
         self.assertEqual(await store.revocation_generation(), 0)
+
+    def certificate_with_serial(self, username: str, serial: int, issuer: str = DOMAIN) -> x509.Certificate:
+        ca = pki.make_ca(issuer)
+        certificate, _key = pki.build_certificate(
+            ca.issuing_certificate, ca.issuing_key, subject=pki.user_name(Identity(username, DOMAIN)), serial=serial
+        )
+        return certificate
+
+    async def test_serials_are_unique_per_issuer(self) -> None:
+        """Uploaded certificates of other issuers may share a serial with each other and
+        with a certificate issued here; a serial look-up, a revocation and the quota
+        concern the issued one only. Two issued certificates never share a serial."""
+        store = await self.store()
+        await store.create_user("alice")
+        await store.create_user("bob")
+        ours = self.certificate_with_serial("alice", 7)
+        theirs = self.certificate_with_serial("alice", 7, "partner.example")
+        bobs = self.certificate_with_serial("bob", 7, "other.example")
+        await store.add_certificate("alice", ours, fingerprint(ours))
+        await store.add_certificate("alice", theirs, fingerprint(theirs), "external")
+        await store.add_certificate("bob", bobs, fingerprint(bobs), "external")
+        again = self.certificate_with_serial("bob", 7)
+        await self.assertFailsWith(errors.Conflict, store.add_certificate("bob", again, fingerprint(again)))
+        self.assertTrue(await store.serial_in_use(7))
+        found = await store.get_certificate(7)
+        assert found is not None
+        self.assertEqual((found.fingerprint, found.origin), (fingerprint(ours), "issued"))
+        listed = await store.list_certificates("alice")
+        self.assertEqual(sorted((i.serial, i.origin) for i in listed), [(7, "external"), (7, "issued")])
+        valid_now = ours.not_valid_before_utc.timestamp() + 60
+        self.assertEqual(await store.count_current_certificates("alice", valid_now), 2)
+        self.assertEqual(await store.count_current_certificates("alice", valid_now, excluding=7), 1)
+        revoked = await store.revoke_certificate(7, "key-compromise")
+        self.assertEqual(revoked.fingerprint, fingerprint(ours))
+        for other in (theirs, bobs):
+            info = await store.get_certificate_by_fingerprint(fingerprint(other))
+            assert info is not None
+            self.assertIsNone(info.revoked_at)
+
+    async def test_upgrade_from_version_3(self) -> None:
+        """Certificates stored under the schema keyed by serial keep everything, revocations
+        included, when the table is rebuilt keyed by fingerprint."""
+        store = await self.make_store()
+        await store.pool.runInteraction(upgrade_schema, store.dialect, MIGRATIONS[:3])
+        certificate = self.certificate_with_serial("alice", 0xABC)
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        await store.pool.runOperation(
+            store.dialect.sql(
+                "INSERT INTO certificates (serial, fingerprint, username, origin, not_before, not_after,"
+                " issued_at, revoked_at, revocation_reason, der) VALUES ('abc', ?, 'alice', 'issued', 1, ?, 1, 5, 'superseded', ?)"
+            ),
+            (fingerprint(certificate), 2**40, der),
+        )
+        self.assertEqual(await store.upgrade(), LATEST_VERSION)
+        info = await store.get_certificate(0xABC)
+        assert info is not None
+        self.assertEqual((info.fingerprint, info.revoked_at, info.revocation_reason, info.der), (fingerprint(certificate), 5, "superseded", der))
+        self.assertEqual(await store.check_integrity(), "ok")
 
     # -- CRLs -------------------------------------------------------------------------
 

@@ -91,6 +91,33 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX addresses_live ON addresses (expires_at)"
         " WHERE endpoints <> '[]' OR presence <> 'offline'",
     ],
+    # 3 -> 4: serial numbers are unique per issuer only. Certificates are keyed by their
+    # fingerprint; a serial is unique among the certificates this registry's CA issued
+    # (a partial unique index), so uploaded certificates of other issuers may share a
+    # serial with each other or with ours.
+    [
+        """CREATE TABLE certificates_v4 (
+            fingerprint TEXT PRIMARY KEY,
+            serial TEXT NOT NULL,
+            username TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            not_before {BIGINT} NOT NULL,
+            not_after {BIGINT} NOT NULL,
+            issued_at {BIGINT} NOT NULL,
+            revoked_at {BIGINT},
+            revocation_reason TEXT,
+            der {BLOB} NOT NULL
+        )""",
+        "INSERT INTO certificates_v4 (fingerprint, serial, username, origin, not_before, not_after,"
+        " issued_at, revoked_at, revocation_reason, der)"
+        " SELECT fingerprint, serial, username, origin, not_before, not_after, issued_at, revoked_at,"
+        " revocation_reason, der FROM certificates",
+        "DROP TABLE certificates",
+        "ALTER TABLE certificates_v4 RENAME TO certificates",
+        "CREATE UNIQUE INDEX certificates_issued_serial ON certificates (serial) WHERE origin = 'issued'",
+        "CREATE INDEX certificates_by_user ON certificates (username, issued_at)",
+        "CREATE INDEX certificates_revoked ON certificates (revoked_at)",
+    ],
 ]
 
 #: The version a fully upgraded database has.

@@ -80,6 +80,8 @@ _CERT_COLUMNS = (
     "serial, fingerprint, username, origin, not_before, not_after, issued_at, revoked_at,"
     " revocation_reason, der"
 )
+#: The certificate this registry's CA issued with a serial (serials are unique per issuer).
+_ISSUED_BY_SERIAL = f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ? AND origin = 'issued'"
 
 
 class RegistryStore:
@@ -672,7 +674,7 @@ class RegistryStore:
             row = self._fetchone(
                 txn,
                 "SELECT COUNT(*) FROM certificates WHERE username = ? AND revoked_at IS NULL"
-                " AND not_after >= ? AND serial <> ?",
+                " AND not_after >= ? AND NOT (origin = 'issued' AND serial = ?)",
                 (username, int(now), "" if excluding is None else serial_text(excluding)),
             )
             return int(row[0])
@@ -682,7 +684,8 @@ class RegistryStore:
     def add_certificate(
         self, username: str, certificate: x509.Certificate, fingerprint: str, origin: str = "issued"
     ) -> Deferred[CertificateInfo]:
-        """Record a certificate for a user; a duplicate serial or fingerprint is a Conflict."""
+        """Record a certificate for a user. The same certificate (fingerprint) twice, or a
+        second certificate issued here with the same serial, is a Conflict."""
         from cryptography.hazmat.primitives.serialization import Encoding
 
         der = certificate.public_bytes(Encoding.DER)
@@ -725,18 +728,19 @@ class RegistryStore:
         """Fire with whether a certificate with this serial is already recorded."""
 
         def check(txn: Transaction) -> bool:
-            row = self._fetchone(txn, "SELECT 1 FROM certificates WHERE serial = ?", (serial_text(serial),))
+            row = self._fetchone(
+                txn, "SELECT 1 FROM certificates WHERE serial = ? AND origin = 'issued'", (serial_text(serial),)
+            )
             return row is not None
 
         return self._read(check)
 
     def get_certificate(self, serial: int) -> Deferred[CertificateInfo | None]:
-        """Fire with the certificate with this serial, or None."""
+        """Fire with the certificate this registry's CA issued with this serial, or None
+        (serials are unique per issuer: uploaded certificates are found by fingerprint)."""
 
         def get(txn: Transaction) -> CertificateInfo | None:
-            row = self._fetchone(
-                txn, f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?", (serial_text(serial),)
-            )
+            row = self._fetchone(txn, _ISSUED_BY_SERIAL, (serial_text(serial),))
             return None if row is None else self._certificate_from_row(row)
 
         return self._read(get)
@@ -769,7 +773,8 @@ class RegistryStore:
     def _revoke(self, txn: Transaction, serial: str, reason: str, at: int) -> None:
         self._execute(
             txn,
-            "UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE serial = ?",
+            "UPDATE certificates SET revoked_at = ?, revocation_reason = ?"
+            " WHERE serial = ? AND origin = 'issued'",
             (at, reason, serial),
         )
         self._execute(txn, "UPDATE counters SET value = value + 1 WHERE name = 'revocations'")
@@ -780,20 +785,14 @@ class RegistryStore:
 
         def revoke(txn: Transaction) -> CertificateInfo:
             text = serial_text(serial)
-            row = self._fetchone(
-                txn,
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?{self.dialect.for_update}",
-                (text,),
-            )
+            row = self._fetchone(txn, f"{_ISSUED_BY_SERIAL}{self.dialect.for_update}", (text,))
             if row is None:
-                raise NotFound(f"no certificate with serial {text}")
+                raise NotFound(f"no certificate issued here with serial {text}")
             info = self._certificate_from_row(row)
-            if info.origin != "issued":
-                raise Conflict("only certificates issued by this registry's CA can be revoked here")
             if info.revoked_at is not None:
                 raise Conflict(f"the certificate {text} is already revoked")
             self._revoke(txn, text, reason, self._now())
-            row = self._fetchone(txn, f"SELECT {_CERT_COLUMNS} FROM certificates WHERE serial = ?", (text,))
+            row = self._fetchone(txn, _ISSUED_BY_SERIAL, (text,))
             return self._certificate_from_row(row)
 
         return self._write(revoke)
