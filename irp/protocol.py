@@ -232,8 +232,11 @@ class RegistryServerProtocol(Protocol):
                         self._write(error_response(request.request_id, request.error))
                     continue
                 self.busy = True
-                result = self.factory.registry.handle(self.session, request)  # type: ignore[arg-type]
-                result.addBoth(self._request_done, request)
+                result = self.factory.registry.handle_now(self.session, request)  # type: ignore[arg-type]
+                if isinstance(result, Deferred):
+                    result.addBoth(self._request_done, request)
+                else:
+                    self._request_done(result, request)
                 if self.busy:
                     # Still running (it waits for the database, a hash, ...): the
                     # connection is not idle. A request answered at once leaves the

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -170,6 +170,8 @@ class Session:
 
 
 Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Result]]]
+#: Answers a request at once when it can (a cached answer), else None: the handler runs.
+ImmediateHandler = Callable[[Session, Element], "list[Result] | None"]
 
 
 #: Who may call an operation: anyone (even before login), any logged-in user including
@@ -185,6 +187,8 @@ class Operation:
     access: str
     attributes: tuple[str, ...] = ()
     children: tuple[str, ...] = ()
+    #: Tried before ``handler``, without a coroutine or a Deferred (see Registry.handle).
+    immediate: ImmediateHandler | None = None
 
     @property
     def needs_login(self) -> bool:
@@ -251,7 +255,7 @@ class Registry:
             "update-user": op(self.update_user, "local", ("user", "display-name", "email"), ("attribute", "attributes")),
             "list-users": op(self.list_users, "local", ("offset", "limit", "prefix")),
             "register-address": op(self.register_address, "local", ("presence", "ttl"), ("endpoint",)),
-            "lookup": op(self.lookup, "user", ("user",)),
+            "lookup": op(self.lookup, "user", ("user",), immediate=self.cached_lookup),
             "request-certificate": op(self.request_certificate, "local", ("user",), ("csr",)),
             "generate-key": op(self.generate_key, "local", ("user", "key-type", "label"), ("passphrase",)),
             "list-certificates": op(self.list_certificates, "local", ("user",)),
@@ -275,34 +279,67 @@ class Registry:
 
     def handle(self, session: Session, request: Request) -> Deferred[list[Result]]:
         """Run one request for ``session``; fire with the result elements."""
+        result = self.handle_now(session, request)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def handle_now(self, session: Session, request: Request) -> list[Result] | Deferred[list[Result]]:
+        """Run one request for ``session``: the result elements at once when the operation
+        can answer without waiting (a cached look-up answer: no coroutine, no Deferred),
+        else a Deferred that fires with them. Every refusal goes through the Deferred."""
+        operation = self.operations.get(request.operation)
+        if operation is not None and operation.immediate is not None:
+            try:
+                if self._check_request(session, request, operation):
+                    return Deferred.fromCoroutine(self._revalidate_and_run(session, request, operation))
+                answer = operation.immediate(session, request.element)
+            except errors.IRPError:
+                return fail()
+            if answer is not None:
+                return answer
+            return Deferred.fromCoroutine(operation.handler(session, request.element))
         return Deferred.fromCoroutine(self._handle(session, request))
+
+    async def _revalidate_and_run(self, session: Session, request: Request, operation: Operation) -> list[Result]:
+        await self._revalidate(session)
+        return await operation.handler(session, request.element)
 
     async def _handle(self, session: Session, request: Request) -> list[Result]:
         operation = self.operations.get(request.operation)
         if operation is None:
             raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
+        if self._check_request(session, request, operation):
+            await self._revalidate(session)
+        return await operation.handler(session, request.element)
+
+    def _check_request(self, session: Session, request: Request, operation: Operation) -> bool:
+        """Check the request's fields and the caller's right to call ``operation``; raise
+        the refusal, or return whether the session must be re-validated first (security
+        changes happened since it was last checked)."""
         check_fields(request.element, operation.attributes, operation.children)
         check_children(request.element)
-        if operation.needs_login:
-            if session.rejected is not None:
-                raise session.rejected
-            if session.identity is None:
-                raise errors.NotAuthenticated()
-            if operation.access == "local" and session.federated:
-                raise errors.Forbidden(
-                    f"users of other domains may only look users of {self.domain} up"
-                )
-            await self._check_session(session)
-        return await operation.handler(session, request.element)
+        if not operation.needs_login:
+            return False
+        if session.rejected is not None:
+            raise session.rejected
+        if session.identity is None:
+            raise errors.NotAuthenticated()
+        if operation.access == "local" and session.federated:
+            raise errors.Forbidden(f"users of other domains may only look users of {self.domain} up")
+        self._check_certificate_current(session)
+        return session.generation != self.generation
 
     async def _check_session(self, session: Session) -> None:
         """Before a request that needs a login: end a certificate session whose certificate
         has expired, and re-validate a session after security changes."""
+        self._check_certificate_current(session)
+        if session.generation != self.generation:
+            await self._revalidate(session)
+
+    def _check_certificate_current(self, session: Session) -> None:
+        """End a certificate session whose certificate has expired."""
         if session.certificate_not_after is not None and self._now() > session.certificate_not_after:
             self._end_session(session)
             raise errors.CertificateRejected("your certificate has expired: connect with a current one")
-        if session.generation != self.generation:
-            await self._revalidate(session)
 
     @staticmethod
     def _end_session(session: Session) -> None:
@@ -637,14 +674,23 @@ class Registry:
         record = await self.store.put_addresses(session.username, presence, tuple(endpoints), ttl)
         return [addresses_element(record)]
 
+    def cached_lookup(self, session: Session, element: Element) -> list[Result] | None:
+        """The look-up's answer if it is cached and still current, else None."""
+        version = self.store.data_version()
+        if version is None:
+            return None
+        cached = self._answers.get(self._local_username(required(element, "user")))
+        if cached is not None and cached[0] == version:
+            return [cached[1]]
+        return None
+
     async def lookup(self, session: Session, element: Element) -> list[Result]:
         """A user's signed addresses and presence."""
+        cached = self.cached_lookup(session, element)
+        if cached is not None:
+            return cached
         username = self._local_username(required(element, "user"))
         version = self.store.data_version()
-        if version is not None:
-            cached = self._answers.get(username)
-            if cached is not None and cached[0] == version:
-                return [cached[1]]
         record = await self.store.get_addresses(username)
         if record is None:
             raise errors.NotFound(f"no user {username}@{self.domain}")

@@ -1241,6 +1241,74 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         self.successResultOf(registry.handle(session, request))
         self.assertEqual(asked, ["bob"])
 
+    def test_cached_lookup_is_answered_at_once(self) -> None:
+        """A look-up whose answer is cached is answered without a Deferred, and is still
+        refused in the usual way when the caller may not make it."""
+        clock = Clock()
+        registry = make_registry(clock)
+        registry._answers["bob"] = (7, b"<addresses/>")
+
+        asked: list[str] = []
+
+        class Store:
+            def data_version(self) -> int:
+                return 7
+
+            def get_addresses(self, username: str) -> Deferred[None]:
+                asked.append(username)
+                return succeed(None)
+
+        registry.store = Store()  # type: ignore[assignment]
+        request = parse_request(build_request(1, make_element("lookup", {"user": "bob"})))
+        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
+        alice.generation = registry.generation
+        self.assertEqual(registry.handle_now(alice, request), [b"<addresses/>"])
+        self.assertEqual(self.successResultOf(registry.handle(alice, request)), [b"<addresses/>"])
+        # Refusals: anonymous, bad fields, a refused certificate, an expired one (its
+        # own reason, once), each through a Deferred as on the full path.
+        anonymous = registry.handle_now(Session(peer_host="192.0.2.2"), request)
+        assert isinstance(anonymous, Deferred)
+        self.failureResultOf(anonymous, errors.NotAuthenticated)
+        bad = parse_request(build_request(2, make_element("lookup", {"user": "bob", "extra": "1"})))
+        self.failureResultOf(registry.handle_now(alice, bad), errors.BadRequest)  # type: ignore[arg-type]
+        refused = Session(peer_host="192.0.2.3", rejected=errors.CertificateRejected("no"))
+        self.failureResultOf(registry.handle_now(refused, request), errors.CertificateRejected)  # type: ignore[arg-type]
+        expired = Session(peer_host="192.0.2.4", identity=Identity("carol", registry.domain), method="certificate")
+        expired.certificate_not_after = int(clock.seconds()) - 1
+        failure = self.failureResultOf(registry.handle_now(expired, request), errors.CertificateRejected)  # type: ignore[arg-type]
+        self.assertIn("expired", failure.value.message)
+        # A changed database version: the answer is not current, the full path runs.
+        registry._answers["bob"] = (6, b"<addresses/>")
+        self.assertEqual(asked, [])
+        self.failureResultOf(registry.handle_now(alice, request), errors.NotFound)  # type: ignore[arg-type]
+        self.assertEqual(asked, ["bob"])
+
+    def test_cached_lookup_waits_for_revalidation(self) -> None:
+        """After a security change the session is re-validated before any answer."""
+        registry = make_registry(Clock())
+        registry._answers["bob"] = (7, b"<addresses/>")
+        revalidated: list[Session] = []
+        waiting: Deferred[None] = Deferred()
+
+        async def revalidate(session: Session) -> None:
+            revalidated.append(session)
+            await waiting
+
+        class Store:
+            def data_version(self) -> int:
+                return 7
+
+        registry.store = Store()  # type: ignore[assignment]
+        registry._revalidate = revalidate  # type: ignore[method-assign]
+        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
+        alice.generation = registry.generation - 1
+        answer = registry.handle_now(alice, parse_request(build_request(1, make_element("lookup", {"user": "bob"}))))
+        assert isinstance(answer, Deferred)
+        self.assertEqual(revalidated, [alice])
+        self.assertNoResult(answer)
+        waiting.callback(None)
+        self.assertEqual(self.successResultOf(answer), [b"<addresses/>"])
+
     def test_every_child_element_has_fields(self) -> None:
         """Every child element an operation takes has its fields declared."""
         registry = make_registry(Clock())
