@@ -76,6 +76,11 @@ class FrameDecoder:
         if self.error is not None:
             raise self.error
         buffer = self._buffer
+        if not buffer and self._expected is None and len(data) > HEADER_SIZE:
+            # The usual case: nothing pending and the data is exactly one whole frame.
+            (length,) = HEADER.unpack_from(data)
+            if length + HEADER_SIZE == len(data) and length <= self.max_frame:
+                return [data[HEADER_SIZE:]]
         buffer += data
         frames: list[bytes] = []
         while True:

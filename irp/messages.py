@@ -101,9 +101,10 @@ def _check_version(root: Element) -> None:
 def _message_id(root: Element) -> int | None:
     """The envelope's id, or None when it is missing or not an integer 0 to 2**31-1."""
     raw_id = root.get("id", "")
-    if not is_decimal(raw_id, 10) or int(raw_id) > MAX_REQUEST_ID:
+    if not is_decimal(raw_id, 10):
         return None
-    return int(raw_id)
+    number = int(raw_id)
+    return None if number > MAX_REQUEST_ID else number
 
 
 def request_id_of(error: errors.IRPError) -> int:
@@ -114,8 +115,13 @@ def request_id_of(error: errors.IRPError) -> int:
 
 def _check_text(element: Element) -> None:
     """Refuse text (other than white space) directly inside ``element``."""
-    if (element.text or "").strip() or any((child.tail or "").strip() for child in element):
+    text = element.text
+    if text and not text.isspace():
         raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
+    for child in element:
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
 
 
 def parse_request(payload: bytes) -> Request:

@@ -125,23 +125,27 @@ def parse_document(
     # elements only (no comments, PIs or entity references) and counting is enough.
     if len(root) == 0:
         return root
-    count = 0
-    for _element in root.iter():
-        count += 1
-        if count > max_elements:
-            raise XMLRejected(f"more than {max_elements} elements")
-    _check_depth(root, max_depth)
+    _check_size(root, max_depth, max_elements)
     return root
 
 
-def _check_depth(root: Element, max_depth: int) -> None:
+def _check_size(root: Element, max_depth: int, max_elements: int) -> None:
+    """Count the elements and their depth in one walk (the parse already happened, within
+    the frame cap; these limits keep the handlers' work small)."""
+    count = 0
     stack: list[tuple[Element, int]] = [(root, 1)]
     while stack:
         element, depth = stack.pop()
+        count += 1
         if depth > max_depth:
             raise XMLRejected(f"elements nested deeper than {max_depth}")
-        for child in element:
-            stack.append((child, depth + 1))
+        children = len(element)
+        if children:
+            # Every element on the stack will be counted: refuse before holding them all.
+            if count + len(stack) + children > max_elements:
+                raise XMLRejected(f"more than {max_elements} elements")
+            deeper = depth + 1
+            stack.extend([(child, deeper) for child in element])
 
 
 def serialize(element: Element) -> bytes:

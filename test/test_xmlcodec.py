@@ -144,6 +144,18 @@ class MalformedTests(unittest.SynchronousTestCase):
         error = self.assertMalformed(b"<r>" + b"<e/>" * MAX_ELEMENTS + b"</r>")
         self.assertIn("elements", str(error))
 
+    def test_element_limit_across_levels(self) -> None:
+        """The count covers every level: MAX_ELEMENTS spread over nested elements are
+        accepted, one more anywhere is refused."""
+        half = (MAX_ELEMENTS - 2) // 2
+        rest = MAX_ELEMENTS - 2 - half
+
+        def tree(extra: int) -> bytes:
+            return b"<r><a>" + b"<e/>" * (half + extra) + b"</a>" + b"<e/>" * rest + b"</r>"
+
+        self.assertEqual(len(parse_document(tree(0))), rest + 1)
+        self.assertIn("elements", str(self.assertMalformed(tree(1))))
+
     def test_custom_limits(self) -> None:
         """The limits can be tightened per call."""
         self.assertRaises(XMLRejected, parse_document, b"<a><b><c/></b></a>", max_depth=2)
