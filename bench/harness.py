@@ -365,7 +365,12 @@ class Figure:
 
     @property
     def ratio(self) -> float | None:
-        """Median of the figure over median of the baseline."""
+        """The median of the run-by-run ratios (figure run i over baseline run i, measured
+        back to back, so that a burst of load from elsewhere weighs on both sides of a
+        pair); median over median when the runs are not paired."""
+        paired = self.paired_ratios
+        if paired and len(paired) == len(self.samples) == len(self.baseline_samples):
+            return statistics.median(paired)
         figure, baseline = self.stats, self.baseline_stats
         if figure is None or baseline is None or baseline.median == 0:
             return None

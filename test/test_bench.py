@@ -63,12 +63,15 @@ class StatsTests(TestCase):
 class FigureTests(TestCase):
     """Ratios and verdicts."""
 
-    def test_ratio_of_medians(self) -> None:
-        """The ratio is median over median; the spread comes from the paired runs."""
-        result = figure((50.0, 60.0, 70.0), (100.0, 100.0, 200.0), target=0.5)
-        self.assertEqual(result.ratio, 0.6)
+    def test_median_of_paired_ratios(self) -> None:
+        """The ratio is the median of the run-by-run ratios, so it always lies within the
+        spread shown; unpaired runs fall back to median over median."""
+        result = figure((50.0, 60.0, 70.0), (100.0, 100.0, 200.0), target=0.55)
         self.assertEqual(result.paired_ratios, [0.5, 0.6, 0.35])
-        self.assertTrue(result.met)
+        self.assertEqual(result.ratio, 0.5)
+        self.assertFalse(result.met)  # median over median (0.6) would have met it
+        unpaired = figure((50.0, 60.0, 70.0), (100.0,), target=0.5)
+        self.assertAlmostEqual(unpaired.ratio or 0.0, 0.6)
 
     def test_missed(self) -> None:
         """Below a ">=" target is a miss."""
@@ -126,7 +129,7 @@ class OutputTests(TestCase):
                 Figure("9a", "RSS", "MiB", samples(700.0), "RSS idle", "MiB", samples(60.0), target=1024.0, sense="<=", judged="value"),
             ]
         )
-        self.assertIn("0.600 [0.350-0.600]", text)
+        self.assertIn("0.500 [0.350-0.600]", text)
         self.assertIn(">= 0.500", text)
         self.assertIn("yes", text)
         self.assertIn("things/s: 60.0 /s [50.0-70.0]", text)
