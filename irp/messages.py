@@ -141,9 +141,9 @@ def parse_request(payload: bytes) -> Request:
     if not request_id:
         raise errors.MalformedMessage("the request has no usable id (an integer from 1 to 2147483647)")
     try:
-        extra = set(root.keys()) - {"v", "id"}
-        if extra:
-            raise errors.BadRequest(f"unknown attribute {sorted(extra)[0]!r} on <request>")
+        for name in root.keys():
+            if name not in {"v", "id"}:
+                raise errors.BadRequest(f"unknown attribute {name!r} on <request>")
         children = list(root)
         if len(children) != 1:
             raise errors.BadRequest("a request holds exactly one operation element")

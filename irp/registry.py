@@ -83,6 +83,9 @@ KEY_TYPES = ("p384", "p256", "ed25519")
 
 #: How many serialised look-up answers a registry keeps (about 600 bytes each).
 ANSWER_CACHE_SIZE = 20_000
+#: Names as callers write them ("alice", "alice@example.org") mapped to valid local user
+#: names; only the first ones met are kept (the check is cheap, the cache only saves it).
+USERNAMES_CACHED = 20_000
 
 _TEXT_ONLY: tuple[tuple[str, ...], tuple[str, ...], bool] = ((), (), True)
 
@@ -214,6 +217,7 @@ class Registry:
     operations: dict[str, Operation] = field(init=False)
     #: Serialised look-up answers by user name, with the data version they were read at.
     _answers: OrderedDict[str, tuple[int, bytes]] = field(init=False, default_factory=OrderedDict)
+    _usernames: dict[str, str] = field(init=False, default_factory=dict, repr=False)
     #: Grows whenever a revocation or account change may end existing sessions.
     generation: int = field(init=False, default=0)
 
@@ -409,6 +413,15 @@ class Registry:
 
     def _local_username(self, name: str) -> str:
         """Accept ``alice`` or ``alice@<our domain>``; refuse other domains."""
+        known = self._usernames.get(name)
+        if known is not None:
+            return known
+        username = self._parse_local_username(name)
+        if len(self._usernames) < USERNAMES_CACHED:
+            self._usernames[name] = username
+        return username
+
+    def _parse_local_username(self, name: str) -> str:
         try:
             if "@" in name:
                 identity = Identity.parse(name)
