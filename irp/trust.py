@@ -57,6 +57,8 @@ DEFAULT_MAX_CHAIN_DEPTH = 2
 VERIFIED_LINKS_CACHED = 10_000
 #: A peer presenting more intermediates than this is refused before any path building.
 MAX_PRESENTED_INTERMEDIATES = 8
+#: How many verified paths (leaf and presented intermediates) a trust store remembers.
+VERIFIED_PATHS_CACHED = 4096
 #: Bound on the signature checks spent building paths, against crafted intermediates.
 _MAX_PATH_BUILDING_STEPS = 64
 
@@ -100,6 +102,12 @@ class TrustStore:
         self._max_chain_depth = max_chain_depth
         self._roots: dict[bytes, x509.Certificate] = {}
         self._verified_links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        #: (leaf DER, presented intermediates' DER) -> the verified result and the time
+        #: window in which every certificate of its path is valid: everything else the
+        #: verification checks is a property of the exact bytes and of the roots.
+        self._verified_paths: OrderedDict[
+            tuple[bytes, tuple[bytes, ...]], tuple[VerifiedUser, datetime.datetime, datetime.datetime]
+        ] = OrderedDict()
         self._root_domains: dict[bytes, str] = {}
         for root in roots:
             self.add_root(root)
@@ -131,6 +139,7 @@ class TrustStore:
             raise ValueError("a trusted root must have basicConstraints CA:TRUE")
         self._roots[der] = certificate
         self._root_domains[der] = domain
+        self._verified_paths.clear()  # a new root may offer another path
 
     @property
     def roots(self) -> tuple[x509.Certificate, ...]:
@@ -169,17 +178,34 @@ class TrustStore:
                 f"more than {MAX_PRESENTED_INTERMEDIATES} intermediate certificates were"
                 " presented",
             )
+        key = (_der(leaf), tuple(_der(intermediate) for intermediate in intermediates))
+        cached = self._verified_paths.get(key)
+        if cached is not None and cached[1] <= now <= cached[2]:
+            self._verified_paths.move_to_end(key)
+            return cached[0]
         _processed_extensions(leaf)
         builder = _PathBuilder(self._roots, intermediates, self._verified_links)
         first_failure: CertificateInvalid | None = None
         for path in builder.paths(leaf):
             try:
-                return self._verify_path(path, now)
+                verified = self._verify_path(path, now)
             except CertificateInvalid as failure:
                 first_failure = first_failure or failure
+                continue
+            self._remember_path(key, verified)
+            return verified
         if first_failure is not None:
             raise first_failure
         raise builder.failure()
+
+    def _remember_path(self, key: tuple[bytes, tuple[bytes, ...]], verified: VerifiedUser) -> None:
+        valid_from = max(certificate.not_valid_before_utc for certificate in verified.chain)
+        valid_until = min(certificate.not_valid_after_utc for certificate in verified.chain)
+        paths = self._verified_paths
+        paths[key] = (verified, valid_from, valid_until)
+        paths.move_to_end(key)
+        if len(paths) > VERIFIED_PATHS_CACHED:
+            paths.popitem(last=False)
 
     def _verify_path(
         self, path: tuple[x509.Certificate, ...], now: datetime.datetime

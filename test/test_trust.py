@@ -354,6 +354,48 @@ class TimeTests(_VerifyMixin):
         self.assertIn("Issuing CA", error.message)
 
 
+class VerifiedPathCacheTests(_VerifyMixin):
+    """A verified path is remembered only for the time every certificate on it is valid."""
+
+    def test_hit_within_the_window_of_the_whole_path(self) -> None:
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        issuing_end = authority.issuing_certificate.not_valid_after_utc
+        # A user certificate that outlives its issuing CA: verified (and remembered) while
+        # both are valid, refused once the issuing CA has expired.
+        late = pki.build_certificate(
+            authority.issuing_certificate,
+            authority.issuing_key,
+            subject=pki.user_name(alice.identity),
+            san=[x509.UniformResourceIdentifier(alice.identity.uri)],
+            not_after=issuing_end - _now() + datetime.timedelta(days=30),
+        )[0]
+        credentials = pki.UserCredentials(alice.identity, alice.key, late, alice.chain)
+        first = store.verify_user_certificate(late, credentials.intermediates, now=_now())
+        again = store.verify_user_certificate(late, credentials.intermediates, now=_now())
+        self.assertIs(again, first)
+        self.assertRejected(store, credentials, "expired", now=issuing_end + datetime.timedelta(seconds=1))
+
+    def test_other_intermediates_are_another_entry(self) -> None:
+        """The same leaf presented without its issuing CA is judged afresh."""
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
+        self.assertRejected(store, alice, "unknown-issuer", intermediates=())
+
+    def test_new_root_forgets_paths(self) -> None:
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        first = store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
+        store.add_root(pki.make_ca("other.example").root_certificate)
+        again = store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
+        self.assertIsNot(again, first)
+        self.assertEqual(again, first)
+
+
 class CrossDomainTests(_VerifyMixin):
     """A store may hold several domains' roots; each only certifies its own users."""
 
