@@ -135,9 +135,12 @@ class RegistryServerProtocol(Protocol):
             chain = (crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in handle.get_peer_cert_chain() or [])
             return [der for der in chain if der != leaf_der]
 
-        self.busy = True
         assert self.session is not None  # made in connectionMade
         result = self.factory.authenticate(self.session, leaf_der, intermediates)
+        if result is None:  # decided at once
+            self._drain()
+            return
+        self.busy = True
         result.addErrback(self._internal_failure)
         result.addBoth(self._request_finished)
 
@@ -458,22 +461,28 @@ class RegistryServerFactory(Factory):
 
     def authenticate(
         self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
-    ) -> Deferred[None]:
-        """Log the session in with the client certificate ``leaf_der`` (DER, as received).
+    ) -> Deferred[None] | None:
+        """Log the session in with the client certificate ``leaf_der`` (DER, as received);
+        None when decided at once, else a Deferred that fires when decided.
 
         A certificate this registry issued is recognised by its exact fingerprint (no
         path to build: the registry checks its status and owner). Any other goes through
         the trust store first: a user of a federated domain, or a refusal with a reason.
         ``intermediates`` gives the other certificates the client presented, when needed.
         """
-        return Deferred.fromCoroutine(self._authenticate(session, leaf_der, intermediates))
+        digest = hashlib.sha256(leaf_der).hexdigest()
+        known = self.registry.cached_certificate(digest)
+        if known is not None and known.origin == "issued":
+            self.registry.login_with_issued_certificate(session, known)
+            return None
+        return Deferred.fromCoroutine(self._authenticate(session, digest, leaf_der, intermediates))
 
     async def _authenticate(
-        self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
+        self, session: Session, digest: str, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
     ) -> None:
         from datetime import datetime, timezone
 
-        issued = await self.registry.store.get_certificate_by_fingerprint(hashlib.sha256(leaf_der).hexdigest())
+        issued = await self.registry.certificate(digest)
         if issued is not None and issued.origin == "issued":
             self.registry.login_with_issued_certificate(session, issued)
             return

@@ -9,7 +9,6 @@ does know the store, the CA and the password hasher.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -68,6 +67,7 @@ from irp.records import (
 )
 from irp.revocation import RevocationChecker
 from irp.store import Account, RegistryStore
+from irp.versioned import VersionedCache
 from irp.xmlcodec import Element, make_element, serialize, sub_element
 
 T = TypeVar("T")
@@ -83,6 +83,8 @@ KEY_TYPES = ("p384", "p256", "ed25519")
 
 #: How many serialised look-up answers a registry keeps (about 600 bytes each).
 ANSWER_CACHE_SIZE = 20_000
+#: How many certificates presented at login are remembered (see :meth:`Registry.certificate`).
+CERTIFICATE_CACHE_SIZE = 20_000
 #: Names as callers write them ("alice", "alice@example.org") mapped to valid local user
 #: names; only the first ones met are kept (the check is cheap, the cache only saves it).
 USERNAMES_CACHED = 20_000
@@ -216,7 +218,11 @@ class Registry:
     federated_domains: frozenset[str] = frozenset()
     operations: dict[str, Operation] = field(init=False)
     #: Serialised look-up answers by user name, with the data version they were read at.
-    _answers: OrderedDict[str, tuple[int, bytes]] = field(init=False, default_factory=OrderedDict)
+    _answers: VersionedCache[str, bytes] = field(init=False, default_factory=lambda: VersionedCache(ANSWER_CACHE_SIZE))
+    #: Certificates presented at login, by fingerprint, as the store last had them.
+    _certificates: VersionedCache[str, CertificateInfo] = field(
+        init=False, default_factory=lambda: VersionedCache(CERTIFICATE_CACHE_SIZE)
+    )
     _usernames: dict[str, str] = field(init=False, default_factory=dict, repr=False)
     #: Grows whenever a revocation or account change may end existing sessions.
     generation: int = field(init=False, default=0)
@@ -487,7 +493,7 @@ class Registry:
         domain (its root trusted by the operator) must not be on that domain's current
         CRL; it gives read-only look-ups. Otherwise the session is marked rejected.
         """
-        info = await self.store.get_certificate_by_fingerprint(fingerprint(certificate))
+        info = await self.certificate(fingerprint(certificate))
         if info is not None and info.origin == "issued":
             self.login_with_issued_certificate(session, info)
             return
@@ -499,6 +505,21 @@ class Registry:
             await self._authenticate_federated(session, named, certificate, chain)
             return
         self.refuse_certificate(session, "the client certificate was not issued by this registry")
+
+    def cached_certificate(self, digest: str) -> CertificateInfo | None:
+        """The stored certificate with this fingerprint, if remembered from a login since
+        the database last changed; else None (ask :meth:`certificate`)."""
+        return self._certificates.get(digest, self.store.data_version())
+
+    async def certificate(self, digest: str) -> CertificateInfo | None:
+        """The stored certificate with this SHA-256 fingerprint, or None."""
+        version = self.store.data_version()
+        info = self._certificates.get(digest, version)
+        if info is None:
+            info = await self.store.get_certificate_by_fingerprint(digest)
+            if info is not None:
+                self._certificates.put(digest, version, info)
+        return info
 
     def login_with_issued_certificate(self, session: Session, info: CertificateInfo) -> None:
         """Log ``session`` in with a certificate this registry issued (``info``, found by
@@ -692,10 +713,8 @@ class Registry:
         version = self.store.data_version()
         if version is None:
             return None
-        cached = self._answers.get(self._local_username(required(element, "user")))
-        if cached is not None and cached[0] == version:
-            return [cached[1]]
-        return None
+        cached = self._answers.get(self._local_username(required(element, "user")), version)
+        return None if cached is None else [cached]
 
     async def lookup(self, session: Session, element: Element) -> list[Result]:
         """A user's signed addresses and presence."""
@@ -708,18 +727,8 @@ class Registry:
         if record is None:
             raise errors.NotFound(f"no user {username}@{self.domain}")
         answer = serialize(addresses_element(record))
-        if version is not None:
-            self._remember_answer(username, version, answer)
+        self._answers.put(username, version, answer)
         return [answer]
-
-    def _remember_answer(self, username: str, version: int, answer: bytes) -> None:
-        """Keep a serialised look-up answer while the database does not change (any commit,
-        by any process, changes ``version`` and so retires every cached answer)."""
-        answers = self._answers
-        answers[username] = (version, answer)
-        answers.move_to_end(username)
-        if len(answers) > ANSWER_CACHE_SIZE:
-            answers.popitem(last=False)
 
     # -- certificates -----------------------------------------------------------------
 

@@ -108,3 +108,19 @@ class SharedSQLiteTests(unittest.TestCase):
             # ...and still sees each registration at once.
             seen = await reader.lookup("alice")
             self.assertEqual((seen.seq, seen.endpoints), (record.seq, record.endpoints))
+
+    async def test_revoked_certificate_refused_at_once_on_the_other_process(self) -> None:
+        """A process that remembers a certificate from earlier logins refuses it at the next
+        login once another process has revoked it (the database changed)."""
+        data_dir = os.path.abspath(self.mktemp())
+        first = await RunningRegistry(self, data_dir=data_dir).start()
+        second = await RunningRegistry(self, data_dir=data_dir).start()
+        alice = await first.enrol("alice")
+        for _ in range(2):  # the second login is answered from what the process remembers
+            client = await second.client(user=alice)
+            self.assertEqual((await client.whoami()).method, "certificate")
+        admin = await first.admin()
+        await admin.revoke(alice.serial, "key-compromise")
+        client = await second.client(user=alice)
+        with self.assertRaises(errors.CertificateRejected):
+            await client.whoami()

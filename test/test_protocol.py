@@ -129,6 +129,10 @@ class EmptyStore:
     def get_certificate_by_fingerprint(self, digest: str) -> Deferred[None]:
         return succeed(None)
 
+    def data_version(self) -> None:
+        """No direct reader: nothing is cached."""
+        return None
+
 
 def make_registry(clock: Clock) -> Registry:
     ca = pki.make_ca()

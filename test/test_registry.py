@@ -1246,7 +1246,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         refused in the usual way when the caller may not make it."""
         clock = Clock()
         registry = make_registry(clock)
-        registry._answers["bob"] = (7, b"<addresses/>")
+        registry._answers.put("bob", 7, b"<addresses/>")
 
         asked: list[str] = []
 
@@ -1278,7 +1278,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         failure = self.failureResultOf(registry.handle_now(expired, request), errors.CertificateRejected)  # type: ignore[arg-type]
         self.assertIn("expired", failure.value.message)
         # A changed database version: the answer is not current, the full path runs.
-        registry._answers["bob"] = (6, b"<addresses/>")
+        registry._answers.put("bob", 6, b"<addresses/>")
         self.assertEqual(asked, [])
         self.failureResultOf(registry.handle_now(alice, request), errors.NotFound)  # type: ignore[arg-type]
         self.assertEqual(asked, ["bob"])
@@ -1286,7 +1286,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
     def test_cached_lookup_waits_for_revalidation(self) -> None:
         """After a security change the session is re-validated before any answer."""
         registry = make_registry(Clock())
-        registry._answers["bob"] = (7, b"<addresses/>")
+        registry._answers.put("bob", 7, b"<addresses/>")
         revalidated: list[Session] = []
         waiting: Deferred[None] = Deferred()
 
