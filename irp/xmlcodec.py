@@ -123,8 +123,11 @@ def parse_document(
         raise XMLRejected("empty document")
     # check_markup refused every "<!" and "<?" on the raw bytes, so the tree holds
     # elements only (no comments, PIs or entity references) and counting is enough.
-    if len(root) == 0:
+    children = len(root)
+    if children == 0:
         return root
+    if children < max_elements and max_depth >= 2 and not any(len(child) for child in root):
+        return root  # two levels (most requests): nothing deeper to count
     _check_size(root, max_depth, max_elements)
     return root
 
