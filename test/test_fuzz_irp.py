@@ -100,7 +100,7 @@ from irp.records import (
     RecordVerifier,
     UserRecord,
 )
-from irp.registry import Registry, Session
+from irp.registry import Registry, RegistryConfig, Session
 from irp.schema import validate
 from irp.xmlcodec import (
     MAX_DEPTH,
@@ -1623,8 +1623,12 @@ class RegistryFuzzTestCase(TestCase):
 
         self.observer = RecordingObserver()
         message_observers.append(self.observer)
+        # No tarpit: the fuzzed requests include many refused logins, and the delay before
+        # each refusal (tested on its own in test_registry) would only make the long
+        # campaign wait, a second per refusal, on the real reactor.
+        config = RegistryConfig(domain="example.org", login_refusal_delay=0.0)
         try:
-            self.running = await RunningRegistry(self).start()
+            self.running = await RunningRegistry(self, config=config).start()
             await drive_every_operation(self.running)
         finally:
             message_observers.remove(self.observer)
