@@ -235,51 +235,6 @@ def start_connect(host: str, port: int, source: str | None) -> socket.socket:
     return sock
 
 
-class _Opener:
-    """One TLS connection being opened: TCP connect, handshake, optional first exchange."""
-
-    def __init__(self, sock: socket.socket, context: Any, first: bytes | None, check: bytes | None) -> None:
-        from OpenSSL import SSL
-
-        tls = SSL.Connection(context, sock)
-        tls.set_connect_state()
-        self.connection = TLSFramed(sock, tls, check)
-        self.first = first
-        self.state = "connect"
-        self._SSL = SSL
-
-    def step(self) -> int:
-        """Advance; return the epoll events to wait for, or 0 when open."""
-        SSL = self._SSL
-        connection = self.connection
-        if self.state == "connect":
-            error = connection.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise OSError(error, f"connect failed: {errno.errorcode.get(error, error)}")
-            self.state = "handshake"
-        if self.state == "handshake":
-            try:
-                connection.tls.do_handshake()
-            except SSL.WantReadError:
-                return _IN
-            except SSL.WantWriteError:
-                return _OUT
-            if self.first is None:
-                return 0
-            connection.outstanding += 1
-            connection.write(self.first)
-            self.state = "first"
-            return _IN | (_OUT if connection.outbox else 0)
-        # Waiting for the answer to the first request.
-        connection.flush()
-        connection.pump_in()
-        if connection.closed:
-            raise LoadError("the server closed the connection after the handshake")
-        if connection.outstanding <= 0:
-            return 0
-        return _IN | (_OUT if connection.outbox else 0)
-
-
 def connect_tls(
     host: str,
     port: int,
@@ -302,7 +257,7 @@ def connect_tls(
     with the connection's log-in as well.
     """
     epoll = select.epoll()
-    openers: dict[int, _Opener] = {}
+    openers: dict[int, TLSExchange] = {}
     done: list[TLSFramed] = []
     started = 0
     deadline = time.monotonic() + timeout
@@ -311,10 +266,12 @@ def connect_tls(
             while started < count and len(openers) < concurrency:
                 source = sources[(started // per_source) % len(sources)] if per_source else sources[started % len(sources)]
                 frame = first(started) if callable(first) else first
-                sock = start_connect(host, port, source)
-                opener = _Opener(sock, contexts[started % len(contexts)], frame, check)
-                openers[opener.connection.fd] = opener
-                epoll.register(opener.connection.fd, _OUT)
+                opener = TLSExchange(
+                    host, port, contexts[started % len(contexts)], frame,
+                    answers=0 if frame is None else 1, check=check, source=source,
+                )
+                openers[opener.fd] = opener
+                epoll.register(opener.fd, _OUT)
                 started += 1
             if time.monotonic() > deadline:
                 raise LoadError(f"opened only {len(done)} of {count} connections in {timeout:.0f} s")
@@ -329,10 +286,7 @@ def connect_tls(
                     continue
                 epoll.unregister(fd)
                 del openers[fd]
-                connection = opener.connection
-                if connection.bad:
-                    raise LoadError(f"the server refused the first request: {connection.bad_sample[:300]!r}")
-                done.append(connection)
+                done.append(opener.framed)  # kept open: no finish()
     finally:
         epoll.close()
     return done

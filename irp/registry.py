@@ -299,25 +299,24 @@ class Registry:
         operation = self.operations.get(request.operation)
         if operation is not None and operation.immediate is not None:
             try:
-                if self._check_request(session, request, operation):
-                    return Deferred.fromCoroutine(self._revalidate_and_run(session, request, operation))
-                answer = operation.immediate(session, request.element)
+                revalidate = self._check_request(session, request, operation)
+                answer = None if revalidate else operation.immediate(session, request.element)
             except errors.IRPError:
                 return fail()
             if answer is not None:
                 return answer
-            return Deferred.fromCoroutine(operation.handler(session, request.element))
+            return Deferred.fromCoroutine(self._run(session, request, operation, revalidate))
         return Deferred.fromCoroutine(self._handle(session, request))
-
-    async def _revalidate_and_run(self, session: Session, request: Request, operation: Operation) -> list[Result]:
-        await self._revalidate(session)
-        return await operation.handler(session, request.element)
 
     async def _handle(self, session: Session, request: Request) -> list[Result]:
         operation = self.operations.get(request.operation)
         if operation is None:
             raise errors.UnknownOperation(f"unknown operation <{request.operation}>")
-        if self._check_request(session, request, operation):
+        return await self._run(session, request, operation, self._check_request(session, request, operation))
+
+    async def _run(self, session: Session, request: Request, operation: Operation, revalidate: bool) -> list[Result]:
+        """Run a checked request (re-validating the session first when told to)."""
+        if revalidate:
             await self._revalidate(session)
         return await operation.handler(session, request.element)
 
@@ -718,11 +717,11 @@ class Registry:
 
     async def lookup(self, session: Session, element: Element) -> list[Result]:
         """A user's signed addresses and presence."""
-        cached = self.cached_lookup(session, element)
-        if cached is not None:
-            return cached
         username = self._local_username(required(element, "user"))
-        version = self.store.data_version()
+        version = self.store.data_version()  # before the read: a commit in between retires it
+        cached = self._answers.get(username, version)
+        if cached is not None:
+            return [cached]
         record = await self.store.get_addresses(username)
         if record is None:
             raise errors.NotFound(f"no user {username}@{self.domain}")

@@ -31,14 +31,13 @@ certificates both can judge.
 from __future__ import annotations
 
 import datetime
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from irp.ca import check_public_key
@@ -51,6 +50,7 @@ from irp.identity import (
     identity_from_certificate,
 )
 from irp.keyfiles import fingerprint
+from irp.versioned import RecentCache
 
 DEFAULT_MAX_CHAIN_DEPTH = 2
 #: How many verified certificate-to-issuer signatures a trust store remembers.
@@ -101,13 +101,13 @@ class TrustStore:
             raise ValueError("max_chain_depth must not be negative")
         self._max_chain_depth = max_chain_depth
         self._roots: dict[bytes, x509.Certificate] = {}
-        self._verified_links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self._verified_links: RecentCache[tuple[bytes, bytes], bool] = RecentCache(VERIFIED_LINKS_CACHED)
         #: (leaf DER, presented intermediates' DER) -> the verified result and the time
         #: window in which every certificate of its path is valid: everything else the
         #: verification checks is a property of the exact bytes and of the roots.
-        self._verified_paths: OrderedDict[
+        self._verified_paths: RecentCache[
             tuple[bytes, tuple[bytes, ...]], tuple[VerifiedUser, datetime.datetime, datetime.datetime]
-        ] = OrderedDict()
+        ] = RecentCache(VERIFIED_PATHS_CACHED)
         self._root_domains: dict[bytes, str] = {}
         for root in roots:
             self.add_root(root)
@@ -125,7 +125,7 @@ class TrustStore:
         Raises :class:`ValueError` unless it is a self-signed CA certificate with an accepted
         key and exactly one ``O`` attribute holding a valid domain.
         """
-        der = certificate.public_bytes(serialization.Encoding.DER)
+        der = _der(certificate)
         domain = _root_domain(certificate)
         try:
             certificate.verify_directly_issued_by(certificate)
@@ -181,7 +181,6 @@ class TrustStore:
         key = (_der(leaf), tuple(_der(intermediate) for intermediate in intermediates))
         cached = self._verified_paths.get(key)
         if cached is not None and cached[1] <= now <= cached[2]:
-            self._verified_paths.move_to_end(key)
             return cached[0]
         _processed_extensions(leaf)
         builder = _PathBuilder(self._roots, intermediates, self._verified_links)
@@ -192,20 +191,13 @@ class TrustStore:
             except CertificateInvalid as failure:
                 first_failure = first_failure or failure
                 continue
-            self._remember_path(key, verified)
+            valid_from = max(certificate.not_valid_before_utc for certificate in verified.chain)
+            valid_until = min(certificate.not_valid_after_utc for certificate in verified.chain)
+            self._verified_paths.put(key, (verified, valid_from, valid_until))
             return verified
         if first_failure is not None:
             raise first_failure
         raise builder.failure()
-
-    def _remember_path(self, key: tuple[bytes, tuple[bytes, ...]], verified: VerifiedUser) -> None:
-        valid_from = max(certificate.not_valid_before_utc for certificate in verified.chain)
-        valid_until = min(certificate.not_valid_after_utc for certificate in verified.chain)
-        paths = self._verified_paths
-        paths[key] = (verified, valid_from, valid_until)
-        paths.move_to_end(key)
-        if len(paths) > VERIFIED_PATHS_CACHED:
-            paths.popitem(last=False)
 
     def _verify_path(
         self, path: tuple[x509.Certificate, ...], now: datetime.datetime
@@ -242,12 +234,12 @@ class _PathBuilder:
         self,
         roots: dict[bytes, x509.Certificate],
         intermediates: Sequence[x509.Certificate],
-        verified_links: OrderedDict[tuple[bytes, bytes], None] | None = None,
+        verified_links: RecentCache[tuple[bytes, bytes], bool] | None = None,
     ) -> None:
         self._roots = roots
         #: (child DER, issuer DER) pairs whose signature already verified: a signature
         #: check gives the same answer for the same bytes, so it is done once.
-        self._verified_links = verified_links if verified_links is not None else OrderedDict()
+        self._verified_links = verified_links if verified_links is not None else RecentCache(VERIFIED_LINKS_CACHED)
         self._candidates = [
             *roots.items(),
             *((_der(intermediate), intermediate) for intermediate in intermediates),
@@ -303,7 +295,7 @@ class _PathBuilder:
             try:
                 if link not in self._verified_links:
                     child.verify_directly_issued_by(candidate)
-                    self._remember_link(link)
+                    self._verified_links.put(link, True)
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 self._signature_problem = self._signature_problem or CertificateInvalid(
                     "bad-signature",
@@ -312,13 +304,6 @@ class _PathBuilder:
                 )
                 continue
             yield candidate
-
-    def _remember_link(self, link: tuple[bytes, bytes]) -> None:
-        links = self._verified_links
-        links[link] = None
-        links.move_to_end(link)
-        if len(links) > VERIFIED_LINKS_CACHED:
-            links.popitem(last=False)
 
     def failure(self) -> CertificateInvalid:
         """Why no path was found."""

@@ -316,6 +316,19 @@ class BadCertificateTests(_VerifyMixin):
         self.assertIn("sha1", error.message)
 
 
+def _outliving_its_issuer(authority: CertificateAuthority) -> pki.UserCredentials:
+    """Alice's credentials with a certificate valid until 30 days after its issuing CA."""
+    alice = pki.issue_user(authority)
+    late = pki.build_certificate(
+        authority.issuing_certificate,
+        authority.issuing_key,
+        subject=pki.user_name(alice.identity),
+        san=[x509.UniformResourceIdentifier(alice.identity.uri)],
+        not_after=authority.issuing_certificate.not_valid_after_utc - _now() + datetime.timedelta(days=30),
+    )[0]
+    return pki.UserCredentials(alice.identity, alice.key, late, alice.chain)
+
+
 class TimeTests(_VerifyMixin):
     """Validity periods, of the user certificate and of its CAs."""
 
@@ -335,19 +348,11 @@ class TimeTests(_VerifyMixin):
     def test_expired_intermediate(self) -> None:
         """A user certificate under an expired issuing CA is refused."""
         authority = pki.make_ca()
-        alice = pki.issue_user(authority)
         after_issuing_ca = authority.issuing_certificate.not_valid_after_utc + datetime.timedelta(
             days=1
         )
-        # Re-issue the user at a time when it is valid, but the issuing CA is not.
-        late = pki.build_certificate(
-            authority.issuing_certificate,
-            authority.issuing_key,
-            subject=pki.user_name(alice.identity),
-            san=[x509.UniformResourceIdentifier(alice.identity.uri)],
-            not_after=after_issuing_ca - _now() + datetime.timedelta(days=30),
-        )[0]
-        late_credentials = pki.UserCredentials(alice.identity, alice.key, late, alice.chain)
+        # A user certificate still valid at a time when the issuing CA is not.
+        late_credentials = _outliving_its_issuer(authority)
         error = self.assertRejected(
             pki.trust_store(authority), late_credentials, "expired", now=after_issuing_ca
         )
@@ -359,19 +364,12 @@ class VerifiedPathCacheTests(_VerifyMixin):
 
     def test_hit_within_the_window_of_the_whole_path(self) -> None:
         authority = pki.make_ca()
-        alice = pki.issue_user(authority)
         store = pki.trust_store(authority)
         issuing_end = authority.issuing_certificate.not_valid_after_utc
         # A user certificate that outlives its issuing CA: verified (and remembered) while
         # both are valid, refused once the issuing CA has expired.
-        late = pki.build_certificate(
-            authority.issuing_certificate,
-            authority.issuing_key,
-            subject=pki.user_name(alice.identity),
-            san=[x509.UniformResourceIdentifier(alice.identity.uri)],
-            not_after=issuing_end - _now() + datetime.timedelta(days=30),
-        )[0]
-        credentials = pki.UserCredentials(alice.identity, alice.key, late, alice.chain)
+        credentials = _outliving_its_issuer(authority)
+        late = credentials.certificate
         first = store.verify_user_certificate(late, credentials.intermediates, now=_now())
         again = store.verify_user_certificate(late, credentials.intermediates, now=_now())
         self.assertIs(again, first)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from irp.versioned import VersionedCache
+from irp.versioned import RecentCache, VersionedCache
 
 
 class VersionedCacheTests(SynchronousTestCase):
@@ -34,3 +34,16 @@ class VersionedCacheTests(SynchronousTestCase):
 
     def test_size_must_be_positive(self) -> None:
         self.assertRaises(ValueError, VersionedCache, 0)
+
+
+class RecentCacheTests(SynchronousTestCase):
+    def test_bounded_least_recently_used_first(self) -> None:
+        cache: RecentCache[str, int] = RecentCache(2)
+        cache.put("a", 1)
+        cache.put("b", 2)
+        self.assertEqual(cache.get("a"), 1)  # "b" is now the oldest
+        cache.put("c", 3)
+        self.assertNotIn("b", cache)
+        self.assertEqual((cache.get("a"), cache.get("c"), len(cache)), (1, 3, 2))
+        cache.clear()
+        self.assertEqual(len(cache), 0)
