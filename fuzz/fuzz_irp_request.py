@@ -20,13 +20,8 @@ Run (see fuzz/README.rst)::
 
 from __future__ import annotations
 
-import sys
-
 import atheris
-
-IGNORE_KNOWN = "--ignore-known" in sys.argv
-if IGNORE_KNOWN:
-    sys.argv.remove("--ignore-known")
+from fuzzing import is_ignored, run
 
 with atheris.instrument_imports(include=["irp"]):
     from irp import errors
@@ -85,18 +80,10 @@ def test_one_input(data: bytes) -> None:
     except (errors.IRPError, FrameError, XMLRejected):
         pass
     except Exception as error:
-        if IGNORE_KNOWN:
-            from test.test_fuzz_irp import known_defect
-
-            if known_defect(error) is not None:
-                return
+        if is_ignored(error):
+            return
         raise
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run(test_one_input)

@@ -26,13 +26,8 @@ Run (see fuzz/README.rst)::
 
 from __future__ import annotations
 
-import sys
-
 import atheris
-
-IGNORE_KNOWN = "--ignore-known" in sys.argv
-if IGNORE_KNOWN:
-    sys.argv.remove("--ignore-known")
+from fuzzing import is_ignored, run
 
 with atheris.instrument_imports(include=["sixchat", "irp"]):
     from sixchat import errors, messages
@@ -86,18 +81,10 @@ def test_one_input(data: bytes) -> None:
         if data and data[0] % 6 in (1, 2, 3, 4) and not isinstance(error, errors.Closed):
             raise AssertionError(f"Handshake.receive_data raised {error!r}") from error
     except Exception as error:
-        if IGNORE_KNOWN:
-            from test.test_fuzz_irp import known_defect
-
-            if known_defect(error) is not None:
-                return
+        if is_ignored(error):
+            return
         raise
 
 
-def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run(test_one_input)
