@@ -89,6 +89,10 @@ class RegistryServerProtocol(Protocol):
         self.producing = False
         self._deadline: IDelayedCall | None = None
         self._deadline_reason = "the connection was idle too long"
+        self._deadline_seconds = 0.0
+        #: Whether a request since the idle deadline was last set counts as activity
+        #: (one refused for want of a login does not: see _request_done).
+        self._active = False
         self._frame_deadline: IDelayedCall | None = None
         self._peer_host = "unknown"
 
@@ -123,6 +127,7 @@ class RegistryServerProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         """TLS is up: log in with the client certificate, if one was presented."""
         self.handshake_done = True
+        self._active = True
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         if peer is None:
@@ -222,7 +227,10 @@ class RegistryServerProtocol(Protocol):
                 if not self.pending:
                     anonymous = self.session is None or self.session.identity is None
                     idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
-                    self._set_deadline(idle, "the connection was idle too long")
+                    deadline = self._deadline
+                    if self._active or deadline is None or not deadline.active() or idle != self._deadline_seconds:
+                        self._set_deadline(idle, "the connection was idle too long")
+                    self._active = False
                     if self.reading_paused and not self.reading_stopped:
                         self.reading_paused = False
                         self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -252,6 +260,10 @@ class RegistryServerProtocol(Protocol):
     def _request_done(self, outcome: list[Element] | Failure, request: Request) -> None:
         """Answer ``request`` (one callback: most requests are answered at once, and every
         callback added to a fired Deferred costs a run of its chain), then go on."""
+        # A request refused for want of a login (a refused client certificate, say) is
+        # not activity: such requests must not keep a connection open for ever.
+        if not (isinstance(outcome, Failure) and outcome.check(errors.NotAuthenticated) and request.operation != "login"):
+            self._active = True
         try:
             if isinstance(outcome, Failure):
                 self._request_failed(outcome, request)
@@ -346,6 +358,7 @@ class RegistryServerProtocol(Protocol):
         # Moving a pending deadline (reset) is much cheaper than cancelling it and
         # scheduling a new one, and happens on every request.
         self._deadline_reason = why
+        self._deadline_seconds = seconds
         deadline = self._deadline
         if deadline is not None and deadline.active() and deadline.func == self._timed_out:  # type: ignore[attr-defined]
             deadline.reset(seconds)
@@ -494,8 +507,8 @@ class RegistryServerFactory(Factory):
                 now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
             )
         except errors.CertificateRejected as error:
-            # Keep the plain CertificateRejected: the wire form is the same, and the
-            # session must be able to raise it again for every request.
+            # The session keeps the reason: each request that needs a login is refused
+            # with a new certificate-rejected error saying it.
             reason = getattr(error, "reason", None)
             self.registry.refuse_certificate(session, error.message if reason is None else f"{error.message} ({reason})")
             return

@@ -157,9 +157,11 @@ class Session:
     password_version: int | None = None
     #: The security generation the session was last validated at.
     generation: int = 0
-    #: Set when a presented client certificate was refused: every request that needs a
-    #: login then fails with it (public ones still work).
-    rejected: errors.IRPError | None = None
+    #: Why a presented client certificate was refused, when it was: every request that
+    #: needs a login then fails with a new CertificateRejected saying so (public ones
+    #: still work). A message, not an exception: one exception object raised again for
+    #: every request would keep every traceback it was ever raised through.
+    rejected: str | None = None
     #: True for a user of another, federated domain (read-only directory access).
     federated: bool = False
 
@@ -329,7 +331,7 @@ class Registry:
         if not operation.needs_login:
             return False
         if session.rejected is not None:
-            raise session.rejected
+            raise errors.CertificateRejected(session.rejected)
         if session.identity is None:
             raise errors.NotAuthenticated()
         if operation.access == "local" and session.federated:
@@ -541,7 +543,7 @@ class Registry:
     def refuse_certificate(session: Session, problem: str) -> None:
         """Mark ``session`` refused: every request it makes answers CertificateRejected."""
         log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
-        session.rejected = errors.CertificateRejected(problem)
+        session.rejected = problem
 
     async def _authenticate_federated(
         self, session: Session, identity: Identity, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
@@ -556,7 +558,7 @@ class Registry:
                 problem = error.message
         if problem is not None:
             log.warn("Refused client certificate of {user} from {host}: {problem}", user=str(identity), host=session.peer_host, problem=problem)
-            session.rejected = errors.CertificateRejected(problem)
+            session.rejected = problem
             return
         session.identity = identity
         session.method = "certificate"
@@ -598,6 +600,9 @@ class Registry:
             raise errors.LoginFailed()
         self.address_limiter.end(address_key)
         if not account.password_login:
+            # No verdict on the password either way: the user's attempt ends uncounted
+            # (else refusals would pile up as attempts in flight and lock the user out).
+            self.user_limiter.end(user_key)
             log.warn("Refused password login for {user} from {host}: disabled", user=username, host=session.peer_host)
             raise errors.PasswordLoginDisabled()
         # Only the user's count is cleared: the address's failures stand, or one account of
@@ -608,7 +613,11 @@ class Registry:
             # version stays, so no session of the user ends).
             new_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, password)
             await self.store.rehash_password(username, account.password_hash, new_hash)
+        # The password login replaces whatever the connection was before: a refused
+        # client certificate, a federated user's session or another login.
         self._end_session(session)
+        session.rejected = None
+        session.federated = False
         session.identity = Identity(username, self.domain)
         session.method = "password"
         session.password_version = account.password_version
@@ -624,7 +633,7 @@ class Registry:
     async def whoami(self, session: Session, element: Element) -> list[Element]:
         """Who the session is logged in as (a refused certificate is reported)."""
         if session.identity is None and session.rejected is not None:
-            raise session.rejected
+            raise errors.CertificateRejected(session.rejected)
         if session.identity is not None:
             await self._check_session(session)
         is_admin = session.identity is not None and await self._caller_is_admin(session)

@@ -148,6 +148,14 @@ def make_registry(clock: Clock) -> Registry:
     )
 
 
+def traceback_depth(error: BaseException) -> int:
+    """How many frames ``error``'s traceback holds."""
+    depth, frame = 0, error.__traceback__
+    while frame is not None:
+        depth, frame = depth + 1, frame.tb_next
+    return depth
+
+
 class ProtocolTestCase(unittest.TestCase):
     """Shared set-up: a factory with a fake clock and small limits."""
 
@@ -705,6 +713,44 @@ class CertificateLoginTests(ProtocolTestCase):
             [(1, "ok"), (2, "certificate-rejected"), (3, "certificate-rejected")],
         )
         self.assertFalse(transport.disconnecting)
+
+    def test_refusals_keep_no_history(self) -> None:
+        """Each refusal of a refused-certificate connection is a new error whose traceback
+        stays the same size, however many requests came before (one error object raised
+        again for every request kept every traceback and grew without bound)."""
+        bad = pki.bad_user(pki.make_ca(), "expired")
+        protocol, transport = self.connect(peer=bad.certificate)
+        refusals: list[BaseException] = []
+        handle_now = self.registry.handle_now
+
+        def recording(session: Session, request: Any) -> Any:
+            result = handle_now(session, request)
+            if isinstance(result, Deferred):
+                result.addErrback(lambda failure: refusals.append(failure.value) or failure)
+            return result
+
+        self.registry.handle_now = recording  # type: ignore[method-assign]
+        for number in range(1, 501):
+            self.send(protocol, request(number, '<lookup user="bob"/>'))
+        self.assertEqual(len(refusals), 500)
+        self.assertEqual({type(error) for error in refusals}, {errors.CertificateRejected})
+        self.assertEqual(len({id(error) for error in refusals}), 500, "one error object was raised again")
+        depths = [traceback_depth(error) for error in (refusals[0], refusals[-1])]
+        self.assertEqual(depths[0], depths[1])
+        self.assertEqual([r[1] for r in responses(transport)], ["certificate-rejected"] * 500)
+
+    def test_refusals_do_not_extend_the_idle_deadline(self) -> None:
+        """Requests refused for the refused certificate are not activity: the connection
+        closes at its deadline however many it sends (public requests still count)."""
+        bad = pki.bad_user(pki.make_ca(), "expired")
+        protocol, transport = self.connect(peer=bad.certificate)
+        self.clock.advance(self.limits.handshake_timeout - 2)
+        self.send(protocol, request(1, '<lookup user="bob"/>'), request(2, "<whoami/>"))
+        self.clock.advance(1)
+        self.send(protocol, request(3, '<lookup user="bob"/>'))
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertClosedWith(transport, "timeout")
 
     def test_certificate_check_crash(self) -> None:
         """If checking the certificate fails unexpectedly, the connection is closed with
