@@ -193,9 +193,10 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         from irp.identity import Identity
         from irp.keyfiles import fingerprint
         from irp.messages import ok_response
-        from irp.passwords import TEST_PARAMETERS, Argon2Parameters
+        from irp.passwords import Argon2Parameters
         from irp.protocol import ConnectionLimits
         from irp.service import RegistryService, RegistrySettings
+        from test.helpers import TEST_PARAMETERS
 
         settings = RegistrySettings(
             domain=DOMAIN,

@@ -4,6 +4,13 @@ Hashing is deliberately slow and memory-hard, so the server runs it in a thread 
 :class:`irp.registry.Registry`). Hashes name their own parameters, so stronger defaults can
 be introduced later while old hashes still verify (and :meth:`PasswordHasher.needs_rehash`
 tells when to upgrade them at the next successful login).
+
+The hashing is libargon2's, the reference implementation, through ``argon2-cffi``: each
+hash computes its lanes on threads of its own, so any number of hashes may run at once on
+any number of threads. (``cryptography``'s Argon2id runs the lanes on OpenSSL's one
+process-wide thread pool, sized to the CPU count: two concurrent multi-lane hashes on a
+2-CPU machine wait for each other's lanes for ever.) Both write and read the same PHC
+strings, so hashes made by either verify with the other.
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidKey
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from argon2 import exceptions as argon2_errors
+from argon2.low_level import Type, hash_secret, verify_secret
 
 from irp.errors import InvalidArgument
 
@@ -34,10 +41,6 @@ class Argon2Parameters:
     hash_length: int = 32
 
 
-#: Cheap parameters for test suites only; never use them in production.
-TEST_PARAMETERS = Argon2Parameters(memory_kib=256, iterations=1, lanes=1)
-
-
 def check_password_policy(password: str) -> None:
     """Refuse passwords that are too short or too long."""
     if len(password) < MIN_PASSWORD_LENGTH:
@@ -55,20 +58,19 @@ class PasswordHasher:
         # whether a user exists.
         self._dummy_hash: str | None = None
 
-    def _kdf(self, salt: bytes) -> Argon2id:
-        parameters = self.parameters
-        return Argon2id(
-            salt=salt,
-            length=parameters.hash_length,
-            iterations=parameters.iterations,
-            lanes=parameters.lanes,
-            memory_cost=parameters.memory_kib,
-        )
-
     def hash(self, password: str) -> str:
         """Return the PHC string for ``password`` with a fresh random salt."""
-        kdf = self._kdf(os.urandom(self.parameters.salt_length))
-        return kdf.derive_phc_encoded(password.encode("utf-8"))
+        parameters = self.parameters
+        encoded = hash_secret(
+            password.encode("utf-8"),
+            os.urandom(parameters.salt_length),
+            time_cost=parameters.iterations,
+            memory_cost=parameters.memory_kib,
+            parallelism=parameters.lanes,
+            hash_len=parameters.hash_length,
+            type=Type.ID,
+        )
+        return encoded.decode("ascii")
 
     def verify(self, password: str, encoded: str | None) -> bool:
         """Return whether ``password`` matches ``encoded`` (a PHC string, or None).
@@ -83,9 +85,11 @@ class PasswordHasher:
             target = False
         else:
             target = True
+        if not _PHC.match(encoded):
+            return False  # not an Argon2id (version 19) hash: never a match
         try:
-            Argon2id.verify_phc_encoded(data, encoded)
-        except (InvalidKey, ValueError):
+            verify_secret(encoded.encode("ascii"), data, Type.ID)
+        except (argon2_errors.VerificationError, argon2_errors.InvalidHashError, UnicodeEncodeError):
             return False
         return target
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -137,6 +138,9 @@ class RegistryConfig:
     max_request: int = 256 * 1024
     #: Password hashes computed at once (each needs the Argon2 memory cost).
     concurrent_hashes: int = 2
+    #: Seconds a password hash may take, waiting for its turn included: past it, the one
+    #: request that asked for it fails with ``unavailable``.
+    hash_timeout: float = 30.0
     #: Seconds before a rate-limited login is answered (a tarpit for guessers).
     login_refusal_delay: float = 1.0
     idle_timeout: float = 300.0
@@ -392,6 +396,23 @@ class Registry:
 
     # -- helpers ----------------------------------------------------------------------
 
+    async def _password_work(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a password hash (``self.hasher.hash`` or ``verify``) in the thread pool, in
+        its turn among at most ``concurrent_hashes``, within ``hash_timeout`` seconds
+        (waiting included). Past the timeout the request fails with Unavailable; its turn
+        is given up, so other requests go on (a computation already under way finishes
+        in its thread, its result unused)."""
+        work: Deferred[T] = self._hashing.run(self.run_in_thread, function, *args)
+        work.addTimeout(self.config.hash_timeout, self.clock)
+        try:
+            return await work
+        except defer.TimeoutError:
+            log.warn(
+                "A password hash took more than {seconds} s (waiting included): the request was refused",
+                seconds=self.config.hash_timeout,
+            )
+            raise errors.Unavailable("checking the password took too long; try again later") from None
+
     def _now(self) -> float:
         return self.clock.seconds()
 
@@ -588,7 +609,7 @@ class Registry:
         try:
             account = await self.store.get_account(username)
             stored_hash = account.password_hash if account is not None else None
-            valid = await self._hashing.run(self.run_in_thread, self.hasher.verify, password, stored_hash)
+            valid = await self._password_work(self.hasher.verify, password, stored_hash)
         except BaseException:
             self.address_limiter.end(address_key)
             self.user_limiter.end(user_key)
@@ -611,8 +632,12 @@ class Registry:
         if account.password_hash is not None and self.hasher.needs_rehash(account.password_hash):
             # The same password with the current parameters: not a new password (the
             # version stays, so no session of the user ends).
-            new_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, password)
-            await self.store.rehash_password(username, account.password_hash, new_hash)
+            try:
+                new_hash = await self._password_work(self.hasher.hash, password)
+            except errors.Unavailable:
+                pass  # the upgrade waits for the next login; this one stands
+            else:
+                await self.store.rehash_password(username, account.password_hash, new_hash)
         # The password login replaces whatever the connection was before: a refused
         # client certificate, a federated user's session or another login.
         self._end_session(session)
@@ -1087,7 +1112,7 @@ class Registry:
         password_hash = None
         if password is not None:
             check_password_policy(password)
-            password_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, password)
+            password_hash = await self._password_work(self.hasher.hash, password)
         account = await self.store.create_user(
             username,
             display_name=display_name,
@@ -1111,9 +1136,9 @@ class Registry:
         account = await self._account(username)
         if username == session.username and session.method == "password" and not is_admin:
             current = child_text(element, "current-password", required_child=False, limit=1024)
-            if current is None or not await self._hashing.run(self.run_in_thread, self.hasher.verify, current, account.password_hash):
+            if current is None or not await self._password_work(self.hasher.verify, current, account.password_hash):
                 raise errors.LoginFailed("the current password is wrong")
-        new_hash = await self._hashing.run(self.run_in_thread, self.hasher.hash, new_password)
+        new_hash = await self._password_work(self.hasher.hash, new_password)
         account = await self.store.set_password_hash(username, new_hash)
         if username == session.username and session.method == "password":
             # The caller stays logged in; other password sessions of the user end.

@@ -24,13 +24,17 @@ from irp.cli import make_csr
 from irp.client import RegistryClient, connect
 from irp.identity import Identity
 from irp.keyfiles import PrivateKey, fingerprint
-from irp.passwords import TEST_PARAMETERS
+from irp.passwords import Argon2Parameters
 from irp.protocol import ConnectionLimits
 from irp.registry import Registry, RegistryConfig
 from irp.service import ADMIN_PASSWORD_FILE, RegistryService, RegistrySettings
 from irp.store import RegistryStore
 
 DEFAULT_PASSWORD = "correct horse battery staple"
+
+#: Cheap Argon2id parameters for tests that hash many passwords; the shipped defaults
+#: (:class:`irp.passwords.Argon2Parameters`) are run by the tests that need the real cost.
+TEST_PARAMETERS = Argon2Parameters(memory_kib=256, iterations=1, lanes=1)
 
 
 @dataclass
@@ -65,6 +69,8 @@ class RunningRegistry:
     tls_key: str | None = None
     service: RegistryService | None = None
     admin_password: str = ""
+    #: The password hashing cost: cheap by default, Argon2Parameters() for the shipped one.
+    argon2: Argon2Parameters = TEST_PARAMETERS
 
     @property
     def port(self) -> int:
@@ -119,7 +125,7 @@ class RunningRegistry:
             key_type="p256",
             config=self.config,
             limits=self.limits,
-            argon2=TEST_PARAMETERS,
+            argon2=self.argon2,
         )
         self.service = RegistryService(settings, global_reactor)
         self.service.startService()

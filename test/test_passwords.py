@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+from typing import Any
 
 from cryptography.hazmat.primitives.kdf import argon2
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from irp import passwords
@@ -13,11 +19,11 @@ from irp.errors import InvalidArgument
 from irp.passwords import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
-    TEST_PARAMETERS,
     Argon2Parameters,
     PasswordHasher,
     check_password_policy,
 )
+from test.helpers import TEST_PARAMETERS
 
 PHC = re.compile(r"\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)\Z")
 
@@ -89,6 +95,23 @@ class HashVerifyTests(unittest.SynchronousTestCase):
         encoded = self.hasher.hash("interoperable!")
         argon2.Argon2id.verify_phc_encoded(b"interoperable!", encoded)
 
+    def test_hashes_stored_by_earlier_versions_verify(self) -> None:
+        """Hashes made by cryptography's Argon2id (what earlier versions stored), with the
+        test, four-lane and shipped default parameters, verify (and wrong passwords do
+        not); those with the current parameters need no rehash."""
+        for parameters in (TEST_PARAMETERS, Argon2Parameters(memory_kib=1024, lanes=4), Argon2Parameters()):
+            stored = argon2.Argon2id(
+                salt=os.urandom(parameters.salt_length),
+                length=parameters.hash_length,
+                iterations=parameters.iterations,
+                lanes=parameters.lanes,
+                memory_cost=parameters.memory_kib,
+            ).derive_phc_encoded("Zoë's password".encode())
+            hasher = PasswordHasher(parameters)
+            self.assertTrue(hasher.verify("Zoë's password", stored), parameters)
+            self.assertFalse(hasher.verify("Zoe's password", stored), parameters)
+            self.assertFalse(hasher.needs_rehash(stored))
+
 
 class UnknownUserTests(unittest.SynchronousTestCase):
     """verify(password, None): the path for unknown users and users without a password."""
@@ -102,13 +125,13 @@ class UnknownUserTests(unittest.SynchronousTestCase):
     def test_pays_one_real_hash(self) -> None:
         """It runs Argon2id once, with the hasher's own parameters, like a known user."""
         calls: list[str] = []
-        real = argon2.Argon2id.verify_phc_encoded
+        real = passwords.verify_secret
 
-        def spy(key_material: bytes, encoded: str, secret: bytes | None = None) -> None:
-            calls.append(encoded)
-            real(key_material, encoded)
+        def spy(encoded: bytes, secret: bytes, kind: Any) -> Any:
+            calls.append(encoded.decode("ascii"))
+            return real(encoded, secret, kind)
 
-        self.patch(passwords.Argon2id, "verify_phc_encoded", staticmethod(spy))
+        self.patch(passwords, "verify_secret", spy)
         hasher = PasswordHasher(TEST_PARAMETERS)
         known = hasher.hash("a known password")
         hasher.verify("guess", known)
@@ -118,6 +141,39 @@ class UnknownUserTests(unittest.SynchronousTestCase):
         self.assertEqual(calls[0], known)
         self.assertEqual(calls[1], calls[2])  # the dummy is made once
         self.assertFalse(hasher.needs_rehash(calls[1]))
+
+
+class ConcurrencyTests(unittest.TestCase):
+    """The shipped default parameters, many hashes at once, on thread pools of any size
+    (cryptography's Argon2id never returned from two concurrent four-lane hashes on a
+    2-CPU machine)."""
+
+    #: Concurrent verifications per pool: more than the CPUs and than the smaller pools.
+    CONCURRENT = 8
+
+    async def check_on_pool(self, threads: int) -> None:
+        pool = ThreadPool(minthreads=threads, maxthreads=threads, name=f"hashing-{threads}")
+        pool.start()
+        self.addCleanup(pool.stop)
+        hasher = PasswordHasher()
+        encoded = hasher.hash("the right password")
+        guesses = ["the right password" if n % 2 else f"wrong guess {n}" for n in range(self.CONCURRENT)]
+        work = gatherResults(
+            [deferToThreadPool(reactor, pool, hasher.verify, guess, encoded) for guess in guesses]
+        )
+        # A bound, not a measurement: one such hash takes well under a second; a hang
+        # fails here instead of holding the test run.
+        work.addTimeout(120, reactor)
+        self.assertEqual(await work, [guess == "the right password" for guess in guesses])
+
+    async def test_one_thread(self) -> None:
+        await self.check_on_pool(1)
+
+    async def test_two_threads(self) -> None:
+        await self.check_on_pool(2)
+
+    async def test_many_threads(self) -> None:
+        await self.check_on_pool(self.CONCURRENT)
 
 
 class RehashTests(unittest.SynchronousTestCase):

@@ -28,12 +28,13 @@ from irp import errors
 from irp.framing import FrameDecoder, encode_frame
 from irp.identity import Identity
 from irp.messages import parse_response
-from irp.passwords import TEST_PARAMETERS, PasswordHasher
+from irp.passwords import PasswordHasher
 from irp.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
 from irp.registry import Operation, Registry, RegistryConfig, Session
 from irp.trust import TrustStore
 from irp.xmlcodec import Element, make_element
 from test import pki
+from test.helpers import TEST_PARAMETERS
 
 CLIENT_HOST = "192.0.2.10"
 

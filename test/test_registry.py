@@ -30,12 +30,12 @@ from irp.framing import HEADER, FrameDecoder, encode_frame
 from irp.identity import Identity, identity_from_certificate
 from irp.keyfiles import fingerprint
 from irp.messages import build_request, parse_request
-from irp.passwords import TEST_PARAMETERS, Argon2Parameters, PasswordHasher
+from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.records import Endpoint
 from irp.registry import CHILD_FIELDS, RegistryConfig, Session
 from irp.xmlcodec import make_element, sub_element
 from test import pki
-from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
+from test.helpers import DEFAULT_PASSWORD, TEST_PARAMETERS, EnrolledUser, RunningRegistry
 from test.test_protocol import make_registry
 
 T = TypeVar("T")
