@@ -121,6 +121,13 @@ class Conflict(IRPError):
     default_message = "The object already exists."
 
 
+class QuotaExceeded(Conflict):
+    """The user already holds the most items of a kind allowed (a ``conflict`` on the
+    wire; its own class so that retries after other conflicts do not retry it)."""
+
+    default_message = "The user already holds the most allowed."
+
+
 class MessageTooLarge(IRPError):
     """A frame or document exceeds the size limits."""
 

@@ -765,28 +765,25 @@ class Registry:
 
     # -- certificates -----------------------------------------------------------------
 
-    async def _check_certificate_quota(self, username: str, replacing: int | None = None) -> None:
-        """Refuse a new certificate when the user holds the most allowed. Revoked and
-        expired certificates do not count, nor the one a renewal replaces."""
-        held = await self.store.count_current_certificates(username, self._now(), replacing)
-        if held >= self.config.max_certificates_per_user:
-            raise errors.Conflict(f"{username} already holds {held} certificates, the most allowed")
-
-    async def _check_pkcs12_quota(self, username: str) -> None:
-        existing = await self.store.list_pkcs12(username)
-        if len(existing) >= self.config.max_pkcs12_per_user:
-            raise errors.Conflict(f"{username} already holds {len(existing)} PKCS#12 files, the most allowed")
-
     async def _issue_and_store(
         self, username: str, make: Callable[[int], x509.Certificate], replacing: int | None = None
     ) -> CertificateInfo:
-        """Issue with fresh random serials until one is unused, then store the certificate."""
-        await self._check_certificate_quota(username, replacing)
+        """Issue with fresh random serials until one is unused, then store the certificate.
+
+        The store refuses it with QuotaExceeded (a conflict) when the user already holds
+        ``max_certificates_per_user`` current certificates, not counting ``replacing``
+        (revoked and expired ones do not count): checked in the transaction that stores
+        it, so concurrent requests cannot overshoot."""
+        most = self.config.max_certificates_per_user
         for _attempt in range(3):
             serial = x509.random_serial_number()
             certificate = make(serial)
             try:
-                info = await self.store.add_certificate(username, certificate, fingerprint(certificate))
+                info = await self.store.add_certificate(
+                    username, certificate, fingerprint(certificate), most=most, replacing=replacing
+                )
+            except errors.QuotaExceeded:
+                raise
             except errors.Conflict:
                 continue
             log.info("Issued certificate {serial:x} to {user}", serial=serial, user=username)
@@ -818,18 +815,26 @@ class Registry:
         passphrase = child_text(element, "passphrase", limit=1024) or ""
         if len(passphrase) < 8:
             raise errors.InvalidArgument("the PKCS#12 passphrase must have at least 8 characters")
-        await self._check_certificate_quota(username)
-        await self._check_pkcs12_quota(username)
         identity = Identity(username, self.domain)
         validity = self.config.certificate_validity
         certificate, pkcs12 = await self.run_in_thread(
             self.ca.generate_pkcs12, identity, passphrase.encode("utf-8"), key_type=key_type, validity=validity
         )
         try:
-            info = await self.store.add_certificate(username, certificate, fingerprint(certificate))
+            # Both quotas are checked in the transaction that stores both.
+            info, stored = await self.store.add_generated_key(
+                username,
+                certificate,
+                fingerprint(certificate),
+                label,
+                pkcs12,
+                most_certificates=self.config.max_certificates_per_user,
+                most_pkcs12=self.config.max_pkcs12_per_user,
+            )
+        except errors.QuotaExceeded:
+            raise
         except errors.Conflict:
             raise errors.InternalError("a generated certificate collided with a stored one; retry") from None
-        stored = await self.store.add_pkcs12(username, label, "generated", pkcs12, info.serial)
         stored_with_data = replace(stored, data=pkcs12)
         log.info("Generated a key and certificate {serial:x} for {user}", serial=info.serial, user=username)
         return [pkcs12_element(stored_with_data, self.domain), self._certificate_element(info, with_pem=True)]
@@ -899,8 +904,13 @@ class Registry:
             raise errors.InvalidArgument(
                 "the certificate must name you: an irp: URI with your identity or your registered email"
             )
-        await self._check_certificate_quota(session.username)
-        info = await self.store.add_certificate(session.username, certificate, fingerprint(certificate), origin="external")
+        info = await self.store.add_certificate(
+            session.username,
+            certificate,
+            fingerprint(certificate),
+            origin="external",
+            most=self.config.max_certificates_per_user,
+        )
         return [self._certificate_element(info, with_pem=False)]
 
     def _names_user(self, certificate: x509.Certificate, account: Account) -> bool:
@@ -948,8 +958,9 @@ class Registry:
             raise errors.InvalidArgument(f"PKCS#12 files may have at most {self.config.max_pkcs12_size} bytes")
         if not looks_like_pkcs12(data):
             raise errors.InvalidArgument("the data is not a DER-encoded PKCS#12 (PFX version 3) file")
-        await self._check_pkcs12_quota(session.username)
-        info = await self.store.add_pkcs12(session.username, label, "uploaded", data, None)
+        info = await self.store.add_pkcs12(
+            session.username, label, "uploaded", data, None, most=self.config.max_pkcs12_per_user
+        )
         return [pkcs12_element(info, self.domain)]
 
     # -- renewal and revocation -------------------------------------------------------

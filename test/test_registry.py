@@ -83,6 +83,15 @@ def external_certificate(
     return certificate
 
 
+def pkcs12_bundle() -> bytes:
+    """A passphrase-protected PKCS#12 file of another CA's (as a user would escrow)."""
+    credentials = pki.issue_user(pki.make_ca("partner.example"), "alice")
+    return pkcs12.serialize_key_and_certificates(
+        b"alice", credentials.key, credentials.certificate, None,
+        serialization.BestAvailableEncryption(b"escrow passphrase"),
+    )
+
+
 def login_element(user: str, password: str) -> Any:
     """A <login> operation element."""
     element = make_element("login", {"user": user})
@@ -741,11 +750,7 @@ class Pkcs12Tests(RegistryTestCase):
     """upload-pkcs12, list-pkcs12, get-pkcs12."""
 
     def bundle(self) -> bytes:
-        credentials = pki.issue_user(pki.make_ca("partner.example"), "alice")
-        return pkcs12.serialize_key_and_certificates(
-            b"alice", credentials.key, credentials.certificate, None,
-            serialization.BestAvailableEncryption(b"escrow passphrase"),
-        )
+        return pkcs12_bundle()
 
     async def test_upload_and_download(self) -> None:
         """An uploaded PKCS#12 comes back byte for byte, to its owner and administrators."""

@@ -84,6 +84,12 @@ class RegistryStoreTestsMixin(_MixinBase):
         await store.add_certificate(username, certificate, fingerprint(certificate), origin)
         return certificate
 
+    def use_certificate_time(self) -> None:
+        """Run the store's clock at the time the test certificates are valid (they are
+        made now, START is later): current certificates count against quotas."""
+        self.clock = Clock()
+        self.clock.advance(self.certificate().not_valid_before_utc.timestamp() + 3600)
+
     async def assertFailsWith(self, error_type: type[Exception], deferred: Any) -> Exception:
         try:
             await deferred
@@ -720,6 +726,77 @@ class RegistryStoreTestsMixin(_MixinBase):
         self.assertEqual((fetched.data, fetched.username, fetched.certificate_serial), (b"\x30second!", "alice", None))
         self.assertIsNone(await store.get_pkcs12(second.id + 1000))
         await self.assertFailsWith(errors.NotFound, store.add_pkcs12("nobody", "x", "uploaded", b"x", None))
+
+    # -- quotas -----------------------------------------------------------------------
+
+    async def test_concurrent_pkcs12_quota(self) -> None:
+        """Forty files added at once against a quota of 20: exactly 20 are stored, the
+        rest refused with QuotaExceeded (the count and the write share a transaction)."""
+        store = await self.store()
+        await store.create_user("alice")
+        await store.create_user("bob")
+        await store.add_pkcs12("bob", "b", "uploaded", b"\x30b", None)  # another user's
+        adds = [store.add_pkcs12("alice", f"f{n}", "uploaded", b"\x30" + bytes([n]), None, most=20) for n in range(40)]
+        outcomes = await defer.DeferredList(adds, consumeErrors=True)
+        refused = [result for ok, result in outcomes if not ok]
+        self.assertEqual(len(refused), 20)
+        for failure in refused:
+            failure.trap(errors.QuotaExceeded)
+            self.assertIn("already holds 20 PKCS#12 files", failure.value.message)
+        self.assertEqual(len(await store.list_pkcs12("alice")), 20)
+        await store.add_pkcs12("bob", "b2", "uploaded", b"\x30c", None, most=20)
+
+    async def test_concurrent_certificate_quota(self) -> None:
+        """Certificates added at once against a quota: exactly the quota is stored. A
+        revoked one does not count, nor the one a renewal replaces."""
+        self.use_certificate_time()
+        store = await self.store()
+        await store.create_user("alice")
+        certificates = [self.certificate() for _ in range(12)]
+        adds = [
+            store.add_certificate("alice", certificate, fingerprint(certificate), most=5)
+            for certificate in certificates
+        ]
+        outcomes = await defer.DeferredList(adds, consumeErrors=True)
+        self.assertEqual(sum(1 for ok, _ in outcomes if ok), 5)
+        for ok, result in outcomes:
+            if not ok:
+                result.trap(errors.QuotaExceeded)
+        stored = await store.list_certificates("alice")
+        self.assertEqual(len(stored), 5)
+        extra = self.certificate()
+        await self.assertFailsWith(errors.QuotaExceeded, store.add_certificate("alice", extra, fingerprint(extra), most=5))
+        await store.add_certificate("alice", extra, fingerprint(extra), most=5, replacing=stored[0].serial)
+        await store.revoke_certificate(stored[1].serial, "superseded")
+        another = self.certificate()
+        await store.add_certificate("alice", another, fingerprint(another), "external", most=6)
+
+    async def test_generated_key_quotas(self) -> None:
+        """A generated key's certificate and PKCS#12 file are stored together or not at
+        all: concurrent ones stop at the PKCS#12 quota with no certificate left over."""
+        self.use_certificate_time()
+        store = await self.store()
+        await store.create_user("alice")
+        certificates = [self.certificate() for _ in range(6)]
+        adds = [
+            store.add_generated_key(
+                "alice", certificate, fingerprint(certificate), "key", b"\x30p12", most_certificates=10, most_pkcs12=3
+            )
+            for certificate in certificates
+        ]
+        outcomes = await defer.DeferredList(adds, consumeErrors=True)
+        self.assertEqual(sum(1 for ok, _ in outcomes if ok), 3)
+        self.assertEqual(len(await store.list_pkcs12("alice")), 3)
+        self.assertEqual(len(await store.list_certificates("alice")), 3)
+        for ok, result in outcomes:
+            if not ok:
+                result.trap(errors.QuotaExceeded)
+        first = self.certificate()
+        await self.assertFailsWith(
+            errors.QuotaExceeded,
+            store.add_generated_key("alice", first, fingerprint(first), "k", b"\x30", most_certificates=3, most_pkcs12=10),
+        )
+        self.assertEqual(len(await store.list_certificates("alice")), 3)
 
     # -- durability -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from irp.errors import Conflict, IRPError, NotFound, Unavailable
+from irp.errors import Conflict, IRPError, NotFound, QuotaExceeded, Unavailable
 from irp.identity import Identity
 from irp.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
 from irp.store.dialect import Dialect
@@ -666,63 +666,96 @@ class RegistryStore:
             der=self.dialect.blob(row[9]),
         )
 
+    def _count_current_certificates(self, txn: Transaction, username: str, now: float, excluding: int | None) -> int:
+        row = self._fetchone(
+            txn,
+            "SELECT COUNT(*) FROM certificates WHERE username = ? AND revoked_at IS NULL"
+            " AND not_after >= ? AND NOT (origin = 'issued' AND serial = ?)",
+            (username, int(now), "" if excluding is None else serial_text(excluding)),
+        )
+        return int(row[0])
+
     def count_current_certificates(self, username: str, now: float, excluding: int | None = None) -> Deferred[int]:
         """How many certificates the user holds that are not revoked nor expired at
         ``now`` (leaving out the serial ``excluding``)."""
+        return self._read(self._count_current_certificates, username, now, excluding)
 
-        def count(txn: Transaction) -> int:
-            row = self._fetchone(
-                txn,
-                "SELECT COUNT(*) FROM certificates WHERE username = ? AND revoked_at IS NULL"
-                " AND not_after >= ? AND NOT (origin = 'issued' AND serial = ?)",
-                (username, int(now), "" if excluding is None else serial_text(excluding)),
-            )
-            return int(row[0])
+    def _check_certificate_quota(self, txn: Transaction, username: str, most: int | None, replacing: int | None) -> None:
+        """Inside the write's transaction, with the user's row locked: QuotaExceeded if
+        the user already holds ``most`` current certificates (not counting ``replacing``)."""
+        if most is None:
+            return
+        held = self._count_current_certificates(txn, username, self._now(), replacing)
+        if held >= most:
+            raise QuotaExceeded(f"{username} already holds {held} certificates, the most allowed")
 
-        return self._read(count)
+    def _check_pkcs12_quota(self, txn: Transaction, username: str, most: int | None) -> None:
+        """Inside the write's transaction, with the user's row locked: QuotaExceeded if
+        the user already holds ``most`` PKCS#12 files."""
+        if most is None:
+            return
+        held = int(self._fetchone(txn, "SELECT COUNT(*) FROM pkcs12_files WHERE username = ?", (username,))[0])
+        if held >= most:
+            raise QuotaExceeded(f"{username} already holds {held} PKCS#12 files, the most allowed")
 
     def add_certificate(
-        self, username: str, certificate: x509.Certificate, fingerprint: str, origin: str = "issued"
+        self,
+        username: str,
+        certificate: x509.Certificate,
+        fingerprint: str,
+        origin: str = "issued",
+        *,
+        most: int | None = None,
+        replacing: int | None = None,
     ) -> Deferred[CertificateInfo]:
         """Record a certificate for a user. The same certificate (fingerprint) twice, or a
-        second certificate issued here with the same serial, is a Conflict."""
+        second certificate issued here with the same serial, is a Conflict. With ``most``,
+        a user who already holds that many current certificates (leaving out the serial
+        ``replacing``) gets QuotaExceeded instead: counted in the same transaction as the
+        write, with the user's row locked, so concurrent additions cannot all pass."""
+
+        def add(txn: Transaction) -> CertificateInfo:
+            self._require_account(txn, username, lock=True)
+            self._check_certificate_quota(txn, username, most, replacing)
+            return self._insert_certificate(txn, username, certificate, fingerprint, origin)
+
+        return self._grouped_write(add)
+
+    def _insert_certificate(
+        self, txn: Transaction, username: str, certificate: x509.Certificate, fingerprint: str, origin: str
+    ) -> CertificateInfo:
         from cryptography.hazmat.primitives.serialization import Encoding
 
         der = certificate.public_bytes(Encoding.DER)
-
-        def add(txn: Transaction) -> CertificateInfo:
-            self._require_account(txn, username)
-            info = CertificateInfo(
-                serial=certificate.serial_number,
-                fingerprint=fingerprint,
-                username=username,
-                origin=origin,
-                not_before=int(certificate.not_valid_before_utc.timestamp()),
-                not_after=int(certificate.not_valid_after_utc.timestamp()),
-                issued_at=self._now(),
-                revoked_at=None,
-                revocation_reason=None,
-                der=der,
-            )
-            self._execute(
-                txn,
-                f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    serial_text(info.serial),
-                    info.fingerprint,
-                    username,
-                    origin,
-                    info.not_before,
-                    info.not_after,
-                    info.issued_at,
-                    None,
-                    None,
-                    der,
-                ),
-            )
-            return info
-
-        return self._grouped_write(add)
+        info = CertificateInfo(
+            serial=certificate.serial_number,
+            fingerprint=fingerprint,
+            username=username,
+            origin=origin,
+            not_before=int(certificate.not_valid_before_utc.timestamp()),
+            not_after=int(certificate.not_valid_after_utc.timestamp()),
+            issued_at=self._now(),
+            revoked_at=None,
+            revocation_reason=None,
+            der=der,
+        )
+        self._execute(
+            txn,
+            f"INSERT INTO certificates ({_CERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                serial_text(info.serial),
+                info.fingerprint,
+                username,
+                origin,
+                info.not_before,
+                info.not_after,
+                info.issued_at,
+                None,
+                None,
+                der,
+            ),
+        )
+        return info
 
     def serial_in_use(self, serial: int) -> Deferred[bool]:
         """Fire with whether a certificate with this serial is already recorded."""
@@ -885,23 +918,63 @@ class RegistryStore:
     # -- PKCS#12 files ----------------------------------------------------------------
 
     def add_pkcs12(
-        self, username: str, label: str, origin: str, data: bytes, certificate_serial: int | None
+        self,
+        username: str,
+        label: str,
+        origin: str,
+        data: bytes,
+        certificate_serial: int | None,
+        *,
+        most: int | None = None,
     ) -> Deferred[Pkcs12Info]:
-        """Store a PKCS#12 file for a user."""
+        """Store a PKCS#12 file for a user. With ``most``, a user who already holds that
+        many files gets QuotaExceeded instead (counted in the write's transaction, with
+        the user's row locked)."""
 
         def add(txn: Transaction) -> Pkcs12Info:
-            self._require_account(txn, username)
-            now = self._now()
-            serial = None if certificate_serial is None else serial_text(certificate_serial)
-            row = self._fetchone(
-                txn,
-                "INSERT INTO pkcs12_files (username, label, origin, certificate_serial, created_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (username, label, origin, serial, now, data),
-            )
-            return Pkcs12Info(int(row[0]), username, label, origin, serial, now, len(data))
+            self._require_account(txn, username, lock=True)
+            self._check_pkcs12_quota(txn, username, most)
+            return self._insert_pkcs12(txn, username, label, origin, data, certificate_serial)
 
         return self._write(add)
+
+    def add_generated_key(
+        self,
+        username: str,
+        certificate: x509.Certificate,
+        fingerprint: str,
+        label: str,
+        pkcs12: bytes,
+        *,
+        most_certificates: int | None = None,
+        most_pkcs12: int | None = None,
+    ) -> Deferred[tuple[CertificateInfo, Pkcs12Info]]:
+        """Store a certificate issued for a key generated here and the PKCS#12 file that
+        holds both, in one transaction: both quotas are checked in it (QuotaExceeded, and
+        nothing is stored), with the user's row locked."""
+
+        def add(txn: Transaction) -> tuple[CertificateInfo, Pkcs12Info]:
+            self._require_account(txn, username, lock=True)
+            self._check_certificate_quota(txn, username, most_certificates, None)
+            self._check_pkcs12_quota(txn, username, most_pkcs12)
+            info = self._insert_certificate(txn, username, certificate, fingerprint, "issued")
+            stored = self._insert_pkcs12(txn, username, label, "generated", pkcs12, info.serial)
+            return info, stored
+
+        return self._write(add)
+
+    def _insert_pkcs12(
+        self, txn: Transaction, username: str, label: str, origin: str, data: bytes, certificate_serial: int | None
+    ) -> Pkcs12Info:
+        now = self._now()
+        serial = None if certificate_serial is None else serial_text(certificate_serial)
+        row = self._fetchone(
+            txn,
+            "INSERT INTO pkcs12_files (username, label, origin, certificate_serial, created_at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (username, label, origin, serial, now, data),
+        )
+        return Pkcs12Info(int(row[0]), username, label, origin, serial, now, len(data))
 
     _PKCS12_COLUMNS = "id, username, label, origin, certificate_serial, created_at, data"
 
