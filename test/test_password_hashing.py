@@ -3,18 +3,24 @@ concurrent logins over real TLS, and the timeout that bounds every hash (issue 9
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from irp import errors
+from irp.client import connect
+from irp.keyfiles import load_certificates
 from irp.messages import build_request, parse_request
 from irp.passwords import Argon2Parameters
 from irp.registry import Session
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+from test.test_faults import REPOSITORY, RegistryProcess
 from test.test_registry import login_element
 
 
@@ -102,3 +108,48 @@ class HashTimeoutTests(unittest.TestCase):
         with self.assertRaises(errors.Unavailable) as caught:
             await client.login("alice", DEFAULT_PASSWORD)
         self.assertIn("checking the password took too long", caught.exception.message)
+
+
+class ShippedProcessTests(unittest.TestCase):
+    """``twistd irp`` as shipped (default Argon2 parameters, its own thread pool) in a
+    child process."""
+
+    async def test_concurrent_logins_then_sigterm(self) -> None:
+        """Eight logins at once all get their answer; SIGTERM then stops the registry
+        (a hashing thread that never returned used to keep it running)."""
+        data_dir = os.path.abspath(self.mktemp())
+        process = RegistryProcess()
+        arguments = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile=-",
+            "irp", "--domain", "example.org", "--data-dir", data_dir,
+            "--listen", "tcp:0:interface=127.0.0.1", "--hostname", "127.0.0.1",
+        ]
+        reactor.spawnProcess(process, sys.executable, arguments, env=dict(os.environ, PYTHONPATH=REPOSITORY), path=REPOSITORY)
+        self.addCleanup(process.kill)
+        port = await process.listening
+        root = load_certificates(os.path.join(data_dir, "ca", "root.pem"))[0]
+        with open(os.path.join(data_dir, "admin-password"), encoding="ascii") as handle:
+            admin_password = handle.read().strip()
+        clients = [
+            await connect(reactor, "127.0.0.1", port, domain="example.org", trust_roots=[root], timeout=60)
+            for _ in range(8)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+        # The administrator, and unknown users (each costs one hash all the same; one
+        # user's concurrent attempts would be rate-limited).
+        attempts = [("admin", admin_password)] + [(f"nobody{n}", admin_password) for n in range(7)]
+        outcomes = await DeferredList(
+            [client.login(name, password) for client, (name, password) in zip(clients, attempts, strict=True)],
+            consumeErrors=True,
+        )
+        self.assertTrue(outcomes[0][0], outcomes[0][1])
+        for ok, result in outcomes[1:]:
+            self.assertFalse(ok)
+            self.assertIsInstance(result.value, errors.LoginFailed)
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        ended = process.ended
+        ended.addTimeout(60, reactor)  # a bound, not a measurement: it stops in about a second
+        await ended
+        self.assertIn(b"Server Shut Down", process.output)
