@@ -64,7 +64,7 @@ class HashTimeoutTests(unittest.TestCase):
     async def test_stuck_hash_fails_one_login(self) -> None:
         """Hashes that never finish (as cryptography's did): each login waiting for one
         fails with ``unavailable`` at the timeout, with one log line; the hashing slots
-        are given back, so the next login works."""
+        and the attempts in flight are given back, so the next login works."""
         running = await RunningRegistry(self).start()
         await running.add_user("alice")
         registry = running.registry
@@ -84,8 +84,10 @@ class HashTimeoutTests(unittest.TestCase):
             request = parse_request(build_request(1, login_element("alice", password)))
             return registry.handle(Session(peer_host="192.0.2.1"), request)
 
-        waiting = [login(DEFAULT_PASSWORD) for _ in range(registry.config.concurrent_hashes + 1)]
-        self.assertEqual(len(stuck), registry.config.concurrent_hashes)  # the last waits its turn
+        # More attempts than the user's login budget: were they still counted as in
+        # flight after failing, the last login below would be rate-limited.
+        waiting = [login(DEFAULT_PASSWORD) for _ in range(registry.config.login_failures_per_user + 1)]
+        self.assertEqual(len(stuck), registry.config.concurrent_hashes)  # the others wait their turn
         with capturedLogs() as logs:
             clock.advance(timeout)
         for attempt in waiting:
