@@ -21,7 +21,7 @@ from irp.messages import (
     child_text,
     decode_base64,
     encode_base64,
-    is_decimal,
+    parse_decimal,
     parse_serial,
     required,
 )
@@ -51,10 +51,10 @@ def timestamp_attribute(element: Element, name: str) -> int:
 
 def int_attribute(element: Element, name: str) -> int:
     """A required non-negative integer attribute (ASCII digits, at most 19)."""
-    value = required(element, name)
-    if not is_decimal(value, 19):
-        raise errors.BadRequest(f"{name!r} must be a non-negative integer")
-    return int(value)
+    number = parse_decimal(required(element, name), 19)
+    if number is None:
+        raise errors.BadRequest(f"{name!r} must be a non-negative integer in decimal, without leading zeros")
+    return number
 
 
 # -- user entries -------------------------------------------------------------------

@@ -71,13 +71,25 @@ def _observed(payload: bytes) -> bytes:
     return payload
 
 
-def is_decimal(text: str, max_digits: int) -> bool:
-    """True if ``text`` is 1 to ``max_digits`` ASCII digits.
+def parse_decimal(text: str, max_digits: int) -> int | None:
+    """The value of a wire integer, or None when ``text`` is not one.
 
-    (``str.isdigit`` also accepts digits of other scripts and superscripts, such as
-    ``"\u0663"`` and ``"\u00b2"``, which ``int`` either refuses or reads.)
+    The one integer parser of IRP: 1 to ``max_digits`` ASCII digits, without sign, white
+    space or leading zeros (``0`` itself is the only integer starting with ``0``).
+    ``str.isdigit`` alone would also accept digits of other scripts and superscripts, such
+    as ``"\u0663"`` and ``"\u00b2"``, which ``int`` either refuses or reads.
     """
-    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    if text[0] == "0" and len(text) > 1:
+        return None
+    return int(text)
+
+
+def is_decimal(text: str, max_digits: int) -> bool:
+    """True if ``text`` is a wire integer of at most ``max_digits`` digits (see
+    :func:`parse_decimal`)."""
+    return parse_decimal(text, max_digits) is not None
 
 
 def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:
@@ -100,11 +112,8 @@ def _check_version(root: Element) -> None:
 
 def _message_id(root: Element) -> int | None:
     """The envelope's id, or None when it is missing or not an integer 0 to 2**31-1."""
-    raw_id = root.get("id", "")
-    if not is_decimal(raw_id, 10):
-        return None
-    number = int(raw_id)
-    return None if number > MAX_REQUEST_ID else number
+    number = parse_decimal(root.get("id", ""), 10)
+    return None if number is None or number > MAX_REQUEST_ID else number
 
 
 def request_id_of(error: errors.IRPError) -> int:
@@ -212,7 +221,7 @@ def parse_response(payload: bytes) -> Response:
         check_fields(detail, ("code", "name"), text=True)
         code = detail.get("code", "500")
         name = detail.get("name", "internal-error")
-        cls = errors.error_class_for(name, int(code) if is_decimal(code, 3) else 500)
+        cls = errors.error_class_for(name, parse_decimal(code, 3) or 500)
         failure = cls(detail.text or None)
     except errors.IRPError as error:
         error.request_id = response_id  # type: ignore[attr-defined]
@@ -252,9 +261,9 @@ def optional_int(element: Element, name: str, default: int, low: int, high: int)
     value = element.get(name)
     if value is None:
         return default
-    if not is_decimal(value, 12):
-        raise errors.BadRequest(f"{name!r} must be a non-negative integer")
-    number = int(value)
+    number = parse_decimal(value, 12)
+    if number is None:
+        raise errors.BadRequest(f"{name!r} must be a non-negative integer in decimal, without leading zeros")
     if not low <= number <= high:
         raise errors.InvalidArgument(f"{name!r} must be between {low} and {high}")
     return number

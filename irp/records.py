@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from irp.errors import InvalidArgument, ServerVerificationFailed
 from irp.identity import Identity
+from irp.messages import parse_decimal
 
 DOMAIN_SEPARATOR = b"IRP-RECORD-V1\x00"
 
@@ -101,13 +102,10 @@ def _check_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
 
 
 def _check_port(port: int | str) -> int:
-    """A TCP port, 1-65535 (as text: ASCII digits only)."""
-    if isinstance(port, str) and not (port.isascii() and port.isdigit() and len(port) <= 5):
+    """A TCP port, 1-65535 (as text: a wire integer, see :func:`irp.messages.parse_decimal`)."""
+    number = parse_decimal(port, 5) if isinstance(port, str) else port
+    if not isinstance(number, int) or isinstance(number, bool):
         raise InvalidArgument(f"{port!r} is not a port number")
-    try:
-        number = int(port)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{port!r} is not a port number") from None
     if not 1 <= number <= 65535:
         raise InvalidArgument(f"port {number} is outside 1-65535")
     return number

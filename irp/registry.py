@@ -107,13 +107,37 @@ CHILD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
 }
 
 
+#: The attributes the elements inside operation elements must have.
+CHILD_REQUIRED: dict[str, tuple[str, ...]] = {"endpoint": ("address", "port"), "attribute": ("name",)}
+
+#: The only child elements that may appear more than once in their parent.
+REPEATABLE = frozenset({"endpoint", "attribute"})
+
+
 def check_children(element: Element) -> None:
     """Check the fields of every element inside an operation element (see
-    :data:`CHILD_FIELDS`; the operation's own check let only known tags through)."""
+    :data:`CHILD_FIELDS` and :data:`CHILD_REQUIRED`; the operation's own check let only
+    known tags through), and that no child other than a :data:`REPEATABLE` one repeats."""
+    seen: set[str] = set()
     for child in element:
-        attributes, children, text = CHILD_FIELDS[child.tag]
+        tag = child.tag
+        if tag in seen and tag not in REPEATABLE:
+            raise errors.BadRequest(f"<{element.tag}> has more than one <{tag}>")
+        seen.add(tag)
+        attributes, children, text = CHILD_FIELDS[tag]
         check_fields(child, attributes, children, text=text)
+        check_present(child, CHILD_REQUIRED.get(tag, ()))
         check_children(child)
+
+
+def check_present(element: Element, names: Sequence[str]) -> None:
+    """Refuse ``element`` when one of ``names`` (attributes, or child elements where the
+    name is not an attribute's) is absent."""
+    for name in names:
+        if element.get(name) is None and element.find(name) is None:
+            kind = "element" if name in CHILD_FIELDS else "attribute"
+            shown = f"<{name}>" if kind == "element" else repr(name)
+            raise errors.BadRequest(f"<{element.tag}> needs a {shown} {kind}")
 
 
 @dataclass
@@ -192,12 +216,19 @@ ACCESS_LEVELS = ("anyone", "user", "local")
 
 @dataclass(frozen=True)
 class Operation:
-    """One operation: its handler, who may call it, and the fields it takes."""
+    """One operation: its handler, who may call it, and the fields it takes.
+
+    ``required`` names the attributes and child elements that must be present;
+    ``one_of`` names fields of which exactly one must be. Both are checked, with the
+    unknown fields, before the caller's login (see :meth:`Registry.check_fields`).
+    """
 
     handler: Handler
     access: str
     attributes: tuple[str, ...] = ()
     children: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()
     #: Tried before ``handler``, without a coroutine or a Deferred (see Registry.handle).
     immediate: ImmediateHandler | None = None
 
@@ -264,33 +295,35 @@ class Registry:
         op = Operation
         return {
             "capabilities": op(self.capabilities, "anyone"),
-            "login": op(self.login, "anyone", ("user",), ("password",)),
+            "login": op(self.login, "anyone", ("user",), ("password",), ("user", "password")),
             "logout": op(self.logout, "anyone"),
             "whoami": op(self.whoami, "anyone"),
-            "get-user": op(self.get_user, "user", ("user",)),
+            "get-user": op(self.get_user, "user", ("user",), required=("user",)),
             "update-user": op(self.update_user, "local", ("user", "display-name", "email"), ("attribute", "attributes")),
             "list-users": op(self.list_users, "local", ("offset", "limit", "prefix")),
             "register-address": op(self.register_address, "local", ("presence", "ttl"), ("endpoint",)),
-            "lookup": op(self.lookup, "user", ("user",), immediate=self.cached_lookup),
-            "request-certificate": op(self.request_certificate, "local", ("user",), ("csr",)),
-            "generate-key": op(self.generate_key, "local", ("user", "key-type", "label"), ("passphrase",)),
+            "lookup": op(self.lookup, "user", ("user",), required=("user",), immediate=self.cached_lookup),
+            "request-certificate": op(self.request_certificate, "local", ("user",), ("csr",), ("csr",)),
+            "generate-key": op(self.generate_key, "local", ("user", "key-type", "label"), ("passphrase",), ("passphrase",)),
             "list-certificates": op(self.list_certificates, "local", ("user",)),
-            "get-certificate": op(self.get_certificate, "user", ("serial", "fingerprint")),
-            "user-certificates": op(self.user_certificates, "user", ("user",)),
-            "upload-certificate": op(self.upload_certificate, "local", (), ("pem",)),
+            "get-certificate": op(self.get_certificate, "user", ("serial", "fingerprint"), one_of=("serial", "fingerprint")),
+            "user-certificates": op(self.user_certificates, "user", ("user",), required=("user",)),
+            "upload-certificate": op(self.upload_certificate, "local", (), ("pem",), ("pem",)),
             "list-pkcs12": op(self.list_pkcs12, "local", ("user",)),
-            "get-pkcs12": op(self.get_pkcs12, "local", ("id",)),
-            "upload-pkcs12": op(self.upload_pkcs12, "local", ("label",), ("data",)),
-            "renew": op(self.renew, "local", ("serial",), ("csr",)),
-            "revoke": op(self.revoke, "local", ("serial", "reason")),
+            "get-pkcs12": op(self.get_pkcs12, "local", ("id",), required=("id",)),
+            "upload-pkcs12": op(self.upload_pkcs12, "local", ("label",), ("data",), ("data",)),
+            "renew": op(self.renew, "local", ("serial",), ("csr",), ("serial",)),
+            "revoke": op(self.revoke, "local", ("serial", "reason"), required=("serial",)),
             "get-crl": op(self.get_crl, "anyone"),
-            "certificate-status": op(self.certificate_status, "anyone", ("serial",), ("pem",)),
+            "certificate-status": op(self.certificate_status, "anyone", ("serial",), ("pem",), one_of=("serial", "pem")),
             "ca-chain": op(self.ca_chain, "anyone"),
-            "create-user": op(self.create_user, "local", ("user", "display-name", "email", "admin", "password-login"), ("password",)),
-            "set-password": op(self.set_password, "local", ("user",), ("password", "current-password")),
-            "set-password-login": op(self.set_password_login, "local", ("user", "enabled")),
-            "set-admin": op(self.set_admin, "local", ("user", "enabled")),
-            "delete-user": op(self.delete_user, "local", ("user",)),
+            "create-user": op(
+                self.create_user, "local", ("user", "display-name", "email", "admin", "password-login"), ("password",), ("user",)
+            ),
+            "set-password": op(self.set_password, "local", ("user",), ("password", "current-password"), ("password",)),
+            "set-password-login": op(self.set_password_login, "local", ("user", "enabled"), required=("enabled",)),
+            "set-admin": op(self.set_admin, "local", ("user", "enabled"), required=("user", "enabled")),
+            "delete-user": op(self.delete_user, "local", ("user",), required=("user",)),
         }
 
     def handle(self, session: Session, request: Request) -> Deferred[list[Result]]:
@@ -330,8 +363,7 @@ class Registry:
         """Check the request's fields and the caller's right to call ``operation``; raise
         the refusal, or return whether the session must be re-validated first (security
         changes happened since it was last checked)."""
-        check_fields(request.element, operation.attributes, operation.children)
-        check_children(request.element)
+        self.check_fields(request.element, operation)
         if not operation.needs_login:
             return False
         if session.rejected is not None:
@@ -342,6 +374,21 @@ class Registry:
             raise errors.Forbidden(f"users of other domains may only look users of {self.domain} up")
         self._check_certificate_current(session)
         return session.generation != self.generation
+
+    @staticmethod
+    def check_fields(element: Element, operation: Operation) -> None:
+        """Check an operation element's fields against the operation's declaration:
+        unknown, missing, repeated and mutually exclusive attributes and child elements
+        are ``bad-request``. The one field check of every operation, made before the
+        access check; the values are the operation's to check."""
+        check_fields(element, operation.attributes, operation.children)
+        check_children(element)
+        check_present(element, operation.required)
+        if operation.one_of:
+            given = [name for name in operation.one_of if element.get(name) is not None or element.find(name) is not None]
+            if len(given) != 1:
+                names = " or ".join(operation.one_of)
+                raise errors.BadRequest(f"<{element.tag}> needs exactly one of {names}")
 
     async def _check_session(self, session: Session) -> None:
         """Before a request that needs a login: end a certificate session whose certificate

@@ -8,14 +8,20 @@ registry only accepts certificates it issued itself (exact fingerprint match), g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import functools
+import struct
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, ITCPTransport
+from twisted.logger import Logger
 from zope.interface import implementer
+
+log = Logger()
 
 #: TLS 1.2 suites: ephemeral ECDHE or DHE, AES-256-GCM, SHA-384.
 TLS12_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-GCM-SHA384"
@@ -72,7 +78,111 @@ def make_server_context(
         )
     context.set_session_id(b"irp-4604")
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if not disable_session_tickets(context):
+        log.warn(
+            "This TLS library cannot be told to issue no TLS 1.3 session tickets: clients"
+            " receive some, which resume nothing (there is no session cache)"
+        )
     return context
+
+
+# -- session tickets ------------------------------------------------------------------
+#
+# OP_NO_TICKET only switches TLS 1.3 to stateful tickets: OpenSSL still sends
+# SSL_CTX_get_num_tickets() of them (2 by default) after every handshake. Only
+# SSL_CTX_set_num_tickets(ctx, 0) stops them, and neither pyOpenSSL nor cryptography's
+# bindings expose it. cryptography links OpenSSL statically into its _rust module without
+# exporting it, but the module keeps its symbol table: the two functions are found there
+# and called on the very OpenSSL that pyOpenSSL uses (the getter must read a plausible
+# count before the setter is trusted, and 0 after it).
+
+_NumTickets = tuple[Callable[[int], int], Callable[[int, int], int]]
+
+
+def _context_pointer(context: SSL.Context) -> int:
+    from OpenSSL._util import ffi
+
+    return int(ffi.cast("uintptr_t", context._context))  # noqa: SLF001
+
+
+@functools.cache
+def _num_tickets_functions() -> _NumTickets | None:
+    """(get, set) for SSL_CTX_{get,set}_num_tickets on an SSL_CTX address, or None."""
+    from OpenSSL._util import lib
+
+    getter = getattr(lib, "SSL_CTX_get_num_tickets", None)
+    setter = getattr(lib, "SSL_CTX_set_num_tickets", None)
+    if getter is not None and setter is not None:  # a future binding: use it
+        from OpenSSL._util import ffi
+
+        return (
+            lambda address: int(getter(ffi.cast("SSL_CTX *", address))),
+            lambda address, count: int(setter(ffi.cast("SSL_CTX *", address), count)),
+        )
+    try:
+        from cryptography.hazmat.bindings import _rust
+
+        path = _rust.__file__
+        if path is None:
+            return None
+        wanted = (b"SSL_CTX_get_num_tickets", b"SSL_CTX_set_num_tickets", b"PyInit__rust")
+        found = _elf_symbols(path, wanted)
+        if found is None or len(found) != len(wanted):
+            return None
+        module = ctypes.CDLL(path)
+        base = ctypes.cast(module.PyInit__rust, ctypes.c_void_p).value
+        if base is None:
+            return None
+        base -= found[b"PyInit__rust"]
+        get = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)(base + found[b"SSL_CTX_get_num_tickets"])
+        set_ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(base + found[b"SSL_CTX_set_num_tickets"])
+    except (OSError, ValueError, AttributeError, struct.error):
+        return None
+    return (lambda address: int(get(address)), lambda address, count: int(set_(address, count)))
+
+
+def _elf_symbols(path: str, wanted: Sequence[bytes]) -> dict[bytes, int] | None:
+    """The values of ``wanted`` symbols in the symbol table of a 64-bit little-endian ELF
+    file (None when the file is not one, e.g. on macOS or Windows)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    section_offset = struct.unpack_from("<Q", data, 0x28)[0]
+    entry_size, count = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, section_offset + index * entry_size) for index in range(count)]
+    names = set(wanted)
+    found: dict[bytes, int] = {}
+    for _name, kind, _flags, _address, offset, size, link, _info, _align, _entry in sections:
+        if kind != 2:  # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for position in range(offset, offset + size - 23, 24):
+            name_offset, _sym_info, _other, _section, value, _size = struct.unpack_from("<IBBHQQ", data, position)
+            start = strings + name_offset
+            name = data[start : data.index(b"\0", start)]
+            if name in names and value:
+                found[name] = value
+    return found
+
+
+def session_tickets(context: SSL.Context) -> int | None:
+    """How many TLS 1.3 session tickets ``context`` issues per handshake (None when the
+    TLS library cannot tell)."""
+    functions = _num_tickets_functions()
+    return None if functions is None else functions[0](_context_pointer(context))
+
+
+def disable_session_tickets(context: SSL.Context) -> bool:
+    """Make ``context`` issue no TLS 1.3 session tickets; False if that is impossible here."""
+    functions = _num_tickets_functions()
+    if functions is None:
+        return False
+    get, set_ = functions
+    address = _context_pointer(context)
+    if not 0 <= get(address) <= 64:  # not OpenSSL's field: touch nothing
+        return False
+    return bool(set_(address, 0)) and get(address) == 0
 
 
 def _set_groups(context: SSL.Context, groups: str) -> None:

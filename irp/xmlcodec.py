@@ -3,7 +3,8 @@
 Every document received from the network goes through :func:`parse_document`. The rules:
 
 * UTF-8 only, without a byte-order mark (nothing we send has one); an optional XML
-  declaration is the only ``<?`` allowed, at the very start.
+  declaration is the only ``<?`` allowed, at the very start, and an ``encoding`` it
+  names other than UTF-8 is forbidden markup.
 * No ``<!`` anywhere: so no DOCTYPE, DTD, entity declaration, comment or CDATA section.
   This is checked on the raw bytes before any parser sees them.
 * The parser (lxml, with entity resolution, DTD loading and network access off, and the
@@ -80,8 +81,11 @@ def check_markup(data: bytes) -> None:
         declaration = data[:end]
         if b"encoding" in declaration:
             match = _ENCODING.search(declaration)
-            if match is None or match.group(2).lower() != b"utf-8":
-                raise XMLRejected("only UTF-8 documents are accepted")
+            if match is None:
+                raise XMLRejected("the XML declaration's encoding is not a quoted value")
+            if match.group(2).lower() != b"utf-8":
+                # Forbidden markup, like every other declaration IRP refuses.
+                raise XMLRejected("only UTF-8 documents are accepted: the declaration names another encoding", forbidden=True)
     if b"&" in data:
         _check_entity_references(data)
 

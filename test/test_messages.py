@@ -384,3 +384,47 @@ class EncodingTests(unittest.SynchronousTestCase):
         self.assertEqual(parse_serial("f" * 40), int("f" * 40, 16))
         for bad in ("", "xyz", "f" * 41, "-1", "0x1a", ":"):
             self.assertRaises(errors.BadRequest, parse_serial, bad)
+
+
+class LeadingZeroTests(unittest.SynchronousTestCase):
+    """Integers on the wire are ASCII digits without sign or leading zeros (docs/irp.rst,
+    Serialisation; the schema's patterns): every integer field refuses ``07`` with the
+    error the spec names for a malformed value of that field (issue 9, item 23)."""
+
+    def test_request_id(self) -> None:
+        """An id that is not an integer from 1 to 2**31-1 cannot be answered in its own
+        name: fatal malformed-message, answered with id 0."""
+        for raw in ("07", "00", "0"):
+            error = self.assertRaises(
+                errors.MalformedMessage, parse_request, f'<request v="1" id="{raw}"><whoami/></request>'.encode()
+            )
+            self.assertEqual(request_id_of(error), 0)
+        self.assertEqual(parse_request(b'<request v="1" id="70"><whoami/></request>').id, 70)
+
+    def test_optional_integer_attributes(self) -> None:
+        """offset, limit, ttl and get-pkcs12's id: bad-request, with the request's id."""
+        element = make_element("list-users", {"offset": "010"})
+        self.assertRaises(errors.BadRequest, optional_int, element, "offset", 0, 0, 10**9)
+        self.assertEqual(optional_int(make_element("x", {"n": "0"}), "n", 5, 0, 9), 0)
+        self.assertEqual(optional_int(make_element("x", {"n": "10"}), "n", 5, 0, 90), 10)
+
+    def test_response_id(self) -> None:
+        """A client refuses a response id with a leading zero."""
+        self.assertRaises(errors.BadRequest, parse_response, b'<response v="1" id="07" status="ok"/>')
+        self.assertEqual(parse_response(b'<response v="1" id="7" status="ok"/>').id, 7)
+
+    def test_port(self) -> None:
+        """An endpoint's port: invalid-argument when registering, bad-request in a
+        received record."""
+        from irp.records import Endpoint
+
+        self.assertRaises(errors.InvalidArgument, Endpoint.parse, "192.0.2.1", "04605")
+        self.assertRaises(errors.InvalidArgument, Endpoint.received, "192.0.2.1", "04605")
+        self.assertEqual(Endpoint.parse("192.0.2.1", "4605").port, 4605)
+
+    def test_record_integers(self) -> None:
+        """seq, size, total, number...: a client refuses them with bad-request."""
+        from irp.elements import int_attribute
+
+        self.assertRaises(errors.BadRequest, int_attribute, make_element("user", {"seq": "01"}), "seq")
+        self.assertEqual(int_attribute(make_element("users", {"total": "0"}), "total"), 0)

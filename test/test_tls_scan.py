@@ -8,13 +8,16 @@ skipped, saying so, where sslscan is not installed (``.ci/run`` installs it).
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 
 from lxml import etree
 from OpenSSL import SSL
-from twisted.internet import utils
+from twisted.internet import threads, utils
 from twisted.trial.unittest import SkipTest, TestCase
 
 from irp import tls
+from irp.framing import encode_frame
 from test.helpers import RunningRegistry
 
 FORWARD_SECRET_AEAD = {"TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "DHE-RSA-AES256-GCM-SHA384"}
@@ -82,3 +85,50 @@ class ScannerTests(TestCase):
 
 
 
+
+
+def _tickets_received(port: int) -> tuple[str | None, int, bool]:
+    """Connect with the standard library's TLS 1.3 client, send a request, read its answer
+    and return (TLS version, NewSessionTicket messages received, whether the session holds
+    a ticket). TLS 1.3 tickets arrive after the handshake, before the first answer."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only the tickets matter here
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    tickets: list[bytes] = []
+
+    def watch(connection: object, direction: str, version: object, content_type: object, message_type: object, data: bytes) -> None:
+        if direction == "read" and message_type == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets.append(data)
+
+    context._msg_callback = watch  # type: ignore[attr-defined]
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        connection.sendall(encode_frame(b'<request v="1" id="1"><capabilities/></request>'))
+        header = connection.recv(4)
+        assert len(header) == 4, header
+        session = connection.session
+        return connection.version(), len(tickets), bool(session is not None and session.has_ticket)
+
+
+class SessionTicketTests(TestCase):
+    """docs/irp.rst (TCP and TLS): the server issues no session tickets (issue 9, item 22)."""
+
+    async def test_no_tls13_session_tickets(self) -> None:
+        registry = await RunningRegistry(self).start()
+        version, tickets, has_ticket = await threads.deferToThread(_tickets_received, registry.port)
+        self.assertEqual(version, "TLSv1.3")
+        self.assertEqual((tickets, has_ticket), (0, False))
+
+    def test_context_issues_no_tickets(self) -> None:
+        """The server context's ticket count is 0 (OpenSSL's default is 2)."""
+        from irp.ca import generate_key
+        from test import pki
+
+        ca = pki.make_ca()
+        key = generate_key("p256")
+        certificate = ca.issue_server_certificate(["localhost"], key.public_key())
+        context = tls.make_server_context(key, certificate, [ca.issuing_certificate])
+        self.assertEqual(tls.session_tickets(context), 0)

@@ -84,6 +84,14 @@ class ForbiddenMarkupTests(unittest.SynchronousTestCase):
         self.assertForbidden(b"<r>&foo;</r>")
         self.assertForbidden(b'<r a="&foo;"/>')
 
+    def test_other_encoding_declared(self) -> None:
+        """A declared encoding other than UTF-8 (any case) is forbidden markup, as
+        docs/irp.rst's XML rules say (issue 9, item 21)."""
+        for encoding in (b"ISO-8859-1", b"UTF-16", b"utf8", b"US-ASCII", b""):
+            self.assertForbidden(b'<?xml version="1.0" encoding="' + encoding + b'"?><r/>')
+        for encoding in (b"UTF-8", b"utf-8", b"Utf-8"):
+            self.assertEqual(parse_document(b"<?xml version='1.0' encoding='" + encoding + b"'?><r/>").tag, "r")
+
     def test_utf16_bomb(self) -> None:
         """A UTF-16 document (where the byte checks would not see ``<!``) is refused."""
         self.assertRaises(XMLRejected, parse_document, BILLION_LAUGHS.decode("ascii").encode("utf-16"))
@@ -111,9 +119,9 @@ class MalformedTests(unittest.SynchronousTestCase):
         for data in (b"<r>", b"<a><b></a></b>", b"hello", b"", b"<r/><s/>", b"<r a='1' a='2'/>"):
             self.assertMalformed(data)
 
-    def test_other_encoding_declared(self) -> None:
-        """Only UTF-8 is accepted."""
-        self.assertMalformed(b'<?xml version="1.0" encoding="ISO-8859-1"?><r/>')
+    def test_unquoted_encoding_is_not_well_formed(self) -> None:
+        """A declaration whose encoding is not a quoted value is not well-formed."""
+        self.assertMalformed(b'<?xml version="1.0" encoding=UTF-8?><r/>')
 
     def test_invalid_utf8(self) -> None:
         """Bytes that are not UTF-8 are refused."""
