@@ -99,10 +99,13 @@ def server_argument(text: str) -> tuple[str, int]:
 class Context:
     """Profile, options and (lazily) a connection for one command run."""
 
+    #: The command being run (named in messages that say how to fix a profile).
+    program = "irp"
+
     def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
         self.reactor = reactor
         self.args = args
-        self.profile = Profile(args.profile)
+        self.profile = Profile(args.profile, self.program)
         self.client: RegistryClient | None = None
         #: The DNS resolver for finding registries by SRV (None: the system's).
         self.resolver: Any = None
@@ -501,7 +504,7 @@ async def cmd_pkcs12(ctx: Context) -> int:
     else:
         passphrase = read_secret(args, "Passphrase for the new PKCS#12 file: ", file_option="passphrase_file", confirm=True)
         print("The registry is generating the key...", file=sys.stderr)
-        info, entry = await client.generate_key(passphrase, key_type=args.key_type, label=args.label)
+        info, entry = await client.generate_key(passphrase, key_type=args.key_type, label=args.label, user=args.of)
         write_output(args.out, info.data or b"", private=True)
         show(f"Certificate {entry.serial:x} for {entry.user}; PKCS#12 file {info.id} kept by the registry.")
     return 0
