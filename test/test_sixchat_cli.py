@@ -190,6 +190,7 @@ class WithoutAgentTests(CLITestCase):
     async def test_init_enrol_trust_domain(self) -> None:
         root = write_file(os.path.join(self.home, "root.pem"), self.registry.root.public_bytes(Encoding.PEM))
         password = write_file(os.path.join(self.home, "password"), DEFAULT_PASSWORD.encode())
+        os.chmod(password, 0o600)  # password files are refused when others may read them
         await self.registry.create_user("carol")
         profile = os.path.join(self.home, "carol")
         server = f"127.0.0.1:{self.registry.port}"
