@@ -14,25 +14,25 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
+
+from irp.factory import QuietFactory
 
 #: Exit status of a service that could not start.
 START_FAILED = 1
 
 
-class Gate(Factory):
+class Gate(QuietFactory):
     """A listening port's factory until the service behind it is ready.
 
     Ports are bound through a gate first (so that a port in use is found before anything
     is created); connections that arrive before :meth:`open` are closed at once.
     """
 
-    noisy = False
-
     def __init__(self) -> None:
-        self.target: Factory | None = None
+        self.target: Any = None
 
-    def open(self, target: Factory) -> None:
+    def open(self, target: Any) -> None:
         """From now on, connections go to ``target``."""
         self.target = target
         target.doStart()
@@ -41,7 +41,8 @@ class Gate(Factory):
         """The target's protocol, or None (the connection is closed) before it is ready."""
         if self.target is None:
             return None
-        return self.target.buildProtocol(addr)
+        protocol: Protocol | None = self.target.buildProtocol(addr)
+        return protocol
 
     def stopFactory(self) -> None:
         """Stop the target too."""

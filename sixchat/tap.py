@@ -12,8 +12,8 @@ from twisted.python import usage
 from irp import errors as irp_errors
 from irp.keyfiles import KeyFileError
 from irp.profile import Profile, ProfileError, default_profile_path
-from irp.startup import describe_start_failure, fail_start, own_pidfile
 from irp.records import Endpoint
+from irp.startup import describe_start_failure, fail_start, own_pidfile
 from irp.tap import check_endpoint
 from sixchat import DEFAULT_PORT
 from sixchat.agent import Agent, AgentSettings

@@ -440,9 +440,11 @@ def frames_of(data: bytes) -> list[bytes]:
 async def closed_port(host: str = "127.0.0.1") -> int:
     """A loopback TCP port where nothing listens (one just closed)."""
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.protocol import Protocol
 
-    port = await serverFromString(global_reactor, agent_listen(host)).listen(Factory.forProtocol(Protocol))
+    from irp.factory import QuietFactory
+
+    port = await serverFromString(global_reactor, agent_listen(host)).listen(QuietFactory.forProtocol(Protocol))
     number: int = port.getHost().port
     await port.stopListening()
     return number

@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from irp.records import Endpoint
-from sixchat.agent import Agent
 from irp.startup import START_FAILED
+from sixchat.agent import Agent
 from sixchat.tap import Options, makeService
 from test.helpers import RunningRegistry, make_profile, run_twistd
 
