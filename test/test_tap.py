@@ -9,7 +9,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from irp.tap import Options
-from test.helpers import run_twistd
+from test.helpers import run_python, run_twistd
 
 
 class OptionsTests(SynchronousTestCase):
@@ -109,3 +109,23 @@ class FailedStartTests(TestCase):
         self.assertIn(f"cannot listen on 127.0.0.1 port {port}", lines[0])
         self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
         self.assertEqual(os.listdir(home), [])
+
+
+class PluginDiscoveryTests(TestCase):
+    """Both plugins are found by Twisted in the installed environment (whatever the
+    install style: 'pip install .' or 'pip install -e .'), from outside the checkout."""
+
+    async def test_installed_plugins_are_found(self) -> None:
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        program = (
+            "from twisted.application.service import IServiceMaker\n"
+            "from twisted.plugin import getPlugins\n"
+            "print(' '.join(sorted(plugin.tapname for plugin in getPlugins(IServiceMaker))))\n"
+        )
+        # -I: no PYTHONPATH, no current directory on the path: only what is installed.
+        result = await run_python(["-I", "-c", program], home=home)
+        self.assertEqual(result.code, 0, result)
+        names = result.out.split()
+        self.assertIn("irp", names, result)
+        self.assertIn("sixchat", names, result)
