@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from irp.cli import Context, build_parser, cmd_init
@@ -38,6 +40,7 @@ def read_file(path: str) -> bytes:
 
 
 Result = CommandResult
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class CLITestCase(unittest.TestCase):
@@ -359,6 +362,29 @@ class AdministrationTests(CLITestCase):
         self.assertIn("mode 0644", result.err)
         self.assertIn(f"chmod 600 {admin_password}", result.err)
 
+    async def test_mistyped_repetition_asks_again(self) -> None:
+        """At a terminal, a mistyped repetition of a new password asks again instead of
+        ending the command; the password typed consistently is the one set."""
+        await self.start()
+        await self.registry.add_user("bob")
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        answers = [
+            ("New password for bob: ", "a new password 1"),
+            ("Again: ", "a new pasword 1"),  # mistyped
+            ("New password for bob: ", "a new password 2"),
+            ("Again: ", "a new password 2"),
+        ]
+        result = await run_at_terminal(
+            ["-m", "irp.cli", "--profile", admin, "admin", "--password-file", admin_password, "set-password", "bob"], answers, home=self.home
+        )
+        self.assertEqual(result.code, 0, result)
+        self.assertIn("The two entries differ; please type it again.", result.out)
+        self.assertIn("Password of bob set.", result.out)
+        self.assertNotIn("Traceback", result.out)
+        client = await self.registry.client("bob", "a new password 2")
+        self.assertEqual(str((await client.whoami()).user), "bob@example.org")
+
     async def test_not_an_administrator(self) -> None:
         """A user who is not an administrator gets a readable refusal (exit 1)."""
         await self.start()
@@ -433,7 +459,9 @@ class ErrorTests(CLITestCase):
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(self.home)
         overview = await self.irp("--help")
-        self.assertNotIn("download", overview.out)
+        pkcs12_line = " ".join(overview.out.split("pkcs12", 1)[1].split("renew", 1)[0].split())
+        self.assertNotIn("download", pkcs12_line.lower())
+        self.assertIn("get one", pkcs12_line)
         pkcs12_help = (await self.irp("pkcs12", "--help")).out
         for group in ("get:", "upload:", "generate:", "list and generate:"):
             self.assertIn(group, pkcs12_help)
@@ -446,3 +474,35 @@ class ErrorTests(CLITestCase):
 def load_certificates_text(text: str) -> list[x509.Certificate]:
     """The PEM certificates a command printed."""
     return x509.load_pem_x509_certificates(text.encode("ascii"))
+
+
+class _Terminal(ProcessProtocol):
+    """Answers a child's prompts on its terminal, one answer per prompt, in order."""
+
+    def __init__(self, answers: list[tuple[str, str]]) -> None:
+        self.answers = list(answers)
+        self.output = ""
+        self.seen = 0
+        self.done: Deferred[CommandResult] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+        while self.answers and self.answers[0][0] in self.output[self.seen :]:
+            prompt, answer = self.answers.pop(0)
+            self.seen = self.output.index(prompt, self.seen) + len(prompt)
+            assert self.transport is not None
+            self.transport.write(answer.encode("utf-8") + b"\n")
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.done.callback(CommandResult(-1 if code is None else code, self.output, ""))
+
+
+def run_at_terminal(arguments: list[str], answers: list[tuple[str, str]], *, home: str) -> Deferred[CommandResult]:
+    """Run ``python ARGUMENTS`` on a pseudo-terminal, typing ``answers`` at its prompts."""
+    terminal = _Terminal(answers)
+    environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    global_reactor.spawnProcess(  # type: ignore[attr-defined]
+        terminal, sys.executable, [sys.executable, *arguments], env=environment, path=home, usePTY=True
+    )
+    return terminal.done
