@@ -106,7 +106,7 @@ class Directory:
                 log.warn(
                     "Cannot reach the registry of {domain}: {why} (trying again when next needed)",
                     domain=domain,
-                    why=result.getErrorMessage(),
+                    why=getattr(result.value, "message", None) or result.getErrorMessage(),
                 )
             self._state[domain] = "down"
         else:
