@@ -163,6 +163,7 @@ class Profile:
     def credentials(self) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
         """The user's key, certificate and intermediates."""
         if not self.enrolled:
+            self.load_config()  # no profile at all: say how to make one
             raise ProfileError(f"no key and certificate in {self.path}: run '{self.command('enrol')}' first")
         key = keyfiles.load_private_key(self.file(KEY_FILE))
         chain = keyfiles.load_certificates(self.file(CERTIFICATE_FILE))

@@ -125,7 +125,7 @@ class Agent(service.Service):
         #: fake clock; sockets always use ``reactor``).
         self.clock: Any = clock if clock is not None else reactor
         self.limits = settings.limits
-        self.profile = Profile(settings.profile_dir)
+        self.profile = Profile(settings.profile_dir, "sixchat")
         self.credentials: LocalCredentials
         self.identity: Identity
         self.store: AgentStore | None = None
