@@ -65,24 +65,39 @@ def exit_code_for(error: errors.IRPError) -> int:
 # -- reading secrets -----------------------------------------------------------------
 
 
+#: Times a person may mistype the repeated entry of a new password before the command gives up.
+CONFIRM_ATTEMPTS = 3
+
+
+def read_secret_file(path: str) -> str:
+    """The first line of a password file. Like a key file, it is refused (with the
+    ``chmod`` that fixes it) when the group or others may read or write it."""
+    data = keyfiles.read_bytes_private(path, max_size=64 * 1024)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not UTF-8 text") from None
+    return text.split("\n", 1)[0].rstrip("\r")
+
+
 def read_secret(args: argparse.Namespace, prompt: str, *, file_option: str = "password_file", confirm: bool = False) -> str:
-    """Read a password: from ``--password-file``, from stdin when not a terminal, or a prompt."""
+    """Read a password: from ``--password-file``, from stdin when not a terminal, or a prompt
+    (asked twice when ``confirm``; a mistyped repetition asks again)."""
     path = getattr(args, file_option, None)
     if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.readline().rstrip("\r\n")
-        except OSError as error:
-            raise CommandError(f"cannot read {path}: {error.strerror}") from None
+        return read_secret_file(path)
     if not sys.stdin.isatty():
         line = sys.stdin.readline()
         if not line:
             raise CommandError(f"{prompt.rstrip(': ')} is needed: give --password-file or type it at a terminal")
         return line.rstrip("\r\n")
-    secret = getpass.getpass(prompt)
-    if confirm and getpass.getpass("Again: ") != secret:
-        raise CommandError("the two entries differ")
-    return secret
+    for attempt in range(CONFIRM_ATTEMPTS):
+        secret = getpass.getpass(prompt)
+        if not confirm or getpass.getpass("Again: ") == secret:
+            return secret
+        if attempt + 1 < CONFIRM_ATTEMPTS:
+            print("The two entries differ; please type it again.", file=sys.stderr)
+    raise CommandError(f"the two entries differed {CONFIRM_ATTEMPTS} times; nothing was changed")
 
 
 # -- connection context --------------------------------------------------------------
@@ -99,10 +114,13 @@ def server_argument(text: str) -> tuple[str, int]:
 class Context:
     """Profile, options and (lazily) a connection for one command run."""
 
+    #: The command being run (named in messages that say how to fix a profile).
+    program = "irp"
+
     def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
         self.reactor = reactor
         self.args = args
-        self.profile = Profile(args.profile)
+        self.profile = Profile(args.profile, self.program)
         self.client: RegistryClient | None = None
         #: The DNS resolver for finding registries by SRV (None: the system's).
         self.resolver: Any = None
@@ -258,7 +276,11 @@ async def cmd_init(ctx: Context) -> int:
         root = keyfiles.load_certificates(args.ca_file)[0]
         if expected and keyfiles.fingerprint(root) != expected:
             raise CommandError("the CA file does not have the fingerprint given")
-        if host is None:
+        if host is not None:
+            # Check now that it is this registry's root (not at the first command, with an
+            # OpenSSL message).
+            await fetch_root_by_fingerprint(ctx, host, port, domain, keyfiles.fingerprint(root), given=f"that of {args.ca_file}")
+        else:
             # Find a registry that answers and proves itself with this root.
             ctx.client = await connect_domain(
                 ctx.reactor, domain, trust_roots=[root], timeout=args.timeout, resolver=ctx.resolver
@@ -276,7 +298,7 @@ async def cmd_init(ctx: Context) -> int:
 
 
 async def fetch_root_by_fingerprint(
-    ctx: Context, host: str | None, port: int | None, domain: str, expected: str
+    ctx: Context, host: str | None, port: int | None, domain: str, expected: str, *, given: str = "the one given"
 ) -> x509.Certificate:
     """Fetch the CA chain without trusting anything yet, and accept it only if the root has
     the expected fingerprint and the server's own certificate descends from it.
@@ -301,7 +323,7 @@ async def fetch_root_by_fingerprint(
     if keyfiles.fingerprint(chain.root) != expected:
         raise CommandError(
             "the registry's root CA has fingerprint"
-            f" {keyfiles.format_fingerprint(keyfiles.fingerprint(chain.root))}, not the one given: refusing to trust it",
+            f" {keyfiles.format_fingerprint(keyfiles.fingerprint(chain.root))}, not {given}: refusing to trust it",
             5,
         )
     verify_ca_chain(chain, [chain.root], datetime.now(timezone.utc))
@@ -476,8 +498,11 @@ async def cmd_upload_certificate(ctx: Context) -> int:
     return 0
 
 
+PKCS12_HELP = "PKCS#12 files: list them, get one, upload one, or generate a key and certificate as one."
+
+
 async def cmd_pkcs12(ctx: Context) -> int:
-    """List, download, upload or generate PKCS#12 files."""
+    """PKCS#12 files: list, get, upload, generate."""
     args = ctx.args
     if args.pkcs12_action == "get" and args.id is None:
         raise CommandError("pkcs12 get needs --id (see 'irp pkcs12 list')")
@@ -501,7 +526,7 @@ async def cmd_pkcs12(ctx: Context) -> int:
     else:
         passphrase = read_secret(args, "Passphrase for the new PKCS#12 file: ", file_option="passphrase_file", confirm=True)
         print("The registry is generating the key...", file=sys.stderr)
-        info, entry = await client.generate_key(passphrase, key_type=args.key_type, label=args.label)
+        info, entry = await client.generate_key(passphrase, key_type=args.key_type, label=args.label, user=args.of)
         write_output(args.out, info.data or b"", private=True)
         show(f"Certificate {entry.serial:x} for {entry.user}; PKCS#12 file {info.id} kept by the registry.")
     return 0
@@ -727,15 +752,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("upload-certificate", cmd_upload_certificate, "Publish a certificate from another issuer that names you.")
     sub.add_argument("file")
 
-    sub = command("pkcs12", cmd_pkcs12, "List, download, upload or generate PKCS#12 files.")
-    sub.add_argument("pkcs12_action", choices=("list", "get", "upload", "generate"))
-    sub.add_argument("--of", metavar="USER", help="another user's files (administrators)")
-    sub.add_argument("--id", type=int, help="file id (for get)")
-    sub.add_argument("--file", help="file to upload")
-    sub.add_argument("--out", help="where to write the PKCS#12 file (default stdout)")
-    sub.add_argument("--label", default="cli", help="a label for the file")
-    sub.add_argument("--key-type", choices=KEY_TYPES, default="p384")
-    sub.add_argument("--passphrase-file", help="read the new PKCS#12 passphrase from this file")
+    sub = command("pkcs12", cmd_pkcs12, PKCS12_HELP)
+    sub.add_argument(
+        "pkcs12_action",
+        choices=("list", "get", "upload", "generate"),
+        metavar="ACTION",
+        help="list: your stored PKCS#12 files; get: write one (--id); upload: store one (--file);"
+        " generate: the registry makes a key and certificate and returns them as a PKCS#12 file",
+    )
+    group = sub.add_argument_group("list and generate")
+    group.add_argument("--of", metavar="USER", help="another user's files, or a key for another user (administrators)")
+    group = sub.add_argument_group("get")
+    group.add_argument("--id", type=int, help="the file's id, as 'irp pkcs12 list' shows it (required)")
+    group = sub.add_argument_group("get and generate")
+    group.add_argument("--out", help="where to write the PKCS#12 file (default stdout), mode 0600")
+    group = sub.add_argument_group("upload")
+    group.add_argument("--file", help="the PKCS#12 file to store (required)")
+    group = sub.add_argument_group("upload and generate")
+    group.add_argument("--label", default="cli", help="a label for the stored file (default 'cli')")
+    group = sub.add_argument_group("generate")
+    group.add_argument("--key-type", choices=KEY_TYPES, default="p384", help="the new key's type (default p384)")
+    group.add_argument("--passphrase-file", help="read the new file's passphrase from this file (else asked twice)")
 
     sub = command("renew", cmd_renew, "Renew your certificate (or one given by serial); the old one is superseded.")
     sub.add_argument("serial", nargs="?")
@@ -756,13 +793,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", help="file to write (default stdout)")
 
     sub = command("passwd", cmd_passwd, "Change your password.")
-    sub.add_argument("--current-password-file")
-    sub.add_argument("--new-password-file")
+    sub.add_argument("--current-password-file", help="read your current password from this file")
+    sub.add_argument("--new-password-file", help="read the new password from this file")
 
     admin = command("admin", cmd_admin, "Administrator commands.")
     actions = admin.add_subparsers(dest="admin_action", metavar="ACTION")
     actions.required = True
-    action = actions.add_parser("create-user", help="create a user")
+
+    def admin_action(name: str, text: str) -> argparse.ArgumentParser:
+        # --password-file (the administrator's) works after the action too.
+        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        action.add_argument("--password-file", default=argparse.SUPPRESS, help="read your (the administrator's) password from this file")
+        return action
+
+    action = admin_action("create-user", "create a user")
     action.add_argument("name")
     action.add_argument("--display-name")
     action.add_argument("--email")
@@ -770,21 +814,21 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--no-password", action="store_true", help="set no password (certificates only, issued by an admin)")
     action.add_argument("--no-password-login", action="store_true", help="disable password login from the start")
     action.add_argument("--new-password-file", help="read the new user's password from this file")
-    action = actions.add_parser("set-password", help="set a user's password")
-    action.add_argument("name")
-    action.add_argument("--new-password-file")
+    action = admin_action("set-password", "set a user's password (asked twice, or read from a file)")
+    action.add_argument("name", help="the user")
+    action.add_argument("--new-password-file", help="read the new password from this file")
     for name, text in (("disable-password-login", "only certificates will log this user in"), ("enable-password-login", "allow password login again")):
-        action = actions.add_parser(name, help=text)
+        action = admin_action(name, text)
         action.add_argument("name")
-    action = actions.add_parser("set-admin", help="grant or withdraw administrator rights")
+    action = admin_action("set-admin", "grant or withdraw administrator rights")
     action.add_argument("name")
     action.add_argument("state", choices=("on", "off"))
-    action = actions.add_parser("revoke", help="revoke any certificate")
+    action = admin_action("revoke", "revoke any certificate")
     action.add_argument("serial")
     action.add_argument("--reason", choices=sorted(REVOCATION_REASONS), default="unspecified")
-    action = actions.add_parser("delete-user", help="delete a user and revoke their certificates")
-    action.add_argument("name")
-    action = actions.add_parser("users", help="list users")
+    action = admin_action("delete-user", "delete a user and revoke their certificates")
+    action.add_argument("name", help="the user")
+    action = admin_action("users", "list users")
     action.add_argument("--prefix")
     action.add_argument("--offset", type=int, default=0)
     action.add_argument("--limit", type=int, default=50)

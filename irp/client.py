@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -40,6 +40,7 @@ from irp.elements import (
     parse_user,
     timestamp_attribute,
 )
+from irp.factory import QuietFactory
 from irp.framing import FrameDecoder, FrameError, encode_frame
 from irp.identity import Identity, InvalidIdentity, identity_from_certificate
 from irp.keyfiles import PrivateKey, fingerprint
@@ -769,7 +770,7 @@ def connect(
 
     async def run() -> RegistryClient:
         try:
-            await endpoint.connect(Factory.forProtocol(lambda: protocol))
+            await endpoint.connect(QuietFactory.forProtocol(lambda: protocol))
         except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
             raise errors.ConnectionLost(f"cannot connect to the registry at {host} port {port}: {error}") from None
         await _await_handshake(reactor, protocol, timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,10 +55,19 @@ class ProfileConfig:
 
 
 class Profile:
-    """One user's profile folder."""
+    """One user's profile folder.
 
-    def __init__(self, path: str) -> None:
+    ``program`` is the command the user runs (``irp`` or ``sixchat``): messages about a
+    missing or incomplete profile give the full command that fixes it.
+    """
+
+    def __init__(self, path: str, program: str = "irp") -> None:
         self.path = Path(path)
+        self.program = program
+
+    def command(self, arguments: str) -> str:
+        """The full command line that runs ``arguments`` on this profile."""
+        return f"{self.program} --profile {shlex.quote(str(self.path))} {arguments}"
 
     def file(self, name: str) -> str:
         """Path of a file in the profile."""
@@ -87,8 +97,9 @@ class Profile:
         """Read ``config.json``."""
         if not self.exists:
             raise ProfileError(
-                f"no profile in {self.path}: run 'irp init --server HOST --domain DOMAIN"
-                " --ca-fingerprint FP' first (or set --profile / IRP_PROFILE)"
+                f"no profile in {self.path}: create it with"
+                f" '{self.command('init --server HOST --domain DOMAIN --user NAME --ca-fingerprint FP')}'"
+                " (or choose another with --profile or IRP_PROFILE)"
             )
         try:
             data = json.loads((self.path / CONFIG_FILE).read_text("utf-8"))
@@ -106,7 +117,7 @@ class Profile:
         """The profile user's identity (needs a user name in the configuration)."""
         config = self.load_config()
         if not config.username:
-            raise ProfileError("the profile has no user name yet: pass --user or run 'irp enrol'")
+            raise ProfileError(f"the profile has no user name yet: pass --user, or run '{self.command('enrol --user NAME')}'")
         return Identity(config.username, config.domain)
 
     # -- trust ------------------------------------------------------------------------
@@ -152,7 +163,8 @@ class Profile:
     def credentials(self) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
         """The user's key, certificate and intermediates."""
         if not self.enrolled:
-            raise ProfileError(f"no key and certificate in {self.path}: run 'irp enrol' first")
+            self.load_config()  # no profile at all: say how to make one
+            raise ProfileError(f"no key and certificate in {self.path}: run '{self.command('enrol')}' first")
         key = keyfiles.load_private_key(self.file(KEY_FILE))
         chain = keyfiles.load_certificates(self.file(CERTIFICATE_FILE))
         return key, chain[0], chain[1:]

@@ -20,7 +20,7 @@ from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from irp import errors
 from irp.certificates import UnusableCertificate, load_certificate
+from irp.factory import QuietFactory
 from irp.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from irp.messages import (
     Request,
@@ -426,7 +427,7 @@ class AdmittingTLSFactory(TLSMemoryBIOFactory):
         return super().buildProtocol(addr)
 
 
-class RegistryServerFactory(Factory):
+class RegistryServerFactory(QuietFactory):
     """Builds :class:`RegistryServerProtocol` connections sharing one registry."""
 
     protocol = RegistryServerProtocol  # type: ignore[assignment]

@@ -14,6 +14,7 @@ from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -28,6 +29,7 @@ from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFa
 from irp.records import RecordSigner
 from irp.registry import Registry, RegistryConfig
 from irp.revocation import RevocationChecker
+from irp.startup import Gate, describe_start_failure
 from irp.store import RegistryStore, open_store
 from irp.tls import ServerTLS, make_server_context
 from irp.trust import TrustStore
@@ -115,16 +117,22 @@ class RegistryService(service.Service):
         started.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(errors.IRPError, keyfiles.KeyFileError, OSError, RuntimeError):
-            log.critical("The registry could not start: {why}", why=str(failure.value))
+        # The caller (twistd irp: irp.tap) stops the process; the ports bound are let go.
+        if failure.check(errors.IRPError, keyfiles.KeyFileError, OSError, RuntimeError, CannotListenError):
+            log.critical("The registry could not start: {why}", why=describe_start_failure(failure.value))
         else:
             log.failure("The registry could not start", failure)
+        for port in self.ports:
+            port.stopListening()
+        self.ports.clear()
         self.ready.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
 
     async def _start(self) -> RegistryService:
         settings = self.settings
+        # Bind first: a port in use must be found before a CA or data folder is created.
+        gate = Gate()
+        for description in settings.listen:
+            self.ports.append(await serverFromString(self.reactor, description).listen(gate))
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
@@ -166,10 +174,8 @@ class RegistryService(service.Service):
             self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
         )
         self.tls = ServerTLS(self._server_context(credentials))
-        tls_factory = AdmittingTLSFactory(self.tls, False, self.factory)
-        for description in settings.listen:
-            port = await serverFromString(self.reactor, description).listen(tls_factory)
-            self.ports.append(port)
+        gate.open(AdmittingTLSFactory(self.tls, False, self.factory))
+        for port in self.ports:
             address = port.getHost()
             log.info(
                 "IRP registry for {domain} listening on {host} port {port}",

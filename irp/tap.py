@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -16,6 +17,7 @@ from irp.passwords import Argon2Parameters
 from irp.protocol import ConnectionLimits
 from irp.registry import RegistryConfig
 from irp.service import RegistryService, RegistrySettings
+from irp.startup import describe_start_failure, fail_start, own_pidfile
 from irp.store import UnsupportedDatabase, parse_database_url
 
 
@@ -41,7 +43,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["domain", "d", None, "The domain this registry serves (required), e.g. example.org."],
-        ["data-dir", None, "irp-data", "Directory for the CA, keys and the SQLite database."],
+        ["data-dir", None, "irp-data", "Directory for the CA, keys and the SQLite database (twistd's pid"
+         " file defaults to DATA_DIR.pid beside it)."],
         ["database", None, None, "Database URL: a SQLite path (default DATA_DIR/registry.sqlite3)"
          " or postgresql://user@host/dbname."],
         ["key-type", None, "p384", f"Key type of new CA and server keys: {', '.join(KEY_TYPES)}."],
@@ -135,6 +138,8 @@ class Options(usage.Options):
                 raise usage.UsageError(str(error)) from None
         if not self["listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
+        data_dir = os.path.abspath(self["data-dir"])
+        own_pidfile(self, os.path.join(os.path.dirname(data_dir), os.path.basename(data_dir) + ".pid"))
         if not self["hostnames"]:
             import socket
 
@@ -181,17 +186,23 @@ class Options(usage.Options):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> service.IService:
-    """Build the registry service; credentials are prepared now so errors show at once."""
+def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., Any] | None = None) -> service.IService:
+    """Build the registry service.
+
+    It binds its ports before it creates anything (a CA, a data folder); if it cannot
+    start, ``twistd`` prints one line, stops and exits non-zero (``at_exit`` registers that
+    exit; default :func:`atexit.register`).
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     registry = RegistryService(options.settings(), reactor)
-    try:
-        registry.prepare_credentials()
-    except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
-        raise SystemExit(f"irp: cannot prepare the registry's credentials: {error}") from None
     parent = service.MultiService()
     registry.setServiceParent(parent)
+
+    def start_failed(failure: Any) -> None:
+        fail_start(reactor, "twistd irp", describe_start_failure(failure.value), at_exit=at_exit)
+
+    registry.ready.addErrback(start_failed)
     return parent

@@ -24,12 +24,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from irp import errors as irp_errors
+from irp.factory import QuietFactory
 from irp.framing import encode_frame
 from irp.identity import Identity
 from irp.keyfiles import KeyFileError, fingerprint
@@ -100,7 +101,7 @@ class _Refused(Protocol):
         transport.loseConnection()
 
 
-class _ResponderFactory(Factory):
+class _ResponderFactory(QuietFactory):
     """Accepts incoming connections, within a per-address handshake budget."""
 
     def __init__(self, agent: Agent) -> None:
@@ -124,7 +125,7 @@ class Agent(service.Service):
         #: fake clock; sockets always use ``reactor``).
         self.clock: Any = clock if clock is not None else reactor
         self.limits = settings.limits
-        self.profile = Profile(settings.profile_dir)
+        self.profile = Profile(settings.profile_dir, "sixchat")
         self.credentials: LocalCredentials
         self.identity: Identity
         self.store: AgentStore | None = None
@@ -416,7 +417,7 @@ class Agent(service.Service):
         client = endpoint_class(self.reactor, endpoint.address, endpoint.port, timeout=self.settings.connect_timeout)
         connection = PeerConnection(self, Role.INITIATOR, expected_peer=peer)
         try:
-            await client.connect(Factory.forProtocol(lambda: connection))
+            await client.connect(QuietFactory.forProtocol(lambda: connection))
             await connection.when_established()
         except errors.SixChatError as error:
             problems.append(f"{endpoint.address} port {endpoint.port} ({error.message})")

@@ -49,6 +49,8 @@ def parse_identity(text: str, profile: Profile) -> Identity:
 class ChatContext(Context):
     """The irp command context plus a handle on the agent."""
 
+    program = "sixchat"
+
     def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
         super().__init__(reactor, args)
         self.control: Any = None
@@ -78,7 +80,7 @@ class ChatContext(Context):
         try:
             agent.load_credentials()
         except (ProfileError, keyfiles.KeyFileError, ValueError) as error:
-            raise CommandError(f"{error} (run 'sixchat init' and 'sixchat enrol' first)") from None
+            raise CommandError(str(error)) from None
         agent.startService()
         await agent.ready
         self.local_agent = agent

@@ -22,12 +22,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from irp import errors as irp_errors
+from irp.factory import QuietFactory
 from irp.identity import Identity, InvalidIdentity
 from irp.keyfiles import ensure_private_directory, parse_fingerprint
 from sixchat import errors
@@ -219,7 +219,7 @@ def _message_json(message: Any) -> dict[str, Any]:
     }
 
 
-class ControlFactory(Factory):
+class ControlFactory(QuietFactory):
     """Makes the control connections of one agent and can close them all."""
 
     def __init__(self, agent: Any) -> None:
@@ -304,7 +304,7 @@ async def connect_control(reactor: Any, profile_dir: str) -> ControlClientProtoc
         return None
     endpoint = UNIXClientEndpoint(reactor, path, timeout=5)
     try:
-        protocol: ControlClientProtocol = await endpoint.connect(Factory.forProtocol(ControlClientProtocol))
+        protocol: ControlClientProtocol = await endpoint.connect(QuietFactory.forProtocol(ControlClientProtocol))
     except Exception:  # noqa: BLE001 - a stale socket means no agent runs
         return None
     return protocol

@@ -59,6 +59,9 @@ class Directory:
         self.roots = profile.trusted_roots()
         self._clients: dict[str, RegistryClient] = {}
         self._connecting: dict[str, list[Deferred[RegistryClient]]] = {}
+        #: Each domain's registry as last seen: "up", "lost" (the connection ended) or
+        #: "down" (it cannot be reached); the log says when this changes.
+        self._state: dict[str, str] = {}
 
     def server_for(self, domain: str) -> tuple[str, int] | None:
         """The registry configured for ``domain``, or None (found by DNS SRV then)."""
@@ -98,8 +101,25 @@ class Directory:
     def _connected(self, result: RegistryClient | Failure, domain: str) -> None:
         """Hand a new connection (or its failure) to everyone who asked for it."""
         waiters = self._connecting.pop(domain, [])
-        if not isinstance(result, Failure):
+        if isinstance(result, Failure):
+            if self._state.get(domain) != "down":
+                log.warn(
+                    "Cannot reach the registry of {domain}: {why} (trying again when next needed)",
+                    domain=domain,
+                    why=getattr(result.value, "message", None) or result.getErrorMessage(),
+                )
+            self._state[domain] = "down"
+        else:
             self._clients[domain] = result
+            log.info(
+                "{what} the registry of {domain} at {host} port {port}",
+                what="Reconnected to" if domain in self._state else "Connected to",
+                domain=domain,
+                host=result.host,
+                port=result.port,
+            )
+            self._state[domain] = "up"
+            result.protocol.disconnected.addCallback(self._lost, domain, result)
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
@@ -134,6 +154,19 @@ class Directory:
     def own_fingerprint(self) -> str:
         """Our certificate's fingerprint."""
         return fingerprint(self.certificate)
+
+    def _lost(self, _: None, domain: str, client: RegistryClient) -> None:
+        """A registry connection we did not close ended: say so (once)."""
+        if self._clients.get(domain) is not client:
+            return  # closed by us (close() forgets its clients first), or already replaced
+        del self._clients[domain]
+        self._state[domain] = "lost"
+        why = client.protocol.failure.message if client.protocol.failure is not None else "the connection was closed"
+        log.warn(
+            "Lost the connection to the registry of {domain}: {why} (reconnecting when next needed)",
+            domain=domain,
+            why=why,
+        )
 
     async def close(self) -> None:
         """Close every registry connection."""

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
 
 from irp import errors as irp_errors
+from irp.keyfiles import KeyFileError
 from irp.profile import Profile, ProfileError, default_profile_path
 from irp.records import Endpoint
+from irp.startup import describe_start_failure, fail_start, own_pidfile
 from irp.tap import check_endpoint
 from sixchat import DEFAULT_PORT
 from sixchat.agent import Agent, AgentSettings
 from sixchat.verification import POLICIES
+
+#: twistd's pid file, in the profile folder (unless --pidfile is given).
+PIDFILE = "agent.pid"
 
 
 class Options(usage.Options):
@@ -27,7 +33,8 @@ class Options(usage.Options):
         " encrypted and keeps your history. Drive it with the 'sixchat' command."
     )
     optParameters = [
-        ["profile", "p", None, "Profile folder made by 'sixchat init' and 'sixchat enrol' (default: $IRP_PROFILE or ~/.irp)."],
+        ["profile", "p", None, "Profile folder made by 'sixchat init' and 'sixchat enrol' (default: $IRP_PROFILE or"
+         f" ~/.irp); twistd's pid file defaults to PROFILE/{PIDFILE}."],
         ["policy", None, "contacts", f"Who may connect to you: {', '.join(POLICIES)}."],
         ["ttl", None, 300, "Seconds your registered addresses stay valid (refreshed at half that).", int],
         ["undelivered-after", None, 300.0, "Seconds before an undeliverable message is reported.", float],
@@ -53,7 +60,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
-        """Check the options and the profile."""
+        """Check the options (the profile is checked by makeService)."""
         self["profile"] = os.path.abspath(self["profile"] or default_profile_path())
         if self["policy"] not in POLICIES:
             raise usage.UsageError(f"--policy must be one of {', '.join(POLICIES)}")
@@ -61,12 +68,7 @@ class Options(usage.Options):
             raise usage.UsageError("--ttl must be at least 30 seconds")
         if self["undelivered-after"] <= 0:
             raise usage.UsageError("--undelivered-after must be positive")
-        profile = Profile(self["profile"])
-        try:
-            profile.identity()
-            profile.credentials()
-        except (ProfileError, irp_errors.IRPError, ValueError, OSError) as error:
-            raise usage.UsageError(str(error)) from None
+        own_pidfile(self, os.path.join(self["profile"], PIDFILE))
         if not self["listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
 
@@ -84,8 +86,19 @@ class Options(usage.Options):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> service.IService:
-    """Build the agent service."""
+def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., Any] | None = None) -> service.IService:
+    """Build the agent service.
+
+    A profile that cannot be used ends ``twistd`` with one line (no usage text); an agent
+    that cannot start (its port is taken) prints one line, stops and exits non-zero
+    (``at_exit`` registers that exit; default :func:`atexit.register`).
+    """
+    profile = Profile(options["profile"], "sixchat")
+    try:
+        profile.identity()
+        profile.credentials()
+    except (ProfileError, irp_errors.IRPError, KeyFileError, ValueError, OSError) as error:
+        raise SystemExit(f"twistd sixchat: {error}") from None
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -94,14 +107,13 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     try:
         agent.load_credentials()
     except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
-        raise SystemExit(f"sixchat: cannot load your credentials: {error}") from None
+        raise SystemExit(f"twistd sixchat: cannot load your credentials: {error}") from None
     parent = service.MultiService()
     agent.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
         # Already logged by the agent; an agent that cannot run must not leave twistd idle.
-        if reactor.running:
-            reactor.stop()
+        fail_start(reactor, "twistd sixchat", describe_start_failure(failure.value), at_exit=at_exit)
 
     agent.ready.addErrback(start_failed)
     return parent

@@ -446,9 +446,11 @@ def frames_of(data: bytes) -> list[bytes]:
 async def closed_port(host: str = "127.0.0.1") -> int:
     """A loopback TCP port where nothing listens (one just closed)."""
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.protocol import Protocol
 
-    port = await serverFromString(global_reactor, agent_listen(host)).listen(Factory.forProtocol(Protocol))
+    from irp.factory import QuietFactory
+
+    port = await serverFromString(global_reactor, agent_listen(host)).listen(QuietFactory.forProtocol(Protocol))
     number: int = port.getHost().port
     await port.stopListening()
     return number
@@ -499,6 +501,18 @@ class _CommandProtocol(ProcessProtocol):
 def run_module(module: str, arguments: Sequence[str], *, home: str, stdin: bytes = b"") -> Any:
     """Run ``python -m MODULE ARGUMENTS`` in ``home`` (also its $HOME), with this source
     tree on the path; fires with a :class:`CommandResult` (without blocking the reactor)."""
+    return run_python(["-m", module, *arguments], home=home, stdin=stdin)
+
+
+def run_twistd(arguments: Sequence[str], *, home: str) -> Any:
+    """Run ``twistd ARGUMENTS`` as :func:`run_module` runs a module (this source tree's
+    plugins); fires with a :class:`CommandResult`."""
+    return run_python(["-c", "from twisted.scripts.twistd import run; run()", *arguments], home=home)
+
+
+def run_python(arguments: Sequence[str], *, home: str, stdin: bytes = b"") -> Any:
+    """Run ``python ARGUMENTS`` in ``home`` (also its $HOME), with this source tree on the
+    path; fires with a :class:`CommandResult`."""
     environment = {
         "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "HOME": home,
@@ -507,6 +521,6 @@ def run_module(module: str, arguments: Sequence[str], *, home: str, stdin: bytes
     }
     protocol = _CommandProtocol(stdin)
     global_reactor.spawnProcess(  # type: ignore[attr-defined]
-        protocol, sys.executable, [sys.executable, "-m", module, *arguments], env=environment, path=home
+        protocol, sys.executable, [sys.executable, *arguments], env=environment, path=home
     )
     return protocol.done

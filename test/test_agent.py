@@ -1023,8 +1023,9 @@ class LifecycleTests(AgentTestCase):
         with capturedLogs() as logs:
             agent.startService()
             error = await failure_of(agent.ready)
-        self.assertIn("run 'irp enrol' first", str(error))
-        self.assertTrue(any("could not start" in line and "irp enrol" in line for line in log_text(logs)), log_text(logs))
+        # The fix is given as sixchat's own command, in full.
+        self.assertIn("create it with 'sixchat --profile ", str(error))
+        self.assertTrue(any("could not start" in line and "sixchat --profile" in line for line in log_text(logs)), log_text(logs))
         # A readable line, not a traceback.
         self.assertEqual(self.flushLoggedErrors(), [])
 

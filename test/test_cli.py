@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from irp.cli import Context, build_parser, cmd_init
@@ -38,6 +40,7 @@ def read_file(path: str) -> bytes:
 
 
 Result = CommandResult
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class CLITestCase(unittest.TestCase):
@@ -60,6 +63,7 @@ class CLITestCase(unittest.TestCase):
         """A password file."""
         path = self.path(name)
         write_file(path, (text + "\n").encode("utf-8"))
+        os.chmod(path, 0o600)
         return path
 
     def irp(self, *args: str, expect: int | None = 0, stdin: bytes = b"") -> Deferred[Result]:
@@ -135,6 +139,22 @@ class InitTests(CLITestCase):
             "--ca-file", root_file, "--ca-fingerprint", "cd" * 32, expect=2,
         )
         self.assertIn("fingerprint", result.err)
+
+    async def test_ca_file_of_another_ca(self) -> None:
+        """A --ca-file that is not the registry's root is refused at init, with one readable
+        line (not later, with an OpenSSL message), and no profile is written."""
+        from test.pki import make_ca
+
+        await self.start()
+        other = self.path("other.pem")
+        write_file(other, make_ca("example.org").root_certificate.public_bytes(Encoding.PEM))
+        profile = self.path("profile")
+        result = await self.irp(
+            "--profile", profile, "init", "--server", self.server, "--domain", "example.org", "--ca-file", other, "--user", "alice", expect=5
+        )
+        self.assertEqual(len(result.err.strip().splitlines()), 1, result.err)
+        self.assertIn(f"not that of {other}: refusing to trust it", result.err)
+        self.assertFalse(os.path.exists(profile))
 
     async def test_bad_arguments(self) -> None:
         """Bad server, domain or missing CA: readable errors, exit 2."""
@@ -295,6 +315,76 @@ class AdministrationTests(CLITestCase):
         result = await self.irp("--profile", carol, "login", "--password-file", carol_password, expect=3)
         self.assertIn("[password-login-disabled]", result.err)
 
+    async def test_pkcs12_generate_for_another_user(self) -> None:
+        """'pkcs12 generate --of bob' run by an administrator makes Bob's key and
+        certificate, not the administrator's."""
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        await self.start()
+        await self.registry.add_user("bob")
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        passphrase = self.secret("passphrase", "a passphrase for Bob")
+        out = self.path("bob.p12")
+        result = await self.irp(
+            "--profile", admin, "pkcs12", "generate", "--of", "bob", "--password-file", admin_password,
+            "--passphrase-file", passphrase, "--key-type", "p256", "--out", out,
+        )
+        self.assertIn("for bob@example.org", result.out)
+        bundle = pkcs12.load_pkcs12(read_file(out), b"a passphrase for Bob")
+        assert bundle.cert is not None
+        self.assertIn("bob", bundle.cert.certificate.subject.rfc4514_string())
+        self.assertNotIn("admin", bundle.cert.certificate.subject.rfc4514_string())
+
+    async def test_password_file_after_the_action(self) -> None:
+        """The administrator's --password-file works before or after the action."""
+        await self.start()
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        before, after = await gatherResults(
+            [
+                self.irp("--profile", admin, "admin", "--password-file", admin_password, "users"),
+                self.irp("--profile", admin, "admin", "users", "--password-file", admin_password),
+            ]
+        )
+        self.assertIn("admin", after.out)
+        self.assertEqual(before.out, after.out)
+
+    async def test_password_file_readable_by_others(self) -> None:
+        """A password file the group or others may read is refused, like a key file: one
+        line saying so and how to fix it, exit 2, nothing done."""
+        await self.start()
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        os.chmod(admin_password, 0o644)
+        result = await self.irp("--profile", admin, "admin", "--password-file", admin_password, "users", expect=2)
+        self.assertEqual(len(result.err.strip().splitlines()), 1, result.err)
+        self.assertIn("mode 0644", result.err)
+        self.assertIn(f"chmod 600 {admin_password}", result.err)
+
+    async def test_mistyped_repetition_asks_again(self) -> None:
+        """At a terminal, a mistyped repetition of a new password asks again instead of
+        ending the command; the password typed consistently is the one set."""
+        await self.start()
+        await self.registry.add_user("bob")
+        admin = await self.init("admin", "admin")
+        admin_password = self.secret("admin-password", self.registry.admin_password)
+        answers = [
+            ("New password for bob: ", "a new password 1"),
+            ("Again: ", "a new pasword 1"),  # mistyped
+            ("New password for bob: ", "a new password 2"),
+            ("Again: ", "a new password 2"),
+        ]
+        result = await run_at_terminal(
+            ["-m", "irp.cli", "--profile", admin, "admin", "--password-file", admin_password, "set-password", "bob"], answers, home=self.home
+        )
+        self.assertEqual(result.code, 0, result)
+        self.assertIn("The two entries differ; please type it again.", result.out)
+        self.assertIn("Password of bob set.", result.out)
+        self.assertNotIn("Traceback", result.out)
+        client = await self.registry.client("bob", "a new password 2")
+        self.assertEqual(str((await client.whoami()).user), "bob@example.org")
+
     async def test_not_an_administrator(self) -> None:
         """A user who is not an administrator gets a readable refusal (exit 1)."""
         await self.start()
@@ -337,7 +427,7 @@ class ErrorTests(CLITestCase):
         self.assertIn("[not-found]", unknown_user.err)
         self.assertIn("[not-found]", unknown_entry.err)
         self.assertIn("cannot connect", unreachable.err)
-        self.assertIn("irp init", no_profile.err)
+        self.assertIn(f"irp --profile {self.path('missing')} init --server HOST --domain DOMAIN", no_profile.err)
         self.assertIn("serial", status_without_serial.err)
         self.assertIn("--file", upload_without_file.err)
         self.assertIn("--password-file", no_password.err)
@@ -363,7 +453,56 @@ class ErrorTests(CLITestCase):
         result = await self.irp("admin", "--help")
         self.assertIn("disable-password-login", result.out)
 
+    async def test_help_says_what_each_part_does(self) -> None:
+        """The overview names the pkcs12 actions as they are typed; pkcs12 --help says which
+        options go with which action; every admin action has a description."""
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        overview = await self.irp("--help")
+        pkcs12_line = " ".join(overview.out.split("pkcs12", 1)[1].split("renew", 1)[0].split())
+        self.assertNotIn("download", pkcs12_line.lower())
+        self.assertIn("get one", pkcs12_line)
+        pkcs12_help = (await self.irp("pkcs12", "--help")).out
+        for group in ("get:", "upload:", "generate:", "list and generate:"):
+            self.assertIn(group, pkcs12_help)
+        for action in ("create-user", "set-password", "delete-user", "users", "revoke", "set-admin"):
+            result = await self.irp("admin", action, "--help")
+            description = result.out.split("\n\n")[1]
+            self.assertFalse(description.startswith(("positional", "options")), f"admin {action} has no description:\n{result.out}")
+
 
 def load_certificates_text(text: str) -> list[x509.Certificate]:
     """The PEM certificates a command printed."""
     return x509.load_pem_x509_certificates(text.encode("ascii"))
+
+
+class _Terminal(ProcessProtocol):
+    """Answers a child's prompts on its terminal, one answer per prompt, in order."""
+
+    def __init__(self, answers: list[tuple[str, str]]) -> None:
+        self.answers = list(answers)
+        self.output = ""
+        self.seen = 0
+        self.done: Deferred[CommandResult] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+        while self.answers and self.answers[0][0] in self.output[self.seen :]:
+            prompt, answer = self.answers.pop(0)
+            self.seen = self.output.index(prompt, self.seen) + len(prompt)
+            assert self.transport is not None
+            self.transport.write(answer.encode("utf-8") + b"\n")
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.done.callback(CommandResult(-1 if code is None else code, self.output, ""))
+
+
+def run_at_terminal(arguments: list[str], answers: list[tuple[str, str]], *, home: str) -> Deferred[CommandResult]:
+    """Run ``python ARGUMENTS`` on a pseudo-terminal, typing ``answers`` at its prompts."""
+    terminal = _Terminal(answers)
+    environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    global_reactor.spawnProcess(  # type: ignore[attr-defined]
+        terminal, sys.executable, [sys.executable, *arguments], env=environment, path=home, usePTY=True
+    )
+    return terminal.done

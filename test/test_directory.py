@@ -127,3 +127,36 @@ class DirectoryTests(TestCase):
         self.assertIsNotNone(crl.get_revoked_certificate_by_serial_number(dave.serial))
         # Our own registry still knows us.
         await directory.register([], "away", 60)
+
+    async def test_registry_lost_refused_and_back(self) -> None:
+        """The log says when the registry is reached, lost, refused and back (once each),
+        in words, without Twisted's "Starting factory" noise."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def text() -> list[str]:
+            return [formatEvent(event) for event in events]
+
+        directory = self.directory()
+        await directory.lookup(ALICE)
+        real = directory.servers["example.org"]
+        self.assertIn(f"Connected to the registry of example.org at {real[0]} port {real[1]}", text())
+        # The registry goes away: the open connection ends, and it refuses new ones.
+        client = directory._clients["example.org"]
+        directory.servers["example.org"] = ("127.0.0.1", await closed_port())
+        client.protocol.transport.loseConnection()  # type: ignore[union-attr]
+        await client.protocol.disconnected
+        for _ in range(2):
+            with self.assertRaises(irp_errors.ConnectionLost):
+                await directory.lookup(ALICE)
+        lines = text()
+        self.assertEqual(len([line for line in lines if line.startswith("Lost the connection to the registry of example.org")]), 1, lines)
+        self.assertEqual(len([line for line in lines if line.startswith("Cannot reach the registry of example.org")]), 1, lines)
+        # It comes back.
+        directory.servers["example.org"] = real
+        await directory.lookup(ALICE)
+        self.assertIn(f"Reconnected to the registry of example.org at {real[0]} port {real[1]}", text())
+        self.assertEqual([line for line in text() if line.startswith(("Starting factory", "Stopping factory"))], [])

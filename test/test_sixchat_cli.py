@@ -74,10 +74,25 @@ class HelpTests(CLITestCase):
         self.assertIn("required", result.err)
 
     async def test_no_profile(self) -> None:
-        result = await self.sixchat("status", profile=os.path.join(self.home, "missing"))
+        """The message names sixchat's own command, in full (not 'irp init')."""
+        missing = os.path.join(self.home, "missing")
+        result = await self.sixchat("status", profile=missing)
         self.assertEqual(result.code, 2)
-        self.assertIn("sixchat init", result.err)
+        self.assertIn(f"sixchat --profile {missing} init --server HOST --domain DOMAIN", result.err)
+        self.assertNotIn("irp ", result.err)
         self.assertEqual(result.out, "")
+
+    async def test_not_enrolled(self) -> None:
+        """A profile without a key: the message gives sixchat's enrol command, in full."""
+        from irp.profile import ProfileConfig
+
+        path = os.path.join(self.home, "dave")
+        Profile(path).create(ProfileConfig(server="127.0.0.1", port=self.registry.port, domain="example.org", username="dave"), self.registry.root)
+        for command in (("status",), ("send", "bob", "hi", "--no-wait")):
+            result = await self.sixchat(*command, profile=path)
+            self.assertNotEqual(result.code, 0, result)
+            self.assertIn(f"run 'sixchat --profile {path} enrol' first", result.err)
+            self.assertNotIn("irp ", result.err)
 
 
 class RunningAgentTests(CLITestCase):
@@ -190,6 +205,7 @@ class WithoutAgentTests(CLITestCase):
     async def test_init_enrol_trust_domain(self) -> None:
         root = write_file(os.path.join(self.home, "root.pem"), self.registry.root.public_bytes(Encoding.PEM))
         password = write_file(os.path.join(self.home, "password"), DEFAULT_PASSWORD.encode())
+        os.chmod(password, 0o600)  # password files are refused when others may read them
         await self.registry.create_user("carol")
         profile = os.path.join(self.home, "carol")
         server = f"127.0.0.1:{self.registry.port}"

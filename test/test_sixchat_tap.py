@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -11,9 +12,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from irp.records import Endpoint
+from irp.startup import START_FAILED
 from sixchat.agent import Agent
 from sixchat.tap import Options, makeService
-from test.helpers import RunningRegistry, make_profile
+from test.helpers import RunningRegistry, make_profile, run_twistd
 
 
 class FakeReactor:
@@ -66,9 +68,12 @@ class OptionsTests(TestCase):
                 self.parse(*argv)
             self.assertIn(text, str(caught.exception), argv)
         options = Options()
-        with self.assertRaises(usage.UsageError) as caught:
-            options.parseOptions(["--profile", os.path.abspath(self.mktemp())])
-        self.assertIn("no profile", str(caught.exception))
+        missing = os.path.abspath(self.mktemp())
+        options.parseOptions(["--profile", missing])
+        with self.assertRaises(SystemExit) as exited:
+            makeService(options, reactor=FakeReactor())
+        self.assertIn("no profile", str(exited.exception))
+        self.assertIn(f"sixchat --profile {missing} init", str(exited.exception))
 
     def test_service(self) -> None:
         reactor = FakeReactor()
@@ -80,10 +85,59 @@ class OptionsTests(TestCase):
 
     def test_a_failed_start_stops_twistd(self) -> None:
         """An agent that cannot start (its port is taken) must not leave a process behind
-        that does nothing."""
+        that does nothing: one line, the reactor stops, the process will exit 1."""
         reactor = FakeReactor()
-        parent = makeService(self.parse(), reactor=reactor)
+        exits: list[tuple[object, ...]] = []
+        parent = makeService(self.parse(), reactor=reactor, at_exit=lambda *call: exits.append(call))
         [agent] = list(parent)  # type: ignore[call-overload]
-        agent.ready.errback(Failure(CannotListenError("::", 4605, OSError("Address already in use"))))
+        agent.ready.errback(Failure(CannotListenError("::", 4605, OSError(98, "Address already in use"))))
         self.assertEqual(reactor.stopped, 1)
+        self.assertEqual([call[1:] for call in exits], [(START_FAILED,)])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_pidfile_in_the_profile(self) -> None:
+        """twistd's pid file defaults to one in the profile, so that agents and a registry
+        run side by side in one folder."""
+        from twisted.scripts.twistd import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["sixchat", "--profile", self.profile])
+        self.assertEqual(options["pidfile"], os.path.join(self.profile, "agent.pid"))
+
+
+class FailedStartTests(TestCase):
+    """``twistd sixchat`` that cannot start, run as users run it (a separate process)."""
+
+    async def test_bad_profile(self) -> None:
+        """One line naming the command that makes a profile; no usage text, no traceback,
+        exit non-zero."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        missing = os.path.join(home, "nobody")
+        result = await run_twistd(["-n", "sixchat", "--profile", missing], home=home)
+        self.assertNotEqual(result.code, 0, result)
+        output = result.out + result.err
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Usage:", output)
+        self.assertEqual(len(output.strip().splitlines()), 1, output)
+        self.assertIn(f"sixchat --profile {missing} init", output)
+        self.assertNotIn("irp init", output)
+
+    async def test_port_in_use(self) -> None:
+        """The port is taken: exit non-zero, one readable line on stderr, no traceback."""
+        registry = await RunningRegistry(self).start()
+        home = os.path.abspath(self.mktemp())
+        profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await run_twistd(
+                ["-n", "sixchat", "--profile", profile, "--no-register", "--listen", f"tcp:{port}:interface=127.0.0.1"], home=home
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        lines = result.err.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.err)
+        self.assertEqual(lines[0], f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use")
+        self.assertFalse(os.path.exists(os.path.join(profile, "agent.pid")))

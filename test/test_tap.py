@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from irp.tap import Options
+from test.helpers import run_python, run_twistd
 
 
 class OptionsTests(SynchronousTestCase):
@@ -60,3 +64,68 @@ class OptionsTests(SynchronousTestCase):
         ):
             with self.subTest(argv=argv):
                 self.assertRaises(usage.UsageError, Options().parseOptions, argv)
+
+
+class PidFileTests(SynchronousTestCase):
+    """twistd's pid file: each service its own, so that the README's registry and agents
+    run side by side in one folder (twistd's default 'twistd.pid' made the second refuse
+    to start: "Another twistd server is running")."""
+
+    def test_default_beside_the_data_directory(self) -> None:
+        from twisted.scripts.twistd import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["irp", "--domain", "example.org", "--data-dir", "/srv/irp-data"])
+        self.assertEqual(options["pidfile"], "/srv/irp-data.pid")
+
+    def test_given_pidfile_kept(self) -> None:
+        from twisted.scripts.twistd import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["--pidfile", "/run/mine.pid", "irp", "--domain", "example.org"])
+        self.assertEqual(options["pidfile"], "/run/mine.pid")
+
+
+class FailedStartTests(TestCase):
+    """``twistd irp`` that cannot start, run as users run it (a separate process)."""
+
+    async def test_port_in_use(self) -> None:
+        """The port is taken: exit non-zero, one readable line on stderr, no traceback
+        anywhere, and no CA, data folder or pid file left behind."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await run_twistd(
+                ["-n", "irp", "--domain", "example.org", "--listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        lines = result.err.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.err)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}", lines[0])
+        self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
+        self.assertEqual(os.listdir(home), [])
+
+
+class PluginDiscoveryTests(TestCase):
+    """Both plugins are found by Twisted in the installed environment (whatever the
+    install style: 'pip install .' or 'pip install -e .'), from outside the checkout."""
+
+    async def test_installed_plugins_are_found(self) -> None:
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        program = (
+            "from twisted.application.service import IServiceMaker\n"
+            "from twisted.plugin import getPlugins\n"
+            "print(' '.join(sorted(plugin.tapname for plugin in getPlugins(IServiceMaker))))\n"
+        )
+        # -I: no PYTHONPATH, no current directory on the path: only what is installed.
+        result = await run_python(["-I", "-c", program], home=home)
+        self.assertEqual(result.code, 0, result)
+        names = result.out.split()
+        self.assertIn("irp", names, result)
+        self.assertIn("sixchat", names, result)
