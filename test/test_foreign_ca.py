@@ -86,6 +86,7 @@ class AgentImpersonationTests(TestCase):
 
         Returns how the call ended, and whether Alice's agent took the message."""
         owner = BareOwner(forged(self.rogue, BOB))
+        before = set(alice.connections)
         address = next(iter(alice.advertised))
         connection = await dial_bare(owner, address.address, address.port, ALICE)
         hello = ChatMessage("send me your password")
@@ -103,7 +104,7 @@ class AgentImpersonationTests(TestCase):
             taken.cancel()
         connection.close()
         _connection, error = await ended
-        for peer in list(alice.connections):
+        for peer in set(alice.connections) - before:
             await peer.when_lost()
         return error, took
 
