@@ -149,28 +149,6 @@ class AgentImpersonationTests(TestCase):
         await alice_events.wait_for(event="message", id=real.id)
 
 
-class TrustStoreBindingTests(TestCase):
-    """The agent's trust store, built from a profile, binds each root to its file's domain."""
-
-    def test_foreign_root_certifies_only_its_domain(self) -> None:
-        import datetime
-
-        from irp.errors import CertificateInvalid
-        from irp.trust import TrustStore
-
-        home = foreign_ca("example.org")
-        rogue = foreign_ca("example.org")
-        store = TrustStore(anchors=[("example.org", home.root_certificate), ("evil.org", rogue.root_certificate)])
-        now = datetime.datetime.now(datetime.UTC)
-        bob = forged(rogue, BOB)
-        with self.assertRaises(CertificateInvalid) as caught:
-            store.verify_user_certificate(bob.certificate, bob.chain, now=now)
-        self.assertEqual(caught.exception.reason, "bad-identity")
-        self.assertIn("evil.org", caught.exception.message)
-        real = forged(home, BOB)
-        self.assertEqual(store.verify_user_certificate(real.certificate, real.chain, now=now).identity, BOB)
-
-
 class TrustDomainCommandTests(TestCase):
     """``sixchat trust-domain D --ca-file F`` refuses a root that is not D's."""
 
