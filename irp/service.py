@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from irp import errors, keyfiles
 from irp.client import connect, connect_domain
 from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials, with_given_server_certificate
-from irp.identity import check_domain
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
 from irp.records import RecordSigner

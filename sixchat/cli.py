@@ -338,11 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true")
     commands._name_parser_map["enroll"] = sub
 
-    sub = command("trust-domain", cmd_trust_domain, "Trust another domain's CA, to talk with its users.")
-    sub.add_argument("domain")
+    sub = command(
+        "trust-domain",
+        cmd_trust_domain,
+        "Trust another domain's CA, for that domain's users only (it must name that domain; confirm it by fingerprint).",
+    )
+    sub.add_argument("domain", help="the domain (not your own)")
     sub.add_argument("--registry", dest="server", required=True, help="that domain's registry HOST[:PORT]")
     sub.add_argument("--ca-fingerprint", help="its root CA fingerprint, checked with its operator")
-    sub.add_argument("--ca-file", help="its root CA (PEM)")
+    sub.add_argument("--ca-file", help="its root CA (PEM); without --ca-fingerprint it must be the root that registry serves")
 
     command("contacts", cmd_contacts, "List your contacts.")
     sub = command("add", cmd_add, "Add a contact (shows the certificate fingerprints to compare).")

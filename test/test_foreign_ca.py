@@ -31,6 +31,7 @@ from irp.tap import Options
 from sixchat import errors
 from sixchat.handshake import LocalCredentials
 from sixchat.messages import ChatMessage
+from test import pki
 from test.helpers import (
     BareOwner,
     EnrolledUser,
@@ -40,7 +41,6 @@ from test.helpers import (
     run_module,
     start_agent,
 )
-from test import pki
 from test.test_federation import CrossDomainTestCase
 
 ALICE = Identity.parse("alice@example.org")
