@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from irp import DEFAULT_PORT, keyfiles
-from irp.identity import Identity, check_domain
+from irp.identity import Identity, InvalidIdentity, check_domain
 from irp.keyfiles import PrivateKey
 
 CONFIG_FILE = "config.json"
@@ -138,12 +138,20 @@ class Profile:
         return path
 
     def trusted_roots(self) -> dict[str, x509.Certificate]:
-        """Every trusted root by domain: our own and those trusted explicitly."""
-        roots = {self.load_config().domain: self.root()}
+        """Every trusted root by the one domain it certifies: our own domain's pinned root,
+        and each root trusted explicitly for the domain its file is named after. Our own
+        domain is certified by its pinned root only: a trusted file claiming it is ignored."""
+        own = self.load_config().domain
+        roots = {own: self.root()}
         directory = self.path / TRUSTED_DIRECTORY
         if directory.is_dir():
             for entry in sorted(directory.glob("*.pem")):
-                roots[entry.stem] = keyfiles.load_certificates(str(entry))[0]
+                try:
+                    domain = check_domain(entry.stem)
+                except InvalidIdentity:
+                    continue
+                if domain != own:
+                    roots[domain] = keyfiles.load_certificates(str(entry))[0]
         return roots
 
     # -- the user's credentials -------------------------------------------------------

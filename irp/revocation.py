@@ -6,6 +6,12 @@ A CRL is cached until its next update but fetched again once older than ``max_ag
 goes unnoticed). When the registry cannot be reached, a cached CRL is used for a grace
 period after its next update; with none, the status is unknown and the certificate is
 refused.
+
+A CRL answers only for the CA that signed it. Every use of a CRL, fetched or cached, checks
+that its issuer name is the subject of the issuer of the path being verified, that its
+authority key identifier (if both carry one) is that issuer's, and that its signature
+verifies with that issuer's key; and the cache is keyed by the issuer (domain, name and
+key), so one issuer's CRL never answers for another.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from irp import errors as irp_errors
@@ -24,6 +32,38 @@ log = Logger()
 
 
 CRLFetcher = Callable[[str], Awaitable[x509.CertificateRevocationList]]
+
+
+#: A cache key: the domain, and the issuer's subject and public key (DER).
+_IssuerKey = tuple[str, bytes, bytes]
+
+
+def _issuer_key(domain: str, issuer: x509.Certificate) -> _IssuerKey:
+    public = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return (domain, issuer.subject.public_bytes(), public)
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """True if ``crl`` was issued by ``issuer``: same name, matching key identifier (when
+    both carry one), and a signature that verifies with ``issuer``'s key."""
+    if crl.issuer != issuer.subject:
+        return False
+    try:
+        authority = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        subject = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        pass
+    except (ValueError, x509.DuplicateExtension):
+        return False
+    else:
+        if authority.key_identifier is not None and authority.key_identifier != subject.digest:
+            return False
+    try:
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 @dataclass
@@ -53,17 +93,20 @@ class RevocationChecker:
         self.clock = clock
         self.stale_grace = stale_grace
         self.max_age = max_age
-        self._cache: dict[str, _CachedCRL] = {}
+        #: By issuer: a CRL is only ever stored under the issuer it verified against.
+        self._cache: dict[_IssuerKey, _CachedCRL] = {}
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
 
     def forget(self, domain: str) -> None:
-        """Drop a cached CRL (to force a fetch on the next check)."""
-        self._cache.pop(domain, None)
+        """Drop the cached CRLs of ``domain`` (to force a fetch on the next check)."""
+        for key in [key for key in self._cache if key[0] == domain]:
+            del self._cache[key]
 
     async def check(self, domain: str, certificate: x509.Certificate, issuer: x509.Certificate) -> None:
-        """Raise PeerRejected(revoked) if ``certificate`` is on its CA's CRL."""
+        """Raise CertificateRevoked if ``certificate`` is on the CRL of ``issuer`` (the
+        issuer in its verified path), RevocationUnknown if no CRL of ``issuer`` is at hand."""
         crl = await self._current(domain, issuer)
         if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
             raise irp_errors.CertificateRevoked(
@@ -72,7 +115,13 @@ class RevocationChecker:
 
     async def _current(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
         now = self._now()
-        cached = self._cache.get(domain)
+        key = _issuer_key(domain, issuer)
+        cached = self._cache.get(key)
+        if cached is not None and not crl_signed_by(cached.crl, issuer):
+            # Cannot happen by construction (stored only under the issuer it verified
+            # against); checked anyway, since a wrong answer here accepts a forgery.
+            del self._cache[key]
+            cached = None
         if cached is not None and now < cached.next_update and (self.max_age is None or now < cached.fetched_at + self.max_age):
             return cached.crl
         try:
@@ -84,8 +133,18 @@ class RevocationChecker:
             raise irp_errors.RevocationUnknown(
                 f"cannot check revocation: the registry of {domain} is unreachable ({error.message})"
             ) from None
-        if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            raise irp_errors.RevocationUnknown(f"the CRL of {domain} does not verify")
+        if not crl_signed_by(crl, issuer):
+            raise irp_errors.RevocationUnknown(
+                f"the CRL of {domain} does not verify: it was not issued by {_name(issuer)},"
+                " the issuer of the certificate being checked"
+            )
         next_update = crl.next_update_utc or (now + timedelta(hours=1))
-        self._cache[domain] = _CachedCRL(crl, next_update, now)
+        self._cache[key] = _CachedCRL(crl, next_update, now)
         return crl
+
+
+def _name(certificate: x509.Certificate) -> str:
+    try:
+        return certificate.subject.rfc4514_string()
+    except ValueError:
+        return "its CA"

@@ -23,7 +23,6 @@ from twisted.logger import Logger
 from irp import errors, keyfiles
 from irp.client import connect, connect_domain
 from irp.credentials import RENEW_BEFORE, ServerCredentials, load_or_create_credentials, with_given_server_certificate
-from irp.identity import check_domain
 from irp.passwords import Argon2Parameters, PasswordHasher
 from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
 from irp.records import RecordSigner
@@ -32,7 +31,7 @@ from irp.revocation import RevocationChecker
 from irp.startup import Gate, describe_start_failure
 from irp.store import RegistryStore, open_store
 from irp.tls import ServerTLS, make_server_context
-from irp.trust import TrustStore
+from irp.trust import TrustStore, check_anchor
 
 log = Logger()
 
@@ -58,8 +57,10 @@ class RegistrySettings:
     #: How often to renew the server and record-signing certificates that are within
     #: RENEW_BEFORE of their end (a long-running registry must not serve expired ones).
     renew_interval: float = 86400.0
-    #: Root CAs of other domains whose users may look users of this domain up.
-    federated_roots: list[x509.Certificate] = field(default_factory=list)
+    #: Root CAs of other domains whose users may look users of this domain up: each a
+    #: (domain, root) pair binding the root to that one domain, or a bare root whose
+    #: ``O`` attribute names its domain (the older form).
+    federated_roots: list[x509.Certificate | tuple[str, x509.Certificate]] = field(default_factory=list)
     #: Registries of those domains (domain -> (host, port)); others are found by DNS SRV.
     registries: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: twisted.names resolver for DNS SRV look-ups of those registries (None: the system's).
@@ -163,7 +164,8 @@ class RegistryService(service.Service):
             federated_domains=frozenset(self.federated_roots),
         )
         await self._bootstrap_admin()
-        trust = TrustStore([ca.root_certificate, *self.federated_roots.values()])
+        # Each root certifies exactly the domain it is trusted for: ours only ours.
+        trust = TrustStore(anchors=[(settings.domain, ca.root_certificate), *self.federated_roots.items()])
         for domain, root in sorted(self.federated_roots.items()):
             log.info(
                 "Users of {domain} may look users up (their root CA {fingerprint})",
@@ -254,15 +256,33 @@ class RegistryService(service.Service):
 
     @property
     def federated_roots(self) -> dict[str, x509.Certificate]:
-        """The federated domains' roots, by domain (from each root's O attribute)."""
+        """The federated domains' roots, by the one domain each is trusted for.
+
+        A root must state the domain it is trusted for (its ``O`` attribute), may not be
+        trusted for this registry's own domain, and may not be trusted for two domains.
+        """
         roots: dict[str, x509.Certificate] = {}
-        for root in self.settings.federated_roots:
-            names = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-            if not names:
-                raise errors.InvalidArgument("a federated root CA names no domain (O attribute)")
-            domain = check_domain(str(names[0].value))
+        for entry in self.settings.federated_roots:
+            if isinstance(entry, tuple):
+                stated, root = entry
+            else:
+                root = entry
+                names = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+                if not names:
+                    raise errors.InvalidArgument("a federated root CA names no domain (O attribute)")
+                stated = str(names[0].value)
+            try:
+                domain = check_anchor(root, stated)
+            except ValueError as problem:
+                raise errors.InvalidArgument(f"cannot trust a root CA for {stated}: {problem}") from None
             if domain == self.settings.domain:
-                raise errors.InvalidArgument(f"{domain} is this registry's own domain")
+                raise errors.InvalidArgument(
+                    f"{domain} is this registry's own domain: only its own root CA certifies its users"
+                )
+            if domain in roots and roots[domain] != root:
+                raise errors.InvalidArgument(f"two root CAs are given for {domain}")
+            if any(other == root and name != domain for name, other in roots.items()):
+                raise errors.InvalidArgument(f"the root CA of {domain} is also given for another domain")
             roots[domain] = root
         return roots
 

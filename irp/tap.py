@@ -84,15 +84,34 @@ class Options(usage.Options):
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
         self["hostnames"].append(name)
 
-    def opt_trust_domain(self, path: str) -> None:
-        """Root CA (PEM file) of another domain whose users may look users up (repeatable)."""
+    def opt_trust_domain(self, value: str) -> None:
+        """DOMAIN=ROOT.pem: the root CA of another domain whose users may look users up; it
+        must state DOMAIN (its O attribute) and certifies DOMAIN's users only (repeatable;
+        a bare ROOT.pem is trusted for the domain its O attribute states)."""
         from irp.keyfiles import KeyFileError, load_certificates
+        from irp.trust import check_anchor
 
+        named, separator, path = value.partition("=")
+        domain: str | None = None
+        if separator:
+            try:
+                domain = check_domain(named)
+            except InvalidIdentity:
+                path = value  # a file name holding "=", no domain given
+        else:
+            path = value
         try:
             root = load_certificates(path)[0]
         except (OSError, ValueError, IndexError, KeyFileError) as error:
             raise usage.UsageError(f"cannot read a root CA from {path}: {error}") from None
-        self["federated-roots"].append(root)
+        if domain is not None:
+            try:
+                check_anchor(root, domain)
+            except ValueError as error:
+                raise usage.UsageError(f"--trust-domain {value}: {error}; refusing to trust it") from None
+            self["federated-roots"].append((domain, root))
+        else:
+            self["federated-roots"].append(root)
 
     def opt_registry(self, value: str) -> None:
         """DOMAIN=HOST[:PORT]: where a trusted domain's registry is (else found by DNS SRV)."""
@@ -114,6 +133,11 @@ class Options(usage.Options):
             self["domain"] = check_domain(self["domain"])
         except InvalidIdentity as error:
             raise usage.UsageError(str(error)) from None
+        for entry in self["federated-roots"]:
+            if isinstance(entry, tuple) and entry[0] == self["domain"]:
+                raise usage.UsageError(
+                    f"--trust-domain {entry[0]}=...: that is this registry's own domain, which only its own root CA certifies"
+                )
         if self["key-type"] not in KEY_TYPES:
             raise usage.UsageError(f"--key-type must be one of {', '.join(KEY_TYPES)}")
         for name in (

@@ -15,8 +15,9 @@ those roots, checks the path as RFC 5280 asks, and then checks the user's identi
 * no certificate carries a critical extension we do not process;
 * every key passes :func:`irp.ca.check_public_key`;
 * the certificate names exactly one valid ``irp:user@domain`` identity, and that domain is the
-  domain (the ``O`` attribute) of the root the path ended at: a domain's CA may only
-  certify its own users.
+  domain the root the path ended at was trusted for: each root is bound to exactly one
+  domain when it is added (:meth:`TrustStore.add_root`), so a root trusted for one domain
+  never certifies users of another, whatever names its certificate carries.
 
 Any failure raises :class:`irp.errors.CertificateInvalid` whose ``reason`` is one word from
 :data:`irp.errors.CERTIFICATE_REJECTION_REASONS`.
@@ -31,7 +32,7 @@ certificates both can judge.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -95,8 +96,12 @@ class TrustStore:
         self,
         roots: Sequence[x509.Certificate] = (),
         *,
+        anchors: Iterable[tuple[str, x509.Certificate]] = (),
         max_chain_depth: int = DEFAULT_MAX_CHAIN_DEPTH,
     ) -> None:
+        """Trust ``anchors``, pairs of (domain, root) each bound to the domain it names,
+        and ``roots``, each bound to the domain its own ``O`` attribute names (for roots
+        whose domain nobody stated separately, such as a registry's own root)."""
         if max_chain_depth < 0:
             raise ValueError("max_chain_depth must not be negative")
         self._max_chain_depth = max_chain_depth
@@ -111,6 +116,8 @@ class TrustStore:
         self._root_domains: dict[bytes, str] = {}
         for root in roots:
             self.add_root(root)
+        for domain, root in anchors:
+            self.add_root(root, domain)
 
     @classmethod
     def from_pem(
@@ -119,14 +126,29 @@ class TrustStore:
         """A store trusting every root in ``data`` (concatenated PEM certificates)."""
         return cls(x509.load_pem_x509_certificates(data), max_chain_depth=max_chain_depth)
 
-    def add_root(self, certificate: x509.Certificate) -> None:
-        """Trust ``certificate`` as the root of the domain named by its ``O`` attribute.
+    def add_root(self, certificate: x509.Certificate, domain: str | None = None) -> None:
+        """Trust ``certificate`` as the root of ``domain``, and of that domain only.
 
-        Raises :class:`ValueError` unless it is a self-signed CA certificate with an accepted
-        key and exactly one ``O`` attribute holding a valid domain.
+        The domain is the one the root was trusted for (what the user or operator named);
+        the certificate's own ``O`` attribute is not consulted then. With no ``domain``,
+        the root's ``O`` attribute names it (use that only for roots whose domain is
+        known to match, such as a registry's own). Raises :class:`ValueError` unless it is
+        a self-signed CA certificate with an accepted key, and if the same root is already
+        trusted for another domain (one root, one domain).
         """
         der = _der(certificate)
-        domain = _root_domain(certificate)
+        if domain is None:
+            domain = _root_domain(certificate)
+        else:
+            try:
+                domain = check_domain(domain)
+            except InvalidIdentity as problem:
+                raise ValueError(str(problem)) from None
+        bound = self._root_domains.get(der)
+        if bound is not None and bound != domain:
+            raise ValueError(
+                f"this root is already trusted for {bound}; a root certifies one domain only"
+            )
         try:
             certificate.verify_directly_issued_by(certificate)
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
@@ -145,6 +167,10 @@ class TrustStore:
     def roots(self) -> tuple[x509.Certificate, ...]:
         """The trusted roots, in the order they were added."""
         return tuple(self._roots.values())
+
+    def domain_of(self, root: x509.Certificate) -> str | None:
+        """The domain ``root`` is trusted for, or None if it is not trusted."""
+        return self._root_domains.get(_der(root))
 
     @property
     def domains(self) -> frozenset[str]:
@@ -465,6 +491,26 @@ def _check_identity(leaf: x509.Certificate, domain: str) -> Identity:
             f"the certificate names {identity}, but its CA certifies users of {domain} only",
         )
     return identity
+
+
+def check_anchor(root: x509.Certificate, domain: str) -> str:
+    """Check that ``root`` may be trusted for ``domain``; return the domain (normalised).
+
+    Raises :class:`ValueError`, with a readable reason, unless ``root`` is a self-signed CA
+    certificate with an accepted key whose stated domain (its one ``O`` attribute) is
+    ``domain``. The store binds a root to the domain it was trusted for whatever it says;
+    this check refuses, when a root is first trusted, one that claims another domain.
+    """
+    try:
+        domain = check_domain(domain)
+    except InvalidIdentity as problem:
+        raise ValueError(str(problem)) from None
+    names = [str(value.value) for value in root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if [name.lower() for name in names] != [domain]:
+        said = f"says {', '.join(names)}" if names else "names no domain"
+        raise ValueError(f"that root CA is not {domain}'s: its O attribute {said}")
+    TrustStore(anchors=[(domain, root)])
+    return domain
 
 
 def _root_domain(certificate: x509.Certificate) -> str:

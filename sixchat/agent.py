@@ -175,7 +175,7 @@ class Agent(service.Service):
         roots = self.profile.trusted_roots()
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
-            TrustStore(list(roots.values())),
+            TrustStore(anchors=roots.items()),  # each root certifies only its own domain
             revocation,
             self.store,
             self.clock,

@@ -29,6 +29,7 @@ from irp.cli import (
 from irp.client import split_server
 from irp.identity import Identity, InvalidIdentity, check_domain
 from irp.profile import Profile, ProfileError, default_profile_path
+from irp.trust import check_anchor
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent import Agent, AgentSettings
 from sixchat.control import ControlError, InProcessControl, connect_control
@@ -109,27 +110,63 @@ def clock_text(seconds: float) -> str:
 # -- commands ------------------------------------------------------------------------
 
 
+def _check_anchor(root: Any, domain: str) -> None:
+    try:
+        check_anchor(root, domain)
+    except ValueError as error:
+        raise CommandError(f"{error}: refusing to trust it") from None
+
+
 async def cmd_trust_domain(ctx: ChatContext) -> int:
-    """Trust another domain's CA (by fingerprint) and note its registry."""
+    """Trust another domain's root CA, for that domain's users only, and note its registry.
+
+    The root is accepted only if it is a self-signed CA certificate whose stated domain
+    (its ``O`` attribute) is the domain named, that domain is not the user's own (only the
+    profile's pinned root certifies it), and the user confirmed it: either its fingerprint
+    was given (checked with the domain's operator), or the domain's registry serves that
+    very root (fetched and compared). It is stored bound to that domain.
+    """
     args = ctx.args
     try:
         domain = check_domain(args.domain)
     except InvalidIdentity as error:
         raise CommandError(str(error)) from None
+    config = ctx.profile.load_config()
+    if domain == config.domain:
+        raise CommandError(
+            f"{domain} is your own domain: only your registry's root (pinned by 'sixchat init') certifies its users"
+        )
     host, port = split_server(args.server)
+    expected = keyfiles.parse_fingerprint(args.ca_fingerprint) if args.ca_fingerprint else None
     if args.ca_file:
-        root = keyfiles.load_certificates(args.ca_file)[0]
-        if args.ca_fingerprint and keyfiles.fingerprint(root) != keyfiles.parse_fingerprint(args.ca_fingerprint):
-            raise CommandError("the CA file does not have the fingerprint given")
-    elif args.ca_fingerprint:
-        root = await fetch_root_by_fingerprint(ctx, host, port, domain, keyfiles.parse_fingerprint(args.ca_fingerprint))
+        try:
+            root = keyfiles.load_certificates(args.ca_file)[0]
+        except (OSError, ValueError, IndexError, keyfiles.KeyFileError) as error:
+            raise CommandError(f"cannot read a root CA from {args.ca_file}: {error}") from None
+        _check_anchor(root, domain)
+        if expected is not None:
+            if keyfiles.fingerprint(root) != expected:
+                raise CommandError("the CA file does not have the fingerprint given: refusing to trust it")
+            checked = "its fingerprint is the one you gave"
+        else:
+            # Nobody confirmed this file: trust it only if the domain's registry serves it.
+            served = await fetch_root_by_fingerprint(ctx, host, port, domain, keyfiles.fingerprint(root))
+            if served != root:
+                raise CommandError(f"the registry of {domain} serves another root CA: refusing to trust the file")
+            checked = f"the registry of {domain} serves this root"
+    elif expected is not None:
+        root = await fetch_root_by_fingerprint(ctx, host, port, domain, expected)
+        _check_anchor(root, domain)
+        checked = "fetched from its registry, with the fingerprint you gave"
     else:
         raise CommandError("give --ca-fingerprint FP (checked with that domain's operator) or --ca-file")
-    config = ctx.profile.load_config()
     ctx.profile.trust_domain(domain, root)
     config.registries[domain] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     ctx.profile.save_config(config)
-    show(f"Trusting {domain} (root {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}), registry {host} port {port}.")
+    show(
+        f"Trusting {domain} (root {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}; {checked})"
+        f" for users of {domain} only, registry {host} port {port}."
+    )
     return 0
 
 
@@ -303,11 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true")
     commands._name_parser_map["enroll"] = sub
 
-    sub = command("trust-domain", cmd_trust_domain, "Trust another domain's CA, to talk with its users.")
-    sub.add_argument("domain")
+    sub = command(
+        "trust-domain",
+        cmd_trust_domain,
+        "Trust another domain's CA, for that domain's users only (it must name that domain; confirm it by fingerprint).",
+    )
+    sub.add_argument("domain", help="the domain (not your own)")
     sub.add_argument("--registry", dest="server", required=True, help="that domain's registry HOST[:PORT]")
     sub.add_argument("--ca-fingerprint", help="its root CA fingerprint, checked with its operator")
-    sub.add_argument("--ca-file", help="its root CA (PEM)")
+    sub.add_argument("--ca-file", help="its root CA (PEM); without --ca-fingerprint it must be the root that registry serves")
 
     command("contacts", cmd_contacts, "List your contacts.")
     sub = command("add", cmd_add, "Add a contact (shows the certificate fingerprints to compare).")

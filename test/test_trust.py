@@ -23,7 +23,7 @@ from irp.errors import (
 )
 from irp.identity import Identity
 from irp.keyfiles import fingerprint
-from irp.trust import TrustStore, VerifiedUser
+from irp.trust import TrustStore, VerifiedUser, check_anchor
 from test import pki
 
 #: Defects the Web PKI verifier in cryptography also judges (the others are our policy:
@@ -435,6 +435,59 @@ class CrossDomainTests(_VerifyMixin):
             )
             self.assertEqual(verified.identity, Identity("carol", authority.domain))
             self.assertEqual(verified.root_fingerprint, authority.root_fingerprint)
+
+
+class AnchorBindingTests(_VerifyMixin):
+    """A root certifies exactly the domain it was trusted for, whatever its O attribute
+    says (issue 9 item 2: a foreign root saying ``O=example.org`` certified example.org's
+    users)."""
+
+    def setUp(self) -> None:
+        self.home = pki.make_ca("example.org")
+        #: A real CA of someone else whose root states example.org.
+        self.foreign = pki.make_ca("example.org", label="foreign")
+        self.store = TrustStore(
+            anchors=[("example.org", self.home.root_certificate), ("evil.example", self.foreign.root_certificate)]
+        )
+
+    def test_foreign_root_cannot_certify_the_domain_it_states(self) -> None:
+        forged = pki.issue_user(self.foreign, "bob")
+        error = self.assertRejected(self.store, forged, "bad-identity")
+        self.assertIn("bob@example.org", error.message)
+        self.assertIn("evil.example", error.message)
+
+    def test_own_root_still_certifies_its_users(self) -> None:
+        bob = pki.issue_user(self.home, "bob")
+        verified = self.store.verify_user_certificate(bob.certificate, bob.intermediates, now=_now())
+        self.assertEqual(verified.identity, Identity("bob", "example.org"))
+        self.assertEqual(self.store.domains, frozenset({"example.org", "evil.example"}))
+        self.assertEqual(self.store.domain_of(self.foreign.root_certificate), "evil.example")
+
+    def test_bound_root_certifies_its_bound_domain(self) -> None:
+        """Bound to evil.example, the foreign root certifies evil.example's users (the
+        binding, not the O attribute, decides)."""
+        identity = Identity("mallory", "evil.example")
+        certificate, key = pki.build_certificate(
+            self.foreign.issuing_certificate, self.foreign.issuing_key,
+            subject=pki.user_name(identity), san=[x509.UniformResourceIdentifier(identity.uri)],
+        )
+        user = pki.UserCredentials(identity, key, certificate, tuple(self.foreign.chain))
+        verified = self.store.verify_user_certificate(user.certificate, user.intermediates, now=_now())
+        self.assertEqual(verified.identity, identity)
+
+    def test_one_root_one_domain(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            self.store.add_root(self.foreign.root_certificate, "example.org")
+        self.assertIn("evil.example", str(caught.exception))
+        self.assertRaises(ValueError, self.store.add_root, self.home.root_certificate, "not a domain")
+
+    def test_check_anchor(self) -> None:
+        """Trusting a root for a domain requires the root to state that domain."""
+        self.assertEqual(check_anchor(self.home.root_certificate, "Example.ORG"), "example.org")
+        with self.assertRaises(ValueError) as caught:
+            check_anchor(self.foreign.root_certificate, "evil.example")
+        self.assertIn("O attribute says example.org", str(caught.exception))
+        self.assertRaises(ValueError, check_anchor, self.home.issuing_certificate, "example.org")
 
 
 class TrustStoreTests(unittest.TestCase):

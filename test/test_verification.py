@@ -188,6 +188,44 @@ class RevocationTests(VerifierTestCase):
             await verifier.verify(BOB, self.chain(self.bob))
         self.assertEqual(caught.exception.reason, "untrusted-ca")
 
+    async def test_cached_crl_never_answers_for_another_issuer(self) -> None:
+        """Once example.org's CRL is cached, a certificate from another issuer (a foreign
+        CA naming itself after example.org) is still checked against its own issuer: the
+        cached CRL does not answer for it (issue 9 item 2)."""
+        checker = RevocationChecker(self.crls, self.clock)
+        await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
+        foreign = pki.make_ca("example.org", label="foreign")
+        forged = pki.issue_user(foreign, "bob")
+        with self.assertRaises(irp_errors.RevocationUnknown) as caught:
+            await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
+        self.assertIn("does not verify", caught.exception.message)
+        # It was fetched again (nothing cached for that issuer) and refused again.
+        self.assertEqual(self.crls.fetches, ["example.org", "example.org"])
+        with self.assertRaises(irp_errors.RevocationUnknown):
+            await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
+        # The real issuer's entry is untouched.
+        await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
+        self.assertEqual(len(self.crls.fetches), 3)
+
+    async def test_stale_crl_only_for_its_issuer(self) -> None:
+        """During an outage the stale cached CRL still answers only for its own issuer."""
+        checker = RevocationChecker(self.crls, self.clock)
+        await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
+        self.crls.down = True
+        foreign = pki.make_ca("example.org", label="foreign")
+        forged = pki.issue_user(foreign, "bob")
+        with self.assertRaises(irp_errors.RevocationUnknown):
+            await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
+
+    async def test_issuer_with_same_name_other_key(self) -> None:
+        """A CRL with the right issuer name but another key's signature is refused."""
+        foreign = pki.make_ca("example.org", label="foreign")
+        self.assertEqual(foreign.issuing_certificate.subject, self.ca.issuing_certificate.subject)
+        self.crls.crls["example.org"] = crl_of(foreign)
+        checker = RevocationChecker(self.crls, self.clock)
+        with self.assertRaises(irp_errors.RevocationUnknown):
+            await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
+
     async def test_forget(self) -> None:
         checker = RevocationChecker(self.crls, self.clock)
         await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
