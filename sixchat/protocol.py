@@ -267,8 +267,11 @@ class PeerConnection(Protocol):
         try:
             events = self.session.receive_data(data)
         except errors.SixChatError as error:
-            # What authenticated before the failure is delivered; then the session ends.
-            self._dispatch(error.events_before)  # type: ignore[arg-type]
+            # What authenticated before the failure is delivered; then the session ends
+            # with the alert. A close among them is not answered with our close: the
+            # alert takes its place (a record after a close is unexpected-message).
+            before = [event for event in error.events_before if not isinstance(event, CloseReceived)]
+            self._dispatch(before)
             if not self.ended:
                 self._end(error, alert=self.session.abort(error))
             return
