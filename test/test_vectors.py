@@ -377,3 +377,23 @@ class IndependentExtraTests(TestCase):
         mask = b"".join(hashlib.sha384(h + i.to_bytes(4, "big")).digest() for i in range(8))[: len(masked)]
         db = bytes(a ^ b for a, b in zip(masked, mask, strict=True))
         self.assertEqual(db[-48:], bytes.fromhex(vector["salt"]))
+
+
+class SpecificationFigureTests(TestCase):
+    """Figures docs/sixchat.rst states are the ones the vectors show."""
+
+    def test_hybrid_size_on_the_wire(self) -> None:
+        import re
+
+        vectors = load_vectors()
+        m1 = bytes.fromhex(vectors["frames"]["m1"])
+        m2 = bytes.fromhex(vectors["frames"]["m2"])
+        key = re.search(rb"<mlkem768-key>[^<]*</mlkem768-key>", m1)
+        ciphertext = re.search(rb"<mlkem768-ciphertext>[^<]*</mlkem768-ciphertext>", m2)
+        assert key is not None and ciphertext is not None
+        total = len(key.group(0)) + len(ciphertext.group(0))
+        spec = os.path.join(os.path.dirname(VECTORS_FOLDER), os.pardir, "docs", "sixchat.rst")
+        with open(spec, encoding="utf-8") as stream:
+            text = " ".join(stream.read().split())
+        self.assertIn(f"It costs {total} more bytes on the wire, about {total / 1024:.1f} KiB", text)
+        self.assertIn(f"``<mlkem768-key>`` element is {len(key.group(0))} bytes of M1", text)
