@@ -5,12 +5,15 @@ One complete handshake between alice@example.org (initiator) and bob@example.org
 ``sixchat/vectors/handshake.json``, lists the inputs and every output: each frame's exact
 bytes, the transcript hashes, all secrets, traffic keys and IVs, the decrypted ``<auth>``
 contents and the first records. An independent implementation can check itself against it.
+The same handshake with P-384 and Ed25519 leaf keys, and the RSA-PSS, exporter, close and
+alert vectors, are written by ``python -m sixchat.kat --write-all sixchat/vectors`` (see
+:mod:`sixchat.kat_extra`); docs/sixchat.rst states every rule they follow.
 
 How the inputs are fixed:
 
 * Every secret byte string is SHAKE256("SixChat 1 known-answer vectors: " + label); the
-  labels are in :data:`LABELS`. ECDSA P-256 scalars are such 32-byte strings reduced into
-  [1, n-1].
+  labels are in :data:`LABELS`. ECDSA scalars are such strings (32 bytes for P-256, 48 for
+  P-384) read as big-endian integers x and mapped to (x mod (n - 1)) + 1.
 * Certificates (root CA, issuing CA, two users) use fixed serials and dates and
   deterministic ECDSA (RFC 6979), so they are byte-for-byte reproducible.
 * ML-KEM-768 encapsulation is randomised, so its result is an input: the ciphertext and
