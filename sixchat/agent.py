@@ -39,6 +39,7 @@ from irp.records import Endpoint
 from irp.trust import TrustStore
 from sixchat import DEFAULT_PORT, errors
 from sixchat.addresses import advertised_endpoints
+from sixchat.admission import HandshakeAdmission
 from sixchat.control import listen_control
 from sixchat.directory import Directory
 from sixchat.handshake import LocalCredentials, Role
@@ -80,6 +81,11 @@ class AgentSettings:
     crl_max_age: float = 300.0
     handshakes_per_address: int = 20
     handshake_window: float = 10.0
+    #: Incoming handshakes in progress at once, from everyone.
+    max_handshakes_in_progress: int = 64
+    #: What one peer that is not a contact may have stored under policy ``anyone``.
+    unknown_peer_messages: int = 100
+    unknown_peer_bytes: int = 1 << 20
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     register: bool = True
     control: bool = True
@@ -102,17 +108,19 @@ class _Refused(Protocol):
 
 
 class _ResponderFactory(QuietFactory):
-    """Accepts incoming connections, within a per-address handshake budget."""
+    """Accepts incoming connections within the handshake budgets (:mod:`sixchat.admission`)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
     def buildProtocol(self, addr: Any) -> Protocol:
         host = getattr(addr, "host", "")
-        if not self.agent.admit_handshake(host):
-            log.warn("Refused a connection from {host}: too many handshakes", host=host)
-            return _Refused(errors.RateLimited(f"too many handshakes from {host}"))
-        return PeerConnection(self.agent, Role.RESPONDER)
+        admission = self.agent.admission
+        refusal = admission.admit(host)
+        if refusal is not None:
+            log.warn("Refused a connection from {host}: {why}", host=host, why=refusal.message)
+            return _Refused(refusal)
+        return PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=admission.finished)
 
 
 class Agent(service.Service):
@@ -139,7 +147,12 @@ class Agent(service.Service):
         self._flush_locks: dict[Identity, DeferredLock] = {}
         self._in_flight: dict[PeerConnection, set[str]] = {}
         self._expected: dict[Identity, tuple[float, set[str]]] = {}
-        self._handshake_times: dict[str, list[float]] = {}
+        self.admission = HandshakeAdmission(
+            self.clock,
+            per_source=settings.handshakes_per_address,
+            window=settings.handshake_window,
+            max_concurrent=settings.max_handshakes_in_progress,
+        )
         self._listeners: list[Callable[[Event], None]] = []
         self.ready: Deferred[Agent] = Deferred()
         self.advertised: list[Endpoint] = []
@@ -431,19 +444,6 @@ class Agent(service.Service):
         await self.store.remember_endpoint(peer, endpoint)
         return connection
 
-    def admit_handshake(self, host: str) -> bool:
-        """Rate-limit incoming handshakes per source address (sliding window)."""
-        now = self.clock.seconds()
-        window = [moment for moment in self._handshake_times.get(host, []) if now - moment < self.settings.handshake_window]
-        if len(window) >= self.settings.handshakes_per_address:
-            self._handshake_times[host] = window
-            return False
-        window.append(now)
-        self._handshake_times[host] = window
-        if len(self._handshake_times) > 10000:
-            self._handshake_times = {key: value for key, value in self._handshake_times.items() if value and now - value[-1] < self.settings.handshake_window}
-        return True
-
     # -- ConnectionOwner --------------------------------------------------------------
 
     def verify_peer(self, connection: PeerConnection, identity: Identity, chain: list[x509.Certificate]) -> Deferred[None]:
@@ -521,7 +521,16 @@ class Agent(service.Service):
     async def _handle_message(self, connection: PeerConnection, peer: Identity, message: ApplicationMessage) -> None:
         assert self.store is not None
         if isinstance(message, ChatMessage):
-            outcome = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()))
+            settings = self.settings
+            cap = (settings.unknown_peer_messages, settings.unknown_peer_bytes) if settings.policy == "anyone" else None
+            outcome = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()), cap)
+            if outcome == "over-quota":
+                log.warn(
+                    "Refused message {id} from {peer}: a stranger may have at most {count} messages or {size} bytes stored",
+                    id=message.id, peer=str(peer), count=settings.unknown_peer_messages, size=settings.unknown_peer_bytes,
+                )
+                connection.abort(errors.RateLimited("you have stored as much as a stranger may; become a contact first"))
+                return
             if outcome == "conflict":
                 # Not a resend of ours to confirm: another message holds that id.
                 log.warn("Refused message {id} from {peer}: that id belongs to another message", id=message.id, peer=str(peer))

@@ -5,12 +5,15 @@ One complete handshake between alice@example.org (initiator) and bob@example.org
 ``sixchat/vectors/handshake.json``, lists the inputs and every output: each frame's exact
 bytes, the transcript hashes, all secrets, traffic keys and IVs, the decrypted ``<auth>``
 contents and the first records. An independent implementation can check itself against it.
+The same handshake with P-384 and Ed25519 leaf keys, and the RSA-PSS, exporter, close and
+alert vectors, are written by ``python -m sixchat.kat --write-all sixchat/vectors`` (see
+:mod:`sixchat.kat_extra`); docs/sixchat.rst states every rule they follow.
 
 How the inputs are fixed:
 
 * Every secret byte string is SHAKE256("SixChat 1 known-answer vectors: " + label); the
-  labels are in :data:`LABELS`. ECDSA P-256 scalars are such 32-byte strings reduced into
-  [1, n-1].
+  labels are in :data:`LABELS`. ECDSA scalars are such strings (32 bytes for P-256, 48 for
+  P-384) read as big-endian integers x and mapped to (x mod (n - 1)) + 1.
 * Certificates (root CA, issuing CA, two users) use fixed serials and dates and
   deterministic ECDSA (RFC 6979), so they are byte-for-byte reproducible.
 * ML-KEM-768 encapsulation is randomised, so its result is an input: the ciphertext and
@@ -30,7 +33,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from irp.identity import Identity
@@ -145,7 +148,7 @@ def _name(common_name: str) -> x509.Name:
 def _certificate(
     *,
     subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
+    key: Any,
     issuer: x509.Name,
     issuer_key: ec.EllipticCurvePrivateKey,
     serial: int,
@@ -193,8 +196,33 @@ def _certificate(
     return builder.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True)
 
 
-def make_pki() -> dict[str, Any]:
-    """The fixed CA chain and the two users' credentials."""
+#: Leaf key types of the vector files: the P-256 vectors (handshake.json) and the others.
+LEAF_TYPES: Final = ("p256", "p384", "ed25519")
+
+_P384_ORDER: Final = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
+    "581a0db248b0a77aecec196accc52973",
+    16,
+)
+
+
+def fixed_leaf_key(role: str, leaf_type: str) -> Any:
+    """The leaf key of ``role`` for ``leaf_type``: P-256 from label "<role> leaf key"
+    (32 bytes), P-384 from "<role> leaf key p384" (48 bytes), both reduced into [1, n-1];
+    Ed25519's 32-byte private key is fixed_bytes("<role> leaf key ed25519", 32)."""
+    label = LABELS[f"{role}_leaf_key"]
+    if leaf_type == "p256":
+        return fixed_p256_key(label)
+    if leaf_type == "p384":
+        scalar = int.from_bytes(fixed_bytes(f"{label} p384", 48), "big") % (_P384_ORDER - 1) + 1
+        return ec.derive_private_key(scalar, ec.SECP384R1())
+    if leaf_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.from_private_bytes(fixed_bytes(f"{label} ed25519", 32))
+    raise ValueError(f"no vectors for leaf type {leaf_type!r}")
+
+
+def make_pki(leaf_type: str = "p256") -> dict[str, Any]:
+    """The fixed CA chain and the two users' credentials (leaf keys of ``leaf_type``)."""
     root_key = fixed_p256_key(LABELS["root_ca_key"])
     issuing_key = fixed_p256_key(LABELS["issuing_ca_key"])
     root_name = _name(f"{DOMAIN} root CA")
@@ -212,7 +240,7 @@ def make_pki() -> dict[str, Any]:
         ("initiator", INITIATOR, 0x1001),
         ("responder", RESPONDER, 0x1002),
     ):
-        key = fixed_p256_key(LABELS[f"{role}_leaf_key"])
+        key = fixed_leaf_key(role, leaf_type)
         leaf = _certificate(
             subject=_name(identity.username), key=key, issuer=issuing_name,
             issuer_key=issuing_key, serial=serial, ca_path_length=None, identity=identity,
@@ -225,11 +253,14 @@ def _der(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.DER).hex()
 
 
-def _scalar(credentials: LocalCredentials) -> str:
+def _leaf_key_input(credentials: LocalCredentials, leaf_type: str) -> dict[str, str]:
     key = credentials.private_key
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise TypeError("the vectors use P-256 leaf keys")
-    return f"{key.private_numbers().private_value:064x}"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        width = (key.curve.key_size + 7) // 8 * 2
+        return {f"leaf_key_{leaf_type}_scalar": f"{key.private_numbers().private_value:0{width}x}"}
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return {"leaf_key_ed25519_private_key": key.private_bytes_raw().hex()}
+    raise TypeError("the vectors use P-256, P-384 or Ed25519 leaf keys")
 
 
 def _split_frames(data: bytes) -> list[bytes]:
@@ -257,9 +288,14 @@ def _recorder(store: dict[str, bytes]) -> Callable[[str, bytes], None]:
     return record
 
 
-def generate_vectors() -> dict[str, Any]:
+def generate_vectors(leaf_type: str = "p256") -> dict[str, Any]:
     """Run the fixed handshake and records; return the vectors as JSON-ready data."""
-    pki = make_pki()
+    return run_vectors(leaf_type)[0]
+
+
+def run_vectors(leaf_type: str = "p256") -> tuple[dict[str, Any], Session, Session]:
+    """The vectors of ``leaf_type`` and the two sessions, after the published records."""
+    pki = make_pki(leaf_type)
     alice: LocalCredentials = pki["initiator"]
     bob: LocalCredentials = pki["responder"]
     initiator_x25519 = x25519.X25519PrivateKey.from_private_bytes(
@@ -358,7 +394,7 @@ def generate_vectors() -> dict[str, Any]:
         for role in ("initiator", "responder")
     }
 
-    return {
+    vectors: dict[str, Any] = {
         "title": "SixChat 1 handshake known-answer vectors",
         "version": messages.VERSION,
         "suite": messages.SUITE,
@@ -374,7 +410,7 @@ def generate_vectors() -> dict[str, Any]:
             },
             "initiator": {
                 "identity": str(INITIATOR),
-                "leaf_key_p256_scalar": _scalar(alice),
+                **_leaf_key_input(alice, leaf_type),
                 "x25519_private_key": initiator_x25519.private_bytes_raw().hex(),
                 "mlkem768_seed": seed.hex(),
                 "random": initiator_random.hex(),
@@ -382,7 +418,7 @@ def generate_vectors() -> dict[str, Any]:
             },
             "responder": {
                 "identity": str(RESPONDER),
-                "leaf_key_p256_scalar": _scalar(bob),
+                **_leaf_key_input(bob, leaf_type),
                 "x25519_private_key": responder_x25519.private_bytes_raw().hex(),
                 "random": responder_random.hex(),
                 "mlkem768_encapsulation": {
@@ -431,6 +467,10 @@ def generate_vectors() -> dict[str, Any]:
             "initiator_after_key_update": after_update.hex(),
         },
     }
+    if leaf_type != "p256":
+        vectors["title"] += f" ({leaf_type} leaf keys)"
+        vectors["regenerate"] = "python -m sixchat.kat --write-all sixchat/vectors"
+    return vectors, alice_session, bob_session
 
 
 def render(vectors: dict[str, Any]) -> str:
@@ -442,7 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     """Print the vectors, or write them to a file with --write PATH."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="PATH", help="write the JSON to PATH")
+    parser.add_argument(
+        "--write-all", metavar="DIR", help="write every vector file (sixchat.kat_extra) into DIR"
+    )
     arguments = parser.parse_args(argv)
+    if arguments.write_all:
+        from sixchat.kat_extra import write_all
+
+        write_all(arguments.write_all)
+        return 0
     text = render(generate_vectors())
     if arguments.write:
         with open(arguments.write, "w", encoding="utf-8") as output:

@@ -9,6 +9,7 @@ handshake deadline, an idle limit on sessions) and has a single exit: every fail
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -77,8 +78,16 @@ class ConnectionOwner(TypingProtocol):
 class PeerConnection(Protocol):
     """One TCP connection to a peer, in either role."""
 
-    def __init__(self, owner: ConnectionOwner, role: Role, expected_peer: Identity | None = None) -> None:
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        role: Role,
+        expected_peer: Identity | None = None,
+        on_handshake_over: Callable[[], None] | None = None,
+    ) -> None:
         self.owner = owner
+        #: Called once when the handshake is over, established or not (an admission slot).
+        self._on_handshake_over = on_handshake_over
         self.role = role
         self.expected_peer = expected_peer
         self.handshake: Handshake | None = None
@@ -158,6 +167,7 @@ class PeerConnection(Protocol):
                 waiter.callback(None)
 
     def _lost(self, reason: Failure) -> None:
+        self._handshake_over()
         if self.ended:
             return
         self.ended = True
@@ -232,7 +242,13 @@ class PeerConnection(Protocol):
 
         verdict.addCallbacks(accepted, refused)
 
+    def _handshake_over(self) -> None:
+        callback, self._on_handshake_over = self._on_handshake_over, None
+        if callback is not None:
+            callback()
+
     def _complete(self, event: HandshakeComplete) -> None:
+        self._handshake_over()
         self.session = event.session
         self.peer = event.peer
         self._arm(self.owner.limits.idle_timeout, "idle")
@@ -251,8 +267,11 @@ class PeerConnection(Protocol):
         try:
             events = self.session.receive_data(data)
         except errors.SixChatError as error:
-            # What authenticated before the failure is delivered; then the session ends.
-            self._dispatch(error.events_before)  # type: ignore[arg-type]
+            # What authenticated before the failure is delivered; then the session ends
+            # with the alert. A close among them is not answered with our close: the
+            # alert takes its place (a record after a close is unexpected-message).
+            before = [event for event in error.events_before if not isinstance(event, CloseReceived)]
+            self._dispatch(before)
             if not self.ended:
                 self._end(error, alert=self.session.abort(error))
             return
@@ -322,6 +341,7 @@ class PeerConnection(Protocol):
 
     def _finish(self, error: errors.SixChatError | None) -> None:
         self.ended = True
+        self._handshake_over()
         self._cancel_timers()
         self._fail_established(error or errors.Closed())
         self.owner.connection_ended(self, error)

@@ -299,16 +299,32 @@ class AgentStore:
 
         return self._run(give_up)
 
-    def record_incoming(self, message_id: str, peer: Identity, body: str, sent_at: int) -> Deferred[str]:
+    def record_incoming(
+        self, message_id: str, peer: Identity, body: str, sent_at: int, stranger_cap: tuple[int, int] | None = None
+    ) -> Deferred[str]:
         """Store a received message; fire with ``"new"``, ``"duplicate"`` if ``peer`` sent
         it before (a resend), or ``"conflict"`` if another message (outgoing, or from
-        someone else) has that id, in which case nothing is stored."""
+        someone else) has that id, in which case nothing is stored. With ``stranger_cap``
+        ``(messages, bytes)``, a peer that is not a contact may have at most that many
+        messages and UTF-8 bytes of text stored: beyond it, nothing is stored and the
+        answer is ``"over-quota"`` (checked and written in one transaction)."""
 
         def record(txn: Transaction) -> str:
             txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
             row = txn.fetchone()
             if row is not None:
                 return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
+            if stranger_cap is not None:
+                txn.execute("SELECT 1 FROM contacts WHERE identity = ? AND listed = 1", (str(peer),))
+                if txn.fetchone() is None:
+                    txn.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM messages"
+                        " WHERE peer = ? AND direction = 'in'",
+                        (str(peer),),
+                    )
+                    count, size = txn.fetchone()
+                    if count + 1 > stranger_cap[0] or size + len(body.encode("utf-8")) > stranger_cap[1]:
+                        return "over-quota"
             now = self._stamp()
             txn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",

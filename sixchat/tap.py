@@ -38,6 +38,10 @@ class Options(usage.Options):
         ["policy", None, "contacts", f"Who may connect to you: {', '.join(POLICIES)}."],
         ["ttl", None, 300, "Seconds your registered addresses stay valid (refreshed at half that).", int],
         ["undelivered-after", None, 300.0, "Seconds before an undeliverable message is reported.", float],
+        ["handshakes-per-address", None, 20, "Incoming handshakes per IPv4 address or IPv6 /64 in 10 seconds.", int],
+        ["max-handshakes", None, 64, "Incoming handshakes in progress at once, from everyone.", int],
+        ["stranger-messages", None, 100, "With --policy anyone: messages one non-contact may have stored.", int],
+        ["stranger-bytes", None, 1 << 20, "With --policy anyone: bytes of text one non-contact may have stored.", int],
     ]
     optFlags = [["no-register", None, "Do not publish addresses with the registry."]]
 
@@ -66,6 +70,9 @@ class Options(usage.Options):
             raise usage.UsageError(f"--policy must be one of {', '.join(POLICIES)}")
         if self["ttl"] < 30:
             raise usage.UsageError("--ttl must be at least 30 seconds")
+        for name in ("handshakes-per-address", "max-handshakes", "stranger-messages", "stranger-bytes"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         if self["undelivered-after"] <= 0:
             raise usage.UsageError("--undelivered-after must be positive")
         own_pidfile(self, os.path.join(self["profile"], PIDFILE))
@@ -83,6 +90,10 @@ class Options(usage.Options):
             register_ttl=self["ttl"],
             undelivered_after=self["undelivered-after"],
             register=not self["no-register"],
+            handshakes_per_address=self["handshakes-per-address"],
+            max_handshakes_in_progress=self["max-handshakes"],
+            unknown_peer_messages=self["stranger-messages"],
+            unknown_peer_bytes=self["stranger-bytes"],
         )
 
 

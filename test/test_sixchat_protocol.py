@@ -147,6 +147,28 @@ class EstablishedTests(TestCase):
         self.assertIsInstance(error, errors.DecryptFailed)
         self.assertEqual(pair.bob.messages, [])
 
+    def test_record_after_close_gets_unexpected_message(self) -> None:
+        """A record behind the peer's close is answered by an ``unexpected-message`` alert
+        record (in place of our own close), logged, and the connection ends."""
+        from sixchat.record import InnerType
+
+        pair = Pair()
+        alice = pair.client.session
+        assert alice is not None
+        after = alice.close("bye")
+        after += alice._sending.seal_record(InnerType.APPLICATION, messages.encode_application(messages.Ping()))
+        sent = len(b"".join(pair.server.transport.stream))  # type: ignore[union-attr]
+        with capturedLogs() as logs:
+            pair.server.dataReceived(after)
+        written = b"".join(pair.server.transport.stream)[sent:]  # type: ignore[union-attr]
+        # Exactly one record: the alert, not a close; Alice opens it as unexpected-message.
+        (record,) = frames_of(written)
+        self.assertEqual(alice.receive_data(written)[0].error.name, "unexpected-message")  # type: ignore[union-attr]
+        self.assertEqual(len(record), 1 + 1 + len(messages.alert_for(errors.UnexpectedMessage())) + 16)
+        [(_, error)] = pair.bob.ended
+        self.assertIsInstance(error, errors.UnexpectedMessage)
+        self.assertTrue(any("after the peer's close" in line for line in lines(logs)), lines(logs))
+
     def test_idle_session_closes_cleanly(self) -> None:
         pair = Pair()
         pair.clock.advance(LIMITS.idle_timeout - 1)

@@ -19,20 +19,22 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from twisted.trial.unittest import TestCase
 
-from sixchat import kat
+from sixchat import kat, kat_extra
 
-VECTORS_PATH = os.path.join(os.path.dirname(kat.__file__), "vectors", "handshake.json")
+VECTORS_FOLDER = os.path.join(os.path.dirname(kat.__file__), "vectors")
+VECTORS_PATH = os.path.join(VECTORS_FOLDER, "handshake.json")
+HANDSHAKE_FILES = ("handshake.json", "handshake-p384.json", "handshake-ed25519.json")
 
 
-def load_vectors() -> dict[str, Any]:
-    """The published vectors."""
-    with open(VECTORS_PATH, encoding="utf-8") as stream:
+def load_vectors(name: str = "handshake.json") -> dict[str, Any]:
+    """The published vectors of one file."""
+    with open(os.path.join(VECTORS_FOLDER, name), encoding="utf-8") as stream:
         vectors: dict[str, Any] = json.load(stream)
     return vectors
 
@@ -44,6 +46,20 @@ class RegenerationTests(TestCase):
         with open(VECTORS_PATH, encoding="utf-8") as stream:
             published = stream.read()
         self.assertEqual(kat.render(kat.generate_vectors()), published)
+
+    def test_every_file_is_reproduced(self) -> None:
+        """Each published file is exactly what the generator writes, and nothing else is
+        published."""
+        self.assertEqual(sorted(os.listdir(VECTORS_FOLDER)), sorted(kat_extra.FILES))
+        folder = self.mktemp()
+        os.mkdir(folder)
+        self.assertEqual(kat.main(["--write-all", folder]), 0)
+        for name in kat_extra.FILES:
+            with (
+                open(os.path.join(folder, name), encoding="utf-8") as written,
+                open(os.path.join(VECTORS_FOLDER, name), encoding="utf-8") as published,
+            ):
+                self.assertEqual(written.read(), published.read(), name)
 
     def test_decapsulation(self) -> None:
         """The fixed ML-KEM ciphertext decapsulates to the fixed shared secret."""
@@ -103,11 +119,28 @@ def frames_of(data: bytes) -> list[bytes]:
     return frames
 
 
+def verify_leaf_signature(leaf: x509.Certificate, algorithm: str, signature: bytes, content: bytes) -> None:
+    """Sign() as the specification states it: the message itself (not a prehash); ECDSA
+    with the curve's hash, Ed25519 pure, RSA-PSS with SHA-384, MGF1-SHA-384, 48-byte salt."""
+    public_key = leaf.public_key()
+    if algorithm == "ed25519":
+        assert isinstance(public_key, ed25519.Ed25519PublicKey)
+        public_key.verify(signature, content)
+    elif algorithm == "rsa-pss-sha384":
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        public_key.verify(signature, content, padding.PSS(padding.MGF1(hashes.SHA384()), 48), hashes.SHA384())
+    else:
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        expected = {"secp256r1": ("ecdsa-p256-sha256", hashes.SHA256()), "secp384r1": ("ecdsa-p384-sha384", hashes.SHA384())}
+        name, hash_algorithm = expected[public_key.curve.name]
+        assert algorithm == name, (algorithm, name)
+        public_key.verify(signature, content, ec.ECDSA(hash_algorithm))
+
+
 class IndependentVerificationTests(TestCase):
     """Recompute every published value from the specification."""
 
-    def setUp(self) -> None:
-        self.vectors = load_vectors()
+    vectors: dict[str, Any]
 
     def hex(self, *path: str) -> bytes:
         value: Any = self.vectors
@@ -116,6 +149,11 @@ class IndependentVerificationTests(TestCase):
         return bytes.fromhex(value)
 
     def test_full_derivation(self) -> None:
+        for name in HANDSHAKE_FILES:
+            self.vectors = load_vectors(name)
+            self.check_full_derivation()
+
+    def check_full_derivation(self) -> None:
         v = self.vectors
         m1, m2, m2b, m3 = (self.hex("frames", name) for name in ("m1", "m2", "m2b", "m3"))
 
@@ -179,11 +217,10 @@ class IndependentVerificationTests(TestCase):
                 self.hex("transcript_hashes", f"{role}_certificate_transcript_hash"),
             )
             leaf = x509.load_der_x509_certificate(certificates[0])
-            public_key = leaf.public_key()
-            assert isinstance(public_key, ec.EllipticCurvePublicKey)
             label = f"SixChat 1 {role} signature".encode()
-            public_key.verify(
-                signature, label + b"\x00" + transcript.digest(), ec.ECDSA(hashes.SHA256())
+            verify_leaf_signature(
+                leaf, auth.find("signature").get("algorithm"), signature,
+                label + b"\x00" + transcript.digest(),
             )
             transcript.update(struct.pack(">BI", 15, len(signature)) + signature)
             finished_key = expand_label(secrets[role], "finished", b"", 48)
@@ -255,3 +292,108 @@ class IndependentVerificationTests(TestCase):
             hashlib.sha256(chains["responder"][0].public_bytes(Encoding.DER)).hexdigest(),
             v["inputs"]["initiator"]["expected_fingerprint"],
         )
+
+
+def shake(label: str, length: int) -> bytes:
+    """A vector input as the specification derives it."""
+    return hashlib.shake_256(b"SixChat 1 known-answer vectors: " + label.encode()).digest(length)
+
+
+def scalar_of(label: str, length: int, order: int) -> int:
+    """The specification's rule for an ECDSA scalar: big-endian integer mod (n - 1), plus 1."""
+    return int.from_bytes(shake(label, length), "big") % (order - 1) + 1
+
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P384_ORDER = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973", 16
+)
+
+
+class IndependentExtraTests(TestCase):
+    """The newer vectors, recomputed from the specification's text rules with hashlib and
+    cryptography's primitives only (no SixChat code)."""
+
+    def setUp(self) -> None:
+        self.handshake = load_vectors()
+        self.extra = load_vectors("extra.json")
+
+    def test_leaf_keys_follow_the_input_rule(self) -> None:
+        for role in ("initiator", "responder"):
+            label = f"{role} leaf key"
+            self.assertEqual(
+                int(self.handshake["inputs"][role]["leaf_key_p256_scalar"], 16), scalar_of(label, 32, P256_ORDER)
+            )
+            p384 = load_vectors("handshake-p384.json")["inputs"][role]["leaf_key_p384_scalar"]
+            self.assertEqual(len(p384), 96)
+            self.assertEqual(int(p384, 16), scalar_of(f"{label} p384", 48, P384_ORDER))
+            certificate = x509.load_der_x509_certificate(
+                bytes.fromhex(load_vectors("handshake-p384.json")["inputs"]["certificates_der"][role])
+            )
+            expected = ec.derive_private_key(int(p384, 16), ec.SECP384R1()).public_key()
+            self.assertEqual(certificate.public_key(), expected)
+            ed = load_vectors("handshake-ed25519.json")["inputs"][role]["leaf_key_ed25519_private_key"]
+            self.assertEqual(bytes.fromhex(ed), shake(f"{label} ed25519", 32))
+
+    def test_exporter_uses_the_label_prefix(self) -> None:
+        exporter = self.extra["exporter"]
+        secret = bytes.fromhex(self.handshake["secrets"]["exporter_secret"])
+        derived = expand_label(secret, exporter["label"], hashlib.sha384(b"").digest(), 48)
+        output = expand_label(
+            derived, "exporter", hashlib.sha384(bytes.fromhex(exporter["context"])).digest(), exporter["length"]
+        )
+        self.assertEqual(output.hex(), exporter["output"])
+
+    def test_close_and_alert_records(self) -> None:
+        secrets = self.handshake["secrets"]
+        for record in (self.extra["records"][name] for name in ("responder_close", "initiator_alert")):
+            key, iv = key_and_iv(bytes.fromhex(secrets[record["traffic_secret"]]))
+            data = bytes.fromhex(record["record"])
+            nonce = (int.from_bytes(iv, "big") ^ record["sequence"]).to_bytes(12, "big")
+            plaintext = AESGCM(key).decrypt(nonce, data[5:], data[:5])
+            self.assertEqual(plaintext, bytes([record["inner_type"]]) + record["body"].encode())
+
+    def test_clear_alert_frame(self) -> None:
+        body = b'<alert code="502" name="rate-limited"/>'
+        self.assertEqual(bytes.fromhex(self.extra["clear_alert_frame"]["frame"]), struct.pack(">I", len(body)) + body)
+
+    def test_rsa_pss_leaf(self) -> None:
+        vector = self.extra["rsa_pss_leaf"]
+        self.assertEqual(bytes.fromhex(vector["salt"]), shake(vector["salt_label"], 48))
+        transcript_hash = shake(vector["transcript_hash_label"], 48)
+        content = b"SixChat 1 initiator signature\x00" + transcript_hash
+        self.assertEqual(vector["signed_content"], content.hex())
+        leaf = x509.load_der_x509_certificate(bytes.fromhex(vector["leaf_certificate_der"]))
+        issuing = x509.load_der_x509_certificate(bytes.fromhex(self.handshake["inputs"]["certificates_der"]["issuing_ca"]))
+        leaf.verify_directly_issued_by(issuing)
+        signature = bytes.fromhex(vector["signature"])
+        verify_leaf_signature(leaf, vector["signature_algorithm"], signature, content)
+        # The salt is the published one: recover it from the encoded message (RFC 8017 9.1.2).
+        public = leaf.public_key()
+        assert isinstance(public, rsa.RSAPublicKey)
+        numbers = public.public_numbers()
+        encoded = pow(int.from_bytes(signature, "big"), numbers.e, numbers.n).to_bytes(384, "big")
+        masked, h = encoded[: 384 - 49], encoded[384 - 49 : -1]
+        mask = b"".join(hashlib.sha384(h + i.to_bytes(4, "big")).digest() for i in range(8))[: len(masked)]
+        db = bytes(a ^ b for a, b in zip(masked, mask, strict=True))
+        self.assertEqual(db[-48:], bytes.fromhex(vector["salt"]))
+
+
+class SpecificationFigureTests(TestCase):
+    """Figures docs/sixchat.rst states are the ones the vectors show."""
+
+    def test_hybrid_size_on_the_wire(self) -> None:
+        import re
+
+        vectors = load_vectors()
+        m1 = bytes.fromhex(vectors["frames"]["m1"])
+        m2 = bytes.fromhex(vectors["frames"]["m2"])
+        key = re.search(rb"<mlkem768-key>[^<]*</mlkem768-key>", m1)
+        ciphertext = re.search(rb"<mlkem768-ciphertext>[^<]*</mlkem768-ciphertext>", m2)
+        assert key is not None and ciphertext is not None
+        total = len(key.group(0)) + len(ciphertext.group(0))
+        spec = os.path.join(os.path.dirname(VECTORS_FOLDER), os.pardir, "docs", "sixchat.rst")
+        with open(spec, encoding="utf-8") as stream:
+            text = " ".join(stream.read().split())
+        self.assertIn(f"It costs {total} more bytes on the wire, about {total / 1024:.1f} KiB", text)
+        self.assertIn(f"``<mlkem768-key>`` element is {len(key.group(0))} bytes of M1", text)
