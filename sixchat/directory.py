@@ -130,6 +130,12 @@ class Directory:
         client = await self.client(self.home_domain)
         return await client.register_addresses(endpoints, presence, ttl)
 
+    async def use_credentials(self, key: PrivateKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate]) -> None:
+        """Present these from now on (the user renewed): open connections, made with the
+        old certificate, are closed; the next request reconnects."""
+        self.key, self.certificate, self.chain = key, certificate, list(chain)
+        await self.close()
+
     @property
     def own_fingerprint(self) -> str:
         """Our certificate's fingerprint."""
