@@ -86,6 +86,8 @@ class AgentSettings:
     #: twisted.names resolver for finding other domains' registries by DNS SRV (None:
     #: the system's).
     resolver: Any = None
+    #: The user's registry (host, port), overriding the profile's (``--server``).
+    server: tuple[str, int] | None = None
 
 
 class _Refused(Protocol):
@@ -216,7 +218,9 @@ class Agent(service.Service):
         self.load_credentials()
         self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor, now=self.clock.seconds)
         key, certificate, chain = self.profile.credentials()
-        self.directory = Directory(self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver)
+        self.directory = Directory(
+            self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
+        )
         roots = self.profile.trusted_roots()
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(

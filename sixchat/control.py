@@ -8,7 +8,7 @@ id are refused by checking the peer's credentials). One JSON object per line eac
     <- {"id": 2, "ok": false, "error": "bob@example.org is not a contact", "name": "..."}
     <- {"event": "receipt", "id": "<message id>", "to": "bob@example.org"}   (after subscribe)
 
-Operations: status (with the outgoing queue), send, cancel, contacts (presence asked of the
+Operations: status (with the outgoing queue), send, cancel ("message": its id), contacts (presence asked of the
 registry first unless "fresh": false), add-contact, remove-contact, block, unblock,
 history, lookup, reload (take up the profile's renewed certificate now), subscribe.
 """
@@ -168,7 +168,7 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         status["queue"] = [_queue_json(message) for message in await store.pending()]
         return status
     if op == "cancel":
-        message_id = str(request.get("id", ""))
+        message_id = str(request.get("message", ""))
         cancelled = await agent.cancel(message_id)
         if cancelled is None:
             raise ControlError(f"no queued message has the id {message_id!r} (see 'sixchat status')", "not-found")

@@ -42,6 +42,7 @@ class Directory:
         *,
         timeout: float = 15.0,
         resolver: Any = None,
+        home_server: tuple[str, int] | None = None,
     ) -> None:
         self.reactor = reactor
         self.profile = profile
@@ -53,7 +54,8 @@ class Directory:
         self.resolver = resolver
         config = profile.load_config()
         self.home_domain = config.domain
-        self.servers: dict[str, tuple[str, int]] = {config.domain: (config.server, config.port)}
+        #: ``home_server`` overrides the profile's registry (the command's ``--server``).
+        self.servers: dict[str, tuple[str, int]] = {config.domain: home_server or (config.server, config.port)}
         for domain, server in config.registries.items():
             self.servers[domain] = split_server(server, DEFAULT_PORT)
         self.roots = profile.trusted_roots()

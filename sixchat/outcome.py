@@ -51,6 +51,13 @@ def explain(error: BaseException, peer: Identity) -> Problem:
         return Problem(error.message, True)
     if isinstance(error, errors.SixChatError):
         return Problem(error.message.rstrip("."), False)
+    if isinstance(error, irp_errors.CertificateRejected):
+        return Problem(
+            f"a registry refused our certificate: {error.message.rstrip('.')} (renew it with 'irp renew';"
+            " a running agent takes up the new one)",
+            True,
+            our_certificate=True,
+        )
     if isinstance(error, irp_errors.IRPError):
         return Problem(f"cannot ask the registry about {peer}: {error.message}", False)
     return Problem(f"cannot reach {peer}: {error.__class__.__name__} {error}".rstrip(), False)

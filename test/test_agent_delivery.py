@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import capturedLogs
+from twisted.trial.unittest import TestCase
 
 from irp.identity import Identity
 from irp.profile import Profile
@@ -113,13 +114,13 @@ class WhyNotDeliveredTests(AgentTestCase):
         status = await run_command(alice, {"op": "status"})
         self.assertEqual([(item["id"], item["to"]) for item in status["queue"]], [(message.id, str(CAROL))])
         self.assertIn("offline", status["queue"][0]["reason"])
-        result = await run_command(alice, {"op": "cancel", "id": message.id})
+        result = await run_command(alice, {"op": "cancel", "message": message.id})
         self.assertEqual(result["state"], "cancelled")
         await alice_events.wait_for(event="cancelled", id=message.id)
         self.assertEqual((await run_command(alice, {"op": "status"}))["queue"], [])
         self.assertEqual((await self.stored(alice, message.id)).state, "cancelled")
         with self.assertRaises(ControlError):
-            await run_command(alice, {"op": "cancel", "id": message.id})
+            await run_command(alice, {"op": "cancel", "message": message.id})
 
     async def stored(self, agent: Any, message_id: str) -> Any:
         message = await agent.store.get_message(message_id)
@@ -146,3 +147,32 @@ class StatusTests(AgentTestCase):
         await alice.store.set_presence(BOB, "offline")
         contacts = await run_command(alice, {"op": "contacts"})
         self.assertEqual({item["who"]: item["presence"] for item in contacts}[str(BOB)], "online")
+
+
+class ExplainTests(TestCase):
+    """The reason each refusal an alert carries gives the sender (sixchat.outcome)."""
+
+    def test_refusals_reported_by_the_peer(self) -> None:
+        from sixchat.messages import Alert, error_from_alert
+        from sixchat.outcome import explain
+
+        seen = {}
+        for reason in ("policy", "revoked", "expired", "untrusted-ca"):
+            problem = explain(error_from_alert(Alert(305, "peer-rejected", reason)), BOB)
+            seen[reason] = problem
+            self.assertIn(str(BOB), problem.reason)
+        self.assertIn("not their contact, or they blocked you", seen["policy"].reason)
+        self.assertEqual([seen[name].final for name in ("policy", "revoked", "expired", "untrusted-ca")], [True, True, True, False])
+        self.assertIn("refused our certificate: it is revoked", seen["revoked"].reason)
+        self.assertIn("has expired", seen["expired"].reason)
+        self.assertTrue(seen["revoked"].our_certificate)
+        self.assertFalse(seen["policy"].our_certificate)
+
+    def test_our_own_refusal_is_not_theirs(self) -> None:
+        from sixchat import errors
+        from sixchat.outcome import explain
+
+        problem = explain(errors.PeerRejected("bob@example.org presented a certificate that is not one you pinned", reason="policy"), BOB)
+        self.assertTrue(problem.final)
+        self.assertIn("we refused", problem.reason)
+        self.assertFalse(explain(errors.PeerUnreachable("bob@example.org is offline"), BOB).final)
