@@ -351,7 +351,9 @@ class Agent(service.Service):
     def _log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
         if not failure.check(errors.SixChatError, irp_errors.IRPError, OSError):
             log.failure("Delivery to {peer} failed", failure, peer=str(peer))
-        Deferred.fromCoroutine(self._delivery_problem(peer, failure.value)).addErrback(
+        error = failure.value
+        assert error is not None
+        Deferred.fromCoroutine(self._delivery_problem(peer, error)).addErrback(
             lambda failure: log.failure("Recording a delivery problem failed", failure)
         )
 
@@ -459,7 +461,7 @@ class Agent(service.Service):
             await self.store.set_presence(peer, record.presence if current else "offline")
 
         contacts = [contact.identity for contact in await self.store.contacts() if not contact.blocked]
-        await gatherResults([limit.run(lambda peer=peer: Deferred.fromCoroutine(one(peer))) for peer in contacts])
+        await gatherResults([limit.run(one, peer) for peer in contacts])
 
     # -- reaching peers ---------------------------------------------------------------
 

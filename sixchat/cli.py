@@ -66,7 +66,8 @@ class ChatContext(Context):
         control = await connect_control(self.reactor, self.args.profile)
         if control is not None:
             if self.args.server:
-                control.transport.loseConnection()
+                transport: Any = control.transport
+                transport.loseConnection()
                 raise CommandError(
                     "--server applies only to an agent this command starts, and an agent is running for this"
                     " profile (it uses the profile's registry): stop that agent first, or leave out --server"

@@ -14,7 +14,15 @@ from twisted.trial.unittest import TestCase
 from irp.identity import Identity
 from irp.keyfiles import fingerprint, format_fingerprint
 from irp.profile import Profile
-from test.helpers import DEFAULT_PASSWORD, CommandResult, RunningRegistry, closed_port, make_profile, run_module, start_agent
+from test.helpers import (
+    DEFAULT_PASSWORD,
+    CommandResult,
+    RunningRegistry,
+    closed_port,
+    make_profile,
+    run_module,
+    start_agent,
+)
 
 ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")
