@@ -165,7 +165,7 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "status":
         status = agent.status()
-        status["queue"] = [_queue_json(message) for message in await store.pending()]
+        status["queue"] = [] if store is None else [_queue_json(message) for message in await store.pending()]
         return status
     if op == "cancel":
         message_id = str(request.get("message", ""))

@@ -108,7 +108,8 @@ class RunningAgentTests(CLITestCase):
         self.assertIn("Added bob@example.org.", added.out)
         self.assertIn(format_fingerprint(fingerprint(self.users["bob"].certificate)), added.out)
         listed = await self.sixchat("contacts", profile=profile)
-        self.assertRegex(listed.out, r"bob@example.org\s+offline\s+Bob")
+        # Bob's agent runs and is registered: contacts asks the registry (issue 9, item 15).
+        self.assertRegex(listed.out, r"bob@example.org\s+online\s+Bob")
 
         sent = await self.sixchat("send", "bob", "hello", "from", "the", "command", profile=profile)
         self.assertEqual((sent.code, sent.out.strip()), (0, "Delivered to bob@example.org."), sent)
