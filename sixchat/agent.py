@@ -34,7 +34,7 @@ from irp.factory import QuietFactory
 from irp.framing import encode_frame
 from irp.identity import Identity
 from irp.keyfiles import KeyFileError, fingerprint
-from irp.profile import Profile, ProfileError
+from irp.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from irp.records import Endpoint
 from irp.trust import TrustStore
 from sixchat import DEFAULT_PORT, errors
@@ -54,6 +54,7 @@ from sixchat.messages import (
     alert_for,
     encode_application,
 )
+from sixchat.outcome import explain
 from sixchat.protocol import ConnectionLimits, PeerConnection
 from sixchat.record import MAX_BODY
 from sixchat.store import AgentStore, StoredMessage
@@ -92,6 +93,8 @@ class AgentSettings:
     #: twisted.names resolver for finding other domains' registries by DNS SRV (None:
     #: the system's).
     resolver: Any = None
+    #: The user's registry (host, port), overriding the profile's (``--server``).
+    server: tuple[str, int] | None = None
 
 
 class _Refused(Protocol):
@@ -120,6 +123,7 @@ class _ResponderFactory(QuietFactory):
         if refusal is not None:
             log.warn("Refused a connection from {host}: {why}", host=host, why=refusal.message)
             return _Refused(refusal)
+        self.agent.reload_credentials()
         return PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=admission.finished)
 
 
@@ -157,14 +161,58 @@ class Agent(service.Service):
         self.ready: Deferred[Agent] = Deferred()
         self.advertised: list[Endpoint] = []
         self.control_port: IListeningPort | None = None
+        #: The outcome of the last registration: (published, why not).
+        self.registration: tuple[bool, str] = (False, "not registered yet")
+        self._credentials_stamp: tuple[int, ...] | None = None
+        #: Why we closed a connection, for its "session down" event.
+        self._closed_because: dict[PeerConnection, str] = {}
 
     # -- start and stop ---------------------------------------------------------------
 
     def load_credentials(self) -> None:
         """Read the user's key and certificate from the profile (synchronous)."""
+        self._credentials_stamp = self._profile_stamp()
         key, certificate, chain = self.profile.credentials()
         self.identity = self.profile.identity()
         self.credentials = LocalCredentials(self.identity, certificate, chain, key)
+
+    def _profile_stamp(self) -> tuple[int, ...] | None:
+        stamp: list[int] = []
+        for name in (KEY_FILE, CERTIFICATE_FILE):
+            try:
+                status = os.stat(self.profile.file(name))
+            except OSError:
+                return None
+            stamp += [status.st_ino, status.st_mtime_ns, status.st_size]
+        return tuple(stamp)
+
+    def reload_credentials(self, *, force: bool = False) -> bool:
+        """Take up the profile's key and certificate if they changed since they were read
+        (``irp renew`` or ``enrol`` while the agent runs); checked before every new
+        session, or at once with ``force``. Returns whether the certificate changed.
+        Unreadable or unusable new files are logged and the current ones kept."""
+        stamp = self._profile_stamp()
+        if not force and (stamp is None or stamp == self._credentials_stamp):
+            return False
+        self._credentials_stamp = stamp
+        try:
+            key, certificate, chain = self.profile.credentials()
+            credentials = LocalCredentials(self.identity, certificate, chain, key)
+        except (ProfileError, KeyFileError, ValueError, OSError) as error:
+            log.warn("The profile's key or certificate changed but cannot be used: {error}; still presenting certificate {fingerprint}", error=str(error), fingerprint=self.credentials.fingerprint)
+            return False
+        if credentials.fingerprint == self.credentials.fingerprint:
+            return False
+        self.credentials = credentials
+        if self.verifier is not None:
+            self.verifier.known_intermediates = list(chain)
+        if self.directory is not None:
+            Deferred.fromCoroutine(self.directory.use_credentials(key, certificate, chain)).addErrback(
+                lambda failure: log.failure("Reconnecting to the registry with the new certificate failed", failure)
+            )
+        log.info("Now presenting the profile's new certificate {fingerprint}", fingerprint=credentials.fingerprint)
+        self._emit({"event": "credentials", "fingerprint": credentials.fingerprint})
+        return True
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening."""
@@ -184,7 +232,9 @@ class Agent(service.Service):
         self.load_credentials()
         self.store = await AgentStore.open(os.path.join(settings.profile_dir, STORE_FILE), self.reactor, now=self.clock.seconds)
         key, certificate, chain = self.profile.credentials()
-        self.directory = Directory(self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver)
+        self.directory = Directory(
+            self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
+        )
         roots = self.profile.trusted_roots()
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
@@ -208,7 +258,7 @@ class Agent(service.Service):
         self.advertised = list(settings.advertise) if settings.advertise is not None else advertised_endpoints(bound)
         if settings.register:
             await self._register("online")
-            self._loop(lambda: self._register("online"), max(settings.register_ttl / 2, 5))
+            self._loop(self._refresh, max(settings.register_ttl / 2, 5))
         self._loop(self._retry_pending, settings.retry_interval)
         self._loop(self._give_up_old, min(settings.undelivered_after / 4, 15.0))
         log.info("SixChat agent of {user} is ready", user=str(self.identity))
@@ -225,13 +275,26 @@ class Agent(service.Service):
         loop.start(interval, now=False)
         self.loops.append(loop)
 
+    async def _refresh(self) -> None:
+        self.reload_credentials()
+        await self._register("online")
+
     async def _register(self, presence: str) -> None:
         assert self.directory is not None
         endpoints = self.advertised if presence != "offline" else []
         try:
             await self.directory.register(endpoints, presence, self.settings.register_ttl)
         except irp_errors.IRPError as error:
-            log.warn("Could not register with the registry: {error}", error=str(error))
+            why = error.message
+        except Exception as error:  # noqa: BLE001 - any failure to reach the registry
+            why = f"cannot reach the registry ({error.__class__.__name__}: {error})"
+        else:
+            if not self.registration[0]:
+                log.info("Registered with the registry: {presence}", presence=presence)
+            self.registration = (True, "")
+            return
+        log.warn("Could not register with the registry: {error}", error=why)
+        self.registration = (False, why)
 
     def stopService(self) -> Deferred[None]:
         """Close sessions, mark ourselves away at the registry, stop listening."""
@@ -300,10 +363,33 @@ class Agent(service.Service):
         return message
 
     def _log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
-        if failure.check(errors.SixChatError, irp_errors.IRPError):
-            log.info("Cannot reach {peer} now: {why}", peer=str(peer), why=str(failure.value))
-        else:
+        if not failure.check(errors.SixChatError, irp_errors.IRPError, OSError):
             log.failure("Delivery to {peer} failed", failure, peer=str(peer))
+        error = failure.value
+        assert error is not None
+        Deferred.fromCoroutine(self._delivery_problem(peer, error)).addErrback(
+            lambda failure: log.failure("Recording a delivery problem failed", failure)
+        )
+
+    def _progress(self, peer: Identity, text: str) -> None:
+        self._emit({"event": "progress", "to": str(peer), "text": text})
+
+    async def _delivery_problem(self, peer: Identity, error: BaseException) -> None:
+        """Tell the sender why messages to ``peer`` are not delivered: give them up if the
+        problem is final, else note it on them (they stay queued for the next retry)."""
+        assert self.store is not None
+        problem = explain(error, peer)
+        if problem.our_certificate:
+            log.warn("{peer} refused our certificate {fingerprint}: {why}", peer=str(peer), fingerprint=self.credentials.fingerprint, why=problem.reason)
+        if problem.final:
+            for message in await self.store.fail_pending(peer, problem.reason):
+                log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(peer), why=problem.reason)
+                self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": problem.reason})
+            return
+        log.info("Cannot reach {peer} now: {why}", peer=str(peer), why=problem.reason)
+        retry = f"{problem.reason}; trying again every {self.settings.retry_interval:g} s"
+        for message in await self.store.note_problem(peer, problem.reason):
+            self._emit({"event": "progress", "id": message.id, "to": str(peer), "text": retry, "reason": problem.reason})
 
     async def _deliver(self, peer: Identity) -> None:
         connection = await self.connect(peer)
@@ -324,8 +410,9 @@ class Agent(service.Service):
                 except (errors.MessageTooLarge, errors.MalformedMessage) as error:
                     # It can never be sent: give it up rather than block the ones behind it.
                     log.warn("Message {id} to {peer} cannot be sent: {error}", id=message.id, peer=str(peer), error=str(error))
-                    if await self.store.set_state(message.id, "undelivered", peer=peer):
-                        self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body})
+                    why = f"it cannot be sent: {error.message}"
+                    if await self.store.set_state(message.id, "undelivered", peer=peer, reason=why):
+                        self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": why})
                     continue
                 sent.add(message.id)
                 await self.store.set_state(message.id, "sent", only_from=("queued",))
@@ -343,8 +430,52 @@ class Agent(service.Service):
         assert self.store is not None
         cutoff = self.clock.seconds() - self.settings.undelivered_after
         for message in await self.store.give_up_older_than(cutoff):
-            log.info("Message {id} to {peer} is undelivered", id=message.id, peer=str(message.peer))
-            self._emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body})
+            why = f"not delivered within {self.settings.undelivered_after:g} s" + (f" ({message.reason})" if message.reason else "")
+            log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(message.peer), why=why)
+            self._emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body, "reason": why})
+
+    async def cancel(self, message_id: str) -> StoredMessage | None:
+        """Cancel a pending message (never sent again); None if none pending has that id."""
+        assert self.store is not None
+        message = await self.store.cancel(message_id)
+        if message is not None:
+            log.info("Message {id} to {peer} cancelled", id=message.id, peer=str(message.peer))
+            self._emit({"event": "cancelled", "id": message.id, "to": str(message.peer), "text": message.body})
+        return message
+
+    async def block(self, peer: Identity) -> None:
+        """Block ``peer``: refused from now on, and any session with them ends at once."""
+        assert self.store is not None
+        await self.store.set_blocked(peer, True)
+        ending = [connection for connection in self.connections if connection.peer == peer]
+        for connection in ending:
+            self._closed_because[connection] = "blocked"
+            connection.close("bye")
+        for connection in ending:
+            await connection.when_lost()
+        if ending:
+            log.info("Blocked {peer}: their session is closed", peer=str(peer))
+
+    async def refresh_presence(self) -> None:
+        """Ask the registry for the presence of every contact (not blocked), a few at a
+        time; a contact whose registry cannot be asked keeps what is known."""
+        assert self.store is not None and self.directory is not None
+        from twisted.internet.defer import DeferredSemaphore, gatherResults
+
+        limit = DeferredSemaphore(8)
+
+        async def one(peer: Identity) -> None:
+            assert self.directory is not None and self.store is not None
+            try:
+                record = await self.directory.lookup(peer)
+            except (irp_errors.IRPError, errors.SixChatError, OSError) as error:
+                log.debug("No presence for {peer}: {error}", peer=str(peer), error=str(error))
+                return
+            current = record.is_current(self.clock.seconds()) and record.endpoints
+            await self.store.set_presence(peer, record.presence if current else "offline")
+
+        contacts = [contact.identity for contact in await self.store.contacts() if not contact.blocked]
+        await gatherResults([limit.run(one, peer) for peer in contacts])
 
     # -- reaching peers ---------------------------------------------------------------
 
@@ -393,6 +524,8 @@ class Agent(service.Service):
         assert self.store is not None and self.directory is not None
         if peer == self.identity:
             raise errors.SelfConnection("dialling yourself")
+        self.reload_credentials()
+        self._progress(peer, f"asking the registry of {peer.domain} about {peer}")
         await self.expected_fingerprints(peer)
         tried: list[Endpoint] = []
         contact = await self.store.get_contact(peer)
@@ -405,11 +538,11 @@ class Agent(service.Service):
                 return connection
         record = await self.directory.lookup(peer)
         if not record.is_current(self.clock.seconds()) or not record.endpoints:
+            await self.store.set_presence(peer, "offline")
             if refusals:
                 raise refusals[0]
             raise errors.PeerUnreachable(f"{peer} is offline (no current address at their registry)")
-        if record.presence != "offline":
-            await self.store.set_presence(peer, record.presence)
+        await self.store.set_presence(peer, record.presence)
         for endpoint in sorted(record.endpoints, key=lambda item: item.family != "ipv6"):
             if endpoint in tried:
                 continue
@@ -429,6 +562,7 @@ class Agent(service.Service):
         endpoint_class = TCP6ClientEndpoint if endpoint.family == "ipv6" else TCP4ClientEndpoint
         client = endpoint_class(self.reactor, endpoint.address, endpoint.port, timeout=self.settings.connect_timeout)
         connection = PeerConnection(self, Role.INITIATOR, expected_peer=peer)
+        self._progress(peer, f"calling {peer} at {endpoint.address} port {endpoint.port}")
         try:
             await client.connect(QuietFactory.forProtocol(lambda: connection))
             await connection.when_established()
@@ -521,6 +655,11 @@ class Agent(service.Service):
     async def _handle_message(self, connection: PeerConnection, peer: Identity, message: ApplicationMessage) -> None:
         assert self.store is not None
         if isinstance(message, ChatMessage):
+            contact = await self.store.get_contact(peer)
+            if contact is not None and contact.blocked:
+                # Blocked while the session was open: never stored nor acknowledged.
+                log.info("Dropped message {id} from {peer}: blocked", id=message.id, peer=str(peer))
+                return
             settings = self.settings
             cap = (settings.unknown_peer_messages, settings.unknown_peer_bytes) if settings.policy == "anyone" else None
             outcome = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()), cap)
@@ -557,11 +696,21 @@ class Agent(service.Service):
         if peer is not None and self.sessions.get(peer) is connection:
             del self.sessions[peer]
             event: Event = {"event": "session", "who": str(peer), "state": "down"}
+            because = self._closed_because.pop(connection, None)
+            if because is not None:
+                event["reason"] = because
             if error is not None:
                 event["error"] = error.message
                 event["name"] = error.name
             self._emit(event)
-            Deferred.fromCoroutine(self._redeliver(peer)).addErrback(self._log_delivery_problem, peer)
+            if error is not None and error.from_peer and isinstance(error, errors.PeerRejected):
+                # Refused after our last handshake message: what we sent was never read.
+                Deferred.fromCoroutine(self._delivery_problem(peer, error)).addErrback(
+                    lambda failure: log.failure("Recording a delivery problem failed", failure)
+                )
+            else:
+                Deferred.fromCoroutine(self._redeliver(peer)).addErrback(self._log_delivery_problem, peer)
+        self._closed_because.pop(connection, None)
 
     async def _redeliver(self, peer: Identity) -> None:
         """After a session ends, move pending messages to the surviving session, if any."""
@@ -578,6 +727,9 @@ class Agent(service.Service):
             "advertised": [f"{endpoint.address} port {endpoint.port}" for endpoint in self.advertised],
             "sessions": sorted(str(peer) for peer, connection in self.sessions.items() if connection.is_established),
             "policy": self.settings.policy,
+            "registering": self.settings.register,
+            "registered": self.registration[0],
+            "registration_error": self.registration[1],
         }
 
 

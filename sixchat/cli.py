@@ -25,6 +25,7 @@ from irp.cli import (
     fetch_root_by_fingerprint,
     parse_endpoint,
     run_until_done,
+    server_argument,
 )
 from irp.client import split_server
 from irp.identity import Identity, InvalidIdentity, check_domain
@@ -67,6 +68,13 @@ class ChatContext(Context):
             return self.control
         control = await connect_control(self.reactor, self.args.profile)
         if control is not None:
+            if self.args.server:
+                transport: Any = control.transport
+                transport.loseConnection()
+                raise CommandError(
+                    "--server applies only to an agent this command starts, and an agent is running for this"
+                    " profile (it uses the profile's registry): stop that agent first, or leave out --server"
+                )
             self.control = control
             return control
         listen = (self.args.listen or [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]) if network else []
@@ -76,6 +84,7 @@ class ChatContext(Context):
             advertise=[parse_endpoint(text, DEFAULT_PORT) for text in self.args.advertise] if self.args.advertise else None,
             register=network,
             control=False,
+            server=server_argument(self.args.server) if self.args.server else None,
         )
         agent = Agent(settings, self.reactor)
         try:
@@ -100,6 +109,11 @@ class ChatContext(Context):
 def show(text: str = "") -> None:
     """Print a line of output."""
     print(text, flush=True)
+
+
+def note(text: str) -> None:
+    """Print a progress line (on standard error, so that output stays clean for scripts)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def clock_text(seconds: float) -> str:
@@ -220,17 +234,29 @@ async def cmd_send(ctx: ChatContext) -> int:
     outcome: Deferred[dict[str, Any]] = Deferred()
     message_id: dict[str, str] = {}
 
+    early: list[dict[str, Any]] = []
+
     def event(data: dict[str, Any]) -> None:
-        if data.get("id") == message_id.get("id") and data.get("event") in ("receipt", "undelivered") and not outcome.called:
+        if "id" not in message_id:
+            early.append(data)  # before the agent answered with the id
+            return
+        if data.get("event") == "progress" and data.get("to") == str(who) and data.get("id") in (None, message_id["id"]):
+            if not ctx.args.no_wait and not outcome.called:
+                note(f"... {data['text']}")
+            return
+        if data.get("id") == message_id["id"] and data.get("event") in ("receipt", "undelivered", "cancelled") and not outcome.called:
             outcome.callback(data)
 
     control.on_event = event
     await control.call("subscribe")
     result = await control.call("send", to=str(who), text=text)
     message_id["id"] = result["id"]
-    if ctx.args.no_wait:
+    for data in early:
+        event(data)
+    if ctx.args.no_wait and not outcome.called:
         show(f"Queued message {result['id']} for {who}.")
         return 0
+
     def give_up() -> None:
         if not outcome.called:
             outcome.callback({"event": "timeout"})
@@ -243,13 +269,27 @@ async def cmd_send(ctx: ChatContext) -> int:
         show(f"Delivered to {who}.")
         return 0
     if data["event"] == "undelivered":
-        show(f"Could not deliver to {who}.")
+        show(f"Not delivered to {who}: {data.get('reason') or 'gave up'}.")
+        return 1
+    if data["event"] == "cancelled":
+        show(f"Cancelled; not delivered to {who}.")
         return 1
     if ctx.local_agent is not None:
         show(f"Not delivered yet: {who} is not reachable now. The message stays queued and your agent will deliver it later.")
     else:
         show(f"Not delivered yet; your agent keeps trying for {who}.")
+    show(f"  ('sixchat status' shows the queue; 'sixchat cancel {result['id']}' cancels this message.)")
     return 1
+
+
+async def cmd_cancel(ctx: ChatContext) -> int:
+    """Cancel queued messages."""
+    control = await ctx.agent()
+    for message_id in ctx.args.id:
+        result = await control.call("cancel", message=message_id)
+        extra = " (it was already sent once; it may have reached them)" if result["was"] == "sent" else ""
+        show(f"Cancelled message {result['id']} to {result['to']}{extra}.")
+    return 0
 
 
 async def cmd_history(ctx: ChatContext) -> int:
@@ -274,9 +314,19 @@ async def cmd_status(ctx: ChatContext) -> int:
     show(f"  certificate {keyfiles.format_fingerprint(status['fingerprint'])}")
     for line in status["listening"]:
         show(f"  listening on {line}")
-    for line in status["advertised"]:
-        show(f"  published   {line}")
+    if status.get("registering", True) and not status.get("registered", True):
+        show(f"  NOT published: {status.get('registration_error') or 'not registered'} (others cannot reach you)")
+        for line in status["advertised"]:
+            show(f"  would publish {line}")
+    else:
+        for line in status["advertised"]:
+            show(f"  published   {line}")
     show(f"  sessions: {', '.join(status['sessions']) or 'none'}; accepting: {status['policy']}")
+    queue = status.get("queue", [])
+    show(f"  queued messages: {len(queue) or 'none'}")
+    for item in queue:
+        why = f"  ({item['reason']})" if item.get("reason") else ""
+        show(f"    {item['id']}  {clock_text(item['created'])} -> {item['to']}  [{item['state']}]{why}")
     return 0
 
 
@@ -365,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("text", nargs="*", help="the message (default: read stdin)")
     sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the receipt (default 30)")
     sub.add_argument("--no-wait", action="store_true", help="queue and return at once")
+
+    sub = command("cancel", cmd_cancel, "Cancel queued messages (their ids are in 'sixchat status').")
+    sub.add_argument("id", nargs="+", help="message id")
 
     sub = command("chat", cmd_chat, "Chat with someone in this terminal.")
     sub.add_argument("who")

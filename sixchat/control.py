@@ -7,6 +7,10 @@ id are refused by checking the peer's credentials). One JSON object per line eac
     <- {"id": 1, "ok": true, "result": {"id": "<message id>"}}
     <- {"id": 2, "ok": false, "error": "bob@example.org is not a contact", "name": "..."}
     <- {"event": "receipt", "id": "<message id>", "to": "bob@example.org"}   (after subscribe)
+
+Operations: status (with the outgoing queue), send, cancel ("message": its id), contacts (presence asked of the
+registry first unless "fresh": false), add-contact, remove-contact, block, unblock,
+history, lookup, reload (take up the profile's renewed certificate now), subscribe.
 """
 
 from __future__ import annotations
@@ -160,11 +164,24 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
     store = agent.store
     op = request.get("op")
     if op == "status":
-        return agent.status()
+        status = agent.status()
+        status["queue"] = [] if store is None else [_queue_json(message) for message in await store.pending()]
+        return status
+    if op == "cancel":
+        message_id = str(request.get("message", ""))
+        cancelled = await agent.cancel(message_id)
+        if cancelled is None:
+            raise ControlError(f"no queued message has the id {message_id!r} (see 'sixchat status')", "not-found")
+        return {"id": cancelled.id, "to": str(cancelled.peer), "state": "cancelled", "was": cancelled.state}
+    if op == "reload":
+        changed = agent.reload_credentials(force=True)
+        return {"changed": changed, "fingerprint": agent.credentials.fingerprint}
     if op == "send":
         message = await agent.send_text(_identity(request.get("to")), str(request.get("text", "")))
         return {"id": message.id}
     if op == "contacts":
+        if request.get("fresh", True) and agent.directory is not None:
+            await agent.refresh_presence()
         return [_contact_json(contact) for contact in await store.contacts()]
     if op == "add-contact":
         who = _identity(request.get("who"))
@@ -178,7 +195,10 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         who = _identity(request.get("who"))
         if op == "remove-contact":
             return await store.remove_contact(who)
-        await store.set_blocked(who, op == "block")
+        if op == "block":
+            await agent.block(who)
+        else:
+            await store.set_blocked(who, False)
         return True
     if op == "history":
         peer = request.get("who")
@@ -216,7 +236,12 @@ def _message_json(message: Any) -> dict[str, Any]:
         "text": message.body,
         "sent": message.sent_at,
         "state": message.state,
+        "reason": message.reason,
     }
+
+
+def _queue_json(message: Any) -> dict[str, Any]:
+    return {"id": message.id, "to": str(message.peer), "text": message.body, "created": message.created_at, "state": message.state, "reason": message.reason}
 
 
 class ControlFactory(QuietFactory):

@@ -42,6 +42,7 @@ class Directory:
         *,
         timeout: float = 15.0,
         resolver: Any = None,
+        home_server: tuple[str, int] | None = None,
     ) -> None:
         self.reactor = reactor
         self.profile = profile
@@ -53,7 +54,8 @@ class Directory:
         self.resolver = resolver
         config = profile.load_config()
         self.home_domain = config.domain
-        self.servers: dict[str, tuple[str, int]] = {config.domain: (config.server, config.port)}
+        #: ``home_server`` overrides the profile's registry (the command's ``--server``).
+        self.servers: dict[str, tuple[str, int]] = {config.domain: home_server or (config.server, config.port)}
         for domain, server in config.registries.items():
             self.servers[domain] = split_server(server, DEFAULT_PORT)
         self.roots = profile.trusted_roots()
@@ -149,6 +151,12 @@ class Directory:
         """Publish our addresses and presence with our own registry."""
         client = await self.client(self.home_domain)
         return await client.register_addresses(endpoints, presence, ttl)
+
+    async def use_credentials(self, key: PrivateKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate]) -> None:
+        """Present these from now on (the user renewed): open connections, made with the
+        old certificate, are closed; the next request reconnects."""
+        self.key, self.certificate, self.chain = key, certificate, list(chain)
+        await self.close()
 
     @property
     def own_fingerprint(self) -> str:

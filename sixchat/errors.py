@@ -27,6 +27,9 @@ class SixChatError(Exception):
     #: an instance may override it (a refused ``send_data`` of an oversized buffer leaves
     #: the session usable, so that error is raised with ``fatal=False``).
     fatal: bool = True
+    #: True for an error the peer reported in an alert (set by ``error_from_alert``), so
+    #: that the agent can tell "they refused us" from "we refused them".
+    from_peer: bool = False
 
     #: Events decoded (authentic) before the failure in the same call, for the caller
     #: to act on before ending the session (see Session.receive_data).

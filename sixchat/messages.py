@@ -406,10 +406,14 @@ def error_from_alert(alert: Alert) -> errors.SixChatError:
     """The error a received alert reports (unknown names fall back to their code's class)."""
     cls = errors.error_class_for(alert.name, alert.code)
     message = f"The peer reported: {cls.default_message}"
+    error: errors.SixChatError
     if cls is errors.PeerRejected:
         reason = alert.reason if alert.reason in errors.PEER_REJECTED_WIRE_REASONS else "policy"
-        return errors.PeerRejected(message, reason=reason or "policy")
-    return cls(message)
+        error = errors.PeerRejected(message, reason=reason or "policy")
+    else:
+        error = cls(message)
+    error.from_peer = True
+    return error
 
 
 def parse_alert(payload: bytes) -> errors.SixChatError:

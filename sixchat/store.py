@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -52,9 +52,12 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 1 -> 2: whether a contact was added by the user (1) or recorded only to block (0).
     ["ALTER TABLE contacts ADD COLUMN listed INTEGER NOT NULL DEFAULT 1"],
+    # 2 -> 3: why an outgoing message is not delivered (yet), in words for the user.
+    ["ALTER TABLE messages ADD COLUMN reason TEXT"],
 ]
 
-#: Message states: outgoing ones move queued -> sent -> delivered, or to undelivered.
+#: Message states: outgoing ones move queued -> sent -> delivered, or to undelivered
+#: (the agent gave up, ``reason`` says why) or cancelled (by the user).
 OUTGOING_PENDING = ("queued", "sent")
 
 
@@ -83,12 +86,16 @@ class StoredMessage:
     body: str
     sent_at: int
     created_at: int
-    state: str  # out: queued, sent, delivered, undelivered; in: received
+    state: str  # out: queued, sent, delivered, undelivered, cancelled; in: received
     updated_at: int
+    #: Why an outgoing message is not delivered (yet): the last problem met while it is
+    #: pending, the final one once undelivered; None otherwise.
+    reason: str | None = None
 
 
 _CONTACT_COLUMNS = "identity, display_name, fingerprints, blocked, last_address, last_port, last_seen, presence, added_at"
 _MESSAGE_COLUMNS = "id, peer, direction, body, sent_at, created_at, state, updated_at"
+_READ_COLUMNS = f"{_MESSAGE_COLUMNS}, reason"
 
 
 def _contact(row: Sequence[Any]) -> Contact:
@@ -98,7 +105,7 @@ def _contact(row: Sequence[Any]) -> Contact:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], Identity.parse(row[1]), row[2], row[3], int(row[4]), int(row[5]), row[6], int(row[7]))
+    return StoredMessage(row[0], Identity.parse(row[1]), row[2], row[3], int(row[4]), int(row[5]), row[6], int(row[7]), row[8])
 
 
 class AgentStore:
@@ -242,17 +249,25 @@ class AgentStore:
         return self._run(queue)
 
     def set_state(
-        self, message_id: str, state: str, *, only_from: Sequence[str] = OUTGOING_PENDING, peer: Identity | None = None
+        self,
+        message_id: str,
+        state: str,
+        *,
+        only_from: Sequence[str] = OUTGOING_PENDING,
+        peer: Identity | None = None,
+        reason: str | None = None,
     ) -> Deferred[bool]:
         """Move an outgoing message (to ``peer``, if given) to ``state`` if it is in one of
-        ``only_from``; fire with whether it moved (so a second receipt changes nothing)."""
+        ``only_from``, recording ``reason`` (cleared when None); fire with whether it moved
+        (so a second receipt changes nothing)."""
 
         def update(txn: Transaction) -> bool:
             marks = ", ".join("?" for _ in only_from)
             to_peer = "" if peer is None else " AND peer = ?"
             txn.execute(
-                f"UPDATE messages SET state = ?, updated_at = ? WHERE id = ? AND direction = 'out'{to_peer} AND state IN ({marks})",
-                (state, self._stamp(), message_id, *([] if peer is None else [str(peer)]), *only_from),
+                "UPDATE messages SET state = ?, updated_at = ?, reason = ? WHERE id = ? AND direction = 'out'"
+                f"{to_peer} AND state IN ({marks})",
+                (state, self._stamp(), reason, message_id, *([] if peer is None else [str(peer)]), *only_from),
             )
             return bool(txn.rowcount)
 
@@ -263,7 +278,7 @@ class AgentStore:
 
         def get(txn: Transaction) -> list[StoredMessage]:
             txn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
                 " AND state IN ('queued', 'sent') ORDER BY created_at, rowid",
                 (str(peer),),
             )
@@ -280,22 +295,92 @@ class AgentStore:
 
         return self.pool.runInteraction(get)
 
-    def give_up_older_than(self, cutoff: float) -> Deferred[list[StoredMessage]]:
-        """Mark undelivered every pending message created before ``cutoff``; fire with them."""
+    def pending(self) -> Deferred[list[StoredMessage]]:
+        """Every outgoing message not yet delivered nor given up, oldest first."""
+
+        def get(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
+                " ORDER BY created_at, rowid"
+            )
+            return [_message(row) for row in txn.fetchall()]
+
+        return self.pool.runInteraction(get)
+
+    def note_problem(self, peer: Identity, reason: str) -> Deferred[list[StoredMessage]]:
+        """Record ``reason`` on every pending message to ``peer`` (they stay pending); fire
+        with the messages whose reason changed."""
+
+        def note(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
+                " AND state IN ('queued', 'sent') AND (reason IS NULL OR reason <> ?) ORDER BY created_at, rowid",
+                (str(peer), reason),
+            )
+            changed = [_message(row) for row in txn.fetchall()]
+            for message in changed:
+                txn.execute("UPDATE messages SET reason = ? WHERE id = ?", (reason, message.id))
+            return changed
+
+        return self._run(note)
+
+    def fail_pending(self, peer: Identity, reason: str) -> Deferred[list[StoredMessage]]:
+        """Give up every pending message to ``peer`` (``undelivered``, with ``reason``);
+        fire with them."""
+
+        def fail(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
+                " AND state IN ('queued', 'sent') ORDER BY created_at, rowid",
+                (str(peer),),
+            )
+            failed = [_message(row) for row in txn.fetchall()]
+            for message in failed:
+                txn.execute(
+                    "UPDATE messages SET state = 'undelivered', reason = ?, updated_at = ? WHERE id = ?",
+                    (reason, self._stamp(), message.id),
+                )
+            return failed
+
+        return self._run(fail)
+
+    def cancel(self, message_id: str) -> Deferred[StoredMessage | None]:
+        """Cancel a pending outgoing message (state ``cancelled``: never sent again); fire
+        with it as it was before, or None if no pending message has that id."""
+
+        def cancel(txn: Transaction) -> StoredMessage | None:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE id = ? AND direction = 'out' AND state IN ('queued', 'sent')",
+                (message_id,),
+            )
+            row = txn.fetchone()
+            if row is None:
+                return None
+            txn.execute(
+                "UPDATE messages SET state = 'cancelled', reason = 'cancelled by you', updated_at = ? WHERE id = ?",
+                (self._stamp(), message_id),
+            )
+            return _message(row)
+
+        return self._run(cancel)
+
+    def give_up_older_than(self, cutoff: float, reason: str | None = None) -> Deferred[list[StoredMessage]]:
+        """Mark undelivered every pending message created before ``cutoff`` (with
+        ``reason``, or keeping the last problem noted when None); fire with them."""
 
         def give_up(txn: Transaction) -> list[StoredMessage]:
             txn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
                 " AND created_at < ?",
                 (int(cutoff),),
             )
             expired = [_message(row) for row in txn.fetchall()]
             for message in expired:
                 txn.execute(
-                    "UPDATE messages SET state = 'undelivered', updated_at = ? WHERE id = ?",
-                    (self._stamp(), message.id),
+                    "UPDATE messages SET state = 'undelivered', reason = COALESCE(?, reason), updated_at = ? WHERE id = ?",
+                    (reason, self._stamp(), message.id),
                 )
-            return expired
+            return [replace(message, state="undelivered", reason=reason or message.reason) for message in expired]
 
         return self._run(give_up)
 
@@ -339,10 +424,10 @@ class AgentStore:
 
         def get(txn: Transaction) -> list[StoredMessage]:
             if peer is None:
-                txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+                txn.execute(f"SELECT {_READ_COLUMNS} FROM messages ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
             else:
                 txn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                    f"SELECT {_READ_COLUMNS} FROM messages WHERE peer = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
                     (str(peer), limit),
                 )
             return [_message(row) for row in reversed(txn.fetchall())]
@@ -353,7 +438,7 @@ class AgentStore:
         """One message by id."""
 
         def get(txn: Transaction) -> StoredMessage | None:
-            txn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+            txn.execute(f"SELECT {_READ_COLUMNS} FROM messages WHERE id = ?", (message_id,))
             row = txn.fetchone()
             return None if row is None else _message(row)
 

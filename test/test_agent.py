@@ -706,7 +706,10 @@ class CertificateAndPolicyTests(AgentTestCase):
         self.assertTrue(any("carol@example.org is not a contact" in line for line in log_text(logs)), log_text(logs))
         self.assertEqual(await alice.store.history(), [])
         self.assertEqual(alice_events.events, [])
-        self.assertIn(await self.state_of(carol, message.id), ("queued", "sent"))
+        # Carol is told why, at once (issue 9, item 13).
+        failed = await carol_events.wait_for(event="undelivered", id=message.id)
+        self.assertIn("not their contact", failed["reason"])
+        self.assertEqual(await self.state_of(carol, message.id), "undelivered")
 
     async def test_blocked_contact(self) -> None:
         alice, alice_events, bob, bob_events = await self.pair()
@@ -720,7 +723,9 @@ class CertificateAndPolicyTests(AgentTestCase):
         self.assertNotIn("block", down["error"])
         self.assertTrue(any("bob@example.org is blocked" in line for line in log_text(logs)), log_text(logs))
         self.assertEqual(await self.history(alice, BOB), [])
-        self.assertIn(await self.state_of(bob, message.id), ("queued", "sent"))
+        failed = await bob_events.wait_for(event="undelivered", id=message.id)
+        self.assertIn("not their contact, or they blocked you", failed["reason"])
+        self.assertEqual(await self.state_of(bob, message.id), "undelivered")
         # Unblocking lets him in again.
         await alice.store.set_blocked(BOB, False)
         await self.deliver(bob, bob_events, alice_events, ALICE, "hello again")

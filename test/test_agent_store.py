@@ -197,3 +197,37 @@ class FileTests(StoreTestCase):
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self.assertTrue({"contacts", "messages"} <= tables)
         await self.open()
+
+
+class ReasonTests(StoreTestCase):
+    async def test_upgrade_from_schema_2_keeps_messages(self) -> None:
+        """A store of schema 2 (before reasons) opens with its messages intact."""
+        self.store.close()
+        os.remove(self.path)
+        from irp.store.dialect import SQLITE
+        from irp.store.schema import upgrade_schema
+        from sixchat.store import MIGRATIONS
+
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        upgrade_schema(connection.cursor(), SQLITE, MIGRATIONS[:2])
+        connection.execute(f"INSERT INTO messages VALUES ('{ID}', 'bob@example.org', 'out', 'kept', 1, 1, 'queued', 1)")
+        connection.execute("COMMIT")
+        connection.close()
+        store = await self.open()
+        [message] = await store.pending_for(BOB)
+        self.assertEqual((message.id, message.body, message.state, message.reason), (ID, "kept", "queued", None))
+        [failed] = await store.fail_pending(BOB, "no such user")
+        self.assertEqual((await store.get_message(ID)).reason, "no such user")  # type: ignore[union-attr]
+        self.assertEqual(failed.id, ID)
+
+    async def test_note_cancel_and_give_up_keep_the_reason(self) -> None:
+        message = await self.store.queue_message(BOB, "hi")
+        self.assertEqual([m.id for m in await self.store.note_problem(BOB, "offline")], [message.id])
+        self.assertEqual(await self.store.note_problem(BOB, "offline"), [])
+        [expired] = await self.store.give_up_older_than(self.clock.seconds() + 1)
+        self.assertEqual((expired.state, expired.reason), ("undelivered", "offline"))
+        other = await self.store.queue_message(BOB, "bye")
+        self.assertEqual((await self.store.cancel(other.id)).state, "queued")  # type: ignore[union-attr]
+        self.assertIsNone(await self.store.cancel(other.id))
+        self.assertEqual((await self.store.get_message(other.id)).state, "cancelled")  # type: ignore[union-attr]
+        self.assertEqual(await self.store.pending(), [])

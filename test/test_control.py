@@ -220,7 +220,7 @@ class ControlUnitTests(TestCase):
         protocol.makeConnection(transport)
         protocol.dataReceived(b'{"id": 1, "op": "status"}\n')
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(json.loads(transport.value()), {"id": 1, "ok": True, "result": {"identity": "alice@example.org"}})
+        self.assertEqual(json.loads(transport.value()), {"id": 1, "ok": True, "result": {"identity": "alice@example.org", "queue": []}})
 
     def test_socket_path(self) -> None:
         short = control_socket_path("/tmp/p")

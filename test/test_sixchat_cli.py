@@ -14,7 +14,15 @@ from twisted.trial.unittest import TestCase
 from irp.identity import Identity
 from irp.keyfiles import fingerprint, format_fingerprint
 from irp.profile import Profile
-from test.helpers import DEFAULT_PASSWORD, CommandResult, RunningRegistry, make_profile, run_module, start_agent
+from test.helpers import (
+    DEFAULT_PASSWORD,
+    CommandResult,
+    RunningRegistry,
+    closed_port,
+    make_profile,
+    run_module,
+    start_agent,
+)
 
 ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")
@@ -115,7 +123,8 @@ class RunningAgentTests(CLITestCase):
         self.assertIn("Added bob@example.org.", added.out)
         self.assertIn(format_fingerprint(fingerprint(self.users["bob"].certificate)), added.out)
         listed = await self.sixchat("contacts", profile=profile)
-        self.assertRegex(listed.out, r"bob@example.org\s+offline\s+Bob")
+        # Bob's agent runs and is registered: contacts asks the registry (issue 9, item 15).
+        self.assertRegex(listed.out, r"bob@example.org\s+online\s+Bob")
 
         sent = await self.sixchat("send", "bob", "hello", "from", "the", "command", profile=profile)
         self.assertEqual((sent.code, sent.out.strip()), (0, "Delivered to bob@example.org."), sent)
@@ -265,3 +274,54 @@ class ChatViewTests(TestCase):
             ]
         )
         self.assertEqual([line.split("] ", 1)[1] for line in lines], ["you: one", "you: two  [undelivered]", "bob: three"])
+
+
+class DeliveryReportTests(CLITestCase):
+    """What ``send``, ``status``, ``cancel`` and ``--server`` tell the user (issue 9, 13/15)."""
+
+    async def test_send_to_an_unknown_user_fails_at_once(self) -> None:
+        await self.agent("alice", control=True)
+        result = await self.sixchat("send", "nobody", "hello?", "--wait", "20", profile=self.paths["alice"])
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("Not delivered to nobody@example.org: no such user", result.out)
+
+    async def test_queue_progress_and_cancel(self) -> None:
+        alice, _alice_events = await self.agent("alice", control=True)
+        await self.profile("bob")
+        await alice.store.add_contact(BOB)
+        profile = self.paths["alice"]
+        waited = await self.sixchat("send", "bob", "are you there?", "--wait", "1", profile=profile)
+        self.assertEqual(waited.code, 1, waited)
+        self.assertIn("... asking the registry of example.org about bob@example.org", waited.err)
+        self.assertIn("offline", waited.err)
+        message_id = re.search(r"sixchat cancel ([0-9a-f-]{36})", waited.out).group(1)  # type: ignore[union-attr]
+        status = await self.sixchat("status", profile=profile)
+        self.assertIn("queued messages: 1", status.out)
+        self.assertRegex(status.out, rf"{message_id}  \d\d:\d\d -> bob@example.org  \[queued\]  \(bob@example.org is offline")
+        cancelled = await self.sixchat("cancel", message_id, profile=profile)
+        self.assertEqual((cancelled.code, cancelled.out.strip()), (0, f"Cancelled message {message_id} to bob@example.org."), cancelled)
+        self.assertIn("queued messages: none", (await self.sixchat("status", profile=profile)).out)
+        again = await self.sixchat("cancel", message_id, profile=profile)
+        self.assertEqual(again.code, 1, again)
+        self.assertIn("no queued message", again.err)
+        history = await self.sixchat("history", "bob", profile=profile)
+        self.assertIn("are you there?  [cancelled]", history.out)
+
+    async def test_status_when_registration_failed(self) -> None:
+        alice, _alice_events = await self.agent("alice", control=True)
+        alice.registration = (False, "cannot reach the registry (ConnectionRefusedError)")
+        status = await self.sixchat("status", profile=self.paths["alice"])
+        self.assertIn("NOT published: cannot reach the registry", status.out)
+        self.assertNotIn("  published", status.out)
+
+    async def test_server_option_with_a_running_agent_is_refused(self) -> None:
+        await self.agent("alice", control=True)
+        result = await self.sixchat("--server", "elsewhere.example:4604", "contacts", profile=self.paths["alice"])
+        self.assertNotEqual(result.code, 0, result)
+        self.assertIn("an agent is running for this profile", result.err)
+
+    async def test_server_option_is_used_by_the_commands_own_agent(self) -> None:
+        await self.profile("alice")
+        result = await self.sixchat("--server", f"127.0.0.1:{await closed_port()}", "lookup", "alice", profile=self.paths["alice"])
+        self.assertNotEqual(result.code, 0, result)
+        self.assertIn("connect", result.err.lower())
