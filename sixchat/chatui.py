@@ -60,7 +60,7 @@ def interpret(line: str) -> tuple[str, str]:
     if line.startswith("//"):
         return ("send", line[1:])
     if line.startswith("/"):
-        command = line.split()[0] if line.split() else "/"
+        command = line.split(maxsplit=1)[0]
         if command in QUIT_COMMANDS:
             return ("quit", "")
         if command in ("/help", "/?"):
@@ -294,10 +294,11 @@ async def run_chat(
         saved = termios.tcgetattr(in_fd)
         tty.setraw(in_fd)
         terminal = TerminalChat(submit, done, out_fd)
-        transport = stdio.StandardIO(terminal, stdin=in_fd, stdout=out_fd, reactor=reactor)
+        # (mypy reads the Windows signature of StandardIO, without stdin and stdout)
+        transport = stdio.StandardIO(terminal, stdin=in_fd, stdout=out_fd, reactor=reactor)  # type: ignore[call-arg]
         view.write = terminal.show
     else:
-        transport = stdio.StandardIO(_PipeLine(submit, done), stdin=in_fd, stdout=out_fd, reactor=reactor)
+        transport = stdio.StandardIO(_PipeLine(submit, done), stdin=in_fd, stdout=out_fd, reactor=reactor)  # type: ignore[call-arg]
     try:
         view.write(f"Chatting with {peer}. Type a message and press Enter; /help for commands, /quit or Ctrl-D leaves.")
         rows = await control.call("history", who=str(peer), limit=history)
