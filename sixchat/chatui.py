@@ -37,6 +37,8 @@ HELP = (
     "Ctrl-A/E/U/K edit the line; Up and Down recall earlier lines.",
 )
 PROMPT = "> "
+#: Longest wait, when the chat ends, for what it has written to reach the terminal.
+CLOSE_TIMEOUT = 2.0
 #: Enables and disables the terminal's bracketed paste.
 PASTE_ON = "\x1b[?2004h"
 PASTE_OFF = "\x1b[?2004l"
@@ -138,6 +140,8 @@ class TerminalChat(Protocol):
         self.out_fd = out_fd
         self.keys = lineedit.KeyDecoder()
         self.editor = lineedit.LineEditor()
+        #: Fires once the terminal is closed (everything written).
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         """Turn bracketed paste on and show the prompt."""
@@ -204,8 +208,10 @@ class TerminalChat(Protocol):
         self._write("\r\x1b[K" + PASTE_OFF)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """End of input."""
+        """End of input, or the end of the chat."""
         self._leave()
+        if not self.lost.called:
+            self.lost.callback(None)
 
 
 class _PipeLine(LineReceiver):
@@ -217,6 +223,7 @@ class _PipeLine(LineReceiver):
     def __init__(self, submit: Callable[[str], None], done: Deferred[None]) -> None:
         self.submit = submit
         self.done = done
+        self.lost: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
         """A line read."""
@@ -231,6 +238,8 @@ class _PipeLine(LineReceiver):
         """End of input."""
         if not self.done.called:
             self.done.callback(None)
+        if not self.lost.called:
+            self.lost.callback(None)
 
 
 async def run_chat(
@@ -290,15 +299,20 @@ async def run_chat(
             check_settled()
 
     saved = None
+    # The chat's own descriptors: closing them at the end (which waits until all is written)
+    # leaves the process's standard input and output open.
+    stdio_in, stdio_out = os.dup(in_fd), os.dup(out_fd)
     if interactive:
         saved = termios.tcgetattr(in_fd)
         tty.setraw(in_fd)
         terminal = TerminalChat(submit, done, out_fd)
+        reader: TerminalChat | _PipeLine = terminal
         # (mypy reads the Windows signature of StandardIO, without stdin and stdout)
-        transport = stdio.StandardIO(terminal, stdin=in_fd, stdout=out_fd, reactor=reactor)  # type: ignore[call-arg]
+        transport = stdio.StandardIO(terminal, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
         view.write = terminal.show
     else:
-        transport = stdio.StandardIO(_PipeLine(submit, done), stdin=in_fd, stdout=out_fd, reactor=reactor)  # type: ignore[call-arg]
+        reader = _PipeLine(submit, done)
+        transport = stdio.StandardIO(reader, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
     try:
         view.write(f"Chatting with {peer}. Type a message and press Enter; /help for commands, /quit or Ctrl-D leaves.")
         rows = await control.call("history", who=str(peer), limit=history)
@@ -324,8 +338,16 @@ async def run_chat(
         control.on_event = lambda event: None
         if terminal is not None:
             terminal.close()
+        transport.loseConnection()
+        await _within(reactor, reader.lost, CLOSE_TIMEOUT)
         if saved is not None:
             termios.tcsetattr(in_fd, termios.TCSANOW, saved)
-        if stdin is not None:
-            transport.loseConnection()
     return 0
+
+
+async def _within(reactor: Any, waiter: Deferred[None], seconds: float) -> None:
+    """Wait for ``waiter``, at most ``seconds``."""
+    timer = reactor.callLater(seconds, lambda: None if waiter.called else waiter.callback(None))
+    await waiter
+    if timer.active():
+        timer.cancel()

@@ -242,3 +242,11 @@ class ChatThroughPtyTests(AgentTestCase):
         await self.bob.send_text(ALICE, "evil\x9b2Jtext")
         await chat.wait_for("evil", after=mark)
         self.assertNotIn("\x9b", chat.since(mark))
+
+    async def test_quit_restores_the_terminal(self) -> None:
+        """/quit leaves with exit code 0 and turns bracketed paste off again."""
+        chat = await self.open_chat()
+        self.assertIn("\x1b[?2004h", chat.screen)
+        chat.type("/quit\r")
+        self.assertEqual(await chat.ended, 0)
+        self.assertIn("\x1b[?2004l", chat.screen)
