@@ -264,12 +264,24 @@ async def run_chat(
                 if not waiter.called:
                     waiter.callback(None)
 
+    #: Lines finished before the chat is subscribed to the agent's events wait here, so
+    #: that their messages and receipts are shown.
+    early: list[str] = []
+    subscribed = False
+    quitting = False
+
     def submit(line: str) -> None:
-        if done.called:
+        nonlocal quitting
+        if quitting:
             return  # typed after /quit
+        if not subscribed:
+            early.append(line)
+            return
         action, text = interpret(line)
         if action == "quit":
-            done.callback(None)
+            quitting = True
+            if not done.called:
+                done.callback(None)
         elif action == "help":
             for help_line in HELP:
                 view.write(help_line)
@@ -319,6 +331,9 @@ async def run_chat(
         view.history(rows)
         control.on_event = on_event
         await control.call("subscribe")
+        subscribed = True
+        for line in early:
+            submit(line)
         await done
         if sending:
             # Wait (at most ``linger`` seconds) for the receipts of the last messages.
