@@ -250,3 +250,15 @@ class ChatThroughPtyTests(AgentTestCase):
         chat.type("/quit\r")
         self.assertEqual(await chat.ended, 0)
         self.assertIn("\x1b[?2004l", chat.screen)
+
+    async def test_unsendable_characters_are_reported(self) -> None:
+        """Nothing is dropped silently: a pasted control character that a message cannot
+        hold is reported, the line comes back, and once fixed it is sent."""
+        chat = await self.open_chat()
+        mark = chat.mark()
+        chat.type("\x1b[200~bell\x07 ü\x1b[201~\r")
+        await chat.wait_for("not sent: ", after=mark)
+        await chat.wait_for("the line is back for editing", after=mark)
+        # Home, then Delete the first five characters ("bell" and the bell character).
+        message, _shown = await self.send_line(chat, "\x01" + "\x1b[3~" * 5 + "\r", " ü")
+        self.assertEqual([row[1] for row in await self.history(self.bob, ALICE)], [" ü"])
