@@ -331,6 +331,7 @@ class LineEditor:
             start -= 1
             used += widths[start]
         end = self.cursor
+        used += 1 if start > 0 else 0  # the "…" on the left
         while end < len(self.chars) and used + widths[end] <= room - (1 if end + 1 < len(self.chars) else 0):
             used += widths[end]
             end += 1

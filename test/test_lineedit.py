@@ -111,6 +111,16 @@ class LineEditorTests(SynchronousTestCase):
         self.assertEqual((shown[-1], column), ("…", 0))
         self.assertLessEqual(text_width(shown), 20)
 
+    def test_render_never_overflows(self) -> None:
+        editor = LineEditor()
+        editor.set_text("日本語x" * 40)
+        for position in range(len(editor.chars) + 1):
+            editor.cursor = position
+            for columns in (7, 8, 20):
+                shown, column = editor.render(columns)
+                self.assertLessEqual(text_width(shown), columns, (position, columns))
+                self.assertLess(column, columns)
+
     def test_line_breaks_and_tabs_are_drawn_visibly(self) -> None:
         editor = LineEditor()
         editor.insert("a\nb\tc")
