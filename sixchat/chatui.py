@@ -1,8 +1,12 @@
 """The terminal chat of ``sixchat chat``: incoming messages, receipts and presence appear
 above the line being typed.
 
-On a terminal the line is edited in raw mode (Twisted's ``recvline``, with history); from a
-pipe, each line read is a message and end of input leaves.
+On a terminal the line is edited in raw mode by :mod:`sixchat.lineedit` (full Unicode: wide
+and combining characters, emoji sequences, pasted lines, history), drawn here over Twisted's
+standard I/O; from a pipe, each line read is a message and end of input leaves. Lines that
+start with ``/`` are commands (``/help`` lists them); ``//`` sends a line starting with ``/``.
+Nothing typed is dropped without a word: a line the agent refuses (too long, characters a
+message cannot hold) is put back for editing with the reason shown.
 """
 
 from __future__ import annotations
@@ -12,133 +16,243 @@ import sys
 import termios
 import time
 import tty
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from twisted.conch.insults.insults import ServerProtocol
-from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from irp.identity import Identity
+from sixchat import lineedit
 
 QUIT_COMMANDS = ("/quit", "/exit")
-MAX_SHOWN_TEXT = 40
+HELP = (
+    "Commands: /help shows this; /quit (or /exit, Ctrl-D on an empty line, Ctrl-C) leaves.",
+    "Start a message with // to send a line beginning with /. Paste several lines at once to",
+    "send each; a bracketed paste keeps its line breaks in one message. Arrows, Home/End,",
+    "Ctrl-A/E/U/K edit the line; Up and Down recall earlier lines.",
+)
+PROMPT = "> "
+#: Longest wait, when the chat ends, for what it has written to reach the terminal.
+CLOSE_TIMEOUT = 2.0
+#: Enables and disables the terminal's bracketed paste.
+PASTE_ON = "\x1b[?2004h"
+PASTE_OFF = "\x1b[?2004l"
 
 
 def _stamp(seconds: float | None = None) -> str:
     return time.strftime("%H:%M", time.localtime(seconds if seconds is not None else time.time()))
 
 
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: control characters that a terminal could obey
+    (escape sequences, C1 controls such as U+009B) become U+FFFD; line breaks stay."""
+    return "".join("\ufffd" if unicodedata.category(char) == "Cc" and char not in "\n\t" else char for char in text)
+
+
+def interpret(line: str) -> tuple[str, str]:
+    """What a finished line asks for: ``("send", text)``, ``("quit", "")``,
+    ``("help", "")``, ``("unknown", command)`` or ``("nothing", "")``."""
+    if not line.strip():
+        return ("nothing", "")
+    if line.startswith("//"):
+        return ("send", line[1:])
+    if line.startswith("/"):
+        command = line.split(maxsplit=1)[0]
+        if command in QUIT_COMMANDS:
+            return ("quit", "")
+        if command in ("/help", "/?"):
+            return ("help", "")
+        return ("unknown", command)
+    return ("send", line)
+
+
 class ChatView:
-    """What the chat shows; independent of how lines are typed."""
+    """What the chat shows; independent of how lines are typed.
+
+    Every message of this conversation that the agent queues (typed here or sent by another
+    command) is shown once, with a number; its receipt or failure refers to that number.
+    """
 
     def __init__(self, peer: Identity, write: Callable[[str], None]) -> None:
         self.peer = peer
         self.write = write
-        self.sent: dict[str, str] = {}
+        self.numbers: dict[str, int] = {}
+
+    def _number(self, message_id: Any) -> int:
+        key = str(message_id)
+        if key not in self.numbers:
+            self.numbers[key] = len(self.numbers) + 1
+        return self.numbers[key]
+
+    def _line(self, stamp: str, number: int | None, speaker: str, text: str, suffix: str = "") -> None:
+        tag = f"[{stamp} #{number}]" if number is not None else f"[{stamp}]"
+        lines = printable(text).split("\n")
+        indent = " " * (len(tag) + len(speaker) + 3)
+        self.write(f"{tag} {speaker}: {lines[0]}" + "".join(f"\n{indent}{line}" for line in lines[1:]) + suffix)
 
     def event(self, event: dict[str, Any]) -> None:
-        """Show one agent event that concerns this chat."""
+        """Show one agent event that concerns this chat (unknown kinds are ignored)."""
         kind = event.get("event")
         who = event.get("from") or event.get("to") or event.get("who")
         if who != str(self.peer):
             return
+        reason = event.get("error") or event.get("reason")
+        because = f": {printable(str(reason))}" if reason else ""
         if kind == "message":
-            self.write(f"[{_stamp(event.get('sent'))}] {self.peer.username}: {event.get('text', '')}")
+            self._line(_stamp(event.get("sent")), None, self.peer.username, str(event.get("text", "")))
+        elif kind == "queued":
+            self._line(_stamp(), self._number(event.get("id")), "you", str(event.get("text", "")))
         elif kind == "receipt":
-            self.write(f"           delivered: {self._short(event.get('id'))}")
+            self.write(f"-- {self._which(event.get('id'))} delivered")
         elif kind == "undelivered":
-            self.write(f"           NOT delivered: {self._short(event.get('id'))}")
+            self.write(f"-- {self._which(event.get('id'))} NOT delivered{because}")
         elif kind == "presence":
-            self.write(f"-- {self.peer} is {event.get('status')}")
+            self.write(f"-- {self.peer} is {printable(str(event.get('status')))}")
         elif kind == "session":
             state = "connected" if event.get("state") == "up" else "disconnected"
-            reason = f" ({event['error']})" if event.get("error") else ""
-            self.write(f"-- {state}{reason}")
+            self.write(f"-- {state}{' (' + because[2:] + ')' if because else ''}")
 
-    def _short(self, message_id: Any) -> str:
-        text = self.sent.get(str(message_id), "")
-        return text if len(text) <= MAX_SHOWN_TEXT else text[: MAX_SHOWN_TEXT - 1] + "…"
+    def _which(self, message_id: Any) -> str:
+        if str(message_id) in self.numbers:
+            return f"#{self.numbers[str(message_id)]}"
+        return "an earlier message"
 
     def history(self, rows: list[dict[str, Any]]) -> None:
         """Show earlier messages."""
         for row in rows:
-            speaker = "you" if row["direction"] == "out" else self.peer.username
-            state = "" if row["direction"] == "in" or row["state"] == "delivered" else f"  [{row['state']}]"
-            self.write(f"[{_stamp(row['sent'])}] {speaker}: {row['text']}{state}")
+            mine = row["direction"] == "out"
+            state = "" if not mine or row["state"] == "delivered" else f"  [{row['state']}]"
+            number = self._number(row["id"]) if mine and "id" in row else None
+            self._line(_stamp(row["sent"]), number, "you" if mine else self.peer.username, row["text"], state)
 
 
-class _TerminalLine(HistoricRecvLine):
-    """Raw-mode line editing; submitted lines go to ``submit``."""
+class TerminalChat(Protocol):
+    """Raw-mode line editing on a terminal; finished lines go to ``submit``."""
 
-    ps = (b"> ", b"> ")
-
-    def __init__(self, submit: Callable[[str], None], done: Deferred[None]) -> None:
-        super().__init__()
+    def __init__(self, submit: Callable[[str], None], done: Deferred[None], out_fd: int) -> None:
         self.submit = submit
         self.done = done
+        self.out_fd = out_fd
+        self.keys = lineedit.KeyDecoder()
+        self.editor = lineedit.LineEditor()
+        #: Fires once the terminal is closed (everything written).
+        self.lost: Deferred[None] = Deferred()
 
-    def initializeScreen(self) -> None:
-        """Do not clear the screen: just show the prompt."""
-        self.terminal.write(self.ps[self.pn])
-        self.setInsertMode()
+    def connectionMade(self) -> None:
+        """Turn bracketed paste on and show the prompt."""
+        self._write(PASTE_ON)
+        self.redraw()
+
+    def _write(self, text: str) -> None:
+        if self.transport is not None:
+            self.transport.write(text.encode("utf-8"))
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.out_fd).columns
+        except OSError:
+            return 80
+
+    def redraw(self) -> None:
+        """Draw the line being edited, with the cursor where it is in the line."""
+        shown, column = self.editor.render(self._columns() - len(PROMPT) - 1)
+        column += len(PROMPT)
+        self._write("\r\x1b[K" + PROMPT + printable(shown) + "\r" + (f"\x1b[{column}C" if column else ""))
 
     def show(self, text: str) -> None:
         """Print ``text`` above the line being typed, then redraw that line."""
-        terminal = self.terminal
-        terminal.eraseLine()
-        terminal.write(b"\r" + text.encode("utf-8", "replace") + b"\r\n")
-        terminal.write(self.ps[self.pn] + b"".join(self.lineBuffer))
-        behind = len(self.lineBuffer) - self.lineBufferIndex
-        if behind:
-            terminal.cursorBackward(behind)
+        self._write("\r\x1b[K" + "\r\n".join(text.split("\n")) + "\r\n")
+        self.redraw()
 
-    def lineReceived(self, line: bytes) -> None:
-        """A finished line."""
-        self.submit(line.decode("utf-8", "replace"))
+    def restore(self, text: str) -> bool:
+        """Put ``text`` back on the line if nothing else is being typed (returns whether)."""
+        if self.editor.text:
+            return False
+        self.editor.set_text(text)
+        self.redraw()
+        return True
 
-    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
-        """Ctrl-C and Ctrl-D leave."""
-        if keyID in (b"\x03", b"\x04"):
-            if not self.done.called:
-                self.done.callback(None)
-            return
-        super().keystrokeReceived(keyID, modifier)
+    def dataReceived(self, data: bytes) -> None:
+        """Keys and text from the terminal."""
+        for key in self.keys.feed(data):
+            if key.text:
+                self.editor.insert(key.text)
+            elif key.name == lineedit.INTERRUPT or (key.name == lineedit.EOF and not self.editor.text):
+                self._leave()
+                return
+            elif key.name == lineedit.EOF:
+                self.editor.key(lineedit.DELETE)
+            else:
+                line = self.editor.key(key.name)
+                if line is not None:
+                    self.redraw()
+                    self.submit(line)
+                    if self.done.called:
+                        return
+        if self.keys.invalid:
+            self.show(f"-- {self.keys.invalid} byte(s) typed were not UTF-8 and became \ufffd (is the terminal set to UTF-8?)")
+            self.keys.invalid = 0
+        self.redraw()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """End of input."""
+    def _leave(self) -> None:
         if not self.done.called:
             self.done.callback(None)
+
+    def close(self) -> None:
+        """Turn bracketed paste off and leave the cursor on a fresh line."""
+        self._write("\r\x1b[K" + PASTE_OFF)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        """End of input, or the end of the chat."""
+        self._leave()
+        if not self.lost.called:
+            self.lost.callback(None)
 
 
 class _PipeLine(LineReceiver):
     """Line mode for pipes: each line is a message; end of input leaves."""
 
     delimiter = b"\n"
+    MAX_LENGTH = 1024 * 1024
 
     def __init__(self, submit: Callable[[str], None], done: Deferred[None]) -> None:
         self.submit = submit
         self.done = done
+        self.lost: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
         """A line read."""
         self.submit(line.decode("utf-8", "replace").rstrip("\r"))
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Say so rather than drop it silently."""
+        print(f"-- not sent: a line longer than {self.MAX_LENGTH} bytes", flush=True)
+        super().lineLengthExceeded(line)
+
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         """End of input."""
         if not self.done.called:
             self.done.callback(None)
+        if not self.lost.called:
+            self.lost.callback(None)
 
 
-async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int = 20, linger: float = 3.0) -> int:
-    """Chat with ``peer`` until the user leaves; returns the exit code."""
+async def run_chat(
+    reactor: Any, control: Any, peer: Identity, *, history: int = 20, linger: float = 3.0, stdin: int | None = None, stdout: int | None = None
+) -> int:
+    """Chat with ``peer`` until the user leaves; returns the exit code. ``stdin`` and
+    ``stdout`` are file descriptors (the process's own by default)."""
+    in_fd = sys.stdin.fileno() if stdin is None else stdin
+    out_fd = sys.stdout.fileno() if stdout is None else stdout
     done: Deferred[None] = Deferred()
-    interactive = os.isatty(sys.stdin.fileno())
-    line_protocol: Any = None
-    view = ChatView(peer, lambda text: print(text, flush=True))
+    interactive = os.isatty(in_fd)
+    terminal: TerminalChat | None = None
+    view = ChatView(peer, lambda text: print(printable(text), flush=True))
     #: Sends not yet answered, and ids of messages without a receipt yet.
     sending: list[Deferred[Any]] = []
     unconfirmed: set[str] = set()
@@ -150,22 +264,41 @@ async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int =
                 if not waiter.called:
                     waiter.callback(None)
 
-    def submit(text: str) -> None:
-        if done.called:
-            return  # typed after /quit
-        if text.strip() in QUIT_COMMANDS:
-            done.callback(None)
-            return
-        if not text.strip():
-            return
+    #: Lines finished before the chat is subscribed to the agent's events wait here, so
+    #: that their messages and receipts are shown.
+    early: list[str] = []
+    subscribed = False
+    quitting = False
 
+    def submit(line: str) -> None:
+        nonlocal quitting
+        if quitting:
+            return  # typed after /quit
+        if not subscribed:
+            early.append(line)
+            return
+        action, text = interpret(line)
+        if action == "quit":
+            quitting = True
+            if not done.called:
+                done.callback(None)
+        elif action == "help":
+            for help_line in HELP:
+                view.write(help_line)
+        elif action == "unknown":
+            view.write(f"-- unknown command {printable(text)} (not sent; /help lists the commands, // sends a line starting with /)")
+        elif action == "send":
+            send(text, line)
+
+    def send(text: str, typed: str) -> None:
         def sent(result: dict[str, Any]) -> None:
-            view.sent[result["id"]] = text
+            view._number(result["id"])
             unconfirmed.add(result["id"])
-            view.write(f"[{_stamp()}] you: {text}")
 
         def failed(failure: Failure) -> None:
-            view.write(f"-- not sent: {failure.getErrorMessage()}")
+            kept = terminal.restore(typed) if terminal is not None else False
+            where = "the line is back for editing" if kept else "Up recalls the line" if terminal is not None else "the line was not sent"
+            view.write(f"-- not sent: {failure.getErrorMessage()} ({where})")
 
         call = control.call("send", to=str(peer), text=text)
         sending.append(call)
@@ -178,22 +311,29 @@ async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int =
             check_settled()
 
     saved = None
+    # The chat's own descriptors: closing them at the end (which waits until all is written)
+    # leaves the process's standard input and output open.
+    stdio_in, stdio_out = os.dup(in_fd), os.dup(out_fd)
     if interactive:
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd)
-        tty.setraw(fd)
-        terminal = ServerProtocol(_TerminalLine, submit, done)
-        stdio.StandardIO(terminal, reactor=reactor)
-        line_protocol = terminal.terminalProtocol
-        view.write = lambda text: line_protocol.show(text)
+        saved = termios.tcgetattr(in_fd)
+        tty.setraw(in_fd)
+        terminal = TerminalChat(submit, done, out_fd)
+        reader: TerminalChat | _PipeLine = terminal
+        # (mypy reads the Windows signature of StandardIO, without stdin and stdout)
+        transport = stdio.StandardIO(terminal, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
+        view.write = terminal.show
     else:
-        stdio.StandardIO(_PipeLine(submit, done), reactor=reactor)
+        reader = _PipeLine(submit, done)
+        transport = stdio.StandardIO(reader, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
     try:
-        view.write(f"Chatting with {peer}. Type a message and press Enter; /quit or Ctrl-D leaves.")
+        view.write(f"Chatting with {peer}. Type a message and press Enter; /help for commands, /quit or Ctrl-D leaves.")
         rows = await control.call("history", who=str(peer), limit=history)
         view.history(rows)
         control.on_event = on_event
         await control.call("subscribe")
+        subscribed = True
+        for line in early:
+            submit(line)
         await done
         if sending:
             # Wait (at most ``linger`` seconds) for the receipts of the last messages.
@@ -210,7 +350,19 @@ async def run_chat(reactor: Any, control: Any, peer: Identity, *, history: int =
             if timer.active():
                 timer.cancel()
     finally:
+        control.on_event = lambda event: None
+        if terminal is not None:
+            terminal.close()
+        transport.loseConnection()
+        await _within(reactor, reader.lost, CLOSE_TIMEOUT)
         if saved is not None:
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, saved)
-            print(flush=True)
+            termios.tcsetattr(in_fd, termios.TCSANOW, saved)
     return 0
+
+
+async def _within(reactor: Any, waiter: Deferred[None], seconds: float) -> None:
+    """Wait for ``waiter``, at most ``seconds``."""
+    timer = reactor.callLater(seconds, lambda: None if waiter.called else waiter.callback(None))
+    await waiter
+    if timer.active():
+        timer.cancel()

@@ -420,7 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("id", nargs="+", help="message id")
 
     sub = command("chat", cmd_chat, "Chat with someone in this terminal.")
-    sub.add_argument("who")
+    sub.epilog = (
+        "In the chat, /help lists the commands and /quit leaves; a line starting with // sends"
+        " one starting with /. Full Unicode is typed and shown (the terminal must use UTF-8)."
+        " From a pipe, each line read is a message."
+    )
+    sub.add_argument("who", help="user@domain, or a user name of your own domain")
     sub.add_argument("--history", type=int, default=20, help="earlier messages to show first (default 20)")
     sub = command("history", cmd_history, "Show your message history.")
     sub.add_argument("who", nargs="?")

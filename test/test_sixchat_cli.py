@@ -170,8 +170,9 @@ class RunningAgentTests(CLITestCase):
         result = await self.sixchat("chat", "bob", profile=self.paths["alice"], stdin=b"first line\nsecond line\n/quit\nnot sent\n")
         self.assertEqual(result.code, 0, result)
         self.assertIn("Chatting with bob@example.org", result.out)
-        self.assertIn("you: first line", result.out)
-        self.assertIn("delivered: second line", result.out)
+        self.assertIn("#1] you: first line", result.out)
+        self.assertIn("#2] you: second line", result.out)
+        self.assertIn("-- #2 delivered", result.out)
         texts = [m.body for m in await bob.store.history(ALICE)]
         self.assertEqual(texts, ["first line", "second line"])
 
@@ -208,7 +209,8 @@ class WithoutAgentTests(CLITestCase):
         await bob.store.add_contact(ALICE)
         result = await self.sixchat("chat", "bob", "--listen", "tcp:0:interface=127.0.0.1", profile=self.paths["alice"], stdin=b"hello from chat\n")
         self.assertEqual(result.code, 0, result)
-        self.assertIn("delivered: hello from chat", result.out)
+        self.assertIn("#1] you: hello from chat", result.out)
+        self.assertIn("-- #1 delivered", result.out)
         self.assertEqual([m.body for m in await bob.store.history(ALICE)], ["hello from chat"])
 
     async def test_init_enrol_trust_domain(self) -> None:
@@ -245,8 +247,8 @@ class ChatViewTests(TestCase):
 
         lines: list[str] = []
         view = ChatView(BOB, lines.append)
-        view.sent["m1"] = "a message long enough to be shortened when it is shown again"
         for event in (
+            {"event": "queued", "to": "bob@example.org", "id": "m1", "text": "a message"},
             {"event": "message", "from": "bob@example.org", "text": "hi", "sent": 0},
             {"event": "message", "from": "carol@example.org", "text": "not this chat", "sent": 0},
             {"event": "receipt", "to": "bob@example.org", "id": "m1"},
@@ -256,11 +258,12 @@ class ChatViewTests(TestCase):
             {"event": "session", "who": "bob@example.org", "state": "down", "error": "The connection ended without an authenticated close."},
         ):
             view.event(event)
-        self.assertEqual(len(lines), 6)
-        self.assertRegex(lines[0], r"^\[\d\d:\d\d\] bob: hi$")
-        self.assertEqual(lines[1].strip(), "delivered: a message long enough to be shortened w…")
-        self.assertEqual(lines[2].strip(), "NOT delivered:")
-        self.assertEqual(lines[3:], ["-- bob@example.org is busy", "-- connected", "-- disconnected (The connection ended without an authenticated close.)"])
+        self.assertEqual(len(lines), 7)
+        self.assertRegex(lines[0], r"^\[\d\d:\d\d #1\] you: a message$")
+        self.assertRegex(lines[1], r"^\[\d\d:\d\d\] bob: hi$")
+        self.assertEqual(lines[2], "-- #1 delivered")
+        self.assertEqual(lines[3], "-- an earlier message NOT delivered")
+        self.assertEqual(lines[4:], ["-- bob@example.org is busy", "-- connected", "-- disconnected (The connection ended without an authenticated close.)"])
 
     def test_history(self) -> None:
         from sixchat.chatui import ChatView
