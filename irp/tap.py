@@ -62,6 +62,7 @@ class Options(usage.Options):
         ["max-lockout", None, 900.0, "Longest lock-out, in seconds.", float],
         ["refusal-delay", None, 1.0, "Seconds before a locked-out login is answered (a tarpit).", float],
         ["concurrent-hashes", None, 2, "Password hashes computed at once (each takes the Argon2 memory).", int],
+        ["hash-timeout", None, 30.0, "Seconds a password hash may take, waiting for its turn included, before that one request answers unavailable.", float],
         ["max-pipelined", None, 32, "Requests a connection may have queued before reading pauses.", int],
         ["argon2-memory", None, 65536, "Argon2id memory cost per password hash, in KiB.", int],
         ["admin", None, "admin", "Name of the administrator created on first start."],
@@ -150,7 +151,7 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-certificate and --tls-key go together")
         if self["refusal-delay"] < 0:
             raise usage.UsageError("--refusal-delay cannot be negative")
-        for name in ("idle-timeout", "handshake-timeout", "frame-timeout", "login-window", "lockout", "max-lockout"):
+        for name in ("idle-timeout", "handshake-timeout", "frame-timeout", "login-window", "lockout", "max-lockout", "hash-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["argon2-memory"] < 8192:
@@ -191,6 +192,7 @@ class Options(usage.Options):
             login_lockout_max=self["max-lockout"],
             login_refusal_delay=self["refusal-delay"],
             concurrent_hashes=self["concurrent-hashes"],
+            hash_timeout=self["hash-timeout"],
         )
         return RegistrySettings(
             tls_certificate=self["tls-certificate"],

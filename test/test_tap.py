@@ -32,7 +32,7 @@ class OptionsTests(SynchronousTestCase):
             "--max-connections-per-address", "7", "--max-pipelined", "3", "--handshake-timeout", "4",
             "--frame-timeout", "5", "--idle-timeout", "6", "--max-request", "4096", "--login-failures", "2",
             "--login-failures-per-address", "9", "--login-window", "60", "--lockout", "2", "--max-lockout", "8",
-            "--refusal-delay", "0.5", "--concurrent-hashes", "1", "--listen", "tcp:14604",
+            "--refusal-delay", "0.5", "--concurrent-hashes", "1", "--hash-timeout", "12", "--listen", "tcp:14604",
             "--hostname", "irp.example.org",
         ).settings()
         limits, config = settings.limits, settings.config
@@ -44,8 +44,9 @@ class OptionsTests(SynchronousTestCase):
         )
         self.assertEqual(
             (config.login_failures_per_user, config.login_failures_per_address, config.login_failure_window,
-             config.login_lockout, config.login_lockout_max, config.login_refusal_delay, config.concurrent_hashes),
-            (2, 9, 60.0, 2.0, 8.0, 0.5, 1),
+             config.login_lockout, config.login_lockout_max, config.login_refusal_delay, config.concurrent_hashes,
+             config.hash_timeout),
+            (2, 9, 60.0, 2.0, 8.0, 0.5, 1, 12.0),
         )
         self.assertEqual((settings.listen, settings.hostnames), (["tcp:14604"], ["irp.example.org"]))
 
@@ -57,6 +58,7 @@ class OptionsTests(SynchronousTestCase):
             ["--domain", "example.org", "--key-type", "rsa512"],
             ["--domain", "example.org", "--max-pipelined", "0"],
             ["--domain", "example.org", "--lockout", "0"],
+            ["--domain", "example.org", "--hash-timeout", "0"],
             ["--domain", "example.org", "--refusal-delay", "-1"],
             ["--domain", "example.org", "--database", "mysql://x/y"],
             ["--domain", "example.org", "--registry", "example.net"],
