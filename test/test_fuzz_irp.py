@@ -1049,7 +1049,8 @@ def response_corpus() -> tuple[bytes, ...]:
             error: errors.IRPError = errors.CertificateInvalid("expired")
         else:
             error = cls()
-        responses.append(error_response(100 + index, error))
+        # unsupported-version is answered before the id is read: always id 0.
+        responses.append(error_response(0 if cls is errors.UnsupportedVersion else 100 + index, error))
     return tuple(responses)
 
 

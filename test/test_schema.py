@@ -492,6 +492,10 @@ class ErrorFormTests(TestCase):
         for cls in self.wire_errors():
             error = cls("expired") if cls is errors.CertificateInvalid else cls()  # type: ignore[call-arg]
             for request_id in (1, 2**31 - 1):
+                if cls is errors.UnsupportedVersion:  # read before the id: always id 0
+                    with self.assertRaises(ValueError):
+                        validate(error_response(request_id, error))
+                    continue
                 validate(error_response(request_id, error))
             if cls.fatal or cls.name == "internal-error":
                 validate(error_response(0, error))
@@ -590,6 +594,13 @@ class SchemaTests(TestCase):
         self.assertValid(b'<response v="1" id="0" status="error"><error code="408" name="timeout">Late.</error></response>')
         self.assertInvalid(b'<response v="1" id="0" status="error"><error code="400" name="bad-request">Id?</error></response>')
         self.assertInvalid(b'<response v="1" id="00" status="error"><error code="408" name="timeout">Late.</error></response>')
+
+    def test_unsupported_version_carries_id_zero(self) -> None:
+        """unsupported-version is sent before the id is read: the schema allows it with
+        id 0 only (docs/irp.rst, Versioning; issue 9, item 24)."""
+        error = '<error code="505" name="unsupported-version">Speak 1.</error>'
+        self.assertValid(f'<response v="1" id="0" status="error">{error}</response>'.encode())
+        self.assertInvalid(f'<response v="1" id="7" status="error">{error}</response>'.encode())
 
     def test_one_operation_per_request(self) -> None:
         self.assertInvalid(request("<whoami/><whoami/>"))
