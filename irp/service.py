@@ -13,7 +13,6 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -28,7 +27,7 @@ from irp.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFa
 from irp.records import RecordSigner
 from irp.registry import Registry, RegistryConfig
 from irp.revocation import RevocationChecker
-from irp.startup import Gate, describe_start_failure
+from irp.startup import EarlyPorts, describe_start_failure
 from irp.store import RegistryStore, open_store
 from irp.tls import ServerTLS, make_server_context
 from irp.trust import TrustStore, check_anchor
@@ -87,6 +86,7 @@ class RegistryService(service.Service):
         self.registry: Registry | None = None
         self.factory: RegistryServerFactory | None = None
         self.ports: list[IListeningPort] = []
+        self.early_ports: EarlyPorts | None = None
         self.loops: list[LoopingCall] = []
         self.ready: Deferred[RegistryService] = Deferred()
         self._last_security_events: int | None = None
@@ -111,6 +111,12 @@ class RegistryService(service.Service):
             return credentials
         return with_given_server_certificate(credentials, settings.tls_certificate, settings.tls_key)
 
+    def privilegedStartService(self) -> None:
+        """Bind the listening ports (before the reactor runs, so a port in use is found
+        before anything is created and a daemonizing twistd hears of it)."""
+        super().privilegedStartService()
+        self.early_ports = EarlyPorts(self.reactor, self.settings.listen)
+
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
         super().startService()
@@ -126,14 +132,18 @@ class RegistryService(service.Service):
         for port in self.ports:
             port.stopListening()
         self.ports.clear()
+        if self.early_ports is not None:
+            self.early_ports.release()
+            self.early_ports = None
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
         settings = self.settings
         # Bind first: a port in use must be found before a CA or data folder is created.
-        gate = Gate()
-        for description in settings.listen:
-            self.ports.append(await serverFromString(self.reactor, description).listen(gate))
+        early = self.early_ports or EarlyPorts(self.reactor, settings.listen)
+        self.early_ports = None
+        gate = early.gate
+        self.ports.extend(await early.ports())
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)

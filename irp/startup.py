@@ -14,7 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 
 from irp.factory import QuietFactory
 
@@ -124,3 +128,81 @@ def describe_start_failure(error: BaseException) -> str:
     if isinstance(message, str) and message:
         return message
     return str(error) or type(error).__name__
+
+
+class EarlyPorts:
+    """A service's listening ports, bound in ``privilegedStartService`` through a :class:`Gate`.
+
+    Binding before the reactor runs lets a daemonizing ``twistd`` learn that a port is taken
+    before it reports a successful start (see :class:`ReportingParent`); the service opens
+    the gate once it is ready. Stream endpoints on TCP and UNIX sockets bind at once.
+    """
+
+    def __init__(self, reactor: Any, descriptions: list[str]) -> None:
+        from twisted.internet.endpoints import serverFromString
+
+        self.gate = Gate()
+        self._listening = [serverFromString(reactor, description).listen(self.gate) for description in descriptions]
+        self._failures: list[Failure] = []
+        for listening in self._listening:
+            listening.addErrback(self._noted)
+
+    def _noted(self, failure: Failure) -> Failure:
+        self._failures.append(failure)
+        return failure
+
+    def release(self) -> None:
+        """Let go of every port bound (the service will not start)."""
+
+        def close(results: list[tuple[bool, Any]]) -> None:
+            for ok, port in results:
+                if ok:
+                    port.stopListening()
+
+        DeferredList(self._listening, consumeErrors=True).addCallback(close)
+
+    def failure(self) -> BaseException | None:
+        """The first binding error known so far, or None."""
+        return self._failures[0].value if self._failures else None
+
+    async def ports(self) -> list[IListeningPort]:
+        """Every port, once bound; on a failure the bound ones are let go and it is raised."""
+        results = await DeferredList(self._listening, consumeErrors=True)
+        bound = [result for ok, result in results if ok]
+        for ok, result in results:
+            if not ok:
+                for port in bound:
+                    port.stopListening()
+                result.raiseException()
+        return bound
+
+
+class StartFailed(Exception):
+    """A service found before the reactor ran that it cannot start; ``str()`` says why."""
+
+
+class ReportingParent(MultiService):
+    """The plugin's top service: a daemonizing ``twistd`` hears of a port that cannot be
+    bound (its parent process prints why and exits non-zero); in the foreground the service
+    reports it itself (:func:`fail_start`)."""
+
+    def __init__(self, daemon: bool) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def privilegedStartService(self) -> None:
+        """Bind the children's ports; raise :class:`StartFailed` when daemonizing and one failed."""
+        super().privilegedStartService()
+        if not self.daemon:
+            return
+        for child in self:
+            early: EarlyPorts | None = getattr(child, "early_ports", None)
+            error = early.failure() if early is not None else None
+            if error is not None:
+                raise StartFailed(describe_start_failure(error))
+
+
+def daemonizing(options: Any) -> bool:
+    """Whether the ``twistd`` that parsed ``options`` (a plugin's) will daemonize."""
+    parent = getattr(options, "parent", None)
+    return parent is not None and not parent.get("nodaemon", True)

@@ -17,7 +17,7 @@ from irp.passwords import Argon2Parameters
 from irp.protocol import ConnectionLimits
 from irp.registry import RegistryConfig
 from irp.service import RegistryService, RegistrySettings
-from irp.startup import describe_start_failure, fail_start, own_pidfile
+from irp.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp.store import UnsupportedDatabase, parse_database_url
 
 
@@ -224,7 +224,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
 
         reactor = default_reactor
     registry = RegistryService(options.settings(), reactor)
-    parent = service.MultiService()
+    parent = ReportingParent(daemonizing(options))
     registry.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    serverFromString,
 )
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
@@ -36,6 +35,7 @@ from irp.identity import Identity
 from irp.keyfiles import KeyFileError, fingerprint
 from irp.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from irp.records import Endpoint
+from irp.startup import EarlyPorts
 from irp.trust import TrustStore
 from sixchat import DEFAULT_PORT, errors
 from sixchat.addresses import advertised_endpoints
@@ -144,6 +144,7 @@ class Agent(service.Service):
         self.directory: Directory | None = None
         self.verifier: PeerVerifier | None = None
         self.ports: list[IListeningPort] = []
+        self.early_ports: EarlyPorts | None = None
         self.loops: list[LoopingCall] = []
         self.sessions: dict[Identity, PeerConnection] = {}
         self.connections: set[PeerConnection] = set()
@@ -214,6 +215,12 @@ class Agent(service.Service):
         self._emit({"event": "credentials", "fingerprint": credentials.fingerprint})
         return True
 
+    def privilegedStartService(self) -> None:
+        """Bind the listening ports before the reactor runs (a daemonizing twistd hears of
+        a port in use); connections wait for the agent to be ready."""
+        super().privilegedStartService()
+        self.early_ports = EarlyPorts(self.reactor, self.settings.listen)
+
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening."""
         super().startService()
@@ -225,6 +232,9 @@ class Agent(service.Service):
             log.critical("The agent could not start: {why}", why=str(failure.value))
         else:
             log.failure("The agent could not start", failure)
+        if self.early_ports is not None:
+            self.early_ports.release()
+            self.early_ports = None
         self.ready.errback(failure)
 
     async def _start(self) -> Agent:
@@ -246,10 +256,11 @@ class Agent(service.Service):
             home_domain=self.identity.domain,
             known_intermediates=chain,
         )
-        factory = _ResponderFactory(self)
-        for description in settings.listen:
-            port = await serverFromString(self.reactor, description).listen(factory)
-            self.ports.append(port)
+        early = self.early_ports or EarlyPorts(self.reactor, settings.listen)
+        self.early_ports = None
+        self.ports.extend(await early.ports())
+        early.gate.open(_ResponderFactory(self))
+        for port in self.ports:
             address: Any = port.getHost()
             log.info("SixChat agent of {user} listening on {host} port {port}", user=str(self.identity), host=address.host, port=address.port)
         if settings.control:

@@ -13,7 +13,7 @@ from irp import errors as irp_errors
 from irp.keyfiles import KeyFileError
 from irp.profile import Profile, ProfileError, default_profile_path
 from irp.records import Endpoint
-from irp.startup import describe_start_failure, fail_start, own_pidfile
+from irp.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp.tap import check_endpoint
 from sixchat import DEFAULT_PORT
 from sixchat.agent import Agent, AgentSettings
@@ -119,7 +119,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         agent.load_credentials()
     except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
         raise SystemExit(f"twistd sixchat: cannot load your credentials: {error}") from None
-    parent = service.MultiService()
+    parent = ReportingParent(daemonizing(options))
     agent.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:

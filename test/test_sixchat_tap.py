@@ -141,3 +141,22 @@ class FailedStartTests(TestCase):
         self.assertEqual(len(lines), 1, result.err)
         self.assertEqual(lines[0], f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use")
         self.assertFalse(os.path.exists(os.path.join(profile, "agent.pid")))
+
+    async def test_port_in_use_daemon(self) -> None:
+        """As a daemon (the README's form): the started process exits non-zero and says why."""
+        registry = await RunningRegistry(self).start()
+        home = os.path.abspath(self.mktemp())
+        profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await run_twistd(
+                ["--logfile", "alice.log", "sixchat", "--profile", profile, "--no-register",
+                 "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
+        self.assertFalse(os.path.exists(os.path.join(profile, "agent.pid")))

@@ -112,6 +112,25 @@ class FailedStartTests(TestCase):
         self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
         self.assertEqual(os.listdir(home), [])
 
+    async def test_port_in_use_daemon(self) -> None:
+        """The same as a daemon (no -n, the README's form for agents): the process that
+        was started exits non-zero and says why; no CA, data folder or pid file."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await run_twistd(
+                ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", f"tcp:{port}:interface=127.0.0.1",
+                 "--argon2-memory", "8192"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
+        self.assertEqual(sorted(os.listdir(home)), ["irp.log"])
+
 
 class PluginDiscoveryTests(TestCase):
     """Both plugins are found by Twisted in the installed environment (whatever the
