@@ -115,7 +115,7 @@ class RegistryService(service.Service):
         """Bind the listening ports (before the reactor runs, so a port in use is found
         before anything is created and a daemonizing twistd hears of it)."""
         super().privilegedStartService()
-        self.early_ports = EarlyPorts(self.reactor, self.settings.listen)
+        self.early_ports = EarlyPorts(self.reactor, self.settings.listen, "IRP registry")
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
@@ -140,7 +140,7 @@ class RegistryService(service.Service):
     async def _start(self) -> RegistryService:
         settings = self.settings
         # Bind first: a port in use must be found before a CA or data folder is created.
-        early = self.early_ports or EarlyPorts(self.reactor, settings.listen)
+        early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "IRP registry")
         self.early_ports = None
         gate = early.gate
         self.ports.extend(await early.ports())

@@ -33,8 +33,13 @@ class Gate(QuietFactory):
     is created); connections that arrive before :meth:`open` are closed at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "Gate") -> None:
         self.target: Any = None
+        self.name = name
+
+    def logPrefix(self) -> str:
+        """What Twisted's "... starting on PORT" line names: the service behind the gate."""
+        return self.name
 
     def open(self, target: Any) -> None:
         """From now on, connections go to ``target``."""
@@ -138,10 +143,10 @@ class EarlyPorts:
     the gate once it is ready. Stream endpoints on TCP and UNIX sockets bind at once.
     """
 
-    def __init__(self, reactor: Any, descriptions: list[str]) -> None:
+    def __init__(self, reactor: Any, descriptions: list[str], name: str = "Gate") -> None:
         from twisted.internet.endpoints import serverFromString
 
-        self.gate = Gate()
+        self.gate = Gate(name)
         self._listening = [serverFromString(reactor, description).listen(self.gate) for description in descriptions]
         self._failures: list[Failure] = []
         for listening in self._listening:

@@ -219,7 +219,7 @@ class Agent(service.Service):
         """Bind the listening ports before the reactor runs (a daemonizing twistd hears of
         a port in use); connections wait for the agent to be ready."""
         super().privilegedStartService()
-        self.early_ports = EarlyPorts(self.reactor, self.settings.listen)
+        self.early_ports = EarlyPorts(self.reactor, self.settings.listen, "SixChat agent")
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening."""
@@ -256,7 +256,7 @@ class Agent(service.Service):
             home_domain=self.identity.domain,
             known_intermediates=chain,
         )
-        early = self.early_ports or EarlyPorts(self.reactor, settings.listen)
+        early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "SixChat agent")
         self.early_ports = None
         self.ports.extend(await early.ports())
         early.gate.open(_ResponderFactory(self))

@@ -8,8 +8,10 @@ Argon2 parameters and fast P-256 keys. Certificate fixtures come from :mod:`test
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -502,6 +504,15 @@ def run_module(module: str, arguments: Sequence[str], *, home: str, stdin: bytes
     """Run ``python -m MODULE ARGUMENTS`` in ``home`` (also its $HOME), with this source
     tree on the path; fires with a :class:`CommandResult` (without blocking the reactor)."""
     return run_python(["-m", module, *arguments], home=home, stdin=stdin)
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that another socket holds (listening) while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def run_twistd(arguments: Sequence[str], *, home: str) -> Any:

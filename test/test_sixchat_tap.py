@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -15,7 +14,7 @@ from irp.records import Endpoint
 from irp.startup import START_FAILED
 from sixchat.agent import Agent
 from sixchat.tap import Options, makeService
-from test.helpers import RunningRegistry, make_profile, run_twistd
+from test.helpers import RunningRegistry, make_profile, run_twistd, taken_port
 
 
 class FakeReactor:
@@ -128,10 +127,7 @@ class FailedStartTests(TestCase):
         registry = await RunningRegistry(self).start()
         home = os.path.abspath(self.mktemp())
         profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
+        with taken_port() as port:
             result = await run_twistd(
                 ["-n", "sixchat", "--profile", profile, "--no-register", "--listen", f"tcp:{port}:interface=127.0.0.1"], home=home
             )
@@ -147,10 +143,7 @@ class FailedStartTests(TestCase):
         registry = await RunningRegistry(self).start()
         home = os.path.abspath(self.mktemp())
         profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
+        with taken_port() as port:
             result = await run_twistd(
                 ["--logfile", "alice.log", "sixchat", "--profile", profile, "--no-register",
                  "--listen", f"tcp:{port}:interface=127.0.0.1"],

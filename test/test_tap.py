@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from irp.tap import Options
-from test.helpers import run_python, run_twistd
+from test.helpers import run_python, run_twistd, taken_port
 
 
 class OptionsTests(SynchronousTestCase):
@@ -96,10 +95,7 @@ class FailedStartTests(TestCase):
         anywhere, and no CA, data folder or pid file left behind."""
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
+        with taken_port() as port:
             result = await run_twistd(
                 ["-n", "irp", "--domain", "example.org", "--listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
                 home=home,
@@ -117,10 +113,7 @@ class FailedStartTests(TestCase):
         was started exits non-zero and says why; no CA, data folder or pid file."""
         home = os.path.abspath(self.mktemp())
         os.makedirs(home)
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
+        with taken_port() as port:
             result = await run_twistd(
                 ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", f"tcp:{port}:interface=127.0.0.1",
                  "--argon2-memory", "8192"],
