@@ -36,7 +36,7 @@ from irp.keyfiles import KeyFileError, fingerprint
 from irp.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from irp.records import Endpoint
 from irp.startup import EarlyPorts
-from irp.trust import TrustStore
+from irp.trust import TrustStore, check_anchor
 from sixchat import DEFAULT_PORT, errors
 from sixchat.addresses import advertised_endpoints
 from sixchat.admission import HandshakeAdmission
@@ -246,6 +246,13 @@ class Agent(service.Service):
             self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
         )
         roots = self.profile.trusted_roots()
+        for domain, root in roots.items():
+            try:
+                check_anchor(root, domain)
+            except ValueError as problem:
+                # Stored before roots were checked: it certifies only the domain it was
+                # trusted for, whatever it says; the user should still hear of it.
+                log.warn("The root trusted for {domain} looks wrong ({why}); it certifies only {domain}", domain=domain, why=str(problem))
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
             TrustStore(anchors=roots.items()),  # each root certifies only its own domain

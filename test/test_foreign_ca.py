@@ -132,6 +132,20 @@ class AgentImpersonationTests(TestCase):
         self.assertEqual([m.body for m in await alice.store.history(BOB)], ["it is really me"])
 
 
+    async def test_mismatched_stored_root_is_reported_at_start(self) -> None:
+        """A root stored before roots were checked (it says example.org, it was trusted for
+        evil.org) is named in the agent's log when it starts."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await start_agent(self, self.registry, self.alice_user, path=self.alice_path)
+        warnings = [formatEvent(event) for event in events if event.get("log_namespace") == "sixchat.agent"]
+        self.assertTrue(
+            any("evil.org" in line and "looks wrong" in line and "example.org" in line for line in warnings), warnings
+        )
+
     async def test_root_planted_for_own_domain_ignored(self) -> None:
         """A stored ``trusted/example.org.pem`` (Alice's own domain) never replaces her
         registry's pinned root: the forged Bob is refused, the real one is not."""
