@@ -649,7 +649,8 @@ class Agent(service.Service):
 
     def _initiator_fingerprint(self, connection: PeerConnection) -> str:
         if connection.role is Role.INITIATOR:
-            return self.credentials.fingerprint
+            # What we presented in that handshake, as the peer saw it (not a reloaded one).
+            return connection.credentials.fingerprint
         assert connection.session is not None
         return connection.session.peer_fingerprint
 

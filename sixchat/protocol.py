@@ -119,7 +119,9 @@ class PeerConnection(Protocol):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer_host = getattr(peer, "host", "unknown")
         self.owner.connection_started(self)
-        self.handshake = Handshake(self.role, self.owner.credentials, expected_peer=self.expected_peer)
+        #: The credentials this connection presents (the owner's may be reloaded later).
+        self.credentials = self.owner.credentials
+        self.handshake = Handshake(self.role, self.credentials, expected_peer=self.expected_peer)
         self._arm(self.owner.limits.handshake_timeout, "the handshake took too long")
         self._write_all(self.handshake.start())
 
