@@ -246,16 +246,22 @@ class Agent(service.Service):
             self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
         )
         roots = self.profile.trusted_roots()
-        for domain, root in roots.items():
+        trust = TrustStore()  # each root certifies only its own domain
+        for domain, root in roots.items():  # our own domain's root first
             try:
                 check_anchor(root, domain)
             except ValueError as problem:
                 # Stored before roots were checked: it certifies only the domain it was
                 # trusted for, whatever it says; the user should still hear of it.
                 log.warn("The root trusted for {domain} looks wrong ({why}); it certifies only {domain}", domain=domain, why=str(problem))
+            try:
+                trust.add_root(root, domain)
+            except ValueError as problem:
+                # The same root stored for a second domain: it keeps its first one.
+                log.warn("The root trusted for {domain} is not used: {why}", domain=domain, why=str(problem))
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
-            TrustStore(anchors=roots.items()),  # each root certifies only its own domain
+            trust,
             revocation,
             self.store,
             self.clock,

@@ -146,6 +146,23 @@ class AgentImpersonationTests(TestCase):
             any("evil.org" in line and "looks wrong" in line and "example.org" in line for line in warnings), warnings
         )
 
+    async def test_own_root_stored_for_another_domain_still_starts(self) -> None:
+        """A profile that trusted its own domain's root for another domain too (stored
+        before roots were checked) still starts, and says so in its log: the root keeps
+        certifying its own domain, and never the other."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        profile = Profile(self.alice_path)
+        profile.trust_domain("other.org", profile.root())
+        alice, _events = await start_agent(self, self.registry, self.alice_user, path=self.alice_path)
+        assert alice.verifier is not None
+        self.assertEqual(alice.verifier.trust.domain_of(profile.root()), "example.org")
+        warnings = [formatEvent(event) for event in events if event.get("log_namespace") == "sixchat.agent"]
+        self.assertTrue(any("other.org" in line and "looks wrong" in line for line in warnings), warnings)
+
     async def test_root_planted_for_own_domain_ignored(self) -> None:
         """A stored ``trusted/example.org.pem`` (Alice's own domain) never replaces her
         registry's pinned root: the forged Bob is refused, the real one is not."""
