@@ -281,8 +281,10 @@ class LineEditor:
         if name == BACKSPACE and self.cursor > 0:
             self.cursor -= 1
             del self.chars[self.cursor]
+            self.insert("")  # what was on either side may now form one character
         elif name == DELETE and self.cursor < len(self.chars):
             del self.chars[self.cursor]
+            self.insert("")
         elif name == LEFT:
             self.cursor = max(0, self.cursor - 1)
         elif name == RIGHT:

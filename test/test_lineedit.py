@@ -121,6 +121,20 @@ class LineEditorTests(SynchronousTestCase):
                 self.assertLessEqual(text_width(shown), columns, (position, columns))
                 self.assertLess(column, columns)
 
+    def test_deleting_between_two_flag_halves_joins_them(self) -> None:
+        # Deleting the "x" of "F x R" (regional indicators) leaves the flag FR: one
+        # character of two columns as the terminal draws it, not two half-flags of two
+        # columns each (the cursor would be drawn two columns too far right).
+        flag_f, flag_r = "\U0001f1eb", "\U0001f1f7"
+        for name, cursor in ((lineedit.BACKSPACE, 2), (lineedit.DELETE, 1)):
+            editor = LineEditor()
+            editor.set_text(flag_f + "x" + flag_r)
+            editor.cursor = cursor
+            editor.key(name)
+            self.assertEqual(editor.chars, [flag_f + flag_r], name)
+            self.assertEqual(editor.cursor, 1, name)
+            self.assertEqual(editor.render(20), (flag_f + flag_r, 2), name)
+
     def test_line_breaks_and_tabs_are_drawn_visibly(self) -> None:
         editor = LineEditor()
         editor.insert("a\nb\tc")
