@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from irp.identity import Identity
 from sixchat import lineedit
@@ -178,3 +178,63 @@ class ChatViewTests(SynchronousTestCase):
 
     def test_control_characters_are_not_written(self) -> None:
         self.assertEqual(printable("a\x1b[2J\x9b1m\x07b\nc"), "a\ufffd[2J\ufffd1m\ufffdb\nc")
+
+
+class _ShutdownRecordingReactor:
+    """The real reactor, except that "before shutdown" triggers are kept to be run by the
+    test (as the reactor runs them when it stops, e.g. on SIGTERM)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.before_shutdown: dict[object, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def addSystemEventTrigger(self, phase: str, event: str, call: Any, *args: Any) -> object:
+        handle = object()
+        if (phase, event) == ("before", "shutdown"):
+            self.before_shutdown[handle] = lambda: call(*args)
+            return handle
+        return self._reactor.addSystemEventTrigger(phase, event, call, *args)
+
+    def removeSystemEventTrigger(self, handle: object) -> None:
+        if self.before_shutdown.pop(handle, None) is None:
+            self._reactor.removeSystemEventTrigger(handle)
+
+
+class TerminalModeTests(TestCase):
+    async def test_reactor_stopping_mid_chat_restores_the_terminal(self) -> None:
+        import os
+        import pty
+        import termios
+
+        from twisted.internet import reactor as real_reactor
+        from twisted.internet.defer import Deferred
+
+        from sixchat.chatui import run_chat
+
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        cooked = termios.tcgetattr(slave)
+        history: Deferred[Any] = Deferred()
+
+        class Control:
+            on_event: Any = None
+
+            def call(self, name: str, **kwargs: Any) -> Deferred[Any]:
+                return history  # the agent has not answered yet
+
+        reactor = _ShutdownRecordingReactor(real_reactor)
+        chat = Deferred.fromCoroutine(
+            run_chat(reactor, Control(), Identity.parse("bob@example.org"), stdin=slave, stdout=slave, linger=0)
+        )
+        self.assertNotEqual(termios.tcgetattr(slave), cooked)  # raw while chatting
+        # The reactor stops now (SIGTERM): what it runs before shutting down leaves raw mode.
+        for call in list(reactor.before_shutdown.values()):
+            call()
+        self.assertEqual(termios.tcgetattr(slave), cooked)
+        history.errback(ConnectionError("stopped"))
+        with self.assertRaises(ConnectionError):
+            await chat
