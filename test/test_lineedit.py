@@ -121,6 +121,16 @@ class LineEditorTests(SynchronousTestCase):
                 self.assertLessEqual(text_width(shown), columns, (position, columns))
                 self.assertLess(column, columns)
 
+    def test_pasted_line_break_is_drawn_visibly_beside_a_joiner_or_mark(self) -> None:
+        # A line break after a zero-width joiner or before a combining mark is still drawn
+        # as a symbol: a real line break would move the terminal's cursor off the line.
+        editor = LineEditor()
+        editor.insert("a\u200d\nb\n\u0301c\u200d\t")
+        shown, _ = editor.render(40)
+        self.assertNotIn("\n", shown)
+        self.assertNotIn("\t", shown)
+        self.assertEqual(editor.text, "a\u200d\nb\n\u0301c\u200d\t")
+
     def test_deleting_between_two_flag_halves_joins_them(self) -> None:
         # Deleting the "x" of "F x R" (regional indicators) leaves the flag FR: one
         # character of two columns as the terminal draws it, not two half-flags of two
