@@ -322,6 +322,16 @@ async def run_chat(
         # (mypy reads the Windows signature of StandardIO, without stdin and stdout)
         transport = stdio.StandardIO(terminal, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
         view.write = terminal.show
+
+        def leave_terminal() -> None:
+            # The reactor stops before the chat ends (SIGTERM): the terminal must not stay raw.
+            try:
+                os.write(out_fd, ("\r\n" + PASTE_OFF).encode("utf-8"))
+            except OSError:
+                pass
+            termios.tcsetattr(in_fd, termios.TCSANOW, saved)
+
+        shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", leave_terminal)
     else:
         reader = _PipeLine(submit, done)
         transport = stdio.StandardIO(reader, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
@@ -356,6 +366,7 @@ async def run_chat(
         transport.loseConnection()
         await _within(reactor, reader.lost, CLOSE_TIMEOUT)
         if saved is not None:
+            reactor.removeSystemEventTrigger(shutdown_trigger)
             termios.tcsetattr(in_fd, termios.TCSANOW, saved)
     return 0
 

@@ -203,7 +203,8 @@ def clusters(text: str) -> list[str]:
     """``text`` cut into characters as the user sees them."""
     result: list[str] = []
     for char in text:
-        if result:
+        # A line break or tab stands alone (it is drawn as a symbol of its own).
+        if result and char not in "\n\t" and result[-1] not in ("\n", "\t"):
             last = result[-1]
             joined = last.endswith(_ZWJ)
             flag_half = _regional(char) and len(last) == 1 and _regional(last)
@@ -281,8 +282,10 @@ class LineEditor:
         if name == BACKSPACE and self.cursor > 0:
             self.cursor -= 1
             del self.chars[self.cursor]
+            self.insert("")  # what was on either side may now form one character
         elif name == DELETE and self.cursor < len(self.chars):
             del self.chars[self.cursor]
+            self.insert("")
         elif name == LEFT:
             self.cursor = max(0, self.cursor - 1)
         elif name == RIGHT:

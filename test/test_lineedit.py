@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from irp.identity import Identity
 from sixchat import lineedit
@@ -121,6 +121,30 @@ class LineEditorTests(SynchronousTestCase):
                 self.assertLessEqual(text_width(shown), columns, (position, columns))
                 self.assertLess(column, columns)
 
+    def test_pasted_line_break_is_drawn_visibly_beside_a_joiner_or_mark(self) -> None:
+        # A line break after a zero-width joiner or before a combining mark is still drawn
+        # as a symbol: a real line break would move the terminal's cursor off the line.
+        editor = LineEditor()
+        editor.insert("a\u200d\nb\n\u0301c\u200d\t")
+        shown, _ = editor.render(40)
+        self.assertNotIn("\n", shown)
+        self.assertNotIn("\t", shown)
+        self.assertEqual(editor.text, "a\u200d\nb\n\u0301c\u200d\t")
+
+    def test_deleting_between_two_flag_halves_joins_them(self) -> None:
+        # Deleting the "x" of "F x R" (regional indicators) leaves the flag FR: one
+        # character of two columns as the terminal draws it, not two half-flags of two
+        # columns each (the cursor would be drawn two columns too far right).
+        flag_f, flag_r = "\U0001f1eb", "\U0001f1f7"
+        for name, cursor in ((lineedit.BACKSPACE, 2), (lineedit.DELETE, 1)):
+            editor = LineEditor()
+            editor.set_text(flag_f + "x" + flag_r)
+            editor.cursor = cursor
+            editor.key(name)
+            self.assertEqual(editor.chars, [flag_f + flag_r], name)
+            self.assertEqual(editor.cursor, 1, name)
+            self.assertEqual(editor.render(20), (flag_f + flag_r, 2), name)
+
     def test_line_breaks_and_tabs_are_drawn_visibly(self) -> None:
         editor = LineEditor()
         editor.insert("a\nb\tc")
@@ -164,3 +188,63 @@ class ChatViewTests(SynchronousTestCase):
 
     def test_control_characters_are_not_written(self) -> None:
         self.assertEqual(printable("a\x1b[2J\x9b1m\x07b\nc"), "a\ufffd[2J\ufffd1m\ufffdb\nc")
+
+
+class _ShutdownRecordingReactor:
+    """The real reactor, except that "before shutdown" triggers are kept to be run by the
+    test (as the reactor runs them when it stops, e.g. on SIGTERM)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.before_shutdown: dict[object, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def addSystemEventTrigger(self, phase: str, event: str, call: Any, *args: Any) -> object:
+        handle = object()
+        if (phase, event) == ("before", "shutdown"):
+            self.before_shutdown[handle] = lambda: call(*args)
+            return handle
+        return self._reactor.addSystemEventTrigger(phase, event, call, *args)
+
+    def removeSystemEventTrigger(self, handle: object) -> None:
+        if self.before_shutdown.pop(handle, None) is None:
+            self._reactor.removeSystemEventTrigger(handle)
+
+
+class TerminalModeTests(TestCase):
+    async def test_reactor_stopping_mid_chat_restores_the_terminal(self) -> None:
+        import os
+        import pty
+        import termios
+
+        from twisted.internet import reactor as real_reactor
+        from twisted.internet.defer import Deferred
+
+        from sixchat.chatui import run_chat
+
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        cooked = termios.tcgetattr(slave)
+        history: Deferred[Any] = Deferred()
+
+        class Control:
+            on_event: Any = None
+
+            def call(self, name: str, **kwargs: Any) -> Deferred[Any]:
+                return history  # the agent has not answered yet
+
+        reactor = _ShutdownRecordingReactor(real_reactor)
+        chat = Deferred.fromCoroutine(
+            run_chat(reactor, Control(), Identity.parse("bob@example.org"), stdin=slave, stdout=slave, linger=0)
+        )
+        self.assertNotEqual(termios.tcgetattr(slave), cooked)  # raw while chatting
+        # The reactor stops now (SIGTERM): what it runs before shutting down leaves raw mode.
+        for call in list(reactor.before_shutdown.values()):
+            call()
+        self.assertEqual(termios.tcgetattr(slave), cooked)
+        history.errback(ConnectionError("stopped"))
+        with self.assertRaises(ConnectionError):
+            await chat
