@@ -92,9 +92,13 @@ def read_secret(args: argparse.Namespace, prompt: str, *, file_option: str = "pa
             raise CommandError(f"{prompt.rstrip(': ')} is needed: give --password-file or type it at a terminal")
         return line.rstrip("\r\n")
     for attempt in range(CONFIRM_ATTEMPTS):
-        secret = getpass.getpass(prompt)
-        if not confirm or getpass.getpass("Again: ") == secret:
-            return secret
+        try:
+            secret = getpass.getpass(prompt)
+            if not confirm or getpass.getpass("Again: ") == secret:
+                return secret
+        except EOFError:
+            print(file=sys.stderr)
+            raise CommandError("no password was typed (end of input); nothing was done") from None
         if attempt + 1 < CONFIRM_ATTEMPTS:
             print("The two entries differ; please type it again.", file=sys.stderr)
     raise CommandError(f"the two entries differed {CONFIRM_ATTEMPTS} times; nothing was changed")

@@ -235,7 +235,10 @@ class _PipeLine(LineReceiver):
         super().lineLengthExceeded(line)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """End of input."""
+        """End of input; a last line without its newline is a line too."""
+        rest = self.clearLineBuffer()
+        if rest.strip(b"\r"):
+            self.lineReceived(rest)
         if not self.done.called:
             self.done.callback(None)
         if not self.lost.called:

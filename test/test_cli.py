@@ -397,6 +397,25 @@ class AdministrationTests(CLITestCase):
         self.assertIn("[forbidden]", result.err)
 
 
+class SecretPromptTests(unittest.SynchronousTestCase):
+    """A password asked at a terminal."""
+
+    def test_end_of_input_at_the_prompt(self) -> None:
+        """Ctrl-D at the prompt: a readable refusal, not a traceback."""
+        import argparse
+
+        from irp import cli
+
+        def eof(prompt: str = "") -> str:
+            raise EOFError
+
+        self.patch(cli.getpass, "getpass", eof)
+        self.patch(sys.stdin, "isatty", lambda: True)
+        with self.assertRaises(cli.CommandError) as caught:
+            cli.read_secret(argparse.Namespace(password_file=None), "Password: ")
+        self.assertIn("no password was typed", str(caught.exception))
+
+
 class ErrorTests(CLITestCase):
     """Readable errors and their exit codes."""
 

@@ -248,3 +248,33 @@ class TerminalModeTests(TestCase):
         history.errback(ConnectionError("stopped"))
         with self.assertRaises(ConnectionError):
             await chat
+
+
+class PipeLineTests(SynchronousTestCase):
+    """``sixchat chat`` reading a pipe: every line is a message, the last one too."""
+
+    def test_last_line_without_newline_is_sent(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import StringTransport
+
+        from sixchat.chatui import _PipeLine
+
+        sent: list[str] = []
+        pipe = _PipeLine(sent.append, Deferred())
+        pipe.makeConnection(StringTransport())
+        pipe.dataReceived("first\nGrüße 😀".encode())
+        pipe.connectionLost()
+        self.assertEqual(sent, ["first", "Grüße 😀"])
+
+    def test_no_empty_message_at_the_end(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import StringTransport
+
+        from sixchat.chatui import _PipeLine
+
+        sent: list[str] = []
+        pipe = _PipeLine(sent.append, Deferred())
+        pipe.makeConnection(StringTransport())
+        pipe.dataReceived(b"one\r\n")
+        pipe.connectionLost()
+        self.assertEqual(sent, ["one"])
