@@ -4,7 +4,6 @@ on the messages and bytes one non-contact may have stored under ``--policy anyon
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -12,7 +11,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -22,9 +20,7 @@ from sixchat.admission import HandshakeAdmission
 from sixchat.agent import Agent, AgentSettings, _ResponderFactory
 from sixchat.messages import alert_for, parse_alert
 from sixchat.protocol import PeerConnection
-from sixchat.tap import Options
 from test import test_agent
-from test.helpers import RunningRegistry, make_profile
 from test.test_agent import ALICE, AgentTestCase, endpoint_of, log_text
 
 
@@ -119,41 +115,6 @@ class FactoryTests(TestCase):
         first.connectionLost(Failure(ConnectionDone()))  # released once only
         self.assertEqual(agent.admission.in_progress, 0)
         self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "192.0.2.2", 4000)), PeerConnection)
-
-
-class OptionTests(TestCase):
-    """``twistd sixchat`` sets the limits."""
-
-    async def setUp(self) -> None:  # type: ignore[override]
-        registry = await RunningRegistry(self).start()
-        self.profile = make_profile(registry, await registry.enrol("alice"), os.path.join(os.path.abspath(self.mktemp()), "alice"))
-
-    def parse(self, *argv: str) -> Options:
-        options = Options()
-        options.parseOptions(["--profile", self.profile, *argv])
-        return options
-
-    def test_limit_options(self) -> None:
-        settings = self.parse(
-            "--handshakes-per-address", "5", "--max-handshakes", "7", "--stranger-messages", "9", "--stranger-bytes", "11"
-        ).settings()
-        self.assertEqual(
-            (settings.handshakes_per_address, settings.max_handshakes_in_progress, settings.unknown_peer_messages, settings.unknown_peer_bytes),
-            (5, 7, 9, 11),
-        )
-
-    def test_defaults_are_sane(self) -> None:
-        settings = self.parse().settings()
-        self.assertEqual(
-            (settings.handshakes_per_address, settings.max_handshakes_in_progress, settings.unknown_peer_messages, settings.unknown_peer_bytes),
-            (20, 64, 100, 1 << 20),
-        )
-
-    def test_refusals(self) -> None:
-        for name in ("--handshakes-per-address", "--max-handshakes", "--stranger-messages", "--stranger-bytes"):
-            with self.assertRaises(usage.UsageError) as caught:
-                self.parse(name, "0")
-            self.assertIn(f"{name} must be at least 1", str(caught.exception))
 
 
 class OverSocketsTests(AgentTestCase):

@@ -195,21 +195,23 @@ class TrustDomainCommandTests(TestCase):
         self.assertNotIn("Traceback", result.err, result)
         return result
 
-    async def test_root_stating_another_domain_refused(self) -> None:
+    async def trust_rogue_root(self, domain: str) -> Any:
+        """``sixchat trust-domain DOMAIN`` with a root that says example.org, its
+        fingerprint confirmed (and a registry that cannot be reached)."""
         rogue = foreign_ca("example.org")
         path = write_pem(os.path.join(self.home, "rogue.pem"), rogue.root_certificate)
         digest = format_fingerprint(fingerprint(rogue.root_certificate))
-        result = await self.sixchat("trust-domain", "evil.org", "--registry", "127.0.0.1:1", "--ca-file", path, "--ca-fingerprint", digest)
+        return await self.sixchat("trust-domain", domain, "--registry", "127.0.0.1:1", "--ca-file", path, "--ca-fingerprint", digest)
+
+    async def test_root_stating_another_domain_refused(self) -> None:
+        result = await self.trust_rogue_root("evil.org")
         self.assertNotEqual(result.code, 0, result)
         self.assertIn("not evil.org's", result.err)
         self.assertIn("example.org", result.err)
         self.assertNotIn("evil.org", Profile(self.profile).trusted_roots())
 
     async def test_own_domain_refused(self) -> None:
-        rogue = foreign_ca("example.org")
-        path = write_pem(os.path.join(self.home, "rogue.pem"), rogue.root_certificate)
-        digest = format_fingerprint(fingerprint(rogue.root_certificate))
-        result = await self.sixchat("trust-domain", "example.org", "--registry", "127.0.0.1:1", "--ca-file", path, "--ca-fingerprint", digest)
+        result = await self.trust_rogue_root("example.org")
         self.assertNotEqual(result.code, 0, result)
         self.assertIn("your own domain", result.err)
         self.assertFalse(os.path.exists(os.path.join(self.profile, "trusted", "example.org.pem")))

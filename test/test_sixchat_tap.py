@@ -39,6 +39,28 @@ class OptionsTests(TestCase):
         options.parseOptions(["--profile", self.profile, *argv])
         return options
 
+    def test_limit_options(self) -> None:
+        settings = self.parse(
+            "--handshakes-per-address", "5", "--max-handshakes", "7", "--stranger-messages", "9", "--stranger-bytes", "11"
+        ).settings()
+        self.assertEqual(
+            (settings.handshakes_per_address, settings.max_handshakes_in_progress, settings.unknown_peer_messages, settings.unknown_peer_bytes),
+            (5, 7, 9, 11),
+        )
+
+    def test_limit_defaults(self) -> None:
+        settings = self.parse().settings()
+        self.assertEqual(
+            (settings.handshakes_per_address, settings.max_handshakes_in_progress, settings.unknown_peer_messages, settings.unknown_peer_bytes),
+            (20, 64, 100, 1 << 20),
+        )
+
+    def test_limit_refusals(self) -> None:
+        for name in ("--handshakes-per-address", "--max-handshakes", "--stranger-messages", "--stranger-bytes"):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(name, "0")
+            self.assertIn(f"{name} must be at least 1", str(caught.exception))
+
     def test_defaults(self) -> None:
         settings = self.parse().settings()
         self.assertEqual(settings.listen, ["tcp6:4605:interface=\\:\\:"])
