@@ -757,9 +757,9 @@ class Guessing(Raid):
     name = "guessing"
 
     def __init__(self, info: dict[str, Any], plan: Plan, established_file: str) -> None:
-        from irp.framing import encode_frame
-        from irp.messages import build_request
-        from irp.xmlcodec import make_element, sub_element
+        from common.wire.framing import encode_frame
+        from common.wire.xmlcodec import make_element, sub_element
+        from irp.wire.messages import build_request
 
         super().__init__(info, plan, established_file)
         self.sources = source_addresses(plan.guessers, first=GUESSERS_FIRST)

@@ -23,7 +23,7 @@ def signing_rate(key_type: str, csrs: list[bytes], warmup: float, duration: floa
     from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from irp.ca import generate_key
+    from irp.server.ca import generate_key
 
     issuing_key: Any = generate_key(key_type)
     issuer = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "example.org"),
@@ -88,6 +88,6 @@ def signing_rate(key_type: str, csrs: list[bytes], warmup: float, duration: floa
 def make_csrs(key_type: str, count: int = 32) -> list[bytes]:
     """PEM CSRs of fresh keys, as the ``irp`` command makes them."""
     from bench.irp_server import make_csr
-    from irp.ca import generate_key
+    from irp.server.ca import generate_key
 
     return [make_csr(generate_key(key_type)) for _ in range(count)]

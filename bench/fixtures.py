@@ -1,12 +1,12 @@
 """Credentials and TLS settings shared by the baselines and the load generators.
 
 The baselines get their keys and certificates from a CA made with the product's own
-:class:`irp.ca.CertificateAuthority` (so they have exactly the shape of the registry's: a
+:class:`irp.server.ca.CertificateAuthority` (so they have exactly the shape of the registry's: a
 root, an issuing CA, leaf certificates with the same extensions), of the key type the
 suite runs with (the product's default, P-384). Everything crosses process boundaries as
 PEM in a plain dict (:class:`Pki`).
 
-The baseline servers use the product's TLS settings (:func:`irp.tls.make_server_context`:
+The baseline servers use the product's TLS settings (:func:`common.tls.make_server_context`:
 TLS 1.2 minimum, AES-256-GCM/SHA-384 suites, TLS 1.3 ``TLS_AES_256_GCM_SHA384``).
 The load generators' client contexts offer the same suites but do not verify the server
 (the generator is not what is measured, and verifying would only make it slower).
@@ -65,8 +65,8 @@ def make_pki(key_type: str = "p384", users: int = 1, domain: str = DOMAIN, serve
     With ``server_user``, the server leaf is a user certificate for that user name (the
     SixChat responder proves a user identity, not a host name).
     """
-    from irp.ca import CertificateAuthority, generate_key
-    from irp.identity import Identity
+    from common.identity import Identity
+    from irp.server.ca import CertificateAuthority, generate_key
 
     ca = CertificateAuthority.create(domain, key_type=key_type)
     issuing = _certificate_pem(ca.issuing_certificate)
@@ -112,7 +112,7 @@ def load_certificate(pem: bytes) -> Any:
 
 
 def server_context(pki: Pki, *, tls13_only: bool = False, verify_clients: bool = False) -> Any:
-    """The product's server TLS context (:func:`irp.tls.make_server_context`) for the
+    """The product's server TLS context (:func:`common.tls.make_server_context`) for the
     baseline servers.
 
     ``tls13_only`` raises the minimum to TLS 1.3; ``verify_clients`` makes OpenSSL verify
@@ -121,7 +121,7 @@ def server_context(pki: Pki, *, tls13_only: bool = False, verify_clients: bool =
     """
     from OpenSSL import SSL
 
-    from irp.tls import make_server_context
+    from common.tls import make_server_context
 
     root = load_certificate(pki.root)
     context = make_server_context(
@@ -145,7 +145,7 @@ def client_context(leaf: Pem | None, *, tls13_only: bool = False) -> Any:
     certificate (with its chain), no server verification, no session resumption."""
     from OpenSSL import SSL, crypto
 
-    from irp.tls import TLS12_CIPHERS, TLS13_CIPHERSUITES
+    from common.tls import TLS12_CIPHERS, TLS13_CIPHERSUITES
 
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_3_VERSION if tls13_only else SSL.TLS1_2_VERSION)

@@ -1,7 +1,7 @@
 """The registry under test: the real ``RegistryService`` in a server process.
 
 :func:`serve_registry` (run by the harness in a process pinned to the server core) starts
-the product exactly as ``twistd irp`` does: :class:`irp.service.RegistryService` with its
+the product exactly as ``twistd irp`` does: :class:`irp.server.service.RegistryService` with its
 own CA (created on first start, P-384 by default), TLS on a loopback port and a SQLite file
 (WAL, ``synchronous=FULL``, one connection through ``twisted.enterprise.adbapi``). Its log
 goes to ``registry.log`` in the data folder at level info, as a deployed server's does.
@@ -51,11 +51,11 @@ def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
     """Bulk-load ``count`` users into a new database at ``path`` (a SQLite file, or a
     ``postgresql://`` URL of an empty database); return the user names whose records are
     signed (an even spread of ``sample`` of them)."""
-    from irp.identity import Identity
-    from irp.records import AddressRecord, Endpoint, RecordSigner, UserRecord
-    from irp.store import parse_database_url
-    from irp.store.dialect import SQLITE
-    from irp.store.schema import MIGRATIONS, upgrade_schema
+    from common.db.dialect import SQLITE
+    from common.identity import Identity
+    from irp.server.store import parse_database_url
+    from irp.server.store.schema import MIGRATIONS, upgrade_schema
+    from irp.wire.records import AddressRecord, Endpoint, RecordSigner, UserRecord
 
     signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
     now = int(time.time())
@@ -164,7 +164,7 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
 
     ``params``: ``data_dir``, ``key_type``, ``users`` (load users with certificates),
     ``bulk_users`` and ``sample`` (bulk-loaded directory and how many records are signed);
-    optionally ``limits`` (:class:`irp.protocol.ConnectionLimits` fields, as ``twistd irp``'s
+    optionally ``limits`` (:class:`irp.server.protocol.ConnectionLimits` fields, as ``twistd irp``'s
     options set them), ``argon2`` (``"production"``: the product's default Argon2id cost
     instead of cheap test parameters), ``password_users`` (``(name, password)`` pairs
     created with a password and password login allowed), ``database`` (a
@@ -172,7 +172,7 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
     may share it and the data folder, see :mod:`bench.irp_postgres`) and ``log_name``
     (the log file in the data folder, ``registry.log`` by default).
     """
-    from irp.credentials import load_or_create_credentials
+    from irp.server.credentials import load_or_create_credentials
 
     data_dir = params["data_dir"]
     key_type = params.get("key_type", "p384")
@@ -187,15 +187,15 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         populate_seconds = time.perf_counter() - started
 
     async def setup(reactor: Any) -> tuple[dict[str, Any], Commands]:
-        from irp.ca import generate_key
-        from irp.elements import addresses_element
-        from irp.framing import encode_frame
-        from irp.identity import Identity
-        from irp.keyfiles import fingerprint
-        from irp.messages import ok_response
-        from irp.passwords import Argon2Parameters
-        from irp.protocol import ConnectionLimits
-        from irp.service import RegistryService, RegistrySettings
+        from common.identity import Identity
+        from common.pki.keyfiles import fingerprint
+        from common.wire.framing import encode_frame
+        from irp.server.ca import generate_key
+        from irp.server.passwords import Argon2Parameters
+        from irp.server.protocol import ConnectionLimits
+        from irp.server.service import RegistryService, RegistrySettings
+        from irp.wire.elements import addresses_element
+        from irp.wire.messages import ok_response
         from test.helpers import TEST_PARAMETERS
 
         settings = RegistrySettings(
@@ -288,9 +288,9 @@ def lookup_frames(targets: list[str], count: int = 4096) -> list[bytes]:
     """Pre-serialised ``<lookup>`` request frames for ``targets`` (random order, fixed seed)."""
     import random
 
-    from irp.framing import encode_frame
-    from irp.messages import build_request
-    from irp.xmlcodec import make_element
+    from common.wire.framing import encode_frame
+    from common.wire.xmlcodec import make_element
+    from irp.wire.messages import build_request
 
     chooser = random.Random(4604)
     return [
@@ -301,9 +301,9 @@ def lookup_frames(targets: list[str], count: int = 4096) -> list[bytes]:
 
 def register_frames(count: int = 64) -> list[bytes]:
     """Pre-serialised ``<register-address>`` request frames (one endpoint, online)."""
-    from irp.framing import encode_frame
-    from irp.messages import build_request
-    from irp.xmlcodec import make_element, sub_element
+    from common.wire.framing import encode_frame
+    from common.wire.xmlcodec import make_element, sub_element
+    from irp.wire.messages import build_request
 
     frames = []
     for index in range(count):
@@ -320,7 +320,7 @@ def make_csr(key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
-    from irp.ca import signature_hash
+    from irp.server.ca import signature_hash
 
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "irp enrolment")])
@@ -330,10 +330,10 @@ def make_csr(key: Any) -> bytes:
 
 def request_certificate_frames(key_type: str, count: int = 32) -> list[bytes]:
     """Pre-serialised ``<request-certificate>`` frames, each with a CSR of a fresh key."""
-    from irp.ca import generate_key
-    from irp.framing import encode_frame
-    from irp.messages import build_request
-    from irp.xmlcodec import make_element, sub_element
+    from common.wire.framing import encode_frame
+    from common.wire.xmlcodec import make_element, sub_element
+    from irp.server.ca import generate_key
+    from irp.wire.messages import build_request
 
     frames = []
     for index in range(count):

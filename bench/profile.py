@@ -107,9 +107,9 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
     if scenario in ("sixchat-messages", "sixchat-bulk"):
         from bench.sixchat_messages import WINDOW, chat_bodies
         from bench.sixchat_server import credentials, open_session
-        from irp.identity import Identity
-        from sixchat.messages import Ping
+        from common.identity import Identity
         from sixchat.record import InnerType
+        from sixchat.wire.messages import Ping
 
         framed, session = open_session(info["port"], credentials(pki, pki.users[0]), Identity(pki.server.name, pki.domain))
         try:

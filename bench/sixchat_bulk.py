@@ -33,8 +33,8 @@ def measure(
     """Load generator: (baseline, figure) pairs of MB/s."""
     from bench.loadgen import connect_tls, send_and_wait
     from bench.sixchat_server import credentials, open_session
-    from irp.identity import Identity
-    from sixchat.messages import Ping
+    from common.identity import Identity
+    from sixchat.wire.messages import Ping
 
     framed, session = open_session(sixchat["port"], credentials(pki, pki.users[0]), Identity(pki.server.name, pki.domain))
     (connection,) = connect_tls(HOST, tls["port"], [client_context(pki.users[0])], 1)

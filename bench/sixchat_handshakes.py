@@ -48,7 +48,7 @@ def sixchat_server(ctx: Context) -> Any:
 
 def sixchat_sessions(port: int, server_pid: int, pki: Pki, *, warmup: float, duration: float) -> Sample:
     """One run of SixChat handshakes/s (load generator side)."""
-    from irp.identity import Identity
+    from common.identity import Identity
 
     initiators = [credentials(pki, user) for user in pki.users]
     peer = Identity(pki.server.name, pki.domain)
@@ -79,7 +79,7 @@ def measure(sixchat: dict[str, Any], tls: dict[str, Any], pki: Pki, settings: An
 
 def run(ctx: Context) -> list[Figure]:
     """Measure figure 5."""
-    from sixchat.messages import Presence
+    from sixchat.wire.messages import Presence
 
     settings = ctx.settings
     pki = sixchat_pki(ctx)

@@ -33,7 +33,7 @@ WINDOW = 256
 
 def chat_bodies(count: int = 64, size: int = MESSAGE_BYTES) -> list[bytes]:
     """Serialised ``<message>`` documents of exactly ``size`` bytes."""
-    from sixchat.messages import ChatMessage, encode_application, parse_application
+    from sixchat.wire.messages import ChatMessage, encode_application, parse_application
 
     bodies = []
     for _ in range(count):
@@ -50,7 +50,7 @@ def measure(sixchat: dict[str, Any], tls: dict[str, Any], pki: Pki, settings: An
     """Load generator: (baseline, figure) pairs of messages/s."""
     from bench.loadgen import connect_tls, windowed
     from bench.sixchat_server import credentials
-    from irp.identity import Identity
+    from common.identity import Identity
     from sixchat.record import InnerType
 
     bodies = chat_bodies()
@@ -87,7 +87,7 @@ def measure(sixchat: dict[str, Any], tls: dict[str, Any], pki: Pki, settings: An
 
 def run(ctx: Context) -> list[Figure]:
     """Measure figure 6."""
-    from sixchat.messages import Receipt
+    from sixchat.wire.messages import Receipt
 
     settings = ctx.settings
     pki = sixchat_pki(ctx)

@@ -1,14 +1,14 @@
 """The SixChat side under test: a responder agent's protocol layer, and a cheap initiator.
 
 Server (:func:`serve_sixchat`, in the process pinned to the server core): the product's
-:class:`sixchat.protocol.PeerConnection` (the Twisted adapter over the sans-I/O
-handshake and record layer) with an owner that behaves as :class:`sixchat.agent.Agent`
+:class:`sixchat.peer.protocol.PeerConnection` (the Twisted adapter over the sans-I/O
+handshake and record layer) with an owner that behaves as :class:`sixchat.agent.service.Agent`
 does on the wire, and checks peers with the agent's own
-:class:`sixchat.verification.PeerVerifier`:
+:class:`sixchat.peer.verification.PeerVerifier`:
 
 * every initiator is verified by ``PeerVerifier`` (chain to the trusted root with
-  :class:`irp.trust.TrustStore`, revocation against the issuing CA's CRL, the contact
-  look-up in a real SQLite :class:`sixchat.store.AgentStore`, policy ``anyone``); the CRL
+  :class:`common.pki.trust.TrustStore`, revocation against the issuing CA's CRL, the contact
+  look-up in a real SQLite :class:`sixchat.agent.store.AgentStore`, policy ``anyone``); the CRL
   is handed over at start instead of being fetched from a registry (the agent caches it
   too, so it is fetched once in a real run as well);
 * on a new session it sends ``<presence status="online"/>``, answers every
@@ -46,7 +46,7 @@ _OUT = select.EPOLLOUT
 
 def credentials(pki: Pki, leaf: Pem) -> Any:
     """:class:`sixchat.handshake.LocalCredentials` of a leaf of ``pki``."""
-    from irp.identity import Identity
+    from common.identity import Identity
     from sixchat.handshake import LocalCredentials
 
     return LocalCredentials(
@@ -72,13 +72,13 @@ def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
         from twisted.internet.defer import Deferred
         from twisted.internet.protocol import Factory
 
-        from irp.trust import TrustStore
+        from common.pki.trust import TrustStore
         from sixchat import errors
+        from sixchat.agent.store import AgentStore
         from sixchat.handshake import Role
-        from sixchat.messages import ChatMessage, Ping, Pong, Presence, Receipt
-        from sixchat.protocol import ConnectionLimits, PeerConnection
-        from sixchat.store import AgentStore
-        from sixchat.verification import PeerVerifier, RevocationChecker
+        from sixchat.peer.protocol import ConnectionLimits, PeerConnection
+        from sixchat.peer.verification import PeerVerifier, RevocationChecker
+        from sixchat.wire.messages import ChatMessage, Ping, Pong, Presence, Receipt
 
         store = await AgentStore.open(os.path.join(data_dir, "agent.sqlite3"), reactor)
         crl = x509.load_pem_x509_crl(pki.crl)
@@ -143,8 +143,8 @@ def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
 
 def record_payload_size(message: Any) -> int:
     """The frame payload size of a record carrying application ``message``."""
-    from sixchat.messages import encode_application
     from sixchat.record import TAG_LENGTH
+    from sixchat.wire.messages import encode_application
 
     return 1 + 1 + len(encode_application(message)) + TAG_LENGTH
 

@@ -21,7 +21,7 @@ ROWS = 50
 
 
 def open_database(path: str) -> sqlite3.Connection:
-    """A connection with the registry's PRAGMAs (see ``irp.store._prepare_sqlite``)."""
+    """A connection with the registry's PRAGMAs (see ``irp.server.store._prepare_sqlite``)."""
     database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     database.execute("PRAGMA journal_mode = WAL")
     database.execute("PRAGMA synchronous = FULL")
@@ -32,8 +32,8 @@ def open_database(path: str) -> sqlite3.Connection:
 
 def prepare(path: str) -> None:
     """Create the store's schema and ``ROWS`` users with address rows."""
-    from irp.store.dialect import SQLITE
-    from irp.store.schema import MIGRATIONS, upgrade_schema
+    from common.db.dialect import SQLITE
+    from irp.server.store.schema import MIGRATIONS, upgrade_schema
 
     database = open_database(path)
     try:

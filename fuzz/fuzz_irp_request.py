@@ -2,15 +2,15 @@
 
 The first input byte picks the target; the rest is its input:
 
-0. ``irp.messages.parse_request`` (then the registry's field check of the operation);
-1. ``irp.messages.parse_response``;
-2. the record parsers of ``irp.elements`` on the parsed document;
-3. ``irp.framing.FrameDecoder`` fed in chunks cut at the bytes ``0xff``;
-4. ``irp.xmlcodec.parse_document``.
+0. ``irp.wire.messages.parse_request`` (then the registry's field check of the operation);
+1. ``irp.wire.messages.parse_response``;
+2. the record parsers of ``irp.wire.elements`` on the parsed document;
+3. ``common.wire.framing.FrameDecoder`` fed in chunks cut at the bytes ``0xff``;
+4. ``common.wire.xmlcodec.parse_document``.
 
 Only the package's own errors (``IRPError``, ``FrameError``, ``XMLRejected``) may escape;
 anything else is a crash that libFuzzer saves as ``crash-<hash>``. With ``--ignore-known``
-the open defects of ``test.test_fuzz_irp.KNOWN_DEFECTS`` do not count as crashes.
+the open defects of ``test.irp.test_fuzz.KNOWN_DEFECTS`` do not count as crashes.
 
 Run (see fuzz/README.rst)::
 
@@ -24,24 +24,24 @@ import atheris
 from fuzzing import is_ignored, run
 
 with atheris.instrument_imports(include=["irp"]):
+    from common.wire.framing import FrameDecoder, FrameError
+    from common.wire.xmlcodec import XMLRejected, parse_document
     from irp import errors
-    from irp.elements import (
+    from irp.wire.elements import (
         parse_addresses,
         parse_certificate,
         parse_pkcs12,
         parse_user,
     )
-    from irp.framing import FrameDecoder, FrameError
-    from irp.messages import check_fields, parse_request, parse_response, parse_xml
-    from irp.xmlcodec import XMLRejected, parse_document
+    from irp.wire.messages import check_fields, parse_request, parse_response, parse_xml
 
-#: Attributes and children of every operation (as irp.registry.Registry's table).
+#: Attributes and children of every operation (as irp.server.registry.Registry's table).
 OPERATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _operations() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     if not OPERATIONS:
-        from irp.registry import Registry
+        from irp.server.registry import Registry
 
         table = Registry._operation_table(Registry.__new__(Registry))  # only reads bound methods
         OPERATIONS.update({name: (op.attributes, op.children) for name, op in table.items()})

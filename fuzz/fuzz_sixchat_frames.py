@@ -2,7 +2,7 @@
 
 The first input byte picks the target; the rest is its input:
 
-0. every parser of ``sixchat.messages`` (handshake frame, sealed content, application
+0. every parser of ``sixchat.wire.messages`` (handshake frame, sealed content, application
    message, close, alert);
 1. a fresh responder ``Handshake`` fed the bytes (M1 and what follows);
 2. a started initiator ``Handshake`` fed the bytes (M2, M2b...);
@@ -16,7 +16,7 @@ Only ``SixChatError`` may escape (``receive_data`` of a handshake must not raise
 except ``Closed``); anything else is a crash. (Whether only honest frames complete a
 handshake is checked by test/test_fuzz_sixchat.py, within one process: the test
 certificates, hence the recorded frames, differ from one process to the next.) ``--ignore-known`` skips the open defects of
-``test.test_fuzz_irp.KNOWN_DEFECTS``.
+``test.irp.test_fuzz.KNOWN_DEFECTS``.
 
 Run (see fuzz/README.rst)::
 
@@ -30,10 +30,11 @@ import atheris
 from fuzzing import is_ignored, run
 
 with atheris.instrument_imports(include=["sixchat", "irp"]):
-    from sixchat import errors, messages
+    from sixchat import errors
     from sixchat.handshake import Role
+    from sixchat.wire import messages
 
-from test.test_fuzz_sixchat import fresh, recording, sealed_frame, session_pair
+from test.sixchat.test_fuzz import fresh, recording, sealed_frame, session_pair
 
 PARSERS = (
     messages.parse_handshake_frame,

@@ -23,7 +23,7 @@ def is_ignored(error: BaseException) -> bool:
     """True if ``--ignore-known`` was given and ``error`` is a known defect."""
     if not IGNORE_KNOWN:
         return False
-    from test.test_fuzz_irp import known_defect
+    from test.irp.test_fuzz import known_defect
 
     return known_defect(error) is not None
 

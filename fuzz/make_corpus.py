@@ -10,7 +10,7 @@ import hashlib
 import os
 import sys
 
-from irp.framing import encode_frame
+from common.wire.framing import encode_frame
 
 
 def write(folder: str, seeds: list[bytes]) -> int:
@@ -22,8 +22,8 @@ def write(folder: str, seeds: list[bytes]) -> int:
 
 
 def main() -> None:
-    from test.test_fuzz_irp import record_corpus, request_corpus, response_corpus
-    from test.test_fuzz_sixchat import document_corpus, recording, session_pair
+    from test.irp.test_fuzz import record_corpus, request_corpus, response_corpus
+    from test.sixchat.test_fuzz import document_corpus, recording, session_pair
 
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "corpus")
     irp: list[bytes] = []
@@ -35,8 +35,7 @@ def main() -> None:
     frames = recording().frames
     secrets = recording()
     sender, _receiver = session_pair()
-    from sixchat import messages
-
+    from sixchat.wire import messages
     records = sender.send_message(messages.Ping()) + sender.send_data(b"data") + sender.update_keys() + sender.close("bye")
     sixchat: list[bytes] = [b"\x00" + data for data in document_corpus()]
     sixchat += [b"\x01" + frames["M1"], b"\x02" + frames["M2"] + frames["M2b"], b"\x03" + frames["M3"]]

@@ -24,9 +24,12 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 
-from irp import errors, keyfiles
-from irp.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
-from irp.client import (
+from common.identity import InvalidIdentity, check_domain, check_username
+from common.pki import keyfiles
+from common.profile import Profile, ProfileConfig, ProfileError, default_profile_path
+from common.timeutil import format_timestamp
+from irp import errors
+from irp.client.api import (
     RegistryClient,
     connect,
     connect_domain,
@@ -34,11 +37,9 @@ from irp.client import (
     split_server,
     verify_ca_chain,
 )
-from irp.elements import CertificateEntry
-from irp.identity import InvalidIdentity, check_domain, check_username
-from irp.profile import Profile, ProfileConfig, ProfileError, default_profile_path
-from irp.records import AddressRecord, Endpoint, UserRecord
-from irp.timeutil import format_timestamp
+from irp.server.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
+from irp.wire.elements import CertificateEntry
+from irp.wire.records import AddressRecord, Endpoint, UserRecord
 
 SIXCHAT_PORT = 4605
 
@@ -308,7 +309,7 @@ async def fetch_root_by_fingerprint(
     the expected fingerprint and the server's own certificate descends from it.
 
     With ``host`` None the registry is found by DNS SRV (see
-    :func:`irp.client.connect_domain`); ``ctx.client`` tells which target answered.
+    :func:`irp.client.api.connect_domain`); ``ctx.client`` tells which target answered.
     """
 
     def unverified(*_args: Any) -> Any:

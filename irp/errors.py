@@ -2,7 +2,7 @@
 
 Every error the registry can report carries its wire code (an integer, grouped as in
 HTTP: 4xx the request, 5xx the server), a stable wire name and a sentence a user can read.
-Errors become ``<error>`` elements in exactly one place: :func:`irp.messages.error_response`.
+Errors become ``<error>`` elements in exactly one place: :func:`irp.wire.messages.error_response`.
 """
 
 from __future__ import annotations

@@ -10,15 +10,15 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from common.identity import InvalidIdentity, check_domain
+from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp import DEFAULT_PORT
-from irp.ca import KEY_TYPES
-from irp.identity import InvalidIdentity, check_domain
-from irp.passwords import Argon2Parameters
-from irp.protocol import ConnectionLimits
-from irp.registry import RegistryConfig
-from irp.service import RegistryService, RegistrySettings
-from irp.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
-from irp.store import UnsupportedDatabase, parse_database_url
+from irp.server.ca import KEY_TYPES
+from irp.server.passwords import Argon2Parameters
+from irp.server.protocol import ConnectionLimits
+from irp.server.registry import RegistryConfig
+from irp.server.service import RegistryService, RegistrySettings
+from irp.server.store import UnsupportedDatabase, parse_database_url
 
 
 def check_endpoint(description: str) -> str:
@@ -89,8 +89,8 @@ class Options(usage.Options):
         """DOMAIN=ROOT.pem: the root CA of another domain whose users may look users up; it
         must state DOMAIN (its O attribute) and certifies DOMAIN's users only (repeatable;
         a bare ROOT.pem is trusted for the domain its O attribute states)."""
-        from irp.keyfiles import KeyFileError, load_certificates
-        from irp.trust import check_anchor
+        from common.pki.keyfiles import KeyFileError, load_certificates
+        from common.pki.trust import check_anchor
 
         named, separator, path = value.partition("=")
         domain: str | None = None
@@ -116,7 +116,7 @@ class Options(usage.Options):
 
     def opt_registry(self, value: str) -> None:
         """DOMAIN=HOST[:PORT]: where a trusted domain's registry is (else found by DNS SRV)."""
-        from irp.client import split_server
+        from irp.client.api import split_server
 
         domain, separator, server = value.partition("=")
         try:

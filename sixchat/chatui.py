@@ -26,7 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from irp.identity import Identity
+from common.identity import Identity
 from sixchat import lineedit
 
 QUIT_COMMANDS = ("/quit", "/exit")

@@ -15,8 +15,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from common.identity import Identity, InvalidIdentity, check_domain
+from common.pki import keyfiles
+from common.pki.trust import check_anchor
+from common.profile import Profile, ProfileError, default_profile_path
 from irp import errors as irp_errors
-from irp import keyfiles
 from irp.cli import (
     CommandError,
     Context,
@@ -27,13 +30,10 @@ from irp.cli import (
     run_until_done,
     server_argument,
 )
-from irp.client import split_server
-from irp.identity import Identity, InvalidIdentity, check_domain
-from irp.profile import Profile, ProfileError, default_profile_path
-from irp.trust import check_anchor
+from irp.client.api import split_server
 from sixchat import DEFAULT_PORT, errors
-from sixchat.agent import Agent, AgentSettings
-from sixchat.control import ControlError, InProcessControl, connect_control
+from sixchat.agent.control import ControlError, InProcessControl, connect_control
+from sixchat.agent.service import Agent, AgentSettings
 
 Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
 

@@ -5,8 +5,8 @@ carries a numeric wire code (grouped by hundreds: 1xx message format, 2xx versio
 authentication, 4xx record layer, 5xx local and transport conditions), a stable wire name,
 a sentence a user can read, and whether the connection must end.
 
-Errors become ``<alert>`` messages in exactly one place, :func:`sixchat.messages.alert_for`,
-and alerts become errors again in :func:`sixchat.messages.error_from_alert`. The message of
+Errors become ``<alert>`` messages in exactly one place, :func:`sixchat.wire.messages.alert_for`,
+and alerts become errors again in :func:`sixchat.wire.messages.error_from_alert`. The message of
 a local error (``str(error)``) may carry details for logs; the wire alert never does.
 """
 

@@ -39,11 +39,11 @@ from cryptography.hazmat.primitives.asymmetric import (
     x25519,
 )
 
-from irp.certificates import UnusableCertificate, load_certificate
-from irp.framing import HEADER, HEADER_SIZE, encode_frame
-from irp.identity import Identity, InvalidIdentity, identity_from_certificate
-from irp.keyfiles import parse_fingerprint
-from sixchat import errors, messages
+from common.identity import Identity, InvalidIdentity, identity_from_certificate
+from common.pki.certificates import UnusableCertificate, load_certificate
+from common.pki.keyfiles import parse_fingerprint
+from common.wire.framing import HEADER, HEADER_SIZE, encode_frame
+from sixchat import errors
 from sixchat.keyschedule import (
     ITEM_CERTIFICATE,
     ITEM_CERTIFICATE_VERIFY,
@@ -61,6 +61,7 @@ from sixchat.record import (
     TrafficProtection,
     certificate_fingerprint,
 )
+from sixchat.wire import messages
 
 #: The largest handshake frame payload accepted by default.
 MAX_HANDSHAKE_FRAME: Final = 32 * 1024
@@ -320,7 +321,7 @@ class Handshake:
 
     ``expected_peer`` is required for the initiator (it is M1's ``to``) and must be None
     for the responder. ``expected_fingerprint`` (initiator only) pins the responder's leaf
-    certificate, in any form :func:`irp.keyfiles.parse_fingerprint` accepts.
+    certificate, in any form :func:`common.pki.keyfiles.parse_fingerprint` accepts.
     ``ephemeral``, ``entropy`` and ``mlkem_encapsulate`` are for known-answer vectors;
     ``trace`` receives every derived secret and transcript hash (debugging and vectors
     only: never set it in production).

@@ -11,7 +11,7 @@ The inner plaintext is one content-type byte and the body (no padding):
 ==== ================ ===========================================================
 type name             body
 ==== ================ ===========================================================
-0x01 application      one XML application message (:mod:`sixchat.messages`)
+0x01 application      one XML application message (:mod:`sixchat.wire.messages`)
 0x02 data             raw bytes (bulk, file chunks); never parsed as XML
 0x03 key update       empty; the sender's later records use its next traffic key
 0x04 close            ``<close reason="..."/>``; the sender sends nothing more
@@ -35,15 +35,16 @@ from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from irp.identity import Identity
-from irp.xmlcodec import serialize
-from sixchat import errors, messages
+from common.identity import Identity
+from common.wire.xmlcodec import serialize
+from sixchat import errors
 from sixchat.keyschedule import (
     Trace,
     export_keying_material,
     next_traffic_secret,
     traffic_keys,
 )
+from sixchat.wire import messages
 
 RECORD_TYPE: Final = 0x17
 TAG_LENGTH: Final = 16
@@ -206,7 +207,7 @@ SessionEvent: TypeAlias = MessageReceived | DataReceived | CloseReceived | Alert
 
 
 def certificate_fingerprint(der: bytes) -> str:
-    """Lower-case hex SHA-256 of a certificate's DER (as :func:`irp.keyfiles.fingerprint`)."""
+    """Lower-case hex SHA-256 of a certificate's DER (as :func:`common.pki.keyfiles.fingerprint`)."""
     return hashlib.sha256(der).hexdigest()
 
 

@@ -9,15 +9,15 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from common.pki.keyfiles import KeyFileError
+from common.profile import Profile, ProfileError, default_profile_path
+from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp import errors as irp_errors
-from irp.keyfiles import KeyFileError
-from irp.profile import Profile, ProfileError, default_profile_path
-from irp.records import Endpoint
-from irp.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp.tap import check_endpoint
+from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT
-from sixchat.agent import Agent, AgentSettings
-from sixchat.verification import POLICIES
+from sixchat.agent.service import Agent, AgentSettings
+from sixchat.peer.verification import POLICIES
 
 #: twistd's pid file, in the profile folder (unless --pidfile is given).
 PIDFILE = "agent.pid"

@@ -21,22 +21,25 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from irp.ca import CertificateAuthority, generate_key
+from common.identity import Identity
+from common.pki.keyfiles import PrivateKey, fingerprint
 from irp.cli import make_csr
-from irp.client import RegistryClient, connect
-from irp.identity import Identity
-from irp.keyfiles import PrivateKey, fingerprint
-from irp.passwords import Argon2Parameters
-from irp.protocol import ConnectionLimits
-from irp.registry import Registry, RegistryConfig
-from irp.service import ADMIN_PASSWORD_FILE, RegistryService, RegistrySettings
-from irp.store import RegistryStore
+from irp.client.api import RegistryClient, connect
+from irp.server.ca import CertificateAuthority, generate_key
+from irp.server.passwords import Argon2Parameters
+from irp.server.protocol import ConnectionLimits
+from irp.server.registry import Registry, RegistryConfig
+from irp.server.service import ADMIN_PASSWORD_FILE, RegistryService, RegistrySettings
+from irp.server.store import RegistryStore
 
 DEFAULT_PASSWORD = "correct horse battery staple"
 
 #: Cheap Argon2id parameters for tests that hash many passwords; the shipped defaults
-#: (:class:`irp.passwords.Argon2Parameters`) are run by the tests that need the real cost.
+#: (:class:`irp.server.passwords.Argon2Parameters`) are run by the tests that need the real cost.
 TEST_PARAMETERS = Argon2Parameters(memory_kib=256, iterations=1, lanes=1)
+
+#: The checkout's top folder (the tests run from a checkout).
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -201,7 +204,7 @@ class RunningRegistry:
 
 def make_profile(registry: RunningRegistry, user: EnrolledUser, path: str) -> str:
     """Write an IRP/SixChat profile folder for an enrolled user of ``registry``."""
-    from irp.profile import Profile, ProfileConfig
+    from common.profile import Profile, ProfileConfig
 
     assert registry.service is not None and registry.service.credentials is not None
     profile = Profile(path)
@@ -282,7 +285,7 @@ async def start_agent(
     (made with :func:`make_profile` when it does not exist yet); ``clock`` replaces the
     reactor's clock for timers (sockets stay real); other keywords are AgentSettings.
     """
-    from sixchat.agent import Agent, AgentSettings
+    from sixchat.agent.service import Agent, AgentSettings
 
     if path is None:
         path = os.path.join(os.path.abspath(testcase.mktemp()), user.username)
@@ -309,7 +312,7 @@ def fake_clock_now() -> Any:
 
 
 class BareOwner:
-    """A SixChat :class:`~sixchat.protocol.ConnectionOwner` with no agent behind it: it
+    """A SixChat :class:`~sixchat.peer.protocol.ConnectionOwner` with no agent behind it: it
     accepts every authenticated peer (unless ``verdict`` says otherwise) and records what
     happens. It is what an attacker's own implementation would run, and a test's handle on
     single connections.
@@ -318,7 +321,7 @@ class BareOwner:
     def __init__(self, credentials: Any, *, clock: Any = None, limits: Any = None, verdict: Any = None) -> None:
         from twisted.internet.defer import Deferred
 
-        from sixchat.protocol import ConnectionLimits
+        from sixchat.peer.protocol import ConnectionLimits
 
         self.credentials = credentials
         self.clock = clock if clock is not None else global_reactor
@@ -368,7 +371,7 @@ async def dial_bare(owner: BareOwner, host: str, port: int, peer: Identity) -> A
     from twisted.internet.protocol import Factory
 
     from sixchat.handshake import Role
-    from sixchat.protocol import PeerConnection
+    from sixchat.peer.protocol import PeerConnection
 
     connection = PeerConnection(owner, Role.INITIATOR, expected_peer=peer)
     endpoint_class = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
@@ -383,7 +386,7 @@ async def listen_bare(testcase: TestCase, make_owner: Any, host: str = "127.0.0.
     from twisted.internet.protocol import Factory
 
     from sixchat.handshake import Role
-    from sixchat.protocol import PeerConnection
+    from sixchat.peer.protocol import PeerConnection
 
     def build() -> Any:
         return PeerConnection(make_owner(), Role.RESPONDER)
@@ -450,7 +453,7 @@ async def closed_port(host: str = "127.0.0.1") -> int:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.protocol import Protocol
 
-    from irp.factory import QuietFactory
+    from common.factory import QuietFactory
 
     port = await serverFromString(global_reactor, agent_listen(host)).listen(QuietFactory.forProtocol(Protocol))
     number: int = port.getHost().port
@@ -525,7 +528,7 @@ def run_python(arguments: Sequence[str], *, home: str, stdin: bytes = b"") -> An
     """Run ``python ARGUMENTS`` in ``home`` (also its $HOME), with this source tree on the
     path; fires with a :class:`CommandResult`."""
     environment = {
-        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "PYTHONPATH": REPOSITORY,
         "HOME": home,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",

@@ -3,7 +3,6 @@
 Typical use::
 
     from test import pki
-
     ca = pki.make_ca("example.org")             # cached: the same CA on every call
     alice = pki.issue_user(ca, "alice")         # a fresh key and a good certificate
     store = pki.trust_store(ca)                 # a TrustStore trusting that CA's root
@@ -28,10 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from irp.ca import CertificateAuthority, generate_key, signature_hash
-from irp.identity import Identity
-from irp.keyfiles import PrivateKey
-from irp.trust import TrustStore
+from common.identity import Identity
+from common.pki.keyfiles import PrivateKey
+from common.pki.trust import TrustStore
+from irp.server.ca import CertificateAuthority, generate_key, signature_hash
 
 FAST_KEY_TYPE = "p256"
 DEFAULT_DOMAIN = "example.org"

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, rsa, x25519
 
-from irp.identity import Identity
+from common.identity import Identity
 from sixchat import errors
 from sixchat.handshake import (
     EphemeralKeys,

@@ -1,0 +1,1 @@
+"""irp.client.api."""

@@ -1,0 +1,83 @@
+"""Finding a domain's registry by DNS SRV (``_irp._tcp.<domain>``), as RFC 2782 says.
+
+Targets are tried by priority (lowest first) and, within one priority, in a random order
+weighted by weight. A single target of ``.`` means the domain offers no registry. With no
+SRV records at all, the domain name itself on port 4604 is the fallback.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.names import dns
+from twisted.names.error import DNSNameError, DomainError
+
+from common.identity import check_domain
+from irp import DEFAULT_PORT, errors
+
+SERVICE = "_irp._tcp"
+
+
+def srv_name(domain: str) -> str:
+    """The SRV owner name for ``domain``."""
+    return f"{SERVICE}.{check_domain(domain)}"
+
+
+def order_targets(records: Sequence[tuple[int, int, str, int]], rng: random.Random | None = None) -> list[tuple[str, int]]:
+    """Order ``(priority, weight, target, port)`` records as RFC 2782 asks."""
+    rng = rng or random.Random()
+    ordered: list[tuple[str, int]] = []
+    for priority in sorted({record[0] for record in records}):
+        group = [record for record in records if record[0] == priority]
+        # Zero-weight records first in the list, as the RFC's selection algorithm expects.
+        group.sort(key=lambda record: record[1] != 0)
+        while group:
+            total = sum(record[1] for record in group)
+            if total == 0:
+                chosen = group[0]
+            else:
+                threshold = rng.uniform(0, total)
+                running = 0
+                chosen = group[-1]
+                for record in group:
+                    running += record[1]
+                    if running >= threshold and record[1] > 0:
+                        chosen = record
+                        break
+            group.remove(chosen)
+            ordered.append((chosen[2], chosen[3]))
+    return ordered
+
+
+async def discover(domain: str, resolver: Any = None, rng: random.Random | None = None) -> list[tuple[str, int]]:
+    """The registries of ``domain`` to try, in order: ``[(host, port), ...]``.
+
+    ``resolver`` is a ``twisted.names`` resolver (default: the system's, from
+    /etc/resolv.conf).
+    """
+    name = srv_name(domain)
+    if resolver is None:
+        from twisted.names import client
+
+        resolver = client.getResolver()  # the process-wide one, from /etc/resolv.conf
+    try:
+        answers, _authority, _additional = await Deferred.fromCoroutine(_lookup(resolver, name))
+    except (DNSNameError, DomainError):
+        return [(check_domain(domain), DEFAULT_PORT)]
+    records = [
+        (answer.payload.priority, answer.payload.weight, str(answer.payload.target), answer.payload.port)
+        for answer in answers
+        if answer.type == dns.SRV and str(answer.name).lower() == name.lower()
+    ]
+    if not records:
+        return [(check_domain(domain), DEFAULT_PORT)]
+    if len(records) == 1 and records[0][2] in ("", "."):
+        raise errors.NotFound(f"{domain} publishes that it has no IRP registry")
+    return order_targets([record for record in records if record[2] not in ("", ".")], rng)
+
+
+async def _lookup(resolver: Any, name: str) -> Any:
+    return await resolver.lookupService(name)

@@ -1,0 +1,384 @@
+"""The registry as a Twisted service: credentials, store, listeners and housekeeping."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from common.pki import keyfiles
+from common.pki.revocation import RevocationChecker
+from common.pki.trust import TrustStore, check_anchor
+from common.startup import EarlyPorts, describe_start_failure
+from common.tls import ServerTLS, make_server_context
+from irp import errors
+from irp.client.api import connect, connect_domain
+from irp.server.credentials import (
+    RENEW_BEFORE,
+    ServerCredentials,
+    load_or_create_credentials,
+    with_given_server_certificate,
+)
+from irp.server.passwords import Argon2Parameters, PasswordHasher
+from irp.server.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
+from irp.server.registry import Registry, RegistryConfig
+from irp.server.store import RegistryStore, open_store
+from irp.wire.records import RecordSigner
+
+log = Logger()
+
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+@dataclass
+class RegistrySettings:
+    """Everything needed to run one registry process."""
+
+    domain: str
+    data_dir: str
+    listen: list[str] = field(default_factory=lambda: ["tcp6:4604:interface=\\:\\:"])
+    hostnames: list[str] = field(default_factory=lambda: ["localhost"])
+    database: str | None = None
+    key_type: str = "p384"
+    admin_username: str = "admin"
+    config: RegistryConfig | None = None
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    argon2: Argon2Parameters = field(default_factory=Argon2Parameters)
+    sweep_interval: float = 15.0
+    sync_interval: float = 5.0
+    #: How often to renew the server and record-signing certificates that are within
+    #: RENEW_BEFORE of their end (a long-running registry must not serve expired ones).
+    renew_interval: float = 86400.0
+    #: Root CAs of other domains whose users may look users of this domain up: each a
+    #: (domain, root) pair binding the root to that one domain, or a bare root whose
+    #: ``O`` attribute names its domain (the older form).
+    federated_roots: list[x509.Certificate | tuple[str, x509.Certificate]] = field(default_factory=list)
+    #: Registries of those domains (domain -> (host, port)); others are found by DNS SRV.
+    registries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: twisted.names resolver for DNS SRV look-ups of those registries (None: the system's).
+    resolver: Any = None
+    #: A TLS certificate (PEM, with its chain) and key the operator gives, instead of the
+    #: server certificate the domain's CA issues for ``hostnames``.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        return self.database or os.path.join(self.data_dir, "registry.sqlite3")
+
+
+class RegistryService(service.Service):
+    """Runs one registry process: starts listening once the store is open."""
+
+    def __init__(self, settings: RegistrySettings, reactor: Any) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.credentials: ServerCredentials | None = None
+        self.store: RegistryStore | None = None
+        self.registry: Registry | None = None
+        self.factory: RegistryServerFactory | None = None
+        self.ports: list[IListeningPort] = []
+        self.early_ports: EarlyPorts | None = None
+        self.loops: list[LoopingCall] = []
+        self.ready: Deferred[RegistryService] = Deferred()
+        self._last_security_events: int | None = None
+        #: The TLS connection creator of every listener: holds the current context.
+        self.tls: ServerTLS | None = None
+
+    def prepare_credentials(self) -> ServerCredentials:
+        """Load or create the CA, server and signing credentials (synchronous)."""
+        settings = self.settings
+        if self.credentials is None:
+            credentials = load_or_create_credentials(
+                settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type
+            )
+            self.credentials = self._given_tls(credentials)
+        return self.credentials
+
+    def _given_tls(self, credentials: ServerCredentials) -> ServerCredentials:
+        """Use the operator's TLS certificate and key, when given (re-read at every renewal
+        check, so a certificate renewed on disk is picked up)."""
+        settings = self.settings
+        if settings.tls_certificate is None or settings.tls_key is None:
+            return credentials
+        return with_given_server_certificate(credentials, settings.tls_certificate, settings.tls_key)
+
+    def privilegedStartService(self) -> None:
+        """Bind the listening ports (before the reactor runs, so a port in use is found
+        before anything is created and a daemonizing twistd hears of it)."""
+        super().privilegedStartService()
+        self.early_ports = EarlyPorts(self.reactor, self.settings.listen, "IRP registry")
+
+    def startService(self) -> None:
+        """Start in the background; ``ready`` fires when listening (or fails)."""
+        super().startService()
+        started = Deferred.fromCoroutine(self._start())
+        started.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        # The caller (twistd irp: irp.tap) stops the process; the ports bound are let go.
+        if failure.check(errors.IRPError, keyfiles.KeyFileError, OSError, RuntimeError, CannotListenError):
+            log.critical("The registry could not start: {why}", why=describe_start_failure(failure.value))
+        else:
+            log.failure("The registry could not start", failure)
+        for port in self.ports:
+            port.stopListening()
+        self.ports.clear()
+        if self.early_ports is not None:
+            self.early_ports.release()
+            self.early_ports = None
+        self.ready.errback(failure)
+
+    async def _start(self) -> RegistryService:
+        settings = self.settings
+        # Bind first: a port in use must be found before a CA or data folder is created.
+        early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "IRP registry")
+        self.early_ports = None
+        gate = early.gate
+        self.ports.extend(await early.ports())
+        credentials = self.prepare_credentials()
+        ca = credentials.ca
+        signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
+        self.store = await open_store(
+            settings.database_url,
+            domain=settings.domain,
+            signer=signer,
+            now=self.reactor.seconds,
+            reactor=self.reactor,
+        )
+        config = settings.config or RegistryConfig(domain=settings.domain)
+        config.max_request = settings.limits.max_request
+        config.idle_timeout = settings.limits.idle_timeout
+        hasher = PasswordHasher(settings.argon2)
+        # Checking a password of an unknown user costs one hash of a dummy hash, computed
+        # once: now, in a thread, rather than during the first such login (which would then
+        # cost two hashes, and tell that the user does not exist).
+        await self._run_in_thread(hasher.verify, "", None)
+        self.registry = Registry(
+            config=config,
+            store=self.store,
+            ca=ca,
+            signing_certificate=credentials.signing_certificate,
+            hasher=hasher,
+            clock=self.reactor,
+            run_in_thread=self._run_in_thread,
+            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor),
+            federated_domains=frozenset(self.federated_roots),
+        )
+        await self._bootstrap_admin()
+        # Each root certifies exactly the domain it is trusted for: ours only ours.
+        trust = TrustStore(anchors=[(settings.domain, ca.root_certificate), *self.federated_roots.items()])
+        for domain, root in sorted(self.federated_roots.items()):
+            log.info(
+                "Users of {domain} may look users up (their root CA {fingerprint})",
+                domain=domain,
+                fingerprint=keyfiles.format_fingerprint(keyfiles.fingerprint(root)),
+            )
+        self.factory = RegistryServerFactory(
+            self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
+        )
+        self.tls = ServerTLS(self._server_context(credentials))
+        gate.open(AdmittingTLSFactory(self.tls, False, self.factory))
+        for port in self.ports:
+            address = port.getHost()
+            log.info(
+                "IRP registry for {domain} listening on {host} port {port}",
+                domain=settings.domain,
+                host=getattr(address, "host", "?"),
+                port=getattr(address, "port", "?"),
+            )
+        log.info(
+            "CA root fingerprint: {fingerprint}",
+            fingerprint=keyfiles.format_fingerprint(ca.root_fingerprint),
+        )
+        self._start_loop(self._sweep, settings.sweep_interval)
+        # The baseline: later changes made through other processes end sessions here.
+        self._last_security_events = await self.store.security_generation()
+        self._start_loop(self._sync_generation, settings.sync_interval)
+        self._start_loop(self._daily_renewal, settings.renew_interval)
+        return self
+
+    @staticmethod
+    def _server_context(credentials: ServerCredentials) -> SSL.Context:
+        ca = credentials.ca
+        return make_server_context(
+            credentials.server_key,
+            credentials.server_certificate,
+            list(credentials.server_chain) or [ca.issuing_certificate],
+            client_ca_names=[ca.root_certificate],
+        )
+
+    async def _daily_renewal(self) -> None:
+        # A failure (a full disk, say) is logged and tried again the next day, rather
+        # than ending the loop.
+        try:
+            await self.renew_credentials()
+        except Exception:  # noqa: BLE001 - logged with its traceback
+            log.failure("Renewing the registry's certificates failed; trying again in a day")
+
+    async def renew_credentials(self, renew_before: timedelta = RENEW_BEFORE) -> None:
+        """Renew the server and record-signing certificates that end within
+        ``renew_before`` (the daily check), and put renewed ones to use.
+
+        A new server certificate serves new connections (open ones keep theirs); a new
+        record-signing certificate (for the same key) is served by ``ca-chain`` and signs
+        from now on. Another process of the domain may have renewed them already: what is
+        on disk is loaded either way.
+        """
+        assert self.credentials is not None and self.registry is not None and self.store is not None
+        settings = self.settings
+        old = self.credentials
+        loaded: ServerCredentials = await self._run_in_thread(
+            load_or_create_credentials,
+            settings.data_dir,
+            settings.domain,
+            settings.hostnames,
+            key_type=settings.key_type,
+            renew_before=renew_before,
+        )
+        # The CA in use stays (it is never renewed here; the same one is on disk).
+        new = self._given_tls(
+            ServerCredentials(old.ca, loaded.server_key, loaded.server_certificate, loaded.signing_key, loaded.signing_certificate)
+        )
+        if new.server_certificate != old.server_certificate:
+            if self.tls is not None:
+                self.tls.context = self._server_context(new)
+            log.info(
+                "Renewed the TLS server certificate; new connections get the one valid until {until}",
+                until=new.server_certificate.not_valid_after_utc.isoformat(),
+            )
+        if new.signing_certificate != old.signing_certificate:
+            self.store.signer = RecordSigner(new.signing_key, new.signing_certificate)
+            self.registry.signing_certificate = new.signing_certificate
+            log.info(
+                "Renewed the record-signing certificate, valid until {until}",
+                until=new.signing_certificate.not_valid_after_utc.isoformat(),
+            )
+        self.credentials = new
+
+    @property
+    def federated_roots(self) -> dict[str, x509.Certificate]:
+        """The federated domains' roots, by the one domain each is trusted for.
+
+        A root must state the domain it is trusted for (its ``O`` attribute), may not be
+        trusted for this registry's own domain, and may not be trusted for two domains.
+        """
+        roots: dict[str, x509.Certificate] = {}
+        for entry in self.settings.federated_roots:
+            if isinstance(entry, tuple):
+                stated, root = entry
+            else:
+                root = entry
+                names = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+                if not names:
+                    raise errors.InvalidArgument("a federated root CA names no domain (O attribute)")
+                stated = str(names[0].value)
+            try:
+                domain = check_anchor(root, stated)
+            except ValueError as problem:
+                raise errors.InvalidArgument(f"cannot trust a root CA for {stated}: {problem}") from None
+            if domain == self.settings.domain:
+                raise errors.InvalidArgument(
+                    f"{domain} is this registry's own domain: only its own root CA certifies its users"
+                )
+            if domain in roots and roots[domain] != root:
+                raise errors.InvalidArgument(f"two root CAs are given for {domain}")
+            if any(other == root and name != domain for name, other in roots.items()):
+                raise errors.InvalidArgument(f"the root CA of {domain} is also given for another domain")
+            roots[domain] = root
+        return roots
+
+    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
+        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+        root = self.federated_roots[domain]
+        server = self.settings.registries.get(domain)
+        if server is not None:
+            client = await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
+        else:
+            client = await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
+        try:
+            for info in await client.get_crls():
+                if info.issuer == "issuing":
+                    return info.crl
+            raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+        finally:
+            client.close()
+
+    def _run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
+
+    def _start_loop(self, function: Any, interval: float) -> None:
+        loop = LoopingCall(function)
+        loop.clock = self.reactor
+        finished = loop.start(interval, now=False)
+        finished.addErrback(lambda failure: log.failure("Housekeeping failed", failure))
+        self.loops.append(loop)
+
+    async def _bootstrap_admin(self) -> None:
+        """On first start, create an administrator with a random password in a 0600 file."""
+        assert self.registry is not None and self.store is not None
+        if await self.store.count_admins() > 0:
+            return
+        password = secrets.token_urlsafe(18)
+        username = self.settings.admin_username
+        try:
+            await self.registry.add_user(username, display_name="Administrator", is_admin=True, password=password)
+        except errors.Conflict:
+            return  # another process of this domain did it first
+        path = os.path.join(self.settings.data_dir, ADMIN_PASSWORD_FILE)
+        keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
+        log.warn(
+            "Created the administrator {user!r}; its password is in {path} (readable only by"
+            " this account). Log in, then change it with: irp admin set-password {user}",
+            user=username,
+            path=path,
+        )
+
+    async def _sweep(self) -> None:
+        assert self.store is not None
+        count = await self.store.expire_addresses()
+        if count:
+            log.debug("Expired {count} address records", count=count)
+
+    async def _sync_generation(self) -> None:
+        """Notice changes that may end sessions (revocations, new passwords, password
+        login and administrator changes, deleted users) made by other processes sharing
+        the database."""
+        assert self.store is not None and self.registry is not None
+        events = await self.store.security_generation()
+        if self._last_security_events is not None and events != self._last_security_events:
+            self.registry.security_changed()
+        self._last_security_events = events
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening and housekeeping, then close the database."""
+        super().stopService()
+        for loop in self.loops:
+            if loop.running:
+                loop.stop()
+        self.loops.clear()
+        stopping = [port.stopListening() for port in self.ports]
+        self.ports.clear()
+
+        async def finish() -> None:
+            for waiting in stopping:
+                if waiting is not None:
+                    await waiting
+            if self.store is not None:
+                self.store.close()
+
+        return Deferred.fromCoroutine(finish())

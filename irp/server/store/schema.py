@@ -1,0 +1,156 @@
+"""The registry's database schema, as numbered migrations.
+
+``MIGRATIONS[n]`` upgrades a database from version ``n`` to ``n + 1``. A new database runs
+them all; an old one runs only the missing ones, in one transaction each. Never edit a
+released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from common.db.dialect import Dialect
+
+MIGRATIONS: list[list[str]] = [
+    # 0 -> 1: the first schema.
+    [
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            display_name TEXT NOT NULL,
+            email TEXT NOT NULL,
+            attributes TEXT NOT NULL,
+            is_admin INTEGER NOT NULL,
+            password_hash TEXT,
+            password_login INTEGER NOT NULL,
+            created_at {BIGINT} NOT NULL,
+            updated_at {BIGINT} NOT NULL,
+            record_seq {BIGINT} NOT NULL,
+            record_signed_at {BIGINT} NOT NULL,
+            record_signature {BLOB} NOT NULL
+        )""",
+        """CREATE TABLE addresses (
+            username TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            presence TEXT NOT NULL,
+            endpoints TEXT NOT NULL,
+            expires_at {BIGINT} NOT NULL,
+            seq {BIGINT} NOT NULL,
+            signed_at {BIGINT} NOT NULL,
+            signature {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX addresses_expiry ON addresses (expires_at)",
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL UNIQUE,
+            username TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            not_before {BIGINT} NOT NULL,
+            not_after {BIGINT} NOT NULL,
+            issued_at {BIGINT} NOT NULL,
+            revoked_at {BIGINT},
+            revocation_reason TEXT,
+            der {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX certificates_by_user ON certificates (username, issued_at)",
+        "CREATE INDEX certificates_revoked ON certificates (revoked_at)",
+        """CREATE TABLE pkcs12_files (
+            id {ID_PK},
+            username TEXT NOT NULL,
+            label TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            certificate_serial TEXT,
+            created_at {BIGINT} NOT NULL,
+            data {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX pkcs12_by_user ON pkcs12_files (username)",
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value {BIGINT} NOT NULL
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('crl_number', 0)",
+        "INSERT INTO counters (name, value) VALUES ('revocations', 0)",
+        """CREATE TABLE crls (
+            issuer TEXT PRIMARY KEY,
+            crl_number {BIGINT} NOT NULL,
+            revocations {BIGINT} NOT NULL,
+            next_update {BIGINT} NOT NULL,
+            der {BLOB} NOT NULL
+        )""",
+    ],
+    # 1 -> 2: a counter of everything that may end sessions (revocations, password and
+    # password-login changes, administrator changes, deleted users), which registry
+    # processes sharing the database watch; and a password version that only a new
+    # password changes (not a rehash of the same password with stronger parameters).
+    [
+        "INSERT INTO counters (name, value) VALUES ('security_events', 0)",
+        "ALTER TABLE users ADD COLUMN password_version {BIGINT} NOT NULL DEFAULT 0",
+    ],
+    # 2 -> 3: a partial index of the address records that still list addresses, so the
+    # periodic sweep of expired ones reads those only (not every offline user).
+    [
+        "CREATE INDEX addresses_live ON addresses (expires_at)"
+        " WHERE endpoints <> '[]' OR presence <> 'offline'",
+    ],
+    # 3 -> 4: serial numbers are unique per issuer only. Certificates are keyed by their
+    # fingerprint; a serial is unique among the certificates this registry's CA issued
+    # (a partial unique index), so uploaded certificates of other issuers may share a
+    # serial with each other or with ours.
+    [
+        """CREATE TABLE certificates_v4 (
+            fingerprint TEXT PRIMARY KEY,
+            serial TEXT NOT NULL,
+            username TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            not_before {BIGINT} NOT NULL,
+            not_after {BIGINT} NOT NULL,
+            issued_at {BIGINT} NOT NULL,
+            revoked_at {BIGINT},
+            revocation_reason TEXT,
+            der {BLOB} NOT NULL
+        )""",
+        "INSERT INTO certificates_v4 (fingerprint, serial, username, origin, not_before, not_after,"
+        " issued_at, revoked_at, revocation_reason, der)"
+        " SELECT fingerprint, serial, username, origin, not_before, not_after, issued_at, revoked_at,"
+        " revocation_reason, der FROM certificates",
+        "DROP TABLE certificates",
+        "ALTER TABLE certificates_v4 RENAME TO certificates",
+        "CREATE UNIQUE INDEX certificates_issued_serial ON certificates (serial) WHERE origin = 'issued'",
+        "CREATE INDEX certificates_by_user ON certificates (username, issued_at)",
+        "CREATE INDEX certificates_revoked ON certificates (revoked_at)",
+    ],
+]
+
+#: The version a fully upgraded database has.
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def upgrade_schema(
+    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str]], *, lock_key: int = 4604
+) -> int:
+    """Bring a database to ``len(migrations)`` inside the caller's transaction.
+
+    Takes the write lock first (SQLite ``BEGIN IMMEDIATE``; a PostgreSQL advisory lock on
+    ``lock_key``) so that concurrent upgraders of one database run one after the other.
+    Returns the version now in use; refuses a database newer than this software.
+    """
+    if dialect.begin_write:
+        txn.execute(dialect.begin_write)
+    else:
+        txn.execute(dialect.sql("SELECT pg_advisory_xact_lock(?)"), (lock_key,))
+    txn.execute(dialect.sql("CREATE TABLE IF NOT EXISTS schema_version (version {BIGINT} NOT NULL)"))
+    txn.execute("SELECT version FROM schema_version")
+    row = txn.fetchone()
+    version = 0 if row is None else int(row[0])
+    if row is None:
+        txn.execute("INSERT INTO schema_version (version) VALUES (0)")
+    latest = len(migrations)
+    if version > latest:
+        raise RuntimeError(
+            f"the database has schema version {version}, newer than this software ({latest});"
+            " upgrade the software"
+        )
+    for number in range(version, latest):
+        for statement in migrations[number]:
+            txn.execute(dialect.sql(statement))
+        txn.execute(dialect.sql("UPDATE schema_version SET version = ?"), (number + 1,))
+    return latest

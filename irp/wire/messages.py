@@ -1,0 +1,327 @@
+"""IRP message envelopes and field access (sans-I/O).
+
+Requests:  ``<request v="1" id="7"><lookup user="bob"/></request>``
+Responses: ``<response v="1" id="7" status="ok">...</response>`` or, on failure,
+``<response v="1" id="7" status="error"><error code="404" name="not-found">...</error></response>``.
+
+Errors become wire messages only in :func:`error_response`; the client turns them back into
+exceptions only in :func:`parse_response`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from common.wire.xmlcodec import (
+    MAX_ELEMENTS,
+    Element,
+    XMLRejected,
+    make_element,
+    parse_document,
+    serialize,
+)
+from irp import errors
+
+#: Callables given every serialised message (tests use this to check each message against
+#: the schema). Empty in production, where it costs one truth test per message.
+message_observers: list[Callable[[bytes], None]] = []
+
+PROTOCOL_VERSION = "1"
+SUPPORTED_VERSIONS = ("1",)
+MAX_REQUEST_ID = 2**31 - 1
+#: The most elements a response may hold. The largest answer the protocol defines is a
+#: full ``list-users`` page: 200 ``<user>`` entries of up to 1 + 32 elements each (the
+#: entry and its attributes), plus ``<users>`` and ``<response>``: 6 602 elements. Lists of
+#: certificates grow with revoked ones; the cap leaves room for ten times as much, and
+#: bounds what a (16 MiB) response can cost to parse.
+MAX_RESPONSE_ELEMENTS = 65536
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed request: its id, operation name and operation element."""
+
+    id: int
+    operation: str
+    element: Element
+
+
+@dataclass(frozen=True)
+class Response:
+    """A parsed successful response: its id and result elements."""
+
+    id: int
+    results: list[Element]
+
+    def single(self, tag: str) -> Element:
+        """Return the one result element, which must be named ``tag``."""
+        if len(self.results) != 1 or self.results[0].tag != tag:
+            found = ", ".join(element.tag for element in self.results) or "nothing"
+            raise errors.BadRequest(f"expected a <{tag}> answer, got {found}")
+        return self.results[0]
+
+
+def _observed(payload: bytes) -> bytes:
+    if message_observers:
+        for observer in message_observers:
+            observer(payload)
+    return payload
+
+
+def parse_decimal(text: str, max_digits: int) -> int | None:
+    """The value of a wire integer, or None when ``text`` is not one.
+
+    The one integer parser of IRP: 1 to ``max_digits`` ASCII digits, without sign, white
+    space or leading zeros (``0`` itself is the only integer starting with ``0``).
+    ``str.isdigit`` alone would also accept digits of other scripts and superscripts, such
+    as ``"\u0663"`` and ``"\u00b2"``, which ``int`` either refuses or reads.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    if text[0] == "0" and len(text) > 1:
+        return None
+    return int(text)
+
+
+def is_decimal(text: str, max_digits: int) -> bool:
+    """True if ``text`` is a wire integer of at most ``max_digits`` digits (see
+    :func:`parse_decimal`)."""
+    return parse_decimal(text, max_digits) is not None
+
+
+def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:
+    """Parse untrusted bytes, turning codec failures into IRP errors."""
+    try:
+        return parse_document(payload, max_elements=max_elements)
+    except XMLRejected as error:
+        if error.forbidden:
+            raise errors.ForbiddenMarkup(str(error)) from None
+        raise errors.MalformedMessage(str(error)) from None
+
+
+def _check_version(root: Element) -> None:
+    version = root.get("v")
+    if version not in SUPPORTED_VERSIONS:
+        raise errors.UnsupportedVersion(
+            f"protocol version {version!r} is not supported; this side speaks {', '.join(SUPPORTED_VERSIONS)}"
+        )
+
+
+def _message_id(root: Element) -> int | None:
+    """The envelope's id, or None when it is missing or not an integer 0 to 2**31-1."""
+    number = parse_decimal(root.get("id", ""), 10)
+    return None if number is None or number > MAX_REQUEST_ID else number
+
+
+def request_id_of(error: errors.IRPError) -> int:
+    """The id of the request (or response) an error raised while parsing it belongs to;
+    0 when the error concerns the connection (the id could not be read)."""
+    return int(getattr(error, "request_id", 0))
+
+
+def _check_text(element: Element) -> None:
+    """Refuse text (other than white space) directly inside ``element``."""
+    text = element.text
+    if text and not text.isspace():
+        raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
+    for child in element:
+        tail = child.tail
+        if tail and not tail.isspace():
+            raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
+
+
+def parse_request(payload: bytes) -> Request:
+    """Parse one request frame.
+
+    A refused request whose id could be read is a non-fatal error that carries the id in
+    ``request_id`` (see :func:`request_id_of`), so that it is answered like any other. A
+    document whose id cannot be read (not a ``<request>``, no id, or one that is not an
+    integer from 1 to 2**31-1) is a fatal ``malformed-message``: its answer could not be
+    matched to a request, and id 0 on the wire always means the connection is ending.
+    """
+    root = parse_xml(payload)
+    if root.tag != "request":
+        raise errors.MalformedMessage(f"expected a <request> document, got <{root.tag}>")
+    _check_version(root)
+    request_id = _message_id(root)
+    if not request_id:
+        raise errors.MalformedMessage("the request has no usable id (an integer from 1 to 2147483647)")
+    try:
+        for name in root.keys():
+            if name not in {"v", "id"}:
+                raise errors.BadRequest(f"unknown attribute {name!r} on <request>")
+        children = list(root)
+        if len(children) != 1:
+            raise errors.BadRequest("a request holds exactly one operation element")
+        _check_text(root)
+    except errors.IRPError as error:
+        error.request_id = request_id  # type: ignore[attr-defined]
+        raise
+    return Request(request_id, children[0].tag, children[0])
+
+
+def build_request(request_id: int, operation: Element) -> bytes:
+    """Serialise a request envelope around ``operation``."""
+    root = make_element("request", {"v": PROTOCOL_VERSION, "id": str(request_id)})
+    root.append(operation)
+    return _observed(serialize(root))
+
+
+#: A result: an element, or one already serialised (a cached answer).
+Result = Element | bytes
+
+
+def ok_response(request_id: int, results: Iterable[Result]) -> bytes:
+    """Serialise a successful response."""
+    parts = [part if isinstance(part, bytes) else serialize(part) for part in results]
+    if not parts:
+        return _observed(f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii"))
+    head = f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok">'.encode("ascii")
+    return _observed(b"".join((head, *parts, b"</response>")))
+
+
+def error_response(request_id: int, error: errors.IRPError) -> bytes:
+    """Serialise an error response: the one place errors become wire messages."""
+    root = make_element(
+        "response", {"v": PROTOCOL_VERSION, "id": str(request_id), "status": "error"}
+    )
+    detail = make_element("error", {"code": str(error.code), "name": error.name}, error.message)
+    root.append(detail)
+    return _observed(serialize(root))
+
+
+def parse_response(payload: bytes) -> Response:
+    """Parse a response frame; an error response raises the matching IRPError.
+
+    The raised error carries the response id in ``request_id`` (see :func:`request_id_of`;
+    0 when the id could not be read). Responses may hold up to
+    :data:`MAX_RESPONSE_ELEMENTS` elements.
+    """
+    root = parse_xml(payload, MAX_RESPONSE_ELEMENTS)
+    if root.tag != "response":
+        raise errors.BadRequest(f"expected a <response> document, got <{root.tag}>")
+    _check_version(root)
+    response_id = _message_id(root)
+    if response_id is None:
+        raise errors.BadRequest("the id attribute must be an integer from 0 to 2147483647")
+    try:
+        status = root.get("status")
+        # The result elements are the caller's to check; the envelope holds nothing else.
+        check_fields(root, ("v", "id", "status"), [child.tag for child in root])
+        if status == "ok":
+            return Response(response_id, list(root))
+        if status != "error":
+            raise errors.BadRequest(f"unknown response status {status!r}")
+        if len(root) != 1 or root[0].tag != "error":
+            raise errors.BadRequest("an error response holds exactly one <error> element")
+        detail = root[0]
+        check_fields(detail, ("code", "name"), text=True)
+        code = detail.get("code", "500")
+        name = detail.get("name", "internal-error")
+        cls = errors.error_class_for(name, parse_decimal(code, 3) or 500)
+        failure = cls(detail.text or None)
+    except errors.IRPError as error:
+        error.request_id = response_id  # type: ignore[attr-defined]
+        raise
+    failure.request_id = response_id  # type: ignore[attr-defined]
+    raise failure
+
+
+# -- strict field access ------------------------------------------------------------
+
+
+def check_fields(
+    element: Element, attributes: Sequence[str] = (), children: Sequence[str] = (), *, text: bool = False
+) -> None:
+    """Refuse attributes and child elements other than those named, and text (other than
+    white space between elements) unless ``text`` is true."""
+    for name in element.keys():
+        if name not in attributes:
+            raise errors.BadRequest(f"unknown attribute {name!r} on <{element.tag}>")
+    for child in element:
+        if child.tag not in children:
+            raise errors.BadRequest(f"unknown element <{child.tag}> in <{element.tag}>")
+    if not text:
+        _check_text(element)
+
+
+def required(element: Element, name: str) -> str:
+    """Return a required attribute."""
+    value = element.get(name)
+    if value is None:
+        raise errors.BadRequest(f"<{element.tag}> needs a {name!r} attribute")
+    return value
+
+
+def optional_int(element: Element, name: str, default: int, low: int, high: int) -> int:
+    """Return an integer attribute within [low, high], or ``default`` when absent."""
+    value = element.get(name)
+    if value is None:
+        return default
+    number = parse_decimal(value, 12)
+    if number is None:
+        raise errors.BadRequest(f"{name!r} must be a non-negative integer in decimal, without leading zeros")
+    if not low <= number <= high:
+        raise errors.InvalidArgument(f"{name!r} must be between {low} and {high}")
+    return number
+
+
+def optional_bool(element: Element, name: str, default: bool | None = None) -> bool | None:
+    """Return a boolean attribute (``true``/``false``), or ``default`` when absent."""
+    value = element.get(name)
+    if value is None:
+        return default
+    if value not in ("true", "false"):
+        raise errors.BadRequest(f"{name!r} must be 'true' or 'false'")
+    return value == "true"
+
+
+def bool_text(value: bool) -> str:
+    """The wire form of a boolean."""
+    return "true" if value else "false"
+
+
+def child_text(element: Element, tag: str, *, required_child: bool = True, limit: int = 65536) -> str | None:
+    """Return the text of the single child ``tag``, which has no attributes or elements.
+
+    Text longer than ``limit`` characters is an ``invalid-argument`` error: a field's limit
+    is not the frame's (only a frame over the size limit ends the connection).
+    """
+    found = element.findall(tag)
+    if not found:
+        if required_child:
+            raise errors.BadRequest(f"<{element.tag}> needs a <{tag}> element")
+        return None
+    if len(found) > 1:
+        raise errors.BadRequest(f"<{element.tag}> has more than one <{tag}>")
+    child = found[0]
+    check_fields(child, text=True)
+    text = child.text or ""
+    if len(text) > limit:
+        raise errors.InvalidArgument(f"<{tag}> is longer than {limit} characters")
+    return text
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """Decode strict base64 (whitespace allowed between lines)."""
+    compact = "".join(text.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.BadRequest(f"{what} is not valid base64") from None
+
+
+def encode_base64(data: bytes) -> str:
+    """Encode bytes as base64 text."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def parse_serial(text: str) -> int:
+    """Parse a certificate serial number in hex."""
+    cleaned = text.lower().replace(":", "")
+    if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise errors.BadRequest(f"{text!r} is not a hexadecimal serial number")
+    return int(cleaned, 16)

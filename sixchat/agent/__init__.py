@@ -1,0 +1,1 @@
+"""sixchat.agent.service."""
