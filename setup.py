@@ -1,5 +1,10 @@
-"""Setuptools entry point; all metadata lives in setup.cfg."""
+"""Setuptools entry point; the metadata lives in setup.cfg.
 
-from setuptools import setup
+The packages are found here rather than listed: every package under ``common``, ``irp`` and
+``sixchat`` ships, plus ``twisted.plugins`` (the twistd plugin folder, which must not have an
+``__init__.py``, so discovery cannot see it).
+"""
 
-setup()
+from setuptools import find_packages, setup
+
+setup(packages=[*find_packages(include=["common", "common.*", "irp", "irp.*", "sixchat", "sixchat.*"]), "twisted.plugins"])
