@@ -1,1 +1,1 @@
-"""tools."""
+"""Developer tools kept outside the installed package (the known-answer vector generator)."""

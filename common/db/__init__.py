@@ -1,1 +1,1 @@
-"""common.db."""
+"""Databases: SQL dialects (SQLite, PostgreSQL), connection pools and numbered migrations."""

@@ -1,1 +1,1 @@
-"""common.wire."""
+"""Wire building blocks: the length-prefixed frame decoder and hardened XML."""

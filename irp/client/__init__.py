@@ -1,1 +1,1 @@
-"""irp.client.api."""
+"""IRP's client: the client protocol, typed operations and connecting (with SRV discovery)."""

@@ -1,1 +1,1 @@
-"""sixchat.wire."""
+"""SixChat's wire format: handshake and application messages (XML)."""
