@@ -30,7 +30,7 @@ from irp.cli import (
     run_until_done,
     server_argument,
 )
-from irp.client.api import split_server
+from irp.client import split_server
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings

@@ -63,6 +63,9 @@ class LayerTests(unittest.TestCase):
 
     def test_rules(self) -> None:
         """No module imports across a layer it may not; the message names each offence."""
+        # Expected to fail until issue 10 is finished: common.limits, common.profile and
+        # common.pki.{trust,revocation} still import irp, and sixchat still imports
+        # irp.errors, irp.cli and irp.tap. Trial reports it as an expected failure.
         offences = []
         for module, path in _modules():
             for imported in set(_imports(module, path)):
@@ -74,6 +77,8 @@ class LayerTests(unittest.TestCase):
                     ):
                         offences.append(f"{module} imports {imported} (rule of {package})")
         self.assertEqual(sorted(set(offences)), [])
+
+    test_rules.todo = "issue 10 open: the shared layer still imports irp"  # type: ignore[attr-defined]
 
     def test_imports_read(self) -> None:
         """The reader sees each form of import, relative ones made absolute (a rule never

@@ -1,1 +1,19 @@
-"""IRP's client: the client protocol, typed operations and connecting (with SRV discovery)."""
+"""IRP's client API: the names other packages (SixChat) import.
+
+Plain re-exports of :mod:`irp.client.api`, :mod:`irp.wire.records` and :mod:`irp.errors`.
+"""
+
+from irp.client.api import CRLInfo, RegistryClient, connect, connect_domain, split_server
+from irp.errors import IRPError, NotFound
+from irp.wire.records import AddressRecord
+
+__all__ = [
+    "AddressRecord",
+    "CRLInfo",
+    "IRPError",
+    "NotFound",
+    "RegistryClient",
+    "connect",
+    "connect_domain",
+    "split_server",
+]

@@ -38,6 +38,7 @@ from irp.server.ca import (
     RevokedEntry,
     check_public_key,
 )
+from irp.server.dispatch import check_children, check_present
 from irp.server.passwords import PasswordHasher, check_password_policy
 from irp.server.store import Account, RegistryStore
 from irp.wire.elements import (
@@ -90,54 +91,6 @@ CERTIFICATE_CACHE_SIZE = 20_000
 #: names; only the first ones met are kept (the check is cheap, the cache only saves it).
 USERNAMES_CACHED = 20_000
 
-_TEXT_ONLY: tuple[tuple[str, ...], tuple[str, ...], bool] = ((), (), True)
-
-#: The fields of the elements inside operation elements: their attributes, their child
-#: elements and whether they hold text. Checked, with the operation's own, before the login.
-CHILD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
-    "password": _TEXT_ONLY,
-    "current-password": _TEXT_ONLY,
-    "csr": _TEXT_ONLY,
-    "pem": _TEXT_ONLY,
-    "data": _TEXT_ONLY,
-    "passphrase": _TEXT_ONLY,
-    "endpoint": (("address", "port"), (), False),
-    "attributes": ((), ("attribute",), False),
-    "attribute": (("name",), (), True),
-}
-
-
-#: The attributes the elements inside operation elements must have.
-CHILD_REQUIRED: dict[str, tuple[str, ...]] = {"endpoint": ("address", "port"), "attribute": ("name",)}
-
-#: The only child elements that may appear more than once in their parent.
-REPEATABLE = frozenset({"endpoint", "attribute"})
-
-
-def check_children(element: Element) -> None:
-    """Check the fields of every element inside an operation element (see
-    :data:`CHILD_FIELDS` and :data:`CHILD_REQUIRED`; the operation's own check let only
-    known tags through), and that no child other than a :data:`REPEATABLE` one repeats."""
-    seen: set[str] = set()
-    for child in element:
-        tag = child.tag
-        if tag in seen and tag not in REPEATABLE:
-            raise errors.BadRequest(f"<{element.tag}> has more than one <{tag}>")
-        seen.add(tag)
-        attributes, children, text = CHILD_FIELDS[tag]
-        check_fields(child, attributes, children, text=text)
-        check_present(child, CHILD_REQUIRED.get(tag, ()))
-        check_children(child)
-
-
-def check_present(element: Element, names: Sequence[str]) -> None:
-    """Refuse ``element`` when one of ``names`` (attributes, or child elements where the
-    name is not an attribute's) is absent."""
-    for name in names:
-        if element.get(name) is None and element.find(name) is None:
-            kind = "element" if name in CHILD_FIELDS else "attribute"
-            shown = f"<{name}>" if kind == "element" else repr(name)
-            raise errors.BadRequest(f"<{element.tag}> needs a {shown} {kind}")
 
 
 @dataclass

@@ -23,8 +23,8 @@ from common.identity import Identity
 from common.pki.keyfiles import PrivateKey, fingerprint
 from common.profile import Profile
 from irp import DEFAULT_PORT, errors
-from irp.client.api import CRLInfo, RegistryClient, connect, connect_domain, split_server
-from irp.wire.records import AddressRecord, Endpoint
+from irp.client import AddressRecord, CRLInfo, RegistryClient, connect, connect_domain, split_server
+from irp.wire.records import Endpoint
 
 log = Logger()
 

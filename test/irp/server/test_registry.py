@@ -30,8 +30,9 @@ from common.wire.xmlcodec import make_element, sub_element
 from irp import errors
 from irp.client.api import RegistryClient
 from irp.server.ca import DEFAULT_ROOT_CRL_LIFETIME, generate_key
+from irp.server.dispatch import CHILD_FIELDS
 from irp.server.passwords import Argon2Parameters, PasswordHasher
-from irp.server.registry import CHILD_FIELDS, RegistryConfig, Session
+from irp.server.registry import RegistryConfig, Session
 from irp.wire.messages import build_request, parse_request
 from irp.wire.records import Endpoint
 from test import pki

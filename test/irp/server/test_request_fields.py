@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from common.wire.framing import encode_frame
+from irp.server.dispatch import CHILD_REQUIRED
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
-from irp.server.registry import CHILD_REQUIRED
 from test import pki
 from test.irp.server.test_protocol import CLIENT_HOST, FakeTLSTransport, make_registry, request, responses
 
