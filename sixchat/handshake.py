@@ -42,7 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import (
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.keyfiles import parse_fingerprint
-from common.wire.framing import HEADER, HEADER_SIZE, encode_frame
+from common.wire.framing import (
+    HEADER_SIZE,
+    EmptyFrame,
+    FrameDecoder,
+    FrameError,
+    FrameTooLarge,
+    encode_frame,
+)
 from sixchat import errors
 from sixchat.keyschedule import (
     ITEM_CERTIFICATE,
@@ -356,12 +363,11 @@ class Handshake:
         self._entropy = entropy
         self._ephemeral = ephemeral
         self._encapsulate = mlkem_encapsulate or _encapsulate
-        self._max_frame = max_frame
         self._limits = record_limits or RecordLimits()
         self._trace = trace
         self.state = State.START if role is Role.INITIATOR else State.WAIT_HELLO
         self._channel = _Channel.CLEAR
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(max_frame)
         self._transcript = Transcript()
         self._schedule: KeySchedule | None = None
         self._send_handshake: TrafficProtection | None = None
@@ -399,14 +405,14 @@ class Handshake:
         """
         self._check_alive()
         events: list[HandshakeEvent] = []
-        self._buffer += data
         try:
+            self._frames.append(data)
             while self.state in _FRAME_STATES:
                 frame = self._next_frame()
                 if frame is None:
                     break
                 events.extend(self._handle_frame(frame))
-            if self.state is State.WAIT_VERDICT and len(self._buffer) > self._limits.max_pending:
+            if self.state is State.WAIT_VERDICT and self._frames.pending > self._limits.max_pending:
                 raise errors.MessageTooLarge(
                     "too much data arrived before the peer was accepted"
                 )
@@ -472,21 +478,18 @@ class Handshake:
         return value
 
     def _next_frame(self) -> bytes | None:
-        buffer = self._buffer
-        if len(buffer) < HEADER_SIZE:
-            return None
-        (length,) = HEADER.unpack_from(buffer)
-        if length == 0:
-            raise errors.MalformedMessage("empty frame")
-        if length > self._max_frame:
+        """The next whole frame (length prefix included), or None until one is complete."""
+        try:
+            payload = self._frames.next_frame()
+        except EmptyFrame:
+            raise errors.MalformedMessage("empty frame") from None
+        except FrameTooLarge as error:
             raise errors.MessageTooLarge(
-                f"a handshake frame of {length} bytes exceeds {self._max_frame} bytes"
-            )
-        if len(buffer) < HEADER_SIZE + length:
-            return None
-        frame = bytes(buffer[: HEADER_SIZE + length])
-        del buffer[: HEADER_SIZE + length]
-        return frame
+                f"a handshake frame of {error.length} bytes exceeds {error.cap} bytes"
+            ) from None
+        except FrameError as error:  # pragma: no cover - the two above are all there are
+            raise errors.MalformedMessage(str(error)) from None
+        return None if payload is None else encode_frame(payload)
 
     def _handle_frame(self, frame: bytes) -> list[HandshakeEvent]:
         message = messages.parse_handshake_frame(frame[HEADER_SIZE:])
@@ -539,7 +542,7 @@ class Handshake:
         self._send_handshake_secret = self._receive_handshake_secret = b""
         self._application = None
         self._ephemeral = None
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(self._frames.max_frame)
 
     # -- key agreement ------------------------------------------------------------------
 
@@ -709,9 +712,7 @@ class Handshake:
     def _transition_to_complete(self) -> bytes:
         """Move to COMPLETE; returns the bytes received meanwhile."""
         self._transition("accept")
-        leftover = bytes(self._buffer)
-        self._buffer = bytearray()
-        return leftover
+        return self._frames.take_pending()
 
     def _complete(self, leftover: bytes) -> HandshakeComplete:
         assert self._application is not None and self._peer is not None

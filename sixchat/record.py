@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.identity import Identity
+from common.wire.framing import EmptyFrame, FrameDecoder, FrameError, FrameTooLarge
 from common.wire.xmlcodec import serialize
 from sixchat import errors
 from sixchat.keyschedule import (
@@ -245,7 +246,7 @@ class Session:
         self._receiving = TrafficProtection(receive_secret, self._limits)
         self._exporter_secret = exporter_secret
         self._trace = trace
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(MAX_RECORD_PAYLOAD)
         self._records_received = 0
         self.send_epoch = 0
         self.receive_epoch = 0
@@ -384,55 +385,47 @@ class Session:
             raise
 
     def _receive_bytes(self, data: bytes, events: list[SessionEvent]) -> list[SessionEvent]:
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            consumed = self._process(buffer, events)
-            del buffer[:consumed]
-        else:
-            consumed = self._process(data, events)
-            if consumed < len(data):
-                buffer += memoryview(data)[consumed:]
-        return events
-
-    def _process(self, source: bytes | bytearray, events: list[SessionEvent]) -> int:
-        """Handle every complete frame in ``source``; returns the bytes consumed."""
-        offset = 0
-        end = len(source)
-        while end - offset >= 4 and not self._ended:
-            (length,) = _LENGTH.unpack_from(source, offset)
-            if length > MAX_RECORD_PAYLOAD:
-                raise errors.MessageTooLarge(
-                    f"a record of {length} bytes exceeds {MAX_RECORD_PAYLOAD} bytes"
-                )
-            if end - offset - 4 < length:
-                break
+        """Handle every complete frame in ``data`` (and the bytes kept from before)."""
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as error:
+            raise self._frame_error(error) from None
+        for frame in frames:
+            if self._ended:
+                return events
             if self.received_close:
                 raise errors.UnexpectedMessage("a record arrived after the peer's close")
-            self._handle_frame(source, offset, length, events)
-            offset += 4 + length
-        return offset
+            self._handle_frame(frame, events)
+        if self._frames.error is not None and not self._ended:
+            raise self._frame_error(self._frames.error)
+        return events
 
-    def _handle_frame(
-        self, source: bytes | bytearray, offset: int, length: int, events: list[SessionEvent]
-    ) -> None:
+    def _frame_error(self, error: FrameError) -> errors.SixChatError:
+        """The session error for a frame header that breaks the rules."""
+        if isinstance(error, FrameTooLarge):
+            return errors.MessageTooLarge(
+                f"a record of {error.length} bytes exceeds {MAX_RECORD_PAYLOAD} bytes"
+            )
+        if isinstance(error, EmptyFrame) and self.received_close:
+            return errors.UnexpectedMessage("a record arrived after the peer's close")
+        return errors.MalformedMessage("empty frame")
+
+    def _handle_frame(self, frame: bytes, events: list[SessionEvent]) -> None:
+        """Handle one frame payload (the record type byte and what follows it)."""
         first = self._records_received == 0
         self._records_received += 1
-        if length == 0:
-            raise errors.MalformedMessage("empty frame")
-        record_type = source[offset + 4]
+        record_type = frame[0]
         if record_type != RECORD_TYPE:
             if first and record_type == _CLEAR_ALERT_START:
                 # The responder could not read our last handshake message: its alert is
                 # in clear (unauthenticated; it can only end the session).
-                error = messages.parse_alert(bytes(source[offset + 4 : offset + 4 + length]))
+                error = messages.parse_alert(frame)
                 error.message = f"{error.message} (unauthenticated alert)"
                 raise error
             raise errors.MalformedMessage("not an encrypted record")
-        if length < MIN_RECORD_PAYLOAD:
+        if len(frame) < MIN_RECORD_PAYLOAD:
             raise errors.MalformedMessage("record too short")
-        with memoryview(source) as view:
-            plaintext = self._open(view, offset, length)
+        plaintext = self._open(frame)
         inner_type = plaintext[0]
         if inner_type == InnerType.DATA:
             events.append(DataReceived(plaintext[1:]))
@@ -454,7 +447,8 @@ class Session:
         else:
             raise errors.MalformedMessage(f"unknown record content type {inner_type}")
 
-    def _open(self, view: memoryview, offset: int, length: int) -> bytes:
-        return self._receiving.open(
-            view[offset + HEADER_SIZE : offset + 4 + length], view[offset : offset + HEADER_SIZE]
-        )
+    def _open(self, frame: bytes) -> bytes:
+        """Decrypt one record; the additional data is its length prefix and type byte."""
+        associated_data = _LENGTH.pack(len(frame)) + frame[:1]
+        with memoryview(frame) as view:
+            return self._receiving.open(view[1:], associated_data)
