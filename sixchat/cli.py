@@ -257,14 +257,8 @@ async def cmd_send(ctx: ChatContext) -> int:
         show(f"Queued message {result['id']} for {who}.")
         return 0
 
-    def give_up() -> None:
-        if not outcome.called:
-            outcome.callback({"event": "timeout"})
-
-    timer = ctx.reactor.callLater(ctx.args.wait, give_up)
+    outcome.addTimeout(ctx.args.wait, ctx.reactor, onTimeoutCancel=lambda _result, _timeout: {"event": "timeout"})
     data = await outcome
-    if timer.active():
-        timer.cancel()
     if data["event"] == "receipt":
         show(f"Delivered to {who}.")
         return 0
