@@ -35,7 +35,7 @@ from common.pki.trust import TrustStore, check_anchor
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
 from common.wire.framing import encode_frame
-from irp import errors as irp_errors
+from irp.client import IRPError
 from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
@@ -228,7 +228,7 @@ class Agent(service.Service):
         started.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
-        if failure.check(irp_errors.IRPError, errors.SixChatError, ProfileError, KeyFileError, CannotListenError, OSError, ValueError):
+        if failure.check(IRPError, errors.SixChatError, ProfileError, KeyFileError, CannotListenError, OSError, ValueError):
             log.critical("The agent could not start: {why}", why=str(failure.value))
         else:
             log.failure("The agent could not start", failure)
@@ -308,7 +308,7 @@ class Agent(service.Service):
         endpoints = self.advertised if presence != "offline" else []
         try:
             await self.directory.register(endpoints, presence, self.settings.register_ttl)
-        except irp_errors.IRPError as error:
+        except IRPError as error:
             why = error.message
         except Exception as error:  # noqa: BLE001 - any failure to reach the registry
             why = f"cannot reach the registry ({error.__class__.__name__}: {error})"
@@ -387,7 +387,7 @@ class Agent(service.Service):
         return message
 
     def _log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
-        if not failure.check(errors.SixChatError, irp_errors.IRPError, OSError):
+        if not failure.check(errors.SixChatError, IRPError, OSError):
             log.failure("Delivery to {peer} failed", failure, peer=str(peer))
         error = failure.value
         assert error is not None
@@ -492,7 +492,7 @@ class Agent(service.Service):
             assert self.directory is not None and self.store is not None
             try:
                 record = await self.directory.lookup(peer)
-            except (irp_errors.IRPError, errors.SixChatError, OSError) as error:
+            except (IRPError, errors.SixChatError, OSError) as error:
                 log.debug("No presence for {peer}: {error}", peer=str(peer), error=str(error))
                 return
             current = record.is_current(self.clock.seconds()) and record.endpoints
@@ -623,7 +623,7 @@ class Agent(service.Service):
         async def guarded() -> None:
             try:
                 await check()
-            except irp_errors.IRPError as error:
+            except IRPError as error:
                 raise errors.PeerRejected(f"cannot check {identity}: {error.message}", reason="untrusted-ca") from None
 
         return Deferred.fromCoroutine(guarded())
