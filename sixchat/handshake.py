@@ -68,7 +68,7 @@ from sixchat.record import (
     TrafficProtection,
     certificate_fingerprint,
 )
-from sixchat.wire import messages
+from sixchat.wire import handshake as wire
 
 #: The largest handshake frame payload accepted by default.
 MAX_HANDSHAKE_FRAME: Final = 32 * 1024
@@ -388,7 +388,7 @@ class Handshake:
         if self._ephemeral is None:
             self._ephemeral = EphemeralKeys.generate(Role.INITIATOR)
         assert self._ephemeral.mlkem is not None and self._expected_peer is not None
-        hello = messages.Hello(
+        hello = wire.Hello(
             to=self._expected_peer,
             random=self._random_bytes(),
             x25519_key=self._ephemeral.x25519.public_key().public_bytes_raw(),
@@ -472,8 +472,8 @@ class Handshake:
         self.state = next_state
 
     def _random_bytes(self) -> bytes:
-        value = self._entropy(messages.RANDOM_LENGTH)
-        if len(value) != messages.RANDOM_LENGTH:
+        value = self._entropy(wire.RANDOM_LENGTH)
+        if len(value) != wire.RANDOM_LENGTH:
             raise ValueError("the entropy source returned the wrong length")
         return value
 
@@ -492,24 +492,24 @@ class Handshake:
         return None if payload is None else encode_frame(payload)
 
     def _handle_frame(self, frame: bytes) -> list[HandshakeEvent]:
-        message = messages.parse_handshake_frame(frame[HEADER_SIZE:])
+        message = wire.parse_handshake_frame(frame[HEADER_SIZE:])
         kind = type(message).__name__
         self._transition(kind)
-        if isinstance(message, messages.Hello):
+        if isinstance(message, wire.Hello):
             return self._on_hello(frame, message)
-        if isinstance(message, messages.Reply):
+        if isinstance(message, wire.Reply):
             self._on_reply(frame, message)
             return []
-        if isinstance(message, messages.Alert):
+        if isinstance(message, wire.Alert):
             raise _PeerAborted(message)
         return self._on_sealed(message)
 
-    def _on_sealed(self, sealed: messages.Sealed) -> list[HandshakeEvent]:
+    def _on_sealed(self, sealed: wire.Sealed) -> list[HandshakeEvent]:
         assert self._receive_handshake is not None
         plaintext = self._receive_handshake.open(sealed.ciphertext, SEALED_AAD)
-        content = messages.parse_sealed_content(plaintext)
+        content = wire.parse_sealed_content(plaintext)
         self._transition("sealed " + type(content).__name__)
-        if isinstance(content, messages.Alert):
+        if isinstance(content, wire.Alert):
             raise _PeerAborted(content)
         return self._on_auth(content, plaintext)
 
@@ -525,14 +525,14 @@ class Handshake:
         return events
 
     def _alert_frame(self, error: errors.SixChatError) -> bytes:
-        body = messages.alert_for(error)
+        body = wire.alert_for(error)
         if self._channel is _Channel.RECORD:
             assert self._application is not None
             protection = TrafficProtection(self._application[0], self._limits)
             return protection.seal_record(InnerType.ALERT, body)
         if self._channel is _Channel.SEALED:
             assert self._send_handshake is not None
-            sealed = messages.Sealed(self._send_handshake.seal(body, SEALED_AAD))
+            sealed = wire.Sealed(self._send_handshake.seal(body, SEALED_AAD))
             return encode_frame(sealed.to_xml())
         return encode_frame(body)
 
@@ -546,12 +546,12 @@ class Handshake:
 
     # -- key agreement ------------------------------------------------------------------
 
-    def _on_hello(self, frame: bytes, hello: messages.Hello) -> list[HandshakeEvent]:
+    def _on_hello(self, frame: bytes, hello: wire.Hello) -> list[HandshakeEvent]:
         """Responder: check M1, answer with M2 and M2b."""
-        if hello.versions != (messages.VERSION,) or hello.suites != (messages.SUITE,):
+        if hello.versions != (wire.VERSION,) or hello.suites != (wire.SUITE,):
             raise errors.UnsupportedVersion(
-                f"the initiator must offer exactly version {messages.VERSION} and"
-                f" {messages.SUITE}"
+                f"the initiator must offer exactly version {wire.VERSION} and"
+                f" {wire.SUITE}"
             )
         if hello.to != self._credentials.identity:
             raise errors.IdentityMismatch(f"the initiator wants {hello.to}, not us")
@@ -563,7 +563,7 @@ class Handshake:
             mlkem_secret, ciphertext = self._encapsulate(hello.mlkem_key)
         except ValueError:
             raise errors.MalformedMessage("invalid ML-KEM-768 encapsulation key") from None
-        reply = messages.Reply(
+        reply = wire.Reply(
             random=self._random_bytes(),
             x25519_key=self._ephemeral.x25519.public_key().public_bytes_raw(),
             mlkem_ciphertext=ciphertext,
@@ -575,9 +575,9 @@ class Handshake:
         # session by then, reads a clear alert as the first frame, or alert records.
         return [SendData(reply_frame + self._auth_frame(RESPONDER_SIGNATURE_LABEL))]
 
-    def _on_reply(self, frame: bytes, reply: messages.Reply) -> None:
+    def _on_reply(self, frame: bytes, reply: wire.Reply) -> None:
         """Initiator: check M2 and derive the handshake keys."""
-        if reply.version != messages.VERSION or reply.suite != messages.SUITE:
+        if reply.version != wire.VERSION or reply.suite != wire.SUITE:
             raise errors.DowngradeDetected()
         assert self._ephemeral is not None and self._ephemeral.mlkem is not None
         self._transcript.add(frame)
@@ -621,7 +621,7 @@ class Handshake:
         verify_hash = transcript.digest()
         finished = finished_mac(self._send_handshake_secret, verify_hash)
         transcript.add_item(ITEM_FINISHED, finished)
-        auth = messages.Auth(
+        auth = wire.Auth(
             certificates=credentials.certificates_der,
             signature_algorithm=credentials.signature_algorithm,
             signature=signature,
@@ -630,7 +630,7 @@ class Handshake:
         plaintext = auth.to_xml()
         if self._trace is not None:
             self._trace_auth(self.role, plaintext, certificate_hash, verify_hash)
-        sealed = messages.Sealed(self._send_handshake.seal(plaintext, SEALED_AAD))
+        sealed = wire.Sealed(self._send_handshake.seal(plaintext, SEALED_AAD))
         return encode_frame(sealed.to_xml())
 
     def _trace_auth(
@@ -640,7 +640,7 @@ class Handshake:
         self._note(f"{role.value}_certificate_transcript_hash", certificate_hash)
         self._note(f"{role.value}_verify_transcript_hash", verify_hash)
 
-    def _on_auth(self, auth: messages.Auth, plaintext: bytes) -> list[HandshakeEvent]:
+    def _on_auth(self, auth: wire.Auth, plaintext: bytes) -> list[HandshakeEvent]:
         """Either side: verify the peer's <auth>; then PeerNeedsVerification."""
         transcript = self._transcript
         transcript.add_item(ITEM_CERTIFICATE, certificate_item_body(auth.certificates))
@@ -768,6 +768,6 @@ def _public_key(certificate: x509.Certificate) -> PublicKey:
 class _PeerAborted(Exception):
     """The peer sent an alert: fail with its error, and send no alert back."""
 
-    def __init__(self, alert: messages.Alert) -> None:
+    def __init__(self, alert: wire.Alert) -> None:
         super().__init__(alert.name)
-        self.error = messages.error_from_alert(alert)
+        self.error = wire.error_from_alert(alert)

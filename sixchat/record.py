@@ -11,7 +11,7 @@ The inner plaintext is one content-type byte and the body (no padding):
 ==== ================ ===========================================================
 type name             body
 ==== ================ ===========================================================
-0x01 application      one XML application message (:mod:`sixchat.wire.messages`)
+0x01 application      one XML application message (:mod:`sixchat.wire.application`)
 0x02 data             raw bytes (bulk, file chunks); never parsed as XML
 0x03 key update       empty; the sender's later records use its next traffic key
 0x04 close            ``<close reason="..."/>``; the sender sends nothing more
@@ -45,7 +45,8 @@ from sixchat.keyschedule import (
     next_traffic_secret,
     traffic_keys,
 )
-from sixchat.wire import messages
+from sixchat.wire import application
+from sixchat.wire.handshake import alert_for, parse_alert
 
 RECORD_TYPE: Final = 0x17
 TAG_LENGTH: Final = 16
@@ -179,8 +180,8 @@ class TrafficProtection:
 class MessageReceived:
     """An application XML message: its typed form and its (checked) element."""
 
-    message: messages.ApplicationMessage
-    element: messages.Element = field(repr=False)
+    message: application.ApplicationMessage
+    element: application.Element = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ class Session:
             self._trace(name, value)
 
     def send_message(
-        self, message: messages.ApplicationMessage | messages.Element | bytes
+        self, message: application.ApplicationMessage | application.Element | bytes
     ) -> bytes:
         """Encrypt one application XML message; returns the record frame to write.
 
@@ -309,13 +310,13 @@ class Session:
         """
         try:
             if isinstance(message, bytes):
-                messages.parse_application(message)
+                application.parse_application(message)
                 body = message
-            elif messages.is_element(message):
-                messages.read_application_element(message)
+            elif application.is_element(message):
+                application.read_application_element(message)
                 body = serialize(message)
             else:
-                body = messages.encode_application(message)
+                body = application.encode_application(message)
         except errors.SixChatError as error:
             error.fatal = False
             raise
@@ -334,7 +335,7 @@ class Session:
 
     def close(self, reason: str = "bye") -> bytes:
         """Send the authenticated close; nothing can be sent after it."""
-        record = self._seal(InnerType.CLOSE, messages.encode_close(reason))
+        record = self._seal(InnerType.CLOSE, application.encode_close(reason))
         self.sent_close = True
         return record
 
@@ -349,7 +350,7 @@ class Session:
         if not can_send:
             return b""
         self._alert_sent = True
-        return self._sending.seal_record(InnerType.ALERT, messages.alert_for(error))
+        return self._sending.seal_record(InnerType.ALERT, alert_for(error))
 
     def connection_lost(self) -> errors.SixChatError | None:
         """The transport is gone: returns Truncated unless the end was clean or explained."""
@@ -419,7 +420,7 @@ class Session:
             if first and record_type == _CLEAR_ALERT_START:
                 # The responder could not read our last handshake message: its alert is
                 # in clear (unauthenticated; it can only end the session).
-                error = messages.parse_alert(frame)
+                error = parse_alert(frame)
                 error.message = f"{error.message} (unauthenticated alert)"
                 raise error
             raise errors.MalformedMessage("not an encrypted record")
@@ -430,7 +431,7 @@ class Session:
         if inner_type == InnerType.DATA:
             events.append(DataReceived(plaintext[1:]))
         elif inner_type == InnerType.APPLICATION:
-            message, element = messages.parse_application(plaintext[1:])
+            message, element = application.parse_application(plaintext[1:])
             events.append(MessageReceived(message, element))
         elif inner_type == InnerType.KEY_UPDATE:
             if len(plaintext) != 1:
@@ -439,10 +440,10 @@ class Session:
             self.receive_epoch += 1
             self._log(f"receive_traffic_secret_{self.receive_epoch}", self._receiving.secret)
         elif inner_type == InnerType.CLOSE:
-            events.append(CloseReceived(messages.parse_close(plaintext[1:])))
+            events.append(CloseReceived(application.parse_close(plaintext[1:])))
             self.received_close = True
         elif inner_type == InnerType.ALERT:
-            events.append(AlertReceived(messages.parse_alert(plaintext[1:])))
+            events.append(AlertReceived(parse_alert(plaintext[1:])))
             self._ended = True
         else:
             raise errors.MalformedMessage(f"unknown record content type {inner_type}")

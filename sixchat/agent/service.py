@@ -48,7 +48,7 @@ from sixchat.peer.directory import Directory
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
 from sixchat.peer.verification import PeerVerifier, RevocationChecker
 from sixchat.record import MAX_BODY
-from sixchat.wire.messages import (
+from sixchat.wire.application import (
     MAX_TEXT_LENGTH,
     ApplicationMessage,
     ChatMessage,
@@ -56,9 +56,9 @@ from sixchat.wire.messages import (
     Pong,
     Presence,
     Receipt,
-    alert_for,
     encode_application,
 )
+from sixchat.wire.handshake import alert_for
 
 log = Logger()
 

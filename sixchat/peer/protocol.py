@@ -40,7 +40,7 @@ from sixchat.record import (
     MessageReceived,
     Session,
 )
-from sixchat.wire import messages
+from sixchat.wire import application
 
 log = Logger()
 
@@ -74,7 +74,7 @@ class ConnectionOwner(TypingProtocol):
     def session_established(self, connection: PeerConnection) -> None:
         """The handshake completed: ``connection.session`` is ready."""
 
-    def message_received(self, connection: PeerConnection, message: messages.ApplicationMessage) -> None:
+    def message_received(self, connection: PeerConnection, message: application.ApplicationMessage) -> None:
         """An application message arrived on an established session."""
 
     def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
@@ -308,7 +308,7 @@ class PeerConnection(Protocol, TimeoutMixin):
                 # event per 64 KiB record cost 13% of a bulk transfer).
                 self.ignored_data_bytes += len(event.data)
 
-    def send(self, message: messages.ApplicationMessage) -> None:
+    def send(self, message: application.ApplicationMessage) -> None:
         """Encrypt and send one application message."""
         if not self.is_established:
             raise errors.Closed("the session is not established")
