@@ -28,12 +28,11 @@ from enum import Enum
 from typing import Final, TypeAlias
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import (
     ec,
     ed25519,
-    mlkem,
     padding,
     rsa,
     x25519,
@@ -51,6 +50,15 @@ from common.wire.framing import (
     encode_frame,
 )
 from sixchat import errors
+from sixchat.credentials import (
+    EphemeralKeys,
+    LocalCredentials,
+    PrivateKey,
+    PublicKey,
+    Role,
+    encapsulate,
+    leaf_public_key,
+)
 from sixchat.keyschedule import (
     ITEM_CERTIFICATE,
     ITEM_CERTIFICATE_VERIFY,
@@ -79,19 +87,6 @@ INITIATOR_SIGNATURE_LABEL: Final = b"SixChat 1 initiator signature"
 SEALED_AAD: Final = b"sixchat1 sealed"
 #: RSA leaf keys must have at least this many bits.
 MIN_RSA_BITS: Final = 3072
-
-PrivateKey: TypeAlias = (
-    ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-)
-PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-
-
-class Role(Enum):
-    """Which end of the connection we are."""
-
-    INITIATOR = "initiator"
-    RESPONDER = "responder"
-
 
 # ---------------------------------------------------------------------------------------
 # Signatures
@@ -147,76 +142,6 @@ def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> No
 def signed_content(label: bytes, transcript_hash: bytes) -> bytes:
     """What a transcript signature covers: role label, a zero byte, transcript hash."""
     return label + b"\x00" + transcript_hash
-
-
-# ---------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclass(frozen=True, eq=False)
-class LocalCredentials:
-    """Our identity, leaf certificate, intermediates (leaf's issuer first) and leaf key.
-
-    Checked once here: the certificate must name ``identity`` in its ``irp:`` URI and hold
-    the public half of ``private_key``, of an allowed type.
-    """
-
-    identity: Identity
-    certificate: x509.Certificate
-    chain: list[x509.Certificate]
-    private_key: PrivateKey
-    certificates_der: tuple[bytes, ...] = field(init=False, repr=False)
-    fingerprint: str = field(init=False)
-    signature_algorithm: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        try:
-            named = identity_from_certificate(self.certificate)
-        except (InvalidIdentity, ValueError) as error:
-            raise ValueError(f"the certificate names no usable identity: {error}") from None
-        if named != self.identity:
-            raise ValueError(f"the certificate names {named}, not {self.identity}")
-        if self.private_key.public_key() != self.certificate.public_key():
-            raise ValueError("the private key does not belong to the certificate")
-        try:
-            algorithm = signature_algorithm_for(_public_key(self.certificate))
-        except errors.CertificateInvalid as error:
-            raise ValueError(error.message) from None
-        der = tuple(
-            certificate.public_bytes(serialization.Encoding.DER)
-            for certificate in [self.certificate, *self.chain]
-        )
-        object.__setattr__(self, "certificates_der", der)
-        object.__setattr__(self, "fingerprint", certificate_fingerprint(der[0]))
-        object.__setattr__(self, "signature_algorithm", algorithm)
-
-
-@dataclass(frozen=True, eq=False)
-class EphemeralKeys:
-    """The ephemeral keys of one handshake (injectable for known-answer vectors).
-
-    The initiator needs both; the responder only the X25519 key (it encapsulates to the
-    initiator's ML-KEM key).
-    """
-
-    x25519: x25519.X25519PrivateKey
-    mlkem: mlkem.MLKEM768PrivateKey | None = None
-
-    @classmethod
-    def generate(cls, role: Role) -> EphemeralKeys:
-        """Fresh keys for ``role``."""
-        return cls(
-            x25519.X25519PrivateKey.generate(),
-            mlkem.MLKEM768PrivateKey.generate() if role is Role.INITIATOR else None,
-        )
-
-
-def _encapsulate(encapsulation_key: bytes) -> tuple[bytes, bytes]:
-    """ML-KEM-768 encapsulation: (shared secret, ciphertext)."""
-    shared_secret, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(
-        encapsulation_key
-    ).encapsulate()
-    return shared_secret, ciphertext
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,7 +287,7 @@ class Handshake:
         )
         self._entropy = entropy
         self._ephemeral = ephemeral
-        self._encapsulate = mlkem_encapsulate or _encapsulate
+        self._encapsulate = mlkem_encapsulate or encapsulate
         self._limits = record_limits or RecordLimits()
         self._trace = trace
         self.state = State.START if role is Role.INITIATOR else State.WAIT_HELLO
@@ -666,7 +591,7 @@ class Handshake:
             identity = identity_from_certificate(leaf)
         except (InvalidIdentity, ValueError) as error:
             raise errors.CertificateInvalid(f"unusable peer certificate: {error}") from None
-        public_key = _public_key(leaf)
+        public_key = leaf_public_key(leaf)
         if signature_algorithm_for(public_key) != auth.signature_algorithm:
             raise errors.BadSignature("the signature algorithm does not match the peer's key")
         verify_signature(public_key, auth.signature, signed_content(label, certificate_hash))
@@ -750,19 +675,6 @@ def _load_chain(certificates_der: tuple[bytes, ...]) -> list[x509.Certificate]:
         return [load_certificate(der) for der in certificates_der]
     except UnusableCertificate as error:
         raise errors.CertificateInvalid(f"a certificate cannot be used: {error}") from None
-
-
-def _public_key(certificate: x509.Certificate) -> PublicKey:
-    """The certificate's key if it is of a type SixChat signs with."""
-    try:
-        public_key = certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise errors.CertificateInvalid("the certificate key cannot be read") from None
-    if isinstance(public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)):
-        return public_key
-    raise errors.CertificateInvalid(
-        "the leaf key must be ECDSA P-256/P-384/P-521, Ed25519 or RSA of 3072 bits or more"
-    )
 
 
 class _PeerAborted(Exception):
