@@ -23,9 +23,8 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final, TypeAlias
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -58,6 +57,13 @@ from sixchat.credentials import (
     Role,
     encapsulate,
     leaf_public_key,
+)
+from sixchat.handshake_events import (
+    HandshakeAborted,
+    HandshakeComplete,
+    HandshakeEvent,
+    PeerNeedsVerification,
+    SendData,
 )
 from sixchat.keyschedule import (
     ITEM_CERTIFICATE,
@@ -142,52 +148,6 @@ def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> No
 def signed_content(label: bytes, transcript_hash: bytes) -> bytes:
     """What a transcript signature covers: role label, a zero byte, transcript hash."""
     return label + b"\x00" + transcript_hash
-
-
-# ---------------------------------------------------------------------------------------
-# Events
-
-
-@dataclass(frozen=True)
-class SendData:
-    """Framed bytes to write to the transport."""
-
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class PeerNeedsVerification:
-    """The peer proved it holds its leaf key; the adapter must now check the chain to the
-    CA, revocation and its contact policy, then call accept_peer() or reject_peer()."""
-
-    identity: Identity
-    chain: list[x509.Certificate] = field(repr=False)
-    fingerprint: str
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        """The peer's leaf certificate."""
-        return self.chain[0]
-
-
-@dataclass(frozen=True)
-class HandshakeComplete:
-    """Both sides are authenticated: use ``session``, and feed it ``leftover`` first."""
-
-    session: Session
-    peer: Identity
-    peer_certificate: x509.Certificate = field(repr=False)
-    leftover: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class HandshakeAborted:
-    """The handshake failed; any alert was emitted as SendData just before."""
-
-    error: errors.SixChatError
-
-
-HandshakeEvent: TypeAlias = SendData | PeerNeedsVerification | HandshakeComplete | HandshakeAborted
 
 
 # ---------------------------------------------------------------------------------------
