@@ -352,16 +352,9 @@ async def run_chat(
             # Wait (at most ``linger`` seconds) for the receipts of the last messages.
             waiter: Deferred[None] = Deferred()
             settled.append(waiter)
-
-            def give_up() -> None:
-                if not waiter.called:
-                    waiter.callback(None)
-
-            timer = reactor.callLater(linger, give_up)
+            waiter.addTimeout(linger, reactor, onTimeoutCancel=_no_result)
             check_settled()
             await waiter
-            if timer.active():
-                timer.cancel()
     finally:
         control.on_event = lambda event: None
         if terminal is not None:
@@ -375,8 +368,10 @@ async def run_chat(
 
 
 async def _within(reactor: Any, waiter: Deferred[None], seconds: float) -> None:
-    """Wait for ``waiter``, at most ``seconds``."""
-    timer = reactor.callLater(seconds, lambda: None if waiter.called else waiter.callback(None))
-    await waiter
-    if timer.active():
-        timer.cancel()
+    """Wait for ``waiter``, at most ``seconds`` (then it fires with None)."""
+    await waiter.addTimeout(seconds, reactor, onTimeoutCancel=_no_result)
+
+
+def _no_result(_result: object, _timeout: float) -> None:
+    """A wait that timed out ends without a result (not with an error)."""
+    return None

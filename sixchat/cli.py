@@ -19,7 +19,6 @@ from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
 from common.pki.trust import check_anchor
 from common.profile import Profile, ProfileError, default_profile_path
-from irp import errors as irp_errors
 from irp.cli import (
     CommandError,
     Context,
@@ -30,7 +29,7 @@ from irp.cli import (
     run_until_done,
     server_argument,
 )
-from irp.client import split_server
+from irp.client import IRPError, split_server
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
@@ -257,14 +256,8 @@ async def cmd_send(ctx: ChatContext) -> int:
         show(f"Queued message {result['id']} for {who}.")
         return 0
 
-    def give_up() -> None:
-        if not outcome.called:
-            outcome.callback({"event": "timeout"})
-
-    timer = ctx.reactor.callLater(ctx.args.wait, give_up)
+    outcome.addTimeout(ctx.args.wait, ctx.reactor, onTimeoutCancel=lambda _result, _timeout: {"event": "timeout"})
     data = await outcome
-    if timer.active():
-        timer.cancel()
     if data["event"] == "receipt":
         show(f"Delivered to {who}.")
         return 0
@@ -460,7 +453,7 @@ def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
 
 def explain_failure(error: BaseException) -> tuple[str, int] | None:
     """The readable line and exit code of an expected failure of ``sixchat``."""
-    if isinstance(error, (irp_errors.IRPError, errors.SixChatError)):
+    if isinstance(error, (IRPError, errors.SixChatError)):
         return f"{error.message} [{error.name}]", 1
     if isinstance(error, ControlError) and error.name not in ("control-error", "None"):
         return f"{error} [{error.name}]", 1

@@ -23,17 +23,15 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final, TypeAlias
+from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import (
     ec,
     ed25519,
-    mlkem,
     padding,
     rsa,
     x25519,
@@ -42,8 +40,31 @@ from cryptography.hazmat.primitives.asymmetric import (
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.keyfiles import parse_fingerprint
-from common.wire.framing import HEADER, HEADER_SIZE, encode_frame
+from common.wire.framing import (
+    HEADER_SIZE,
+    EmptyFrame,
+    FrameDecoder,
+    FrameError,
+    FrameTooLarge,
+    encode_frame,
+)
 from sixchat import errors
+from sixchat.credentials import (
+    EphemeralKeys,
+    LocalCredentials,
+    PrivateKey,
+    PublicKey,
+    Role,
+    encapsulate,
+    leaf_public_key,
+)
+from sixchat.handshake_events import (
+    HandshakeAborted,
+    HandshakeComplete,
+    HandshakeEvent,
+    PeerNeedsVerification,
+    SendData,
+)
 from sixchat.keyschedule import (
     ITEM_CERTIFICATE,
     ITEM_CERTIFICATE_VERIFY,
@@ -61,7 +82,7 @@ from sixchat.record import (
     TrafficProtection,
     certificate_fingerprint,
 )
-from sixchat.wire import messages
+from sixchat.wire import handshake as wire
 
 #: The largest handshake frame payload accepted by default.
 MAX_HANDSHAKE_FRAME: Final = 32 * 1024
@@ -72,19 +93,6 @@ INITIATOR_SIGNATURE_LABEL: Final = b"SixChat 1 initiator signature"
 SEALED_AAD: Final = b"sixchat1 sealed"
 #: RSA leaf keys must have at least this many bits.
 MIN_RSA_BITS: Final = 3072
-
-PrivateKey: TypeAlias = (
-    ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-)
-PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-
-
-class Role(Enum):
-    """Which end of the connection we are."""
-
-    INITIATOR = "initiator"
-    RESPONDER = "responder"
-
 
 # ---------------------------------------------------------------------------------------
 # Signatures
@@ -140,122 +148,6 @@ def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> No
 def signed_content(label: bytes, transcript_hash: bytes) -> bytes:
     """What a transcript signature covers: role label, a zero byte, transcript hash."""
     return label + b"\x00" + transcript_hash
-
-
-# ---------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclass(frozen=True, eq=False)
-class LocalCredentials:
-    """Our identity, leaf certificate, intermediates (leaf's issuer first) and leaf key.
-
-    Checked once here: the certificate must name ``identity`` in its ``irp:`` URI and hold
-    the public half of ``private_key``, of an allowed type.
-    """
-
-    identity: Identity
-    certificate: x509.Certificate
-    chain: list[x509.Certificate]
-    private_key: PrivateKey
-    certificates_der: tuple[bytes, ...] = field(init=False, repr=False)
-    fingerprint: str = field(init=False)
-    signature_algorithm: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        try:
-            named = identity_from_certificate(self.certificate)
-        except (InvalidIdentity, ValueError) as error:
-            raise ValueError(f"the certificate names no usable identity: {error}") from None
-        if named != self.identity:
-            raise ValueError(f"the certificate names {named}, not {self.identity}")
-        if self.private_key.public_key() != self.certificate.public_key():
-            raise ValueError("the private key does not belong to the certificate")
-        try:
-            algorithm = signature_algorithm_for(_public_key(self.certificate))
-        except errors.CertificateInvalid as error:
-            raise ValueError(error.message) from None
-        der = tuple(
-            certificate.public_bytes(serialization.Encoding.DER)
-            for certificate in [self.certificate, *self.chain]
-        )
-        object.__setattr__(self, "certificates_der", der)
-        object.__setattr__(self, "fingerprint", certificate_fingerprint(der[0]))
-        object.__setattr__(self, "signature_algorithm", algorithm)
-
-
-@dataclass(frozen=True, eq=False)
-class EphemeralKeys:
-    """The ephemeral keys of one handshake (injectable for known-answer vectors).
-
-    The initiator needs both; the responder only the X25519 key (it encapsulates to the
-    initiator's ML-KEM key).
-    """
-
-    x25519: x25519.X25519PrivateKey
-    mlkem: mlkem.MLKEM768PrivateKey | None = None
-
-    @classmethod
-    def generate(cls, role: Role) -> EphemeralKeys:
-        """Fresh keys for ``role``."""
-        return cls(
-            x25519.X25519PrivateKey.generate(),
-            mlkem.MLKEM768PrivateKey.generate() if role is Role.INITIATOR else None,
-        )
-
-
-def _encapsulate(encapsulation_key: bytes) -> tuple[bytes, bytes]:
-    """ML-KEM-768 encapsulation: (shared secret, ciphertext)."""
-    shared_secret, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(
-        encapsulation_key
-    ).encapsulate()
-    return shared_secret, ciphertext
-
-
-# ---------------------------------------------------------------------------------------
-# Events
-
-
-@dataclass(frozen=True)
-class SendData:
-    """Framed bytes to write to the transport."""
-
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class PeerNeedsVerification:
-    """The peer proved it holds its leaf key; the adapter must now check the chain to the
-    CA, revocation and its contact policy, then call accept_peer() or reject_peer()."""
-
-    identity: Identity
-    chain: list[x509.Certificate] = field(repr=False)
-    fingerprint: str
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        """The peer's leaf certificate."""
-        return self.chain[0]
-
-
-@dataclass(frozen=True)
-class HandshakeComplete:
-    """Both sides are authenticated: use ``session``, and feed it ``leftover`` first."""
-
-    session: Session
-    peer: Identity
-    peer_certificate: x509.Certificate = field(repr=False)
-    leftover: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class HandshakeAborted:
-    """The handshake failed; any alert was emitted as SendData just before."""
-
-    error: errors.SixChatError
-
-
-HandshakeEvent: TypeAlias = SendData | PeerNeedsVerification | HandshakeComplete | HandshakeAborted
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,13 +247,12 @@ class Handshake:
         )
         self._entropy = entropy
         self._ephemeral = ephemeral
-        self._encapsulate = mlkem_encapsulate or _encapsulate
-        self._max_frame = max_frame
+        self._encapsulate = mlkem_encapsulate or encapsulate
         self._limits = record_limits or RecordLimits()
         self._trace = trace
         self.state = State.START if role is Role.INITIATOR else State.WAIT_HELLO
         self._channel = _Channel.CLEAR
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(max_frame)
         self._transcript = Transcript()
         self._schedule: KeySchedule | None = None
         self._send_handshake: TrafficProtection | None = None
@@ -382,7 +273,7 @@ class Handshake:
         if self._ephemeral is None:
             self._ephemeral = EphemeralKeys.generate(Role.INITIATOR)
         assert self._ephemeral.mlkem is not None and self._expected_peer is not None
-        hello = messages.Hello(
+        hello = wire.Hello(
             to=self._expected_peer,
             random=self._random_bytes(),
             x25519_key=self._ephemeral.x25519.public_key().public_bytes_raw(),
@@ -399,14 +290,14 @@ class Handshake:
         """
         self._check_alive()
         events: list[HandshakeEvent] = []
-        self._buffer += data
         try:
+            self._frames.append(data)
             while self.state in _FRAME_STATES:
                 frame = self._next_frame()
                 if frame is None:
                     break
                 events.extend(self._handle_frame(frame))
-            if self.state is State.WAIT_VERDICT and len(self._buffer) > self._limits.max_pending:
+            if self.state is State.WAIT_VERDICT and self._frames.pending > self._limits.max_pending:
                 raise errors.MessageTooLarge(
                     "too much data arrived before the peer was accepted"
                 )
@@ -466,47 +357,44 @@ class Handshake:
         self.state = next_state
 
     def _random_bytes(self) -> bytes:
-        value = self._entropy(messages.RANDOM_LENGTH)
-        if len(value) != messages.RANDOM_LENGTH:
+        value = self._entropy(wire.RANDOM_LENGTH)
+        if len(value) != wire.RANDOM_LENGTH:
             raise ValueError("the entropy source returned the wrong length")
         return value
 
     def _next_frame(self) -> bytes | None:
-        buffer = self._buffer
-        if len(buffer) < HEADER_SIZE:
-            return None
-        (length,) = HEADER.unpack_from(buffer)
-        if length == 0:
-            raise errors.MalformedMessage("empty frame")
-        if length > self._max_frame:
+        """The next whole frame (length prefix included), or None until one is complete."""
+        try:
+            payload = self._frames.next_frame()
+        except EmptyFrame:
+            raise errors.MalformedMessage("empty frame") from None
+        except FrameTooLarge as error:
             raise errors.MessageTooLarge(
-                f"a handshake frame of {length} bytes exceeds {self._max_frame} bytes"
-            )
-        if len(buffer) < HEADER_SIZE + length:
-            return None
-        frame = bytes(buffer[: HEADER_SIZE + length])
-        del buffer[: HEADER_SIZE + length]
-        return frame
+                f"a handshake frame of {error.length} bytes exceeds {error.cap} bytes"
+            ) from None
+        except FrameError as error:  # pragma: no cover - the two above are all there are
+            raise errors.MalformedMessage(str(error)) from None
+        return None if payload is None else encode_frame(payload)
 
     def _handle_frame(self, frame: bytes) -> list[HandshakeEvent]:
-        message = messages.parse_handshake_frame(frame[HEADER_SIZE:])
+        message = wire.parse_handshake_frame(frame[HEADER_SIZE:])
         kind = type(message).__name__
         self._transition(kind)
-        if isinstance(message, messages.Hello):
+        if isinstance(message, wire.Hello):
             return self._on_hello(frame, message)
-        if isinstance(message, messages.Reply):
+        if isinstance(message, wire.Reply):
             self._on_reply(frame, message)
             return []
-        if isinstance(message, messages.Alert):
+        if isinstance(message, wire.Alert):
             raise _PeerAborted(message)
         return self._on_sealed(message)
 
-    def _on_sealed(self, sealed: messages.Sealed) -> list[HandshakeEvent]:
+    def _on_sealed(self, sealed: wire.Sealed) -> list[HandshakeEvent]:
         assert self._receive_handshake is not None
         plaintext = self._receive_handshake.open(sealed.ciphertext, SEALED_AAD)
-        content = messages.parse_sealed_content(plaintext)
+        content = wire.parse_sealed_content(plaintext)
         self._transition("sealed " + type(content).__name__)
-        if isinstance(content, messages.Alert):
+        if isinstance(content, wire.Alert):
             raise _PeerAborted(content)
         return self._on_auth(content, plaintext)
 
@@ -522,14 +410,14 @@ class Handshake:
         return events
 
     def _alert_frame(self, error: errors.SixChatError) -> bytes:
-        body = messages.alert_for(error)
+        body = wire.alert_for(error)
         if self._channel is _Channel.RECORD:
             assert self._application is not None
             protection = TrafficProtection(self._application[0], self._limits)
             return protection.seal_record(InnerType.ALERT, body)
         if self._channel is _Channel.SEALED:
             assert self._send_handshake is not None
-            sealed = messages.Sealed(self._send_handshake.seal(body, SEALED_AAD))
+            sealed = wire.Sealed(self._send_handshake.seal(body, SEALED_AAD))
             return encode_frame(sealed.to_xml())
         return encode_frame(body)
 
@@ -539,16 +427,16 @@ class Handshake:
         self._send_handshake_secret = self._receive_handshake_secret = b""
         self._application = None
         self._ephemeral = None
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(self._frames.max_frame)
 
     # -- key agreement ------------------------------------------------------------------
 
-    def _on_hello(self, frame: bytes, hello: messages.Hello) -> list[HandshakeEvent]:
+    def _on_hello(self, frame: bytes, hello: wire.Hello) -> list[HandshakeEvent]:
         """Responder: check M1, answer with M2 and M2b."""
-        if hello.versions != (messages.VERSION,) or hello.suites != (messages.SUITE,):
+        if hello.versions != (wire.VERSION,) or hello.suites != (wire.SUITE,):
             raise errors.UnsupportedVersion(
-                f"the initiator must offer exactly version {messages.VERSION} and"
-                f" {messages.SUITE}"
+                f"the initiator must offer exactly version {wire.VERSION} and"
+                f" {wire.SUITE}"
             )
         if hello.to != self._credentials.identity:
             raise errors.IdentityMismatch(f"the initiator wants {hello.to}, not us")
@@ -560,7 +448,7 @@ class Handshake:
             mlkem_secret, ciphertext = self._encapsulate(hello.mlkem_key)
         except ValueError:
             raise errors.MalformedMessage("invalid ML-KEM-768 encapsulation key") from None
-        reply = messages.Reply(
+        reply = wire.Reply(
             random=self._random_bytes(),
             x25519_key=self._ephemeral.x25519.public_key().public_bytes_raw(),
             mlkem_ciphertext=ciphertext,
@@ -572,9 +460,9 @@ class Handshake:
         # session by then, reads a clear alert as the first frame, or alert records.
         return [SendData(reply_frame + self._auth_frame(RESPONDER_SIGNATURE_LABEL))]
 
-    def _on_reply(self, frame: bytes, reply: messages.Reply) -> None:
+    def _on_reply(self, frame: bytes, reply: wire.Reply) -> None:
         """Initiator: check M2 and derive the handshake keys."""
-        if reply.version != messages.VERSION or reply.suite != messages.SUITE:
+        if reply.version != wire.VERSION or reply.suite != wire.SUITE:
             raise errors.DowngradeDetected()
         assert self._ephemeral is not None and self._ephemeral.mlkem is not None
         self._transcript.add(frame)
@@ -618,7 +506,7 @@ class Handshake:
         verify_hash = transcript.digest()
         finished = finished_mac(self._send_handshake_secret, verify_hash)
         transcript.add_item(ITEM_FINISHED, finished)
-        auth = messages.Auth(
+        auth = wire.Auth(
             certificates=credentials.certificates_der,
             signature_algorithm=credentials.signature_algorithm,
             signature=signature,
@@ -627,7 +515,7 @@ class Handshake:
         plaintext = auth.to_xml()
         if self._trace is not None:
             self._trace_auth(self.role, plaintext, certificate_hash, verify_hash)
-        sealed = messages.Sealed(self._send_handshake.seal(plaintext, SEALED_AAD))
+        sealed = wire.Sealed(self._send_handshake.seal(plaintext, SEALED_AAD))
         return encode_frame(sealed.to_xml())
 
     def _trace_auth(
@@ -637,7 +525,7 @@ class Handshake:
         self._note(f"{role.value}_certificate_transcript_hash", certificate_hash)
         self._note(f"{role.value}_verify_transcript_hash", verify_hash)
 
-    def _on_auth(self, auth: messages.Auth, plaintext: bytes) -> list[HandshakeEvent]:
+    def _on_auth(self, auth: wire.Auth, plaintext: bytes) -> list[HandshakeEvent]:
         """Either side: verify the peer's <auth>; then PeerNeedsVerification."""
         transcript = self._transcript
         transcript.add_item(ITEM_CERTIFICATE, certificate_item_body(auth.certificates))
@@ -663,7 +551,7 @@ class Handshake:
             identity = identity_from_certificate(leaf)
         except (InvalidIdentity, ValueError) as error:
             raise errors.CertificateInvalid(f"unusable peer certificate: {error}") from None
-        public_key = _public_key(leaf)
+        public_key = leaf_public_key(leaf)
         if signature_algorithm_for(public_key) != auth.signature_algorithm:
             raise errors.BadSignature("the signature algorithm does not match the peer's key")
         verify_signature(public_key, auth.signature, signed_content(label, certificate_hash))
@@ -709,9 +597,7 @@ class Handshake:
     def _transition_to_complete(self) -> bytes:
         """Move to COMPLETE; returns the bytes received meanwhile."""
         self._transition("accept")
-        leftover = bytes(self._buffer)
-        self._buffer = bytearray()
-        return leftover
+        return self._frames.take_pending()
 
     def _complete(self, leftover: bytes) -> HandshakeComplete:
         assert self._application is not None and self._peer is not None
@@ -751,22 +637,9 @@ def _load_chain(certificates_der: tuple[bytes, ...]) -> list[x509.Certificate]:
         raise errors.CertificateInvalid(f"a certificate cannot be used: {error}") from None
 
 
-def _public_key(certificate: x509.Certificate) -> PublicKey:
-    """The certificate's key if it is of a type SixChat signs with."""
-    try:
-        public_key = certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise errors.CertificateInvalid("the certificate key cannot be read") from None
-    if isinstance(public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)):
-        return public_key
-    raise errors.CertificateInvalid(
-        "the leaf key must be ECDSA P-256/P-384/P-521, Ed25519 or RSA of 3072 bits or more"
-    )
-
-
 class _PeerAborted(Exception):
     """The peer sent an alert: fail with its error, and send no alert back."""
 
-    def __init__(self, alert: messages.Alert) -> None:
+    def __init__(self, alert: wire.Alert) -> None:
         super().__init__(alert.name)
-        self.error = messages.error_from_alert(alert)
+        self.error = wire.error_from_alert(alert)

@@ -11,7 +11,7 @@ The inner plaintext is one content-type byte and the body (no padding):
 ==== ================ ===========================================================
 type name             body
 ==== ================ ===========================================================
-0x01 application      one XML application message (:mod:`sixchat.wire.messages`)
+0x01 application      one XML application message (:mod:`sixchat.wire.application`)
 0x02 data             raw bytes (bulk, file chunks); never parsed as XML
 0x03 key update       empty; the sender's later records use its next traffic key
 0x04 close            ``<close reason="..."/>``; the sender sends nothing more
@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.identity import Identity
+from common.wire.framing import EmptyFrame, FrameDecoder, FrameError, FrameTooLarge
 from common.wire.xmlcodec import serialize
 from sixchat import errors
 from sixchat.keyschedule import (
@@ -44,7 +45,8 @@ from sixchat.keyschedule import (
     next_traffic_secret,
     traffic_keys,
 )
-from sixchat.wire import messages
+from sixchat.wire import application
+from sixchat.wire.handshake import alert_for, parse_alert
 
 RECORD_TYPE: Final = 0x17
 TAG_LENGTH: Final = 16
@@ -178,8 +180,8 @@ class TrafficProtection:
 class MessageReceived:
     """An application XML message: its typed form and its (checked) element."""
 
-    message: messages.ApplicationMessage
-    element: messages.Element = field(repr=False)
+    message: application.ApplicationMessage
+    element: application.Element = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ class Session:
         self._receiving = TrafficProtection(receive_secret, self._limits)
         self._exporter_secret = exporter_secret
         self._trace = trace
-        self._buffer = bytearray()
+        self._frames = FrameDecoder(MAX_RECORD_PAYLOAD)
         self._records_received = 0
         self.send_epoch = 0
         self.receive_epoch = 0
@@ -298,7 +300,7 @@ class Session:
             self._trace(name, value)
 
     def send_message(
-        self, message: messages.ApplicationMessage | messages.Element | bytes
+        self, message: application.ApplicationMessage | application.Element | bytes
     ) -> bytes:
         """Encrypt one application XML message; returns the record frame to write.
 
@@ -308,13 +310,13 @@ class Session:
         """
         try:
             if isinstance(message, bytes):
-                messages.parse_application(message)
+                application.parse_application(message)
                 body = message
-            elif messages.is_element(message):
-                messages.read_application_element(message)
+            elif application.is_element(message):
+                application.read_application_element(message)
                 body = serialize(message)
             else:
-                body = messages.encode_application(message)
+                body = application.encode_application(message)
         except errors.SixChatError as error:
             error.fatal = False
             raise
@@ -333,7 +335,7 @@ class Session:
 
     def close(self, reason: str = "bye") -> bytes:
         """Send the authenticated close; nothing can be sent after it."""
-        record = self._seal(InnerType.CLOSE, messages.encode_close(reason))
+        record = self._seal(InnerType.CLOSE, application.encode_close(reason))
         self.sent_close = True
         return record
 
@@ -348,7 +350,7 @@ class Session:
         if not can_send:
             return b""
         self._alert_sent = True
-        return self._sending.seal_record(InnerType.ALERT, messages.alert_for(error))
+        return self._sending.seal_record(InnerType.ALERT, alert_for(error))
 
     def connection_lost(self) -> errors.SixChatError | None:
         """The transport is gone: returns Truncated unless the end was clean or explained."""
@@ -384,60 +386,52 @@ class Session:
             raise
 
     def _receive_bytes(self, data: bytes, events: list[SessionEvent]) -> list[SessionEvent]:
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            consumed = self._process(buffer, events)
-            del buffer[:consumed]
-        else:
-            consumed = self._process(data, events)
-            if consumed < len(data):
-                buffer += memoryview(data)[consumed:]
-        return events
-
-    def _process(self, source: bytes | bytearray, events: list[SessionEvent]) -> int:
-        """Handle every complete frame in ``source``; returns the bytes consumed."""
-        offset = 0
-        end = len(source)
-        while end - offset >= 4 and not self._ended:
-            (length,) = _LENGTH.unpack_from(source, offset)
-            if length > MAX_RECORD_PAYLOAD:
-                raise errors.MessageTooLarge(
-                    f"a record of {length} bytes exceeds {MAX_RECORD_PAYLOAD} bytes"
-                )
-            if end - offset - 4 < length:
-                break
+        """Handle every complete frame in ``data`` (and the bytes kept from before)."""
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as error:
+            raise self._frame_error(error) from None
+        for frame in frames:
+            if self._ended:
+                return events
             if self.received_close:
                 raise errors.UnexpectedMessage("a record arrived after the peer's close")
-            self._handle_frame(source, offset, length, events)
-            offset += 4 + length
-        return offset
+            self._handle_frame(frame, events)
+        if self._frames.error is not None and not self._ended:
+            raise self._frame_error(self._frames.error)
+        return events
 
-    def _handle_frame(
-        self, source: bytes | bytearray, offset: int, length: int, events: list[SessionEvent]
-    ) -> None:
+    def _frame_error(self, error: FrameError) -> errors.SixChatError:
+        """The session error for a frame header that breaks the rules."""
+        if isinstance(error, FrameTooLarge):
+            return errors.MessageTooLarge(
+                f"a record of {error.length} bytes exceeds {MAX_RECORD_PAYLOAD} bytes"
+            )
+        if isinstance(error, EmptyFrame) and self.received_close:
+            return errors.UnexpectedMessage("a record arrived after the peer's close")
+        return errors.MalformedMessage("empty frame")
+
+    def _handle_frame(self, frame: bytes, events: list[SessionEvent]) -> None:
+        """Handle one frame payload (the record type byte and what follows it)."""
         first = self._records_received == 0
         self._records_received += 1
-        if length == 0:
-            raise errors.MalformedMessage("empty frame")
-        record_type = source[offset + 4]
+        record_type = frame[0]
         if record_type != RECORD_TYPE:
             if first and record_type == _CLEAR_ALERT_START:
                 # The responder could not read our last handshake message: its alert is
                 # in clear (unauthenticated; it can only end the session).
-                error = messages.parse_alert(bytes(source[offset + 4 : offset + 4 + length]))
+                error = parse_alert(frame)
                 error.message = f"{error.message} (unauthenticated alert)"
                 raise error
             raise errors.MalformedMessage("not an encrypted record")
-        if length < MIN_RECORD_PAYLOAD:
+        if len(frame) < MIN_RECORD_PAYLOAD:
             raise errors.MalformedMessage("record too short")
-        with memoryview(source) as view:
-            plaintext = self._open(view, offset, length)
+        plaintext = self._open(frame)
         inner_type = plaintext[0]
         if inner_type == InnerType.DATA:
             events.append(DataReceived(plaintext[1:]))
         elif inner_type == InnerType.APPLICATION:
-            message, element = messages.parse_application(plaintext[1:])
+            message, element = application.parse_application(plaintext[1:])
             events.append(MessageReceived(message, element))
         elif inner_type == InnerType.KEY_UPDATE:
             if len(plaintext) != 1:
@@ -446,15 +440,16 @@ class Session:
             self.receive_epoch += 1
             self._log(f"receive_traffic_secret_{self.receive_epoch}", self._receiving.secret)
         elif inner_type == InnerType.CLOSE:
-            events.append(CloseReceived(messages.parse_close(plaintext[1:])))
+            events.append(CloseReceived(application.parse_close(plaintext[1:])))
             self.received_close = True
         elif inner_type == InnerType.ALERT:
-            events.append(AlertReceived(messages.parse_alert(plaintext[1:])))
+            events.append(AlertReceived(parse_alert(plaintext[1:])))
             self._ended = True
         else:
             raise errors.MalformedMessage(f"unknown record content type {inner_type}")
 
-    def _open(self, view: memoryview, offset: int, length: int) -> bytes:
-        return self._receiving.open(
-            view[offset + HEADER_SIZE : offset + 4 + length], view[offset : offset + HEADER_SIZE]
-        )
+    def _open(self, frame: bytes) -> bytes:
+        """Decrypt one record; the additional data is its length prefix and type byte."""
+        associated_data = _LENGTH.pack(len(frame)) + frame[:1]
+        with memoryview(frame) as view:
+            return self._receiving.open(view[1:], associated_data)

@@ -12,7 +12,7 @@ from twisted.python import usage
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
-from irp import errors as irp_errors
+from irp.client import IRPError
 from irp.tap import check_endpoint
 from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT
@@ -108,7 +108,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
     try:
         profile.identity()
         profile.credentials()
-    except (ProfileError, irp_errors.IRPError, KeyFileError, ValueError, OSError) as error:
+    except (ProfileError, IRPError, KeyFileError, ValueError, OSError) as error:
         raise SystemExit(f"twistd sixchat: {error}") from None
     if reactor is None:
         from twisted.internet import reactor as default_reactor

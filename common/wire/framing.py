@@ -75,31 +75,66 @@ class FrameDecoder:
         """
         if self.error is not None:
             raise self.error
-        buffer = self._buffer
-        if not buffer and self._expected is None and len(data) > HEADER_SIZE:
+        if not self._buffer and self._expected is None and len(data) > HEADER_SIZE:
             # The usual case: nothing pending and the data is exactly one whole frame.
             (length,) = HEADER.unpack_from(data)
             if length + HEADER_SIZE == len(data) and length <= self.max_frame:
                 return [data[HEADER_SIZE:]]
-        buffer += data
+        self._buffer += data
         frames: list[bytes] = []
         while True:
-            if self._expected is None:
-                if len(buffer) < HEADER_SIZE:
+            try:
+                frame = self.next_frame()
+            except FrameError:
+                if frames:
                     return frames
-                (length,) = HEADER.unpack_from(buffer)
-                if length == 0:
-                    self.error = EmptyFrame()
-                elif length > self.max_frame:
-                    self.error = FrameTooLarge(length, self.max_frame)
-                if self.error is not None:
-                    if frames:
-                        return frames
-                    raise self.error
-                self._expected = length
-                del buffer[:HEADER_SIZE]
-            if len(buffer) < self._expected:
+                raise
+            if frame is None:
                 return frames
-            frames.append(bytes(buffer[: self._expected]))
-            del buffer[: self._expected]
-            self._expected = None
+            frames.append(frame)
+
+    def append(self, data: bytes) -> None:
+        """Add ``data`` without decoding it; take frames one by one with :meth:`next_frame`.
+
+        For a reader that must stop between two frames (e.g. when the bytes that follow
+        belong to another layer, see :meth:`take_pending`).
+        """
+        if self.error is not None:
+            raise self.error
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """Decode one frame from the bytes added so far; None until one is complete.
+
+        A header that breaks the rules raises :class:`FrameError` as soon as it has
+        arrived (before its body), and the decoder is unusable from then on.
+        """
+        if self.error is not None:
+            raise self.error
+        buffer = self._buffer
+        if self._expected is None:
+            if len(buffer) < HEADER_SIZE:
+                return None
+            (length,) = HEADER.unpack_from(buffer)
+            if length == 0:
+                self.error = EmptyFrame()
+            elif length > self.max_frame:
+                self.error = FrameTooLarge(length, self.max_frame)
+            if self.error is not None:
+                raise self.error
+            self._expected = length
+            del buffer[:HEADER_SIZE]
+        if len(buffer) < self._expected:
+            return None
+        frame = bytes(buffer[: self._expected])
+        del buffer[: self._expected]
+        self._expected = None
+        return frame
+
+    def take_pending(self) -> bytes:
+        """Remove and return the bytes not yet decoded, exactly as received."""
+        header = b"" if self._expected is None else HEADER.pack(self._expected)
+        pending = header + bytes(self._buffer)
+        self._buffer = bytearray()
+        self._expected = None
+        return pending

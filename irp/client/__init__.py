@@ -4,15 +4,30 @@ Plain re-exports of :mod:`irp.client.api`, :mod:`irp.wire.records` and :mod:`irp
 """
 
 from irp.client.api import CRLInfo, RegistryClient, connect, connect_domain, split_server
-from irp.errors import IRPError, NotFound
+from irp.errors import (
+    CertificateInvalid,
+    CertificateRejected,
+    CertificateRevoked,
+    ClientError,
+    IRPError,
+    NotFound,
+    RevocationUnknown,
+    ServerVerificationFailed,
+)
 from irp.wire.records import AddressRecord
 
 __all__ = [
     "AddressRecord",
     "CRLInfo",
+    "CertificateInvalid",
+    "CertificateRejected",
+    "CertificateRevoked",
+    "ClientError",
     "IRPError",
     "NotFound",
     "RegistryClient",
+    "RevocationUnknown",
+    "ServerVerificationFailed",
     "connect",
     "connect_domain",
     "split_server",

@@ -17,12 +17,11 @@ from common.pki.certificates import UnusableCertificate, load_certificate
 from common.timeutil import format_timestamp, parse_timestamp
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
+from irp.wire.fields import decode_base64, encode_base64
 from irp.wire.messages import (
     bool_text,
     check_fields,
     child_text,
-    decode_base64,
-    encode_base64,
     parse_decimal,
     parse_serial,
     required,

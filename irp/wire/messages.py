@@ -10,8 +10,6 @@ exceptions only in :func:`parse_response`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +22,7 @@ from common.wire.xmlcodec import (
     serialize,
 )
 from irp import errors
+from irp.wire.fields import decode_base64, encode_base64  # noqa: F401 - re-exported (registry, client, tests)
 
 #: Callables given every serialised message (tests use this to check each message against
 #: the schema). Empty in production, where it costs one truth test per message.
@@ -303,20 +302,6 @@ def child_text(element: Element, tag: str, *, required_child: bool = True, limit
     if len(text) > limit:
         raise errors.InvalidArgument(f"<{tag}> is longer than {limit} characters")
     return text
-
-
-def decode_base64(text: str, what: str) -> bytes:
-    """Decode strict base64 (whitespace allowed between lines)."""
-    compact = "".join(text.split())
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise errors.BadRequest(f"{what} is not valid base64") from None
-
-
-def encode_base64(data: bytes) -> str:
-    """Encode bytes as base64 text."""
-    return base64.b64encode(data).decode("ascii")
 
 
 def parse_serial(text: str) -> int:

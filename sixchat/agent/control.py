@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from common.factory import QuietFactory
 from common.identity import Identity, InvalidIdentity
 from common.pki.keyfiles import ensure_private_directory, parse_fingerprint
-from irp import errors as irp_errors
+from irp.client import IRPError
 from sixchat import errors
 
 log = Logger()
@@ -139,7 +139,7 @@ class ControlServerProtocol(LineOnlyReceiver):
 
     def _failed(self, failure: Failure, request_id: Any) -> None:
         error = failure.value
-        if isinstance(error, (errors.SixChatError, irp_errors.IRPError)):
+        if isinstance(error, (errors.SixChatError, IRPError)):
             self._send({"id": request_id, "ok": False, "error": error.message, "name": error.name})
         elif isinstance(error, ControlError):
             self._send({"id": request_id, "ok": False, "error": str(error), "name": error.name})
@@ -355,7 +355,7 @@ class InProcessControl:
         async def run() -> Any:
             try:
                 return await run_command(self.agent, {"op": op, **arguments})
-            except (errors.SixChatError, irp_errors.IRPError) as error:
+            except (errors.SixChatError, IRPError) as error:
                 raise ControlError(error.message, error.name) from None
 
         return Deferred.fromCoroutine(run())

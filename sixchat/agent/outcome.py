@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.identity import Identity
-from irp import errors as irp_errors
+from irp.client import CertificateRejected, IRPError, NotFound
 from sixchat import errors
 
 #: What the sender is told when the peer refused the session, by the alert's reason.
@@ -36,7 +36,7 @@ class Problem:
 
 def explain(error: BaseException, peer: Identity) -> Problem:
     """The :class:`Problem` a dial or session failure means for messages to ``peer``."""
-    if isinstance(error, irp_errors.NotFound):
+    if isinstance(error, NotFound):
         return Problem(f"no such user: {peer} is not registered at their registry", True)
     if isinstance(error, errors.PeerRejected) and error.from_peer:
         text, final = _REFUSED_BY_PEER.get(error.reason, _REFUSED_BY_PEER["policy"])
@@ -51,13 +51,13 @@ def explain(error: BaseException, peer: Identity) -> Problem:
         return Problem(error.message, True)
     if isinstance(error, errors.SixChatError):
         return Problem(error.message.rstrip("."), False)
-    if isinstance(error, irp_errors.CertificateRejected):
+    if isinstance(error, CertificateRejected):
         return Problem(
             f"a registry refused our certificate: {error.message.rstrip('.')} (renew it with 'irp renew';"
             " a running agent takes up the new one)",
             True,
             our_certificate=True,
         )
-    if isinstance(error, irp_errors.IRPError):
+    if isinstance(error, IRPError):
         return Problem(f"cannot ask the registry about {peer}: {error.message}", False)
     return Problem(f"cannot reach {peer}: {error.__class__.__name__} {error}".rstrip(), False)

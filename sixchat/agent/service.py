@@ -11,35 +11,32 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from common.factory import QuietFactory
 from common.identity import Identity
 from common.pki.keyfiles import KeyFileError, fingerprint
 from common.pki.trust import TrustStore, check_anchor
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
-from common.wire.framing import encode_frame
-from irp import errors as irp_errors
+from irp.client import IRPError
 from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
-from sixchat.agent.outcome import explain
+from sixchat.agent.dialer import Dialer
+from sixchat.agent.inbox import handle_message
+from sixchat.agent.outbox import Outbox
+from sixchat.agent.responder import ResponderFactory
+from sixchat.agent.sessions import pick_session
 from sixchat.agent.store import AgentStore, StoredMessage
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.peer.addresses import advertised_endpoints
@@ -47,17 +44,9 @@ from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.directory import Directory
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
 from sixchat.peer.verification import PeerVerifier, RevocationChecker
-from sixchat.record import MAX_BODY
-from sixchat.wire.messages import (
-    MAX_TEXT_LENGTH,
+from sixchat.wire.application import (
     ApplicationMessage,
-    ChatMessage,
-    Ping,
-    Pong,
     Presence,
-    Receipt,
-    alert_for,
-    encode_application,
 )
 
 log = Logger()
@@ -97,36 +86,6 @@ class AgentSettings:
     server: tuple[str, int] | None = None
 
 
-class _Refused(Protocol):
-    """Answers a connection with one clear alert and closes it; reads nothing."""
-
-    def __init__(self, error: errors.SixChatError) -> None:
-        self.error = error
-
-    def connectionMade(self) -> None:
-        """Send the alert, then close."""
-        transport: Any = self.transport
-        transport.write(encode_frame(alert_for(self.error)))
-        transport.loseConnection()
-
-
-class _ResponderFactory(QuietFactory):
-    """Accepts incoming connections within the handshake budgets (:mod:`sixchat.peer.admission`)."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        host = getattr(addr, "host", "")
-        admission = self.agent.admission
-        refusal = admission.admit(host)
-        if refusal is not None:
-            log.warn("Refused a connection from {host}: {why}", host=host, why=refusal.message)
-            return _Refused(refusal)
-        self.agent.reload_credentials()
-        return PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=admission.finished)
-
-
 class Agent(service.Service):
     """One user's agent (see the module docs)."""
 
@@ -148,10 +107,8 @@ class Agent(service.Service):
         self.loops: list[LoopingCall] = []
         self.sessions: dict[Identity, PeerConnection] = {}
         self.connections: set[PeerConnection] = set()
-        self._dialling: dict[Identity, list[Deferred[PeerConnection]]] = {}
-        self._flush_locks: dict[Identity, DeferredLock] = {}
-        self._in_flight: dict[PeerConnection, set[str]] = {}
-        self._expected: dict[Identity, tuple[float, set[str]]] = {}
+        self.dialer = Dialer(self)
+        self.outbox = Outbox(self)
         self.admission = HandshakeAdmission(
             self.clock,
             per_source=settings.handshakes_per_address,
@@ -212,7 +169,7 @@ class Agent(service.Service):
                 lambda failure: log.failure("Reconnecting to the registry with the new certificate failed", failure)
             )
         log.info("Now presenting the profile's new certificate {fingerprint}", fingerprint=credentials.fingerprint)
-        self._emit({"event": "credentials", "fingerprint": credentials.fingerprint})
+        self.emit({"event": "credentials", "fingerprint": credentials.fingerprint})
         return True
 
     def privilegedStartService(self) -> None:
@@ -228,7 +185,7 @@ class Agent(service.Service):
         started.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:
-        if failure.check(irp_errors.IRPError, errors.SixChatError, ProfileError, KeyFileError, CannotListenError, OSError, ValueError):
+        if failure.check(IRPError, errors.SixChatError, ProfileError, KeyFileError, CannotListenError, OSError, ValueError):
             log.critical("The agent could not start: {why}", why=str(failure.value))
         else:
             log.failure("The agent could not start", failure)
@@ -272,7 +229,7 @@ class Agent(service.Service):
         early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "SixChat agent")
         self.early_ports = None
         self.ports.extend(await early.ports())
-        early.gate.open(_ResponderFactory(self))
+        early.gate.open(ResponderFactory(self))
         for port in self.ports:
             address: Any = port.getHost()
             log.info("SixChat agent of {user} listening on {host} port {port}", user=str(self.identity), host=address.host, port=address.port)
@@ -283,8 +240,8 @@ class Agent(service.Service):
         if settings.register:
             await self._register("online")
             self._loop(self._refresh, max(settings.register_ttl / 2, 5))
-        self._loop(self._retry_pending, settings.retry_interval)
-        self._loop(self._give_up_old, min(settings.undelivered_after / 4, 15.0))
+        self._loop(self.outbox.retry_pending, settings.retry_interval)
+        self._loop(self.outbox.give_up_old, min(settings.undelivered_after / 4, 15.0))
         log.info("SixChat agent of {user} is ready", user=str(self.identity))
         return self
 
@@ -308,7 +265,7 @@ class Agent(service.Service):
         endpoints = self.advertised if presence != "offline" else []
         try:
             await self.directory.register(endpoints, presence, self.settings.register_ttl)
-        except irp_errors.IRPError as error:
+        except IRPError as error:
             why = error.message
         except Exception as error:  # noqa: BLE001 - any failure to reach the registry
             why = f"cannot reach the registry ({error.__class__.__name__}: {error})"
@@ -359,113 +316,27 @@ class Agent(service.Service):
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
+        """Give ``event`` to every listener."""
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - one broken listener must not stop the others
                 log.failure("An event listener failed")
 
-    # -- sending ----------------------------------------------------------------------
+    def progress(self, peer: Identity, text: str) -> None:
+        """Tell the listeners how reaching ``peer`` goes."""
+        self.emit({"event": "progress", "to": str(peer), "text": text})
+
+    # -- sending (see :mod:`sixchat.agent.outbox`) --------------------------------------
 
     async def send_text(self, peer: Identity, text: str) -> StoredMessage:
         """Queue a message (stored first) and start delivering it."""
-        assert self.store is not None
-        if peer == self.identity:
-            raise errors.SelfConnection("you cannot send messages to yourself")
-        try:
-            encoded = encode_application(ChatMessage(text=text))  # checks before storing
-        except ValueError as error:
-            raise errors.MalformedMessage(f"this text cannot be sent: {error}", fatal=False) from None
-        if len(text) > MAX_TEXT_LENGTH or len(encoded) > MAX_BODY:
-            raise errors.MessageTooLarge(
-                f"a message is limited to {MAX_TEXT_LENGTH} characters and {MAX_BODY // 1024} KiB once encoded", fatal=False
-            )
-        message = await self.store.queue_message(peer, text)
-        self._emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
-        Deferred.fromCoroutine(self._deliver(peer)).addErrback(self._log_delivery_problem, peer)
-        return message
-
-    def _log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
-        if not failure.check(errors.SixChatError, irp_errors.IRPError, OSError):
-            log.failure("Delivery to {peer} failed", failure, peer=str(peer))
-        error = failure.value
-        assert error is not None
-        Deferred.fromCoroutine(self._delivery_problem(peer, error)).addErrback(
-            lambda failure: log.failure("Recording a delivery problem failed", failure)
-        )
-
-    def _progress(self, peer: Identity, text: str) -> None:
-        self._emit({"event": "progress", "to": str(peer), "text": text})
-
-    async def _delivery_problem(self, peer: Identity, error: BaseException) -> None:
-        """Tell the sender why messages to ``peer`` are not delivered: give them up if the
-        problem is final, else note it on them (they stay queued for the next retry)."""
-        assert self.store is not None
-        problem = explain(error, peer)
-        if problem.our_certificate:
-            log.warn("{peer} refused our certificate {fingerprint}: {why}", peer=str(peer), fingerprint=self.credentials.fingerprint, why=problem.reason)
-        if problem.final:
-            for message in await self.store.fail_pending(peer, problem.reason):
-                log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(peer), why=problem.reason)
-                self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": problem.reason})
-            return
-        log.info("Cannot reach {peer} now: {why}", peer=str(peer), why=problem.reason)
-        retry = f"{problem.reason}; trying again every {self.settings.retry_interval:g} s"
-        for message in await self.store.note_problem(peer, problem.reason):
-            self._emit({"event": "progress", "id": message.id, "to": str(peer), "text": retry, "reason": problem.reason})
-
-    async def _deliver(self, peer: Identity) -> None:
-        connection = await self.connect(peer)
-        await self._flush(peer, connection)
-
-    async def _flush(self, peer: Identity, connection: PeerConnection) -> None:
-        """Send every pending message to ``peer`` not yet sent on ``connection``."""
-        assert self.store is not None
-        lock = self._flush_locks.setdefault(peer, DeferredLock())
-        await lock.acquire()
-        try:
-            sent = self._in_flight.setdefault(connection, set())
-            for message in await self.store.pending_for(peer):
-                if message.id in sent or not connection.is_established:
-                    continue
-                try:
-                    connection.send(ChatMessage(text=message.body, id=message.id, sent=_datetime(message.sent_at)))
-                except (errors.MessageTooLarge, errors.MalformedMessage) as error:
-                    # It can never be sent: give it up rather than block the ones behind it.
-                    log.warn("Message {id} to {peer} cannot be sent: {error}", id=message.id, peer=str(peer), error=str(error))
-                    why = f"it cannot be sent: {error.message}"
-                    if await self.store.set_state(message.id, "undelivered", peer=peer, reason=why):
-                        self._emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": why})
-                    continue
-                sent.add(message.id)
-                await self.store.set_state(message.id, "sent", only_from=("queued",))
-        finally:
-            lock.release()
-
-    async def _retry_pending(self) -> None:
-        assert self.store is not None
-        for peer in await self.store.pending_peers():
-            if peer in self._dialling:
-                continue
-            Deferred.fromCoroutine(self._deliver(peer)).addErrback(self._log_delivery_problem, peer)
-
-    async def _give_up_old(self) -> None:
-        assert self.store is not None
-        cutoff = self.clock.seconds() - self.settings.undelivered_after
-        for message in await self.store.give_up_older_than(cutoff):
-            why = f"not delivered within {self.settings.undelivered_after:g} s" + (f" ({message.reason})" if message.reason else "")
-            log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(message.peer), why=why)
-            self._emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body, "reason": why})
+        return await self.outbox.send_text(peer, text)
 
     async def cancel(self, message_id: str) -> StoredMessage | None:
         """Cancel a pending message (never sent again); None if none pending has that id."""
-        assert self.store is not None
-        message = await self.store.cancel(message_id)
-        if message is not None:
-            log.info("Message {id} to {peer} cancelled", id=message.id, peer=str(message.peer))
-            self._emit({"event": "cancelled", "id": message.id, "to": str(message.peer), "text": message.body})
-        return message
+        return await self.outbox.cancel(message_id)
 
     async def block(self, peer: Identity) -> None:
         """Block ``peer``: refused from now on, and any session with them ends at once."""
@@ -492,7 +363,7 @@ class Agent(service.Service):
             assert self.directory is not None and self.store is not None
             try:
                 record = await self.directory.lookup(peer)
-            except (irp_errors.IRPError, errors.SixChatError, OSError) as error:
+            except (IRPError, errors.SixChatError, OSError) as error:
                 log.debug("No presence for {peer}: {error}", peer=str(peer), error=str(error))
                 return
             current = record.is_current(self.clock.seconds()) and record.endpoints
@@ -503,104 +374,17 @@ class Agent(service.Service):
 
     # -- reaching peers ---------------------------------------------------------------
 
+    # -- reaching peers (see :mod:`sixchat.agent.dialer`) ------------------------------
+
     def connect(self, peer: Identity) -> Deferred[PeerConnection]:
         """An established session with ``peer``: the current one, or a new one (one dial
         at a time per peer; every caller gets its outcome)."""
-        current = self.sessions.get(peer)
-        if current is not None and current.is_established:
-            return succeed(current)
-        waiter: Deferred[PeerConnection] = Deferred()
-        waiters = self._dialling.get(peer)
-        if waiters is None:
-            self._dialling[peer] = [waiter]
-            Deferred.fromCoroutine(self._dial(peer)).addBoth(self._dial_finished, peer)
-        else:
-            waiters.append(waiter)
-        return waiter
-
-    def _dial_finished(self, result: Any, peer: Identity) -> None:
-        for waiter in self._dialling.pop(peer, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        return self.dialer.connect(peer)
 
     async def expected_fingerprints(self, peer: Identity, *, fresh: bool = False) -> set[str]:
         """The certificates the peer's registry holds for them now (cached briefly, unless
         ``fresh``)."""
-        assert self.directory is not None
-        cached = self._expected.get(peer)
-        now = self.clock.seconds()
-        if cached is not None and not fresh and now - cached[0] < self.settings.fingerprint_cache:
-            return cached[1]
-        fingerprints = await self.directory.certificate_fingerprints(peer)
-        if not fingerprints:
-            raise errors.PeerUnreachable(f"{peer} has no valid certificate at their registry")
-        self._expected[peer] = (now, fingerprints)
-        return fingerprints
-
-    async def _dial(self, peer: Identity) -> PeerConnection:
-        """Try the address that last worked, then every address the registry gives (IPv6
-        first). A peer that answers but is refused (another identity or certificate, or it
-        refuses us) does not stop the search: an address can move to someone else, and
-        nothing is sent before a session with the right peer exists. If no address works,
-        the first refusal is raised (it says more than "unreachable")."""
-        assert self.store is not None and self.directory is not None
-        if peer == self.identity:
-            raise errors.SelfConnection("dialling yourself")
-        self.reload_credentials()
-        self._progress(peer, f"asking the registry of {peer.domain} about {peer}")
-        await self.expected_fingerprints(peer)
-        tried: list[Endpoint] = []
-        contact = await self.store.get_contact(peer)
-        problems: list[str] = []
-        refusals: list[errors.SixChatError] = []
-        if contact is not None and contact.last_endpoint is not None:
-            tried.append(contact.last_endpoint)
-            connection = await self._try_endpoint(peer, contact.last_endpoint, problems, refusals)
-            if connection is not None:
-                return connection
-        record = await self.directory.lookup(peer)
-        if not record.is_current(self.clock.seconds()) or not record.endpoints:
-            await self.store.set_presence(peer, "offline")
-            if refusals:
-                raise refusals[0]
-            raise errors.PeerUnreachable(f"{peer} is offline (no current address at their registry)")
-        await self.store.set_presence(peer, record.presence)
-        for endpoint in sorted(record.endpoints, key=lambda item: item.family != "ipv6"):
-            if endpoint in tried:
-                continue
-            tried.append(endpoint)
-            connection = await self._try_endpoint(peer, endpoint, problems, refusals)
-            if connection is not None:
-                return connection
-        if refusals:
-            raise refusals[0]
-        raise errors.PeerUnreachable(f"{peer} did not answer at {', '.join(problems) or 'any address'}")
-
-    async def _try_endpoint(
-        self, peer: Identity, endpoint: Endpoint, problems: list[str], refusals: list[errors.SixChatError]
-    ) -> PeerConnection | None:
-        """A session with ``peer`` at ``endpoint``, or None (with the problem noted)."""
-        assert self.store is not None
-        endpoint_class = TCP6ClientEndpoint if endpoint.family == "ipv6" else TCP4ClientEndpoint
-        client = endpoint_class(self.reactor, endpoint.address, endpoint.port, timeout=self.settings.connect_timeout)
-        connection = PeerConnection(self, Role.INITIATOR, expected_peer=peer)
-        self._progress(peer, f"calling {peer} at {endpoint.address} port {endpoint.port}")
-        try:
-            await client.connect(QuietFactory.forProtocol(lambda: connection))
-            await connection.when_established()
-        except errors.SixChatError as error:
-            problems.append(f"{endpoint.address} port {endpoint.port} ({error.message})")
-            if isinstance(error, (errors.IdentityMismatch, errors.SelfConnection, errors.PeerRejected, errors.CertificateInvalid)):
-                log.warn("{address} port {port} did not give a session with {peer}: {error}", address=endpoint.address, port=endpoint.port, peer=str(peer), error=str(error))
-                refusals.append(error)
-            return None
-        except Exception as error:  # noqa: BLE001 - any transport failure means "try the next"
-            problems.append(f"{endpoint.address} port {endpoint.port} ({error.__class__.__name__})")
-            return None
-        await self.store.remember_endpoint(peer, endpoint)
-        return connection
+        return await self.dialer.expected_fingerprints(peer, fresh=fresh)
 
     # -- ConnectionOwner --------------------------------------------------------------
 
@@ -623,7 +407,7 @@ class Agent(service.Service):
         async def guarded() -> None:
             try:
                 await check()
-            except irp_errors.IRPError as error:
+            except IRPError as error:
                 raise errors.PeerRejected(f"cannot check {identity}: {error.message}", reason="untrusted-ca") from None
 
         return Deferred.fromCoroutine(guarded())
@@ -639,84 +423,32 @@ class Agent(service.Service):
         assert peer is not None
         existing = self.sessions.get(peer)
         if existing is not None and existing is not connection and existing.is_established:
-            keep, drop = self._pick_session(existing, connection)
+            keep, drop = pick_session(existing, connection)
             log.info("Two sessions with {peer}: keeping the one {who} dialled", peer=str(peer), who="we" if keep.role is Role.INITIATOR else "they")
             self.sessions[peer] = keep
             drop.close("duplicate")
             if keep is existing:
                 return
         self.sessions[peer] = connection
-        self._emit({"event": "session", "who": str(peer), "state": "up"})
+        self.emit({"event": "session", "who": str(peer), "state": "up"})
         try:
             connection.send(Presence("online"))
         except errors.SixChatError:
             return
-        Deferred.fromCoroutine(self._flush(peer, connection)).addErrback(self._log_delivery_problem, peer)
-
-    def _initiator_fingerprint(self, connection: PeerConnection) -> str:
-        if connection.role is Role.INITIATOR:
-            # What we presented in that handshake, as the peer saw it (not a reloaded one).
-            return connection.credentials.fingerprint
-        assert connection.session is not None
-        return connection.session.peer_fingerprint
-
-    def _pick_session(self, first: PeerConnection, second: PeerConnection) -> tuple[PeerConnection, PeerConnection]:
-        """Both peers keep the session dialled by the one with the larger fingerprint (the
-        newer one when both were dialled by the same side)."""
-        first_key = self._initiator_fingerprint(first)
-        second_key = self._initiator_fingerprint(second)
-        if first_key > second_key:
-            return first, second
-        return second, first
+        Deferred.fromCoroutine(self.outbox.flush(peer, connection)).addErrback(self.outbox.log_delivery_problem, peer)
 
     def message_received(self, connection: PeerConnection, message: ApplicationMessage) -> None:
         """Store and acknowledge messages; apply receipts and presence."""
         peer = connection.peer
         assert peer is not None
-        Deferred.fromCoroutine(self._handle_message(connection, peer, message)).addErrback(
+        Deferred.fromCoroutine(handle_message(self, connection, peer, message)).addErrback(
             lambda failure: log.failure("Handling a message from {peer} failed", failure, peer=str(peer))
         )
-
-    async def _handle_message(self, connection: PeerConnection, peer: Identity, message: ApplicationMessage) -> None:
-        assert self.store is not None
-        if isinstance(message, ChatMessage):
-            contact = await self.store.get_contact(peer)
-            if contact is not None and contact.blocked:
-                # Blocked while the session was open: never stored nor acknowledged.
-                log.info("Dropped message {id} from {peer}: blocked", id=message.id, peer=str(peer))
-                return
-            settings = self.settings
-            cap = (settings.unknown_peer_messages, settings.unknown_peer_bytes) if settings.policy == "anyone" else None
-            outcome = await self.store.record_incoming(message.id, peer, message.text, int(message.sent.timestamp()), cap)
-            if outcome == "over-quota":
-                log.warn(
-                    "Refused message {id} from {peer}: a stranger may have at most {count} messages or {size} bytes stored",
-                    id=message.id, peer=str(peer), count=settings.unknown_peer_messages, size=settings.unknown_peer_bytes,
-                )
-                connection.abort(errors.RateLimited("you have stored as much as a stranger may; become a contact first"))
-                return
-            if outcome == "conflict":
-                # Not a resend of ours to confirm: another message holds that id.
-                log.warn("Refused message {id} from {peer}: that id belongs to another message", id=message.id, peer=str(peer))
-                return
-            if connection.is_established:
-                connection.send(Receipt(message.id))
-            if outcome == "new":
-                self._emit({"event": "message", "id": message.id, "from": str(peer), "text": message.text, "sent": int(message.sent.timestamp())})
-        elif isinstance(message, Receipt):
-            # Only the recipient of a message can confirm it.
-            if await self.store.set_state(message.id, "delivered", only_from=("queued", "sent", "undelivered"), peer=peer):
-                self._emit({"event": "receipt", "id": message.id, "to": str(peer)})
-        elif isinstance(message, Presence):
-            await self.store.set_presence(peer, message.status)
-            self._emit({"event": "presence", "who": str(peer), "status": message.status})
-        elif isinstance(message, Ping) and connection.is_established:
-            connection.send(Pong())
 
     def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
         """Forget the connection; unacknowledged messages stay pending for the next one."""
         self.connections.discard(connection)
-        self._in_flight.pop(connection, None)
+        self.outbox.forget(connection)
         peer = connection.peer
         if peer is not None and self.sessions.get(peer) is connection:
             del self.sessions[peer]
@@ -727,21 +459,15 @@ class Agent(service.Service):
             if error is not None:
                 event["error"] = error.message
                 event["name"] = error.name
-            self._emit(event)
+            self.emit(event)
             if error is not None and error.from_peer and isinstance(error, errors.PeerRejected):
                 # Refused after our last handshake message: what we sent was never read.
-                Deferred.fromCoroutine(self._delivery_problem(peer, error)).addErrback(
+                Deferred.fromCoroutine(self.outbox.delivery_problem(peer, error)).addErrback(
                     lambda failure: log.failure("Recording a delivery problem failed", failure)
                 )
             else:
-                Deferred.fromCoroutine(self._redeliver(peer)).addErrback(self._log_delivery_problem, peer)
+                Deferred.fromCoroutine(self.outbox.redeliver(peer)).addErrback(self.outbox.log_delivery_problem, peer)
         self._closed_because.pop(connection, None)
-
-    async def _redeliver(self, peer: Identity) -> None:
-        """After a session ends, move pending messages to the surviving session, if any."""
-        current = self.sessions.get(peer)
-        if current is not None and current.is_established:
-            await self._flush(peer, current)
 
     def status(self) -> dict[str, Any]:
         """A summary for ``sixchat status``."""
@@ -762,9 +488,3 @@ async def _call(function: Callable[[], Any]) -> None:
     result = function()
     if hasattr(result, "__await__"):
         await result
-
-
-def _datetime(seconds: int) -> Any:
-    from datetime import datetime
-
-    return datetime.fromtimestamp(seconds, UTC)

@@ -22,8 +22,17 @@ from twisted.python.failure import Failure
 from common.identity import Identity
 from common.pki.keyfiles import PrivateKey, fingerprint
 from common.profile import Profile
-from irp import DEFAULT_PORT, errors
-from irp.client import AddressRecord, CRLInfo, RegistryClient, connect, connect_domain, split_server
+from irp import DEFAULT_PORT
+from irp.client import (
+    AddressRecord,
+    ClientError,
+    CRLInfo,
+    RegistryClient,
+    ServerVerificationFailed,
+    connect,
+    connect_domain,
+    split_server,
+)
 from irp.wire.records import Endpoint
 
 log = Logger()
@@ -68,7 +77,7 @@ class Directory:
     def server_for(self, domain: str) -> tuple[str, int] | None:
         """The registry configured for ``domain``, or None (found by DNS SRV then)."""
         if domain not in self.roots:
-            raise errors.ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
+            raise ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
         return self.servers.get(domain)
 
     async def client(self, domain: str) -> RegistryClient:
@@ -145,7 +154,7 @@ class Directory:
         for info in crls:
             if info.issuer == "issuing":
                 return info.crl
-        raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+        raise ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
 
     async def register(self, endpoints: Sequence[Endpoint], presence: str, ttl: int) -> AddressRecord:
         """Publish our addresses and presence with our own registry."""

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from common.identity import Identity
@@ -39,9 +40,13 @@ from sixchat.record import (
     MessageReceived,
     Session,
 )
-from sixchat.wire import messages
+from sixchat.wire import application
 
 log = Logger()
+
+#: Why the connection's one timer runs, when it is not a Timeout's message or "idle".
+_VERIFYING = "verifying"
+_ABORTING = "aborting"
 
 
 @dataclass
@@ -69,15 +74,20 @@ class ConnectionOwner(TypingProtocol):
     def session_established(self, connection: PeerConnection) -> None:
         """The handshake completed: ``connection.session`` is ready."""
 
-    def message_received(self, connection: PeerConnection, message: messages.ApplicationMessage) -> None:
+    def message_received(self, connection: PeerConnection, message: application.ApplicationMessage) -> None:
         """An application message arrived on an established session."""
 
     def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
         """The connection is over (``error`` is None after a clean close)."""
 
 
-class PeerConnection(Protocol):
-    """One TCP connection to a peer, in either role."""
+class PeerConnection(Protocol, TimeoutMixin):
+    """One TCP connection to a peer, in either role.
+
+    Its one deadline (TimeoutMixin, on the owner's clock) is, in turn: the handshake's,
+    the peer check's, the idle limit of the session, and, once closed, the time the peer
+    has to let the connection go.
+    """
 
     def __init__(
         self,
@@ -99,9 +109,10 @@ class PeerConnection(Protocol):
         #: Why the connection ended before a session existed (None otherwise).
         self.failure: errors.SixChatError | None = None
         self._established_waiters: list[Deferred[PeerConnection]] = []
-        self._timer: IDelayedCall | None = None
-        self._verify_timer: Any = None
-        self._abort_call: IDelayedCall | None = None
+        #: What the running deadline is for (see :meth:`timeoutConnection`).
+        self._deadline = ""
+        #: Called when the peer check outlives its deadline (None when no check runs).
+        self._verification_expired: Callable[[], None] | None = None
         #: Bytes of binary data records received (no agent feature uses them yet).
         self.ignored_data_bytes = 0
         #: True once the TCP connection is gone.
@@ -158,9 +169,6 @@ class PeerConnection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         """Report the end to the owner (Truncated if it was not a clean close)."""
         self._cancel_timers()
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
         self.disconnected = True
         waiters, self._lost_waiters = self._lost_waiters, []
         try:
@@ -215,24 +223,27 @@ class PeerConnection(Protocol):
         timed_out: list[bool] = []
 
         def expire() -> None:
-            self._verify_timer = None
             if not verdict.called:
                 timed_out.append(True)
                 verdict.cancel()
 
-        timeout = self.owner.clock.callLater(self.owner.limits.verification_timeout, expire)
-        self._verify_timer = timeout
+        self._verification_expired = expire
+        self._arm(self.owner.limits.verification_timeout, _VERIFYING)
+
+        def settled() -> None:
+            # The deadline is this check's only while the connection still waits for it.
+            if self._verification_expired is expire:
+                self._verification_expired = None
+                self._disarm()
 
         def accepted(_: Any) -> None:
-            if timeout.active():
-                timeout.cancel()
+            settled()
             if not self.ended and self.handshake is not None:
                 self.transport.resumeProducing()  # type: ignore[union-attr]
                 self._handshake_events(self.handshake.accept_peer())
 
         def refused(failure: Failure) -> None:
-            if timeout.active():
-                timeout.cancel()
+            settled()
             error = failure.value
             if timed_out:
                 error = errors.Timeout(f"checking {event.identity} took too long")
@@ -297,7 +308,7 @@ class PeerConnection(Protocol):
                 # event per 64 KiB record cost 13% of a bulk transfer).
                 self.ignored_data_bytes += len(event.data)
 
-    def send(self, message: messages.ApplicationMessage) -> None:
+    def send(self, message: application.ApplicationMessage) -> None:
         """Encrypt and send one application message."""
         if not self.is_established:
             raise errors.Closed("the session is not established")
@@ -350,11 +361,7 @@ class PeerConnection(Protocol):
         self.owner.connection_ended(self, error)
         self.transport.loseConnection()  # type: ignore[union-attr]
         # A peer that stops reading cannot hold the socket open.
-        self._abort_call = self.owner.clock.callLater(self.owner.limits.handshake_timeout, self._abort_transport)
-
-    def _abort_transport(self) -> None:
-        self._abort_call = None
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._arm(self.owner.limits.handshake_timeout, _ABORTING)
 
     # -- timers -------------------------------------------------------------------------
 
@@ -362,28 +369,32 @@ class PeerConnection(Protocol):
         for frame in frames:
             self.transport.write(frame)  # type: ignore[union-attr]
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's clock: the owner's."""
+        return self.owner.clock.callLater(period, func)
+
     def _arm(self, seconds: float, why: str) -> None:
-        timer = self._timer
-        if timer is not None and timer.active() and timer.args == (why,):  # type: ignore[attr-defined]
-            timer.reset(seconds)  # cheaper than cancelling and scheduling on every record
-            return
-        self._disarm()
-        self._timer = self.owner.clock.callLater(seconds, self._expired, why)
+        """(Re)start the deadline: ``seconds`` from now, for ``why``."""
+        self._deadline = why
+        self.setTimeout(seconds)  # resets a running timer rather than scheduling another
 
     def _disarm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.setTimeout(None)
 
     def _cancel_timers(self) -> None:
         self._disarm()
-        if self._verify_timer is not None and self._verify_timer.active():
-            self._verify_timer.cancel()
-        self._verify_timer = None
+        self._verification_expired = None
 
-    def _expired(self, why: str) -> None:
-        self._timer = None
-        if self.session is not None and why == "idle":
+    def timeoutConnection(self) -> None:
+        """The deadline passed: act on what it was for."""
+        why = self._deadline
+        if why == _ABORTING:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        elif why == _VERIFYING:
+            expire, self._verification_expired = self._verification_expired, None
+            if expire is not None:
+                expire()
+        elif self.session is not None and why == "idle":
             log.info("Closing the idle session with {peer}", peer=str(self.peer))
             self.close("idle")
         else:

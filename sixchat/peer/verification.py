@@ -30,7 +30,8 @@ from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore
-from irp import errors as irp_errors
+from irp.client import CertificateInvalid as IRPCertificateInvalid
+from irp.client import CertificateRevoked, RevocationUnknown
 from sixchat import errors
 from sixchat.agent.store import AgentStore
 
@@ -82,7 +83,7 @@ class PeerVerifier:
             verified = self.trust.verify_user_certificate(
                 leaf, [*chain[1:], *self.known_intermediates], now=self._now()
             )
-        except irp_errors.CertificateInvalid as error:
+        except IRPCertificateInvalid as error:
             if error.reason == "unknown-issuer":
                 raise errors.PeerRejected(f"{identity}: {error.message}", reason="untrusted-ca") from None
             if error.reason == "expired":
@@ -92,9 +93,9 @@ class PeerVerifier:
             raise errors.IdentityMismatch(f"the certificate names {verified.identity}, not {identity}")
         try:
             await self.revocation.check(identity.domain, leaf, verified.chain[1])
-        except irp_errors.CertificateRevoked as error:
+        except CertificateRevoked as error:
             raise errors.PeerRejected(error.message, reason="revoked") from None
-        except irp_errors.RevocationUnknown as error:
+        except RevocationUnknown as error:
             raise errors.PeerRejected(error.message, reason="untrusted-ca") from None
         digest = fingerprint(leaf)
         contact = await self.store.get_contact(identity)

@@ -170,6 +170,32 @@ class SessionTests(TestCase):
         )
         self.assertRaises(errors.Closed, bob.receive_data, b"")
 
+    def test_bad_header_after_good_records(self) -> None:
+        """Records before a bad header in the same data are not lost: they travel with the
+        error (events_before)."""
+        alice, bob = session_pair()
+        data = alice.send_data(b"one") + (MAX_RECORD_PAYLOAD + 1).to_bytes(4, "big")
+        with self.assertRaises(errors.MessageTooLarge) as caught:
+            bob.receive_data(data)
+        self.assertEqual(caught.exception.events_before, [DataReceived(b"one")])
+
+    def test_empty_frame(self) -> None:
+        """An empty frame is malformed; after the peer's close, any frame is unexpected."""
+        _, bob = session_pair()
+        with self.assertRaises(errors.MalformedMessage) as caught:
+            bob.receive_data(bytes(4))
+        self.assertIn("empty frame", caught.exception.message)
+        alice, bob = session_pair()
+        with self.assertRaises(errors.UnexpectedMessage):
+            bob.receive_data(alice.close() + bytes(4))
+
+    def test_nothing_is_read_after_an_alert(self) -> None:
+        """Bytes after an alert record are ignored, even a bad header."""
+        alice, bob = session_pair()
+        data = alice.abort(errors.Timeout()) + (MAX_RECORD_PAYLOAD + 1).to_bytes(4, "big")
+        [event] = bob.receive_data(data)
+        self.assertIsInstance(event, AlertReceived)
+
     def test_exporter(self) -> None:
         alice, bob = session_pair()
         self.assertEqual(

@@ -36,6 +36,39 @@ class EncodeFrameTests(unittest.SynchronousTestCase):
         self.assertRaises(EmptyFrame, encode_frame, b"")
 
 
+class OneFrameAtATimeTests(unittest.SynchronousTestCase):
+    """FrameDecoder.append, next_frame and take_pending (a reader that stops between frames)."""
+
+    def test_one_frame_per_call(self) -> None:
+        """next_frame returns the frames one by one, then None."""
+        decoder = FrameDecoder(100)
+        decoder.append(encode_frame(b"one") + encode_frame(b"two"))
+        self.assertEqual(decoder.next_frame(), b"one")
+        self.assertEqual(decoder.next_frame(), b"two")
+        self.assertIsNone(decoder.next_frame())
+
+    def test_bad_header_raises_before_its_body(self) -> None:
+        """A header over the cap raises as soon as it has arrived; the error stays."""
+        decoder = FrameDecoder(10)
+        decoder.append(struct.pack(">I", 11))
+        self.assertRaises(FrameTooLarge, decoder.next_frame)
+        self.assertRaises(FrameTooLarge, decoder.append, b"x")
+        decoder = FrameDecoder(10)
+        decoder.append(struct.pack(">I", 0))
+        self.assertRaises(EmptyFrame, decoder.next_frame)
+
+    def test_take_pending_returns_the_bytes_as_received(self) -> None:
+        """The bytes not yet decoded come back unchanged, a header already read included."""
+        decoder = FrameDecoder(100)
+        rest = encode_frame(b"next layer")[:7]
+        decoder.append(encode_frame(b"one") + rest)
+        self.assertEqual(decoder.next_frame(), b"one")
+        self.assertIsNone(decoder.next_frame())  # reads the next header
+        self.assertEqual(decoder.take_pending(), rest)
+        self.assertEqual(decoder.pending, 0)
+        self.assertEqual(decoder.take_pending(), b"")
+
+
 class FrameDecoderTests(unittest.SynchronousTestCase):
     """FrameDecoder."""
 

@@ -96,8 +96,8 @@ class AgentTestCase(TestCase):
 
     async def settle(self, agent: Agent) -> None:
         """Wait until no dial of ``agent`` is under way and its store is idle."""
-        while agent._dialling:
-            waiters = [agent.connect(peer) for peer in list(agent._dialling)]
+        while agent.dialer.dialling:
+            waiters = [agent.connect(peer) for peer in list(agent.dialer.dialling)]
             for waiter in waiters:
                 waiter.addErrback(lambda _: None)
                 await waiter

@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 
 from common.wire.framing import encode_frame
 from sixchat import errors
-from sixchat.agent.service import Agent, AgentSettings, _ResponderFactory
+from sixchat.agent.responder import ResponderFactory
+from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.protocol import PeerConnection
 from sixchat.wire.messages import alert_for, parse_alert
@@ -83,9 +84,9 @@ class HandshakeAdmissionTests(TestCase):
 class FactoryTests(TestCase):
     """The agent's listening factory applies the budgets (Twisted fakes, no sockets)."""
 
-    def factory(self, **settings: Any) -> tuple[Agent, _ResponderFactory]:
+    def factory(self, **settings: Any) -> tuple[Agent, ResponderFactory]:
         agent = Agent(AgentSettings(profile_dir=self.mktemp(), **settings), reactor=None, clock=Clock())
-        return agent, _ResponderFactory(agent)
+        return agent, ResponderFactory(agent)
 
     def refusal_bytes(self, protocol: Any) -> bytes:
         transport = StringTransport()
@@ -159,7 +160,7 @@ class OverSocketsTests(AgentTestCase):
         # A contact is not limited.
         await alice.store.add_contact(carol.identity)
         await self.settle(carol)
-        await carol._retry_pending()
+        await carol.outbox.retry_pending()
         await carol_events.wait_for(event="receipt", id=third.id)
 
     async def test_stranger_byte_cap(self) -> None:

@@ -1,4 +1,5 @@
-"""Which of two sessions with one peer is kept, when our certificate changed between them."""
+"""Tests for :mod:`sixchat.agent.sessions`: which of two sessions with one peer is kept, when our
+certificate changed between them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
 from sixchat.agent.service import Agent, AgentSettings
+from sixchat.agent.sessions import pick_session
 from sixchat.handshake import Role
 from sixchat.peer.protocol import PeerConnection
 from test.sixchat_certs import user
@@ -33,7 +35,7 @@ class PickAfterReloadTests(TestCase):
         # The peer dialled us too; its certificate's fingerprint lies between ours.
         middle = low + "0"  # sorts after low and before high
         theirs: object = SimpleNamespace(role=Role.RESPONDER, session=SimpleNamespace(peer_fingerprint=middle))
-        keep, _ = agent._pick_session(ours, theirs)  # type: ignore[arg-type]
+        keep, _ = pick_session(ours, theirs)  # type: ignore[arg-type]
         # The peer saw our old certificate in that handshake and compares it with its own.
         expected = ours if old.fingerprint > middle else theirs
         self.assertIs(keep, expected)

@@ -1,0 +1,153 @@
+"""The agent's outbox: queued messages, their delivery, retries and receipts' bookkeeping.
+
+Messages are stored before they are sent; each is sent at most once per session, and stays
+pending until the peer's receipt arrives (:meth:`Agent.message_received`), it is cancelled,
+or it is given up (a final problem, or ``undelivered_after``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from common.identity import Identity
+from irp.client import IRPError
+from sixchat import errors
+from sixchat.agent.outcome import explain
+from sixchat.agent.store import StoredMessage
+from sixchat.peer.protocol import PeerConnection
+from sixchat.record import MAX_BODY
+from sixchat.wire.application import MAX_TEXT_LENGTH, ChatMessage, encode_application
+
+if TYPE_CHECKING:
+    from sixchat.agent.service import Agent
+
+log = Logger()
+
+
+class Outbox:
+    """Delivery of one agent's queued messages."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._flush_locks: dict[Identity, DeferredLock] = {}
+        #: The ids sent on each connection (not sent again on it).
+        self._in_flight: dict[PeerConnection, set[str]] = {}
+
+    def forget(self, connection: PeerConnection) -> None:
+        """The connection ended: what it sent without a receipt may go on the next one."""
+        self._in_flight.pop(connection, None)
+
+    async def send_text(self, peer: Identity, text: str) -> StoredMessage:
+        """Queue a message (stored first) and start delivering it."""
+        assert self.agent.store is not None
+        if peer == self.agent.identity:
+            raise errors.SelfConnection("you cannot send messages to yourself")
+        try:
+            encoded = encode_application(ChatMessage(text=text))  # checks before storing
+        except ValueError as error:
+            raise errors.MalformedMessage(f"this text cannot be sent: {error}", fatal=False) from None
+        if len(text) > MAX_TEXT_LENGTH or len(encoded) > MAX_BODY:
+            raise errors.MessageTooLarge(
+                f"a message is limited to {MAX_TEXT_LENGTH} characters and {MAX_BODY // 1024} KiB once encoded", fatal=False
+            )
+        message = await self.agent.store.queue_message(peer, text)
+        self.agent.emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
+        Deferred.fromCoroutine(self.deliver(peer)).addErrback(self.log_delivery_problem, peer)
+        return message
+
+    def log_delivery_problem(self, failure: Failure, peer: Identity) -> None:
+        """Errback of a delivery: log what is not a known problem, then record it."""
+        if not failure.check(errors.SixChatError, IRPError, OSError):
+            log.failure("Delivery to {peer} failed", failure, peer=str(peer))
+        error = failure.value
+        assert error is not None
+        Deferred.fromCoroutine(self.delivery_problem(peer, error)).addErrback(
+            lambda failure: log.failure("Recording a delivery problem failed", failure)
+        )
+
+    async def delivery_problem(self, peer: Identity, error: BaseException) -> None:
+        """Tell the sender why messages to ``peer`` are not delivered: give them up if the
+        problem is final, else note it on them (they stay queued for the next retry)."""
+        assert self.agent.store is not None
+        problem = explain(error, peer)
+        if problem.our_certificate:
+            log.warn("{peer} refused our certificate {fingerprint}: {why}", peer=str(peer), fingerprint=self.agent.credentials.fingerprint, why=problem.reason)
+        if problem.final:
+            for message in await self.agent.store.fail_pending(peer, problem.reason):
+                log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(peer), why=problem.reason)
+                self.agent.emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": problem.reason})
+            return
+        log.info("Cannot reach {peer} now: {why}", peer=str(peer), why=problem.reason)
+        retry = f"{problem.reason}; trying again every {self.agent.settings.retry_interval:g} s"
+        for message in await self.agent.store.note_problem(peer, problem.reason):
+            self.agent.emit({"event": "progress", "id": message.id, "to": str(peer), "text": retry, "reason": problem.reason})
+
+    async def deliver(self, peer: Identity) -> None:
+        """Reach ``peer`` and send what is pending for them."""
+        connection = await self.agent.connect(peer)
+        await self.flush(peer, connection)
+
+    async def flush(self, peer: Identity, connection: PeerConnection) -> None:
+        """Send every pending message to ``peer`` not yet sent on ``connection``."""
+        assert self.agent.store is not None
+        lock = self._flush_locks.setdefault(peer, DeferredLock())
+        await lock.acquire()
+        try:
+            sent = self._in_flight.setdefault(connection, set())
+            for message in await self.agent.store.pending_for(peer):
+                if message.id in sent or not connection.is_established:
+                    continue
+                try:
+                    connection.send(ChatMessage(text=message.body, id=message.id, sent=_datetime(message.sent_at)))
+                except (errors.MessageTooLarge, errors.MalformedMessage) as error:
+                    # It can never be sent: give it up rather than block the ones behind it.
+                    log.warn("Message {id} to {peer} cannot be sent: {error}", id=message.id, peer=str(peer), error=str(error))
+                    why = f"it cannot be sent: {error.message}"
+                    if await self.agent.store.set_state(message.id, "undelivered", peer=peer, reason=why):
+                        self.agent.emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": why})
+                    continue
+                sent.add(message.id)
+                await self.agent.store.set_state(message.id, "sent", only_from=("queued",))
+        finally:
+            lock.release()
+
+    async def retry_pending(self) -> None:
+        """Try again every peer with pending messages (not already being dialled)."""
+        assert self.agent.store is not None
+        for peer in await self.agent.store.pending_peers():
+            if peer in self.agent.dialer.dialling:
+                continue
+            Deferred.fromCoroutine(self.deliver(peer)).addErrback(self.log_delivery_problem, peer)
+
+    async def give_up_old(self) -> None:
+        """Mark undelivered what has waited longer than ``undelivered_after``."""
+        assert self.agent.store is not None
+        cutoff = self.agent.clock.seconds() - self.agent.settings.undelivered_after
+        for message in await self.agent.store.give_up_older_than(cutoff):
+            why = f"not delivered within {self.agent.settings.undelivered_after:g} s" + (f" ({message.reason})" if message.reason else "")
+            log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(message.peer), why=why)
+            self.agent.emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body, "reason": why})
+
+    async def cancel(self, message_id: str) -> StoredMessage | None:
+        """Cancel a pending message (never sent again); None if none pending has that id."""
+        assert self.agent.store is not None
+        message = await self.agent.store.cancel(message_id)
+        if message is not None:
+            log.info("Message {id} to {peer} cancelled", id=message.id, peer=str(message.peer))
+            self.agent.emit({"event": "cancelled", "id": message.id, "to": str(message.peer), "text": message.body})
+        return message
+
+    async def redeliver(self, peer: Identity) -> None:
+        """After a session ends, move pending messages to the surviving session, if any."""
+        current = self.agent.sessions.get(peer)
+        if current is not None and current.is_established:
+            await self.flush(peer, current)
+
+
+def _datetime(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,0 +1,132 @@
+# mypy: allow-untyped-calls
+"""Tests for :mod:`sixchat.wire.handshake`: handshake messages, alerts, and the errors they carry."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+
+from sixchat import errors
+from sixchat.wire import application, handshake
+from test.sixchat.wire.test_schema import GOOD_AUTH, GOOD_HELLO, GOOD_REPLY
+
+
+class CodecTests(TestCase):
+    """Round trips and the parser's own rules."""
+
+    def test_round_trips(self) -> None:
+        self.assertEqual(handshake.parse_handshake_frame(GOOD_HELLO.to_xml()), GOOD_HELLO)
+        self.assertEqual(handshake.parse_handshake_frame(GOOD_REPLY.to_xml()), GOOD_REPLY)
+        self.assertEqual(handshake.parse_sealed_content(GOOD_AUTH.to_xml()), GOOD_AUTH)
+        sealed = handshake.Sealed(b"\x00" * 100)
+        self.assertEqual(handshake.parse_handshake_frame(sealed.to_xml()), sealed)
+
+    def test_offers_are_kept_in_order(self) -> None:
+        hello = handshake.Hello(
+            to=GOOD_HELLO.to,
+            random=GOOD_HELLO.random,
+            x25519_key=GOOD_HELLO.x25519_key,
+            mlkem_key=GOOD_HELLO.mlkem_key,
+            versions=("2", "1"),
+            suites=("B", "A"),
+        )
+        self.assertEqual(handshake.parse_handshake_frame(hello.to_xml()), hello)
+
+    def test_too_many_offers(self) -> None:
+        hello = handshake.Hello(
+            to=GOOD_HELLO.to,
+            random=GOOD_HELLO.random,
+            x25519_key=GOOD_HELLO.x25519_key,
+            mlkem_key=GOOD_HELLO.mlkem_key,
+            versions=("1",) * 9,
+        )
+        self.assertRaises(errors.MalformedMessage, handshake.parse_handshake_frame, hello.to_xml())
+
+    def test_wrong_document_kinds(self) -> None:
+        self.assertRaises(
+            errors.MalformedMessage, handshake.parse_handshake_frame, GOOD_AUTH.to_xml()
+        )
+        self.assertRaises(
+            errors.MalformedMessage, handshake.parse_sealed_content, GOOD_HELLO.to_xml()
+        )
+        self.assertRaises(errors.MalformedMessage, handshake.parse_alert, b"<ping/>")
+        self.assertRaises(errors.MalformedMessage, application.parse_close, b"<ping/>")
+        self.assertRaises(errors.MalformedMessage, application.parse_application, b"<close/>")
+
+
+class AlertTests(TestCase):
+    """Errors to alerts and back: the one place and its rules."""
+
+    def test_round_trip_every_error(self) -> None:
+        for cls in errors.error_classes():
+            error = handshake.parse_alert(handshake.alert_for(cls()))
+            self.assertEqual((error.name, error.code), (cls.name, cls.code))
+
+    def test_local_details_stay_local(self) -> None:
+        error = errors.PeerRejected("alice is on bob's deny list", reason="denied")
+        document = handshake.alert_for(error)
+        self.assertNotIn(b"deny", document)
+        self.assertEqual(document, b'<alert code="305" name="peer-rejected" reason="policy"/>')
+
+    def test_rejection_reasons(self) -> None:
+        for reason, wire in errors.PEER_REJECTED_WIRE_REASONS.items():
+            received = handshake.parse_alert(
+                handshake.alert_for(errors.PeerRejected(reason=reason))
+            )
+            assert isinstance(received, errors.PeerRejected)
+            self.assertEqual(received.reason, wire)
+        self.assertRaises(ValueError, errors.PeerRejected, reason="because")
+
+    def test_unknown_alerts(self) -> None:
+        """Unknown names fall back to the class of their code, then to the base."""
+        by_code = handshake.parse_alert(b'<alert code="301" name="brand-new-signature-error"/>')
+        self.assertIsInstance(by_code, errors.BadSignature)
+        unknown = handshake.parse_alert(b'<alert code="999" name="who-knows"/>')
+        self.assertIs(type(unknown), errors.SixChatError)
+        odd_reason = handshake.parse_alert(b'<alert code="305" name="peer-rejected" reason="x"/>')
+        self.assertEqual(odd_reason.reason, "policy")  # type: ignore[attr-defined]
+
+
+class ErrorTests(TestCase):
+    """The error hierarchy itself."""
+
+    def test_names_and_codes_unique(self) -> None:
+        classes = [
+            cls
+            for cls in errors.error_classes()
+            if cls is not errors.InternalError and cls.__module__ == errors.__name__
+        ]
+        self.assertEqual(len({cls.name for cls in classes}), len(classes))
+        self.assertEqual(len({cls.code for cls in classes}), len(classes))
+
+    def test_required_classes(self) -> None:
+        for name in (
+            "MalformedMessage", "UnexpectedMessage", "UnsupportedVersion", "DowngradeDetected",
+            "HandshakeFailed", "BadSignature", "BadFinished", "IdentityMismatch",
+            "SelfConnection", "PeerRejected", "CertificateInvalid", "DecryptFailed",
+            "SequenceExhausted", "Truncated", "Timeout", "MessageTooLarge", "RateLimited",
+            "Closed",
+        ):
+            cls = getattr(errors, name)
+            self.assertTrue(issubclass(cls, errors.SixChatError), name)
+            instance = cls()
+            self.assertTrue(str(instance).endswith(f"[{cls.name}, {cls.code}]"))
+
+    def test_authentication_errors_are_handshake_failures(self) -> None:
+        for cls in (
+            errors.BadSignature, errors.BadFinished, errors.IdentityMismatch,
+            errors.SelfConnection, errors.PeerRejected, errors.CertificateInvalid,
+        ):
+            self.assertTrue(issubclass(cls, errors.HandshakeFailed))
+        self.assertTrue(issubclass(errors.DowngradeDetected, errors.UnsupportedVersion))
+
+    def test_fatal(self) -> None:
+        self.assertTrue(errors.DecryptFailed().fatal)
+        self.assertFalse(errors.Closed().fatal)
+        self.assertFalse(errors.MessageTooLarge(fatal=False).fatal)
+        self.assertTrue(errors.MessageTooLarge.fatal)
+
+    def test_lookup(self) -> None:
+        self.assertIs(errors.error_class_for("truncated", 0), errors.Truncated)
+        self.assertIs(errors.error_class_for("nope", 402), errors.Truncated)
+        self.assertIs(errors.error_class_for("nope", 0), errors.SixChatError)
+        self.assertIs(errors.error_class_for("internal-error", 500), errors.InternalError)
