@@ -37,20 +37,20 @@ from types import MappingProxyType
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.identity import Identity, InvalidIdentity, check_domain
-from common.pki import keyfiles
+from common.pki import keyfiles, keys
 from common.pki.certificates import load_csr
+from common.pki.errors import PKIError
 from common.pki.keyfiles import PrivateKey
-from irp.errors import InvalidArgument, WeakKey
+from common.pki.keys import AcceptedPublicKey
+from irp.errors import InvalidArgument, from_pki
 
 Clock = Callable[[], datetime.datetime]
-#: The public key types :func:`check_public_key` accepts.
-AcceptedPublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 #: Key types the CA can generate, for itself and for server-side generated user keys.
 KEY_TYPES = ("p384", "p256", "ed25519")
@@ -67,7 +67,6 @@ CLOCK_SKEW_ALLOWANCE = datetime.timedelta(minutes=5)
 
 #: Largest CSR accepted, PEM or DER.
 MAX_CSR_SIZE = 16 * 1024
-MIN_RSA_BITS = 3072
 MIN_PKCS12_PASSPHRASE_LENGTH = 8
 #: PBKDF2-SHA256 rounds protecting PKCS#12 files. 100 000 costs about 50 ms per derivation:
 #: enough to slow guessing of a decent passphrase while keeping the request cheap for the
@@ -153,39 +152,16 @@ def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SH
     return hashes.SHA256()
 
 
-_ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
-
-
 def check_public_key(key: PublicKeyTypes) -> AcceptedPublicKey:
     """Accept EC P-256/P-384/P-521, Ed25519 and RSA of 3072 bits or more; else :class:`WeakKey`.
 
-    Returns the key, typed as one the CA can certify. The message of the error says what is
-    wrong with the key and what would do.
+    The key policy is :func:`common.pki.keys.check_public_key`; this raises its refusal as
+    the IRP error :class:`irp.errors.WeakKey`.
     """
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return key
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if isinstance(key.curve, _ACCEPTED_CURVES):
-            return key
-        raise WeakKey(
-            f"EC keys must use the curve P-256, P-384 or P-521; this one uses {key.curve.name}"
-        )
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise WeakKey(
-                f"RSA keys must be at least {MIN_RSA_BITS} bits; this one has {key.key_size}"
-            )
-        if key.public_numbers().e < 65537:
-            raise WeakKey("RSA keys must use a public exponent of at least 65537")
-        return key
-    if isinstance(key, ed448.Ed448PublicKey):
-        kind = "Ed448"
-    else:
-        kind = type(key).__name__.removeprefix("_").removesuffix("PublicKey") or "this type"
-    raise WeakKey(
-        f"{kind} keys are not accepted; use EC P-256, P-384 or P-521, Ed25519, or RSA of at"
-        f" least {MIN_RSA_BITS} bits"
-    )
+    try:
+        return keys.check_public_key(key)
+    except PKIError as error:
+        raise from_pki(error) from None
 
 
 def _system_clock() -> datetime.datetime:
