@@ -41,3 +41,21 @@ def subclasses_of(cls: type[E]) -> list[type[E]]:
         found.append(sub)
         found.extend(subclasses_of(sub))
     return found
+
+
+def error_class_for(base: type[P], name: str, code: int) -> type[P]:
+    """The class of ``base``'s tree that a received error (wire name, code) stands for.
+
+    By name first: the most general subclass carrying it (depth first, in definition
+    order), so that it can be built from a message alone; the base itself only when no
+    subclass carries the name. Then by code: the first class with it, the base first.
+    Else the base.
+    """
+    subclasses = subclasses_of(base)
+    for cls in (*subclasses, base):
+        if cls.name == name:
+            return cls
+    for cls in (base, *subclasses):
+        if cls.code == code:
+            return cls
+    return base

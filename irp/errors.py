@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from common.errors import ProtocolError, subclasses_of
+from common import errors as common_errors
+from common.errors import ProtocolError
 from common.pki import errors as pki_errors
 from common.pki.errors import CERTIFICATE_REJECTION_REASONS
 
@@ -204,17 +205,10 @@ class ConnectionLost(ClientError):
 def error_class_for(name: str, code: int) -> type[IRPError]:
     """Return the error class for a wire name (falling back to the code's class).
 
-    Where several classes share a wire name, the most general one (defined first) is
-    returned, so it can always be built from a message alone.
+    Where several classes share a wire name, the most general one is returned, so it can
+    always be built from a message alone (see :func:`common.errors.error_class_for`).
     """
-    classes: list[type[IRPError]] = [IRPError, *subclasses_of(IRPError)]
-    for cls in classes:
-        if cls.name == name:
-            return cls
-    for cls in classes:
-        if cls.code == code:
-            return cls
-    return IRPError
+    return common_errors.error_class_for(IRPError, name, code)
 
 
 class WeakKey(InvalidArgument):

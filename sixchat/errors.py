@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
+from common import errors as common_errors
 from common.errors import ProtocolError, subclasses_of
 from common.pki import errors as pki_errors
 
@@ -252,16 +253,9 @@ def error_classes() -> list[type[SixChatError]]:
 
 
 def error_class_for(name: str, code: int) -> type[SixChatError]:
-    """Return the class for a wire name, falling back to the code, then to the base."""
-    classes = error_classes()
-    # Subclasses first, so a name shared with the base (internal-error) finds its class.
-    for cls in reversed(classes):
-        if cls.name == name:
-            return cls
-    for cls in classes:
-        if cls.code == code:
-            return cls
-    return SixChatError
+    """Return the class for a wire name, falling back to the code, then to the base
+    (see :func:`common.errors.error_class_for`)."""
+    return common_errors.error_class_for(SixChatError, name, code)
 
 
 def from_pki(error: pki_errors.PKIError, *, about: str | None = None) -> SixChatError:
