@@ -250,7 +250,8 @@ def from_pki(error: pki_errors.PKIError) -> IRPError:
     """The IRP error a PKI error stands for: the one translation from the shared PKI.
 
     A refused certificate is a ``certificate-rejected`` error (keeping its reason), a
-    refused key a ``weak-key`` error; the message is the PKI's.
+    refused key a ``weak-key`` error, an unknown key type an ``invalid-argument``; the
+    message is the PKI's.
     """
     if isinstance(error, pki_errors.CertificateInvalid):
         return CertificateInvalid(error.reason, error.message)
@@ -260,4 +261,6 @@ def from_pki(error: pki_errors.PKIError) -> IRPError:
         return RevocationUnknown(error.message)
     if isinstance(error, pki_errors.WeakKey):
         return WeakKey(error.message)
+    if isinstance(error, pki_errors.UnknownKeyType):
+        return InvalidArgument(error.message)
     return CertificateRejected(error.message)

@@ -72,3 +72,9 @@ class WeakKey(PKIError):
     default_message = (
         "The key is too weak: use EC P-256, P-384 or P-521, Ed25519, or RSA of at least 3072 bits."
     )
+
+
+class UnknownKeyType(PKIError):
+    """A key type the key policy cannot generate was asked for."""
+
+    default_message = "Unknown key type."

@@ -27,7 +27,13 @@ errors). It does no I/O except :meth:`CertificateAuthority.load_or_create`, and 
 
 from __future__ import annotations
 
-from common.pki.keys import MIN_RSA_BITS, AcceptedPublicKey
+from common.pki.keys import (
+    DEFAULT_KEY_TYPE,
+    KEY_TYPES,
+    MIN_RSA_BITS,
+    AcceptedPublicKey,
+    signature_hash,
+)
 from irp.server.ca.authority import (
     ISSUING_CERTIFICATE_FILE,
     ISSUING_KEY_FILE,
@@ -55,13 +61,7 @@ from irp.server.ca.issuance import (
     RECORD_SIGNING_OID,
     ROOT_VALIDITY,
 )
-from irp.server.ca.keys import (
-    DEFAULT_KEY_TYPE,
-    KEY_TYPES,
-    check_public_key,
-    generate_key,
-    signature_hash,
-)
+from irp.server.ca.keys import check_public_key, generate_key
 from irp.server.ca.pkcs12 import (
     DEFAULT_PKCS12_KDF_ROUNDS,
     MIN_PKCS12_PASSPHRASE_LENGTH,

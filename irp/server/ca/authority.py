@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from common.identity import Identity, check_domain
 from common.pki import keyfiles
 from common.pki.keyfiles import PrivateKey
-from common.pki.keys import AcceptedPublicKey
+from common.pki.keys import DEFAULT_KEY_TYPE, AcceptedPublicKey, signature_hash
 from irp.errors import InvalidArgument
 from irp.server.ca.crl import (
     DEFAULT_CRL_LIFETIME,
@@ -48,7 +48,7 @@ from irp.server.ca.issuance import (
     subject_key_identifier,
     subject_name,
 )
-from irp.server.ca.keys import DEFAULT_KEY_TYPE, check_public_key, generate_key, signature_hash
+from irp.server.ca.keys import check_public_key, generate_key
 from irp.server.ca.pkcs12 import (
     DEFAULT_PKCS12_KDF_ROUNDS,
     check_pkcs12_request,

@@ -17,9 +17,9 @@ from cryptography.x509.oid import NameOID
 from common.identity import InvalidIdentity, check_domain
 from common.pki.certificates import load_csr
 from common.pki.keyfiles import PrivateKey
-from common.pki.keys import AcceptedPublicKey
+from common.pki.keys import AcceptedPublicKey, signature_hash
 from irp.errors import InvalidArgument
-from irp.server.ca.keys import check_public_key, signature_hash
+from irp.server.ca.keys import check_public_key
 
 ROOT_VALIDITY = datetime.timedelta(days=7305)  # 20 years
 ISSUING_VALIDITY = datetime.timedelta(days=3653)  # 10 years

@@ -44,11 +44,13 @@ class IRPTranslationTests(unittest.TestCase):
         self.assertEqual((wire.reason, wire.message), ("bad-identity", "no identity"))
 
     def test_each_class(self) -> None:
-        """Revocation problems are certificate-rejected; a weak key is weak-key (422)."""
+        """Revocation problems are certificate-rejected; a weak key is weak-key (422), an
+        unknown key type invalid-argument."""
         cases = [
             (pki_errors.CertificateRevoked("gone"), irp_errors.CertificateRevoked),
             (pki_errors.RevocationUnknown("no CRL"), irp_errors.RevocationUnknown),
             (pki_errors.WeakKey("small"), irp_errors.WeakKey),
+            (pki_errors.UnknownKeyType("no such type"), irp_errors.InvalidArgument),
             (pki_errors.PKIError("other"), irp_errors.CertificateRejected),
         ]
         for error, expected in cases:
