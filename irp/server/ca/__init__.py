@@ -58,7 +58,6 @@ from irp.server.ca.issuance import (
     ISSUING_VALIDITY,
     MAX_CSR_SIZE,
     MAX_SERIAL_BITS,
-    RECORD_SIGNING_OID,
     ROOT_VALIDITY,
 )
 from irp.server.ca.keys import check_public_key, generate_key
@@ -66,6 +65,7 @@ from irp.server.ca.pkcs12 import (
     DEFAULT_PKCS12_KDF_ROUNDS,
     MIN_PKCS12_PASSPHRASE_LENGTH,
 )
+from irp.wire.records import RECORD_SIGNING_OID
 
 __all__ = [
     "CLOCK_SKEW_ALLOWANCE",

@@ -37,7 +37,6 @@ from irp.server.ca.issuance import (
     CLOCK_SKEW_ALLOWANCE,
     DEFAULT_SERVER_VALIDITY,
     DEFAULT_USER_VALIDITY,
-    RECORD_SIGNING_OID,
     aware_utc,
     ca_certificates,
     check_validity,
@@ -54,6 +53,7 @@ from irp.server.ca.pkcs12 import (
     check_pkcs12_request,
     pkcs12_bundle,
 )
+from irp.wire.records import RECORD_SIGNING_OID
 
 Clock = Callable[[], datetime.datetime]
 

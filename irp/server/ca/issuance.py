@@ -33,9 +33,6 @@ MAX_CSR_SIZE = 16 * 1024
 #: Largest serial number and CRL number: RFC 5280 allows 20 octets, positive.
 MAX_SERIAL_BITS = 159
 
-#: The extended key usage of the registry's record-signing certificate (a UUID OID, X.667).
-RECORD_SIGNING_OID = x509.ObjectIdentifier("2.25.177770641467619647013171859629156522888")
-
 
 def common_name(text: str, fallback: str) -> str:
     """``text`` if it fits a CN (64 characters), else ``fallback``; O carries the domain."""
