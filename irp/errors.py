@@ -3,16 +3,21 @@
 Every error the registry can report carries its wire code (an integer, grouped as in
 HTTP: 4xx the request, 5xx the server), a stable wire name and a sentence a user can read.
 Errors become ``<error>`` elements in exactly one place: :func:`irp.wire.messages.error_response`.
+The PKI's errors (:mod:`common.pki.errors`) become IRP errors in exactly one place:
+:func:`from_pki`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
-E = TypeVar("E", bound=Exception)
+from common import errors as common_errors
+from common.errors import ProtocolError
+from common.pki import errors as pki_errors
+from common.pki.errors import CERTIFICATE_REJECTION_REASONS
 
 
-class IRPError(Exception):
+class IRPError(ProtocolError):
     """Base of every error reported by the IRP server, client or tools."""
 
     code: ClassVar[int] = 500
@@ -20,13 +25,6 @@ class IRPError(Exception):
     default_message: ClassVar[str] = "The registry failed to handle the request."
     #: Whether the connection must be closed after the error is sent.
     fatal: ClassVar[bool] = False
-
-    def __init__(self, message: str | None = None) -> None:
-        self.message = message or self.default_message
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return f"{self.message} [{self.name}, {self.code}]"
 
 
 class BadRequest(IRPError):
@@ -204,29 +202,13 @@ class ConnectionLost(ClientError):
     default_message = "The connection to the registry was lost."
 
 
-def subclasses_of(cls: type[E]) -> list[type[E]]:
-    """Every subclass of ``cls``, depth first (shared by both error hierarchies)."""
-    found: list[type[E]] = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(subclasses_of(sub))
-    return found
-
-
 def error_class_for(name: str, code: int) -> type[IRPError]:
     """Return the error class for a wire name (falling back to the code's class).
 
-    Where several classes share a wire name, the most general one (defined first) is
-    returned, so it can always be built from a message alone.
+    Where several classes share a wire name, the most general one is returned, so it can
+    always be built from a message alone (see :func:`common.errors.error_class_for`).
     """
-    classes: list[type[IRPError]] = [IRPError, *subclasses_of(IRPError)]
-    for cls in classes:
-        if cls.name == name:
-            return cls
-    for cls in classes:
-        if cls.code == code:
-            return cls
-    return IRPError
+    return common_errors.error_class_for(IRPError, name, code)
 
 
 class WeakKey(InvalidArgument):
@@ -238,27 +220,11 @@ class WeakKey(InvalidArgument):
     )
 
 
-#: Why a certificate was rejected: the ``reason`` of :class:`CertificateInvalid`.
-CERTIFICATE_REJECTION_REASONS = frozenset(
-    {
-        "expired",
-        "not-yet-valid",
-        "unknown-issuer",
-        "wrong-usage",
-        "weak-key",
-        "chain-too-long",
-        "bad-identity",
-        "bad-signature",
-        "malformed",
-    }
-)
-
-
 class CertificateInvalid(CertificateRejected):
     """A user certificate failed verification; ``reason`` says why, in one word.
 
-    ``reason`` is one of :data:`CERTIFICATE_REJECTION_REASONS`. On the wire this is still a
-    ``certificate-rejected`` error.
+    ``reason`` is one of :data:`common.pki.errors.CERTIFICATE_REJECTION_REASONS`. On the wire
+    this is still a ``certificate-rejected`` error.
     """
 
     def __init__(self, reason: str, message: str | None = None) -> None:
@@ -278,3 +244,23 @@ class RevocationUnknown(CertificateRejected):
     """The certificate's revocation status cannot be learnt (no usable CRL)."""
 
     default_message = "The certificate's revocation status cannot be checked now."
+
+
+def from_pki(error: pki_errors.PKIError) -> IRPError:
+    """The IRP error a PKI error stands for: the one translation from the shared PKI.
+
+    A refused certificate is a ``certificate-rejected`` error (keeping its reason), a
+    refused key a ``weak-key`` error, an unknown key type an ``invalid-argument``; the
+    message is the PKI's.
+    """
+    if isinstance(error, pki_errors.CertificateInvalid):
+        return CertificateInvalid(error.reason, error.message)
+    if isinstance(error, pki_errors.CertificateRevoked):
+        return CertificateRevoked(error.message)
+    if isinstance(error, pki_errors.RevocationUnknown):
+        return RevocationUnknown(error.message)
+    if isinstance(error, pki_errors.WeakKey):
+        return WeakKey(error.message)
+    if isinstance(error, pki_errors.UnknownKeyType):
+        return InvalidArgument(error.message)
+    return CertificateRejected(error.message)

@@ -13,13 +13,29 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, rsa, x25519
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
+from common.pki import keyfiles, keys
+from common.pki.errors import WeakKey
 from sixchat import errors
 from sixchat.record import certificate_fingerprint
 
-PrivateKey: TypeAlias = (
-    ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-)
-PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+#: Our leaf key (the key policy is :mod:`common.pki.keys`).
+PrivateKey: TypeAlias = keyfiles.PrivateKey
+#: A peer's leaf key, of a type that can sign.
+PublicKey: TypeAlias = keys.AcceptedPublicKey
+
+
+def signature_algorithm_for(public_key: PublicKey) -> str:
+    """The signature algorithm of a leaf key, or CertificateInvalid if it is not allowed."""
+    try:
+        return keys.signature_algorithm_for(public_key)
+    except WeakKey as error:
+        raise errors.from_pki(error) from None
+
+
+def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> None:
+    """Verify a transcript signature; raise BadSignature if it does not verify."""
+    if not keys.verify_signature(public_key, signature, data):
+        raise errors.BadSignature()
 
 
 class Role(Enum):
@@ -54,9 +70,6 @@ class LocalCredentials:
             raise ValueError(f"the certificate names {named}, not {self.identity}")
         if self.private_key.public_key() != self.certificate.public_key():
             raise ValueError("the private key does not belong to the certificate")
-        # The key policy stays in sixchat.handshake for now (which imports this module).
-        from sixchat.handshake import signature_algorithm_for
-
         try:
             algorithm = signature_algorithm_for(leaf_public_key(self.certificate))
         except errors.CertificateInvalid as error:

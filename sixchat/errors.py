@@ -3,7 +3,8 @@
 Every failure of the SixChat End2End Direct protocol is a :class:`SixChatError`. Each class
 carries a numeric wire code (grouped by hundreds: 1xx message format, 2xx version, 3xx
 authentication, 4xx record layer, 5xx local and transport conditions), a stable wire name,
-a sentence a user can read, and whether the connection must end.
+a sentence a user can read, and whether the connection must end. The PKI's errors
+(:mod:`common.pki.errors`) become SixChat errors in exactly one place, :func:`from_pki`.
 
 Errors become ``<alert>`` messages in exactly one place, :func:`sixchat.wire.messages.alert_for`,
 and alerts become errors again in :func:`sixchat.wire.messages.error_from_alert`. The message of
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from irp.errors import subclasses_of
+from common import errors as common_errors
+from common.errors import ProtocolError, subclasses_of
+from common.pki import errors as pki_errors
 
 
-class SixChatError(Exception):
+class SixChatError(ProtocolError):
     """Base of every SixChat protocol error (wire name ``internal-error``)."""
 
     code: ClassVar[int] = 500
@@ -41,9 +44,6 @@ class SixChatError(Exception):
         if fatal is not None:
             self.fatal = fatal
         super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return f"{self.message} [{self.name}, {self.code}]"
 
 
 # 1xx: the bytes do not form an acceptable message.
@@ -253,13 +253,28 @@ def error_classes() -> list[type[SixChatError]]:
 
 
 def error_class_for(name: str, code: int) -> type[SixChatError]:
-    """Return the class for a wire name, falling back to the code, then to the base."""
-    classes = error_classes()
-    # Subclasses first, so a name shared with the base (internal-error) finds its class.
-    for cls in reversed(classes):
-        if cls.name == name:
-            return cls
-    for cls in classes:
-        if cls.code == code:
-            return cls
-    return SixChatError
+    """Return the class for a wire name, falling back to the code, then to the base
+    (see :func:`common.errors.error_class_for`)."""
+    return common_errors.error_class_for(SixChatError, name, code)
+
+
+def from_pki(error: pki_errors.PKIError, *, about: str | None = None) -> SixChatError:
+    """The SixChat error a PKI error stands for: the one translation from the shared PKI.
+
+    A peer whose CA we do not trust, or whose revocation status cannot be learnt, is
+    rejected as ``untrusted-ca``; an expired or revoked certificate is rejected with that
+    reason; any other refusal is ``certificate-invalid`` naming the reason. ``about`` (the
+    peer's identity) prefixes the message.
+    """
+    message = error.message if about is None else f"{about}: {error.message}"
+    if isinstance(error, pki_errors.CertificateInvalid):
+        if error.reason == "unknown-issuer":
+            return PeerRejected(message, reason="untrusted-ca")
+        if error.reason == "expired":
+            return PeerRejected(message, reason="expired")
+        return CertificateInvalid(f"{message} ({error.reason})")
+    if isinstance(error, pki_errors.CertificateRevoked):
+        return PeerRejected(message, reason="revoked")
+    if isinstance(error, pki_errors.RevocationUnknown):
+        return PeerRejected(message, reason="untrusted-ca")
+    return CertificateInvalid(message)

@@ -27,19 +27,14 @@ from enum import Enum
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import (
-    ec,
-    ed25519,
-    padding,
-    rsa,
     x25519,
 )
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.keyfiles import parse_fingerprint
+from common.pki.keys import sign
 from common.wire.framing import (
     HEADER_SIZE,
     EmptyFrame,
@@ -52,11 +47,11 @@ from sixchat import errors
 from sixchat.credentials import (
     EphemeralKeys,
     LocalCredentials,
-    PrivateKey,
-    PublicKey,
     Role,
     encapsulate,
     leaf_public_key,
+    signature_algorithm_for,
+    verify_signature,
 )
 from sixchat.handshake_events import (
     HandshakeAborted,
@@ -91,58 +86,10 @@ RESPONDER_SIGNATURE_LABEL: Final = b"SixChat 1 responder signature"
 INITIATOR_SIGNATURE_LABEL: Final = b"SixChat 1 initiator signature"
 #: The additional data of sealed handshake messages.
 SEALED_AAD: Final = b"sixchat1 sealed"
-#: RSA leaf keys must have at least this many bits.
-MIN_RSA_BITS: Final = 3072
 
 # ---------------------------------------------------------------------------------------
-# Signatures
-
-
-_EC_HASHES: Final[dict[str, tuple[str, type[hashes.HashAlgorithm]]]] = {
-    "secp256r1": ("ecdsa-p256-sha256", hashes.SHA256),
-    "secp384r1": ("ecdsa-p384-sha384", hashes.SHA384),
-    "secp521r1": ("ecdsa-p521-sha512", hashes.SHA512),
-}
-_PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
-
-
-def signature_algorithm_for(public_key: PublicKey) -> str:
-    """The signature algorithm of a leaf key, or CertificateInvalid if it is not allowed."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        entry = _EC_HASHES.get(public_key.curve.name)
-        if entry is not None:
-            return entry[0]
-    elif isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "ed25519"
-    elif isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= MIN_RSA_BITS:
-        return "rsa-pss-sha384"
-    raise errors.CertificateInvalid(
-        "the leaf key must be ECDSA P-256/P-384/P-521, Ed25519 or RSA of 3072 bits or more"
-    )
-
-
-def sign(private_key: PrivateKey, data: bytes) -> bytes:
-    """Sign ``data`` with the scheme the key type implies (ECDSA deterministic, RFC 6979)."""
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        hash_class = _EC_HASHES[private_key.curve.name][1]
-        return private_key.sign(data, ec.ECDSA(hash_class(), deterministic_signing=True))
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        return private_key.sign(data)
-    return private_key.sign(data, _PSS, hashes.SHA384())
-
-
-def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> None:
-    """Verify a transcript signature; raise BadSignature if it does not verify."""
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            hash_class = _EC_HASHES[public_key.curve.name][1]
-            public_key.verify(signature, data, ec.ECDSA(hash_class()))
-        elif isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, data)
-        else:
-            public_key.verify(signature, data, _PSS, hashes.SHA384())
-    except (InvalidSignature, ValueError):
-        raise errors.BadSignature() from None
+# Signatures (the key policy is common.pki.keys; sixchat.credentials turns its refusals
+# into SixChat errors)
 
 
 def signed_content(label: bytes, transcript_hash: bytes) -> bytes:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, rsa, x25519
 
 from common.identity import Identity
 from sixchat import errors
+from sixchat.credentials import PrivateKey
 from sixchat.handshake import (
     EphemeralKeys,
     Handshake,
@@ -28,7 +29,6 @@ from sixchat.handshake import (
     HandshakeEvent,
     LocalCredentials,
     PeerNeedsVerification,
-    PrivateKey,
     Role,
     SendData,
 )

@@ -26,11 +26,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
-from irp import errors as irp_errors
+from common.errors import ProtocolError
+from common.pki.errors import CertificateRevoked, RevocationUnknown
 
 log = Logger()
 
 
+#: Fetches a domain's current issuing CRL; raises a :class:`common.errors.ProtocolError`
+#: (the protocol's own wire or client error) when the registry refuses or cannot be reached.
 CRLFetcher = Callable[[str], Awaitable[x509.CertificateRevocationList]]
 
 
@@ -109,7 +112,7 @@ class RevocationChecker:
         issuer in its verified path), RevocationUnknown if no CRL of ``issuer`` is at hand."""
         crl = await self._current(domain, issuer)
         if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
-            raise irp_errors.CertificateRevoked(
+            raise CertificateRevoked(
                 f"the certificate of {domain} serial {certificate.serial_number:x} is revoked"
             )
 
@@ -126,15 +129,15 @@ class RevocationChecker:
             return cached.crl
         try:
             crl = await self.fetch(domain)
-        except irp_errors.IRPError as error:
+        except ProtocolError as error:
             if cached is not None and now < cached.next_update + self.stale_grace:
                 log.warn("Using a stale CRL of {domain}: {error}", domain=domain, error=str(error))
                 return cached.crl
-            raise irp_errors.RevocationUnknown(
+            raise RevocationUnknown(
                 f"cannot check revocation: the registry of {domain} is unreachable ({error.message})"
             ) from None
         if not crl_signed_by(crl, issuer):
-            raise irp_errors.RevocationUnknown(
+            raise RevocationUnknown(
                 f"the CRL of {domain} does not verify: it was not issued by {_name(issuer)},"
                 " the issuer of the certificate being checked"
             )

@@ -13,14 +13,14 @@ those roots, checks the path as RFC 5280 asks, and then checks the user's identi
 * the user certificate is not a CA, has keyUsage digitalSignature (required, without
   keyCertSign or cRLSign) and extendedKeyUsage clientAuth (required);
 * no certificate carries a critical extension we do not process;
-* every key passes :func:`irp.server.ca.check_public_key`;
+* every key passes :func:`common.pki.keys.check_public_key`;
 * the certificate names exactly one valid ``irp:user@domain`` identity, and that domain is the
   domain the root the path ended at was trusted for: each root is bound to exactly one
   domain when it is added (:meth:`TrustStore.add_root`), so a root trusted for one domain
   never certifies users of another, whatever names its certificate carries.
 
-Any failure raises :class:`irp.errors.CertificateInvalid` whose ``reason`` is one word from
-:data:`irp.errors.CERTIFICATE_REJECTION_REASONS`.
+Any failure raises :class:`common.pki.errors.CertificateInvalid` whose ``reason`` is one word
+from :data:`common.pki.errors.CERTIFICATE_REJECTION_REASONS`.
 
 This is our own path validation rather than ``cryptography.x509.verification``: that
 verifier handles our URI-only subjectAltNames, but it applies the Web PKI profile, which
@@ -49,9 +49,9 @@ from common.identity import (
     identity_from_certificate,
 )
 from common.pki.certificates import certificate_der as _der
+from common.pki.errors import CertificateInvalid, WeakKey
 from common.pki.keyfiles import fingerprint
-from irp.errors import CertificateInvalid, WeakKey
-from irp.server.ca import check_public_key
+from common.pki.keys import check_public_key
 
 DEFAULT_MAX_CHAIN_DEPTH = 2
 #: How many verified certificate-to-issuer signatures a trust store remembers.
@@ -192,7 +192,7 @@ class TrustStore:
         """Verify a user certificate presented with ``intermediates``, at the time ``now``.
 
         Returns the verified identity and path; raises
-        :class:`irp.errors.CertificateInvalid` with the reason for the first problem found.
+        :class:`common.pki.errors.CertificateInvalid` with the reason for the first problem found.
         If several paths are possible, the first that passes every check wins, and if none
         does, the problem of the first complete path is reported.
         """

@@ -34,7 +34,6 @@ from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import DEFAULT_PORT, errors
 from irp.client.discovery import discover
-from irp.server.ca import RECORD_SIGNING_OID
 from irp.wire.elements import (
     AccountView,
     CertificateEntry,
@@ -58,7 +57,7 @@ from irp.wire.messages import (
     parse_serial,
     required,
 )
-from irp.wire.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
+from irp.wire.records import RECORD_SIGNING_OID, AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
 
 T = TypeVar("T")
 

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from common.factory import QuietFactory
 from common.limits import ConnectionCounter, address_key
+from common.pki import errors as pki_errors
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.trust import TrustStore
 from common.tls import send_without_delay
@@ -507,7 +508,8 @@ class RegistryServerFactory(QuietFactory):
                 [*presented, *self.known_intermediates],
                 now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
             )
-        except errors.CertificateRejected as error:
+        except pki_errors.CertificateInvalid as problem:
+            error = errors.from_pki(problem)
             # The session keeps the reason: each request that needs a login is refused
             # with a new certificate-rejected error saying it.
             reason = getattr(error, "reason", None)
@@ -523,4 +525,4 @@ def _load_presented(
     try:
         return load_certificate(leaf_der), [load_certificate(der) for der in intermediates()]
     except UnusableCertificate as unusable:
-        raise errors.CertificateInvalid("malformed", str(unusable)) from None
+        raise pki_errors.CertificateInvalid("malformed", str(unusable)) from None

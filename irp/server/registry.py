@@ -27,6 +27,7 @@ from common.identity import Identity, InvalidIdentity, check_username, identity_
 from common.limits import FailureLimiter
 from common.limits import address_key as limited_address
 from common.pki.certificates import UnusableCertificate, load_certificate
+from common.pki.errors import PKIError
 from common.pki.keyfiles import fingerprint
 from common.pki.revocation import RevocationChecker
 from common.wire.xmlcodec import Element, make_element, serialize, sub_element
@@ -575,8 +576,8 @@ class Registry:
         else:
             try:
                 await self.revocation.check(identity.domain, certificate, chain[1])
-            except errors.CertificateRejected as error:
-                problem = error.message
+            except PKIError as error:
+                problem = errors.from_pki(error).message
         if problem is not None:
             log.warn("Refused client certificate of {user} from {host}: {problem}", user=str(identity), host=session.peer_host, problem=problem)
             session.rejected = problem

@@ -27,11 +27,10 @@ from cryptography import x509
 from twisted.logger import Logger
 
 from common.identity import Identity
+from common.pki.errors import CertificateInvalid, CertificateRevoked, RevocationUnknown
 from common.pki.keyfiles import fingerprint
 from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore
-from irp.client import CertificateInvalid as IRPCertificateInvalid
-from irp.client import CertificateRevoked, RevocationUnknown
 from sixchat import errors
 from sixchat.agent.store import AgentStore
 
@@ -83,20 +82,14 @@ class PeerVerifier:
             verified = self.trust.verify_user_certificate(
                 leaf, [*chain[1:], *self.known_intermediates], now=self._now()
             )
-        except IRPCertificateInvalid as error:
-            if error.reason == "unknown-issuer":
-                raise errors.PeerRejected(f"{identity}: {error.message}", reason="untrusted-ca") from None
-            if error.reason == "expired":
-                raise errors.PeerRejected(f"{identity}: {error.message}", reason="expired") from None
-            raise errors.CertificateInvalid(f"{identity}: {error.message} ({error.reason})") from None
+        except CertificateInvalid as error:
+            raise errors.from_pki(error, about=str(identity)) from None
         if verified.identity != identity:
             raise errors.IdentityMismatch(f"the certificate names {verified.identity}, not {identity}")
         try:
             await self.revocation.check(identity.domain, leaf, verified.chain[1])
-        except CertificateRevoked as error:
-            raise errors.PeerRejected(error.message, reason="revoked") from None
-        except RevocationUnknown as error:
-            raise errors.PeerRejected(error.message, reason="untrusted-ca") from None
+        except (CertificateRevoked, RevocationUnknown) as error:
+            raise errors.from_pki(error) from None
         digest = fingerprint(leaf)
         contact = await self.store.get_contact(identity)
         if contact is not None and contact.fingerprints and digest not in contact.fingerprints:

@@ -66,6 +66,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from common.errors import subclasses_of
 from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from common.wire.framing import HEADER_SIZE, FrameDecoder, FrameError, encode_frame
@@ -1041,7 +1042,7 @@ def response_corpus() -> tuple[bytes, ...]:
     responses = [ok_response(index + 1, [element]) for index, element in enumerate(records)]
     responses.append(ok_response(20, [users]))
     responses.append(ok_response(21, [session]))
-    classes = [errors.IRPError, *errors.subclasses_of(errors.IRPError)]
+    classes = [errors.IRPError, *subclasses_of(errors.IRPError)]
     for index, cls in enumerate(classes):
         if cls.code < 100:  # client-side errors never travel
             continue
@@ -1575,7 +1576,7 @@ class FakeTLSTransport(StringTransport):
 
 
 FATAL_NAMES = frozenset(
-    cls.name for cls in [errors.IRPError, *errors.subclasses_of(errors.IRPError)] if cls.fatal
+    cls.name for cls in [errors.IRPError, *subclasses_of(errors.IRPError)] if cls.fatal
 )
 
 

@@ -14,14 +14,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial import unittest
 
 from common.identity import Identity
+from common.pki.errors import CERTIFICATE_REJECTION_REASONS, CertificateInvalid
 from common.pki.keyfiles import fingerprint
 from common.pki.trust import TrustStore, VerifiedUser, check_anchor
-from irp.errors import (
-    CERTIFICATE_REJECTION_REASONS,
-    CertificateInvalid,
-    CertificateRejected,
-    NotAuthenticated,
-)
+from irp.errors import CertificateRejected, NotAuthenticated, from_pki
 from irp.server import ca as ca_module
 from irp.server.ca import CertificateAuthority, generate_key
 from test import pki
@@ -179,9 +175,9 @@ class BadCertificateTests(_VerifyMixin):
     def test_messages_are_readable(self) -> None:
         """Rejections are certificate-rejected errors with a sentence for people."""
         authority = pki.make_ca()
-        error = self.assertRejected(
+        error = from_pki(self.assertRejected(
             pki.trust_store(authority), pki.bad_user(authority, "expired"), "expired"
-        )
+        ))
         self.assertIsInstance(error, CertificateRejected)
         self.assertIsInstance(error, NotAuthenticated)
         self.assertEqual(error.name, "certificate-rejected")

@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from common.errors import subclasses_of
 from common.wire.framing import encode_frame
 from common.wire.xmlcodec import parse_document
 from irp import errors
@@ -26,8 +27,8 @@ from test.irp.server.test_protocol import CLIENT_HOST, FakeTLSTransport, make_re
 SPEC = os.path.join(REPOSITORY, "docs", "irp.rst")
 
 #: Every wire error name, and those that end a connection (docs/irp.rst, Errors).
-NAMES = {cls.name for cls in (errors.IRPError, *errors.subclasses_of(errors.IRPError))}
-FATAL = {cls.name for cls in errors.subclasses_of(errors.IRPError) if cls.fatal}
+NAMES = {cls.name for cls in (errors.IRPError, *subclasses_of(errors.IRPError))}
+FATAL = {cls.name for cls in subclasses_of(errors.IRPError) if cls.fatal}
 
 
 def spec_rows() -> list[tuple[str, str, str]]:

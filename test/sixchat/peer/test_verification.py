@@ -14,6 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
+from common.pki import errors as pki_errors
 from common.pki.keyfiles import fingerprint
 from irp import errors as irp_errors
 from irp.server.ca import CertificateAuthority, RevokedEntry
@@ -196,12 +197,12 @@ class RevocationTests(VerifierTestCase):
         await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
         foreign = pki.make_ca("example.org", label="foreign")
         forged = pki.issue_user(foreign, "bob")
-        with self.assertRaises(irp_errors.RevocationUnknown) as caught:
+        with self.assertRaises(pki_errors.RevocationUnknown) as caught:
             await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
         self.assertIn("does not verify", caught.exception.message)
         # It was fetched again (nothing cached for that issuer) and refused again.
         self.assertEqual(self.crls.fetches, ["example.org", "example.org"])
-        with self.assertRaises(irp_errors.RevocationUnknown):
+        with self.assertRaises(pki_errors.RevocationUnknown):
             await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
         # The real issuer's entry is untouched.
         await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
@@ -214,7 +215,7 @@ class RevocationTests(VerifierTestCase):
         self.crls.down = True
         foreign = pki.make_ca("example.org", label="foreign")
         forged = pki.issue_user(foreign, "bob")
-        with self.assertRaises(irp_errors.RevocationUnknown):
+        with self.assertRaises(pki_errors.RevocationUnknown):
             await checker.check("example.org", forged.certificate, foreign.issuing_certificate)
 
     async def test_issuer_with_same_name_other_key(self) -> None:
@@ -223,7 +224,7 @@ class RevocationTests(VerifierTestCase):
         self.assertEqual(foreign.issuing_certificate.subject, self.ca.issuing_certificate.subject)
         self.crls.crls["example.org"] = crl_of(foreign)
         checker = RevocationChecker(self.crls, self.clock)
-        with self.assertRaises(irp_errors.RevocationUnknown):
+        with self.assertRaises(pki_errors.RevocationUnknown):
             await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
 
     async def test_forget(self) -> None:
