@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 
 from common.identity import InvalidIdentity, check_domain, check_username
 from common.pki import keyfiles
+from common.ports import SIXCHAT_PORT
 from common.profile import Profile, ProfileConfig, ProfileError, default_profile_path
 from common.timeutil import format_timestamp
 from irp import errors
@@ -40,8 +41,6 @@ from irp.client.api import (
 from irp.server.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
 from irp.wire.elements import CertificateEntry
 from irp.wire.records import AddressRecord, Endpoint, UserRecord
-
-SIXCHAT_PORT = 4605
 
 
 class CommandError(Exception):

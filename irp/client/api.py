@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from common.endpoint import split_host_port
 from common.factory import QuietFactory
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
 from common.pki.keyfiles import PrivateKey, fingerprint
@@ -53,7 +54,6 @@ from irp.wire.messages import (
     check_fields,
     child_text,
     encode_base64,
-    is_decimal,
     parse_response,
     parse_serial,
     required,
@@ -726,20 +726,9 @@ class RegistryClient:
 
 
 def split_server(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if port and (not is_decimal(port, 5) or not 1 <= int(port) <= 65535):
-        raise ValueError(f"invalid port in {text!r}")
-    return host, int(port) if port else default_port
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address (the port
+    defaults to IRP's)."""
+    return split_host_port(text, default_port)
 
 
 def connect(
