@@ -11,44 +11,24 @@ unreachable, revoked certificate...) print one readable line to stderr and exit 
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred
 
-from common.identity import InvalidIdentity, check_domain, check_username
+from common.cliutil import CommandError, Context, parse_endpoint, read_secret, run_until_done, show
 from common.pki import keyfiles
 from common.ports import SIXCHAT_PORT
-from common.profile import Profile, ProfileConfig, ProfileError, default_profile_path
+from common.profile import ProfileError, default_profile_path
 from common.timeutil import format_timestamp
 from irp import errors
-from irp.client.api import (
-    RegistryClient,
-    connect,
-    connect_domain,
-    parse_ca_chain,
-    split_server,
-    verify_ca_chain,
-)
-from irp.server.ca import KEY_TYPES, REVOCATION_REASONS, generate_key, signature_hash
+from irp.client import enrol, initialise, make_csr, open_registry
+from irp.server.ca import KEY_TYPES, REVOCATION_REASONS, generate_key
 from irp.wire.elements import CertificateEntry
-from irp.wire.records import AddressRecord, Endpoint, UserRecord
-
-
-class CommandError(Exception):
-    """A readable failure of the command itself; ``exit_code`` says which kind."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+from irp.wire.records import AddressRecord, UserRecord
 
 
 def exit_code_for(error: errors.IRPError) -> int:
@@ -62,122 +42,7 @@ def exit_code_for(error: errors.IRPError) -> int:
     return 1
 
 
-# -- reading secrets -----------------------------------------------------------------
-
-
-#: Times a person may mistype the repeated entry of a new password before the command gives up.
-CONFIRM_ATTEMPTS = 3
-
-
-def read_secret_file(path: str) -> str:
-    """The first line of a password file. Like a key file, it is refused (with the
-    ``chmod`` that fixes it) when the group or others may read or write it."""
-    data = keyfiles.read_bytes_private(path, max_size=64 * 1024)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"{path} is not UTF-8 text") from None
-    return text.split("\n", 1)[0].rstrip("\r")
-
-
-def read_secret(args: argparse.Namespace, prompt: str, *, file_option: str = "password_file", confirm: bool = False) -> str:
-    """Read a password: from ``--password-file``, from stdin when not a terminal, or a prompt
-    (asked twice when ``confirm``; a mistyped repetition asks again)."""
-    path = getattr(args, file_option, None)
-    if path:
-        return read_secret_file(path)
-    if not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        if not line:
-            raise CommandError(f"{prompt.rstrip(': ')} is needed: give --password-file or type it at a terminal")
-        return line.rstrip("\r\n")
-    for attempt in range(CONFIRM_ATTEMPTS):
-        try:
-            secret = getpass.getpass(prompt)
-            if not confirm or getpass.getpass("Again: ") == secret:
-                return secret
-        except EOFError:
-            print(file=sys.stderr)
-            raise CommandError("no password was typed (end of input); nothing was done") from None
-        if attempt + 1 < CONFIRM_ATTEMPTS:
-            print("The two entries differ; please type it again.", file=sys.stderr)
-    raise CommandError(f"the two entries differed {CONFIRM_ATTEMPTS} times; nothing was changed")
-
-
-# -- connection context --------------------------------------------------------------
-
-
-def server_argument(text: str) -> tuple[str, int]:
-    """Parse ``--server HOST[:PORT]`` (a readable error, not a traceback, when bad)."""
-    try:
-        return split_server(text)
-    except ValueError as error:
-        raise CommandError(f"--server: {error}") from None
-
-
-class Context:
-    """Profile, options and (lazily) a connection for one command run."""
-
-    #: The command being run (named in messages that say how to fix a profile).
-    program = "irp"
-
-    def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
-        self.reactor = reactor
-        self.args = args
-        self.profile = Profile(args.profile, self.program)
-        self.client: RegistryClient | None = None
-        #: The DNS resolver for finding registries by SRV (None: the system's).
-        self.resolver: Any = None
-
-    def config(self) -> ProfileConfig:
-        """The profile's configuration, with ``--server`` and ``--user`` applied."""
-        config = self.profile.load_config()
-        if self.args.server:
-            config.server, config.port = server_argument(self.args.server)
-        user = getattr(self.args, "user", None)
-        if user:
-            config.username = user
-        return config
-
-    async def connect(self, *, login: bool = True, use_certificate: bool = True) -> RegistryClient:
-        """Connect to the profile's registry; log in with the certificate if enrolled, else
-        with a password when ``login`` is true."""
-        config = self.config()
-        key = certificate = None
-        chain: list[x509.Certificate] = []
-        if use_certificate and self.profile.enrolled and not getattr(self.args, "password_file", None):
-            key, certificate, chain = self.profile.credentials()
-        client = await connect(
-            self.reactor,
-            config.server,
-            config.port,
-            domain=config.domain,
-            trust_roots=[self.profile.root()],
-            client_key=key,
-            client_certificate=certificate,
-            client_chain=chain,
-            timeout=self.args.timeout,
-        )
-        self.client = client
-        if login and certificate is None:
-            if not config.username:
-                raise CommandError("no user name: pass --user NAME (or enrol first)")
-            password = read_secret(self.args, f"Password for {config.username}@{config.domain}: ")
-            await client.login(config.username, password)
-        return client
-
-    def close(self) -> None:
-        """Close the connection, if any."""
-        if self.client is not None:
-            self.client.close()
-
-
 # -- output --------------------------------------------------------------------------
-
-
-def show(text: str = "") -> None:
-    """Print one line of normal output."""
-    print(text)
 
 
 def describe_user(record: UserRecord) -> None:
@@ -237,131 +102,14 @@ def pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def make_csr(key: Any) -> bytes:
-    """A CSR for ``key`` (its subject is a placeholder: the registry decides the subject)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "irp enrolment")])
-    )
-    return builder.sign(key, signature_hash(key)).public_bytes(serialization.Encoding.PEM)
-
-
 # -- commands ------------------------------------------------------------------------
 
 Command = Callable[[Context], Coroutine[Any, Any, int]]
 
 
-async def cmd_init(ctx: Context) -> int:
-    """Create a profile pinned to a registry's root CA.
-
-    Without ``--server`` the registry is found by DNS SRV (``_irp._tcp.<domain>``): the
-    targets are tried in order and the profile keeps the one that answered.
-    """
-    args = ctx.args
-    host: str | None = None
-    port: int | None = None
-    if args.server:
-        host, port = server_argument(args.server)
-    try:
-        domain = check_domain(args.domain)
-        username = check_username(args.user) if args.user else None
-    except InvalidIdentity as error:
-        raise CommandError(str(error)) from None
-    if not args.ca_fingerprint and not args.ca_file:
-        raise CommandError("give the registry's root CA: --ca-fingerprint FP (from its operator) or --ca-file root.pem")
-    expected = None
-    if args.ca_fingerprint:
-        try:
-            expected = keyfiles.parse_fingerprint(args.ca_fingerprint)
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-    if ctx.profile.exists and not args.force:
-        raise CommandError(f"{ctx.profile.path} already holds a profile; use --force to replace it")
-    if args.ca_file:
-        root = keyfiles.load_certificates(args.ca_file)[0]
-        if expected and keyfiles.fingerprint(root) != expected:
-            raise CommandError("the CA file does not have the fingerprint given")
-        if host is not None:
-            # Check now that it is this registry's root (not at the first command, with an
-            # OpenSSL message).
-            await fetch_root_by_fingerprint(ctx, host, port, domain, keyfiles.fingerprint(root), given=f"that of {args.ca_file}")
-        else:
-            # Find a registry that answers and proves itself with this root.
-            ctx.client = await connect_domain(
-                ctx.reactor, domain, trust_roots=[root], timeout=args.timeout, resolver=ctx.resolver
-            )
-    else:
-        root = await fetch_root_by_fingerprint(ctx, host, port, domain, expected or "")
-    if host is None or port is None:
-        assert ctx.client is not None and ctx.client.host is not None and ctx.client.port is not None
-        host, port = ctx.client.host, ctx.client.port
-        show(f"Found the registry of {domain} by DNS SRV: {host} port {port}.")
-    ctx.profile.create(ProfileConfig(server=host, port=port, domain=domain, username=username), root)
-    show(f"Profile {ctx.profile.path} created for {domain} at {host} port {port}.")
-    show(f"Trusted root CA: {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}")
-    return 0
-
-
-async def fetch_root_by_fingerprint(
-    ctx: Context, host: str | None, port: int | None, domain: str, expected: str, *, given: str = "the one given"
-) -> x509.Certificate:
-    """Fetch the CA chain without trusting anything yet, and accept it only if the root has
-    the expected fingerprint and the server's own certificate descends from it.
-
-    With ``host`` None the registry is found by DNS SRV (see
-    :func:`irp.client.api.connect_domain`); ``ctx.client`` tells which target answered.
-    """
-
-    def unverified(*_args: Any) -> Any:
-        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
-
-    if host is None or port is None:
-        client = await connect_domain(
-            ctx.reactor, domain, trust_roots=[], tls_options=unverified, timeout=ctx.args.timeout, resolver=ctx.resolver
-        )
-    else:
-        client = await connect(ctx.reactor, host, port, domain=domain, trust_roots=[], tls_options=unverified, timeout=ctx.args.timeout)
-    ctx.client = client
-    chain = parse_ca_chain((await client._call("ca-chain")).single("ca-chain"))
-    if chain.domain != domain:
-        raise CommandError(f"that registry serves {chain.domain}, not {domain}", 5)
-    if keyfiles.fingerprint(chain.root) != expected:
-        raise CommandError(
-            "the registry's root CA has fingerprint"
-            f" {keyfiles.format_fingerprint(keyfiles.fingerprint(chain.root))}, not {given}: refusing to trust it",
-            5,
-        )
-    verify_ca_chain(chain, [chain.root], datetime.now(timezone.utc))
-    server_certificate = client.protocol.transport.getPeerCertificate().to_cryptography()  # type: ignore[union-attr]
-    try:
-        server_certificate.verify_directly_issued_by(chain.issuing)
-    except Exception:  # noqa: BLE001
-        raise CommandError("the registry's TLS certificate was not issued by its CA", 5) from None
-    return chain.root
-
-
-async def cmd_enrol(ctx: Context) -> int:
-    """Log in with a password, make a key here, and get a certificate for it."""
-    config = ctx.config()
-    if ctx.profile.enrolled and not ctx.args.force:
-        raise CommandError(f"{ctx.profile.path} already holds a key and certificate; use --force to replace them")
-    if not config.username:
-        raise CommandError("pass --user NAME")
-    client = await ctx.connect(use_certificate=False)
-    print(f"Generating a {ctx.args.key_type} key...", file=sys.stderr)
-    key = generate_key(ctx.args.key_type)
-    entry = await client.request_certificate(make_csr(key))
-    chain = await client.ca_chain()
-    assert entry.certificate is not None
-    ctx.profile.save_credentials(key, [entry.certificate, chain.issuing])
-    ctx.profile.save_config(config)
-    show(f"Enrolled {entry.user}: certificate {entry.serial:x}, valid until {format_timestamp(entry.not_after)}")
-    show(f"Key and certificate stored in {ctx.profile.path} (key mode 0600). Later commands log in with the certificate.")
-    return 0
-
-
 async def cmd_login(ctx: Context) -> int:
     """Check that logging in works and show how."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     session = await client.whoami()
     show(f"Logged in as {session.user} with a {session.method}{' (administrator)' if session.is_admin else ''}.")
     return 0
@@ -369,7 +117,7 @@ async def cmd_login(ctx: Context) -> int:
 
 async def cmd_whoami(ctx: Context) -> int:
     """Show who the registry takes you for."""
-    client = await ctx.connect(login=not ctx.args.anonymous)
+    client = await open_registry(ctx, login=not ctx.args.anonymous)
     session = await client.whoami()
     if session.user is None:
         show("Not logged in.")
@@ -380,7 +128,7 @@ async def cmd_whoami(ctx: Context) -> int:
 
 async def cmd_info(ctx: Context) -> int:
     """Show or change your directory entry."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     args = ctx.args
     attributes = None
     if args.attribute is not None:
@@ -401,7 +149,7 @@ async def cmd_info(ctx: Context) -> int:
 
 async def cmd_user(ctx: Context) -> int:
     """Show a user's directory entry."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     record, account = await client.get_user(ctx.args.name)
     describe_user(record)
     if account is not None:
@@ -414,23 +162,12 @@ async def cmd_user(ctx: Context) -> int:
 
 async def cmd_users(ctx: Context) -> int:
     """List users, a page at a time."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     total, records = await client.list_users(ctx.args.offset, ctx.args.limit, ctx.args.prefix or "")
     for record in records:
         show(f"{record.identity.username:<24} {record.display_name:<30} {record.email}")
     show(f"({len(records)} of {total} shown from {ctx.args.offset})")
     return 0
-
-
-def parse_endpoint(text: str, default_port: int) -> Endpoint:
-    """Parse ``ADDRESS``, ``IPv4:PORT`` or ``[IPv6]:PORT``."""
-    try:
-        if text.startswith("[") or text.count(":") == 1:
-            host, port = split_server(text, default_port)
-            return Endpoint.parse(host, port)
-        return Endpoint.parse(text, default_port)
-    except (ValueError, errors.InvalidArgument) as error:
-        raise CommandError(f"bad address {text!r}: {getattr(error, 'message', error)}") from None
 
 
 async def cmd_register(ctx: Context) -> int:
@@ -439,7 +176,7 @@ async def cmd_register(ctx: Context) -> int:
     endpoints = [parse_endpoint(text, args.port) for text in args.address or []]
     if not endpoints and args.presence != "offline":
         raise CommandError("give at least one --address (or --presence offline)")
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     record = await client.register_addresses(endpoints, args.presence, args.ttl)
     describe_addresses(record, ctx.reactor.seconds())
     return 0
@@ -447,7 +184,7 @@ async def cmd_register(ctx: Context) -> int:
 
 async def cmd_lookup(ctx: Context) -> int:
     """Look a user's addresses and presence up."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     record = await client.lookup(ctx.args.name)
     describe_addresses(record, ctx.reactor.seconds())
     return 0
@@ -455,7 +192,7 @@ async def cmd_lookup(ctx: Context) -> int:
 
 async def cmd_certificates(ctx: Context) -> int:
     """List certificates: yours, a user's (administrators), or a user's current ones."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     if ctx.args.current:
         entries = await client.user_certificates(ctx.args.current)
     else:
@@ -475,7 +212,7 @@ async def cmd_certificate(ctx: Context) -> int:
     except ValueError:
         digest = None
     serial = None if digest is not None else parse_serial_argument(ctx.args.serial)
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     entry = await client.get_certificate(serial, fingerprint=digest)
     assert entry.certificate is not None
     write_output(ctx.args.out, pem(entry.certificate))
@@ -497,7 +234,7 @@ async def cmd_upload_certificate(ctx: Context) -> int:
         certificate = keyfiles.load_certificates(ctx.args.file)[0]
     except (OSError, ValueError, IndexError) as error:
         raise CommandError(f"cannot read a certificate from {ctx.args.file}: {error}") from None
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     describe_certificate(await client.upload_certificate(certificate))
     return 0
 
@@ -512,7 +249,7 @@ async def cmd_pkcs12(ctx: Context) -> int:
         raise CommandError("pkcs12 get needs --id (see 'irp pkcs12 list')")
     if args.pkcs12_action == "upload" and not args.file:
         raise CommandError("pkcs12 upload needs --file FILE.p12")
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     if args.pkcs12_action == "list":
         files = await client.list_pkcs12(args.of)
         for info in files:
@@ -538,7 +275,7 @@ async def cmd_pkcs12(ctx: Context) -> int:
 
 async def cmd_renew(ctx: Context) -> int:
     """Renew your certificate (or one given by serial)."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     args = ctx.args
     own = ctx.profile.enrolled and args.serial is None
     if own:
@@ -566,7 +303,7 @@ async def cmd_renew(ctx: Context) -> int:
 
 async def cmd_revoke(ctx: Context) -> int:
     """Revoke a certificate."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     entry = await client.revoke(parse_serial_argument(ctx.args.serial), ctx.args.reason)
     describe_certificate(entry)
     return 0
@@ -574,7 +311,7 @@ async def cmd_revoke(ctx: Context) -> int:
 
 async def cmd_crl(ctx: Context) -> int:
     """Download the CA's current CRLs (signatures verified) as PEM."""
-    client = await ctx.connect(login=False)
+    client = await open_registry(ctx, login=False)
     crls = await client.get_crls()
     data = b"".join(info.crl.public_bytes(serialization.Encoding.PEM) for info in crls)
     for info in crls:
@@ -587,7 +324,7 @@ async def cmd_status(ctx: Context) -> int:
     """Ask whether a certificate is good, revoked, expired or unknown."""
     if ctx.args.file is None and ctx.args.serial is None:
         raise CommandError("give a serial number or --file CERTIFICATE.pem")
-    client = await ctx.connect(login=False)
+    client = await open_registry(ctx, login=False)
     if ctx.args.file:
         certificate = keyfiles.load_certificates(ctx.args.file)[0]
         status = await client.certificate_status(certificate=certificate)
@@ -604,7 +341,7 @@ async def cmd_status(ctx: Context) -> int:
 
 async def cmd_ca(ctx: Context) -> int:
     """Print the domain's CA certificates (verified against the pinned root) as PEM."""
-    client = await ctx.connect(login=False)
+    client = await open_registry(ctx, login=False)
     chain = await client.ca_chain()
     write_output(ctx.args.out, pem(chain.issuing) + pem(chain.root))
     return 0
@@ -612,7 +349,7 @@ async def cmd_ca(ctx: Context) -> int:
 
 async def cmd_passwd(ctx: Context) -> int:
     """Change your password."""
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     session = await client.whoami()
     current = None
     if session.method == "password":
@@ -626,7 +363,7 @@ async def cmd_passwd(ctx: Context) -> int:
 async def cmd_admin(ctx: Context) -> int:
     """Administrator commands."""
     args = ctx.args
-    client = await ctx.connect()
+    client = await open_registry(ctx)
     action = args.admin_action
     if action == "create-user":
         password = None
@@ -702,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command(
         "init",
-        cmd_init,
+        initialise,
         "Create a profile pinned to a registry's root CA. Without --server the registry is"
         " found by DNS SRV (_irp._tcp.DOMAIN).",
         password=False,
@@ -712,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--ca-file", help="the registry's root CA certificate (PEM), instead of a fingerprint")
     sub.add_argument("--force", action="store_true", help="replace an existing profile")
 
-    sub = command("enrol", cmd_enrol, "Log in with your password, make a key here and get a certificate.")
+    sub = command("enrol", enrol, "Log in with your password, make a key here and get a certificate.")
     sub.add_argument("--key-type", choices=KEY_TYPES, default="p384", help="key type (default p384)")
     sub.add_argument("--force", action="store_true", help="replace an existing key and certificate")
     commands._name_parser_map["enroll"] = sub  # American spelling
@@ -837,48 +574,6 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--offset", type=int, default=0)
     action.add_argument("--limit", type=int, default=50)
     return parser
-
-
-def run_until_done(
-    reactor: Any,
-    program: str,
-    command: Callable[[], Coroutine[Any, Any, int]],
-    explain: Callable[[BaseException], tuple[str, int] | None],
-) -> int:
-    """Run ``command`` in a reactor started for it; return its exit code.
-
-    A failure ``explain`` knows becomes one readable line on stderr and its exit code; any
-    other prints a traceback and exits 70. The reactor stops one turn after the command so
-    that connections close cleanly. Shared by the ``irp`` and ``sixchat`` commands.
-    """
-    outcome: dict[str, int] = {}
-
-    def failed(failure: Any) -> None:
-        error = failure.value
-        if isinstance(error, KeyboardInterrupt):
-            outcome["code"] = 130
-            return
-        explained = explain(error)
-        if explained is None:
-            print(f"{program}: unexpected failure:", file=sys.stderr)
-            failure.printTraceback(file=sys.stderr)
-            outcome["code"] = 70
-            return
-        message, code = explained
-        print(f"{program}: {message}", file=sys.stderr)
-        outcome["code"] = code
-
-    async def wrapped() -> None:
-        outcome["code"] = await command()
-
-    def start() -> None:
-        done: Deferred[None] = Deferred.fromCoroutine(wrapped())
-        done.addErrback(failed)
-        done.addBoth(lambda _: reactor.callLater(0, reactor.stop))
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return outcome.get("code", 1)
 
 
 def explain_failure(error: BaseException) -> tuple[str, int] | None:

@@ -15,22 +15,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from common.cliutil import CommandError, Context, parse_endpoint, run_until_done, server_argument
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
 from common.pki.trust import check_anchor
 from common.profile import Profile, ProfileError, default_profile_path
 from irp import errors as irp_errors
-from irp.cli import (
-    CommandError,
-    Context,
-    cmd_enrol,
-    cmd_init,
-    fetch_root_by_fingerprint,
-    parse_endpoint,
-    run_until_done,
-    server_argument,
-)
-from irp.client import split_server
+from irp.client import enrol as cmd_enrol
+from irp.client import fetch_root_by_fingerprint, split_server
+from irp.client import initialise as cmd_init
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
