@@ -10,11 +10,11 @@ from twisted.application import service
 from twisted.python import usage
 
 from common.cliutil import check_endpoint
+from common.endpoint import Endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp import errors as irp_errors
-from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT
 from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.verification import POLICIES

@@ -14,9 +14,9 @@ from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from common.wire.xmlcodec import Element
 from irp import errors
-from irp.server.ca import RECORD_SIGNING_OID
 from irp.wire.elements import parse_identity, timestamp_attribute
 from irp.wire.messages import check_fields, parse_serial, required
+from irp.wire.records import RECORD_SIGNING_OID
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,10 @@ def check_attributes(attributes: Iterable[tuple[str, str]]) -> tuple[tuple[str, 
     return tuple(sorted(result.items()))
 
 
+#: The extended key usage of the registry's record-signing certificate (a UUID OID, X.667).
+RECORD_SIGNING_OID = x509.ObjectIdentifier("2.25.177770641467619647013171859629156522888")
+
+
 class RecordSigner:
     """Signs records with the registry's Ed25519 record-signing key."""
 
