@@ -25,7 +25,7 @@ from cryptography import x509
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
 from common.pki.keyfiles import PrivateKey
-from irp import DEFAULT_PORT
+from common.ports import IRP_PORT
 
 CONFIG_FILE = "config.json"
 CA_FILE = "ca.pem"
@@ -49,7 +49,7 @@ class ProfileConfig:
 
     server: str
     domain: str
-    port: int = DEFAULT_PORT
+    port: int = IRP_PORT
     username: str | None = None
     #: Registries of other domains this user talks to: domain -> "host:port".
     registries: dict[str, str] = field(default_factory=dict)
@@ -107,7 +107,7 @@ class Profile:
             return ProfileConfig(
                 server=str(data["server"]),
                 domain=str(data["domain"]),
-                port=int(data.get("port", DEFAULT_PORT)),
+                port=int(data.get("port", IRP_PORT)),
                 username=data.get("username"),
                 registries={str(key): str(value) for key, value in dict(data.get("registries", {})).items()},
             )

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from common.cliutil import check_endpoint
 from common.identity import InvalidIdentity, check_domain
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp import DEFAULT_PORT
@@ -19,15 +19,6 @@ from irp.server.protocol import ConnectionLimits
 from irp.server.registry import RegistryConfig
 from irp.server.service import RegistryService, RegistrySettings
 from irp.server.store import UnsupportedDatabase, parse_database_url
-
-
-def check_endpoint(description: str) -> str:
-    """Refuse an endpoint string Twisted cannot parse (raises UsageError)."""
-    try:
-        serverFromString(None, description)
-    except (ValueError, KeyError, TypeError) as error:
-        raise usage.UsageError(f"invalid endpoint {description!r}: {error}") from None
-    return description
 
 
 class Options(usage.Options):
@@ -116,7 +107,7 @@ class Options(usage.Options):
 
     def opt_registry(self, value: str) -> None:
         """DOMAIN=HOST[:PORT]: where a trusted domain's registry is (else found by DNS SRV)."""
-        from irp.client.api import split_server
+        from irp.client import split_server
 
         domain, separator, server = value.partition("=")
         try:

@@ -15,21 +15,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from common.cliutil import CommandError, Context, parse_endpoint, run_until_done, server_argument
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
+from common.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 from common.pki.trust import check_anchor
 from common.profile import Profile, ProfileError, default_profile_path
-from irp.cli import (
-    CommandError,
-    Context,
-    cmd_enrol,
-    cmd_init,
-    fetch_root_by_fingerprint,
-    parse_endpoint,
-    run_until_done,
-    server_argument,
-)
-from irp.client import IRPError, split_server
+from irp.client import IRPError, fetch_root_by_fingerprint, split_server
+from irp.client import enrol as cmd_enrol
+from irp.client import initialise as cmd_init
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
@@ -379,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("enrol", cmd_enrol, "Log in with your password, make your key here and get its certificate.")  # type: ignore[arg-type]
     sub.add_argument("--user", help="your user name (default: the profile's)")
     sub.add_argument("--password-file", help="read the password from this file")
-    sub.add_argument("--key-type", choices=("p384", "p256", "ed25519"), default="p384")
+    sub.add_argument("--key-type", choices=KEY_TYPES, default=DEFAULT_KEY_TYPE)
     sub.add_argument("--force", action="store_true")
     commands._name_parser_map["enroll"] = sub
 

@@ -9,12 +9,12 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
+from common.cliutil import check_endpoint
+from common.endpoint import Endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp.client import IRPError
-from irp.tap import check_endpoint
-from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT
 from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.verification import POLICIES
@@ -56,7 +56,7 @@ class Options(usage.Options):
 
     def opt_advertise(self, address: str) -> None:
         """Address to publish: ADDRESS, [v6]:PORT or v4:PORT (repeatable; default: listened-on or primary addresses)."""
-        from irp.cli import CommandError, parse_endpoint
+        from common.cliutil import CommandError, parse_endpoint
 
         try:
             self["advertise"].append(parse_endpoint(address, DEFAULT_PORT))

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from common.identity import Identity
 from common.pki.keyfiles import PrivateKey, fingerprint
 from irp.cli import make_csr
-from irp.client.api import RegistryClient, connect
+from irp.client import RegistryClient, connect
 from irp.server.ca import CertificateAuthority, generate_key
 from irp.server.passwords import Argon2Parameters
 from irp.server.protocol import ConnectionLimits

@@ -1,18 +1,14 @@
 """The IRP client library: a Deferred-returning API for every registry operation.
 
-:func:`connect` opens a TLS connection that verifies the registry (its chain must end at a
-pinned root CA, and its certificate must name the host dialled), optionally logging in with
-a client certificate; :func:`connect_domain` finds the domain's registry by DNS SRV first
-and tries its targets in order. :class:`RegistryClient` then offers one method per
-operation; each returns a Deferred. Answers are parsed strictly (unknown fields are
-refused), and records the registry signs are verified before they are returned.
+:class:`RegistryClient` offers one method per operation over a connection
+:func:`irp.client.connect` or :func:`irp.client.connect_domain` opened; each returns a
+Deferred. Answers are parsed strictly (unknown fields are refused), and records the
+registry signs are verified before they are returned.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -20,20 +16,23 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from twisted.internet.interfaces import IReactorTime
 
-from common.factory import QuietFactory
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
-from common.pki.keyfiles import PrivateKey, fingerprint
-from common.tls import client_options, send_without_delay
-from common.wire.framing import FrameDecoder, FrameError, encode_frame
+from common.pki.keyfiles import fingerprint
 from common.wire.xmlcodec import Element, make_element, sub_element
-from irp import DEFAULT_PORT, errors
-from irp.client.discovery import discover
+from irp import errors
+from irp.client.protocol import RegistryClientProtocol
+from irp.client.results import (
+    CAChain,
+    CertificateStatus,
+    CRLInfo,
+    SessionInfo,
+    parse_boolean,
+    parse_ca_chain,
+    parse_status,
+    verify_ca_chain,
+)
 from irp.wire.elements import (
     AccountView,
     CertificateEntry,
@@ -48,245 +47,18 @@ from irp.wire.elements import (
 from irp.wire.messages import (
     Response,
     bool_text,
-    build_request,
     check_fields,
     child_text,
     encode_base64,
-    is_decimal,
-    parse_response,
-    parse_serial,
     required,
 )
-from irp.wire.records import RECORD_SIGNING_OID, AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
+from irp.wire.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
 
 T = TypeVar("T")
-
-MAX_RESPONSE = 16 * 1024 * 1024
-DEFAULT_TIMEOUT = 30.0
 
 
 def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
-
-
-@implementer(IHandshakeListener)
-class RegistryClientProtocol(Protocol):
-    """Sends requests and matches responses by id (requests may be pipelined)."""
-
-    def __init__(self, clock: IReactorTime, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        self.decoder = FrameDecoder(MAX_RESPONSE)
-        self.waiting: dict[int, tuple[Deferred[Response], IDelayedCall]] = {}
-        self.next_id = 1
-        self.ready: Deferred[RegistryClientProtocol] = Deferred()
-        #: Fires (with None) once the connection is closed.
-        self.disconnected: Deferred[None] = Deferred()
-        self.closed = False
-        self.failure: errors.IRPError | None = None
-
-    def connectionMade(self) -> None:
-        """TCP is up (the TLS handshake starts): send small messages at once."""
-        send_without_delay(self.transport)
-
-    def handshakeCompleted(self) -> None:
-        """TLS is up (and the registry's certificate verified)."""
-        if not self.ready.called:
-            self.ready.callback(self)
-
-    def request(self, operation: Element) -> Deferred[Response]:
-        """Send one request; fire with its response or fail with the IRPError it carries."""
-        if self.closed:
-            raise self.failure or errors.ConnectionLost()
-        request_id = self.next_id
-        self.next_id += 1
-        result: Deferred[Response] = Deferred()
-        timer = self.clock.callLater(self.timeout, self._timed_out, request_id)
-        self.waiting[request_id] = (result, timer)
-        self.transport.write(encode_frame(build_request(request_id, operation)))  # type: ignore[union-attr]
-        return result
-
-    def _timed_out(self, request_id: int) -> None:
-        entry = self.waiting.pop(request_id, None)
-        if entry is not None:
-            entry[0].errback(errors.Timeout(f"the registry did not answer within {self.timeout:g} seconds"))
-        self.failure = errors.Timeout("an earlier request timed out")
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        """Dispatch each complete response to its request."""
-        try:
-            frames = self.decoder.feed(data)
-        except FrameError as error:
-            self._fail_all(errors.MalformedMessage(f"the registry broke the framing: {error}"))
-            self.transport.abortConnection()  # type: ignore[union-attr]
-            return
-        if self.decoder.error is not None:
-            # Frames before a broken header are handled; after them, the stream is dead.
-            self.transport.abortConnection()  # type: ignore[union-attr]
-        for frame in frames:
-            response: Response | errors.IRPError
-            try:
-                parsed = parse_response(frame)
-                response, response_id = parsed, parsed.id
-            except errors.IRPError as error:
-                response = error
-                response_id = getattr(error, "request_id", 0)
-            if response_id == 0:
-                # A connection-level error: the registry is closing the connection.
-                assert isinstance(response, errors.IRPError)
-                self.failure = response
-                self._fail_all(response)
-                continue
-            entry = self.waiting.pop(response_id, None)
-            if entry is None:
-                continue
-            deferred, timer = entry
-            if timer.active():
-                timer.cancel()
-            if isinstance(response, errors.IRPError):
-                deferred.errback(response)
-            else:
-                deferred.callback(response)
-
-    def _fail_all(self, error: errors.IRPError) -> None:
-        waiting, self.waiting = self.waiting, {}
-        for deferred, timer in waiting.values():
-            if timer.active():
-                timer.cancel()
-            deferred.errback(error)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """Fail every outstanding request."""
-        self.closed = True
-        error = self.failure or errors.ConnectionLost(f"the connection to the registry was lost: {reason.getErrorMessage()}")
-        if not self.ready.called:
-            tls_problem = reason.getErrorMessage()
-            self.ready.errback(
-                errors.ServerVerificationFailed(f"the TLS connection to the registry failed: {tls_problem}")
-            )
-        self._fail_all(error)
-        self.disconnected.callback(None)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """The answer to login and whoami."""
-
-    user: Identity | None
-    method: str
-    is_admin: bool
-
-
-@dataclass(frozen=True)
-class CRLInfo:
-    """A CRL fetched from the registry and verified against the CA."""
-
-    issuer: str
-    number: int
-    crl: x509.CertificateRevocationList
-
-
-@dataclass(frozen=True)
-class CertificateStatus:
-    """The registry's answer about one certificate."""
-
-    serial: int
-    state: str
-    user: str | None
-    revoked_at: str | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class CAChain:
-    """The domain's root and issuing CA and the record-signing certificate."""
-
-    domain: str
-    root: x509.Certificate
-    issuing: x509.Certificate
-    record_signing: x509.Certificate
-
-
-def verify_ca_chain(chain: CAChain, pinned_roots: Sequence[x509.Certificate], now: datetime) -> None:
-    """Check that the chain's root is pinned and the others descend from it correctly."""
-    pinned = {fingerprint(root) for root in pinned_roots}
-    if fingerprint(chain.root) not in pinned:
-        raise errors.ServerVerificationFailed("the registry's root CA is not the one you trust (fingerprint differs)")
-    try:
-        chain.issuing.verify_directly_issued_by(chain.root)
-        chain.record_signing.verify_directly_issued_by(chain.issuing)
-    except (ValueError, TypeError, InvalidSignature):
-        raise errors.ServerVerificationFailed("the registry's CA chain does not verify") from None
-    for certificate in (chain.root, chain.issuing, chain.record_signing):
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            raise errors.ServerVerificationFailed("a certificate of the registry's CA chain is expired")
-    try:
-        usages = chain.record_signing.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        raise errors.ServerVerificationFailed("the record-signing certificate has no extended key usage") from None
-    if RECORD_SIGNING_OID not in usages:
-        raise errors.ServerVerificationFailed("the record-signing certificate is not for signing records")
-
-
-CA_ROLES = ("root", "issuing", "record-signing")
-
-
-def parse_ca_chain(element: Element) -> CAChain:
-    """Parse ``<ca-chain>`` (strictly: its three certificates, once each, nothing else)."""
-    check_fields(element, ("domain", "root-fingerprint"), ("ca",))
-    found: dict[str, x509.Certificate] = {}
-    for child in element:
-        check_fields(child, ("role",), text=True)
-        role = required(child, "role")
-        if role not in CA_ROLES:
-            raise errors.BadRequest(f"unknown CA role {role!r}")
-        if role in found:
-            raise errors.BadRequest(f"the CA chain lists the {role} certificate twice")
-        try:
-            found[role] = x509.load_pem_x509_certificate((child.text or "").encode("ascii"))
-        except ValueError:
-            raise errors.BadRequest(f"the {role} CA certificate is not valid PEM") from None
-    missing = set(CA_ROLES) - found.keys()
-    if missing:
-        raise errors.BadRequest(f"the CA chain lacks {', '.join(sorted(missing))}")
-    if required(element, "root-fingerprint") != fingerprint(found["root"]):
-        raise errors.BadRequest("the CA chain's root-fingerprint is not its root's")
-    return CAChain(required(element, "domain"), found["root"], found["issuing"], found["record-signing"])
-
-
-def _boolean(element: Element, name: str) -> bool:
-    value = required(element, name)
-    if value not in ("true", "false"):
-        raise errors.BadRequest(f"{name!r} must be 'true' or 'false'")
-    return value == "true"
-
-
-STATUS_STATES = ("good", "revoked", "expired", "not-yet-valid", "unknown")
-
-
-def _parse_status(element: Element, asked: int) -> CertificateStatus:
-    """Parse ``<status>`` (strictly), which must be about the serial number ``asked``."""
-    check_fields(element, ("serial", "state", "user", "not-after", "revoked", "reason"))
-    serial = parse_serial(required(element, "serial"))
-    if serial != asked:
-        raise errors.ServerVerificationFailed(f"asked about certificate {asked:x}, the registry answered about {serial:x}")
-    state = required(element, "state")
-    if state not in STATUS_STATES:
-        raise errors.BadRequest(f"unknown certificate state {state!r}")
-    user = element.get("user")
-    if (user is None) != (state == "unknown") or (element.get("not-after") is None) != (state == "unknown"):
-        raise errors.BadRequest("a status names the user and not-after exactly when the certificate is known")
-    if user is not None:
-        parse_identity(user)
-        timestamp_attribute(element, "not-after")
-    revoked = element.get("revoked")
-    reason = element.get("reason")
-    if (revoked is not None) != (state == "revoked") or (reason is not None) != (state == "revoked"):
-        raise errors.BadRequest("a status gives revoked and reason exactly when the certificate is revoked")
-    if revoked is not None:
-        timestamp_attribute(element, "revoked")
-    return CertificateStatus(serial=serial, state=state, user=user, revoked_at=revoked, reason=reason)
 
 
 class RegistryClient:
@@ -362,7 +134,7 @@ class RegistryClient:
         session = SessionInfo(
             user=None if user is None else parse_identity(user),
             method=method,
-            is_admin=_boolean(element, "admin"),
+            is_admin=parse_boolean(element, "admin"),
         )
         self.identity = session.user
         return session
@@ -594,7 +366,7 @@ class RegistryClient:
             else:
                 asked = serial or 0
                 element = await self._single("certificate-status", "status", {"serial": format(asked, "x")})
-            return _parse_status(element, asked)
+            return parse_status(element, asked)
 
         return _deferred(run())
 
@@ -724,138 +496,4 @@ class RegistryClient:
         return _deferred(self._single("delete-user", "deleted", {"user": user}))
 
 
-def split_server(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if port and (not is_decimal(port, 5) or not 1 <= int(port) <= 65535):
-        raise ValueError(f"invalid port in {text!r}")
-    return host, int(port) if port else default_port
-
-
-def connect(
-    reactor: Any,
-    host: str,
-    port: int,
-    *,
-    domain: str,
-    trust_roots: Sequence[x509.Certificate],
-    client_key: PrivateKey | None = None,
-    client_certificate: x509.Certificate | None = None,
-    client_chain: Sequence[x509.Certificate] = (),
-    timeout: float = DEFAULT_TIMEOUT,
-    tls_options: Callable[..., Any] = client_options,
-    bind_address: str | None = None,
-) -> Deferred[RegistryClient]:
-    """Connect to a registry over TLS; fire with a :class:`RegistryClient` once TLS is up.
-
-    The server's chain must end at one of ``trust_roots`` and its certificate must name
-    ``host``. With ``client_key`` and ``client_certificate`` the connection is logged in
-    with the certificate at once. ``bind_address`` picks the local source address.
-    """
-    options = tls_options(host, trust_roots, client_key, client_certificate, client_chain)
-    name = host.encode("idna") if not _is_ip(host) else host
-    bind = None if bind_address is None else (bind_address, 0)
-    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, name, port, timeout=timeout, bindAddress=bind))
-    protocol = RegistryClientProtocol(reactor, timeout)
-
-    async def run() -> RegistryClient:
-        try:
-            await endpoint.connect(QuietFactory.forProtocol(lambda: protocol))
-        except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
-            raise errors.ConnectionLost(f"cannot connect to the registry at {host} port {port}: {error}") from None
-        await _await_handshake(reactor, protocol, timeout)
-        identity = None
-        if client_certificate is not None:
-            try:
-                identity = identity_from_certificate(client_certificate)
-            except InvalidIdentity:
-                identity = None
-        return RegistryClient(protocol, domain, trust_roots, reactor, host=host, port=port, identity=identity)
-
-    return _deferred(run())
-
-
-def connect_domain(
-    reactor: Any,
-    domain: str,
-    *,
-    resolver: Any = None,
-    rng: random.Random | None = None,
-    **options: Any,
-) -> Deferred[RegistryClient]:
-    """Connect to the registry of ``domain``, found by DNS SRV (``_irp._tcp.<domain>``).
-
-    The targets :func:`irp.client.discovery.discover` returns are tried in order (by priority,
-    then weighted at random), falling back to the next on a failure to connect, to
-    complete TLS or to verify the server (each target must present a certificate for its
-    own name, chaining to the pinned root), or a timeout; with no SRV records, the domain
-    itself on port 4604. A domain that publishes that it has no registry fails with
-    ``not-found``. The client's ``host`` and ``port`` tell which target answered.
-    ``options`` are those of :func:`connect` (``trust_roots``, ``client_key``...);
-    ``resolver`` is a ``twisted.names`` resolver (default: the system's).
-    """
-
-    async def run() -> RegistryClient:
-        try:
-            targets = await discover(domain, resolver, rng)
-        except errors.IRPError:
-            raise
-        except Exception as error:  # noqa: BLE001 - every DNS failure (timeout, SERVFAIL...) reads the same way
-            raise errors.ConnectionLost(f"cannot look up the registry of {domain} in the DNS: {error}") from None
-        if not targets:
-            raise errors.NotFound(f"{domain} publishes no IRP registry")
-        failures: list[errors.IRPError] = []
-        for host, port in targets:
-            try:
-                return await connect(reactor, host, port, domain=domain, **options)
-            except (errors.ConnectionLost, errors.Timeout, errors.ServerVerificationFailed) as error:
-                failures.append(error)
-        tried = "; ".join(f"{host} port {port}: {error.message}" for (host, port), error in zip(targets, failures, strict=True))
-        raise type(failures[-1])(f"no registry of {domain} could be reached ({tried})")
-
-    return _deferred(run())
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-async def _await_handshake(clock: IReactorTime, protocol: RegistryClientProtocol, seconds: float) -> None:
-    """Wait for the TLS handshake; abort the connection if it takes longer than ``seconds``."""
-    try:
-        await _with_timeout(clock, protocol.ready, seconds, "the TLS handshake with the registry timed out")
-    except errors.Timeout:
-        if protocol.transport is not None:
-            protocol.transport.abortConnection()  # type: ignore[attr-defined]
-        raise
-
-
-async def _with_timeout(reactor: Any, waiting: Deferred[T], seconds: float, message: str) -> T:
-    def expire() -> None:
-        if not waiting.called:
-            waiting.errback(errors.Timeout(message))
-
-    timer = reactor.callLater(seconds, expire)
-    try:
-        return await waiting
-    finally:
-        if timer.active():
-            timer.cancel()
-
-
-__all__ = ["RegistryClient", "RegistryClientProtocol", "connect", "connect_domain", "split_server", "verify_ca_chain"]
+__all__ = ["CAChain", "CRLInfo", "CertificateStatus", "RegistryClient", "SessionInfo", "parse_ca_chain", "verify_ca_chain"]

@@ -23,6 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from common.caches import VersionedCache
+from common.endpoint import InvalidEndpoint
 from common.identity import Identity, InvalidIdentity, check_username, identity_from_certificate
 from common.limits import FailureLimiter
 from common.limits import address_key as limited_address
@@ -732,7 +733,10 @@ class Registry:
         endpoints: list[Endpoint] = []
         for child in element:
             check_fields(child, ("address", "port"))
-            endpoints.append(Endpoint.parse(required(child, "address"), required(child, "port")))
+            try:
+                endpoints.append(Endpoint.parse(required(child, "address"), required(child, "port")))
+            except InvalidEndpoint as error:
+                raise errors.InvalidArgument(error.message) from None
         if len(endpoints) > MAX_ENDPOINTS:
             raise errors.InvalidArgument(f"at most {MAX_ENDPOINTS} endpoints may be registered")
         if len(set(endpoints)) != len(endpoints):

@@ -25,7 +25,7 @@ from common.pki.trust import TrustStore, check_anchor
 from common.startup import EarlyPorts, describe_start_failure
 from common.tls import ServerTLS, make_server_context
 from irp import errors
-from irp.client.api import connect, connect_domain
+from irp.client import connect, connect_domain
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from common.endpoint import InvalidEndpoint
 from common.identity import Identity, InvalidIdentity
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.timeutil import format_timestamp, parse_timestamp
@@ -163,7 +164,7 @@ def parse_addresses(element: Element) -> AddressRecord:
             # Exactly as sent: the signature covers the address text, which another
             # Python version could format differently if it were normalised here.
             endpoints.append(Endpoint.received(required(child, "address"), required(child, "port")))
-        except errors.InvalidArgument as error:
+        except InvalidEndpoint as error:
             raise errors.BadRequest(error.message) from None
     return AddressRecord(
         identity=parse_identity(required(element, "id")),

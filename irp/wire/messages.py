@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from common.integers import parse_decimal
 from common.wire.xmlcodec import (
     MAX_ELEMENTS,
     Element,
@@ -68,27 +69,6 @@ def _observed(payload: bytes) -> bytes:
         for observer in message_observers:
             observer(payload)
     return payload
-
-
-def parse_decimal(text: str, max_digits: int) -> int | None:
-    """The value of a wire integer, or None when ``text`` is not one.
-
-    The one integer parser of IRP: 1 to ``max_digits`` ASCII digits, without sign, white
-    space or leading zeros (``0`` itself is the only integer starting with ``0``).
-    ``str.isdigit`` alone would also accept digits of other scripts and superscripts, such
-    as ``"\u0663"`` and ``"\u00b2"``, which ``int`` either refuses or reads.
-    """
-    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
-        return None
-    if text[0] == "0" and len(text) > 1:
-        return None
-    return int(text)
-
-
-def is_decimal(text: str, max_digits: int) -> bool:
-    """True if ``text`` is a wire integer of at most ``max_digits`` digits (see
-    :func:`parse_decimal`)."""
-    return parse_decimal(text, max_digits) is not None
 
 
 def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:

@@ -14,7 +14,6 @@ key, whose certificate the domain's CA issues (see :mod:`irp.server.ca`).
 
 from __future__ import annotations
 
-import ipaddress
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -24,9 +23,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.endpoint import Endpoint
 from common.identity import Identity
 from irp.errors import InvalidArgument, ServerVerificationFailed
-from irp.wire.messages import parse_decimal
 
 DOMAIN_SEPARATOR = b"IRP-RECORD-V1\x00"
 
@@ -46,69 +45,6 @@ def _encode_fields(fields: Iterable[str]) -> bytes:
         parts.append(len(data).to_bytes(4, "big"))
         parts.append(data)
     return b"".join(parts)
-
-
-@dataclass(frozen=True, order=True)
-class Endpoint:
-    """One address a user's agent listens on."""
-
-    address: str
-    port: int
-
-    @classmethod
-    def parse(cls, address: str, port: int | str) -> Endpoint:
-        """Validate and normalise an IPv6 or IPv4 address and a TCP port, for registering.
-
-        IPv4-mapped (``::ffff:192.0.2.1``) and IPv4-compatible (``::192.0.2.1``) IPv6
-        addresses are refused: the IPv4 address itself is registered instead (and Python
-        versions write such addresses differently, see gh-87799, while the record's
-        signature covers the text).
-        """
-        ip = _check_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and (
-            ip.ipv4_mapped is not None or (int(ip) >> 32 == 0 and int(ip) > 1)
-        ):
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-            raise InvalidArgument(
-                f"{address} is an IPv4 address written as IPv6: register {embedded} instead"
-            )
-        return cls(ip.compressed, _check_port(port))
-
-    @classmethod
-    def received(cls, address: str, port: str) -> Endpoint:
-        """Validate an endpoint of a record received from a registry, keeping the address
-        text exactly as sent: the record's signature covers that text."""
-        _check_address(address)
-        return cls(address, _check_port(port))
-
-    @property
-    def family(self) -> str:
-        """``"ipv6"`` or ``"ipv4"``."""
-        return "ipv6" if ":" in self.address else "ipv4"
-
-
-def _check_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """Parse an endpoint address; refuse zones, multicast and unspecified addresses."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        raise InvalidArgument(f"{address!r} is not an IPv6 or IPv4 address") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        # A zone (%eth0) means nothing off the registering host, and is free text.
-        raise InvalidArgument("addresses with a zone (%...) cannot be registered")
-    if ip.is_multicast or ip.is_unspecified:
-        raise InvalidArgument(f"{address} cannot be registered (multicast or unspecified)")
-    return ip
-
-
-def _check_port(port: int | str) -> int:
-    """A TCP port, 1-65535 (as text: a wire integer, see :func:`irp.wire.messages.parse_decimal`)."""
-    number = parse_decimal(port, 5) if isinstance(port, str) else port
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise InvalidArgument(f"{port!r} is not a port number")
-    if not 1 <= number <= 65535:
-        raise InvalidArgument(f"port {number} is outside 1-65535")
-    return number
 
 
 @dataclass(frozen=True)

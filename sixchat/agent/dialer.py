@@ -15,9 +15,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from common.endpoint import Endpoint
 from common.factory import QuietFactory
 from common.identity import Identity
-from irp.wire.records import Endpoint
 from sixchat import errors
 from sixchat.credentials import Role
 from sixchat.peer.protocol import PeerConnection

@@ -23,13 +23,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from common.endpoint import Endpoint
 from common.identity import Identity
 from common.pki.keyfiles import KeyFileError, fingerprint
 from common.pki.trust import TrustStore, check_anchor
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
 from irp.client import IRPError
-from irp.wire.records import Endpoint
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
 from sixchat.agent.dialer import Dialer

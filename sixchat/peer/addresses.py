@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from irp.wire.records import Endpoint
+from common.endpoint import Endpoint
 
 #: Well-known global addresses used only to ask the kernel which source address it would
 #: pick (a UDP "connect" sends nothing).

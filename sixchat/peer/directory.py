@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from common.endpoint import Endpoint
 from common.identity import Identity
 from common.pki.keyfiles import PrivateKey, fingerprint
 from common.profile import Profile
@@ -33,7 +34,6 @@ from irp.client import (
     connect_domain,
     split_server,
 )
-from irp.wire.records import Endpoint
 
 log = Logger()
 

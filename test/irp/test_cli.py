@@ -23,9 +23,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from common.cliutil import Context
 from common.pki.keyfiles import fingerprint, format_fingerprint, load_certificates
 from common.profile import Profile, ProfileConfig
-from irp.cli import Context, build_parser, cmd_init
+from irp.cli import build_parser
+from irp.client import initialise
 from test.helpers import DEFAULT_PASSWORD, REPOSITORY, CommandResult, RunningRegistry, closed_port, run_module
 
 
@@ -174,7 +176,7 @@ class InitTests(CLITestCase):
 
 class InitByDiscoveryTests(CLITestCase):
     """irp init without --server: the registry is found by DNS SRV. Run in this process
-    (cmd_init itself), so that it can be given a resolver of a DNS server on loopback."""
+    (initialise itself), so that it can be given a resolver of a DNS server on loopback."""
 
     def resolver(self, records: list[tuple[int, int, int, str]]) -> Any:
         from twisted.names import client, dns, server
@@ -197,7 +199,7 @@ class InitByDiscoveryTests(CLITestCase):
         output = io.StringIO()
         self.patch(sys, "stdout", output)
         try:
-            self.assertEqual(await cmd_init(ctx), 0)
+            self.assertEqual(await initialise(ctx), 0)
         finally:
             if ctx.client is not None:
                 await ctx.client.close()
@@ -394,24 +396,6 @@ class AdministrationTests(CLITestCase):
             "--profile", alice, "admin", "--password-file", password, "create-user", "eve", "--no-password", expect=1
         )
         self.assertIn("[forbidden]", result.err)
-
-
-class SecretPromptTests(unittest.SynchronousTestCase):
-    """A password asked at a terminal."""
-
-    def test_end_of_input_at_the_prompt(self) -> None:
-        """Ctrl-D at the prompt: a readable refusal, not a traceback."""
-        import argparse
-
-        from irp import cli
-        def eof(prompt: str = "") -> str:
-            raise EOFError
-
-        self.patch(cli.getpass, "getpass", eof)
-        self.patch(sys.stdin, "isatty", lambda: True)
-        with self.assertRaises(cli.CommandError) as caught:
-            cli.read_secret(argparse.Namespace(password_file=None), "Password: ")
-        self.assertIn("no password was typed", str(caught.exception))
 
 
 class ErrorTests(CLITestCase):

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from common.identity import Identity
 from irp import errors as irp_errors
-from irp.client.api import connect
+from irp.client import connect
 from sixchat import errors as sixchat_errors
 from test import pki
 from test.helpers import BareOwner, RunningRegistry, dial_bare, start_agent

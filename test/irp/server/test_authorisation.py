@@ -40,7 +40,7 @@ from common.pki.keyfiles import fingerprint
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
 from irp.cli import make_csr
-from irp.client.api import RegistryClient
+from irp.client import RegistryClient
 from irp.server.ca import generate_key
 from irp.wire.elements import pem_text
 from test import pki

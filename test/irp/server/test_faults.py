@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from common.pki.keyfiles import fingerprint, load_certificates
 from irp import errors
 from irp.cli import make_csr
-from irp.client.api import RegistryClient, connect
+from irp.client import RegistryClient, connect
 from irp.server.ca import generate_key
 from irp.wire.records import Endpoint
 from test.helpers import REPOSITORY

@@ -70,7 +70,7 @@ class CrossDomainTestCase(TestCase):
 
 class FederatedLookupTests(CrossDomainTestCase):
     async def test_look_up_a_user_of_the_other_domain(self) -> None:
-        from irp.client.api import connect_domain
+        from irp.client import connect_domain
 
         await self.start_domains()
         alice = await self.registries["example.org"].enrol("alice")

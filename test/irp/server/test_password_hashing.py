@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from common.pki.keyfiles import load_certificates
 from irp import errors
-from irp.client.api import connect
+from irp.client import connect
 from irp.server.passwords import Argon2Parameters
 from irp.server.registry import Session
 from irp.wire.messages import build_request, parse_request

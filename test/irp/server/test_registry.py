@@ -28,7 +28,7 @@ from common.pki.keyfiles import fingerprint
 from common.wire.framing import HEADER, FrameDecoder, encode_frame
 from common.wire.xmlcodec import make_element, sub_element
 from irp import errors
-from irp.client.api import RegistryClient
+from irp.client import RegistryClient
 from irp.server.ca import DEFAULT_ROOT_CRL_LIFETIME, generate_key
 from irp.server.dispatch import CHILD_FIELDS
 from irp.server.passwords import Argon2Parameters, PasswordHasher
@@ -1134,7 +1134,7 @@ class ConnectionTests(RegistryTestCase):
             freed = await self.released(self.registry)
             answer: Deferred[Any] = Deferred()
             timer = global_reactor.callLater(10, answer.cancel)
-            client.protocol.waiting[1] = (answer, timer)
+            client.protocol.waiting[1] = answer
             client.protocol.transport.write(frame)  # type: ignore[union-attr]
             try:
                 await answer
@@ -1383,7 +1383,7 @@ class GivenTLSCertificateTests(unittest.TestCase):
         from twisted.internet import reactor
 
         from common.pki.keyfiles import fingerprint, write_certificates, write_private_key
-        from irp.client.api import connect
+        from irp.client import connect
 
         web = pki.make_ca("example.org", label="web-pki")
         key = generate_key("p256")

@@ -416,10 +416,10 @@ class LeadingZeroTests(unittest.SynchronousTestCase):
     def test_port(self) -> None:
         """An endpoint's port: invalid-argument when registering, bad-request in a
         received record."""
-        from irp.wire.records import Endpoint
+        from common.endpoint import Endpoint, InvalidEndpoint
 
-        self.assertRaises(errors.InvalidArgument, Endpoint.parse, "192.0.2.1", "04605")
-        self.assertRaises(errors.InvalidArgument, Endpoint.received, "192.0.2.1", "04605")
+        self.assertRaises(InvalidEndpoint, Endpoint.parse, "192.0.2.1", "04605")
+        self.assertRaises(InvalidEndpoint, Endpoint.received, "192.0.2.1", "04605")
         self.assertEqual(Endpoint.parse("192.0.2.1", "4605").port, 4605)
 
     def test_record_integers(self) -> None:

@@ -136,7 +136,7 @@ class RegistryMessagesTests(TestCase):
         client = await registry.client()
         protocol = client.protocol
         answer: Deferred[Response] = Deferred()
-        protocol.waiting[1] = (answer, global_reactor.callLater(10, answer.cancel))
+        protocol.waiting[1] = answer.addTimeout(10, global_reactor)
         protocol.transport.write(frame)  # type: ignore[union-attr]
         try:
             await answer

@@ -1,0 +1,5 @@
+"""``python -m irp.cli``: the ``irp`` command."""
+
+from irp.cli import main
+
+main()
