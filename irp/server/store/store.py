@@ -20,9 +20,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from common.db.dialect import Dialect
+from common.db.migrations import upgrade_schema
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, NotFound, QuotaExceeded, Unavailable
-from irp.server.store.schema import MIGRATIONS, upgrade_schema
+from irp.server.store.schema import MIGRATIONS
 from irp.wire.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, RecordSigner, UserRecord
 
 T = TypeVar("T")

@@ -24,11 +24,13 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from common.db.dialect import SQLITE
+from common.db.migrations import upgrade_schema
+from common.db.pools import sqlite_pool
 from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from irp import errors
-from irp.server.store import RegistryStore, open_store, parse_database_url, sqlite_pool
-from irp.server.store.schema import LATEST_VERSION, MIGRATIONS, upgrade_schema
+from irp.server.store import RegistryStore, open_store
+from irp.server.store.schema import LATEST_VERSION, MIGRATIONS
 from irp.wire.records import Endpoint, RecordSigner, RecordVerifier
 from test import pki
 
@@ -870,20 +872,6 @@ class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
         self.assertTrue(os.path.exists(path))
         self.assertEqual(await store.check_integrity(), "ok")
 
-    def test_database_urls(self) -> None:
-        """SQLite paths and URLs, PostgreSQL URLs; other schemes are refused."""
-        from common.db.dialect import POSTGRESQL
-        from irp.server.store import UnsupportedDatabase
-
-        self.assertEqual(parse_database_url("registry.db"), (SQLITE, "registry.db"))
-        self.assertEqual(parse_database_url("/var/lib/irp/r.db"), (SQLITE, "/var/lib/irp/r.db"))
-        self.assertEqual(parse_database_url("sqlite:///r.db"), (SQLITE, "r.db"))
-        self.assertEqual(parse_database_url("sqlite:////var/r.db"), (SQLITE, "/var/r.db"))
-        self.assertEqual(parse_database_url("postgresql://u@h/db"), (POSTGRESQL, "postgresql://u@h/db"))
-        self.assertEqual(parse_database_url("postgres://u@h/db")[0], POSTGRESQL)
-        self.assertRaises(UnsupportedDatabase, parse_database_url, "mysql://u@h/db")
-        self.assertRaises(UnsupportedDatabase, parse_database_url, "sqlite://")
-
 
 class PostgreSQLStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
     """The same store tests on a real PostgreSQL server (see test/pgserver.py)."""
@@ -900,7 +888,7 @@ class PostgreSQLStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
 
     async def make_store(self, name: str = "registry") -> RegistryStore:
         from common.db.dialect import POSTGRESQL
-        from irp.server.store import postgresql_pool
+        from common.db.pools import postgresql_pool
 
         if name not in self._databases:
             self._databases[name] = self.server.create_database()
