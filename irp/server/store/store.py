@@ -289,18 +289,6 @@ class RegistryStore:
     def _upgrade(self, txn: Transaction) -> int:
         return upgrade_schema(txn, self.dialect, MIGRATIONS)
 
-    def check_integrity(self) -> Deferred[str]:
-        """Run the engine's integrity check; fire with ``"ok"`` or the problems found."""
-
-        def check(txn: Transaction) -> str:
-            if self.dialect.name != "sqlite":
-                txn.execute("SELECT 1")
-                return "ok"
-            txn.execute("PRAGMA integrity_check")
-            return ", ".join(str(row[0]) for row in txn.fetchall())
-
-        return self.pool.runInteraction(check)
-
     # -- users ------------------------------------------------------------------------
 
     def _account_from_row(self, row: Sequence[Any]) -> Account:
@@ -676,11 +664,6 @@ class RegistryStore:
         )
         return int(row[0])
 
-    def count_current_certificates(self, username: str, now: float, excluding: int | None = None) -> Deferred[int]:
-        """How many certificates the user holds that are not revoked nor expired at
-        ``now`` (leaving out the serial ``excluding``)."""
-        return self._read(self._count_current_certificates, username, now, excluding)
-
     def _check_certificate_quota(self, txn: Transaction, username: str, most: int | None, replacing: int | None) -> None:
         """Inside the write's transaction, with the user's row locked: QuotaExceeded if
         the user already holds ``most`` current certificates (not counting ``replacing``)."""
@@ -758,17 +741,6 @@ class RegistryStore:
         )
         return info
 
-    def serial_in_use(self, serial: int) -> Deferred[bool]:
-        """Fire with whether a certificate with this serial is already recorded."""
-
-        def check(txn: Transaction) -> bool:
-            row = self._fetchone(
-                txn, "SELECT 1 FROM certificates WHERE serial = ? AND origin = 'issued'", (serial_text(serial),)
-            )
-            return row is not None
-
-        return self._read(check)
-
     def get_certificate(self, serial: int) -> Deferred[CertificateInfo | None]:
         """Fire with the certificate this registry's CA issued with this serial, or None
         (serials are unique per issuer: uploaded certificates are found by fingerprint)."""
@@ -830,14 +802,6 @@ class RegistryStore:
             return self._certificate_from_row(row)
 
         return self._write(revoke)
-
-    def revocation_generation(self) -> Deferred[int]:
-        """Fire with a counter that grows with every revocation (for CRL caching)."""
-
-        def get(txn: Transaction) -> int:
-            return int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'revocations'")[0])
-
-        return self._read(get)
 
     def security_generation(self) -> Deferred[int]:
         """Fire with a counter that grows with every change that may end sessions:

@@ -33,6 +33,12 @@ from irp.server.store import RegistryStore, open_store
 from irp.server.store.schema import LATEST_VERSION, MIGRATIONS
 from irp.wire.records import Endpoint, RecordSigner, RecordVerifier
 from test import pki
+from test.irp.server.store.helpers import (
+    check_integrity,
+    count_current_certificates,
+    revocation_generation,
+    serial_in_use,
+)
 
 DOMAIN = "example.org"
 START = 1_900_000_000
@@ -107,7 +113,7 @@ class RegistryStoreTestsMixin(_MixinBase):
         store = await self.make_store()
         self.assertEqual(await store.upgrade(), LATEST_VERSION)
         self.assertIsNone(await store.get_account("alice"))
-        self.assertEqual(await store.revocation_generation(), 0)
+        self.assertEqual(await revocation_generation(store), 0)
 
     async def test_upgrade_idempotent(self) -> None:
         """Upgrading again (also from a second process) changes nothing and loses nothing."""
@@ -149,7 +155,7 @@ class RegistryStoreTestsMixin(_MixinBase):
     async def test_integrity_check(self) -> None:
         """A fresh database passes the engine's integrity check."""
         store = await self.store()
-        self.assertEqual(await store.check_integrity(), "ok")
+        self.assertEqual(await check_integrity(store), "ok")
 
     # -- users ------------------------------------------------------------------------
 
@@ -363,13 +369,13 @@ class RegistryStoreTestsMixin(_MixinBase):
         bobs = await self.add_certificate(store, "bob")
         await store.add_pkcs12("alice", "laptop", "generated", b"p12", first.serial_number)
         bob_file = await store.add_pkcs12("bob", "phone", "uploaded", b"p12b", None)
-        generation = await store.revocation_generation()
+        generation = await revocation_generation(store)
         self.clock.advance(7)
         self.assertEqual(await store.delete_user("alice"), 2)
         self.assertIsNone(await store.get_account("alice"))
         self.assertIsNone(await store.get_addresses("alice"))
         self.assertEqual(await store.list_pkcs12("alice"), [])
-        self.assertEqual(await store.revocation_generation(), generation + 2)
+        self.assertEqual(await revocation_generation(store), generation + 2)
         for certificate in (first, second):
             info = await store.get_certificate(certificate.serial_number)
             assert info is not None
@@ -446,7 +452,7 @@ class RegistryStoreTestsMixin(_MixinBase):
         assert record is not None
         self.assertEqual((record.presence, record.endpoints), ("busy", (Endpoint("192.0.2.1", 1003),)))
         self.assertEqual(len(await store.list_certificates("alice")), 2)
-        self.assertEqual(await store.check_integrity(), "ok")
+        self.assertEqual(await check_integrity(store), "ok")
 
     async def test_count_current_certificates(self) -> None:
         """Revoked and expired certificates do not count, nor the one left out."""
@@ -455,12 +461,12 @@ class RegistryStoreTestsMixin(_MixinBase):
         first = await self.add_certificate(store)
         second = await self.add_certificate(store)
         now = first.not_valid_before_utc.timestamp() + 3600  # the certificates' own time
-        self.assertEqual(await store.count_current_certificates("alice", now), 2)
-        self.assertEqual(await store.count_current_certificates("alice", now, excluding=first.serial_number), 1)
+        self.assertEqual(await count_current_certificates(store, "alice", now), 2)
+        self.assertEqual(await count_current_certificates(store, "alice", now, excluding=first.serial_number), 1)
         await store.revoke_certificate(second.serial_number, "superseded")
-        self.assertEqual(await store.count_current_certificates("alice", now), 1)
+        self.assertEqual(await count_current_certificates(store, "alice", now), 1)
         later = first.not_valid_after_utc.timestamp() + 1
-        self.assertEqual(await store.count_current_certificates("alice", later), 0)
+        self.assertEqual(await count_current_certificates(store, "alice", later), 0)
 
     async def test_no_lost_updates(self) -> None:
         """Simultaneous address updates are all applied, one after the other."""
@@ -513,8 +519,8 @@ class RegistryStoreTestsMixin(_MixinBase):
         self.assertEqual(await store.get_certificate(certificate.serial_number), info)
         self.assertEqual(await store.get_certificate_by_fingerprint(fingerprint(certificate)), info)
         self.assertEqual(await store.list_certificates("alice"), [info])
-        self.assertTrue(await store.serial_in_use(certificate.serial_number))
-        self.assertFalse(await store.serial_in_use(certificate.serial_number + 1))
+        self.assertTrue(await serial_in_use(store, certificate.serial_number))
+        self.assertFalse(await serial_in_use(store, certificate.serial_number + 1))
         self.assertIsNone(await store.get_certificate(certificate.serial_number + 1))
         self.assertIsNone(await store.get_certificate_by_fingerprint("00" * 32))
 
@@ -552,12 +558,12 @@ class RegistryStoreTestsMixin(_MixinBase):
         self.assertEqual((info.revoked_at, info.revocation_reason), (START + 9, "key-compromise"))
         self.assertEqual(info.status(self.clock.seconds()), "revoked")
         self.assertEqual(await store.get_certificate(certificate.serial_number), info)
-        self.assertEqual(await store.revocation_generation(), 1)
+        self.assertEqual(await revocation_generation(store), 1)
         await self.assertFailsWith(errors.Conflict, store.revoke_certificate(certificate.serial_number, "unspecified"))
         again = await store.get_certificate(certificate.serial_number)
         assert again is not None
         self.assertEqual(again.revocation_reason, "key-compromise")
-        self.assertEqual(await store.revocation_generation(), 1)
+        self.assertEqual(await revocation_generation(store), 1)
 
     async def test_revoke_unknown_and_external(self) -> None:
         """Unknown serials are not-found, and so are uploaded certificates: a serial names
@@ -567,7 +573,7 @@ class RegistryStoreTestsMixin(_MixinBase):
         await self.assertFailsWith(errors.NotFound, store.revoke_certificate(12345, "unspecified"))
         external = await self.add_certificate(store, "alice", origin="external")
         await self.assertFailsWith(errors.NotFound, store.revoke_certificate(external.serial_number, "unspecified"))
-        self.assertEqual(await store.revocation_generation(), 0)
+        self.assertEqual(await revocation_generation(store), 0)
 
     def certificate_with_serial(self, username: str, serial: int, issuer: str = DOMAIN) -> x509.Certificate:
         ca = pki.make_ca(issuer)
@@ -591,15 +597,15 @@ class RegistryStoreTestsMixin(_MixinBase):
         await store.add_certificate("bob", bobs, fingerprint(bobs), "external")
         again = self.certificate_with_serial("bob", 7)
         await self.assertFailsWith(errors.Conflict, store.add_certificate("bob", again, fingerprint(again)))
-        self.assertTrue(await store.serial_in_use(7))
+        self.assertTrue(await serial_in_use(store, 7))
         found = await store.get_certificate(7)
         assert found is not None
         self.assertEqual((found.fingerprint, found.origin), (fingerprint(ours), "issued"))
         listed = await store.list_certificates("alice")
         self.assertEqual(sorted((i.serial, i.origin) for i in listed), [(7, "external"), (7, "issued")])
         valid_now = ours.not_valid_before_utc.timestamp() + 60
-        self.assertEqual(await store.count_current_certificates("alice", valid_now), 2)
-        self.assertEqual(await store.count_current_certificates("alice", valid_now, excluding=7), 1)
+        self.assertEqual(await count_current_certificates(store, "alice", valid_now), 2)
+        self.assertEqual(await count_current_certificates(store, "alice", valid_now, excluding=7), 1)
         revoked = await store.revoke_certificate(7, "key-compromise")
         self.assertEqual(revoked.fingerprint, fingerprint(ours))
         for other in (theirs, bobs):
@@ -625,7 +631,7 @@ class RegistryStoreTestsMixin(_MixinBase):
         info = await store.get_certificate(0xABC)
         assert info is not None
         self.assertEqual((info.fingerprint, info.revoked_at, info.revocation_reason, info.der), (fingerprint(certificate), 5, "superseded", der))
-        self.assertEqual(await store.check_integrity(), "ok")
+        self.assertEqual(await check_integrity(store), "ok")
 
     # -- CRLs -------------------------------------------------------------------------
 
@@ -817,11 +823,11 @@ class RegistryStoreTestsMixin(_MixinBase):
         self.assertEqual(await reopened.get_certificate(certificate.serial_number), await store.get_certificate(certificate.serial_number))
         self.assertEqual(await reopened.get_pkcs12(file.id), await store.get_pkcs12(file.id))
         self.assertEqual(await reopened.get_crl("issuing"), await store.get_crl("issuing"))
-        self.assertEqual(await reopened.revocation_generation(), 1)
+        self.assertEqual(await revocation_generation(reopened), 1)
         record = await reopened.get_addresses("alice")
         assert record is not None
         self.verifier.verify(record)
-        self.assertEqual(await reopened.check_integrity(), "ok")
+        self.assertEqual(await check_integrity(reopened), "ok")
 
 
 class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
@@ -870,7 +876,7 @@ class SQLiteStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
         self.addCleanup(store.close)
         await store.create_user("alice")
         self.assertTrue(os.path.exists(path))
-        self.assertEqual(await store.check_integrity(), "ok")
+        self.assertEqual(await check_integrity(store), "ok")
 
 
 class PostgreSQLStoreTests(RegistryStoreTestsMixin, unittest.TestCase):
