@@ -52,9 +52,10 @@ def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
     ``postgresql://`` URL of an empty database); return the user names whose records are
     signed (an even spread of ``sample`` of them)."""
     from common.db.dialect import SQLITE
+    from common.db.migrations import upgrade_schema
+    from common.db.pools import parse_database_url
     from common.identity import Identity
-    from irp.server.store import parse_database_url
-    from irp.server.store.schema import MIGRATIONS, upgrade_schema
+    from irp.server.store.schema import MIGRATIONS
     from irp.wire.records import AddressRecord, Endpoint, RecordSigner, UserRecord
 
     signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)

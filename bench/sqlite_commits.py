@@ -21,7 +21,7 @@ ROWS = 50
 
 
 def open_database(path: str) -> sqlite3.Connection:
-    """A connection with the registry's PRAGMAs (see ``irp.server.store._prepare_sqlite``)."""
+    """A connection with the registry's PRAGMAs (see ``common.db.pools._prepare_sqlite``)."""
     database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     database.execute("PRAGMA journal_mode = WAL")
     database.execute("PRAGMA synchronous = FULL")
@@ -33,7 +33,8 @@ def open_database(path: str) -> sqlite3.Connection:
 def prepare(path: str) -> None:
     """Create the store's schema and ``ROWS`` users with address rows."""
     from common.db.dialect import SQLITE
-    from irp.server.store.schema import MIGRATIONS, upgrade_schema
+    from common.db.migrations import upgrade_schema
+    from irp.server.store.schema import MIGRATIONS
 
     database = open_database(path)
     try:

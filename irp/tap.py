@@ -10,6 +10,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from common.cliutil import check_endpoint
+from common.db.pools import UnsupportedDatabase, parse_database_url
 from common.identity import InvalidIdentity, check_domain
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
 from irp import DEFAULT_PORT
@@ -18,7 +19,6 @@ from irp.server.passwords import Argon2Parameters
 from irp.server.protocol import ConnectionLimits
 from irp.server.registry import RegistryConfig
 from irp.server.service import RegistryService, RegistrySettings
-from irp.server.store import UnsupportedDatabase, parse_database_url
 
 
 class Options(usage.Options):

@@ -1,7 +1,7 @@
 """SQL dialects: what differs between SQLite and PostgreSQL, in one place.
 
 Queries are written once with ``?`` placeholders and the type tokens below; the dialect
-turns them into its own SQL. Nothing outside :mod:`irp.server.store` writes SQL.
+turns them into its own SQL. Only the stores (each protocol has its own) write SQL.
 """
 
 from __future__ import annotations

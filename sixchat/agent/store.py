@@ -17,10 +17,10 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from common.db.dialect import SQLITE
+from common.db.migrations import upgrade_schema
+from common.db.pools import sqlite_pool
 from common.endpoint import Endpoint
 from common.identity import Identity
-from irp.server.store import sqlite_pool
-from irp.server.store.schema import upgrade_schema
 
 Transaction = Any
 

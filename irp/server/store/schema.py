@@ -2,15 +2,11 @@
 
 ``MIGRATIONS[n]`` upgrades a database from version ``n`` to ``n + 1``. A new database runs
 them all; an old one runs only the missing ones, in one transaction each. Never edit a
-released migration: append a new one.
+released migration: append a new one. :func:`common.db.migrations.upgrade_schema` runs
+them.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
-
-from common.db.dialect import Dialect
 
 MIGRATIONS: list[list[str]] = [
     # 0 -> 1: the first schema.
@@ -122,35 +118,3 @@ MIGRATIONS: list[list[str]] = [
 
 #: The version a fully upgraded database has.
 LATEST_VERSION = len(MIGRATIONS)
-
-
-def upgrade_schema(
-    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str]], *, lock_key: int = 4604
-) -> int:
-    """Bring a database to ``len(migrations)`` inside the caller's transaction.
-
-    Takes the write lock first (SQLite ``BEGIN IMMEDIATE``; a PostgreSQL advisory lock on
-    ``lock_key``) so that concurrent upgraders of one database run one after the other.
-    Returns the version now in use; refuses a database newer than this software.
-    """
-    if dialect.begin_write:
-        txn.execute(dialect.begin_write)
-    else:
-        txn.execute(dialect.sql("SELECT pg_advisory_xact_lock(?)"), (lock_key,))
-    txn.execute(dialect.sql("CREATE TABLE IF NOT EXISTS schema_version (version {BIGINT} NOT NULL)"))
-    txn.execute("SELECT version FROM schema_version")
-    row = txn.fetchone()
-    version = 0 if row is None else int(row[0])
-    if row is None:
-        txn.execute("INSERT INTO schema_version (version) VALUES (0)")
-    latest = len(migrations)
-    if version > latest:
-        raise RuntimeError(
-            f"the database has schema version {version}, newer than this software ({latest});"
-            " upgrade the software"
-        )
-    for number in range(version, latest):
-        for statement in migrations[number]:
-            txn.execute(dialect.sql(statement))
-        txn.execute(dialect.sql("UPDATE schema_version SET version = ?"), (number + 1,))
-    return latest

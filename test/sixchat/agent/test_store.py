@@ -173,7 +173,7 @@ class FileTests(StoreTestCase):
         self.store.close()
         os.remove(self.path)
         from common.db.dialect import SQLITE
-        from irp.server.store.schema import upgrade_schema
+        from common.db.migrations import upgrade_schema
         from sixchat.agent.store import MIGRATIONS
 
         connection = sqlite3.connect(self.path, isolation_level=None)
@@ -205,7 +205,7 @@ class ReasonTests(StoreTestCase):
         self.store.close()
         os.remove(self.path)
         from common.db.dialect import SQLITE
-        from irp.server.store.schema import upgrade_schema
+        from common.db.migrations import upgrade_schema
         from sixchat.agent.store import MIGRATIONS
 
         connection = sqlite3.connect(self.path, isolation_level=None)

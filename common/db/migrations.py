@@ -1,0 +1,47 @@
+"""Numbered schema migrations, run inside one transaction under the write lock.
+
+A database's schema has a version (the table ``schema_version``); ``migrations[n]`` is the
+list of statements (written for :meth:`~common.db.dialect.Dialect.sql`) that upgrade it
+from version ``n`` to ``n + 1``. Each user of a database keeps its own list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from common.db.dialect import Dialect
+
+__all__ = ["upgrade_schema"]
+
+
+def upgrade_schema(
+    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str]], *, lock_key: int = 4604
+) -> int:
+    """Bring a database to ``len(migrations)`` inside the caller's transaction.
+
+    Takes the write lock first (SQLite ``BEGIN IMMEDIATE``; a PostgreSQL advisory lock on
+    ``lock_key``) so that concurrent upgraders of one database run one after the other.
+    Returns the version now in use; refuses a database newer than this software.
+    """
+    if dialect.begin_write:
+        txn.execute(dialect.begin_write)
+    else:
+        txn.execute(dialect.sql("SELECT pg_advisory_xact_lock(?)"), (lock_key,))
+    txn.execute(dialect.sql("CREATE TABLE IF NOT EXISTS schema_version (version {BIGINT} NOT NULL)"))
+    txn.execute("SELECT version FROM schema_version")
+    row = txn.fetchone()
+    version = 0 if row is None else int(row[0])
+    if row is None:
+        txn.execute("INSERT INTO schema_version (version) VALUES (0)")
+    latest = len(migrations)
+    if version > latest:
+        raise RuntimeError(
+            f"the database has schema version {version}, newer than this software ({latest});"
+            " upgrade the software"
+        )
+    for number in range(version, latest):
+        for statement in migrations[number]:
+            txn.execute(dialect.sql(statement))
+        txn.execute(dialect.sql("UPDATE schema_version SET version = ?"), (number + 1,))
+    return latest

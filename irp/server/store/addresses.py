@@ -1,0 +1,109 @@
+"""Address records: each user's signed presence and endpoints, and their expiry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from irp.errors import NotFound
+from irp.server.store.engine import StoreEngine, Transaction
+from irp.wire.records import AddressRecord, Endpoint
+
+
+class AddressTable(StoreEngine):
+    """The ``addresses`` table: one signed record per user."""
+
+    def _write_addresses(
+        self,
+        txn: Transaction,
+        username: str,
+        presence: str,
+        endpoints: tuple[Endpoint, ...],
+        expires_at: int,
+        seq: int,
+        now: int,
+        insert: bool = True,
+    ) -> AddressRecord:
+        record = self.signer.sign(
+            AddressRecord(self._identity(username), presence, endpoints, expires_at, seq, now)
+        )
+        encoded = json.dumps([[endpoint.address, endpoint.port] for endpoint in endpoints])
+        if insert:
+            self._execute(
+                txn,
+                "INSERT INTO addresses (username, presence, endpoints, expires_at, seq, signed_at,"
+                " signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (username, presence, encoded, expires_at, seq, now, record.signature),
+            )
+        else:
+            self._execute(
+                txn,
+                "UPDATE addresses SET presence = ?, endpoints = ?, expires_at = ?, seq = ?,"
+                " signed_at = ?, signature = ? WHERE username = ?",
+                (presence, encoded, expires_at, seq, now, record.signature, username),
+            )
+        return record
+
+    def _address_from_row(self, row: Sequence[Any]) -> AddressRecord:
+        return AddressRecord(
+            identity=self._identity(row[0]),
+            presence=row[1],
+            endpoints=tuple(Endpoint(address, int(port)) for address, port in json.loads(row[2])),
+            expires_at=int(row[3]),
+            seq=int(row[4]),
+            signed_at=int(row[5]),
+            signature=self.dialect.blob(row[6]),
+        )
+
+    _ADDRESS_SELECT = (
+        "SELECT username, presence, endpoints, expires_at, seq, signed_at, signature"
+        " FROM addresses WHERE username = ?"
+    )
+
+    def put_addresses(
+        self, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
+    ) -> Deferred[AddressRecord]:
+        """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them
+        (committed with others arriving at the same time: see :meth:`_grouped_write`)."""
+        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl)
+
+    def _put_one_address(
+        self, txn: Transaction, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
+    ) -> AddressRecord:
+        row = self._fetchone(txn, self._ADDRESS_SELECT + self.dialect.for_update, (username,))
+        if row is None:
+            raise NotFound(f"no user {username}@{self.domain}")
+        now = self._now()
+        return self._write_addresses(txn, username, presence, endpoints, now + ttl, int(row[4]) + 1, now, insert=False)
+
+    def get_addresses(self, username: str) -> Deferred[AddressRecord | None]:
+        """Fire with the user's signed address record, or None for an unknown user."""
+
+        def get(txn: Transaction) -> AddressRecord | None:
+            row = self._fetchone(txn, self._ADDRESS_SELECT, (username,))
+            return None if row is None else self._address_from_row(row)
+
+        return self._read(get)
+
+    def expire_addresses(self) -> Deferred[int]:
+        """Replace every expired record that still lists addresses with a signed offline one.
+
+        Fires with the number of records replaced.
+        """
+
+        def sweep(txn: Transaction) -> int:
+            now = self._now()
+            rows = self._fetchall(
+                txn,
+                "SELECT username, seq FROM addresses WHERE expires_at <= ?"
+                " AND (endpoints <> '[]' OR presence <> 'offline')",
+                (now,),
+            )
+            for username, seq in rows:
+                self._write_addresses(txn, username, "offline", (), now, int(seq) + 1, now, insert=False)
+            return len(rows)
+
+        return self._write(sweep)
