@@ -32,7 +32,8 @@ from irp.client.api import RegistryClient
 from irp.server.ca import DEFAULT_ROOT_CRL_LIFETIME, generate_key
 from irp.server.dispatch import CHILD_FIELDS
 from irp.server.passwords import Argon2Parameters, PasswordHasher
-from irp.server.registry import RegistryConfig, Session
+from irp.server.registry import RegistryConfig
+from irp.server.session import Session, SessionState
 from irp.wire.messages import build_request, parse_request
 from irp.wire.records import Endpoint
 from test import pki
@@ -1242,7 +1243,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
                 return succeed((0, []))
 
         registry.store = Store()  # type: ignore[assignment]
-        session = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
+        session = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), state=SessionState.PASSWORD)
         request = parse_request(build_request(1, make_element("list-users", {"prefix": "BoB"})))
         self.successResultOf(registry.handle(session, request))
         self.assertEqual(asked, ["bob"])
@@ -1252,7 +1253,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         refused in the usual way when the caller may not make it."""
         clock = Clock()
         registry = make_registry(clock)
-        registry._answers.put("bob", 7, b"<addresses/>")
+        registry.caches.answers.put("bob", 7, b"<addresses/>")
 
         asked: list[str] = []
 
@@ -1266,8 +1267,8 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
 
         registry.store = Store()  # type: ignore[assignment]
         request = parse_request(build_request(1, make_element("lookup", {"user": "bob"})))
-        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
-        alice.generation = registry.generation
+        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), state=SessionState.PASSWORD)
+        alice.generation = registry.sessions.generation
         self.assertEqual(registry.handle_now(alice, request), [b"<addresses/>"])
         self.assertEqual(self.successResultOf(registry.handle(alice, request)), [b"<addresses/>"])
         # Refusals: anonymous, bad fields, a refused certificate, an expired one (its
@@ -1277,14 +1278,14 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         self.failureResultOf(anonymous, errors.NotAuthenticated)
         bad = parse_request(build_request(2, make_element("lookup", {"user": "bob", "extra": "1"})))
         self.failureResultOf(registry.handle_now(alice, bad), errors.BadRequest)  # type: ignore[arg-type]
-        refused = Session(peer_host="192.0.2.3", rejected=errors.CertificateRejected("no"))
+        refused = Session(peer_host="192.0.2.3", state=SessionState.REJECTED, rejection="no")
         self.failureResultOf(registry.handle_now(refused, request), errors.CertificateRejected)  # type: ignore[arg-type]
-        expired = Session(peer_host="192.0.2.4", identity=Identity("carol", registry.domain), method="certificate")
+        expired = Session(peer_host="192.0.2.4", identity=Identity("carol", registry.domain), state=SessionState.CERTIFICATE)
         expired.certificate_not_after = int(clock.seconds()) - 1
         failure = self.failureResultOf(registry.handle_now(expired, request), errors.CertificateRejected)  # type: ignore[arg-type]
         self.assertIn("expired", failure.value.message)
         # A changed database version: the answer is not current, the full path runs.
-        registry._answers.put("bob", 6, b"<addresses/>")
+        registry.caches.answers.put("bob", 6, b"<addresses/>")
         self.assertEqual(asked, [])
         self.failureResultOf(registry.handle_now(alice, request), errors.NotFound)  # type: ignore[arg-type]
         self.assertEqual(asked, ["bob"])
@@ -1292,7 +1293,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
     def test_cached_lookup_waits_for_revalidation(self) -> None:
         """After a security change the session is re-validated before any answer."""
         registry = make_registry(Clock())
-        registry._answers.put("bob", 7, b"<addresses/>")
+        registry.caches.answers.put("bob", 7, b"<addresses/>")
         revalidated: list[Session] = []
         waiting: Deferred[None] = Deferred()
 
@@ -1305,9 +1306,9 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
                 return 7
 
         registry.store = Store()  # type: ignore[assignment]
-        registry._revalidate = revalidate  # type: ignore[method-assign]
-        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), method="password")
-        alice.generation = registry.generation - 1
+        registry.sessions.revalidate = revalidate  # type: ignore[method-assign]
+        alice = Session(peer_host="192.0.2.1", identity=Identity("alice", registry.domain), state=SessionState.PASSWORD)
+        alice.generation = registry.sessions.generation - 1
         answer = registry.handle_now(alice, parse_request(build_request(1, make_element("lookup", {"user": "bob"}))))
         assert isinstance(answer, Deferred)
         self.assertEqual(revalidated, [alice])
@@ -1330,7 +1331,7 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         registry = make_registry(clock)
         session = Session(peer_host="192.0.2.9")
         for _ in range(registry.config.login_failures_per_address + 1):
-            registry.address_limiter.record_failure(("address", "192.0.2.9"))
+            registry.auth.address_limiter.record_failure(("address", "192.0.2.9"))
         request = parse_request(
             b'<request v="1" id="1"><login user="alice"><password>guess guess guess</password></login></request>'
         )
