@@ -35,15 +35,14 @@ with atheris.instrument_imports(include=["irp"]):
     )
     from irp.wire.messages import check_fields, parse_request, parse_response, parse_xml
 
-#: Attributes and children of every operation (as irp.server.registry.Registry's table).
+#: Attributes and children of every operation (from irp.server.dispatch's table).
 OPERATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _operations() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     if not OPERATIONS:
-        from irp.server.registry import Registry
+        from irp.server.dispatch import OPERATIONS as table
 
-        table = Registry._operation_table(Registry.__new__(Registry))  # only reads bound methods
         OPERATIONS.update({name: (op.attributes, op.children) for name, op in table.items()})
     return OPERATIONS
 

@@ -67,6 +67,7 @@ class Options(usage.Options):
         self["hostnames"] = []
         self["federated-roots"] = []
         self["registries"] = {}
+        self["no-cache"] = frozenset()
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable); default tcp6:4604:interface=\\:\\: (IPv6 and IPv4)."""
@@ -104,6 +105,17 @@ class Options(usage.Options):
             self["federated-roots"].append((domain, root))
         else:
             self["federated-roots"].append(root)
+
+    def opt_no_cache(self, value: str) -> None:
+        """NAME: run without one of the registry's caches: answers (look-up answers),
+        certificates (login certificates), usernames (checked user names), or all
+        (repeatable; answers stay the same, only slower)."""
+        from irp.server.caching import parse_cache_names
+
+        try:
+            self["no-cache"] = self["no-cache"] | parse_cache_names(value)
+        except ValueError as error:
+            raise usage.UsageError(f"--no-cache: {error}") from None
 
     def opt_registry(self, value: str) -> None:
         """DOMAIN=HOST[:PORT]: where a trusted domain's registry is (else found by DNS SRV)."""
@@ -184,6 +196,7 @@ class Options(usage.Options):
             login_refusal_delay=self["refusal-delay"],
             concurrent_hashes=self["concurrent-hashes"],
             hash_timeout=self["hash-timeout"],
+            no_cache=self["no-cache"],
         )
         return RegistrySettings(
             tls_certificate=self["tls-certificate"],

@@ -1,7 +1,7 @@
 """Password hashing with Argon2id (RFC 9106), in PHC string format.
 
 Hashing is deliberately slow and memory-hard, so the server runs it in a thread pool (see
-:class:`irp.server.registry.Registry`). Hashes name their own parameters, so stronger defaults can
+:class:`HashQueue`). Hashes name their own parameters, so stronger defaults can
 be introduced later while old hashes still verify (and :meth:`PasswordHasher.needs_rehash`
 tells when to upgrade them at the next successful login).
 
@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from argon2 import exceptions as argon2_errors
 from argon2.low_level import Type, hash_secret, verify_secret
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from irp.errors import InvalidArgument
+from irp.errors import InvalidArgument, Unavailable
+
+T = TypeVar("T")
+
+#: Log lines keep the namespace they had before the registry was split (issue 10).
+log = Logger(namespace="irp.server.registry")
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
@@ -105,3 +116,47 @@ class PasswordHasher:
             parameters.iterations,
             parameters.lanes,
         )
+
+
+class ThreadsAndClock(Protocol):
+    """Where a :class:`HashQueue` finds its thread pool and clock (the registry: read at
+    each use, so that either may be replaced on it)."""
+
+    @property
+    def run_in_thread(self) -> Callable[..., Deferred[Any]]:
+        """Runs a function in a thread; a Deferred of its result."""
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The time and the timers."""
+
+
+class HashQueue:
+    """Runs password hashes in the thread pool, a few at a time, each within a deadline.
+
+    Argon2id is memory-hard: only ``concurrent`` hashes run at once (each takes the
+    memory cost), the rest wait their turn in order.
+    """
+
+    def __init__(self, parts: ThreadsAndClock, concurrent: int, timeout: Callable[[], float]) -> None:
+        """``timeout`` gives the current deadline in seconds (read at each hash)."""
+        self.parts = parts
+        self.timeout = timeout
+        self._turns = DeferredSemaphore(concurrent)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a password hash (a :class:`PasswordHasher`'s ``hash`` or ``verify``) in its
+        turn, within the ``timeout`` in seconds (waiting included). Past the timeout the request
+        fails with Unavailable; its turn is given up, so other requests go on (a
+        computation already under way finishes in its thread, its result unused)."""
+        work: Deferred[T] = self._turns.run(self.parts.run_in_thread, function, *args)
+        seconds = self.timeout()
+        work.addTimeout(seconds, self.parts.clock)
+        try:
+            return await work
+        except defer.TimeoutError:
+            log.warn(
+                "A password hash took more than {seconds} s (waiting included): the request was refused",
+                seconds=seconds,
+            )
+            raise Unavailable("checking the password took too long; try again later") from None

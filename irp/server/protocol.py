@@ -10,7 +10,6 @@ the connection.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,13 @@ from zope.interface import implementer
 
 from common.factory import QuietFactory
 from common.limits import ConnectionCounter, address_key
-from common.pki import errors as pki_errors
-from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.trust import TrustStore
 from common.tls import send_without_delay
 from common.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from common.wire.xmlcodec import Element
 from irp import errors
-from irp.server.registry import Registry, Session
+from irp.server.registry import Registry
+from irp.server.session import Session
 from irp.wire.messages import (
     Request,
     error_response,
@@ -478,51 +476,5 @@ class RegistryServerFactory(QuietFactory):
         self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
     ) -> Deferred[None] | None:
         """Log the session in with the client certificate ``leaf_der`` (DER, as received);
-        None when decided at once, else a Deferred that fires when decided.
-
-        A certificate this registry issued is recognised by its exact fingerprint (no
-        path to build: the registry checks its status and owner). Any other goes through
-        the trust store first: a user of a federated domain, or a refusal with a reason.
-        ``intermediates`` gives the other certificates the client presented, when needed.
-        """
-        digest = hashlib.sha256(leaf_der).hexdigest()
-        known = self.registry.cached_certificate(digest)
-        if known is not None and known.origin == "issued":
-            self.registry.login_with_issued_certificate(session, known)
-            return None
-        return Deferred.fromCoroutine(self._authenticate(session, digest, leaf_der, intermediates))
-
-    async def _authenticate(
-        self, session: Session, digest: str, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
-    ) -> None:
-        from datetime import datetime, timezone
-
-        issued = await self.registry.certificate(digest)
-        if issued is not None and issued.origin == "issued":
-            self.registry.login_with_issued_certificate(session, issued)
-            return
-        try:
-            leaf, presented = _load_presented(leaf_der, intermediates)
-            verified = self.trust.verify_user_certificate(
-                leaf,
-                [*presented, *self.known_intermediates],
-                now=datetime.fromtimestamp(self.clock.seconds(), timezone.utc),
-            )
-        except pki_errors.CertificateInvalid as problem:
-            error = errors.from_pki(problem)
-            # The session keeps the reason: each request that needs a login is refused
-            # with a new certificate-rejected error saying it.
-            reason = getattr(error, "reason", None)
-            self.registry.refuse_certificate(session, error.message if reason is None else f"{error.message} ({reason})")
-            return
-        await self.registry.authenticate_certificate(session, leaf, verified.chain)
-
-
-def _load_presented(
-    leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
-) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """The client's certificate and the others it presented, or CertificateInvalid."""
-    try:
-        return load_certificate(leaf_der), [load_certificate(der) for der in intermediates()]
-    except UnusableCertificate as unusable:
-        raise pki_errors.CertificateInvalid("malformed", str(unusable)) from None
+        None when decided at once, else a Deferred (see :mod:`irp.server.auth`)."""
+        return self.registry.auth.authenticate_presented(session, leaf_der, intermediates, self.trust, self.known_intermediates)

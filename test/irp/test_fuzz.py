@@ -81,7 +81,8 @@ from common.wire.xmlcodec import (
 )
 from irp import errors
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
-from irp.server.registry import Registry, RegistryConfig, Session
+from irp.server.registry import Registry, RegistryConfig
+from irp.server.session import Session
 from irp.wire.elements import (
     AccountView,
     addresses_element,
@@ -1653,7 +1654,7 @@ class RegistryFuzzTestCase(TestCase):
         for _attempt in range(3):
             user = self.users.get(kind)
             if user is not None:
-                await self.registry.authenticate_certificate(session, user.certificate)
+                await self.registry.auth.authenticate_certificate(session, user.certificate)
                 if session.rejected is None:
                     return session
                 session = Session(peer_host="192.0.2.77")

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from common.identity import Identity
 from common.wire.xmlcodec import make_element
 from irp import errors
-from irp.server.registry import Session
+from irp.server.session import Session, SessionState
 from irp.wire.messages import build_request, parse_request
 from irp.wire.records import Endpoint
 from test import pki
@@ -66,7 +66,7 @@ class LoginReplacesRefusedSessionTests(unittest.TestCase):
         running = await RunningRegistry(self).start()
         await running.add_user("alice")
         registry = running.registry
-        session = Session(peer_host="127.0.0.1", identity=Identity("bob", "example.net"), method="certificate", federated=True)
+        session = Session(peer_host="127.0.0.1", identity=Identity("bob", "example.net"), state=SessionState.FEDERATED)
 
         async def call(element: Any) -> Any:
             return await registry.handle(session, parse_request(build_request(1, element)))

@@ -17,7 +17,7 @@ from common.pki.keyfiles import load_certificates
 from irp import errors
 from irp.client import connect
 from irp.server.passwords import Argon2Parameters
-from irp.server.registry import Session
+from irp.server.session import Session
 from irp.wire.messages import build_request, parse_request
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry
 from test.irp.server.test_faults import REPOSITORY, RegistryProcess

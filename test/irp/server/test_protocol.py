@@ -29,9 +29,11 @@ from common.pki.trust import TrustStore
 from common.wire.framing import FrameDecoder, encode_frame
 from common.wire.xmlcodec import Element, make_element
 from irp import errors
+from irp.server.dispatch import Operation
 from irp.server.passwords import PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
-from irp.server.registry import Operation, Registry, RegistryConfig, Session
+from irp.server.registry import Registry, RegistryConfig
+from irp.server.session import Session, SessionState
 from irp.wire.messages import parse_response
 from test import pki
 from test.helpers import TEST_PARAMETERS
@@ -536,7 +538,7 @@ class TimeoutTests(ProtocolTestCase):
 
     def fake_login(self, session: Session, leaf: x509.Certificate, intermediates: list[Any]) -> Deferred[None]:
         session.identity = Identity("alice", "example.org")
-        session.method = "certificate"
+        session.state = SessionState.CERTIFICATE
         return succeed(None)
 
     def test_no_idle_timeout_while_busy(self) -> None:
@@ -695,8 +697,8 @@ class CertificateLoginTests(ProtocolTestCase):
         self.send(protocol, request(1, "<whoami/>"))
         self.assertEqual(responses(transport), [])
         seen[0][0].identity = Identity("alice", "example.org")
-        seen[0][0].method = "certificate"
-        self.registry._caller_is_admin = lambda session: succeed(False)  # type: ignore[method-assign, assignment, return-value]
+        seen[0][0].state = SessionState.CERTIFICATE
+        self.registry.caller_is_admin = lambda session: succeed(False)  # type: ignore[method-assign, assignment, return-value]
         checking.callback(None)
         [(request_id, status, results)] = responses(transport)
         self.assertEqual((request_id, status), (1, "ok"))
