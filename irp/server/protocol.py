@@ -22,18 +22,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from common.factory import QuietFactory
-from common.limits import ConnectionCounter, address_key
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.trust import TrustStore
 from common.tls import send_without_delay
 from common.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from common.wire.xmlcodec import Element
 from irp import errors
+from irp.server.admission import ConnectionAdmission
 from irp.server.registry import Registry, Session
 from irp.wire.messages import (
     Request,
@@ -409,24 +408,6 @@ class RegistryServerProtocol(Protocol):
             call.cancel()
 
 
-#: Over-limit connections an address gets a readable refusal for, per REFUSAL_WINDOW.
-READABLE_REFUSALS = 10
-REFUSAL_WINDOW = 10.0
-
-
-class AdmittingTLSFactory(TLSMemoryBIOFactory):
-    """TLS for the registry's connections, but none for connections it will refuse anyway
-    (see :meth:`RegistryServerFactory.admit`)."""
-
-    wrappedFactory: RegistryServerFactory
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """Build the TLS protocol, or None (the connection is closed at once)."""
-        if not self.wrappedFactory.admit(getattr(addr, "host", "")):
-            return None
-        return super().buildProtocol(addr)
-
-
 class RegistryServerFactory(QuietFactory):
     """Builds :class:`RegistryServerProtocol` connections sharing one registry."""
 
@@ -446,32 +427,15 @@ class RegistryServerFactory(QuietFactory):
         self.trust = trust
         self.clock = clock
         self.limits = limits or ConnectionLimits()
-        self.connections = ConnectionCounter(self.limits.max_connections_per_address)
-        #: Recent refusals of over-limit connections, per address unit: past a few, the
-        #: next are dropped before TLS (a flood must not buy a TLS handshake each).
-        self._refusals: dict[str, list[float]] = {}
+        self.admission = ConnectionAdmission(clock, self.limits.max_connections_per_address)
+        #: Open connections per address (see :mod:`irp.server.admission`).
+        self.connections = self.admission.connections
 
     def admit(self, host: str) -> bool:
-        """Whether to start TLS for a new connection from ``host``.
-
-        Within its connection limit, always. Past it, the first few refusals in
-        ``REFUSAL_WINDOW`` seconds still go through TLS (so that the client can read
-        ``too-many-connections``); the rest are closed at once, unread.
-        """
-        if self.connections.count(host) < self.connections.limit:
-            return True
-        key = address_key(host)
-        now = self.clock.seconds()
-        recent = [moment for moment in self._refusals.get(key, []) if now - moment < REFUSAL_WINDOW]
-        recent.append(now)
-        self._refusals[key] = recent[-READABLE_REFUSALS - 1 :]
-        if len(self._refusals) > 10_000:
-            self._refusals = {k: v for k, v in self._refusals.items() if v and now - v[-1] < REFUSAL_WINDOW}
-        if len(recent) <= READABLE_REFUSALS:
-            return True
-        if len(recent) == READABLE_REFUSALS + 1:
-            log.warn("Dropping connections from {host} before TLS: over its limit", host=host)
-        return False
+        """Whether to start TLS for a new connection from ``host``: always within its
+        connection limit; past it, only for the first few refusals (see
+        :class:`~irp.server.admission.ConnectionAdmission`)."""
+        return self.admission.admit(host)
 
     def authenticate(
         self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]
