@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from common.wire.xmlcodec import (
@@ -24,10 +24,6 @@ from common.wire.xmlcodec import (
     serialize,
 )
 from irp import errors
-
-#: Callables given every serialised message (tests use this to check each message against
-#: the schema). Empty in production, where it costs one truth test per message.
-message_observers: list[Callable[[bytes], None]] = []
 
 PROTOCOL_VERSION = "1"
 SUPPORTED_VERSIONS = ("1",)
@@ -62,13 +58,6 @@ class Response:
             found = ", ".join(element.tag for element in self.results) or "nothing"
             raise errors.BadRequest(f"expected a <{tag}> answer, got {found}")
         return self.results[0]
-
-
-def _observed(payload: bytes) -> bytes:
-    if message_observers:
-        for observer in message_observers:
-            observer(payload)
-    return payload
 
 
 def parse_decimal(text: str, max_digits: int) -> int | None:
@@ -167,7 +156,7 @@ def build_request(request_id: int, operation: Element) -> bytes:
     """Serialise a request envelope around ``operation``."""
     root = make_element("request", {"v": PROTOCOL_VERSION, "id": str(request_id)})
     root.append(operation)
-    return _observed(serialize(root))
+    return serialize(root)
 
 
 #: A result: an element, or one already serialised (a cached answer).
@@ -178,9 +167,9 @@ def ok_response(request_id: int, results: Iterable[Result]) -> bytes:
     """Serialise a successful response."""
     parts = [part if isinstance(part, bytes) else serialize(part) for part in results]
     if not parts:
-        return _observed(f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii"))
+        return f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii")
     head = f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok">'.encode("ascii")
-    return _observed(b"".join((head, *parts, b"</response>")))
+    return b"".join((head, *parts, b"</response>"))
 
 
 def error_response(request_id: int, error: errors.IRPError) -> bytes:
@@ -190,7 +179,7 @@ def error_response(request_id: int, error: errors.IRPError) -> bytes:
     )
     detail = make_element("error", {"code": str(error.code), "name": error.name}, error.message)
     root.append(detail)
-    return _observed(serialize(root))
+    return serialize(root)
 
 
 def parse_response(payload: bytes) -> Response:

@@ -19,7 +19,7 @@ What is fuzzed, and the property each part must keep:
   error reply and a close once its timers run out.
 
 Mutations start from valid messages: built with the codecs (the sync tests) or recorded
-with :data:`irp.wire.messages.message_observers` while the real client drives a real registry
+with :func:`test.irp.wire.observe.observing_messages` while the real client drives a real registry
 through every operation (the async tests). They are byte mutations (bit flips, bytes,
 truncation, deletion, duplication, insertion of hostile tokens: DTDs, entities, comments,
 PIs, CDATA, BOMs, invalid UTF-8), XML-structure mutations (unknown, removed, duplicated,
@@ -96,7 +96,6 @@ from irp.wire.messages import (
     MAX_REQUEST_ID,
     build_request,
     error_response,
-    message_observers,
     ok_response,
     parse_request,
     parse_response,
@@ -111,6 +110,7 @@ from irp.wire.records import (
     UserRecord,
 )
 from test import pki
+from test.irp.wire.observe import observing_messages
 from test.irp.wire.schema import validate
 
 # ---------------------------------------------------------------------------------------
@@ -1623,16 +1623,13 @@ class RegistryFuzzTestCase(TestCase):
         from test.helpers import RunningRegistry
 
         self.observer = RecordingObserver()
-        message_observers.append(self.observer)
         # No tarpit: the fuzzed requests include many refused logins, and the delay before
         # each refusal (tested on its own in test_registry) would only make the long
         # campaign wait, a second per refusal, on the real reactor.
         config = RegistryConfig(domain="example.org", login_refusal_delay=0.0)
-        try:
+        with observing_messages(self.observer):
             self.running = await RunningRegistry(self, config=config).start()
             await drive_every_operation(self.running)
-        finally:
-            message_observers.remove(self.observer)
         self.requests = list(self.observer.requests)
         self.responses = list(self.observer.responses)
         self.values = harvest_values(self.requests + self.responses)
