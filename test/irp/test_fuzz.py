@@ -1896,8 +1896,10 @@ class ServerProtocolFuzzTests(RegistryFuzzTestCase):
 
     async def settle(self, protocol: RegistryServerProtocol) -> None:
         """Wait until no request is running (the store answers in its thread)."""
+        core = protocol.core
+        assert core is not None
         for _turn in range(5000):
-            if protocol.closing or not (protocol.busy or protocol.pending):
+            if core.closing or not (core.busy or core.pending):
                 return
             await deferLater(global_reactor, 0.001)
         raise AssertionError("the protocol never became idle")
@@ -1979,7 +1981,7 @@ class ServerProtocolFuzzTests(RegistryFuzzTestCase):
                 protocol.dataReceived(valid)
                 await self.settle(protocol)
                 later = decode_answers(transport.value())
-                idle = protocol.decoder is not None and not protocol.decoder.in_frame and not protocol.reading_stopped
+                idle = protocol.core is not None and not protocol.core.decoder.in_frame and not protocol.core.reading_stopped
                 if idle and (len(later) != before + 1 or later[-1].id != 4242):
                     findings.violation(f"an open connection did not answer a valid request after {b''.join(chunks)[:300]!r}: {[(a.id, a.name) for a in later]}")
             # ...and, however it stands, the timers end it with an error reply and a close.

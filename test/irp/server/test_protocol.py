@@ -506,7 +506,7 @@ class TimeoutTests(ProtocolTestCase):
         self.clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(responses(transport), [])
-        self.assertTrue(protocol.closing)
+        self.assertTrue(protocol.core.closing)  # type: ignore[union-attr]
         self.assertEqual(self.clock.getDelayedCalls(), [])  # no second deadline waits
 
     def test_silent_anonymous_connection(self) -> None:
