@@ -1,8 +1,12 @@
-"""Rate limits: failed-login lock-outs and per-address connection counts (sans-I/O).
+"""Rate limits, the one family of them (sans-I/O): a sliding-window budget
+(:class:`SlidingWindow`), failed-attempt lock-outs (:class:`FailureLimiter`) and
+per-address connection counts (:class:`ConnectionCounter`).
 
-Both keep bounded state in memory and take time from an injected clock, so they are
+All keep bounded state in memory and take time from an injected clock, so they are
 tested with ``twisted.internet.task.Clock``. With several registry processes each keeps
 its own counts: a guesser spread over ``n`` processes gets at most ``n`` times the budget.
+A refusal is a :class:`LimitExceeded` (or a False / a count): each protocol turns it into
+its own wire error.
 """
 
 from __future__ import annotations
@@ -10,13 +14,79 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
-from irp.errors import RateLimited
+
+class LimitExceeded(Exception):
+    """A key is over its budget; :attr:`message` says why, in words a user can read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SlidingWindow:
+    """A budget of ``limit`` events per key in any sliding ``window`` seconds.
+
+    Keys are used as given (group client addresses with :func:`address_key` first). At
+    most ``limit + 1`` moments are kept per key and, past ``max_keys`` keys, the idle ones
+    (nothing in the window) are forgotten, so a flood cannot grow the state.
+    """
+
+    def __init__(self, clock: IReactorTime, *, limit: int, window: float, max_keys: int = 10_000) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._events: dict[Hashable, deque[float]] = {}
+
+    def _recent(self, key: Hashable, now: float) -> deque[float] | None:
+        events = self._events.get(key)
+        if events is not None:
+            while events and now - events[0] >= self.window:
+                events.popleft()
+        return events
+
+    def _add(self, key: Hashable, events: deque[float] | None, now: float) -> None:
+        if events is None:
+            events = self._events[key] = deque(maxlen=self.limit + 1)
+        events.append(now)
+        if len(self._events) > self.max_keys:
+            idle = [k for k, moments in self._events.items() if not moments or now - moments[-1] >= self.window]
+            for old in idle:
+                del self._events[old]
+
+    def allow(self, key: Hashable) -> bool:
+        """Count an event for ``key`` and return True if the window has room for it;
+        else return False and count nothing (refusals do not use the budget)."""
+        now = self.clock.seconds()
+        events = self._recent(key, now)
+        if events is not None and len(events) >= self.limit:
+            return False
+        self._add(key, events, now)
+        return True
+
+    def record(self, key: Hashable) -> int:
+        """Count an event for ``key`` whatever the budget (refusals use it too), and
+        return how many events the window holds, this one included.
+
+        Only the last ``limit + 1`` moments are kept, so past the budget the count stops
+        at ``limit + 2``: ``limit + 1`` is the first event over the budget.
+        """
+        now = self.clock.seconds()
+        events = self._recent(key, now)
+        count = (0 if events is None else len(events)) + 1
+        self._add(key, events, now)
+        return count
+
+    def count(self, key: Hashable) -> int:
+        """Events of ``key`` now in the window (counting nothing)."""
+        events = self._recent(key, self.clock.seconds())
+        return 0 if events is None else len(events)
 
 
 @dataclass
@@ -55,7 +125,7 @@ class FailureLimiter:
         self._in_flight: dict[Hashable, int] = {}
 
     def check(self, key: Hashable) -> None:
-        """Raise :class:`RateLimited` if ``key`` is locked out now, or if the attempts still
+        """Raise :class:`LimitExceeded` if ``key`` is locked out now, or if the attempts still
         being checked would reach the limit should they fail (so that concurrent guesses
         cannot all be checked before the first failure is counted)."""
         state = self._states.get(key)
@@ -63,11 +133,11 @@ class FailureLimiter:
         if state is not None:
             remaining = state.locked_until - self.clock.seconds()
             if remaining > 0:
-                raise RateLimited(f"too many failed attempts; try again in {math.ceil(remaining)} seconds")
+                raise LimitExceeded(f"too many failed attempts; try again in {math.ceil(remaining)} seconds")
             if self.clock.seconds() - state.window_start <= self.window:
                 failures = state.failures
         if failures + self._in_flight.get(key, 0) > self.max_failures:
-            raise RateLimited("too many attempts at once; try again in a moment")
+            raise LimitExceeded("too many attempts at once; try again in a moment")
 
     def begin(self, key: Hashable) -> None:
         """An attempt for ``key`` starts (ended by record_failure, record_success or end)."""

@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
-from common.limits import FailureLimiter
+from common.limits import FailureLimiter, LimitExceeded
 from common.limits import address_key as limited_address
 from common.pki import errors as pki_errors
 from common.pki.certificates import UnusableCertificate, load_certificate
@@ -211,11 +211,11 @@ class Authenticator:
         try:
             self.address_limiter.check(address_key)
             self.user_limiter.check(user_key)
-        except errors.RateLimited:
+        except LimitExceeded as limited:
             # A tarpit: the refusal comes late, and the connection's later requests wait
             # behind it, so refused guesses cannot keep the server busy.
             await deferLater(registry.clock, registry.config.login_refusal_delay)
-            raise
+            raise errors.RateLimited(limited.message) from None
         self.address_limiter.begin(address_key)
         self.user_limiter.begin(user_key)
         try:

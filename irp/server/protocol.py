@@ -1,19 +1,18 @@
 """The registry's Twisted protocol: a thin adapter from TLS bytes to :class:`Registry`.
 
-It frames and parses requests (sans-I/O codecs), runs them one at a time in order, writes
-responses, and enforces the connection's limits: a deadline for the TLS handshake and the
-first request, an idle timeout, a deadline for finishing a frame once started (against
-slow senders), a cap on frame size and on pipelined requests, and a cap on connections per
-address. Every refusal is an error response on the wire and a log line; fatal ones close
-the connection.
+The connection's logic (framing, pipelining, refusals, the rule that ends a connection,
+deadlines) is the sans-I/O core :class:`irp.server.connection.Connection`; this adapter
+feeds it the transport's events, performs the actions it returns (writing, running
+requests on the registry, pausing and resuming the transport, closing) and runs its
+deadlines with Twisted's :class:`~twisted.protocols.policies.TimeoutMixin`. It also counts
+connections per address and checks the client certificate when TLS is up.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import crypto
@@ -21,48 +20,49 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from common.factory import QuietFactory
-from common.limits import ConnectionCounter, address_key
 from common.pki.trust import TrustStore
 from common.tls import send_without_delay
-from common.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_frame
 from common.wire.xmlcodec import Element
 from irp import errors
+from irp.server.admission import ConnectionAdmission
+from irp.server.connection import (
+    Abort,
+    Action,
+    ArmDeadline,
+    CancelDeadline,
+    Close,
+    Connection,
+    ConnectionLimits,
+    Deadline,
+    Dispatch,
+    PauseReading,
+    ResumeReading,
+    Send,
+)
 from irp.server.registry import Registry
 from irp.server.session import Session
-from irp.wire.messages import (
-    Request,
-    error_response,
-    ok_response,
-    parse_request,
-    request_id_of,
-)
+from irp.wire.messages import Request
+
+__all__ = ["ConnectionLimits", "RegistryServerFactory", "RegistryServerProtocol"]
 
 log = Logger()
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A request refused while parsing, answered in its turn among the others."""
+class _Timer(TimeoutMixin):
+    """One of the core's deadlines, run on the factory's clock."""
 
-    request_id: int
-    error: errors.IRPError
+    def __init__(self, clock: IReactorTime, expired: Callable[[], None]) -> None:
+        self.callLater: Callable[[float, Callable[[], None]], IDelayedCall] = clock.callLater  # type: ignore[assignment]
+        self._expired = expired
 
-
-@dataclass
-class ConnectionLimits:
-    """Per-connection limits (seconds and bytes)."""
-
-    max_request: int = 256 * 1024
-    handshake_timeout: float = 30.0
-    idle_timeout: float = 300.0
-    frame_timeout: float = 30.0
-    max_pipelined: int = 32
-    max_connections_per_address: int = 64
+    def timeoutConnection(self) -> None:
+        """The deadline expired."""
+        self._expired()
 
 
 @implementer(IHandshakeListener, IPushProducer)
@@ -73,30 +73,18 @@ class RegistryServerProtocol(Protocol):
 
     def __init__(self) -> None:
         self.session: Session | None = None
-        self.decoder: FrameDecoder | None = None
-        self.pending: deque[Request | Refusal] = deque()
-        self.busy = False
-        self.draining = False
-        #: Set once a fatal request is queued: nothing after it is read.
-        self.reading_stopped = False
-        #: Reading was paused because too many requests are queued (resumed when drained).
-        self.reading_paused = False
-        self.handshake_done = False
-        self.closing = False
-        self.writes_paused = False
+        #: The connection's logic (made in connectionMade).
+        self.core: Connection | None = None
+        #: Whether the connection counts against its address's limit.
         self.counted = False
         #: Whether the protocol is registered as its transport's producer.
         self.producing = False
-        self._deadline: IDelayedCall | None = None
-        self._deadline_reason = "the connection was idle too long"
-        self._deadline_seconds = 0.0
-        #: Whether a request since the idle deadline was last set counts as activity
-        #: (one refused for want of a login does not: see _request_done).
-        self._active = False
-        self._frame_deadline: IDelayedCall | None = None
         self._peer_host = "unknown"
-
-    # -- connection lifecycle -------------------------------------------------------
+        self._timers: dict[Deadline, _Timer] = {}
+        #: Actions not yet performed, and whether they are being performed (a loop, not a
+        #: recursion: requests that complete at once come back through _perform).
+        self._actions: deque[Action] = deque()
+        self._performing = False
 
     @property
     def clock(self) -> IReactorTime:
@@ -108,30 +96,32 @@ class RegistryServerProtocol(Protocol):
         """The factory's limits."""
         return self.factory.limits
 
+    # -- events from Twisted ----------------------------------------------------------
+
     def connectionMade(self) -> None:
         """Count the connection and start the handshake deadline."""
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer_host = getattr(peer, "host", "unknown")
-        self.session = Session(peer_host=self._peer_host)
-        self.decoder = FrameDecoder(self.limits.max_request)
+        session = self.session = Session(peer_host=self._peer_host)
+        self.core = Connection(self.limits, self._peer_host, lambda: session.identity is None)
+        self._timers = {deadline: _Timer(self.clock, self._expiry(deadline)) for deadline in Deadline}
         if not self.factory.connections.acquire(self._peer_host):
             log.warn("Refused a connection from {host}: too many connections", host=self._peer_host)
-            self._fail(errors.TooManyConnections())
+            self._do(self.core.refuse(errors.TooManyConnections()))
             return
         self.counted = True
         send_without_delay(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.producing = True
-        self._set_deadline(self.limits.handshake_timeout, "the TLS handshake and first request took too long")
+        self._do(self.core.start())
 
     def handshakeCompleted(self) -> None:
         """TLS is up: log in with the client certificate, if one was presented."""
-        self.handshake_done = True
-        self._active = True
+        assert self.core is not None and self.session is not None  # made in connectionMade
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         if peer is None:
-            self._drain()
+            self._do(self.core.handshake_completed())
             return
         leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
 
@@ -140,290 +130,127 @@ class RegistryServerProtocol(Protocol):
             chain = (crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in handle.get_peer_cert_chain() or [])
             return [der for der in chain if der != leaf_der]
 
-        assert self.session is not None  # made in connectionMade
         result = self.factory.authenticate(self.session, leaf_der, intermediates)
         if result is None:  # decided at once
-            self._drain()
+            self._do(self.core.handshake_completed())
             return
-        self.busy = True
+        core = self.core
+        self._do(core.handshake_completed(authenticating=True))
         result.addErrback(self._internal_failure)
-        result.addBoth(self._request_finished)
+        result.addBoth(lambda _: self._do(core.authentication_finished()))
+
+    def dataReceived(self, data: bytes) -> None:
+        """Hand the bytes to the core."""
+        if self.core is not None:
+            self._do(self.core.data_received(data))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """Release the connection's slot and cancel its timers."""
-        self.closing = True
-        self._cancel(self._deadline)
-        self._cancel(self._frame_deadline)
-        self._deadline = self._frame_deadline = None
+        """Release the connection's slot and cancel its deadlines."""
+        if self.core is not None:
+            self._do(self.core.connection_lost())
         if self.counted:
             self.factory.connections.release(self._peer_host)
             self.counted = False
-        self.pending.clear()
-
-    # -- input ------------------------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        """Split frames, parse requests, queue them."""
-        if self.closing or self.decoder is None or self.reading_stopped:
-            return
-        try:
-            frames = self.decoder.feed(data)
-        except FrameError:
-            frames = []  # the error is in decoder.error, answered below in order
-        for frame in frames:
-            try:
-                request = parse_request(frame)
-            except errors.IRPError as error:
-                log.warn("Bad request from {host}: {error}", host=self._peer_host, error=str(error))
-                # Answered in order, after the requests before it; a fatal one ends the
-                # connection once those are answered, and nothing after it is read. A
-                # refusal that cannot name its request is fatal too: id 0 on the wire
-                # always means the connection is ending.
-                request_id = request_id_of(error)
-                if error.fatal or request_id == 0:
-                    self._refuse_and_stop(error)
-                    return
-                self.pending.append(Refusal(request_id, error))
-                continue
-            self.pending.append(request)
-        framing = self.decoder.error
-        if framing is not None:
-            # The frames before the bad header are answered first, then the refusal.
-            if isinstance(framing, FrameTooLarge):
-                self._refuse_and_stop(errors.MessageTooLarge(f"the request is larger than {framing.cap} bytes"))
-            else:
-                self._refuse_and_stop(errors.MalformedMessage(str(framing)))
-            return
-        self._watch_frame(restart=bool(frames))
-        if len(self.pending) > self.limits.max_pipelined and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._drain()
-
-    def _refuse_and_stop(self, error: errors.IRPError) -> None:
-        """Queue a connection-ending refusal after what is queued, and read no more."""
-        log.warn("Refusing input from {host}: {error}", host=self._peer_host, error=str(error))
-        if not self.handshake_done:
-            self._fail(error)  # nothing is queued before the handshake
-            return
-        self.pending.append(Refusal(0, error))
-        self.reading_stopped = True
-        self._cancel(self._frame_deadline)
-        self._frame_deadline = None
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._drain()
-
-    def _drain(self) -> None:
-        """Run queued requests, one at a time, until one is still running.
-
-        A loop, not a recursion: requests that complete at once come back here through
-        ``_request_done`` and are picked up by the loop already running.
-        """
-        if self.draining:
-            return
-        self.draining = True
-        try:
-            while not (self.busy or self.closing or self.writes_paused or not self.handshake_done):
-                if not self.pending:
-                    anonymous = self.session is None or self.session.identity is None
-                    idle = self.limits.handshake_timeout if anonymous else self.limits.idle_timeout
-                    deadline = self._deadline
-                    if self._active or deadline is None or not deadline.active() or idle != self._deadline_seconds:
-                        self._set_deadline(idle, "the connection was idle too long")
-                    self._active = False
-                    if self.reading_paused and not self.reading_stopped:
-                        self.reading_paused = False
-                        self.transport.resumeProducing()  # type: ignore[union-attr]
-                    return
-                request = self.pending.popleft()
-                if isinstance(request, Refusal):
-                    if request.error.fatal or request.request_id == 0:
-                        self._fail(request.error, request.request_id)
-                    else:
-                        self._write(error_response(request.request_id, request.error))
-                    continue
-                self.busy = True
-                result = self.factory.registry.handle_now(self.session, request)  # type: ignore[arg-type]
-                if isinstance(result, Deferred):
-                    result.addBoth(self._request_done, request)
-                else:
-                    self._request_done(result, request)
-                if self.busy:
-                    # Still running (it waits for the database, a hash, ...): the
-                    # connection is not idle. A request answered at once leaves the
-                    # deadline to be moved when the queue is empty.
-                    self._cancel(self._deadline)
-                    self._deadline = None
-        finally:
-            self.draining = False
-
-    def _request_done(self, outcome: list[Element] | Failure, request: Request) -> None:
-        """Answer ``request`` (one callback: most requests are answered at once, and every
-        callback added to a fired Deferred costs a run of its chain), then go on."""
-        # A request refused for want of a login (a refused client certificate, say) is
-        # not activity: such requests must not keep a connection open for ever.
-        if not (isinstance(outcome, Failure) and outcome.check(errors.NotAuthenticated) and request.operation != "login"):
-            self._active = True
-        try:
-            if isinstance(outcome, Failure):
-                self._request_failed(outcome, request)
-            else:
-                self._respond(outcome, request)
-        except Exception:  # noqa: BLE001 - a bug while answering: logged, connection closed
-            self._internal_failure(Failure())
-        self._request_finished(None)
-
-    def _respond(self, results: list[Element], request: Request) -> None:
-        self._write(ok_response(request.id, results))
-
-    def _request_failed(self, failure: Failure, request: Request) -> None:
-        if not failure.check(errors.IRPError):
-            log.failure("Request {op} from {host} failed", failure, op=request.operation, host=self._peer_host)
-            error: errors.IRPError = errors.InternalError()
-        else:
-            error = cast(errors.IRPError, failure.value)
-            log.info(
-                "Request {op} from {host} refused: {error}",
-                op=request.operation,
-                host=self._peer_host,
-                error=str(error),
-            )
-        if error.fatal:
-            self._fail(error, request.id)
-        else:
-            self._write(error_response(request.id, error))
-
-    def _internal_failure(self, failure: Failure) -> None:
-        log.failure("Internal failure serving {host}", failure, host=self._peer_host)
-        self._fail(errors.InternalError())
-
-    def _request_finished(self, _: Any) -> None:
-        self.busy = False
-        self._drain()
-
-    # -- output and flow control ------------------------------------------------------
-
-    def _write(self, payload: bytes) -> None:
-        if not self.closing:
-            self.transport.write(encode_frame(payload))  # type: ignore[union-attr]
 
     def pauseProducing(self) -> None:
         """The client is not reading our answers: stop answering (and reading)."""
-        self.writes_paused = True
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._set_deadline(self.limits.idle_timeout, "the client stopped reading answers")
+        if self.core is not None:
+            self._do(self.core.pause_writing())
 
     def resumeProducing(self) -> None:
         """The client caught up."""
-        self.writes_paused = False
-        if not self.reading_paused:  # else reading resumes once the queue is drained
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-        self._drain()
+        if self.core is not None:
+            self._do(self.core.resume_writing())
 
     def stopProducing(self) -> None:
         """The transport is going away."""
-        self.closing = True
+        if self.core is not None:
+            self._do(self.core.transport_gone())
 
-    # -- failures and timers ----------------------------------------------------------
+    # -- performing the core's actions ------------------------------------------------
 
-    def _fail(self, error: errors.IRPError, request_id: int = 0) -> None:
-        """Send ``error`` and close: the single exit for fatal conditions."""
-        if self.closing:
+    def _do(self, actions: list[Action]) -> None:
+        """Perform ``actions`` in order (after any being performed already)."""
+        self._actions.extend(actions)
+        if self._performing:
             return
-        log.warn("Closing connection from {host}: {error}", host=self._peer_host, error=str(error))
-        self._write(error_response(request_id, error))
-        self.closing = True
-        self._cancel(self._deadline)
-        self._cancel(self._frame_deadline)
-        self._frame_deadline = None
-        if self.producing:
-            # While a producer is registered, the TLS layer holds close_notify back (it
-            # waits for the producer to go), and the socket would stay open until _abort.
-            self.producing = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
-        # Read again (reading may be paused), so that the peer's close_notify, which
-        # completes the TLS shutdown and closes the socket, is seen; nothing read after
-        # this point reaches dataReceived's parser.
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        # A peer that does not read what we send, or does not answer close_notify, cannot
-        # hold the socket (and its per-address slot) open.
-        self._deadline = self.clock.callLater(self.limits.frame_timeout, self._abort)
+        self._performing = True
+        try:
+            while self._actions:
+                self._perform(self._actions.popleft())
+        finally:
+            self._performing = False
 
-    def _abort(self) -> None:
-        self._deadline = None
-        self.transport.abortConnection()  # type: ignore[union-attr]
+    def _perform(self, action: Action) -> None:
+        transport: Any = self.transport
+        if isinstance(action, Send):
+            transport.write(action.data)
+        elif isinstance(action, Dispatch):
+            self._dispatch(action.request)
+        elif isinstance(action, ArmDeadline):
+            self._timers[action.deadline].setTimeout(action.seconds)
+        elif isinstance(action, CancelDeadline):
+            self._timers[action.deadline].setTimeout(None)
+        elif isinstance(action, PauseReading):
+            transport.pauseProducing()
+        elif isinstance(action, ResumeReading):
+            transport.resumeProducing()
+        elif isinstance(action, Close):
+            if self.producing:
+                # While a producer is registered, the TLS layer holds close_notify back (it
+                # waits for the producer to go), and the socket would stay open until the
+                # abort.
+                self.producing = False
+                transport.unregisterProducer()
+            # Read again (reading may be paused), so that the peer's close_notify, which
+            # completes the TLS shutdown and closes the socket, is seen; the core reads
+            # nothing after this point.
+            transport.resumeProducing()
+            transport.loseConnection()
+        elif isinstance(action, Abort):
+            transport.abortConnection()
 
-    def _set_deadline(self, seconds: float, why: str) -> None:
-        # Moving a pending deadline (reset) is much cheaper than cancelling it and
-        # scheduling a new one, and happens on every request.
-        self._deadline_reason = why
-        self._deadline_seconds = seconds
-        deadline = self._deadline
-        if deadline is not None and deadline.active() and deadline.func == self._timed_out:  # type: ignore[attr-defined]
-            deadline.reset(seconds)
-        else:
-            self._cancel(deadline)
-            self._deadline = self.clock.callLater(seconds, self._timed_out)
+    def _expiry(self, deadline: Deadline) -> Callable[[], None]:
+        def expired() -> None:
+            if self.core is not None:
+                self._do(self.core.deadline_expired(deadline))
 
-    def _timed_out(self) -> None:
-        self._deadline = None
-        if not self.handshake_done:
-            # The peer never finished TLS: there is no way to tell it why, and no reason to
-            # keep its socket (and its address's slot) for another deadline.
-            log.warn("Closing connection from {host}: no TLS handshake in time", host=self._peer_host)
-            self.closing = True
-            self._cancel(self._frame_deadline)
-            self._frame_deadline = None
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        return expired
+
+    def _dispatch(self, request: Request) -> None:
+        """Run ``request`` on the registry and report its outcome to the core (one
+        callback: most requests are answered at once, and every callback added to a fired
+        Deferred costs a run of its chain)."""
+        assert self.core is not None
+        core = self.core
+        result = self.factory.registry.handle_now(self.session, request)  # type: ignore[arg-type]
+        if not isinstance(result, Deferred):
+            self._do(self._outcome(core, result, request))
             return
-        self._fail(errors.Timeout(self._deadline_reason))
+        done = []
 
-    def _watch_frame(self, restart: bool) -> None:
-        """Give a started frame ``frame_timeout`` seconds to complete.
+        def finished(outcome: list[Element] | Failure) -> None:
+            done.append(True)
+            self._do(self._outcome(core, outcome, request))
 
-        ``restart`` (frames were completed) starts a new deadline for the frame now
-        under way, which is another frame than the one the old deadline was for.
-        """
-        assert self.decoder is not None
-        if self.decoder.in_frame:
-            if restart:
-                self._cancel(self._frame_deadline)
-                self._frame_deadline = None
-            if self._frame_deadline is None:
-                self._frame_deadline = self.clock.callLater(
-                    self.limits.frame_timeout, self._frame_timed_out
-                )
-        else:
-            self._cancel(self._frame_deadline)
-            self._frame_deadline = None
+        result.addBoth(finished)
+        if not done:
+            self._do(core.request_running())
 
-    def _frame_timed_out(self) -> None:
-        self._frame_deadline = None
-        self._fail(errors.Timeout("the request arrived too slowly"))
+    def _outcome(self, core: Connection, outcome: list[Element] | Failure, request: Request) -> list[Action]:
+        if not isinstance(outcome, Failure):
+            return core.request_answered(request, outcome)
+        if not outcome.check(errors.IRPError):
+            log.failure("Request {op} from {host} failed", outcome, op=request.operation, host=self._peer_host)
+            return core.request_failed(request, errors.InternalError())
+        error: errors.IRPError = outcome.value  # type: ignore[assignment]
+        log.info("Request {op} from {host} refused: {error}", op=request.operation, host=self._peer_host, error=str(error))
+        return core.request_failed(request, error)
 
-    @staticmethod
-    def _cancel(call: IDelayedCall | None) -> None:
-        if call is not None and call.active():
-            call.cancel()
-
-
-#: Over-limit connections an address gets a readable refusal for, per REFUSAL_WINDOW.
-READABLE_REFUSALS = 10
-REFUSAL_WINDOW = 10.0
-
-
-class AdmittingTLSFactory(TLSMemoryBIOFactory):
-    """TLS for the registry's connections, but none for connections it will refuse anyway
-    (see :meth:`RegistryServerFactory.admit`)."""
-
-    wrappedFactory: RegistryServerFactory
-
-    def buildProtocol(self, addr: Any) -> Any:
-        """Build the TLS protocol, or None (the connection is closed at once)."""
-        if not self.wrappedFactory.admit(getattr(addr, "host", "")):
-            return None
-        return super().buildProtocol(addr)
+    def _internal_failure(self, failure: Failure) -> None:
+        log.failure("Internal failure serving {host}", failure, host=self._peer_host)
+        if self.core is not None:
+            self._do(self.core.internal_failure())
 
 
 class RegistryServerFactory(QuietFactory):
@@ -445,32 +272,15 @@ class RegistryServerFactory(QuietFactory):
         self.trust = trust
         self.clock = clock
         self.limits = limits or ConnectionLimits()
-        self.connections = ConnectionCounter(self.limits.max_connections_per_address)
-        #: Recent refusals of over-limit connections, per address unit: past a few, the
-        #: next are dropped before TLS (a flood must not buy a TLS handshake each).
-        self._refusals: dict[str, list[float]] = {}
+        self.admission = ConnectionAdmission(clock, self.limits.max_connections_per_address)
+        #: Open connections per address (see :mod:`irp.server.admission`).
+        self.connections = self.admission.connections
 
     def admit(self, host: str) -> bool:
-        """Whether to start TLS for a new connection from ``host``.
-
-        Within its connection limit, always. Past it, the first few refusals in
-        ``REFUSAL_WINDOW`` seconds still go through TLS (so that the client can read
-        ``too-many-connections``); the rest are closed at once, unread.
-        """
-        if self.connections.count(host) < self.connections.limit:
-            return True
-        key = address_key(host)
-        now = self.clock.seconds()
-        recent = [moment for moment in self._refusals.get(key, []) if now - moment < REFUSAL_WINDOW]
-        recent.append(now)
-        self._refusals[key] = recent[-READABLE_REFUSALS - 1 :]
-        if len(self._refusals) > 10_000:
-            self._refusals = {k: v for k, v in self._refusals.items() if v and now - v[-1] < REFUSAL_WINDOW}
-        if len(recent) <= READABLE_REFUSALS:
-            return True
-        if len(recent) == READABLE_REFUSALS + 1:
-            log.warn("Dropping connections from {host} before TLS: over its limit", host=host)
-        return False
+        """Whether to start TLS for a new connection from ``host``: always within its
+        connection limit; past it, only for the first few refusals (see
+        :class:`~irp.server.admission.ConnectionAdmission`)."""
+        return self.admission.admit(host)
 
     def authenticate(
         self, session: Session, leaf_der: bytes, intermediates: Callable[[], Sequence[bytes]]

@@ -26,6 +26,7 @@ from common.startup import EarlyPorts, describe_start_failure
 from common.tls import ServerTLS, make_server_context
 from irp import errors
 from irp.client import connect, connect_domain
+from irp.server.admission import AdmittingTLSFactory
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,
@@ -33,7 +34,7 @@ from irp.server.credentials import (
     with_given_server_certificate,
 )
 from irp.server.passwords import Argon2Parameters, PasswordHasher
-from irp.server.protocol import AdmittingTLSFactory, ConnectionLimits, RegistryServerFactory
+from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
 from irp.server.store import RegistryStore, open_store
 from irp.wire.records import RecordSigner

@@ -10,7 +10,7 @@ exceptions only in :func:`parse_response`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from common.integers import parse_decimal
@@ -24,10 +24,6 @@ from common.wire.xmlcodec import (
 )
 from irp import errors
 from irp.wire.fields import decode_base64, encode_base64  # noqa: F401 - re-exported (registry, client, tests)
-
-#: Callables given every serialised message (tests use this to check each message against
-#: the schema). Empty in production, where it costs one truth test per message.
-message_observers: list[Callable[[bytes], None]] = []
 
 PROTOCOL_VERSION = "1"
 SUPPORTED_VERSIONS = ("1",)
@@ -64,11 +60,6 @@ class Response:
         return self.results[0]
 
 
-def _observed(payload: bytes) -> bytes:
-    if message_observers:
-        for observer in message_observers:
-            observer(payload)
-    return payload
 
 
 def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:
@@ -146,7 +137,7 @@ def build_request(request_id: int, operation: Element) -> bytes:
     """Serialise a request envelope around ``operation``."""
     root = make_element("request", {"v": PROTOCOL_VERSION, "id": str(request_id)})
     root.append(operation)
-    return _observed(serialize(root))
+    return serialize(root)
 
 
 #: A result: an element, or one already serialised (a cached answer).
@@ -157,9 +148,9 @@ def ok_response(request_id: int, results: Iterable[Result]) -> bytes:
     """Serialise a successful response."""
     parts = [part if isinstance(part, bytes) else serialize(part) for part in results]
     if not parts:
-        return _observed(f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii"))
+        return f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok"/>'.encode("ascii")
     head = f'<response v="{PROTOCOL_VERSION}" id="{request_id}" status="ok">'.encode("ascii")
-    return _observed(b"".join((head, *parts, b"</response>")))
+    return b"".join((head, *parts, b"</response>"))
 
 
 def error_response(request_id: int, error: errors.IRPError) -> bytes:
@@ -169,7 +160,7 @@ def error_response(request_id: int, error: errors.IRPError) -> bytes:
     )
     detail = make_element("error", {"code": str(error.code), "name": error.name}, error.message)
     root.append(detail)
-    return _observed(serialize(root))
+    return serialize(root)
 
 
 def parse_response(payload: bytes) -> Response:

@@ -14,11 +14,9 @@ the agent answers it with a ``rate-limited`` alert and logs it.
 
 from __future__ import annotations
 
-from collections import deque
-
 from twisted.internet.interfaces import IReactorTime
 
-from common.limits import address_key
+from common.limits import SlidingWindow, address_key
 from sixchat import errors
 
 
@@ -41,33 +39,20 @@ class HandshakeAdmission:
         self.max_sources = max_sources
         #: Handshakes now in progress (admitted and not yet finished).
         self.in_progress = 0
-        self._starts: dict[str, deque[float]] = {}
+        self._starts = SlidingWindow(clock, limit=per_source, window=window, max_keys=max_sources)
 
     def admit(self, host: str) -> errors.RateLimited | None:
         """Count a handshake from ``host`` and return None, or return why it is refused
         (nothing is counted then). An admitted handshake must be ended with
         :meth:`finished`."""
-        now = self.clock.seconds()
         if self.in_progress >= self.max_concurrent:
             return errors.RateLimited(f"too many handshakes in progress ({self.max_concurrent})")
         source = address_key(host)
-        starts = self._starts.get(source)
-        if starts is None:
-            starts = self._starts[source] = deque()
-        while starts and now - starts[0] >= self.window:
-            starts.popleft()
-        if len(starts) >= self.per_source:
+        if not self._starts.allow(source):
             return errors.RateLimited(f"too many handshakes from {source}")
-        starts.append(now)
         self.in_progress += 1
-        if len(self._starts) > self.max_sources:
-            self._forget_idle(now)
         return None
 
     def finished(self) -> None:
         """One admitted handshake ended (completed or failed)."""
         self.in_progress = max(0, self.in_progress - 1)
-
-    def _forget_idle(self, now: float) -> None:
-        for source in [key for key, starts in self._starts.items() if not starts or now - starts[-1] >= self.window]:
-            del self._starts[source]

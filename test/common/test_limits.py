@@ -5,8 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from common.limits import ConnectionCounter, FailureLimiter, address_key
-from irp.errors import RateLimited
+from common.limits import ConnectionCounter, FailureLimiter, LimitExceeded, SlidingWindow, address_key
 
 
 def limiter(clock: Clock, **overrides: float) -> FailureLimiter:
@@ -41,10 +40,10 @@ class FailureLimiterTests(unittest.SynchronousTestCase):
         clock = Clock()
         limit = limiter(clock)
         self.fail_times(limit, "k", 4)
-        error = self.assertRaises(RateLimited, limit.check, "k")
+        error = self.assertRaises(LimitExceeded, limit.check, "k")
         self.assertIn("try again in 10 seconds", error.message)
         clock.advance(9.5)
-        error = self.assertRaises(RateLimited, limit.check, "k")
+        error = self.assertRaises(LimitExceeded, limit.check, "k")
         self.assertIn("1 seconds", error.message)
         clock.advance(0.5)
         limit.check("k")
@@ -55,7 +54,7 @@ class FailureLimiterTests(unittest.SynchronousTestCase):
         limit = limiter(clock)
         self.fail_times(limit, "a", 4)
         limit.check("b")
-        self.assertRaises(RateLimited, limit.check, "a")
+        self.assertRaises(LimitExceeded, limit.check, "a")
 
     def test_window_forgets_old_failures(self) -> None:
         """Failures older than the window no longer count."""
@@ -74,7 +73,7 @@ class FailureLimiterTests(unittest.SynchronousTestCase):
             limit.record_failure("k")
             clock.advance(19)
         limit.record_failure("k")
-        self.assertRaises(RateLimited, limit.check, "k")
+        self.assertRaises(LimitExceeded, limit.check, "k")
 
     def test_lockout_doubles_up_to_max(self) -> None:
         """Each further lock-out doubles, capped at max_lockout."""
@@ -87,7 +86,7 @@ class FailureLimiterTests(unittest.SynchronousTestCase):
             while True:
                 try:
                     limit.check("k")
-                except RateLimited:
+                except LimitExceeded:
                     clock.advance(1)
                 else:
                     break
@@ -125,7 +124,7 @@ class FailureLimiterTests(unittest.SynchronousTestCase):
         self.fail_times(limit, "b", 1)
         limit.record_failure("a")
         self.fail_times(limit, "c", 1)
-        self.assertRaises(RateLimited, limit.check, "a")
+        self.assertRaises(LimitExceeded, limit.check, "a")
 
 
 class AddressKeyTests(unittest.SynchronousTestCase):
@@ -189,3 +188,43 @@ class ConnectionCounterTests(unittest.SynchronousTestCase):
         self.assertEqual(counter.count("h"), 0)
         self.assertEqual(counter._counts, {})
         self.assertTrue(counter.acquire("h"))
+
+
+class SlidingWindowTests(unittest.SynchronousTestCase):
+    """SlidingWindow: the one sliding-window budget."""
+
+    def test_allow_counts_only_what_it_admits(self) -> None:
+        """``allow`` admits ``limit`` events per window; refusals use nothing."""
+        clock = Clock()
+        window = SlidingWindow(clock, limit=2, window=10.0)
+        self.assertTrue(window.allow("k"))
+        clock.advance(5)
+        self.assertTrue(window.allow("k"))
+        self.assertFalse(window.allow("k"))
+        self.assertTrue(window.allow("other"))
+        clock.advance(5)  # the first event left the window
+        self.assertTrue(window.allow("k"))
+        self.assertFalse(window.allow("k"))
+        self.assertEqual(window.count("k"), 2)
+
+    def test_record_counts_everything(self) -> None:
+        """``record`` counts refusals too; past the budget the count stops at limit + 2."""
+        clock = Clock()
+        window = SlidingWindow(clock, limit=3, window=10.0)
+        self.assertEqual([window.record("k") for _ in range(6)], [1, 2, 3, 4, 5, 5])
+        clock.advance(9)
+        self.assertEqual(window.record("k"), 5)  # a flood keeps its window full
+        clock.advance(10)
+        self.assertEqual(window.record("k"), 1)
+
+    def test_bounded_memory(self) -> None:
+        """Past ``max_keys``, idle keys are forgotten; at most limit + 1 moments per key."""
+        clock = Clock()
+        window = SlidingWindow(clock, limit=2, window=10.0, max_keys=2)
+        window.record("a")
+        window.record("b")
+        clock.advance(10)
+        for _ in range(5):
+            window.record("c")
+        self.assertEqual(sorted(window._events), ["c"])
+        self.assertEqual(len(window._events["c"]), 3)

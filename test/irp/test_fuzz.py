@@ -19,7 +19,7 @@ What is fuzzed, and the property each part must keep:
   error reply and a close once its timers run out.
 
 Mutations start from valid messages: built with the codecs (the sync tests) or recorded
-with :data:`irp.wire.messages.message_observers` while the real client drives a real registry
+with :func:`test.irp.wire.observe.observing_messages` while the real client drives a real registry
 through every operation (the async tests). They are byte mutations (bit flips, bytes,
 truncation, deletion, duplication, insertion of hostile tokens: DTDs, entities, comments,
 PIs, CDATA, BOMs, invalid UTF-8), XML-structure mutations (unknown, removed, duplicated,
@@ -98,7 +98,6 @@ from irp.wire.messages import (
     MAX_REQUEST_ID,
     build_request,
     error_response,
-    message_observers,
     ok_response,
     parse_request,
     parse_response,
@@ -114,6 +113,7 @@ from irp.wire.records import (
 )
 from test import pki
 from test.irp.server.store.helpers import check_integrity
+from test.irp.wire.observe import observing_messages
 from test.irp.wire.schema import validate
 
 # ---------------------------------------------------------------------------------------
@@ -1626,16 +1626,13 @@ class RegistryFuzzTestCase(TestCase):
         from test.helpers import RunningRegistry
 
         self.observer = RecordingObserver()
-        message_observers.append(self.observer)
         # No tarpit: the fuzzed requests include many refused logins, and the delay before
         # each refusal (tested on its own in test_registry) would only make the long
         # campaign wait, a second per refusal, on the real reactor.
         config = RegistryConfig(domain="example.org", login_refusal_delay=0.0)
-        try:
+        with observing_messages(self.observer):
             self.running = await RunningRegistry(self, config=config).start()
             await drive_every_operation(self.running)
-        finally:
-            message_observers.remove(self.observer)
         self.requests = list(self.observer.requests)
         self.responses = list(self.observer.responses)
         self.values = harvest_values(self.requests + self.responses)
@@ -1902,8 +1899,10 @@ class ServerProtocolFuzzTests(RegistryFuzzTestCase):
 
     async def settle(self, protocol: RegistryServerProtocol) -> None:
         """Wait until no request is running (the store answers in its thread)."""
+        core = protocol.core
+        assert core is not None
         for _turn in range(5000):
-            if protocol.closing or not (protocol.busy or protocol.pending):
+            if core.closing or not (core.busy or core.pending):
                 return
             await deferLater(global_reactor, 0.001)
         raise AssertionError("the protocol never became idle")
@@ -1985,7 +1984,7 @@ class ServerProtocolFuzzTests(RegistryFuzzTestCase):
                 protocol.dataReceived(valid)
                 await self.settle(protocol)
                 later = decode_answers(transport.value())
-                idle = protocol.decoder is not None and not protocol.decoder.in_frame and not protocol.reading_stopped
+                idle = protocol.core is not None and not protocol.core.decoder.in_frame and not protocol.core.reading_stopped
                 if idle and (len(later) != before + 1 or later[-1].id != 4242):
                     findings.violation(f"an open connection did not answer a valid request after {b''.join(chunks)[:300]!r}: {[(a.id, a.name) for a in later]}")
             # ...and, however it stands, the timers end it with an error reply and a close.

@@ -21,7 +21,8 @@ from twisted.trial.unittest import TestCase
 from common.tls import client_options
 from common.wire.framing import FrameDecoder
 from irp import errors
-from irp.server.protocol import READABLE_REFUSALS, ConnectionLimits
+from irp.server.admission import READABLE_REFUSALS
+from irp.server.protocol import ConnectionLimits
 from irp.wire.messages import parse_response
 from test.helpers import RunningRegistry
 

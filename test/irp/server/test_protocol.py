@@ -508,7 +508,7 @@ class TimeoutTests(ProtocolTestCase):
         self.clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(responses(transport), [])
-        self.assertTrue(protocol.closing)
+        self.assertTrue(protocol.core.closing)  # type: ignore[union-attr]
         self.assertEqual(self.clock.getDelayedCalls(), [])  # no second deadline waits
 
     def test_silent_anonymous_connection(self) -> None:
@@ -782,7 +782,8 @@ class AdmissionTests(unittest.TestCase):
     """Which new connections get TLS at all (RegistryServerFactory.admit)."""
 
     def test_within_limit_and_a_few_readable_refusals(self) -> None:
-        from irp.server.protocol import READABLE_REFUSALS, REFUSAL_WINDOW, RegistryServerFactory
+        from irp.server.admission import READABLE_REFUSALS, REFUSAL_WINDOW
+        from irp.server.protocol import RegistryServerFactory
 
         clock = Clock()
         factory = RegistryServerFactory(make_registry(clock), None, clock, ConnectionLimits(max_connections_per_address=2))  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ from irp.wire.messages import (
     decode_base64,
     encode_base64,
     error_response,
-    message_observers,
     ok_response,
     optional_bool,
     optional_int,
@@ -29,6 +28,7 @@ from irp.wire.messages import (
     request_id_of,
     required,
 )
+from test.irp.wire.observe import start_observing
 
 
 def _element(data: bytes):  # type: ignore[no-untyped-def]
@@ -272,10 +272,9 @@ class ResponseTests(unittest.SynchronousTestCase):
         self.assertEqual(raised.message, "<a> & </b>")
 
     def test_observers_see_every_message(self) -> None:
-        """message_observers receive each serialised message."""
+        """observing_messages (a test fixture) receives each serialised message."""
         seen: list[bytes] = []
-        message_observers.append(seen.append)
-        self.addCleanup(message_observers.remove, seen.append)
+        start_observing(self, seen.append)
         first = build_request(1, make_element("whoami"))
         second = ok_response(1, [])
         third = error_response(1, errors.NotFound())

@@ -1,6 +1,6 @@
 """Every IRP message the server and the client produce matches ``docs/schema/irp.rng``.
 
-An observer in :data:`irp.wire.messages.message_observers` validates each serialised message
+An observer (:func:`test.irp.wire.observe.observing_messages`) validates each serialised message
 while a real registry (TLS on loopback, a real CA, SQLite) is driven through every
 operation by the real client library, with successes and the common failures. A new
 operation that the schema does not cover makes :meth:`RegistryMessagesTests.test_every_operation`
@@ -31,10 +31,11 @@ from irp.cli import make_csr
 from irp.server.ca import generate_key
 from irp.server.protocol import ConnectionLimits
 from irp.server.registry import RegistryConfig
-from irp.wire.messages import Response, error_response, message_observers
+from irp.wire.messages import Response, error_response
 from irp.wire.records import Endpoint
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+from test.irp.wire.observe import start_observing
 from test.irp.wire.schema import load_schema, validate
 
 NEW_PASSWORD = "another long passphrase"
@@ -117,8 +118,7 @@ class RegistryMessagesTests(TestCase):
 
     def setUp(self) -> None:
         self.observer = SchemaObserver()
-        message_observers.append(self.observer)
-        self.addCleanup(message_observers.remove, self.observer)
+        start_observing(self, self.observer)
 
     def assertAllValid(self) -> None:
         """No message failed validation, and each deliberately bad request was refused."""
