@@ -78,7 +78,6 @@ class LayerTests(unittest.TestCase):
                         offences.append(f"{module} imports {imported} (rule of {package})")
         self.assertEqual(sorted(set(offences)), [])
 
-    test_rules.todo = "issue 10 open: the shared layer still imports irp"  # type: ignore[attr-defined]
 
     def test_imports_read(self) -> None:
         """The reader sees each form of import, relative ones made absolute (a rule never
