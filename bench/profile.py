@@ -109,7 +109,7 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
         from bench.sixchat_server import credentials, open_session
         from common.identity import Identity
         from sixchat.record import InnerType
-        from sixchat.wire.messages import Ping
+        from sixchat.wire.application import Ping
 
         framed, session = open_session(info["port"], credentials(pki, pki.users[0]), Identity(pki.server.name, pki.domain))
         try:

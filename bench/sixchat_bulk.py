@@ -34,7 +34,7 @@ def measure(
     from bench.loadgen import connect_tls, send_and_wait
     from bench.sixchat_server import credentials, open_session
     from common.identity import Identity
-    from sixchat.wire.messages import Ping
+    from sixchat.wire.application import Ping
 
     framed, session = open_session(sixchat["port"], credentials(pki, pki.users[0]), Identity(pki.server.name, pki.domain))
     (connection,) = connect_tls(HOST, tls["port"], [client_context(pki.users[0])], 1)

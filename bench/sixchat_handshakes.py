@@ -79,7 +79,7 @@ def measure(sixchat: dict[str, Any], tls: dict[str, Any], pki: Pki, settings: An
 
 def run(ctx: Context) -> list[Figure]:
     """Measure figure 5."""
-    from sixchat.wire.messages import Presence
+    from sixchat.wire.application import Presence
 
     settings = ctx.settings
     pki = sixchat_pki(ctx)

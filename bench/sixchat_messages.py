@@ -33,7 +33,7 @@ WINDOW = 256
 
 def chat_bodies(count: int = 64, size: int = MESSAGE_BYTES) -> list[bytes]:
     """Serialised ``<message>`` documents of exactly ``size`` bytes."""
-    from sixchat.wire.messages import ChatMessage, encode_application, parse_application
+    from sixchat.wire.application import ChatMessage, encode_application, parse_application
 
     bodies = []
     for _ in range(count):
@@ -87,7 +87,7 @@ def measure(sixchat: dict[str, Any], tls: dict[str, Any], pki: Pki, settings: An
 
 def run(ctx: Context) -> list[Figure]:
     """Measure figure 6."""
-    from sixchat.wire.messages import Receipt
+    from sixchat.wire.application import Receipt
 
     settings = ctx.settings
     pki = sixchat_pki(ctx)

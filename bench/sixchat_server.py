@@ -78,7 +78,7 @@ def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
         from sixchat.handshake import Role
         from sixchat.peer.protocol import ConnectionLimits, PeerConnection
         from sixchat.peer.verification import PeerVerifier, RevocationChecker
-        from sixchat.wire.messages import ChatMessage, Ping, Pong, Presence, Receipt
+        from sixchat.wire.application import ChatMessage, Ping, Pong, Presence, Receipt
 
         store = await AgentStore.open(os.path.join(data_dir, "agent.sqlite3"), reactor)
         crl = x509.load_pem_x509_crl(pki.crl)
@@ -144,7 +144,7 @@ def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
 def record_payload_size(message: Any) -> int:
     """The frame payload size of a record carrying application ``message``."""
     from sixchat.record import TAG_LENGTH
-    from sixchat.wire.messages import encode_application
+    from sixchat.wire.application import encode_application
 
     return 1 + 1 + len(encode_application(message)) + TAG_LENGTH
 

@@ -2,7 +2,7 @@
 
 The first input byte picks the target; the rest is its input:
 
-0. every parser of ``sixchat.wire.messages`` (handshake frame, sealed content, application
+0. every parser of ``sixchat.wire.handshake and sixchat.wire.application`` (handshake frame, sealed content, application
    message, close, alert);
 1. a fresh responder ``Handshake`` fed the bytes (M1 and what follows);
 2. a started initiator ``Handshake`` fed the bytes (M2, M2b...);
@@ -32,16 +32,16 @@ from fuzzing import is_ignored, run
 with atheris.instrument_imports(include=["sixchat", "irp"]):
     from sixchat import errors
     from sixchat.handshake import Role
-    from sixchat.wire import messages
-
+    from sixchat.wire import application as wire_application
+    from sixchat.wire import handshake as wire_handshake
 from test.sixchat.test_fuzz import fresh, recording, sealed_frame, session_pair
 
 PARSERS = (
-    messages.parse_handshake_frame,
-    messages.parse_sealed_content,
-    messages.parse_application,
-    messages.parse_close,
-    messages.parse_alert,
+    wire_handshake.parse_handshake_frame,
+    wire_handshake.parse_sealed_content,
+    wire_application.parse_application,
+    wire_application.parse_close,
+    wire_handshake.parse_alert,
 )
 
 

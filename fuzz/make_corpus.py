@@ -35,8 +35,8 @@ def main() -> None:
     frames = recording().frames
     secrets = recording()
     sender, _receiver = session_pair()
-    from sixchat.wire import messages
-    records = sender.send_message(messages.Ping()) + sender.send_data(b"data") + sender.update_keys() + sender.close("bye")
+    from sixchat.wire import application as wire_application
+    records = sender.send_message(wire_application.Ping()) + sender.send_data(b"data") + sender.update_keys() + sender.close("bye")
     sixchat: list[bytes] = [b"\x00" + data for data in document_corpus()]
     sixchat += [b"\x01" + frames["M1"], b"\x02" + frames["M2"] + frames["M2b"], b"\x03" + frames["M3"]]
     sixchat += [b"\x04" + secrets.responder_trace["responder_auth"], b"\x05" + records]

@@ -6,8 +6,8 @@ authentication, 4xx record layer, 5xx local and transport conditions), a stable 
 a sentence a user can read, and whether the connection must end. The PKI's errors
 (:mod:`common.pki.errors`) become SixChat errors in exactly one place, :func:`from_pki`.
 
-Errors become ``<alert>`` messages in exactly one place, :func:`sixchat.wire.messages.alert_for`,
-and alerts become errors again in :func:`sixchat.wire.messages.error_from_alert`. The message of
+Errors become ``<alert>`` messages in exactly one place, :func:`sixchat.wire.handshake.alert_for`,
+and alerts become errors again in :func:`sixchat.wire.handshake.error_from_alert`. The message of
 a local error (``str(error)``) may carry details for logs; the wire alert never does.
 """
 

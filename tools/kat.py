@@ -49,7 +49,8 @@ from sixchat.handshake import (
 )
 from sixchat.keyschedule import finished_key, traffic_keys
 from sixchat.record import DataReceived, MessageReceived, Session
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 
 DOMAIN: Final = "example.org"
 INITIATOR: Final = Identity("alice", DOMAIN)
@@ -110,12 +111,12 @@ NOT_BEFORE: Final = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 NOT_AFTER: Final = datetime.datetime(2036, 1, 1, tzinfo=datetime.UTC)
 
 #: The application traffic of the vectors.
-FIRST_MESSAGE: Final = messages.ChatMessage(
+FIRST_MESSAGE: Final = wire_application.ChatMessage(
     text="Hello, Bob!",
     id="00000000-0000-4000-8000-000000000001",
     sent=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
 )
-FIRST_REPLY: Final = messages.Receipt(id="00000000-0000-4000-8000-000000000001")
+FIRST_REPLY: Final = wire_application.Receipt(id="00000000-0000-4000-8000-000000000001")
 DATA_AFTER_KEY_UPDATE: Final = b"SixChat 1 data after a key update"
 
 _P256_ORDER: Final = int(
@@ -396,8 +397,8 @@ def run_vectors(leaf_type: str = "p256") -> tuple[dict[str, Any], Session, Sessi
 
     vectors: dict[str, Any] = {
         "title": "SixChat 1 handshake known-answer vectors",
-        "version": messages.VERSION,
-        "suite": messages.SUITE,
+        "version": wire_handshake.VERSION,
+        "suite": wire_handshake.SUITE,
         "regenerate": "python -m tools.kat --write docs/vectors/handshake.json",
         "inputs": {
             "input_derivation": "SHAKE256('SixChat 1 known-answer vectors: ' + label)",
@@ -427,8 +428,8 @@ def run_vectors(leaf_type: str = "p256") -> tuple[dict[str, Any], Session, Sessi
                 },
             },
             "application": {
-                "initiator_first_message": messages.encode_application(FIRST_MESSAGE).decode(),
-                "responder_first_message": messages.encode_application(FIRST_REPLY).decode(),
+                "initiator_first_message": wire_application.encode_application(FIRST_MESSAGE).decode(),
+                "responder_first_message": wire_application.encode_application(FIRST_REPLY).decode(),
                 "initiator_data_after_key_update": DATA_AFTER_KEY_UPDATE.hex(),
             },
         },

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from common.wire.framing import encode_frame
 from sixchat import errors
 from sixchat.handshake import INITIATOR_SIGNATURE_LABEL, LocalCredentials, signed_content
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from tools import kat
 
 #: The fixed RSA-3072 leaf key of the RSA-PSS vector (PKCS#8 DER), an input.
@@ -163,19 +164,19 @@ def generate_extra() -> dict[str, Any]:
                 "traffic_secret": "responder_application_traffic_secret",
                 "sequence": 1,
                 "inner_type": 4,
-                "body": messages.encode_close("bye").decode(),
+                "body": wire_application.encode_close("bye").decode(),
             },
             "initiator_alert": {
                 "record": initiator_alert.hex(),
                 "traffic_secret": "initiator_application_traffic_secret_1",
                 "sequence": 1,
                 "inner_type": 5,
-                "body": messages.alert_for(errors.UnexpectedMessage()).decode(),
+                "body": wire_handshake.alert_for(errors.UnexpectedMessage()).decode(),
             },
         },
         "clear_alert_frame": {
             "when": "a connection refused before the handshake (over a handshake budget)",
-            "frame": encode_frame(messages.alert_for(errors.RateLimited())).hex(),
+            "frame": encode_frame(wire_handshake.alert_for(errors.RateLimited())).hex(),
         },
     }
 

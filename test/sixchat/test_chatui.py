@@ -14,7 +14,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from common.identity import Identity
-from sixchat.wire.messages import MAX_TEXT_LENGTH
+from sixchat.wire.application import MAX_TEXT_LENGTH
 from test.helpers import REPOSITORY
 from test.sixchat.agent.test_service import AgentTestCase
 

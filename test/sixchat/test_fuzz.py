@@ -3,7 +3,7 @@
 
 What is fuzzed, and the property each part must keep:
 
-* :mod:`sixchat.wire.messages`: handshake frames, sealed contents, alerts, application messages
+* :mod:`sixchat.wire.handshake and sixchat.wire.application`: handshake frames, sealed contents, alerts, application messages
   and closes, random or mutated from real ones, give a value or a
   :class:`~sixchat.errors.SixChatError`; what is accepted re-encodes to itself; an unknown
   attribute or element anywhere is refused.
@@ -75,7 +75,8 @@ from sixchat.record import (
     Session,
     TrafficProtection,
 )
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from test.helpers import BareOwner
 from test.irp.test_fuzz import (
     CRAFTED_DEFECTS,
@@ -180,7 +181,7 @@ def sealed_frame(secret: bytes, plaintext: bytes) -> bytes:
     """A ``<sealed>`` frame of ``plaintext`` under the first nonce of ``secret``: what a
     peer holding the handshake keys can send."""
     protection = TrafficProtection(secret, RecordLimits())
-    return encode_frame(messages.Sealed(protection.seal(plaintext, SEALED_AAD)).to_xml())
+    return encode_frame(wire_handshake.Sealed(protection.seal(plaintext, SEALED_AAD)).to_xml())
 
 
 @functools.cache
@@ -191,16 +192,16 @@ def document_corpus() -> tuple[bytes, ...]:
     documents += [recorded.initiator_trace["initiator_auth"], recorded.responder_trace["responder_auth"]]
     for cls in errors.error_classes():
         error = cls(reason="revoked") if cls is errors.PeerRejected else cls()
-        documents.append(messages.alert_for(error))
+        documents.append(wire_handshake.alert_for(error))
     for message in (
-        messages.ChatMessage("Hello, Bob! \u00e9\U0001f600"),
-        messages.Receipt("00000000-0000-4000-8000-000000000001"),
-        messages.Presence("away"),
-        messages.Ping(),
-        messages.Pong(),
+        wire_application.ChatMessage("Hello, Bob! \u00e9\U0001f600"),
+        wire_application.Receipt("00000000-0000-4000-8000-000000000001"),
+        wire_application.Presence("away"),
+        wire_application.Ping(),
+        wire_application.Pong(),
     ):
-        documents.append(messages.encode_application(message))
-    documents.append(messages.encode_close("bye"))
+        documents.append(wire_application.encode_application(message))
+    documents.append(wire_application.encode_close("bye"))
     return tuple(documents)
 
 
@@ -216,11 +217,11 @@ def mutated_documents() -> Any:
 
 
 PARSERS: tuple[Callable[[bytes], Any], ...] = (
-    messages.parse_handshake_frame,
-    messages.parse_sealed_content,
-    messages.parse_application,
-    messages.parse_close,
-    messages.parse_alert,
+    wire_handshake.parse_handshake_frame,
+    wire_handshake.parse_sealed_content,
+    wire_application.parse_application,
+    wire_application.parse_close,
+    wire_handshake.parse_alert,
 )
 
 
@@ -235,14 +236,14 @@ def parse_all(testcase: Any, data: bytes) -> None:
             if tolerated(error):
                 continue
             raise
-        if parser is messages.parse_handshake_frame or parser is messages.parse_sealed_content:
+        if parser is wire_handshake.parse_handshake_frame or parser is wire_handshake.parse_sealed_content:
             testcase.assertEqual(parser(value.to_xml()), value)
-        elif parser is messages.parse_application:
-            testcase.assertEqual(messages.parse_application(messages.encode_application(value[0]))[0], value[0])
+        elif parser is wire_application.parse_application:
+            testcase.assertEqual(wire_application.parse_application(wire_application.encode_application(value[0]))[0], value[0])
 
 
 class MessageFuzzTests(SynchronousTestCase):
-    """sixchat.wire.messages on random and mutated documents."""
+    """sixchat.wire.handshake and sixchat.wire.application on random and mutated documents."""
 
     @fuzz_settings(300)
     @given(st.binary(max_size=400))
@@ -384,8 +385,8 @@ class HandshakeFuzzTests(SynchronousTestCase):
             recorded["M2"],
             recorded["M2b"],
             recorded["M3"],
-            encode_frame(messages.alert_for(errors.BadFinished())),
-            encode_frame(messages.encode_application(messages.Ping())),
+            encode_frame(wire_handshake.alert_for(errors.BadFinished())),
+            encode_frame(wire_application.encode_application(wire_application.Ping())),
             b"\x00\x00\x00\x00",
             b"\x00\x01\x00\x00",
             b"\xff\xff\xff\xff",
@@ -436,7 +437,7 @@ class HandshakeFuzzTests(SynchronousTestCase):
         verified = [event for event in driver.events if isinstance(event, PeerNeedsVerification)]
         if verified:
             # Accepted: only if it says what the honest <auth> says.
-            self.assertEqual(messages.parse_sealed_content(plaintext), messages.parse_sealed_content(honest))
+            self.assertEqual(wire_handshake.parse_sealed_content(plaintext), wire_handshake.parse_sealed_content(honest))
         else:
             self.assertIsNotNone(driver.aborted, f"neither verified nor failed: {driver.events}")
         self.check_over(driver)
@@ -467,8 +468,8 @@ class HandshakeFuzzTests(SynchronousTestCase):
         certificate (same identity)."""
         recorded = recording()
         honest = recorded.responder_trace["responder_auth"] if role is Role.INITIATOR else recorded.initiator_trace["initiator_auth"]
-        auth = messages.parse_sealed_content(honest)
-        assert isinstance(auth, messages.Auth)
+        auth = wire_handshake.parse_sealed_content(honest)
+        assert isinstance(auth, wire_handshake.Auth)
         leaf = crafted_der(defect, "bob" if role is Role.INITIATOR else "alice")
         return dataclasses.replace(auth, certificates=(leaf, *auth.certificates[1:])).to_xml()
 
@@ -547,7 +548,7 @@ sends = st.lists(
         st.tuples(st.just("message"), st.text(max_size=40)),
         st.tuples(st.just("data"), st.binary(max_size=64)),
         st.tuples(st.just("ping"), st.none()),
-        st.tuples(st.just("presence"), st.sampled_from(messages.PRESENCE_STATUSES)),
+        st.tuples(st.just("presence"), st.sampled_from(wire_application.PRESENCE_STATUSES)),
         st.tuples(st.just("update"), st.none()),
     ),
     min_size=1,
@@ -562,7 +563,7 @@ def honest_stream(actions: list[Any], ending: str, limits: RecordLimits | None =
     records = []
     for kind, argument in actions:
         if kind == "message":
-            message = messages.ChatMessage(argument, id=f"00000000-0000-4000-8000-{len(records):012d}", sent=SENT)
+            message = wire_application.ChatMessage(argument, id=f"00000000-0000-4000-8000-{len(records):012d}", sent=SENT)
             try:
                 records.append(sender.send_message(message))
             except errors.MalformedMessage:  # text XML cannot carry
@@ -570,13 +571,13 @@ def honest_stream(actions: list[Any], ending: str, limits: RecordLimits | None =
         elif kind == "data":
             records.append(sender.send_data(argument))
         elif kind == "ping":
-            records.append(sender.send_message(messages.Ping()))
+            records.append(sender.send_message(wire_application.Ping()))
         elif kind == "presence":
-            records.append(sender.send_message(messages.Presence(argument)))
+            records.append(sender.send_message(wire_application.Presence(argument)))
         else:
             records.append(sender.update_keys())
     if not records:  # every message was text XML cannot carry
-        records.append(sender.send_message(messages.Ping()))
+        records.append(sender.send_message(wire_application.Ping()))
     if ending == "close":
         records.append(sender.close("bye"))
     elif ending == "alert":
@@ -669,7 +670,7 @@ class RecordFuzzTests(SynchronousTestCase):
                 lie = ops[0][2] % (len(records[index]) + 8)
                 changed[index] = lie.to_bytes(4, "big") + records[index][4:]
             else:  # a clear alert or a handshake frame where a record belongs
-                changed.insert(index, encode_frame(messages.alert_for(errors.BadFinished())) if ops[0][2] % 2 else recording().frames["M2"])
+                changed.insert(index, encode_frame(wire_handshake.alert_for(errors.BadFinished())) if ops[0][2] % 2 else recording().frames["M2"])
             stream = b"".join(changed)
         delivered, error = receive_all(receiver, cut(stream, cuts))
         if error is not None and not isinstance(error, errors.SixChatError) and not tolerated(error):
@@ -711,7 +712,7 @@ class RecordFuzzTests(SynchronousTestCase):
                 pass  # _seal sends a key update under the old key first
             before = {(protection.secret, protection.sequence)}
             if kind == "message":
-                stream += sender.send_message(messages.Ping())
+                stream += sender.send_message(wire_application.Ping())
             elif kind == "data":
                 stream += sender.send_data(b"x")
             else:
@@ -790,7 +791,7 @@ class PeerConnectionFuzzTests(SynchronousTestCase):
                 attacker.outbox = []
                 if attacker.session is not None and attacker.session.is_open and _round >= 1:
                     for _ in range(rnd.randrange(4)):
-                        message = messages.ChatMessage(f"m{len(sent_messages)}")
+                        message = wire_application.ChatMessage(f"m{len(sent_messages)}")
                         sent_messages.append(message)
                         outgoing.extend(split_frames(attacker.session.send_message(message)))
                     if rnd.random() < 0.2:

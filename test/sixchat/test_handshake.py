@@ -36,7 +36,8 @@ from sixchat.record import (
     MessageReceived,
     RecordLimits,
 )
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from test import pki
 from test.sixchat_certs import (
     Endpoint,
@@ -76,7 +77,7 @@ def tamper_frame(name: str, change: Callable[[bytes], bytes | None]) -> Tamper:
 
 def rewrite(frame: bytes, **changes: Any) -> bytes:
     """Re-encode a clear handshake frame with some fields changed."""
-    message: Any = messages.parse_handshake_frame(frame[4:])
+    message: Any = wire_handshake.parse_handshake_frame(frame[4:])
     return encode_frame(dataclasses.replace(message, **changes).to_xml())
 
 
@@ -100,7 +101,7 @@ def deterministic_frames() -> dict[str, bytes]:
 
 def alert_error(data: bytes) -> errors.SixChatError:
     """The error a clear alert frame reports."""
-    return messages.parse_alert(data[4:])
+    return wire_handshake.parse_alert(data[4:])
 
 
 class HandshakeTestCase(TestCase):
@@ -168,7 +169,7 @@ class CompleteHandshakeTests(HandshakeTestCase):
         )
         assert alice.session and bob.session
         for number in range(8):
-            alice.send(alice.session.send_message(messages.ChatMessage(f"hi {number}")))
+            alice.send(alice.session.send_message(wire_application.ChatMessage(f"hi {number}")))
             bob.send(bob.session.send_data(bytes([number]) * 1000))
         exchange(alice, bob)
         texts = [
@@ -222,7 +223,7 @@ class CompleteHandshakeTests(HandshakeTestCase):
         assert alice.session is not None
         self.assertIsNone(bob.completed)
         self.assertEqual(len(bob.verifications), 1)
-        alice.send(alice.session.send_message(messages.ChatMessage("early")))
+        alice.send(alice.session.send_message(wire_application.ChatMessage("early")))
         alice.send(alice.session.send_data(b"early data"))
         exchange(alice, bob)
         self.assertEqual(bob.session_events, [])
@@ -255,7 +256,7 @@ class RejectionTests(HandshakeTestCase):
         alice.start()
         exchange(alice, bob)
         assert alice.session is not None
-        alice.send(alice.session.send_message(messages.ChatMessage("early")))
+        alice.send(alice.session.send_message(wire_application.ChatMessage("early")))
         exchange(alice, bob)
         bob.decide(errors.PeerRejected(reason="denied"))
         exchange(alice, bob)
@@ -351,7 +352,7 @@ class StateMachineTests(HandshakeTestCase):
     def test_data_before_start(self) -> None:
         """The initiator speaks first: data before start() fails the handshake."""
         handshake = initiator()
-        frame = encode_frame(messages.alert_for(errors.Timeout()))
+        frame = encode_frame(wire_handshake.alert_for(errors.Timeout()))
         events = handshake.receive_data(frame)
         (event,) = events
         assert isinstance(event, HandshakeAborted)
@@ -446,7 +447,7 @@ class ImpersonationTests(HandshakeTestCase):
             def _auth_frame(self, label: bytes) -> bytes:
                 assert self._send_handshake is not None
                 sealed = self._send_handshake.seal(old_auth, SEALED_AAD)
-                return encode_frame(messages.Sealed(sealed).to_xml())
+                return encode_frame(wire_handshake.Sealed(sealed).to_xml())
 
         attacker_credentials = forged_credentials(
             identity=BOB, certificates=user("bob"), private_key=user("alice").private_key
@@ -700,8 +701,8 @@ class KeyShareTests(HandshakeTestCase):
     def test_malformed_mlkem_key(self) -> None:
         """An encapsulation key with coefficients over q fails the FIPS 203 check."""
         frames = deterministic_frames()
-        hello = messages.parse_handshake_frame(frames["M1"][4:])
-        assert isinstance(hello, messages.Hello)
+        hello = wire_handshake.parse_handshake_frame(frames["M1"][4:])
+        assert isinstance(hello, wire_handshake.Hello)
         bad_key = b"\xff" * 1152 + hello.mlkem_key[1152:]
         tamper = tamper_frame("M1", functools.partial(rewrite, mlkem_key=bad_key))
         _alice, bob = connect(tamper=tamper)
@@ -791,7 +792,7 @@ class MalformedInputTests(HandshakeTestCase):
         self.assertIsInstance(self.feed(frames["M2b"], started), errors.UnexpectedMessage)
         started = initiator(deterministic=True)
         started.start()
-        alert = encode_frame(messages.alert_for(errors.Timeout()))
+        alert = encode_frame(wire_handshake.alert_for(errors.Timeout()))
         error = self.feed(frames["M2"] + alert, started)
         self.assertIsInstance(error, errors.UnexpectedMessage)
 
@@ -799,7 +800,7 @@ class MalformedInputTests(HandshakeTestCase):
         """An alert from the peer fails the handshake without an alert back."""
         started = initiator()
         started.start()
-        events = started.receive_data(encode_frame(messages.alert_for(errors.RateLimited())))
+        events = started.receive_data(encode_frame(wire_handshake.alert_for(errors.RateLimited())))
         (aborted,) = events
         assert isinstance(aborted, HandshakeAborted)
         self.assertIsInstance(aborted.error, errors.RateLimited)
@@ -808,7 +809,7 @@ class MalformedInputTests(HandshakeTestCase):
         """A responder whose first frame is an alert fails without an alert back."""
         waiting = responder()
         waiting.start()
-        events = waiting.receive_data(encode_frame(messages.alert_for(errors.Timeout())))
+        events = waiting.receive_data(encode_frame(wire_handshake.alert_for(errors.Timeout())))
         (aborted,) = events
         assert isinstance(aborted, HandshakeAborted)
         self.assertIsInstance(aborted.error, errors.Timeout)
@@ -907,8 +908,8 @@ class SessionAfterHandshakeTests(HandshakeTestCase):
     def test_dropped_first_record(self) -> None:
         alice, bob = connect()
         assert alice.session and bob.session
-        alice.session.send_message(messages.Ping())
-        bob.deliver(alice.session.send_message(messages.Pong()))
+        alice.session.send_message(wire_application.Ping())
+        bob.deliver(alice.session.send_message(wire_application.Pong()))
         self.assertIsInstance(bob.session_error, errors.DecryptFailed)
         self.assertEqual(bob.session_events, [])
 
@@ -920,7 +921,7 @@ class SessionAfterHandshakeTests(HandshakeTestCase):
         )
         assert alice.session and bob.session
         for _ in range(5):
-            alice.send(alice.session.send_message(messages.Ping()))
+            alice.send(alice.session.send_message(wire_application.Ping()))
         exchange(alice, bob)
         self.assertEqual(len(bob.session_events), 4)
         self.assertIsInstance(bob.session_error, errors.SequenceExhausted)

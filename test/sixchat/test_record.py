@@ -27,7 +27,8 @@ from sixchat.record import (
     Session,
     TrafficProtection,
 )
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from test.sixchat_certs import small_limits, user
 
 SECRET_A = bytes(range(48))
@@ -77,7 +78,7 @@ class RecordFormatTests(TestCase):
         plaintext = AESGCM(keys.key).decrypt(keys.iv, record[5:], record[:5])
         self.assertEqual(plaintext, b"\x02hello")
         # The second record uses IV XOR 1.
-        second = alice.send_message(messages.Ping())
+        second = alice.send_message(wire_application.Ping())
         nonce = (int.from_bytes(keys.iv, "big") ^ 1).to_bytes(12, "big")
         self.assertEqual(
             AESGCM(keys.key).decrypt(nonce, second[5:], second[:5]), b"\x01<ping/>"
@@ -104,11 +105,11 @@ class SessionTests(TestCase):
 
     def test_round_trip(self) -> None:
         alice, bob = session_pair()
-        message = messages.ChatMessage("héllo <world> & \"friends\"\r\n")
+        message = wire_application.ChatMessage("héllo <world> & \"friends\"\r\n")
         events = bob.receive_data(
             alice.send_message(message)
             + alice.send_data(b"\x00\x01binary")
-            + alice.send_message(messages.Presence("away"))
+            + alice.send_message(wire_application.Presence("away"))
             + alice.send_data(b"")
         )
         self.assertEqual(len(events), 4)
@@ -117,7 +118,7 @@ class SessionTests(TestCase):
         self.assertEqual(first.message, message)
         self.assertEqual(first.element.tag, "message")
         self.assertEqual(events[1], DataReceived(b"\x00\x01binary"))
-        self.assertEqual(events[2].message, messages.Presence("away"))  # type: ignore[union-attr]
+        self.assertEqual(events[2].message, wire_application.Presence("away"))  # type: ignore[union-attr]
         self.assertEqual(events[3], DataReceived(b""))
 
     def test_element_and_bytes(self) -> None:
@@ -127,19 +128,19 @@ class SessionTests(TestCase):
         events = bob.receive_data(alice.send_message(element) + alice.send_message(b"<pong/>"))
         self.assertEqual(
             [event.message for event in events],  # type: ignore[union-attr]
-            [messages.Receipt("00000000-0000-4000-8000-000000000000"), messages.Pong()],
+            [wire_application.Receipt("00000000-0000-4000-8000-000000000000"), wire_application.Pong()],
         )
         self.assertRaises(errors.MalformedMessage, alice.send_message, b"<unknown/>")
         self.assertRaises(errors.MalformedMessage, alice.send_message, make_element("x"))
         with self.assertRaises(errors.MalformedMessage) as caught:
-            alice.send_message(messages.ChatMessage("bell \x07"))
+            alice.send_message(wire_application.ChatMessage("bell \x07"))
         self.assertFalse(caught.exception.fatal)
         # Refusals leave the session usable.
-        bob.receive_data(alice.send_message(messages.Ping()))
+        bob.receive_data(alice.send_message(wire_application.Ping()))
 
     def test_byte_by_byte(self) -> None:
         alice, bob = session_pair()
-        data = alice.send_data(os.urandom(3000)) + alice.send_message(messages.Ping())
+        data = alice.send_data(os.urandom(3000)) + alice.send_message(wire_application.Ping())
         events = []
         for position in range(len(data)):
             events.extend(bob.receive_data(data[position : position + 1]))
@@ -257,7 +258,7 @@ class TamperTests(TestCase):
     def test_every_bit(self) -> None:
         """Flipping any bit of a record never delivers anything."""
         alice, _ = session_pair()
-        record = alice.send_message(messages.ChatMessage("secret"))
+        record = alice.send_message(wire_application.ChatMessage("secret"))
         for position in range(len(record)):
             for bit in range(8):
                 _, bob = session_pair()
@@ -482,13 +483,13 @@ class CloseTests(TestCase):
     def test_clear_alert_first(self) -> None:
         """A clear alert as the very first frame (the handshake failed late) is reported."""
         _, bob = session_pair()
-        frame = encode_frame(messages.alert_for(errors.BadFinished()))
+        frame = encode_frame(wire_handshake.alert_for(errors.BadFinished()))
         self.assertRaises(errors.BadFinished, bob.receive_data, frame)
 
     def test_clear_alert_later(self) -> None:
         alice, bob = session_pair()
         bob.receive_data(alice.send_data(b"x"))
-        frame = encode_frame(messages.alert_for(errors.BadFinished()))
+        frame = encode_frame(wire_handshake.alert_for(errors.BadFinished()))
         self.assertRaises(errors.MalformedMessage, bob.receive_data, frame)
 
     def test_close_reason_checked(self) -> None:
@@ -498,6 +499,6 @@ class CloseTests(TestCase):
 
     def test_serialized_element(self) -> None:
         alice, bob = session_pair()
-        element = messages.ChatMessage("x").to_element()
+        element = wire_application.ChatMessage("x").to_element()
         events = bob.receive_data(alice.send_message(serialize(element)))
         self.assertEqual(events[0].message.text, "x")  # type: ignore[union-attr]

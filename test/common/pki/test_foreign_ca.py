@@ -30,7 +30,7 @@ from irp.server.service import RegistryService, RegistrySettings
 from irp.tap import Options
 from sixchat import errors
 from sixchat.handshake import LocalCredentials
-from sixchat.wire.messages import ChatMessage
+from sixchat.wire.application import ChatMessage
 from test import pki
 from test.helpers import (
     BareOwner,

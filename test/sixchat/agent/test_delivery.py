@@ -154,7 +154,7 @@ class ExplainTests(TestCase):
 
     def test_refusals_reported_by_the_peer(self) -> None:
         from sixchat.agent.outcome import explain
-        from sixchat.wire.messages import Alert, error_from_alert
+        from sixchat.wire.handshake import Alert, error_from_alert
 
         seen = {}
         for reason in ("policy", "revoked", "expired", "untrusted-ca"):

@@ -765,7 +765,7 @@ class CertificateAndPolicyTests(AgentTestCase):
         under ``anyone`` (Alice checks his certificate against his registry's CRL); refused
         by Carol, who does not trust his domain at all."""
         from common.profile import Profile
-        from sixchat.wire.messages import ChatMessage
+        from sixchat.wire.application import ChatMessage
         from test.helpers import BareOwner, credentials_of, dial_bare, make_profile
 
         other = await RunningRegistry(self, domain="other.example").start()
@@ -824,7 +824,7 @@ class HostileBytesTests(AgentTestCase):
 
     async def attack(self, agent: Agent, data: bytes, clock: Any = None, wait: float = 0.0) -> tuple[errors.SixChatError | None, list[str]]:
         """Send ``data`` to ``agent``; return the alert it answered with and its log."""
-        from sixchat.wire.messages import parse_alert
+        from sixchat.wire.handshake import parse_alert
         from test.helpers import RawPeer, frames_of
 
         address = endpoint_of(agent)
@@ -948,7 +948,7 @@ class LifecycleTests(AgentTestCase):
         self.assertTrue(all(connection.disconnected for connection in connections))
 
     async def test_ping_and_idle(self) -> None:
-        from sixchat.wire.messages import Ping, Pong
+        from sixchat.wire.application import Ping, Pong
 
         clock = fake_clock_now()
         alice, alice_events, bob, bob_events = await self.pair(clock=clock)
@@ -1036,7 +1036,7 @@ class LifecycleTests(AgentTestCase):
 class ReceiptAndRenewalTests(AgentTestCase):
     async def test_receipt_only_counts_from_the_recipient(self) -> None:
         """Bob cannot mark Alice's message to Carol as delivered by sending its id."""
-        from sixchat.wire.messages import Receipt
+        from sixchat.wire.application import Receipt
 
         alice, alice_events, bob, bob_events = await self.pair()
         await self.user("carol")
@@ -1051,7 +1051,7 @@ class ReceiptAndRenewalTests(AgentTestCase):
     async def test_message_id_of_another_conversation(self) -> None:
         """A message reusing the id of a message Alice already holds (from someone else) is
         not taken as a resend of it: it is refused, and no receipt confirms it."""
-        from sixchat.wire.messages import ChatMessage, Receipt
+        from sixchat.wire.application import ChatMessage, Receipt
 
         alice, alice_events, bob, bob_events = await self.pair()
         carol, carol_events = await self.agent("carol", contacts=("alice",))

@@ -20,7 +20,7 @@ from sixchat.agent.responder import ResponderFactory
 from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.protocol import PeerConnection
-from sixchat.wire.messages import alert_for, parse_alert
+from sixchat.wire.handshake import alert_for, parse_alert
 from test.sixchat.agent import test_service as test_agent
 from test.sixchat.agent.test_service import ALICE, AgentTestCase, endpoint_of, log_text
 

@@ -24,7 +24,8 @@ from sixchat import errors
 from sixchat.handshake import Role
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
 from sixchat.record import MAX_RECORD_PAYLOAD
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from test import sixchat_certs
 from test.helpers import BareOwner, frames_of
 
@@ -74,7 +75,7 @@ def holding(held: list[Deferred[None]]) -> Any:
 def alert_in(data: bytes) -> errors.SixChatError:
     """The clear alert that ``data`` holds (exactly one frame)."""
     (payload,) = frames_of(data)
-    return messages.parse_alert(payload)
+    return wire_handshake.parse_alert(payload)
 
 
 class EstablishedTests(TestCase):
@@ -85,11 +86,11 @@ class EstablishedTests(TestCase):
         self.assertEqual(pair.bob.verified, [Identity.parse("alice@example.org")])
         self.assertEqual(pair.client.peer, BOB)
         self.assertEqual(self.successResultOf(pair.client.when_established()), pair.client)
-        pair.client.send(messages.ChatMessage("hello"))
-        pair.server.send(messages.Presence("busy"))
+        pair.client.send(wire_application.ChatMessage("hello"))
+        pair.server.send(wire_application.Presence("busy"))
         pair.pump.flush()
-        self.assertEqual([type(m) for m in pair.bob.messages], [messages.ChatMessage])
-        self.assertEqual(pair.alice.messages, [messages.Presence("busy")])
+        self.assertEqual([type(m) for m in pair.bob.messages], [wire_application.ChatMessage])
+        self.assertEqual(pair.alice.messages, [wire_application.Presence("busy")])
 
         pair.client.close("bye")
         pair.pump.flush()
@@ -99,15 +100,15 @@ class EstablishedTests(TestCase):
         self.assertTrue(pair.client.disconnected and pair.server.disconnected)
         self.assertEqual(self.successResultOf(pair.client.when_lost()), None)
         with self.assertRaises(errors.Closed):
-            pair.client.send(messages.Ping())
+            pair.client.send(wire_application.Ping())
         self.assertEqual(pair.clock.getDelayedCalls(), [])
 
     def test_ping_gets_no_answer_from_the_adapter(self) -> None:
         """Ping/pong is the agent's business: the adapter only delivers."""
         pair = Pair()
-        pair.client.send(messages.Ping())
+        pair.client.send(wire_application.Ping())
         pair.pump.flush()
-        self.assertEqual(pair.bob.messages, [messages.Ping()])
+        self.assertEqual(pair.bob.messages, [wire_application.Ping()])
 
     def test_truncation(self) -> None:
         pair = Pair()
@@ -157,7 +158,7 @@ class EstablishedTests(TestCase):
         alice = pair.client.session
         assert alice is not None
         after = alice.close("bye")
-        after += alice._sending.seal_record(InnerType.APPLICATION, messages.encode_application(messages.Ping()))
+        after += alice._sending.seal_record(InnerType.APPLICATION, wire_application.encode_application(wire_application.Ping()))
         sent = len(b"".join(pair.server.transport.stream))  # type: ignore[union-attr]
         with capturedLogs() as logs:
             pair.server.dataReceived(after)
@@ -165,7 +166,7 @@ class EstablishedTests(TestCase):
         # Exactly one record: the alert, not a close; Alice opens it as unexpected-message.
         (record,) = frames_of(written)
         self.assertEqual(alice.receive_data(written)[0].error.name, "unexpected-message")  # type: ignore[union-attr]
-        self.assertEqual(len(record), 1 + 1 + len(messages.alert_for(errors.UnexpectedMessage())) + 16)
+        self.assertEqual(len(record), 1 + 1 + len(wire_handshake.alert_for(errors.UnexpectedMessage())) + 16)
         [(_, error)] = pair.bob.ended
         self.assertIsInstance(error, errors.UnexpectedMessage)
         self.assertTrue(any("after the peer's close" in line for line in lines(logs)), lines(logs))
@@ -173,7 +174,7 @@ class EstablishedTests(TestCase):
     def test_idle_session_closes_cleanly(self) -> None:
         pair = Pair()
         pair.clock.advance(LIMITS.idle_timeout - 1)
-        pair.client.send(messages.Ping())
+        pair.client.send(wire_application.Ping())
         pair.pump.flush()
         pair.clock.advance(2)
         # Bob's idle timer was reset by the ping; Alice's was not (she received nothing).
@@ -257,7 +258,7 @@ class HandshakeTimeTests(TestCase):
         clock = Clock()
         connection, _transport, _owner = responder_on_string_transport(clock)
         with self.assertRaises(errors.Closed):
-            connection.send(messages.Ping())
+            connection.send(wire_application.Ping())
 
     def test_close_during_the_handshake_sends_an_alert(self) -> None:
         clock = Clock()
@@ -274,7 +275,7 @@ class VerificationTests(TestCase):
     def test_a_late_verdict_completes(self) -> None:
         held: list[Deferred[None]] = []
         pair = Pair(bob_verdict=holding(held))
-        pair.client.send(messages.ChatMessage("early"))
+        pair.client.send(wire_application.ChatMessage("early"))
         pair.pump.flush()
         self.assertEqual((len(held), pair.bob.messages), (1, []))
         self.assertFalse(pair.server.is_established)
@@ -282,7 +283,7 @@ class VerificationTests(TestCase):
         pair.pump.flush()
         self.assertTrue(pair.server.is_established)
         # What arrived meanwhile is delivered once the peer is accepted.
-        self.assertEqual([type(m) for m in pair.bob.messages], [messages.ChatMessage])
+        self.assertEqual([type(m) for m in pair.bob.messages], [wire_application.ChatMessage])
 
     def test_pausing_uses_the_transport(self) -> None:
         clock = Clock()
@@ -334,7 +335,7 @@ class VerificationTests(TestCase):
         reject = errors.PeerRejected("alice is not a contact", reason="not-a-contact")
         held: list[Deferred[None]] = []
         pair = Pair(bob_verdict=holding(held))
-        pair.client.send(messages.ChatMessage("sent before the verdict arrived"))
+        pair.client.send(wire_application.ChatMessage("sent before the verdict arrived"))
         pair.pump.flush()
         held[0].errback(reject)
         pair.pump.flush()

@@ -19,7 +19,8 @@ from twisted.trial.unittest import TestCase
 from common.identity import Identity
 from sixchat import errors
 from sixchat.handshake import SendData
-from sixchat.wire import messages
+from sixchat.wire import application as wire_application
+from sixchat.wire import handshake as wire_handshake
 from test.helpers import REPOSITORY
 from test.sixchat_certs import Endpoint, connect, exchange, initiator, responder, user
 
@@ -57,16 +58,16 @@ def handshake_documents(**options: Any) -> list[bytes]:
     return documents
 
 
-GOOD_HELLO = messages.Hello(
+GOOD_HELLO = wire_handshake.Hello(
     to=Identity("bob", "example.org"),
     random=bytes(range(32)),
     x25519_key=bytes(range(1, 33)),
     mlkem_key=os.urandom(1184),
 )
-GOOD_REPLY = messages.Reply(
+GOOD_REPLY = wire_handshake.Reply(
     random=bytes(32), x25519_key=bytes(range(32)), mlkem_ciphertext=os.urandom(1088)
 )
-GOOD_AUTH = messages.Auth(
+GOOD_AUTH = wire_handshake.Auth(
     certificates=(b"\x30\x03\x02\x01\x01", b"\x30\x00"),
     signature_algorithm="ed25519",
     signature=os.urandom(64),
@@ -166,12 +167,12 @@ def parse_any(document: bytes) -> object:
     root = etree.fromstring(document)
     tag = root.tag
     if tag in ("hello", "reply", "sealed", "alert"):
-        return messages.parse_handshake_frame(document)
+        return wire_handshake.parse_handshake_frame(document)
     if tag == "auth":
-        return messages.parse_sealed_content(document)
+        return wire_handshake.parse_sealed_content(document)
     if tag == "close":
-        return messages.parse_close(document)
-    return messages.parse_application(document)
+        return wire_application.parse_close(document)
+    return wire_application.parse_application(document)
 
 
 class SchemaTests(TestCase):
@@ -200,9 +201,9 @@ class SchemaTests(TestCase):
 
     def test_alerts(self) -> None:
         for cls in errors.error_classes():
-            self.assertValid(messages.alert_for(cls()))
+            self.assertValid(wire_handshake.alert_for(cls()))
         for reason in errors.PEER_REJECTED_WIRE_REASONS:
-            self.assertValid(messages.alert_for(errors.PeerRejected(reason=reason)))
+            self.assertValid(wire_handshake.alert_for(errors.PeerRejected(reason=reason)))
 
     def test_alert_frames_of_a_failed_handshake(self) -> None:
         """Clear and sealed alerts sent by failing handshakes are valid too."""
@@ -224,27 +225,27 @@ class SchemaTests(TestCase):
         self.assertValid(clear.data[4:])
 
     def test_application_messages(self) -> None:
-        produced: list[messages.ApplicationMessage] = [
-            messages.ChatMessage("hello"),
-            messages.ChatMessage(""),
-            messages.ChatMessage("a < b & \"c\" 'd'\r\n\t\u00e9\U0001f600"),
-            messages.ChatMessage(
-                "x" * messages.MAX_TEXT_LENGTH,
+        produced: list[wire_application.ApplicationMessage] = [
+            wire_application.ChatMessage("hello"),
+            wire_application.ChatMessage(""),
+            wire_application.ChatMessage("a < b & \"c\" 'd'\r\n\t\u00e9\U0001f600"),
+            wire_application.ChatMessage(
+                "x" * wire_application.MAX_TEXT_LENGTH,
                 sent=datetime.datetime(2026, 1, 1, 0, 0, 0, 120000, tzinfo=datetime.UTC),
             ),
-            messages.Receipt("abcdef00-0000-4000-8000-000000000000"),
-            messages.Ping(),
-            messages.Pong(),
-            *(messages.Presence(status) for status in messages.PRESENCE_STATUSES),
+            wire_application.Receipt("abcdef00-0000-4000-8000-000000000000"),
+            wire_application.Ping(),
+            wire_application.Pong(),
+            *(wire_application.Presence(status) for status in wire_application.PRESENCE_STATUSES),
         ]
         for message in produced:
-            document = messages.encode_application(message)
+            document = wire_application.encode_application(message)
             self.assertValid(document)
-            parsed, element = messages.parse_application(document)
+            parsed, element = wire_application.parse_application(document)
             self.assertEqual(parsed, message)
             self.assertEqual(element.tag, message.to_element().tag)
-        self.assertValid(messages.encode_close("bye"))
-        self.assertValid(messages.encode_close("x" * 256))
+        self.assertValid(wire_application.encode_close("bye"))
+        self.assertValid(wire_application.encode_close("x" * 256))
 
     def test_good_examples_valid(self) -> None:
         for document in (GOOD_HELLO.to_xml(), GOOD_REPLY.to_xml(), GOOD_AUTH.to_xml()):
@@ -259,10 +260,10 @@ class SchemaTests(TestCase):
         """White space between elements is insignificant to both."""
         pretty = etree.tostring(etree.fromstring(GOOD_HELLO.to_xml()), pretty_print=True)
         self.assertValid(pretty)
-        self.assertEqual(messages.parse_handshake_frame(pretty), GOOD_HELLO)
+        self.assertEqual(wire_handshake.parse_handshake_frame(pretty), GOOD_HELLO)
 
     def test_overlong_text(self) -> None:
-        message = messages.ChatMessage("x" * (messages.MAX_TEXT_LENGTH + 1))
-        document = messages.encode_application(message)
+        message = wire_application.ChatMessage("x" * (wire_application.MAX_TEXT_LENGTH + 1))
+        document = wire_application.encode_application(message)
         self.assertFalse(schema().validate(etree.fromstring(document)))
-        self.assertRaises(errors.MessageTooLarge, messages.parse_application, document)
+        self.assertRaises(errors.MessageTooLarge, wire_application.parse_application, document)
