@@ -189,6 +189,11 @@ class RegistryService(service.Service):
                 domain=domain,
                 fingerprint=keyfiles.format_fingerprint(keyfiles.fingerprint(root)),
             )
+        if config.no_cache:
+            log.info(
+                "Running without the caches: {names} (each look-up goes to the database)",
+                names=", ".join(sorted(config.no_cache)),
+            )
         self.factory = RegistryServerFactory(
             self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
         )

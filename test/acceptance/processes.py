@@ -425,10 +425,10 @@ class Deployment:
             self.fail(f"{service.label}: {what} did not show in its log within {timeout:.0f} s" + (" (it exited)" if ended else ""))
         return match
 
-    def start_registry(self, domain: str = "example.org", label: str = "registry") -> Registry:
-        """``twistd -n irp --domain DOMAIN`` with the shipped defaults, listening on a free
-        loopback port; returns once it says it listens."""
-        service = self.spawn(label, "-n", "irp", "--domain", domain, "--listen", "tcp:0:interface=127.0.0.1")
+    def start_registry(self, domain: str = "example.org", label: str = "registry", *options: str) -> Registry:
+        """``twistd -n irp --domain DOMAIN [OPTIONS]`` with the shipped defaults otherwise,
+        listening on a free loopback port; returns once it says it listens."""
+        service = self.spawn(label, "-n", "irp", "--domain", domain, "--listen", "tcp:0:interface=127.0.0.1", *options)
         port = int(self.wait_for(service, LISTENING, "the registry's listening port").group(1))
         return Registry(service, domain, port, service.cwd)
 
