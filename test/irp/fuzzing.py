@@ -740,7 +740,7 @@ def crafted_der(defect: str, username: str = "alice", *, external: bool = False)
     care.)
     """
     if external:
-        from test.irp.wire.test_schema import external_certificate
+        from test.irp.wire.helpers import external_certificate
 
         certificate = external_certificate(username)
     else:

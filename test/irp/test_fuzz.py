@@ -804,7 +804,7 @@ async def drive_every_operation(running: Any) -> None:
     assert fetched.data is not None
     await alice.upload_pkcs12(fetched.data, label="escrow")
     renewed = await alice.renew(entry.serial)
-    from test.irp.wire.test_schema import external_certificate
+    from test.irp.wire.helpers import external_certificate
 
     await alice.upload_certificate(external_certificate("alice"))
     await alice.revoke(renewed.serial, "key-compromise")
