@@ -181,7 +181,7 @@ class InitByDiscoveryTests(CLITestCase):
     def resolver(self, records: list[tuple[int, int, int, str]]) -> Any:
         from twisted.names import client, dns, server
 
-        from test.irp.client.test_discovery import ZoneAuthority, srv
+        from test.irp.client.helpers import ZoneAuthority, srv
 
         zone = ZoneAuthority("example.org", {b"_irp._tcp.example.org": [srv(*record) for record in records]})
         protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone]))

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from common.identity import Identity
 from sixchat.wire.application import MAX_TEXT_LENGTH
 from test.helpers import REPOSITORY
-from test.sixchat.agent.test_service import AgentTestCase
+from test.sixchat.agent.helpers import AgentTestCase
 
 ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")

@@ -78,7 +78,7 @@ from sixchat.record import (
 from sixchat.wire import application as wire_application
 from sixchat.wire import handshake as wire_handshake
 from test.helpers import BareOwner
-from test.irp.test_fuzz import (
+from test.irp.fuzzing import (
     CRAFTED_DEFECTS,
     Findings,
     crafted_der,

@@ -10,7 +10,7 @@ from common.pki.certificates import UnusableCertificate, load_certificate, load_
 from irp.cli import make_csr
 from irp.server.ca import generate_key
 from test import pki
-from test.irp.test_fuzz import crafted_pem
+from test.irp.fuzzing import crafted_pem
 
 
 class LoadCertificateTests(SynchronousTestCase):

@@ -41,7 +41,7 @@ from test.helpers import (
     run_module,
     start_agent,
 )
-from test.irp.server.test_federation import CrossDomainTestCase
+from test.irp.server.cross_domain import CrossDomainTestCase
 
 ALICE = Identity.parse("alice@example.org")
 BOB = Identity.parse("bob@example.org")

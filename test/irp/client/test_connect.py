@@ -71,7 +71,7 @@ class DiscoveryTests(unittest.TestCase):
         (priority, weight, port, target); a resolver asking it."""
         from twisted.names import client, dns, server
 
-        from test.irp.client.test_discovery import ZoneAuthority, srv
+        from test.irp.client.helpers import ZoneAuthority, srv
 
         zone = ZoneAuthority(DOMAIN, {b"_irp._tcp.example.org": [srv(*record) for record in records]})
         protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone]))

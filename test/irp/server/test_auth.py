@@ -14,7 +14,7 @@ from irp.server.session import Session
 from irp.wire.messages import build_request, parse_request
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, TEST_PARAMETERS, EnrolledUser
-from test.irp.server.test_registry import (
+from test.irp.server.helpers import (
     DOMAIN,
     RegistryTestCase,
     login_element,

@@ -45,7 +45,7 @@ from irp.server.ca import generate_key
 from irp.wire.elements import pem_text
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
-from test.irp.server.test_protocol import make_registry
+from test.irp.server.helpers import make_registry
 
 KINDS = ("anonymous", "password", "certificate", "other", "admin", "disabled", "revoked")
 

@@ -15,7 +15,7 @@ from irp import errors
 from irp.server.dispatch import CHILD_FIELDS
 from irp.server.session import Session, SessionState
 from irp.wire.messages import build_request, parse_request
-from test.irp.server.test_protocol import make_registry
+from test.irp.server.helpers import make_registry
 
 
 class RegistryUnitTests(unittest.SynchronousTestCase):

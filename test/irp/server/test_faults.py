@@ -23,8 +23,6 @@ from cryptography import x509
 from twisted.internet import error as internet_error
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from common.pki.keyfiles import fingerprint, load_certificates
@@ -34,43 +32,12 @@ from irp.client import RegistryClient, connect
 from irp.server.ca import generate_key
 from irp.wire.records import Endpoint
 from test.helpers import REPOSITORY
+from test.irp.server.helpers import RegistryProcess
 
 ROUNDS = int(os.environ.get("IRP_FAULT_ROUNDS", "3"))
 #: Certificates a worker keeps at most (the registry allows 50 current ones per user).
 CERTIFICATES_HELD = 20
 USERS = 4
-_LISTENING = re.compile(rb"listening on \S+ port (\d+)")
-
-
-class RegistryProcess(ProcessProtocol):
-    """``twistd irp`` in a child process; ``listening`` fires with its port once ready."""
-
-    ready = _LISTENING
-
-    def __init__(self) -> None:
-        self.listening: Deferred[int] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.output = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        port = _LISTENING.search(self.output)
-        if port and self.ready.search(self.output) and not self.listening.called:
-            self.listening.callback(int(port.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.listening.called:
-            self.listening.errback(RuntimeError("the registry exited before listening:\n" + self.output.decode(errors="replace")[-3000:]))
-        self.ended.callback(None)
-
-    def kill(self) -> Deferred[None]:
-        try:
-            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
-        except internet_error.ProcessExitedAlready:
-            pass
-        return self.ended
 
 
 def start_registry(data_dir: str) -> tuple[RegistryProcess, Deferred[int]]:

@@ -15,7 +15,7 @@ from irp.wire.messages import build_request, parse_request
 from irp.wire.records import Endpoint
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
-from test.irp.server.test_registry import DOMAIN, login_element
+from test.irp.server.helpers import DOMAIN, login_element
 
 
 class PasswordLoginDisabledTests(unittest.TestCase):

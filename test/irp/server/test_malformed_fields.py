@@ -22,7 +22,7 @@ from irp import errors
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
 from test import pki
 from test.helpers import REPOSITORY, RunningRegistry
-from test.irp.server.test_protocol import CLIENT_HOST, FakeTLSTransport, make_registry, responses
+from test.irp.server.helpers import CLIENT_HOST, FakeTLSTransport, make_registry, responses
 
 SPEC = os.path.join(REPOSITORY, "docs", "irp.rst")
 

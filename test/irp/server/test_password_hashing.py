@@ -19,9 +19,8 @@ from irp.client import connect
 from irp.server.passwords import Argon2Parameters
 from irp.server.session import Session
 from irp.wire.messages import build_request, parse_request
-from test.helpers import DEFAULT_PASSWORD, RunningRegistry
-from test.irp.server.test_faults import REPOSITORY, RegistryProcess
-from test.irp.server.test_registry import login_element
+from test.helpers import DEFAULT_PASSWORD, REPOSITORY, RunningRegistry
+from test.irp.server.helpers import RegistryProcess, login_element
 
 
 class ShippedParametersTests(unittest.TestCase):

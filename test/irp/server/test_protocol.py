@@ -14,73 +14,27 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from common.identity import Identity
 from common.pki.trust import TrustStore
-from common.wire.framing import FrameDecoder, encode_frame
+from common.wire.framing import encode_frame
 from common.wire.xmlcodec import Element, make_element
 from irp import errors
 from irp.server.dispatch import Operation
-from irp.server.passwords import PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
-from irp.server.registry import Registry, RegistryConfig
 from irp.server.session import Session, SessionState
-from irp.wire.messages import parse_response
 from test import pki
-from test.helpers import TEST_PARAMETERS
-
-CLIENT_HOST = "192.0.2.10"
-
-
-class FakeTLSHandle:
-    """What ``transport.getHandle()`` returns for TLS: the peer's certificates."""
-
-    def __init__(self, peer: x509.Certificate | None = None) -> None:
-        self.peer = peer
-
-    def get_peer_certificate(self, as_cryptography: bool = False) -> x509.Certificate | crypto.X509 | None:
-        if self.peer is None or as_cryptography:
-            return self.peer
-        return crypto.X509.from_cryptography(self.peer)
-
-    def get_peer_cert_chain(self, as_cryptography: bool = False) -> list[x509.Certificate] | list[crypto.X509] | None:
-        if self.peer is None:
-            return None
-        return [self.peer] if as_cryptography else [crypto.X509.from_cryptography(self.peer)]
-
-
-@implementer(ITCPTransport)
-class FakeTCPTransport(StringTransport):
-    """The TCP connection under the TLS one: records its socket options."""
-
-    no_delay = False
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.no_delay = enabled
-
-    def getTcpNoDelay(self) -> bool:
-        return self.no_delay
-
-
-class FakeTLSTransport(StringTransport):
-    """A StringTransport with a TLS handle, over a fake TCP transport."""
-
-    def __init__(self, host: str = CLIENT_HOST, peer: x509.Certificate | None = None) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", host, 40000))
-        self.handle = FakeTLSHandle(peer)
-        self.transport = FakeTCPTransport()
-
-    def getHandle(self) -> FakeTLSHandle:
-        return self.handle
+from test.irp.server.helpers import (
+    CLIENT_HOST,
+    FakeTLSTransport,
+    make_registry,
+    request,
+    responses,
+)
 
 
 class Gate:
@@ -107,48 +61,6 @@ async def echo(session: Session, element: Element) -> list[Element]:
 async def boom(session: Session, element: Element) -> list[Element]:
     """A test operation with a bug."""
     raise ZeroDivisionError("bug")
-
-
-def request(request_id: int, operation: str) -> bytes:
-    return f'<request v="1" id="{request_id}">{operation}</request>'.encode()
-
-
-def responses(transport: StringTransport) -> list[tuple[int, str, Any]]:
-    """Every response written so far: (id, "ok" or the error name, results or message)."""
-    found: list[tuple[int, str, Any]] = []
-    for frame in FrameDecoder(1 << 24).feed(transport.value()):
-        try:
-            response = parse_response(frame)
-        except errors.IRPError as error:
-            found.append((error.request_id, error.name, error.message))  # type: ignore[attr-defined]
-        else:
-            found.append((response.id, "ok", response.results))
-    return found
-
-
-class EmptyStore:
-    """Stands in for the store where a test needs only "no such certificate"."""
-
-    def get_certificate_by_fingerprint(self, digest: str) -> Deferred[None]:
-        return succeed(None)
-
-    def data_version(self) -> None:
-        """No direct reader: nothing is cached."""
-        return None
-
-
-def make_registry(clock: Clock) -> Registry:
-    ca = pki.make_ca()
-    signing_key = ed25519.Ed25519PrivateKey.generate()
-    return Registry(
-        config=RegistryConfig(domain=ca.domain),
-        store=EmptyStore(),  # type: ignore[arg-type]  # the operations used here never touch it
-        ca=ca,
-        signing_certificate=ca.issue_signing_certificate(signing_key.public_key()),
-        hasher=PasswordHasher(TEST_PARAMETERS),
-        clock=clock,
-        run_in_thread=maybeDeferred,
-    )
 
 
 def traceback_depth(error: BaseException) -> int:

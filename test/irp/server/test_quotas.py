@@ -13,7 +13,7 @@ from irp import errors
 from irp.server.ca import generate_key
 from irp.server.registry import RegistryConfig
 from test.helpers import RunningRegistry
-from test.irp.server.test_registry import DOMAIN, csr, pkcs12_bundle
+from test.irp.server.helpers import DOMAIN, csr, pkcs12_bundle
 
 CONNECTIONS = 10
 

@@ -8,145 +8,26 @@ returns and what it changes for everyone else.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from common.pki.keyfiles import fingerprint
-from common.wire.framing import HEADER, FrameDecoder, encode_frame
+from common.wire.framing import HEADER, encode_frame
 from common.wire.xmlcodec import make_element, sub_element
 from irp import errors
 from irp.client import RegistryClient
 from irp.server.ca import generate_key
-from irp.server.registry import RegistryConfig
 from irp.wire.records import Endpoint
 from test import pki
-from test.helpers import DEFAULT_PASSWORD, EnrolledUser, RunningRegistry
-
-T = TypeVar("T")
-
-DOMAIN = "example.org"
-OTHER_PASSWORD = "another good password"
-
-
-def csr(key: Any, *, subject: str = "mallory", extra_san: bool = True) -> bytes:
-    """A CSR for ``key`` whose subject and extensions claim things the registry ignores."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, subject),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "evil.example"),
-            ]
-        )
-    )
-    if extra_san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"irp:{subject}@{DOMAIN}"), x509.DNSName("evil.example")]
-            ),
-            critical=False,
-        ).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def external_certificate(
-    identity: str = f"alice@{DOMAIN}", *, email: str | None = None, expired: bool = False, serial: int | None = None
-) -> x509.Certificate:
-    """A certificate from another organisation's CA naming ``identity`` (or an email)."""
-    partner = pki.make_ca("partner.example")
-    san: list[x509.GeneralName] = [x509.RFC822Name(email)] if email else [x509.UniformResourceIdentifier(f"irp:{identity}")]
-    certificate, _key = pki.build_certificate(
-        partner.issuing_certificate,
-        partner.issuing_key,
-        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]),
-        san=san,
-        not_before=datetime.timedelta(days=-30 if expired else -1),
-        not_after=datetime.timedelta(days=-1 if expired else 30),
-        extended_key_usage=[ExtendedKeyUsageOID.EMAIL_PROTECTION],
-        serial=serial,
-    )
-    return certificate
-
-
-def pkcs12_bundle() -> bytes:
-    """A passphrase-protected PKCS#12 file of another CA's (as a user would escrow)."""
-    credentials = pki.issue_user(pki.make_ca("partner.example"), "alice")
-    return pkcs12.serialize_key_and_certificates(
-        b"alice", credentials.key, credentials.certificate, None,
-        serialization.BestAvailableEncryption(b"escrow passphrase"),
-    )
-
-
-def login_element(user: str, password: str) -> Any:
-    """A <login> operation element."""
-    element = make_element("login", {"user": user})
-    sub_element(element, "password", None, password)
-    return element
-
-
-def tamper(client: RegistryClient, old: bytes, new: bytes) -> None:
-    """Rewrite every response the client receives (as a dishonest registry would)."""
-    protocol = client.protocol
-    deliver = protocol.dataReceived
-    decoder = FrameDecoder(1 << 24)
-
-    def rewrite(data: bytes) -> None:
-        for frame in decoder.feed(data):
-            deliver(encode_frame(frame.replace(old, new)))
-
-    protocol.dataReceived = rewrite  # type: ignore[method-assign]
-
-
-class RegistryTestCase(unittest.TestCase):
-    """Starts a registry per test; helpers for users and assertions."""
-
-    config: RegistryConfig | None = None
-
-    async def start(self, **config: Any) -> RunningRegistry:
-        registry_config = RegistryConfig(domain=DOMAIN, **config) if config else None
-        self.registry = await RunningRegistry(self, config=registry_config).start()
-        return self.registry
-
-    async def fails(self, name: str, awaitable: Awaitable[T]) -> errors.IRPError:
-        """Await ``awaitable``, which must fail with the IRP error of wire name ``name``."""
-        try:
-            result = await awaitable
-        except errors.IRPError as error:
-            self.assertEqual(error.name, name, f"expected {name}, got {error!r}")
-            return error
-        self.fail(f"expected {name}, got the result {result!r}")
-
-    async def user(self, name: str, password: str = DEFAULT_PASSWORD, **fields: Any) -> RegistryClient:
-        """Create a user and return a password-logged-in client of theirs."""
-        await self.registry.add_user(name, password, **fields)
-        return await self.registry.client(name, password)
-
-    async def enrolled(self, name: str) -> tuple[EnrolledUser, RegistryClient]:
-        """Create a user with a certificate; return it and a certificate-logged-in client."""
-        await self.registry.add_user(name)
-        user = await self.registry.issue(name)
-        return user, await self.registry.client(user=user)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+from test.irp.server.helpers import (
+    OTHER_PASSWORD,
+    RegistryTestCase,
+    login_element,
+)
 
 
 class ConnectionTests(RegistryTestCase):
@@ -280,8 +161,6 @@ class ServiceTests(unittest.TestCase):
         except errors.Forbidden:
             return
         self.fail("a former administrator could still create users")
-
-
 
 
 class GivenTLSCertificateTests(unittest.TestCase):

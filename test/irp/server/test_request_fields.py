@@ -16,7 +16,7 @@ from common.wire.framing import encode_frame
 from irp.server.dispatch import CHILD_REQUIRED
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory, RegistryServerProtocol
 from test import pki
-from test.irp.server.test_protocol import CLIENT_HOST, FakeTLSTransport, make_registry, request, responses
+from test.irp.server.helpers import CLIENT_HOST, FakeTLSTransport, make_registry, request, responses
 
 FINGERPRINT = "ab" * 32
 

@@ -10,14 +10,11 @@ fail, as does any message the schema refuses.
 from __future__ import annotations
 
 import base64
-import datetime
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -35,6 +32,7 @@ from irp.wire.messages import Response, error_response
 from irp.wire.records import Endpoint
 from test import pki
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry
+from test.irp.wire.helpers import external_certificate
 from test.irp.wire.observe import start_observing
 from test.irp.wire.schema import load_schema, validate
 
@@ -93,24 +91,6 @@ class SchemaObserver:
             if self.expected_invalid:
                 self.failures.append((b"", "a deliberately invalid request was never sent"))
             self.expected_invalid = 0
-
-
-def external_certificate(username: str, domain: str = "example.org") -> x509.Certificate:
-    """A self-signed certificate from "another issuer" naming ``username@domain``."""
-    certificate, _key = pki.build_certificate(
-        None,
-        None,
-        subject=x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Elsewhere Inc."),
-                x509.NameAttribute(NameOID.COMMON_NAME, username),
-            ]
-        ),
-        san=[x509.UniformResourceIdentifier(f"irp:{username}@{domain}")],
-        not_before=datetime.timedelta(hours=-1),
-        not_after=datetime.timedelta(days=30),
-    )
-    return certificate
 
 
 class RegistryMessagesTests(TestCase):

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from common.identity import Identity
 from common.profile import Profile
 from sixchat.agent.control import ControlError, run_command
-from test.sixchat.agent.test_service import ALICE, BOB, CAROL, AgentTestCase, log_text
+from test.sixchat.agent.helpers import ALICE, BOB, CAROL, AgentTestCase, log_text
 
 NOBODY = Identity.parse("nobody@example.org")
 

@@ -3,7 +3,6 @@ SQLite files and real keys; fake clocks only where a timeout or a retry must pas
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -11,37 +10,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
 from irp.wire.records import Endpoint
 from sixchat import errors
 from sixchat.agent.service import Agent
 from test.helpers import (
-    EnrolledUser,
     EventCollector,
     RunningRegistry,
     closed_port,
     fake_clock_now,
-    start_agent,
 )
-
-ALICE = Identity.parse("alice@example.org")
-BOB = Identity.parse("bob@example.org")
-CAROL = Identity.parse("carol@example.org")
-
-
-def endpoint_of(agent: Agent, index: int = 0) -> Endpoint:
-    """Where ``agent`` listens (its ``index``-th port)."""
-    address = agent.ports[index].getHost()
-    return Endpoint.parse(address.host, address.port)
-
-
-def log_text(events: Any) -> list[str]:
-    """The formatted text of captured log events."""
-    from twisted.logger import formatEvent
-
-    return [formatEvent(event) for event in events]
+from test.sixchat.agent.helpers import ALICE, BOB, CAROL, AgentTestCase, HostileBytesTestCase, endpoint_of, log_text
 
 
 async def failure_of(deferred: Deferred[Any]) -> BaseException:
@@ -52,61 +32,6 @@ async def failure_of(deferred: Deferred[Any]) -> BaseException:
     except Exception as error:  # noqa: BLE001 - the point is to return it
         return error
     raise AssertionError(f"expected a failure, got {result!r}")
-
-
-class AgentTestCase(TestCase):
-    """A registry on 127.0.0.1 and helpers to run agents of its users."""
-
-    timeout = 30
-
-    async def setUp(self) -> None:  # type: ignore[override]
-        self.registry = await RunningRegistry(self).start()
-        self.users: dict[str, EnrolledUser] = {}
-        self.paths: dict[str, str] = {}
-
-    async def user(self, name: str) -> EnrolledUser:
-        """Enrol ``name`` once."""
-        if name not in self.users:
-            self.users[name] = await self.registry.enrol(name)
-            self.paths[name] = os.path.join(os.path.abspath(self.mktemp()), name)
-        return self.users[name]
-
-    async def agent(self, name: str, *, listen: tuple[str, ...] = ("127.0.0.1",), contacts: tuple[str, ...] = (), **settings: Any) -> tuple[Agent, EventCollector]:
-        """Start the agent of ``name`` (same profile folder on every call) with ``contacts``."""
-        user = await self.user(name)
-        agent, events = await start_agent(self, self.registry, user, listen=listen, path=self.paths[name], **settings)
-        assert agent.store is not None
-        for contact in contacts:
-            await agent.store.add_contact(Identity(contact, "example.org"))
-        return agent, events
-
-    async def pair(self, **settings: Any) -> tuple[Agent, EventCollector, Agent, EventCollector]:
-        """Alice on 127.0.0.1 and Bob on ::1, contacts of each other."""
-        alice, alice_events = await self.agent("alice", contacts=("bob",), **settings)
-        bob, bob_events = await self.agent("bob", listen=("::1",), contacts=("alice",), **settings)
-        return alice, alice_events, bob, bob_events
-
-    async def deliver(self, sender: Agent, sender_events: EventCollector, receiver_events: EventCollector, to: Identity, text: str) -> str:
-        """Send ``text`` and wait for it to arrive and for its receipt; returns its id."""
-        message = await sender.send_text(to, text)
-        received = await receiver_events.wait_for(event="message", id=message.id)
-        self.assertEqual(received["text"], text)
-        await sender_events.wait_for(event="receipt", id=message.id)
-        return message.id
-
-    async def settle(self, agent: Agent) -> None:
-        """Wait until no dial of ``agent`` is under way and its store is idle."""
-        while agent.dialer.dialling:
-            waiters = [agent.connect(peer) for peer in list(agent.dialer.dialling)]
-            for waiter in waiters:
-                waiter.addErrback(lambda _: None)
-                await waiter
-        assert agent.store is not None
-        await agent.store.contacts()
-
-    async def history(self, agent: Agent, peer: Identity) -> list[tuple[str, str, str]]:
-        assert agent.store is not None
-        return [(m.direction, m.body, m.state) for m in await agent.store.history(peer)]
 
 
 class TourTests(AgentTestCase):
@@ -387,7 +312,6 @@ class DialerTests(AgentTestCase):
     async def dead_endpoint(self, host: str) -> Endpoint:
         """A loopback address and port where nothing listens (a port just closed)."""
         return Endpoint.parse(host, await closed_port(host))
-
 
 
 def collecting(owners: list[Any], credentials: Any) -> Any:
@@ -818,30 +742,9 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-class HostileBytesTests(AgentTestCase):
+class HostileBytesTests(HostileBytesTestCase):
     """Raw TCP clients sending what no SixChat agent would: the agent answers with an
     alert, closes, logs it, and keeps serving everyone else."""
-
-    async def attack(self, agent: Agent, data: bytes, clock: Any = None, wait: float = 0.0) -> tuple[errors.SixChatError | None, list[str]]:
-        """Send ``data`` to ``agent``; return the alert it answered with and its log."""
-        from sixchat.wire.handshake import parse_alert
-        from test.helpers import RawPeer, frames_of
-
-        address = endpoint_of(agent)
-        before = set(agent.connections)
-        with capturedLogs() as logs:
-            peer = await RawPeer().connect(address.address, address.port)
-            if data:
-                peer.transport.write(data)
-            if clock is not None:
-                await self.settle(agent)
-                clock.advance(wait)
-            received = await peer.closed
-            for connection in set(agent.connections) - before:
-                await connection.when_lost()
-        frames = frames_of(received)
-        self.assertLessEqual(len(frames), 1, frames)
-        return (parse_alert(frames[0]) if frames else None), log_text(logs)
 
     async def assert_still_serving(self, alice: Agent, alice_events: EventCollector, bob: Agent, bob_events: EventCollector) -> None:
         self.assertEqual(alice.connections, set())

@@ -21,8 +21,7 @@ from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.protocol import PeerConnection
 from sixchat.wire.handshake import alert_for, parse_alert
-from test.sixchat.agent import test_service as test_agent
-from test.sixchat.agent.test_service import ALICE, AgentTestCase, endpoint_of, log_text
+from test.sixchat.agent.helpers import ALICE, AgentTestCase, HostileBytesTestCase, endpoint_of, log_text
 
 
 def admission(clock: Clock, **limits: Any) -> HandshakeAdmission:
@@ -121,7 +120,7 @@ class FactoryTests(TestCase):
 class OverSocketsTests(AgentTestCase):
     """Real agents, real sockets on loopback."""
 
-    attack = test_agent.HostileBytesTests.attack
+    attack = HostileBytesTestCase.attack
 
     async def test_concurrent_handshakes_are_capped(self) -> None:
         from test.helpers import RawPeer

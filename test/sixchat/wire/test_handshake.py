@@ -7,7 +7,7 @@ from twisted.trial.unittest import TestCase
 
 from sixchat import errors
 from sixchat.wire import application, handshake
-from test.sixchat.wire.test_schema import GOOD_AUTH, GOOD_HELLO, GOOD_REPLY
+from test.sixchat.wire.helpers import GOOD_AUTH, GOOD_HELLO, GOOD_REPLY
 
 
 class CodecTests(TestCase):

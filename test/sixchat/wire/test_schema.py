@@ -16,12 +16,12 @@ from typing import Any
 from lxml import etree
 from twisted.trial.unittest import TestCase
 
-from common.identity import Identity
 from sixchat import errors
 from sixchat.handshake import SendData
 from sixchat.wire import application as wire_application
 from sixchat.wire import handshake as wire_handshake
 from test.helpers import REPOSITORY
+from test.sixchat.wire.helpers import GOOD_AUTH, GOOD_HELLO, GOOD_REPLY
 from test.sixchat_certs import Endpoint, connect, exchange, initiator, responder, user
 
 SCHEMA_PATH = os.path.join(REPOSITORY, "docs", "schema", "sixchat.rng")
@@ -56,23 +56,6 @@ def handshake_documents(**options: Any) -> list[bytes]:
     assert alice.completed is not None and bob.completed is not None
     documents += [trace["responder_auth"], trace["initiator_auth"]]
     return documents
-
-
-GOOD_HELLO = wire_handshake.Hello(
-    to=Identity("bob", "example.org"),
-    random=bytes(range(32)),
-    x25519_key=bytes(range(1, 33)),
-    mlkem_key=os.urandom(1184),
-)
-GOOD_REPLY = wire_handshake.Reply(
-    random=bytes(32), x25519_key=bytes(range(32)), mlkem_ciphertext=os.urandom(1088)
-)
-GOOD_AUTH = wire_handshake.Auth(
-    certificates=(b"\x30\x03\x02\x01\x01", b"\x30\x00"),
-    signature_algorithm="ed25519",
-    signature=os.urandom(64),
-    finished=os.urandom(48),
-)
 
 
 def _replace(document: bytes, old: str, new: str) -> bytes:

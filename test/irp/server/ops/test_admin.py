@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import DeferredList
 
 from test.helpers import DEFAULT_PASSWORD
-from test.irp.server.test_registry import (
+from test.irp.server.helpers import (
     OTHER_PASSWORD,
     RegistryTestCase,
     external_certificate,

@@ -17,7 +17,7 @@ from common.wire.xmlcodec import make_element, sub_element
 from irp.server.ca import DEFAULT_ROOT_CRL_LIFETIME, generate_key
 from test import pki
 from test.helpers import EnrolledUser
-from test.irp.server.test_registry import (
+from test.irp.server.helpers import (
     DOMAIN,
     RegistryTestCase,
     csr,

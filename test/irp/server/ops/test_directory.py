@@ -5,7 +5,7 @@ from __future__ import annotations
 from common.wire.xmlcodec import make_element, sub_element
 from irp.server.registry import RegistryConfig
 from irp.wire.records import Endpoint
-from test.irp.server.test_registry import (
+from test.irp.server.helpers import (
     DOMAIN,
     RegistryTestCase,
     tamper,

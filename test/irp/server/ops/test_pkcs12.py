@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.wire.xmlcodec import make_element
-from test.irp.server.test_registry import (
+from test.irp.server.helpers import (
     RegistryTestCase,
     pkcs12_bundle,
 )
