@@ -10,7 +10,7 @@ The first input byte picks the target; the rest is its input:
 
 Only the package's own errors (``IRPError``, ``FrameError``, ``XMLRejected``) may escape;
 anything else is a crash that libFuzzer saves as ``crash-<hash>``. With ``--ignore-known``
-the open defects of ``test.irp.test_fuzz.KNOWN_DEFECTS`` do not count as crashes.
+the open defects of ``test.irp.fuzzing.KNOWN_DEFECTS`` do not count as crashes.
 
 Run (see fuzz/README.rst)::
 

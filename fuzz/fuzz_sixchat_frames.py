@@ -14,9 +14,9 @@ The first input byte picks the target; the rest is its input:
 
 Only ``SixChatError`` may escape (``receive_data`` of a handshake must not raise at all,
 except ``Closed``); anything else is a crash. (Whether only honest frames complete a
-handshake is checked by test/test_fuzz_sixchat.py, within one process: the test
+handshake is checked by test/sixchat/test_fuzz.py, within one process: the test
 certificates, hence the recorded frames, differ from one process to the next.) ``--ignore-known`` skips the open defects of
-``test.irp.test_fuzz.KNOWN_DEFECTS``.
+``test.irp.fuzzing.KNOWN_DEFECTS``.
 
 Run (see fuzz/README.rst)::
 

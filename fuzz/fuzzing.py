@@ -1,7 +1,7 @@
 """What both atheris harnesses share: the ``--ignore-known`` option and running atheris.
 
 Run a harness as ``python fuzz/fuzz_<name>.py CORPUS [libFuzzer options] [--ignore-known]``;
-with ``--ignore-known``, failures listed in ``KNOWN_DEFECTS`` (``test/test_fuzz_irp.py``)
+with ``--ignore-known``, failures listed in ``KNOWN_DEFECTS`` (``test/irp/fuzzing.py``)
 do not stop the run.
 """
 
@@ -23,7 +23,7 @@ def is_ignored(error: BaseException) -> bool:
     """True if ``--ignore-known`` was given and ``error`` is a known defect."""
     if not IGNORE_KNOWN:
         return False
-    from test.irp.test_fuzz import known_defect
+    from test.irp.fuzzing import known_defect
 
     return known_defect(error) is not None
 
