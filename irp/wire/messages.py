@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from common.integers import parse_decimal
+from common.wire.fields import only_space
 from common.wire.xmlcodec import (
     MAX_ELEMENTS,
     Element,
@@ -93,14 +94,10 @@ def request_id_of(error: errors.IRPError) -> int:
 
 
 def _check_text(element: Element) -> None:
-    """Refuse text (other than white space) directly inside ``element``."""
-    text = element.text
-    if text and not text.isspace():
+    """Refuse text directly inside ``element`` other than XML white space (space, tab, CR,
+    LF: the shared rule of :func:`common.wire.fields.only_space`)."""
+    if not only_space(element.text) or not all(only_space(child.tail) for child in element):
         raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
-    for child in element:
-        tail = child.tail
-        if tail and not tail.isspace():
-            raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
 
 
 def parse_request(payload: bytes) -> Request:

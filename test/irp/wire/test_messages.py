@@ -355,6 +355,15 @@ class FieldTests(unittest.SynchronousTestCase):
         check_fields(_element(b"<op>\n  <c/>\n</op>"), (), ("c",))
         check_fields(_element(b"<op>hello</op>"), text=True)
 
+    def test_check_fields_only_xml_white_space(self) -> None:
+        """White space between elements means XML's (space, tab, CR, LF): other Unicode
+        spaces, which str.isspace() would accept, are text and refused."""
+        check_fields(_element(b"<op> \t\r\n<c/> \t\n</op>"), (), ("c",))
+        for space in ("\u00a0", "\u2028", "\u3000", "\x85"):
+            for data in (f"<op>{space}<c/></op>", f"<op><c/>{space}</op>"):
+                with self.subTest(data=data):
+                    self.assertRaises(errors.BadRequest, check_fields, _element(data.encode("utf-8")), (), ("c",))
+
     def test_child_text_empty_and_nested(self) -> None:
         """An empty child is the empty string; a child with elements is refused."""
         element = _element(b"<op><a/><b><c/></b></op>")
