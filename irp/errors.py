@@ -14,7 +14,7 @@ from typing import ClassVar
 from common import errors as common_errors
 from common.errors import ProtocolError
 from common.pki import errors as pki_errors
-from common.pki.errors import CERTIFICATE_REJECTION_REASONS
+from common.pki.errors import rejection_reason
 
 
 class IRPError(ProtocolError):
@@ -228,9 +228,7 @@ class CertificateInvalid(CertificateRejected):
     """
 
     def __init__(self, reason: str, message: str | None = None) -> None:
-        if reason not in CERTIFICATE_REJECTION_REASONS:
-            raise ValueError(f"unknown certificate rejection reason {reason!r}")
-        self.reason = reason
+        self.reason = rejection_reason(reason)
         super().__init__(message)
 
 

@@ -39,6 +39,15 @@ CERTIFICATE_REJECTION_REASONS = frozenset(
 )
 
 
+
+def rejection_reason(reason: str) -> str:
+    """``reason`` if it is one of :data:`CERTIFICATE_REJECTION_REASONS`; else ValueError
+    (a programming error: the reasons are a closed list)."""
+    if reason not in CERTIFICATE_REJECTION_REASONS:
+        raise ValueError(f"unknown certificate rejection reason {reason!r}")
+    return reason
+
+
 class CertificateInvalid(PKIError):
     """A user certificate failed verification; ``reason`` says why, in one word.
 
@@ -48,9 +57,7 @@ class CertificateInvalid(PKIError):
     default_message = "The client certificate is not valid for this registry."
 
     def __init__(self, reason: str, message: str | None = None) -> None:
-        if reason not in CERTIFICATE_REJECTION_REASONS:
-            raise ValueError(f"unknown certificate rejection reason {reason!r}")
-        self.reason = reason
+        self.reason = rejection_reason(reason)
         super().__init__(message)
 
 
