@@ -33,7 +33,8 @@ with atheris.instrument_imports(include=["irp"]):
         parse_pkcs12,
         parse_user,
     )
-    from irp.wire.messages import check_fields, parse_request, parse_response, parse_xml
+    from irp.wire.fields import check_fields
+    from irp.wire.messages import parse_request, parse_response, parse_xml
 
 #: Attributes and children of every operation (from irp.server.dispatch's table).
 OPERATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}

@@ -1,8 +1,18 @@
 """Strict accessors of XML fields and the base64 rules, shared by IRP and SixChat (sans-I/O).
 
 A protocol makes one :class:`StrictFields` with the factory of its own error (SixChat's
-``MalformedMessage``, IRP's ``BadRequest``), its name and its base64 rule; every check then
-raises that protocol's error with the same messages.
+``MalformedMessage``, IRP's ``BadRequest``), optionally a second factory for values out of
+their range (IRP's ``InvalidArgument``), its name, its base64 rule and the texts of its
+refusals (:class:`FieldMessages`); every check then raises that protocol's error with that
+protocol's text. The rules are the same for both; only the words differ.
+
+Two styles of message are served by one set of checks:
+
+* fixed shapes (SixChat): :meth:`StrictFields.children`, :meth:`~StrictFields.repeated`,
+  :meth:`~StrictFields.leaf_text`, :meth:`~StrictFields.empty`;
+* named fields in any order (IRP): :meth:`StrictFields.check_fields`,
+  :meth:`~StrictFields.required`, :meth:`~StrictFields.optional_int`,
+  :meth:`~StrictFields.optional_bool`, :meth:`~StrictFields.child_text`.
 
 The two specifications state different base64 rules, so there are two
 (:class:`Base64Rule`), decoded by one function:
@@ -21,8 +31,10 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from common.integers import parse_decimal
 from common.wire.xmlcodec import Element, XMLRejected, parse_document
 
 #: White space between XML elements (the XML ``S`` production).
@@ -46,11 +58,45 @@ def only_space(text: str | None) -> bool:
     return text is None or not text.strip(XML_SPACE)
 
 
+@dataclass(frozen=True)
+class FieldMessages:
+    """The texts of a protocol's refusals, as :meth:`str.format` templates.
+
+    Each template may use the names listed beside it (unused names are ignored):
+
+    * ``missing_attributes``: ``tag``, ``names`` (comma-separated), ``first`` (the first
+      missing one);
+    * ``unknown_attributes``: ``tag``, ``names`` (sorted, comma-separated), ``first`` (the
+      first unknown one in document order);
+    * ``unknown_element``: ``tag``, ``child``;
+    * ``text``: ``tag`` (text where only white space between elements may be);
+    * ``not_decimal``: ``name``; ``out_of_range``: ``name``, ``low``, ``high``;
+    * ``not_boolean``: ``name``;
+    * ``missing_child`` and ``repeated_child``: ``tag``, ``child``;
+    * ``too_long``: ``child``, ``limit``.
+
+    The defaults are SixChat's texts where SixChat uses the check, IRP's elsewhere.
+    """
+
+    missing_attributes: str = "<{tag}> lacks the attribute(s) {names}"
+    unknown_attributes: str = "<{tag}> has unknown attribute(s) {names}"
+    unknown_element: str = "unknown element <{child}> in <{tag}>"
+    text: str = "<{tag}> holds text between its elements"
+    not_decimal: str = "{name!r} must be a non-negative integer in decimal, without leading zeros"
+    out_of_range: str = "{name!r} must be between {low} and {high}"
+    not_boolean: str = "{name!r} must be 'true' or 'false'"
+    missing_child: str = "<{tag}> needs a <{child}> element"
+    repeated_child: str = "<{tag}> has more than one <{child}>"
+    too_long: str = "<{child}> is longer than {limit} characters"
+
+
 class StrictFields:
     """The strict checks of one protocol, raising its own error.
 
-    ``error`` makes the exception from a message; ``protocol`` names the protocol in
-    messages; ``base64_rule`` is the protocol's base64 rule.
+    ``error`` makes the exception from a message; ``range_error`` makes the exception for a
+    well-formed value outside its range (``error`` when not given); ``protocol`` names the
+    protocol in messages; ``base64_rule`` is the protocol's base64 rule; ``messages`` holds
+    the texts of the refusals.
     """
 
     def __init__(
@@ -59,10 +105,14 @@ class StrictFields:
         *,
         protocol: str,
         base64_rule: Base64Rule = Base64Rule.CANONICAL,
+        range_error: Callable[[str], Exception] | None = None,
+        messages: FieldMessages = FieldMessages(),
     ) -> None:
         self.error = error
+        self.range_error = range_error or error
         self.protocol = protocol
         self.base64_rule = base64_rule
+        self.messages = messages
 
     def parse(self, payload: bytes, *, max_depth: int, max_elements: int) -> Element:
         """Parse one document (see :func:`~common.wire.xmlcodec.parse_document`); namespaces
@@ -80,14 +130,21 @@ class StrictFields:
         self, element: Element, required: tuple[str, ...], optional: tuple[str, ...] = ()
     ) -> None:
         """The element has every ``required`` attribute and no other than ``optional``."""
-        names = set(element.attrib.keys())
-        missing = [name for name in required if name not in names]
+        present = list(element.keys())
+        missing = [name for name in required if name not in present]
         if missing:
-            raise self.error(f"<{element.tag}> lacks the attribute(s) {', '.join(missing)}")
-        unknown = names - set(required) - set(optional)
+            raise self.error(
+                self.messages.missing_attributes.format(
+                    tag=element.tag, names=", ".join(missing), first=missing[0]
+                )
+            )
+        allowed = set(required) | set(optional)
+        unknown = [name for name in present if name not in allowed]
         if unknown:
             raise self.error(
-                f"<{element.tag}> has unknown attribute(s) {', '.join(sorted(unknown))}"
+                self.messages.unknown_attributes.format(
+                    tag=element.tag, names=", ".join(sorted(unknown)), first=unknown[0]
+                )
             )
 
     def attribute(self, element: Element, name: str) -> str:
@@ -104,7 +161,7 @@ class StrictFields:
             raise self.error(
                 f"<{element.tag}> must contain exactly {', '.join(tags) or 'nothing'}"
             )
-        self._no_text_between(element, children)
+        self.no_text(element)
         return children
 
     def repeated(self, element: Element, tag: str, low: int, high: int) -> list[Element]:
@@ -112,12 +169,14 @@ class StrictFields:
         children = list(element)
         if not low <= len(children) <= high or any(child.tag != tag for child in children):
             raise self.error(f"<{element.tag}> must contain {low} to {high} <{tag}> elements")
-        self._no_text_between(element, children)
+        self.no_text(element)
         return children
 
-    def _no_text_between(self, element: Element, children: list[Element]) -> None:
-        if not only_space(element.text) or not all(only_space(child.tail) for child in children):
-            raise self.error(f"<{element.tag}> holds text between its elements")
+    def no_text(self, element: Element) -> None:
+        """Refuse text directly inside ``element`` other than XML white space (space, tab,
+        CR, LF) before, between and after its child elements."""
+        if not only_space(element.text) or not all(only_space(child.tail) for child in element):
+            raise self.error(self.messages.text.format(tag=element.tag))
 
     def leaf_text(self, element: Element, *, attributes: tuple[str, ...] = ()) -> str:
         """The text of an element that must hold only text (and exactly ``attributes``)."""
@@ -157,3 +216,88 @@ class StrictFields:
         if max_length is not None and not 0 < len(data) <= max_length:
             raise self.error(f"{what} must be 1 to {max_length} bytes")
         return data
+
+    # -- named fields in any order ---------------------------------------------------
+
+    def check_fields(
+        self,
+        element: Element,
+        attributes: Sequence[str] = (),
+        children: Sequence[str] = (),
+        *,
+        text: bool = False,
+    ) -> None:
+        """Refuse attributes other than ``attributes`` (the first unknown one in document
+        order is named), child elements other than ``children`` (in any order and number;
+        the first unknown one is named), and text other than white space between elements
+        unless ``text`` is true. Checked in that order."""
+        self.check_attributes(element, (), tuple(attributes))
+        for child in element:
+            if child.tag not in children:
+                raise self.error(
+                    self.messages.unknown_element.format(tag=element.tag, child=child.tag)
+                )
+        if not text:
+            self.no_text(element)
+
+    def required(self, element: Element, name: str) -> str:
+        """The value of the attribute ``name``, which must be present."""
+        value = element.get(name)
+        if value is None:
+            raise self.error(
+                self.messages.missing_attributes.format(tag=element.tag, names=name, first=name)
+            )
+        return str(value)
+
+    def optional_int(
+        self, element: Element, name: str, default: int, low: int, high: int
+    ) -> int:
+        """The attribute ``name`` as an integer from ``low`` to ``high``, or ``default`` when
+        absent. The text must be ASCII decimal digits without sign or leading zeros, at most
+        12 of them (else ``error``); a number outside the range raises ``range_error``."""
+        value = element.get(name)
+        if value is None:
+            return default
+        number = parse_decimal(str(value), 12)
+        if number is None:
+            raise self.error(self.messages.not_decimal.format(name=name))
+        if not low <= number <= high:
+            raise self.range_error(
+                self.messages.out_of_range.format(name=name, low=low, high=high)
+            )
+        return number
+
+    def optional_bool(
+        self, element: Element, name: str, default: bool | None = None
+    ) -> bool | None:
+        """The attribute ``name`` as a boolean (exactly ``true`` or ``false``), or
+        ``default`` when absent."""
+        value = element.get(name)
+        if value is None:
+            return default
+        if value not in ("true", "false"):
+            raise self.error(self.messages.not_boolean.format(name=name))
+        return value == "true"
+
+    def child_text(
+        self, element: Element, tag: str, *, required_child: bool = True, limit: int = 65536
+    ) -> str | None:
+        """The text of the one child ``<tag>``, which may carry no attributes and no
+        elements; None when it is absent and not ``required_child``.
+
+        A second ``<tag>`` is refused; text longer than ``limit`` characters raises
+        ``range_error`` (a field's limit is not the frame's).
+        """
+        found = element.findall(tag)
+        if not found:
+            if required_child:
+                raise self.error(self.messages.missing_child.format(tag=element.tag, child=tag))
+            return None
+        if len(found) > 1:
+            raise self.error(self.messages.repeated_child.format(tag=element.tag, child=tag))
+        child = found[0]
+        self.check_fields(child, text=True)
+        value = str(child.text or "")
+        if len(value) > limit:
+            raise self.range_error(self.messages.too_long.format(child=tag, limit=limit))
+        return value

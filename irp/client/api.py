@@ -44,14 +44,8 @@ from irp.wire.elements import (
     parse_user,
     timestamp_attribute,
 )
-from irp.wire.messages import (
-    Response,
-    bool_text,
-    check_fields,
-    child_text,
-    encode_base64,
-    required,
-)
+from irp.wire.fields import bool_text, check_fields, child_text, encode_base64, required
+from irp.wire.messages import Response
 from irp.wire.records import AddressRecord, Endpoint, Pkcs12Info, RecordVerifier, UserRecord
 
 T = TypeVar("T")

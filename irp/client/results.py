@@ -15,7 +15,7 @@ from common.pki.keyfiles import fingerprint
 from common.wire.xmlcodec import Element
 from irp import errors
 from irp.wire.elements import parse_identity, timestamp_attribute
-from irp.wire.messages import check_fields, parse_serial, required
+from irp.wire.fields import check_fields, parse_serial, required
 from irp.wire.records import RECORD_SIGNING_OID
 
 

@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from common.wire.xmlcodec import Element
 from irp import errors
 from irp.server.session import Session, SessionRules
-from irp.wire.messages import Request, Result, check_fields
+from irp.wire.fields import check_fields
+from irp.wire.messages import Request, Result
 
 Handler = Callable[[Session, Element], Coroutine[Any, Any, list[Result]]]
 #: Answers a request at once when it can (a cached answer), else None: the handler runs.

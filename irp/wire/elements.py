@@ -14,19 +14,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from common.endpoint import InvalidEndpoint
 from common.identity import Identity, InvalidIdentity
+from common.integers import parse_decimal
 from common.pki.certificates import UnusableCertificate, load_certificate
 from common.timeutil import format_timestamp, parse_timestamp
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
-from irp.wire.fields import decode_base64, encode_base64
-from irp.wire.messages import (
-    bool_text,
-    check_fields,
-    child_text,
-    parse_decimal,
-    parse_serial,
-    required,
-)
+from irp.wire.fields import bool_text, check_fields, child_text, decode_base64, encode_base64, parse_serial, required
 from irp.wire.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, UserRecord
 
 

@@ -10,11 +10,10 @@ exceptions only in :func:`parse_response`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from common.integers import parse_decimal
-from common.wire.fields import only_space
 from common.wire.xmlcodec import (
     MAX_ELEMENTS,
     Element,
@@ -24,7 +23,7 @@ from common.wire.xmlcodec import (
     serialize,
 )
 from irp import errors
-from irp.wire.fields import decode_base64, encode_base64  # noqa: F401 - re-exported (registry, client, tests)
+from irp.wire.fields import check_fields, no_text
 
 PROTOCOL_VERSION = "1"
 SUPPORTED_VERSIONS = ("1",)
@@ -61,8 +60,6 @@ class Response:
         return self.results[0]
 
 
-
-
 def parse_xml(payload: bytes, max_elements: int = MAX_ELEMENTS) -> Element:
     """Parse untrusted bytes, turning codec failures into IRP errors."""
     try:
@@ -93,13 +90,6 @@ def request_id_of(error: errors.IRPError) -> int:
     return int(getattr(error, "request_id", 0))
 
 
-def _check_text(element: Element) -> None:
-    """Refuse text directly inside ``element`` other than XML white space (space, tab, CR,
-    LF: the shared rule of :func:`common.wire.fields.only_space`)."""
-    if not only_space(element.text) or not all(only_space(child.tail) for child in element):
-        raise errors.BadRequest(f"<{element.tag}> holds text where none is allowed")
-
-
 def parse_request(payload: bytes) -> Request:
     """Parse one request frame.
 
@@ -123,7 +113,7 @@ def parse_request(payload: bytes) -> Request:
         children = list(root)
         if len(children) != 1:
             raise errors.BadRequest("a request holds exactly one operation element")
-        _check_text(root)
+        no_text(root)
     except errors.IRPError as error:
         error.request_id = request_id  # type: ignore[attr-defined]
         raise
@@ -195,86 +185,3 @@ def parse_response(payload: bytes) -> Response:
         raise
     failure.request_id = response_id  # type: ignore[attr-defined]
     raise failure
-
-
-# -- strict field access ------------------------------------------------------------
-
-
-def check_fields(
-    element: Element, attributes: Sequence[str] = (), children: Sequence[str] = (), *, text: bool = False
-) -> None:
-    """Refuse attributes and child elements other than those named, and text (other than
-    white space between elements) unless ``text`` is true."""
-    for name in element.keys():
-        if name not in attributes:
-            raise errors.BadRequest(f"unknown attribute {name!r} on <{element.tag}>")
-    for child in element:
-        if child.tag not in children:
-            raise errors.BadRequest(f"unknown element <{child.tag}> in <{element.tag}>")
-    if not text:
-        _check_text(element)
-
-
-def required(element: Element, name: str) -> str:
-    """Return a required attribute."""
-    value = element.get(name)
-    if value is None:
-        raise errors.BadRequest(f"<{element.tag}> needs a {name!r} attribute")
-    return value
-
-
-def optional_int(element: Element, name: str, default: int, low: int, high: int) -> int:
-    """Return an integer attribute within [low, high], or ``default`` when absent."""
-    value = element.get(name)
-    if value is None:
-        return default
-    number = parse_decimal(value, 12)
-    if number is None:
-        raise errors.BadRequest(f"{name!r} must be a non-negative integer in decimal, without leading zeros")
-    if not low <= number <= high:
-        raise errors.InvalidArgument(f"{name!r} must be between {low} and {high}")
-    return number
-
-
-def optional_bool(element: Element, name: str, default: bool | None = None) -> bool | None:
-    """Return a boolean attribute (``true``/``false``), or ``default`` when absent."""
-    value = element.get(name)
-    if value is None:
-        return default
-    if value not in ("true", "false"):
-        raise errors.BadRequest(f"{name!r} must be 'true' or 'false'")
-    return value == "true"
-
-
-def bool_text(value: bool) -> str:
-    """The wire form of a boolean."""
-    return "true" if value else "false"
-
-
-def child_text(element: Element, tag: str, *, required_child: bool = True, limit: int = 65536) -> str | None:
-    """Return the text of the single child ``tag``, which has no attributes or elements.
-
-    Text longer than ``limit`` characters is an ``invalid-argument`` error: a field's limit
-    is not the frame's (only a frame over the size limit ends the connection).
-    """
-    found = element.findall(tag)
-    if not found:
-        if required_child:
-            raise errors.BadRequest(f"<{element.tag}> needs a <{tag}> element")
-        return None
-    if len(found) > 1:
-        raise errors.BadRequest(f"<{element.tag}> has more than one <{tag}>")
-    child = found[0]
-    check_fields(child, text=True)
-    text = child.text or ""
-    if len(text) > limit:
-        raise errors.InvalidArgument(f"<{tag}> is longer than {limit} characters")
-    return text
-
-
-def parse_serial(text: str) -> int:
-    """Parse a certificate serial number in hex."""
-    cleaned = text.lower().replace(":", "")
-    if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
-        raise errors.BadRequest(f"{text!r} is not a hexadecimal serial number")
-    return int(cleaned, 16)

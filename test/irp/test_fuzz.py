@@ -175,7 +175,7 @@ IRP_11 = (
     "certificate whose serial number is longer than 20 octets (RFC 5280 4.1.2.2) or "
     "negative; every later answer listing it (upload-certificate, list-certificates, "
     "get-certificate...) then carries serial=\"<41+ hex digits>\" or \"-...\", which "
-    "docs/schema/irp.rng (serial-out: <= 20 octets) refuses and irp.wire.messages.parse_serial "
+    "docs/schema/irp.rng (serial-out: <= 20 octets) refuses and irp.wire.fields.parse_serial "
     "refuses in the client: the user's certificate list can no longer be read. Should be: "
     "refuse such certificates with invalid-argument."
 )
@@ -705,7 +705,7 @@ class DefectRegressionTests(SynchronousTestCase):
 
     def test_optional_int_unicode_digit(self) -> None:
         """Fixed defect IRP-2: optional_int refuses non-ASCII digits."""
-        from irp.wire.messages import optional_int
+        from irp.wire.fields import optional_int
 
         with self.assertRaises(errors.BadRequest):
             optional_int(make_element("list-users", {"limit": "\u00b2"}), "limit", 50, 1, 200)

@@ -8,7 +8,7 @@ from irp.server.ops.base import Handlers, log
 from irp.server.passwords import check_password_policy
 from irp.server.session import Session, SessionState
 from irp.wire.elements import user_element
-from irp.wire.messages import child_text, optional_bool, required
+from irp.wire.fields import child_text, optional_bool, required
 from irp.wire.records import check_email, check_text_field
 
 

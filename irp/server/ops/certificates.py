@@ -19,7 +19,7 @@ from irp.server.ops.base import Handlers, log
 from irp.server.session import Session
 from irp.server.store import Account
 from irp.wire.elements import pem_text
-from irp.wire.messages import child_text, parse_serial, required
+from irp.wire.fields import child_text, parse_serial, required
 from irp.wire.records import CertificateInfo
 
 #: A certificate fingerprint on the wire: SHA-256 of the DER, lower-case hex.

@@ -8,7 +8,8 @@ from irp import errors
 from irp.server.ops.base import Handlers
 from irp.server.session import Session
 from irp.wire.elements import addresses_element, user_element
-from irp.wire.messages import Result, check_fields, optional_int, required
+from irp.wire.fields import check_fields, optional_int, required
+from irp.wire.messages import Result
 from irp.wire.records import MAX_ENDPOINTS, Endpoint, check_attributes, check_email, check_presence, check_text_field
 
 

@@ -11,7 +11,7 @@ from irp import errors
 from irp.server.ops.base import Handlers, log
 from irp.server.session import Session
 from irp.wire.elements import pkcs12_element
-from irp.wire.messages import child_text, decode_base64, optional_int, required
+from irp.wire.fields import child_text, decode_base64, optional_int, required
 from irp.wire.records import check_text_field
 
 KEY_TYPES = ("p384", "p256", "ed25519")

@@ -6,7 +6,8 @@ from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
 from irp.server.ops.base import Handlers
 from irp.server.session import Session
-from irp.wire.messages import PROTOCOL_VERSION, bool_text, child_text, required
+from irp.wire.fields import bool_text, child_text, required
+from irp.wire.messages import PROTOCOL_VERSION
 
 
 class SessionOps(Handlers):
