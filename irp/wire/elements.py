@@ -19,7 +19,16 @@ from common.pki.certificates import UnusableCertificate, load_certificate
 from common.timeutil import format_timestamp, parse_timestamp
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
-from irp.wire.fields import bool_text, check_fields, child_text, decode_base64, encode_base64, parse_serial, required
+from irp.wire.fields import (
+    FIELDS,
+    bool_text,
+    check_fields,
+    child_text,
+    decode_base64,
+    encode_base64,
+    parse_serial,
+    required,
+)
 from irp.wire.records import AddressRecord, CertificateInfo, Endpoint, Pkcs12Info, UserRecord
 
 
@@ -46,7 +55,7 @@ def int_attribute(element: Element, name: str) -> int:
     """A required non-negative integer attribute (ASCII digits, at most 19)."""
     number = parse_decimal(required(element, name), 19)
     if number is None:
-        raise errors.BadRequest(f"{name!r} must be a non-negative integer in decimal, without leading zeros")
+        raise errors.BadRequest(FIELDS.messages.not_decimal.format(name=name))
     return number
 
 
