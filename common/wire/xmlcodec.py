@@ -63,11 +63,13 @@ def check_markup(data: bytes) -> None:
     and a byte-order mark (one rule for every document, with or without a declaration)."""
     if data.startswith(_BYTE_ORDER_MARK):
         raise XMLRejected("a byte-order mark is not allowed: send UTF-8 without one")
-    if b"<!" in data:
+    # A one-byte search is a memchr, several times faster than a two-byte one; most
+    # documents hold neither "!" nor "?", so the two-byte searches rarely run.
+    if b"!" in data and b"<!" in data:
         raise XMLRejected(
             "DTDs, entities, comments and CDATA sections are not allowed", forbidden=True
         )
-    question = data.find(b"<?")
+    question = data.find(b"<?") if b"?" in data else -1
     if question != -1:
         # The declaration's target is exactly "xml": "<?xml-stylesheet" is a PI.
         declared = data.startswith(_XML_DECLARATION) and data[5:6] in _AFTER_DECLARATION
@@ -158,6 +160,32 @@ def _check_size(root: Element, max_depth: int, max_elements: int) -> None:
 def serialize(element: Element) -> bytes:
     """Serialise an element to compact UTF-8 bytes without an XML declaration."""
     return etree.tostring(element, encoding="utf-8")
+
+
+#: Characters after which a string is not written as it is: controls (escaped or refused),
+#: markup characters (escaped), surrogates and the two non-characters lxml refuses.
+_NOT_PLAIN = re.compile("[\x00-\x1f&<>\"\ud800-\udfff\ufffe\uffff]")
+
+
+def serialize_leaf(
+    tag: str, attributes: Mapping[str, str | None] | None = None, text: str | None = None
+) -> bytes:
+    """The bytes :func:`serialize` gives for ``make_element(tag, attributes, text)``.
+
+    Building an lxml element costs a document per element (about 5 us); an element with
+    attributes and text only is written directly when every value is plain (no control,
+    markup or unencodable character), and through lxml otherwise, so the bytes are the
+    same either way. ``tag`` and attribute names are the caller's constants.
+    """
+    values = [(key, value) for key, value in (attributes or {}).items() if value is not None]
+    if any(_NOT_PLAIN.search(value) for _, value in values) or (
+        text is not None and _NOT_PLAIN.search(text)
+    ):
+        return serialize(make_element(tag, attributes, text))
+    head = "".join([f"<{tag}", *(f' {key}="{value}"' for key, value in values)])
+    if text is None:
+        return f"{head}/>".encode()
+    return f"{head}>{text}</{tag}>".encode()
 
 
 def make_element(tag: str, attributes: Mapping[str, str | None] | None = None, text: str | None = None) -> Element:

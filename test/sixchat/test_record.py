@@ -499,6 +499,6 @@ class CloseTests(TestCase):
 
     def test_serialized_element(self) -> None:
         alice, bob = session_pair()
-        element = wire_application.ChatMessage("x").to_element()
+        element = wire_application.to_element(wire_application.ChatMessage("x"))
         events = bob.receive_data(alice.send_message(serialize(element)))
         self.assertEqual(events[0].message.text, "x")  # type: ignore[union-attr]
