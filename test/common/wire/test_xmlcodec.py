@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 from twisted.trial import unittest
 
 from common.wire.xmlcodec import (
@@ -12,6 +15,7 @@ from common.wire.xmlcodec import (
     make_element,
     parse_document,
     serialize,
+    serialize_leaf,
     sub_element,
 )
 
@@ -224,3 +228,47 @@ class SerializeTests(unittest.SynchronousTestCase):
         """Whatever we serialise, we accept (text full of markup characters included)."""
         root = make_element("r", None, "<!-- not a comment --> <?pi?> &foo; ]]>")
         self.assertEqual(parse_document(serialize(root)).text, "<!-- not a comment --> <?pi?> &foo; ]]>")
+
+
+class SerializeLeafTests(unittest.SynchronousTestCase):
+    """serialize_leaf writes what lxml writes for the same element, byte for byte."""
+
+    #: Plain characters, every character that needs escaping in text or attributes, and
+    #: characters lxml refuses (controls, surrogates, U+FFFE/U+FFFF) or passes through.
+    ALPHABET = (
+        "a", "z", " ", "'", "&", "<", ">", '"', "\n", "\r", "\t", "\x00", "\x01", "\x1f",
+        "\x7f", "\x85", "\xa0", "\u00fc", "\u2028", "\ufffd", "\ufffe", "\uffff", "\ud800",
+        "\udfff", "\U0001f600", "\U0010ffff",
+    )
+
+    @staticmethod
+    def outcome(produce: Callable[[], bytes]) -> bytes | type[BaseException]:
+        try:
+            return produce()
+        except ValueError as error:  # lxml's refusal, or UnicodeEncodeError
+            return type(error)
+
+    def test_same_bytes_as_lxml(self) -> None:
+        generator = random.Random(4604)
+
+        def word(longest: int) -> str:
+            return "".join(generator.choice(self.ALPHABET) for _ in range(generator.randint(0, longest)))
+
+        for _ in range(5000):
+            attributes: dict[str, str | None] = {"id": word(4)}
+            if generator.random() < 0.5:
+                attributes["sent"] = word(3)
+            if generator.random() < 0.2:
+                attributes["skipped"] = None
+            text = generator.choice([None, "", word(6)])
+            with self.subTest(attributes=attributes, text=text):
+                self.assertEqual(
+                    self.outcome(lambda: serialize_leaf("m", attributes, text)),
+                    self.outcome(lambda: serialize(make_element("m", attributes, text))),
+                )
+
+    def test_plain_values_skip_lxml(self) -> None:
+        """The common case, written directly."""
+        self.assertEqual(serialize_leaf("receipt", {"id": "ab-1"}), b'<receipt id="ab-1"/>')
+        self.assertEqual(serialize_leaf("m", {}, ""), b"<m></m>")
+        self.assertEqual(serialize_leaf("m", None, "\u00fc"), "<m>\u00fc</m>".encode())
