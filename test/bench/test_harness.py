@@ -132,6 +132,39 @@ class FigureTests(TestCase):
         self.assertEqual(skipped[0].to_json()["skipped"], "no PostgreSQL server: initdb is missing")
 
 
+class IdleFigureTests(TestCase):
+    """Figure 9's arithmetic: the quick extrapolation and the paired baseline."""
+
+    def test_extrapolation_from_the_marginal_slope(self) -> None:
+        """--quick extrapolates from the slope between its two levels, not from zero (D5:
+        the slope from zero included memory already mapped at start-up)."""
+        from bench.irp_idle import extrapolate_rss, hold_levels
+
+        self.assertAlmostEqual(extrapolate_rss([(0, 60.0), (300, 70.0), (1200, 130.0)], 10_000), 716.67, places=2)
+        self.assertAlmostEqual(extrapolate_rss([(0, 60.0), (300, 70.0)], 10_000), 393.33, places=2)
+        self.assertRaises(ValueError, extrapolate_rss, [(300, 70.0)], 10_000)
+        self.assertEqual(hold_levels(1_200), (300, 1_200))
+        self.assertEqual(hold_levels(10_000), (10_000,))
+
+    def test_one_baseline_run_per_run(self) -> None:
+        """9b's baseline has one run per held run (the mean of the runs before and after),
+        so its ratio and spread come from the same pairs (D2)."""
+        from bench.irp_idle import idle_baseline
+
+        before = [Sample(1.0, 1.0, 0.1, 0.5, {"server_core_others": 0.0}) for _ in range(3)]
+        after = [Sample(3.0, 1.0, 0.1, 0.7, {"server_core_others": 0.2}) for _ in range(3)]
+        baseline = idle_baseline(before, after)
+        self.assertEqual([sample.value for sample in baseline], [2.0, 2.0, 2.0])
+        self.assertEqual(baseline[0].details["before"], 1.0)
+        self.assertEqual(baseline[0].details["after"], 3.0)
+        self.assertEqual(baseline[0].details["server_core_others"], 0.2)
+        self.assertAlmostEqual(baseline[0].server_cpu or 0.0, 0.6)
+        held = Figure("9b", "x", "ms", samples(2.0, 3.0, 4.0), "y", "ms", baseline, target=2.0, sense="<=")
+        self.assertEqual(held.paired_ratios, [1.0, 1.5, 2.0])
+        self.assertEqual(held.ratio, 1.5)
+        self.assertRaises(ValueError, idle_baseline, before, after[:2])
+
+
 class OutputTests(TestCase):
     """The table and the JSON document."""
 
@@ -227,6 +260,7 @@ class CommandTests(TestCase):
         self.assertNotIn("irp_postgres", selected_modules(""))
         self.assertEqual(selected_modules("postgres"), ["irp_postgres"])
         self.assertEqual(selected_modules("pg3,1"), ["irp_lookups", "irp_postgres"])
+        self.assertEqual(selected_modules("9c"), ["irp_idle"])
         self.assertRaises(SystemExit, selected_modules, "42")
 
     def test_disturbance(self) -> None:
