@@ -202,9 +202,9 @@ class CpuWindow:
     busy share of :data:`LOAD_CPU`, less its interrupt time (irq and softirq: on loopback
     the kernel's TCP work for the bench's own traffic runs there), not used by this process
     (the load generator) nor by the watched trees (with tick-based CPU accounting, softirq
-    work done while the load generator is running is also in its own share: subtracting
-    both never counts it twice, it only errs towards "not disturbed"). The softirq work
-    of another process's traffic is not counted either. When this process is itself the server
+    work done while the load generator is running is in its own share as well, so it may
+    be subtracted twice: the check errs towards "not disturbed"; and the interrupt work of
+    another process's traffic is not counted). When this process is itself the server
     (a CPU-only baseline on the server core: ``CpuWindow(os.getpid())``), its share is the
     server's, :attr:`load_cpu` is 0 and only the server's core is checked.
     """
