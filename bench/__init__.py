@@ -16,7 +16,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sixchat_messages": ("6",),
     "sixchat_bulk": ("7",),
     "irp_scale": ("8",),
-    "irp_idle": ("9a", "9b"),
+    "irp_idle": ("9a", "9b", "9c"),
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
     "abuse": ("10a", "10b", "10c"),
 }

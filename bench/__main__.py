@@ -53,8 +53,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--retries",
         type=int,
         default=None,
-        help="run a module again when other processes took 15%% or more of the server's core"
-        " (default 1; 0 with --quick)",
+        help="run a module again when other processes took 15%% or more of a core it used (the"
+        " server's or the load generator's) in half its pairs of runs or more (default 1; 0 with --quick)",
     )
     return parser.parse_args(argv)
 
@@ -78,17 +78,16 @@ def selected_modules(only: str) -> list[str]:
 
 
 def disturbance(figures: list[Figure]) -> float:
-    """The largest median share of the server's core taken by other work in any figure or
-    baseline of ``figures`` (0 when unknown)."""
-    shares = [
-        figure.cpu(baseline).get("server_core_others") or 0.0 for figure in figures for baseline in (False, True)
-    ]
-    return max(shares, default=0.0)
+    """The worst :attr:`~bench.harness.Figure.disturbance` of ``figures``: per figure, the
+    upper median over its pairs of runs of the largest share of a core used (the server's
+    or the load generator's) that other work took (0 when unknown)."""
+    return max((figure.disturbance for figure in figures), default=0.0)
 
 
 def run_module(ctx: Context, name: str, module: Any, summary: str, retries: int) -> list[Figure]:
     """Run one module; run it again (up to ``retries`` times) when other work took
-    :data:`bench.harness.DISTURBED_SHARE` or more of the server's core, keeping the least disturbed attempt."""
+    :data:`bench.harness.DISTURBED_SHARE` or more of a core used (the server's or the load
+    generator's) in half the pairs of runs or more, keeping the least disturbed attempt."""
     attempts: list[tuple[float, list[Figure]]] = []
     for attempt in range(retries + 1):
         try:
@@ -102,7 +101,7 @@ def run_module(ctx: Context, name: str, module: Any, summary: str, retries: int)
         if disturbed < DISTURBED_SHARE:
             break
         if attempt < retries:
-            print(f"  other work took {disturbed:.0%} of the server's core: running {name} again", flush=True)
+            print(f"  other work took {disturbed:.0%} of a core used: running {name} again", flush=True)
     disturbed, results = min(attempts, key=lambda item: item[0])
     for figure in results:
         figure.details["attempts"] = len(attempts)

@@ -11,7 +11,7 @@ window, and how much of one core the server and the load generator used in that 
 (from ``/proc/<pid>/stat`` and ``getrusage``). A side near 100 % is the one that saturates.
 
 This module imports nothing heavy (no Twisted, no OpenSSL) at import time: the statistics
-and the writers are unit-tested on synthetic numbers (``test/test_bench.py``).
+and the writers are unit-tested on synthetic numbers (``test/bench/test_harness.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Any, Self
 #: The core the servers run on, and the core the load generators run on.
 SERVER_CPU = 0
 LOAD_CPU = 1
-#: Other work taking this share of the server's core makes a figure's verdict suspect.
+#: Other work taking this share of a core the benchmark uses (the server's or the load
+#: generator's) makes a run suspect; see :meth:`Figure.disturbance`.
 DISTURBED_SHARE = 0.15
 #: Seconds a server process may take to start (CA creation, bulk population...).
 SERVER_START_TIMEOUT = 600.0
@@ -100,8 +101,13 @@ def process_run_delay(pid: int | str = "self") -> float:
     return total / 1e9
 
 
-def core_times() -> dict[int, tuple[float, float]]:
-    """Per CPU: (busy, total) jiffies so far, from ``/proc/stat``."""
+def core_jiffies() -> dict[int, tuple[float, float, float]]:
+    """Per CPU: (busy, interrupts, total) jiffies so far, from ``/proc/stat``.
+
+    ``busy`` is everything but idle and iowait (user, nice, system, irq, softirq, steal);
+    ``interrupts`` is the irq and softirq part of it: the kernel's packet processing,
+    which on loopback is done on the core of whichever side sends.
+    """
     result = {}
     try:
         with open("/proc/stat", encoding="ascii") as handle:
@@ -112,10 +118,16 @@ def core_times() -> dict[int, tuple[float, float]]:
                 numbers = [float(value) for value in values[:8]]
                 idle = numbers[3] + numbers[4]
                 total = sum(numbers)
-                result[int(name[3:])] = (total - idle, total)
+                interrupts = sum(numbers[5:7])
+                result[int(name[3:])] = (total - idle, interrupts, total)
     except OSError:
         pass
     return result
+
+
+def core_times() -> dict[int, tuple[float, float]]:
+    """Per CPU: (busy, total) jiffies so far, from ``/proc/stat``."""
+    return {cpu: (busy, total) for cpu, (busy, _interrupts, total) in core_jiffies().items()}
 
 
 def cpu_pressure() -> float | None:
@@ -184,6 +196,17 @@ class CpuWindow:
     their sum. ``trees`` names other processes to watch by the pid of their root (e.g.
     ``{"postgres": postmaster_pid}``): the CPU share of each whole tree goes to
     :attr:`tree_cpu` and to the sample's ``tree_cpu`` detail.
+
+    Disturbance, per core used (see :meth:`sample`): ``server_core_others`` is the busy
+    share of :data:`SERVER_CPU` not used by the server processes; ``load_core_others`` the
+    busy share of :data:`LOAD_CPU`, less its interrupt time (irq and softirq: on loopback
+    the kernel's TCP work for the bench's own traffic runs there), not used by this process
+    (the load generator) nor by the watched trees (with tick-based CPU accounting, softirq
+    work done while the load generator is running is in its own share as well, so it may
+    be subtracted twice: the check errs towards "not disturbed"; and the interrupt work of
+    another process's traffic is not counted). When this process is itself the server
+    (a CPU-only baseline on the server core: ``CpuWindow(os.getpid())``), its share is the
+    server's, :attr:`load_cpu` is 0 and only the server's core is checked.
     """
 
     def __init__(self, server_pid: int | Sequence[int] | None = None, trees: Mapping[str, int] | None = None) -> None:
@@ -205,9 +228,13 @@ class CpuWindow:
         self._server = 0.0
         self._own_delay = 0.0
         self._server_delay = 0.0
-        self._cores: dict[int, tuple[float, float]] = {}
+        self._cores: dict[int, tuple[float, float, float]] = {}
         #: Per CPU, the share of the window it was busy (anything: us, others, the kernel).
         self.core_busy: dict[int, float] = {}
+        #: Per CPU, the share of the window spent in interrupts (irq and softirq).
+        self.core_interrupts: dict[int, float] = {}
+        #: Whether this process is the one measured as the server (a CPU-only baseline).
+        self.self_is_server = os.getpid() in self._server_pids
 
     def __enter__(self) -> Self:
         self.begin()
@@ -220,7 +247,7 @@ class CpuWindow:
         """Start the window now."""
         self._own = own_cpu_seconds()
         self._own_delay = process_run_delay()
-        self._cores = core_times()
+        self._cores = core_jiffies()
         self._trees = {name: _tree_cpu_seconds(root) for name, root in self.trees.items()}
         if self._server_pids:
             self._server = sum(process_cpu_seconds(pid) for pid in self._server_pids)
@@ -230,12 +257,13 @@ class CpuWindow:
     def end(self) -> None:
         """Close the window now and compute the shares."""
         self.wall = max(time.perf_counter() - self._start, 1e-9)
-        self.load_cpu = (own_cpu_seconds() - self._own) / self.wall
-        self.load_wait = (process_run_delay() - self._own_delay) / self.wall
-        for cpu, (busy, total) in core_times().items():
+        self.load_cpu = 0.0 if self.self_is_server else (own_cpu_seconds() - self._own) / self.wall
+        self.load_wait = 0.0 if self.self_is_server else (process_run_delay() - self._own_delay) / self.wall
+        for cpu, (busy, interrupts, total) in core_jiffies().items():
             before = self._cores.get(cpu)
-            if before is not None and total > before[1]:
-                self.core_busy[cpu] = (busy - before[0]) / (total - before[1])
+            if before is not None and total > before[2]:
+                self.core_busy[cpu] = (busy - before[0]) / (total - before[2])
+                self.core_interrupts[cpu] = (interrupts - before[1]) / (total - before[2])
         if self._server_pids:
             self.server_cpu = (sum(process_cpu_seconds(pid) for pid in self._server_pids) - self._server) / self.wall
             self.server_wait = (
@@ -263,6 +291,14 @@ class CpuWindow:
             # the kernel's share of our own network traffic).
             if self.server_cpu is not None and SERVER_CPU in self.core_busy:
                 details.setdefault("server_core_others", round(max(self.core_busy[SERVER_CPU] - self.server_cpu, 0.0), 3))
+            # What else ran on the load generator's core: not its interrupt time (the
+            # kernel's TCP work for the bench's own traffic), not this process, not the
+            # watched trees (bench processes the scheduler may put on either core).
+            if not self.self_is_server and LOAD_CPU != SERVER_CPU and LOAD_CPU in self.core_busy:
+                own = self.load_cpu + sum(self.tree_cpu.values())
+                others = self.core_busy[LOAD_CPU] - self.core_interrupts.get(LOAD_CPU, 0.0) - own
+                details.setdefault("load_core_others", round(max(others, 0.0), 3))
+                details.setdefault("load_core_interrupts", round(self.core_interrupts.get(LOAD_CPU, 0.0), 3))
         return Sample(value, self.wall, self.load_cpu, self.server_cpu, details)
 
 
@@ -279,6 +315,16 @@ class Sample:
     load_cpu: float
     server_cpu: float | None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def disturbance(self) -> float:
+        """The largest share of a core used by the run (the server's or the load
+        generator's) that other work took (0 when not recorded)."""
+        return max((self.details.get(key) or 0.0 for key in DISTURBANCE_KEYS), default=0.0)
+
+
+#: The per-run details holding the share of each core used that other work took.
+DISTURBANCE_KEYS = ("server_core_others", "load_core_others")
 
 
 @dataclass(frozen=True)
@@ -332,8 +378,8 @@ class Figure:
 
     ``sense`` is ``">="`` (higher is better) or ``"<="``; ``judged`` says whether the target
     applies to the ratio ``figure / baseline`` (``"ratio"``) or to the figure's own
-    median (``"value"``, e.g. a memory ceiling). A figure with ``target`` None is for
-    information only. ``error`` is set when the benchmark failed to run, ``skipped`` (the
+    median (``"value"``, e.g. a memory ceiling; such a figure has no ratio). A figure with
+    ``target`` None is for information only. ``error`` is set when the benchmark failed to run, ``skipped`` (the
     reason) when it could not run here (e.g. no PostgreSQL server): not a failure.
     """
 
@@ -367,7 +413,10 @@ class Figure:
     def ratio(self) -> float | None:
         """The median of the run-by-run ratios (figure run i over baseline run i, measured
         back to back, so that a burst of load from elsewhere weighs on both sides of a
-        pair); median over median when the runs are not paired."""
+        pair); median over median when the runs are not paired. None for a figure judged on
+        its own value (its baseline is context, not a denominator)."""
+        if self.judged == "value":
+            return None
         paired = self.paired_ratios
         if paired and len(paired) == len(self.samples) == len(self.baseline_samples):
             return statistics.median(paired)
@@ -378,12 +427,47 @@ class Figure:
 
     @property
     def paired_ratios(self) -> list[float]:
-        """Run-by-run ratios (figure run i over baseline run i), for the spread."""
-        return [
-            f.value / b.value
-            for f, b in zip(self.samples, self.baseline_samples, strict=False)
-            if b.value
+        """Run-by-run ratios (figure run i over baseline run i), for the spread; none when
+        the runs are not paired one to one (different counts), so that the spread is never
+        taken over other runs than the ratio, and none for a figure judged on its value."""
+        if self.judged == "value" or len(self.samples) != len(self.baseline_samples):
+            return []
+        return [f.value / b.value for f, b in zip(self.samples, self.baseline_samples, strict=True) if b.value]
+
+    def pair_disturbances(self) -> list[float]:
+        """Per pair of runs (figure run i and baseline run i), the largest share of a core
+        used that other work took in either; per run when the runs are not paired."""
+        if len(self.samples) == len(self.baseline_samples):
+            return [max(f.disturbance, b.disturbance) for f, b in zip(self.samples, self.baseline_samples, strict=True)]
+        return [sample.disturbance for sample in (*self.samples, *self.baseline_samples)]
+
+    @property
+    def disturbance(self) -> float:
+        """How disturbed the figure is: the upper median, over its pairs of runs, of each
+        pair's worst share of a core used taken by other work (0 when unknown). At or
+        above :data:`DISTURBED_SHARE` when half the pairs or more were disturbed (on the
+        server's core or on the load generator's), whatever each side's median run says."""
+        shares = self.pair_disturbances()
+        return statistics.median_high(shares) if shares else 0.0
+
+    def clean_pairs(self) -> list[int]:
+        """The indices of the pairs of runs in which no core used was disturbed."""
+        if len(self.samples) != len(self.baseline_samples):
+            return []
+        return [index for index, share in enumerate(self.pair_disturbances()) if share < DISTURBED_SHARE]
+
+    @property
+    def ratio_clean(self) -> float | None:
+        """The median of the run-by-run ratios of the undisturbed pairs only (None when
+        there is none, or no ratio)."""
+        if self.judged == "value" or len(self.samples) != len(self.baseline_samples):
+            return None
+        ratios = [
+            self.samples[index].value / self.baseline_samples[index].value
+            for index in self.clean_pairs()
+            if self.baseline_samples[index].value
         ]
+        return statistics.median(ratios) if ratios else None
 
     @property
     def met(self) -> bool | None:
@@ -401,22 +485,23 @@ class Figure:
 
     @property
     def disturbed(self) -> bool:
-        """Whether other work took :data:`DISTURBED_SHARE` or more of the server's core
-        in the median run of the figure or of its baseline (its verdict is then suspect)."""
-        return any(
-            (self.cpu(baseline).get("server_core_others") or 0.0) >= DISTURBED_SHARE for baseline in (False, True)
-        )
+        """Whether other work took :data:`DISTURBED_SHARE` or more of a core used (the
+        server's or the load generator's) in half the pairs of runs or more (its verdict
+        is then suspect); see :attr:`disturbance`."""
+        return self.disturbance >= DISTURBED_SHARE
 
     def cpu(self, baseline: bool = False) -> dict[str, float | None]:
         """Median CPU shares (fractions of one core) of the server and the load generator."""
         samples = self.baseline_samples if baseline else self.samples
         servers = [s.server_cpu for s in samples if s.server_cpu is not None]
-        others = [s.details["server_core_others"] for s in samples if "server_core_others" in s.details]
-        return {
+        result: dict[str, float | None] = {
             "server": statistics.median(servers) if servers else None,
             "load_generator": statistics.median([s.load_cpu for s in samples]) if samples else None,
-            "server_core_others": statistics.median(others) if others else None,
         }
+        for key in DISTURBANCE_KEYS:
+            others = [s.details[key] for s in samples if s.details.get(key) is not None]
+            result[key] = statistics.median(others) if others else None
+        return result
 
     def saturated(self, baseline: bool = False) -> str:
         """Which side ran its core full: "server", "load generator", "both" or "neither"."""
@@ -453,6 +538,9 @@ class Figure:
             "judged": self.judged,
             "met": self.met,
             "disturbed": self.disturbed,
+            "disturbance": self.disturbance,
+            "clean_pairs": self.clean_pairs(),
+            "ratio_clean": self.ratio_clean,
             "cpu": {"figure": self.cpu(), "baseline": self.cpu(baseline=True)},
             "saturated": {"figure": self.saturated(), "baseline": self.saturated(baseline=True)},
             "parameters": self.parameters,
@@ -512,7 +600,10 @@ def _cpu_text(figure: Figure, baseline: bool) -> str:
 
     text = f"{percent(shares['server'])}/{percent(shares['load_generator'])}"
     others = shares.get("server_core_others")
-    if others is not None and others >= 0.05:
+    load_others = shares.get("load_core_others")
+    if load_others is not None and load_others >= 0.05:
+        text += f"(+{percent(others or 0.0)}, load +{percent(load_others)})"
+    elif others is not None and others >= 0.05:
         text += f"(+{percent(others)})"
     return text
 
@@ -521,7 +612,13 @@ def render_table(figures: Iterable[Figure]) -> str:
     """A plain-text table: per figure one line with the ratio (and the spread of the
     run-by-run ratios), target, verdict and CPU shares, then the figure's and the
     baseline's medians with their min-max over the runs."""
-    header = ("#", "ratio [runs min-max]", "target", "met", "CPU% server/load(+others on server core): figure | baseline")
+    header = (
+        "#",
+        "ratio [runs min-max]",
+        "target",
+        "met",
+        "CPU% server/load(+others on server core, load +others on load core): figure | baseline",
+    )
     rows: list[tuple[tuple[str, ...], list[str]]] = []
     for figure in figures:
         if figure.skipped is not None:
@@ -533,7 +630,7 @@ def render_table(figures: Iterable[Figure]) -> str:
             continue
         paired = figure.paired_ratios
         ratio = format_number(figure.ratio)
-        if paired and figure.judged == "ratio":
+        if paired:
             ratio += f" [{format_number(min(paired))}-{format_number(max(paired))}]"
         if figure.target is None:
             target = "-"
@@ -561,7 +658,8 @@ def render_table(figures: Iterable[Figure]) -> str:
         text.extend(f"{'':<{widths[0]}}    {description}" for description in descriptions)
     if any(row[3].endswith("*") for row, _ in rows):
         text.append(
-            f"* other processes took {DISTURBED_SHARE:.0%} or more of the server's core in the median run:"
+            f"* other processes took {DISTURBED_SHARE:.0%} or more of a core used (the server's, or the load"
+            " generator's less its interrupt time) in half the pairs of runs or more:"
             " the verdict is not trustworthy (run again on a quiet machine)"
         )
     return "\n".join(text)
@@ -642,7 +740,8 @@ class Settings:
     #: Users in the small database of the scale figure, and in the large one.
     small_users: int = 1_000
     large_users: int = 1_000_000
-    #: Idle authenticated connections held by one registry (figure 9).
+    #: Idle authenticated connections held by one registry (figure 9; quick holds a
+    #: quarter of them, then all, and extrapolates from the slope between the two).
     idle_connections: int = 10_000
     #: Key type of every CA, server and user key (the product's default).
     key_type: str = "p384"
@@ -657,7 +756,7 @@ class Settings:
                 warmup=0.15,
                 duration=0.3,
                 large_users=100_000,
-                idle_connections=300,
+                idle_connections=1_200,
                 key_type=key_type,
             )
         else:

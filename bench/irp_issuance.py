@@ -8,7 +8,8 @@ may hold at most 50 certificates (``max_certificates_per_user``, left at its def
 baseline is :mod:`bench.cert_signing` on the server core: the same CSRs, the same
 certificate, the same key type, with ``cryptography`` alone.
 
-Target: ratio >= 0.5.
+Target: ratio >= 0.6 (the issue's table). The baseline runs interleaved with the figure's (raw, IRP,
+raw, IRP...) and keeps the same CPU record as every other run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bench.harness import SERVER_CPU, Context, Figure, Sample
 from bench.irp_server import OK, registry
 
 FIGURE_ID = "4"
-TARGET = 0.5
+TARGET = 0.6
 #: Requests per connection per run: the quota is 50 certificates and each user has one.
 LIMIT = 45
 

@@ -13,8 +13,11 @@ import os
 from twisted.trial.unittest import TestCase
 
 from bench import MODULES, OPT_IN
-from bench.__main__ import disturbance, selected_modules
+from bench.__main__ import disturbance, run_module, selected_modules
 from bench.harness import (
+    LOAD_CPU,
+    SERVER_CPU,
+    CpuWindow,
     Figure,
     Sample,
     Stats,
@@ -73,6 +76,17 @@ class FigureTests(TestCase):
         unpaired = figure((50.0, 60.0, 70.0), (100.0,), target=0.5)
         self.assertAlmostEqual(unpaired.ratio or 0.0, 0.6)
 
+    def test_unequal_runs_have_no_spread(self) -> None:
+        """Runs of different counts are not paired: the ratio is median over median and no
+        spread is drawn from a subset of the baseline's runs (D2: 9b once paired its held
+        runs with the first half of twice as many baseline runs)."""
+        result = figure((1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 3.0, 3.0, 3.0))
+        self.assertEqual(result.paired_ratios, [])
+        self.assertEqual(result.ratio, 0.5)
+        entry = result.to_json()
+        self.assertEqual((entry["ratio_runs"], entry["ratio_min"], entry["ratio_max"]), ([], None, None))
+        self.assertNotIn("[", render_table([result]).splitlines()[2].split()[1])
+
     def test_missed(self) -> None:
         """Below a ">=" target is a miss."""
         self.assertFalse(figure((40.0,), (100.0,), target=0.5).met)
@@ -118,6 +132,39 @@ class FigureTests(TestCase):
         self.assertEqual(skipped[0].to_json()["skipped"], "no PostgreSQL server: initdb is missing")
 
 
+class IdleFigureTests(TestCase):
+    """Figure 9's arithmetic: the quick extrapolation and the paired baseline."""
+
+    def test_extrapolation_from_the_marginal_slope(self) -> None:
+        """--quick extrapolates from the slope between its two levels, not from zero (D5:
+        the slope from zero included memory already mapped at start-up)."""
+        from bench.irp_idle import extrapolate_rss, hold_levels
+
+        self.assertAlmostEqual(extrapolate_rss([(0, 60.0), (300, 70.0), (1200, 130.0)], 10_000), 716.67, places=2)
+        self.assertAlmostEqual(extrapolate_rss([(0, 60.0), (300, 70.0)], 10_000), 393.33, places=2)
+        self.assertRaises(ValueError, extrapolate_rss, [(300, 70.0)], 10_000)
+        self.assertEqual(hold_levels(1_200), (300, 1_200))
+        self.assertEqual(hold_levels(10_000), (10_000,))
+
+    def test_one_baseline_run_per_run(self) -> None:
+        """9b's baseline has one run per held run (the mean of the runs before and after),
+        so its ratio and spread come from the same pairs (D2)."""
+        from bench.irp_idle import idle_baseline
+
+        before = [Sample(1.0, 1.0, 0.1, 0.5, {"server_core_others": 0.0}) for _ in range(3)]
+        after = [Sample(3.0, 1.0, 0.1, 0.7, {"server_core_others": 0.2}) for _ in range(3)]
+        baseline = idle_baseline(before, after)
+        self.assertEqual([sample.value for sample in baseline], [2.0, 2.0, 2.0])
+        self.assertEqual(baseline[0].details["before"], 1.0)
+        self.assertEqual(baseline[0].details["after"], 3.0)
+        self.assertEqual(baseline[0].details["server_core_others"], 0.2)
+        self.assertAlmostEqual(baseline[0].server_cpu or 0.0, 0.6)
+        held = Figure("9b", "x", "ms", samples(2.0, 3.0, 4.0), "y", "ms", baseline, target=2.0, sense="<=")
+        self.assertEqual(held.paired_ratios, [1.0, 1.5, 2.0])
+        self.assertEqual(held.ratio, 1.5)
+        self.assertRaises(ValueError, idle_baseline, before, after[:2])
+
+
 class OutputTests(TestCase):
     """The table and the JSON document."""
 
@@ -129,12 +176,24 @@ class OutputTests(TestCase):
                 Figure("9a", "RSS", "MiB", samples(700.0), "RSS idle", "MiB", samples(60.0), target=1024.0, sense="<=", judged="value"),
             ]
         )
+        row_9a = next(line for line in text.splitlines() if line.startswith("9a "))
+        self.assertEqual(row_9a.split()[1], "-")
         self.assertIn("0.500 [0.350-0.600]", text)
         self.assertIn(">= 0.500", text)
         self.assertIn("yes", text)
         self.assertIn("things/s: 60.0 /s [50.0-70.0]", text)
         self.assertIn("vs bare things/s: 100 /s [100-200]", text)
         self.assertIn("<= 1,024 MiB", text)
+
+    def test_value_judged_has_no_ratio(self) -> None:
+        """A figure judged on its own value (a memory ceiling) has no ratio: its baseline is
+        context, not a denominator (D3: 9a printed held RSS / idle RSS)."""
+        memory = Figure("9a", "RSS", "MiB", samples(700.0), "RSS idle", "MiB", samples(60.0), target=256.0, sense="<=", judged="value")
+        self.assertIsNone(memory.ratio)
+        entry = memory.to_json()
+        self.assertIsNone(entry["ratio"])
+        self.assertEqual(entry["ratio_runs"], [])
+        self.assertFalse(memory.met)
 
     def test_json(self) -> None:
         """Every figure with its stats, runs, ratio, target and CPU shares."""
@@ -201,6 +260,7 @@ class CommandTests(TestCase):
         self.assertNotIn("irp_postgres", selected_modules(""))
         self.assertEqual(selected_modules("postgres"), ["irp_postgres"])
         self.assertEqual(selected_modules("pg3,1"), ["irp_lookups", "irp_postgres"])
+        self.assertEqual(selected_modules("9c"), ["irp_idle"])
         self.assertRaises(SystemExit, selected_modules, "42")
 
     def test_disturbance(self) -> None:
@@ -214,6 +274,80 @@ class CommandTests(TestCase):
         busy.target = 0.1
         self.assertIn("yes*", render_table([busy]))
         self.assertIn("not trustworthy", render_table([busy]))
+
+    def test_load_core_disturbance(self) -> None:
+        """Other work on the load generator's core marks the figure disturbed as other work
+        on the server's does (D1: only the server's core was checked)."""
+        loaded = [Sample(1.0, 1.0, 0.3, 1.0, {"server_core_others": 0.0, "load_core_others": 0.5})]
+        result = Figure("1", "x", "/s", loaded, "y", "/s", samples(2.0))
+        self.assertTrue(result.disturbed)
+        self.assertEqual(disturbance([result]), 0.5)
+        result.target = 0.1
+        self.assertIn("load +50", render_table([result]))
+
+    def test_disturbed_pairs_behind_a_calm_median(self) -> None:
+        """Two disturbed pairs out of three make the figure disturbed even when each side's
+        median run is calm (D1: the median hid them)."""
+
+        def run(value: float, others: float) -> Sample:
+            return Sample(value, 1.0, 0.3, 1.0, {"server_core_others": others})
+
+        result = Figure(
+            "1", "x", "/s", [run(1.0, 0.0), run(1.0, 0.4), run(1.0, 0.0)],
+            "y", "/s", [run(2.0, 0.4), run(2.0, 0.0), run(2.0, 0.0)],
+        )
+        self.assertEqual(result.cpu()["server_core_others"], 0.0)
+        self.assertEqual(result.cpu(baseline=True)["server_core_others"], 0.0)
+        self.assertTrue(result.disturbed)
+        self.assertEqual(result.clean_pairs(), [2])
+        self.assertEqual(result.to_json()["clean_pairs"], [2])
+        one_bad = Figure("1", "x", "/s", [run(1.0, 0.0)] * 3, "y", "/s", [run(2.0, 0.4), run(2.0, 0.0), run(2.0, 0.0)])
+        self.assertFalse(one_bad.disturbed)
+
+    def test_retry_on_load_core_disturbance(self) -> None:
+        """A module whose load generator's core was disturbed is run again, and the calmer
+        attempt kept."""
+
+        class Module:
+            calls = 0
+
+            def run(self, ctx: object) -> list[Figure]:
+                self.calls += 1
+                others = 0.4 if self.calls == 1 else 0.0
+                loaded = [Sample(1.0, 1.0, 0.3, 1.0, {"server_core_others": 0.0, "load_core_others": others})]
+                return [Figure("1", "x", "/s", loaded, "y", "/s", samples(2.0))]
+
+        module = Module()
+        (result,) = run_module(None, "irp_lookups", module, "x", retries=1)  # type: ignore[arg-type]
+        self.assertEqual(module.calls, 2)
+        self.assertEqual(result.details["attempt_disturbance"], [0.4, 0.02])
+        self.assertFalse(result.disturbed)
+
+    def test_window_checks_both_cores(self) -> None:
+        """A window records the other work on the load generator's core, less interrupt
+        time (the kernel's TCP work for the bench's own loopback traffic)."""
+        window = CpuWindow(os.getppid())
+        window.server_cpu = 0.5
+        window.load_cpu = 0.2
+        window.core_busy = {SERVER_CPU: 0.6, LOAD_CPU: 0.9}
+        window.core_interrupts = {SERVER_CPU: 0.0, LOAD_CPU: 0.3}
+        details = window.sample(1.0).details
+        self.assertEqual(details["server_core_others"], 0.1)
+        self.assertEqual(details["load_core_others"], 0.4)
+        self.assertEqual(details["load_core_interrupts"], 0.3)
+
+    def test_window_of_a_cpu_only_baseline(self) -> None:
+        """A process measuring itself as the server (a CPU-only baseline on the server's
+        core) gets a full CPU record: its share is the server's, the load generator's 0."""
+        window = CpuWindow(os.getpid())
+        with window:
+            sum(range(100_000))
+        window.core_busy = {SERVER_CPU: 0.9, LOAD_CPU: 0.1}  # a window shorter than a tick has none
+        sample = window.sample(1.0)
+        self.assertIsNotNone(sample.server_cpu)
+        self.assertEqual(sample.load_cpu, 0.0)
+        self.assertIn("server_core_others", sample.details)
+        self.assertNotIn("load_core_others", sample.details)
 
     def test_profile_summary(self) -> None:
         """Own and inclusive shares of the busy samples; waits are set apart."""
