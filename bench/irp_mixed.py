@@ -77,7 +77,8 @@ def open_connections(irp: dict[str, Any], echo: dict[str, Any], pki: Pki, plan: 
     count = settings.connections
     frames = mixed_frames(plan)
     _OPEN["frames"] = frames
-    _OPEN["offset"] = 0
+    # A module run again (a disturbed attempt) goes on where the last one stopped.
+    _OPEN.setdefault("offset", 0)
     _OPEN["irp"] = connect_tls(
         HOST,
         irp["port"],
@@ -117,7 +118,7 @@ def close_connections() -> None:
     for side in ("irp", "echo"):
         for connection in _OPEN.pop(side, []):
             connection.goodbye()
-    _OPEN.clear()
+    _OPEN.pop("frames", None)
 
 
 # ---------------------------------------------------------------------------------------
