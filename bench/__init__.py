@@ -15,6 +15,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sixchat_handshakes": ("5",),
     "sixchat_messages": ("6",),
     "sixchat_bulk": ("7",),
+    "irp_mixed": ("1m", "1m-off"),
     "irp_scale": ("8",),
     "irp_idle": ("9a", "9b", "9c"),
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),

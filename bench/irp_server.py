@@ -21,6 +21,11 @@ Set-up that is not measured is done directly, not over the network:
   random 64-byte signature of the same size (signing a million records would take
   minutes and changes nothing the server does: it serves stored signatures, it does not
   check them).
+
+The registry's answer cache is wrapped in a :class:`CountingCache` (the bench counts, the
+product is unchanged), so every IRP figure can say how many look-ups it answered from
+cached answers; the ``use_caches`` command switches all of the registry's caches off and
+on again between runs (cache-on and cache-off rows from one process and one database).
 """
 
 from __future__ import annotations
@@ -45,6 +50,53 @@ ONLINE_EVERY = 10
 def username(index: int) -> str:
     """The name of bulk-loaded user ``index``."""
     return f"u{index:07d}"
+
+
+class CountingCache:
+    """A registry cache (``get``/``put``, versioned or not) that counts what it is asked.
+
+    ``hits`` are ``get`` calls that returned a value; ``fills`` are ``put`` calls, i.e.
+    answers read from the database (a look-up that misses asks ``get`` twice, once on the
+    immediate path and once on the database path, and ``put`` once). Any other attribute
+    is the wrapped cache's.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.hits = 0
+        self.misses = 0
+        self.fills = 0
+
+    def get(self, key: Any, *version: Any) -> Any:
+        """The wrapped cache's answer, counted."""
+        value = self.inner.get(key, *version)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def put(self, key: Any, *value: Any) -> None:
+        """Keep through the wrapped cache, counted."""
+        self.fills += 1
+        self.inner.put(key, *value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """The counts so far (``hit_rate``: hits over hits plus database reads; None before
+        any look-up); with ``reset``, start counting again from zero."""
+        answered = self.hits + self.fills
+        result = {
+            "hits": self.hits,
+            "database_reads": self.fills,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / answered, 4) if answered else None,
+        }
+        if reset:
+            self.hits = self.misses = self.fills = 0
+        return result
 
 
 def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
@@ -192,11 +244,13 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         from common.pki.keyfiles import fingerprint
         from common.wire.framing import encode_frame
         from irp.server.ca import generate_key
+        from irp.server.caching import CACHE_NAMES, RegistryCaches
         from irp.server.passwords import Argon2Parameters
         from irp.server.protocol import ConnectionLimits
         from irp.server.service import RegistryService, RegistrySettings
         from irp.wire.elements import addresses_element
         from irp.wire.messages import ok_response
+        from irp.wire.records import Endpoint
         from test.helpers import TEST_PARAMETERS
 
         settings = RegistrySettings(
@@ -217,6 +271,23 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         assert service.registry is not None and service.store is not None and service.credentials is not None
         registry, store, ca = service.registry, service.store, service.credentials.ca
         counter = {"next": 0}
+        answers = CountingCache(registry.caches.answers)
+        registry.caches.answers = answers
+        caches = {True: registry.caches, False: RegistryCaches.build(CACHE_NAMES)}
+
+        def use_caches(on: bool) -> None:
+            """All of the registry's caches on (the ones it started with, as warm as they
+            were) or all off (``--no-cache all``)."""
+            registry.caches = caches[on]
+
+        def cache_stats(reset: bool = False) -> dict[str, Any]:
+            return {"answers": answers.stats(reset), "on": registry.caches is caches[True]}
+
+        async def register(names: list[str]) -> None:
+            """Register one online endpoint for each of ``names``, as ``<register-address>``
+            does (so that their records look as they do while they register)."""
+            for index, name in enumerate(names):
+                await store.put_addresses(name, "online", (Endpoint(f"2001:db8::{index % 64 + 1:x}", 4605),), 300)
 
         async def enrol(prefix: str) -> Pem:
             name = f"{prefix}{counter['next']:05d}"
@@ -269,6 +340,9 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
             "response_size": response_size,
             "sweep": sweep,
             "certificates": certificates,
+            "use_caches": use_caches,
+            "cache_stats": cache_stats,
+            "register": register,
         }
         return info, commands
 
@@ -312,6 +386,67 @@ def register_frames(count: int = 64) -> list[bytes]:
         sub_element(operation, "endpoint", {"address": f"2001:db8::{index + 1:x}", "port": "4605"})
         frames.append(encode_frame(build_request(1 + index, operation)))
     return frames
+
+
+#: One request in this many of the mixed workload is a ``<register-address>`` (2 %).
+REGISTER_EVERY = 50
+
+
+def spread_targets(bulk_users: int, count: int) -> list[str]:
+    """``count`` bulk-loaded users spread evenly over the whole directory of
+    ``bulk_users`` (all of them when there are fewer)."""
+    step = max(bulk_users // max(count, 1), 1)
+    return [username(index) for index in range(0, bulk_users, step)][:count]
+
+
+def mixed_plan(
+    spread: list[str], registrants: list[str], count: int, *, every: int = REGISTER_EVERY, seed: int = 4604
+) -> list[str | None]:
+    """The requests of the mixed workload, in order: a user name is a ``<lookup>`` of
+    that user, None a ``<register-address>`` (by whichever load user sends it).
+
+    In each block of ``every`` requests: one registration (the last), one look-up of a
+    registering user (the middle one; ``registrants`` in turn, so a changed answer is
+    looked up again) and look-ups of users chosen at random from ``spread``.
+    """
+    import random
+
+    if every < 3:
+        raise ValueError("a block needs a registration, a registrant look-up and a look-up")
+    chooser = random.Random(seed)
+    plan: list[str | None] = []
+    for index in range(count):
+        block, position = divmod(index, every)
+        if position == every - 1:
+            plan.append(None)
+        elif position == every // 2:
+            plan.append(registrants[block % len(registrants)])
+        else:
+            plan.append(chooser.choice(spread))
+    return plan
+
+
+def mixed_frames(plan: list[str | None]) -> list[bytes]:
+    """Pre-serialised request frames of :func:`mixed_plan`'s ``plan`` (a registration
+    registers one endpoint, online, for 300 s)."""
+    from common.wire.framing import encode_frame
+    from common.wire.xmlcodec import make_element
+    from irp.wire.messages import build_request
+
+    registrations = register_frames()
+    frames = []
+    for index, target in enumerate(plan):
+        if target is None:
+            frames.append(registrations[(index // REGISTER_EVERY) % len(registrations)])
+        else:
+            frames.append(encode_frame(build_request(1 + index % 1000, make_element("lookup", {"user": target}))))
+    return frames
+
+
+def answered_names(plan: list[str | None], registrants: list[str]) -> list[str]:
+    """Whose record each request of ``plan`` is answered with: the target of a look-up;
+    for a registration, a registering user (its new record; every registrant's is alike)."""
+    return [registrants[index % len(registrants)] if target is None else target for index, target in enumerate(plan)]
 
 
 def make_csr(key: Any) -> bytes:
