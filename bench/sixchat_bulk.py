@@ -1,4 +1,4 @@
-"""Figure 7: SixChat bulk (64 KiB records) MB/s vs TLS bulk over Twisted.
+"""Figure 7: SixChat bulk (64 KiB records, sealed in the window) MB/s vs TLS bulk over Twisted.
 
 The initiator streams ``total`` bytes as SixChat data records of 64 KiB, then a
 ``<ping/>``; the time runs until the responder's ``<pong/>``. Each record is sealed

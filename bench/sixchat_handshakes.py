@@ -1,4 +1,4 @@
-"""Figure 5: first-contact SixChat handshakes/s vs Twisted TLS 1.3 handshakes/s with client certificates verified.
+"""Figure 5: first-contact SixChat handshakes/s vs Twisted TLS 1.3 handshakes/s, client chains verified.
 
 A SixChat handshake: TCP connect, the three flights (hybrid X25519 + ML-KEM-768, each side
 signing the transcript with its P-384 certificate key), the responder checking the
