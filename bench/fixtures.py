@@ -43,6 +43,8 @@ class Pki:
     users: tuple[Pem, ...]
     #: The issuing CA's current (empty) CRL, PEM.
     crl: bytes
+    #: The root's and the issuing CA's private keys, PEM (for :func:`issue_users`).
+    ca_keys: tuple[bytes, bytes] | None = None
 
 
 def _key_pem(key: Any) -> bytes:
@@ -77,12 +79,7 @@ def make_pki(key_type: str = "p384", users: int = 1, domain: str = DOMAIN, serve
     else:
         server_certificate = ca.issue_user_certificate(Identity(server_user, domain), server_key.public_key())
         server_name = server_user
-    leaves = []
-    for index in range(users):
-        name = f"user{index:05d}"
-        key = generate_key(key_type)
-        certificate = ca.issue_user_certificate(Identity(name, domain), key.public_key())
-        leaves.append(Pem(name, _key_pem(key), _certificate_pem(certificate), (issuing,)))
+    leaves = _issue(ca, [f"user{index:05d}" for index in range(users)], key_type)
     crl = ca.build_crl([], 1)
     from cryptography.hazmat.primitives import serialization
 
@@ -94,7 +91,40 @@ def make_pki(key_type: str = "p384", users: int = 1, domain: str = DOMAIN, serve
         server=Pem(server_name, _key_pem(server_key), _certificate_pem(server_certificate), (issuing,)),
         users=tuple(leaves),
         crl=crl.public_bytes(serialization.Encoding.PEM),
+        ca_keys=(_key_pem(ca.root_key), _key_pem(ca.issuing_key)),
     )
+
+
+def _issue(ca: Any, names: list[str], key_type: str) -> tuple[Pem, ...]:
+    """A fresh key of ``key_type`` and a user certificate from ``ca`` for each of ``names``."""
+    from common.identity import Identity
+    from irp.server.ca import generate_key
+
+    issuing = _certificate_pem(ca.issuing_certificate)
+    leaves = []
+    for name in names:
+        key = generate_key(key_type)
+        certificate = ca.issue_user_certificate(Identity(name, ca.domain), key.public_key())
+        leaves.append(Pem(name, _key_pem(key), _certificate_pem(certificate), (issuing,)))
+    return tuple(leaves)
+
+
+def issue_users(pki: Pki, names: list[str]) -> tuple[Pem, ...]:
+    """New users of ``pki``'s CA (a fresh key and certificate each), for runs that must
+    never present the same certificate twice."""
+    from irp.server.ca import CertificateAuthority
+
+    if pki.ca_keys is None:
+        raise ValueError("this PKI was made without its CA keys")
+    root_key, issuing_key = pki.ca_keys
+    ca = CertificateAuthority(
+        pki.domain,
+        load_certificate(pki.root),
+        load_key(root_key),
+        load_certificate(pki.issuing),
+        load_key(issuing_key),
+    )
+    return _issue(ca, names, pki.key_type)
 
 
 def load_key(pem: bytes) -> Any:

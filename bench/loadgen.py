@@ -434,22 +434,22 @@ def windowed(
     warmup: float,
     duration: float,
     server_pid: int | None,
+    record_per_message: bool = False,
 ) -> Sample:
     """Keep ``window`` messages outstanding on one connection; count answered messages.
 
     ``produce()`` returns the next message's bytes (it may encrypt, as SixChat's record
     layer needs a fresh sequence number per record). Each message is answered by
-    ``answers_per_message`` frames.
+    ``answers_per_message`` frames. Messages due at once are joined into one write
+    (over TLS, a byte stream in records of up to 16 KiB), or with ``record_per_message``
+    written one by one (over TLS, one record per message; see :func:`send_messages`).
     """
     epoll = select.epoll()
     epoll.register(connection.fd, _IN)
     timer = CpuWindow(server_pid)
     try:
-        batch = bytearray()
-        for _ in range(window):
-            batch += produce()
+        send_messages(connection, produce, window, record_per_message=record_per_message)
         connection.outstanding += window * answers_per_message
-        connection.write(bytes(batch))
         answered = 0
         measuring = False
         begin = time.perf_counter() + warmup
@@ -466,11 +466,8 @@ def windowed(
                 messages = got // answers_per_message if answers_per_message > 1 else got
                 if messages:
                     answered += messages
-                    batch = bytearray()
-                    for _ in range(messages):
-                        batch += produce()
+                    send_messages(connection, produce, messages, record_per_message=record_per_message)
                     connection.outstanding += messages * answers_per_message
-                    connection.write(bytes(batch))
             now = time.perf_counter()
             if measuring:
                 if now >= end:
@@ -485,6 +482,22 @@ def windowed(
     finally:
         epoll.close()
     return timer.sample(result / timer.wall, messages=result, window=window)
+
+
+def send_messages(
+    connection: Framed, produce: Callable[[], bytes], count: int, *, record_per_message: bool = False
+) -> None:
+    """Send the next ``count`` messages of ``produce()``: joined into one write, or with
+    ``record_per_message`` one write each (over TLS, each write of up to 16 KiB is one
+    record; what the socket does not take stays queued as separate writes)."""
+    if record_per_message:
+        for _ in range(count):
+            connection.write(produce())
+        return
+    batch = bytearray()
+    for _ in range(count):
+        batch += produce()
+    connection.write(bytes(batch))
 
 
 def send_and_wait(connection: Framed, chunks: Callable[[], bytes | None], timeout: float = 300.0) -> None:
