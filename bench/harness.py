@@ -1012,7 +1012,7 @@ def serve_twisted(
                 if name == "rss":
                     result: Any = process_rss(os.getpid())
                 else:
-                    result = blockingCallFromThread(reactor, run_command, name, arguments)
+                    result = blockingCallFromThread(reactor, run_command, name, arguments)  # type: ignore[arg-type]
                 connection.send(("ok", result))
             except Exception:  # noqa: BLE001 - every failure goes back to the harness
                 connection.send(("error", traceback.format_exc()))
@@ -1030,7 +1030,7 @@ def serve_twisted(
         threading.Thread(target=listen_for_commands, name="bench-commands", daemon=True).start()
 
     reactor.callWhenRunning(lambda: ensureDeferred(start()))  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined,call-arg]
 
 
 # ---------------------------------------------------------------------------------------

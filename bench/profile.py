@@ -131,7 +131,12 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
                 batch = [session.send_data(payload) for _ in range(512)]
                 batch.append(session.send_message(Ping()))
                 batch.reverse()
-                loadgen.send_and_wait(framed, lambda pending=batch: pending.pop() if pending else None)
+                pending: list[bytes] = batch
+
+                def take_record(pending: list[bytes] = pending) -> bytes | None:
+                    return pending.pop() if pending else None
+
+                loadgen.send_and_wait(framed, take_record)
                 sent += 512 * 65536
             window.end()
             return window.sample(sent / window.wall / 1e6)
