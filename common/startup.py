@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -36,15 +36,25 @@ class Gate(QuietFactory):
     def __init__(self, name: str = "Gate") -> None:
         self.target: Any = None
         self.name = name
+        self._held: list[Any] = []
 
     def logPrefix(self) -> str:
         """What Twisted's "... starting on PORT" line names: the service behind the gate."""
         return self.name
 
+    def hold(self, port: Any) -> None:
+        """Accept nothing on ``port`` until :meth:`open` (a socket other processes also
+        accept on: the connections it would take and close are theirs to serve)."""
+        port.stopReading()
+        self._held.append(port)
+
     def open(self, target: Any) -> None:
         """From now on, connections go to ``target``."""
         self.target = target
         target.doStart()
+        for port in self._held:
+            port.startReading()
+        self._held.clear()
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         """The target's protocol, or None (the connection is closed) before it is ready."""
@@ -143,11 +153,25 @@ class EarlyPorts:
     the gate once it is ready. Stream endpoints on TCP and UNIX sockets bind at once.
     """
 
-    def __init__(self, reactor: Any, descriptions: list[str], name: str = "Gate") -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        descriptions: list[str],
+        name: str = "Gate",
+        *,
+        adopted: Sequence[tuple[int, int]] = (),
+    ) -> None:
         from twisted.internet.endpoints import serverFromString
 
         self.gate = Gate(name)
-        self._listening = [serverFromString(reactor, description).listen(self.gate) for description in descriptions]
+        self._listening: list[Deferred[IListeningPort]]
+        if adopted:
+            # Listening sockets another process bound and handed over as (file descriptor,
+            # address family): this process accepts on them too (see irp.server.workers).
+            # They accept nothing before the service is ready (see Gate.hold).
+            self._listening = [adopt_listening(reactor, fd, family, self.gate) for fd, family in adopted]
+        else:
+            self._listening = [serverFromString(reactor, description).listen(self.gate) for description in descriptions]
         self._failures: list[Failure] = []
         for listening in self._listening:
             listening.addErrback(self._noted)
@@ -172,7 +196,7 @@ class EarlyPorts:
 
     async def ports(self) -> list[IListeningPort]:
         """Every port, once bound; on a failure the bound ones are let go and it is raised."""
-        results = await DeferredList(self._listening, consumeErrors=True)
+        results: list[tuple[bool, Any]] = await DeferredList(self._listening, consumeErrors=True)
         bound = [result for ok, result in results if ok]
         for ok, result in results:
             if not ok:
@@ -180,6 +204,20 @@ class EarlyPorts:
                     port.stopListening()
                 result.raiseException()
         return bound
+
+
+def adopt_listening(reactor: Any, fd: int, family: int, factory: Any) -> Deferred[IListeningPort]:
+    """Accept connections for ``factory`` on the listening socket ``fd`` (an inherited one);
+    the reactor keeps a duplicate, so ``fd`` itself is closed here."""
+    try:
+        port = reactor.adoptStreamPort(fd, family, factory)
+    except Exception:  # noqa: BLE001 - handed to the caller like a failed listen
+        return fail()
+    finally:
+        os.close(fd)
+    if isinstance(factory, Gate):
+        factory.hold(port)
+    return succeed(port)
 
 
 class StartFailed(Exception):

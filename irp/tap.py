@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -19,6 +20,9 @@ from irp.server.passwords import Argon2Parameters
 from irp.server.protocol import ConnectionLimits
 from irp.server.registry import RegistryConfig
 from irp.server.service import RegistryService, RegistrySettings
+
+#: The most processes ``--workers`` starts.
+MAX_WORKERS = 64
 
 
 class Options(usage.Options):
@@ -59,6 +63,8 @@ class Options(usage.Options):
         ["admin", None, "admin", "Name of the administrator created on first start."],
         ["tls-certificate", None, None, "A TLS server certificate to use (PEM, then its chain), instead of one from the domain's CA."],
         ["tls-key", None, None, "The key of --tls-certificate (PEM, mode 0600)."],
+        ["workers", None, 1, "Processes serving the registry (1 to 64), all on the same ports and"
+         " database: this one and WORKERS - 1 workers it starts and supervises. One per core.", int],
     ]
 
     def __init__(self) -> None:
@@ -68,6 +74,11 @@ class Options(usage.Options):
         self["federated-roots"] = []
         self["registries"] = {}
         self["no-cache"] = frozenset()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, keeping the arguments given (worker processes get the same ones)."""
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable); default tcp6:4604:interface=\\:\\: (IPv6 and IPv4)."""
@@ -146,10 +157,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--key-type must be one of {', '.join(KEY_TYPES)}")
         for name in (
             "certificate-days", "max-request", "max-connections-per-address", "login-failures",
-            "login-failures-per-address", "concurrent-hashes", "max-pipelined",
+            "login-failures-per-address", "concurrent-hashes", "max-pipelined", "workers",
         ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if self["workers"] > MAX_WORKERS:
+            raise usage.UsageError(f"--workers is at most {MAX_WORKERS}")
         if bool(self["tls-certificate"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-certificate and --tls-key go together")
         if self["refusal-delay"] < 0:
@@ -235,4 +248,15 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         fail_start(reactor, "twistd irp", describe_start_failure(failure.value), at_exit=at_exit)
 
     registry.ready.addErrback(start_failed)
+    if options["workers"] > 1:
+        from irp.server.workers import WorkerPool
+
+        pool = WorkerPool(reactor, options["workers"], options.arguments)
+        pool.setServiceParent(parent)
+
+        def start_workers(ready: RegistryService) -> RegistryService:
+            pool.start_workers(ready.ports)
+            return ready
+
+        registry.ready.addCallback(start_workers)
     return parent

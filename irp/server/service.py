@@ -75,6 +75,9 @@ class RegistrySettings:
     #: server certificate the domain's CA issues for ``hostnames``.
     tls_certificate: str | None = None
     tls_key: str | None = None
+    #: Listening sockets inherited from the main process, as (file descriptor, address
+    #: family), instead of binding ``listen`` (a worker process: see irp.server.workers).
+    adopted: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def database_url(self) -> str:
@@ -122,7 +125,11 @@ class RegistryService(service.Service):
         """Bind the listening ports (before the reactor runs, so a port in use is found
         before anything is created and a daemonizing twistd hears of it)."""
         super().privilegedStartService()
-        self.early_ports = EarlyPorts(self.reactor, self.settings.listen, "IRP registry")
+        self.early_ports = self._bind()
+
+    def _bind(self) -> EarlyPorts:
+        settings = self.settings
+        return EarlyPorts(self.reactor, settings.listen, "IRP registry", adopted=settings.adopted)
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
@@ -147,7 +154,7 @@ class RegistryService(service.Service):
     async def _start(self) -> RegistryService:
         settings = self.settings
         # Bind first: a port in use must be found before a CA or data folder is created.
-        early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "IRP registry")
+        early = self.early_ports or self._bind()
         self.early_ports = None
         gate = early.gate
         self.ports.extend(await early.ports())
