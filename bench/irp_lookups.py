@@ -34,26 +34,27 @@ def echo_server(ctx: Context, response_size: int) -> Any:
     )
 
 
+def connect_both(irp: dict[str, Any], echo: dict[str, Any], pki: Pki, count: int, first: bytes) -> tuple[list[Any], list[Any]]:
+    """Load generator: ``count`` TLS connections to the registry (each logged in as its own
+    load user; ``first`` must be answered ok) and as many to the echo server."""
+    from bench.loadgen import connect_tls
+
+    sources = source_addresses(count)
+    irp_connections = connect_tls(
+        HOST, irp["port"], [client_context(user) for user in irp["users"][:count]], count, sources=sources, first=first, check=OK
+    )
+    echo_connections = connect_tls(HOST, echo["port"], [client_context(pki.users[0])], count, sources=sources, first=first)
+    return irp_connections, echo_connections
+
+
 def measure(
     irp: dict[str, Any], echo: dict[str, Any], pki: Pki, settings: Any
 ) -> list[tuple[Sample, Sample]]:
     """Load generator: (baseline, figure) pairs of closed-loop round-trip rates."""
-    from bench.loadgen import connect_tls, round_trips
+    from bench.loadgen import round_trips
 
-    count = settings.connections
     frames = lookup_frames(irp["targets"])
-    irp_connections = connect_tls(
-        HOST,
-        irp["port"],
-        [client_context(user) for user in irp["users"][:count]],
-        count,
-        sources=source_addresses(count),
-        first=frames[0],
-        check=OK,
-    )
-    echo_connections = connect_tls(
-        HOST, echo["port"], [client_context(pki.users[0])], count, sources=source_addresses(count), first=frames[0]
-    )
+    irp_connections, echo_connections = connect_both(irp, echo, pki, settings.connections, frames[0])
     pairs = []
     try:
         for _ in range(settings.runs):

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.fixtures import HOST, Pki, client_context, shared_pki, source_addresses
+from bench.fixtures import Pki, shared_pki
 from bench.harness import Context, Figure, Sample
-from bench.irp_lookups import echo_server
+from bench.irp_lookups import connect_both, echo_server
 from bench.irp_server import (
-    OK,
     REGISTER_EVERY,
     answered_names,
     mixed_frames,
@@ -72,25 +71,11 @@ _OPEN: dict[str, Any] = {}
 def open_connections(irp: dict[str, Any], echo: dict[str, Any], pki: Pki, plan: list[str | None], settings: Any) -> int:
     """Load generator: serialise the requests, open both sides' connections; return the
     number of requests."""
-    from bench.loadgen import connect_tls
-
-    count = settings.connections
     frames = mixed_frames(plan)
     _OPEN["frames"] = frames
     # A module run again (a disturbed attempt) goes on where the last one stopped.
     _OPEN.setdefault("offset", 0)
-    _OPEN["irp"] = connect_tls(
-        HOST,
-        irp["port"],
-        [client_context(user) for user in irp["users"][:count]],
-        count,
-        sources=source_addresses(count),
-        first=frames[0],
-        check=OK,
-    )
-    _OPEN["echo"] = connect_tls(
-        HOST, echo["port"], [client_context(pki.users[0])], count, sources=source_addresses(count), first=frames[0]
-    )
+    _OPEN["irp"], _OPEN["echo"] = connect_both(irp, echo, pki, settings.connections, frames[0])
     return len(frames)
 
 
