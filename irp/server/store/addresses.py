@@ -12,6 +12,11 @@ from irp.errors import NotFound
 from irp.server.store.engine import StoreEngine, Transaction
 from irp.wire.records import AddressRecord, Endpoint
 
+#: How many address changes the sweep keeps in the change log (the newest): a registry
+#: process that has not read the log for longer than that many changes takes drops every
+#: cached look-up answer instead (see :meth:`StoreEngine.follow_address_changes`).
+ADDRESS_CHANGES_KEPT = 100_000
+
 
 class AddressTable(StoreEngine):
     """The ``addresses`` table: one signed record per user."""
@@ -88,8 +93,9 @@ class AddressTable(StoreEngine):
 
         return self._read(get)
 
-    def expire_addresses(self) -> Deferred[int]:
-        """Replace every expired record that still lists addresses with a signed offline one.
+    def expire_addresses(self, keep_changes: int = ADDRESS_CHANGES_KEPT) -> Deferred[int]:
+        """Replace every expired record that still lists addresses with a signed offline one,
+        and prune the address change log to its newest ``keep_changes`` rows.
 
         Fires with the number of records replaced.
         """
@@ -104,6 +110,17 @@ class AddressTable(StoreEngine):
             )
             for username, seq in rows:
                 self._write_addresses(txn, username, "offline", (), now, int(seq) + 1, now, insert=False)
+            self._prune_address_changes(txn, keep_changes)
             return len(rows)
 
         return self._write(sweep)
+
+    def _prune_address_changes(self, txn: Transaction, keep: int) -> None:
+        """Delete all but the newest ``keep`` rows of the change log; record the highest id
+        deleted, so that a process that had not read them drops its cached answers."""
+        newest = int(self._fetchone(txn, "SELECT COALESCE(MAX(id), 0) FROM address_changes")[0])
+        pruned = int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'address_changes_pruned'")[0])
+        bound = newest - keep
+        if bound > pruned:
+            self._execute(txn, "DELETE FROM address_changes WHERE id <= ?", (bound,))
+            self._execute(txn, "UPDATE counters SET value = ? WHERE name = 'address_changes_pruned'", (bound,))

@@ -8,9 +8,9 @@ from typing import Any
 from twisted.python import usage
 from twisted.trial import unittest
 
-from common.caches import RecentCache, VersionedCache
+from common.caches import AnswerCache, RecentCache, VersionedCache
 from common.wire.xmlcodec import make_element, serialize
-from irp.server.caching import CACHE_NAMES, NoCache, RegistryCaches, parse_cache_names
+from irp.server.caching import CACHE_NAMES, NoAnswerCache, NoCache, RegistryCaches, parse_cache_names
 from irp.server.registry import RegistryConfig
 from irp.server.session import Session, SessionState
 from irp.tap import Options
@@ -22,15 +22,16 @@ class CachesTests(unittest.SynchronousTestCase):
     def test_build(self) -> None:
         """Each cache named is off (a NoCache that keeps nothing); the others are on."""
         caches = RegistryCaches.build()
-        self.assertIsInstance(caches.answers, VersionedCache)
+        self.assertIsInstance(caches.answers, AnswerCache)
         self.assertIsInstance(caches.certificates, VersionedCache)
         self.assertIsInstance(caches.usernames, RecentCache)
         off = RegistryCaches.build({"answers", "usernames"})
-        self.assertIsInstance(off.answers, NoCache)
+        self.assertIsInstance(off.answers, NoAnswerCache)
         self.assertIsInstance(off.certificates, VersionedCache)
         self.assertIsInstance(off.usernames, NoCache)
-        off.answers.put("bob", 7, b"<addresses/>")
-        self.assertIsNone(off.answers.get("bob", 7))
+        self.assertFalse(off.answers.put("bob", off.answers.reading("bob"), b"<addresses/>", 1))
+        self.assertFalse(off.answers.replace("bob", 0, b"<addresses/>", 1))
+        self.assertIsNone(off.answers.get("bob"))
         self.assertRaises(ValueError, RegistryCaches.build, {"everything"})
 
     def test_parse_names(self) -> None:
