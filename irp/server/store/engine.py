@@ -182,7 +182,7 @@ class StoreEngine:
     def _read_address_changes(self, reader: Any, watcher: AddressWatcher) -> None:
         seen = self._changes_seen
         if seen is None:
-            self._changes_seen = int(reader.execute("SELECT COALESCE(MAX(id), 0) FROM address_changes").fetchone()[0])
+            self._changes_seen = self._last_address_change(reader, self._address_changes_pruned(reader))
             watcher.clear()
             return
         rows = reader.execute(
@@ -190,15 +190,26 @@ class StoreEngine:
             (seen, CHANGES_READ_LIMIT),
         ).fetchall()
         # Read after the rows: a prune committed before them shows here.
-        pruned = int(reader.execute("SELECT value FROM counters WHERE name = 'address_changes_pruned'").fetchone()[0])
+        pruned = self._address_changes_pruned(reader)
         if pruned > seen or len(rows) >= CHANGES_READ_LIMIT:
-            self._changes_seen = int(reader.execute("SELECT COALESCE(MAX(id), 0) FROM address_changes").fetchone()[0])
+            self._changes_seen = self._last_address_change(reader, pruned)
             watcher.clear()
             return
         for _id, username, seq in rows:
             watcher.evict(username, None if seq is None else int(seq))
         if rows:
             self._changes_seen = int(rows[-1][0])
+
+    @staticmethod
+    def _address_changes_pruned(reader: Any) -> int:
+        return int(reader.execute("SELECT value FROM counters WHERE name = 'address_changes_pruned'").fetchone()[0])
+
+    @staticmethod
+    def _last_address_change(reader: Any, pruned: int) -> int:
+        """The id of the latest change logged (ids are never reused, and the log may have
+        been pruned empty: then the highest id pruned)."""
+        newest = int(reader.execute("SELECT COALESCE(MAX(id), 0) FROM address_changes").fetchone()[0])
+        return max(newest, pruned)
 
     def close(self) -> None:
         """Close the database connections."""

@@ -1,0 +1,172 @@
+"""The address change log (schema version 5) and how a store follows it.
+
+Every write of an ``addresses`` row, by any process, is logged in the same transaction by a
+trigger; a registry process reads the log to forget exactly the cached look-up answers that
+changed (see :meth:`irp.server.store.RegistryStore.follow_address_changes`). Two stores
+opened on one SQLite file play two registry processes sharing a database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as global_reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from common.db.migrations import upgrade_schema
+from common.db.pools import direct_sqlite_reader
+from irp.server.store import RegistryStore
+from irp.server.store.schema import LATEST_VERSION, MIGRATIONS
+from irp.wire.records import Endpoint
+from test.irp.server.store.helpers import PostgreSQLStore, RegistryStoreTestsMixin, SQLiteStore
+
+HERE = (Endpoint("2001:db8::5", 4605),)
+
+
+class Recorder:
+    """Stands in for the answer cache: records what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def evict(self, key: str, version: int | None = None) -> None:
+        self.events.append((key, version))
+
+    def clear(self) -> None:
+        self.events.append("clear")
+
+    def take(self) -> list[Any]:
+        events, self.events = self.events, []
+        return events
+
+
+def logged(store: RegistryStore) -> Any:
+    """Fire with the change log's rows: (user name, sequence number), oldest first."""
+
+    def read(txn: Any) -> list[tuple[str, int | None]]:
+        rows = store._fetchall(txn, "SELECT username, seq FROM address_changes ORDER BY id")
+        return [(name, None if seq is None else int(seq)) for name, seq in rows]
+
+    return store.pool.runInteraction(read)
+
+
+class AddressChangesTestsMixin(RegistryStoreTestsMixin):
+    """The log, on every engine."""
+
+    async def test_every_writer_is_logged(self) -> None:
+        """Creating a user, registering, the expiry sweep and deleting the user each log
+        the user's name (with the new record's sequence number; none for a delete)."""
+        store = await self.store()
+        await store.create_user("alice")
+        await store.create_user("bob")
+        await store.put_addresses("alice", "online", HERE, 60)
+        self.clock.advance(61)
+        self.assertEqual(await store.expire_addresses(), 1)
+        await store.delete_user("alice")
+        self.assertEqual(
+            await logged(store), [("alice", 1), ("bob", 1), ("alice", 2), ("alice", 3), ("alice", None)]
+        )
+
+    async def test_sweep_prunes_the_log(self) -> None:
+        """The sweep keeps the newest changes only, and records how far it pruned."""
+        store = await self.store()
+        for name in ("alice", "bob", "carol"):
+            await store.create_user(name)
+        await store.expire_addresses(keep_changes=1)
+        self.assertEqual(await logged(store), [("carol", 1)])
+        await store.expire_addresses(keep_changes=5)  # nothing more to prune
+        self.assertEqual(await logged(store), [("carol", 1)])
+
+    async def test_upgrade_from_version_4(self) -> None:
+        """A database of schema 4 keeps its records; their later changes are logged."""
+        store = await self.make_store()
+        await store.pool.runInteraction(upgrade_schema, store.dialect, MIGRATIONS[:4])
+        self.assertEqual(len(MIGRATIONS), 5)
+        self.assertEqual(await store.upgrade(), LATEST_VERSION)
+        await store.create_user("alice")
+        await store.put_addresses("alice", "busy", HERE, 60)
+        record = await store.get_addresses("alice")
+        assert record is not None
+        self.assertEqual((record.presence, record.seq), ("busy", 2))
+        self.assertEqual(await logged(store), [("alice", 1), ("alice", 2)])
+
+    async def test_not_followed_without_a_direct_reader(self) -> None:
+        """Without a direct reader (PostgreSQL, or before open_store made one) changes
+        cannot be followed on the reactor: answers must not be served from a cache."""
+        store = await self.store()
+        self.assertFalse(store.follow_address_changes(Recorder()))
+
+
+class SQLiteAddressChangesTests(AddressChangesTestsMixin, SQLiteStore, unittest.TestCase):
+    """On a real SQLite file; two stores on one file play two processes."""
+
+    async def following_store(self, reactor: Any = global_reactor) -> RegistryStore:
+        """A store with a direct reader on the test's database, as open_store makes."""
+        store = await self.store()
+        reader = direct_sqlite_reader(self.path("registry"))
+        self.addCleanup(reader.close)
+        store.direct_reader = reader
+        store.reactor = reactor
+        return store
+
+    async def test_other_process_writes_are_followed(self) -> None:
+        """Another store's writes reach this store's watcher once each, by name and
+        sequence number; nothing new, nothing told."""
+        this = await self.following_store()
+        other = await self.store()
+        watcher = Recorder()
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), ["clear"])  # the first time: nothing is known
+        await other.create_user("alice")
+        await other.create_user("bob")
+        await other.put_addresses("bob", "online", HERE, 60)
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), [("alice", 1), ("bob", 1), ("bob", 2)])
+        self.assertTrue(this.follow_address_changes(watcher))
+        await other.delete_user("alice")
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), [("alice", None)])
+
+    async def test_own_writes_followed_at_once(self) -> None:
+        """This store's own write is followed as soon as it has committed, within the
+        reactor turn (a look-up right after the answer sees it); another process's at the
+        next turn."""
+        turns = Clock()  # a reactor whose turns pass only when the test says
+        this = await self.following_store(turns)
+        other = await self.store()
+        watcher = Recorder()
+        this.follow_address_changes(watcher)
+        await this.create_user("alice")
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), ["clear", ("alice", 1)])
+        await this.put_addresses("alice", "away", HERE, 60)
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), [("alice", 2)])
+        await other.put_addresses("alice", "busy", HERE, 60)
+        this.follow_address_changes(watcher)
+        self.assertEqual(watcher.take(), [])  # the data version of this turn
+        turns.advance(0)
+        this.follow_address_changes(watcher)
+        self.assertEqual(watcher.take(), [("alice", 3)])
+
+    async def test_pruned_past_what_was_read_drops_everything(self) -> None:
+        """When the log was pruned past what this store had read, it cannot tell what
+        changed: everything is forgotten, and following goes on from there."""
+        this = await self.following_store()
+        other = await self.store()
+        watcher = Recorder()
+        this.follow_address_changes(watcher)
+        watcher.take()
+        await other.create_user("alice")
+        await other.create_user("bob")
+        await other.expire_addresses(keep_changes=0)
+        self.assertTrue(this.follow_address_changes(watcher))
+        self.assertEqual(watcher.take(), ["clear"])
+        await other.create_user("carol")
+        this.follow_address_changes(watcher)
+        self.assertEqual(watcher.take(), [("carol", 1)])
+
+
+class PostgreSQLAddressChangesTests(AddressChangesTestsMixin, PostgreSQLStore, unittest.TestCase):
+    """On a real PostgreSQL server (see test/pgserver.py)."""
