@@ -11,7 +11,7 @@ adbapi's thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,6 +22,7 @@ from common.db.dialect import Dialect
 from common.db.migrations import upgrade_schema
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, Unavailable
+from irp.server.store.listener import CHANNEL, AddressListener, AddressWatcher
 from irp.server.store.schema import MIGRATIONS
 from irp.wire.records import RecordSigner
 
@@ -36,16 +37,6 @@ GROUP_COMMIT_LIMIT = 256
 #: The most address changes read at once: a process further behind drops every cached
 #: answer instead (reading more would hold the reactor).
 CHANGES_READ_LIMIT = 10_000
-
-
-class AddressWatcher(Protocol):
-    """What follows the changes of address records (the registry's answer cache)."""
-
-    def evict(self, key: str, version: int | None = None) -> None:
-        """The user's record was written (at ``version``; None: deleted)."""
-
-    def clear(self) -> None:
-        """Records may have changed, which is not known: forget everything."""
 
 
 class StoreEngine:
@@ -76,6 +67,8 @@ class StoreEngine:
         self.read_pool: Any = None
         #: The reactor (for once-per-turn work), set by open_store.
         self.reactor: Any = None
+        #: PostgreSQL: the connection listening for address changes, set by open_store.
+        self.address_listener: AddressListener | None = None
         self._version: int | None = None
         self._forget_scheduled = False
         #: The data version at which the address change log was last read, and the last
@@ -160,13 +153,18 @@ class StoreEngine:
         """Tell ``watcher`` of every address record written since the last call, by any
         process sharing the database (see the ``address_changes`` log in
         :mod:`~irp.server.store.schema`); return whether answers it keeps may be served
-        now (False: this store cannot follow changes, as on PostgreSQL, or not now).
+        now (False: this store cannot follow changes now, or at all).
 
-        Cheap when nothing was committed: the log is read only when the database's data
-        version moved (asked once per reactor turn, and again after each write of this
+        SQLite: cheap when nothing was committed: the log is read only when the database's
+        data version moved (asked once per reactor turn, and again after each write of this
         store, so that this process's own writes are followed at once). When the log was
         pruned past what was read, or is too far ahead, everything is forgotten.
+        PostgreSQL: the notifications the listening connection took in (see
+        :mod:`~irp.server.store.listener`); nothing is served while it is down.
         """
+        if self.direct_reader is None:
+            listener = self.address_listener
+            return False if listener is None else listener.follow(watcher)
         version = self._sqlite_data_version()
         if version is None:
             return False
@@ -216,6 +214,9 @@ class StoreEngine:
         if self.direct_reader is not None:
             self.direct_reader.close()
             self.direct_reader = None
+        if self.address_listener is not None:
+            self.address_listener.stop()
+            self.address_listener = None
         if self.read_pool is not None:
             self.read_pool.close()
             self.read_pool = None
@@ -231,17 +232,32 @@ class StoreEngine:
         """Run ``interaction`` in a write transaction; integrity errors become Conflict,
         operational errors Unavailable."""
 
+        listener = self.address_listener
+        # PostgreSQL: a marker notified with the transaction's own notifications tells
+        # when they have all come back (see AddressListener.follow).
+        marker = None if listener is None else listener.next_marker()
+
         def transaction(txn: Transaction, *inner: Any) -> T:
             if self.dialect.begin_write:
                 txn.execute(self.dialect.begin_write)
             try:
-                return interaction(txn, *inner)
+                result = interaction(txn, *inner)
             except self._integrity_error as error:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
+            if marker is not None:
+                self._execute(txn, "SELECT pg_notify(?, ?)", (CHANNEL, marker))
+            return result
 
         result = self.pool.runInteraction(transaction, *args)
+        if listener is not None and marker is not None:
+            result.addCallback(self._marker_committed, listener, marker)
         result.addBoth(self._count_write)
         return result.addErrback(self._unavailable)
+
+    @staticmethod
+    def _marker_committed(result: T, listener: AddressListener, marker: str) -> T:
+        listener.write_committed(marker)
+        return result
 
     def _count_write(self, result: T) -> T:
         self._local_writes += 1

@@ -11,15 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from common.db.migrations import upgrade_schema
 from common.db.pools import direct_sqlite_reader
-from irp.server.store import RegistryStore
+from irp.server.store import RegistryStore, open_store
+from irp.server.store import listener as listener_module
 from irp.server.store.schema import LATEST_VERSION, MIGRATIONS
 from irp.wire.records import Endpoint
-from test.irp.server.store.helpers import PostgreSQLStore, RegistryStoreTestsMixin, SQLiteStore
+from test.irp.server.store.helpers import DOMAIN, PostgreSQLStore, RegistryStoreTestsMixin, SQLiteStore
 
 HERE = (Endpoint("2001:db8::5", 4605),)
 
@@ -169,4 +170,77 @@ class SQLiteAddressChangesTests(AddressChangesTestsMixin, SQLiteStore, unittest.
 
 
 class PostgreSQLAddressChangesTests(AddressChangesTestsMixin, PostgreSQLStore, unittest.TestCase):
-    """On a real PostgreSQL server (see test/pgserver.py)."""
+    """On a real PostgreSQL server (see test/pgserver.py); two stores opened on one
+    database play two processes, each listening for the trigger's notifications."""
+
+    async def open(self) -> RegistryStore:
+        """A store as open_store makes it (listening), on the test's database."""
+        if "registry" not in self._databases:
+            self._databases["registry"] = self.server.create_database()
+        store = await open_store(
+            self._databases["registry"], domain=DOMAIN, signer=self.signer, now=self.clock.seconds, reactor=global_reactor
+        )
+        self.addCleanup(store.close)
+        return store
+
+    async def listening(self) -> tuple[RegistryStore, Recorder]:
+        store = await self.open()
+        watcher = Recorder()
+        self.assertFalse(store.follow_address_changes(watcher))  # not listening yet
+        assert store.address_listener is not None
+        await store.address_listener.ready
+        self.assertTrue(store.follow_address_changes(watcher))
+        self.assertEqual(watcher.take()[-1:], ["clear"])
+        return store, watcher
+
+    async def follow_until(self, store: RegistryStore, watcher: Recorder, event: Any) -> None:
+        """Follow until ``event`` was told (a notification travels from the server: wait
+        for it, up to 10 s)."""
+        for _ in range(2000):
+            if store.follow_address_changes(watcher) and event in watcher.events:
+                return
+            await deferLater(global_reactor, 0.005, lambda: None)
+        self.fail(f"{event!r} never told: {watcher.events!r}")
+
+    async def test_other_process_writes_are_notified(self) -> None:
+        this, watcher = await self.listening()
+        other = await self.open()
+        await other.create_user("alice")
+        await other.put_addresses("alice", "online", HERE, 60)
+        await self.follow_until(this, watcher, ("alice", 2))
+        self.assertEqual(watcher.take(), [("alice", 1), ("alice", 2)])
+        await other.delete_user("alice")
+        await self.follow_until(this, watcher, ("alice", None))
+
+    async def test_own_write_not_served_before_its_notifications(self) -> None:
+        """After this process's own write, cached answers are served again only once its
+        notifications came back (so an answer it changed is never served stale)."""
+        this, watcher = await self.listening()
+        await this.create_user("alice")
+        while not this.follow_address_changes(watcher):
+            await deferLater(global_reactor, 0.005, lambda: None)
+        self.assertIn(("alice", 1), watcher.events)
+
+    async def test_lost_listener_drops_everything_until_back(self) -> None:
+        """When the listening connection is lost nothing is served and every answer is
+        forgotten; once it is back, following goes on (after forgetting again)."""
+        self.patch(listener_module, "RECONNECT_DELAY", 0.05)
+        this, watcher = await self.listening()
+        other = await self.open()
+        await other.pool.runOperation(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN irp_addresses'"
+            " AND pid <> pg_backend_pid()"
+        )
+        for _ in range(2000):
+            if not this.follow_address_changes(watcher):
+                break
+            await deferLater(global_reactor, 0.005, lambda: None)
+        self.assertFalse(this.follow_address_changes(watcher))
+        self.assertIn("clear", watcher.take())
+        for _ in range(2000):
+            if this.follow_address_changes(watcher):
+                break
+            await deferLater(global_reactor, 0.005, lambda: None)
+        self.assertIn("clear", watcher.take())
+        await other.create_user("bob")
+        await self.follow_until(this, watcher, ("bob", 1))
