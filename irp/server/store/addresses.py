@@ -16,6 +16,9 @@ from irp.wire.records import AddressRecord, Endpoint
 #: process that has not read the log for longer than that many changes takes drops every
 #: cached look-up answer instead (see :meth:`StoreEngine.follow_address_changes`).
 ADDRESS_CHANGES_KEPT = 100_000
+#: The most changes one sweep prunes (a mass import's log is pruned over several sweeps,
+#: none holding the write lock long).
+ADDRESS_CHANGES_PRUNED_AT_ONCE = 100_000
 
 
 class AddressTable(StoreEngine):
@@ -120,7 +123,7 @@ class AddressTable(StoreEngine):
         deleted, so that a process that had not read them drops its cached answers."""
         newest = int(self._fetchone(txn, "SELECT COALESCE(MAX(id), 0) FROM address_changes")[0])
         pruned = int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'address_changes_pruned'")[0])
-        bound = newest - keep
+        bound = min(newest - keep, pruned + ADDRESS_CHANGES_PRUNED_AT_ONCE)
         if bound > pruned:
             self._execute(txn, "DELETE FROM address_changes WHERE id <= ?", (bound,))
             self._execute(txn, "UPDATE counters SET value = ? WHERE name = 'address_changes_pruned'", (bound,))
