@@ -149,6 +149,7 @@ class AnswerCache(CacheStats, Generic[K, V]):
         self._writes_remembered = writes_remembered
         #: Stores with a ticket below this are refused (writes forgotten, or a clear).
         self._floor = 0
+        self.reads = 0
         self.replaced = 0
         self.evicted = 0
         self.refused = 0
@@ -159,12 +160,11 @@ class AnswerCache(CacheStats, Generic[K, V]):
         """How many answers are kept at most."""
         return self._answers.size
 
-    def get(self, key: K, count_miss: bool = True) -> V | None:
-        """The answer kept for ``key``, or None (counted as a hit or a miss; a miss not
-        when ``count_miss`` is false: the caller asks again, and counts then)."""
+    def get(self, key: K) -> V | None:
+        """The answer kept for ``key``, or None (counted as a hit or a miss)."""
         kept = self._answers.peek(key)
         if kept is None:
-            self.misses += count_miss
+            self.misses += 1
             return None
         self.hits += 1
         self._answers.put(key, kept)  # the most recently used now
@@ -177,6 +177,7 @@ class AnswerCache(CacheStats, Generic[K, V]):
     def put(self, key: K, ticket: int, value: V, version: int) -> bool:
         """Keep ``value`` (made from data at ``version``) if no write to ``key`` was
         reported since ``ticket`` was taken; return whether it was kept."""
+        self.reads += 1
         if not self._unchanged_since(key, ticket):
             self.refused += 1
             return False
@@ -218,10 +219,14 @@ class AnswerCache(CacheStats, Generic[K, V]):
         self.cleared += 1
 
     def stats(self) -> dict[str, int]:
-        """Hits and misses, and how many answers were replaced, evicted, refused (stale
-        ones not stored), how many times all were dropped, and how many are kept."""
+        """Hits and misses (a caller may ask twice before reading: the hit rate is hits
+        over hits plus ``reads``), answers read from the database and offered (``reads``),
+        how many were replaced by this process's writes, evicted, refused (read while
+        their key was written: not kept), how many times all were dropped, and how many
+        are kept."""
         return {
             **super().stats(),
+            "reads": self.reads,
             "replaced": self.replaced,
             "evicted": self.evicted,
             "refused": self.refused,

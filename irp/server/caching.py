@@ -78,7 +78,7 @@ class Answers(Protocol[K_contra, V]):
     #: False for a cache that is off (no change needs following for it).
     active: bool
 
-    def get(self, key: K_contra, count_miss: bool = True) -> V | None:
+    def get(self, key: K_contra) -> V | None:
         """The answer kept for ``key``, or None."""
 
     def reading(self, key: K_contra) -> int:
@@ -120,7 +120,7 @@ class NoAnswerCache(Generic[K, V]):
 
     active = False
 
-    def get(self, key: K, count_miss: bool = True) -> V | None:
+    def get(self, key: K) -> V | None:
         """Always None: nothing is kept."""
         return None
 

@@ -113,8 +113,7 @@ class DirectoryOps(Handlers):
         answers = self._current_answers()
         if answers is None:
             return None
-        # A miss is counted by lookup(), which runs next.
-        cached = answers.get(self._local_username(required(element, "user")), count_miss=False)
+        cached = answers.get(self._local_username(required(element, "user")))
         return None if cached is None else [cached]
 
     async def lookup(self, session: Session, element: Element) -> list[Result]:
@@ -123,7 +122,7 @@ class DirectoryOps(Handlers):
         answers = self._current_answers()
         ticket = 0
         if answers is not None:
-            cached = answers.get(username)
+            cached = answers.get(username)  # cached meanwhile (a re-validated session)
             if cached is not None:
                 return [cached]
             ticket = answers.reading(username)  # before the read: a write meanwhile refuses it

@@ -177,7 +177,7 @@ class AnswersFollowWritesTests(unittest.TestCase):
         self.assertIn(b'port="4605"', registered)
         self.assertEqual(reads, [])
         stats = registry.caches.stats()["answers"]
-        self.assertEqual((stats["hits"], stats["misses"], stats["replaced"]), (1, 1, 1))
+        self.assertEqual((stats["hits"], stats["reads"], stats["replaced"]), (1, 1, 1))
 
     async def test_lookup_racing_a_registration_stores_nothing_stale(self) -> None:
         """A look-up that read the record before a registration committed answers what it
