@@ -161,6 +161,9 @@ class StoreEngine:
         pruned past what was read, or is too far ahead, everything is forgotten.
         PostgreSQL: the notifications the listening connection took in (see
         :mod:`~irp.server.store.listener`); nothing is served while it is down.
+
+        What was told is not told again: one watcher follows a store (a cache switched in
+        later starts empty, and is told what changes from then on).
         """
         if self.direct_reader is None:
             listener = self.address_listener
