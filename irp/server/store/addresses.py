@@ -76,7 +76,13 @@ class AddressTable(StoreEngine):
     ) -> Deferred[AddressRecord]:
         """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them
         (committed with others arriving at the same time: see :meth:`_grouped_write`)."""
-        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl)
+        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl).addBoth(
+            self._address_put, username
+        )
+
+    def _address_put(self, result: Any, username: str) -> Any:
+        seq = result.seq if isinstance(result, AddressRecord) else None
+        return self._address_written(result, username, seq)
 
     def _put_one_address(
         self, txn: Transaction, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
@@ -103,7 +109,7 @@ class AddressTable(StoreEngine):
         Fires with the number of records replaced.
         """
 
-        def sweep(txn: Transaction) -> int:
+        def sweep(txn: Transaction) -> list[tuple[str, int]]:
             now = self._now()
             rows = self._fetchall(
                 txn,
@@ -111,12 +117,19 @@ class AddressTable(StoreEngine):
                 " AND (endpoints <> '[]' OR presence <> 'offline')",
                 (now,),
             )
+            written = []
             for username, seq in rows:
                 self._write_addresses(txn, username, "offline", (), now, int(seq) + 1, now, insert=False)
+                written.append((username, int(seq) + 1))
             self._prune_address_changes(txn, keep_changes)
-            return len(rows)
+            return written
 
-        return self._write(sweep)
+        def swept(written: list[tuple[str, int]]) -> int:
+            for username, seq in written:
+                self._address_written(None, username, seq)
+            return len(written)
+
+        return self._write(sweep).addCallback(swept)
 
     def _prune_address_changes(self, txn: Transaction, keep: int) -> None:
         """Delete all but the newest ``keep`` rows of the change log; record the highest id

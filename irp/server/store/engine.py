@@ -22,7 +22,7 @@ from common.db.dialect import Dialect
 from common.db.migrations import upgrade_schema
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, Unavailable
-from irp.server.store.listener import CHANNEL, AddressListener, AddressWatcher
+from irp.server.store.listener import AddressListener, AddressWatcher
 from irp.server.store.schema import MIGRATIONS
 from irp.wire.records import RecordSigner
 
@@ -235,11 +235,6 @@ class StoreEngine:
         """Run ``interaction`` in a write transaction; integrity errors become Conflict,
         operational errors Unavailable."""
 
-        listener = self.address_listener
-        # PostgreSQL: a marker notified with the transaction's own notifications tells
-        # when they have all come back (see AddressListener.follow).
-        marker = None if listener is None else listener.next_marker()
-
         def transaction(txn: Transaction, *inner: Any) -> T:
             if self.dialect.begin_write:
                 txn.execute(self.dialect.begin_write)
@@ -247,19 +242,20 @@ class StoreEngine:
                 result = interaction(txn, *inner)
             except self._integrity_error as error:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
-            if marker is not None:
-                self._execute(txn, "SELECT pg_notify(?, ?)", (CHANNEL, marker))
             return result
 
         result = self.pool.runInteraction(transaction, *args)
-        if listener is not None and marker is not None:
-            result.addCallback(self._marker_committed, listener, marker)
         result.addBoth(self._count_write)
         return result.addErrback(self._unavailable)
 
-    @staticmethod
-    def _marker_committed(result: T, listener: AddressListener, marker: str) -> T:
-        listener.write_committed(marker)
+    def _address_written(self, result: T, username: str, seq: int | None) -> T:
+        """Callback of a write of the user's address record (at ``seq``; None: deleted, or
+        not known): on PostgreSQL, where this process's own writes come back as
+        notifications only a moment later, the next :meth:`follow_address_changes` tells
+        of it first. (On SQLite the change log, read at once, tells.) Also after a failed
+        write: forgetting an answer is always safe."""
+        if self.address_listener is not None:
+            self.address_listener.own_change(username, seq)
         return result
 
     def _count_write(self, result: T) -> T:

@@ -10,16 +10,14 @@ What may be served from a cache follows from it (:meth:`AddressListener.follow`)
 * not while the listening connection is down: when it is lost (or first made), changes may
   have been missed, so every cached answer is forgotten and none is served until the
   connection is back;
-* not while one of this process's own writes is committed but its notifications have not
-  come back yet: each write transaction also notifies a marker of its own (notifications of
-  one transaction arrive together, in order), so an answer this process just changed is
-  never served stale, even for the moment the notification travels.
+* this process's own writes are told at once (the store reports each one when it has
+  committed: :meth:`AddressListener.own_change`), so an answer this process just changed
+  is never served stale, even for the moment its notification travels.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any, Protocol
 
 from twisted.internet import threads
@@ -37,9 +35,6 @@ CHANNEL = "irp_addresses"
 RECONNECT_DELAY = 2.0
 #: Notifications kept for the next look-up; beyond that every answer is forgotten instead.
 PENDING_LIMIT = 10_000
-#: Seconds an own write may wait for its notifications before every answer is forgotten
-#: (its marker was lost with a connection: without this, no answer would be served again).
-MARKER_WAIT = 5.0
 
 
 class AddressWatcher(Protocol):
@@ -63,17 +58,10 @@ class AddressListener:
         #: A duplicate of the connection's socket, for the reactor: it stays valid however
         #: libpq closes its own when the connection breaks.
         self._fileno = -1
-        #: Names of this process's own markers (other processes' are ignored).
-        self.token = uuid.uuid4().hex
         self._pending: list[tuple[str, int | None]] = []
         self._overflow = False
         #: Forget every answer at the next follow (set when made or lost).
         self._must_clear = True
-        self._markers_sent = 0
-        #: Own writes committed whose marker has not come back: marker -> commit time.
-        self._unconfirmed: dict[int, float] = {}
-        #: Markers come back before their write's commit was reported.
-        self._early: set[int] = set()
         self._stopped = False
         self._retry: Any = None
         self.ready: Deferred[None] = Deferred()
@@ -103,8 +91,6 @@ class AddressListener:
         self.connection = connection
         self._fileno = os.dup(connection.pgconn.socket)
         self._must_clear = True
-        self._unconfirmed.clear()
-        self._early.clear()
         self.reactor.addReader(self)
         if not self.ready.called:
             self.ready.callback(None)
@@ -177,34 +163,17 @@ class AddressListener:
     # -- notifications ------------------------------------------------------------------
 
     def _received(self, payload: str) -> None:
-        if payload.startswith("#"):
-            token, _, number = payload[1:].partition(" ")
-            if token == self.token:
-                self._marker_back(int(number))
-            return
         username, _, seq = payload.partition(" ")
+        self.own_change(username, int(seq) if seq else None)
+
+    def own_change(self, username: str, seq: int | None) -> None:
+        """The user's record was written (at ``seq``; None: deleted or not known), to be
+        told at the next :meth:`follow`."""
         if len(self._pending) >= PENDING_LIMIT:
             self._overflow = True
             self._pending.clear()
         if not self._overflow:
-            self._pending.append((username, int(seq) if seq else None))
-
-    def next_marker(self) -> str:
-        """The payload marking one more write transaction of this process."""
-        self._markers_sent += 1
-        return f"#{self.token} {self._markers_sent}"
-
-    def write_committed(self, marker: str) -> None:
-        """The write transaction that notified ``marker`` committed."""
-        number = int(marker.rpartition(" ")[2])
-        if number in self._early:
-            self._early.discard(number)
-        else:
-            self._unconfirmed[number] = self.reactor.seconds()
-
-    def _marker_back(self, number: int) -> None:
-        if self._unconfirmed.pop(number, None) is None:
-            self._early.add(number)
+            self._pending.append((username, seq))
 
     def follow(self, watcher: AddressWatcher) -> bool:
         """Tell ``watcher`` of the changes notified since the last call; return whether
@@ -217,13 +186,4 @@ class AddressListener:
         pending, self._pending = self._pending, []
         for username, seq in pending:
             watcher.evict(username, seq)
-        if self.connection is None:
-            return False
-        if self._unconfirmed:
-            oldest = min(self._unconfirmed.values())
-            if self.reactor.seconds() - oldest > MARKER_WAIT:
-                self._unconfirmed.clear()
-                watcher.clear()
-                return True
-            return False
-        return True
+        return self.connection is not None
