@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -111,21 +111,28 @@ class SameAnswersTests(unittest.TestCase):
         self.assertEqual(await answers(), cached)
 
 
-class AnswersFollowWritesTests(unittest.TestCase):
+if TYPE_CHECKING:
+    _TestCaseBase = unittest.TestCase
+else:
+    _TestCaseBase = object
+
+
+class AnswersFollowWritesMixin(_TestCaseBase):
     """Cached look-up answers stay while their user's address record does: this
     registry's own registrations replace them, other processes' writes (a second store on
-    the same SQLite file) evict only the users they changed."""
+    the same database) evict only the users they changed. Each engine supplies ``path``
+    (a SQLite file or a PostgreSQL URL)."""
 
-    def setUp(self) -> None:
-        self.path = os.path.join(os.path.abspath(self.mktemp()), "registry.sqlite3")
-        os.makedirs(os.path.dirname(self.path))
-        self.signer = make_signer()
+    path: str
+    signer: Any
 
     async def open(self) -> RegistryStore:
         store = await open_store(
             self.path, domain="example.org", signer=self.signer, now=global_reactor.seconds, reactor=global_reactor
         )
         self.addCleanup(store.close)
+        if store.address_listener is not None:
+            await store.address_listener.ready
         return store
 
     async def registry(self, *off: str) -> Registry:
@@ -183,24 +190,37 @@ class AnswersFollowWritesTests(unittest.TestCase):
         """A look-up that read the record before a registration committed answers what it
         read, but does not cache it: the next look-up answers the new record."""
         registry = await self.registry()
-        held: list[tuple[Deferred[AddressRecord | None], AddressRecord | None]] = []
         read = registry.store.get_addresses
-
-        def slow(username: str) -> Deferred[AddressRecord | None]:
-            later: Deferred[AddressRecord | None] = Deferred()
-            held.append((later, self.successResultOf(read(username))))  # read now, answered later
-            return later
-
-        registry.store.get_addresses = slow  # type: ignore[method-assign]
+        old = await read("bob")  # what the racing look-up reads, before the registration
+        answered: Deferred[AddressRecord | None] = Deferred()
+        registry.store.get_addresses = lambda username: answered  # type: ignore[method-assign, assignment, return-value]
         racing = Deferred.fromCoroutine(self.lookup(registry, "bob"))
         registry.store.get_addresses = read  # type: ignore[method-assign]
         registered = await self.register(registry, "bob", 4606)
-        later, old = held[0]
-        later.callback(old)
+        answered.callback(old)
         stale = await racing
         self.assertNotIn(b"4606", stale)
         self.assertEqual(await self.lookup(registry, "bob"), registered)
         self.assertEqual(registry.caches.stats()["answers"]["refused"], 1)
+
+    async def test_no_cache_answers_reads_every_time(self) -> None:
+        """``--no-cache answers``: every look-up reads the store; registrations work."""
+        registry = await self.registry("answers")
+        reads = self.count_reads(registry)
+        await self.lookup(registry, "bob")
+        registered = await self.register(registry, "bob", 4608)
+        self.assertEqual(await self.lookup(registry, "bob"), registered)
+        self.assertEqual(reads, ["bob", "bob"])
+        self.assertEqual(registry.caches.stats()["answers"], {"hits": 0, "misses": 0})
+
+
+class SQLiteAnswersFollowWritesTests(AnswersFollowWritesMixin, unittest.TestCase):
+    """On a real SQLite file: other processes' writes are read from the change log."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "registry.sqlite3")
+        os.makedirs(os.path.dirname(self.path))
+        self.signer = make_signer()
 
     async def test_other_process_write_evicts_only_that_user(self) -> None:
         """Another process's registration evicts that user's answer at the next look-up
@@ -233,12 +253,35 @@ class AnswersFollowWritesTests(unittest.TestCase):
         self.assertEqual(reads, ["alice", "bob"])
         self.assertEqual(registry.caches.stats()["answers"]["cleared"], 2)  # at start, and now
 
-    async def test_no_cache_answers_reads_every_time(self) -> None:
-        """``--no-cache answers``: every look-up reads the store; registrations work."""
-        registry = await self.registry("answers")
+
+class PostgreSQLAnswersFollowWritesTests(AnswersFollowWritesMixin, unittest.TestCase):
+    """On a real PostgreSQL server (see test/pgserver.py): other processes' writes arrive
+    as notifications."""
+
+    def setUp(self) -> None:
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            self.path = PostgresServer.shared().create_database()
+        except PostgresUnavailable as error:
+            raise unittest.SkipTest(f"no PostgreSQL server: {error}") from None
+        self.signer = make_signer()
+
+    async def test_other_process_write_evicts_only_that_user(self) -> None:
+        """Another process's registration evicts that user's answer once its
+        notification arrived; the other users' answers stay cached."""
+        registry = await self.registry()
+        other = await self.open()
+        for name in ("alice", "bob"):
+            await self.lookup(registry, name)
         reads = self.count_reads(registry)
-        await self.lookup(registry, "bob")
-        registered = await self.register(registry, "bob", 4608)
-        self.assertEqual(await self.lookup(registry, "bob"), registered)
-        self.assertEqual(reads, ["bob", "bob"])
-        self.assertEqual(registry.caches.stats()["answers"], {"hits": 0, "misses": 0})
+        await other.put_addresses("bob", "busy", (Endpoint("2001:db8::7", 4607),), 300)
+        for _ in range(2000):  # the notification travels from the server
+            if b"4607" in await self.lookup(registry, "bob"):
+                break
+            await deferLater(global_reactor, 0.005, lambda: None)
+        else:
+            self.fail("the other process's registration was never seen")
+        await self.lookup(registry, "alice")
+        self.assertNotIn("alice", reads)
+        self.assertEqual(reads[-1], "bob")
