@@ -2,12 +2,14 @@
 
 A database's schema has a version (the table ``schema_version``); ``migrations[n]`` is the
 list of statements (written for :meth:`~common.db.dialect.Dialect.sql`) that upgrade it
-from version ``n`` to ``n + 1``. Each user of a database keeps its own list.
+from version ``n`` to ``n + 1``. Each user of a database keeps its own list. A statement
+that differs between engines (a trigger) is a mapping from the dialect's name to its text;
+an engine missing from the mapping skips it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.db.dialect import Dialect
@@ -16,7 +18,7 @@ __all__ = ["upgrade_schema"]
 
 
 def upgrade_schema(
-    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str]], *, lock_key: int = 4604
+    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str | Mapping[str, str]]], *, lock_key: int = 4604
 ) -> int:
     """Bring a database to ``len(migrations)`` inside the caller's transaction.
 
@@ -42,6 +44,8 @@ def upgrade_schema(
         )
     for number in range(version, latest):
         for statement in migrations[number]:
-            txn.execute(dialect.sql(statement))
+            text = statement if isinstance(statement, str) else statement.get(dialect.name)
+            if text is not None:
+                txn.execute(dialect.sql(text))
         txn.execute(dialect.sql("UPDATE schema_version SET version = ?"), (number + 1,))
     return latest

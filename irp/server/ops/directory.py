@@ -5,6 +5,7 @@ from __future__ import annotations
 from common.endpoint import InvalidEndpoint
 from common.wire.xmlcodec import Element, make_element, serialize
 from irp import errors
+from irp.server.caching import Answers
 from irp.server.ops.base import Handlers
 from irp.server.session import Session
 from irp.wire.elements import addresses_element, user_element
@@ -89,27 +90,46 @@ class DirectoryOps(Handlers):
             raise errors.InvalidArgument("an endpoint is listed twice")
         if presence == "offline":
             endpoints = []
-        record = await self.store.put_addresses(session.username, presence, tuple(endpoints), ttl)
-        return [addresses_element(record)]
+        username = session.username
+        answers = self._current_answers()
+        ticket = None if answers is None else answers.reading(username)  # before the write
+        record = await self.store.put_addresses(username, presence, tuple(endpoints), ttl)
+        result = addresses_element(record)
+        if answers is not None and ticket is not None:
+            # Committed: the new answer is known (kept unless another write came between).
+            answers.replace(username, ticket, serialize(result), record.seq)
+        return [result]
+
+    def _current_answers(self) -> Answers[str, bytes] | None:
+        """The answer cache, brought up to date with the address records written since it
+        was last asked (by any process); None when it is off or cannot be kept current."""
+        answers = self.registry.caches.answers
+        if not answers.active or not self.store.follow_address_changes(answers):
+            return None
+        return answers
 
     def cached_lookup(self, session: Session, element: Element) -> list[Result] | None:
         """The look-up's answer if it is cached and still current, else None."""
-        version = self.store.data_version()
-        if version is None:
+        answers = self._current_answers()
+        if answers is None:
             return None
-        cached = self.registry.caches.answers.get(self._local_username(required(element, "user")), version)
+        cached = answers.get(self._local_username(required(element, "user")))
         return None if cached is None else [cached]
 
     async def lookup(self, session: Session, element: Element) -> list[Result]:
         """A user's signed addresses and presence."""
         username = self._local_username(required(element, "user"))
-        version = self.store.data_version()  # before the read: a commit in between retires it
-        cached = self.registry.caches.answers.get(username, version)
-        if cached is not None:
-            return [cached]
+        answers = self._current_answers()
+        ticket = 0
+        if answers is not None:
+            cached = answers.get(username)  # cached meanwhile (a re-validated session)
+            if cached is not None:
+                return [cached]
+            ticket = answers.reading(username)  # before the read: a write meanwhile refuses it
         record = await self.store.get_addresses(username)
         if record is None:
             raise errors.NotFound(f"no user {username}@{self.domain}")
         answer = serialize(addresses_element(record))
-        self.registry.caches.answers.put(username, version, answer)
+        if answers is not None:
+            answers.put(username, ticket, answer, record.seq)
         return [answer]

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 
 from common.db.dialect import POSTGRESQL, SQLITE
 from common.db.pools import direct_sqlite_reader, parse_database_url, postgresql_pool, sqlite_pool
+from irp.server.store.listener import AddressListener
 from irp.server.store.store import Account, RegistryStore, StoredCRL, serial_text
 from irp.wire.records import CertificateInfo, Pkcs12Info, RecordSigner
 
@@ -49,6 +50,8 @@ def open_store(
             read_pool = postgresql_pool(target, reactor, pool_size, autocommit=True)
             read_pool.start()
             store.read_pool = read_pool
+            store.address_listener = AddressListener(target, reactor)
+            store.address_listener.start()
         return store
 
     result: Deferred[RegistryStore] = store.upgrade().addCallback(ready)

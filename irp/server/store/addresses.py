@@ -12,6 +12,14 @@ from irp.errors import NotFound
 from irp.server.store.engine import StoreEngine, Transaction
 from irp.wire.records import AddressRecord, Endpoint
 
+#: How many address changes the sweep keeps in the change log (the newest): a registry
+#: process that has not read the log for longer than that many changes takes drops every
+#: cached look-up answer instead (see :meth:`StoreEngine.follow_address_changes`).
+ADDRESS_CHANGES_KEPT = 100_000
+#: The most changes one sweep prunes (a mass import's log is pruned over several sweeps,
+#: none holding the write lock long).
+ADDRESS_CHANGES_PRUNED_AT_ONCE = 100_000
+
 
 class AddressTable(StoreEngine):
     """The ``addresses`` table: one signed record per user."""
@@ -68,7 +76,13 @@ class AddressTable(StoreEngine):
     ) -> Deferred[AddressRecord]:
         """Replace the user's addresses and presence, valid for ``ttl`` seconds; sign them
         (committed with others arriving at the same time: see :meth:`_grouped_write`)."""
-        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl)
+        return self._grouped_write(self._put_one_address, username, presence, endpoints, ttl).addBoth(
+            self._address_put, username
+        )
+
+    def _address_put(self, result: Any, username: str) -> Any:
+        seq = result.seq if isinstance(result, AddressRecord) else None
+        return self._address_written(result, username, seq)
 
     def _put_one_address(
         self, txn: Transaction, username: str, presence: str, endpoints: tuple[Endpoint, ...], ttl: int
@@ -88,13 +102,14 @@ class AddressTable(StoreEngine):
 
         return self._read(get)
 
-    def expire_addresses(self) -> Deferred[int]:
-        """Replace every expired record that still lists addresses with a signed offline one.
+    def expire_addresses(self, keep_changes: int = ADDRESS_CHANGES_KEPT) -> Deferred[int]:
+        """Replace every expired record that still lists addresses with a signed offline one,
+        and prune the address change log to its newest ``keep_changes`` rows.
 
         Fires with the number of records replaced.
         """
 
-        def sweep(txn: Transaction) -> int:
+        def sweep(txn: Transaction) -> list[tuple[str, int]]:
             now = self._now()
             rows = self._fetchall(
                 txn,
@@ -102,8 +117,26 @@ class AddressTable(StoreEngine):
                 " AND (endpoints <> '[]' OR presence <> 'offline')",
                 (now,),
             )
+            written = []
             for username, seq in rows:
                 self._write_addresses(txn, username, "offline", (), now, int(seq) + 1, now, insert=False)
-            return len(rows)
+                written.append((username, int(seq) + 1))
+            self._prune_address_changes(txn, keep_changes)
+            return written
 
-        return self._write(sweep)
+        def swept(written: list[tuple[str, int]]) -> int:
+            for username, seq in written:
+                self._address_written(None, username, seq)
+            return len(written)
+
+        return self._write(sweep).addCallback(swept)
+
+    def _prune_address_changes(self, txn: Transaction, keep: int) -> None:
+        """Delete all but the newest ``keep`` rows of the change log; record the highest id
+        deleted, so that a process that had not read them drops its cached answers."""
+        newest = int(self._fetchone(txn, "SELECT COALESCE(MAX(id), 0) FROM address_changes")[0])
+        pruned = int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'address_changes_pruned'")[0])
+        bound = min(newest - keep, pruned + ADDRESS_CHANGES_PRUNED_AT_ONCE)
+        if bound > pruned:
+            self._execute(txn, "DELETE FROM address_changes WHERE id <= ?", (bound,))
+            self._execute(txn, "UPDATE counters SET value = ? WHERE name = 'address_changes_pruned'", (bound,))

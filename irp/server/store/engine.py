@@ -1,4 +1,5 @@
-"""The store's engine: transactions, point reads, group commit and the data version.
+"""The store's engine: transactions, point reads, group commit, the data version and the
+address change log.
 
 :class:`StoreEngine` runs every interaction with the database: reads on a direct SQLite
 reader or a pool, writes in a transaction (integrity errors become Conflict, operational
@@ -21,6 +22,7 @@ from common.db.dialect import Dialect
 from common.db.migrations import upgrade_schema
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, Unavailable
+from irp.server.store.listener import AddressListener, AddressWatcher
 from irp.server.store.schema import MIGRATIONS
 from irp.wire.records import RecordSigner
 
@@ -32,6 +34,9 @@ Transaction = Any  # adbapi.Transaction: a DB-API cursor-like object
 
 #: The most small writes committed together.
 GROUP_COMMIT_LIMIT = 256
+#: The most address changes read at once: a process further behind drops every cached
+#: answer instead (reading more would hold the reactor).
+CHANGES_READ_LIMIT = 10_000
 
 
 class StoreEngine:
@@ -62,7 +67,14 @@ class StoreEngine:
         self.read_pool: Any = None
         #: The reactor (for once-per-turn work), set by open_store.
         self.reactor: Any = None
+        #: PostgreSQL: the connection listening for address changes, set by open_store.
+        self.address_listener: AddressListener | None = None
         self._version: int | None = None
+        self._forget_scheduled = False
+        #: The data version at which the address change log was last read, and the last
+        #: change read (None: not read yet).
+        self._changes_version: int | None = None
+        self._changes_seen: int | None = None
         #: Writes completed through this store: they change data_version() at once, even
         #: within the reactor turn that memoised SQLite's own counter.
         self._local_writes = 0
@@ -110,8 +122,16 @@ class StoreEngine:
 
     def data_version(self) -> int | None:
         """A number that changes whenever another connection commits (SQLite's
-        ``PRAGMA data_version`` on the direct reader), for caches of answers; None when
-        there is no direct reader (answers are then not cached)."""
+        ``PRAGMA data_version`` on the direct reader) and with this store's own writes, for
+        caches of values read from the database; None when there is no direct reader
+        (values are then not cached)."""
+        version = self._sqlite_data_version()
+        return None if version is None else version * 1_000_000_007 + self._local_writes
+
+    def _sqlite_data_version(self) -> int | None:
+        """``PRAGMA data_version`` of the direct reader, asked again at most once per
+        reactor turn (many look-ups share one query) and after each write of this store;
+        None without a direct reader or when it is busy."""
         reader = self.direct_reader
         if reader is None:
             return None
@@ -120,18 +140,86 @@ class StoreEngine:
                 self._version = int(reader.execute("PRAGMA data_version").fetchone()[0])
             except self._operational_error:
                 return None
-            # Asked again at most once per reactor turn: many look-ups share one query.
-            self.reactor.callLater(0, self._forget_version)
-        return self._version * 1_000_000_007 + self._local_writes
+            if not self._forget_scheduled:
+                self._forget_scheduled = True
+                self.reactor.callLater(0, self._forget_version)
+        return self._version
 
     def _forget_version(self) -> None:
+        self._forget_scheduled = False
         self._version = None
+
+    def follow_address_changes(self, watcher: AddressWatcher) -> bool:
+        """Tell ``watcher`` of every address record written since the last call, by any
+        process sharing the database (see the ``address_changes`` log in
+        :mod:`~irp.server.store.schema`); return whether answers it keeps may be served
+        now (False: this store cannot follow changes now, or at all).
+
+        SQLite: cheap when nothing was committed: the log is read only when the database's
+        data version moved (asked once per reactor turn, and again after each write of this
+        store, so that this process's own writes are followed at once). When the log was
+        pruned past what was read, or is too far ahead, everything is forgotten.
+        PostgreSQL: the notifications the listening connection took in (see
+        :mod:`~irp.server.store.listener`); nothing is served while it is down.
+
+        What was told is not told again: one watcher follows a store (a cache switched in
+        later starts empty, and is told what changes from then on).
+        """
+        if self.direct_reader is None:
+            listener = self.address_listener
+            return False if listener is None else listener.follow(watcher)
+        version = self._sqlite_data_version()
+        if version is None:
+            return False
+        if version == self._changes_version:
+            return True
+        try:
+            self._read_address_changes(self.direct_reader, watcher)
+        except self._operational_error:
+            return False
+        self._changes_version = version
+        return True
+
+    def _read_address_changes(self, reader: Any, watcher: AddressWatcher) -> None:
+        seen = self._changes_seen
+        if seen is None:
+            self._changes_seen = self._last_address_change(reader, self._address_changes_pruned(reader))
+            watcher.clear()
+            return
+        rows = reader.execute(
+            "SELECT id, username, seq FROM address_changes WHERE id > ? ORDER BY id LIMIT ?",
+            (seen, CHANGES_READ_LIMIT),
+        ).fetchall()
+        # Read after the rows: a prune committed before them shows here.
+        pruned = self._address_changes_pruned(reader)
+        if pruned > seen or len(rows) >= CHANGES_READ_LIMIT:
+            self._changes_seen = self._last_address_change(reader, pruned)
+            watcher.clear()
+            return
+        for _id, username, seq in rows:
+            watcher.evict(username, None if seq is None else int(seq))
+        if rows:
+            self._changes_seen = int(rows[-1][0])
+
+    @staticmethod
+    def _address_changes_pruned(reader: Any) -> int:
+        return int(reader.execute("SELECT value FROM counters WHERE name = 'address_changes_pruned'").fetchone()[0])
+
+    @staticmethod
+    def _last_address_change(reader: Any, pruned: int) -> int:
+        """The id of the latest change logged (ids are never reused, and the log may have
+        been pruned empty: then the highest id pruned)."""
+        newest = int(reader.execute("SELECT COALESCE(MAX(id), 0) FROM address_changes").fetchone()[0])
+        return max(newest, pruned)
 
     def close(self) -> None:
         """Close the database connections."""
         if self.direct_reader is not None:
             self.direct_reader.close()
             self.direct_reader = None
+        if self.address_listener is not None:
+            self.address_listener.stop()
+            self.address_listener = None
         if self.read_pool is not None:
             self.read_pool.close()
             self.read_pool = None
@@ -151,16 +239,28 @@ class StoreEngine:
             if self.dialect.begin_write:
                 txn.execute(self.dialect.begin_write)
             try:
-                return interaction(txn, *inner)
+                result = interaction(txn, *inner)
             except self._integrity_error as error:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
+            return result
 
         result = self.pool.runInteraction(transaction, *args)
         result.addBoth(self._count_write)
         return result.addErrback(self._unavailable)
 
+    def _address_written(self, result: T, username: str, seq: int | None) -> T:
+        """Callback of a write of the user's address record (at ``seq``; None: deleted, or
+        not known): on PostgreSQL, where this process's own writes come back as
+        notifications only a moment later, the next :meth:`follow_address_changes` tells
+        of it first. (On SQLite the change log, read at once, tells.) Also after a failed
+        write: forgetting an answer is always safe."""
+        if self.address_listener is not None:
+            self.address_listener.own_change(username, seq)
+        return result
+
     def _count_write(self, result: T) -> T:
         self._local_writes += 1
+        self._version = None  # the next follow_address_changes reads what it wrote
         return result
 
     def _grouped_write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:

@@ -3,12 +3,13 @@
 ``MIGRATIONS[n]`` upgrades a database from version ``n`` to ``n + 1``. A new database runs
 them all; an old one runs only the missing ones, in one transaction each. Never edit a
 released migration: append a new one. :func:`common.db.migrations.upgrade_schema` runs
-them.
+them. A statement that differs between SQLite and PostgreSQL (a trigger) is a mapping from
+the dialect's name to its text.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[str | dict[str, str]]] = [
     # 0 -> 1: the first schema.
     [
         """CREATE TABLE users (
@@ -113,6 +114,50 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX certificates_issued_serial ON certificates (serial) WHERE origin = 'issued'",
         "CREATE INDEX certificates_by_user ON certificates (username, issued_at)",
         "CREATE INDEX certificates_revoked ON certificates (revoked_at)",
+    ],
+    # 4 -> 5: a change log of the address records. Every insert, update and delete of a
+    # row of ``addresses``, by any process or tool, appends the user's name (and the new
+    # record's sequence number; none for a delete) in the same transaction, so registry
+    # processes sharing the database forget exactly the cached look-up answers that
+    # changed. The sweep prunes old rows; ``address_changes_pruned`` is the highest id
+    # pruned (a process that had not read that far drops every cached answer). On
+    # PostgreSQL the trigger also notifies the channel ``irp_addresses``.
+    [
+        """CREATE TABLE address_changes (
+            id {ID_PK},
+            username TEXT NOT NULL,
+            seq {BIGINT}
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('address_changes_pruned', 0)",
+        {
+            "sqlite": "CREATE TRIGGER addresses_inserted AFTER INSERT ON addresses BEGIN"
+            " INSERT INTO address_changes (username, seq) VALUES (NEW.username, NEW.seq); END",
+            "postgresql": """CREATE FUNCTION irp_address_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP <> 'INSERT' AND (TG_OP = 'DELETE' OR OLD.username <> NEW.username) THEN
+                    INSERT INTO address_changes (username, seq) VALUES (OLD.username, NULL);
+                    PERFORM pg_notify('irp_addresses', OLD.username);
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    INSERT INTO address_changes (username, seq) VALUES (NEW.username, NEW.seq);
+                    PERFORM pg_notify('irp_addresses', NEW.username || ' ' || NEW.seq);
+                END IF;
+                RETURN NULL;
+            END
+            $$""",
+        },
+        {
+            "sqlite": "CREATE TRIGGER addresses_updated AFTER UPDATE ON addresses BEGIN"
+            " INSERT INTO address_changes (username, seq) SELECT OLD.username, NULL"
+            " WHERE OLD.username <> NEW.username;"
+            " INSERT INTO address_changes (username, seq) VALUES (NEW.username, NEW.seq); END",
+            "postgresql": "CREATE TRIGGER addresses_changed AFTER INSERT OR UPDATE OR DELETE ON addresses"
+            " FOR EACH ROW EXECUTE FUNCTION irp_address_changed()",
+        },
+        {
+            "sqlite": "CREATE TRIGGER addresses_deleted AFTER DELETE ON addresses BEGIN"
+            " INSERT INTO address_changes (username, seq) VALUES (OLD.username, NULL); END",
+        },
     ],
 ]
 

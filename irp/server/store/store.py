@@ -3,7 +3,8 @@
 :class:`RegistryStore` is the only code that talks to the registry's database. It is
 composed of one class per table (or group of tables) on :class:`~.engine.StoreEngine`:
 
-- :mod:`~irp.server.store.engine`: transactions, point reads, group commit, data version;
+- :mod:`~irp.server.store.engine`: transactions, point reads, group commit, data version,
+  following the address change log (:mod:`~irp.server.store.listener` on PostgreSQL);
 - :mod:`~irp.server.store.accounts`: users, read; :mod:`~irp.server.store.users`: changed;
 - :mod:`~irp.server.store.addresses`: signed address records;
 - :mod:`~irp.server.store.certificates`: certificates and revocation;

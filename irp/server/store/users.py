@@ -67,7 +67,7 @@ class UserTable(AddressTable, CertificateTable):
             self._write_addresses(txn, username, "offline", (), now, 1, now)
             return Account(record, is_admin, password_hash, password_login, now, now, password_version)
 
-        return self._write(create)
+        return self._write(create).addBoth(self._address_written, username, 1)
 
     def update_user(
         self,
@@ -209,4 +209,4 @@ class UserTable(AddressTable, CertificateTable):
             self._security_event(txn)
             return len(rows)
 
-        return self._write(delete)
+        return self._write(delete).addBoth(self._address_written, username, None)

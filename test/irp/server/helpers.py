@@ -211,6 +211,10 @@ class EmptyStore:
         """No direct reader: nothing is cached."""
         return None
 
+    def follow_address_changes(self, watcher: object) -> bool:
+        """No direct reader: no answer is cached."""
+        return False
+
 
 def make_registry(clock: Clock) -> Registry:
     ca = pki.make_ca()

@@ -43,13 +43,14 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         refused in the usual way when the caller may not make it."""
         clock = Clock()
         registry = make_registry(clock)
-        registry.caches.answers.put("bob", 7, b"<addresses/>")
+        answers = registry.caches.answers
+        answers.put("bob", answers.reading("bob"), b"<addresses/>", 1)
 
         asked: list[str] = []
 
         class Store:
-            def data_version(self) -> int:
-                return 7
+            def follow_address_changes(self, watcher: object) -> bool:
+                return True
 
             def get_addresses(self, username: str) -> Deferred[None]:
                 asked.append(username)
@@ -74,8 +75,8 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
         expired.certificate_not_after = int(clock.seconds()) - 1
         failure = self.failureResultOf(registry.handle_now(expired, request), errors.CertificateRejected)  # type: ignore[arg-type]
         self.assertIn("expired", failure.value.message)
-        # A changed database version: the answer is not current, the full path runs.
-        registry.caches.answers.put("bob", 6, b"<addresses/>")
+        # A write to bob's record: the answer is not current, the full path runs.
+        answers.evict("bob", 2)
         self.assertEqual(asked, [])
         self.failureResultOf(registry.handle_now(alice, request), errors.NotFound)  # type: ignore[arg-type]
         self.assertEqual(asked, ["bob"])
@@ -83,7 +84,8 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
     def test_cached_lookup_waits_for_revalidation(self) -> None:
         """After a security change the session is re-validated before any answer."""
         registry = make_registry(Clock())
-        registry.caches.answers.put("bob", 7, b"<addresses/>")
+        answers = registry.caches.answers
+        answers.put("bob", answers.reading("bob"), b"<addresses/>", 1)
         revalidated: list[Session] = []
         waiting: Deferred[None] = Deferred()
 
@@ -92,8 +94,8 @@ class RegistryUnitTests(unittest.SynchronousTestCase):
             await waiting
 
         class Store:
-            def data_version(self) -> int:
-                return 7
+            def follow_address_changes(self, watcher: object) -> bool:
+                return True
 
         registry.store = Store()  # type: ignore[assignment]
         registry.sessions.revalidate = revalidate  # type: ignore[method-assign]
