@@ -102,3 +102,4 @@ class AdoptedPortsTests(SynchronousTestCase):
         early = EarlyPorts(Refusing(), [], "test", adopted=[(write_end, socket.AF_INET)])
         self.assertIsInstance(early.failure(), OSError)
         self.assertRaises(OSError, os.fstat, write_end)
+        self.failureResultOf(Deferred.fromCoroutine(early.ports()), OSError)
