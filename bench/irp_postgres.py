@@ -1,48 +1,38 @@
 """Figures pg1-pg4: IRP look-ups (realistic mix) and durable registrations/s on PostgreSQL, one and two registry processes, vs one on SQLite.
 
-Three set-ups of the same registry are started in one run and measured interleaved:
-``sqlite`` (the baseline of every ratio: one process, a SQLite file, WAL,
-``synchronous=FULL``, as in figures 1 and 3); ``pg-1``, one registry process on a
-PostgreSQL database (``twistd irp --database postgresql://...``); ``pg-2``, two registry
-processes of the same domain on one PostgreSQL database and one data folder (the same CA
-and keys, as ``docs/deployment.rst`` describes), each on its own port, the load
-generator's 50 connections split evenly between them (25 and 25, :func:`split_evenly`).
+Three set-ups, started in one run and measured interleaved: ``sqlite`` (the baseline of
+every ratio: one process, SQLite, WAL, ``synchronous=FULL``); ``pg-1``, one registry
+process on a PostgreSQL database; ``pg-2``, two registry processes of the same domain on
+one PostgreSQL database and one data folder (as ``docs/deployment.rst`` describes), the
+load generator's 50 connections split evenly between them (:func:`split_evenly`). Each
+holds the same directory, :func:`directory_size` (100,000) bulk-loaded users, five times
+the answer cache, and 50 load users with certificates. Every registry has its answer cache
+on; on PostgreSQL it follows the other process's writes through LISTEN/NOTIFY
+(``docs/deployment.rst``, "How fresh a cached look-up answer is").
 
-Each holds the same directory: :func:`directory_size` (100,000) bulk-loaded users
-(:func:`bench.irp_server.populate`; ``VACUUM ANALYZE`` after loading on PostgreSQL), five
-times the answer cache, and 50 load users with certificates. Every registry keeps its
-per-user answer cache on; on PostgreSQL it follows the other process's writes through
-LISTEN/NOTIFY (``docs/deployment.rst``, "How fresh a cached look-up answer is").
+pg1 and pg2 (operation ``mixed``) measure the realistic mix of figure 1m
+(:func:`bench.irp_server.mixed_plan`): 50 persistent TLS connections, each logged in as
+its own load user, one request outstanding per connection; one request in 50 a
+``<register-address>`` by the connection's own user (answered after its commit), one in
+50 a look-up of a registering user, the rest look-ups spread over all 100,000 users. Every
+set-up gets the same request list (:func:`mixed_plans`); each run goes on where the
+set-up's previous one stopped. The figure is answers/s; each set-up's answer-cache hit
+rate (hits over hits plus database reads, warm-ups included, summed over both processes
+of ``pg-2``) is in ``details.answer_cache``. **pg2** has the target 0.8; pg1 is
+information. pg3 and pg4 (information) measure ``<register-address>`` only, each answered
+after its commit. Each run measures the mix on sqlite, pg-1, pg-2, then registrations.
 
-pg1 and pg2 (the **mixed** operation) measure the realistic mix of figure 1m
-(:func:`bench.irp_server.mixed_plan`): 50 persistent TLS connections, each logged in with
-its own load user's certificate, one request outstanding per connection; one request in
-50 a ``<register-address>`` by the connection's own user (answered after its commit), one
-in 50 a look-up of a registering user, the rest look-ups spread over all 100,000 users,
-more than the answer cache holds. Every set-up gets the same request list
-(:func:`mixed_plans`), and each of its runs goes on where its previous one stopped. The
-answers (look-ups and registrations) per second are the figure; each set-up's answer-cache
-hit rate (hits over hits plus database reads, warm-ups included, summed over the
-processes of ``pg-2``) is in the figures' ``details.answer_cache``. **pg2** (two registries
-on PostgreSQL over one on SQLite) has the target 0.8; pg1 is information.
+PostgreSQL is the tests' throw-away cluster (:class:`test.pgserver.PostgresServer`,
+``fsync=on``, ``synchronous_commit=on``: a commit waits for the WAL flush as SQLite's for
+its fsync), started with both cores allowed; without one, the figures are skipped with
+the reason.
 
-pg3 and pg4 measure ``<register-address>`` only (figure 3's frames), as before: each
-registration answered after its commit. For every run, the mix is measured on the three
-set-ups one after the other (sqlite, pg-1, pg-2), then registrations.
-
-PostgreSQL is the throw-away cluster of the tests (:class:`test.pgserver.PostgresServer`:
-``initdb``, then ``pg_ctl`` on a free loopback port, ``fsync=on``, default
-``synchronous_commit=on``), so a commit waits for the WAL flush as SQLite's waits for its
-fsync. It is started with both cores allowed. When it cannot be started, the figures are
-skipped with the reason, as the tests are.
-
-Two cores only: the registries are pinned to CPU 0 as in the suite (**both** of ``pg-2``
-share that one core), the load generator to CPU 1, PostgreSQL runs wherever the scheduler
-puts it. So pg2 shows the cost of PostgreSQL and of sharing one core and one database,
-not scaling (a second core or machine would add what this one cannot show). The CPU
-shares of the registries (``server``), of the PostgreSQL cluster (``tree_cpu.postgres``)
-and of the load generator are kept per run; ``server_core_others`` here is the busy time
-of both cores used by none of them (PostgreSQL moves between the cores).
+Two cores only: the registries are pinned to CPU 0 (**both** of ``pg-2`` share that one
+core), the load generator to CPU 1, PostgreSQL runs on either. So pg2 shows the cost of
+PostgreSQL and of sharing one core and one database, not scaling. The CPU shares of the
+registries (``server``), of the PostgreSQL cluster (``tree_cpu.postgres``) and of the load
+generator are kept per run; ``server_core_others`` is here the busy time of both cores
+used by none of them (PostgreSQL moves between the cores).
 """
 
 from __future__ import annotations
@@ -356,7 +346,7 @@ def summary_rows(results: dict[str, dict[str, list[Sample]]]) -> list[dict[str, 
     per answer (the median of the runs', and its split between the registries and
     PostgreSQL), and the answer cache's hit rate over the runs (mixed workload only)."""
     rows: list[dict[str, Any]] = []
-    for operation in OPERATIONS:
+    for operation in results:
         sqlite = [s.value for s in results[operation]["sqlite"]]
         for name in SETUPS:
             samples = results[operation][name]
@@ -398,15 +388,8 @@ def render_summary(rows: list[dict[str, Any]]) -> str:
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{value * 100:.0f}"
 
-    header = (
-        "operation",
-        "set-up",
-        "median/s [min-max]",
-        "vs SQLite [runs]",
-        "CPU% registries/postgres/load/others",
-        "CPU us/answer: registries+postgres",
-        "cache hit%",
-    )
+    header: tuple[str, ...] = ("operation", "set-up", "median/s [min-max]", "vs SQLite [runs]")
+    header += ("CPU% registries/postgres/load/others", "CPU us/answer: registries+postgres", "cache hit%")
     lines = [header]
     for row in rows:
         ratio = "1" if row["setup"] == "sqlite" else format_number(row["ratio_to_sqlite"])
@@ -465,13 +448,9 @@ def run(ctx: Context) -> list[Figure]:
     users = directory_size(ANSWER_CACHE_SIZE)
     spread_count, request_count = workload_sizes(ANSWER_CACHE_SIZE, settings.quick)
     processes = registries(ctx, server, users)
+    # The first process of each set-up enrolled the load users.
     setups = {
-        name: {
-            "ports": [process.info["port"] for process in group],
-            "pids": [process.pid for process in group],
-            # The first process of each set-up enrolled the load users.
-            "users": group[0].info["users"],
-        }
+        name: {"ports": [p.info["port"] for p in group], "pids": [p.pid for p in group], "users": group[0].info["users"]}
         for name, group in processes.items()
     }
     registrants = {name: [user.name for user in setup["users"][: settings.connections]] for name, setup in setups.items()}

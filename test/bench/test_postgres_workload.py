@@ -149,3 +149,23 @@ class FigureTests(TestCase):
         figures = skipped_figures("no initdb")
         self.assertEqual([figure.id for figure in figures], ["pg1", "pg2", "pg3", "pg4"])
         self.assertTrue(all("no initdb" in (figure.skipped or "") for figure in figures))
+
+    def test_summary_has_hit_rates_of_the_mix(self) -> None:
+        """The module's table gives each set-up's hit rate for the mix, over its runs,
+        and none for registrations."""
+        from bench.irp_postgres import render_summary, summary_rows
+
+        def runs(hits: int, reads: int) -> list[Sample]:
+            stats = combined_cache_stats([counts(hits, reads), counts(hits, reads)])
+            return [sample(1000.0, {"answer_cache": stats}), sample(1000.0, {"answer_cache": stats})]
+
+        results = {
+            "mixed": {"sqlite": runs(25, 75), "pg-1": runs(10, 90), "pg-2": runs(5, 95)},
+            "registrations": {name: [sample(500.0, {})] for name in ("sqlite", "pg-1", "pg-2")},
+        }
+        rows = summary_rows(results)
+        rates = {(row["operation"], row["setup"]): row["answer_cache_hit_rate"] for row in rows}
+        self.assertEqual(rates[("mixed", "sqlite")], 0.25)
+        self.assertEqual(rates[("mixed", "pg-2")], 0.05)
+        self.assertIsNone(rates[("registrations", "pg-2")])
+        self.assertIn("cache hit%", render_summary(rows))
