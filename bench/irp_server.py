@@ -22,9 +22,9 @@ Set-up that is not measured is done directly, not over the network:
   minutes and changes nothing the server does: it serves stored signatures, it does not
   check them).
 
-The registry's answer cache is wrapped in a :class:`CountingCache` (the bench counts, the
-product is unchanged), so every IRP figure can say how many look-ups it answered from
-cached answers; the ``use_caches`` command switches all of the registry's caches off and
+The registry's answer cache counts its hits and its reads from the database (its
+``stats()``), so every IRP figure can say how many look-ups it answered from cached
+answers; the ``use_caches`` command switches all of the registry's caches off and
 on again between runs (cache-on and cache-off rows from one process and one database).
 """
 
@@ -52,51 +52,19 @@ def username(index: int) -> str:
     return f"u{index:07d}"
 
 
-class CountingCache:
-    """A registry cache (``get``/``put``, versioned or not) that counts what it is asked.
-
-    ``hits`` are ``get`` calls that returned a value; ``fills`` are ``put`` calls, i.e.
-    answers read from the database (a look-up that misses asks ``get`` twice, once on the
-    immediate path and once on the database path, and ``put`` once). Any other attribute
-    is the wrapped cache's.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.hits = 0
-        self.misses = 0
-        self.fills = 0
-
-    def get(self, key: Any, *version: Any) -> Any:
-        """The wrapped cache's answer, counted."""
-        value = self.inner.get(key, *version)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
-
-    def put(self, key: Any, *value: Any) -> None:
-        """Keep through the wrapped cache, counted."""
-        self.fills += 1
-        self.inner.put(key, *value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def stats(self, reset: bool = False) -> dict[str, Any]:
-        """The counts so far (``hit_rate``: hits over hits plus database reads; None before
-        any look-up); with ``reset``, start counting again from zero."""
-        answered = self.hits + self.fills
-        result = {
-            "hits": self.hits,
-            "database_reads": self.fills,
-            "misses": self.misses,
-            "hit_rate": round(self.hits / answered, 4) if answered else None,
-        }
-        if reset:
-            self.hits = self.misses = self.fills = 0
-        return result
+def answer_counts(now: dict[str, int], since: dict[str, int]) -> dict[str, Any]:
+    """The answer cache's counts between two of its ``stats()``: ``hits``, ``misses``,
+    ``database_reads`` (answers read from the database) and ``hit_rate`` (hits over hits
+    plus database reads; None before any look-up). A look-up that misses asks the cache
+    twice (the immediate path, then the database path), so misses overcount look-ups."""
+    hits = now.get("hits", 0) - since.get("hits", 0)
+    reads = now.get("reads", 0) - since.get("reads", 0)
+    return {
+        "hits": hits,
+        "database_reads": reads,
+        "misses": now.get("misses", 0) - since.get("misses", 0),
+        "hit_rate": round(hits / (hits + reads), 4) if hits + reads else None,
+    }
 
 
 def populate(path: str, credentials: Any, count: int, sample: int) -> list[str]:
@@ -271,9 +239,8 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
         assert service.registry is not None and service.store is not None and service.credentials is not None
         registry, store, ca = service.registry, service.store, service.credentials.ca
         counter = {"next": 0}
-        answers = CountingCache(registry.caches.answers)
-        registry.caches.answers = answers
         caches = {True: registry.caches, False: RegistryCaches.build(CACHE_NAMES)}
+        counted_since: dict[str, int] = {}
 
         def use_caches(on: bool) -> None:
             """All of the registry's caches on (the ones it started with, as warm as they
@@ -281,7 +248,13 @@ def serve_registry(connection: Connection, params: dict[str, Any]) -> None:
             registry.caches = caches[on]
 
         def cache_stats(reset: bool = False) -> dict[str, Any]:
-            return {"answers": answers.stats(reset), "on": registry.caches is caches[True]}
+            """The answer cache's counts since the last reset (its own ``stats()``)."""
+            now = caches[True].answers.stats()
+            counts = answer_counts(now, counted_since)
+            if reset:
+                counted_since.clear()
+                counted_since.update(now)
+            return {"answers": counts, "on": registry.caches is caches[True]}
 
         async def register(names: list[str]) -> None:
             """Register one online endpoint for each of ``names``, as ``<register-address>``

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.irp_postgres import postgres_registry, postmaster_pid, start_postgres
 
                 postgres = start_postgres()
-                server = postgres_registry(ctx, "pg-profile", postgres.create_database(), ctx.path("pg-profile"))
+                server = postgres_registry(ctx, "pg-profile", postgres.create_database(), ctx.path("pg-profile"), bulk)
                 extra["postmaster"] = postmaster_pid(postgres)
             else:
                 server = registry(ctx, bulk)
