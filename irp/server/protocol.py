@@ -57,6 +57,38 @@ __all__ = ["ConnectionLimits", "RegistryServerFactory", "RegistryServerProtocol"
 log = Logger()
 
 
+@implementer(IPushProducer)
+class _Producer:
+    """What the transport holds as its producer: it forwards to the protocol until the
+    connection is lost, then to nothing.
+
+    Twisted's TLS layer keeps its producer after the connection is lost, and sometimes
+    lives on in a reference cycle of its own (the failure of an unexpected EOF holds the
+    frames it went through); registered directly, the protocol, its session and core would
+    live on with it until the garbage collector's next full pass.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: RegistryServerProtocol) -> None:
+        self.protocol: RegistryServerProtocol | None = protocol
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        if self.protocol is not None:
+            self.protocol.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained."""
+        if self.protocol is not None:
+            self.protocol.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away."""
+        if self.protocol is not None:
+            self.protocol.stopProducing()
+
+
 @implementer(IHandshakeListener, IPushProducer)
 class RegistryServerProtocol(Protocol):
     """One client connection to the registry."""
@@ -69,8 +101,8 @@ class RegistryServerProtocol(Protocol):
         self.core: Connection | None = None
         #: Whether the connection counts against its address's limit.
         self.counted = False
-        #: Whether the protocol is registered as its transport's producer.
-        self.producing = False
+        #: What is registered as the transport's producer (while it is).
+        self.producer: _Producer | None = None
         self._peer_host = "unknown"
         #: The pending call of each armed deadline (dropped when cancelled or run: while
         #: armed, the call refers back to this protocol).
@@ -105,8 +137,8 @@ class RegistryServerProtocol(Protocol):
             return
         self.counted = True
         send_without_delay(self.transport)
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self.producing = True
+        self.producer = _Producer(self)
+        self.transport.registerProducer(self.producer, True)  # type: ignore[union-attr]
         self._do(self.core.start())
 
     def handshakeCompleted(self) -> None:
@@ -139,17 +171,14 @@ class RegistryServerProtocol(Protocol):
             self._do(self.core.data_received(data))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        """Release the connection's slot, cancel its deadlines and let go of the transport."""
+        """Release the connection's slot and cancel its deadlines."""
         if self.core is not None:
             self._do(self.core.connection_lost())
         if self.counted:
             self.factory.connections.release(self._peer_host)
             self.counted = False
-        # Twisted's TLS layer keeps this protocol as its producer after the connection is
-        # lost, and this protocol would keep the TLS layer as its transport: a cycle (and
-        # the TLS layer, and all it holds) only the garbage collector could free. Nothing
-        # is written or read any more (the core is closed).
-        self.transport = None
+        # No reference cycle is left: the transport no longer reaches this protocol.
+        self._forget_producer()
         self.factory.connection_closed()
 
     def pauseProducing(self) -> None:
@@ -166,6 +195,11 @@ class RegistryServerProtocol(Protocol):
         """The transport is going away."""
         if self.core is not None:
             self._do(self.core.transport_gone())
+
+    def _forget_producer(self) -> None:
+        if self.producer is not None:
+            self.producer.protocol = None
+            self.producer = None
 
     # -- performing the core's actions ------------------------------------------------
 
@@ -187,8 +221,6 @@ class RegistryServerProtocol(Protocol):
             self._arm(action.deadline, action.seconds)
         elif isinstance(action, CancelDeadline):
             self._cancel(action.deadline)
-        elif transport is None:
-            return  # lost: there is nothing to write, read or close
         elif isinstance(action, Send):
             transport.write(action.data)
         elif isinstance(action, Dispatch):
@@ -198,11 +230,11 @@ class RegistryServerProtocol(Protocol):
         elif isinstance(action, ResumeReading):
             transport.resumeProducing()
         elif isinstance(action, Close):
-            if self.producing:
+            if self.producer is not None:
                 # While a producer is registered, the TLS layer holds close_notify back (it
                 # waits for the producer to go), and the socket would stay open until the
                 # abort.
-                self.producing = False
+                self._forget_producer()
                 transport.unregisterProducer()
             # Read again (reading may be paused), so that the peer's close_notify, which
             # completes the TLS shutdown and closes the socket, is seen; the core reads

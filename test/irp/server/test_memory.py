@@ -60,9 +60,15 @@ class ClosedConnectionTests(RegistryTestCase):
         self.assertIs(protocol.session.state, SessionState.CERTIFICATE)
         return client, built, lost
 
-    async def assertFreedWithoutCollector(self, built: list[RegistryServerProtocol], lost: Deferred[None], close: Any) -> None:
+    async def assertFreedWithoutCollector(
+        self, built: list[RegistryServerProtocol], lost: Deferred[None], close: Any, *, tls_layer: bool = True
+    ) -> None:
+        """After ``close()``, the protocol (and with ``tls_layer`` Twisted's TLS layer
+        under it) is freed with the garbage collector off."""
         protocol = built.pop()
-        refs = [weakref.ref(protocol), weakref.ref(protocol.transport)]  # type: ignore[arg-type]
+        refs = [weakref.ref(protocol)]
+        if tls_layer:
+            refs.append(weakref.ref(protocol.transport))  # type: ignore[arg-type]
         del protocol
         gc.collect()
         gc.disable()
@@ -87,6 +93,18 @@ class ClosedConnectionTests(RegistryTestCase):
             client.protocol.transport.write(encode_frame(b"<not-a-request/>"))
 
         await self.assertFreedWithoutCollector(built, lost, send_garbage)
+
+
+    async def test_dropped_without_close_notify(self) -> None:
+        """The client's socket closes without a TLS close_notify (a client that crashed).
+
+        Twisted's TLS layer then keeps the failure of the unexpected EOF in a local
+        variable of a frame of its own traceback: that cycle holds the TLS layer (without
+        its OpenSSL connection, which it drops) until the collector runs, but no longer
+        the protocol, its session and core."""
+        client, built, lost = await self.open_connection()
+        drop = client.protocol.transport.transport.loseConnection
+        await self.assertFreedWithoutCollector(built, lost, drop, tls_layer=False)
 
 
 class MemoryReturnTests(unittest.TestCase):
