@@ -177,7 +177,9 @@ class RegistryServerProtocol(Protocol):
         if self.counted:
             self.factory.connections.release(self._peer_host)
             self.counted = False
-        # No reference cycle is left: the transport no longer reaches this protocol.
+        # No reference cycle is left: no pending call and no transport reaches this protocol.
+        for deadline in list(self._deadlines):  # none, the core cancelled them: made sure
+            self._cancel(deadline)
         self._forget_producer()
         self.factory.connection_closed()
 
