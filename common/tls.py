@@ -63,6 +63,8 @@ def make_server_context(
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_OPTIONS)
+    # Free each connection's read and write buffers (some 34 KiB) while it is idle.
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
     _set_groups(context, KEY_EXCHANGE_GROUPS)

@@ -46,9 +46,9 @@ _METHODS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
-    """Who is on the other end of one connection."""
+    """Who is on the other end of one connection (slotted: one per held connection)."""
 
     peer_host: str
     state: SessionState = SessionState.ANONYMOUS
@@ -67,6 +67,10 @@ class Session:
     #: one exception object raised again for every request would keep every traceback
     #: it was ever raised through.
     rejection: str | None = None
+
+    def is_anonymous(self) -> bool:
+        """Whether nobody is logged in (not even a refused certificate's owner)."""
+        return self.identity is None
 
     @property
     def logged_in(self) -> bool:

@@ -127,10 +127,18 @@ class RequestTests(ProtocolTestCase):
     """Requests and their answers."""
 
     def test_producer_registered(self) -> None:
-        """The protocol registers itself as a streaming producer of its transport."""
+        """The protocol registers a streaming producer of its transport, which pauses and
+        resumes it until the connection is lost, and nothing after."""
         protocol, transport = self.connect()
-        self.assertIs(transport.producer, protocol)
+        producer = transport.producer
         self.assertTrue(transport.streaming)
+        producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        protocol.connectionLost()
+        producer.pauseProducing()
+        self.assertEqual(transport.producerState, "producing")
 
     def test_no_nagle_delay(self) -> None:
         """Small answers go out at once: Nagle's algorithm is off on the TCP connection."""
@@ -313,7 +321,7 @@ class FatalInputTests(ProtocolTestCase):
         protocol, transport = self.connect()
         self.send(protocol, request(1, '<slow n="1"/>'), b"<broken")
         self.assertEqual(transport.producerState, "paused")
-        self.assertIs(transport.producer, protocol)
+        self.assertIsNotNone(transport.producer)
         self.gate.release()
         self.assertClosedWith(transport, "malformed-message")
         self.assertIsNone(transport.producer)
