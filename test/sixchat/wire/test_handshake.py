@@ -75,7 +75,7 @@ class CodecTests(TestCase):
             versions=("1", "<2> & \"3\""),
             suites=(),
         )
-        for message, tree in [
+        cases: list[tuple[handshake.HandshakeMessage | handshake.Auth, Element]] = [
             (GOOD_HELLO, _hello_tree(GOOD_HELLO)),
             (hello, _hello_tree(hello)),
             (GOOD_REPLY, _reply_tree(GOOD_REPLY)),
@@ -83,7 +83,8 @@ class CodecTests(TestCase):
             (handshake.Sealed(b"\x00" * 100), make_element("sealed", text=encode_base64(b"\x00" * 100))),
             (handshake.Alert(403, "peer-rejected", "policy"), make_element("alert", {"code": "403", "name": "peer-rejected", "reason": "policy"})),
             (handshake.Alert(500, "internal-error"), make_element("alert", {"code": "500", "name": "internal-error"})),
-        ]:
+        ]
+        for message, tree in cases:
             self.assertEqual(message.to_xml(), serialize(tree))
 
     def test_too_many_offers(self) -> None:
