@@ -207,17 +207,21 @@ class TrustStore:
                 f"more than {MAX_PRESENTED_INTERMEDIATES} intermediate certificates were"
                 " presented",
             )
-        key = (_der(leaf), tuple(_der(intermediate) for intermediate in intermediates))
+        leaf_der = _der(leaf)
+        intermediates_der = tuple(_der(intermediate) for intermediate in intermediates)
+        key = (leaf_der, intermediates_der)
         cached = self._verified_paths.get(key)
         if cached is not None and cached[1] <= now <= cached[2]:
             return cached[0]
         extensions = _ExtensionValues()
         extensions.of(leaf)
-        builder = _PathBuilder(self._roots, intermediates, self._verified_links, extensions)
+        builder = _PathBuilder(
+            self._roots, intermediates, self._verified_links, extensions, intermediates_der=intermediates_der
+        )
         first_failure: CertificateInvalid | None = None
-        for path in builder.paths(leaf):
+        for path, root_der in builder.paths(leaf, leaf_der):
             try:
-                verified = self._verify_path(path, now, extensions)
+                verified = self._verify_path(path, root_der, now, extensions)
             except CertificateInvalid as failure:
                 first_failure = first_failure or failure
                 continue
@@ -230,7 +234,11 @@ class TrustStore:
         raise builder.failure()
 
     def _verify_path(
-        self, path: tuple[x509.Certificate, ...], now: datetime.datetime, extensions: _ExtensionValues
+        self,
+        path: tuple[x509.Certificate, ...],
+        root_der: bytes,
+        now: datetime.datetime,
+        extensions: _ExtensionValues,
     ) -> VerifiedUser:
         leaf, issuers = path[0], path[1:]
         if len(issuers) - 1 > self._max_chain_depth:
@@ -246,7 +254,6 @@ class TrustStore:
         _check_leaf_usage(leaf, extensions)
         for certificate in path:
             _check_key(certificate)
-        root_der = _der(path[-1])
         identity = _check_identity(leaf, self._root_domains[root_der])
         return VerifiedUser(
             identity=identity,
@@ -265,49 +272,54 @@ class _PathBuilder:
         intermediates: Sequence[x509.Certificate],
         verified_links: RecentCache[tuple[bytes, bytes], bool] | None = None,
         extensions: _ExtensionValues | None = None,
+        *,
+        intermediates_der: Sequence[bytes] | None = None,
     ) -> None:
+        """``intermediates_der``, when the caller has it, is the DER of ``intermediates``."""
         self._roots = roots
         self._extensions = extensions if extensions is not None else _ExtensionValues()
         #: (child DER, issuer DER) pairs whose signature already verified: a signature
         #: check gives the same answer for the same bytes, so it is done once.
         self._verified_links = verified_links if verified_links is not None else RecentCache(VERIFIED_LINKS_CACHED)
-        self._candidates = [
-            *roots.items(),
-            *((_der(intermediate), intermediate) for intermediate in intermediates),
-        ]
+        if intermediates_der is None:
+            intermediates_der = [_der(intermediate) for intermediate in intermediates]
+        self._candidates = [*roots.items(), *zip(intermediates_der, intermediates, strict=True)]
         self._steps = 0
         self._signature_problem: CertificateInvalid | None = None
         self._exhausted = False
         self._malformed_problem: CertificateInvalid | None = None
 
-    def paths(self, leaf: x509.Certificate) -> Iterator[tuple[x509.Certificate, ...]]:
-        """Every path from ``leaf`` to a trusted root, depth-first, trusted roots tried first."""
-        yield from self._extend((leaf,), {_der(leaf)})
+    def paths(
+        self, leaf: x509.Certificate, leaf_der: bytes | None = None
+    ) -> Iterator[tuple[tuple[x509.Certificate, ...], bytes]]:
+        """Every path from ``leaf`` to a trusted root, depth-first, trusted roots tried
+        first, each with the DER of the root it ends at."""
+        if leaf_der is None:
+            leaf_der = _der(leaf)
+        yield from self._extend((leaf,), leaf_der, {leaf_der})
 
     def _extend(
-        self, path: tuple[x509.Certificate, ...], used: set[bytes]
-    ) -> Iterator[tuple[x509.Certificate, ...]]:
+        self, path: tuple[x509.Certificate, ...], child_der: bytes, used: set[bytes]
+    ) -> Iterator[tuple[tuple[x509.Certificate, ...], bytes]]:
         child = path[-1]
         if len(path) > MAX_PRESENTED_INTERMEDIATES + 1:
             self._exhausted = True
             return
-        for issuer in self._issuers_of(child, used):
-            der = _der(issuer)
+        for der, issuer in self._issuers_of(child, child_der, used):
             if der in self._roots:
-                yield (*path, issuer)
+                yield (*path, issuer), der
             else:
-                yield from self._extend((*path, issuer), used | {der})
+                yield from self._extend((*path, issuer), der, used | {der})
 
     def _issuers_of(
-        self, child: x509.Certificate, used: set[bytes]
-    ) -> Iterator[x509.Certificate]:
+        self, child: x509.Certificate, child_der: bytes, used: set[bytes]
+    ) -> Iterator[tuple[bytes, x509.Certificate]]:
         try:
             _check_signature_hash(child)
         except CertificateInvalid as problem:
             self._signature_problem = self._signature_problem or problem
             return
         seen: set[bytes] = set()
-        child_der = _der(child)
         for der, candidate in self._candidates:
             if der in used or der in seen or candidate.subject != child.issuer:
                 continue
@@ -334,7 +346,7 @@ class _PathBuilder:
                     f" its issuer {_subject_text(candidate)}",
                 )
                 continue
-            yield candidate
+            yield der, candidate
 
     def failure(self) -> CertificateInvalid:
         """Why no path was found."""
