@@ -14,6 +14,7 @@ in :func:`error_from_alert` (alerts travel in handshake frames and in records al
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -28,7 +29,6 @@ from sixchat.wire.fields import (
     children,
     decode_base64,
     empty,
-    encode_base64,
     leaf_text,
     malformed,
     parse,
@@ -74,10 +74,17 @@ _HANDSHAKE_ELEMENTS: Final = 2 * MAX_OFFERED + 8
 # Handshake messages
 
 
+def _base64_leaf(tag: bytes, data: bytes) -> bytes:
+    """The bytes lxml writes for ``<tag>`` holding ``data`` in base64: the base64 alphabet
+    needs no escaping, so the text is written as :func:`base64.b64encode` gives it."""
+    return b"<" + tag + b">" + base64.b64encode(data) + b"</" + tag + b">"
+
+
 def _document(tag: str, attributes: dict[str, str] | None, *children: bytes) -> bytes:
     """The bytes lxml writes for an element with ``attributes`` and ``children`` (each
-    the bytes of one serialised element), without building a tree: the start tag is the
-    one :func:`serialize_leaf` writes for the empty element, whose ``/>`` becomes ``>``."""
+    the bytes of one serialised element, or text that needs no escaping), without
+    building a tree: the start tag is the one :func:`serialize_leaf` writes for the empty
+    element, whose ``/>`` becomes ``>``."""
     if not children:
         return serialize_leaf(tag, attributes)
     return b"".join((serialize_leaf(tag, attributes)[:-2], b">", *children, b"</", tag.encode(), b">"))
@@ -101,9 +108,9 @@ class Hello:
             {"to": str(self.to)},
             _document("versions", None, *(serialize_leaf("version", None, v) for v in self.versions)),
             _document("suites", None, *(serialize_leaf("suite", None, suite) for suite in self.suites)),
-            serialize_leaf("random", None, encode_base64(self.random)),
-            serialize_leaf("x25519-key", None, encode_base64(self.x25519_key)),
-            serialize_leaf("mlkem768-key", None, encode_base64(self.mlkem_key)),
+            _base64_leaf(b"random", self.random),
+            _base64_leaf(b"x25519-key", self.x25519_key),
+            _base64_leaf(b"mlkem768-key", self.mlkem_key),
         )
 
     @classmethod
@@ -157,9 +164,9 @@ class Reply:
         return _document(
             "reply",
             {"version": self.version, "suite": self.suite},
-            serialize_leaf("random", None, encode_base64(self.random)),
-            serialize_leaf("x25519-key", None, encode_base64(self.x25519_key)),
-            serialize_leaf("mlkem768-ciphertext", None, encode_base64(self.mlkem_ciphertext)),
+            _base64_leaf(b"random", self.random),
+            _base64_leaf(b"x25519-key", self.x25519_key),
+            _base64_leaf(b"mlkem768-ciphertext", self.mlkem_ciphertext),
         )
 
     @classmethod
@@ -192,7 +199,7 @@ class Sealed:
 
     def to_xml(self) -> bytes:
         """The document's bytes."""
-        return serialize_leaf("sealed", None, encode_base64(self.ciphertext))
+        return _base64_leaf(b"sealed", self.ciphertext)
 
     @classmethod
     def from_element(cls, root: Element) -> Sealed:
@@ -216,11 +223,9 @@ class Auth:
         return _document(
             "auth",
             None,
-            *(serialize_leaf("certificate", None, encode_base64(der)) for der in self.certificates),
-            serialize_leaf(
-                "signature", {"algorithm": self.signature_algorithm}, encode_base64(self.signature)
-            ),
-            serialize_leaf("finished", None, encode_base64(self.finished)),
+            *(_base64_leaf(b"certificate", der) for der in self.certificates),
+            _document("signature", {"algorithm": self.signature_algorithm}, base64.b64encode(self.signature)),
+            _base64_leaf(b"finished", self.finished),
         )
 
     @classmethod

@@ -75,11 +75,14 @@ class CodecTests(TestCase):
             versions=("1", "<2> & \"3\""),
             suites=(),
         )
+        odd_auth = handshake.Auth((b"\x01", b""), 'a"<&>', b"", GOOD_AUTH.finished)
         cases: list[tuple[handshake.HandshakeMessage | handshake.Auth, Element]] = [
             (GOOD_HELLO, _hello_tree(GOOD_HELLO)),
             (hello, _hello_tree(hello)),
             (GOOD_REPLY, _reply_tree(GOOD_REPLY)),
             (GOOD_AUTH, _auth_tree(GOOD_AUTH)),
+            (odd_auth, _auth_tree(odd_auth)),
+            (handshake.Sealed(b""), make_element("sealed", text="")),
             (handshake.Sealed(b"\x00" * 100), make_element("sealed", text=encode_base64(b"\x00" * 100))),
             (handshake.Alert(403, "peer-rejected", "policy"), make_element("alert", {"code": "403", "name": "peer-rejected", "reason": "policy"})),
             (handshake.Alert(500, "internal-error"), make_element("alert", {"code": "500", "name": "internal-error"})),
