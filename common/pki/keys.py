@@ -40,6 +40,12 @@ _EC_SIGNATURES: Final[dict[str, tuple[str, type[hashes.HashAlgorithm]]]] = {
     "secp521r1": ("ecdsa-p521-sha512", hashes.SHA512),
 }
 _PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+#: The ECDSA signature schemes of each accepted curve (immutable, made once): for
+#: :func:`sign` (deterministic, RFC 6979) and for :func:`verify_signature`.
+_ECDSA_SIGNING: Final = {
+    curve: ec.ECDSA(hash_class(), deterministic_signing=True) for curve, (_, hash_class) in _EC_SIGNATURES.items()
+}
+_ECDSA_VERIFYING: Final = {curve: ec.ECDSA(hash_class()) for curve, (_, hash_class) in _EC_SIGNATURES.items()}
 
 
 def check_public_key(key: PublicKeyTypes) -> AcceptedPublicKey:
@@ -120,8 +126,7 @@ def signature_algorithm_for(public_key: AcceptedPublicKey) -> str:
 def sign(private_key: PrivateKey, data: bytes) -> bytes:
     """Sign ``data`` with the scheme the key type implies (ECDSA deterministic, RFC 6979)."""
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        hash_class = _EC_SIGNATURES[private_key.curve.name][1]
-        return private_key.sign(data, ec.ECDSA(hash_class(), deterministic_signing=True))
+        return private_key.sign(data, _ECDSA_SIGNING[private_key.curve.name])
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         return private_key.sign(data)
     return private_key.sign(data, _PSS, hashes.SHA384())
@@ -132,8 +137,7 @@ def verify_signature(public_key: AcceptedPublicKey, signature: bytes, data: byte
     :func:`sign`)."""
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            hash_class = _EC_SIGNATURES[public_key.curve.name][1]
-            public_key.verify(signature, data, ec.ECDSA(hash_class()))
+            public_key.verify(signature, data, _ECDSA_VERIFYING[public_key.curve.name])
         elif isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, data)
         else:

@@ -11,11 +11,14 @@ A CRL answers only for the CA that signed it. Every use of a CRL, fetched or cac
 that its issuer name is the subject of the issuer of the path being verified, that its
 authority key identifier (if both carry one) is that issuer's, and that its signature
 verifies with that issuer's key; and the cache is keyed by the issuer (domain, name and
-key), so one issuer's CRL never answers for another.
+key), so one issuer's CRL never answers for another. A cached CRL remembers the exact issuer
+certificate (DER) it verified against: the same CRL checked against the same bytes gives
+the same answer, so only another issuer certificate is checked again.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 
 from common.errors import ProtocolError
+from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateRevoked, RevocationUnknown
 
 log = Logger()
@@ -42,10 +46,18 @@ _IssuerKey = tuple[str, bytes, bytes]
 
 
 def _issuer_key(domain: str, issuer: x509.Certificate) -> _IssuerKey:
+    subject, public = _issuer_name_and_key(issuer)
+    return (domain, subject, public)
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_name_and_key(issuer: x509.Certificate) -> tuple[bytes, bytes]:
+    """The issuer's subject and public key (DER), kept for the few issuers in use: every
+    check asks for them, and a certificate object never changes."""
     public = issuer.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return (domain, issuer.subject.public_bytes(), public)
+    return issuer.subject.public_bytes(), public
 
 
 def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -74,6 +86,8 @@ class _CachedCRL:
     crl: x509.CertificateRevocationList
     next_update: datetime
     fetched_at: datetime
+    #: The DER of the issuer certificate the CRL verified against.
+    issuer_der: bytes
 
 
 class RevocationChecker:
@@ -120,9 +134,11 @@ class RevocationChecker:
         now = self._now()
         key = _issuer_key(domain, issuer)
         cached = self._cache.get(key)
-        if cached is not None and not crl_signed_by(cached.crl, issuer):
+        issuer_der = certificate_der(issuer)
+        if cached is not None and cached.issuer_der != issuer_der and not crl_signed_by(cached.crl, issuer):
             # Cannot happen by construction (stored only under the issuer it verified
-            # against); checked anyway, since a wrong answer here accepts a forgery.
+            # against); checked anyway, since a wrong answer here accepts a forgery. The
+            # check is skipped only for the very issuer bytes the CRL verified against.
             del self._cache[key]
             cached = None
         if cached is not None and now < cached.next_update and (self.max_age is None or now < cached.fetched_at + self.max_age):
@@ -142,7 +158,7 @@ class RevocationChecker:
                 " the issuer of the certificate being checked"
             )
         next_update = crl.next_update_utc or (now + timedelta(hours=1))
-        self._cache[key] = _CachedCRL(crl, next_update, now)
+        self._cache[key] = _CachedCRL(crl, next_update, now, issuer_der)
         return crl
 
 

@@ -114,6 +114,8 @@ class TrustStore:
             tuple[bytes, tuple[bytes, ...]], tuple[VerifiedUser, datetime.datetime, datetime.datetime]
         ] = RecentCache(VERIFIED_PATHS_CACHED)
         self._root_domains: dict[bytes, str] = {}
+        #: Each root's SHA-256 fingerprint, computed once when it is trusted.
+        self._root_fingerprints: dict[bytes, str] = {}
         for root in roots:
             self.add_root(root)
         for domain, root in anchors:
@@ -161,6 +163,7 @@ class TrustStore:
             raise ValueError("a trusted root must have basicConstraints CA:TRUE")
         self._roots[der] = certificate
         self._root_domains[der] = domain
+        self._root_fingerprints[der] = fingerprint(certificate)
         self._verified_paths.clear()  # a new root may offer another path
 
     @property
@@ -204,16 +207,21 @@ class TrustStore:
                 f"more than {MAX_PRESENTED_INTERMEDIATES} intermediate certificates were"
                 " presented",
             )
-        key = (_der(leaf), tuple(_der(intermediate) for intermediate in intermediates))
+        leaf_der = _der(leaf)
+        intermediates_der = tuple(_der(intermediate) for intermediate in intermediates)
+        key = (leaf_der, intermediates_der)
         cached = self._verified_paths.get(key)
         if cached is not None and cached[1] <= now <= cached[2]:
             return cached[0]
-        _processed_extensions(leaf)
-        builder = _PathBuilder(self._roots, intermediates, self._verified_links)
+        extensions = _ExtensionValues()
+        extensions.of(leaf)
+        builder = _PathBuilder(
+            self._roots, intermediates, self._verified_links, extensions, intermediates_der=intermediates_der
+        )
         first_failure: CertificateInvalid | None = None
-        for path in builder.paths(leaf):
+        for path, root_der in builder.paths(leaf, leaf_der):
             try:
-                verified = self._verify_path(path, now)
+                verified = self._verify_path(path, root_der, now, extensions)
             except CertificateInvalid as failure:
                 first_failure = first_failure or failure
                 continue
@@ -226,7 +234,11 @@ class TrustStore:
         raise builder.failure()
 
     def _verify_path(
-        self, path: tuple[x509.Certificate, ...], now: datetime.datetime
+        self,
+        path: tuple[x509.Certificate, ...],
+        root_der: bytes,
+        now: datetime.datetime,
+        extensions: _ExtensionValues,
     ) -> VerifiedUser:
         leaf, issuers = path[0], path[1:]
         if len(issuers) - 1 > self._max_chain_depth:
@@ -238,18 +250,16 @@ class TrustStore:
         for certificate in path:
             _check_validity(certificate, now)
         for position, issuer in enumerate(issuers):
-            _check_issuer(issuer, intermediates_below=position)
-        _check_leaf_usage(leaf)
+            _check_issuer(issuer, extensions, intermediates_below=position)
+        _check_leaf_usage(leaf, extensions)
         for certificate in path:
             _check_key(certificate)
-        root = path[-1]
-        domain = self._root_domains[_der(root)]
-        identity = _check_identity(leaf, domain)
+        identity = _check_identity(leaf, self._root_domains[root_der])
         return VerifiedUser(
             identity=identity,
             certificate=leaf,
             chain=path,
-            root_fingerprint=fingerprint(root),
+            root_fingerprint=self._root_fingerprints[root_der],
         )
 
 
@@ -261,54 +271,61 @@ class _PathBuilder:
         roots: dict[bytes, x509.Certificate],
         intermediates: Sequence[x509.Certificate],
         verified_links: RecentCache[tuple[bytes, bytes], bool] | None = None,
+        extensions: _ExtensionValues | None = None,
+        *,
+        intermediates_der: Sequence[bytes] | None = None,
     ) -> None:
+        """``intermediates_der``, when the caller has it, is the DER of ``intermediates``."""
         self._roots = roots
+        self._extensions = extensions if extensions is not None else _ExtensionValues()
         #: (child DER, issuer DER) pairs whose signature already verified: a signature
         #: check gives the same answer for the same bytes, so it is done once.
         self._verified_links = verified_links if verified_links is not None else RecentCache(VERIFIED_LINKS_CACHED)
-        self._candidates = [
-            *roots.items(),
-            *((_der(intermediate), intermediate) for intermediate in intermediates),
-        ]
+        if intermediates_der is None:
+            intermediates_der = [_der(intermediate) for intermediate in intermediates]
+        self._candidates = [*roots.items(), *zip(intermediates_der, intermediates, strict=True)]
         self._steps = 0
         self._signature_problem: CertificateInvalid | None = None
         self._exhausted = False
         self._malformed_problem: CertificateInvalid | None = None
 
-    def paths(self, leaf: x509.Certificate) -> Iterator[tuple[x509.Certificate, ...]]:
-        """Every path from ``leaf`` to a trusted root, depth-first, trusted roots tried first."""
-        yield from self._extend((leaf,), {_der(leaf)})
+    def paths(
+        self, leaf: x509.Certificate, leaf_der: bytes | None = None
+    ) -> Iterator[tuple[tuple[x509.Certificate, ...], bytes]]:
+        """Every path from ``leaf`` to a trusted root, depth-first, trusted roots tried
+        first, each with the DER of the root it ends at."""
+        if leaf_der is None:
+            leaf_der = _der(leaf)
+        yield from self._extend((leaf,), leaf_der, {leaf_der})
 
     def _extend(
-        self, path: tuple[x509.Certificate, ...], used: set[bytes]
-    ) -> Iterator[tuple[x509.Certificate, ...]]:
+        self, path: tuple[x509.Certificate, ...], child_der: bytes, used: set[bytes]
+    ) -> Iterator[tuple[tuple[x509.Certificate, ...], bytes]]:
         child = path[-1]
         if len(path) > MAX_PRESENTED_INTERMEDIATES + 1:
             self._exhausted = True
             return
-        for issuer in self._issuers_of(child, used):
-            der = _der(issuer)
+        for der, issuer in self._issuers_of(child, child_der, used):
             if der in self._roots:
-                yield (*path, issuer)
+                yield (*path, issuer), der
             else:
-                yield from self._extend((*path, issuer), used | {der})
+                yield from self._extend((*path, issuer), der, used | {der})
 
     def _issuers_of(
-        self, child: x509.Certificate, used: set[bytes]
-    ) -> Iterator[x509.Certificate]:
+        self, child: x509.Certificate, child_der: bytes, used: set[bytes]
+    ) -> Iterator[tuple[bytes, x509.Certificate]]:
         try:
             _check_signature_hash(child)
         except CertificateInvalid as problem:
             self._signature_problem = self._signature_problem or problem
             return
         seen: set[bytes] = set()
-        child_der = _der(child)
         for der, candidate in self._candidates:
             if der in used or der in seen or candidate.subject != child.issuer:
                 continue
             seen.add(der)
             try:
-                if not _key_identifiers_match(child, candidate):
+                if not _key_identifiers_match(child, candidate, self._extensions):
                     continue
             except CertificateInvalid as problem:
                 self._malformed_problem = self._malformed_problem or problem
@@ -329,7 +346,7 @@ class _PathBuilder:
                     f" its issuer {_subject_text(candidate)}",
                 )
                 continue
-            yield candidate
+            yield der, candidate
 
     def failure(self) -> CertificateInvalid:
         """Why no path was found."""
@@ -371,17 +388,37 @@ def _processed_extensions(certificate: x509.Certificate) -> x509.Extensions:
     return extensions
 
 
-def _extension(certificate: x509.Certificate, kind: type[_Extension]) -> _Extension | None:
-    try:
-        return _processed_extensions(certificate).get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
+class _ExtensionValues:
+    """The extension values of the certificates of one verification, by class: each
+    certificate's extensions are read and checked (:func:`_processed_extensions`) once,
+    however many checks and candidate links ask for them. A certificate with unreadable
+    or unknown critical extensions is refused on every ask, as it is the first time."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        #: id(certificate) -> (the certificate, kept so the id stays its own; its values)
+        self._values: dict[int, tuple[x509.Certificate, dict[type[x509.ExtensionType], x509.ExtensionType]]] = {}
+
+    def of(self, certificate: x509.Certificate) -> dict[type[x509.ExtensionType], x509.ExtensionType]:
+        """The certificate's extension values by class (CertificateInvalid if unusable)."""
+        entry = self._values.get(id(certificate))
+        if entry is None:
+            values = {type(extension.value): extension.value for extension in _processed_extensions(certificate)}
+            entry = self._values[id(certificate)] = (certificate, values)
+        return entry[1]
+
+    def get(self, certificate: x509.Certificate, kind: type[_Extension]) -> _Extension | None:
+        """The certificate's extension of class ``kind``, or None."""
+        return self.of(certificate).get(kind)  # type: ignore[return-value]
 
 
-def _key_identifiers_match(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+def _key_identifiers_match(
+    child: x509.Certificate, issuer: x509.Certificate, extensions: _ExtensionValues
+) -> bool:
     """False only if both key identifiers are present and differ (a different CA key)."""
-    authority = _extension(child, x509.AuthorityKeyIdentifier)
-    subject = _extension(issuer, x509.SubjectKeyIdentifier)
+    authority = extensions.get(child, x509.AuthorityKeyIdentifier)
+    subject = extensions.get(issuer, x509.SubjectKeyIdentifier)
     if authority is None or authority.key_identifier is None or subject is None:
         return True
     return authority.key_identifier == subject.digest
@@ -416,24 +453,26 @@ def _check_signature_hash(certificate: x509.Certificate) -> None:
         )
 
 
-def _check_issuer(issuer: x509.Certificate, *, intermediates_below: int) -> None:
-    name = _subject_text(issuer)
-    constraints = _extension(issuer, x509.BasicConstraints)
+def _check_issuer(
+    issuer: x509.Certificate, extensions: _ExtensionValues, *, intermediates_below: int
+) -> None:
+    constraints = extensions.get(issuer, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
-        raise CertificateInvalid("wrong-usage", f"{name} is not a CA certificate")
-    usage = _extension(issuer, x509.KeyUsage)
+        raise CertificateInvalid("wrong-usage", f"{_subject_text(issuer)} is not a CA certificate")
+    usage = extensions.get(issuer, x509.KeyUsage)
     if usage is None or not usage.key_cert_sign:
-        raise CertificateInvalid("wrong-usage", f"{name} may not sign certificates")
+        raise CertificateInvalid("wrong-usage", f"{_subject_text(issuer)} may not sign certificates")
     if constraints.path_length is not None and intermediates_below > constraints.path_length:
         raise CertificateInvalid(
             "chain-too-long",
-            f"{name} allows {constraints.path_length} intermediate CAs below it, not"
-            f" {intermediates_below}",
+            f"{_subject_text(issuer)} allows {constraints.path_length} intermediate CAs below"
+            f" it, not {intermediates_below}",
         )
-    extended_usage = _extension(issuer, x509.ExtendedKeyUsage)
+    extended_usage = extensions.get(issuer, x509.ExtendedKeyUsage)
     if extended_usage is not None and not _allows_client_auth(extended_usage):
         raise CertificateInvalid(
-            "wrong-usage", f"{name} may not issue client authentication certificates"
+            "wrong-usage",
+            f"{_subject_text(issuer)} may not issue client authentication certificates",
         )
 
 
@@ -443,13 +482,13 @@ def _allows_client_auth(usage: x509.ExtendedKeyUsage) -> bool:
     )
 
 
-def _check_leaf_usage(leaf: x509.Certificate) -> None:
-    constraints = _extension(leaf, x509.BasicConstraints)
+def _check_leaf_usage(leaf: x509.Certificate, extensions: _ExtensionValues) -> None:
+    constraints = extensions.get(leaf, x509.BasicConstraints)
     if constraints is not None and constraints.ca:
         raise CertificateInvalid(
             "wrong-usage", "a CA certificate cannot identify a user (basicConstraints CA:TRUE)"
         )
-    usage = _extension(leaf, x509.KeyUsage)
+    usage = extensions.get(leaf, x509.KeyUsage)
     if usage is None or not usage.digital_signature:
         raise CertificateInvalid(
             "wrong-usage", "the certificate's key usage does not allow digital signatures"
@@ -458,7 +497,7 @@ def _check_leaf_usage(leaf: x509.Certificate) -> None:
         raise CertificateInvalid(
             "wrong-usage", "a user certificate may not sign certificates or CRLs"
         )
-    extended_usage = _extension(leaf, x509.ExtendedKeyUsage)
+    extended_usage = extensions.get(leaf, x509.ExtendedKeyUsage)
     if extended_usage is None or ExtendedKeyUsageOID.CLIENT_AUTH not in extended_usage:
         raise CertificateInvalid(
             "wrong-usage", "the certificate is not for client authentication (no clientAuth)"

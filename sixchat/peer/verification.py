@@ -19,6 +19,7 @@ module decides the rest, in this order, and raises the matching SixChat error:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +28,8 @@ from cryptography import x509
 from twisted.logger import Logger
 
 from common.identity import Identity
+from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateInvalid, CertificateRevoked, RevocationUnknown
-from common.pki.keyfiles import fingerprint
 from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore
 from sixchat import errors
@@ -90,7 +91,9 @@ class PeerVerifier:
             await self.revocation.check(identity.domain, leaf, verified.chain[1])
         except (CertificateRevoked, RevocationUnknown) as error:
             raise errors.from_pki(error) from None
-        digest = fingerprint(leaf)
+        # The DER the trust store just used is kept: hashing it is the fingerprint,
+        # without encoding the certificate again.
+        digest = hashlib.sha256(certificate_der(leaf)).hexdigest()
         contact = await self.store.get_contact(identity)
         if contact is not None and contact.fingerprints and digest not in contact.fingerprints:
             raise errors.PeerRejected(

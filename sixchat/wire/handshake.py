@@ -14,12 +14,13 @@ in :func:`error_from_alert` (alerts travel in handshake frames and in records al
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from common.identity import Identity, InvalidIdentity
-from common.wire.xmlcodec import make_element, serialize, sub_element
+from common.wire.xmlcodec import serialize_leaf
 from sixchat import errors
 from sixchat.wire.fields import (
     Element,
@@ -28,7 +29,6 @@ from sixchat.wire.fields import (
     children,
     decode_base64,
     empty,
-    encode_base64,
     leaf_text,
     malformed,
     parse,
@@ -74,6 +74,22 @@ _HANDSHAKE_ELEMENTS: Final = 2 * MAX_OFFERED + 8
 # Handshake messages
 
 
+def _base64_leaf(tag: bytes, data: bytes) -> bytes:
+    """The bytes lxml writes for ``<tag>`` holding ``data`` in base64: the base64 alphabet
+    needs no escaping, so the text is written as :func:`base64.b64encode` gives it."""
+    return b"<" + tag + b">" + base64.b64encode(data) + b"</" + tag + b">"
+
+
+def _document(tag: str, attributes: dict[str, str] | None, *children: bytes) -> bytes:
+    """The bytes lxml writes for an element with ``attributes`` and ``children`` (each
+    the bytes of one serialised element, or text that needs no escaping), without
+    building a tree: the start tag is the one :func:`serialize_leaf` writes for the empty
+    element, whose ``/>`` becomes ``>``."""
+    if not children:
+        return serialize_leaf(tag, attributes)
+    return b"".join((serialize_leaf(tag, attributes)[:-2], b">", *children, b"</", tag.encode(), b">"))
+
+
 @dataclass(frozen=True)
 class Hello:
     """M1, initiator to responder, in clear: offers, random, key shares, intended peer."""
@@ -87,17 +103,15 @@ class Hello:
 
     def to_xml(self) -> bytes:
         """The document's bytes."""
-        root = make_element("hello", {"to": str(self.to)})
-        versions = sub_element(root, "versions")
-        for version in self.versions:
-            sub_element(versions, "version", text=version)
-        suites = sub_element(root, "suites")
-        for suite in self.suites:
-            sub_element(suites, "suite", text=suite)
-        sub_element(root, "random", text=encode_base64(self.random))
-        sub_element(root, "x25519-key", text=encode_base64(self.x25519_key))
-        sub_element(root, "mlkem768-key", text=encode_base64(self.mlkem_key))
-        return serialize(root)
+        return _document(
+            "hello",
+            {"to": str(self.to)},
+            _document("versions", None, *(serialize_leaf("version", None, v) for v in self.versions)),
+            _document("suites", None, *(serialize_leaf("suite", None, suite) for suite in self.suites)),
+            _base64_leaf(b"random", self.random),
+            _base64_leaf(b"x25519-key", self.x25519_key),
+            _base64_leaf(b"mlkem768-key", self.mlkem_key),
+        )
 
     @classmethod
     def from_element(cls, root: Element) -> Hello:
@@ -147,11 +161,13 @@ class Reply:
 
     def to_xml(self) -> bytes:
         """The document's bytes."""
-        root = make_element("reply", {"version": self.version, "suite": self.suite})
-        sub_element(root, "random", text=encode_base64(self.random))
-        sub_element(root, "x25519-key", text=encode_base64(self.x25519_key))
-        sub_element(root, "mlkem768-ciphertext", text=encode_base64(self.mlkem_ciphertext))
-        return serialize(root)
+        return _document(
+            "reply",
+            {"version": self.version, "suite": self.suite},
+            _base64_leaf(b"random", self.random),
+            _base64_leaf(b"x25519-key", self.x25519_key),
+            _base64_leaf(b"mlkem768-ciphertext", self.mlkem_ciphertext),
+        )
 
     @classmethod
     def from_element(cls, root: Element) -> Reply:
@@ -183,7 +199,7 @@ class Sealed:
 
     def to_xml(self) -> bytes:
         """The document's bytes."""
-        return serialize(make_element("sealed", text=encode_base64(self.ciphertext)))
+        return _base64_leaf(b"sealed", self.ciphertext)
 
     @classmethod
     def from_element(cls, root: Element) -> Sealed:
@@ -204,17 +220,13 @@ class Auth:
 
     def to_xml(self) -> bytes:
         """The document's bytes."""
-        root = make_element("auth")
-        for der in self.certificates:
-            sub_element(root, "certificate", text=encode_base64(der))
-        sub_element(
-            root,
-            "signature",
-            {"algorithm": self.signature_algorithm},
-            encode_base64(self.signature),
+        return _document(
+            "auth",
+            None,
+            *(_base64_leaf(b"certificate", der) for der in self.certificates),
+            _document("signature", {"algorithm": self.signature_algorithm}, base64.b64encode(self.signature)),
+            _base64_leaf(b"finished", self.finished),
         )
-        sub_element(root, "finished", text=encode_base64(self.finished))
-        return serialize(root)
 
     @classmethod
     def from_element(cls, root: Element) -> Auth:
@@ -263,7 +275,7 @@ class Alert:
         attributes = {"code": str(self.code), "name": self.name}
         if self.reason is not None:
             attributes["reason"] = self.reason
-        return serialize(make_element("alert", attributes))
+        return serialize_leaf("alert", attributes)
 
     @classmethod
     def from_element(cls, root: Element) -> Alert:

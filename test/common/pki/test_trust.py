@@ -14,6 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial import unittest
 
 from common.identity import Identity
+from common.pki import trust
 from common.pki.errors import CERTIFICATE_REJECTION_REASONS, CertificateInvalid
 from common.pki.keyfiles import fingerprint
 from common.pki.trust import TrustStore, VerifiedUser, check_anchor
@@ -388,6 +389,53 @@ class VerifiedPathCacheTests(_VerifyMixin):
         again = store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
         self.assertIsNot(again, first)
         self.assertEqual(again, first)
+
+
+class FirstContactWorkTests(_VerifyMixin):
+    """Verifying a chain never seen before reads each certificate's extensions once and
+    takes no fingerprint but the ones already known (the root's, from when it was trusted)."""
+
+    def test_extensions_read_once_per_certificate(self) -> None:
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        read: list[bytes] = []
+        real = trust._processed_extensions
+
+        def counting(certificate: x509.Certificate) -> x509.Extensions:
+            read.append(certificate.public_bytes(serialization.Encoding.DER))
+            return real(certificate)
+
+        self.patch(trust, "_processed_extensions", counting)
+        verified = store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
+        self.assertEqual(len(verified.chain), 3)
+        self.assertEqual(sorted(read), sorted({*read}))
+        self.assertEqual(len(read), 3)
+
+    def test_root_fingerprint_taken_when_trusted(self) -> None:
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        taken: list[x509.Certificate] = []
+
+        def counting(certificate: x509.Certificate) -> str:
+            taken.append(certificate)
+            return ""
+
+        self.patch(trust, "fingerprint", counting)
+        verified = store.verify_user_certificate(alice.certificate, alice.intermediates, now=_now())
+        self.assertEqual(taken, [])
+        self.assertEqual(verified.root_fingerprint, fingerprint(authority.root_certificate))
+
+    def test_unknown_critical_extension_refused_on_every_path(self) -> None:
+        """A candidate issuer with an unknown critical extension is refused each time it is
+        asked about, as before (the first answer is not remembered as a success)."""
+        authority = pki.make_ca()
+        alice = pki.issue_user(authority)
+        store = pki.trust_store(authority)
+        self.patch(trust, "_PROCESSED_CRITICAL_EXTENSIONS", frozenset())
+        error = self.assertRejected(store, alice, "malformed")
+        self.assertIn("critical extension", error.message)
 
 
 class CrossDomainTests(_VerifyMixin):

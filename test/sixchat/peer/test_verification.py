@@ -8,6 +8,8 @@ import os
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import fail, succeed
 from twisted.logger import capturedLogs, formatEvent
@@ -15,6 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
 from common.pki import errors as pki_errors
+from common.pki import revocation
 from common.pki.keyfiles import fingerprint
 from irp import errors as irp_errors
 from irp.server.ca import CertificateAuthority, RevokedEntry
@@ -31,6 +34,24 @@ BOB = Identity.parse("bob@example.org")
 def crl_of(ca: CertificateAuthority, *serials: int, number: int = 1, lifetime: datetime.timedelta = datetime.timedelta(days=1)) -> x509.CertificateRevocationList:
     now = datetime.datetime.now(datetime.UTC)
     return ca.build_crl([RevokedEntry(serial, now) for serial in serials], number, next_update_after=lifetime)
+
+
+def _same_name_and_key(certificate: x509.Certificate) -> x509.Certificate:
+    """Another certificate (other bytes) with ``certificate``'s subject, key and key
+    identifier, signed by a throwaway key."""
+    signer = ec.generate_private_key(ec.SECP256R1())
+    identifier = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(certificate.subject)
+        .issuer_name(certificate.issuer)
+        .public_key(certificate.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(certificate.not_valid_before_utc)
+        .not_valid_after(certificate.not_valid_after_utc)
+        .add_extension(identifier, critical=False)
+        .sign(signer, hashes.SHA256())
+    )
 
 
 class CRLSource:
@@ -226,6 +247,37 @@ class RevocationTests(VerifierTestCase):
         checker = RevocationChecker(self.crls, self.clock)
         with self.assertRaises(pki_errors.RevocationUnknown):
             await checker.check("example.org", self.bob.certificate, self.ca.issuing_certificate)
+
+    async def test_cached_crl_verified_once_per_issuer_certificate(self) -> None:
+        """The cached CRL's signature is checked against an issuer certificate once, not on
+        every check (one signature verification per handshake); an issuer certificate of
+        other bytes (same name and key) is checked again before the cached CRL answers."""
+        checked: list[x509.Certificate] = []
+        real_check = revocation.crl_signed_by
+
+        def counting(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+            checked.append(issuer)
+            return real_check(crl, issuer)
+
+        self.patch(revocation, "crl_signed_by", counting)
+        checker = RevocationChecker(self.crls, self.clock)
+        issuing = self.ca.issuing_certificate
+        await checker.check("example.org", self.bob.certificate, issuing)
+        same_bytes = x509.load_der_x509_certificate(issuing.public_bytes(serialization.Encoding.DER))
+        for issuer in (issuing, issuing, same_bytes):
+            await checker.check("example.org", self.bob.certificate, issuer)
+        self.assertEqual(checked, [issuing])
+        twin = _same_name_and_key(issuing)
+        await checker.check("example.org", self.bob.certificate, twin)
+        self.assertEqual(checked, [issuing, twin])
+        self.assertEqual(self.crls.fetches, ["example.org"])
+        # Still answers revocations from the cache for that issuer.
+        self.crls.crls["example.org"] = crl_of(self.ca, self.bob.certificate.serial_number, number=2)
+        checker.forget("example.org")
+        with self.assertRaises(pki_errors.CertificateRevoked):
+            await checker.check("example.org", self.bob.certificate, issuing)
+        with self.assertRaises(pki_errors.CertificateRevoked):
+            await checker.check("example.org", self.bob.certificate, issuing)
 
     async def test_forget(self) -> None:
         checker = RevocationChecker(self.crls, self.clock)

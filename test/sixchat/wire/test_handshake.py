@@ -5,9 +5,42 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
+from common.wire.fields import encode_base64
+from common.wire.xmlcodec import Element, make_element, serialize, sub_element
 from sixchat import errors
 from sixchat.wire import application, handshake
 from test.sixchat.wire.helpers import GOOD_AUTH, GOOD_HELLO, GOOD_REPLY
+
+
+def _hello_tree(hello: handshake.Hello) -> Element:
+    root = make_element("hello", {"to": str(hello.to)})
+    versions = sub_element(root, "versions")
+    for version in hello.versions:
+        sub_element(versions, "version", text=version)
+    suites = sub_element(root, "suites")
+    for suite in hello.suites:
+        sub_element(suites, "suite", text=suite)
+    sub_element(root, "random", text=encode_base64(hello.random))
+    sub_element(root, "x25519-key", text=encode_base64(hello.x25519_key))
+    sub_element(root, "mlkem768-key", text=encode_base64(hello.mlkem_key))
+    return root
+
+
+def _reply_tree(reply: handshake.Reply) -> Element:
+    root = make_element("reply", {"version": reply.version, "suite": reply.suite})
+    sub_element(root, "random", text=encode_base64(reply.random))
+    sub_element(root, "x25519-key", text=encode_base64(reply.x25519_key))
+    sub_element(root, "mlkem768-ciphertext", text=encode_base64(reply.mlkem_ciphertext))
+    return root
+
+
+def _auth_tree(auth: handshake.Auth) -> Element:
+    root = make_element("auth")
+    for der in auth.certificates:
+        sub_element(root, "certificate", text=encode_base64(der))
+    sub_element(root, "signature", {"algorithm": auth.signature_algorithm}, encode_base64(auth.signature))
+    sub_element(root, "finished", text=encode_base64(auth.finished))
+    return root
 
 
 class CodecTests(TestCase):
@@ -30,6 +63,32 @@ class CodecTests(TestCase):
             suites=("B", "A"),
         )
         self.assertEqual(handshake.parse_handshake_frame(hello.to_xml()), hello)
+
+    def test_bytes_are_what_lxml_writes(self) -> None:
+        """The messages are written without building trees, byte for byte as lxml writes
+        the same trees (plain values, values that need escaping, no offers at all)."""
+        hello = handshake.Hello(
+            to=GOOD_HELLO.to,
+            random=GOOD_HELLO.random,
+            x25519_key=GOOD_HELLO.x25519_key,
+            mlkem_key=GOOD_HELLO.mlkem_key,
+            versions=("1", "<2> & \"3\""),
+            suites=(),
+        )
+        odd_auth = handshake.Auth((b"\x01", b""), 'a"<&>', b"", GOOD_AUTH.finished)
+        cases: list[tuple[handshake.HandshakeMessage | handshake.Auth, Element]] = [
+            (GOOD_HELLO, _hello_tree(GOOD_HELLO)),
+            (hello, _hello_tree(hello)),
+            (GOOD_REPLY, _reply_tree(GOOD_REPLY)),
+            (GOOD_AUTH, _auth_tree(GOOD_AUTH)),
+            (odd_auth, _auth_tree(odd_auth)),
+            (handshake.Sealed(b""), make_element("sealed", text="")),
+            (handshake.Sealed(b"\x00" * 100), make_element("sealed", text=encode_base64(b"\x00" * 100))),
+            (handshake.Alert(403, "peer-rejected", "policy"), make_element("alert", {"code": "403", "name": "peer-rejected", "reason": "policy"})),
+            (handshake.Alert(500, "internal-error"), make_element("alert", {"code": "500", "name": "internal-error"})),
+        ]
+        for message, tree in cases:
+            self.assertEqual(message.to_xml(), serialize(tree))
 
     def test_too_many_offers(self) -> None:
         hello = handshake.Hello(
