@@ -9,7 +9,8 @@ benchmark: profiling costs the server time).
 
 Scenarios: ``lookups`` (figure 1), ``sessions`` (2), ``registrations`` (3), ``issuance``
 (4), ``sixchat-handshakes`` (5), ``sixchat-messages`` (6), ``sixchat-bulk`` (7),
-``large-lookups`` (8, with ``--users``), ``idle-lookups`` (9: look-ups on one connection
+``large-lookups`` (8, with ``--users``), ``mixed`` (1m: 2 % registrations, look-ups
+spread wider than the answer cache, ``--users`` directory), ``idle-lookups`` (9: look-ups on one connection
 while ``--idle`` connections are held). With ``--postgres``, the registry of the IRP
 scenarios stores in a PostgreSQL database (:mod:`bench.irp_postgres`) instead of SQLite.
 """
@@ -40,6 +41,7 @@ SCENARIOS = (
     "sixchat-bulk",
     "large-lookups",
     "idle-lookups",
+    "mixed",
 )
 
 
@@ -51,12 +53,13 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
     """Run ``scenario``'s load against the server described by ``info`` for ``seconds``."""
     from bench import loadgen
 
-    if scenario in ("lookups", "registrations", "large-lookups", "issuance", "idle-lookups"):
+    if scenario in ("lookups", "registrations", "large-lookups", "issuance", "idle-lookups", "mixed"):
         count = 1 if scenario == "idle-lookups" else 50
         users = extra.get("users") or info["users"][:count]
         frames = {
             "registrations": register_frames(),
             "issuance": extra.get("frames"),
+            "mixed": extra.get("frames"),
         }.get(scenario) or lookup_frames(info["targets"])
         first = None if scenario == "issuance" else lookup_frames(info["targets"], 1)[0]
         held = []
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             server = sixchat_server(ctx)
             extra["pki"] = pki
         else:
-            bulk = arguments.users if scenario == "large-lookups" else settings.small_users
+            bulk = arguments.users if scenario in ("large-lookups", "mixed") else settings.small_users
             if arguments.postgres:
                 if scenario == "large-lookups":
                     parser.error("--postgres loads the small directory only")
@@ -268,6 +271,18 @@ def main(argv: list[str] | None = None) -> int:
 
                 extra["users"] = server.call("cohort", count=50, prefix="prof")
                 extra["frames"] = checked_frames(settings.key_type)
+            if scenario == "mixed":
+                # Figure 1m's requests: 2 % registrations, look-ups spread wider than the
+                # answer cache (see bench.irp_mixed).
+                from bench.irp_mixed import workload_sizes
+                from bench.irp_server import mixed_frames, mixed_plan, spread_targets
+                from irp.server.caching import ANSWER_CACHE_SIZE
+
+                registrants = [user.name for user in server.info["users"][: settings.connections]]
+                server.call("register", names=registrants)
+                spread_count, request_count = workload_sizes(ANSWER_CACHE_SIZE, False)
+                plan = mixed_plan(spread_targets(bulk, spread_count), registrants, request_count)
+                extra["frames"] = mixed_frames(plan)
             extra["idle"] = arguments.idle
         output = arguments.output or os.path.join(workdir, "stacks.txt")
         # The idle scenario spends a while opening connections before the timed window.
