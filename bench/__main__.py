@@ -19,19 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import MODULES, OPT_IN, short_name
-from bench.harness import (
-    DISTURBED_SHARE,
-    LOAD_CPU,
-    SERVER_CPU,
-    Context,
-    Figure,
-    Settings,
-    failed_figure,
-    machine_info,
-    pin,
-    render_table,
-    write_json,
-)
+from bench.harness import Context, Figure, Settings, failed_figure
+from bench.report import machine_info, render_table, write_json
+from bench.sampling import DISTURBED_SHARE, LOAD_CPU, SERVER_CPU, pin
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -86,7 +76,7 @@ def disturbance(figures: list[Figure]) -> float:
 
 def run_module(ctx: Context, name: str, module: Any, summary: str, retries: int) -> list[Figure]:
     """Run one module; run it again (up to ``retries`` times) when other work took
-    :data:`bench.harness.DISTURBED_SHARE` or more of a core used (the server's or the load
+    :data:`bench.sampling.DISTURBED_SHARE` or more of a core used (the server's or the load
     generator's) in half the pairs of runs or more, keeping the least disturbed attempt."""
     attempts: list[tuple[float, list[Figure]]] = []
     for attempt in range(retries + 1):

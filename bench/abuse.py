@@ -73,27 +73,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.fixtures import HOST, client_context, source_addresses
-from bench.harness import (
+from bench.harness import Context, Figure, Settings
+from bench.irp_server import OK, lookup_frames
+from bench.processes import Worker
+from bench.report import format_number, machine_info, write_json
+from bench.sampling import (
     DISTURBED_SHARE,
     LOAD_CPU,
     SERVER_CPU,
-    Context,
-    Figure,
     Sample,
-    Settings,
-    Worker,
     core_times,
     cpu_pressure,
-    format_number,
-    machine_info,
     own_cpu_seconds,
     pin,
     process_cpu_seconds,
     process_rss,
     process_run_delay,
-    write_json,
 )
-from bench.irp_server import OK, lookup_frames
 
 SCENARIOS = ("slowloris", "flood", "guessing")
 FIGURE_IDS = {"slowloris": "10a", "flood": "10b", "guessing": "10c"}

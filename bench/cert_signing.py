@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from bench.harness import CpuWindow, Sample
+from bench.sampling import CpuWindow, Sample
 
 
 def signing_rate(key_type: str, csrs: list[bytes], warmup: float, duration: float) -> Sample:

@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.fixtures import HOST, client_context, source_addresses
-from bench.harness import DISTURBANCE_KEYS, Context, CpuWindow, Figure, Sample, process_rss
+from bench.harness import Context, Figure
 from bench.irp_server import OK, lookup_frames, registry
+from bench.sampling import DISTURBANCE_KEYS, CpuWindow, Sample, process_rss
 
 TARGET_RSS_MIB = 256.0
 TARGET_LATENCY_RATIO = 2.0

@@ -18,8 +18,9 @@ from typing import Any
 
 from bench import cert_signing
 from bench.fixtures import HOST, Pem, client_context, source_addresses
-from bench.harness import SERVER_CPU, Context, Figure, Sample
+from bench.harness import Context, Figure
 from bench.irp_server import OK, registry
+from bench.sampling import SERVER_CPU, Sample
 
 FIGURE_ID = "4"
 TARGET = 0.6

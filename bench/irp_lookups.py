@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench.fixtures import HOST, Pki, client_context, shared_pki, source_addresses
-from bench.harness import Context, Figure, Sample, split_samples
+from bench.harness import Context, Figure, split_samples
 from bench.irp_server import OK, lookup_frames, registry
+from bench.sampling import Sample
 
 FIGURE_ID = "1"
 TARGET = 0.5

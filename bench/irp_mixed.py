@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.fixtures import Pki, shared_pki
-from bench.harness import Context, Figure, Sample
+from bench.harness import Context, Figure
 from bench.irp_lookups import connect_both, echo_server
 from bench.irp_server import (
     REGISTER_EVERY,
@@ -38,6 +38,7 @@ from bench.irp_server import (
     registry,
     spread_targets,
 )
+from bench.sampling import Sample
 
 FIGURE_ID = "1m"
 CACHE_OFF_ID = "1m-off"

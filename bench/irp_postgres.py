@@ -43,7 +43,7 @@ import sys
 from typing import Any
 
 from bench.fixtures import HOST, client_context, source_addresses
-from bench.harness import Context, Figure, Sample, format_number
+from bench.harness import Context, Figure
 from bench.irp_mixed import cache_totals, next_offset, workload_sizes
 from bench.irp_server import (
     OK,
@@ -55,6 +55,8 @@ from bench.irp_server import (
     registry,
     spread_targets,
 )
+from bench.report import format_number
+from bench.sampling import Sample
 
 #: The set-ups, in the order each run measures them.
 SETUPS = ("sqlite", "pg-1", "pg-2")

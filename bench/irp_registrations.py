@@ -22,8 +22,9 @@ from typing import Any
 
 from bench import sqlite_commits
 from bench.fixtures import HOST, client_context, source_addresses
-from bench.harness import SERVER_CPU, Context, Figure, Sample
+from bench.harness import Context, Figure
 from bench.irp_server import OK, lookup_frames, register_frames, registry
+from bench.sampling import SERVER_CPU, Sample
 
 FIGURE_ID = "3"
 TARGET = 0.5

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.fixtures import HOST, Pem
-from bench.harness import Commands, serve_twisted
+from bench.processes import Commands, serve_twisted
 
 DOMAIN = "example.org"
 #: The endpoint every online user of the bulk-loaded directory registered.

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench.fixtures import Pki, client_context, shared_pki
-from bench.harness import Context, Figure, Sample, split_samples
+from bench.harness import Context, Figure, split_samples
 from bench.irp_server import OK, lookup_frames, registry
+from bench.sampling import Sample
 from bench.tls_handshakes import (
     CONCURRENCY,
     handshake_server,

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bench.harness import CpuWindow, Sample
+from bench.sampling import CpuWindow, Sample
 
 _LENGTH = struct.Struct(">I")
 _READ_SIZE = 65536

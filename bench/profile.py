@@ -28,8 +28,10 @@ import time
 from typing import Any
 
 from bench.fixtures import HOST, Pki, client_context, source_addresses
-from bench.harness import LOAD_CPU, Context, CpuWindow, Sample, Settings, Worker, pin
+from bench.harness import Context, Settings
 from bench.irp_server import OK, lookup_frames, register_frames, registry
+from bench.processes import Worker
+from bench.sampling import LOAD_CPU, CpuWindow, Sample, pin
 
 SCENARIOS = (
     "lookups",

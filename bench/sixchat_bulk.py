@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.fixtures import HOST, Pki, client_context
-from bench.harness import Context, CpuWindow, Figure, Sample, split_samples
+from bench.harness import Context, Figure, split_samples
+from bench.sampling import CpuWindow, Sample
 from bench.sixchat_handshakes import sixchat_pki, sixchat_server
 from bench.tls_bulk import CHUNK, chunks
 

@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from bench.fixtures import Pem, Pki, issue_users, make_pki, source_addresses
-from bench.harness import LOAD_CPU, SERVER_CPU, Context, Figure, Sample, Settings, split_samples
+from bench.harness import Context, Figure, Settings, split_samples
 from bench.loadgen import handshake_loop
+from bench.sampling import LOAD_CPU, SERVER_CPU, Sample
 from bench.sixchat_server import SixChatExchange, credentials, record_payload_size
 from bench.tls_handshakes import (
     CONCURRENCY,

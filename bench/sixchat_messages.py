@@ -31,7 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.fixtures import HOST, Pki, client_context
-from bench.harness import Context, Figure, Sample, split_samples
+from bench.harness import Context, Figure, split_samples
+from bench.sampling import Sample
 from bench.sixchat_handshakes import sixchat_pki, sixchat_server
 from bench.sixchat_server import open_session, record_payload_size
 from bench.tls_echo import frame_of

@@ -36,8 +36,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.fixtures import HOST, Pem, Pki, load_certificate, load_key
-from bench.harness import Commands, serve_twisted
 from bench.loadgen import HandshakeSession, LoadError, TCPFramed, start_connect
+from bench.processes import Commands, serve_twisted
 
 RESPONDER = "bob"
 _IN = select.EPOLLIN

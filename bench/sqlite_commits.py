@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 
-from bench.harness import CpuWindow, Sample
+from bench.sampling import CpuWindow, Sample
 
 #: Users prepared by default (and the default group size).
 ROWS = 50

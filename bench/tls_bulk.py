@@ -15,7 +15,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.fixtures import HOST, Pki
-from bench.harness import Commands, serve_twisted
+from bench.processes import Commands, serve_twisted
 
 _LENGTH = struct.Struct(">I")
 CHUNK = 65536

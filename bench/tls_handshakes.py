@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.fixtures import HOST, Pem, Pki, client_context, load_certificate, load_key, source_addresses
-from bench.harness import Sample
 from bench.loadgen import LoadError, TLSExchange, handshake_loop
+from bench.sampling import Sample
 
 #: Handshakes in flight at once.
 CONCURRENCY = 16

@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,6 +39,25 @@ def worker_pids(parent: int) -> list[int]:
     return found
 
 
+def state(pid: int) -> str:
+    """The process's state letter (``T`` when stopped)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """Stop ``pid`` (SIGSTOP) until the block ends: the other process sharing the listening
+    socket accepts every connection meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        if not wait_until(lambda: state(pid) == "T", 10):
+            raise AssertionError(f"process {pid} did not stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def wait_until(condition: object, timeout: float) -> bool:
     """Poll ``condition()`` (a callable) every 0.1 s until it is true or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -51,9 +72,10 @@ class WorkersTests(SynchronousTestCase):
     """Two processes serve one registry consistently, and are supervised."""
 
     def test_two_processes_serve_one_registry(self) -> None:
-        """Connections are served by both processes; a registration made through either is
-        what every later look-up answers, whichever process (and cache) serves it; a worker
-        that dies is started again; stopping the main process stops the workers."""
+        """Both processes serve (each is stopped in turn so that the other takes the
+        connections); a registration made through either is what the next look-up answers
+        even where the old answer was cached; a worker that dies is started again; stopping
+        the main process stops the workers."""
         deployment = Deployment(self)
         registry = deployment.start_registry("example.org", "registry", "--workers", "2")
         deployment.wait_for(registry.service, "Serving with 2 processes", "the line saying the worker started")
@@ -63,27 +85,29 @@ class WorkersTests(SynchronousTestCase):
         )
         _admin, profiles = deployment.enrol_users(registry, {"alice": "irp", "bob": "irp"})
         alice, bob = profiles["alice"], profiles["bob"]
-
-        # Every command is a new connection: the kernel hands each to one of the two
-        # processes. Each registration must be what the next look-ups answer.
-        for round_number in range(6):
-            address = f"192.0.2.{10 + round_number}"
-            deployment.irp("--profile", alice, "register", "--address", address)
-            for _ in range(2):
-                answer = deployment.irp("--profile", bob, "lookup", "alice").out
-                self.assertIn(f"{address}:4605", answer, f"round {round_number}")
-                self.assertIn("signature verified", answer)
-        for _ in range(20):
-            log = registry.service.output.text
-            if WORKER_LOGIN.search(log) and MAIN_LOGIN.search(log):
-                break
-            deployment.irp("--profile", bob, "whoami")
-        log = registry.service.output.text
-        self.assertRegex(log, WORKER_LOGIN, "no connection was served by the worker")
-        self.assertRegex(log, MAIN_LOGIN, "no connection was served by the main process")
-
         main_pid = registry.service.process.pid
         (worker,) = worker_pids(main_pid)
+
+        def served_by(pid: int, *args: str) -> str:
+            """Run ``irp ARGS`` while the other process is stopped, so ``pid`` serves it."""
+            other = worker if pid == main_pid else main_pid
+            with stopped(other):
+                return deployment.irp(*args).out
+
+        # Each process caches alice's answer, then the other one changes it: the next
+        # look-up must give the change, whichever process answers.
+        self.assertIn("192.0.2.1:4605", served_by(main_pid, "--profile", alice, "register", "--address", "192.0.2.1"))
+        for reader, writer in ((main_pid, worker), (worker, main_pid)):
+            for address in ("192.0.2.2", "192.0.2.3"):
+                served_by(reader, "--profile", bob, "lookup", "alice")  # now cached there
+                served_by(writer, "--profile", alice, "register", "--address", address)
+                answer = served_by(reader, "--profile", bob, "lookup", "alice")
+                self.assertIn(f"{address}:4605", answer, f"look-up served by {reader} after a change through {writer}")
+                self.assertIn("signature verified", answer)
+        address = "192.0.2.3"
+        deployment.wait_for(registry.service, WORKER_LOGIN, "a login served by worker 2")
+        self.assertRegex(registry.service.output.text, MAIN_LOGIN, "no connection was served by the main process")
+
         os.kill(worker, signal.SIGKILL)
         deployment.wait_for(registry.service, re.compile(r"Worker 2 ended .* starting it again in 1 s"), "the restart notice")
         self.assertTrue(

@@ -14,19 +14,10 @@ from twisted.trial.unittest import TestCase
 
 from bench import MODULES, OPT_IN
 from bench.__main__ import disturbance, run_module, selected_modules
-from bench.harness import (
-    LOAD_CPU,
-    SERVER_CPU,
-    CpuWindow,
-    Figure,
-    Sample,
-    Stats,
-    failed_figure,
-    format_number,
-    render_table,
-    write_json,
-)
+from bench.harness import Figure, Stats, failed_figure
 from bench.profile import summarise
+from bench.report import format_number, render_table, write_json
+from bench.sampling import LOAD_CPU, SERVER_CPU, CpuWindow, Sample
 
 
 def samples(*values: float, server: float = 1.0, load: float = 0.3) -> list[Sample]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from bench.harness import Sample
 from bench.irp_mixed import workload_sizes
 from bench.irp_postgres import (
     FIGURE_IDS,
@@ -22,6 +21,7 @@ from bench.irp_postgres import (
     split_evenly,
 )
 from bench.irp_server import REGISTER_EVERY
+from bench.sampling import Sample
 from irp.server.caching import ANSWER_CACHE_SIZE
 
 
