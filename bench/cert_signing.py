@@ -9,11 +9,10 @@ same extensions, random serial, one year), sign it with an issuing key of the sa
 from __future__ import annotations
 
 import datetime
-import os
-import time
+import itertools
 from typing import Any
 
-from bench.sampling import CpuWindow, Sample
+from bench.sampling import Sample, measure_loop
 
 
 def signing_rate(key_type: str, csrs: list[bytes], warmup: float, duration: float) -> Sample:
@@ -65,25 +64,14 @@ def signing_rate(key_type: str, csrs: list[bytes], warmup: float, duration: floa
         )
         return certificate.public_bytes(Encoding.DER)
 
-    window = CpuWindow(os.getpid())  # this process is the one measured, on the server core
-    begin = time.perf_counter() + warmup
-    end = begin + duration
-    measuring = False
-    count = 0
-    index = 0
-    while True:
-        issue(index)
-        index += 1
-        count += 1
-        moment = time.perf_counter()
-        if measuring and moment >= end:
-            window.end()
-            break
-        if not measuring and moment >= begin:
-            window.begin()
-            count = 0
-            measuring = True
-    return window.sample(count / window.wall, certificates=count)
+    issued = itertools.count()
+
+    def one() -> dict[str, int]:
+        issue(next(issued))
+        return {"certificates": 1}
+
+    window, counts = measure_loop(one, warmup, duration)  # measured here, on the server core
+    return window.sample(counts["certificates"] / window.wall, **counts)
 
 
 def make_csrs(key_type: str, count: int = 32) -> list[bytes]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -299,3 +300,25 @@ class Sample:
 
 #: The per-run details holding the share of each core used that other work took.
 DISTURBANCE_KEYS = ("server_core_others", "load_core_others")
+
+
+def measure_loop(step: Callable[[], Mapping[str, int]], warmup: float, duration: float) -> tuple[CpuWindow, Counter[str]]:
+    """Run ``step`` over and over in this process (a CPU-only baseline measures itself as
+    the server): ``warmup`` seconds, then a timed window of ``duration`` seconds. Each call
+    returns what it did (``{"rows": 50, "commits": 1}``); the counts of the timed window are
+    returned with the window, ended."""
+    window = CpuWindow(os.getpid())
+    counts: Counter[str] = Counter()
+    begin = time.perf_counter() + warmup
+    end = begin + duration
+    measuring = False
+    while True:
+        counts.update(step())
+        moment = time.perf_counter()
+        if measuring and moment >= end:
+            window.end()
+            return window, counts
+        if not measuring and moment >= begin:
+            window.begin()
+            counts.clear()
+            measuring = True

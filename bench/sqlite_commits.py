@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 
-from bench.sampling import CpuWindow, Sample
+from bench.sampling import Sample, measure_loop
 
 #: Users prepared by default (and the default group size).
 ROWS = 50
@@ -84,57 +84,38 @@ def grouped_commits(path: str, warmup: float, duration: float, group: int = ROWS
     signing_key = Ed25519PrivateKey.generate()
     database = open_database(path)
     identities = [Identity(user_name(index), DOMAIN) for index in range(group)]
-    index = 0
-    window = CpuWindow(os.getpid())
-    rows = commits = signatures = 0
+    position = {"index": 0}
+
+    def one_group() -> dict[str, int]:
+        database.execute("BEGIN IMMEDIATE")
+        for identity in identities:
+            index = position["index"]
+            position["index"] = index + 1
+            endpoint = Endpoint(f"2001:db8::{index % 64 + 1:x}", 4605)
+            database.execute("SAVEPOINT grouped_write")
+            row = database.execute(
+                "SELECT username, presence, endpoints, expires_at, seq, signed_at, signature"
+                " FROM addresses WHERE username = ?",
+                (identity.username,),
+            ).fetchone()
+            now = int(time.time())
+            seq = int(row[4]) + 1
+            record = AddressRecord(identity, "online", (endpoint,), now + ttl, seq, now)
+            signature = signing_key.sign(record.signing_bytes())
+            database.execute(
+                "UPDATE addresses SET presence = ?, endpoints = ?, expires_at = ?, seq = ?,"
+                " signed_at = ?, signature = ? WHERE username = ?",
+                ("online", json.dumps([[endpoint.address, endpoint.port]]), now + ttl, seq, now, signature, identity.username),
+            )
+            database.execute("RELEASE SAVEPOINT grouped_write")
+        database.execute("COMMIT")
+        return {"rows": group, "commits": 1, "signatures": group}
+
     try:
-        begin = time.perf_counter() + warmup
-        end = begin + duration
-        measuring = False
-        while True:
-            database.execute("BEGIN IMMEDIATE")
-            for identity in identities:
-                endpoint = Endpoint(f"2001:db8::{index % 64 + 1:x}", 4605)
-                index += 1
-                database.execute("SAVEPOINT grouped_write")
-                row = database.execute(
-                    "SELECT username, presence, endpoints, expires_at, seq, signed_at, signature"
-                    " FROM addresses WHERE username = ?",
-                    (identity.username,),
-                ).fetchone()
-                now = int(time.time())
-                seq = int(row[4]) + 1
-                record = AddressRecord(identity, "online", (endpoint,), now + ttl, seq, now)
-                signature = signing_key.sign(record.signing_bytes())
-                signatures += 1
-                database.execute(
-                    "UPDATE addresses SET presence = ?, endpoints = ?, expires_at = ?, seq = ?,"
-                    " signed_at = ?, signature = ? WHERE username = ?",
-                    (
-                        "online",
-                        json.dumps([[endpoint.address, endpoint.port]]),
-                        now + ttl,
-                        seq,
-                        now,
-                        signature,
-                        identity.username,
-                    ),
-                )
-                database.execute("RELEASE SAVEPOINT grouped_write")
-            database.execute("COMMIT")
-            rows += group
-            commits += 1
-            moment = time.perf_counter()
-            if measuring and moment >= end:
-                window.end()
-                break
-            if not measuring and moment >= begin:
-                window.begin()
-                rows = commits = signatures = 0
-                measuring = True
+        window, counts = measure_loop(one_group, warmup, duration)
     finally:
         database.close()
-    return window.sample(rows / window.wall, rows=rows, commits=commits, signatures=signatures, group=group)
+    return window.sample(counts["rows"] / window.wall, **counts, group=group)
 
 
 def database_path(folder: str) -> str:
