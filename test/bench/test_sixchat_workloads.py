@@ -8,6 +8,7 @@ answer).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -48,24 +49,24 @@ def application_records(data: bytes) -> int:
     return count
 
 
-def read_bio(connection: SSL.Connection) -> bytes:
-    """Everything ``connection`` has written to its memory BIO."""
+def drain(read: Callable[[int], bytes]) -> bytes:
+    """Every byte ``read`` gives until OpenSSL has no more for now."""
     chunks = []
     while True:
         try:
-            chunks.append(connection.bio_read(65536))
+            chunks.append(read(65536))
         except SSL.WantReadError:
             return b"".join(chunks)
+
+
+def read_bio(connection: SSL.Connection) -> bytes:
+    """Everything ``connection`` has written to its memory BIO."""
+    return drain(connection.bio_read)
 
 
 def drain_plaintext(connection: SSL.Connection) -> bytes:
     """Every decrypted byte ``connection`` can read now."""
-    chunks = []
-    while True:
-        try:
-            chunks.append(connection.recv(65536))
-        except SSL.WantReadError:
-            return b"".join(chunks)
+    return drain(connection.recv)
 
 
 def memory_client(pki: Pki) -> SSL.Connection:
