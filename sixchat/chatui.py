@@ -82,6 +82,9 @@ class ChatView:
         self.peer = peer
         self.write = write
         self.numbers: dict[str, int] = {}
+        #: The messages the history showed: their events, if they come too, are not shown
+        #: again (the chat subscribes before it reads the history, so none falls between).
+        self.shown: set[str] = set()
 
     def _number(self, message_id: Any) -> int:
         key = str(message_id)
@@ -103,6 +106,8 @@ class ChatView:
             return
         reason = event.get("error") or event.get("reason")
         because = f": {printable(str(reason))}" if reason else ""
+        if kind in ("message", "queued") and str(event.get("id")) in self.shown:
+            return
         if kind == "message":
             self._line(_stamp(event.get("sent")), None, self.peer.username, str(event.get("text", "")))
         elif kind == "queued":
@@ -125,6 +130,8 @@ class ChatView:
     def history(self, rows: list[dict[str, Any]]) -> None:
         """Show earlier messages."""
         for row in rows:
+            if "id" in row:
+                self.shown.add(str(row["id"]))
             mine = row["direction"] == "out"
             state = "" if not mine or row["state"] == "delivered" else f"  [{row['state']}]"
             number = self._number(row["id"]) if mine and "id" in row else None
@@ -340,10 +347,16 @@ async def run_chat(
         transport = stdio.StandardIO(reader, stdin=stdio_in, stdout=stdio_out, reactor=reactor)  # type: ignore[call-arg]
     try:
         view.write(f"Chatting with {peer}. Type a message and press Enter; /help for commands, /quit or Ctrl-D leaves.")
+        # Subscribe first, keeping the events, then read the history: a message queued or
+        # received in between is in one or the other (or both: shown once), never in neither.
+        waiting_events: list[dict[str, Any]] = []
+        control.on_event = waiting_events.append
+        await control.call("subscribe")
         rows = await control.call("history", who=str(peer), limit=history)
         view.history(rows)
         control.on_event = on_event
-        await control.call("subscribe")
+        for event in waiting_events:
+            on_event(event)
         subscribed = True
         for line in early:
             submit(line)

@@ -12,6 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
 from sixchat.wire.application import MAX_TEXT_LENGTH
@@ -263,3 +264,50 @@ class ChatThroughPtyTests(AgentTestCase):
         # Home, then Delete the first five characters ("bell" and the bell character).
         message, _shown = await self.send_line(chat, "\x01" + "\x1b[3~" * 5 + "\r", " ü")
         self.assertEqual([row[1] for row in await self.history(self.bob, ALICE)], [" ü"])
+
+
+class SubscribeBeforeHistoryTests(TestCase):
+    """The chat subscribes to the agent's events before it reads the history, so a message
+    queued while it opens is shown exactly once, whichever of the two it is in."""
+
+    async def test_no_gap_between_history_and_events(self) -> None:
+        from twisted.internet.defer import succeed
+
+        from sixchat.chatui import run_chat
+
+        bob = "bob@example.org"
+        before = {"event": "queued", "id": "m1", "to": bob, "text": "queued before the history"}
+        between = {"event": "queued", "id": "m2", "to": bob, "text": "queued while it was read"}
+        calls: list[str] = []
+
+        class Control:
+            on_event: Any = None
+
+            def call(self, name: str, **arguments: Any) -> Deferred[Any]:
+                calls.append(name)
+                if name == "history":
+                    # Both events reach the chat while the agent answers: one message is
+                    # in the history too, the other only in the events.
+                    self.on_event(before)
+                    self.on_event(between)
+                    return succeed([{"id": "m1", "direction": "out", "state": "queued", "sent": 0, "text": before["text"]}])
+                return succeed(None)
+
+        import io
+
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)  # a chat reading a pipe prints what it shows
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        os.close(stdin_write)  # no typed lines: the chat ends at end of input
+        try:
+            await Deferred.fromCoroutine(
+                run_chat(reactor, Control(), Identity.parse(bob), stdin=stdin_read, stdout=stdout_write, linger=0)
+            )
+        finally:
+            for fd in (stdin_read, stdout_read, stdout_write):
+                os.close(fd)
+        shown = printed.getvalue()
+        self.assertLess(calls.index("subscribe"), calls.index("history"))
+        self.assertEqual(shown.count("queued before the history"), 1, shown)
+        self.assertEqual(shown.count("queued while it was read"), 1, shown)
