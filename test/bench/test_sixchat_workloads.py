@@ -172,12 +172,17 @@ class RecordPerMessageTests(TestCase):
                 break
         drain_plaintext(client)
 
-    def test_window_of_messages_one_record_each(self) -> None:
+    def connected(self) -> tuple[SSL.Connection, SSL.Connection, TLSFramed]:
+        """A client and a server on memory BIOs after their handshake, and the client's
+        framed writer."""
         pki = small_pki()
         client = memory_client(pki)
         server = SSL.Connection(server_context(pki), None)
         self.handshake(client, server)
-        framed = TLSFramed(_NoSocket(), client)  # type: ignore[arg-type]
+        return client, server, TLSFramed(_NoSocket(), client)  # type: ignore[arg-type]
+
+    def test_window_of_messages_one_record_each(self) -> None:
+        client, server, framed = self.connected()
         message = frame_of(1024, b"m")
         send_messages(framed, lambda: message, 4, record_per_message=True)
         written = read_bio(client)
@@ -186,11 +191,7 @@ class RecordPerMessageTests(TestCase):
         self.assertEqual(drain_plaintext(server), message * 4)
 
     def test_byte_stream_joins_messages(self) -> None:
-        pki = small_pki()
-        client = memory_client(pki)
-        server = SSL.Connection(server_context(pki), None)
-        self.handshake(client, server)
-        framed = TLSFramed(_NoSocket(), client)  # type: ignore[arg-type]
+        client, _server, framed = self.connected()
         message = frame_of(1024, b"m")
         send_messages(framed, lambda: message, 4)
         self.assertEqual(application_records(read_bio(client)), 1)
