@@ -123,6 +123,39 @@ class RoundTripTests(TestCase):
             envelope.open_with, data, recipient=BOB, lookup={}.get, now=NOW,
         )
 
+    def test_open_with_checks_the_recipient_first(self) -> None:
+        """Delivered to the wrong user, the envelope is refused as misaddressed, whatever
+        that user's store holds."""
+        prekey, secret = prekey_for(credentials("bob"))
+        data = sealed(credentials("alice"), prekey)
+        looked_up: list[str] = []
+
+        def lookup(prekey_id: str) -> prekeys.PrekeySecret | None:
+            looked_up.append(prekey_id)
+            return secret
+
+        self.assertRaises(
+            errors.SealedWrongRecipient,
+            envelope.open_with, data, recipient=CAROL, lookup=lookup, now=NOW,
+        )
+        self.assertEqual(looked_up, [])
+        self.assertRaises(
+            errors.SealedMalformed,
+            envelope.open_with, data[:-1], recipient=BOB, lookup=lookup, now=NOW,
+        )
+        self.assertEqual(looked_up, [])
+        envelope.open_with(data, recipient=BOB, lookup=lookup, now=NOW)
+        self.assertEqual(looked_up, [prekey.id])
+
+    def test_package_exports(self) -> None:
+        import sixchat.sealed as package
+
+        self.assertIs(package.seal, envelope.seal)
+        self.assertIs(package.make_prekey, prekeys.make_prekey)
+        self.assertEqual(sorted(package.__all__), sorted(set(package.__all__)))
+        for name in package.__all__:
+            self.assertTrue(hasattr(package, name), name)
+
     def test_the_recipient_may_reformat_xml(self) -> None:
         """Hashes cover decoded values, not XML bytes: attribute order and white space may
         change on the way."""
