@@ -35,7 +35,15 @@ from common.pki.keyfiles import PrivateKey
 from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore
 from intermediary import errors
-from irp.client import AddressRecord, CRLInfo, IRPError, RegistryClient, ServerVerificationFailed, connect, connect_domain
+from irp.client import (
+    AddressRecord,
+    CRLInfo,
+    IRPError,
+    RegistryClient,
+    ServerVerificationFailed,
+    connect,
+    connect_domain,
+)
 
 log = Logger()
 
@@ -170,9 +178,8 @@ class SenderVerifier:
         except (CertificateRevoked, RevocationUnknown) as error:
             raise errors.from_pki(error, about=str(identity)) from None
         digest = hashlib.sha256(certificate_der(leaf)).hexdigest()
-        if digest not in await self._fingerprints(identity, fresh=False):
-            if digest not in await self._fingerprints(identity, fresh=True):
-                raise errors.CertificateRejected(f"the registry of {identity.domain} does not hold this certificate for {identity} now")
+        if digest not in await self._fingerprints(identity, fresh=False) and digest not in await self._fingerprints(identity, fresh=True):
+            raise errors.CertificateRejected(f"the registry of {identity.domain} does not hold this certificate for {identity} now")
         return identity
 
     async def _fingerprints(self, identity: Identity, *, fresh: bool) -> set[str]:
