@@ -1,0 +1,1 @@
+"""SixChat intermediary: store and forward, sealed messages, relay."""
