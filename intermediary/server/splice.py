@@ -76,13 +76,16 @@ Action = ToAgent | ToDialer | PauseDialer | ResumeDialer | Closed
 class Circuit:
     """The sans-I/O state of one circuit: feed it events, carry out the actions it returns.
 
-    ``pending_buffer`` bounds what the dialer may send before the agent joins (the dialer
-    is paused when it is full; more is a protocol abuse that ends the circuit);
-    ``byte_cap`` bounds each direction of a joined circuit.
+    ``pending_buffer`` bounds what the dialer may send before the agent joins: the dialer
+    is paused as soon as one more read (at most ``read_size`` bytes) could overflow it, so
+    a dialer that sends more before the join just waits in the kernel's buffers; more than
+    ``pending_buffer`` can only come from a transport that ignores the pause and ends the
+    circuit. ``byte_cap`` bounds each direction of a joined circuit.
     """
 
     pending_buffer: int
     byte_cap: int
+    read_size: int = 0
     state: State = State.PENDING
     #: bytes forwarded dialer -> agent and agent -> dialer
     up: int = 0
@@ -126,7 +129,7 @@ class Circuit:
             return self._close(f"the dialer sent more than {self.pending_buffer} bytes before the agent joined")
         self._buffer.append(data)
         self._buffered += len(data)
-        return [PauseDialer()] if self._buffered >= self.pending_buffer else []
+        return [PauseDialer()] if self._buffered + self.read_size >= self.pending_buffer else []
 
     def _joined(self, _: bytes) -> list[Action]:
         self.state = State.JOINED
@@ -264,7 +267,12 @@ class CircuitSplice:
         self.dialer_address = dialer_address
         self.limits = limits
         self.on_closed = on_closed
-        self.core = Circuit(pending_buffer=limits.pending_buffer, byte_cap=limits.circuit_bytes)
+        self.core = Circuit(
+            pending_buffer=limits.pending_buffer,
+            byte_cap=limits.circuit_bytes,
+            # A TCP transport reads at most its bufferSize (64 KiB) at a time.
+            read_size=getattr(dialer.transport, "bufferSize", 65536),
+        )
         self.leg: Leg | None = None
         self.opened = clock.seconds()
         self._last_activity = self.opened

@@ -13,8 +13,9 @@ from typing import Any
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -42,6 +43,11 @@ class CircuitCoreTests(TestCase):
         self.assertIsInstance(actions[0], Closed)
         self.assertIs(circuit.state, State.CLOSED)
         self.assertEqual(circuit.buffered, 0)
+
+    def test_pending_pauses_before_a_read_could_overflow(self) -> None:
+        circuit = Circuit(pending_buffer=100, byte_cap=1000, read_size=40)
+        self.assertEqual(circuit.dialer_data(b"x" * 50), [])
+        self.assertEqual(circuit.dialer_data(b"x" * 10), [PauseDialer()])
 
     def test_join_forwards_the_buffer_then_both_ways_counted(self) -> None:
         circuit = Circuit(pending_buffer=10, byte_cap=100)
@@ -253,14 +259,14 @@ class CircuitTests(TestCase):
         fixture = Fixture(RelayLimits(pending_buffer=1000))
         fixture.reserve()
         dialer, transport = fixture.dial(46050)
-        dialer.dataReceived(b"x" * 999)
         self.assertEqual(transport.producerState, "producing")
-        dialer.dataReceived(b"x")
+        # One more read of up to 64 KiB could overflow 1000 bytes: paused after the first.
+        dialer.dataReceived(b"x" * 500)
         self.assertEqual(transport.producerState, "paused")
         leg = StringTransport(lenient=True)
         fixture.relay.join(BOB, fixture.notified[0][0], leg)
         self.assertEqual(transport.producerState, "producing")
-        self.assertEqual(len(leg.value()), 1000)
+        self.assertEqual(len(leg.value()), 500)
         # Another dialer that ignores the pause and sends more is dropped.
         dialer, transport = fixture.dial(46050, source_port=40001)
         dialer.dataReceived(b"x" * 1001)
@@ -361,3 +367,228 @@ class CircuitTests(TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(fixture.relay.circuits(BOB), [])
+
+
+# Real loopback TCP.
+@inlineCallbacks
+def free_ports(count: int) -> Any:
+    """The first of ``count`` consecutive loopback ports nothing listens on (just now)."""
+    for _ in range(50):
+        probe = global_reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        first = probe.getHost().port
+        held = [probe]
+        try:
+            for number in range(first + 1, first + count):
+                held.append(global_reactor.listenTCP(number, Factory.forProtocol(Protocol), interface="127.0.0.1"))
+        except CannotListenError:
+            continue
+        finally:
+            for port in held:
+                yield port.stopListening()
+        return first
+    raise RuntimeError("no free loopback ports")
+
+
+class Collector(Protocol):
+    """One end of a test connection: sends ``prefix`` + ``payload`` and hashes what arrives."""
+
+    def __init__(self, payload: bytes = b"", *, expect: int = 0, prefix: bytes = b"", read: bool = True) -> None:
+        self.payload = payload
+        self.prefix = prefix
+        self.expect = expect
+        self.read = read
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.done: Deferred[int] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if not self.read:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.write(self.prefix + self.payload)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+        if self.count >= self.expect and not self.done.called:
+            self.done.callback(self.count)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            if self.count >= self.expect:
+                self.done.callback(self.count)
+            else:
+                self.done.errback(reason or Failure(ConnectionError("lost")))
+        self.lost.callback(None)
+
+
+class AcceptStandIn(Protocol):
+    """Stands in for part B's adapter of the ``<accept>`` connection: the first line is
+    the circuit id; then the transport joins the circuit and bytes go to the splice."""
+
+    splice: Any = None
+
+    def __init__(self, relay: Relay, joined: list[Any]) -> None:
+        self.relay = relay
+        self.joined = joined
+        self.head = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.data_received(data)
+            return
+        self.head += data
+        if b"\n" in self.head:
+            line, rest = self.head.split(b"\n", 1)
+            self.splice = self.relay.join(BOB, line.decode(), self.transport)  # type: ignore[arg-type]
+            self.joined.append(self.splice)
+            if rest:
+                self.splice.data_received(rest)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.splice is not None:
+            self.splice.leg_lost()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LoopbackTests(TestCase):
+    """A relay on real loopback sockets, a dialer, and an agent leg stand-in."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.first = yield free_ports(2)
+        self.joined: list[Any] = []
+        self.agents: list[Collector] = []
+        self.agent_payload = b""
+        self.agent_reads = True
+
+    def start(self, limits: RelayLimits | None = None, ports: range | None = None) -> Reservation:
+        self.relay = Relay(global_reactor, interface="127.0.0.1", ports=ports or range(self.first, self.first + 1), limits=limits)
+        self.addCleanup(self.relay.stop)
+        accept = global_reactor.listenTCP(0, Factory.forProtocol(lambda: AcceptStandIn(self.relay, self.joined)), interface="127.0.0.1")
+        self.addCleanup(accept.stopListening)
+        self.accept_port = accept.getHost().port
+        return self.successResultOf(self.relay.reserve(BOB, self.on_circuit))
+
+    def on_circuit(self, circuit_id: str, where: str) -> None:
+        agent = Collector(self.agent_payload, expect=self.agent_expect, prefix=circuit_id.encode() + b"\n", read=self.agent_reads)
+        self.agents.append(agent)
+        global_reactor.connectTCP("127.0.0.1", self.accept_port, ClientFactory.forProtocol(lambda: agent))
+
+    def dial(self, port: int, payload: bytes, expect: int, read: bool = True) -> Collector:
+        dialer = Collector(payload, expect=expect, read=read)
+        global_reactor.connectTCP("127.0.0.1", port, ClientFactory.forProtocol(lambda: dialer))
+        return dialer
+
+    @inlineCallbacks
+    def test_bytes_flow_both_ways_unchanged(self) -> Any:
+        up, down = os.urandom(3 * 1024 * 1024 + 17), os.urandom(2 * 1024 * 1024 + 5)
+        self.agent_payload, self.agent_expect = down, len(up)
+        reservation = self.start()
+        dialer = self.dial(reservation.port, up, len(down))
+        yield dialer.done
+        yield self.agents[0].done
+        self.assertEqual(self.agents[0].digest.hexdigest(), digest(up))
+        self.assertEqual(dialer.digest.hexdigest(), digest(down))
+        splice = self.joined[0]
+        self.assertEqual((splice.core.up, splice.core.down), (len(up), len(down)))
+        # Closing one leg closes the other.
+        dialer.transport.loseConnection()  # type: ignore[union-attr]
+        yield self.agents[0].lost
+        self.assertIs(splice.state, State.CLOSED)
+        self.assertEqual(self.relay.circuits(BOB), [])
+
+    @inlineCallbacks
+    def test_agent_not_reading_holds_the_dialer(self) -> Any:
+        size = 24 * 1024 * 1024
+        self.agent_expect, self.agent_reads = size, False
+        reservation = self.start()
+        dialer = self.dial(reservation.port, b"\x00" * size, 0)
+        splice, leg = yield self.paused(lambda s: s.dialer_valve)
+        # The relay holds at most its send buffer (64 KiB) and one read of the dialer.
+        self.assertLessEqual(buffered(leg), 2 * 65536)
+        self.assertLess(splice.core.up, size)
+        leg.resumeProducing()  # no effect on the dialer valve: that is the agent's side
+        self.assertTrue(splice.dialer_valve.paused)
+        self.agents[0].transport.resumeProducing()  # type: ignore[union-attr]
+        count = yield self.agents[0].done
+        self.assertEqual(count, size)
+        self.assertEqual(self.agents[0].digest.hexdigest(), digest(b"\x00" * size))
+        dialer.transport.loseConnection()  # type: ignore[union-attr]
+        yield self.agents[0].lost
+
+    @inlineCallbacks
+    def test_dialer_not_reading_holds_the_agent(self) -> Any:
+        size = 24 * 1024 * 1024
+        self.agent_payload, self.agent_expect = b"\x01" * size, 0
+        reservation = self.start()
+        dialer = self.dial(reservation.port, b"", size, read=False)
+        splice, _ = yield self.paused(lambda s: s.leg_valve)
+        self.assertLessEqual(buffered(splice.dialer.transport), 2 * 65536)
+        self.assertLess(splice.core.down, size)
+        dialer.transport.resumeProducing()  # type: ignore[union-attr]
+        count = yield dialer.done
+        self.assertEqual(count, size)
+        self.assertEqual(dialer.digest.hexdigest(), digest(b"\x01" * size))
+        self.agents[0].transport.loseConnection()  # type: ignore[union-attr]
+        yield dialer.lost
+
+    def paused(self, valve_of: Any) -> Deferred[tuple[Any, Any]]:
+        """Fires with (splice, leg transport) when ``valve_of(splice)`` is first paused
+        by its consumer (hooked as the circuit joins, before any spliced byte moves)."""
+        fired: Deferred[tuple[Any, Any]] = Deferred()
+        joined = self.joined
+
+        class Hook(list):  # type: ignore[type-arg]
+            def append(self, splice: Any) -> None:
+                super().append(splice)
+                valve = valve_of(splice)
+                pause = valve.pauseProducing
+
+                def hooked() -> None:
+                    pause()
+                    if not fired.called:
+                        fired.callback((splice, splice.leg))
+
+                valve.pauseProducing = hooked
+
+        self.joined = Hook(joined)
+        return fired
+
+    @inlineCallbacks
+    def test_byte_cap_ends_the_circuit(self) -> Any:
+        self.agent_expect = 1 << 40
+        reservation = self.start(RelayLimits(circuit_bytes=1024 * 1024))
+        dialer = self.dial(reservation.port, os.urandom(2 * 1024 * 1024), 1)
+        yield dialer.lost
+        yield self.agents[0].lost
+        self.assertLessEqual(self.agents[0].count, 1024 * 1024)
+        self.assertIn("1048576 bytes from the dialer reached", self.joined[0].core.reason)
+        self.failureResultOf(dialer.done, ConnectionError, Exception)
+
+    @inlineCallbacks
+    def test_busy_port_skipped_and_release_closes_all(self) -> Any:
+        self.agent_expect, self.agent_payload = 5, b"hello"
+        busy = global_reactor.listenTCP(self.first, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(busy.stopListening)
+        reservation = self.start(ports=range(self.first, self.first + 2))
+        self.assertEqual(reservation.port, self.first + 1)
+        dialers = [self.dial(reservation.port, b"ping!", 5) for _ in range(2)]
+        for dialer in dialers:
+            yield dialer.done
+        self.relay.release(BOB, self.on_circuit)
+        for collector in [*dialers, *self.agents]:
+            yield collector.lost
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", reservation.port)
+        yield self.assertFailure(endpoint.connect(Factory.forProtocol(Protocol)), ConnectionRefusedError)
+        self.assertEqual(len(self.agents), 2)
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a TCP transport holds to send."""
+    return len(transport.dataBuffer) + transport._tempDataLen
