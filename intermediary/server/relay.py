@@ -16,20 +16,25 @@ Interface used by the service connection code (part B, ``intermediary.server.pro
   a reservation a newer connection took over). Closes the port and every circuit of the
   user.
 * ``relay.join(user, circuit_id, leg) -> Splice``: called by the adapter of the
-  connection that sent ``<accept circuit="ID"/>``, right AFTER it wrote ``<accepted/>``.
-  Raises :class:`UnknownCircuit` (the id is unknown, not the user's, already joined, or
-  timed out). From then on the adapter stops framing, passes every byte it reads
-  (including the rest of the read that held the accept frame) to
-  ``splice.data_received(data)``, and calls ``splice.leg_lost()`` when its connection is
-  lost (both are safe to call after the circuit ended; they then do nothing). The adapter
-  should cancel its own idle timeout: the relay times circuits itself.
+  connection that sent ``<accept circuit="ID"/>``, before it answers. Raises
+  :class:`UnknownCircuit` (the id is unknown, not the user's, already joined, or timed
+  out): answer ``unknown-circuit``. Otherwise answer ``<accepted/>``; the relay writes
+  the dialer's buffered bytes to ``leg`` during ``join``, so the leg must hold writes
+  made before ``<accepted/>`` is on the wire and send them right after it. From then on
+  the adapter stops framing, passes every byte it reads (including the rest of the read
+  that held the accept frame) to ``splice.data_received(data)``, and calls
+  ``splice.leg_lost()`` when its connection is lost (both are safe to call after the
+  circuit ended; they then do nothing). The adapter should cancel its own timeouts and
+  must give up its own producer on the transport before the relay registers one (see
+  :class:`Leg`): the relay times and flow-controls circuits itself.
 * ``relay.stop() -> Deferred[None]``: closes every port and circuit.
 
-``leg`` is the accept connection's transport: pass the TLS protocol's ``self.transport``
-(``TLSMemoryBIOProtocol`` provides everything :class:`Leg` lists). The relay writes the
-dialer's bytes to it, registers the dialer's TCP transport on it as a streaming producer
-(so a slow agent pauses the dialer), pauses and resumes it (so a slow dialer pauses the
-agent's connection), and closes it when the circuit ends.
+``leg`` is the accept connection seen as a byte stream (:class:`Leg`): the TLS protocol's
+``self.transport`` (``TLSMemoryBIOProtocol`` provides everything :class:`Leg` lists), or
+an adapter delegating to it. The relay writes the dialer's bytes to it, registers a
+streaming producer on it during ``join`` (pausing the dialer while the leg's send buffer
+is full), pauses and resumes its reading (while the dialer's send buffer is full), and
+closes it when the circuit ends.
 """
 
 from __future__ import annotations
@@ -67,10 +72,14 @@ class Leg(TypingProtocol):
         """Close the connection (after sending what is buffered)."""
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        """Pause ``producer`` while this connection's send buffer is full (streaming=True)."""
+        """Pause ``producer`` while this connection's send buffer is full (streaming=True):
+        ``transport.registerProducer``. Called once, during :meth:`Relay.join`; an adapter
+        that registered a producer of its own must unregister it first (a transport
+        holds one producer)."""
 
     def unregisterProducer(self) -> None:
-        """Forget the registered producer."""
+        """Forget the registered producer (``transport.unregisterProducer``), when the
+        circuit ends."""
 
     def pauseProducing(self) -> None:
         """Stop reading from the agent (its bytes wait in the kernel)."""
