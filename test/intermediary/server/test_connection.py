@@ -215,7 +215,7 @@ class ConnectionTests(TestCase):
         core = Connection(ConnectionLimits(max_frame=100), "192.0.2.1")
         core.start()
         core.handshake_completed()
-        self.assertEqual(core.data_received(frame(1) * 3), [PauseReading()])
+        self.assertEqual(core.data_received(frame(1) + frame(2) + frame(3)), [PauseReading()])
         actions = core.authenticated(None)
         self.assertIn(ResumeReading(), actions)
         self.assertEqual(len(dispatched(actions)), 3)
