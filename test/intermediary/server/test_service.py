@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
 
 from common.identity import Identity
 from common.profile import Profile
@@ -33,14 +33,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def until(condition: Any, *, tries: int = 400) -> None:
-    """Let the reactor run until ``condition()`` holds (each turn a 5 ms wait, no more
-    than ``tries``): for pushes, which arrive on their own."""
-    for _ in range(tries):
-        if condition():
-            return
-        await deferLater(reactor, 0.005, lambda: None)
-    raise AssertionError("the condition never held")
+class Inbox:
+    """Collects pushed deliveries; :meth:`wait` fires once ``count`` have arrived."""
+
+    def __init__(self) -> None:
+        self.received: list[Delivery] = []
+        self._waiting: list[tuple[int, Deferred[list[Delivery]]]] = []
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.received.append(delivery)
+        for entry in list(self._waiting):
+            if len(self.received) >= entry[0]:
+                self._waiting.remove(entry)
+                entry[1].callback(self.received)
+
+    def wait(self, count: int) -> Deferred[list[Delivery]]:
+        waiting: Deferred[list[Delivery]] = Deferred()
+        if len(self.received) >= count:
+            waiting.callback(self.received)
+        else:
+            self._waiting.append((count, waiting))
+        return waiting.addTimeout(10, reactor)
 
 
 class IntermediaryServiceTests(CrossDomainTestCase):
@@ -112,13 +125,12 @@ class IntermediaryServiceTests(CrossDomainTestCase):
     async def test_deposit_pushed_at_once_then_ack_deletes(self) -> None:
         await self.start()
         bob, published = await self.bob_with_prekeys()
-        received: list[Delivery] = []
-        self.assertEqual(await bob.subscribe(received.append), 0)
+        inbox = Inbox()
+        self.assertEqual(await bob.subscribe(inbox), 0)
         alice = await self.connect("alice")
         self.assertEqual(await alice.fetch_prekey(Identity("bob", HOME)), published[0])
         message_id = await alice.deposit(Identity("bob", HOME), b"sealed for bob", self.expires())
-        await until(lambda: received)
-        (delivery,) = received
+        (delivery,) = await inbox.wait(1)
         self.assertEqual((delivery.id, delivery.sender, delivery.envelope), (message_id, Identity("alice", OTHER), b"sealed for bob"))
         assert self.service.store is not None
         self.assertEqual(len(await self.service.store.due_messages("bob", now=int(reactor.seconds()), limit=10)), 1)
@@ -139,16 +151,16 @@ class IntermediaryServiceTests(CrossDomainTestCase):
             sent.append(await sender.deposit(Identity("bob", HOME), f"message {index}".encode(), self.expires()))
         held = await alice.deposit(Identity("bob", HOME), b"tomorrow", self.expires(), deliver_at=int(reactor.seconds()) + 1800)
         bob = await self.connect("bob")
-        received: list[Delivery] = []
-        self.assertEqual(await bob.subscribe(received.append), 5)
-        await until(lambda: len(received) == 5)
+        inbox = Inbox()
+        self.assertEqual(await bob.subscribe(inbox), 5)
+        received = await inbox.wait(5)
         self.assertEqual([delivery.id for delivery in received], sent)
         self.assertNotIn(held, [delivery.id for delivery in received])  # held until its time
         # Unacknowledged: delivered again to the next subscription, which supersedes this one.
-        again: list[Delivery] = []
+        second = Inbox()
         bob2 = await self.connect("bob")
-        self.assertEqual(await bob2.subscribe(again.append), 5)
-        await until(lambda: len(again) == 5)
+        self.assertEqual(await bob2.subscribe(second), 5)
+        again = await second.wait(5)
         self.assertEqual([delivery.id for delivery in again], sent)
 
     async def test_other_domain_may_deposit_and_fetch_not_subscribe_or_reserve(self) -> None:
