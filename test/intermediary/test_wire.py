@@ -6,33 +6,14 @@ import base64
 
 from twisted.trial.unittest import TestCase
 
-from common.identity import Identity
 from intermediary import errors
 from intermediary.wire import (
     MAX_ENVELOPE,
-    Accept,
-    Accepted,
-    Ack,
-    Acked,
-    CircuitOffer,
-    Delivery,
     Deposit,
-    Deposited,
     ErrorAnswer,
-    FetchPrekey,
-    Ping,
-    Pong,
-    PrekeyCount,
-    PrekeyData,
-    PublishPrekeys,
     Refused,
     Request,
-    Reserve,
-    Reserved,
     Response,
-    Subscribe,
-    Subscribed,
-    Superseded,
     encode_error,
     encode_push,
     encode_request,
@@ -41,36 +22,7 @@ from intermediary.wire import (
     parse_request,
     parse_server_message,
 )
-from test.intermediary.helpers import prekey_bytes
-
-BOB = Identity("bob", "example.org")
-HEX = "0123456789abcdef0123456789abcdef"
-
-OPERATIONS = [
-    PublishPrekeys((b"one", b"two")),
-    FetchPrekey(BOB),
-    Deposit(BOB, 2_000_000_000, None, b"sealed bytes"),
-    Deposit(BOB, 2_000_000_000, 1_900_000_000, b"\x00" * 1000),
-    Subscribe(),
-    Ack(HEX),
-    Reserve(),
-    Accept(HEX),
-    Ping(),
-]
-
-RESULTS = [
-    PrekeyCount(20, True),
-    PrekeyCount(0, False),
-    PrekeyData(b"prekey"),
-    Deposited(HEX, 3),
-    Subscribed(7),
-    Acked(),
-    Reserved("2001:db8::5", 46051, 2_000_000_000),
-    Accepted(),
-    Pong(),
-]
-
-EVENTS = [Delivery(HEX, Identity("alice", "other.example"), 1_700_000_000, b"envelope"), Superseded(), CircuitOffer(HEX, "2001:db8::9 50000")]
+from test.intermediary.helpers import BOB, EVENTS, HEX, OPERATIONS, RESULTS, prekey_bytes
 
 
 def refusal(payload: bytes) -> Refused:
