@@ -189,7 +189,7 @@ class Operations:
         if not self.deposits.allow(caller.identity):
             raise errors.QuotaExceeded(f"at most {self.limits.deposits_per_hour} messages per hour may be deposited")
         receipt = await self.store.deposit(op.to.username, caller.identity, op.envelope, now=now, expires=op.expires, deliver_at=deliver_at)
-        log.info("Stored message {id} for {to} ({size} bytes)", id=receipt.message_id, to=str(op.to), size=len(op.envelope))
+        log.debug("Stored message {id} for {to} ({size} bytes)", id=receipt.message_id, to=str(op.to), size=len(op.envelope))
         self.subscriptions.deposited(op.to.username, deliver_at)
         return Deposited(receipt.message_id, receipt.queued)
 
