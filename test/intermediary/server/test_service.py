@@ -9,6 +9,8 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 
 from common.identity import Identity
 from common.profile import Profile
@@ -53,6 +55,34 @@ class Inbox:
             waiting.callback(self.received)
         else:
             self._waiting.append((count, waiting))
+        return waiting.addTimeout(10, reactor)
+
+
+class Collector(Protocol):
+    """Collects raw bytes; :meth:`wait` fires once ``expected`` has arrived."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self._waiting: list[tuple[bytes, Deferred[bytes]]] = []
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.data += data
+        for entry in list(self._waiting):
+            if entry[0] in self.data:
+                self._waiting.remove(entry)
+                entry[1].callback(self.data)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def wait(self, expected: bytes) -> Deferred[bytes]:
+        waiting: Deferred[bytes] = Deferred()
+        if expected in self.data:
+            waiting.callback(self.data)
+        else:
+            self._waiting.append((expected, waiting))
         return waiting.addTimeout(10, reactor)
 
 
@@ -188,6 +218,28 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         with self.assertRaises(errors.UnknownCircuit):
             fresh = await self.connect("bob")
             await fresh.accept_circuit("0" * 32)
+
+    async def test_relay_circuit_end_to_end(self) -> None:
+        await self.start()
+        bob = await self.connect("bob")
+        offered: Deferred[str] = Deferred()
+        reservation = await bob.reserve(lambda circuit, source: None if offered.called else offered.callback(circuit))
+        dialer = Collector()
+        await connectProtocol(TCP4ClientEndpoint(reactor, reservation.address, reservation.port), dialer)
+        assert dialer.transport is not None
+        dialer.transport.write(b"hello from the dialer")
+        circuit = await offered.addTimeout(10, reactor)
+        leg = await self.connect("bob")
+        stream = await leg.accept_circuit(circuit)
+        agent = Collector()
+        stream.attach(agent)
+        await agent.wait(b"hello from the dialer")
+        stream.transport.write(b"and back")
+        await dialer.wait(b"and back")
+        dialer.transport.write(b" again")
+        await agent.wait(b"dialer again")
+        dialer.transport.loseConnection()
+        await agent.lost.addTimeout(10, reactor)  # ending one leg ends the other
 
     async def test_prekeys_only_own(self) -> None:
         await self.start()
