@@ -3,31 +3,31 @@
 One responder agent (the product's :class:`~sixchat.peer.protocol.PeerConnection` with
 the agent's verification, :func:`bench.sixchat_server.responder_factory`) is reachable
 two ways at once: directly on a loopback port, and through a relay port it reserved at
-the relay (the product's :class:`intermediary.server.relay.Relay`, in a process of its
-own). The load generator opens one SixChat session each way (user0 direct, user1
-relayed) and, run after run, streams the same bulk transfer as figure 7 (64 KiB data
-records sealed inside the timed window, then a ``<ping/>``; the time runs until the
+the intermediary. The load generator opens one SixChat session each way (user0 direct,
+user1 relayed) and, run after run, streams the same bulk transfer as figure 7 (64 KiB
+data records sealed inside the timed window, then a ``<ping/>``; the time runs until the
 ``<pong/>``) over the direct session (baseline) and then over the relayed one (figure).
 
-Figure 11b is the same with the accept connection in plain TCP instead of TLS (a third
-session, user2, through a second reservation): not the product's leg, it shows what the
-leg's TLS costs against the splice itself.
+The relayed path is the product's: the intermediary's service port (part B's
+:class:`~intermediary.server.protocol.IntermediaryFactory` over TLS with the product's
+context, its operations wired to :class:`intermediary.server.relay.Relay`) in a process
+of its own; the agent reserves with part B's client library
+(:func:`intermediary.client.connect_intermediary`, ``reserve``) and takes each circuit
+with ``accept_circuit`` on a new TLS connection, running the responder on the stream.
+The dialer's bytes go TCP -> relay -> TLS accept leg -> agent, and back. The one
+shortcut, outside the timed window: the service's sender check skips the registry
+look-up. The bench lifts the per-circuit byte cap (default 64 MiB each way) so that one
+session carries every run.
 
-The relayed path is the product's: the dialer's TCP connection to the relay port, the
-relay's circuit and flow control, and a TLS connection from the agent to the
-intermediary (the product's TLS context, the agent's client certificate) carrying the
-raw session. Stand-ins, outside the timed window: the agent's reserving connection is a
-plain TCP line protocol (``reserve`` / ``reserved PORT`` / ``circuit ID``), and the
-accept connection names its circuit by one line (``ID``) instead of the
-``<accept circuit>`` request and ``<accepted/>`` answer of the service protocol (part B);
-from then on the bytes take the same path as in the intermediary (TLS transport ->
-``splice.data_received`` -> the dialer's TCP transport, and back). The bench lifts the
-per-circuit byte cap (default 64 MiB each way) so that one session carries every run.
+Figure 11b is the same with the accept connection in plain TCP instead of TLS (a third
+session, user2, through a line-protocol stand-in for reserve and accept): not the
+product's leg, it shows what the leg's TLS costs against the splice itself.
 
 Layout: the responder in the server process (``SERVER_CPU``), the relay in another
 server process (:data:`RELAY_CPU`, the server core: both server-side processes share it,
-so the figure pays for the relay's CPU), the load generator on ``LOAD_CPU``. The figure's
-server CPU is the responder's plus the relay's.
+so the figure pays for the relay's CPU), the load generator on ``LOAD_CPU``. The relayed
+runs' server CPU is the responder's plus the relay's; each run's ``relay_cpu`` detail is
+the relay's own share.
 
 Target (figure 11): ratio >= 0.8; 11b is for information.
 """
@@ -38,12 +38,13 @@ import os
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.fixtures import HOST, Pki, client_context, make_pki, server_context
+from bench.fixtures import HOST, Pki, load_certificate, load_key, make_pki, server_context
 from bench.harness import Context, Figure
 from bench.processes import Commands, serve_twisted
 from bench.sampling import SERVER_CPU, CpuWindow, Sample
 from bench.sixchat_bulk import sealing_producer, transfer_size
 from bench.sixchat_handshakes import sixchat_pki
+from bench.sixchat_server import RESPONDER
 from bench.tls_bulk import CHUNK
 
 FIGURE_ID = "11"
@@ -53,17 +54,19 @@ TARGET = 0.8
 RELAY_CPU = SERVER_CPU
 #: Where the relay looks for free ports (busy ones are skipped).
 RELAY_PORTS = (47050, 47150)
-#: The relay users (reservations) of the responder: one per kind of accept leg.
-RELAY_USERS = {"tls": "bob@example.org", "plain": "bob.plain@example.org"}
+#: The relay user of the plain accept leg's reservation (figure 11b).
+PLAIN_USER = "bob.plain@example.org"
 
 
 def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
     """Server process: the relay, its reservation stand-in and its TLS accept port.
 
-    ``params``: ``pki`` (the intermediary's TLS certificate), ``data_dir`` (the log).
-    The reservation stand-in takes ``reserve USER`` and answers ``reserved USER PORT``,
-    then pushes ``circuit USER ID``; an accept connection (TLS, or plain TCP on the
-    second port, for figure 11b) starts with the line ``USER ID``.
+    ``params``: ``pki`` (its server leaf is the intermediary's certificate), ``data_dir``
+    (the log). The service port is part B's: :class:`IntermediaryFactory` over TLS, with
+    the operations wired to the relay (the sender check skips the registry). For figure
+    11b, the stand-in takes ``reserve USER`` on its control port and answers ``reserved
+    USER PORT``, then pushes ``circuit USER ID``; a plain TCP accept connection starts
+    with the line ``USER ID``.
     """
     pki: Pki = params["pki"]
     data_dir = params["data_dir"]
@@ -74,8 +77,10 @@ def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
         from twisted.protocols.basic import LineOnlyReceiver
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from common.identity import Identity
+        from common.identity import Identity, identity_from_certificate
         from common.tls import ServerTLS
+        from intermediary.server.operations import Operations
+        from intermediary.server.protocol import IntermediaryFactory
         from intermediary.server.relay import Relay, RelayLimits
 
         relay = Relay(
@@ -106,7 +111,7 @@ def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
                     relay.release(user, notify)
 
         class Accepting(Protocol):
-            """The accept connection (TLS): one line names the circuit, then raw bytes."""
+            """The plain accept connection: one line names the circuit, then raw bytes."""
 
             def __init__(self) -> None:
                 self.head = b""
@@ -128,9 +133,19 @@ def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
                 if self.splice is not None:
                     self.splice.leg_lost()
 
+        class Verifier:
+            """The service's sender check, without the registry look-up (the figure
+            measures the spliced stream, not the log-in)."""
+
+            async def verify(self, leaf: Any, intermediates: Any) -> Identity:
+                return identity_from_certificate(leaf)
+
+        operations = Operations(pki.domain, None, None, reactor, relay=relay)  # type: ignore[arg-type]
+        service = TLSMemoryBIOFactory(
+            ServerTLS(server_context(pki)), False, IntermediaryFactory(operations, Verifier(), reactor)  # type: ignore[arg-type]
+        )
+        listening = reactor.listenTCP(0, service, interface=HOST)
         control = reactor.listenTCP(0, Factory.forProtocol(Reserving), interface=HOST)
-        accepting = TLSMemoryBIOFactory(ServerTLS(server_context(pki)), False, Factory.forProtocol(Accepting))
-        accept = reactor.listenTCP(0, accepting, interface=HOST)
         plain = reactor.listenTCP(0, Factory.forProtocol(Accepting), interface=HOST)
 
         def circuits(users: list[str]) -> list[dict[str, Any]]:
@@ -141,8 +156,8 @@ def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
             ]
 
         info = {
+            "service_port": listening.getHost().port,
             "control_port": control.getHost().port,
-            "accept_port": accept.getHost().port,
             "plain_accept_port": plain.getHost().port,
         }
         return info, {"circuits": circuits}
@@ -152,38 +167,60 @@ def serve_relay(connection: Connection, params: dict[str, Any]) -> None:
 
 def serve_relayed_responder(connection: Connection, params: dict[str, Any]) -> None:
     """Server process: the SixChat responder, listening directly and reachable through
-    the relay (``params``: ``pki``, ``data_dir``, ``relay`` = the relay's info): relay
-    port ``relay_port`` has TLS accept legs (figure 11), ``plain_relay_port`` plain TCP
-    ones (figure 11b); the relay knows them as two users (:data:`RELAY_USERS`)."""
+    the relay (``params``: ``pki``, ``intermediary_pki``, ``data_dir``, ``relay`` = the
+    relay's info). Relay port ``relay_port`` is reserved with part B's client library
+    (:func:`intermediary.client.connect_intermediary`, ``reserve``, then
+    ``accept_circuit`` on a new connection per circuit: figure 11); ``plain_relay_port``
+    through the stand-in, for :data:`PLAIN_USER` (figure 11b)."""
     pki: Pki = params["pki"]
+    intermediary_pki: Pki = params["intermediary_pki"]
     data_dir = params["data_dir"]
     relay_info = params["relay"]
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
 
     async def setup(reactor: Any) -> tuple[dict[str, Any], Commands]:
-        from OpenSSL import SSL
+        import hashlib
+
         from twisted.internet.defer import Deferred
-        from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
         from twisted.internet.protocol import ClientFactory, Protocol
         from twisted.protocols.basic import LineOnlyReceiver
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-        from zope.interface import implementer
 
         from bench.sixchat_server import RESPONDER, responder_factory
+        from common.pki.certificates import certificate_der
+        from intermediary.client import connect_intermediary
 
         responders, counts = await responder_factory(reactor, pki, data_dir)
         direct = reactor.listenTCP(0, responders, interface=HOST, backlog=1024)
-        context = client_context(pki.server)
-        reserved: dict[str, Deferred[int]] = {name: Deferred() for name in RELAY_USERS.values()}
+        server = load_certificate(intermediary_pki.server.certificate)
 
-        @implementer(IOpenSSLClientConnectionCreator)
-        class ClientTLS:
-            def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-                return SSL.Connection(context, None)
+        async def lookup(identity: Any) -> tuple[Any, set[str]]:
+            return None, {hashlib.sha256(certificate_der(server)).hexdigest()}
+
+        async def connect() -> Any:
+            return await connect_intermediary(
+                reactor,
+                pki.domain,
+                directory_lookup=lookup,
+                key=load_key(pki.server.key),
+                certificate=load_certificate(pki.server.certificate),
+                chain=[load_certificate(pem) for pem in pki.server.chain],
+                roots={pki.domain: load_certificate(intermediary_pki.root)},
+                server=(HOST, relay_info["service_port"]),
+            )
+
+        async def accept(circuit_id: str) -> None:
+            stream = await (await connect()).accept_circuit(circuit_id)
+            stream.attach(responders.buildProtocol(None))
+
+        service = await connect()
+        reservation = await service.reserve(lambda circuit_id, source: Deferred.fromCoroutine(accept(circuit_id)))
+
+        # Figure 11b: the plain TCP leg, through the line-protocol stand-in.
+        plain_reserved: Deferred[int] = Deferred()
 
         class Leg(Protocol):
-            """The agent's accept connection: names the circuit, then carries a
-            responder PeerConnection."""
+            """A plain accept connection: names the circuit, then carries a responder
+            PeerConnection."""
 
             def __init__(self, head: bytes) -> None:
                 self.head = head
@@ -203,26 +240,21 @@ def serve_relayed_responder(connection: Connection, params: dict[str, Any]) -> N
 
         class Reserving(LineOnlyReceiver):
             def connectionMade(self) -> None:
-                for name in RELAY_USERS.values():
-                    self.sendLine(f"reserve {name}".encode("ascii"))
+                self.sendLine(f"reserve {PLAIN_USER}".encode("ascii"))
 
             def lineReceived(self, line: bytes) -> None:
                 word, name, value = line.decode("ascii").split(" ")
                 if word == "reserved":
-                    reserved[name].callback(int(value))
+                    plain_reserved.callback(int(value))
                 elif word == "circuit":
                     head = f"{name} {value}".encode("ascii")
-                    leg = ClientFactory.forProtocol(lambda: Leg(head))
-                    if name == RELAY_USERS["tls"]:
-                        reactor.connectTCP(HOST, relay_info["accept_port"], TLSMemoryBIOFactory(ClientTLS(), True, leg))
-                    else:
-                        reactor.connectTCP(HOST, relay_info["plain_accept_port"], leg)
+                    reactor.connectTCP(HOST, relay_info["plain_accept_port"], ClientFactory.forProtocol(lambda: Leg(head)))
 
         reactor.connectTCP(HOST, relay_info["control_port"], ClientFactory.forProtocol(Reserving))
         info = {
             "port": direct.getHost().port,
-            "relay_port": await reserved[RELAY_USERS["tls"]],
-            "plain_relay_port": await reserved[RELAY_USERS["plain"]],
+            "relay_port": reservation.port,
+            "plain_relay_port": await plain_reserved,
             "identity": f"{RESPONDER}@{pki.domain}",
         }
         return info, {"counts": lambda: dict(counts)}
@@ -274,14 +306,16 @@ def run(ctx: Context) -> list[Figure]:
 
     settings = ctx.settings
     pki = sixchat_pki(ctx)
-    intermediary_pki = ctx.shared("pki-intermediary", lambda: make_pki(settings.key_type, users=0))
+    intermediary_pki = ctx.shared(
+        "pki-intermediary", lambda: make_pki(settings.key_type, users=0, server_user="intermediary")
+    )
     relay = ServerProcess(
         "relay", "bench.relay_throughput:serve_relay", {"pki": intermediary_pki, "data_dir": ctx.path("relay")}, cpu=RELAY_CPU
     )
     responder = ServerProcess(
         "relayed-responder",
         "bench.relay_throughput:serve_relayed_responder",
-        {"pki": pki, "data_dir": ctx.path("relayed-responder")},
+        {"pki": pki, "intermediary_pki": intermediary_pki, "data_dir": ctx.path("relayed-responder")},
     )
     try:
         relay.start()
@@ -289,7 +323,7 @@ def run(ctx: Context) -> list[Figure]:
         responder.start()
         total = transfer_size(ctx)
         runs = ctx.worker().run(measure, responder.info, relay.pid, pki, settings, total)
-        circuits = relay.call("circuits", users=list(RELAY_USERS.values()))
+        circuits = relay.call("circuits", users=[f"{RESPONDER}@{pki.domain}", PLAIN_USER])
         counts = responder.call("counts")
     finally:
         responder.stop()
@@ -302,8 +336,8 @@ def run(ctx: Context) -> list[Figure]:
         " responder's plus the relay's (both on the server core; the relay's own share is each run's relay_cpu)"
     )
     stand_ins = (
-        "stand-ins outside the timed window: the reservation channel and the accept request (one line instead of"
-        " <accept>/<accepted/>); the spliced bytes take the product's path (Relay, dialer TCP, accept leg)"
+        "the product's relay path: part B's service over TLS (reserve, <circuit> push, accept_circuit on a new TLS"
+        " connection), Relay, dialer TCP; the service's sender check skips the registry look-up (not timed)"
     )
     return [
         Figure(
@@ -328,6 +362,6 @@ def run(ctx: Context) -> list[Figure]:
             "MB/s",
             direct,
             parameters=parameters,
-            notes=[layout, "not the product's leg (which is TLS): shows what the leg's TLS costs"],
+            notes=[layout, "not the product's leg (which is TLS; reserve and accept by a line-protocol stand-in): shows what the leg's TLS costs"],
         ),
     ]
