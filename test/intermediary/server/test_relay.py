@@ -248,6 +248,16 @@ class CircuitTests(TestCase):
         fixture.relay.join(BOB, circuit_id, StringTransport())
         self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, circuit_id, StringTransport())
 
+    def test_a_leg_that_cannot_join_ends_the_circuit(self) -> None:
+        fixture = Fixture()
+        fixture.reserve()
+        _, dialer_transport = fixture.dial(46050)
+        leg = StringTransport(lenient=True)
+        leg.registerProducer(object(), True)  # a producer the adapter did not give up
+        self.assertRaises(RuntimeError, fixture.relay.join, BOB, fixture.notified[0][0], leg)
+        self.assertTrue(dialer_transport.disconnecting and leg.disconnecting)
+        self.assertEqual(fixture.relay.circuits(BOB), [])
+
     def test_join_timeout(self) -> None:
         fixture = Fixture()
         fixture.reserve()
