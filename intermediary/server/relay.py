@@ -147,7 +147,6 @@ class Splice(TypingProtocol):
         """The agent's connection was lost: the circuit ends."""
 
 
-
 @dataclass
 class _Held:
     """A user's reservation: the listening port and the circuits it brought."""
