@@ -158,6 +158,8 @@ class IntermediaryProtocol(Protocol):
     def handshakeCompleted(self) -> None:  # noqa: N802
         """TLS is up: check the client certificate."""
         self.do(self.core.handshake_completed())
+        if self.core.closing:
+            return  # refused already (too many connections): nothing to check
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         if peer is None:
