@@ -71,7 +71,8 @@ class RoundTripTests(TestCase):
     def test_error_codes_unique(self) -> None:
         from common.errors import subclasses_of
 
-        wire = {(cls.name, cls.code) for cls in [errors.IntermediaryError, *subclasses_of(errors.IntermediaryError)] if cls.code}
+        classes: list[type[errors.IntermediaryError]] = [errors.IntermediaryError, *subclasses_of(errors.IntermediaryError)]
+        wire = {(cls.name, cls.code) for cls in classes if cls.code}
         codes = [code for _, code in wire]
         self.assertEqual(len(codes), len(set(codes)))
 
