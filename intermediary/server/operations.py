@@ -208,9 +208,12 @@ class Operations:
     async def ack(self, caller: Caller, op: Ack) -> Acked:
         """Delete the caller's delivered message."""
         username = self._local(caller, "acknowledge messages")
-        await self.store.ack(username, op.message_id)
-        if caller.subscription is not None:
-            caller.subscription.acked(op.message_id)
+        try:
+            await self.store.ack(username, op.message_id)
+        finally:
+            # Deleted now, or gone already (expired): either way no longer in the window.
+            if caller.subscription is not None:
+                caller.subscription.acked(op.message_id)
         return Acked()
 
     async def reserve(self, caller: Caller) -> Reserved:

@@ -250,10 +250,13 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         dialer.transport.loseConnection()
         await agent.lost.addTimeout(10, reactor)  # ending one leg ends the other
 
-    async def test_away_when_stopped(self) -> None:
+    async def test_away_and_connections_closed_when_stopped(self) -> None:
         await self.start()
         client = await self.registries[HOME].client(user=self.users["bob"])
+        bob = await self.connect("bob")
+        await bob.subscribe(lambda delivery: None)
         await self.service.stopService()
+        await bob.when_lost()  # connections are closed on stop
         record = await client.lookup(str(intermediary_identity(HOME)))
         self.assertEqual((record.presence, record.endpoints), ("away", ()))
 
