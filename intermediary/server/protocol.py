@@ -310,15 +310,18 @@ class IntermediaryProtocol(Protocol):
         running = self.factory.operations.handle(self.caller, request.operation)
         running.addCallbacks(self._answered, self._failed, callbackArgs=(core, request), errbackArgs=(core, request))
 
+    def _who(self) -> str:
+        return "?" if self.caller is None else str(self.caller.identity)
+
     def _answered(self, result: Result, core: Connection, request: Request) -> None:
         self.do(core.request_answered(request, result))
 
     def _failed(self, failure: Failure, core: Connection, request: Request) -> None:
         if failure.check(errors.IntermediaryError):
             error: errors.IntermediaryError = failure.value  # type: ignore[assignment]
-            log.info("Request from {host} refused: {error}", host=self.peer_host, error=str(error))
+            log.info("Request of {who} from {host} refused: {error}", who=self._who(), host=self.peer_host, error=str(error))
         else:
-            log.failure("Request from {host} failed", failure, host=self.peer_host)
+            log.failure("Request of {who} from {host} failed", failure, who=self._who(), host=self.peer_host)
             error = errors.InternalError()
         self.do(core.request_failed(request, error))
 
