@@ -221,6 +221,9 @@ def prepare(path: str, users: int) -> None:
     from common.db.migrations import upgrade_schema
     from intermediary.server.store import MIGRATIONS
 
+    for suffix in ("", "-wal", "-shm"):  # a fresh file each run
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
     database = open_database(path)
     try:
         upgrade_schema(database.cursor(), SQLITE, MIGRATIONS)
