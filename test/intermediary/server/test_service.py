@@ -197,8 +197,11 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         self.assertNotIn(held, [delivery.id for delivery in received])  # held until its time
         # Unacknowledged: delivered again to the next subscription, which supersedes this one.
         second = Inbox()
+        superseded: Deferred[None] = Deferred()
+        bob.protocol.on_superseded = lambda: superseded.callback(None)
         bob2 = await self.connect("bob")
         self.assertEqual(await bob2.subscribe(second), 5)
+        await superseded.addTimeout(10, reactor)
         again = await second.wait(5)
         self.assertEqual([delivery.id for delivery in again], sent)
 
