@@ -201,8 +201,9 @@ class Operations:
         subscription, pending = await self.subscriptions.subscribe(username, caller.push)
         caller.subscription = subscription
         caller.kept(True)
-        # The first pushes follow the answer: pumped on the next turn.
-        self.clock.callLater(0, subscription.pump)
+        # The first pushes follow the answer: the read runs in the database's thread and
+        # its result comes back on a later reactor turn, after the answer is written.
+        subscription.pump()
         return Subscribed(pending)
 
     async def ack(self, caller: Caller, op: Ack) -> Acked:
