@@ -11,6 +11,7 @@ transaction that hands it out, so it is handed out once even to concurrent fetch
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ MIGRATIONS: Final[list[list[str]]] = [
         "CREATE INDEX messages_by_expiry ON messages (expires_at)",
         "CREATE INDEX messages_by_schedule ON messages (deliver_at)",
         "CREATE TABLE mailboxes (owner TEXT PRIMARY KEY, created_at {BIGINT} NOT NULL)",
+    ],
+    # 1 -> 2: the SHA-256 of each envelope, so that a sender who deposits the same bytes
+    # again (the answer to the first deposit was lost with the connection) gets the stored
+    # message back instead of a second copy.
+    [
+        "ALTER TABLE messages ADD COLUMN digest TEXT",
+        "CREATE UNIQUE INDEX messages_by_digest ON messages (recipient, sender, digest)",
     ],
 ]
 
@@ -266,6 +274,13 @@ class IntermediaryStore:
     def _deposit_one(self, txn: Transaction, recipient: str, sender: str, envelope: bytes, now: int, expires: int, deliver_at: int) -> DepositReceipt:
         if self._one(txn, "SELECT 1 FROM mailboxes WHERE owner = ?", (recipient,)) is None:
             raise errors.UnknownUser("this intermediary keeps no mailbox for that user")
+        digest = hashlib.sha256(envelope).hexdigest()
+        stored = self._one(
+            txn, "SELECT seq, message_id FROM messages WHERE recipient = ? AND sender = ? AND digest = ?", (recipient, sender, digest)
+        )
+        if stored is not None:  # a repeated deposit: the answer names the stored message
+            queued = self._one(txn, "SELECT COUNT(*) FROM messages WHERE recipient = ? AND expires_at > ?", (recipient, now))[0]
+            return DepositReceipt(int(stored[0]), stored[1], int(queued))
         quotas = self.quotas
         size = len(envelope)
         count, total = self._one(
@@ -283,9 +298,9 @@ class IntermediaryStore:
         message_id = secrets.token_hex(16)
         self._execute(
             txn,
-            "INSERT INTO messages (message_id, recipient, sender, deposited_at, deliver_at, expires_at, size, envelope)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, recipient, sender, now, deliver_at, expires, size, envelope),
+            "INSERT INTO messages (message_id, recipient, sender, deposited_at, deliver_at, expires_at, size, envelope, digest)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, recipient, sender, now, deliver_at, expires, size, envelope, digest),
         )
         seq = int(self._one(txn, "SELECT seq FROM messages WHERE message_id = ?", (message_id,))[0])
         return DepositReceipt(seq, message_id, int(count) + 1)

@@ -98,6 +98,24 @@ class StoreTests(TestCase):
         self.assertEqual(synchronous, "wal")
         self.assertEqual(receipt.queued, 1)
 
+    async def test_repeated_deposit_names_the_stored_message(self) -> None:
+        """The same bytes deposited again by the same sender (its first answer was lost)
+        are not stored twice nor charged to the quota; other bytes, or another sender's,
+        are stored anew."""
+        store = await self.store()
+        first = await store.deposit("bob", ALICE, b"sealed", now=NOW, expires=NOW + 60, deliver_at=NOW)
+        again = await store.deposit("bob", ALICE, b"sealed", now=NOW + 1, expires=NOW + 60, deliver_at=NOW)
+        self.assertEqual((again.message_id, again.seq, again.queued), (first.message_id, first.seq, 1))
+        other = await store.deposit("bob", ALICE, b"sealed2", now=NOW, expires=NOW + 60, deliver_at=NOW)
+        self.assertNotEqual(other.message_id, first.message_id)
+        messages = await store.due_messages("bob", now=NOW, limit=10)
+        self.assertEqual([m.envelope for m in messages], [b"sealed", b"sealed2"])
+        # Acknowledged and deleted: the same bytes are a new deposit (the recipient refuses
+        # them as a replay).
+        await store.ack("bob", first.message_id)
+        later = await store.deposit("bob", ALICE, b"sealed", now=NOW, expires=NOW + 60, deliver_at=NOW)
+        self.assertNotEqual(later.message_id, first.message_id)
+
     async def test_group_commit_keeps_order_and_failures_alone(self) -> None:
         store = await self.store()
         deposits = [store.deposit("bob", ALICE, bytes([n]), now=NOW, expires=NOW + 60, deliver_at=NOW) for n in range(4)]
