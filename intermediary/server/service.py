@@ -115,6 +115,8 @@ class IntermediaryService(service.Service):
         self.early_ports: EarlyPorts | None = None
         self.loops: list[LoopingCall] = []
         self.advertised: list[Endpoint] = []
+        #: Whether the last registration published our address (the log says when it changes).
+        self.registered = False
         self.ready: Deferred[IntermediaryService] = Deferred()
 
     def privilegedStartService(self) -> None:  # noqa: N802
@@ -181,6 +183,7 @@ class IntermediaryService(service.Service):
         if settings.register:
             await self._register("online")
             self._loop(lambda: self._register("online"), max(settings.register_ttl / 2, 5))
+        log.info("Intermediary of {domain} is ready", domain=config.domain)
         return self
 
     def _loop(self, function: Callable[[], Any], interval: float, *, now: bool = False) -> None:
@@ -206,6 +209,11 @@ class IntermediaryService(service.Service):
             await self.registries.register(endpoints, presence, self.settings.register_ttl)
         except (IRPError, errors.IntermediaryError, OSError) as error:
             log.warn("Could not register with the registry: {error}", error=getattr(error, "message", str(error)))
+            self.registered = False
+            return
+        if not self.registered:
+            log.info("Registered with the registry: {presence}", presence=presence)
+            self.registered = presence == "online"
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop listening, end subscriptions, mark the address away, close the store."""
