@@ -88,6 +88,29 @@ def make_server_context(
     return context
 
 
+def make_client_context(
+    private_key: CertificateIssuerPrivateKeyTypes,
+    certificate: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+) -> SSL.Context:
+    """A client context presenting ``certificate`` (and ``chain``) with the suite's
+    versions, ciphers and groups, for a server whose certificate the application checks
+    after the handshake (a user's certificate, such as a SixChat intermediary's, names no
+    host): every server certificate passes the TLS layer."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
+    context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+    _set_groups(context, KEY_EXCHANGE_GROUPS)
+    context.use_certificate(crypto.X509.from_cryptography(certificate))
+    context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))  # type: ignore[arg-type]
+    for extra in chain:
+        context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    context.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
+    return context
+
+
 # -- session tickets ------------------------------------------------------------------
 #
 # OP_NO_TICKET only switches TLS 1.3 to stateful tickets: OpenSSL still sends

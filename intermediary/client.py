@@ -19,8 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL, crypto
-from OpenSSL._util import lib as openssl_lib
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IProtocol
@@ -35,7 +34,7 @@ from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateInvalid
 from common.pki.keyfiles import PrivateKey
 from common.pki.trust import TrustStore
-from common.tls import KEY_EXCHANGE_GROUPS, TLS12_CIPHERS, TLS13_CIPHERSUITES, send_without_delay
+from common.tls import make_client_context, send_without_delay
 from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import ACCOUNT, errors
 from intermediary.wire import (
@@ -92,20 +91,7 @@ class _ClientTLS:
     certificate is checked after the handshake (it is a user certificate, not a host's)."""
 
     def __init__(self, key: PrivateKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate]) -> None:
-        context = SSL.Context(SSL.TLS_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
-        context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
-        context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
-        setter = getattr(openssl_lib, "SSL_CTX_set1_curves_list", None)  # as common.tls does
-        if setter is not None and not setter(context._context, KEY_EXCHANGE_GROUPS.encode("ascii")):  # noqa: SLF001
-            setter(context._context, KEY_EXCHANGE_GROUPS.split(":", 1)[1].encode("ascii"))  # noqa: SLF001
-        context.use_certificate(crypto.X509.from_cryptography(certificate))
-        context.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
-        for extra in chain:
-            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
-        self.context = context
+        self.context = make_client_context(key, certificate, chain)  # type: ignore[arg-type]
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802
         """Twisted's hook."""

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from common.addresses import advertised_endpoints, primary_addresses
 from common.endpoint import Endpoint
 from common.pki.trust import TrustStore, check_anchor
 from common.ports import IRP_PORT
@@ -88,7 +88,7 @@ def default_relay(reactor: Any, settings: IntermediarySettings) -> RelayService 
         address = settings.relay_interface
         if ipaddress.ip_address(address.split("%")[0]).is_unspecified:
             candidates = [endpoint.address for endpoint in settings.advertise or []]
-            candidates = candidates or _primary_addresses(6 if ":" in address else 4)
+            candidates = candidates or [found for found in primary_addresses() if ":" in address or ":" not in found]
             if candidates:
                 address = candidates[0]
     built: RelayService = relay_module.Relay(
@@ -247,34 +247,3 @@ async def _call(function: Callable[[], Any]) -> None:
     result = function()
     if hasattr(result, "__await__"):
         await result
-
-
-def advertised_endpoints(bound: Sequence[tuple[str, int]]) -> list[Endpoint]:
-    """What to register from the (host, port) pairs listened on: a specific address as it
-    is; a wildcard as the host's primary global addresses (as the SixChat agent does)."""
-    found: list[Endpoint] = []
-    for host, port in bound:
-        ip = ipaddress.ip_address(host.split("%")[0])
-        addresses = _primary_addresses(ip.version) if ip.is_unspecified else [ip.compressed]
-        for address in addresses:
-            endpoint = Endpoint.parse(address, port)
-            if endpoint not in found:
-                found.append(endpoint)
-    return found
-
-
-def _primary_addresses(version: int) -> list[str]:
-    probes = [("2001:4860:4860::8888", socket.AF_INET6), ("8.8.8.8", socket.AF_INET)]
-    found = []
-    for target, family in probes:
-        if version == 4 and family == socket.AF_INET6:
-            continue
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.connect((target, 9))
-                address = ipaddress.ip_address(probe.getsockname()[0].split("%")[0])
-        except OSError:
-            continue
-        if not (address.is_loopback or address.is_unspecified or address.is_link_local):
-            found.append(address.compressed)
-    return found

@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from common.addresses import advertised_endpoints
 from common.endpoint import Endpoint
 from common.identity import Identity
 from common.pki.keyfiles import KeyFileError, fingerprint
@@ -39,7 +40,6 @@ from sixchat.agent.responder import ResponderFactory
 from sixchat.agent.sessions import pick_session
 from sixchat.agent.store import AgentStore, StoredMessage
 from sixchat.handshake import LocalCredentials, Role
-from sixchat.peer.addresses import advertised_endpoints
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.directory import Directory
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection

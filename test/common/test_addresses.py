@@ -7,9 +7,9 @@ from typing import Self
 
 from twisted.trial.unittest import TestCase
 
+from common import addresses
+from common.addresses import advertised_endpoints, primary_addresses
 from irp.wire.records import Endpoint
-from sixchat.peer import addresses
-from sixchat.peer.addresses import advertised_endpoints, primary_addresses
 
 
 class AdvertisedEndpointsTests(TestCase):

@@ -1,4 +1,4 @@
-"""Which addresses an agent should publish for itself."""
+"""Which addresses a service (a SixChat agent, an intermediary) should publish for itself."""
 
 from __future__ import annotations
 
