@@ -17,8 +17,10 @@ from common.identity import Identity
 from common.profile import Profile
 from intermediary import errors
 from intermediary.client import IntermediaryClient, connect_intermediary, intermediary_identity
+from intermediary.server.operations import Limits
 from intermediary.server.relay import Relay, RelayLimits
 from intermediary.server.service import IntermediaryService, IntermediarySettings
+from intermediary.server.store import Quotas
 from intermediary.wire import Delivery
 from irp.server.ca import generate_key
 from test.helpers import EnrolledUser, make_profile
@@ -204,6 +206,41 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         await superseded.addTimeout(10, reactor)
         again = await second.wait(5)
         self.assertEqual([delivery.id for delivery in again], sent)
+
+    async def test_flooding_sender_refused_others_served(self) -> None:
+        """A sender that floods is stopped by its own limits (deposits per hour, what it may
+        store for one recipient, prekey fetches per hour) with a clear error, while another
+        sender's deposits and fetches for the same recipient go on, and the recipient's
+        mailbox holds only what the limits allowed."""
+        await self.start(
+            limits=Limits(deposits_per_hour=6, fetches_per_hour=3),
+            quotas=Quotas(pair_messages=4, recipient_messages=20),
+        )
+        await self.bob_with_prekeys(10)
+        mallory = await self.connect("mallory")
+        alice = await self.connect("alice")
+        bob = Identity("bob", HOME)
+        stored = [await mallory.deposit(bob, f"flood {index}".encode(), self.expires()) for index in range(4)]
+        with self.assertRaises(errors.QuotaExceeded) as pair:
+            await mallory.deposit(bob, b"flood 4", self.expires())
+        self.assertIn("for this recipient", pair.exception.message)
+        refusals = []
+        for index in range(5, 12):
+            with self.assertRaises(errors.QuotaExceeded) as refused:
+                await mallory.deposit(bob, f"flood {index}".encode(), self.expires())
+            refusals.append(refused.exception.message)
+        # Every attempt counts against the hour, refused ones too: the hourly limit ends it.
+        self.assertIn("per hour", refusals[-1])
+        for _ in range(3):
+            await mallory.fetch_prekey(bob)
+        with self.assertRaises(errors.RateLimited):
+            await mallory.fetch_prekey(bob)
+        # Alice is not held back by Mallory's flood.
+        await alice.fetch_prekey(bob)
+        kept = await alice.deposit(bob, b"hello bob", self.expires())
+        assert self.service.store is not None
+        due = await self.service.store.due_messages("bob", now=int(reactor.seconds()), limit=50)
+        self.assertEqual([message.message_id for message in due], [*stored, kept])
 
     async def test_other_domain_may_deposit_and_fetch_not_subscribe_or_reserve(self) -> None:
         await self.start()
