@@ -11,8 +11,9 @@ A client certificate is accepted when, in this order:
    again at once when a fingerprint is not in the cached set: the user may have renewed).
 
 This is what :mod:`sixchat.peer.verification` checks of a dialled peer, reimplemented here
-without importing SixChat. :class:`Registries` keeps one connection per trusted domain's
-registry, presenting the intermediary's own certificate.
+without importing SixChat. The registries are reached through :class:`irp.client.Directory`
+(one connection per trusted domain's registry, presenting the intermediary's own
+certificate).
 """
 
 from __future__ import annotations
@@ -23,123 +24,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from common.endpoint import Endpoint
 from common.identity import Identity
 from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateInvalid, CertificateRevoked, RevocationUnknown
-from common.pki.keyfiles import PrivateKey
 from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore
 from intermediary import errors
-from irp.client import (
-    AddressRecord,
-    CRLInfo,
-    IRPError,
-    RegistryClient,
-    ServerVerificationFailed,
-    connect,
-    connect_domain,
-)
+from irp.client import Directory, IRPError
 
 log = Logger()
 
 FingerprintSource = Callable[[Identity], Awaitable[set[str]]]
-
-
-class Registries:
-    """One connection per trusted domain's registry, with the intermediary's certificate
-    (reopened when it drops; concurrent callers share one attempt)."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        roots: dict[str, x509.Certificate],
-        servers: dict[str, tuple[str, int]],
-        key: PrivateKey,
-        certificate: x509.Certificate,
-        chain: Sequence[x509.Certificate],
-        *,
-        home_domain: str,
-        timeout: float = 15.0,
-        resolver: Any = None,
-    ) -> None:
-        self.reactor = reactor
-        self.roots = roots
-        self.servers = servers
-        self.key, self.certificate, self.chain = key, certificate, list(chain)
-        self.home_domain = home_domain
-        self.timeout = timeout
-        self.resolver = resolver
-        self._clients: dict[str, RegistryClient] = {}
-        self._connecting: dict[str, list[Deferred[RegistryClient]]] = {}
-
-    async def client(self, domain: str) -> RegistryClient:
-        """A connection to ``domain``'s registry."""
-        existing = self._clients.get(domain)
-        if existing is not None and not existing.protocol.closed:
-            return existing
-        if domain not in self.roots:
-            raise errors.CertificateRejected(f"{domain} is not a domain this intermediary trusts")
-        mine: Deferred[RegistryClient] = Deferred()
-        waiters = self._connecting.get(domain)
-        if waiters is not None:
-            waiters.append(mine)
-            return await mine
-        self._connecting[domain] = [mine]
-        options: dict[str, Any] = {
-            "trust_roots": [self.roots[domain]],
-            "client_key": self.key,
-            "client_certificate": self.certificate,
-            "client_chain": self.chain,
-            "timeout": self.timeout,
-        }
-        server = self.servers.get(domain)
-        if server is not None:
-            connecting = connect(self.reactor, server[0], server[1], domain=domain, **options)
-        else:
-            connecting = connect_domain(self.reactor, domain, resolver=self.resolver, **options)
-        connecting.addBoth(self._connected, domain)
-        return await mine
-
-    def _connected(self, result: RegistryClient | Failure, domain: str) -> None:
-        for waiter in self._connecting.pop(domain, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-        if isinstance(result, Failure):
-            log.warn("Cannot reach the registry of {domain}: {why}", domain=domain, why=result.getErrorMessage())
-        else:
-            self._clients[domain] = result
-
-    async def fingerprints(self, identity: Identity) -> set[str]:
-        """The fingerprints of ``identity``'s currently good certificates, per its registry."""
-        client = await self.client(identity.domain)
-        return {entry.fingerprint for entry in await client.user_certificates(str(identity))}
-
-    async def issuing_crl(self, domain: str) -> x509.CertificateRevocationList:
-        """The verified current CRL of ``domain``'s issuing CA."""
-        client = await self.client(domain)
-        crls: list[CRLInfo] = await client.get_crls()
-        for info in crls:
-            if info.issuer == "issuing":
-                return info.crl
-        raise ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
-
-    async def register(self, endpoints: Sequence[Endpoint], presence: str, ttl: int) -> AddressRecord:
-        """Publish the intermediary's addresses with its own registry."""
-        client = await self.client(self.home_domain)
-        return await client.register_addresses(endpoints, presence, ttl)
-
-    async def close(self) -> None:
-        """Close every registry connection."""
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
 
 
 class SenderVerifier:
@@ -205,6 +102,6 @@ class SenderVerifier:
         return found
 
 
-def crl_checker(registries: Registries, clock: Any, max_age: float = 300.0) -> RevocationChecker:
-    """A revocation checker fetching issuing CRLs through ``registries``."""
-    return RevocationChecker(registries.issuing_crl, clock, max_age=timedelta(seconds=max_age))
+def crl_checker(directory: Directory, clock: Any, max_age: float = 300.0) -> RevocationChecker:
+    """A revocation checker fetching issuing CRLs through ``directory``."""
+    return RevocationChecker(directory.issuing_crl, clock, max_age=timedelta(seconds=max_age))

@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 from common.addresses import advertised_endpoints, primary_addresses
 from common.endpoint import Endpoint
 from common.pki.trust import TrustStore, check_anchor
-from common.ports import IRP_PORT
 from common.profile import Profile
 from common.startup import EarlyPorts
 from common.tls import ServerTLS, make_server_context
@@ -36,10 +35,10 @@ from intermediary.server import relay as relay_module
 from intermediary.server.connection import ConnectionLimits
 from intermediary.server.operations import Limits, Operations, RelayService
 from intermediary.server.protocol import IntermediaryFactory
-from intermediary.server.senders import Registries, SenderVerifier, crl_checker
+from intermediary.server.senders import SenderVerifier, crl_checker
 from intermediary.server.store import IntermediaryStore, Quotas
 from intermediary.server.subscriptions import Subscriptions
-from irp.client import IRPError, split_server
+from irp.client import Directory, IRPError
 
 log = Logger()
 
@@ -106,7 +105,7 @@ class IntermediaryService(service.Service):
         self.clock = clock if clock is not None else reactor
         self.profile = Profile(settings.profile_dir, "irp")
         self.store: IntermediaryStore | None = None
-        self.registries: Registries | None = None
+        self.registries: Directory | None = None
         self.subscriptions: Subscriptions | None = None
         self.operations: Operations | None = None
         self.relay: RelayService | None = None
@@ -147,8 +146,6 @@ class IntermediaryService(service.Service):
         key, certificate, chain = self.profile.credentials()
         config = self.profile.load_config()
         roots = self.profile.trusted_roots()
-        servers = {domain: split_server(server, IRP_PORT) for domain, server in config.registries.items()}
-        servers[config.domain] = settings.server or (config.server, config.port)
         trust = TrustStore()
         for domain, root in roots.items():
             try:
@@ -156,13 +153,11 @@ class IntermediaryService(service.Service):
                 trust.add_root(root, domain)
             except ValueError as problem:
                 log.warn("The root trusted for {domain} is not used: {why}", domain=domain, why=str(problem))
-        self.registries = Registries(
-            self.reactor, roots, servers, key, certificate, chain, home_domain=config.domain, resolver=settings.resolver
-        )
+        self.registries = Directory(self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server)
         verifier = SenderVerifier(
             trust,
             crl_checker(self.registries, self.clock, settings.crl_max_age),
-            self.registries.fingerprints,
+            self.registries.certificate_fingerprints,
             self.clock,
             known_intermediates=chain,
             fingerprint_max_age=settings.fingerprint_max_age,

@@ -30,7 +30,7 @@ from common.pki.keyfiles import KeyFileError, fingerprint
 from common.pki.trust import TrustStore, check_anchor
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
-from irp.client import IRPError
+from irp.client import Directory, IRPError
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
 from sixchat.agent.dialer import Dialer
@@ -41,7 +41,6 @@ from sixchat.agent.sessions import pick_session
 from sixchat.agent.store import AgentStore, StoredMessage
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.peer.admission import HandshakeAdmission
-from sixchat.peer.directory import Directory
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
 from sixchat.peer.verification import PeerVerifier, RevocationChecker
 from sixchat.wire.application import (

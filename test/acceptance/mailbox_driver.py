@@ -31,8 +31,8 @@ from common.identity import Identity
 from common.profile import Profile
 from intermediary.client import IntermediaryClient, connect_intermediary
 from intermediary.errors import IntermediaryError
+from irp.client import Directory
 from sixchat.handshake import LocalCredentials
-from sixchat.peer.directory import Directory
 from sixchat.sealed import LAST_RESORT, SequenceTracker, decode_prekey, make_prekey, open_sealed, seal
 
 #: Seconds between attempts to reach the intermediary while it is down.

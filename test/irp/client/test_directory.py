@@ -14,8 +14,8 @@ from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from common.profile import Profile
 from irp import errors as irp_errors
+from irp.client import Directory
 from irp.wire.records import Endpoint
-from sixchat.peer.directory import Directory
 from test.helpers import EnrolledUser, RunningRegistry, closed_port, make_profile
 
 ALICE = Identity.parse("alice@example.org")

@@ -1,4 +1,6 @@
-"""The agent's view of IRP: its own registry and those of other domains it trusts.
+"""A user's view of IRP: their own registry and those of other domains they trust.
+
+Used by SixChat agents and by a domain's intermediary (each runs as a registry account).
 
 One connection per registry is kept open and reopened when it drops, always presenting
 the user's certificate: their own registry logs them in with it, and the registry of
@@ -24,16 +26,11 @@ from common.identity import Identity
 from common.pki.keyfiles import PrivateKey, fingerprint
 from common.profile import Profile
 from irp import DEFAULT_PORT
-from irp.client import (
-    AddressRecord,
-    ClientError,
-    CRLInfo,
-    RegistryClient,
-    ServerVerificationFailed,
-    connect,
-    connect_domain,
-    split_server,
-)
+from irp.client.api import RegistryClient
+from irp.client.connect import connect, connect_domain, split_server
+from irp.client.results import CRLInfo
+from irp.errors import ClientError, ServerVerificationFailed
+from irp.wire.records import AddressRecord
 
 log = Logger()
 
