@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -96,7 +97,9 @@ class KillTests(SynchronousTestCase):
         self.assertEqual({index for index, ids in deposited.items() if len(ids) > 1}, set())
         # Every acknowledged message was deleted; nothing else is left in the store.
         service.stop()
-        with contextlib.closing(sqlite3.connect(os.path.join(profiles["intermediary"], "intermediary.sqlite3"))) as database:
+        database_path = os.path.join(profiles["intermediary"], "intermediary.sqlite3")
+        self.assertEqual(stat.S_IMODE(os.stat(database_path).st_mode), 0o600)
+        with contextlib.closing(sqlite3.connect(database_path)) as database:
             self.assertEqual(database.execute("SELECT COUNT(*) FROM messages").fetchone()[0], 0)
         figures = {
             "kills": kills,
