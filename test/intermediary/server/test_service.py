@@ -227,9 +227,13 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         bob = await self.connect("bob")
         reservation = await bob.reserve(lambda circuit, source: None)
         self.assertEqual(reservation.address, "127.0.0.1")
+        relay: Any = self.service.relay
+        self.assertEqual(reservation.join_port, relay.join_port)
         with self.assertRaises(errors.UnknownCircuit):
-            fresh = await self.connect("bob")
-            await fresh.accept_circuit("0" * 32)
+            await bob.accept_circuit("0" * 32)
+        fresh = await self.connect("bob")
+        with self.assertRaises(errors.ClientError):
+            await fresh.accept_circuit("0" * 32)  # no reservation on that connection
 
     async def test_relay_circuit_end_to_end(self) -> None:
         await self.start()
@@ -241,8 +245,9 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         assert dialer.transport is not None
         dialer.transport.write(b"hello from the dialer")
         circuit = await offered.addTimeout(10, reactor)
-        leg = await self.connect("bob")
-        stream = await leg.accept_circuit(circuit)
+        stream = await bob.accept_circuit(circuit)
+        with self.assertRaises(errors.UnknownCircuit):
+            await bob.accept_circuit(circuit)  # single use
         agent = Collector()
         stream.attach(agent)
         await agent.wait(b"hello from the dialer")
