@@ -139,6 +139,9 @@ class IntermediaryService(service.Service):
         if self.early_ports is not None:
             self.early_ports.release()
             self.early_ports = None
+        for port in self.ports:
+            port.stopListening()
+        self.ports.clear()
         if self.relay is not None:
             self.relay.stop()
         self.ready.errback(failure)

@@ -258,6 +258,31 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         dialer.transport.loseConnection()
         await agent.lost.addTimeout(10, reactor)  # ending one leg ends the other
 
+    async def test_taken_join_port_fails_the_start(self) -> None:
+        from twisted.internet.error import CannotListenError
+        from twisted.internet.protocol import Factory
+
+        await self.start_domains()
+        home = self.registries[HOME]
+        await home.add_user("intermediary")
+        profile = os.path.join(os.path.abspath(self.mktemp()), "intermediary")
+        make_profile(home, await home.issue("intermediary"), profile)
+        busy = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(busy.stopListening)
+        settings = IntermediarySettings(
+            profile_dir=profile,
+            listen=["tcp:0:interface=127.0.0.1"],
+            resolver=self.resolver,
+            relay_interface="127.0.0.1",
+            relay_join_port=busy.getHost().port,
+            register=False,
+        )
+        service = IntermediaryService(settings, reactor)
+        service.startService()
+        with self.assertRaises(CannotListenError):
+            await service.ready
+        self.assertFalse(os.path.exists(settings.database_url))  # bound before anything is created
+
     async def test_away_and_connections_closed_when_stopped(self) -> None:
         await self.start()
         client = await self.registries[HOME].client(user=self.users["bob"])
