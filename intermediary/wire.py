@@ -8,6 +8,10 @@ name="NAME">text</error>`` (no ``id``: the connection is ending), and pushes
 belongs, non-canonical base64 or decimals are refused with ``malformed-message`` (the
 request's id is kept when it could be read, so the refusal is answered in turn), values out
 of range with ``invalid-argument``. Errors become wire bytes only in :func:`encode_error`.
+
+The relay's join port (plain TCP) speaks two more documents with the same framing:
+``<join circuit="ID"/>`` from the agent, ``<joined/>`` (or an ``<error>`` without id) back
+(:func:`encode_join`, :func:`parse_join`, :func:`encode_joined`, :func:`parse_join_answer`).
 """
 
 from __future__ import annotations

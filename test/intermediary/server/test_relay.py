@@ -885,7 +885,7 @@ class ThroughTheServiceTests(CrossDomainTestCase):
         await agent.done
         self.assertEqual(agent.digest.hexdigest(), digest(up))
         self.assertEqual(dialer.digest.hexdigest(), digest(down))
-        # The dialer hangs up: the agent's accept connection ends too.
+        # The dialer hangs up: the agent's join connection ends too.
         dialer.transport.loseConnection()  # type: ignore[union-attr]
         await agent.lost
 
