@@ -509,20 +509,20 @@ class JoinPortTests(TestCase):
 
     def test_join_answers_joined_then_splices(self) -> None:
         fixture = Fixture()
-        circuit_id, dialer_transport = self.pending(fixture)
-        agent, transport = fixture.join_connection()
         with capturedLogs() as logs:
+            circuit_id, dialer_transport = self.pending(fixture)
+            agent, transport = fixture.join_connection()
             agent.dataReceived(join_frame(circuit_id) + b"server hello")
-        self.assertEqual(transport.value(), JOINED_FRAME + b"client hello")
-        self.assertEqual(dialer_transport.value(), b"server hello")
-        agent.dataReceived(b" and more")
-        self.assertEqual(dialer_transport.value(), b"server hello and more")
+            self.assertEqual(transport.value(), JOINED_FRAME + b"client hello")
+            self.assertEqual(dialer_transport.value(), b"server hello")
+            agent.dataReceived(b" and more")
+            self.assertEqual(dialer_transport.value(), b"server hello and more")
+            fixture.reactor.advance(30)  # no join deadline once joined
+            self.assertFalse(transport.disconnecting)
+            agent.connectionLost(Failure(ConnectionError("gone")))
         text = " ".join(formatEvent(e) for e in logs)
-        self.assertIn(circuit_label(circuit_id), text)
+        self.assertEqual(text.count(circuit_label(circuit_id)), 3)  # opened, joined, closed
         self.assertNotIn(circuit_id, text)  # the secret is never logged
-        fixture.reactor.advance(30)  # no join deadline once joined
-        self.assertFalse(transport.disconnecting)
-        agent.connectionLost(Failure(ConnectionError("gone")))
         self.assertTrue(dialer_transport.disconnecting)
         self.assertEqual(fixture.relay.circuits(BOB), [])
 
