@@ -15,7 +15,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sixchat_handshakes": ("5", "5b"),
     "sixchat_messages": ("6", "6b"),
     "sixchat_bulk": ("7",),
-    "relay_throughput": ("11", "11b"),
+    "relay_throughput": ("11",),
     "irp_mixed": ("1m", "1m-off"),
     "irp_scale": ("8",),
     "irp_idle": ("9a", "9b", "9c"),

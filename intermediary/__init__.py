@@ -19,3 +19,5 @@ ACCOUNT = "intermediary"
 PROTOCOL_VERSION = "1"
 #: The default range of relay ports.
 DEFAULT_RELAY_PORTS = range(46050, 46100)
+#: The relay's default join port (plain TCP, where agents join their circuits).
+DEFAULT_JOIN_PORT = 46049

@@ -22,7 +22,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IProtocol
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -37,10 +37,9 @@ from common.pki.trust import TrustStore
 from common.tls import make_client_context, send_without_delay
 from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import ACCOUNT, errors
+from intermediary.circuit import CircuitStream, join_circuit
 from intermediary.wire import (
     MAX_FRAME,
-    Accept,
-    Accepted,
     Ack,
     Acked,
     CircuitOffer,
@@ -67,7 +66,7 @@ from intermediary.wire import (
     parse_server_message,
 )
 
-__all__ = ["Delivery", "IntermediaryClient", "PrekeyCount", "Reservation", "connect_intermediary", "intermediary_identity"]
+__all__ = ["CircuitStream", "Delivery", "IntermediaryClient", "PrekeyCount", "Reservation", "connect_intermediary", "intermediary_identity"]
 
 log = Logger()
 
@@ -100,42 +99,6 @@ class _ClientTLS:
         return connection
 
 
-class _Raw:
-    """Where bytes go once a circuit is accepted: to the attached protocol."""
-
-    def __init__(self) -> None:
-        self.protocol: IProtocol | None = None
-        self.held: list[bytes] = []
-
-
-class CircuitStream:
-    """An accepted circuit: a raw byte stream to the dialer, through the intermediary.
-
-    :meth:`attach` gives it to a protocol (the agent's responder ``PeerConnection``): the
-    protocol is connected to the TLS transport, receives every byte from the dialer
-    (those that arrived already first) and ``connectionLost`` when the circuit ends.
-    """
-
-    def __init__(self, protocol: IntermediaryClientProtocol) -> None:
-        self._protocol = protocol
-
-    @property
-    def transport(self) -> Any:
-        """The underlying transport (write raw bytes to it)."""
-        return self._protocol.transport
-
-    def attach(self, protocol: IProtocol) -> None:
-        """Run ``protocol`` on the circuit."""
-        raw = self._protocol.raw
-        assert raw is not None
-        raw.protocol = protocol
-        transport: Any = self._protocol.transport
-        protocol.makeConnection(transport)
-        held, raw.held = raw.held, []
-        for data in held:
-            protocol.dataReceived(data)
-
-
 @implementer(IHandshakeListener)
 class IntermediaryClientProtocol(Protocol):
     """Frames requests, matches answers by id, hands pushes to their callbacks."""
@@ -156,8 +119,6 @@ class IntermediaryClientProtocol(Protocol):
         self.on_deliver: Callable[[Delivery], None] | None = None
         self.on_circuit: Callable[[str, str], None] | None = None
         self.on_superseded: Callable[[], None] | None = None
-        self.raw: _Raw | None = None
-        self._accepting: int | None = None
 
     def connectionMade(self) -> None:  # noqa: N802
         """TCP is up."""
@@ -183,7 +144,7 @@ class IntermediaryClientProtocol(Protocol):
     def request(self, operation: Operation) -> Deferred[Result]:
         """Send one request; fire with its result (``timeout`` after ``timeout`` seconds,
         which also ends the connection: a late answer could not be matched safely)."""
-        if self.closed or self.raw is not None:
+        if self.closed:
             raise self.failure or errors.ConnectionLost()
         request = Request(self.next_id, operation)
         self.next_id += 1
@@ -196,8 +157,6 @@ class IntermediaryClientProtocol(Protocol):
 
     def _send(self, request: Request, result: Deferred[Result]) -> None:
         self.waiting[request.id] = result
-        if isinstance(request.operation, Accept):
-            self._accepting = request.id
         self.transport.write(encode_frame(encode_request(request)))  # type: ignore[union-attr]
         call = self.reactor.callLater(self.timeout, self._timed_out, request.id)
         result.addBoth(lambda outcome: (call.cancel() if call.active() else None, outcome)[1])
@@ -210,31 +169,18 @@ class IntermediaryClientProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        """Frames to answers and pushes; raw bytes to an accepted circuit."""
-        if self.raw is not None:
-            self._raw_data(data)
-            return
+        """Frames to answers and pushes."""
         try:
             self.decoder.append(data)
-            while self.raw is None:
+            while not self.closed:
                 frame = self.decoder.next_frame()
                 if frame is None:
                     return
                 self._message(parse_server_message(frame))
-            rest = self.decoder.take_pending()
-            if rest:
-                self._raw_data(rest)
         except FrameError as error:
             self._fail(errors.MalformedMessage(f"the intermediary broke the framing: {error}"))
         except errors.IntermediaryError as error:
             self._fail(errors.MalformedMessage(f"the intermediary sent an invalid message: {error.message}"))
-
-    def _raw_data(self, data: bytes) -> None:
-        assert self.raw is not None
-        if self.raw.protocol is None:
-            self.raw.held.append(data)
-        else:
-            self.raw.protocol.dataReceived(data)
 
     def _message(self, message: Response | ErrorAnswer | Delivery | CircuitOffer | Superseded) -> None:
         if isinstance(message, Response | ErrorAnswer):
@@ -245,13 +191,11 @@ class IntermediaryClientProtocol(Protocol):
             waiting = self.waiting.pop(message.id, None)
             if waiting is None:
                 raise errors.MalformedMessage(f"an answer to request {message.id}, which is not outstanding")
-            if isinstance(message, Response) and isinstance(message.result, Accepted) and message.id == self._accepting:
-                self.raw = _Raw()
             if isinstance(message, ErrorAnswer):
                 waiting.errback(message.error)
             else:
                 waiting.callback(message.result)
-            while self.queued and len(self.waiting) < MAX_OUTSTANDING and self.raw is None:
+            while self.queued and len(self.waiting) < MAX_OUTSTANDING:
                 self._send(*self.queued.pop(0))
         elif isinstance(message, Delivery):
             if self.on_deliver is not None:
@@ -279,8 +223,6 @@ class IntermediaryClientProtocol(Protocol):
             deferred.errback(failure)
         if not self.ready.called:
             self.ready.errback(failure)
-        if self.raw is not None and self.raw.protocol is not None:
-            self.raw.protocol.connectionLost(reason)
         if not self.lost.called:
             self.lost.callback(None)
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -305,6 +247,8 @@ class IntermediaryClient:
         self.host = host
         self.port = port
         self._keepalive: LoopingCall | None = None
+        #: The last reservation this connection got (where circuits are joined).
+        self.reservation: Reservation | None = None
 
     async def _call(self, operation: Operation, kind: type[Result]) -> Any:
         result = await self.protocol.request(operation)
@@ -344,17 +288,25 @@ class IntermediaryClient:
         await self._call(Ack(message_id), Acked)
 
     async def reserve(self, on_circuit: Callable[[str, str], None]) -> Reservation:
-        """Reserve a relay port; ``on_circuit(circuit_id, "address port")`` per dialer."""
+        """Reserve a relay port; ``on_circuit(circuit_id, "address port")`` per dialer
+        (``circuit_id`` is the circuit's single-use join secret: pass it to
+        :meth:`accept_circuit`, never log it)."""
         self.protocol.on_circuit = on_circuit
         result: Reserved = await self._call(Reserve(), Reserved)
+        self.reservation = result
         self._keep_alive()
         return result
 
     async def accept_circuit(self, circuit_id: str) -> CircuitStream:
-        """Take circuit ``circuit_id`` on this connection (a new one, with nothing else
-        outstanding); returns the raw stream once ``<accepted/>`` arrived."""
-        await self._call(Accept(circuit_id), Accepted)
-        return CircuitStream(self.protocol)
+        """Join circuit ``circuit_id``, offered to this connection's reservation: a plain
+        TCP connection to the reservation's address and join port carries ``<join>``;
+        returns the raw stream once ``<joined/>`` arrived (within the client's timeout).
+        Fails with ``UnknownCircuit`` (unknown, used or expired id), ``ClientError`` (this
+        connection reserved nothing), ``Unavailable``, ``Timeout``, ``ConnectionLost``."""
+        reservation = self.reservation
+        if reservation is None:
+            raise errors.ClientError("no relay reservation on this connection: accept circuits on the client that reserved")
+        return await join_circuit(self.protocol.reactor, reservation.address, reservation.join_port, circuit_id, self.protocol.timeout)
 
     async def ping(self) -> None:
         """Round trip to the intermediary."""

@@ -79,7 +79,7 @@ class UnknownMessage(IntermediaryError):
 
 
 class UnknownCircuit(IntermediaryError):
-    """No circuit waits for the caller under that id."""
+    """No circuit waits to be joined under that id (the relay's join port)."""
 
     code = 406
     name = "unknown-circuit"

@@ -13,7 +13,7 @@ from common.cliutil import CommandError, check_endpoint, parse_endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
-from intermediary import ACCOUNT, DEFAULT_PORT
+from intermediary import ACCOUNT, DEFAULT_JOIN_PORT, DEFAULT_PORT
 from intermediary.server.connection import ConnectionLimits
 from intermediary.server.operations import Limits
 from intermediary.server.service import IntermediaryService, IntermediarySettings
@@ -52,7 +52,8 @@ class Options(usage.Options):
          f" defaults to PROFILE/{PIDFILE}."],
         ["database", None, None, "Database URL: a SQLite file (default PROFILE/intermediary.sqlite3) or postgresql://..."],
         ["relay-ports", None, "46050-46099", "Ports the relay may give agents, LOW-HIGH."],
-        ["relay-interface", None, "::", "Address the relay ports listen on."],
+        ["relay-interface", None, "::", "Address the relay ports and the join port listen on."],
+        ["relay-join-port", None, DEFAULT_JOIN_PORT, "Port (plain TCP) where agents join their relay circuits.", int],
         ["relay-address", None, None, "Relay address given to agents (default: the interface, or the first --advertise"
          " address, or the host's primary address)."],
         ["ttl", None, 300, "Seconds the registered address stays valid (refreshed at half that).", int],
@@ -88,6 +89,10 @@ class Options(usage.Options):
         """Check the options (the profile is checked by makeService)."""
         self["profile"] = os.path.abspath(self["profile"] or default_profile_path())
         self["relay-ports"] = _port_range(str(self["relay-ports"]))
+        if not 1 <= self["relay-join-port"] <= 65535:
+            raise usage.UsageError("--relay-join-port must be a port from 1 to 65535")
+        if self["relay-join-port"] in self["relay-ports"]:
+            raise usage.UsageError("--relay-join-port must be outside --relay-ports")
         if self["ttl"] < 30:
             raise usage.UsageError("--ttl must be at least 30 seconds")
         for name in ("max-messages", "max-mailbox-bytes", "max-sender-messages", "max-sender-bytes",
@@ -109,6 +114,7 @@ class Options(usage.Options):
             advertise=self["advertise"] or None,
             relay_ports=self["relay-ports"],
             relay_interface=self["relay-interface"],
+            relay_join_port=self["relay-join-port"],
             relay_address=self["relay-address"],
             register=not self["no-register"],
             register_ttl=self["ttl"],

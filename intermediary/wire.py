@@ -8,6 +8,10 @@ name="NAME">text</error>`` (no ``id``: the connection is ending), and pushes
 belongs, non-canonical base64 or decimals are refused with ``malformed-message`` (the
 request's id is kept when it could be read, so the refusal is answered in turn), values out
 of range with ``invalid-argument``. Errors become wire bytes only in :func:`encode_error`.
+
+The relay's join port (plain TCP) speaks two more documents with the same framing:
+``<join circuit="ID"/>`` from the agent, ``<joined/>`` (or an ``<error>`` without id) back
+(:func:`encode_join`, :func:`parse_join`, :func:`encode_joined`, :func:`parse_join_answer`).
 """
 
 from __future__ import annotations
@@ -104,18 +108,11 @@ class Reserve:
 
 
 @dataclass(frozen=True)
-class Accept:
-    """Take circuit ``circuit_id`` on this connection (raw bytes from then on)."""
-
-    circuit_id: str
-
-
-@dataclass(frozen=True)
 class Ping:
     """Keep the connection alive."""
 
 
-Operation: TypeAlias = PublishPrekeys | FetchPrekey | Deposit | Subscribe | Ack | Reserve | Accept | Ping
+Operation: TypeAlias = PublishPrekeys | FetchPrekey | Deposit | Subscribe | Ack | Reserve | Ping
 
 
 @dataclass(frozen=True)
@@ -166,16 +163,13 @@ class Acked:
 
 @dataclass(frozen=True)
 class Reserved:
-    """The relay port reserved for the caller, until ``expires`` (while connected)."""
+    """The relay port reserved for the caller, until ``expires`` (while connected), and the
+    relay's join port on the same address (where circuits are joined, see :func:`encode_join`)."""
 
     address: str
     port: int
     expires: int
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The circuit is joined: raw bytes follow."""
+    join_port: int
 
 
 @dataclass(frozen=True)
@@ -183,7 +177,7 @@ class Pong:
     """Answer to ``ping``."""
 
 
-Result: TypeAlias = PrekeyCount | PrekeyData | Deposited | Subscribed | Acked | Reserved | Accepted | Pong
+Result: TypeAlias = PrekeyCount | PrekeyData | Deposited | Subscribed | Acked | Reserved | Pong
 
 
 @dataclass(frozen=True)
@@ -292,8 +286,6 @@ def encode_request(request: Request) -> bytes:
         sub_element(root, "deposit", attributes, encode_base64(op.envelope))
     elif isinstance(op, Ack):
         sub_element(root, "ack", {"id": op.message_id})
-    elif isinstance(op, Accept):
-        sub_element(root, "accept", {"circuit": op.circuit_id})
     else:
         sub_element(root, _EMPTY_OPS[type(op)])
     return serialize(root)
@@ -358,9 +350,6 @@ def _parse_operation(element: Element) -> Operation:
     if tag == "ack":
         FIELDS.empty(element, ("id",))
         return Ack(check_hex_id(FIELDS.attribute(element, "id"), "the message id"))
-    if tag == "accept":
-        FIELDS.empty(element, ("circuit",))
-        return Accept(check_hex_id(FIELDS.attribute(element, "circuit"), "the circuit id"))
     for kind, name in _EMPTY_OPS.items():
         if tag == name:
             FIELDS.empty(element)
@@ -395,13 +384,14 @@ def encode_response(request_id: int, result: Result) -> bytes:
     elif isinstance(result, Subscribed):
         sub_element(root, "subscribed", {"pending": str(result.pending)})
     elif isinstance(result, Reserved):
-        sub_element(root, "reserved", {"address": result.address, "port": str(result.port), "expires": str(result.expires)})
+        attributes = {"address": result.address, "port": str(result.port), "join-port": str(result.join_port), "expires": str(result.expires)}
+        sub_element(root, "reserved", attributes)
     else:
         sub_element(root, _EMPTY_RESULTS[type(result)])
     return serialize(root)
 
 
-_EMPTY_RESULTS: Final[dict[type, str]] = {Acked: "acked", Accepted: "accepted", Pong: "pong"}
+_EMPTY_RESULTS: Final[dict[type, str]] = {Acked: "acked", Pong: "pong"}
 
 
 def encode_error(request_id: int | None, error: errors.IntermediaryError) -> bytes:
@@ -494,17 +484,68 @@ def _parse_result(element: Element) -> Result:
         FIELDS.empty(element, ("pending",))
         return Subscribed(_decimal(FIELDS.attribute(element, "pending"), "pending", 0, MAX_COUNT))
     if tag == "reserved":
-        FIELDS.empty(element, ("address", "port", "expires"))
+        FIELDS.empty(element, ("address", "port", "join-port", "expires"))
         return Reserved(
             FIELDS.attribute(element, "address"),
             _decimal(FIELDS.attribute(element, "port"), "port", 1, 65535),
             _decimal(FIELDS.attribute(element, "expires"), "expires", 0, MAX_TIME),
+            _decimal(FIELDS.attribute(element, "join-port"), "join-port", 1, 65535),
         )
     for kind, name in _EMPTY_RESULTS.items():
         if tag == name:
             FIELDS.empty(element)
             return kind()  # type: ignore[no-any-return]
     raise errors.MalformedMessage(f"unknown result <{tag}>")
+
+
+# -- the relay's join port (plain TCP; docs/relay.rst) -------------------------------------
+
+#: The largest frame on the join port, either way.
+MAX_JOIN_FRAME: Final = 256
+
+
+def encode_join(circuit_id: str) -> bytes:
+    """``<join circuit="ID"/>`` (unframed): the one frame an agent sends on the join port."""
+    return serialize_leaf("join", {"circuit": check_hex_id(circuit_id, "the circuit id")})
+
+
+def parse_join(payload: bytes) -> str:
+    """The circuit id a join document names; raise MalformedMessage for anything else."""
+    try:
+        root = FIELDS.parse(payload, max_depth=1, max_elements=1)
+        if root.tag != "join":
+            raise errors.MalformedMessage(f"expected <join>, not <{root.tag}>")
+        FIELDS.empty(root, ("circuit",))
+        return check_hex_id(FIELDS.attribute(root, "circuit"), "the circuit id")
+    except errors.MalformedMessage:
+        raise
+    except errors.IntermediaryError as error:
+        raise errors.MalformedMessage(error.message) from None
+
+
+def encode_joined() -> bytes:
+    """``<joined/>`` (unframed): the join succeeded, raw bytes follow."""
+    return serialize_leaf("joined")
+
+
+def parse_join_answer(payload: bytes) -> None:
+    """Client side: return if the join port answered ``<joined/>``; raise the error it sent
+    instead (an ``<error code name>`` without id), or MalformedMessage for anything else."""
+    try:
+        root = FIELDS.parse(payload, max_depth=1, max_elements=1)
+        if root.tag == "joined":
+            FIELDS.empty(root)
+            return
+        if root.tag != "error" or root.get("id") is not None:
+            raise errors.MalformedMessage(f"unexpected <{root.tag}> from the join port")
+        text = _leaf(root, ("code", "name"))
+        code = _decimal(FIELDS.attribute(root, "code"), "code", 0, 999)
+        cls = errors.error_class_for(FIELDS.attribute(root, "name"), code)
+    except errors.MalformedMessage:
+        raise
+    except errors.IntermediaryError as error:
+        raise errors.MalformedMessage(error.message) from None
+    raise cls(text[:1000] or None)
 
 
 # -- the prekey's public attributes (what the intermediary reads of a prekey) --------------

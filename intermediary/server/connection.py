@@ -4,14 +4,13 @@
 TLS up, the client certificate checked, a request answered or failed, an event to push, a
 deadline expired, the write buffer full or drained, the connection lost) and returns what
 to do as a list of actions: bytes to send, requests to run, reading to pause or resume,
-deadlines to arm or cancel, raw bytes to hand to a relay circuit, the connection to close
-or abort. :class:`intermediary.server.protocol.IntermediaryProtocol` only performs them.
+deadlines to arm or cancel, the connection to close or abort.
+:class:`intermediary.server.protocol.IntermediaryProtocol` only performs them.
 
 Requests are pipelined: up to ``max_outstanding`` run at once and each is answered when it
-completes (ids match). ``<accept>`` must be the only request outstanding; while it runs
-nothing more is read, and once it succeeds the connection carries raw bytes
-(:class:`Spliced`): the bytes after the accept frame, and every byte after them, go to the
-circuit. Every change of :class:`State` is in :data:`TRANSITIONS`.
+completes (ids match). A service connection carries frames only: relay circuits are joined
+on the relay's own join port (:mod:`intermediary.server.join`). Every change of
+:class:`State` is in :data:`TRANSITIONS`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from common.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_
 from intermediary import errors
 from intermediary.wire import (
     MAX_FRAME,
-    Accept,
-    Accepted,
     Event,
     Refused,
     Request,
@@ -106,14 +103,6 @@ class CancelDeadline:
 
 
 @dataclass(frozen=True)
-class Splice:
-    """From now on the connection carries raw bytes: hand ``data`` (what followed the
-    accept frame) and every later byte to the circuit."""
-
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
 class Close:
     """Close cleanly once what was sent is written."""
 
@@ -123,7 +112,7 @@ class Abort:
     """Drop the connection at once."""
 
 
-Action: TypeAlias = Send | Dispatch | PauseReading | ResumeReading | ArmDeadline | CancelDeadline | Splice | Close | Abort
+Action: TypeAlias = Send | Dispatch | PauseReading | ResumeReading | ArmDeadline | CancelDeadline | Close | Abort
 
 
 class State(Enum):
@@ -132,8 +121,6 @@ class State(Enum):
     HANDSHAKING = "handshaking"  # TLS not up: bytes are kept, nothing is run
     AUTHENTICATING = "authenticating"  # the client certificate is being checked
     OPEN = "open"  # requests are read and run
-    ACCEPTING = "accepting"  # an <accept> runs: nothing more is read
-    SPLICED = "spliced"  # raw bytes to and from a circuit
     CLOSED = "closed"  # closing or lost
 
 
@@ -141,9 +128,6 @@ class State(Enum):
 TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     (State.HANDSHAKING, "handshake completed"): State.AUTHENTICATING,
     (State.AUTHENTICATING, "authenticated"): State.OPEN,
-    (State.OPEN, "accept dispatched"): State.ACCEPTING,
-    (State.ACCEPTING, "accept refused"): State.OPEN,
-    (State.ACCEPTING, "accepted"): State.SPLICED,
     **{(state, "ending error"): State.CLOSED for state in State if state is not State.CLOSED},
     **{(state, "transport gone"): State.CLOSED for state in State},
 }
@@ -220,11 +204,8 @@ class Connection:
 
     def data_received(self, data: bytes) -> list[Action]:
         """Bytes from the peer."""
-        if self.state is State.SPLICED:
-            raise RuntimeError("bytes of a spliced connection go to its circuit")
-        if self.state in (State.HANDSHAKING, State.AUTHENTICATING, State.ACCEPTING):
-            # Kept until requests may run, or (accepting) for the circuit if it is joined;
-            # past one frame's worth, reading pauses until then.
+        if self.state in (State.HANDSHAKING, State.AUTHENTICATING):
+            # Kept until requests may run; past one frame's worth, reading pauses until then.
             try:
                 self.decoder.append(data)
             except FrameError:
@@ -276,11 +257,6 @@ class Connection:
             return [Send(encode_frame(encode_error(refused.request_id, refused.error)))]
         if request.id in self.outstanding:
             return self._fail(errors.MalformedMessage(f"request id {request.id} is already outstanding"))
-        if isinstance(request.operation, Accept):
-            if self.outstanding or self.kept:
-                error = errors.UnexpectedMessage("<accept> must be the only request on its connection")
-                return [Send(encode_frame(encode_error(request.id, error)))]
-            self._transition("accept dispatched")
         self.outstanding.add(request.id)
         actions: list[Action] = [Dispatch(request)]
         if len(self.outstanding) >= self.limits.max_outstanding and not self.reading_paused:
@@ -294,10 +270,6 @@ class Connection:
             return []
         self.outstanding.discard(request.id)
         actions: list[Action] = [Send(encode_frame(encode_response(request.id, result)))]
-        if isinstance(result, Accepted):
-            self._transition("accepted")
-            actions += self._cancel(Deadline.IDLE, Deadline.FRAME)
-            return [*actions, Splice(self.decoder.take_pending())]
         return actions + self._after_answer()
 
     def request_failed(self, request: Request, error: errors.IntermediaryError) -> list[Action]:
@@ -308,8 +280,6 @@ class Connection:
         if error.fatal:
             return self._fail(error, request.id)
         actions: list[Action] = [Send(encode_frame(encode_error(request.id, error)))]
-        if self.state is State.ACCEPTING:
-            self._transition("accept refused")
         return actions + self._after_answer()
 
     def _after_answer(self) -> list[Action]:
@@ -328,8 +298,8 @@ class Connection:
         return [self._idle()] if self.state is State.OPEN else []
 
     def push(self, event: Event) -> list[Action]:
-        """Send an event (nothing once closed or spliced)."""
-        if self.state not in (State.OPEN, State.ACCEPTING):
+        """Send an event (nothing once closed)."""
+        if self.state is not State.OPEN:
             return []
         return [Send(encode_frame(encode_push(event)))]
 
@@ -379,8 +349,7 @@ class Connection:
         if self.closing:
             return []
         log.warn("Closing connection from {host}: {error}", host=self.peer_host, error=str(error))
-        send: list[Action] = []
-        if self.state is not State.SPLICED:  # before TLS is up, the TLS layer holds it
-            send.append(Send(encode_frame(encode_error(request_id, error))))
+        # Before TLS is up, the TLS layer holds what is sent.
+        send: list[Action] = [Send(encode_frame(encode_error(request_id, error)))]
         self._transition("ending error")
         return [*send, *self._cancel(Deadline.IDLE, Deadline.FRAME), Close(), self._arm(Deadline.CLOSE, self.limits.frame_timeout)]

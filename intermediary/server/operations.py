@@ -21,12 +21,9 @@ from common.identity import Identity
 from common.limits import SlidingWindow
 from intermediary import errors
 from intermediary.server.relay import RelayUnavailable
-from intermediary.server.relay import UnknownCircuit as RelayUnknownCircuit
 from intermediary.server.store import IntermediaryStore
 from intermediary.server.subscriptions import Subscription, Subscriptions
 from intermediary.wire import (
-    Accept,
-    Accepted,
     Ack,
     Acked,
     CircuitOffer,
@@ -54,14 +51,15 @@ log = Logger()
 class RelayService(Protocol):
     """What the operations need of the relay (part C's ``Relay``)."""
 
+    def start(self) -> None:
+        """Bind the join port (raises ``CannotListenError``)."""
+
     def reserve(self, user: Identity, notify: Callable[[str, str], None]) -> Deferred[Any]:
-        """Reserve a port for ``user``; fire with an object with address, port, expires."""
+        """Reserve a port for ``user``; fire with an object with address, port, expires,
+        join_port."""
 
     def release(self, user: Identity, notify: Callable[[str, str], None]) -> None:
         """The reserving connection is gone."""
-
-    def join(self, user: Identity, circuit_id: str, leg: Any) -> Any:
-        """Attach ``leg`` to the waiting circuit; return its splice."""
 
     def stop(self) -> Deferred[None]:
         """Close every circuit and relay port."""
@@ -89,10 +87,6 @@ class Caller:
     kept: Callable[[bool], None] = lambda kept: None
     subscription: Subscription | None = None
     reserved: bool = False
-    #: This connection as a relay leg (what ``Relay.join`` is given), and the splice it
-    #: joined (after ``accept``).
-    leg: Any = None
-    splice: Any = None
     notify: Callable[[str, str], None] | None = field(default=None, repr=False)
 
 
@@ -133,8 +127,6 @@ class Operations:
     async def _handle(self, caller: Caller, op: Operation) -> Result:
         if isinstance(op, Ping):
             return Pong()
-        if caller.splice is not None:
-            raise errors.UnexpectedMessage("this connection carries a circuit")
         if isinstance(op, Deposit):
             return await self.deposit(caller, op)
         if isinstance(op, FetchPrekey):
@@ -147,8 +139,6 @@ class Operations:
             return await self.ack(caller, op)
         if isinstance(op, Reserve):
             return await self.reserve(caller)
-        if isinstance(op, Accept):
-            return self.accept(caller, op)
         raise errors.UnexpectedMessage("unknown operation")
 
     async def publish_prekeys(self, caller: Caller, op: PublishPrekeys) -> PrekeyCount:
@@ -223,6 +213,8 @@ class Operations:
         if self.relay is None:
             raise errors.Unavailable("this intermediary runs no relay")
         if caller.notify is None:
+            # The circuit id is the circuit's join secret: pushed only on this (TLS,
+            # authenticated) connection of the reserving user.
             def notify(circuit_id: str, source: str) -> None:
                 caller.push(CircuitOffer(circuit_id, source))
 
@@ -233,20 +225,7 @@ class Operations:
             raise errors.Unavailable(error.message) from None
         caller.reserved = True
         caller.kept(True)
-        return Reserved(str(reservation.address), int(reservation.port), int(reservation.expires))
-
-    def accept(self, caller: Caller, op: Accept) -> Accepted:
-        """Join a waiting circuit (raw bytes follow the answer)."""
-        self._local(caller, "accept circuits")
-        if self.relay is None:
-            raise errors.UnknownCircuit("this intermediary runs no relay")
-        if caller.leg is None:
-            raise errors.InternalError("no leg for this connection")
-        try:
-            caller.splice = self.relay.join(caller.identity, op.circuit_id, caller.leg)
-        except RelayUnknownCircuit as error:
-            raise errors.UnknownCircuit(error.message) from None
-        return Accepted()
+        return Reserved(str(reservation.address), int(reservation.port), int(reservation.expires), int(reservation.join_port))
 
     def connection_lost(self, caller: Caller) -> None:
         """The caller's connection is gone: end its subscription and reservation."""

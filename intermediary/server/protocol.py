@@ -4,9 +4,7 @@ The connection's logic is the sans-I/O core :class:`intermediary.server.connecti
 this adapter feeds it the transport's events, performs its actions (writing, running
 requests on :class:`~intermediary.server.operations.Operations`, pausing, deadlines on the
 factory's clock, closing), counts connections per address, and checks the client
-certificate when TLS is up (:class:`~intermediary.server.senders.SenderVerifier`). After
-``<accepted/>`` it stops framing and hands every byte to the relay's splice; the connection
-is then the circuit's leg (:class:`Leg`).
+certificate when TLS is up (:class:`~intermediary.server.senders.SenderVerifier`).
 """
 
 from __future__ import annotations
@@ -39,67 +37,12 @@ from intermediary.server.connection import (
     PauseReading,
     ResumeReading,
     Send,
-    Splice,
 )
 from intermediary.server.operations import Caller, Operations
 from intermediary.server.senders import SenderVerifier
 from intermediary.wire import Event, Request, Result
 
 log = Logger()
-
-
-class Leg:
-    """An accepting connection as one leg of a relay circuit (what ``Relay.join`` gets).
-
-    Writes made before ``<accepted/>`` is on the wire are held and written right after it.
-    ``transport`` is the TLS transport (register a producer on it to learn when its buffer
-    is full; pause and resume it to stop and restart reading this leg).
-    """
-
-    def __init__(self, protocol: IntermediaryProtocol) -> None:
-        self.protocol = protocol
-        self.active = False
-        self._held: list[bytes] = []
-
-    @property
-    def transport(self) -> Any:
-        """The connection's TLS transport."""
-        return self.protocol.transport
-
-    def write(self, data: bytes) -> None:
-        """Send raw bytes to this leg's peer."""
-        if self.active:
-            self.protocol.transport.write(data)  # type: ignore[union-attr]
-        else:
-            self._held.append(data)
-
-    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
-        """End this leg."""
-        self.protocol.transport.loseConnection()  # type: ignore[union-attr]
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
-        """The relay's producer takes the place of the connection's own."""
-        self.protocol.give_up_producer()
-        self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
-
-    def unregisterProducer(self) -> None:  # noqa: N802
-        """The circuit ended."""
-        self.protocol.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        """Stop reading this leg."""
-        self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        """Read this leg again."""
-        self.protocol.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def activate(self) -> None:
-        """``<accepted/>`` is written: raw bytes may follow."""
-        self.active = True
-        held, self._held = self._held, []
-        for data in held:
-            self.protocol.transport.write(data)  # type: ignore[union-attr]
 
 
 @implementer(IPushProducer)
@@ -130,8 +73,6 @@ class IntermediaryProtocol(Protocol):
     def __init__(self) -> None:
         self.core: Connection
         self.caller: Caller | None = None
-        self.leg = Leg(self)
-        self.splice: Any = None
         self.counted = False
         self.producer: _Producer | None = None
         self.peer_host = "unknown"
@@ -186,7 +127,7 @@ class IntermediaryProtocol(Protocol):
     def _authenticated(self, identity: Identity) -> None:
         if self.core.closing:
             return
-        self.caller = Caller(identity, self._push, self._kept, leg=self.leg)
+        self.caller = Caller(identity, self._push, self._kept)
         log.info("{who} connected from {host}", who=str(identity), host=self.peer_host)
         self.do(self.core.authenticated(None))
 
@@ -200,14 +141,11 @@ class IntermediaryProtocol(Protocol):
         self.do(self.core.authenticated(error))
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        """Frames to the core, or raw bytes to the circuit."""
-        if self.splice is not None:
-            self.splice.data_received(data)
-        else:
-            self.do(self.core.data_received(data))
+        """Frames to the core."""
+        self.do(self.core.data_received(data))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
-        """Release the address's slot, the subscription, the reservation, the circuit."""
+        """Release the address's slot, the subscription, the reservation."""
         self.do(self.core.connection_lost())
         self.factory.open.discard(self)
         for waiter in self._lost_waiters:
@@ -223,9 +161,6 @@ class IntermediaryProtocol(Protocol):
             self.producer = None
         if self.caller is not None:
             self.factory.operations.connection_lost(self.caller)
-        if self.splice is not None:
-            splice, self.splice = self.splice, None
-            splice.leg_lost()
 
     # -- pushes -------------------------------------------------------------------------
 
@@ -267,8 +202,6 @@ class IntermediaryProtocol(Protocol):
             transport.pauseProducing()
         elif isinstance(action, ResumeReading):
             transport.resumeProducing()
-        elif isinstance(action, Splice):
-            self._start_splice(action.data)
         elif isinstance(action, Close):
             self._unregister()
             transport.resumeProducing()
@@ -276,24 +209,11 @@ class IntermediaryProtocol(Protocol):
         elif isinstance(action, Abort):
             transport.abortConnection()
 
-    def give_up_producer(self) -> None:
-        """Stop being the transport's producer (the relay's takes over)."""
-        self._unregister()
-
     def _unregister(self) -> None:
         if self.producer is not None:
             self.producer.protocol = None
             self.producer = None
             self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def _start_splice(self, data: bytes) -> None:
-        assert self.caller is not None
-        self.splice = self.caller.splice
-        self._unregister()  # the relay registers its own producer now
-        self.leg.activate()
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-        if data and self.splice is not None:
-            self.splice.data_received(data)
 
     def _cancel(self, deadline: Deadline) -> None:
         call = self._deadlines.pop(deadline, None)

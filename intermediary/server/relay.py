@@ -1,40 +1,39 @@
 """The intermediary's relay: ports reserved for users who cannot accept connections, and
-circuits that splice a dialer's TCP connection to the user's own ``<accept>`` connection.
+circuits that splice a dialer's TCP connection to a plain TCP connection the user's agent
+opens to the relay's **join port** (:mod:`intermediary.server.join`).
 
-Interface used by the service connection code (part B, ``intermediary.server.protocol``):
+Interface used by the service (``intermediary.server.service`` and ``.operations``):
 
 * ``Relay(reactor, interface=..., ports=range(46050, 46100), limits=RelayLimits(),
-  address=None)``; ``address`` is the address given to users in :class:`Reservation`
-  (default: ``interface``; pass the advertised address when ``interface`` is a wildcard
-  such as ``::``).
+  address=None, join_port=0)``; ``address`` is the address given to users in
+  :class:`Reservation` (default: ``interface``; pass the advertised address when
+  ``interface`` is a wildcard such as ``::``); ``join_port`` is where circuits are joined,
+  on ``interface`` (0: any free port; ``twistd intermediary`` passes
+  ``--relay-join-port``, default 46049).
+* ``relay.start()`` binds the join port (raises ``CannotListenError``); call it when the
+  service starts. Reservations are refused (``RelayUnavailable``) before it.
 * ``relay.reserve(user, notify) -> Deferred[Reservation]``; ``notify(circuit_id, "addr
-  port")`` is called once per dialer that connects to the user's port. Fails with
+  port")`` is called once per dialer that connects to the user's port. ``circuit_id`` is
+  the circuit's **join secret** (128 random bits from :mod:`secrets`, single use): give it
+  only to the reserving connection (TLS, authenticated), never log it. Fails with
   :class:`RelayUnavailable`. A second ``reserve`` from the same user (a new connection, or
   the same one renewing) keeps the port, renews the expiry and moves the notify target.
 * ``relay.release(user, notify)``: the reserving connection was lost. Only releases if
   ``notify`` is still the user's current target (an older connection's loss does not end
   a reservation a newer connection took over). Closes the port and every circuit of the
   user.
-* ``relay.join(user, circuit_id, leg) -> Splice``: called by the adapter of the
-  connection that sent ``<accept circuit="ID"/>``, before it answers. Raises
-  :class:`UnknownCircuit` (the id is unknown, not the user's, already joined, or timed
-  out): answer ``unknown-circuit``. Otherwise answer ``<accepted/>``; the relay writes
-  the dialer's buffered bytes to ``leg`` during ``join``, so the leg must hold writes
-  made before ``<accepted/>`` is on the wire and send them right after it. From then on
-  the adapter stops framing, passes every byte it reads (including the rest of the read
-  that held the accept frame) to ``splice.data_received(data)``, and calls
-  ``splice.leg_lost()`` when its connection is lost (both are safe to call after the
-  circuit ended; they then do nothing). The adapter should cancel its own timeouts and
-  must give up its own producer on the transport before the relay registers one (see
-  :class:`Leg`): the relay times and flow-controls circuits itself.
-* ``relay.stop() -> Deferred[None]``: closes every port and circuit.
+* ``relay.join(circuit_id, leg, greeting=b"") -> Splice``: called by the join port's
+  adapter for ``<join circuit="ID"/>``. Raises :class:`UnknownCircuit` (unknown, already
+  joined, or timed out). Otherwise ``greeting`` (the ``<joined/>`` frame) and then the
+  dialer's buffered bytes are written to ``leg``; from then on the adapter passes every
+  byte it reads to ``splice.data_received(data)`` and calls ``splice.leg_lost()`` when its
+  connection is lost (both do nothing after the circuit ended).
+* ``relay.stop() -> Deferred[None]``: closes the join port, every relay port and circuit.
 
-``leg`` is the accept connection seen as a byte stream (:class:`Leg`): the TLS protocol's
-``self.transport`` (``TLSMemoryBIOProtocol`` provides everything :class:`Leg` lists), or
-an adapter delegating to it. The relay writes the dialer's bytes to it, registers a
-streaming producer on it during ``join`` (pausing the dialer while the leg's send buffer
-is full), pauses and resumes its reading (while the dialer's send buffer is full), and
-closes it when the circuit ends.
+``leg`` is the join connection's TCP transport (:class:`Leg`). The relay writes the
+dialer's bytes to it, registers a streaming producer on it during ``join`` (pausing the
+dialer while the leg's send buffer is full), pauses and resumes its reading (while the
+dialer's send buffer is full), and closes it when the circuit ends.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from twisted.logger import Logger
 from common.factory import QuietFactory
 from common.identity import Identity
 from common.limits import SlidingWindow, address_key
+from intermediary.server.join import JoinFactory
 from intermediary.server.splice import CircuitSplice, DialerProtocol, State
 
 log = Logger()
@@ -63,7 +63,7 @@ Notify = Callable[[str, str], None]
 
 
 class Leg(TypingProtocol):
-    """The agent's ``<accept>`` connection once it carries raw bytes (its transport)."""
+    """The agent's join connection once it carries raw bytes (its TCP transport)."""
 
     def write(self, data: bytes) -> None:
         """Send bytes to the agent."""
@@ -73,9 +73,8 @@ class Leg(TypingProtocol):
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         """Pause ``producer`` while this connection's send buffer is full (streaming=True):
-        ``transport.registerProducer``. Called once, during :meth:`Relay.join`; an adapter
-        that registered a producer of its own must unregister it first (a transport
-        holds one producer)."""
+        ``transport.registerProducer``. Called once, during :meth:`Relay.join` (a
+        transport holds one producer: the join adapter registers none)."""
 
     def unregisterProducer(self) -> None:
         """Forget the registered producer (``transport.unregisterProducer``), when the
@@ -101,17 +100,19 @@ class RelayUnavailable(RelayError):
 
 
 class UnknownCircuit(RelayError):
-    """No pending circuit of this user has this id (wire error ``unknown-circuit``)."""
+    """No pending circuit has this id (wire error ``unknown-circuit``)."""
 
 
 @dataclass(frozen=True)
 class Reservation:
     """A user's relay port: ``address`` and ``port`` to advertise; ``expires`` (Unix
-    seconds) is when it lapses unless renewed by another ``reserve``."""
+    seconds) is when it lapses unless renewed by another ``reserve``; ``join_port`` is
+    where the agent joins circuits (on ``address``)."""
 
     address: str
     port: int
     expires: int
+    join_port: int
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,18 @@ class RelayLimits:
 
     #: bytes of the dialer kept while waiting for the agent to join
     pending_buffer: int = 64 * 1024
-    #: seconds a dialer waits for the agent's <accept>
+    #: seconds a dialer waits for the agent's join
     join_timeout: float = 10.0
+    #: seconds a join connection has to send its one frame
+    join_read_timeout: float = 10.0
+    #: join connections not yet joined, per agent address (IPv4 address or IPv6 /64)
+    join_connections_per_address: int = 64
+    #: failed joins per address per join_failure_window before the address is locked out
+    #: for join_lockout seconds (doubling up to join_max_lockout)
+    join_failures: int = 32
+    join_failure_window: float = 60.0
+    join_lockout: float = 60.0
+    join_max_lockout: float = 900.0
     #: bytes per circuit in each direction
     circuit_bytes: int = 64 * 1024 * 1024
     #: seconds a circuit may live
@@ -177,6 +188,7 @@ class Relay:
         ports: range,
         limits: RelayLimits | None = None,
         address: str | None = None,
+        join_port: int = 0,
     ) -> None:
         if len(ports) == 0:
             raise ValueError("the relay needs at least one port")
@@ -191,6 +203,19 @@ class Relay:
         self._pending: dict[str, CircuitSplice] = {}
         self._dialers = SlidingWindow(reactor, limit=self.limits.dialer_rate, window=self.limits.dialer_window)
         self._stopped = False
+        self.join_port = join_port
+        self.joins: JoinFactory | None = None
+        self._join_listener: IListeningPort | None = None
+
+    def start(self) -> None:
+        """Listen on the join port (raises ``CannotListenError``); with port 0, the port
+        the system chose becomes :attr:`join_port`."""
+        if self._join_listener is not None:
+            return
+        self.joins = JoinFactory(self, self.reactor, self.limits)
+        self._join_listener = self.reactor.listenTCP(self.join_port, self.joins, interface=self.interface)
+        self.join_port = int(self._join_listener.getHost().port)  # type: ignore[union-attr]
+        log.info("Relay join port {port} on {interface}", port=self.join_port, interface=self.interface)
 
     # Reservations.
     def reserve(self, user: Identity, notify: Notify) -> Deferred[Reservation]:
@@ -205,9 +230,11 @@ class Relay:
             held.expires = expires
             held.expiry.reset(self.limits.reservation_lifetime)
             log.info("Relay reservation of {user} renewed (port {port})", user=str(user), port=held.number)
-            return succeed(Reservation(self.address, held.number, expires))
+            return succeed(Reservation(self.address, held.number, expires, self.join_port))
         if self._stopped:
             return fail(RelayUnavailable("the relay is stopping"))
+        if self._join_listener is None:
+            return fail(RelayUnavailable("the relay has not started"))
         listened = self._listen(user)
         if listened is None:
             log.warn("No relay port free for {user}", user=str(user))
@@ -216,7 +243,7 @@ class Relay:
         expiry = self.reactor.callLater(self.limits.reservation_lifetime, self._expire, user)
         self._held[user] = _Held(user, notify, number, port, expires, expiry)
         log.info("Relay port {port} reserved for {user}", port=number, user=str(user))
-        return succeed(Reservation(self.address, number, expires))
+        return succeed(Reservation(self.address, number, expires, self.join_port))
 
     def _listen(self, user: Identity) -> tuple[int, IListeningPort] | None:
         count = len(self.ports)
@@ -306,23 +333,23 @@ class Relay:
         try:
             held.notify(circuit_id, where)
         except Exception:  # noqa: BLE001 - part B's callback failed: logged, circuit ended
-            log.failure("Relay could not tell {user} of circuit {circuit}", user=str(user), circuit=circuit_id)
+            log.failure("Relay could not tell {user} of circuit {circuit}", user=str(user), circuit=splice.label)
             splice.end("the agent could not be told")
 
     def _circuit_closed(self, held: _Held, splice: CircuitSplice) -> None:
         held.circuits.pop(splice.circuit_id, None)
         self._pending.pop(splice.circuit_id, None)
 
-    def join(self, user: Identity, circuit_id: str, leg: Leg) -> Splice:
-        """Splice ``leg`` (the transport of the connection that just got ``<accepted/>``)
-        to the dialer of pending circuit ``circuit_id`` of ``user``; raises
-        :class:`UnknownCircuit` if there is no such pending circuit."""
-        splice = self._pending.get(circuit_id)
-        if splice is None or splice.user != user or splice.state is not State.PENDING:
-            raise UnknownCircuit(f"no circuit {circuit_id} is waiting for {user}")
-        del self._pending[circuit_id]
+    def join(self, circuit_id: str, leg: Leg, greeting: bytes = b"") -> Splice:
+        """Splice ``leg`` (the transport of a join connection) to the dialer of pending
+        circuit ``circuit_id`` (the secret only its reserving user was told); write
+        ``greeting`` to ``leg`` before the dialer's bytes. Raises :class:`UnknownCircuit` if
+        no circuit with that id is pending (never was, joined already, or timed out)."""
+        splice = self._pending.pop(circuit_id, None)
+        if splice is None or splice.state is not State.PENDING:
+            raise UnknownCircuit("no circuit with this id is waiting to be joined")
         try:
-            splice.join(leg)
+            splice.join(leg, greeting)
         except BaseException:
             splice.end("the agent's connection could not be joined")
             raise
@@ -334,8 +361,14 @@ class Relay:
         return [] if held is None else list(held.circuits.values())
 
     def stop(self) -> Deferred[None]:
-        """Close every port and circuit; fires when every port stopped listening."""
+        """Close the join port, every relay port and circuit; fires when every port
+        stopped listening."""
         self._stopped = True
         stopping = [self._drop(held, "the relay stopped") for held in list(self._held.values())]
+        if self._join_listener is not None:
+            stopping.append(maybeDeferred(self._join_listener.stopListening))
+            self._join_listener = None
+        if self.joins is not None:
+            self.joins.close_all()
         done: Deferred[Any] = DeferredList(stopping, consumeErrors=True)
         return done.addCallback(lambda _: None)

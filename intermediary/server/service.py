@@ -30,7 +30,7 @@ from common.pki.trust import TrustStore, check_anchor
 from common.profile import Profile
 from common.startup import EarlyPorts
 from common.tls import ServerTLS, make_server_context
-from intermediary import ACCOUNT, DEFAULT_PORT, DEFAULT_RELAY_PORTS, errors
+from intermediary import ACCOUNT, DEFAULT_JOIN_PORT, DEFAULT_PORT, DEFAULT_RELAY_PORTS, errors
 from intermediary.server import relay as relay_module
 from intermediary.server.connection import ConnectionLimits
 from intermediary.server.operations import Limits, Operations, RelayService
@@ -55,6 +55,8 @@ class IntermediarySettings:
     advertise: list[Endpoint] | None = None
     relay_ports: range = DEFAULT_RELAY_PORTS
     relay_interface: str = "::"
+    #: The relay's join port, on ``relay_interface`` (plain TCP; 0: any free port).
+    relay_join_port: int = DEFAULT_JOIN_PORT
     #: The relay address given to users (default: the interface, or when it is a wildcard
     #: the first advertised address, else the host's primary address).
     relay_address: str | None = None
@@ -91,7 +93,12 @@ def default_relay(reactor: Any, settings: IntermediarySettings) -> RelayService 
             if candidates:
                 address = candidates[0]
     built: RelayService = relay_module.Relay(
-        reactor, interface=settings.relay_interface, ports=settings.relay_ports, limits=relay_module.RelayLimits(), address=address
+        reactor,
+        interface=settings.relay_interface,
+        ports=settings.relay_ports,
+        limits=relay_module.RelayLimits(),
+        address=address,
+        join_port=settings.relay_join_port,
     )
     return built
 
@@ -133,6 +140,11 @@ class IntermediaryService(service.Service):
         if self.early_ports is not None:
             self.early_ports.release()
             self.early_ports = None
+        for port in self.ports:
+            port.stopListening()
+        self.ports.clear()
+        if self.relay is not None:
+            self.relay.stop()
         self.ready.errback(failure)
 
     async def _start(self) -> IntermediaryService:
@@ -145,6 +157,11 @@ class IntermediaryService(service.Service):
             raise errors.ClientError(f"the profile's account is {identity}: the intermediary runs as {ACCOUNT}@{identity.domain}")
         key, certificate, chain = self.profile.credentials()
         config = self.profile.load_config()
+        # The relay's join port is bound now, with the other ports, before anything is
+        # created on disk.
+        self.relay = (settings.relay_factory or default_relay)(self.reactor, settings)
+        if self.relay is not None:
+            self.relay.start()
         roots = self.profile.trusted_roots()
         trust = TrustStore()
         for domain, root in roots.items():
@@ -164,7 +181,6 @@ class IntermediaryService(service.Service):
         )
         self.store = await IntermediaryStore.open(settings.database_url, self.reactor, quotas=settings.quotas)
         self.subscriptions = Subscriptions(self.store, self.clock)
-        self.relay = (settings.relay_factory or default_relay)(self.reactor, settings)
         self.operations = Operations(config.domain, self.store, self.subscriptions, self.clock, limits=settings.limits, relay=self.relay)
         self.factory = IntermediaryFactory(self.operations, verifier, self.clock, settings.connection_limits)
         context = make_server_context(key, certificate, chain, client_ca_names=list(roots.values()))

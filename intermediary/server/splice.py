@@ -1,8 +1,8 @@
 """One relay circuit: a sans-I/O core (:class:`Circuit`, one transition table) and its thin
 Twisted adapter (:class:`CircuitSplice`, with :class:`DialerProtocol` on the relay port).
 
-A circuit is ``pending`` from the moment a dialer connects until the reserving user's
-``<accept>`` connection joins it, then ``joined`` until either leg ends, a limit is reached
+A circuit is ``pending`` from the moment a dialer connects until the reserving user's agent
+joins it on the relay's join port, then ``joined`` until either leg ends, a limit is reached
 or the relay releases it; then ``closed`` for good. The core counts and caps the bytes and
 says what to forward; the adapter moves the bytes, runs the timers and couples the two
 TCP connections' flow control so that neither side can make the relay hold more than a
@@ -12,6 +12,7 @@ socket buffer or two of the other's bytes.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from intermediary.server.relay import Leg, RelayLimits
 
 log = Logger()
+
+
+def circuit_label(circuit_id: str) -> str:
+    """What logs call a circuit: its id is the join secret and is never logged; the first
+    12 hex digits of the id's SHA-256 name it instead (the agent can compute them too)."""
+    return hashlib.sha256(circuit_id.encode("ascii")).hexdigest()[:12]
 
 
 class State(enum.Enum):
@@ -261,6 +268,7 @@ class CircuitSplice:
     ) -> None:
         self.clock = clock
         self.circuit_id = circuit_id
+        self.label = circuit_label(circuit_id)
         self.user = user
         self.dialer = dialer
         self._transport: Any = dialer.transport
@@ -287,7 +295,7 @@ class CircuitSplice:
         dialer.splice = self
         log.info(
             "Relay circuit {circuit} for {user} opened by {dialer}",
-            circuit=circuit_id,
+            circuit=self.label,
             user=str(user),
             dialer=dialer_address,
         )
@@ -297,7 +305,7 @@ class CircuitSplice:
         """The circuit's state."""
         return self.core.state
 
-    # The Splice interface (called by part B's accept adapter).
+    # The Splice interface (called by the join port's adapter).
     def data_received(self, data: bytes) -> None:
         """Bytes from the agent's leg."""
         if self.core.state is State.JOINED:
@@ -309,8 +317,9 @@ class CircuitSplice:
         self.end("the agent closed")
 
     # Events from the relay and the dialer.
-    def join(self, leg: Leg) -> None:
-        """Splice ``leg`` in (the relay checked the circuit is this user's and pending)."""
+    def join(self, leg: Leg, greeting: bytes = b"") -> None:
+        """Splice ``leg`` in (the relay checked the circuit is pending); ``greeting`` is
+        written to it before the dialer's bytes."""
         self.leg = leg
         self.leg_valve = Valve(leg, lambda: self.end("the dialer closed"))
         if self._deadline is not None and self._deadline.active():
@@ -326,7 +335,9 @@ class CircuitSplice:
         self._registered_on_leg = True
         self._transport.registerProducer(self.leg_valve, True)
         self._registered_on_dialer = True
-        log.info("Relay circuit {circuit} for {user} joined", circuit=self.circuit_id, user=str(self.user))
+        if greeting:
+            leg.write(greeting)
+        log.info("Relay circuit {circuit} for {user} joined", circuit=self.label, user=str(self.user))
         self._apply(self.core.join())
 
     def dialer_data(self, data: bytes) -> None:
@@ -379,7 +390,7 @@ class CircuitSplice:
         log.info(
             "Relay circuit {circuit} for {user} from {dialer} closed after {seconds:.1f} s: {reason}; "
             "{up} bytes dialer->agent, {down} bytes agent->dialer",
-            circuit=self.circuit_id,
+            circuit=self.label,
             user=str(self.user),
             dialer=self.dialer_address,
             seconds=self.clock.seconds() - self.opened,

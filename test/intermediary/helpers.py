@@ -8,8 +8,6 @@ import secrets
 
 from common.identity import Identity
 from intermediary.wire import (
-    Accept,
-    Accepted,
     Ack,
     Acked,
     CircuitOffer,
@@ -43,7 +41,6 @@ OPERATIONS: list[Operation] = [
     Subscribe(),
     Ack(HEX),
     Reserve(),
-    Accept(HEX),
     Ping(),
 ]
 
@@ -54,8 +51,7 @@ RESULTS: list[Result] = [
     Deposited(HEX, 3),
     Subscribed(7),
     Acked(),
-    Reserved("2001:db8::5", 46051, 2_000_000_000),
-    Accepted(),
+    Reserved("2001:db8::5", 46051, 2_000_000_000, 46049),
     Pong(),
 ]
 

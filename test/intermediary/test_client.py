@@ -1,5 +1,6 @@
 """The client protocol on a fake transport: ids, answers in any order, pushes, errors,
-timeouts, the local outstanding cap, the switch to raw bytes after ``<accepted/>``."""
+timeouts, the local outstanding cap; the join leg (``<join>``, then raw bytes after
+``<joined/>``)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ from twisted.trial.unittest import TestCase
 from common.identity import Identity
 from common.wire.framing import encode_frame
 from intermediary import errors
+from intermediary.circuit import JoinClientProtocol
 from intermediary.client import CircuitStream, IntermediaryClient, IntermediaryClientProtocol
 from intermediary.wire import (
-    Accepted,
     Deposited,
     Ping,
     Pong,
+    Reserved,
     Superseded,
     encode_error,
+    encode_joined,
     encode_push,
     encode_response,
+    parse_join,
     parse_request,
 )
 from test.helpers import frames_of
@@ -80,7 +84,7 @@ class ClientProtocolTests(TestCase):
 
     def test_wrong_result_kind_is_refused(self) -> None:
         pinging = Deferred.fromCoroutine(self.client.ping())
-        self.answer(1, Accepted())
+        self.answer(1, Reserved("::1", 46051, 10, 46049))
         self.failureResultOf(pinging, errors.MalformedMessage)
 
     def test_error_answers_fail_their_request(self) -> None:
@@ -146,19 +150,75 @@ class ClientProtocolTests(TestCase):
         self.assertEqual(self.sent_ids(), list(range(33, 41)))
         self.assertEqual(sum(1 for ping in pings if ping.called), 8)
 
-    def test_raw_bytes_after_accepted(self) -> None:
-        accepting = Deferred.fromCoroutine(self.client.accept_circuit(HEX))
-        self.transport.clear()
-        self.protocol.dataReceived(encode_frame(encode_response(1, Accepted())) + b"first raw ")
-        stream = self.successResultOf(accepting)
-        self.assertIsInstance(stream, CircuitStream)
+    def test_reservation_remembered_for_joins(self) -> None:
+        refused = Deferred.fromCoroutine(self.client.accept_circuit(HEX))
+        self.failureResultOf(refused, errors.ClientError)
+        reserving = Deferred.fromCoroutine(self.client.reserve(lambda circuit, source: None))
+        self.answer(1, Reserved("2001:db8::5", 46051, 2_000_000_000, 46049))
+        self.successResultOf(reserving)
+        self.assertEqual(self.client.reservation, Reserved("2001:db8::5", 46051, 2_000_000_000, 46049))
+
+
+class JoinClientTests(TestCase):
+    """The join leg on a fake transport: one frame out, one answer in, then raw bytes."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.protocol = JoinClientProtocol(self.clock, HEX, 15.0)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def test_join_frame_sent_then_raw_bytes_after_joined(self) -> None:
+        (payload,) = frames_of(self.transport.value())
+        self.assertEqual(parse_join(payload), HEX)
+        self.assertNoResult(self.protocol.joined)
+        self.protocol.dataReceived(encode_frame(encode_joined()) + b"first raw ")
+        self.successResultOf(self.protocol.joined)
         self.protocol.dataReceived(b"bytes")
         raw = Raw()
+        stream = CircuitStream(self.protocol)
         stream.attach(raw)
+        self.assertIs(stream.transport, self.transport)
         self.assertEqual(raw.data, b"first raw bytes")
         self.protocol.dataReceived(encode_frame(b"<not-a-frame-any-more/>"))
         self.assertIn(b"<not-a-frame-any-more/>", raw.data)
-        with self.assertRaises(errors.ConnectionLost):
-            self.protocol.request(Ping())  # no more requests on a circuit
-        self.lose()
+        self.clock.advance(60)  # no timeout once joined
+        self.assertFalse(self.transport.disconnecting)
+        self.protocol.connectionLost(Failure(ConnectionError()))
         self.assertTrue(raw.lost)
+
+    def test_answer_split_over_reads(self) -> None:
+        joined = encode_frame(encode_joined())
+        for byte in joined:
+            self.protocol.dataReceived(bytes([byte]))
+        self.successResultOf(self.protocol.joined)
+
+    def test_refusal(self) -> None:
+        self.protocol.dataReceived(encode_frame(encode_error(None, errors.UnknownCircuit("no such circuit is waiting"))) + b"junk")
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(Failure(ConnectionError()))
+        failure = self.failureResultOf(self.protocol.joined, errors.UnknownCircuit)
+        self.assertEqual(failure.value.message, "no such circuit is waiting")
+
+    def test_broken_answers(self) -> None:
+        for answer in [b"\x00\x00\x10\x00", encode_frame(b"<accepted/>"), encode_frame(b'<error id="1" code="406" name="unknown-circuit"/>')]:
+            protocol = JoinClientProtocol(self.clock, HEX, 15.0)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(answer)
+            self.assertTrue(transport.disconnecting, answer)
+            protocol.connectionLost(Failure(ConnectionError()))
+            self.failureResultOf(protocol.joined, errors.MalformedMessage)
+
+    def test_timeout_and_loss(self) -> None:
+        self.clock.advance(14.9)
+        self.assertNoResult(self.protocol.joined)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnected)
+        self.protocol.connectionLost(Failure(ConnectionError()))
+        self.failureResultOf(self.protocol.joined, errors.Timeout)
+        protocol = JoinClientProtocol(self.clock, HEX, 15.0)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionError()))
+        self.failureResultOf(protocol.joined, errors.ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

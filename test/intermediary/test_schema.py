@@ -15,6 +15,8 @@ from intermediary.wire import (
     Refused,
     Request,
     encode_error,
+    encode_join,
+    encode_joined,
     encode_push,
     encode_request,
     encode_response,
@@ -22,7 +24,7 @@ from intermediary.wire import (
     parse_request,
 )
 from test.helpers import REPOSITORY
-from test.intermediary.helpers import EVENTS, OPERATIONS, RESULTS, prekey_bytes
+from test.intermediary.helpers import EVENTS, HEX, OPERATIONS, RESULTS, prekey_bytes
 
 SCHEMA_PATH = os.path.join(REPOSITORY, "docs", "schema", "intermediary.rng")
 _SCHEMA: list[Any] = []
@@ -50,6 +52,8 @@ BAD_REQUESTS = [
     b'<request v="1" id="1"><deposit to="bob@example.org" expires="01">YWI=</deposit></request>',
     b'<request v="1" id="1"><deposit to="bob@example.org" expires="1">YWJ=</deposit></request>',
     b'<request v="1" id="1"><publish-prekeys/></request>',
+    b'<request v="1" id="1"><accept circuit="0123456789abcdef0123456789abcdef"/></request>',
+    b'<request v="1" id="1"><join circuit="0123456789abcdef0123456789abcdef"/></request>',
 ]
 
 
@@ -61,6 +65,7 @@ class SchemaTests(TestCase):
         documents += [encode_response(7, result) for result in RESULTS]
         documents += [encode_push(event) for event in EVENTS]
         documents += [encode_error(3, errors.QuotaExceeded()), encode_error(None, errors.MalformedMessage())]
+        documents += [encode_join(HEX), encode_joined(), encode_error(None, errors.UnknownCircuit())]
         for document in documents:
             self.assertTrue(valid(document), document)
 
@@ -72,6 +77,17 @@ class SchemaTests(TestCase):
         self.assertFalse(valid(bad))
         with self.assertRaises(errors.InvalidArgument):
             parse_prekey_info(bad)
+
+    def test_join_port_documents(self) -> None:
+        for bad in [
+            b'<join circuit="0123"/>',
+            b"<join/>",
+            b'<join circuit="0123456789abcdef0123456789abcdef" user="bob@example.org"/>',
+            b"<joined>x</joined>",
+            b'<response id="1"><accepted/></response>',
+            b'<response id="1"><reserved address="::1" port="46051" expires="1"/></response>',
+        ]:
+            self.assertFalse(valid(bad), bad)
 
     def test_bad_requests_refused_by_both(self) -> None:
         for document in BAD_REQUESTS:

@@ -42,6 +42,7 @@ class OptionsTests(TestCase):
         self.assertEqual(settings.listen, ["tcp6:4605:interface=\\:\\:"])
         self.assertEqual(settings.database_url, os.path.join(self.profile, "intermediary.sqlite3"))
         self.assertEqual((settings.relay_ports, settings.relay_interface, settings.register_ttl), (range(46050, 46100), "::", 300))
+        self.assertEqual(settings.relay_join_port, 46049)
         self.assertEqual((settings.quotas.recipient_messages, settings.quotas.pair_messages, settings.limits.max_lifetime), (1000, 200, 30 * 86400))
         self.assertEqual(settings.connection_limits.idle_timeout, 600.0)
 
@@ -49,7 +50,7 @@ class OptionsTests(TestCase):
         settings = self.parse(
             "--listen", "tcp:4700:interface=127.0.0.1", "--advertise", "[2001:db8::1]:4700",
             "--database", "postgresql://im@db/im", "--relay-ports", "5000-5009", "--relay-interface", "2001:db8::1",
-            "--relay-address", "2001:db8::9", "--ttl", "60", "--max-messages", "10", "--max-mailbox-bytes", "1000",
+            "--relay-address", "2001:db8::9", "--relay-join-port", "5010", "--ttl", "60", "--max-messages", "10", "--max-mailbox-bytes", "1000",
             "--max-sender-messages", "5", "--max-sender-bytes", "500", "--deposits-per-hour", "7", "--fetches-per-hour", "3",
             "--max-lifetime", "2", "--idle-timeout", "30", "--connections-per-address", "4", "--no-register",
         ).settings()
@@ -57,7 +58,7 @@ class OptionsTests(TestCase):
         self.assertEqual(settings.advertise, [Endpoint("2001:db8::1", 4700)])
         self.assertEqual(settings.database_url, "postgresql://im@db/im")
         self.assertEqual((settings.relay_ports, settings.relay_interface, settings.relay_address), (range(5000, 5010), "2001:db8::1", "2001:db8::9"))
-        self.assertEqual((settings.register, settings.register_ttl), (False, 60))
+        self.assertEqual((settings.register, settings.register_ttl, settings.relay_join_port), (False, 60, 5010))
         quotas, limits = settings.quotas, settings.limits
         self.assertEqual((quotas.recipient_messages, quotas.recipient_bytes, quotas.pair_messages, quotas.pair_bytes), (10, 1000, 5, 500))
         self.assertEqual((limits.deposits_per_hour, limits.fetches_per_hour, limits.max_lifetime), (7, 3, 2 * 86400))
@@ -67,6 +68,9 @@ class OptionsTests(TestCase):
         for argv, text in (
             (["--relay-ports", "9-1"], "--relay-ports"),
             (["--relay-ports", "a-b"], "--relay-ports"),
+            (["--relay-join-port", "0"], "--relay-join-port must be a port"),
+            (["--relay-join-port", "46050"], "--relay-join-port must be outside --relay-ports"),
+            (["--relay-join-port", "x"], "invalid literal for int"),
             (["--ttl", "10"], "--ttl"),
             (["--max-messages", "0"], "--max-messages must be at least 1"),
             (["--idle-timeout", "0"], "--idle-timeout"),

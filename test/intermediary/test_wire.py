@@ -13,11 +13,16 @@ from intermediary.wire import (
     ErrorAnswer,
     Refused,
     Request,
+    Reserved,
     Response,
     encode_error,
+    encode_join,
+    encode_joined,
     encode_push,
     encode_request,
     encode_response,
+    parse_join,
+    parse_join_answer,
     parse_prekey_info,
     parse_request,
     parse_server_message,
@@ -67,6 +72,10 @@ class RoundTripTests(TestCase):
             b'<request v="1" id="1"><deposit to="bob@example.org" expires="10" deliver-at="5">YWI=</deposit></request>',
         )
         self.assertEqual(encode_error(3, errors.UnknownUser("no")), b'<error id="3" code="404" name="unknown-user">no</error>')
+        self.assertEqual(
+            encode_response(2, Reserved("2001:db8::5", 46051, 1700000000, 46049)),
+            b'<response id="2"><reserved address="2001:db8::5" port="46051" join-port="46049" expires="1700000000"/></response>',
+        )
 
     def test_error_codes_unique(self) -> None:
         from common.errors import subclasses_of
@@ -106,7 +115,8 @@ class RefusalTests(TestCase):
             b"<fetch-prekey/>": errors.MalformedMessage,
             b'<ack id="ABCDEF0123456789ABCDEF0123456789"/>': errors.MalformedMessage,
             b'<ack id="12"/>': errors.MalformedMessage,
-            b'<accept circuit="zz"/>': errors.MalformedMessage,
+            b'<accept circuit="0123456789abcdef0123456789abcdef"/>': errors.UnexpectedMessage,  # gone in v1
+            b'<join circuit="0123456789abcdef0123456789abcdef"/>': errors.UnexpectedMessage,  # join port only
             b'<deposit to="bob@example.org" expires="10"></deposit>': errors.MalformedMessage,
             b'<deposit to="bob@example.org" expires="10">YWI</deposit>': errors.MalformedMessage,
             b'<deposit to="bob@example.org" expires="10">YW I=</deposit>': errors.MalformedMessage,
@@ -159,7 +169,10 @@ class RefusalTests(TestCase):
             b'<error code="x" name="y">z</error>',
             b"<hello/>",
             b'<response id="1"><prekeys one-time="1" last-resort="yes"/></response>',
-            b'<response id="1"><reserved address="::1" port="0" expires="1"/></response>',
+            b'<response id="1"><reserved address="::1" port="0" join-port="1" expires="1"/></response>',
+            b'<response id="1"><reserved address="::1" port="5" expires="1"/></response>',
+            b'<response id="1"><reserved address="::1" port="5" join-port="70000" expires="1"/></response>',
+            b'<response id="1"><accepted/></response>',
         ]:
             with self.assertRaises(errors.MalformedMessage, msg=payload):
                 parse_server_message(payload)
@@ -168,6 +181,44 @@ class RefusalTests(TestCase):
         answer = parse_server_message(b'<error id="2" code="429" name="slow-down">wait</error>')
         assert isinstance(answer, ErrorAnswer)
         self.assertIsInstance(answer.error, errors.RateLimited)
+
+
+class JoinPortTests(TestCase):
+    """The join port's two documents: ``<join circuit>`` and ``<joined/>`` (or an error)."""
+
+    def test_exact_bytes_and_round_trip(self) -> None:
+        self.assertEqual(encode_join(HEX), b'<join circuit="0123456789abcdef0123456789abcdef"/>')
+        self.assertEqual(encode_joined(), b"<joined/>")
+        self.assertEqual(parse_join(encode_join(HEX)), HEX)
+        parse_join_answer(encode_joined())  # no exception: joined
+        with self.assertRaises(errors.MalformedMessage):
+            encode_join("not hex")
+
+    def test_join_refused(self) -> None:
+        for bad in [
+            b'<join circuit="0123456789ABCDEF0123456789ABCDEF"/>',
+            b'<join circuit="0123"/>',
+            b"<join/>",
+            b'<join circuit="0123456789abcdef0123456789abcdef" user="bob@example.org"/>',
+            b'<join circuit="0123456789abcdef0123456789abcdef">x</join>',
+            b'<join circuit="0123456789abcdef0123456789abcdef"><x/></join>',
+            b'<accept circuit="0123456789abcdef0123456789abcdef"/>',
+            b'<request v="1" id="1"><ping/></request>',
+            b'<!DOCTYPE join [<!ENTITY a "b">]><join circuit="&a;"/>',
+            b"not xml",
+        ]:
+            with self.assertRaises(errors.MalformedMessage, msg=bad):
+                parse_join(bad)
+
+    def test_answers(self) -> None:
+        with self.assertRaises(errors.UnknownCircuit) as raised:
+            parse_join_answer(encode_error(None, errors.UnknownCircuit("no such circuit")))
+        self.assertEqual(raised.exception.message, "no such circuit")
+        with self.assertRaises(errors.RateLimited):
+            parse_join_answer(encode_error(None, errors.RateLimited("slow down")))
+        for bad in [b'<error id="1" code="406" name="unknown-circuit">x</error>', b"<joined>x</joined>", b'<joined a="b"/>', b"<accepted/>"]:
+            with self.assertRaises(errors.MalformedMessage, msg=bad):
+                parse_join_answer(bad)
 
 
 class PrekeyInfoTests(TestCase):

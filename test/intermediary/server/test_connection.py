@@ -19,18 +19,14 @@ from intermediary.server.connection import (
     PauseReading,
     ResumeReading,
     Send,
-    Splice,
     State,
 )
 from intermediary.wire import (
-    Accept,
-    Accepted,
     ErrorAnswer,
     Ping,
     Pong,
     Request,
     Response,
-    Subscribe,
     Superseded,
     encode_request,
     parse_server_message,
@@ -56,7 +52,7 @@ def dispatched(actions: list[Action]) -> list[Request]:
 
 
 class ConnectionTests(TestCase):
-    """Connection life, pipelining, refusals, deadlines, accept."""
+    """Connection life, pipelining, refusals, deadlines."""
 
     def open(self, limits: ConnectionLimits | None = None) -> Connection:
         core = Connection(limits or ConnectionLimits(), "192.0.2.1")
@@ -178,34 +174,19 @@ class ConnectionTests(TestCase):
         core.start()
         self.assertEqual(core.deadline_expired(Deadline.IDLE), [Abort()])
 
-    def test_accept_splices_the_rest(self) -> None:
+    def test_no_accept_on_the_service_connection(self) -> None:
+        # Circuits are joined on the relay's join port: <accept> is an unknown operation,
+        # answered in turn, and the connection goes on carrying frames.
         core = self.open()
         core.authenticated(None)
-        actions = core.data_received(frame(1, Accept(HEX)) + b"raw bytes")
-        (request,) = dispatched(actions)
-        self.assertEqual(core.state, State.ACCEPTING)
-        self.assertEqual(core.data_received(b" and more"), [])  # held: not framing any more
-        actions = core.request_answered(request, Accepted())
-        self.assertEqual(sent(actions[:1]), [Response(1, Accepted())])
-        self.assertEqual(actions[-1], Splice(b"raw bytes and more"))
-        self.assertEqual(core.state, State.SPLICED)
-
-    def test_refused_accept_goes_back_to_frames(self) -> None:
-        core = self.open()
-        core.authenticated(None)
-        (request,) = dispatched(core.data_received(frame(1, Accept(HEX))))
-        core.request_failed(request, errors.UnknownCircuit())
-        self.assertEqual(core.state, State.OPEN)
-        self.assertEqual([r.id for r in dispatched(core.data_received(frame(2)))], [2])
-
-    def test_accept_must_be_alone(self) -> None:
-        core = self.open()
-        core.authenticated(None)
-        actions = core.data_received(frame(1, Subscribe()) + frame(2, Accept(HEX)))
-        self.assertEqual([r.id for r in dispatched(actions)], [1])
+        accept = b'<request v="1" id="1"><accept circuit="%s"/></request>' % HEX.encode()
+        actions = core.data_received(encode_frame(accept) + frame(2))
         (answer,) = sent(actions)
         assert isinstance(answer, ErrorAnswer)
-        self.assertEqual((answer.id, answer.error.name), (2, "unexpected-message"))
+        self.assertEqual((answer.id, answer.error.name), (1, "unexpected-message"))
+        self.assertEqual([r.id for r in dispatched(actions)], [2])
+        self.assertEqual(core.state, State.OPEN)
+        self.assertEqual({state.value for state in State}, {"handshaking", "authenticating", "open", "closed"})
 
     def test_transition_table_is_complete_for_loss(self) -> None:
         for state in State:

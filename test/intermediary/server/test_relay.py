@@ -1,7 +1,7 @@
 """The intermediary's relay: the circuit core (pure), the relay's bookkeeping with Twisted's
-fakes and a fake clock (ports, reservations, limits, timeouts), then real loopback TCP: a
-dialer and a stand-in for the agent's ``<accept>`` connection (a plain TCP connection whose
-server side hands its transport to ``Relay.join`` as part B's adapter does).
+fakes and a fake clock (ports, reservations, limits, timeouts), the join port (its core and
+adapter on fake transports: joins, refusals, the failed-join limiter), then real loopback
+TCP: a dialer and an agent joining on the real join port, and the whole service.
 """
 
 from __future__ import annotations
@@ -24,17 +24,30 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
+from common.wire.framing import encode_frame
 from intermediary import errors as intermediary_errors
 from intermediary.client import IntermediaryClient, connect_intermediary
+from intermediary.server.join import JOINED_FRAME, JoinCore, JoinState
 from intermediary.server.relay import Relay, RelayLimits, RelayUnavailable, Reservation, UnknownCircuit
 from intermediary.server.service import IntermediaryService, IntermediarySettings
-from intermediary.server.splice import Circuit, Closed, PauseDialer, ResumeDialer, State, ToAgent, ToDialer
-from test.helpers import EnrolledUser, make_profile
+from intermediary.server.splice import (
+    Circuit,
+    Closed,
+    PauseDialer,
+    ResumeDialer,
+    State,
+    ToAgent,
+    ToDialer,
+    circuit_label,
+)
+from intermediary.wire import encode_join
+from test.helpers import EnrolledUser, frames_of, make_profile
 from test.irp.server.cross_domain import CrossDomainTestCase
 
 BOB = Identity.parse("bob@example.org")
 CAROL = Identity.parse("carol@example.org")
 PORTS = range(46050, 46054)
+JOIN_PORT = 46049
 
 
 class CircuitCoreTests(TestCase):
@@ -161,7 +174,8 @@ class Fixture:
     def __init__(self, limits: RelayLimits | None = None, busy: set[int] | None = None) -> None:
         self.reactor = BusyReactor(busy or set())
         self.reactor.advance(1_000_000)
-        self.relay = Relay(self.reactor, interface="2001:db8::5", ports=PORTS, limits=limits)
+        self.relay = Relay(self.reactor, interface="2001:db8::5", ports=PORTS, limits=limits, join_port=JOIN_PORT)
+        self.relay.start()
         self.notified: list[tuple[str, str]] = []
 
     def notify(self, circuit_id: str, where: str) -> None:
@@ -185,8 +199,12 @@ class Fixture:
         reservation = self.reserve(user)
         dialer, dialer_transport = self.dial(reservation.port)
         leg = StringTransport(lenient=True)
-        splice = self.relay.join(user, self.notified[-1][0], leg)
+        splice = self.relay.join(self.notified[-1][0], leg)
         return dialer, dialer_transport, leg, splice
+
+    def join_connection(self, host: str = "192.0.2.9", source_port: int = 50000) -> tuple[Protocol, StringTransport]:
+        """A connection to the join port (its protocol and transport)."""
+        return self.dial(JOIN_PORT, host, source_port)
 
 
 class ReservationTests(TestCase):
@@ -195,13 +213,19 @@ class ReservationTests(TestCase):
     def test_reserve_listens_on_the_interface(self) -> None:
         fixture = Fixture()
         reservation = fixture.reserve()
-        self.assertEqual(reservation, Reservation("2001:db8::5", 46050, int(fixture.reactor.seconds()) + 3600))
-        self.assertEqual([(port, interface) for port, _, _, interface in fixture.reactor.tcpServers], [(46050, "2001:db8::5")])
+        self.assertEqual(reservation, Reservation("2001:db8::5", 46050, int(fixture.reactor.seconds()) + 3600, JOIN_PORT))
+        self.assertEqual(
+            [(port, interface) for port, _, _, interface in fixture.reactor.tcpServers],
+            [(JOIN_PORT, "2001:db8::5"), (46050, "2001:db8::5")],
+        )
         self.assertEqual(fixture.reserve(CAROL).port, 46051)
 
     def test_advertised_address(self) -> None:
         reactor = MemoryReactorClock()
         relay = Relay(reactor, interface="::", ports=PORTS, address="2001:db8::9")
+        failure = self.failureResultOf(relay.reserve(BOB, print), RelayUnavailable)  # the join port is not bound yet
+        self.assertIn("not started", failure.value.message)
+        relay.start()
         self.assertEqual(self.successResultOf(relay.reserve(BOB, print)).address, "2001:db8::9")
 
     def test_second_reserve_keeps_the_port_and_moves_the_target(self) -> None:
@@ -212,7 +236,7 @@ class ReservationTests(TestCase):
         second = fixture.reserve(BOB, lambda cid, where: later.append((cid, where)))
         self.assertEqual(second.port, first.port)
         self.assertEqual(second.expires, first.expires + 100)
-        self.assertEqual(len(fixture.reactor.tcpServers), 1)
+        self.assertEqual(len(fixture.reactor.tcpServers), 2)  # the join port and one relay port
         fixture.dial(first.port)
         self.assertEqual((len(fixture.notified), len(later)), (0, 1))
         self.assertEqual(later[0][1], "192.0.2.7 40000")
@@ -238,12 +262,12 @@ class ReservationTests(TestCase):
         fixture = Fixture()
         _, joined_dialer, leg, _ = fixture.joined()
         _, pending_dialer = fixture.dial(46050, source_port=40001)
-        self.assertEqual(fixture.reactor.listening, {46050})
+        self.assertEqual(fixture.reactor.listening, {JOIN_PORT, 46050})
         fixture.relay.release(BOB, fixture.notify)
         self.assertTrue(joined_dialer.disconnecting and leg.disconnecting and pending_dialer.disconnecting)
-        self.assertEqual(fixture.reactor.listening, set())
+        self.assertEqual(fixture.reactor.listening, {JOIN_PORT})
         self.assertEqual(fixture.relay.circuits(BOB), [])
-        self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, fixture.notified[-1][0], StringTransport())
+        self.assertRaises(UnknownCircuit, fixture.relay.join, fixture.notified[-1][0], StringTransport())
 
     def test_expiry_without_renewal(self) -> None:
         fixture = Fixture()
@@ -277,8 +301,8 @@ class CircuitTests(TestCase):
         self.assertEqual((len(circuit_id), where), (32, "192.0.2.7 40000"))
         dialer.dataReceived(b"client hello")
         leg = StringTransport(lenient=True)
-        splice = fixture.relay.join(BOB, circuit_id, leg)
-        self.assertEqual(leg.value(), b"client hello")
+        splice = fixture.relay.join(circuit_id, leg, b"<greeting>")
+        self.assertEqual(leg.value(), b"<greeting>client hello")
         # Flow control is coupled both ways.
         self.assertIs(leg.producer, splice.dialer_valve)
         self.assertIs(dialer_transport.producer, splice.leg_valve)
@@ -286,18 +310,21 @@ class CircuitTests(TestCase):
         splice.data_received(b"server hello")
         dialer.dataReceived(b"finished")
         self.assertEqual(dialer_transport.value(), b"server hello")
-        self.assertEqual(leg.value(), b"client hellofinished")
+        self.assertEqual(leg.value(), b"<greeting>client hellofinished")
 
     def test_join_refusals(self) -> None:
         fixture = Fixture()
         fixture.reserve()
         fixture.reserve(CAROL)
         fixture.dial(46050)
-        circuit_id = fixture.notified[0][0]
-        self.assertRaises(UnknownCircuit, fixture.relay.join, CAROL, circuit_id, StringTransport())
-        self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, "0" * 32, StringTransport())
-        fixture.relay.join(BOB, circuit_id, StringTransport())
-        self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, circuit_id, StringTransport())
+        fixture.dial(46051, source_port=40001)
+        bobs, carols = fixture.notified[0][0], fixture.notified[1][0]
+        self.assertNotEqual(bobs, carols)
+        self.assertRaises(UnknownCircuit, fixture.relay.join, "0" * 32, StringTransport())
+        # The id is the secret: whoever holds it joins that circuit (the user's own).
+        self.assertIs(fixture.relay.join(carols, StringTransport()).user, CAROL)
+        fixture.relay.join(bobs, StringTransport(lenient=True))
+        self.assertRaises(UnknownCircuit, fixture.relay.join, bobs, StringTransport())  # single use
 
     def test_a_leg_that_cannot_join_ends_the_circuit(self) -> None:
         fixture = Fixture()
@@ -305,7 +332,7 @@ class CircuitTests(TestCase):
         _, dialer_transport = fixture.dial(46050)
         leg = StringTransport(lenient=True)
         leg.registerProducer(object(), True)  # a producer the adapter did not give up
-        self.assertRaises(RuntimeError, fixture.relay.join, BOB, fixture.notified[0][0], leg)
+        self.assertRaises(RuntimeError, fixture.relay.join, fixture.notified[0][0], leg)
         self.assertTrue(dialer_transport.disconnecting and leg.disconnecting)
         self.assertEqual(fixture.relay.circuits(BOB), [])
 
@@ -318,7 +345,7 @@ class CircuitTests(TestCase):
         with capturedLogs() as logs:
             fixture.reactor.advance(0.2)
         self.assertTrue(dialer_transport.disconnecting)
-        self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, fixture.notified[0][0], StringTransport())
+        self.assertRaises(UnknownCircuit, fixture.relay.join, fixture.notified[0][0], StringTransport())  # expired
         self.assertIn("did not join within 10 s", " ".join(formatEvent(e) for e in logs))
 
     def test_pending_buffer_pauses_the_dialer_and_overflow_ends_it(self) -> None:
@@ -330,7 +357,7 @@ class CircuitTests(TestCase):
         dialer.dataReceived(b"x" * 500)
         self.assertEqual(transport.producerState, "paused")
         leg = StringTransport(lenient=True)
-        fixture.relay.join(BOB, fixture.notified[0][0], leg)
+        fixture.relay.join(fixture.notified[0][0], leg)
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(len(leg.value()), 500)
         # Another dialer that ignores the pause and sends more is dropped.
@@ -435,6 +462,147 @@ class CircuitTests(TestCase):
         self.assertEqual(fixture.relay.circuits(BOB), [])
 
 
+def join_frame(circuit_id: str) -> bytes:
+    return encode_frame(encode_join(circuit_id))
+
+
+def errors_sent(transport: StringTransport) -> list[bytes]:
+    """The frames written to a join connection."""
+    return list(frames_of(transport.value()))
+
+
+class JoinCoreTests(TestCase):
+    """The join connection's core: one frame, then raw bytes or a refusal."""
+
+    def test_join_then_raw(self) -> None:
+        core = JoinCore()
+        data = join_frame("ab" * 16)
+        self.assertEqual(core.data_received(data[:7]), [])
+        (action,) = core.data_received(data[7:] + b"early bytes")
+        self.assertEqual(getattr(action, "circuit_id", None), "ab" * 16)
+        self.assertIs(core.state, JoinState.JOINING)
+        actions = core.joined()
+        self.assertEqual([getattr(a, "data", None) for a in actions], [b"early bytes"])
+        self.assertEqual([a.data for a in core.data_received(b"more")], [b"more"])  # type: ignore[union-attr]
+        self.assertEqual(len(core.connection_lost()), 1)
+
+    def test_refusals(self) -> None:
+        for data in [b"\x00\x00\x01\x01" + b"x" * 257, b"\x00\x00\x00\x00", encode_frame(b"<join/>"), encode_frame(b"<joined/>")]:
+            core = JoinCore()
+            actions = core.data_received(data)
+            self.assertIs(core.state, JoinState.CLOSED, data)
+            self.assertIn(b'name="malformed-message"', actions[0].data)  # type: ignore[union-attr]
+            self.assertEqual(core.data_received(join_frame("ab" * 16)), [])
+        core = JoinCore()
+        self.assertIn(b'name="timeout"', core.timed_out()[0].data)  # type: ignore[union-attr]
+        self.assertEqual(core.timed_out(), [])
+
+
+class JoinPortTests(TestCase):
+    """The join port's adapter on fake transports, against the relay."""
+
+    def pending(self, fixture: Fixture) -> tuple[str, StringTransport]:
+        fixture.reserve()
+        dialer, dialer_transport = fixture.dial(46050)
+        dialer.dataReceived(b"client hello")
+        return fixture.notified[-1][0], dialer_transport
+
+    def test_join_answers_joined_then_splices(self) -> None:
+        fixture = Fixture()
+        with capturedLogs() as logs:
+            circuit_id, dialer_transport = self.pending(fixture)
+            agent, transport = fixture.join_connection()
+            agent.dataReceived(join_frame(circuit_id) + b"server hello")
+            self.assertEqual(transport.value(), JOINED_FRAME + b"client hello")
+            self.assertEqual(dialer_transport.value(), b"server hello")
+            agent.dataReceived(b" and more")
+            self.assertEqual(dialer_transport.value(), b"server hello and more")
+            fixture.reactor.advance(30)  # no join deadline once joined
+            self.assertFalse(transport.disconnecting)
+            agent.connectionLost(Failure(ConnectionError("gone")))
+        text = " ".join(formatEvent(e) for e in logs)
+        self.assertEqual(text.count(circuit_label(circuit_id)), 3)  # opened, joined, closed
+        self.assertNotIn(circuit_id, text)  # the secret is never logged
+        self.assertTrue(dialer_transport.disconnecting)
+        self.assertEqual(fixture.relay.circuits(BOB), [])
+
+    def test_unknown_used_and_malformed(self) -> None:
+        fixture = Fixture()
+        circuit_id, _ = self.pending(fixture)
+        first, _ = fixture.join_connection()
+        first.dataReceived(join_frame(circuit_id))
+        for data, name in [
+            (join_frame(circuit_id), "unknown-circuit"),  # used
+            (join_frame("0" * 32), "unknown-circuit"),
+            (encode_frame(b'<join circuit="short"/>'), "malformed-message"),
+            (b"\x00\x00\x10\x00", "malformed-message"),  # over 256 bytes
+        ]:
+            agent, transport = fixture.join_connection(source_port=50001)
+            with capturedLogs() as logs:
+                agent.dataReceived(data)
+            (answer,) = errors_sent(transport)
+            self.assertIn(f'name="{name}"'.encode(), answer)
+            self.assertTrue(transport.disconnecting)
+            self.assertNotIn(circuit_id, " ".join(formatEvent(e) for e in logs))
+
+    def test_expired_id(self) -> None:
+        fixture = Fixture()
+        circuit_id, _ = self.pending(fixture)
+        fixture.reactor.advance(11)
+        agent, transport = fixture.join_connection()
+        agent.dataReceived(join_frame(circuit_id))
+        self.assertIn(b'name="unknown-circuit"', transport.value())
+
+    def test_frame_deadline(self) -> None:
+        fixture = Fixture()
+        agent, transport = fixture.join_connection()
+        agent.dataReceived(b"\x00\x00")
+        fixture.reactor.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        fixture.reactor.advance(0.2)
+        self.assertIn(b'name="timeout"', transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_failed_joins_locked_out_per_address(self) -> None:
+        fixture = Fixture(RelayLimits(join_failures=3, join_failure_window=60, join_lockout=60, join_max_lockout=600))
+        circuit_id, _ = self.pending(fixture)
+        with capturedLogs() as logs:
+            for n in range(4):
+                agent, transport = fixture.join_connection(host="2001:db8:1::7", source_port=50000 + n)
+                agent.dataReceived(join_frame(f"{n:032x}"))
+                self.assertIn(b'name="unknown-circuit"', transport.value())
+        text = " ".join(formatEvent(e) for e in logs)
+        self.assertEqual(text.count("no such circuit is waiting"), 4)
+        self.assertIn("locks out 2001:db8:1::/64", text)
+        # Locked out, even with the right id, and from anywhere in the /64.
+        agent, transport = fixture.join_connection(host="2001:db8:1::8")
+        agent.dataReceived(join_frame(circuit_id))
+        self.assertIn(b'name="rate-limited"', transport.value())
+        # Another address joins; after the lock-out the first one may again.
+        other, other_transport = fixture.join_connection(host="192.0.2.50")
+        other.dataReceived(join_frame(circuit_id))
+        self.assertTrue(other_transport.value().startswith(JOINED_FRAME))
+        fixture.reactor.advance(61)
+        agent, transport = fixture.join_connection(host="2001:db8:1::7")
+        agent.dataReceived(join_frame("f" * 32))
+        self.assertIn(b'name="unknown-circuit"', transport.value())
+
+    def test_connections_per_address(self) -> None:
+        fixture = Fixture(RelayLimits(join_connections_per_address=2))
+        connections = [fixture.join_connection(source_port=50000 + n) for n in range(3)]
+        self.assertEqual([t.disconnecting for _, t in connections], [False, False, True])
+        self.assertIn(b'name="rate-limited"', connections[2][1].value())
+        connections[0][0].connectionLost(Failure(ConnectionError("gone")))
+        self.assertFalse(fixture.join_connection(source_port=50010)[1].disconnecting)
+
+    def test_stop_closes_join_connections(self) -> None:
+        fixture = Fixture()
+        _, transport = fixture.join_connection()
+        self.successResultOf(fixture.relay.stop())
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(fixture.reactor.listening, set())
+
+
 # Real loopback TCP.
 @inlineCallbacks
 def free_ports(count: int) -> Any:
@@ -488,40 +656,13 @@ class Collector(Protocol):
         self.lost.callback(None)
 
 
-class AcceptStandIn(Protocol):
-    """Stands in for part B's adapter of the ``<accept>`` connection: the first line is
-    the circuit id; then the transport joins the circuit and bytes go to the splice."""
-
-    splice: Any = None
-
-    def __init__(self, relay: Relay, joined: list[Any]) -> None:
-        self.relay = relay
-        self.joined = joined
-        self.head = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.splice is not None:
-            self.splice.data_received(data)
-            return
-        self.head += data
-        if b"\n" in self.head:
-            line, rest = self.head.split(b"\n", 1)
-            self.splice = self.relay.join(BOB, line.decode(), self.transport)  # type: ignore[arg-type]
-            self.joined.append(self.splice)
-            if rest:
-                self.splice.data_received(rest)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if self.splice is not None:
-            self.splice.leg_lost()
-
-
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 class LoopbackTests(TestCase):
-    """A relay on real loopback sockets, a dialer, and an agent leg stand-in."""
+    """A relay on real loopback sockets, a dialer, and an agent joining on the join port
+    (what it receives starts with the ``<joined/>`` frame)."""
 
     timeout = 30
 
@@ -535,16 +676,23 @@ class LoopbackTests(TestCase):
 
     def start(self, limits: RelayLimits | None = None, ports: range | None = None) -> Reservation:
         self.relay = Relay(global_reactor, interface="127.0.0.1", ports=ports or range(self.first, self.first + 1), limits=limits)
+        self.relay.start()
         self.addCleanup(self.relay.stop)
-        accept = global_reactor.listenTCP(0, Factory.forProtocol(lambda: AcceptStandIn(self.relay, self.joined)), interface="127.0.0.1")
-        self.addCleanup(accept.stopListening)
-        self.accept_port = accept.getHost().port
+        join = self.relay.join
+        joined = self
+
+        def watched(circuit_id: str, leg: Any, greeting: bytes = b"") -> Any:
+            splice = join(circuit_id, leg, greeting)
+            joined.joined.append(splice)
+            return splice
+
+        self.relay.join = watched  # type: ignore[method-assign]
         return self.successResultOf(self.relay.reserve(BOB, self.on_circuit))
 
     def on_circuit(self, circuit_id: str, where: str) -> None:
-        agent = Collector(self.agent_payload, expect=self.agent_expect, prefix=circuit_id.encode() + b"\n", read=self.agent_reads)
+        agent = Collector(self.agent_payload, expect=len(JOINED_FRAME) + self.agent_expect, prefix=join_frame(circuit_id), read=self.agent_reads)
         self.agents.append(agent)
-        global_reactor.connectTCP("127.0.0.1", self.accept_port, ClientFactory.forProtocol(lambda: agent))
+        global_reactor.connectTCP("127.0.0.1", self.relay.join_port, ClientFactory.forProtocol(lambda: agent))
 
     def dial(self, port: int, payload: bytes, expect: int, read: bool = True) -> Collector:
         dialer = Collector(payload, expect=expect, read=read)
@@ -559,7 +707,7 @@ class LoopbackTests(TestCase):
         dialer = self.dial(reservation.port, up, len(down))
         yield dialer.done
         yield self.agents[0].done
-        self.assertEqual(self.agents[0].digest.hexdigest(), digest(up))
+        self.assertEqual(self.agents[0].digest.hexdigest(), digest(JOINED_FRAME + up))
         self.assertEqual(dialer.digest.hexdigest(), digest(down))
         splice = self.joined[0]
         self.assertEqual((splice.core.up, splice.core.down), (len(up), len(down)))
@@ -583,8 +731,8 @@ class LoopbackTests(TestCase):
         self.assertTrue(splice.dialer_valve.paused)
         self.agents[0].transport.resumeProducing()  # type: ignore[union-attr]
         count = yield self.agents[0].done
-        self.assertEqual(count, size)
-        self.assertEqual(self.agents[0].digest.hexdigest(), digest(b"\x00" * size))
+        self.assertEqual(count, len(JOINED_FRAME) + size)
+        self.assertEqual(self.agents[0].digest.hexdigest(), digest(JOINED_FRAME + b"\x00" * size))
         dialer.transport.loseConnection()  # type: ignore[union-attr]
         yield self.agents[0].lost
 
@@ -633,7 +781,7 @@ class LoopbackTests(TestCase):
         dialer = self.dial(reservation.port, os.urandom(2 * 1024 * 1024), 1)
         yield dialer.lost
         yield self.agents[0].lost
-        self.assertLessEqual(self.agents[0].count, 1024 * 1024)
+        self.assertLessEqual(self.agents[0].count, len(JOINED_FRAME) + 1024 * 1024)
         self.assertIn("1048576 bytes from the dialer reached", self.joined[0].core.reason)
         self.failureResultOf(dialer.done)
         self.failureResultOf(self.agents[0].done)
@@ -663,8 +811,8 @@ def buffered(transport: Any) -> int:
 
 class ThroughTheServiceTests(CrossDomainTestCase):
     """The relay behind the real intermediary: TLS service connections with client
-    certificates, ``<reserve/>``, a ``<circuit>`` push, ``<accept>`` on a new connection
-    (part B's adapter and client library), then the raw stream both ways."""
+    certificates, ``<reserve/>``, a ``<circuit>`` push, ``<join>`` on the plain TCP join
+    port (the client library's ``accept_circuit``), then the raw stream both ways."""
 
     timeout = 120
 
@@ -721,18 +869,23 @@ class ThroughTheServiceTests(CrossDomainTestCase):
         global_reactor.connectTCP("127.0.0.1", reservation.port, ClientFactory.forProtocol(lambda: dialer))
         circuit_id, source = await offers
         self.assertTrue(source.startswith("127.0.0.1 "))
-        # Another user may not take bob's circuit; bob takes it on a new connection.
+        # Another user has no reservation to join with; a wrong id is refused; bob joins
+        # on the join port the reservation named, once.
         mallory = await self.connect("mallory")
-        with self.assertRaises(intermediary_errors.UnknownCircuit):
+        with self.assertRaises(intermediary_errors.ClientError):
             await mallory.accept_circuit(circuit_id)
-        stream = await (await self.connect("bob")).accept_circuit(circuit_id)
+        with self.assertRaises(intermediary_errors.UnknownCircuit):
+            await bob.accept_circuit("f" * 32)
+        stream = await bob.accept_circuit(circuit_id)
+        with self.assertRaises(intermediary_errors.UnknownCircuit):
+            await bob.accept_circuit(circuit_id)
         agent = Collector(down, expect=len(up))
         stream.attach(agent)
         await dialer.done
         await agent.done
         self.assertEqual(agent.digest.hexdigest(), digest(up))
         self.assertEqual(dialer.digest.hexdigest(), digest(down))
-        # The dialer hangs up: the agent's accept connection ends too.
+        # The dialer hangs up: the agent's join connection ends too.
         dialer.transport.loseConnection()  # type: ignore[union-attr]
         await agent.lost
 
@@ -743,7 +896,7 @@ class ThroughTheServiceTests(CrossDomainTestCase):
         reservation = await bob.reserve(lambda circuit, source: offers.callback(circuit))
         dialer = Collector(os.urandom(9 << 20), expect=1)
         global_reactor.connectTCP("127.0.0.1", reservation.port, ClientFactory.forProtocol(lambda: dialer))
-        stream = await (await self.connect("bob")).accept_circuit(await offers)
+        stream = await bob.accept_circuit(await offers)
         agent = Collector(b"", expect=1 << 40)
         stream.attach(agent)
         await agent.lost

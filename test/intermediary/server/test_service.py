@@ -264,9 +264,13 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         bob = await self.connect("bob")
         reservation = await bob.reserve(lambda circuit, source: None)
         self.assertEqual(reservation.address, "127.0.0.1")
+        relay: Any = self.service.relay
+        self.assertEqual(reservation.join_port, relay.join_port)
         with self.assertRaises(errors.UnknownCircuit):
-            fresh = await self.connect("bob")
-            await fresh.accept_circuit("0" * 32)
+            await bob.accept_circuit("0" * 32)
+        fresh = await self.connect("bob")
+        with self.assertRaises(errors.ClientError):
+            await fresh.accept_circuit("0" * 32)  # no reservation on that connection
 
     async def test_relay_circuit_end_to_end(self) -> None:
         await self.start()
@@ -278,8 +282,9 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         assert dialer.transport is not None
         dialer.transport.write(b"hello from the dialer")
         circuit = await offered.addTimeout(10, reactor)
-        leg = await self.connect("bob")
-        stream = await leg.accept_circuit(circuit)
+        stream = await bob.accept_circuit(circuit)
+        with self.assertRaises(errors.UnknownCircuit):
+            await bob.accept_circuit(circuit)  # single use
         agent = Collector()
         stream.attach(agent)
         await agent.wait(b"hello from the dialer")
@@ -289,6 +294,31 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         await agent.wait(b"dialer again")
         dialer.transport.loseConnection()
         await agent.lost.addTimeout(10, reactor)  # ending one leg ends the other
+
+    async def test_taken_join_port_fails_the_start(self) -> None:
+        from twisted.internet.error import CannotListenError
+        from twisted.internet.protocol import Factory
+
+        await self.start_domains()
+        home = self.registries[HOME]
+        await home.add_user("intermediary")
+        profile = os.path.join(os.path.abspath(self.mktemp()), "intermediary")
+        make_profile(home, await home.issue("intermediary"), profile)
+        busy = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(busy.stopListening)
+        settings = IntermediarySettings(
+            profile_dir=profile,
+            listen=["tcp:0:interface=127.0.0.1"],
+            resolver=self.resolver,
+            relay_interface="127.0.0.1",
+            relay_join_port=busy.getHost().port,
+            register=False,
+        )
+        service = IntermediaryService(settings, reactor)
+        service.startService()
+        with self.assertRaises(CannotListenError):
+            await service.ready
+        self.assertFalse(os.path.exists(settings.database_url))  # bound before anything is created
 
     async def test_away_and_connections_closed_when_stopped(self) -> None:
         await self.start()
