@@ -46,11 +46,12 @@ class KillTests(SynchronousTestCase):
         holder = taken_port()
         port = holder.getsockname()[1]
         holder.close()
-        relay = taken_port()
-        relay_port = relay.getsockname()[1]
+        relay, join = taken_port(), taken_port()
+        relay_port, join_port = relay.getsockname()[1], join.getsockname()[1]
         relay.close()
+        join.close()
         arguments = ("-n", "intermediary", "--profile", profiles["intermediary"], "--listen", f"tcp:{port}:interface=127.0.0.1",
-                     "--relay-interface", "127.0.0.1", "--relay-ports", f"{relay_port}-{relay_port}")
+                     "--relay-interface", "127.0.0.1", "--relay-ports", f"{relay_port}-{relay_port}", "--relay-join-port", str(join_port))
 
         def start(generation: int) -> Service:
             service = deployment.spawn(f"intermediary-{generation}", *arguments)
