@@ -1,0 +1,387 @@
+"""The agent's mailbox: its connection to its own domain's intermediary.
+
+While the agent runs it keeps one connection to ``intermediary@<its domain>`` (found through
+the registry; reconnected with backoff, 1 s doubling to 60 s; pinged every 60 s), and over
+it:
+
+- keeps prekeys published: at least :data:`ONE_TIME_TARGET` one-time prekeys (refilled when
+  fewer than :data:`REFILL_BELOW` are left) and one last-resort prekey, replaced every
+  :data:`LAST_RESORT_ROTATION`. Secrets are stored (agent store, mode 0600) before their
+  prekeys are published; a one-time secret is deleted once the message sealed to it is
+  opened and stored.
+- subscribes, and takes each delivery in order: opened with the prekey secret; the sender
+  (whose signature the envelope carries, with their certificate chain) checked exactly as
+  a direct peer is (their registry must hold that certificate for them now; chain, CRL,
+  pins, blocked and the acceptance policy by :class:`PeerVerifier`); the sequence number
+  checked (a replay is dropped); the message stored (``record_incoming``), and only then
+  acknowledged (the intermediary deletes it). The receipt goes back directly if a session
+  with the sender is open, else deposited at the sender's intermediary. A delivery that
+  can never be opened or is refused is acknowledged (dropped) with a warning in the log;
+  one that cannot be checked now (the sender's registry is unreachable) is not: the
+  connection is closed and the message comes again, in order, on the next subscription.
+- with ``relay`` on, reserves a relay port there and adds it to the addresses the agent
+  registers; a dialer reaching it is accepted on a new connection as a responder session.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from common.endpoint import Endpoint
+from common.identity import Identity
+from common.pki.keyfiles import fingerprint
+from intermediary.errors import IntermediaryError
+from irp.client import IRPError
+from sixchat import errors
+from sixchat.agent.deposit import NoIntermediary
+from sixchat.agent.prekeystore import SecretRow
+from sixchat.credentials import Role
+from sixchat.peer.protocol import PeerConnection
+from sixchat.sealed.envelope import Opened, open_sealed, peek
+from sixchat.sealed.prekeys import LAST_RESORT, ONE_TIME, PrekeySecret, encode_prekey, make_prekey
+from sixchat.sealed.sequence import SequenceTracker
+from sixchat.wire.application import ChatMessage, Receipt, decode_application
+
+if TYPE_CHECKING:
+    from sixchat.agent.service import Agent
+
+log = Logger()
+
+ONE_TIME_TARGET = 20
+REFILL_BELOW = 10
+ONE_TIME_LIFETIME = 30 * 86400
+LAST_RESORT_LIFETIME = 14 * 86400
+LAST_RESORT_ROTATION = 7 * 86400
+#: How often the prekeys are checked (and the server's count learnt again) while connected.
+UPKEEP_INTERVAL = 3600.0
+PING_INTERVAL = 60.0
+BACKOFF_FIRST = 1.0
+BACKOFF_LAST = 60.0
+
+
+class _Transient(Exception):
+    """A delivery cannot be checked now; it stays at the intermediary."""
+
+
+class Mailbox:
+    """The agent's own intermediary connection (see the module docs)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        #: The connection while it is up (deposits to our own domain use it too).
+        self.client: Any = None
+        #: What the user is told about it (``sixchat status``).
+        self.state = "not started"
+        #: The relay endpoint reserved for us, while reserved.
+        self.relay: Endpoint | None = None
+        self._running = False
+        self._task: Deferred[None] | None = None
+        self._sleeping: Deferred[None] | None = None
+        self._server_one_time: int | None = None
+        self._tail: Deferred[None] = succeed(None)
+        self._renewal: Any = None
+
+    # -- running ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect and keep connected until :meth:`stop`."""
+        self._running = True
+        self._task = Deferred.fromCoroutine(self._run())
+        self._task.addErrback(lambda failure: log.failure("The intermediary connection loop failed", failure))
+
+    async def stop(self) -> None:
+        """Close the connection and stop reconnecting."""
+        self._running = False
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        if self.client is not None:
+            await self.client.close()
+        if self._task is not None:
+            await self._task
+        await self._tail
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("Intermediary: {state}", state=state)
+            self.agent.emit({"event": "intermediary", "state": state})
+        self.state = state
+
+    async def _sleep(self, seconds: float) -> None:
+        self._sleeping = deferLater(self.agent.clock, seconds, lambda: None)
+        try:
+            await self._sleeping
+        except CancelledError:
+            pass
+        finally:
+            self._sleeping = None
+
+    async def _run(self) -> None:
+        domain = self.agent.identity.domain
+        delay = BACKOFF_FIRST
+        while self._running:
+            try:
+                client = await self.agent.depositor.connect(domain)
+            except NoIntermediary as error:
+                self._set_state(f"not connected: {error.reason} (trying again in {delay:g} s)")
+                await self._sleep(delay)
+                delay = min(delay * 2, BACKOFF_LAST)
+                continue
+            if not self._running:
+                await client.close()
+                return
+            delay = BACKOFF_FIRST
+            self.client = client
+            try:
+                await self._serve(client)
+            except (IntermediaryError, errors.SixChatError, IRPError, OSError) as error:
+                log.warn("The connection to {domain}'s intermediary failed: {why}", domain=domain, why=getattr(error, "message", None) or str(error))
+            except Exception:  # noqa: BLE001 - logged; the loop reconnects
+                log.failure("The connection to the intermediary failed")
+            finally:
+                self.client = None
+                self._server_one_time = None
+                self._drop_relay()
+                await client.close()
+            if self._running:
+                self._set_state(f"connection to {domain}'s intermediary lost (reconnecting in {delay:g} s)")
+                await self._sleep(delay)
+
+    async def _serve(self, client: Any) -> None:
+        """Prekeys, subscription, relay; returns when the connection ends."""
+        lost = client.when_lost()
+        await self.upkeep(client, probe=True)
+        pending = await client.subscribe(lambda delivery: self._delivered(client, delivery))
+        self._set_state(f"connected to {self.agent.identity.domain}'s intermediary ({pending} waiting)")
+        if self.agent.settings.relay:
+            await self._reserve(client)
+        loops = [LoopingCall(self._ping, client), LoopingCall(self._guarded_upkeep, client)]
+        for loop, interval in zip(loops, (PING_INTERVAL, UPKEEP_INTERVAL), strict=True):
+            loop.clock = self.agent.clock
+            loop.start(interval, now=False)
+        try:
+            await lost
+        finally:
+            for loop in loops:
+                if loop.running:
+                    loop.stop()
+
+    async def _ping(self, client: Any) -> None:
+        ping: Deferred[Any] = Deferred.fromCoroutine(_await(client.ping()))
+        ping.addTimeout(PING_INTERVAL / 2, self.agent.clock)
+        try:
+            await ping
+        except Exception as error:  # noqa: BLE001 - no answer: the connection is dead
+            log.warn("The intermediary did not answer a ping ({why}); reconnecting", why=error.__class__.__name__)
+            await client.close()
+
+    async def _guarded_upkeep(self, client: Any) -> None:
+        try:
+            await self.upkeep(client, probe=True)
+        except (IntermediaryError, errors.SixChatError, OSError) as error:
+            log.warn("Publishing prekeys failed: {why}", why=getattr(error, "message", None) or str(error))
+
+    # -- prekeys ------------------------------------------------------------------------
+
+    async def upkeep(self, client: Any, *, probe: bool = False) -> None:
+        """Publish what keeps :data:`ONE_TIME_TARGET` one-time prekeys and a fresh
+        last-resort one at the intermediary (``probe``: publish at least one, to learn how
+        many it holds)."""
+        store = self.agent.store
+        assert store is not None
+        now = int(self.agent.clock.seconds())
+        await store.sealed.prune(now)
+        last = await store.sealed.newest_last_resort()
+        fresh: list[tuple[str, int]] = []
+        if last is None or now - last.created >= LAST_RESORT_ROTATION:
+            fresh.append((LAST_RESORT, LAST_RESORT_LIFETIME))
+        known = self._server_one_time
+        if known is None:
+            known = await store.sealed.unused_one_time(now)
+        if known < REFILL_BELOW or (probe and not fresh):
+            count = max(ONE_TIME_TARGET - known, 1)
+            fresh.extend((ONE_TIME, ONE_TIME_LIFETIME) for _ in range(count))
+        if fresh:
+            counted = await self._publish(client, fresh, now)
+            if counted.one_time < ONE_TIME_TARGET:
+                await self._publish(client, [(ONE_TIME, ONE_TIME_LIFETIME)] * (ONE_TIME_TARGET - counted.one_time), now)
+
+    async def _publish(self, client: Any, kinds: list[tuple[str, int]], now: int) -> Any:
+        store = self.agent.store
+        assert store is not None
+        made = [make_prekey(self.agent.credentials, kind=kind, now=now, lifetime=lifetime) for kind, lifetime in kinds[:100]]
+        await store.sealed.add_secrets(
+            [SecretRow(prekey.id, prekey.kind, secret.to_bytes(), prekey.created, prekey.expires, False) for prekey, secret in made]
+        )
+        counted = await client.publish_prekeys([encode_prekey(prekey) for prekey, _ in made])
+        self._server_one_time = counted.one_time
+        log.info("Published {count} prekeys; the intermediary holds {held} one-time prekeys", count=len(made), held=counted.one_time)
+        return counted
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    def _delivered(self, client: Any, delivery: Any) -> None:
+        """A pushed delivery: handled after the ones before it."""
+
+        def next_one(_: Any) -> Deferred[None]:
+            return Deferred.fromCoroutine(self._take(client, delivery))
+
+        self._tail = self._tail.addBoth(next_one)
+        self._tail.addErrback(lambda failure: log.failure("Taking a delivery failed", failure))
+
+    async def _take(self, client: Any, delivery: Any) -> None:
+        if client is not self.client:
+            return  # the connection ended: it comes again on the next subscription
+        try:
+            used_one_time = await self.receive(delivery.envelope, delivery.sender)
+        except _Transient as error:
+            log.warn("A message from {sender} cannot be checked now ({why}); it stays at the intermediary", sender=str(delivery.sender), why=str(error))
+            await client.close()
+            return
+        await client.ack(delivery.id)
+        if used_one_time and self._server_one_time is not None:
+            self._server_one_time -= 1
+            if self._server_one_time < REFILL_BELOW:
+                await self._guarded_upkeep(client)
+
+    async def receive(self, envelope: bytes, depositor: Identity) -> bool:
+        """Open, check and store one sealed message deposited by ``depositor``; returns
+        whether a one-time prekey was used. Raises _Transient when it cannot be checked now
+        (not to be acknowledged); anything refused is logged and dropped."""
+        store = self.agent.store
+        assert store is not None
+        now = int(self.agent.clock.seconds())
+        try:
+            header = peek(envelope)
+            row = await store.sealed.secret(header.prekey_id)
+            if row is None:
+                raise errors.SealedUnknownPrekey(f"sealed to prekey {header.prekey_id}, which we do not hold (used, expired or never ours)")
+            opened = open_sealed(envelope, recipient=self.agent.identity, secret=PrekeySecret.from_bytes(row.secret), now=now)
+            if opened.sender != depositor:
+                raise errors.SealedBadSignature(f"deposited by {depositor} but signed by {opened.sender}")
+        except errors.SixChatError as error:
+            log.warn("Dropped a sealed message deposited by {sender}: {why}", sender=str(depositor), why=error.message)
+            return False
+        one_time = row.kind == ONE_TIME
+        try:
+            await self._check_sender(opened)
+            await self._accept(opened)
+        except errors.SixChatError as error:
+            log.warn("Refused sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(opened.sender), why=error.message)
+        except (IRPError, OSError) as error:
+            raise _Transient(getattr(error, "message", None) or str(error)) from None
+        await store.sealed.used(row.id)
+        return one_time
+
+    async def _check_sender(self, opened: Opened) -> None:
+        """The sender's certificate, exactly as for a peer that dials us."""
+        assert self.agent.verifier is not None
+        sender, chain = opened.sender, list(opened.chain)
+        digest = fingerprint(chain[0])
+        if digest not in await self.agent.expected_fingerprints(sender):
+            if digest not in await self.agent.expected_fingerprints(sender, fresh=True):
+                raise errors.IdentityMismatch(f"{sender} signed with a certificate their registry does not hold for them now")
+        await self.agent.verifier.verify(sender, chain)
+
+    async def _accept(self, opened: Opened) -> None:
+        """Sequence check, then store a chat message (and confirm it) or apply a receipt."""
+        store = self.agent.store
+        assert store is not None
+        sender = opened.sender
+        saved = await store.sealed.tracker_state(sender)
+        tracker = SequenceTracker.from_json(saved) if saved is not None else SequenceTracker()
+        verdict = tracker.accept(sender, opened.seq, opened.message_id)
+        if verdict == "replay":
+            raise errors.SealedReplayed(f"sequence number {opened.seq} (message {opened.message_id}) was already received")
+        if isinstance(verdict, tuple):
+            log.warn("Sealed messages from {sender} are missing: sequence numbers {missing}", sender=str(sender), missing=str(verdict[1]))
+        try:
+            message = decode_application(opened.payload)
+        except (errors.SixChatError, ValueError) as error:
+            raise errors.SealedMalformed(f"its content is not a SixChat message: {error}") from None
+        if isinstance(message, ChatMessage):
+            settings = self.agent.settings
+            cap = (settings.unknown_peer_messages, settings.unknown_peer_bytes) if settings.policy == "anyone" else None
+            outcome = await store.record_incoming(message.id, sender, message.text, int(message.sent.timestamp()), cap)
+            if outcome in ("over-quota", "conflict"):
+                raise errors.PeerRejected(f"not stored ({outcome})", reason="policy")
+            if outcome == "new":
+                self.agent.emit({"event": "message", "id": message.id, "from": str(sender), "text": message.text, "sent": int(message.sent.timestamp()), "via": "intermediary"})
+            Deferred.fromCoroutine(self.agent.outbox.send_receipt(sender, message.id)).addErrback(
+                lambda failure: log.failure("Sending a receipt failed", failure)
+            )
+        elif isinstance(message, Receipt):
+            from sixchat.agent.store import RECEIPT_FROM
+
+            if await store.set_state(message.id, "delivered", only_from=RECEIPT_FROM, peer=sender):
+                self.agent.emit({"event": "receipt", "id": message.id, "to": str(sender)})
+        await store.sealed.save_tracker_state(sender, tracker.to_json())
+
+    # -- relay --------------------------------------------------------------------------
+
+    async def _reserve(self, client: Any) -> None:
+        try:
+            reservation = await client.reserve(self._circuit)
+        except IntermediaryError as error:
+            log.warn("No relay at the intermediary: {why}", why=error.message)
+            return
+        endpoint = Endpoint.parse(reservation.address, reservation.port)
+        if endpoint != self.relay:
+            self.relay = endpoint
+            log.info("Relay reserved at {address} port {port}", address=endpoint.address, port=endpoint.port)
+            await self.agent.relay_changed()
+        delay = max(reservation.expires - self.agent.clock.seconds(), 60) / 2
+        self._renewal = self.agent.clock.callLater(delay, lambda: Deferred.fromCoroutine(self._renew(client)))
+
+    async def _renew(self, client: Any) -> None:
+        self._renewal = None
+        if client is self.client:
+            await self._reserve(client)
+
+    def _drop_relay(self) -> None:
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+        self._renewal = None
+        if self.relay is not None:
+            self.relay = None
+            Deferred.fromCoroutine(self.agent.relay_changed()).addErrback(lambda failure: log.failure("Re-registering failed", failure))
+
+    def _circuit(self, circuit_id: str, source: str) -> None:
+        Deferred.fromCoroutine(self._accept_circuit(circuit_id, source)).addErrback(
+            lambda failure: _log_circuit_failure(failure, circuit_id)
+        )
+
+    async def _accept_circuit(self, circuit_id: str, source: str) -> None:
+        """A dialer reached our relay port: take the circuit on a new connection and run a
+        responder session over it (admitted like a direct connection from ``source``)."""
+        host = source.rsplit(" ", 1)[0]
+        refusal = self.agent.admission.admit(host)
+        if refusal is not None:
+            log.warn("Refused a relayed connection from {host}: {why}", host=host, why=refusal.message)
+            return
+        try:
+            client = await self.agent.depositor.connect(self.agent.identity.domain)
+            self.agent.reload_credentials()
+            connection = PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=self.agent.admission.finished)
+            await client.accept_circuit(circuit_id, connection)
+        except BaseException:
+            self.agent.admission.finished()
+            raise
+
+
+def _log_circuit_failure(failure: Failure, circuit_id: str) -> None:
+    if failure.check(NoIntermediary, IntermediaryError):
+        log.warn("Relay circuit {id} not accepted: {why}", id=circuit_id, why=str(failure.value))
+    else:
+        log.failure("Accepting relay circuit {id} failed", failure, id=circuit_id)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+__all__ = ["Mailbox", "ONE_TIME_TARGET", "REFILL_BELOW"]
