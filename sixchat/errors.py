@@ -2,7 +2,8 @@
 
 Every failure of the SixChat End2End Direct protocol is a :class:`SixChatError`. Each class
 carries a numeric wire code (grouped by hundreds: 1xx message format, 2xx version, 3xx
-authentication, 4xx record layer, 5xx local and transport conditions), a stable wire name,
+authentication, 4xx record layer, 5xx local and transport conditions, 6xx sealed messages
+stored and forwarded by an intermediary, see docs/sealed.rst), a stable wire name,
 a sentence a user can read, and whether the connection must end. The PKI's errors
 (:mod:`common.pki.errors`) become SixChat errors in exactly one place, :func:`from_pki`.
 
@@ -245,6 +246,87 @@ class PeerUnreachable(SixChatError):
     code = 503
     name = "peer-unreachable"
     default_message = "The peer could not be reached."
+
+
+# 6xx: sealed messages (docs/sealed.rst). A refused envelope or prekey ends nothing but
+# itself: no connection carries it, so these errors are not fatal.
+
+
+class SealedMalformed(SixChatError):
+    """A sealed envelope, prekey or prekey secret breaks the encoding rules or a size limit."""
+
+    code = 600
+    name = "sealed-malformed"
+    default_message = "The sealed message or prekey is malformed."
+    fatal = False
+
+
+class SealedBadSignature(SixChatError):
+    """The sender's (or prekey owner's) signature does not verify, or its certificate does
+    not name the identity it claims."""
+
+    code = 601
+    name = "sealed-bad-signature"
+    default_message = "The sealed message's or prekey's signature does not verify."
+    fatal = False
+
+
+class SealedWrongRecipient(SixChatError):
+    """The envelope (or prekey) is addressed to (or owned by) someone else."""
+
+    code = 602
+    name = "sealed-wrong-recipient"
+    default_message = "The sealed message is addressed to another user."
+    fatal = False
+
+
+class SealedExpired(SixChatError):
+    """The envelope or prekey has expired, or its times are out of their limits."""
+
+    code = 603
+    name = "sealed-expired"
+    default_message = "The sealed message or prekey has expired."
+    fatal = False
+
+
+class SealedReplayed(SixChatError):
+    """The sender's sequence number or message id was already accepted."""
+
+    code = 604
+    name = "sealed-replayed"
+    default_message = "The sealed message was already received."
+    fatal = False
+
+
+class SealedUnknownPrekey(SixChatError):
+    """No secret is held for the prekey the envelope was sealed to (never ours, expired, or
+    a one-time prekey already used: its secret is deleted)."""
+
+    code = 605
+    name = "sealed-unknown-prekey"
+    default_message = "The sealed message names a prekey we do not hold."
+    fatal = False
+
+
+class SealedDecryptFailed(SixChatError):
+    """The body did not authenticate under the key the envelope derives."""
+
+    code = 606
+    name = "sealed-decrypt-failed"
+    default_message = "The sealed message failed to decrypt."
+    fatal = False
+
+
+#: Every error a sealed envelope or prekey can be refused with (``except SEALED_ERRORS``).
+SEALED_ERRORS: Final[tuple[type[SixChatError], ...]] = (
+    SealedMalformed,
+    SealedBadSignature,
+    SealedWrongRecipient,
+    SealedExpired,
+    SealedReplayed,
+    SealedUnknownPrekey,
+    SealedDecryptFailed,
+)
 
 
 def error_classes() -> list[type[SixChatError]]:
