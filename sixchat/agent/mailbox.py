@@ -34,18 +34,18 @@ from twisted.python.failure import Failure
 
 from common.endpoint import Endpoint
 from common.identity import Identity
-from common.pki.keyfiles import fingerprint
 from intermediary.errors import IntermediaryError
 from irp.client import IRPError
 from sixchat import errors
 from sixchat.agent.deposit import NoIntermediary
 from sixchat.agent.prekeystore import SecretRow
+from sixchat.agent.store import RECEIPT_FROM
 from sixchat.credentials import Role
 from sixchat.peer.protocol import PeerConnection
 from sixchat.sealed.envelope import Opened, open_sealed, peek
 from sixchat.sealed.prekeys import LAST_RESORT, ONE_TIME, PrekeySecret, encode_prekey, make_prekey
-from sixchat.sealed.sequence import SequenceTracker
-from sixchat.wire.application import ChatMessage, Receipt, decode_application
+from sixchat.sealed.sequence import Outcome, SequenceTracker
+from sixchat.wire.application import ChatMessage, Receipt, parse_application
 
 if TYPE_CHECKING:
     from sixchat.agent.service import Agent
@@ -259,67 +259,75 @@ class Mailbox:
             header = peek(envelope)
             row = await store.sealed.secret(header.prekey_id)
             if row is None:
-                raise errors.SealedUnknownPrekey(f"sealed to prekey {header.prekey_id}, which we do not hold (used, expired or never ours)")
+                raise errors.SealedUnknownPrekey(f"it is sealed to prekey {header.prekey_id}, which we do not hold (used, expired or never ours)")
             opened = open_sealed(envelope, recipient=self.agent.identity, secret=PrekeySecret.from_bytes(row.secret), now=now)
             if opened.sender != depositor:
-                raise errors.SealedBadSignature(f"deposited by {depositor} but signed by {opened.sender}")
+                raise errors.SealedBadSignature(f"it was deposited by {depositor} but signed by {opened.sender}")
         except errors.SixChatError as error:
             log.warn("Dropped a sealed message deposited by {sender}: {why}", sender=str(depositor), why=error.message)
             return False
-        one_time = row.kind == ONE_TIME
         try:
             await self._check_sender(opened)
-            await self._accept(opened)
         except errors.SixChatError as error:
             log.warn("Refused sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(opened.sender), why=error.message)
+            await store.sealed.used(opened.prekey_id)
+            return opened.one_time
         except (IRPError, OSError) as error:
             raise _Transient(getattr(error, "message", None) or str(error)) from None
-        await store.sealed.used(row.id)
-        return one_time
+        await self._accept(opened)
+        return opened.one_time
 
     async def _check_sender(self, opened: Opened) -> None:
         """The sender's certificate, exactly as for a peer that dials us."""
         assert self.agent.verifier is not None
         sender, chain = opened.sender, list(opened.chain)
-        digest = fingerprint(chain[0])
-        if digest not in await self.agent.expected_fingerprints(sender):
-            if digest not in await self.agent.expected_fingerprints(sender, fresh=True):
+        if opened.sender_fingerprint not in await self.agent.expected_fingerprints(sender):
+            if opened.sender_fingerprint not in await self.agent.expected_fingerprints(sender, fresh=True):
                 raise errors.IdentityMismatch(f"{sender} signed with a certificate their registry does not hold for them now")
         await self.agent.verifier.verify(sender, chain)
 
     async def _accept(self, opened: Opened) -> None:
-        """Sequence check, then store a chat message (and confirm it) or apply a receipt."""
+        """Sequence check, then store a chat message (and confirm it) or apply a receipt;
+        the message, the sequence state and the prekey's use are written together."""
         store = self.agent.store
         assert store is not None
         sender = opened.sender
         saved = await store.sealed.tracker_state(sender)
-        tracker = SequenceTracker.from_json(saved) if saved is not None else SequenceTracker()
+        tracker = SequenceTracker.from_bytes(saved.encode()) if saved is not None else SequenceTracker()
         verdict = tracker.accept(sender, opened.seq, opened.message_id)
-        if verdict == "replay":
-            raise errors.SealedReplayed(f"sequence number {opened.seq} (message {opened.message_id}) was already received")
-        if isinstance(verdict, tuple):
-            log.warn("Sealed messages from {sender} are missing: sequence numbers {missing}", sender=str(sender), missing=str(verdict[1]))
+        if not verdict.accepted:
+            log.warn("Dropped sealed message {id} from {sender}: a replay (sequence number {seq})", id=opened.message_id, sender=str(sender), seq=opened.seq)
+            await store.sealed.used(opened.prekey_id)
+            return
+        if verdict.outcome is Outcome.GAP:
+            log.warn(
+                "Sealed messages {first} to {last} from {sender} have not arrived (delayed, lost or withheld)",
+                first=verdict.missing.start, last=verdict.missing.stop - 1, sender=str(sender),
+            )
+        state = tracker.to_bytes().decode()
         try:
-            message = decode_application(opened.payload)
-        except (errors.SixChatError, ValueError) as error:
-            raise errors.SealedMalformed(f"its content is not a SixChat message: {error}") from None
+            message, _ = parse_application(opened.payload)
+        except errors.SixChatError as error:
+            log.warn("Dropped sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(sender), why=error.message)
+            await store.record_sealed(sender, state, opened.prekey_id, None)
+            return
         if isinstance(message, ChatMessage):
             settings = self.agent.settings
             cap = (settings.unknown_peer_messages, settings.unknown_peer_bytes) if settings.policy == "anyone" else None
-            outcome = await store.record_incoming(message.id, sender, message.text, int(message.sent.timestamp()), cap)
-            if outcome in ("over-quota", "conflict"):
-                raise errors.PeerRejected(f"not stored ({outcome})", reason="policy")
+            sent = int(message.sent.timestamp())
+            outcome = await store.record_sealed(sender, state, opened.prekey_id, (message.id, message.text, sent, cap))
+            if outcome not in ("new", "duplicate"):
+                log.warn("Refused sealed message {id} from {sender}: {why}", id=message.id, sender=str(sender), why=outcome)
+                return
             if outcome == "new":
-                self.agent.emit({"event": "message", "id": message.id, "from": str(sender), "text": message.text, "sent": int(message.sent.timestamp()), "via": "intermediary"})
+                self.agent.emit({"event": "message", "id": message.id, "from": str(sender), "text": message.text, "sent": sent, "via": "intermediary"})
             Deferred.fromCoroutine(self.agent.outbox.send_receipt(sender, message.id)).addErrback(
                 lambda failure: log.failure("Sending a receipt failed", failure)
             )
-        elif isinstance(message, Receipt):
-            from sixchat.agent.store import RECEIPT_FROM
-
-            if await store.set_state(message.id, "delivered", only_from=RECEIPT_FROM, peer=sender):
-                self.agent.emit({"event": "receipt", "id": message.id, "to": str(sender)})
-        await store.sealed.save_tracker_state(sender, tracker.to_json())
+            return
+        await store.record_sealed(sender, state, opened.prekey_id, None)
+        if isinstance(message, Receipt) and await store.set_state(message.id, "delivered", only_from=RECEIPT_FROM, peer=sender):
+            self.agent.emit({"event": "receipt", "id": message.id, "to": str(sender), "via": "intermediary"})
 
     # -- relay --------------------------------------------------------------------------
 

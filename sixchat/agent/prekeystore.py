@@ -110,11 +110,12 @@ class SealedStore:
         """A message sealed to ``prekey_id`` was opened and stored: a one-time secret is
         deleted (nothing can open that message again), a last-resort one is marked."""
 
-        def use(txn: Transaction) -> None:
-            txn.execute("DELETE FROM prekey_secrets WHERE id = ? AND kind = 'one-time'", (prekey_id,))
-            txn.execute("UPDATE prekey_secrets SET used = 1 WHERE id = ?", (prekey_id,))
+        return self._run(self.use_txn, prekey_id)
 
-        return self._run(use)
+    def use_txn(self, txn: Transaction, prekey_id: str) -> None:
+        """:meth:`used` inside the caller's transaction."""
+        txn.execute("DELETE FROM prekey_secrets WHERE id = ? AND kind = 'one-time'", (prekey_id,))
+        txn.execute("UPDATE prekey_secrets SET used = 1 WHERE id = ?", (prekey_id,))
 
     def unused_one_time(self, now: int) -> Deferred[int]:
         """How many one-time secrets are neither used nor expired."""
@@ -176,8 +177,9 @@ class SealedStore:
     def save_tracker_state(self, sender: Identity, state: str) -> Deferred[None]:
         """Replace the serialised sequence tracker of ``sender``."""
 
-        def save(txn: Transaction) -> None:
-            txn.execute("DELETE FROM sealed_incoming WHERE sender = ?", (str(sender),))
-            txn.execute("INSERT INTO sealed_incoming (sender, state) VALUES (?, ?)", (str(sender), state))
+        return self._run(self.save_tracker_txn, sender, state)
 
-        return self._run(save)
+    def save_tracker_txn(self, txn: Transaction, sender: Identity, state: str) -> None:
+        """:meth:`save_tracker_state` inside the caller's transaction."""
+        txn.execute("DELETE FROM sealed_incoming WHERE sender = ?", (str(sender),))
+        txn.execute("INSERT INTO sealed_incoming (sender, state) VALUES (?, ?)", (str(sender), state))

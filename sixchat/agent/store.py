@@ -411,31 +411,49 @@ class AgentStore:
         ``(messages, bytes)``, a peer that is not a contact may have at most that many
         messages and UTF-8 bytes of text stored: beyond it, nothing is stored and the
         answer is ``"over-quota"`` (checked and written in one transaction)."""
+        return self._run(self._record_incoming, message_id, peer, body, sent_at, stranger_cap)
 
-        def record(txn: Transaction) -> str:
-            txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
-            row = txn.fetchone()
-            if row is not None:
-                return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
-            if stranger_cap is not None:
-                txn.execute("SELECT 1 FROM contacts WHERE identity = ? AND listed = 1", (str(peer),))
-                if txn.fetchone() is None:
-                    txn.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM messages"
-                        " WHERE peer = ? AND direction = 'in'",
-                        (str(peer),),
-                    )
-                    count, size = txn.fetchone()
-                    if count + 1 > stranger_cap[0] or size + len(body.encode("utf-8")) > stranger_cap[1]:
-                        return "over-quota"
-            now = self._stamp()
-            txn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
-                (message_id, str(peer), body, sent_at, now, now),
-            )
-            return "new"
+    def record_sealed(
+        self, sender: Identity, tracker: str, prekey_id: str, incoming: tuple[str, str, int, tuple[int, int] | None] | None
+    ) -> Deferred[str | None]:
+        """In one transaction: store a message opened from a sealed envelope (``incoming``:
+        id, text, sent time, stranger cap, as :meth:`record_incoming`; None for a receipt),
+        the sender's new sequence state, and the prekey secret's use (a one-time secret is
+        deleted). A crash can then neither lose the message nor accept it twice. Fires with
+        :meth:`record_incoming`'s answer (None without ``incoming``)."""
+
+        def record(txn: Transaction) -> str | None:
+            outcome = None if incoming is None else self._record_incoming(txn, incoming[0], sender, *incoming[1:])
+            self.sealed.save_tracker_txn(txn, sender, tracker)
+            self.sealed.use_txn(txn, prekey_id)
+            return outcome
 
         return self._run(record)
+
+    def _record_incoming(
+        self, txn: Transaction, message_id: str, peer: Identity, body: str, sent_at: int, stranger_cap: tuple[int, int] | None
+    ) -> str:
+        txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
+        row = txn.fetchone()
+        if row is not None:
+            return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
+        if stranger_cap is not None:
+            txn.execute("SELECT 1 FROM contacts WHERE identity = ? AND listed = 1", (str(peer),))
+            if txn.fetchone() is None:
+                txn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM messages"
+                    " WHERE peer = ? AND direction = 'in'",
+                    (str(peer),),
+                )
+                count, size = txn.fetchone()
+                if count + 1 > stranger_cap[0] or size + len(body.encode("utf-8")) > stranger_cap[1]:
+                    return "over-quota"
+        now = self._stamp()
+        txn.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
+            (message_id, str(peer), body, sent_at, now, now),
+        )
+        return "new"
 
     def history(self, peer: Identity | None = None, limit: int = 50) -> Deferred[list[StoredMessage]]:
         """The last ``limit`` messages (with one peer, or all), oldest first."""
