@@ -27,7 +27,6 @@ from twisted.logger import Logger
 
 from common.identity import Identity
 from common.pki.keyfiles import fingerprint
-from intermediary.client import connect_intermediary, intermediary_identity
 from intermediary.errors import IntermediaryError
 from irp.client import AddressRecord, IRPError, NotFound
 from sixchat import errors
@@ -70,9 +69,9 @@ def scheduled_reason(peer: Identity, deliver_at: int) -> str:
 class Depositor:
     """The agent's connections to intermediaries (any domain) and its deposits."""
 
-    def __init__(self, agent: Agent, connect: Connect = connect_intermediary) -> None:
+    def __init__(self, agent: Agent, connect: Connect | None = None) -> None:
         self.agent = agent
-        self._connect = connect
+        self._connect_function = connect
         self._clients: dict[str, Any] = {}
         self._connect_locks: dict[str, DeferredLock] = {}
         #: Deposits to one peer go one at a time, in order.
@@ -94,8 +93,13 @@ class Depositor:
         credentials = self.agent.credentials
         directory = self.agent.directory
         assert directory is not None
+        connect = self._connect_function
+        if connect is None:
+            from intermediary.client import connect_intermediary
+
+            connect = self._connect_function = connect_intermediary
         try:
-            return await self._connect(
+            return await connect(
                 self.agent.reactor,
                 domain,
                 directory_lookup=lambda identity: Deferred.fromCoroutine(self.directory_lookup(identity)),
@@ -227,4 +231,4 @@ class Depositor:
         return self.agent.settings.intermediary
 
 
-__all__ = ["DEPOSIT_LIFETIME", "Depositor", "NoIntermediary", "intermediary_identity", "scheduled_reason", "stored_reason"]
+__all__ = ["DEPOSIT_LIFETIME", "Depositor", "NoIntermediary", "scheduled_reason", "stored_reason"]

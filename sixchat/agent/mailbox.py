@@ -127,7 +127,7 @@ class Mailbox:
             try:
                 client = await self.agent.depositor.connect(domain)
             except NoIntermediary as error:
-                self._set_state(f"not connected: {error.reason} (trying again in {delay:g} s)")
+                self._set_state(f"not connected: {error.reason} (trying again, at least every {BACKOFF_LAST:g} s)")
                 await self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_LAST)
                 continue
@@ -148,7 +148,7 @@ class Mailbox:
                 self._drop_relay()
                 await client.close()
             if self._running:
-                self._set_state(f"connection to {domain}'s intermediary lost (reconnecting in {delay:g} s)")
+                self._set_state(f"connection to {domain}'s intermediary lost (reconnecting)")
                 await self._sleep(delay)
 
     async def _serve(self, client: Any) -> None:
@@ -281,9 +281,10 @@ class Mailbox:
         """The sender's certificate, exactly as for a peer that dials us."""
         assert self.agent.verifier is not None
         sender, chain = opened.sender, list(opened.chain)
-        if opened.sender_fingerprint not in await self.agent.expected_fingerprints(sender):
-            if opened.sender_fingerprint not in await self.agent.expected_fingerprints(sender, fresh=True):
-                raise errors.IdentityMismatch(f"{sender} signed with a certificate their registry does not hold for them now")
+        held = opened.sender_fingerprint in await self.agent.expected_fingerprints(sender)
+        # The cached answer may predate a renewal: ask the registry again.
+        if not held and opened.sender_fingerprint not in await self.agent.expected_fingerprints(sender, fresh=True):
+            raise errors.IdentityMismatch(f"{sender} signed with a certificate their registry does not hold for them now")
         await self.agent.verifier.verify(sender, chain)
 
     async def _accept(self, opened: Opened) -> None:
@@ -392,4 +393,4 @@ async def _await(value: Any) -> Any:
     return await value
 
 
-__all__ = ["Mailbox", "ONE_TIME_TARGET", "REFILL_BELOW"]
+__all__ = ["ONE_TIME_TARGET", "REFILL_BELOW", "Mailbox"]

@@ -22,9 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from common.identity import Identity
+from intermediary.errors import IntermediaryError
 from irp.client import IRPError
 from sixchat import errors
-from intermediary.errors import IntermediaryError
 from sixchat.agent.deposit import NoIntermediary
 from sixchat.agent.outcome import explain
 from sixchat.agent.store import StoredMessage
