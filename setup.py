@@ -7,4 +7,4 @@ The packages are found here rather than listed: every package under ``common``, 
 
 from setuptools import find_packages, setup
 
-setup(packages=[*find_packages(include=["common", "common.*", "irp", "irp.*", "sixchat", "sixchat.*"]), "twisted.plugins"])
+setup(packages=[*find_packages(include=["common", "common.*", "irp", "irp.*", "sixchat", "sixchat.*", "intermediary", "intermediary.*"]), "twisted.plugins"])

@@ -286,16 +286,19 @@ class IntermediaryStore:
         seq = int(self._one(txn, "SELECT seq FROM messages WHERE message_id = ?", (message_id,))[0])
         return DepositReceipt(seq, message_id, int(count) + 1)
 
-    def due_messages(self, recipient: str, *, after: int, now: int, limit: int) -> Deferred[list[StoredMessage]]:
-        """Up to ``limit`` messages of ``recipient`` due at ``now`` (not expired), with a
-        server sequence above ``after``, in deposit order."""
+    def due_messages(self, recipient: str, *, now: int, limit: int, exclude: Sequence[int] = ()) -> Deferred[list[StoredMessage]]:
+        """Up to ``limit`` messages of ``recipient`` due at ``now`` and not expired, in
+        deposit order (server sequence), leaving out the sequences in ``exclude`` (those
+        pushed and not yet acknowledged: at most a window's worth)."""
+        skip = sorted(set(exclude))
+        not_in = f" AND seq NOT IN ({', '.join('?' * len(skip))})" if skip else ""
 
         def read(txn: Transaction) -> list[StoredMessage]:
             self._execute(
                 txn,
                 "SELECT seq, message_id, sender, deposited_at, deliver_at, envelope FROM messages"
-                " WHERE recipient = ? AND seq > ? AND deliver_at <= ? AND expires_at > ? ORDER BY seq LIMIT ?",
-                (recipient, after, now, now, limit),
+                f" WHERE recipient = ? AND deliver_at <= ? AND expires_at > ?{not_in} ORDER BY seq LIMIT ?",
+                (recipient, now, now, *skip, limit),
             )
             return [
                 StoredMessage(int(seq), message_id, Identity.parse(sender), int(deposited), int(deliver), self.dialect.blob(data))

@@ -1,0 +1,492 @@
+"""The intermediary's client library (what SixChat agents import).
+
+:func:`connect_intermediary` finds a domain's intermediary through its registry (the
+address record of the account ``intermediary``), connects over TLS presenting the user's
+certificate, and checks the server's certificate the way agents check peers: it chains to
+the domain's pinned root, names exactly ``intermediary@<domain>``, and is one of the
+certificates the registry holds for that account now (fingerprint). Then
+:class:`IntermediaryClient` runs the operations of docs/intermediary.rst; every call returns
+a Deferred that fails with an :class:`~intermediary.errors.IntermediaryError`
+(:class:`~intermediary.errors.ConnectionLost` when the connection ends first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as openssl_lib
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator, IProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from common.identity import Identity
+from common.pki.certificates import certificate_der
+from common.pki.errors import CertificateInvalid
+from common.pki.keyfiles import PrivateKey
+from common.pki.trust import TrustStore
+from common.tls import KEY_EXCHANGE_GROUPS, TLS12_CIPHERS, TLS13_CIPHERSUITES, send_without_delay
+from common.wire.framing import FrameDecoder, FrameError, encode_frame
+from intermediary import ACCOUNT, errors
+from intermediary.wire import (
+    MAX_FRAME,
+    Accept,
+    Accepted,
+    Ack,
+    Acked,
+    CircuitOffer,
+    Delivery,
+    Deposit,
+    Deposited,
+    ErrorAnswer,
+    FetchPrekey,
+    Operation,
+    Ping,
+    Pong,
+    PrekeyCount,
+    PrekeyData,
+    PublishPrekeys,
+    Request,
+    Reserve,
+    Reserved,
+    Response,
+    Result,
+    Subscribe,
+    Subscribed,
+    Superseded,
+    encode_request,
+    parse_server_message,
+)
+
+__all__ = ["Delivery", "IntermediaryClient", "PrekeyCount", "Reservation", "connect_intermediary", "intermediary_identity"]
+
+log = Logger()
+
+#: A relay reservation: address, port, expires.
+Reservation = Reserved
+#: Seconds between keep-alive pings while subscribed or reserved.
+PING_INTERVAL = 60.0
+MAX_OUTSTANDING = 32
+
+DirectoryLookup = Callable[[Identity], Awaitable[tuple[Any, set[str]]]]
+
+
+def intermediary_identity(domain: str) -> Identity:
+    """The identity a domain's intermediary runs as."""
+    return Identity(ACCOUNT, domain)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientTLS:
+    """TLS 1.2+ with the suite's ciphers, presenting the user's certificate; the server's
+    certificate is checked after the handshake (it is a user certificate, not a host's)."""
+
+    def __init__(self, key: PrivateKey, certificate: x509.Certificate, chain: Sequence[x509.Certificate]) -> None:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+        context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
+        context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+        setter = getattr(openssl_lib, "SSL_CTX_set1_curves_list", None)  # as common.tls does
+        if setter is not None and not setter(context._context, KEY_EXCHANGE_GROUPS.encode("ascii")):  # noqa: SLF001
+            setter(context._context, KEY_EXCHANGE_GROUPS.split(":", 1)[1].encode("ascii"))  # noqa: SLF001
+        context.use_certificate(crypto.X509.from_cryptography(certificate))
+        context.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
+        for extra in chain:
+            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+        self.context = context
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802
+        """Twisted's hook."""
+        connection = SSL.Connection(self.context, None)
+        connection.set_connect_state()
+        return connection
+
+
+class _Raw:
+    """Where bytes go once a circuit is accepted: to the attached protocol."""
+
+    def __init__(self) -> None:
+        self.protocol: IProtocol | None = None
+        self.held: list[bytes] = []
+
+
+class CircuitStream:
+    """An accepted circuit: a raw byte stream to the dialer, through the intermediary.
+
+    :meth:`attach` gives it to a protocol (the agent's responder ``PeerConnection``): the
+    protocol is connected to the TLS transport, receives every byte from the dialer
+    (those that arrived already first) and ``connectionLost`` when the circuit ends.
+    """
+
+    def __init__(self, protocol: IntermediaryClientProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def transport(self) -> Any:
+        """The underlying transport (write raw bytes to it)."""
+        return self._protocol.transport
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Run ``protocol`` on the circuit."""
+        raw = self._protocol.raw
+        assert raw is not None
+        raw.protocol = protocol
+        transport: Any = self._protocol.transport
+        protocol.makeConnection(transport)
+        held, raw.held = raw.held, []
+        for data in held:
+            protocol.dataReceived(data)
+
+
+@implementer(IHandshakeListener)
+class IntermediaryClientProtocol(Protocol):
+    """Frames requests, matches answers by id, hands pushes to their callbacks."""
+
+    def __init__(self, reactor: Any, timeout: float, check_server: Callable[[x509.Certificate, list[x509.Certificate]], None]) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.check_server = check_server
+        self.decoder = FrameDecoder(MAX_FRAME)
+        self.waiting: dict[int, Deferred[Result]] = {}
+        self.queued: list[tuple[Request, Deferred[Result]]] = []
+        self.next_id = 1
+        self.ready: Deferred[IntermediaryClientProtocol] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self._lost_waiters: list[Deferred[None]] = []
+        self.closed = False
+        self.failure: errors.IntermediaryError | None = None
+        self.on_deliver: Callable[[Delivery], None] | None = None
+        self.on_circuit: Callable[[str, str], None] | None = None
+        self.on_superseded: Callable[[], None] | None = None
+        self.raw: _Raw | None = None
+        self._accepting: int | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        """TCP is up."""
+        send_without_delay(self.transport)
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        """TLS is up: check that the server is the domain's intermediary."""
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        peer = handle.get_peer_certificate()
+        chain = [certificate.to_cryptography() for certificate in handle.get_peer_cert_chain() or []]
+        try:
+            if peer is None:
+                raise errors.ServerVerificationFailed("the server presented no certificate")
+            leaf = peer.to_cryptography()
+            self.check_server(leaf, [c for c in chain if certificate_der(c) != certificate_der(leaf)])
+        except errors.IntermediaryError as error:
+            self.failure = error
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def request(self, operation: Operation) -> Deferred[Result]:
+        """Send one request; fire with its result (``timeout`` after ``timeout`` seconds,
+        which also ends the connection: a late answer could not be matched safely)."""
+        if self.closed or self.raw is not None:
+            raise self.failure or errors.ConnectionLost()
+        request = Request(self.next_id, operation)
+        self.next_id += 1
+        result: Deferred[Result] = Deferred()
+        if len(self.waiting) >= MAX_OUTSTANDING:
+            self.queued.append((request, result))
+        else:
+            self._send(request, result)
+        return result
+
+    def _send(self, request: Request, result: Deferred[Result]) -> None:
+        self.waiting[request.id] = result
+        if isinstance(request.operation, Accept):
+            self._accepting = request.id
+        self.transport.write(encode_frame(encode_request(request)))  # type: ignore[union-attr]
+        call = self.reactor.callLater(self.timeout, self._timed_out, request.id)
+        result.addBoth(lambda outcome: (call.cancel() if call.active() else None, outcome)[1])
+
+    def _timed_out(self, request_id: int) -> None:
+        waiting = self.waiting.pop(request_id, None)
+        if waiting is not None:
+            self.failure = errors.Timeout("an earlier request timed out")
+            waiting.errback(errors.Timeout(f"the intermediary did not answer within {self.timeout:g} seconds"))
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        """Frames to answers and pushes; raw bytes to an accepted circuit."""
+        if self.raw is not None:
+            self._raw_data(data)
+            return
+        try:
+            self.decoder.append(data)
+            while self.raw is None:
+                frame = self.decoder.next_frame()
+                if frame is None:
+                    return
+                self._message(parse_server_message(frame))
+            rest = self.decoder.take_pending()
+            if rest:
+                self._raw_data(rest)
+        except FrameError as error:
+            self._fail(errors.MalformedMessage(f"the intermediary broke the framing: {error}"))
+        except errors.IntermediaryError as error:
+            self._fail(errors.MalformedMessage(f"the intermediary sent an invalid message: {error.message}"))
+
+    def _raw_data(self, data: bytes) -> None:
+        assert self.raw is not None
+        if self.raw.protocol is None:
+            self.raw.held.append(data)
+        else:
+            self.raw.protocol.dataReceived(data)
+
+    def _message(self, message: Response | ErrorAnswer | Delivery | CircuitOffer | Superseded) -> None:
+        if isinstance(message, Response | ErrorAnswer):
+            if message.id is None:
+                assert isinstance(message, ErrorAnswer)
+                self._fail(message.error)
+                return
+            waiting = self.waiting.pop(message.id, None)
+            if waiting is None:
+                raise errors.MalformedMessage(f"an answer to request {message.id}, which is not outstanding")
+            if isinstance(message, Response) and isinstance(message.result, Accepted) and message.id == self._accepting:
+                self.raw = _Raw()
+            if isinstance(message, ErrorAnswer):
+                waiting.errback(message.error)
+            else:
+                waiting.callback(message.result)
+            while self.queued and len(self.waiting) < MAX_OUTSTANDING and self.raw is None:
+                self._send(*self.queued.pop(0))
+        elif isinstance(message, Delivery):
+            if self.on_deliver is not None:
+                self.on_deliver(message)
+        elif isinstance(message, CircuitOffer):
+            if self.on_circuit is not None:
+                self.on_circuit(message.circuit_id, message.source)
+        elif self.on_superseded is not None:
+            self.on_superseded()
+        else:
+            log.info("Another connection of this user subscribed: this one no longer receives messages")
+
+    def _fail(self, error: errors.IntermediaryError) -> None:
+        self.failure = self.failure or error
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
+        """Fail everything outstanding; fire ``lost``."""
+        self.closed = True
+        failure = self.failure or errors.ConnectionLost()
+        waiting = [*self.waiting.values(), *(deferred for _, deferred in self.queued)]
+        self.waiting.clear()
+        self.queued.clear()
+        for deferred in waiting:
+            deferred.errback(failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if self.raw is not None and self.raw.protocol is not None:
+            self.raw.protocol.connectionLost(reason)
+        if not self.lost.called:
+            self.lost.callback(None)
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_lost(self) -> Deferred[None]:
+        """A Deferred that fires once the connection is gone."""
+        waiter: Deferred[None] = Deferred()
+        if self.closed:
+            waiter.callback(None)
+        else:
+            self._lost_waiters.append(waiter)
+        return waiter
+
+
+class IntermediaryClient:
+    """One connection to a domain's intermediary (see the module docs)."""
+
+    def __init__(self, protocol: IntermediaryClientProtocol, host: str, port: int) -> None:
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self._keepalive: LoopingCall | None = None
+
+    async def _call(self, operation: Operation, kind: type[Result]) -> Any:
+        result = await self.protocol.request(operation)
+        if not isinstance(result, kind):
+            self.protocol._fail(errors.MalformedMessage("the intermediary answered with the wrong result"))  # noqa: SLF001
+            raise errors.MalformedMessage(f"expected {kind.__name__}, got {type(result).__name__}")
+        return result
+
+    async def publish_prekeys(self, prekeys: list[bytes]) -> PrekeyCount:
+        """Publish signed prekeys (encoded by ``sixchat.sealed.prekeys.encode_prekey``)."""
+        result: PrekeyCount = await self._call(PublishPrekeys(tuple(prekeys)), PrekeyCount)
+        return result
+
+    async def fetch_prekey(self, user: Identity) -> bytes:
+        """One prekey of ``user`` (a user of the intermediary's domain), as published."""
+        result: PrekeyData = await self._call(FetchPrekey(user), PrekeyData)
+        return result.data
+
+    async def deposit(self, to: Identity, envelope: bytes, expires: int, deliver_at: int | None = None) -> str:
+        """Store a sealed message for ``to``; returns the server's message id once it is
+        committed."""
+        result: Deposited = await self._call(Deposit(to, expires, deliver_at, envelope), Deposited)
+        return result.message_id
+
+    async def subscribe(self, on_deliver: Callable[[Delivery], None]) -> int:
+        """Receive the user's messages (``on_deliver`` for each; acknowledge with
+        :meth:`ack` once stored); returns how many were waiting."""
+        self.protocol.on_deliver = on_deliver
+        result: Subscribed = await self._call(Subscribe(), Subscribed)
+        self._keep_alive()
+        return result.pending
+
+    async def ack(self, message_id: str) -> None:
+        """The message is stored at the recipient: the intermediary deletes it."""
+        await self._call(Ack(message_id), Acked)
+
+    async def reserve(self, on_circuit: Callable[[str, str], None]) -> Reservation:
+        """Reserve a relay port; ``on_circuit(circuit_id, "address port")`` per dialer."""
+        self.protocol.on_circuit = on_circuit
+        result: Reserved = await self._call(Reserve(), Reserved)
+        self._keep_alive()
+        return result
+
+    async def accept_circuit(self, circuit_id: str) -> CircuitStream:
+        """Take circuit ``circuit_id`` on this connection (a new one, with nothing else
+        outstanding); returns the raw stream once ``<accepted/>`` arrived."""
+        await self._call(Accept(circuit_id), Accepted)
+        return CircuitStream(self.protocol)
+
+    async def ping(self) -> None:
+        """Round trip to the intermediary."""
+        await self._call(Ping(), Pong)
+
+    def _keep_alive(self) -> None:
+        if self._keepalive is None:
+            self._keepalive = LoopingCall(self._ping_quietly)
+            self._keepalive.clock = self.protocol.reactor
+            self._keepalive.start(PING_INTERVAL, now=False)
+            self.protocol.lost.addBoth(lambda _: self._stop_keepalive())
+
+    def _ping_quietly(self) -> Deferred[None]:
+        pinging: Deferred[Any] = Deferred.fromCoroutine(self.ping())
+        return pinging.addErrback(lambda _failure: None)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+
+    def when_lost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        return self.protocol.when_lost()
+
+    async def close(self) -> None:
+        """Close the connection (and wait until it is gone)."""
+        self._stop_keepalive()
+        if not self.protocol.closed:
+            self.protocol.transport.loseConnection()  # type: ignore[union-attr]
+            await self.when_lost()
+
+
+def server_checker(
+    domain: str, root: x509.Certificate, fingerprints: set[str], clock: Any
+) -> Callable[[x509.Certificate, list[x509.Certificate]], None]:
+    """The check of the server's certificate: chains to ``root`` (``domain``'s pinned root),
+    names ``intermediary@domain``, and its SHA-256 fingerprint is in ``fingerprints``."""
+    trust = TrustStore(anchors=[(domain, root)])
+    expected = intermediary_identity(domain)
+
+    def check(leaf: x509.Certificate, intermediates: list[x509.Certificate]) -> None:
+        try:
+            verified = trust.verify_user_certificate(leaf, intermediates, now=datetime.fromtimestamp(clock.seconds(), UTC))
+        except CertificateInvalid as error:
+            raise errors.ServerVerificationFailed(f"the intermediary's certificate does not verify: {error.message}") from None
+        if verified.identity != expected:
+            raise errors.ServerVerificationFailed(f"the server is {verified.identity}, not {expected}")
+        if hashlib.sha256(certificate_der(leaf)).hexdigest() not in fingerprints:
+            raise errors.ServerVerificationFailed(f"the registry of {domain} does not hold this certificate for {expected}")
+
+    return check
+
+
+async def connect_intermediary(
+    reactor: Any,
+    domain: str,
+    *,
+    directory_lookup: DirectoryLookup,
+    key: PrivateKey,
+    certificate: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    roots: dict[str, x509.Certificate],
+    timeout: float = 15.0,
+    server: tuple[str, int] | None = None,
+) -> IntermediaryClient:
+    """Connect to ``domain``'s intermediary (see the module docs). ``directory_lookup``
+    returns the address record and certificate fingerprints of an identity, per its
+    registry; ``server`` skips the address (the certificate is still checked)."""
+    root = roots.get(domain)
+    if root is None:
+        raise errors.ClientError(f"{domain} is not a trusted domain: trust its CA first")
+    record, fingerprints = await directory_lookup(intermediary_identity(domain))
+    if server is not None:
+        targets = [server]
+    else:
+        current = record is not None and record.is_current(reactor.seconds())
+        targets = [(endpoint.address, endpoint.port) for endpoint in record.endpoints] if current else []
+        if not targets:
+            raise errors.Unavailable(f"the intermediary of {domain} has registered no current address")
+    check = server_checker(domain, root, set(fingerprints), reactor)
+    last: errors.IntermediaryError = errors.Unavailable(f"cannot reach the intermediary of {domain}")
+    for host, port in targets:
+        try:
+            protocol = await _connect_one(reactor, host, port, _ClientTLS(key, certificate, chain), check, timeout)
+        except errors.ServerVerificationFailed:
+            raise
+        except errors.IntermediaryError as error:
+            last = error
+            continue
+        except Exception as error:  # noqa: BLE001 - any failure to connect: try the next address
+            last = errors.Unavailable(f"cannot reach the intermediary of {domain} at {host} port {port}: {error}")
+            continue
+        return IntermediaryClient(protocol, host, port)
+    raise last
+
+
+async def _connect_one(
+    reactor: Any, host: str, port: int, tls: _ClientTLS, check: Callable[[x509.Certificate, list[x509.Certificate]], None], timeout: float
+) -> IntermediaryClientProtocol:
+    protocol = IntermediaryClientProtocol(reactor, timeout, check)
+    name: Any = host if _is_ip(host) else host.encode("idna")
+    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, name, port, timeout=timeout))
+    await endpoint.connect(Factory.forProtocol(lambda: protocol))
+
+    def too_slow() -> None:
+        if not protocol.ready.called:
+            protocol.failure = errors.Timeout("the TLS handshake with the intermediary took too long")
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+
+    call = reactor.callLater(timeout, too_slow)
+    try:
+        return await protocol.ready
+    finally:
+        if call.active():
+            call.cancel()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

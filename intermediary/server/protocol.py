@@ -1,0 +1,316 @@
+"""The intermediary's Twisted protocol: a thin adapter from TLS bytes to the operations.
+
+The connection's logic is the sans-I/O core :class:`intermediary.server.connection.Connection`;
+this adapter feeds it the transport's events, performs its actions (writing, running
+requests on :class:`~intermediary.server.operations.Operations`, pausing, deadlines on the
+factory's clock, closing), counts connections per address, and checks the client
+certificate when TLS is up (:class:`~intermediary.server.senders.SenderVerifier`). After
+``<accepted/>`` it stops framing and hands every byte to the relay's splice; the connection
+is then the circuit's leg (:class:`Leg`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import crypto
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from common.factory import QuietFactory
+from common.identity import Identity
+from common.limits import ConnectionCounter
+from common.tls import send_without_delay
+from intermediary import errors
+from intermediary.server.connection import (
+    Abort,
+    Action,
+    ArmDeadline,
+    CancelDeadline,
+    Close,
+    Connection,
+    ConnectionLimits,
+    Deadline,
+    Dispatch,
+    PauseReading,
+    ResumeReading,
+    Send,
+    Splice,
+)
+from intermediary.server.operations import Caller, Operations
+from intermediary.server.senders import SenderVerifier
+from intermediary.wire import Event, Request, Result
+
+log = Logger()
+
+
+class Leg:
+    """An accepting connection as one leg of a relay circuit (what ``Relay.join`` gets).
+
+    Writes made before ``<accepted/>`` is on the wire are held and written right after it.
+    ``transport`` is the TLS transport (register a producer on it to learn when its buffer
+    is full; pause and resume it to stop and restart reading this leg).
+    """
+
+    def __init__(self, protocol: IntermediaryProtocol) -> None:
+        self.protocol = protocol
+        self.active = False
+        self._held: list[bytes] = []
+
+    @property
+    def transport(self) -> Any:
+        """The connection's TLS transport."""
+        return self.protocol.transport
+
+    def write(self, data: bytes) -> None:
+        """Send raw bytes to this leg's peer."""
+        if self.active:
+            self.protocol.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self._held.append(data)
+
+    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
+        """End this leg."""
+        self.protocol.transport.loseConnection()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Stop reading this leg."""
+        self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Read this leg again."""
+        self.protocol.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def activate(self) -> None:
+        """``<accepted/>`` is written: raw bytes may follow."""
+        self.active = True
+        held, self._held = self._held, []
+        for data in held:
+            self.protocol.transport.write(data)  # type: ignore[union-attr]
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """Forwards the transport's flow control to the protocol until it is forgotten."""
+
+    def __init__(self, protocol: IntermediaryProtocol) -> None:
+        self.protocol: IntermediaryProtocol | None = protocol
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self.protocol is not None:
+            self.protocol.do(self.protocol.core.pause_writing())
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.protocol is not None:
+            self.protocol.do(self.protocol.core.resume_writing())
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+@implementer(IHandshakeListener)
+class IntermediaryProtocol(Protocol):
+    """One client connection."""
+
+    factory: IntermediaryFactory
+
+    def __init__(self) -> None:
+        self.core: Connection
+        self.caller: Caller | None = None
+        self.leg = Leg(self)
+        self.splice: Any = None
+        self.counted = False
+        self.producer: _Producer | None = None
+        self.peer_host = "unknown"
+        self._deadlines: dict[Deadline, IDelayedCall] = {}
+        self._actions: list[Action] = []
+        self._performing = False
+
+    # -- Twisted's events ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        """Count the connection; start the handshake deadline."""
+        self.peer_host = getattr(self.transport.getPeer(), "host", "unknown")  # type: ignore[union-attr]
+        self.core = Connection(self.factory.limits, self.peer_host)
+        if not self.factory.connections.acquire(self.peer_host):
+            log.warn("Refused a connection from {host}: too many connections", host=self.peer_host)
+            self.do(self.core.refuse(errors.TooManyConnections()))
+            return
+        self.counted = True
+        send_without_delay(self.transport)
+        self.producer = _Producer(self)
+        self.transport.registerProducer(self.producer, True)  # type: ignore[union-attr]
+        self.do(self.core.start())
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        """TLS is up: check the client certificate."""
+        self.do(self.core.handshake_completed())
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        peer = handle.get_peer_certificate()
+        if peer is None:
+            self.do(self.core.authenticated(errors.CertificateRejected("a client certificate is required")))
+            return
+        leaf = peer.to_cryptography()
+        leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+        intermediates = [
+            certificate.to_cryptography()
+            for certificate in handle.get_peer_cert_chain() or []
+            if crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate) != leaf_der
+        ]
+        checking = Deferred.fromCoroutine(self.factory.verifier.verify(leaf, intermediates))
+        checking.addCallbacks(self._authenticated, self._refused)
+
+    def _authenticated(self, identity: Identity) -> None:
+        if self.core.closing:
+            return
+        self.caller = Caller(identity, self._push, self._kept, leg=self.leg)
+        log.info("{who} connected from {host}", who=str(identity), host=self.peer_host)
+        self.do(self.core.authenticated(None))
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(errors.IntermediaryError):
+            error: errors.IntermediaryError = failure.value  # type: ignore[assignment]
+        else:
+            log.failure("Checking the certificate from {host} failed", failure, host=self.peer_host)
+            error = errors.InternalError()
+        log.info("Refused the certificate from {host}: {error}", host=self.peer_host, error=str(error))
+        self.do(self.core.authenticated(error))
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        """Frames to the core, or raw bytes to the circuit."""
+        if self.splice is not None:
+            self.splice.data_received(data)
+        else:
+            self.do(self.core.data_received(data))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
+        """Release the address's slot, the subscription, the reservation, the circuit."""
+        self.do(self.core.connection_lost())
+        if self.counted:
+            self.factory.connections.release(self.peer_host)
+            self.counted = False
+        for deadline in list(self._deadlines):
+            self._cancel(deadline)
+        if self.producer is not None:
+            self.producer.protocol = None
+            self.producer = None
+        if self.caller is not None:
+            self.factory.operations.connection_lost(self.caller)
+        if self.splice is not None:
+            splice, self.splice = self.splice, None
+            splice.leg_lost()
+
+    # -- pushes -------------------------------------------------------------------------
+
+    def _push(self, event: Event) -> None:
+        self.do(self.core.push(event))
+
+    def _kept(self, kept: bool) -> None:
+        self.do(self.core.set_kept(kept))
+
+    # -- performing the core's actions --------------------------------------------------
+
+    def do(self, actions: list[Action]) -> None:
+        """Perform ``actions`` in order (after any being performed)."""
+        self._actions.extend(actions)
+        if self._performing:
+            return
+        self._performing = True
+        try:
+            while self._actions:
+                self._perform(self._actions.pop(0))
+        finally:
+            self._performing = False
+
+    def _perform(self, action: Action) -> None:
+        transport: Any = self.transport
+        if isinstance(action, Send):
+            transport.write(action.data)
+        elif isinstance(action, Dispatch):
+            self._dispatch(action.request)
+        elif isinstance(action, ArmDeadline):
+            call = self._deadlines.get(action.deadline)
+            if call is not None and call.active():
+                call.reset(action.seconds)
+            else:
+                self._deadlines[action.deadline] = self.factory.clock.callLater(action.seconds, self._expired, action.deadline)
+        elif isinstance(action, CancelDeadline):
+            self._cancel(action.deadline)
+        elif isinstance(action, PauseReading):
+            transport.pauseProducing()
+        elif isinstance(action, ResumeReading):
+            transport.resumeProducing()
+        elif isinstance(action, Splice):
+            self._start_splice(action.data)
+        elif isinstance(action, Close):
+            self._unregister()
+            transport.resumeProducing()
+            transport.loseConnection()
+        elif isinstance(action, Abort):
+            transport.abortConnection()
+
+    def _unregister(self) -> None:
+        if self.producer is not None:
+            self.producer.protocol = None
+            self.producer = None
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def _start_splice(self, data: bytes) -> None:
+        assert self.caller is not None
+        self.splice = self.caller.splice
+        self._unregister()  # the relay registers its own producer now
+        self.leg.activate()
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if data and self.splice is not None:
+            self.splice.data_received(data)
+
+    def _cancel(self, deadline: Deadline) -> None:
+        call = self._deadlines.pop(deadline, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expired(self, deadline: Deadline) -> None:
+        self._deadlines.pop(deadline, None)
+        self.do(self.core.deadline_expired(deadline))
+
+    def _dispatch(self, request: Request) -> None:
+        assert self.caller is not None
+        core = self.core
+        running = self.factory.operations.handle(self.caller, request.operation)
+        running.addCallbacks(self._answered, self._failed, callbackArgs=(core, request), errbackArgs=(core, request))
+
+    def _answered(self, result: Result, core: Connection, request: Request) -> None:
+        self.do(core.request_answered(request, result))
+
+    def _failed(self, failure: Failure, core: Connection, request: Request) -> None:
+        if failure.check(errors.IntermediaryError):
+            error: errors.IntermediaryError = failure.value  # type: ignore[assignment]
+            log.info("Request from {host} refused: {error}", host=self.peer_host, error=str(error))
+        else:
+            log.failure("Request from {host} failed", failure, host=self.peer_host)
+            error = errors.InternalError()
+        self.do(core.request_failed(request, error))
+
+
+class IntermediaryFactory(QuietFactory):
+    """Builds :class:`IntermediaryProtocol` connections sharing one set of operations."""
+
+    protocol = IntermediaryProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        operations: Operations,
+        verifier: SenderVerifier,
+        clock: IReactorTime,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        self.operations = operations
+        self.verifier = verifier
+        self.clock = clock
+        self.limits = limits or ConnectionLimits()
+        self.connections = ConnectionCounter(self.limits.max_connections_per_address)
+
