@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.logger import Logger
 
 from common.identity import Identity
@@ -110,10 +110,12 @@ class Depositor:
                 timeout=self.agent.settings.connect_timeout * 3,
                 server=server,
             )
+        except CancelledError:
+            raise
         except NotFound:
             raise NoIntermediary(f"{domain} has no intermediary") from None
         except IntermediaryError as error:
-            raise NoIntermediary(f"{domain}'s intermediary refused us: {error.message}") from None
+            raise NoIntermediary(f"cannot use {domain}'s intermediary: {error.message.rstrip('.')}") from None
         except IRPError as error:
             raise NoIntermediary(f"cannot find {domain}'s intermediary: {error.message}") from None
         except errors.SixChatError as error:

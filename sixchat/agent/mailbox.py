@@ -92,7 +92,7 @@ class Mailbox:
         """Connect and keep connected until :meth:`stop`."""
         self._running = True
         self._task = Deferred.fromCoroutine(self._run())
-        self._task.addErrback(lambda failure: log.failure("The intermediary connection loop failed", failure))
+        self._task.addErrback(_stopped)
 
     async def stop(self) -> None:
         """Close the connection and stop reconnecting."""
@@ -101,6 +101,8 @@ class Mailbox:
             self._sleeping.cancel()
         if self.client is not None:
             await self.client.close()
+        elif self._task is not None and not self._task.called:
+            self._task.cancel()  # a connection attempt under way
         if self._task is not None:
             await self._task
         await self._tail
@@ -108,7 +110,6 @@ class Mailbox:
     def _set_state(self, state: str) -> None:
         if state != self.state:
             log.info("Intermediary: {state}", state=state)
-            self.agent.emit({"event": "intermediary", "state": state})
         self.state = state
 
     async def _sleep(self, seconds: float) -> None:
@@ -127,6 +128,8 @@ class Mailbox:
             try:
                 client = await self.agent.depositor.connect(domain)
             except NoIntermediary as error:
+                if not self._running:
+                    return
                 self._set_state(f"not connected: {error.reason} (trying again, at least every {BACKOFF_LAST:g} s)")
                 await self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_LAST)
@@ -372,14 +375,22 @@ class Mailbox:
         if refusal is not None:
             log.warn("Refused a relayed connection from {host}: {why}", host=host, why=refusal.message)
             return
+        connection: PeerConnection | None = None
         try:
             client = await self.agent.depositor.connect(self.agent.identity.domain)
+            stream = await client.accept_circuit(circuit_id)
             self.agent.reload_credentials()
             connection = PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=self.agent.admission.finished)
-            await client.accept_circuit(circuit_id, connection)
+            stream.attach(connection)
         except BaseException:
-            self.agent.admission.finished()
+            if connection is None:
+                self.agent.admission.finished()
             raise
+
+
+def _stopped(failure: Failure) -> None:
+    if not failure.check(CancelledError):
+        log.failure("The intermediary connection loop failed", failure)
 
 
 def _log_circuit_failure(failure: Failure, circuit_id: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -46,6 +46,18 @@ class Outbox:
         self._flush_locks: dict[Identity, DeferredLock] = {}
         #: The ids sent on each connection (not sent again on it).
         self._in_flight: dict[PeerConnection, set[str]] = {}
+        self._deliveries: set[Deferred[None]] = set()
+
+    def start_delivery(self, peer: Identity) -> None:
+        """Deliver to ``peer`` in the background (problems are recorded on the messages)."""
+        delivery = Deferred.fromCoroutine(self.deliver(peer)).addErrback(self.log_delivery_problem, peer)
+        self._deliveries.add(delivery)
+        delivery.addBoth(lambda _: self._deliveries.discard(delivery))
+
+    async def idle(self) -> None:
+        """Wait until no background delivery is under way."""
+        while self._deliveries:
+            await gatherResults(list(self._deliveries), consumeErrors=True)
 
     def forget(self, connection: PeerConnection) -> None:
         """The connection ended: what it sent without a receipt may go on the next one."""
@@ -73,7 +85,7 @@ class Outbox:
         if deliver_at is not None:
             Deferred.fromCoroutine(self.schedule(message)).addErrback(lambda failure: log.failure("Scheduling failed", failure))
         else:
-            Deferred.fromCoroutine(self.deliver(peer)).addErrback(self.log_delivery_problem, peer)
+            self.start_delivery(peer)
         return message
 
     async def schedule(self, message: StoredMessage) -> None:
@@ -189,7 +201,7 @@ class Outbox:
         for peer in await self.agent.store.pending_peers():
             if peer in self.agent.dialer.dialling:
                 continue
-            Deferred.fromCoroutine(self.deliver(peer)).addErrback(self.log_delivery_problem, peer)
+            self.start_delivery(peer)
 
     async def give_up_old(self) -> None:
         """Mark undelivered what has waited longer than ``undelivered_after``."""

@@ -78,12 +78,14 @@ class AgentTestCase(TestCase):
         return message.id
 
     async def settle(self, agent: Agent) -> None:
-        """Wait until no dial of ``agent`` is under way and its store is idle."""
-        while agent.dialer.dialling:
+        """Wait until no dial nor delivery (or deposit) of ``agent`` is under way and its
+        store is idle."""
+        while agent.dialer.dialling or agent.outbox._deliveries:
             waiters = [agent.connect(peer) for peer in list(agent.dialer.dialling)]
             for waiter in waiters:
                 waiter.addErrback(lambda _: None)
                 await waiter
+            await agent.outbox.idle()
         assert agent.store is not None
         await agent.store.contacts()
 
