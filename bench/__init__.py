@@ -20,6 +20,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "irp_idle": ("9a", "9b", "9c"),
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
     "abuse": ("10a", "10b", "10c"),
+    "intermediary_deposits": ("11",),
 }
 
 #: Modules run only when ``--only`` names them (they need more than the project's own

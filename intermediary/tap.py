@@ -53,6 +53,8 @@ class Options(usage.Options):
         ["database", None, None, "Database URL: a SQLite file (default PROFILE/intermediary.sqlite3) or postgresql://..."],
         ["relay-ports", None, "46050-46099", "Ports the relay may give agents, LOW-HIGH."],
         ["relay-interface", None, "::", "Address the relay ports listen on."],
+        ["relay-address", None, None, "Relay address given to agents (default: the interface, or the first --advertise"
+         " address, or the host's primary address)."],
         ["ttl", None, 300, "Seconds the registered address stays valid (refreshed at half that).", int],
         ["max-messages", None, 1000, "Messages one mailbox may hold.", int],
         ["max-mailbox-bytes", None, 50 * 1024 * 1024, "Bytes one mailbox may hold.", int],
@@ -107,6 +109,7 @@ class Options(usage.Options):
             advertise=self["advertise"] or None,
             relay_ports=self["relay-ports"],
             relay_interface=self["relay-interface"],
+            relay_address=self["relay-address"],
             register=not self["no-register"],
             register_ttl=self["ttl"],
             quotas=Quotas(

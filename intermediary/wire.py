@@ -374,7 +374,10 @@ def _envelope(text: str) -> bytes:
         raise errors.TooLarge(f"a sealed message may be at most {MAX_ENVELOPE} bytes")
     if not text:
         raise errors.MalformedMessage("<deposit> holds no sealed message")
-    return FIELDS.decode_base64(text, "the sealed message", max_length=MAX_ENVELOPE)
+    envelope = FIELDS.decode_base64(text, "the sealed message")
+    if len(envelope) > MAX_ENVELOPE:
+        raise errors.TooLarge(f"a sealed message may be at most {MAX_ENVELOPE} bytes")
+    return envelope
 
 
 # -- answers and pushes -------------------------------------------------------------------
@@ -421,6 +424,15 @@ def encode_push(event: Event) -> bytes:
 
 def parse_server_message(payload: bytes) -> ServerMessage:
     """Parse what the server sent (client side); raise MalformedMessage."""
+    try:
+        return _parse_server_message(payload)
+    except errors.MalformedMessage:
+        raise
+    except errors.IntermediaryError as error:
+        raise errors.MalformedMessage(error.message) from None
+
+
+def _parse_server_message(payload: bytes) -> ServerMessage:
     root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
     if root.tag == "error":
         text = _leaf(root, ("code", "name"), ("id",))

@@ -216,20 +216,25 @@ class Connection:
         if error is not None:
             return self._fail(error)
         self._transition("authenticated")
-        return self._read(b"")
+        return self._after_answer() if self.reading_paused else self._read(b"")
 
     def data_received(self, data: bytes) -> list[Action]:
         """Bytes from the peer."""
         if self.state is State.SPLICED:
             raise RuntimeError("bytes of a spliced connection go to its circuit")
-        if self.state in (State.HANDSHAKING, State.AUTHENTICATING):
+        if self.state in (State.HANDSHAKING, State.AUTHENTICATING, State.ACCEPTING):
+            # Kept until requests may run, or (accepting) for the circuit if it is joined;
+            # past one frame's worth, reading pauses until then.
             try:
                 self.decoder.append(data)
             except FrameError:
                 pass
+            if self.decoder.pending > self.limits.max_frame and not self.reading_paused:
+                self.reading_paused = True
+                return [PauseReading()]
             return []
         if self.state is not State.OPEN:
-            return []  # accepting or closed: nothing more is read
+            return []  # closed: nothing more is read
         return self._read(data)
 
     def _read(self, data: bytes) -> list[Action]:

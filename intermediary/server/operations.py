@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from common.identity import Identity
 from common.limits import SlidingWindow
 from intermediary import errors
+from intermediary.server.relay import RelayUnavailable
+from intermediary.server.relay import UnknownCircuit as RelayUnknownCircuit
 from intermediary.server.store import IntermediaryStore
 from intermediary.server.subscriptions import Subscription, Subscriptions
 from intermediary.wire import (
@@ -187,7 +189,7 @@ class Operations:
         if not self.deposits.allow(caller.identity):
             raise errors.QuotaExceeded(f"at most {self.limits.deposits_per_hour} messages per hour may be deposited")
         receipt = await self.store.deposit(op.to.username, caller.identity, op.envelope, now=now, expires=op.expires, deliver_at=deliver_at)
-        log.info("Stored message {id} for {to} ({size} bytes)", id=receipt.message_id, to=str(op.to), size=len(op.envelope))
+        log.debug("Stored message {id} for {to} ({size} bytes)", id=receipt.message_id, to=str(op.to), size=len(op.envelope))
         self.subscriptions.deposited(op.to.username, deliver_at)
         return Deposited(receipt.message_id, receipt.queued)
 
@@ -221,7 +223,10 @@ class Operations:
                 caller.push(CircuitOffer(circuit_id, source))
 
             caller.notify = notify
-        reservation = await self.relay.reserve(caller.identity, caller.notify)
+        try:
+            reservation = await self.relay.reserve(caller.identity, caller.notify)
+        except RelayUnavailable as error:
+            raise errors.Unavailable(error.message) from None
         caller.reserved = True
         caller.kept(True)
         return Reserved(str(reservation.address), int(reservation.port), int(reservation.expires))
@@ -233,7 +238,10 @@ class Operations:
             raise errors.UnknownCircuit("this intermediary runs no relay")
         if caller.leg is None:
             raise errors.InternalError("no leg for this connection")
-        caller.splice = self.relay.join(caller.identity, op.circuit_id, caller.leg)
+        try:
+            caller.splice = self.relay.join(caller.identity, op.circuit_id, caller.leg)
+        except RelayUnknownCircuit as error:
+            raise errors.UnknownCircuit(error.message) from None
         return Accepted()
 
     def connection_lost(self, caller: Caller) -> None:

@@ -77,6 +77,15 @@ class Leg:
         """End this leg."""
         self.protocol.transport.loseConnection()  # type: ignore[union-attr]
 
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+        """The relay's producer takes the place of the connection's own."""
+        self.protocol.give_up_producer()
+        self.protocol.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        """The circuit ended."""
+        self.protocol.transport.unregisterProducer()  # type: ignore[union-attr]
+
     def pauseProducing(self) -> None:  # noqa: N802
         """Stop reading this leg."""
         self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
@@ -252,6 +261,10 @@ class IntermediaryProtocol(Protocol):
             transport.loseConnection()
         elif isinstance(action, Abort):
             transport.abortConnection()
+
+    def give_up_producer(self) -> None:
+        """Stop being the transport's producer (the relay's takes over)."""
+        self._unregister()
 
     def _unregister(self) -> None:
         if self.producer is not None:

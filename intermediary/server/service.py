@@ -10,7 +10,6 @@ find it with an ordinary ``lookup intermediary``.
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import os
 import socket
@@ -32,6 +31,7 @@ from common.profile import Profile
 from common.startup import EarlyPorts
 from common.tls import ServerTLS, make_server_context
 from intermediary import ACCOUNT, DEFAULT_PORT, DEFAULT_RELAY_PORTS, errors
+from intermediary.server import relay as relay_module
 from intermediary.server.connection import ConnectionLimits
 from intermediary.server.operations import Limits, Operations, RelayService
 from intermediary.server.protocol import IntermediaryFactory
@@ -56,6 +56,9 @@ class IntermediarySettings:
     advertise: list[Endpoint] | None = None
     relay_ports: range = DEFAULT_RELAY_PORTS
     relay_interface: str = "::"
+    #: The relay address given to users (default: the interface, or when it is a wildcard
+    #: the first advertised address, else the host's primary address).
+    relay_address: str | None = None
     register: bool = True
     register_ttl: int = 300
     expire_interval: float = 300.0
@@ -68,8 +71,8 @@ class IntermediarySettings:
     server: tuple[str, int] | None = None
     #: twisted.names resolver for other domains' registries (None: the system's).
     resolver: Any = None
-    #: Builds the relay (reactor, settings) -> RelayService, or None for no relay; the
-    #: default uses :mod:`intermediary.server.relay` when it is installed.
+    #: Builds the relay (reactor, settings) -> RelayService, or None for no relay (default:
+    #: :func:`default_relay`).
     relay_factory: Callable[[Any, IntermediarySettings], RelayService | None] | None = None
 
     @property
@@ -79,14 +82,18 @@ class IntermediarySettings:
 
 
 def default_relay(reactor: Any, settings: IntermediarySettings) -> RelayService | None:
-    """Part C's relay on ``settings``' ports, or None when it is not installed."""
-    try:
-        relay_module: Any = importlib.import_module("intermediary.server.relay")
-    except ImportError:
-        log.warn("No relay: intermediary.server.relay is not installed (reservations are refused)")
-        return None
-    limits = relay_module.RelayLimits()
-    built: RelayService = relay_module.Relay(reactor, interface=settings.relay_interface, ports=settings.relay_ports, limits=limits)
+    """Part C's relay on ``settings``' ports."""
+    address = settings.relay_address
+    if address is None:
+        address = settings.relay_interface
+        if ipaddress.ip_address(address.split("%")[0]).is_unspecified:
+            candidates = [endpoint.address for endpoint in settings.advertise or []]
+            candidates = candidates or _primary_addresses(6 if ":" in address else 4)
+            if candidates:
+                address = candidates[0]
+    built: RelayService = relay_module.Relay(
+        reactor, interface=settings.relay_interface, ports=settings.relay_ports, limits=relay_module.RelayLimits(), address=address
+    )
     return built
 
 

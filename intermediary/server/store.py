@@ -97,6 +97,9 @@ class IntermediaryStore:
         self.dialect = dialect
         self.quotas = quotas or Quotas()
         self._operational: type[Exception] = pool.dbapi.OperationalError
+        #: Concurrent fetches on PostgreSQL each take another one-time prekey (SQLite has one
+        #: writer at a time).
+        self._skip_locked = f"{dialect.for_update} SKIP LOCKED" if dialect.for_update else ""
         self._queue: list[tuple[tuple[Any, ...], Deferred[DepositReceipt]]] = []
         self._group_running = False
 
@@ -118,8 +121,9 @@ class IntermediaryStore:
         return store
 
     def close(self) -> None:
-        """Close the database connections."""
-        self.pool.close()
+        """Close the database connections (once)."""
+        if self.pool.running:
+            self.pool.close()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -192,7 +196,7 @@ class IntermediaryStore:
             row = self._one(
                 txn,
                 "SELECT seq, data FROM prekeys WHERE owner = ? AND kind = 'one-time' AND expires_at > ?"
-                " ORDER BY seq LIMIT 1" + self.dialect.for_update,
+                " ORDER BY seq LIMIT 1" + self._skip_locked,
                 (owner, now),
             )
             if row is None:

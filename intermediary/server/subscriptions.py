@@ -44,6 +44,9 @@ class Subscription:
         self._again = False
         self._timer: IDelayedCall | None = None
         self._timer_at: int | None = None
+        self._settled: list[Deferred[None]] = []
+        #: Look-ups of the next held message running.
+        self._looking = 0
 
     def pump(self) -> None:
         """Push what is due, within the window (one read at a time; a pump asked for
@@ -73,11 +76,28 @@ class Subscription:
             self.sink(Delivery(message.message_id, message.sender, message.deposited_at, message.envelope))
         if self._again or len(messages) == room:
             self.pump()
+        self._notify_settled()
 
     def _failed(self, failure: Failure) -> None:
         self._reading = False
         log.failure("Reading the mailbox of {user} failed", failure, user=self.username)
         self.owner.retry_later(self)
+        self._notify_settled()
+
+    def settled(self) -> Deferred[None]:
+        """Fires once no read of the mailbox is running (at once if none is)."""
+        waiting: Deferred[None] = Deferred()
+        if self._reading or self._looking:
+            self._settled.append(waiting)
+        else:
+            waiting.callback(None)
+        return waiting
+
+    def _notify_settled(self) -> None:
+        if not (self._reading or self._looking):
+            waiters, self._settled = self._settled, []
+            for waiting in waiters:
+                waiting.callback(None)
 
     def acked(self, message_id: str) -> None:
         """The subscriber acknowledged ``message_id`` (deleted): room for one more."""
@@ -103,7 +123,18 @@ class Subscription:
         self._timer = None
         self._timer_at = None
         self.pump()
-        self.owner.schedule_next(self)
+        self._looking += 1
+
+        def found(result: tuple[int, int | None]) -> None:
+            if result[1] is not None:
+                self.due_at(result[1])
+
+        def done(_: object) -> None:
+            self._looking -= 1
+            self._notify_settled()
+
+        looking = self.owner.store.pending(self.username, self.owner.now())
+        looking.addCallbacks(found, lambda failure: self.owner.retry_later(self)).addBoth(done)
 
     def end(self) -> None:
         """Stop pushing (the connection went, or a newer subscription took over)."""
@@ -157,15 +188,6 @@ class Subscriptions:
         subscription = self.by_user.get(username)
         if subscription is not None:
             subscription.due_at(deliver_at)
-
-    def schedule_next(self, subscription: Subscription) -> None:
-        """Set the subscription's timer for its next held message."""
-
-        def found(result: tuple[int, int | None]) -> None:
-            if result[1] is not None:
-                subscription.due_at(result[1])
-
-        self.store.pending(subscription.username, self.now()).addCallbacks(found, lambda failure: self.retry_later(subscription))
 
     def retry_later(self, subscription: Subscription) -> None:
         """The database failed: try again in a moment."""
