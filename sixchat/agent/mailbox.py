@@ -85,6 +85,8 @@ class Mailbox:
         self._server_one_time: int | None = None
         self._tail: Deferred[None] = succeed(None)
         self._renewal: Any = None
+        self._ready_waiters: list[Deferred[None]] = []
+        self._ready = False
 
     # -- running ------------------------------------------------------------------------
 
@@ -106,6 +108,23 @@ class Mailbox:
         if self._task is not None:
             await self._task
         await self._tail
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once subscribed (and, with ``relay``, reserved and registered); at once
+        if that is so now."""
+        waiter: Deferred[None] = Deferred()
+        if self._ready:
+            waiter.callback(None)
+        else:
+            self._ready_waiters.append(waiter)
+        return waiter
+
+    def _set_ready(self, ready: bool) -> None:
+        self._ready = ready
+        if ready:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -147,6 +166,7 @@ class Mailbox:
                 log.failure("The connection to the intermediary failed")
             finally:
                 self.client = None
+                self._set_ready(False)
                 self._server_one_time = None
                 self._drop_relay()
                 await client.close()
@@ -162,6 +182,7 @@ class Mailbox:
         self._set_state(f"connected to {self.agent.identity.domain}'s intermediary ({pending} waiting)")
         if self.agent.settings.relay:
             await self._reserve(client)
+        self._set_ready(True)
         loops = [LoopingCall(self._ping, client), LoopingCall(self._guarded_upkeep, client)]
         for loop, interval in zip(loops, (PING_INTERVAL, UPKEEP_INTERVAL), strict=True):
             loop.clock = self.agent.clock
