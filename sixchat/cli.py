@@ -261,6 +261,9 @@ async def cmd_send(ctx: ChatContext) -> int:
     if data["event"] == "stored":
         show(f"Stored at {who.domain}'s intermediary; it will be delivered when {who} is online.")
         return 0
+    if data["event"] == "not-scheduled":
+        show(f"Not scheduled: {data.get('reason')}.")
+        return 1
     if data["event"] == "scheduled":
         show(f"Scheduled for {when_text(data.get('deliver_at') or at or 0)}: held at {who.domain}'s intermediary until then.")
         return 0
@@ -279,7 +282,7 @@ async def cmd_send(ctx: ChatContext) -> int:
 
 
 #: The events that end ``sixchat send``'s wait.
-FINAL_EVENTS = ("receipt", "undelivered", "cancelled", "stored", "scheduled")
+FINAL_EVENTS = ("receipt", "undelivered", "cancelled", "stored", "scheduled", "not-scheduled")
 
 
 async def cmd_cancel(ctx: ChatContext) -> int:

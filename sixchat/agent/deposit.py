@@ -31,7 +31,7 @@ from intermediary.errors import IntermediaryError
 from irp.client import AddressRecord, IRPError, NotFound
 from sixchat import errors
 from sixchat.agent.store import StoredMessage
-from sixchat.sealed.envelope import seal
+from sixchat.sealed.envelope import MAX_MESSAGE_LIFETIME, seal
 from sixchat.sealed.prekeys import decode_prekey, verify_prekey
 from sixchat.wire.application import ApplicationMessage, ChatMessage, Receipt, encode_application
 
@@ -43,6 +43,11 @@ log = Logger()
 #: How long a deposited message may wait for its recipient (seconds; the intermediary
 #: accepts at most 30 days).
 DEPOSIT_LIFETIME = 14 * 86400
+#: The latest expiry a deposit may have, from now: a sealed message lives at most 30 days,
+#: less an hour for the intermediary's clock.
+LATEST_EXPIRY = MAX_MESSAGE_LIFETIME - 3600
+#: How far ahead a message can be scheduled.
+MAX_SCHEDULE_AHEAD = LATEST_EXPIRY - 86400
 
 Connect = Callable[..., Awaitable[Any]]
 
@@ -187,8 +192,10 @@ class Depositor:
             else:
                 log.warn("{domain}'s intermediary served a prekey for {peer} that does not check: {why}", domain=peer.domain, peer=str(peer), why=str(problem))
                 raise errors.PeerRejected(f"the prekey of {peer} at their intermediary is not signed by their certificate", reason="policy")
+            expires = min(max(now, deliver_at or 0) + DEPOSIT_LIFETIME, now + LATEST_EXPIRY, prekey.expires)
+            if deliver_at is not None and deliver_at >= expires:
+                raise errors.PeerUnreachable(f"the prekey {peer.domain}'s intermediary gave for {peer} expires before the scheduled time")
             seq = await self.agent.store.sealed.next_sequence(peer)
-            expires = max(now, deliver_at or 0) + DEPOSIT_LIFETIME
             envelope = seal(
                 self.agent.credentials,
                 recipient=peer,
@@ -233,4 +240,4 @@ class Depositor:
         return self.agent.settings.intermediary
 
 
-__all__ = ["DEPOSIT_LIFETIME", "Depositor", "NoIntermediary", "scheduled_reason", "stored_reason"]
+__all__ = ["DEPOSIT_LIFETIME", "MAX_SCHEDULE_AHEAD", "Depositor", "NoIntermediary", "scheduled_reason", "stored_reason"]

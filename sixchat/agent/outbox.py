@@ -25,7 +25,7 @@ from common.identity import Identity
 from intermediary.errors import IntermediaryError
 from irp.client import IRPError
 from sixchat import errors
-from sixchat.agent.deposit import NoIntermediary
+from sixchat.agent.deposit import MAX_SCHEDULE_AHEAD, NoIntermediary
 from sixchat.agent.outcome import explain
 from sixchat.agent.store import StoredMessage
 from sixchat.peer.protocol import PeerConnection
@@ -80,6 +80,8 @@ class Outbox:
             )
         if deliver_at is not None and deliver_at <= self.agent.clock.seconds():
             deliver_at = None
+        if deliver_at is not None and deliver_at > self.agent.clock.seconds() + MAX_SCHEDULE_AHEAD:
+            raise errors.MalformedMessage(f"a message can be scheduled at most {MAX_SCHEDULE_AHEAD // 86400} days ahead", fatal=False)
         message = await self.agent.store.queue_message(peer, text, deliver_at)
         self.agent.emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
         if deliver_at is not None:
@@ -95,13 +97,13 @@ class Outbox:
         try:
             await self.agent.depositor.deposit_message(message)
             return
-        except (NoIntermediary, IntermediaryError, errors.SixChatError, IRPError) as error:
+        except (NoIntermediary, IntermediaryError, errors.SixChatError, IRPError, OSError) as error:
             why = _deposit_problem(error, message.peer)
         when = _datetime(message.deliver_at).isoformat()
-        reason = f"not scheduled at {message.peer.domain}'s intermediary ({why}); this agent sends it at {when} if it runs then"
+        reason = f"not scheduled at {message.peer.domain}'s intermediary ({why}); your agent sends it at {when} if it runs then"
         log.info("Message {id} to {peer}: {why}", id=message.id, peer=str(message.peer), why=reason)
         await self.agent.store.set_state(message.id, "queued", only_from=("queued",), reason=reason)
-        self.agent.emit({"event": "progress", "id": message.id, "to": str(message.peer), "text": reason, "reason": reason})
+        self.agent.emit({"event": "not-scheduled", "id": message.id, "to": str(message.peer), "text": message.body, "reason": reason})
 
     async def deposit_pending(self, peer: Identity, unreachable: errors.PeerUnreachable) -> bool:
         """``peer`` cannot be reached directly: deposit what is pending for them at their

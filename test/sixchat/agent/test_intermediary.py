@@ -10,60 +10,14 @@ loopback TLS port with its SQLite file, its relay (part C), real agents and thei
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Any
-
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
-from common.profile import Profile
-from intermediary.server.relay import Relay, RelayLimits
-from intermediary.server.service import IntermediaryService, IntermediarySettings
 from sixchat.agent.deposit import stored_reason
 from sixchat.agent.service import Agent
-from test.helpers import EnrolledUser, EventCollector, RunningRegistry, make_profile, start_agent
+from test.helpers import EnrolledUser, EventCollector, RunningRegistry, start_agent
 from test.irp.server.cross_domain import CrossDomainTestCase
-from test.sixchat.agent.helpers import ALICE, BOB, AgentTestCase
-
-#: Each wait for the network ends within this many seconds.
-WAIT = 20
-
-
-def free_port() -> int:
-    """A loopback port free right now (for the relay's range)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def start_intermediary(testcase: TestCase, registry: RunningRegistry, user: EnrolledUser, *, trust: dict[str, Any] | None = None, resolver: Any = None) -> IntermediaryService:
-    """The intermediary of ``registry``'s domain on 127.0.0.1 (registered there), with a
-    one-port relay; stopped at cleanup."""
-    profile = os.path.join(os.path.abspath(testcase.mktemp()), "intermediary")
-    make_profile(registry, user, profile)
-    for domain, root in (trust or {}).items():
-        Profile(profile).trust_domain(domain, root)
-    relay_port = free_port()
-    settings = IntermediarySettings(
-        profile_dir=profile,
-        listen=["tcp:0:interface=127.0.0.1"],
-        resolver=resolver,
-        relay_factory=lambda reactor_, _settings: Relay(
-            reactor_, interface="127.0.0.1", ports=range(relay_port, relay_port + 1), limits=RelayLimits(), address="127.0.0.1"
-        ),
-    )
-    service = IntermediaryService(settings, reactor)
-    service.startService()
-    testcase.addCleanup(service.stopService)
-    await service.ready
-    return service
-
-
-async def ready(agent: Agent) -> None:
-    """Wait until ``agent`` is subscribed at its intermediary (prekeys published)."""
-    await agent.mailbox.when_ready().addTimeout(WAIT, reactor)
+from test.sixchat.agent.helpers import ALICE, BOB, WAIT, AgentTestCase, ready, start_intermediary
 
 
 class SameDomainTests(AgentTestCase):
