@@ -178,6 +178,9 @@ class Mailbox:
         """Prekeys, subscription, relay; returns when the connection ends."""
         lost = client.when_lost()
         await self.upkeep(client, probe=True)
+        client.protocol.on_superseded = lambda: self._set_state(
+            f"another agent of {self.agent.identity} subscribed at {self.agent.identity.domain}'s intermediary: it gets your stored messages now"
+        )
         pending = await client.subscribe(lambda delivery: self._delivered(client, delivery))
         self._set_state(f"connected to {self.agent.identity.domain}'s intermediary ({pending} waiting)")
         if self.agent.settings.relay:
@@ -266,7 +269,12 @@ class Mailbox:
             log.warn("A message from {sender} cannot be checked now ({why}); it stays at the intermediary", sender=str(delivery.sender), why=str(error))
             await client.close()
             return
-        await client.ack(delivery.id)
+        try:
+            await client.ack(delivery.id)
+        except (IntermediaryError, OSError) as error:
+            # Stored here already: when it comes again, it is recognised and confirmed.
+            log.info("Could not acknowledge a delivery ({why}); it will come again", why=getattr(error, "message", None) or str(error))
+            return
         if used_one_time and self._server_one_time is not None:
             self._server_one_time -= 1
             if self._server_one_time < REFILL_BELOW:

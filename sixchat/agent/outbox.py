@@ -25,7 +25,7 @@ from common.identity import Identity
 from intermediary.errors import IntermediaryError
 from irp.client import IRPError
 from sixchat import errors
-from sixchat.agent.deposit import MAX_SCHEDULE_AHEAD, NoIntermediary
+from sixchat.agent.deposit import DEPOSIT_LIFETIME, MAX_SCHEDULE_AHEAD, NoIntermediary
 from sixchat.agent.outcome import explain
 from sixchat.agent.store import StoredMessage
 from sixchat.peer.protocol import PeerConnection
@@ -211,6 +211,10 @@ class Outbox:
         cutoff = self.agent.clock.seconds() - self.agent.settings.undelivered_after
         for message in await self.agent.store.give_up_older_than(cutoff):
             why = f"not delivered within {self.agent.settings.undelivered_after:g} s" + (f" ({message.reason})" if message.reason else "")
+            log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(message.peer), why=why)
+            self.agent.emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body, "reason": why})
+        why = f"not collected from the intermediary within {DEPOSIT_LIFETIME // 86400} days"
+        for message in await self.agent.store.give_up_deposited(self.agent.clock.seconds() - DEPOSIT_LIFETIME, why):
             log.info("Message {id} to {peer} is undelivered: {why}", id=message.id, peer=str(message.peer), why=why)
             self.agent.emit({"event": "undelivered", "id": message.id, "to": str(message.peer), "text": message.body, "reason": why})
 

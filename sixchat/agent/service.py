@@ -477,9 +477,17 @@ class Agent(service.Service):
             "registering": self.settings.register,
             "registered": self.registration[0],
             "registration_error": self.registration[1],
-            "intermediary": self.mailbox.state if self.settings.intermediary and self.settings.mailbox else "not used",
+            "intermediary": self._intermediary_status(),
             "relay": None if self.mailbox.relay is None else f"{self.mailbox.relay.address} port {self.mailbox.relay.port}",
         }
+
+
+    def _intermediary_status(self) -> str:
+        if not self.settings.intermediary:
+            return "not used"
+        if not self.settings.mailbox:
+            return "used to send only (your messages are collected by your running agent)"
+        return self.mailbox.state
 
 
 async def _call(function: Callable[[], Any]) -> None:

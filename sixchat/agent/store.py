@@ -402,6 +402,24 @@ class AgentStore:
 
         return self._run(give_up)
 
+    def give_up_deposited(self, cutoff: float, reason: str) -> Deferred[list[StoredMessage]]:
+        """Mark undelivered (with ``reason``) every message stored at an intermediary before
+        ``cutoff`` (or scheduled for before it) without a receipt since: its deposit has
+        expired."""
+
+        def give_up(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('stored', 'scheduled')"
+                " AND COALESCE(deliver_at, updated_at) < ?",
+                (int(cutoff),),
+            )
+            expired = [_message(row) for row in txn.fetchall()]
+            for message in expired:
+                txn.execute("UPDATE messages SET state = 'undelivered', reason = ?, updated_at = ? WHERE id = ?", (reason, self._stamp(), message.id))
+            return [replace(message, state="undelivered", reason=reason) for message in expired]
+
+        return self._run(give_up)
+
     def record_incoming(
         self, message_id: str, peer: Identity, body: str, sent_at: int, stranger_cap: tuple[int, int] | None = None
     ) -> Deferred[str]:

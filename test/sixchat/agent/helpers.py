@@ -138,9 +138,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def start_intermediary(testcase: TestCase, registry: RunningRegistry, user: EnrolledUser, *, trust: dict[str, Any] | None = None, resolver: Any = None) -> IntermediaryService:
+async def start_intermediary(
+    testcase: TestCase, registry: RunningRegistry, user: EnrolledUser, *, trust: dict[str, Any] | None = None, resolver: Any = None, clock: Any = None
+) -> IntermediaryService:
     """The intermediary of ``registry``'s domain on 127.0.0.1 (registered there), with a
-    one-port relay; stopped at cleanup."""
+    one-port relay and ``clock`` for its timers (default: the reactor's); stopped at
+    cleanup."""
     profile = os.path.join(os.path.abspath(testcase.mktemp()), "intermediary")
     make_profile(registry, user, profile)
     for domain, root in (trust or {}).items():
@@ -154,7 +157,7 @@ async def start_intermediary(testcase: TestCase, registry: RunningRegistry, user
             reactor_, interface="127.0.0.1", ports=range(relay_port, relay_port + 1), limits=RelayLimits(), address="127.0.0.1"
         ),
     )
-    service = IntermediaryService(settings, reactor)
+    service = IntermediaryService(settings, reactor, clock=clock)
     service.startService()
     testcase.addCleanup(service.stopService)
     await service.ready

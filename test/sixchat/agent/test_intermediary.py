@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from common.identity import Identity
 from sixchat.agent.deposit import stored_reason
 from sixchat.agent.service import Agent
-from test.helpers import EnrolledUser, EventCollector, RunningRegistry, start_agent
+from test.helpers import EnrolledUser, EventCollector, RunningRegistry, fake_clock_now, start_agent
 from test.irp.server.cross_domain import CrossDomainTestCase
 from test.sixchat.agent.helpers import ALICE, BOB, WAIT, AgentTestCase, ready, start_intermediary
 
@@ -81,6 +81,35 @@ class SameDomainTests(AgentTestCase):
         self.assertIn("offline", progress["text"])
         self.assertEqual(await self.history(alice, BOB), [("out", "nobody home", "queued")])
         self.assertEqual(alice.status()["intermediary"], "not used")
+
+
+class ScheduledTests(AgentTestCase):
+    timeout = 60
+
+    async def test_scheduled_message_is_held_until_its_time(self) -> None:
+        """The intermediary (on a fake clock) holds a scheduled message until it is due,
+        even while Bob is online, then pushes it."""
+        clock = fake_clock_now()
+        await start_intermediary(self, self.registry, await self.registry.enrol("intermediary"), clock=clock)
+        alice, alice_events = await self.agent("alice", contacts=("bob",))
+        bob, bob_events = await self.agent("bob", listen=("::1",), contacts=("alice",))
+        await ready(alice)
+        await ready(bob)
+        deliver_at = int(clock.seconds()) + 120
+        message = await alice.send_text(BOB, "at the right time", deliver_at)
+        scheduled = await alice_events.wait_for(event="scheduled", id=message.id).addTimeout(WAIT, reactor)
+        self.assertEqual(scheduled["deliver_at"], deliver_at)
+        self.assertEqual(await self.history(alice, BOB), [("out", "at the right time", "scheduled")])
+        # Bob is online but gets nothing yet (a round trip to the intermediary proves the
+        # deposit was not pushed: pushes and answers travel in order).
+        assert bob.mailbox.client is not None
+        await bob.mailbox.client.ping()
+        self.assertEqual(bob_events.matching(event="message"), [])
+        clock.advance(121)
+        received = await bob_events.wait_for(event="message", id=message.id).addTimeout(WAIT, reactor)
+        self.assertEqual(received["text"], "at the right time")
+        await alice_events.wait_for(event="receipt", id=message.id).addTimeout(WAIT, reactor)
+        self.assertEqual(await self.history(alice, BOB), [("out", "at the right time", "delivered")])
 
 
 class NoIntermediaryTests(AgentTestCase):

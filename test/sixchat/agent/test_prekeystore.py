@@ -124,3 +124,13 @@ class StoredAndScheduledTests(TestCase):
         self.assertEqual([m.id for m in await self.store.give_up_older_than(self.clock.seconds() - 100)], [now.id])
         self.clock.advance(100)
         self.assertEqual([m.id for m in await self.store.pending_for(BOB)], [later.id])
+
+    async def test_deposits_given_up_once_expired(self) -> None:
+        stored = await self.store.queue_message(BOB, "stored")
+        await self.store.set_state(stored.id, "stored", reason="at the intermediary")
+        scheduled = await self.store.queue_message(BOB, "scheduled", deliver_at=NOW + 1000)
+        await self.store.set_state(scheduled.id, "scheduled")
+        self.assertEqual(await self.store.give_up_deposited(NOW, "expired"), [])
+        [given_up] = await self.store.give_up_deposited(NOW + 1, "expired")
+        self.assertEqual((given_up.id, given_up.state, given_up.reason), (stored.id, "undelivered", "expired"))
+        self.assertEqual([m.id for m in await self.store.give_up_deposited(NOW + 1001, "expired")], [scheduled.id])
