@@ -1,8 +1,8 @@
 """The agent's mailbox: its connection to its own domain's intermediary.
 
 While the agent runs it keeps one connection to ``intermediary@<its domain>`` (found through
-the registry; reconnected with backoff, 1 s doubling to 60 s; pinged every 60 s), and over
-it:
+the registry; reconnected with backoff, 1 s doubling to 60 s; the client library pings it
+every 60 s and drops it when a request goes unanswered), and over it:
 
 - keeps prekeys published: at least :data:`ONE_TIME_TARGET` one-time prekeys (refilled when
   fewer than :data:`REFILL_BELOW` are left) and one last-resort prekey, replaced every
@@ -59,7 +59,6 @@ LAST_RESORT_LIFETIME = 14 * 86400
 LAST_RESORT_ROTATION = 7 * 86400
 #: How often the prekeys are checked (and the server's count learnt again) while connected.
 UPKEEP_INTERVAL = 3600.0
-PING_INTERVAL = 60.0
 BACKOFF_FIRST = 1.0
 BACKOFF_LAST = 60.0
 
@@ -186,25 +185,16 @@ class Mailbox:
         if self.agent.settings.relay:
             await self._reserve(client)
         self._set_ready(True)
-        loops = [LoopingCall(self._ping, client), LoopingCall(self._guarded_upkeep, client)]
-        for loop, interval in zip(loops, (PING_INTERVAL, UPKEEP_INTERVAL), strict=True):
-            loop.clock = self.agent.clock
-            loop.start(interval, now=False)
+        # (The client pings every 60 s once subscribed; an unanswered request ends the
+        # connection, and this loop reconnects.)
+        upkeep = LoopingCall(self._guarded_upkeep, client)
+        upkeep.clock = self.agent.clock
+        upkeep.start(UPKEEP_INTERVAL, now=False)
         try:
             await lost
         finally:
-            for loop in loops:
-                if loop.running:
-                    loop.stop()
-
-    async def _ping(self, client: Any) -> None:
-        ping: Deferred[Any] = Deferred.fromCoroutine(_await(client.ping()))
-        ping.addTimeout(PING_INTERVAL / 2, self.agent.clock)
-        try:
-            await ping
-        except Exception as error:  # noqa: BLE001 - no answer: the connection is dead
-            log.warn("The intermediary did not answer a ping ({why}); reconnecting", why=error.__class__.__name__)
-            await client.close()
+            if upkeep.running:
+                upkeep.stop()
 
     async def _guarded_upkeep(self, client: Any) -> None:
         try:
@@ -427,10 +417,6 @@ def _log_circuit_failure(failure: Failure, circuit_id: str) -> None:
         log.warn("Relay circuit {id} not accepted: {why}", id=circuit_id, why=str(failure.value))
     else:
         log.failure("Accepting relay circuit {id} failed", failure, id=circuit_id)
-
-
-async def _await(value: Any) -> Any:
-    return await value
 
 
 __all__ = ["ONE_TIME_TARGET", "REFILL_BELOW", "Mailbox"]

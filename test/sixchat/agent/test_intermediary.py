@@ -11,6 +11,7 @@ loopback TLS port with its SQLite file, its relay (part C), real agents and thei
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from common.identity import Identity
 from sixchat.agent.deposit import stored_reason
@@ -25,7 +26,7 @@ class SameDomainTests(AgentTestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         await super().setUp()
-        self.intermediary = await start_intermediary(self, self.registry, await self.registry.enrol("intermediary"))
+        self.intermediary = await start_intermediary(self, self.registry, await self.user("intermediary"))
 
     async def test_offline_recipient_gets_stored_messages_in_order(self) -> None:
         alice, alice_events = await self.agent("alice", contacts=("bob",))
@@ -56,6 +57,29 @@ class SameDomainTests(AgentTestCase):
         self.assertEqual(await self.history(alice, BOB), [("out", f"message {n}", "delivered") for n in range(3)])
         status = bob.status()
         self.assertIn("connected to example.org's intermediary", status["intermediary"])
+
+    async def test_reconnects_after_the_intermediary_restarts(self) -> None:
+        clock = fake_clock_now()
+        bob, _ = await self.agent("bob", listen=("::1",), contacts=("alice",), clock=clock)
+        await ready(bob)
+        client = bob.mailbox.client
+        lost = client.when_lost()
+        await self.intermediary.stopService()
+        # (stopService leaves open connections up: end it as the process's end would.)
+        client.protocol.transport.abortConnection()
+        await lost.addTimeout(WAIT, reactor)
+        await deferLater(reactor, 0, lambda: None)  # the mailbox's own callbacks run first
+        self.assertIsNone(bob.mailbox.client)
+        self.assertIn("lost", bob.status()["intermediary"])
+        self.intermediary = await start_intermediary(self, self.registry, self.users["intermediary"])
+        clock.advance(1)  # the first retry
+        await ready(bob)
+        self.assertIn("connected to example.org's intermediary", bob.status()["intermediary"])
+        # Its prekeys are published again: Alice can leave it a message.
+        await bob.stopService()
+        alice, alice_events = await self.agent("alice", contacts=("bob",))
+        message = await alice.send_text(BOB, "after the restart")
+        await alice_events.wait_for(event="stored", id=message.id).addTimeout(WAIT, reactor)
 
     async def test_recipient_without_direct_connections_is_reached_through_the_relay(self) -> None:
         bob, bob_events = await self.agent("bob", listen=(), contacts=("alice",), relay=True)
