@@ -85,6 +85,9 @@ class Mailbox:
         self._tail: Deferred[None] = succeed(None)
         self._renewal: Any = None
         self._ready_waiters: list[Deferred[None]] = []
+        #: A delivery could not be checked now: reconnect (to get it again) after a
+        #: growing delay rather than at once.
+        self._held_back = False
         self._ready = False
 
     # -- running ------------------------------------------------------------------------
@@ -155,7 +158,9 @@ class Mailbox:
             if not self._running:
                 await client.close()
                 return
-            delay = BACKOFF_FIRST
+            if not self._held_back:
+                delay = BACKOFF_FIRST
+            self._held_back = False
             self.client = client
             try:
                 await self._serve(client)
@@ -172,6 +177,8 @@ class Mailbox:
             if self._running:
                 self._set_state(f"connection to {domain}'s intermediary lost (reconnecting)")
                 await self._sleep(delay)
+                if self._held_back:  # a message could not be checked: wait longer each time
+                    delay = min(delay * 2, BACKOFF_LAST)
 
     async def _serve(self, client: Any) -> None:
         """Prekeys, subscription, relay; returns when the connection ends."""
@@ -257,6 +264,7 @@ class Mailbox:
             used_one_time = await self.receive(delivery.envelope, delivery.sender)
         except _Transient as error:
             log.warn("A message from {sender} cannot be checked now ({why}); it stays at the intermediary", sender=str(delivery.sender), why=str(error))
+            self._held_back = True
             await client.close()
             return
         try:
@@ -290,6 +298,13 @@ class Mailbox:
             return False
         try:
             await self._check_sender(opened)
+        except errors.PeerRejected as error:
+            if error.reason == "untrusted-ca" and opened.sender.domain in self.agent.profile.trusted_roots():
+                # A domain we trust whose revocation list cannot be had now: not refused.
+                raise _Transient(error.message) from None
+            log.warn("Refused sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(opened.sender), why=error.message)
+            await store.sealed.used(opened.prekey_id)
+            return opened.one_time
         except errors.SixChatError as error:
             log.warn("Refused sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(opened.sender), why=error.message)
             await store.sealed.used(opened.prekey_id)

@@ -80,8 +80,11 @@ class FakeVerifier:
 
     def __init__(self) -> None:
         self.refused: set[Identity] = set()
+        self.no_crl = False
 
     async def verify(self, identity: Identity, chain: list[Any]) -> None:
+        if self.no_crl:
+            raise errors.PeerRejected("the revocation status is unknown", reason="untrusted-ca")
         if identity in self.refused:
             raise errors.PeerRejected(f"{identity} is blocked", reason="denied")
 
@@ -102,6 +105,7 @@ class FakeAgent:
         self.mailbox = SimpleNamespace(client=client)
         self.outbox = SimpleNamespace(send_receipt=self._send_receipt)
         self.directory = SimpleNamespace(client=self._registry_client)
+        self.profile = SimpleNamespace(trusted_roots=lambda: {"example.org": None})
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -230,6 +234,22 @@ class SealedPathTests(TestCase):
         self.assertTrue(any("alice@example.org is blocked" in line for line in log_text(logs)))
         self.assertEqual(await self.bob_history(), [])
         self.assertEqual(self.bob.receipts, [])
+
+    async def test_sender_that_cannot_be_checked_now_stays_at_the_intermediary(self) -> None:
+        """No CRL from a trusted domain's registry now: the message is neither stored nor
+        dropped (not acknowledged: it comes again), and its secret is kept."""
+        from sixchat.agent.mailbox import _Transient
+
+        await self.send("check me later")
+        envelope = self.server.deposits[0][2]
+        self.bob.verifier.no_crl = True
+        with self.assertRaises(_Transient):
+            await self.mailbox.receive(envelope, ALICE)
+        self.assertEqual(await self.bob_history(), [])
+        self.assertIsNotNone(await self.bob.store.sealed.secret(peek(envelope).prekey_id))
+        self.bob.verifier.no_crl = False
+        self.assertTrue(await self.mailbox.receive(envelope, ALICE))
+        self.assertEqual(await self.bob_history(), [(str(ALICE), "check me later")])
 
     async def test_receipt_back_through_the_intermediary_delivers(self) -> None:
         await Mailbox(self.alice).upkeep(self.alice.mailbox.client, probe=True)  # type: ignore[arg-type]
