@@ -440,10 +440,13 @@ def open_with(
     lookup: Callable[[str], PrekeySecret | None],
     now: int,
 ) -> Opened:
-    """:func:`open_sealed` with the secret ``lookup(prekey id)`` finds (the agent's store);
-    SealedUnknownPrekey when it finds none (never ours, expired, or a one-time prekey
-    already used)."""
-    secret = lookup(peek(envelope).prekey_id)
+    """:func:`open_sealed` with the secret ``lookup(prekey id)`` finds (the agent's store):
+    after the strict parse and the recipient check, SealedUnknownPrekey when it finds none
+    (never ours, expired, or a one-time prekey already used)."""
+    header = peek(envelope)
+    if header.recipient != recipient:
+        raise errors.SealedWrongRecipient(f"the message is for {header.recipient}, not us")
+    secret = lookup(header.prekey_id)
     if secret is None:
         raise errors.SealedUnknownPrekey()
     return open_sealed(envelope, recipient=recipient, secret=secret, now=now)
