@@ -15,12 +15,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sixchat_handshakes": ("5", "5b"),
     "sixchat_messages": ("6", "6b"),
     "sixchat_bulk": ("7",),
+    "relay_throughput": ("11", "11b"),
     "irp_mixed": ("1m", "1m-off"),
     "irp_scale": ("8",),
     "irp_idle": ("9a", "9b", "9c"),
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
     "abuse": ("10a", "10b", "10c"),
-    "intermediary_deposits": ("11",),
+    "intermediary_deposits": ("12",),
 }
 
 #: Modules run only when ``--only`` names them (they need more than the project's own

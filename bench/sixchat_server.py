@@ -57,6 +57,80 @@ def credentials(pki: Pki, leaf: Pem) -> Any:
     )
 
 
+async def responder_factory(reactor: Any, pki: Pki, data_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The responder agent's protocol factory (see the module docstring) and its counts:
+    each connection it builds is a :class:`PeerConnection` in the responder role, whatever
+    carries it (an accepted TCP connection, or a relay circuit's TLS leg)."""
+    from cryptography import x509
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Factory
+
+    from common.pki.trust import TrustStore
+    from sixchat import errors
+    from sixchat.agent.store import AgentStore
+    from sixchat.handshake import Role
+    from sixchat.peer.protocol import ConnectionLimits, PeerConnection
+    from sixchat.peer.verification import PeerVerifier, RevocationChecker
+    from sixchat.wire.application import ChatMessage, Ping, Pong, Presence, Receipt
+
+    store = await AgentStore.open(os.path.join(data_dir, "agent.sqlite3"), reactor)
+    crl = x509.load_pem_x509_crl(pki.crl)
+
+    async def fetch_crl(domain: str) -> x509.CertificateRevocationList:
+        return crl
+
+    local = credentials(pki, pki.server)
+    verifier = PeerVerifier(
+        TrustStore([load_certificate(pki.root)]),
+        RevocationChecker(fetch_crl, reactor),
+        store,
+        reactor,
+        policy="anyone",
+        home_domain=pki.domain,
+        known_intermediates=local.chain,
+    )
+    counts: dict[str, Any] = {"sessions": 0, "failures": 0, "messages": 0, "last_error": ""}
+
+    class Owner:
+        """What the agent does on the wire (see the module docstring)."""
+
+        clock = reactor
+        limits = ConnectionLimits()
+
+        def __init__(self) -> None:
+            self.credentials = local
+
+        def verify_peer(self, connection: PeerConnection, identity: Any, chain: list[Any]) -> Deferred[None]:
+            return Deferred.fromCoroutine(verifier.verify(identity, chain))
+
+        def connection_started(self, connection: PeerConnection) -> None:
+            pass
+
+        def session_established(self, connection: PeerConnection) -> None:
+            counts["sessions"] += 1
+            connection.send(Presence("online"))
+
+        def message_received(self, connection: PeerConnection, message: Any) -> None:
+            counts["messages"] += 1
+            if isinstance(message, ChatMessage):
+                connection.send(Receipt(message.id))
+            elif isinstance(message, Ping):
+                connection.send(Pong())
+
+        def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
+            if error is not None and not isinstance(error, errors.Truncated):
+                counts["failures"] += 1
+                counts["last_error"] = str(error)
+
+    owner = Owner()
+
+    class Responders(Factory):
+        def buildProtocol(self, addr: Any) -> PeerConnection:
+            return PeerConnection(owner, Role.RESPONDER)  # type: ignore[arg-type]
+
+    return Responders(), counts
+
+
 def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
     """Server process: a SixChat responder on a loopback port.
 
@@ -68,74 +142,8 @@ def serve_sixchat(connection: Connection, params: dict[str, Any]) -> None:
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
 
     async def setup(reactor: Any) -> tuple[dict[str, Any], Commands]:
-        from cryptography import x509
-        from twisted.internet.defer import Deferred
-        from twisted.internet.protocol import Factory
-
-        from common.pki.trust import TrustStore
-        from sixchat import errors
-        from sixchat.agent.store import AgentStore
-        from sixchat.handshake import Role
-        from sixchat.peer.protocol import ConnectionLimits, PeerConnection
-        from sixchat.peer.verification import PeerVerifier, RevocationChecker
-        from sixchat.wire.application import ChatMessage, Ping, Pong, Presence, Receipt
-
-        store = await AgentStore.open(os.path.join(data_dir, "agent.sqlite3"), reactor)
-        crl = x509.load_pem_x509_crl(pki.crl)
-
-        async def fetch_crl(domain: str) -> x509.CertificateRevocationList:
-            return crl
-
-        local = credentials(pki, pki.server)
-        verifier = PeerVerifier(
-            TrustStore([load_certificate(pki.root)]),
-            RevocationChecker(fetch_crl, reactor),
-            store,
-            reactor,
-            policy="anyone",
-            home_domain=pki.domain,
-            known_intermediates=local.chain,
-        )
-        counts: dict[str, Any] = {"sessions": 0, "failures": 0, "messages": 0, "last_error": ""}
-
-        class Owner:
-            """What the agent does on the wire (see the module docstring)."""
-
-            clock = reactor
-            limits = ConnectionLimits()
-
-            def __init__(self) -> None:
-                self.credentials = local
-
-            def verify_peer(self, connection: PeerConnection, identity: Any, chain: list[Any]) -> Deferred[None]:
-                return Deferred.fromCoroutine(verifier.verify(identity, chain))
-
-            def connection_started(self, connection: PeerConnection) -> None:
-                pass
-
-            def session_established(self, connection: PeerConnection) -> None:
-                counts["sessions"] += 1
-                connection.send(Presence("online"))
-
-            def message_received(self, connection: PeerConnection, message: Any) -> None:
-                counts["messages"] += 1
-                if isinstance(message, ChatMessage):
-                    connection.send(Receipt(message.id))
-                elif isinstance(message, Ping):
-                    connection.send(Pong())
-
-            def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
-                if error is not None and not isinstance(error, errors.Truncated):
-                    counts["failures"] += 1
-                    counts["last_error"] = str(error)
-
-        owner = Owner()
-
-        class Responders(Factory):
-            def buildProtocol(self, addr: Any) -> PeerConnection:
-                return PeerConnection(owner, Role.RESPONDER)  # type: ignore[arg-type]
-
-        port = reactor.listenTCP(0, Responders(), interface=HOST, backlog=1024)
+        responders, counts = await responder_factory(reactor, pki, data_dir)
+        port = reactor.listenTCP(0, responders, interface=HOST, backlog=1024)
         return {"port": port.getHost().port, "identity": f"{RESPONDER}@{pki.domain}"}, {"counts": lambda: dict(counts)}
 
     serve_twisted(connection, setup, log_path=os.path.join(data_dir, "sixchat.log"))

@@ -343,10 +343,12 @@ class IntermediaryClient:
         result: Deposited = await self._call(Deposit(to, expires, deliver_at, envelope), Deposited)
         return result.message_id
 
-    async def subscribe(self, on_deliver: Callable[[Delivery], None]) -> int:
+    async def subscribe(self, on_deliver: Callable[[Delivery], None], on_superseded: Callable[[], None] | None = None) -> int:
         """Receive the user's messages (``on_deliver`` for each; acknowledge with
-        :meth:`ack` once stored); returns how many were waiting."""
+        :meth:`ack` once stored); returns how many were waiting. ``on_superseded`` is
+        called if a newer subscription of the same user (another connection) ends this one."""
         self.protocol.on_deliver = on_deliver
+        self.protocol.on_superseded = on_superseded
         result: Subscribed = await self._call(Subscribe(), Subscribed)
         self._keep_alive()
         return result.pending

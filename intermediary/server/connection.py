@@ -380,7 +380,7 @@ class Connection:
             return []
         log.warn("Closing connection from {host}: {error}", host=self.peer_host, error=str(error))
         send: list[Action] = []
-        if self.state not in (State.HANDSHAKING, State.SPLICED):
+        if self.state is not State.SPLICED:  # before TLS is up, the TLS layer holds it
             send.append(Send(encode_frame(encode_error(request_id, error))))
         self._transition("ending error")
         return [*send, *self._cancel(Deadline.IDLE, Deadline.FRAME), Close(), self._arm(Deadline.CLOSE, self.limits.frame_timeout)]

@@ -201,16 +201,20 @@ class Operations:
         subscription, pending = await self.subscriptions.subscribe(username, caller.push)
         caller.subscription = subscription
         caller.kept(True)
-        # The first pushes follow the answer: pumped on the next turn.
-        self.clock.callLater(0, subscription.pump)
+        # The first pushes follow the answer: the read runs in the database's thread and
+        # its result comes back on a later reactor turn, after the answer is written.
+        subscription.pump()
         return Subscribed(pending)
 
     async def ack(self, caller: Caller, op: Ack) -> Acked:
         """Delete the caller's delivered message."""
         username = self._local(caller, "acknowledge messages")
-        await self.store.ack(username, op.message_id)
-        if caller.subscription is not None:
-            caller.subscription.acked(op.message_id)
+        try:
+            await self.store.ack(username, op.message_id)
+        finally:
+            # Deleted now, or gone already (expired): either way no longer in the window.
+            if caller.subscription is not None:
+                caller.subscription.acked(op.message_id)
         return Acked()
 
     async def reserve(self, caller: Caller) -> Reserved:

@@ -138,6 +138,13 @@ class IntermediaryProtocol(Protocol):
         self._deadlines: dict[Deadline, IDelayedCall] = {}
         self._actions: list[Action] = []
         self._performing = False
+        self._lost_waiters: list[Deferred[None]] = []
+
+    def when_lost(self) -> Deferred[None]:
+        """Fires once the connection is gone."""
+        waiting: Deferred[None] = Deferred()
+        self._lost_waiters.append(waiting)
+        return waiting
 
     # -- Twisted's events ---------------------------------------------------------------
 
@@ -150,6 +157,7 @@ class IntermediaryProtocol(Protocol):
             self.do(self.core.refuse(errors.TooManyConnections()))
             return
         self.counted = True
+        self.factory.open.add(self)
         send_without_delay(self.transport)
         self.producer = _Producer(self)
         self.transport.registerProducer(self.producer, True)  # type: ignore[union-attr]
@@ -158,6 +166,8 @@ class IntermediaryProtocol(Protocol):
     def handshakeCompleted(self) -> None:  # noqa: N802
         """TLS is up: check the client certificate."""
         self.do(self.core.handshake_completed())
+        if self.core.closing:
+            return  # refused already (too many connections): nothing to check
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         if peer is None:
@@ -199,6 +209,10 @@ class IntermediaryProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
         """Release the address's slot, the subscription, the reservation, the circuit."""
         self.do(self.core.connection_lost())
+        self.factory.open.discard(self)
+        for waiter in self._lost_waiters:
+            waiter.callback(None)
+        self._lost_waiters.clear()
         if self.counted:
             self.factory.connections.release(self.peer_host)
             self.counted = False
@@ -296,15 +310,18 @@ class IntermediaryProtocol(Protocol):
         running = self.factory.operations.handle(self.caller, request.operation)
         running.addCallbacks(self._answered, self._failed, callbackArgs=(core, request), errbackArgs=(core, request))
 
+    def _who(self) -> str:
+        return "?" if self.caller is None else str(self.caller.identity)
+
     def _answered(self, result: Result, core: Connection, request: Request) -> None:
         self.do(core.request_answered(request, result))
 
     def _failed(self, failure: Failure, core: Connection, request: Request) -> None:
         if failure.check(errors.IntermediaryError):
             error: errors.IntermediaryError = failure.value  # type: ignore[assignment]
-            log.info("Request from {host} refused: {error}", host=self.peer_host, error=str(error))
+            log.info("Request of {who} from {host} refused: {error}", who=self._who(), host=self.peer_host, error=str(error))
         else:
-            log.failure("Request from {host} failed", failure, host=self.peer_host)
+            log.failure("Request of {who} from {host} failed", failure, who=self._who(), host=self.peer_host)
             error = errors.InternalError()
         self.do(core.request_failed(request, error))
 
@@ -326,4 +343,18 @@ class IntermediaryFactory(QuietFactory):
         self.clock = clock
         self.limits = limits or ConnectionLimits()
         self.connections = ConnectionCounter(self.limits.max_connections_per_address)
+        #: The connections open now.
+        self.open: set[IntermediaryProtocol] = set()
+
+    async def close_all(self, grace: float = 5.0) -> None:
+        """Close every connection (aborting those still there after ``grace`` seconds)."""
+        closing = list(self.open)
+        waiting = [protocol.when_lost() for protocol in closing]
+        for protocol in closing:
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+        call = self.clock.callLater(grace, lambda: [p.transport.abortConnection() for p in closing if p in self.open])  # type: ignore[union-attr]
+        for lost in waiting:
+            await lost
+        if call.active():
+            call.cancel()
 

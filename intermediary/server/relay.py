@@ -147,7 +147,6 @@ class Splice(TypingProtocol):
         """The agent's connection was lost: the circuit ends."""
 
 
-
 @dataclass
 class _Held:
     """A user's reservation: the listening port and the circuits it brought."""
@@ -322,7 +321,11 @@ class Relay:
         if splice is None or splice.user != user or splice.state is not State.PENDING:
             raise UnknownCircuit(f"no circuit {circuit_id} is waiting for {user}")
         del self._pending[circuit_id]
-        splice.join(leg)
+        try:
+            splice.join(leg)
+        except BaseException:
+            splice.end("the agent's connection could not be joined")
+            raise
         return splice
 
     def circuits(self, user: Identity) -> list[CircuitSplice]:

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from common.endpoint import Endpoint
 from common.pki.trust import TrustStore, check_anchor
+from common.ports import IRP_PORT
 from common.profile import Profile
 from common.startup import EarlyPorts
 from common.tls import ServerTLS, make_server_context
@@ -38,7 +39,6 @@ from intermediary.server.protocol import IntermediaryFactory
 from intermediary.server.senders import Registries, SenderVerifier, crl_checker
 from intermediary.server.store import IntermediaryStore, Quotas
 from intermediary.server.subscriptions import Subscriptions
-from irp import DEFAULT_PORT as IRP_PORT
 from irp.client import IRPError, split_server
 
 log = Logger()
@@ -219,6 +219,8 @@ class IntermediaryService(service.Service):
             for port in self.ports:
                 await port.stopListening()  # type: ignore[misc]
             self.ports.clear()
+            if self.factory is not None:
+                await self.factory.close_all()
             if self.subscriptions is not None:
                 self.subscriptions.stop()
             if self.relay is not None:

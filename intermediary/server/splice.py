@@ -283,6 +283,7 @@ class CircuitSplice:
             limits.join_timeout, self.end, f"the agent did not join within {limits.join_timeout:g} s"
         )
         self._idle: IDelayedCall | None = None
+        self._registered_on_leg = self._registered_on_dialer = False
         dialer.splice = self
         log.info(
             "Relay circuit {circuit} for {user} opened by {dialer}",
@@ -322,7 +323,9 @@ class CircuitSplice:
         self._idle = self.clock.callLater(self.limits.circuit_idle, self._check_idle)
         # Couple the flow control both ways before any byte moves.
         leg.registerProducer(self.dialer_valve, True)
+        self._registered_on_leg = True
         self._transport.registerProducer(self.leg_valve, True)
+        self._registered_on_dialer = True
         log.info("Relay circuit {circuit} for {user} joined", circuit=self.circuit_id, user=str(self.user))
         self._apply(self.core.join())
 
@@ -365,9 +368,12 @@ class CircuitSplice:
                 timer.cancel()
         self._deadline = self._idle = None
         transport = self._transport
-        if self.leg is not None:
+        if self._registered_on_leg:
+            assert self.leg is not None
             self.leg.unregisterProducer()
+        if self._registered_on_dialer:
             transport.unregisterProducer()
+        if self.leg is not None:
             self.leg.loseConnection()
         transport.loseConnection()
         log.info(

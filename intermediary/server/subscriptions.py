@@ -175,7 +175,11 @@ class Subscriptions:
                 subscription.due_at(later)
             return subscription, pending
 
-        return self.store.pending(username, self.now()).addCallback(counted)
+        def failed(failure: Failure) -> Failure:
+            self.unsubscribe(subscription)
+            return failure
+
+        return self.store.pending(username, self.now()).addCallbacks(counted, failed)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """The subscriber's connection is gone."""

@@ -16,7 +16,9 @@ from intermediary.wire import (
     Delivery,
     Deposit,
     Deposited,
+    Event,
     FetchPrekey,
+    Operation,
     Ping,
     Pong,
     PrekeyCount,
@@ -24,6 +26,7 @@ from intermediary.wire import (
     PublishPrekeys,
     Reserve,
     Reserved,
+    Result,
     Subscribe,
     Subscribed,
     Superseded,
@@ -32,7 +35,7 @@ from intermediary.wire import (
 BOB = Identity("bob", "example.org")
 HEX = "0123456789abcdef0123456789abcdef"
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     PublishPrekeys((b"one", b"two")),
     FetchPrekey(BOB),
     Deposit(BOB, 2_000_000_000, None, b"sealed bytes"),
@@ -44,7 +47,7 @@ OPERATIONS = [
     Ping(),
 ]
 
-RESULTS = [
+RESULTS: list[Result] = [
     PrekeyCount(20, True),
     PrekeyCount(0, False),
     PrekeyData(b"prekey"),
@@ -56,7 +59,7 @@ RESULTS = [
     Pong(),
 ]
 
-EVENTS = [Delivery(HEX, Identity("alice", "other.example"), 1_700_000_000, b"envelope"), Superseded(), CircuitOffer(HEX, "2001:db8::9 50000")]
+EVENTS: list[Event] = [Delivery(HEX, Identity("alice", "other.example"), 1_700_000_000, b"envelope"), Superseded(), CircuitOffer(HEX, "2001:db8::9 50000")]
 
 
 def prekey_bytes(

@@ -71,7 +71,8 @@ class RoundTripTests(TestCase):
     def test_error_codes_unique(self) -> None:
         from common.errors import subclasses_of
 
-        wire = {(cls.name, cls.code) for cls in [errors.IntermediaryError, *subclasses_of(errors.IntermediaryError)] if cls.code}
+        classes: list[type[errors.IntermediaryError]] = [errors.IntermediaryError, *subclasses_of(errors.IntermediaryError)]
+        wire = {(cls.name, cls.code) for cls in classes if cls.code}
         codes = [code for _, code in wire]
         self.assertEqual(len(codes), len(set(codes)))
 
@@ -191,3 +192,42 @@ class PrekeyInfoTests(TestCase):
         ]:
             with self.assertRaises(errors.InvalidArgument, msg=bad):
                 parse_prekey_info(bad.encode())
+
+
+class MutationTests(TestCase):
+    """Random corruptions of valid documents are refused with the protocol's errors only."""
+
+    def test_requests(self) -> None:
+        import random
+
+        rng = random.Random(12)
+        documents = [encode_request(Request(n, op)) for n, op in enumerate(OPERATIONS, 1)]
+        for _ in range(3000):
+            document = bytearray(rng.choice(documents))
+            for _ in range(rng.randint(1, 4)):
+                position = rng.randrange(len(document))
+                choice = rng.random()
+                if choice < 0.4:
+                    document[position] = rng.randrange(256)
+                elif choice < 0.7:
+                    del document[position]
+                else:
+                    document.insert(position, rng.choice(b'<>/="&;! \x00\xff'))
+            try:
+                parse_request(bytes(document))
+            except Refused as refused:
+                self.assertIsInstance(refused.error, errors.IntermediaryError)
+
+    def test_server_messages(self) -> None:
+        import random
+
+        rng = random.Random(13)
+        documents = [encode_response(1, result) for result in RESULTS] + [encode_push(event) for event in EVENTS]
+        for _ in range(3000):
+            document = bytearray(rng.choice(documents))
+            position = rng.randrange(len(document))
+            document[position] = rng.randrange(256)
+            try:
+                parse_server_message(bytes(document))
+            except errors.MalformedMessage:
+                pass

@@ -22,8 +22,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
+from intermediary import errors as intermediary_errors
+from intermediary.client import IntermediaryClient, connect_intermediary
 from intermediary.server.relay import Relay, RelayLimits, RelayUnavailable, Reservation, UnknownCircuit
+from intermediary.server.service import IntermediaryService, IntermediarySettings
 from intermediary.server.splice import Circuit, Closed, PauseDialer, ResumeDialer, State, ToAgent, ToDialer
+from test.helpers import EnrolledUser, make_profile
+from test.irp.server.cross_domain import CrossDomainTestCase
 
 BOB = Identity.parse("bob@example.org")
 CAROL = Identity.parse("carol@example.org")
@@ -242,6 +247,16 @@ class CircuitTests(TestCase):
         self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, "0" * 32, StringTransport())
         fixture.relay.join(BOB, circuit_id, StringTransport())
         self.assertRaises(UnknownCircuit, fixture.relay.join, BOB, circuit_id, StringTransport())
+
+    def test_a_leg_that_cannot_join_ends_the_circuit(self) -> None:
+        fixture = Fixture()
+        fixture.reserve()
+        _, dialer_transport = fixture.dial(46050)
+        leg = StringTransport(lenient=True)
+        leg.registerProducer(object(), True)  # a producer the adapter did not give up
+        self.assertRaises(RuntimeError, fixture.relay.join, BOB, fixture.notified[0][0], leg)
+        self.assertTrue(dialer_transport.disconnecting and leg.disconnecting)
+        self.assertEqual(fixture.relay.circuits(BOB), [])
 
     def test_join_timeout(self) -> None:
         fixture = Fixture()
@@ -569,7 +584,8 @@ class LoopbackTests(TestCase):
         yield self.agents[0].lost
         self.assertLessEqual(self.agents[0].count, 1024 * 1024)
         self.assertIn("1048576 bytes from the dialer reached", self.joined[0].core.reason)
-        self.failureResultOf(dialer.done, ConnectionError, Exception)
+        self.failureResultOf(dialer.done)
+        self.failureResultOf(self.agents[0].done)
 
     @inlineCallbacks
     def test_busy_port_skipped_and_release_closes_all(self) -> Any:
@@ -592,3 +608,109 @@ class LoopbackTests(TestCase):
 def buffered(transport: Any) -> int:
     """Bytes a TCP transport holds to send."""
     return len(transport.dataBuffer) + transport._tempDataLen
+
+
+class ThroughTheServiceTests(CrossDomainTestCase):
+    """The relay behind the real intermediary: TLS service connections with client
+    certificates, ``<reserve/>``, a ``<circuit>`` push, ``<accept>`` on a new connection
+    (part B's adapter and client library), then the raw stream both ways."""
+
+    timeout = 120
+
+    async def start(self) -> None:
+        await self.start_domains()
+        home = self.registries["example.org"]
+        self.users: dict[str, EnrolledUser] = {}
+        for name in ("intermediary", "bob", "mallory"):
+            await home.add_user(name)
+            self.users[name] = await home.issue(name)
+        profile = make_profile(home, self.users["intermediary"], os.path.join(os.path.abspath(self.mktemp()), "im"))
+        first = await free_ports(1)
+        settings = IntermediarySettings(
+            profile_dir=profile,
+            listen=["tcp:0:interface=127.0.0.1"],
+            resolver=self.resolver,
+            relay_factory=lambda reactor_, _settings: Relay(
+                reactor_, interface="127.0.0.1", ports=range(first, first + 1), limits=RelayLimits(circuit_bytes=8 << 20)
+            ),
+        )
+        self.service = IntermediaryService(settings, global_reactor)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        await self.service.ready
+
+    async def connect(self, name: str) -> IntermediaryClient:
+        user = self.users[name]
+        registry = await self.registries["example.org"].client(user=user)
+
+        async def lookup(identity: Identity) -> tuple[Any, set[str]]:
+            record = await registry.lookup(str(identity))
+            return record, {entry.fingerprint for entry in await registry.user_certificates(str(identity))}
+
+        client = await connect_intermediary(
+            global_reactor,
+            "example.org",
+            directory_lookup=lookup,
+            key=user.key,
+            certificate=user.certificate,
+            chain=user.chain,
+            roots={"example.org": self.registries["example.org"].root},
+        )
+        self.addCleanup(client.close)
+        return client
+
+    async def test_a_dialer_reaches_the_agent_through_the_relay(self) -> None:
+        await self.start()
+        bob = await self.connect("bob")
+        offers: Deferred[tuple[str, str]] = Deferred()
+        reservation = await bob.reserve(lambda circuit, source: offers.callback((circuit, source)))
+        self.assertEqual(reservation.address, "127.0.0.1")
+        up, down = os.urandom(2 * 1024 * 1024 + 3), os.urandom(1024 * 1024 + 1)
+        dialer = Collector(up, expect=len(down))
+        global_reactor.connectTCP("127.0.0.1", reservation.port, ClientFactory.forProtocol(lambda: dialer))
+        circuit_id, source = await offers
+        self.assertTrue(source.startswith("127.0.0.1 "))
+        # Another user may not take bob's circuit; bob takes it on a new connection.
+        mallory = await self.connect("mallory")
+        with self.assertRaises(intermediary_errors.UnknownCircuit):
+            await mallory.accept_circuit(circuit_id)
+        stream = await (await self.connect("bob")).accept_circuit(circuit_id)
+        agent = Collector(down, expect=len(up))
+        stream.attach(agent)
+        await dialer.done
+        await agent.done
+        self.assertEqual(agent.digest.hexdigest(), digest(up))
+        self.assertEqual(dialer.digest.hexdigest(), digest(down))
+        # The dialer hangs up: the agent's accept connection ends too.
+        dialer.transport.loseConnection()  # type: ignore[union-attr]
+        await agent.lost
+
+    async def test_byte_cap_and_release_end_the_circuit(self) -> None:
+        await self.start()
+        bob = await self.connect("bob")
+        offers: Deferred[str] = Deferred()
+        reservation = await bob.reserve(lambda circuit, source: offers.callback(circuit))
+        dialer = Collector(os.urandom(9 << 20), expect=1)
+        global_reactor.connectTCP("127.0.0.1", reservation.port, ClientFactory.forProtocol(lambda: dialer))
+        stream = await (await self.connect("bob")).accept_circuit(await offers)
+        agent = Collector(b"", expect=1 << 40)
+        stream.attach(agent)
+        await agent.lost
+        await dialer.lost
+        self.assertLessEqual(agent.count, 8 << 20)
+        self.failureResultOf(agent.done)
+        self.failureResultOf(dialer.done)
+        # Losing the reserving connection releases the reservation and closes the port.
+        relay: Any = self.service.relay
+        drop = relay._drop
+        dropped: Deferred[str] = Deferred()
+
+        def watched(held: Any, reason: str) -> Deferred[Any]:
+            return drop(held, reason).addCallback(lambda _: dropped.callback(reason))
+
+        relay._drop = watched
+        await bob.close()
+        self.assertEqual(await dropped, "the reservation was released")
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", reservation.port)
+        with self.assertRaises(ConnectionRefusedError):
+            await endpoint.connect(Factory.forProtocol(Protocol))

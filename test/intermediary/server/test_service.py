@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from typing import Any
 
 from twisted.internet import reactor
@@ -89,7 +90,7 @@ class Collector(Protocol):
 class IntermediaryServiceTests(CrossDomainTestCase):
     """Deposits, push delivery, acknowledgement, who may do what."""
 
-    async def start(self) -> None:
+    async def start(self, **options: Any) -> None:
         await self.start_domains()
         home = self.registries[HOME]
         self.users: dict[str, EnrolledUser] = {}
@@ -109,16 +110,19 @@ class IntermediaryServiceTests(CrossDomainTestCase):
             relay_factory=lambda reactor_, _settings: Relay(
                 reactor_, interface="127.0.0.1", ports=range(relay_port, relay_port + 1), limits=RelayLimits()
             ),
+            **options,
         )
         self.service = IntermediaryService(settings, reactor)
         self.service.startService()
-        self.addCleanup(self.service.stopService)
+        self.addCleanup(lambda: self.service.stopService() if self.service.running else None)
         await self.service.ready
 
     def domain_of(self, name: str) -> str:
         return OTHER if name == "alice" else HOME
 
-    async def connect(self, name: str, *, fingerprints: set[str] | None = None) -> IntermediaryClient:
+    async def connect(
+        self, name: str, *, fingerprints: set[str] | None = None, server: tuple[str, int] | None = None
+    ) -> IntermediaryClient:
         """``name``'s client of example.org's intermediary, found through example.org's registry."""
         user = self.users[name]
         registry = await self.registries[HOME].client(user=user)
@@ -130,7 +134,8 @@ class IntermediaryServiceTests(CrossDomainTestCase):
 
         roots = {HOME: self.registries[HOME].root, OTHER: self.registries[OTHER].root}
         client = await connect_intermediary(
-            reactor, HOME, directory_lookup=lookup, key=user.key, certificate=user.certificate, chain=user.chain, roots=roots
+            reactor, HOME, directory_lookup=lookup, key=user.key, certificate=user.certificate, chain=user.chain, roots=roots,
+            server=server,
         )
         self.addCleanup(client.close)
         return client
@@ -160,6 +165,10 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         alice = await self.connect("alice")
         self.assertEqual(await alice.fetch_prekey(Identity("bob", HOME)), published[0])
         message_id = await alice.deposit(Identity("bob", HOME), b"sealed for bob", self.expires())
+        # Answered after the commit: another connection to the file sees the row already.
+        with sqlite3.connect(self.service.settings.database_url) as other:
+            stored = other.execute("SELECT recipient, sender, envelope FROM messages WHERE message_id = ?", (message_id,)).fetchall()
+        self.assertEqual(stored, [("bob", "alice@example.net", b"sealed for bob")])
         (delivery,) = await inbox.wait(1)
         self.assertEqual((delivery.id, delivery.sender, delivery.envelope), (message_id, Identity("alice", OTHER), b"sealed for bob"))
         assert self.service.store is not None
@@ -188,8 +197,11 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         self.assertNotIn(held, [delivery.id for delivery in received])  # held until its time
         # Unacknowledged: delivered again to the next subscription, which supersedes this one.
         second = Inbox()
+        superseded: Deferred[None] = Deferred()
+        bob.protocol.on_superseded = lambda: superseded.callback(None)
         bob2 = await self.connect("bob")
         self.assertEqual(await bob2.subscribe(second), 5)
+        await superseded.addTimeout(10, reactor)
         again = await second.wait(5)
         self.assertEqual([delivery.id for delivery in again], sent)
 
@@ -240,6 +252,34 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         await agent.wait(b"dialer again")
         dialer.transport.loseConnection()
         await agent.lost.addTimeout(10, reactor)  # ending one leg ends the other
+
+    async def test_away_and_connections_closed_when_stopped(self) -> None:
+        await self.start()
+        client = await self.registries[HOME].client(user=self.users["bob"])
+        bob = await self.connect("bob")
+        await bob.subscribe(lambda delivery: None)
+        await self.service.stopService()
+        await bob.when_lost()  # connections are closed on stop
+        record = await client.lookup(str(intermediary_identity(HOME)))
+        self.assertEqual((record.presence, record.endpoints), ("away", ()))
+
+    async def test_connections_per_address_capped(self) -> None:
+        from intermediary.server.connection import ConnectionLimits
+
+        await self.start(connection_limits=ConnectionLimits(max_connections_per_address=1))
+        first = await self.connect("bob")
+        second = await self.connect("mallory")
+        with self.assertRaises(errors.RateLimited):
+            await second.ping()
+        await first.ping()
+
+    async def test_given_server_skips_the_address_not_the_certificate_check(self) -> None:
+        await self.start()
+        port = self.service.ports[0].getHost().port  # type: ignore[attr-defined]
+        client = await self.connect("bob", server=("127.0.0.1", port))
+        await client.ping()
+        with self.assertRaises(errors.ServerVerificationFailed):
+            await self.connect("bob", server=("127.0.0.1", port), fingerprints=set())
 
     async def test_prekeys_only_own(self) -> None:
         await self.start()
