@@ -184,10 +184,8 @@ class Mailbox:
         """Prekeys, subscription, relay; returns when the connection ends."""
         lost = client.when_lost()
         await self.upkeep(client, probe=True)
-        client.protocol.on_superseded = lambda: self._set_state(
-            f"another agent of {self.agent.identity} subscribed at {self.agent.identity.domain}'s intermediary: it gets your stored messages now"
-        )
-        pending = await client.subscribe(lambda delivery: self._delivered(client, delivery))
+        superseded = f"another agent of {self.agent.identity} subscribed at {self.agent.identity.domain}'s intermediary: it gets your stored messages now"
+        pending = await client.subscribe(lambda delivery: self._delivered(client, delivery), lambda: self._set_state(superseded))
         self._set_state(f"connected to {self.agent.identity.domain}'s intermediary ({pending} waiting)")
         if self.agent.settings.relay:
             await self._reserve(client)

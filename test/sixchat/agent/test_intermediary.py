@@ -65,8 +65,6 @@ class SameDomainTests(AgentTestCase):
         client = bob.mailbox.client
         lost = client.when_lost()
         await self.intermediary.stopService()
-        # (stopService leaves open connections up: end it as the process's end would.)
-        client.protocol.transport.abortConnection()
         await lost.addTimeout(WAIT, reactor)
         await deferLater(reactor, 0, lambda: None)  # the mailbox's own callbacks run first
         self.assertIsNone(bob.mailbox.client)
