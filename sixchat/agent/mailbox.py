@@ -59,6 +59,8 @@ LAST_RESORT_LIFETIME = 14 * 86400
 LAST_RESORT_ROTATION = 7 * 86400
 #: How often the prekeys are checked (and the server's count learnt again) while connected.
 UPKEEP_INTERVAL = 3600.0
+#: How far ahead of our clock a sealed message's ``sent`` may be before it is held back.
+FUTURE_TOLERANCE = 300
 BACKOFF_FIRST = 1.0
 BACKOFF_LAST = 60.0
 
@@ -291,6 +293,12 @@ class Mailbox:
             opened = open_sealed(envelope, recipient=self.agent.identity, secret=PrekeySecret.from_bytes(row.secret), now=now)
             if opened.sender != depositor:
                 raise errors.SealedBadSignature(f"it was deposited by {depositor} but signed by {opened.sender}")
+        except errors.SealedExpired as error:
+            if header.sent_at > now + FUTURE_TOLERANCE:
+                # Sent "in the future": our clock may be behind; it may pass with time.
+                raise _Transient(error.message) from None
+            log.warn("Dropped a sealed message deposited by {sender}: {why}", sender=str(depositor), why=error.message)
+            return False
         except errors.SixChatError as error:
             log.warn("Dropped a sealed message deposited by {sender}: {why}", sender=str(depositor), why=error.message)
             return False
@@ -345,6 +353,10 @@ class Mailbox:
             message, _ = parse_application(opened.payload)
         except errors.SixChatError as error:
             log.warn("Dropped sealed message {id} from {sender}: {why}", id=opened.message_id, sender=str(sender), why=error.message)
+            await store.record_sealed(sender, state, opened.prekey_id, None)
+            return
+        if isinstance(message, ChatMessage) and message.id != opened.message_id:
+            log.warn("Dropped sealed message {id} from {sender}: it holds message {other}", id=opened.message_id, sender=str(sender), other=message.id)
             await store.record_sealed(sender, state, opened.prekey_id, None)
             return
         if isinstance(message, ChatMessage):

@@ -251,6 +251,34 @@ class SealedPathTests(TestCase):
         self.assertTrue(await self.mailbox.receive(envelope, ALICE))
         self.assertEqual(await self.bob_history(), [(str(ALICE), "check me later")])
 
+    def seal_by_hand(self, payload: bytes, message_id: str, sent_at: int) -> bytes:
+        from sixchat.sealed.envelope import seal
+
+        prekey = decode_prekey(self.server.prekeys[BOB].pop(0))
+        return seal(self.alice.credentials, recipient=BOB, prekey=prekey, payload=payload, message_id=message_id, seq=1, sent_at=sent_at, expires_at=sent_at + 3600)
+
+    async def test_sent_in_the_future_may_pass_with_time(self) -> None:
+        from sixchat.agent.mailbox import _Transient
+        from sixchat.wire.application import ChatMessage, encode_application
+
+        message_id = str(uuid.uuid4())
+        now = int(self.clock.seconds())
+        envelope = self.seal_by_hand(encode_application(ChatMessage(text="from the future", id=message_id)), message_id, now + 1000)
+        with self.assertRaises(_Transient):
+            await self.mailbox.receive(envelope, ALICE)
+        self.clock.advance(1000)
+        await self.mailbox.receive(envelope, ALICE)
+        self.assertEqual(await self.bob_history(), [(str(ALICE), "from the future")])
+
+    async def test_message_id_must_match_the_envelope(self) -> None:
+        from sixchat.wire.application import ChatMessage, encode_application
+
+        envelope = self.seal_by_hand(encode_application(ChatMessage(text="mismatch")), str(uuid.uuid4()), int(self.clock.seconds()))
+        with capturedLogs() as logs:
+            await self.mailbox.receive(envelope, ALICE)
+        self.assertTrue(any("it holds message" in line for line in log_text(logs)), log_text(logs))
+        self.assertEqual(await self.bob_history(), [])
+
     async def test_receipt_back_through_the_intermediary_delivers(self) -> None:
         await Mailbox(self.alice).upkeep(self.alice.mailbox.client, probe=True)  # type: ignore[arg-type]
         message_id = await self.send("hi")
