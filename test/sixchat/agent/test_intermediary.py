@@ -95,6 +95,15 @@ class SameDomainTests(AgentTestCase):
         self.assertEqual(alice_events.matching(event="stored"), [])
         self.assertIn(ALICE, bob.sessions)
 
+    async def test_recipient_who_never_published_prekeys(self) -> None:
+        alice, alice_events = await self.agent("alice", contacts=("bob",))
+        await self.user("bob")
+        await ready(alice)
+        message = await alice.send_text(BOB, "hello?")
+        progress = await alice_events.wait_for(event="progress", id=message.id).addTimeout(WAIT, reactor)
+        self.assertIn("bob@example.org has no mailbox at example.org's intermediary", progress["text"])
+        self.assertEqual(await self.history(alice, BOB), [("out", "hello?", "queued")])
+
     async def test_without_intermediary_the_old_retry_path_stays(self) -> None:
         alice, alice_events = await self.agent("alice", contacts=("bob",), intermediary=False)
         await self.user("bob")
