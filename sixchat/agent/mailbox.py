@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,6 +90,8 @@ class Mailbox:
         #: A delivery could not be checked now: reconnect (to get it again) after a
         #: growing delay rather than at once.
         self._held_back = False
+        #: One prekey upkeep at a time (the hourly one and a refill may meet).
+        self._upkeep_lock = DeferredLock()
         self._ready = False
 
     # -- running ------------------------------------------------------------------------
@@ -215,6 +217,13 @@ class Mailbox:
         """Publish what keeps :data:`ONE_TIME_TARGET` one-time prekeys and a fresh
         last-resort one at the intermediary (``probe``: publish at least one, to learn how
         many it holds)."""
+        await self._upkeep_lock.acquire()
+        try:
+            await self._upkeep(client, probe)
+        finally:
+            self._upkeep_lock.release()
+
+    async def _upkeep(self, client: Any, probe: bool) -> None:
         store = self.agent.store
         assert store is not None
         now = int(self.agent.clock.seconds())
