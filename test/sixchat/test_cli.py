@@ -377,6 +377,7 @@ class IntermediaryTests(CLITestCase):
         self.assertIn(f"happy new year  [scheduled for {local} ", history.out)
         status = await self.sixchat("status", profile=alice_profile)
         self.assertIn("queued messages: 2", status.out)
+        self.assertIn("intermediary: used to send only", status.out)
         self.assertIn("[stored at example.org's intermediary]  (stored at example.org's intermediary, will be delivered when bob@example.org is online)", status.out)
         bad = await self.sixchat("send", "--at", "tomorrow", "bob", "x", profile=alice_profile)
         self.assertEqual(bad.code, 2, bad)
