@@ -27,7 +27,15 @@ from twisted.logger import Logger
 
 from common.identity import Identity
 from common.pki.keyfiles import fingerprint
-from intermediary.errors import IntermediaryError
+from intermediary.errors import (
+    Expired,
+    IntermediaryError,
+    InvalidArgument,
+    QuotaExceeded,
+    RateLimited,
+    TooLarge,
+    UnknownUser,
+)
 from irp.client import AddressRecord, IRPError, NotFound
 from sixchat import errors
 from sixchat.agent.store import StoredMessage
@@ -206,7 +214,13 @@ class Depositor:
                 sent_at=now,
                 expires_at=expires,
             )
-            await client.deposit(peer, envelope, expires, deliver_at)
+            try:
+                await client.deposit(peer, envelope, expires, deliver_at)
+            except (QuotaExceeded, UnknownUser, Expired, TooLarge, InvalidArgument, RateLimited):
+                # Refused, so surely not stored: the number goes to the next envelope (no
+                # gap at the recipient). After a lost answer it stays used.
+                await self.agent.store.sealed.give_back_sequence(peer, seq)
+                raise
         finally:
             lock.release()
 

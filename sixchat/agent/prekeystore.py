@@ -164,6 +164,15 @@ class SealedStore:
 
         return self._run(take)
 
+    def give_back_sequence(self, peer: Identity, seq: int) -> Deferred[None]:
+        """Sequence number ``seq`` (the last one taken for ``peer``) was never used: the
+        next sealed message takes it again."""
+
+        def give_back(txn: Transaction) -> None:
+            txn.execute("UPDATE sealed_outgoing SET next_seq = ? WHERE peer = ? AND next_seq = ?", (seq, str(peer), seq + 1))
+
+        return self._run(give_back)
+
     def tracker_state(self, sender: Identity) -> Deferred[str | None]:
         """The serialised sequence tracker of ``sender``, or None (nothing received yet)."""
 

@@ -44,6 +44,8 @@ class FakeIntermediary:
         self.last_resort: dict[Identity, bytes] = {}
         self.deposits: list[tuple[Identity, Identity, bytes, int, int | None]] = []
         self.owner: Identity | None = None
+        #: Refuse the next deposit with this error.
+        self.refuse: Exception | None = None
 
     def as_user(self, identity: Identity) -> FakeClient:
         return FakeClient(self, identity)
@@ -71,6 +73,9 @@ class FakeClient:
         return self.server.last_resort[who]
 
     async def deposit(self, to: Identity, envelope: bytes, expires: int, deliver_at: int | None) -> str:
+        if self.server.refuse is not None:
+            refusal, self.server.refuse = self.server.refuse, None
+            raise refusal
         self.server.deposits.append((self.identity, to, envelope, expires, deliver_at))
         return uuid.uuid4().hex
 
@@ -208,6 +213,19 @@ class SealedPathTests(TestCase):
         await self.mailbox.receive(first, ALICE)
         await self.mailbox.receive(first, ALICE)
         self.assertEqual(sorted(body for _, body in await self.bob_history()), ["first", "second"])
+
+    async def test_refused_deposit_leaves_no_gap(self) -> None:
+        from intermediary.errors import QuotaExceeded
+
+        self.server.refuse = QuotaExceeded("bob's mailbox is full")
+        message = await self.alice.store.queue_message(BOB, "refused once")
+        with self.assertRaises(QuotaExceeded):
+            await self.depositor(self.alice).deposit_message(message)
+        stored = await self.alice.store.get_message(message.id)
+        assert stored is not None
+        self.assertEqual(stored.state, "queued")
+        await self.depositor(self.alice).deposit_message(message)
+        self.assertEqual([peek(deposit[2]).seq for deposit in self.server.deposits], [1])
 
     async def test_tampered_envelope_is_dropped(self) -> None:
         await self.send("secret text")

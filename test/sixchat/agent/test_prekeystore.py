@@ -79,6 +79,12 @@ class SealedStoreTests(TestCase):
         self.store.close()
         self.store = await AgentStore.open(self.path, reactor, now=self.clock.seconds)
         self.assertEqual(await self.store.sealed.next_sequence(BOB), 4)
+        # A number never used is taken again; one taken since is not given back.
+        await self.store.sealed.give_back_sequence(BOB, 4)
+        self.assertEqual(await self.store.sealed.next_sequence(BOB), 4)
+        await self.store.sealed.next_sequence(BOB)
+        await self.store.sealed.give_back_sequence(BOB, 4)
+        self.assertEqual(await self.store.sealed.next_sequence(BOB), 6)
 
     async def test_tracker_state(self) -> None:
         sealed = self.store.sealed
