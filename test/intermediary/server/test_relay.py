@@ -10,6 +10,8 @@ import hashlib
 import os
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -79,6 +81,55 @@ class CircuitCoreTests(TestCase):
         self.assertEqual(circuit.end("again"), [])
         self.assertEqual(circuit.join(), [])
         self.assertEqual(circuit.reason, "gone")
+
+
+class CircuitPropertyTests(TestCase):
+    """Whatever the chunking: bytes pass unchanged and in order, the pending buffer is never
+    exceeded, and the caps end the circuit at the first byte over them."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        before=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+        after=st.lists(st.tuples(st.booleans(), st.binary(min_size=1, max_size=40)), max_size=30),
+        cap=st.integers(min_value=1, max_value=400),
+    )
+    def test_transparent_and_bounded(self, before: list[bytes], after: list[tuple[bool, bytes]], cap: int) -> None:
+        circuit = Circuit(pending_buffer=100, byte_cap=cap, read_size=40)
+        to_agent, to_dialer, sent_up, sent_down = [], [], [], []
+        closed = False
+
+        def apply(actions: list[Any]) -> None:
+            nonlocal closed
+            for action in actions:
+                if isinstance(action, ToAgent):
+                    to_agent.append(action.data)
+                elif isinstance(action, ToDialer):
+                    to_dialer.append(action.data)
+                elif isinstance(action, Closed):
+                    closed = True
+
+        paused = False
+        for chunk in before:
+            if paused or closed:
+                break
+            sent_up.append(chunk)
+            actions = circuit.dialer_data(chunk)
+            paused = PauseDialer() in actions
+            apply(actions)
+            self.assertLessEqual(circuit.buffered, 100)
+        if not closed:
+            apply(circuit.join())
+        for from_dialer, chunk in after:
+            if closed:
+                break
+            (sent_up if from_dialer else sent_down).append(chunk)
+            apply(circuit.dialer_data(chunk) if from_dialer else circuit.agent_data(chunk))
+        up, down = b"".join(to_agent), b"".join(to_dialer)
+        self.assertLessEqual(max(len(up), len(down)), cap)
+        self.assertTrue(b"".join(sent_up).startswith(up) and b"".join(sent_down).startswith(down))
+        if not closed:
+            self.assertEqual((up, down), (b"".join(sent_up), b"".join(sent_down)))
+        self.assertEqual((circuit.up, circuit.down), (len(up), len(down)))
 
 
 class BusyReactor(MemoryReactorClock):
