@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
@@ -357,3 +358,42 @@ class SealedPathTests(TestCase):
         self.clock.advance(86400)
         await self.mailbox.upkeep(client)
         self.assertNotEqual(self.server.last_resort[BOB], first)
+
+
+class RelayReservationTests(TestCase):
+    """The relay reservation is renewed before it lapses and withdrawn with the connection."""
+
+    def test_renewed_at_half_its_life_and_dropped_with_the_connection(self) -> None:
+        from common.endpoint import Endpoint
+        from intermediary.wire import Reserved
+
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        changes: list[Endpoint | None] = []
+        reservations: list[float] = []
+
+        async def relay_changed() -> None:
+            changes.append(mailbox.relay)
+
+        agent = SimpleNamespace(clock=clock, relay_changed=relay_changed)
+        mailbox = Mailbox(agent)  # type: ignore[arg-type]
+
+        class Client:
+            async def reserve(self, on_circuit: Any) -> Reserved:
+                reservations.append(clock.seconds())
+                return Reserved("2001:db8::5", 46051, int(clock.seconds()) + 600)
+
+        client = Client()
+        mailbox.client = client
+        Deferred.fromCoroutine(mailbox._reserve(client))
+        self.assertEqual(changes, [Endpoint("2001:db8::5", 46051)])
+        clock.advance(299)
+        self.assertEqual(len(reservations), 1)
+        clock.advance(1)
+        self.assertEqual(reservations, [1_800_000_000, 1_800_000_300])
+        self.assertEqual(len(changes), 1)  # the same port: nothing to register again
+        mailbox.client = None
+        mailbox._drop_relay()
+        self.assertEqual(changes[-1], None)
+        clock.advance(600)
+        self.assertEqual(len(reservations), 2)  # no renewal once dropped
