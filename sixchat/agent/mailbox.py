@@ -132,6 +132,15 @@ class Mailbox:
             for waiter in waiters:
                 waiter.callback(None)
 
+    def describe(self) -> str:
+        """The intermediary's part in this agent, for ``sixchat status``."""
+        settings = self.agent.settings
+        if not settings.intermediary:
+            return "not used"
+        if not settings.mailbox:
+            return "used to send only (your messages are collected by your running agent)"
+        return self.state
+
     def _set_state(self, state: str) -> None:
         if state != self.state:
             log.info("Intermediary: {state}", state=state)

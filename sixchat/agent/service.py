@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -123,6 +123,7 @@ class Agent(service.Service):
         self.mailbox = Mailbox(self)
         #: The addresses we listen on, as registered (the relay's is added to them).
         self._own_endpoints: list[Endpoint] = []
+        self._registering = DeferredLock()
         self.admission = HandshakeAdmission(
             self.clock,
             per_source=settings.handshakes_per_address,
@@ -273,6 +274,8 @@ class Agent(service.Service):
 
     async def _register(self, presence: str) -> None:
         assert self.directory is not None
+        # One at a time, each with the addresses of its turn (the relay's may come or go).
+        await self._registering.acquire()
         endpoints = self.advertised if presence != "offline" else []
         try:
             await self.directory.register(endpoints, presence, self.settings.register_ttl)
@@ -285,6 +288,8 @@ class Agent(service.Service):
                 log.info("Registered with the registry: {presence}", presence=presence)
             self.registration = (True, "")
             return
+        finally:
+            self._registering.release()
         log.warn("Could not register with the registry: {error}", error=why)
         self.registration = (False, why)
 
@@ -477,17 +482,9 @@ class Agent(service.Service):
             "registering": self.settings.register,
             "registered": self.registration[0],
             "registration_error": self.registration[1],
-            "intermediary": self._intermediary_status(),
+            "intermediary": self.mailbox.describe(),
             "relay": None if self.mailbox.relay is None else f"{self.mailbox.relay.address} port {self.mailbox.relay.port}",
         }
-
-
-    def _intermediary_status(self) -> str:
-        if not self.settings.intermediary:
-            return "not used"
-        if not self.settings.mailbox:
-            return "used to send only (your messages are collected by your running agent)"
-        return self.mailbox.state
 
 
 async def _call(function: Callable[[], Any]) -> None:
