@@ -245,6 +245,18 @@ class SealedPathTests(TestCase):
         self.assertTrue(any("deposited by carol@example.org but signed by alice@example.org" in line for line in log_text(logs)))
         self.assertEqual(await self.bob_history(), [])
 
+    async def test_envelope_for_someone_else_is_dropped(self) -> None:
+        """An intermediary redirecting Carol's mail to Bob gains nothing: Bob cannot open
+        it, and says why."""
+        carol_client = self.server.as_user(CAROL)
+        await Mailbox(self.agents[CAROL]).upkeep(carol_client, probe=True)  # type: ignore[arg-type]
+        message = await self.alice.store.queue_message(CAROL, "for carol")
+        await self.depositor(self.alice).deposit_message(message)
+        with capturedLogs() as logs:
+            self.assertFalse(await self.mailbox.receive(self.server.deposits[0][2], ALICE))
+        self.assertTrue(any("Dropped a sealed message" in line for line in log_text(logs)), log_text(logs))
+        self.assertEqual(await self.bob_history(), [])
+
     async def test_blocked_sender_is_refused(self) -> None:
         await self.send("hello")
         self.bob.verifier.refused.add(ALICE)
