@@ -30,7 +30,9 @@ class Options(usage.Options):
     longdesc = (
         "Run your SixChat agent: it listens on TCP 4605 (IPv6 and IPv4), registers your"
         " addresses and presence with your IRP registry, delivers your messages end-to-end"
-        " encrypted and keeps your history. Drive it with the 'sixchat' command."
+        " encrypted and keeps your history. Through your domain's intermediary it collects what"
+        " was left for you while you were away, and leaves sealed messages for contacts who are"
+        " offline at theirs. Drive it with the 'sixchat' command."
     )
     optParameters = [
         ["profile", "p", None, "Profile folder made by 'sixchat init' and 'sixchat enrol' (default: $IRP_PROFILE or"
