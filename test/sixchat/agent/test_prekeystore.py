@@ -140,3 +140,26 @@ class StoredAndScheduledTests(TestCase):
         [given_up] = await self.store.give_up_deposited(NOW + 1, "expired")
         self.assertEqual((given_up.id, given_up.state, given_up.reason), (stored.id, "undelivered", "expired"))
         self.assertEqual([m.id for m in await self.store.give_up_deposited(NOW + 1001, "expired")], [scheduled.id])
+
+
+class UpgradeTests(TestCase):
+    async def test_a_version_3_store_is_upgraded_keeping_its_messages(self) -> None:
+        from common.db.dialect import SQLITE
+        from common.db.migrations import upgrade_schema
+        from sixchat.agent.store import MIGRATIONS
+
+        path = os.path.join(os.path.abspath(self.mktemp()), "sixchat.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        with sqlite3.connect(path, isolation_level=None) as raw:
+            cursor = raw.cursor()
+            self.assertEqual(upgrade_schema(cursor, SQLITE, MIGRATIONS[:3]), 3)
+            cursor.execute("COMMIT")
+            cursor.execute(
+                "INSERT INTO messages (id, peer, direction, body, sent_at, created_at, state, updated_at, reason)"
+                " VALUES ('m1', 'bob@example.org', 'out', 'old', 1, 1, 'queued', 1, NULL)"
+            )
+        store = await AgentStore.open(path, reactor, now=lambda: NOW)
+        self.addCleanup(store.close)
+        [message] = await store.pending_for(BOB)
+        self.assertEqual((message.id, message.body, message.deliver_at), ("m1", "old", None))
+        self.assertEqual(await store.sealed.next_sequence(BOB), 1)
