@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from common.identity import Identity
 from sixchat import lineedit
+from sixchat.schedule import state_text
 
 QUIT_COMMANDS = ("/quit", "/exit")
 HELP = (
@@ -116,6 +117,11 @@ class ChatView:
             self.write(f"-- {self._which(event.get('id'))} delivered")
         elif kind == "undelivered":
             self.write(f"-- {self._which(event.get('id'))} NOT delivered{because}")
+        elif kind == "stored":
+            self.write(f"-- {self._which(event.get('id'))} stored at {self.peer.domain}'s intermediary; delivered when {self.peer} is online")
+        elif kind == "scheduled":
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(event.get("deliver_at") or 0)))
+            self.write(f"-- {self._which(event.get('id'))} scheduled for {when} at {self.peer.domain}'s intermediary")
         elif kind == "presence":
             self.write(f"-- {self.peer} is {printable(str(event.get('status')))}")
         elif kind == "session":
@@ -133,7 +139,7 @@ class ChatView:
             if "id" in row:
                 self.shown.add(str(row["id"]))
             mine = row["direction"] == "out"
-            state = "" if not mine or row["state"] == "delivered" else f"  [{row['state']}]"
+            state = "" if not mine or row["state"] == "delivered" else f"  [{state_text(row)}]"
             number = self._number(row["id"]) if mine and "id" in row else None
             self._line(_stamp(row["sent"]), number, "you" if mine else self.peer.username, row["text"], state)
 
@@ -316,7 +322,7 @@ async def run_chat(
 
     def on_event(event: dict[str, Any]) -> None:
         view.event(event)
-        if event.get("event") in ("receipt", "undelivered"):
+        if event.get("event") in ("receipt", "undelivered", "stored", "scheduled"):
             unconfirmed.discard(str(event.get("id")))
             check_settled()
 

@@ -27,6 +27,7 @@ from irp.client import initialise as cmd_init
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
+from sixchat.schedule import parse_at, state_text, when_text
 
 Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
 
@@ -76,6 +77,7 @@ class ChatContext(Context):
             listen=listen,
             advertise=[parse_endpoint(text, DEFAULT_PORT) for text in self.args.advertise] if self.args.advertise else None,
             register=network,
+            mailbox=network,
             control=False,
             server=server_argument(self.args.server) if self.args.server else None,
         )
@@ -218,11 +220,12 @@ async def cmd_simple(ctx: ChatContext) -> int:
 
 
 async def cmd_send(ctx: ChatContext) -> int:
-    """Send one message and wait for its receipt."""
+    """Send one message and wait for its receipt (or until it is stored or scheduled)."""
     who = parse_identity(ctx.args.who, ctx.profile)
     text = " ".join(ctx.args.text) if ctx.args.text else sys.stdin.read().rstrip("\n")
     if not text:
         raise CommandError("nothing to send")
+    at = parse_at(ctx.args.at, time.time()) if ctx.args.at else None
     control = await ctx.agent()
     outcome: Deferred[dict[str, Any]] = Deferred()
     message_id: dict[str, str] = {}
@@ -237,12 +240,12 @@ async def cmd_send(ctx: ChatContext) -> int:
             if not ctx.args.no_wait and not outcome.called:
                 note(f"... {data['text']}")
             return
-        if data.get("id") == message_id["id"] and data.get("event") in ("receipt", "undelivered", "cancelled") and not outcome.called:
+        if data.get("id") == message_id["id"] and data.get("event") in FINAL_EVENTS and not outcome.called:
             outcome.callback(data)
 
     control.on_event = event
     await control.call("subscribe")
-    result = await control.call("send", to=str(who), text=text)
+    result = await control.call("send", to=str(who), text=text, **({} if at is None else {"at": at}))
     message_id["id"] = result["id"]
     for data in early:
         event(data)
@@ -254,6 +257,15 @@ async def cmd_send(ctx: ChatContext) -> int:
     data = await outcome
     if data["event"] == "receipt":
         show(f"Delivered to {who}.")
+        return 0
+    if data["event"] == "stored":
+        show(f"Stored at {who.domain}'s intermediary; it will be delivered when {who} is online.")
+        return 0
+    if data["event"] == "not-scheduled":
+        show(f"Not scheduled: {data.get('reason')}.")
+        return 1
+    if data["event"] == "scheduled":
+        show(f"Scheduled for {when_text(data.get('deliver_at') or at or 0)}: held at {who.domain}'s intermediary until then.")
         return 0
     if data["event"] == "undelivered":
         show(f"Not delivered to {who}: {data.get('reason') or 'gave up'}.")
@@ -267,6 +279,10 @@ async def cmd_send(ctx: ChatContext) -> int:
         show(f"Not delivered yet; your agent keeps trying for {who}.")
     show(f"  ('sixchat status' shows the queue; 'sixchat cancel {result['id']}' cancels this message.)")
     return 1
+
+
+#: The events that end ``sixchat send``'s wait.
+FINAL_EVENTS = ("receipt", "undelivered", "cancelled", "stored", "scheduled", "not-scheduled")
 
 
 async def cmd_cancel(ctx: ChatContext) -> int:
@@ -286,7 +302,7 @@ async def cmd_history(ctx: ChatContext) -> int:
     rows = await control.call("history", who=None if who is None else str(who), limit=ctx.args.limit)
     for row in rows:
         arrow = "->" if row["direction"] == "out" else "<-"
-        state = "" if row["direction"] == "in" else f"  [{row['state']}]"
+        state = "" if row["direction"] == "in" else f"  [{state_text(row)}]"
         show(f"{clock_text(row['sent'])} {arrow} {row['peer']}: {row['text']}{state}")
     if not rows:
         show("(no messages)")
@@ -313,7 +329,11 @@ async def cmd_status(ctx: ChatContext) -> int:
     show(f"  queued messages: {len(queue) or 'none'}")
     for item in queue:
         why = f"  ({item['reason']})" if item.get("reason") else ""
-        show(f"    {item['id']}  {clock_text(item['created'])} -> {item['to']}  [{item['state']}]{why}")
+        show(f"    {item['id']}  {clock_text(item['created'])} -> {item['to']}  [{state_text(item)}]{why}")
+    if status.get("intermediary") is not None:
+        show(f"  intermediary: {status['intermediary']}")
+    if status.get("relay"):
+        show(f"  relay: reachable through {status['relay']}")
     return 0
 
 
@@ -402,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("text", nargs="*", help="the message (default: read stdin)")
     sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the receipt (default 30)")
     sub.add_argument("--no-wait", action="store_true", help="queue and return at once")
+    sub.add_argument("--at", metavar="TIME", help="deliver at TIME: HH:MM (local, next occurrence) or ISO 8601 with zone;"
+                     " held by the recipient's intermediary until then")
 
     sub = command("cancel", cmd_cancel, "Cancel queued messages (their ids are in 'sixchat status').")
     sub.add_argument("id", nargs="+", help="message id")

@@ -30,7 +30,9 @@ class Options(usage.Options):
     longdesc = (
         "Run your SixChat agent: it listens on TCP 4605 (IPv6 and IPv4), registers your"
         " addresses and presence with your IRP registry, delivers your messages end-to-end"
-        " encrypted and keeps your history. Drive it with the 'sixchat' command."
+        " encrypted and keeps your history. Through your domain's intermediary it collects what"
+        " was left for you while you were away, and leaves sealed messages for contacts who are"
+        " offline at theirs. Drive it with the 'sixchat' command."
     )
     optParameters = [
         ["profile", "p", None, "Profile folder made by 'sixchat init' and 'sixchat enrol' (default: $IRP_PROFILE or"
@@ -43,7 +45,12 @@ class Options(usage.Options):
         ["stranger-messages", None, 100, "With --policy anyone: messages one non-contact may have stored.", int],
         ["stranger-bytes", None, 1 << 20, "With --policy anyone: bytes of text one non-contact may have stored.", int],
     ]
-    optFlags = [["no-register", None, "Do not publish addresses with the registry."]]
+    optFlags = [
+        ["no-register", None, "Do not publish addresses with the registry."],
+        ["relay", None, "Reserve a relay port at your domain's intermediary and publish it (reachable behind NAT)."],
+        ["no-listen", None, "Accept no direct connection (as behind NAT): reachable only through the relay (implies --relay)."],
+        ["no-intermediary", None, "Use no intermediary: no store and forward, no scheduled messages, no relay."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,7 +83,15 @@ class Options(usage.Options):
         if self["undelivered-after"] <= 0:
             raise usage.UsageError("--undelivered-after must be positive")
         own_pidfile(self, os.path.join(self["profile"], PIDFILE))
-        if not self["listen"]:
+        if self["no-listen"]:
+            if self["listen"] or self["advertise"]:
+                raise usage.UsageError("--no-listen excludes --listen and --advertise")
+            if self["no-intermediary"]:
+                raise usage.UsageError("--no-listen needs the intermediary's relay: leave out --no-intermediary")
+            self["relay"] = True
+        elif self["relay"] and self["no-intermediary"]:
+            raise usage.UsageError("--relay needs the intermediary: leave out --no-intermediary")
+        if not self["listen"] and not self["no-listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
 
     def settings(self) -> AgentSettings:
@@ -94,6 +109,8 @@ class Options(usage.Options):
             max_handshakes_in_progress=self["max-handshakes"],
             unknown_peer_messages=self["stranger-messages"],
             unknown_peer_bytes=self["stranger-bytes"],
+            intermediary=not self["no-intermediary"],
+            relay=self["relay"],
         )
 
 

@@ -8,7 +8,7 @@ id are refused by checking the peer's credentials). One JSON object per line eac
     <- {"id": 2, "ok": false, "error": "bob@example.org is not a contact", "name": "..."}
     <- {"event": "receipt", "id": "<message id>", "to": "bob@example.org"}   (after subscribe)
 
-Operations: status (with the outgoing queue), send, cancel ("message": its id), contacts (presence asked of the
+Operations: status (with the outgoing queue), send ("at": Unix seconds to deliver at), cancel ("message": its id), contacts (presence asked of the
 registry first unless "fresh": false), add-contact, remove-contact, block, unblock,
 history, lookup, reload (take up the profile's renewed certificate now), subscribe.
 """
@@ -177,8 +177,10 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         changed = agent.reload_credentials(force=True)
         return {"changed": changed, "fingerprint": agent.credentials.fingerprint}
     if op == "send":
-        message = await agent.send_text(_identity(request.get("to")), str(request.get("text", "")))
-        return {"id": message.id}
+        at = request.get("at")
+        deliver_at = None if at is None else _integer(at, "at")
+        message = await agent.send_text(_identity(request.get("to")), str(request.get("text", "")), deliver_at)
+        return {"id": message.id, "deliver_at": message.deliver_at}
     if op == "contacts":
         if request.get("fresh", True) and agent.directory is not None:
             await agent.refresh_presence()
@@ -237,11 +239,12 @@ def _message_json(message: Any) -> dict[str, Any]:
         "sent": message.sent_at,
         "state": message.state,
         "reason": message.reason,
+        "deliver_at": message.deliver_at,
     }
 
 
 def _queue_json(message: Any) -> dict[str, Any]:
-    return {"id": message.id, "to": str(message.peer), "text": message.body, "created": message.created_at, "state": message.state, "reason": message.reason}
+    return {"id": message.id, "to": str(message.peer), "text": message.body, "created": message.created_at, "state": message.state, "reason": message.reason, "deliver_at": message.deliver_at}
 
 
 class ControlFactory(QuietFactory):

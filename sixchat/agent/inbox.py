@@ -8,6 +8,7 @@ from twisted.logger import Logger
 
 from common.identity import Identity
 from sixchat import errors
+from sixchat.agent.store import RECEIPT_FROM
 from sixchat.peer.protocol import PeerConnection
 from sixchat.wire.application import ApplicationMessage, ChatMessage, Ping, Pong, Presence, Receipt
 
@@ -46,7 +47,7 @@ async def handle_message(agent: Agent, connection: PeerConnection, peer: Identit
             agent.emit({"event": "message", "id": message.id, "from": str(peer), "text": message.text, "sent": int(message.sent.timestamp())})
     elif isinstance(message, Receipt):
         # Only the recipient of a message can confirm it.
-        if await agent.store.set_state(message.id, "delivered", only_from=("queued", "sent", "undelivered"), peer=peer):
+        if await agent.store.set_state(message.id, "delivered", only_from=RECEIPT_FROM, peer=peer):
             agent.emit({"event": "receipt", "id": message.id, "to": str(peer)})
     elif isinstance(message, Presence):
         await agent.store.set_presence(peer, message.status)

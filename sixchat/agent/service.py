@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -27,18 +27,20 @@ from common.addresses import advertised_endpoints
 from common.endpoint import Endpoint
 from common.identity import Identity
 from common.pki.keyfiles import KeyFileError, fingerprint
-from common.pki.trust import TrustStore, check_anchor
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
 from irp.client import Directory, IRPError
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
+from sixchat.agent.deposit import Depositor
 from sixchat.agent.dialer import Dialer
 from sixchat.agent.inbox import handle_message
+from sixchat.agent.mailbox import Mailbox
 from sixchat.agent.outbox import Outbox
 from sixchat.agent.responder import ResponderFactory
 from sixchat.agent.sessions import pick_session
 from sixchat.agent.store import AgentStore, StoredMessage
+from sixchat.agent.trust import refresh_presence, trust_store
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
@@ -83,6 +85,14 @@ class AgentSettings:
     resolver: Any = None
     #: The user's registry (host, port), overriding the profile's (``--server``).
     server: tuple[str, int] | None = None
+    #: Use intermediaries: deposit for peers who cannot be reached directly, scheduled
+    #: messages (``--no-intermediary`` turns it off).
+    intermediary: bool = True
+    #: Keep a connection to our own intermediary: prekeys, deliveries (off for the
+    #: short-lived agent a ``sixchat`` command starts).
+    mailbox: bool = True
+    #: Reserve a relay port at our intermediary and register it (``--relay``).
+    relay: bool = False
 
 
 class Agent(service.Service):
@@ -108,6 +118,11 @@ class Agent(service.Service):
         self.connections: set[PeerConnection] = set()
         self.dialer = Dialer(self)
         self.outbox = Outbox(self)
+        self.depositor = Depositor(self)
+        self.mailbox = Mailbox(self)
+        #: The addresses we listen on, as registered (the relay's is added to them).
+        self._own_endpoints: list[Endpoint] = []
+        self._registering = DeferredLock()
         self.admission = HandshakeAdmission(
             self.clock,
             per_source=settings.handshakes_per_address,
@@ -201,20 +216,7 @@ class Agent(service.Service):
         self.directory = Directory(
             self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
         )
-        roots = self.profile.trusted_roots()
-        trust = TrustStore()  # each root certifies only its own domain
-        for domain, root in roots.items():  # our own domain's root first
-            try:
-                check_anchor(root, domain)
-            except ValueError as problem:
-                # Stored before roots were checked: it certifies only the domain it was
-                # trusted for, whatever it says; the user should still hear of it.
-                log.warn("The root trusted for {domain} looks wrong ({why}); it certifies only {domain}", domain=domain, why=str(problem))
-            try:
-                trust.add_root(root, domain)
-            except ValueError as problem:
-                # The same root stored for a second domain: it keeps its first one.
-                log.warn("The root trusted for {domain} is not used: {why}", domain=domain, why=str(problem))
+        trust = trust_store(self.profile.trusted_roots())
         revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
         self.verifier = PeerVerifier(
             trust,
@@ -236,6 +238,9 @@ class Agent(service.Service):
             self.control_port = await listen_control(self, self.reactor, settings.profile_dir)
         bound = [(port.getHost().host, port.getHost().port) for port in self.ports]  # type: ignore[attr-defined]
         self.advertised = list(settings.advertise) if settings.advertise is not None else advertised_endpoints(bound)
+        self._own_endpoints = list(self.advertised)
+        if settings.intermediary and settings.mailbox:
+            self.mailbox.start()
         if settings.register:
             await self._register("online")
             self._loop(self._refresh, max(settings.register_ttl / 2, 5))
@@ -255,12 +260,21 @@ class Agent(service.Service):
         loop.start(interval, now=False)
         self.loops.append(loop)
 
+    async def relay_changed(self) -> None:
+        """The relay endpoint came or went: register what we can be reached at now."""
+        relay = self.mailbox.relay
+        self.advertised = [*self._own_endpoints, *([relay] if relay is not None else [])]
+        if self.settings.register and self.running:
+            await self._register("online")
+
     async def _refresh(self) -> None:
         self.reload_credentials()
         await self._register("online")
 
     async def _register(self, presence: str) -> None:
         assert self.directory is not None
+        # One at a time, each with the addresses of its turn (the relay's may come or go).
+        await self._registering.acquire()
         endpoints = self.advertised if presence != "offline" else []
         try:
             await self.directory.register(endpoints, presence, self.settings.register_ttl)
@@ -273,6 +287,8 @@ class Agent(service.Service):
                 log.info("Registered with the registry: {presence}", presence=presence)
             self.registration = (True, "")
             return
+        finally:
+            self._registering.release()
         log.warn("Could not register with the registry: {error}", error=why)
         self.registration = (False, why)
 
@@ -285,6 +301,8 @@ class Agent(service.Service):
                 if loop.running:
                     loop.stop()
             self.loops.clear()
+            await self.mailbox.stop()
+            await self.depositor.close()
             closing = list(self.connections)
             for connection in closing:
                 connection.close("bye")
@@ -329,9 +347,9 @@ class Agent(service.Service):
 
     # -- sending (see :mod:`sixchat.agent.outbox`) --------------------------------------
 
-    async def send_text(self, peer: Identity, text: str) -> StoredMessage:
-        """Queue a message (stored first) and start delivering it."""
-        return await self.outbox.send_text(peer, text)
+    async def send_text(self, peer: Identity, text: str, deliver_at: int | None = None) -> StoredMessage:
+        """Queue a message (stored first) and start delivering it (at ``deliver_at``)."""
+        return await self.outbox.send_text(peer, text, deliver_at)
 
     async def cancel(self, message_id: str) -> StoredMessage | None:
         """Cancel a pending message (never sent again); None if none pending has that id."""
@@ -351,25 +369,8 @@ class Agent(service.Service):
             log.info("Blocked {peer}: their session is closed", peer=str(peer))
 
     async def refresh_presence(self) -> None:
-        """Ask the registry for the presence of every contact (not blocked), a few at a
-        time; a contact whose registry cannot be asked keeps what is known."""
-        assert self.store is not None and self.directory is not None
-        from twisted.internet.defer import DeferredSemaphore, gatherResults
-
-        limit = DeferredSemaphore(8)
-
-        async def one(peer: Identity) -> None:
-            assert self.directory is not None and self.store is not None
-            try:
-                record = await self.directory.lookup(peer)
-            except (IRPError, errors.SixChatError, OSError) as error:
-                log.debug("No presence for {peer}: {error}", peer=str(peer), error=str(error))
-                return
-            current = record.is_current(self.clock.seconds()) and record.endpoints
-            await self.store.set_presence(peer, record.presence if current else "offline")
-
-        contacts = [contact.identity for contact in await self.store.contacts() if not contact.blocked]
-        await gatherResults([limit.run(one, peer) for peer in contacts])
+        """Ask the registry for the presence of every contact (see :func:`refresh_presence`)."""
+        await refresh_presence(self)
 
     # -- reaching peers ---------------------------------------------------------------
 
@@ -480,6 +481,8 @@ class Agent(service.Service):
             "registering": self.settings.register,
             "registered": self.registration[0],
             "registration_error": self.registration[1],
+            "intermediary": self.mailbox.describe(),
+            "relay": None if self.mailbox.relay is None else f"{self.mailbox.relay.address} port {self.mailbox.relay.port}",
         }
 
 

@@ -21,6 +21,7 @@ from common.db.migrations import upgrade_schema
 from common.db.pools import sqlite_pool
 from common.endpoint import Endpoint
 from common.identity import Identity
+from sixchat.agent.prekeystore import SEALED_MIGRATION, SealedStore
 
 Transaction = Any
 
@@ -54,11 +55,18 @@ MIGRATIONS: list[list[str]] = [
     ["ALTER TABLE contacts ADD COLUMN listed INTEGER NOT NULL DEFAULT 1"],
     # 2 -> 3: why an outgoing message is not delivered (yet), in words for the user.
     ["ALTER TABLE messages ADD COLUMN reason TEXT"],
+    SEALED_MIGRATION,
 ]
 
 #: Message states: outgoing ones move queued -> sent -> delivered, or to undelivered
-#: (the agent gave up, ``reason`` says why) or cancelled (by the user).
+#: (the agent gave up, ``reason`` says why) or cancelled (by the user); a message the
+#: peer could not take directly is ``stored`` at their intermediary (or ``scheduled``
+#: there, until its ``deliver_at``) until its receipt makes it delivered.
 OUTGOING_PENDING = ("queued", "sent")
+#: Every state from which a receipt makes a message delivered.
+RECEIPT_FROM = ("queued", "sent", "stored", "scheduled", "undelivered")
+#: Pending outgoing messages due now (not scheduled for later).
+_DUE = "(deliver_at IS NULL OR deliver_at <= ?)"
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,18 @@ class StoredMessage:
     body: str
     sent_at: int
     created_at: int
-    state: str  # out: queued, sent, delivered, undelivered, cancelled; in: received
+    state: str  # out: queued, sent, stored, scheduled, delivered, undelivered, cancelled; in: received
     updated_at: int
     #: Why an outgoing message is not delivered (yet): the last problem met while it is
     #: pending, the final one once undelivered; None otherwise.
     reason: str | None = None
+    #: When a scheduled message is to be delivered (Unix seconds), else None.
+    deliver_at: int | None = None
 
 
 _CONTACT_COLUMNS = "identity, display_name, fingerprints, blocked, last_address, last_port, last_seen, presence, added_at"
 _MESSAGE_COLUMNS = "id, peer, direction, body, sent_at, created_at, state, updated_at"
-_READ_COLUMNS = f"{_MESSAGE_COLUMNS}, reason"
+_READ_COLUMNS = f"{_MESSAGE_COLUMNS}, reason, deliver_at"
 
 
 def _contact(row: Sequence[Any]) -> Contact:
@@ -105,7 +115,7 @@ def _contact(row: Sequence[Any]) -> Contact:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], Identity.parse(row[1]), row[2], row[3], int(row[4]), int(row[5]), row[6], int(row[7]), row[8])
+    return StoredMessage(row[0], Identity.parse(row[1]), row[2], row[3], int(row[4]), int(row[5]), row[6], int(row[7]), row[8], row[9])
 
 
 class AgentStore:
@@ -114,6 +124,8 @@ class AgentStore:
     def __init__(self, pool: adbapi.ConnectionPool, now: Callable[[], float]) -> None:
         self.pool = pool
         self.now = now
+        #: Prekey secrets and sealed sequence numbers (same file).
+        self.sealed = SealedStore(pool, now)
 
     @classmethod
     def open(cls, path: str, reactor: Any, now: Callable[[], float] | None = None) -> Deferred[AgentStore]:
@@ -234,15 +246,16 @@ class AgentStore:
 
     # -- messages ---------------------------------------------------------------------
 
-    def queue_message(self, peer: Identity, body: str) -> Deferred[StoredMessage]:
-        """Store a new outgoing message (state ``queued``) and fire with it."""
+    def queue_message(self, peer: Identity, body: str, deliver_at: int | None = None) -> Deferred[StoredMessage]:
+        """Store a new outgoing message (state ``queued``; to be delivered at ``deliver_at``
+        if given) and fire with it."""
 
         def queue(txn: Transaction) -> StoredMessage:
             now = self._stamp()
-            message = StoredMessage(str(uuid.uuid4()), peer, "out", body, now, now, "queued", now)
+            message = StoredMessage(str(uuid.uuid4()), peer, "out", body, now, now, "queued", now, None, deliver_at)
             txn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.id, str(peer), "out", body, now, now, "queued", now),
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}, deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message.id, str(peer), "out", body, now, now, "queued", now, deliver_at),
             )
             return message
 
@@ -274,13 +287,14 @@ class AgentStore:
         return self._run(update)
 
     def pending_for(self, peer: Identity) -> Deferred[list[StoredMessage]]:
-        """Outgoing messages to ``peer`` not yet delivered nor given up, oldest first."""
+        """Outgoing messages to ``peer`` not yet delivered nor given up nor stored, and due
+        (not scheduled for later), oldest first."""
 
         def get(txn: Transaction) -> list[StoredMessage]:
             txn.execute(
                 f"SELECT {_READ_COLUMNS} FROM messages WHERE peer = ? AND direction = 'out'"
-                " AND state IN ('queued', 'sent') ORDER BY created_at, rowid",
-                (str(peer),),
+                f" AND state IN ('queued', 'sent') AND {_DUE} ORDER BY created_at, rowid",
+                (str(peer), self._stamp()),
             )
             return [_message(row) for row in txn.fetchall()]
 
@@ -290,18 +304,22 @@ class AgentStore:
         """Peers with messages waiting to be delivered."""
 
         def get(txn: Transaction) -> list[Identity]:
-            txn.execute("SELECT DISTINCT peer FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')")
+            txn.execute(
+                f"SELECT DISTINCT peer FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent') AND {_DUE}",
+                (self._stamp(),),
+            )
             return [Identity.parse(row[0]) for row in txn.fetchall()]
 
         return self.pool.runInteraction(get)
 
     def pending(self) -> Deferred[list[StoredMessage]]:
-        """Every outgoing message not yet delivered nor given up, oldest first."""
+        """Every outgoing message not yet delivered nor given up, oldest first (with those
+        stored or scheduled at an intermediary)."""
 
         def get(txn: Transaction) -> list[StoredMessage]:
             txn.execute(
-                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
-                " ORDER BY created_at, rowid"
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out'"
+                " AND state IN ('queued', 'sent', 'stored', 'scheduled') ORDER BY created_at, rowid"
             )
             return [_message(row) for row in txn.fetchall()]
 
@@ -371,7 +389,7 @@ class AgentStore:
         def give_up(txn: Transaction) -> list[StoredMessage]:
             txn.execute(
                 f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('queued', 'sent')"
-                " AND created_at < ?",
+                " AND COALESCE(deliver_at, created_at) < ?",
                 (int(cutoff),),
             )
             expired = [_message(row) for row in txn.fetchall()]
@@ -384,6 +402,24 @@ class AgentStore:
 
         return self._run(give_up)
 
+    def give_up_deposited(self, cutoff: float, reason: str) -> Deferred[list[StoredMessage]]:
+        """Mark undelivered (with ``reason``) every message stored at an intermediary before
+        ``cutoff`` (or scheduled for before it) without a receipt since: its deposit has
+        expired."""
+
+        def give_up(txn: Transaction) -> list[StoredMessage]:
+            txn.execute(
+                f"SELECT {_READ_COLUMNS} FROM messages WHERE direction = 'out' AND state IN ('stored', 'scheduled')"
+                " AND COALESCE(deliver_at, updated_at) < ?",
+                (int(cutoff),),
+            )
+            expired = [_message(row) for row in txn.fetchall()]
+            for message in expired:
+                txn.execute("UPDATE messages SET state = 'undelivered', reason = ?, updated_at = ? WHERE id = ?", (reason, self._stamp(), message.id))
+            return [replace(message, state="undelivered", reason=reason) for message in expired]
+
+        return self._run(give_up)
+
     def record_incoming(
         self, message_id: str, peer: Identity, body: str, sent_at: int, stranger_cap: tuple[int, int] | None = None
     ) -> Deferred[str]:
@@ -393,31 +429,49 @@ class AgentStore:
         ``(messages, bytes)``, a peer that is not a contact may have at most that many
         messages and UTF-8 bytes of text stored: beyond it, nothing is stored and the
         answer is ``"over-quota"`` (checked and written in one transaction)."""
+        return self._run(self._record_incoming, message_id, peer, body, sent_at, stranger_cap)
 
-        def record(txn: Transaction) -> str:
-            txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
-            row = txn.fetchone()
-            if row is not None:
-                return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
-            if stranger_cap is not None:
-                txn.execute("SELECT 1 FROM contacts WHERE identity = ? AND listed = 1", (str(peer),))
-                if txn.fetchone() is None:
-                    txn.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM messages"
-                        " WHERE peer = ? AND direction = 'in'",
-                        (str(peer),),
-                    )
-                    count, size = txn.fetchone()
-                    if count + 1 > stranger_cap[0] or size + len(body.encode("utf-8")) > stranger_cap[1]:
-                        return "over-quota"
-            now = self._stamp()
-            txn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
-                (message_id, str(peer), body, sent_at, now, now),
-            )
-            return "new"
+    def record_sealed(
+        self, sender: Identity, tracker: str, prekey_id: str, incoming: tuple[str, str, int, tuple[int, int] | None] | None
+    ) -> Deferred[str | None]:
+        """In one transaction: store a message opened from a sealed envelope (``incoming``:
+        id, text, sent time, stranger cap, as :meth:`record_incoming`; None for a receipt),
+        the sender's new sequence state, and the prekey secret's use (a one-time secret is
+        deleted). A crash can then neither lose the message nor accept it twice. Fires with
+        :meth:`record_incoming`'s answer (None without ``incoming``)."""
+
+        def record(txn: Transaction) -> str | None:
+            outcome = None if incoming is None else self._record_incoming(txn, incoming[0], sender, *incoming[1:])
+            self.sealed.save_tracker_txn(txn, sender, tracker)
+            self.sealed.use_txn(txn, prekey_id)
+            return outcome
 
         return self._run(record)
+
+    def _record_incoming(
+        self, txn: Transaction, message_id: str, peer: Identity, body: str, sent_at: int, stranger_cap: tuple[int, int] | None
+    ) -> str:
+        txn.execute("SELECT peer, direction FROM messages WHERE id = ?", (message_id,))
+        row = txn.fetchone()
+        if row is not None:
+            return "duplicate" if (row[0], row[1]) == (str(peer), "in") else "conflict"
+        if stranger_cap is not None:
+            txn.execute("SELECT 1 FROM contacts WHERE identity = ? AND listed = 1", (str(peer),))
+            if txn.fetchone() is None:
+                txn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM messages"
+                    " WHERE peer = ? AND direction = 'in'",
+                    (str(peer),),
+                )
+                count, size = txn.fetchone()
+                if count + 1 > stranger_cap[0] or size + len(body.encode("utf-8")) > stranger_cap[1]:
+                    return "over-quota"
+        now = self._stamp()
+        txn.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?)",
+            (message_id, str(peer), body, sent_at, now, now),
+        )
+        return "new"
 
     def history(self, peer: Identity | None = None, limit: int = 50) -> Deferred[list[StoredMessage]]:
         """The last ``limit`` messages (with one peer, or all), oldest first."""

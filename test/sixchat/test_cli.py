@@ -265,6 +265,22 @@ class ChatViewTests(TestCase):
         self.assertEqual(lines[3], "-- an earlier message NOT delivered")
         self.assertEqual(lines[4:], ["-- bob@example.org is busy", "-- connected", "-- disconnected (The connection ended without an authenticated close.)"])
 
+    def test_stored_and_scheduled(self) -> None:
+        from sixchat.chatui import ChatView
+
+        lines: list[str] = []
+        view = ChatView(BOB, lines.append)
+        view.event({"event": "queued", "to": "bob@example.org", "id": "m1", "text": "a message"})
+        view.event({"event": "stored", "to": "bob@example.org", "id": "m1", "reason": "stored"})
+        view.event({"event": "scheduled", "to": "bob@example.org", "id": "m2", "deliver_at": 1_800_000_000})
+        view.event({"event": "receipt", "to": "bob@example.org", "id": "m1", "via": "intermediary"})
+        self.assertEqual(lines[1], "-- #1 stored at example.org's intermediary; delivered when bob@example.org is online")
+        self.assertRegex(lines[2], r"^-- an earlier message scheduled for 20\d\d-\d\d-\d\d \d\d:\d\d at example.org's intermediary$")
+        self.assertEqual(lines[3], "-- #1 delivered")
+        history: list[str] = []
+        ChatView(BOB, history.append).history([{"direction": "out", "state": "stored", "sent": 0, "text": "one", "peer": "bob@example.org"}])
+        self.assertTrue(history[0].endswith("you: one  [stored at example.org's intermediary]"), history)
+
     def test_history(self) -> None:
         from sixchat.chatui import ChatView
 
@@ -328,3 +344,44 @@ class DeliveryReportTests(CLITestCase):
         result = await self.sixchat("--server", f"127.0.0.1:{await closed_port()}", "lookup", "alice", profile=self.paths["alice"])
         self.assertNotEqual(result.code, 0, result)
         self.assertIn("connect", result.err.lower())
+
+
+class IntermediaryTests(CLITestCase):
+    """``sixchat send`` with the domain's intermediary: stored, scheduled, shown."""
+
+    timeout = 60
+
+    async def test_send_stored_and_scheduled(self) -> None:
+        from test.sixchat.agent.helpers import ready, start_intermediary
+
+        await start_intermediary(self, self.registry, await self.registry.enrol("intermediary"))
+        bob, _ = await self.agent("bob", listen=("::1",))
+        await ready(bob)  # Bob's agent published prekeys once
+        await bob.stopService()
+        alice_profile = await self.profile("alice")
+        stored = await self.sixchat("send", "bob", "while you were out", profile=alice_profile)
+        self.assertEqual(
+            (stored.code, stored.out.strip()),
+            (0, "Stored at example.org's intermediary; it will be delivered when bob@example.org is online."),
+            stored,
+        )
+        from datetime import UTC, datetime, timedelta
+
+        when = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+        scheduled = await self.sixchat("send", "--at", when.isoformat(), "bob", "happy new year", profile=alice_profile)
+        self.assertEqual(scheduled.code, 0, scheduled)
+        local = when.astimezone().strftime("%Y-%m-%d %H:%M")
+        self.assertRegex(scheduled.out.strip(), rf"^Scheduled for {local} .*: held at example.org's intermediary until then.$")
+        history = await self.sixchat("history", "bob", profile=alice_profile)
+        self.assertIn("while you were out  [stored at example.org's intermediary]", history.out)
+        self.assertIn(f"happy new year  [scheduled for {local} ", history.out)
+        status = await self.sixchat("status", profile=alice_profile)
+        self.assertIn("queued messages: 2", status.out)
+        self.assertIn("intermediary: used to send only", status.out)
+        self.assertIn("[stored at example.org's intermediary]  (stored at example.org's intermediary, will be delivered when bob@example.org is online)", status.out)
+        bad = await self.sixchat("send", "--at", "tomorrow", "bob", "x", profile=alice_profile)
+        self.assertEqual(bad.code, 2, bad)
+        self.assertIn("HH:MM", bad.err)
+        too_far = await self.sixchat("send", "--at", "2099-01-01T09:00Z", "bob", "x", profile=alice_profile)
+        self.assertNotEqual(too_far.code, 0, too_far)
+        self.assertIn("at most 28 days ahead", too_far.err)

@@ -96,6 +96,26 @@ class OptionsTests(TestCase):
         self.assertIn("no profile", str(exited.exception))
         self.assertIn(f"sixchat --profile {missing} init", str(exited.exception))
 
+    def test_intermediary_options(self) -> None:
+        settings = self.parse().settings()
+        self.assertEqual((settings.intermediary, settings.relay), (True, False))
+        settings = self.parse("--relay").settings()
+        self.assertEqual((settings.intermediary, settings.relay, settings.listen), (True, True, ["tcp6:4605:interface=\\:\\:"]))
+        # --no-listen: nothing to connect to directly, reachable through the relay only.
+        settings = self.parse("--no-listen").settings()
+        self.assertEqual((settings.listen, settings.relay, settings.intermediary), ([], True, True))
+        settings = self.parse("--no-intermediary").settings()
+        self.assertEqual((settings.intermediary, settings.relay), (False, False))
+        for argv, text in (
+            (["--no-listen", "--listen", "tcp:4606"], "--no-listen excludes"),
+            (["--no-listen", "--advertise", "192.0.2.1"], "--no-listen excludes"),
+            (["--no-listen", "--no-intermediary"], "--no-listen needs the intermediary"),
+            (["--relay", "--no-intermediary"], "--relay needs the intermediary"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(text, str(caught.exception), argv)
+
     def test_service(self) -> None:
         reactor = FakeReactor()
         parent = makeService(self.parse("--policy", "anyone"), reactor=reactor)

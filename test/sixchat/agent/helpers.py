@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
 from common.identity import Identity
+from common.profile import Profile
+from intermediary.server.relay import Relay, RelayLimits
+from intermediary.server.service import IntermediaryService, IntermediarySettings
 from irp.wire.records import Endpoint
 from sixchat import errors
 from sixchat.agent.service import Agent
@@ -16,6 +21,7 @@ from test.helpers import (
     EnrolledUser,
     EventCollector,
     RunningRegistry,
+    make_profile,
     start_agent,
 )
 
@@ -78,12 +84,14 @@ class AgentTestCase(TestCase):
         return message.id
 
     async def settle(self, agent: Agent) -> None:
-        """Wait until no dial of ``agent`` is under way and its store is idle."""
-        while agent.dialer.dialling:
+        """Wait until no dial nor delivery (or deposit) of ``agent`` is under way and its
+        store is idle."""
+        while agent.dialer.dialling or agent.outbox._deliveries:
             waiters = [agent.connect(peer) for peer in list(agent.dialer.dialling)]
             for waiter in waiters:
                 waiter.addErrback(lambda _: None)
                 await waiter
+            await agent.outbox.idle()
         assert agent.store is not None
         await agent.store.contacts()
 
@@ -115,3 +123,47 @@ class HostileBytesTestCase(AgentTestCase):
         frames = frames_of(received)
         self.assertLessEqual(len(frames), 1, frames)
         return (parse_alert(frames[0]) if frames else None), log_text(logs)
+
+
+# -- the intermediary (store and forward, relay) ---------------------------------------
+
+#: Each wait for the network ends within this many seconds.
+WAIT = 20
+
+
+def free_port() -> int:
+    """A loopback port free right now (for the relay's range)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def start_intermediary(
+    testcase: TestCase, registry: RunningRegistry, user: EnrolledUser, *, trust: dict[str, Any] | None = None, resolver: Any = None, clock: Any = None
+) -> IntermediaryService:
+    """The intermediary of ``registry``'s domain on 127.0.0.1 (registered there), with a
+    one-port relay and ``clock`` for its timers (default: the reactor's); stopped at
+    cleanup."""
+    profile = os.path.join(os.path.abspath(testcase.mktemp()), "intermediary")
+    make_profile(registry, user, profile)
+    for domain, root in (trust or {}).items():
+        Profile(profile).trust_domain(domain, root)
+    relay_port = free_port()
+    settings = IntermediarySettings(
+        profile_dir=profile,
+        listen=["tcp:0:interface=127.0.0.1"],
+        resolver=resolver,
+        relay_factory=lambda reactor_, _settings: Relay(
+            reactor_, interface="127.0.0.1", ports=range(relay_port, relay_port + 1), limits=RelayLimits(), address="127.0.0.1"
+        ),
+    )
+    service = IntermediaryService(settings, reactor, clock=clock)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    await service.ready
+    return service
+
+
+async def ready(agent: Agent) -> None:
+    """Wait until ``agent`` is subscribed at its intermediary (prekeys published)."""
+    await agent.mailbox.when_ready().addTimeout(WAIT, reactor)
