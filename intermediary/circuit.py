@@ -10,6 +10,7 @@ SixChat session, authenticated and encrypted end to end (docs/relay.rst).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -23,6 +24,11 @@ from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import errors
 from intermediary.wire import MAX_JOIN_FRAME, encode_join, parse_join_answer
 
+
+def circuit_label(circuit_id: str) -> str:
+    """What logs call a circuit, on both sides: its id is the join secret and is never
+    logged; the first 12 hex digits of the id's SHA-256 name it instead."""
+    return hashlib.sha256(circuit_id.encode("ascii")).hexdigest()[:12]
 
 class JoinClientProtocol(Protocol):
     """The join connection: one frame out, one frame in, then raw bytes.

@@ -12,7 +12,6 @@ socket buffer or two of the other's bytes.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,17 +22,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from intermediary.circuit import circuit_label
+
 if TYPE_CHECKING:
     from common.identity import Identity
     from intermediary.server.relay import Leg, RelayLimits
 
 log = Logger()
-
-
-def circuit_label(circuit_id: str) -> str:
-    """What logs call a circuit: its id is the join secret and is never logged; the first
-    12 hex digits of the id's SHA-256 name it instead (the agent can compute them too)."""
-    return hashlib.sha256(circuit_id.encode("ascii")).hexdigest()[:12]
 
 
 class State(enum.Enum):

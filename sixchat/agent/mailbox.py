@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from common.endpoint import Endpoint
 from common.identity import Identity
+from intermediary.circuit import circuit_label
 from intermediary.errors import IntermediaryError
 from irp.client import IRPError
 from sixchat import errors
@@ -430,8 +431,9 @@ class Mailbox:
         )
 
     async def _accept_circuit(self, circuit_id: str, source: str) -> None:
-        """A dialer reached our relay port: take the circuit on a new connection and run a
-        responder session over it (admitted like a direct connection from ``source``)."""
+        """A dialer reached our relay port: join the circuit on the intermediary's join port
+        (a plain TCP connection named by the circuit's secret id) and run a responder session
+        over it (admitted like a direct connection from ``source``)."""
         host = source.rsplit(" ", 1)[0]
         refusal = self.agent.admission.admit(host)
         if refusal is not None:
@@ -439,7 +441,9 @@ class Mailbox:
             return
         connection: PeerConnection | None = None
         try:
-            client = await self.agent.depositor.connect(self.agent.identity.domain)
+            client = self.client  # the connection that holds the reservation knows its join port
+            if client is None:
+                raise NoIntermediary("the connection that reserved the relay is gone")
             stream = await client.accept_circuit(circuit_id)
             self.agent.reload_credentials()
             connection = PeerConnection(self.agent, Role.RESPONDER, on_handshake_over=self.agent.admission.finished)
@@ -456,10 +460,11 @@ def _stopped(failure: Failure) -> None:
 
 
 def _log_circuit_failure(failure: Failure, circuit_id: str) -> None:
+    # The id is the circuit's join secret: the log names it by its label, as the relay does.
     if failure.check(NoIntermediary, IntermediaryError):
-        log.warn("Relay circuit {id} not accepted: {why}", id=circuit_id, why=str(failure.value))
+        log.warn("Relay circuit {label} not accepted: {why}", label=circuit_label(circuit_id), why=str(failure.value))
     else:
-        log.failure("Accepting relay circuit {id} failed", failure, id=circuit_id)
+        log.failure("Accepting relay circuit {label} failed", failure, label=circuit_label(circuit_id))
 
 
 __all__ = ["ONE_TIME_TARGET", "REFILL_BELOW", "Mailbox"]

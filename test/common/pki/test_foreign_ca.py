@@ -141,7 +141,7 @@ class AgentImpersonationTests(TestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         await start_agent(self, self.registry, self.alice_user, path=self.alice_path)
-        warnings = [formatEvent(event) for event in events if event.get("log_namespace") == "sixchat.agent.service"]
+        warnings = [formatEvent(event) for event in events if event.get("log_namespace") in ("sixchat.agent.service", "sixchat.agent.trust")]
         self.assertTrue(
             any("evil.org" in line and "looks wrong" in line and "example.org" in line for line in warnings), warnings
         )
@@ -160,7 +160,7 @@ class AgentImpersonationTests(TestCase):
         alice, _events = await start_agent(self, self.registry, self.alice_user, path=self.alice_path)
         assert alice.verifier is not None
         self.assertEqual(alice.verifier.trust.domain_of(profile.root()), "example.org")
-        warnings = [formatEvent(event) for event in events if event.get("log_namespace") == "sixchat.agent.service"]
+        warnings = [formatEvent(event) for event in events if event.get("log_namespace") in ("sixchat.agent.service", "sixchat.agent.trust")]
         self.assertTrue(any("other.org" in line and "looks wrong" in line for line in warnings), warnings)
 
     async def test_root_planted_for_own_domain_ignored(self) -> None:

@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 from common.identity import Identity
 from common.wire.framing import encode_frame
 from intermediary import errors as intermediary_errors
+from intermediary.circuit import circuit_label
 from intermediary.client import IntermediaryClient, connect_intermediary
 from intermediary.server.join import JOINED_FRAME, JoinCore, JoinState
 from intermediary.server.relay import Relay, RelayLimits, RelayUnavailable, Reservation, UnknownCircuit
@@ -38,7 +39,6 @@ from intermediary.server.splice import (
     State,
     ToAgent,
     ToDialer,
-    circuit_label,
 )
 from intermediary.wire import encode_join
 from test.helpers import EnrolledUser, frames_of, make_profile

@@ -393,7 +393,7 @@ class RelayReservationTests(TestCase):
         class Client:
             async def reserve(self, on_circuit: Any) -> Reserved:
                 reservations.append(clock.seconds())
-                return Reserved("2001:db8::5", 46051, int(clock.seconds()) + 600)
+                return Reserved("2001:db8::5", 46051, int(clock.seconds()) + 600, 46049)
 
         client = Client()
         mailbox.client = client
