@@ -9,6 +9,7 @@ through a :class:`Gate` before it creates anything on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -229,9 +230,19 @@ class ReportingParent(MultiService):
     bound (its parent process prints why and exits non-zero); in the foreground the service
     reports it itself (:func:`fail_start`)."""
 
-    def __init__(self, daemon: bool) -> None:
+    def __init__(self, daemon: bool, pidfile: str | None = None) -> None:
         super().__init__()
         self.daemon = daemon
+        #: twistd's pid file, removed before a daemon reports a failed start: the process
+        #: that started it exits as soon as it hears, and nothing may be left behind then.
+        self.pidfile = pidfile
+
+    @classmethod
+    def for_options(cls, options: Any) -> ReportingParent:
+        """The parent for a plugin's parsed ``options`` (daemonizing or not, its pid file)."""
+        parent = getattr(options, "parent", None)
+        pidfile = parent.get("pidfile") if parent is not None else None
+        return cls(daemonizing(options), pidfile or None)
 
     def privilegedStartService(self) -> None:
         """Bind the children's ports; raise :class:`StartFailed` when daemonizing and one failed."""
@@ -242,6 +253,9 @@ class ReportingParent(MultiService):
             early: EarlyPorts | None = getattr(child, "early_ports", None)
             error = early.failure() if early is not None else None
             if error is not None:
+                if self.pidfile:
+                    with contextlib.suppress(OSError):
+                        os.remove(self.pidfile)
                 raise StartFailed(describe_start_failure(error))
 
 

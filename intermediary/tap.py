@@ -12,7 +12,7 @@ from twisted.python import usage
 from common.cliutil import CommandError, check_endpoint, parse_endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
-from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
+from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
 from intermediary import ACCOUNT, DEFAULT_JOIN_PORT, DEFAULT_PORT
 from intermediary.server.connection import ConnectionLimits
 from intermediary.server.operations import Limits
@@ -153,7 +153,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
 
         reactor = default_reactor
     intermediary = IntermediaryService(options.settings(), reactor)
-    parent = ReportingParent(daemonizing(options))
+    parent = ReportingParent.for_options(options)
     intermediary.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:

@@ -13,7 +13,7 @@ from twisted.python import usage
 from common.cliutil import check_endpoint
 from common.db.pools import UnsupportedDatabase, parse_database_url
 from common.identity import InvalidIdentity, check_domain
-from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
+from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
 from irp import DEFAULT_PORT
 from irp.server.ca import KEY_TYPES
 from irp.server.passwords import Argon2Parameters
@@ -241,7 +241,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
 
         reactor = default_reactor
     registry = RegistryService(options.settings(), reactor)
-    parent = ReportingParent(daemonizing(options))
+    parent = ReportingParent.for_options(options)
     registry.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:

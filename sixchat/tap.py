@@ -13,7 +13,7 @@ from common.cliutil import check_endpoint
 from common.endpoint import Endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
-from common.startup import ReportingParent, daemonizing, describe_start_failure, fail_start, own_pidfile
+from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
 from irp.client import IRPError
 from sixchat import DEFAULT_PORT
 from sixchat.agent.service import Agent, AgentSettings
@@ -136,7 +136,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         agent.load_credentials()
     except Exception as error:  # noqa: BLE001 - a readable message instead of a traceback
         raise SystemExit(f"twistd sixchat: cannot load your credentials: {error}") from None
-    parent = ReportingParent(daemonizing(options))
+    parent = ReportingParent.for_options(options)
     agent.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
