@@ -47,6 +47,8 @@ LOG_TAIL = 60
 LISTENING = re.compile(r"listening on \S+ port (\d+)")
 #: The line an agent logs once it is registered and takes commands.
 AGENT_READY = re.compile(r"agent of \S+ is ready")
+#: The line a SixChat intermediary logs once it listens and is registered.
+INTERMEDIARY_READY = re.compile(r"Intermediary of \S+ is ready")
 
 
 def command_path(name: str) -> str:
@@ -482,6 +484,24 @@ class Deployment:
         for service in services:
             self.wait_for(service, AGENT_READY, "the agent's ready line")
         return services
+
+    def intermediary_arguments(self, profile: str) -> tuple[str, ...]:
+        """``twistd`` arguments of ``intermediary@DOMAIN``'s service from ``profile``, on
+        free loopback ports (its service port, one relay port and the join port), with the
+        shipped defaults otherwise; the same each time (a restart reuses them)."""
+        holders = [taken_port() for _ in range(3)]
+        service, relay, join = (holder.getsockname()[1] for holder in holders)
+        for holder in holders:
+            holder.close()
+        return ("-n", "intermediary", "--profile", profile, "--listen", f"tcp:{service}:interface=127.0.0.1",
+                "--relay-interface", "127.0.0.1", "--relay-ports", f"{relay}-{relay}", "--relay-join-port", str(join))
+
+    def start_intermediary(self, arguments: Sequence[str], label: str = "intermediary") -> Service:
+        """``twistd ARGUMENTS`` (from :meth:`intermediary_arguments`); returns once it says
+        it is ready (registered with the registry)."""
+        service = self.spawn(label, *arguments)
+        self.wait_for(service, INTERMEDIARY_READY, "the intermediary's ready line")
+        return service
 
     # -- the end ---------------------------------------------------------------------
 

@@ -26,14 +26,13 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from test.acceptance.processes import COMMAND_TIMEOUT, LISTENING, Deployment, Output, Service, stop_process, taken_port
+from test.acceptance.processes import COMMAND_TIMEOUT, Deployment, Output, Service, stop_process
 
 MESSAGES = 240
 #: Kill when the driver has printed this many deposit answers / accepted deliveries.
 KILL_AT = ((re.compile(r"^deposited ", re.M), 40), (re.compile(r"^delivered \d+ \S+ (new|gap|late)$", re.M), 60),
            (re.compile(r"^deposited ", re.M), 150), (re.compile(r"^acked ", re.M), 160))
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mailbox_driver.py")
-READY = re.compile(r"Intermediary of \S+ is ready")
 
 
 class KillTests(SynchronousTestCase):
@@ -43,21 +42,10 @@ class KillTests(SynchronousTestCase):
         deployment = Deployment(self)
         registry = deployment.start_registry()
         _admin, profiles = deployment.enrol_users(registry, {"intermediary": "irp", "alice": "sixchat", "bob": "sixchat"})
-        holder = taken_port()
-        port = holder.getsockname()[1]
-        holder.close()
-        relay, join = taken_port(), taken_port()
-        relay_port, join_port = relay.getsockname()[1], join.getsockname()[1]
-        relay.close()
-        join.close()
-        arguments = ("-n", "intermediary", "--profile", profiles["intermediary"], "--listen", f"tcp:{port}:interface=127.0.0.1",
-                     "--relay-interface", "127.0.0.1", "--relay-ports", f"{relay_port}-{relay_port}", "--relay-join-port", str(join_port))
+        arguments = deployment.intermediary_arguments(profiles["intermediary"])
 
         def start(generation: int) -> Service:
-            service = deployment.spawn(f"intermediary-{generation}", *arguments)
-            deployment.wait_for(service, LISTENING, "the intermediary's listening port")
-            deployment.wait_for(service, READY, "the intermediary's registration")
-            return service
+            return deployment.start_intermediary(arguments, f"intermediary-{generation}")
 
         service = start(0)
         driver = subprocess.Popen(
