@@ -122,6 +122,8 @@ class ChatView:
         elif kind == "scheduled":
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(event.get("deliver_at") or 0)))
             self.write(f"-- {self._which(event.get('id'))} scheduled for {when} at {self.peer.domain}'s intermediary")
+        elif kind == "missing":
+            self.write(f"-- {printable(str(event.get('text', '')))}")
         elif kind == "presence":
             self.write(f"-- {self.peer} is {printable(str(event.get('status')))}")
         elif kind == "session":

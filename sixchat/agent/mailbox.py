@@ -367,6 +367,12 @@ class Mailbox:
                 "Sealed messages {first} to {last} from {sender} have not arrived (delayed, lost or withheld)",
                 first=verdict.missing.start, last=verdict.missing.stop - 1, sender=str(sender),
             )
+            missing = len(verdict.missing)
+            self.agent.emit({
+                "event": "missing", "from": str(sender), "count": missing,
+                "text": f"{missing} earlier message{'s' if missing > 1 else ''} from {sender} sent through the"
+                f" intermediary {'have' if missing > 1 else 'has'} not arrived (delayed, lost or withheld)",
+            })
         state = tracker.to_bytes().decode()
         try:
             message, _ = parse_application(opened.payload)

@@ -210,6 +210,10 @@ class SealedPathTests(TestCase):
         with capturedLogs() as logs:
             await self.mailbox.receive(second, ALICE)
         self.assertTrue(any("1 to 1 from alice@example.org have not arrived" in line for line in log_text(logs)), log_text(logs))
+        # The user is told, not only the log: the chat shows it.
+        (missing,) = [event for event in self.bob.events if event["event"] == "missing"]
+        self.assertEqual((missing["from"], missing["count"]), (str(ALICE), 1))
+        self.assertIn("1 earlier message from alice@example.org", str(missing["text"]))
         # The missing one arriving late is still accepted once (delayed, not replayed).
         await self.mailbox.receive(first, ALICE)
         await self.mailbox.receive(first, ALICE)
