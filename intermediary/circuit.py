@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import errors
-from intermediary.wire import MAX_JOIN_FRAME, encode_join, parse_join_answer
+from intermediary.joinframes import MAX_JOIN_FRAME, encode_join, parse_join_answer
 
 
 def circuit_label(circuit_id: str) -> str:

@@ -236,7 +236,8 @@ def check_hex_id(text: str, what: str) -> str:
     return text
 
 
-def _decimal(text: str, what: str, low: int, high: int) -> int:
+def parse_decimal_field(text: str, what: str, low: int, high: int) -> int:
+    """A decimal field between ``low`` and ``high`` (malformed or out of range: refused)."""
     number = parse_decimal(text, 12)
     if number is None:
         raise errors.MalformedMessage(f"{what!r} must be a non-negative decimal integer without leading zeros")
@@ -252,7 +253,7 @@ def _identity(text: str, what: str) -> Identity:
         raise errors.InvalidArgument(f"{what!r} is not a user identity: {error}") from None
 
 
-def _leaf(element: Element, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> str:
+def leaf_text(element: Element, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> str:
     """An element holding only text (possibly empty) and these attributes."""
     FIELDS.check_attributes(element, required, optional)
     if len(element):
@@ -332,19 +333,19 @@ def _parse_operation(element: Element) -> Operation:
         FIELDS.check_attributes(element, ())
         children = FIELDS.repeated(element, "prekey", 1, MAX_PREKEYS_PER_REQUEST)
         return PublishPrekeys(
-            tuple(FIELDS.decode_base64(_leaf(child), "a <prekey>", max_length=MAX_PREKEY) for child in children)
+            tuple(FIELDS.decode_base64(leaf_text(child), "a <prekey>", max_length=MAX_PREKEY) for child in children)
         )
     if tag == "fetch-prekey":
         FIELDS.empty(element, ("user",))
         return FetchPrekey(_identity(FIELDS.attribute(element, "user"), "user"))
     if tag == "deposit":
-        text = _leaf(element, ("to", "expires"), ("deliver-at",))
+        text = leaf_text(element, ("to", "expires"), ("deliver-at",))
         deliver = element.get("deliver-at")
         envelope = _envelope(text)
         return Deposit(
             _identity(FIELDS.attribute(element, "to"), "to"),
-            _decimal(FIELDS.attribute(element, "expires"), "expires", 0, MAX_TIME),
-            None if deliver is None else _decimal(str(deliver), "deliver-at", 0, MAX_TIME),
+            parse_decimal_field(FIELDS.attribute(element, "expires"), "expires", 0, MAX_TIME),
+            None if deliver is None else parse_decimal_field(str(deliver), "deliver-at", 0, MAX_TIME),
             envelope,
         )
     if tag == "ack":
@@ -425,10 +426,10 @@ def parse_server_message(payload: bytes) -> ServerMessage:
 def _parse_server_message(payload: bytes) -> ServerMessage:
     root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
     if root.tag == "error":
-        text = _leaf(root, ("code", "name"), ("id",))
-        code = _decimal(FIELDS.attribute(root, "code"), "code", 0, 999)
+        text = leaf_text(root, ("code", "name"), ("id",))
+        code = parse_decimal_field(FIELDS.attribute(root, "code"), "code", 0, 999)
         identifier = root.get("id")
-        request_id = None if identifier is None else _decimal(str(identifier), "id", 1, MAX_REQUEST_ID)
+        request_id = None if identifier is None else parse_decimal_field(str(identifier), "id", 1, MAX_REQUEST_ID)
         cls = errors.error_class_for(FIELDS.attribute(root, "name"), code)
         return ErrorAnswer(request_id, cls(text[:1000] or None))
     children = list(root)
@@ -441,18 +442,18 @@ def _parse_server_message(payload: bytes) -> ServerMessage:
         return _parse_event(child)
     if root.tag == "response":
         FIELDS.check_attributes(root, ("id",))
-        request_id = _decimal(FIELDS.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
+        request_id = parse_decimal_field(FIELDS.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
         return Response(request_id, _parse_result(child))
     raise errors.MalformedMessage(f"unexpected <{root.tag}> from the intermediary")
 
 
 def _parse_event(element: Element) -> Event:
     if element.tag == "deliver":
-        text = _leaf(element, ("id", "from", "deposited"))
+        text = leaf_text(element, ("id", "from", "deposited"))
         return Delivery(
             check_hex_id(FIELDS.attribute(element, "id"), "the message id"),
             _identity(FIELDS.attribute(element, "from"), "from"),
-            _decimal(FIELDS.attribute(element, "deposited"), "deposited", 0, MAX_TIME),
+            parse_decimal_field(FIELDS.attribute(element, "deposited"), "deposited", 0, MAX_TIME),
             _envelope(text),
         )
     if element.tag == "circuit":
@@ -469,83 +470,33 @@ def _parse_result(element: Element) -> Result:
     if tag == "prekeys":
         FIELDS.empty(element, ("one-time", "last-resort"))
         return PrekeyCount(
-            _decimal(FIELDS.attribute(element, "one-time"), "one-time", 0, MAX_COUNT),
+            parse_decimal_field(FIELDS.attribute(element, "one-time"), "one-time", 0, MAX_COUNT),
             _bool(FIELDS.attribute(element, "last-resort"), "last-resort"),
         )
     if tag == "prekey":
-        return PrekeyData(FIELDS.decode_base64(_leaf(element), "the prekey", max_length=MAX_PREKEY))
+        return PrekeyData(FIELDS.decode_base64(leaf_text(element), "the prekey", max_length=MAX_PREKEY))
     if tag == "deposited":
         FIELDS.empty(element, ("id", "queued"))
         return Deposited(
             check_hex_id(FIELDS.attribute(element, "id"), "the message id"),
-            _decimal(FIELDS.attribute(element, "queued"), "queued", 0, MAX_COUNT),
+            parse_decimal_field(FIELDS.attribute(element, "queued"), "queued", 0, MAX_COUNT),
         )
     if tag == "subscribed":
         FIELDS.empty(element, ("pending",))
-        return Subscribed(_decimal(FIELDS.attribute(element, "pending"), "pending", 0, MAX_COUNT))
+        return Subscribed(parse_decimal_field(FIELDS.attribute(element, "pending"), "pending", 0, MAX_COUNT))
     if tag == "reserved":
         FIELDS.empty(element, ("address", "port", "join-port", "expires"))
         return Reserved(
             FIELDS.attribute(element, "address"),
-            _decimal(FIELDS.attribute(element, "port"), "port", 1, 65535),
-            _decimal(FIELDS.attribute(element, "expires"), "expires", 0, MAX_TIME),
-            _decimal(FIELDS.attribute(element, "join-port"), "join-port", 1, 65535),
+            parse_decimal_field(FIELDS.attribute(element, "port"), "port", 1, 65535),
+            parse_decimal_field(FIELDS.attribute(element, "expires"), "expires", 0, MAX_TIME),
+            parse_decimal_field(FIELDS.attribute(element, "join-port"), "join-port", 1, 65535),
         )
     for kind, name in _EMPTY_RESULTS.items():
         if tag == name:
             FIELDS.empty(element)
             return kind()  # type: ignore[no-any-return]
     raise errors.MalformedMessage(f"unknown result <{tag}>")
-
-
-# -- the relay's join port (plain TCP; docs/relay.rst) -------------------------------------
-
-#: The largest frame on the join port, either way.
-MAX_JOIN_FRAME: Final = 256
-
-
-def encode_join(circuit_id: str) -> bytes:
-    """``<join circuit="ID"/>`` (unframed): the one frame an agent sends on the join port."""
-    return serialize_leaf("join", {"circuit": check_hex_id(circuit_id, "the circuit id")})
-
-
-def parse_join(payload: bytes) -> str:
-    """The circuit id a join document names; raise MalformedMessage for anything else."""
-    try:
-        root = FIELDS.parse(payload, max_depth=1, max_elements=1)
-        if root.tag != "join":
-            raise errors.MalformedMessage(f"expected <join>, not <{root.tag}>")
-        FIELDS.empty(root, ("circuit",))
-        return check_hex_id(FIELDS.attribute(root, "circuit"), "the circuit id")
-    except errors.MalformedMessage:
-        raise
-    except errors.IntermediaryError as error:
-        raise errors.MalformedMessage(error.message) from None
-
-
-def encode_joined() -> bytes:
-    """``<joined/>`` (unframed): the join succeeded, raw bytes follow."""
-    return serialize_leaf("joined")
-
-
-def parse_join_answer(payload: bytes) -> None:
-    """Client side: return if the join port answered ``<joined/>``; raise the error it sent
-    instead (an ``<error code name>`` without id), or MalformedMessage for anything else."""
-    try:
-        root = FIELDS.parse(payload, max_depth=1, max_elements=1)
-        if root.tag == "joined":
-            FIELDS.empty(root)
-            return
-        if root.tag != "error" or root.get("id") is not None:
-            raise errors.MalformedMessage(f"unexpected <{root.tag}> from the join port")
-        text = _leaf(root, ("code", "name"))
-        code = _decimal(FIELDS.attribute(root, "code"), "code", 0, 999)
-        cls = errors.error_class_for(FIELDS.attribute(root, "name"), code)
-    except errors.MalformedMessage:
-        raise
-    except errors.IntermediaryError as error:
-        raise errors.MalformedMessage(error.message) from None
-    raise cls(text[:1000] or None)
 
 
 # -- the prekey's public attributes (what the intermediary reads of a prekey) --------------
@@ -581,8 +532,8 @@ def parse_prekey_info(data: bytes) -> PrekeyInfo:
             check_hex_id(FIELDS.attribute(root, "id"), "the prekey id"),
             kind,
             _identity(FIELDS.attribute(root, "owner"), "owner"),
-            _decimal(FIELDS.attribute(root, "created"), "created", 0, MAX_TIME),
-            _decimal(FIELDS.attribute(root, "expires"), "expires", 0, MAX_TIME),
+            parse_decimal_field(FIELDS.attribute(root, "created"), "created", 0, MAX_TIME),
+            parse_decimal_field(FIELDS.attribute(root, "expires"), "expires", 0, MAX_TIME),
         )
     except errors.IntermediaryError as error:
         raise errors.InvalidArgument(f"a published prekey is not acceptable: {error.message}") from None

@@ -30,7 +30,8 @@ from common.factory import QuietFactory
 from common.limits import ConnectionCounter, FailureLimiter, LimitExceeded, address_key
 from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import errors
-from intermediary.wire import MAX_JOIN_FRAME, encode_error, encode_joined, parse_join
+from intermediary.joinframes import MAX_JOIN_FRAME, encode_joined, parse_join
+from intermediary.wire import encode_error
 
 if TYPE_CHECKING:
     from intermediary.server.relay import Relay, RelayLimits, Splice

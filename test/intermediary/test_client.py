@@ -18,6 +18,7 @@ from common.wire.framing import encode_frame
 from intermediary import errors
 from intermediary.circuit import JoinClientProtocol
 from intermediary.client import CircuitStream, IntermediaryClient, IntermediaryClientProtocol
+from intermediary.joinframes import encode_joined, parse_join
 from intermediary.wire import (
     Deposited,
     Ping,
@@ -25,10 +26,8 @@ from intermediary.wire import (
     Reserved,
     Superseded,
     encode_error,
-    encode_joined,
     encode_push,
     encode_response,
-    parse_join,
     parse_request,
 )
 from test.helpers import frames_of

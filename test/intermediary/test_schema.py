@@ -11,12 +11,11 @@ from lxml import etree
 from twisted.trial.unittest import TestCase
 
 from intermediary import errors
+from intermediary.joinframes import encode_join, encode_joined
 from intermediary.wire import (
     Refused,
     Request,
     encode_error,
-    encode_join,
-    encode_joined,
     encode_push,
     encode_request,
     encode_response,

@@ -7,6 +7,7 @@ import base64
 from twisted.trial.unittest import TestCase
 
 from intermediary import errors
+from intermediary.joinframes import encode_join, encode_joined, parse_join, parse_join_answer
 from intermediary.wire import (
     MAX_ENVELOPE,
     Deposit,
@@ -16,13 +17,9 @@ from intermediary.wire import (
     Reserved,
     Response,
     encode_error,
-    encode_join,
-    encode_joined,
     encode_push,
     encode_request,
     encode_response,
-    parse_join,
-    parse_join_answer,
     parse_prekey_info,
     parse_request,
     parse_server_message,

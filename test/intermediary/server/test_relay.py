@@ -28,6 +28,7 @@ from common.wire.framing import encode_frame
 from intermediary import errors as intermediary_errors
 from intermediary.circuit import circuit_label
 from intermediary.client import IntermediaryClient, connect_intermediary
+from intermediary.joinframes import encode_join
 from intermediary.server.join import JOINED_FRAME, JoinCore, JoinState
 from intermediary.server.relay import Relay, RelayLimits, RelayUnavailable, Reservation, UnknownCircuit
 from intermediary.server.service import IntermediaryService, IntermediarySettings
@@ -40,7 +41,6 @@ from intermediary.server.splice import (
     ToAgent,
     ToDialer,
 )
-from intermediary.wire import encode_join
 from test.helpers import EnrolledUser, frames_of, make_profile
 from test.irp.server.cross_domain import CrossDomainTestCase
 
