@@ -27,7 +27,7 @@ class IntermediaryTourTests(SynchronousTestCase):
         registry = deployment.start_registry()
         _admin, profiles = deployment.enrol_users(registry, {"intermediary": "irp", "alice": "irp", "bob": "sixchat"})
         alice, bob = profiles["alice"], profiles["bob"]
-        deployment.start_intermediary(deployment.intermediary_arguments(profiles["intermediary"]))
+        intermediary = deployment.start_intermediary(deployment.intermediary_arguments(profiles["intermediary"]))
         alice_agent, bob_agent = deployment.start_agents(alice, bob)
         for agent in (alice_agent, bob_agent):  # each published its prekeys at the intermediary
             deployment.wait_for(agent, PUBLISHED, "the agent's prekeys")
@@ -63,3 +63,6 @@ class IntermediaryTourTests(SynchronousTestCase):
         self.assertIn("Delivered to bob@example.org.", relayed.out, relayed.describe())
         history = deployment.sixchat("--profile", bob, "history", "alice")
         self.assertIn("<- alice@example.org: Through the relay", history.out, history.describe())
+        # Nothing readable about the content in the intermediary's log.
+        for text in (TEXT, "Are you there", "Through the relay"):
+            self.assertNotIn(text, intermediary.output.text)
