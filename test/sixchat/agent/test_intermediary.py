@@ -193,3 +193,34 @@ class CrossDomainTests(CrossDomainTestCase):
         self.assertEqual([event["text"] for event in bob_events.matching(event="message")], [f"across {n}" for n in range(3)])
         assert alice.store is not None
         self.assertEqual([m.state for m in await alice.store.history(BOB)], ["delivered"] * 3)
+
+    async def test_recipient_in_another_domain_reached_through_its_relay(self) -> None:
+        """Bob (example.org) accepts no connection; Alice (example.net) dials the relay
+        address his registry publishes, and the session runs end to end through
+        example.org's relay (her own domain's intermediary plays no part)."""
+        await self.start_domains()
+        home, other = self.registries["example.org"], self.registries["example.net"]
+        users = {}
+        for registry, name in ((home, "intermediary"), (home, "bob"), (other, "alice")):
+            await registry.add_user(name)
+            users[(registry.domain, name)] = await registry.issue(name)
+        await start_intermediary(self, home, users[("example.org", "intermediary")], trust={"example.net": other.root}, resolver=self.resolver)
+        alice_id = Identity.parse("alice@example.net")
+        alice_path = self.profile_of(users[("example.net", "alice")], "example.net", "example.org")
+        bob_path = self.profile_of(users[("example.org", "bob")], "example.org", "example.net")
+        bob, bob_events = await start_agent(
+            self, home, users[("example.org", "bob")], path=bob_path, resolver=self.resolver, listen=(), relay=True
+        )
+        assert bob.store is not None
+        await bob.store.add_contact(alice_id)
+        await ready(bob)
+        self.assertEqual(bob.ports, [])
+        assert bob.mailbox.relay is not None
+        self.assertEqual(bob.advertised, [bob.mailbox.relay])
+        alice, alice_events = await start_agent(self, other, users[("example.net", "alice")], path=alice_path, resolver=self.resolver)
+        message = await alice.send_text(BOB, "across, through the relay")
+        await alice_events.wait_for(event="receipt", id=message.id).addTimeout(WAIT, reactor)
+        received = await bob_events.wait_for(event="message", id=message.id)
+        self.assertNotIn("via", received)  # a session, not a stored message
+        self.assertEqual(alice_events.matching(event="stored"), [])
+        self.assertIn(alice_id, bob.sessions)
