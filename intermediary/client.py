@@ -65,6 +65,7 @@ from intermediary.wire import (
     encode_request,
     parse_server_message,
 )
+from irp.client.discovery import discover, srv_name
 
 __all__ = ["CircuitStream", "Delivery", "IntermediaryClient", "PrekeyCount", "Reservation", "connect_intermediary", "intermediary_identity"]
 
@@ -371,10 +372,15 @@ async def connect_intermediary(
     roots: dict[str, x509.Certificate],
     timeout: float = 15.0,
     server: tuple[str, int] | None = None,
+    resolver: Any = None,
 ) -> IntermediaryClient:
     """Connect to ``domain``'s intermediary (see the module docs). ``directory_lookup``
     returns the address record and certificate fingerprints of an identity, per its
-    registry; ``server`` skips the address (the certificate is still checked)."""
+    registry; ``server`` skips the address (the certificate is still checked). When the
+    registry holds no current address for the intermediary, DNS SRV
+    (``_sixchat-intermediary._tcp.<domain>``, asked through the ``twisted.names``
+    ``resolver``, default the system's) may name it; the certificate is checked all the
+    same."""
     root = roots.get(domain)
     if root is None:
         raise errors.ClientError(f"{domain} is not a trusted domain: trust its CA first")
@@ -385,7 +391,11 @@ async def connect_intermediary(
         current = record is not None and record.is_current(reactor.seconds())
         targets = [(endpoint.address, endpoint.port) for endpoint in record.endpoints] if current else []
         if not targets:
-            raise errors.Unavailable(f"the intermediary of {domain} has registered no current address")
+            targets = await discover_by_srv(domain, resolver)
+        if not targets:
+            raise errors.Unavailable(
+                f"the intermediary of {domain} has registered no current address (and {srv_name(domain, SRV_SERVICE)} names none)"
+            )
     check = server_checker(domain, root, set(fingerprints), reactor)
     last: errors.IntermediaryError = errors.Unavailable(f"cannot reach the intermediary of {domain}")
     for host, port in targets:
@@ -401,6 +411,24 @@ async def connect_intermediary(
             continue
         return IntermediaryClient(protocol, host, port)
     raise last
+
+
+#: The DNS SRV service of a domain's intermediary (the fallback when its registry holds no
+#: current address for it).
+SRV_SERVICE = "_sixchat-intermediary._tcp"
+#: Seconds the SRV look-up may take (two tries): the registry's answer is the usual way.
+SRV_TIMEOUT = (1, 3)
+
+
+async def discover_by_srv(domain: str, resolver: Any = None) -> list[tuple[str, int]]:
+    """The intermediary's ``(host, port)`` targets that DNS SRV names for ``domain``, in
+    RFC 2782 order; empty when there is no record, the domain says it has none (target
+    ``.``), or the DNS cannot be asked."""
+    try:
+        return await discover(domain, resolver, service=SRV_SERVICE, default_port=None, timeout=SRV_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 - NotFound, timeouts, SERVFAIL...: no SRV answer
+        log.debug("No SRV record of {domain}'s intermediary: {why}", domain=domain, why=str(error))
+        return []
 
 
 async def _connect_one(

@@ -21,9 +21,9 @@ from irp import DEFAULT_PORT, errors
 SERVICE = "_irp._tcp"
 
 
-def srv_name(domain: str) -> str:
-    """The SRV owner name for ``domain``."""
-    return f"{SERVICE}.{check_domain(domain)}"
+def srv_name(domain: str, service: str = SERVICE) -> str:
+    """The SRV owner name of ``service`` (default: IRP's) for ``domain``."""
+    return f"{service}.{check_domain(domain)}"
 
 
 def order_targets(records: Sequence[tuple[int, int, str, int]], rng: random.Random | None = None) -> list[tuple[str, int]]:
@@ -52,32 +52,46 @@ def order_targets(records: Sequence[tuple[int, int, str, int]], rng: random.Rand
     return ordered
 
 
-async def discover(domain: str, resolver: Any = None, rng: random.Random | None = None) -> list[tuple[str, int]]:
-    """The registries of ``domain`` to try, in order: ``[(host, port), ...]``.
+async def discover(
+    domain: str,
+    resolver: Any = None,
+    rng: random.Random | None = None,
+    *,
+    service: str = SERVICE,
+    default_port: int | None = DEFAULT_PORT,
+    timeout: tuple[int, ...] | None = None,
+) -> list[tuple[str, int]]:
+    """The servers of ``service`` (default: IRP's registries) of ``domain`` to try, in
+    order: ``[(host, port), ...]``; with no SRV record, the domain name itself on
+    ``default_port`` (nothing when that is None).
 
     ``resolver`` is a ``twisted.names`` resolver (default: the system's, from
-    /etc/resolv.conf).
+    /etc/resolv.conf); ``timeout`` its retry timeouts in seconds (default: its own).
     """
-    name = srv_name(domain)
+    name = srv_name(domain, service)
+    fallback = [] if default_port is None else [(check_domain(domain), default_port)]
     if resolver is None:
         from twisted.names import client
 
         resolver = client.getResolver()  # the process-wide one, from /etc/resolv.conf
     try:
-        answers, _authority, _additional = await Deferred.fromCoroutine(_lookup(resolver, name))
+        answers, _authority, _additional = await Deferred.fromCoroutine(_lookup(resolver, name, timeout))
     except (DNSNameError, DomainError):
-        return [(check_domain(domain), DEFAULT_PORT)]
+        return fallback
     records = [
         (answer.payload.priority, answer.payload.weight, str(answer.payload.target), answer.payload.port)
         for answer in answers
         if answer.type == dns.SRV and str(answer.name).lower() == name.lower()
     ]
     if not records:
-        return [(check_domain(domain), DEFAULT_PORT)]
+        return fallback
     if len(records) == 1 and records[0][2] in ("", "."):
-        raise errors.NotFound(f"{domain} publishes that it has no IRP registry")
+        what = "IRP registry" if service == SERVICE else f"server for {service}"
+        raise errors.NotFound(f"{domain} publishes that it has no {what}")
     return order_targets([record for record in records if record[2] not in ("", ".")], rng)
 
 
-async def _lookup(resolver: Any, name: str) -> Any:
-    return await resolver.lookupService(name)
+async def _lookup(resolver: Any, name: str, timeout: tuple[int, ...] | None = None) -> Any:
+    if timeout is None:
+        return await resolver.lookupService(name)
+    return await resolver.lookupService(name, timeout=timeout)

@@ -122,6 +122,7 @@ class Depositor:
                 roots=directory.roots,
                 timeout=self.agent.settings.connect_timeout * 3,
                 server=server,
+                resolver=self.agent.settings.resolver,
             )
         except CancelledError:
             raise

@@ -12,6 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.names import dns
 
 from common.identity import Identity
 from common.profile import Profile
@@ -123,7 +124,7 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         return OTHER if name == "alice" else HOME
 
     async def connect(
-        self, name: str, *, fingerprints: set[str] | None = None, server: tuple[str, int] | None = None
+        self, name: str, *, fingerprints: set[str] | None = None, server: tuple[str, int] | None = None, resolver: Any = None
     ) -> IntermediaryClient:
         """``name``'s client of example.org's intermediary, found through example.org's registry."""
         user = self.users[name]
@@ -137,7 +138,7 @@ class IntermediaryServiceTests(CrossDomainTestCase):
         roots = {HOME: self.registries[HOME].root, OTHER: self.registries[OTHER].root}
         client = await connect_intermediary(
             reactor, HOME, directory_lookup=lookup, key=user.key, certificate=user.certificate, chain=user.chain, roots=roots,
-            server=server,
+            server=server, resolver=resolver or self.resolver,
         )
         self.addCleanup(client.close)
         return client
@@ -151,6 +152,23 @@ class IntermediaryServiceTests(CrossDomainTestCase):
 
     def expires(self) -> int:
         return int(reactor.seconds()) + 3600
+
+    async def test_found_by_dns_srv_when_not_registered(self) -> None:
+        """An intermediary that does not register (``--no-register``, say behind a load
+        balancer) is found by ``_sixchat-intermediary._tcp.<domain>``; its certificate is
+        still checked against the registry's; with no SRV record the client says where it
+        looked."""
+        await self.start(register=False)
+        with self.assertRaises(errors.Unavailable) as unavailable:
+            await self.connect("bob")
+        self.assertIn("_sixchat-intermediary._tcp.example.org names none", unavailable.exception.message)
+        port = self.service.ports[0].getHost().port  # type: ignore[attr-defined]
+        self.zones[HOME].records[b"_sixchat-intermediary._tcp.example.org"] = [dns.Record_SRV(0, 0, port, b"localhost", ttl=60)]
+        bob = await self.connect("bob")
+        await bob.ping()
+        # The certificate check still holds: one the registry does not hold is refused.
+        with self.assertRaises(errors.ServerVerificationFailed):
+            await self.connect("bob", fingerprints={"0" * 64})
 
     async def test_registered_and_found(self) -> None:
         await self.start()
