@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from common.actions import ActionRunner
 from common.factory import QuietFactory
 from common.identity import Identity
 from common.limits import ConnectionCounter
@@ -54,18 +55,18 @@ class _Producer:
 
     def pauseProducing(self) -> None:  # noqa: N802
         if self.protocol is not None:
-            self.protocol.do(self.protocol.core.pause_writing())
+            self.protocol._do(self.protocol.core.pause_writing())
 
     def resumeProducing(self) -> None:  # noqa: N802
         if self.protocol is not None:
-            self.protocol.do(self.protocol.core.resume_writing())
+            self.protocol._do(self.protocol.core.resume_writing())
 
     def stopProducing(self) -> None:  # noqa: N802
         pass
 
 
 @implementer(IHandshakeListener)
-class IntermediaryProtocol(Protocol):
+class IntermediaryProtocol(ActionRunner, Protocol):
     """One client connection."""
 
     factory: IntermediaryFactory
@@ -95,24 +96,24 @@ class IntermediaryProtocol(Protocol):
         self.core = Connection(self.factory.limits, self.peer_host)
         if not self.factory.connections.acquire(self.peer_host):
             log.warn("Refused a connection from {host}: too many connections", host=self.peer_host)
-            self.do(self.core.refuse(errors.TooManyConnections()))
+            self._do(self.core.refuse(errors.TooManyConnections()))
             return
         self.counted = True
         self.factory.open.add(self)
         send_without_delay(self.transport)
         self.producer = _Producer(self)
         self.transport.registerProducer(self.producer, True)  # type: ignore[union-attr]
-        self.do(self.core.start())
+        self._do(self.core.start())
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         """TLS is up: check the client certificate."""
-        self.do(self.core.handshake_completed())
+        self._do(self.core.handshake_completed())
         if self.core.closing:
             return  # refused already (too many connections): nothing to check
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         if peer is None:
-            self.do(self.core.authenticated(errors.CertificateRejected("a client certificate is required")))
+            self._do(self.core.authenticated(errors.CertificateRejected("a client certificate is required")))
             return
         leaf = peer.to_cryptography()
         leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
@@ -129,7 +130,7 @@ class IntermediaryProtocol(Protocol):
             return
         self.caller = Caller(identity, self._push, self._kept)
         log.info("{who} connected from {host}", who=str(identity), host=self.peer_host)
-        self.do(self.core.authenticated(None))
+        self._do(self.core.authenticated(None))
 
     def _refused(self, failure: Failure) -> None:
         if failure.check(errors.IntermediaryError):
@@ -138,15 +139,15 @@ class IntermediaryProtocol(Protocol):
             log.failure("Checking the certificate from {host} failed", failure, host=self.peer_host)
             error = errors.InternalError()
         log.info("Refused the certificate from {host}: {error}", host=self.peer_host, error=str(error))
-        self.do(self.core.authenticated(error))
+        self._do(self.core.authenticated(error))
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         """Frames to the core."""
-        self.do(self.core.data_received(data))
+        self._do(self.core.data_received(data))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
         """Release the address's slot, the subscription, the reservation."""
-        self.do(self.core.connection_lost())
+        self._do(self.core.connection_lost())
         self.factory.open.discard(self)
         for waiter in self._lost_waiters:
             waiter.callback(None)
@@ -165,24 +166,12 @@ class IntermediaryProtocol(Protocol):
     # -- pushes -------------------------------------------------------------------------
 
     def _push(self, event: Event) -> None:
-        self.do(self.core.push(event))
+        self._do(self.core.push(event))
 
     def _kept(self, kept: bool) -> None:
-        self.do(self.core.set_kept(kept))
+        self._do(self.core.set_kept(kept))
 
     # -- performing the core's actions --------------------------------------------------
-
-    def do(self, actions: list[Action]) -> None:
-        """Perform ``actions`` in order (after any being performed)."""
-        self._actions.extend(actions)
-        if self._performing:
-            return
-        self._performing = True
-        try:
-            while self._actions:
-                self._perform(self._actions.pop(0))
-        finally:
-            self._performing = False
 
     def _perform(self, action: Action) -> None:
         transport: Any = self.transport
@@ -222,7 +211,7 @@ class IntermediaryProtocol(Protocol):
 
     def _expired(self, deadline: Deadline) -> None:
         self._deadlines.pop(deadline, None)
-        self.do(self.core.deadline_expired(deadline))
+        self._do(self.core.deadline_expired(deadline))
 
     def _dispatch(self, request: Request) -> None:
         assert self.caller is not None
@@ -234,7 +223,7 @@ class IntermediaryProtocol(Protocol):
         return "?" if self.caller is None else str(self.caller.identity)
 
     def _answered(self, result: Result, core: Connection, request: Request) -> None:
-        self.do(core.request_answered(request, result))
+        self._do(core.request_answered(request, result))
 
     def _failed(self, failure: Failure, core: Connection, request: Request) -> None:
         if failure.check(errors.IntermediaryError):
@@ -243,7 +232,7 @@ class IntermediaryProtocol(Protocol):
         else:
             log.failure("Request of {who} from {host} failed", failure, who=self._who(), host=self.peer_host)
             error = errors.InternalError()
-        self.do(core.request_failed(request, error))
+        self._do(core.request_failed(request, error))
 
 
 class IntermediaryFactory(QuietFactory):

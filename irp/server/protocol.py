@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from common.actions import ActionRunner
 from common.factory import QuietFactory
 from common.memory import MemoryReturn
 from common.pki.trust import TrustStore
@@ -90,7 +91,7 @@ class _Producer:
 
 
 @implementer(IHandshakeListener, IPushProducer)
-class RegistryServerProtocol(Protocol):
+class RegistryServerProtocol(ActionRunner, Protocol):
     """One client connection to the registry."""
 
     factory: RegistryServerFactory
@@ -204,18 +205,6 @@ class RegistryServerProtocol(Protocol):
             self.producer = None
 
     # -- performing the core's actions ------------------------------------------------
-
-    def _do(self, actions: list[Action]) -> None:
-        """Perform ``actions`` in order (after any being performed already)."""
-        self._actions.extend(actions)
-        if self._performing:
-            return
-        self._performing = True
-        try:
-            while self._actions:
-                self._perform(self._actions.pop(0))
-        finally:
-            self._performing = False
 
     def _perform(self, action: Action) -> None:
         transport: Any = self.transport
