@@ -189,3 +189,28 @@ def run_until_done(
     reactor.callWhenRunning(start)
     reactor.run()
     return outcome.get("code", 1)
+
+
+class EndpointOptions(usage.Options):
+    """``--listen`` and ``--advertise`` (both repeatable) for a twistd plugin's options:
+    the SixChat agent's and the intermediary's. Subclasses set :attr:`default_port` (the
+    port of an ``--advertise`` address given without one)."""
+
+    default_port: int = 4605
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["advertise"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on (repeatable); default tcp6:4605:interface=\\:\\: (IPv6 and IPv4)."""
+        self["listen"].append(check_endpoint(description))
+
+    def opt_advertise(self, address: str) -> None:
+        """Address to register with the registry: ADDRESS, [v6]:PORT or v4:PORT (repeatable;
+        default: the listening addresses, or the host's primary addresses for a wildcard)."""
+        try:
+            self["advertise"].append(parse_endpoint(address, self.default_port))
+        except CommandError as error:
+            raise usage.UsageError(str(error)) from None

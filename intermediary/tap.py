@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from common.cliutil import CommandError, check_endpoint, parse_endpoint
+from common.cliutil import EndpointOptions
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
@@ -35,9 +35,10 @@ def _port_range(text: str) -> range:
     return range(first, last + 1)
 
 
-class Options(usage.Options):
+class Options(EndpointOptions):
     """Options of ``twistd intermediary``."""
 
+    default_port = DEFAULT_PORT
     synopsis = "[--profile DIR] [options]"
     longdesc = (
         "Run your domain's SixChat intermediary as the registry account"
@@ -68,22 +69,6 @@ class Options(usage.Options):
         ["connections-per-address", None, 32, "Connections per IPv4 address or IPv6 /64.", int],
     ]
     optFlags = [["no-register", None, "Do not register the address with the registry."]]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["listen"] = []
-        self["advertise"] = []
-
-    def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (repeatable); default tcp6:4605:interface=\\:\\: (IPv6 and IPv4)."""
-        self["listen"].append(check_endpoint(description))
-
-    def opt_advertise(self, address: str) -> None:
-        """Address to register: ADDRESS, [v6]:PORT or v4:PORT (repeatable; default: the listening addresses)."""
-        try:
-            self["advertise"].append(parse_endpoint(address, DEFAULT_PORT))
-        except CommandError as error:
-            raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:  # noqa: N802
         """Check the options (the profile is checked by makeService)."""

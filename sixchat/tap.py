@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from common.cliutil import check_endpoint
+from common.cliutil import EndpointOptions
 from common.endpoint import Endpoint
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
@@ -23,9 +23,10 @@ from sixchat.peer.verification import POLICIES
 PIDFILE = "agent.pid"
 
 
-class Options(usage.Options):
+class Options(EndpointOptions):
     """Options of ``twistd sixchat``."""
 
+    default_port = DEFAULT_PORT
     synopsis = "[--profile DIR] [options]"
     longdesc = (
         "Run your SixChat agent: it listens on TCP 4605 (IPv6 and IPv4), registers your"
@@ -51,24 +52,6 @@ class Options(usage.Options):
         ["no-listen", None, "Accept no direct connection (as behind NAT): reachable only through the relay (implies --relay)."],
         ["no-intermediary", None, "Use no intermediary: no store and forward, no scheduled messages, no relay."],
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["listen"] = []
-        self["advertise"] = []
-
-    def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (repeatable); default tcp6:4605:interface=\\:\\: (IPv6 and IPv4)."""
-        self["listen"].append(check_endpoint(description))
-
-    def opt_advertise(self, address: str) -> None:
-        """Address to publish: ADDRESS, [v6]:PORT or v4:PORT (repeatable; default: listened-on or primary addresses)."""
-        from common.cliutil import CommandError, parse_endpoint
-
-        try:
-            self["advertise"].append(parse_endpoint(address, DEFAULT_PORT))
-        except CommandError as error:
-            raise usage.UsageError(str(error)) from None
 
     def postOptions(self) -> None:
         """Check the options (the profile is checked by makeService)."""
