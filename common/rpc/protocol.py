@@ -115,6 +115,15 @@ class RpcProtocol(ActionRunner, Protocol):
         """The peer as the log names it."""
         return self.peer_host
 
+    def describe(self, request: Any) -> str:
+        """``request`` as the log names it (no secrets)."""
+        return "Request"
+
+    def refusal(self, failure: Failure) -> Any:
+        """The protocol error a failed request is answered with, or None for an
+        unexpected failure (logged with its traceback, answered as an internal error)."""
+        return failure.value if failure.check(ProtocolError) else None
+
     # -- Twisted's events ---------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
@@ -222,11 +231,13 @@ class RpcProtocol(ActionRunner, Protocol):
         self._do(core.request_answered(request, result))
 
     def _failed(self, failure: Failure, core: Connection, request: Any) -> None:
-        if failure.check(ProtocolError):
-            error: Any = failure.value
-            log.info("Request of {who} from {host} refused: {error}", who=self.who(), host=self.peer_host, error=str(error))
+        error = self.refusal(failure)
+        if error is not None:
+            log.info(
+                "{what} of {who} from {host} refused: {error}", what=self.describe(request), who=self.who(), host=self.peer_host, error=str(error)
+            )
         else:
-            log.failure("Request of {who} from {host} failed", failure, who=self.who(), host=self.peer_host)
+            log.failure("{what} of {who} from {host} failed", failure, what=self.describe(request), who=self.who(), host=self.peer_host)
             error = self.factory.errors.InternalError()
         self._do(core.request_failed(request, error))
 
