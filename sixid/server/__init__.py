@@ -1,1 +1,1 @@
-"""The sixid server (placeholder of the sixid-store branch until sixid-server is merged)."""
+"""The sixid server (see docs/sixid.rst): never imports irp; the registry passes its parts in."""
