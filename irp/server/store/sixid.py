@@ -204,8 +204,7 @@ class SixidTable(StoreEngine):
         if txn.rowcount == 1:
             return None
         row = self._fetchone(txn, "SELECT seq FROM sixid_records WHERE sixid = ?", (stored.sixid,))
-        held = "?" if row is None else str(row[0])
-        return Replayed(f"sequence number {stored.seq} is not greater than the one accepted before ({held})")
+        return Replayed(stored.sixid, stored.seq if row is None else int(row[0]))
 
     def _sixid_put(self, result: Replayed | None, key: tuple[str, int]) -> None:
         if isinstance(result, Replayed):
