@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -90,7 +89,7 @@ class SixidServer:
         self._sweeper: LoopingCall | None = None
         self._following = False
 
-    def factory(self, tls_context: SSL.Context) -> Factory:
+    def factory(self, tls_context: SSL.Context) -> TLSMemoryBIOFactory:
         """A TLS-wrapped factory on ``tls_context`` (the registry's server certificate;
         no client certificate is asked for). Every listening port shares the connection
         counts."""
