@@ -205,10 +205,13 @@ class Operations:
 
     # -- look-up --------------------------------------------------------------------------
 
-    def lookup(self, sixid: object) -> Deferred[RecordAnswer]:
-        """The current record of ``sixid``, or UnknownId."""
+    def lookup(self, sixid: object) -> RecordAnswer | Deferred[RecordAnswer]:
+        """The current record of ``sixid`` (or a Deferred firing with it), or UnknownId."""
         text = str(sixid)
         reading = self.store.get_sixid_record(text, int(self.clock.seconds()))
+        if reading.called and (reading.result is None or type(reading.result) is StoredRecord):
+            # The direct reader answered already: no callback chain on the hot path.
+            return _record_answer(reading.result, text)
         return reading.addCallback(_record_answer, text)
 
     # -- watch ----------------------------------------------------------------------------
