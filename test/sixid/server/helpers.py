@@ -2,19 +2,16 @@
 raw TLS client.
 
 :class:`MemoryStore` is an in-memory :class:`~sixid.server.store.SixidStore` for unit tests
-(already-fired Deferreds, like the SQLite direct reader); :class:`SqliteStore` is a small
-real one on a SQLite file, for the integration tests (the registry's own store,
-``irp/server/store/sixid.py``, is another part's). Both keep the interface's rules:
+(already-fired Deferreds, like the SQLite direct reader), keeping the interface's rules:
 look-ups see only ``expires_at > now``, a put with a sequence number not above the
-stored one fails with :class:`~sixid.server.store.Replayed`.
+stored one fails with :class:`~sixid.server.store.Replayed`. The integration tests use the
+registry's real store (:mod:`irp.server.store.sixid`) on a SQLite file.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,68 +116,14 @@ class MemoryStore:
     def follow_sixid_changes(self, callback: Callable[[str, int], None]) -> None:
         self.followers.append(callback)
 
+    def unfollow_sixid_changes(self, callback: Callable[[str, int], None]) -> None:
+        if callback in self.followers:
+            self.followers.remove(callback)
+
     def tell(self, sixid: str, seq: int) -> None:
         """Another process committed ``seq`` of ``sixid``."""
         for follower in self.followers:
             follower(sixid, seq)
-
-
-class SqliteStore(MemoryStore):
-    """The same interface on a real SQLite file (synchronous, like the direct reader)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS sixid_records (sixid TEXT PRIMARY KEY, seq BIGINT, signed_at BIGINT,"
-            " expires_at BIGINT, keep_until BIGINT, owner TEXT, record BLOB)"
-        )
-        self.db.execute("CREATE TABLE IF NOT EXISTS sixid_allowed (sixid TEXT PRIMARY KEY, note TEXT, added_at BIGINT, added_by TEXT)")
-
-    def close(self) -> None:
-        self.db.close()
-
-    def _row(self, row: tuple[Any, ...] | None) -> StoredRecord | None:
-        return None if row is None else StoredRecord(row[0], row[1], row[2], row[3], bytes(row[4]))
-
-    def get_sixid_record(self, sixid: str, now: int) -> Deferred[StoredRecord | None]:
-        query = "SELECT sixid, seq, expires_at, owner, record FROM sixid_records WHERE sixid = ? AND expires_at > ?"
-        return self._answer(lambda: self._row(self.db.execute(query, (sixid, now)).fetchone()))
-
-    def put_sixid_record(self, stored: StoredRecord, signed_at: int, keep_until: int) -> Deferred[None]:
-        def put() -> None:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self.db.execute("SELECT seq FROM sixid_records WHERE sixid = ?", (stored.sixid,)).fetchone()
-                if row is not None and row[0] >= stored.seq:
-                    raise Replayed(stored.sixid, row[0])
-                self.db.execute(
-                    "INSERT OR REPLACE INTO sixid_records VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (stored.sixid, stored.seq, signed_at, stored.expires_at, keep_until, stored.owner, stored.record),
-                )
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-        return self._answer(put)
-
-    def count_sixids(self) -> Deferred[int]:
-        return self._answer(lambda: self.db.execute("SELECT count(*) FROM sixid_records").fetchone()[0])
-
-    def sixid_allowed(self, sixid: str) -> Deferred[bool]:
-        return self._answer(lambda: self.db.execute("SELECT 1 FROM sixid_allowed WHERE sixid = ?", (sixid,)).fetchone() is not None)
-
-    def allow_sixid(self, sixid: str, note: str, by: str) -> Deferred[bool]:
-        def allow() -> bool:
-            cursor = self.db.execute("INSERT OR IGNORE INTO sixid_allowed VALUES (?, ?, ?, ?)", (sixid, note, int(time.time()), by))
-            return cursor.rowcount == 1
-
-        return self._answer(allow)
-
-    def sweep_sixids(self, now: int) -> Deferred[int]:
-        return self._answer(lambda: self.db.execute("DELETE FROM sixid_records WHERE keep_until <= ?", (now,)).rowcount)
 
 
 # -- the registry's keys ----------------------------------------------------------------------

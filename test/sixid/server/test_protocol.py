@@ -296,3 +296,67 @@ class ConnectionCountTests(ProtocolTestCase):
         first.connectionLost()
         _, transport = self.connect()
         self.assertFalse(transport.disconnecting)
+
+
+class ServerTests(TestCase):
+    """SixidServer's housekeeping on a fake clock."""
+
+    def test_sweeps_every_minute_and_follows_changes(self) -> None:
+        from sixid.server.service import SixidServer
+
+        keys = registry_keys()
+        clock = Clock()
+        now = int(time.time())
+        clock.advance(now)
+        store = MemoryStore()
+        server = SixidServer(
+            domain=DOMAIN,
+            store=store,
+            signing_key=keys.signing_key,
+            signer_chain=keys.signer_chain,
+            check_certificate=keys.check_certificate(),
+            settings=SixidSettings(policy="open"),
+            reactor=clock,
+        )
+        server.start()
+        device = Device()
+        self.successResultOf(server.operations.run(_Quiet(), wire.Register(device.register(now, lifetime=30))))
+        clock.advance(240)
+        self.assertIn(device.sixid, store.rows)
+        clock.advance(60)
+        self.assertEqual(store.rows, {})
+        self.assertEqual(len(store.followers), 1)
+        server.stop()
+        self.assertEqual((store.followers, clock.getDelayedCalls()), ([], []))
+
+    def test_signer_chain_must_match_the_key(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from sixid.server.service import SixidServer
+
+        keys = registry_keys()
+        with self.assertRaises(ValueError):
+            SixidServer(
+                domain=DOMAIN,
+                store=MemoryStore(),
+                signing_key=ed25519.Ed25519PrivateKey.generate(),
+                signer_chain=keys.signer_chain,
+                check_certificate=keys.check_certificate(),
+                settings=SixidSettings(),
+                reactor=Clock(),
+            )
+
+
+class _Quiet:
+    """A client that is told nothing."""
+
+    peer_host = "192.0.2.60"
+
+    def set_watching(self, watching: bool) -> None:
+        pass
+
+    def changed(self, stored: object) -> None:
+        pass
+
+    def gone(self, sixid: str) -> None:
+        pass

@@ -1,6 +1,6 @@
-"""SixidServer over real TLS sockets on loopback, on a real SQLite file, with real keys and
-certificates. The server's timers run on a fake clock set to the real time (expiry
-without sleeping); the sockets on the real reactor."""
+"""SixidServer over real TLS sockets on loopback, on the registry's real store (a SQLite
+file), with real keys and certificates. The server's timers run on a fake clock set to the
+real time (expiry without sleeping); the sockets and the store on the real reactor."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from twisted.trial.unittest import TestCase
 
 from common.tls import client_options
 from common.wire.framing import encode_frame
+from irp.server.store import RegistryStore, open_store
+from irp.wire.records import RecordSigner
 from sixid import wire
 from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRegistration, verify_record
 from sixid.server.operations import SixidSettings
 from sixid.server.service import SixidServer
 from test import pki
-from test.sixid.server.helpers import DOMAIN, Device, RawClient, SqliteStore, certified_device, registry_keys
+from test.sixid.server.helpers import DOMAIN, Device, RawClient, certified_device, registry_keys
 
 
 class ServiceTestCase(TestCase):
@@ -31,23 +33,29 @@ class ServiceTestCase(TestCase):
 
     policy = "certified"
 
-    def setUp(self) -> None:
+    async def setUp(self) -> None:  # type: ignore[override]
         self.keys = registry_keys()
         self.clock = Clock()
         self.now = int(time.time())
         self.clock.advance(self.now)
         self.path = os.path.abspath(self.mktemp())
         os.makedirs(self.path)
-        self.store = self.open_store()
+        self.store = await self.open_store()
         self.settings = SixidSettings(policy=self.policy)
         self.server = self.start_server(self.store)
 
-    def open_store(self) -> SqliteStore:
-        store = SqliteStore(os.path.join(self.path, "registry.sqlite3"))
+    async def open_store(self) -> RegistryStore:
+        store = await open_store(
+            os.path.join(self.path, "registry.sqlite3"),
+            domain=DOMAIN,
+            signer=RecordSigner(self.keys.signing_key, self.keys.signer_chain[0]),
+            now=self.clock.seconds,
+            reactor=reactor,
+        )
         self.addCleanup(store.close)
         return store
 
-    def start_server(self, store: SqliteStore) -> SixidServer:
+    def start_server(self, store: RegistryStore) -> SixidServer:
         server = SixidServer(
             domain=DOMAIN,
             store=store,
@@ -129,8 +137,7 @@ class CertifiedTests(ServiceTestCase):
         unknown = await client.ask(wire.Lookup(SixId.parse(Device().sixid)))
         assert isinstance(unknown, wire.ErrorAnswer)
         self.assertEqual(unknown.error.name, "unknown-id")
-        self.assertEqual(self.store.rows, {})  # the memory part of the SQLite store is unused
-        self.assertEqual(self.successResultOf(self.store.count_sixids()), 1)
+        self.assertEqual(await self.store.count_sixids(), 1)
 
     async def test_no_client_certificate_asked_for(self) -> None:
         user = pki.issue_user(self.keys.ca, "gina")
@@ -143,7 +150,7 @@ class CertifiedTests(ServiceTestCase):
         device = certified_device(self.keys.ca, "hugo")
         client = await self.connect()
         self.verify(await client.ask(wire.Register(device.register(self.now))), device)
-        store = self.open_store()
+        store = await self.open_store()
         self.start_server(store)
         other = await self.connect()
         self.verify(await other.ask(wire.Lookup(SixId.parse(device.sixid))), device)
@@ -174,21 +181,16 @@ class WatchOverTLSTests(ServiceTestCase):
         device = Device()
         watcher = await self.connect()
         await watcher.ask(wire.Watch(SixId.parse(device.sixid)))
-        # Another worker on the same database file commits; its feed tells this one.
-        other_store = self.open_store()
-        other = SixidServer(
-            domain=DOMAIN,
-            store=other_store,
-            signing_key=self.keys.signing_key,
-            signer_chain=self.keys.signer_chain,
-            check_certificate=self.keys.check_certificate(),
-            settings=self.settings,
-            reactor=self.clock,
-        )
-        self.successResultOf(other.operations.run(_Client(), wire.Register(device.register(self.now))))
-        self.store.tell(device.sixid, 1)
+        # Another worker on the same database file commits; the store's change feed tells
+        # this one, whose watcher is pushed the record.
+        other_store = await self.open_store()
+        other = self.start_server(other_store)
+        registrar = await self.connect()  # to the other worker (the last one started)
+        self.verify(await registrar.ask(wire.Register(device.register(self.now))), device)
+        self.assertEqual(other.connection_count(), 1)
         changed = await watcher.next()
-        self.assertIsInstance(changed, wire.Changed)
+        assert isinstance(changed, wire.Changed)
+        self.assertEqual(verify_record(changed.record, expected=SixIdAddress(SixId.parse(device.sixid), DOMAIN), signer=self.keys.signing_key.public_key(), now=self.now).seq, 1)
 
     async def test_too_many_watches(self) -> None:
         self.settings.max_watches = 2
@@ -214,22 +216,13 @@ class WatchOverTLSTests(ServiceTestCase):
         device = Device()
         client = await self.connect()
         await client.ask(wire.Register(device.register(self.now, lifetime=30)))
-        self.assertEqual(self.successResultOf(self.store.count_sixids()), 1)
-        self.clock.advance(300)  # keep_until = signed_at + 300
-        self.assertEqual(self.successResultOf(self.store.count_sixids()), 0)
-
-
-class _Client:
-    peer_host = "192.0.2.50"
-
-    def set_watching(self, watching: bool) -> None:
-        pass
-
-    def changed(self, stored: Any) -> None:
-        pass
-
-    def gone(self, sixid: str) -> None:
-        pass
+        self.assertEqual(await self.store.count_sixids(), 1)
+        self.clock.advance(299)  # expired, kept for the replay window
+        await self.server.sweep()
+        self.assertEqual(await self.store.count_sixids(), 1)
+        self.clock.advance(1)  # keep_until = signed_at + 300 (the minute's sweep starts too)
+        await self.server.sweep()
+        self.assertEqual(await self.store.count_sixids(), 0)
 
 
 class HostilePeerTests(ServiceTestCase):
