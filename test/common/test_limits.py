@@ -242,4 +242,6 @@ class SlidingWindowTests(unittest.SynchronousTestCase):
         clock.advance(10)
         for key in "def":
             window.allow(key)
-        self.assertEqual(sorted(window._events), ["d", "e", "f"])
+        self.assertEqual(len(window._events), 6)  # the next scan is at 7 keys
+        window.allow("g")
+        self.assertEqual(sorted(window._events), ["d", "e", "f", "g"])
