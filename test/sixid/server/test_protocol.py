@@ -360,3 +360,20 @@ class _Quiet:
 
     def gone(self, sixid: str) -> None:
         pass
+
+
+class LogTests(ProtocolTestCase):
+    """One log line per refusal, with its reason."""
+
+    def test_fatal_refusal_one_line(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(encode_frame(b"<request"))
+        (line,) = self.refusals()
+        self.assertIn("192.0.2.1", line)
+        self.assertIn("malformed-message", line)
+
+    def test_answered_refusal_one_line(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(encode_frame(b'<request v="1" id="4"><fly/></request>'))
+        lines = [formatEvent(event) for event in self.logged if "unexpected-message" in formatEvent(event)]
+        self.assertEqual(len(lines), 1)
