@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from common.identity import Identity
 from common.limits import SlidingWindow, address_key
@@ -219,13 +220,22 @@ class Operations:
     def watch(self, client: Client, sixid: str) -> Deferred[WatchingAnswer]:
         """Watch ``sixid`` on ``client``'s connection; answer its current record."""
         hub = self.hub
-        if not hub.is_watching(client, sixid):
+        added = not hub.is_watching(client, sixid)
+        if added:
             if hub.watching(client) >= self.settings.max_watches:
                 raise errors.TooManyWatches(f"a connection may watch at most {self.settings.max_watches} IDs")
             hub.add(client, sixid)
             client.set_watching(True)
         reading = self.store.get_sixid_record(sixid, int(self.clock.seconds()))
-        return reading.addCallback(self._watched, sixid)
+        answer = reading.addCallback(self._watched, sixid)
+        if added:
+            answer.addErrback(self._not_watched, client, sixid)
+        return answer
+
+    def _not_watched(self, failure: Failure, client: Client, sixid: str) -> Failure:
+        """The read for a new watch failed: the ID is not watched (the client is told so)."""
+        self.unwatch(client, sixid)
+        return failure
 
     def _watched(self, stored: StoredRecord | None, sixid: str) -> WatchingAnswer:
         self.hub.current(sixid, stored)
@@ -292,7 +302,7 @@ class Operations:
             raise _replayed(sixid, replayed.stored_seq, registration.seq) from None
         if existing is None and self._held is not None:
             self._held += 1
-        log.info(
+        log.debug(
             "Registered {sixid} seq {seq} ({endpoints} endpoints, owner {owner}) from {host}",
             sixid=sixid,
             seq=registration.seq,
