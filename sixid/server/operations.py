@@ -59,8 +59,6 @@ from sixid.wire import (
 log = Logger()
 
 POLICIES = ("certified", "open", "listed")
-#: How long a row outlives a record signed at ``signed_at`` at least (replays refused).
-REPLAY_WINDOW = 300
 #: How often the count of IDs held is read again (between reads it is counted here).
 COUNT_REFRESH = 60.0
 
@@ -295,7 +293,8 @@ class Operations:
             Record(self.domain, registration.sixid, owner or "", now, signed.registration_bytes, signed.spki, signed.signature),
         )
         stored = StoredRecord(sixid, registration.seq, registration.expires, owner or "", signed_record.to_bytes())
-        keep_until = max(registration.expires, registration.signed_at + REPLAY_WINDOW)
+        # Past both, the registration is stale anyway: its row is no longer needed to refuse it.
+        keep_until = max(registration.expires, registration.signed_at + settings.clock_skew)
         try:
             await self.store.put_sixid_record(stored, registration.signed_at, keep_until)  # 9
         except store_module.Replayed as replayed:
