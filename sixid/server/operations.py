@@ -181,6 +181,11 @@ class Operations:
         self._held: int | None = None
         self._held_read_at = 0.0
 
+    def set_signer(self, signing_key: Ed25519PrivateKey, signer_chain: Sequence[bytes]) -> None:
+        """Sign with ``signing_key`` and answer ``<signer/>`` with ``signer_chain`` (DER)."""
+        self.signing_key = signing_key
+        self.signer = SignerChain(tuple(signer_chain))
+
     # -- dispatch -------------------------------------------------------------------------
 
     def run(self, client: Client, operation: Operation | TextLookup) -> Any:
