@@ -30,7 +30,19 @@ from irp.server.sixid_host import RegistryCertificateChecker
 from sixid.ids import derive_id
 from sixid.records import Registration, sign_registration
 from sixid.server.service import SixidSettings
-from sixid.wire import Lookup, Ping, Pong, RecordResult, Register, Request, Response, encode_request, parse_answer
+from sixid.wire import (
+    Lookup,
+    Ping,
+    Pong,
+    RecordResult,
+    Register,
+    Request,
+    Response,
+    Signer,
+    SignerChain,
+    encode_request,
+    parse_answer,
+)
 from test import pki
 from test.helpers import RunningRegistry
 
@@ -214,6 +226,24 @@ class SixidHostTests(TestCase):
         client.send(encode_request(Request(2, Lookup(sixid))))
         _first, looked_up = await client.frames_until(2)
         self.assertEqual(parse_answer(looked_up), Response(2, RecordResult(stored.record)))
+
+    async def test_renewed_certificates_reach_sixid(self) -> None:
+        """After the daily renewal, new sixid connections get the new server certificate
+        and <signer/> answers the new record-signing certificate."""
+        registry = await self.registry(sixid=SixidSettings(policy="open"))
+        service = registry.service
+        assert service is not None and service.credentials is not None
+        old = service.credentials
+        await service.renew_credentials(renew_before=timedelta(days=398))
+        new = service.credentials
+        self.assertNotEqual(new.signing_certificate, old.signing_certificate)
+        client = await self.connect(registry, registry.sixid_port)
+        self.assertEqual(client.transport.getPeerCertificate().to_cryptography(), new.server_certificate)
+        client.send(encode_request(Request(3, Signer())))
+        [answer] = await client.frames_until(1)
+        parsed = parse_answer(answer)
+        assert isinstance(parsed, Response) and isinstance(parsed.result, SignerChain), parsed
+        self.assertEqual(parsed.result.certificates[0], new.signing_certificate.public_bytes(Encoding.DER))
 
 
 class AdoptedSocketsTests(TestCase):
