@@ -32,6 +32,7 @@ from sixid.records import Registration, sign_registration
 from sixid.server.service import SixidSettings
 from sixid.wire import (
     Changed,
+    ErrorAnswer,
     Lookup,
     Ping,
     Pong,
@@ -234,6 +235,33 @@ class SixidHostTests(TestCase):
         client.send(encode_request(Request(2, Lookup(sixid))))
         _first, looked_up = await client.frames_until(2)
         self.assertEqual(parse_answer(looked_up), Response(2, RecordResult(stored.record)))
+
+    async def test_listed_policy_follows_the_allow_list(self) -> None:
+        """Under the policy listed, an ID registers once an administrator allowed it over
+        IRP, and no longer once disallowed."""
+        registry = await self.registry(sixid=SixidSettings(policy="listed"))
+        admin = await registry.admin()
+        key = generate_key("ed25519")
+        sixid = derive_id(key.public_key())
+        client = await self.connect(registry, registry.sixid_port)
+        now = int(global_reactor.seconds())
+
+        async def register(request_id: int, seq: int) -> Any:
+            registration = Registration("example.org", sixid, seq, now, now + 600, (Endpoint("192.0.2.7", 4605),))
+            client.send(encode_request(Request(request_id, Register(sign_registration(key, registration)))))
+            frames = await client.frames_until(request_id)
+            return parse_answer(frames[-1])
+
+        refused = await register(1, 1)
+        assert isinstance(refused, ErrorAnswer), refused
+        self.assertEqual((refused.id, refused.error.name), (1, "not-allowed"))
+        self.assertTrue(await admin.sixid_allow(sixid.grouped(), "a test device"))
+        accepted = await register(2, 2)
+        assert isinstance(accepted, Response) and isinstance(accepted.result, RecordResult), accepted
+        self.assertTrue(await admin.sixid_disallow(str(sixid)))
+        refused = await register(3, 3)
+        assert isinstance(refused, ErrorAnswer), refused
+        self.assertEqual(refused.error.name, "not-allowed")
 
     async def test_renewed_certificates_reach_sixid(self) -> None:
         """After the daily renewal, new sixid connections get the new server certificate
