@@ -21,6 +21,7 @@ Look-ups are the hot path: the stored record's bytes become the answer without a
 
 from __future__ import annotations
 
+from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -361,7 +362,8 @@ class Operations:
 def _record_answer(stored: StoredRecord | None, sixid: str) -> RecordAnswer:
     if stored is None:
         raise errors.UnknownId(f"no current record for {sixid}")
-    return RecordAnswer(record_base64(stored.record))
+    # sixid.wire.record_base64 in one call: canonical base64 (padded, no new line).
+    return RecordAnswer(b2a_base64(stored.record, newline=False))
 
 
 def _replayed(sixid: str, stored_seq: int, seq: int) -> errors.Replayed:

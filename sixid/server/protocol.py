@@ -42,7 +42,9 @@ class SixidProtocol(RpcProtocol):
     factory: SixidFactory
 
     def run(self, request: wire.Request | TextLookup) -> Any:
-        """Run ``request`` on the operations."""
+        """Run ``request`` on the operations (a plain look-up straight away)."""
+        if type(request) is TextLookup:
+            return self.factory.operations.lookup(request.sixid)
         return self.factory.operations.run(self, request.operation)
 
     def describe(self, request: wire.Request | TextLookup) -> str:
