@@ -181,12 +181,13 @@ class RpcProtocol(ActionRunner, Protocol):
         elif kind is Dispatch:
             self._dispatch(action.request)  # type: ignore[union-attr]
         elif kind is ArmDeadline:
-            assert isinstance(action, ArmDeadline)
-            call = self._deadlines.get(action.deadline)
+            deadline: Deadline = action.deadline  # type: ignore[union-attr]
+            seconds: float = action.seconds  # type: ignore[union-attr]
+            call = self._deadlines.get(deadline)
             if call is not None and call.active():
-                call.reset(action.seconds)
+                call.reset(seconds)
             else:
-                self._deadlines[action.deadline] = self.factory.clock.callLater(action.seconds, self._expired, action.deadline)
+                self._deadlines[deadline] = self.factory.clock.callLater(seconds, self._expired, deadline)
         elif kind is CancelDeadline:
             self._cancel(action.deadline)  # type: ignore[union-attr]
         elif kind is PauseReading:
