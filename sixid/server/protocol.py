@@ -47,6 +47,10 @@ class SixidProtocol(RpcProtocol):
             return self.factory.operations.lookup(request.sixid)
         return self.factory.operations.run(self, request.operation)
 
+    def who(self) -> str:
+        """Every sixid client is anonymous (its address is logged beside)."""
+        return "an anonymous client"
+
     def describe(self, request: wire.Request | TextLookup) -> str:
         """The operation's name (and ID: never key material)."""
         op = request.operation
