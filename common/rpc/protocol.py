@@ -132,8 +132,7 @@ class RpcProtocol(ActionRunner, Protocol):
         self.peer_host = getattr(self.transport.getPeer(), "host", "unknown")  # type: ignore[union-attr]
         self.core = Connection(factory.limits, self.peer_host, factory.codec, factory.errors)
         if not factory.connections.acquire(self.peer_host):
-            log.warn("Refused a connection from {host}: too many connections", host=self.peer_host)
-            self._do(self.core.refuse(factory.errors.TooManyConnections()))
+            self._do(self.core.refuse(factory.errors.TooManyConnections()))  # logged by the core
             return
         self.counted = True
         factory.open.add(self)

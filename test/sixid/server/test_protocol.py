@@ -293,6 +293,8 @@ class ConnectionCountTests(ProtocolTestCase):
         protocol, transport = self.connect()
         (answer,) = self.answers(transport)
         self.assertEqual((answer.error.name, answer.error.code), ("rate-limited", 429))
+        (line,) = self.refusals()
+        self.assertIn("Too many connections", line)
         self.assertTrue(transport.disconnecting)
         first.connectionLost()
         _, transport = self.connect()
