@@ -506,3 +506,84 @@ class RegenerationTests(TestCase):
 
         self.assertEqual(kat_sixid.LABELS, LABELS)
         self.assertEqual(kat_sixid.LABEL_PREFIX, LABEL_PREFIX)
+
+
+class SpecificationTests(TestCase):
+    """What docs/sixid.rst states agrees with the library and the vectors."""
+
+    def assertStated(self, figure: str, text: str) -> None:  # noqa: N802 - as assertIn
+        """``figure`` is in ``text`` (white space normalised); the message names only it."""
+        if " ".join(figure.split()) not in " ".join(text.split()):
+            self.fail(f"docs/sixid.rst does not state: {figure}")
+
+    def text(self) -> str:
+        with open(os.path.join(os.path.dirname(FOLDER), "sixid.rst"), encoding="utf-8") as stream:
+            return stream.read()
+
+    def test_errors_table(self) -> None:
+        from common.errors import subclasses_of
+        from sixid import errors
+
+        text = self.text()
+        section = text[text.index("\nErrors\n======\n") :]
+        lines = section.splitlines()
+        # The table's borders (the title's underline has no column gap).
+        borders = [index for index, line in enumerate(lines) if line.startswith("=") and " =" in line]
+        rows = set()
+        for line in lines[borders[1] + 1 : borders[2]]:
+            if line[:1].isdigit():
+                code, name, fatal = line.split()[:3]
+                rows.add((int(code), name.strip("`"), fatal == "yes"))
+        hierarchy: list[type[errors.SixidError]] = [errors.SixidError, *subclasses_of(errors.SixidError)]
+        classes = {(cls.code, cls.name, cls.fatal) for cls in hierarchy}
+        wire = {row for row in classes if row[0] != 0}
+        # The non-fatal too-large is in the hierarchy but never sent (the text says so).
+        self.assertEqual(rows, wire - {(413, "too-large", False)})
+        self.assertStated("Code 413 also has a non-fatal form in the error hierarchy which version 1 servers do not send", text)
+        for _code, name, _fatal in classes - wire:
+            self.assertStated(f"``{name}``", text)
+
+    def test_figures(self) -> None:
+        from sixid import records, wire
+
+        text = " ".join(self.text().split())
+        ed25519 = load("sixid-ed25519.json")
+        registration = bytes.fromhex(ed25519["registration"]["bytes"])
+        record = bytes.fromhex(ed25519["record"]["signed_record"])
+        frames = ed25519["frames"]
+        self.assertStated(f"**The registration** ({len(registration)} bytes", text)
+        self.assertStated(f"**The record** ({len(record)} bytes", text)
+        self.assertStated(f"F(registration) {len(registration):08x} then the {len(registration)} bytes", text)
+        self.assertStated(f"``frames.register_request``, {len(frames['register_request'])} bytes", text)
+        self.assertStated(f"``{len(frames['register_request']):08x}``", text)
+        self.assertStated(f"``{len(frames['lookup_request']):08x}`` + {len(frames['lookup_request'])} bytes", text)
+        b64_length = len(ed25519["record"]["signed_record_base64"])
+        unpadded = frames["lookup_answer_length"] - frames["lookup_answer_pad"]
+        self.assertStated(f"+ {b64_length} + ``len('</record></response>')`` (20) = {unpadded} bytes", text)
+        self.assertStated(f"mod 256 = {frames['lookup_answer_pad']}``, so the answer is {frames['lookup_answer_length']} bytes", text)
+        self.assertStated(f"``{frames['lookup_answer_length']:08x}``", text)
+        lengths = {name: load(name)["frames"]["lookup_answer_length"] for name in FILES}
+        self.assertEqual(
+            [lengths[f"sixid-{key_type}.json"] for key_type in KEY_TYPES], [768, 1024, 1024, 768, 1792]
+        )
+        self.assertStated("a look-up answer is 768 bytes for an Ed25519 or P-256 device key, 1024 for P-384 or P-521, and 1792 for RSA-3072", text)
+        from sixid.ids import SixId
+
+        gone = wire.encode_gone_push(SixId(bytes(20)))
+        pad = len(gone.split(b'"')[1])
+        self.assertStated(f"The ``<gone>`` push is always {len(gone)} bytes (``k`` = {pad})", text)
+        for figure in (
+            f"**{wire.MAX_FRAME}** (32 KiB)",
+            f"**{records.MAX_REGISTRATION} bytes**",
+            f"**{records.MAX_RECORD} bytes**",
+            f"**{records.MAX_SPKI} bytes**",
+            f"1 to **{records.MAX_DEVICE_SIGNATURE}** bytes",
+            f"at most **{wire.MAX_OUTSTANDING} outstanding**",
+            f"multiple of **{wire.PAD_UNIT}** bytes",
+            f"at most {wire.MAX_PAD} of them",
+            f"0 to {wire.MAX_CERTIFICATES}, each at most {wire.MAX_CERTIFICATE} bytes",
+            f"{wire.SIGNER_CERTIFICATES}, each at most {wire.MAX_SIGNER_CERTIFICATE} bytes",
+            f"0 to {records.MAX_ENDPOINTS} endpoints",
+            "At most 4 levels deep and 10 elements per document",
+        ):
+            self.assertStated(figure, text)
