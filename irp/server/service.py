@@ -37,6 +37,7 @@ from irp.server.credentials import (
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
+from irp.server.sixid_host import build_sixid_server, signer_chain
 from irp.server.store import RegistryStore, open_store
 from irp.wire.records import RecordSigner
 from sixid.server.service import AnonymousServerTLS, SixidServer, SixidSettings
@@ -198,9 +199,14 @@ class RegistryService(service.Service):
         sixid_early = self.sixid_early_ports or self._bind_sixid()
         self.sixid_early_ports = None
         gate = early.gate
-        self.ports.extend(await early.ports())
-        if sixid_early is not None:
-            self.sixid_ports.extend(await sixid_early.ports())
+        try:
+            self.ports.extend(await early.ports())
+            if sixid_early is not None:
+                self.sixid_ports.extend(await sixid_early.ports())
+        except BaseException:
+            if sixid_early is not None:
+                sixid_early.release()
+            raise
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
@@ -273,8 +279,6 @@ class RegistryService(service.Service):
     def _start_sixid(self, credentials: ServerCredentials, early: EarlyPorts) -> None:
         """Serve sixid on its ports: the registry's server certificate, no client
         certificate asked for (see :mod:`irp.server.sixid_host`)."""
-        from irp.server.sixid_host import build_sixid_server
-
         settings = self.settings.sixid
         assert settings is not None and self.registry is not None
         self.sixid = build_sixid_server(self.registry, credentials, settings, self.reactor)
@@ -341,8 +345,6 @@ class RegistryService(service.Service):
             self.store.signer = RecordSigner(new.signing_key, new.signing_certificate)
             self.registry.signing_certificate = new.signing_certificate
             if self.sixid is not None:
-                from irp.server.sixid_host import signer_chain
-
                 self.sixid.set_signer(new.signing_key, signer_chain(new))
             log.info(
                 "Renewed the record-signing certificate, valid until {until}",
