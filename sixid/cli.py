@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -38,7 +39,7 @@ from common.pki.errors import PKIError
 from common.pki.keyfiles import PrivateKey
 from common.pki.keys import KEY_TYPES, generate_key
 from common.pki.trust import check_anchor
-from common.profile import TRUSTED_DIRECTORY, ProfileError, default_profile_path
+from common.profile import TRUSTED_DIRECTORY, Profile, ProfileError, default_profile_path
 from common.timeutil import format_timestamp
 from sixid import DEFAULT_PORT, errors
 from sixid.client import SixidClient, connect_sixid, fetch_root
@@ -70,6 +71,8 @@ class SixidContext(Context):
 
     def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
         super().__init__(reactor, args)
+        # An IRP profile: its own messages name the irp command that fixes it.
+        self.profile = Profile(args.profile, "irp")
         self.clients: list[SixidClient] = []
 
     def server(self) -> tuple[str, int] | None:
@@ -108,7 +111,7 @@ class SixidContext(Context):
             return _load_root(path)
         raise CommandError(
             f"no root CA of {domain} is trusted yet: give --ca-file ROOT.pem or --ca-fingerprint FP,"
-            f" or trust it once with '{profile.command(f'trust --domain {domain} --ca-file ROOT.pem')}'"
+            f" or trust it once with 'sixid --profile {shlex.quote(str(profile.path))} trust --domain {domain} --ca-file ROOT.pem'"
         )
 
     async def connect(self, domain: str) -> SixidClient:
@@ -243,9 +246,11 @@ async def cmd_id(ctx: SixidContext) -> int:
         public_key = keyfiles.load_certificates(args.certificate)[0].public_key()
     elif args.key:
         public_key = keyfiles.load_private_key(args.key).public_key()
-    else:
+    elif ctx.profile.enrolled:
         _key, certificate, _chain = ctx.profile.credentials()
         public_key = certificate.public_key()
+    else:
+        raise CommandError(f"give --key FILE or --certificate FILE (or --profile of an enrolled IRP user; {ctx.profile.path} holds no key)")
     sixid = derive_id(public_key)
     text = sixid.grouped() if args.grouped else str(sixid)
     show(f"{text}@{_domain_argument(args.domain)}" if args.domain else text)
