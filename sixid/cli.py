@@ -380,29 +380,58 @@ async def cmd_lookup(ctx: SixidContext) -> int:
     return 4 if missing else 0
 
 
+class Stopping:
+    """Fires every waiter once the command is to stop (Ctrl-C, SIGTERM: the reactor's
+    shutdown)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._waiters: list[Deferred[None]] = []
+
+    def stop(self) -> None:
+        """Stop now (once)."""
+        if not self.stopped:
+            self.stopped = True
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # not cancelled by a race an earlier one ended
+                    waiter.callback(None)
+
+    def wait(self) -> Deferred[None]:
+        """A new Deferred that fires on :meth:`stop` (each waiter its own: one may be
+        cancelled without touching the others)."""
+        waiter: Deferred[None] = Deferred(lambda cancelled: self._forget(cancelled))
+        if self.stopped:
+            waiter.callback(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _forget(self, waiter: Deferred[None]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+
 async def cmd_watch(ctx: SixidContext) -> int:
     """Watch IDs: a line per change, until interrupted (Ctrl-C)."""
     addresses = _addresses(ctx.args.address)
     _one_domain_per_server(ctx, addresses)
-    stopping: Deferred[None] = Deferred()
-    ctx.reactor.addSystemEventTrigger("before", "shutdown", lambda: None if stopping.called else stopping.callback(None))
+    stopping = Stopping()
+    ctx.reactor.addSystemEventTrigger("before", "shutdown", stopping.stop)
     by_domain: dict[str, list[SixIdAddress]] = {}
     for address in dict.fromkeys(addresses):
         by_domain.setdefault(address.domain, []).append(address)
     watchers = [Deferred.fromCoroutine(_watch_domain(ctx, domain, watched, stopping)) for domain, watched in by_domain.items()]
-    first = race([stopping, *watchers])
     try:
-        await first
-    except BaseException:
-        if not stopping.called:
-            stopping.callback(None)
-        raise
+        await race([stopping.wait(), *watchers])
+    finally:
+        stopping.stop()
     return 0
 
 
-async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAddress], stopping: Deferred[None]) -> None:
+async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAddress], stopping: Stopping) -> None:
     """Watch ``addresses`` of one domain, reconnecting (with a growing delay) when the
-    connection is lost, until ``stopping`` fires."""
+    connection is lost, until ``stopping`` stops."""
     told: dict[SixIdAddress, tuple[int, bool] | None] = {}
 
     def changed(address: SixIdAddress, record: VerifiedRecord | None) -> None:
@@ -414,14 +443,14 @@ async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAdd
 
     delay = 1.0
     root = await ctx.root(domain)
-    while not stopping.called:
+    while not stopping.stopped:
         try:
             client = await connect_sixid(
                 ctx.reactor, domain, trust=root, server=ctx.server(), resolver=ctx.resolver, timeout=ctx.args.timeout
             )
         except (errors.ConnectionLost, errors.Timeout, errors.Unavailable) as error:
             note(f"sixid: cannot reach the sixid server of {domain}: {error.message}; trying again in {delay:g} s")
-            await _pause(ctx, delay, stopping)
+            await race([deferLater(ctx.reactor, delay), stopping.wait()])
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
             continue
         ctx.clients.append(client)
@@ -432,17 +461,14 @@ async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAdd
             note(f"sixid: the connection to the sixid server of {domain} was lost: {error.message}; reconnecting")
             continue
         delay = 1.0
-        await race([client.when_lost(), stopping])
-        if stopping.called:
+        await race([client.when_lost(), stopping.wait()])
+        if stopping.stopped:
             return
-        why = client.failure.message if client.failure is not None else "closed by the server"
+        ctx.clients.remove(client)
         if isinstance(client.failure, errors.ServerVerificationFailed | errors.VerificationFailed):
             raise client.failure
+        why = client.failure.message if client.failure is not None else "closed by the server"
         note(f"sixid: the connection to the sixid server of {domain} was lost ({why}); reconnecting")
-
-
-async def _pause(ctx: SixidContext, seconds: float, stopping: Deferred[None]) -> None:
-    await race([deferLater(ctx.reactor, seconds), stopping])
 
 
 # -- parsing and running -----------------------------------------------------------------------
