@@ -19,6 +19,7 @@ exit non-zero:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -50,6 +51,8 @@ Command = Callable[["SixidContext"], Coroutine[Any, Any, int]]
 
 #: Seconds a registration stays valid unless --lifetime says otherwise.
 DEFAULT_LIFETIME = 3600
+#: The profile's file noting each domain's sixid server (``sixid trust --server``).
+SERVERS_FILE = "sixid-servers.json"
 #: Longest wait between two attempts of ``sixid watch`` to reconnect.
 MAX_RECONNECT_DELAY = 60.0
 
@@ -75,14 +78,40 @@ class SixidContext(Context):
         self.profile = Profile(args.profile, "irp")
         self.clients: list[SixidClient] = []
 
-    def server(self) -> tuple[str, int] | None:
-        """``--server HOST[:PORT]`` (port 4606 by default), or None: found by DNS."""
-        if not self.args.server:
+    def server(self, domain: str) -> tuple[str, int] | None:
+        """Where ``domain``'s sixid server is: ``--server HOST[:PORT]`` (port 4606 by
+        default); else the server ``sixid trust --server`` noted in the profile; else, for
+        the profile's own domain, its registry's host on port 4606; else None (found by
+        DNS SRV, or DOMAIN port 4606)."""
+        text = self.args.server or self.known_servers().get(domain)
+        if not text and self.profile.exists:
+            config = self.profile.load_config()
+            if config.domain == domain:
+                return config.server, DEFAULT_PORT
+        if not text:
             return None
         try:
-            return split_host_port(self.args.server, DEFAULT_PORT)
+            return split_host_port(text, DEFAULT_PORT)
         except ValueError as error:
             raise CommandError(f"--server: {error}") from None
+
+    def known_servers(self) -> dict[str, str]:
+        """The sixid servers noted in the profile, by domain."""
+        path = self.profile.file(SERVERS_FILE)
+        if not os.path.exists(path):
+            return {}
+        try:
+            data = json.loads(keyfiles.read_bytes_private(path, max_size=1024 * 1024).decode("utf-8"))
+            return {check_domain(str(domain)): str(server) for domain, server in dict(data).items()}
+        except (ValueError, TypeError, InvalidIdentity) as error:
+            raise CommandError(f"{path} is unreadable: {error}") from None
+
+    def note_server(self, domain: str, host: str, port: int) -> None:
+        """Note in the profile where ``domain``'s sixid server is."""
+        servers = self.known_servers()
+        servers[domain] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        keyfiles.ensure_private_directory(str(self.profile.path))
+        keyfiles.write_bytes_private(self.profile.file(SERVERS_FILE), json.dumps(servers, indent=2, sort_keys=True).encode("utf-8") + b"\n")
 
     async def root(self, domain: str) -> x509.Certificate:
         """The root CA trusted for ``domain``: ``--ca-file`` (with ``--ca-fingerprint``,
@@ -96,7 +125,7 @@ class SixidContext(Context):
             if expected is not None and keyfiles.fingerprint(root) != expected:
                 raise CommandError(f"{args.ca_file} does not have the fingerprint given: refusing to trust it")
         elif expected is not None:
-            root = await fetch_root(self.reactor, domain, expected, server=self.server(), resolver=self.resolver, timeout=args.timeout)
+            root = await fetch_root(self.reactor, domain, expected, server=self.server(domain), resolver=self.resolver, timeout=args.timeout)
         else:
             root = self._profile_root(domain)
         _check_anchor(root, domain)
@@ -118,7 +147,7 @@ class SixidContext(Context):
         """A verified connection to ``domain``'s sixid server (closed when the command ends)."""
         root = await self.root(domain)
         client = await connect_sixid(
-            self.reactor, domain, trust=root, server=self.server(), resolver=self.resolver, timeout=self.args.timeout
+            self.reactor, domain, trust=root, server=self.server(domain), resolver=self.resolver, timeout=self.args.timeout
         )
         self.clients.append(client)
         return client
@@ -285,6 +314,11 @@ async def cmd_trust(ctx: SixidContext) -> int:
         return 0
     path = profile.trust_domain(domain, root)
     show(f"Trusting {domain} (root {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}; {checked}), in {path}.")
+    if args.server:
+        server = ctx.server(domain)
+        assert server is not None
+        ctx.note_server(domain, *server)
+        show(f"Its sixid server: {server[0]} port {server[1]} (later commands use it without --server).")
     return 0
 
 
@@ -446,7 +480,7 @@ async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAdd
     while not stopping.stopped:
         try:
             client = await connect_sixid(
-                ctx.reactor, domain, trust=root, server=ctx.server(), resolver=ctx.resolver, timeout=ctx.args.timeout
+                ctx.reactor, domain, trust=root, server=ctx.server(domain), resolver=ctx.resolver, timeout=ctx.args.timeout
             )
         except (errors.ConnectionLost, errors.Timeout, errors.Unavailable) as error:
             note(f"sixid: cannot reach the sixid server of {domain}: {error.message}; trying again in {delay:g} s")

@@ -52,14 +52,15 @@ class SixidTourTests(SynchronousTestCase):
         missing = deployment.run("sixid", *profile, "lookup", address, *server, expect=4)
         self.assertIn("[unknown-id]", missing.err)
 
-        # Someone watches the ID; the device registers; the watcher sees it.
+        # Someone watches the ID; the device registers; the watcher sees it. (The profile
+        # noted the server: no --server from now on.)
         watcher = Service(
-            "sixid-watch", deployment.argv("sixid", *profile, "watch", address, *server), deployment.home, deployment.environment()
+            "sixid-watch", deployment.argv("sixid", *profile, "watch", address), deployment.home, deployment.environment()
         )
         deployment.services.append(watcher)
         deployment.wait_for(watcher, re.compile(re.escape(f"{address}: no current record")), "the watcher's first line", CHANGE)
         registered = sixid("register", "--key", key, "--domain", "example.org",
-                           "--address", "2001:db8::7", "--address", "192.0.2.7", "--port", "4605", *server)
+                           "--address", "2001:db8::7", "--address", "192.0.2.7", "--port", "4605")
         self.assertIn("Registered:", registered)
         self.assertIn("not certified", registered)
         deployment.wait_for(watcher, re.compile(re.escape(f"{address}: [2001:db8::7]:4605, 192.0.2.7:4605 (until")), "the change", CHANGE)
@@ -76,11 +77,11 @@ class SixidTourTests(SynchronousTestCase):
         self.assertIn("owner alice@example.org", certified)
         alice_address = deployment.run("sixid", *alice, "id", "--domain", "example.org").out.strip()
         self.assertRegex(alice_address, ADDRESS)
-        found = sixid("lookup", alice_address, *server)
+        found = sixid("lookup", alice_address)
         self.assertIn("owner alice@example.org", found)
 
         # The device withdraws; the watcher sees it; Ctrl-C ends the watch.
-        sixid("register", "--key", key, "--domain", "example.org", "--withdraw", *server)
+        sixid("register", "--key", key, "--domain", "example.org", "--withdraw")
         deployment.wait_for(watcher, re.compile(re.escape(f"{address}: not reachable (withdrawn)")), "the withdrawal", CHANGE)
         os.killpg(watcher.process.pid, signal.SIGINT)
         code = watcher.exited(COMMAND_TIMEOUT)

@@ -158,8 +158,12 @@ class CommandTests(TestCase):
         trusted = await self.sixid("trust", "--domain", DOMAIN, "--ca-file", self.root_file, "--server", self.server)
         self.assertIn("Trusting example.org", trusted.out)
         self.assertIn("proves itself with it", trusted.out)
+        self.assertIn(f"Its sixid server: 127.0.0.1 port {self.port}", trusted.out)
         self.assertTrue(os.path.exists(self.path("profile/trusted/example.org.pem")))
-        await self.sixid("lookup", address, "--server", self.server)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("profile/sixid-servers.json")).st_mode), 0o600)
+        # The profile now knows the root and the server.
+        found = await self.sixid("lookup", address)
+        self.assertIn("reachable at", found.out)
 
     async def test_trust_refuses_another_domains_root(self) -> None:
         result = await self.sixid("trust", "--domain", "example.net", "--ca-file", self.root_file, "--server", self.server, expect=2)
