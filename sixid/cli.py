@@ -205,7 +205,7 @@ def endpoint_text(endpoint: Endpoint) -> str:
 def where_text(record: VerifiedRecord) -> str:
     """The endpoints of a record, or that it was withdrawn."""
     if not record.endpoints:
-        return "not reachable (withdrawn)"
+        return "nowhere (withdrawn)"
     return ", ".join(endpoint_text(endpoint) for endpoint in record.endpoints)
 
 
@@ -229,7 +229,8 @@ def change_line(address: SixIdAddress, record: VerifiedRecord | None, now: float
     stamp = format_timestamp(int(now))
     if record is None:
         return f"{stamp} {address}: no current record"
-    return f"{stamp} {address}: {where_text(record)} (until {format_timestamp(record.expires)}, seq {record.seq}, {owner_text(record)})"
+    where = ", ".join(endpoint_text(endpoint) for endpoint in record.endpoints) or "withdrawn, not reachable"
+    return f"{stamp} {address}: {where} (until {format_timestamp(record.expires)}, seq {record.seq}, {owner_text(record)})"
 
 
 # -- keys ------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class SixidTourTests(SynchronousTestCase):
 
         # The device withdraws; the watcher sees it; Ctrl-C ends the watch.
         sixid("register", "--key", key, "--domain", "example.org", "--withdraw")
-        deployment.wait_for(watcher, re.compile(re.escape(f"{address}: not reachable (withdrawn)")), "the withdrawal", CHANGE)
+        deployment.wait_for(watcher, re.compile(re.escape(f"{address}: withdrawn, not reachable (until")), "the withdrawal", CHANGE)
         os.killpg(watcher.process.pid, signal.SIGINT)
         code = watcher.exited(COMMAND_TIMEOUT)
         self.assertEqual(code, 0, watcher.describe())

@@ -131,7 +131,7 @@ class CommandTests(TestCase):
         withdrawn = await self.sixid(*self.online("register", "--key", self.path("device.key"), "--domain", DOMAIN, "--withdraw"))
         self.assertIn("Withdrawn:", withdrawn.out)
         found = await self.sixid(*self.online("lookup", address))
-        self.assertIn("not reachable (withdrawn)", found.out)
+        self.assertIn("reachable at  nowhere (withdrawn)", found.out)
 
     async def test_lookup_of_an_unknown_id(self) -> None:
         address = SixIdAddress(derive_id(device().public_key()), DOMAIN)
@@ -198,7 +198,7 @@ class CommandTests(TestCase):
         self.registry.store(self.registry.record_for(signed_registration(key, seq=2)))
         await command.wait_for(f"{address}: [2001:db8::7]:4605, 192.0.2.7:4605 (until")
         self.registry.store(self.registry.record_for(signed_registration(key, seq=3, endpoints=())))
-        await command.wait_for(f"{address}: not reachable (withdrawn)")
+        await command.wait_for(f"{address}: withdrawn, not reachable (until")
         # The connection breaks: the command reconnects and watches again, without
         # repeating what it told already (the next change comes as a push or in the new
         # watch's answer, whichever is first).
