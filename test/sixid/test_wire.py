@@ -37,6 +37,7 @@ from sixid.wire import (
     encode_request,
     encode_response,
     encode_watching_response,
+    match_lookup,
     pad_length,
     parse_answer,
     parse_request,
@@ -234,6 +235,10 @@ class RequestRefusalTests(TestCase):
         spaced = f'<request  v="1" id="2147483647" ><lookup sixid="{ID_TEXT}" /></request>'.encode()
         self.assertEqual(parse_request(plain), parse_request(spaced))
         self.assertEqual(parse_request(b'<?xml version="1.0"?>' + plain), parse_request(plain))
+        self.assertEqual(match_lookup(plain), (2**31 - 1, ID_TEXT))
+        for other in (spaced, plain.replace(b'"1"', b'"2"', 1), plain.replace(b"2147483647", b"2147483648"), plain + b" ",
+                      plain.replace(b"2147483647", b"02147483647")):
+            self.assertIsNone(match_lookup(other), other)
 
     def test_hostile_xml(self) -> None:
         ping = b'<request v="1" id="1"><ping/></request>'
