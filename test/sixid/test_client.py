@@ -1,7 +1,8 @@
 """The sixid client library.
 
-Over real TLS on loopback against a small server made with the core codec
-(:mod:`test.sixid.fake_server`, which can be told to misbehave): connecting (SRV, the server's certificate),
+Over real TLS on loopback against the real server hosted by a real registry, and against
+a small server made with the core codec (:mod:`test.sixid.fake_server`, which can be told
+to misbehave): connecting (SRV, the server's certificate),
 register, lookup and its cache, watch with pushes, verification failures. On a fake
 transport with a fake clock: pipelining and its cap, timeouts, the keep-alive.
 """
@@ -23,6 +24,7 @@ from twisted.names.error import DNSNameError, DNSQueryTimeoutError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from common.identity import Identity
 from common.pki.keyfiles import fingerprint
 from common.wire.framing import encode_frame
 from sixid import errors
@@ -37,7 +39,8 @@ from sixid.client import (
     find_servers,
 )
 from sixid.ids import SixIdAddress, derive_id
-from sixid.records import SignedRecord, VerifiedRecord, sign_record
+from sixid.records import Registration, SignedRecord, VerifiedRecord, sign_record, sign_registration
+from sixid.server.service import SixidSettings
 from sixid.wire import (
     Changed,
     Gone,
@@ -54,7 +57,7 @@ from sixid.wire import (
     encode_response,
     parse_request,
 )
-from test.helpers import closed_port, frames_of
+from test.helpers import RunningRegistry, closed_port, frames_of
 from test.irp.client.helpers import ZoneAuthority, srv
 from test.sixid.fake_server import DOMAIN, ENDPOINTS, device, registry_pki, serve, signed_registration
 
@@ -428,3 +431,60 @@ class RecordCacheTests(TestCase):
             cache.put(record)
         self.assertEqual(len(cache), 2)
         self.assertIsNone(cache.get(records[0].address.sixid, 0))
+
+
+class RegistryTests(TestCase):
+    """The client against the real server, hosted by a real registry (``twistd irp
+    --sixid``: real TLS on loopback, a real SQLite file, a real CA and enrolled user)."""
+
+    async def start(self, policy: str) -> RunningRegistry:
+        self.registry = await RunningRegistry(self, sixid=SixidSettings(policy=policy)).start()
+        return self.registry
+
+    async def connect(self) -> SixidClient:
+        client = await connect_sixid(reactor, DOMAIN, trust=self.registry.root, server=("127.0.0.1", self.registry.sixid_port))
+        self.addCleanup(client.close)
+        return client
+
+    async def test_certified_registration_watched_and_looked_up(self) -> None:
+        await self.start("certified")
+        await self.registry.add_user("alice")
+        alice = await self.registry.issue("alice")
+        address = SixIdAddress(derive_id(alice.key.public_key()), DOMAIN)
+        watcher = await self.connect()
+        told: Deferred[VerifiedRecord | None] = Deferred()
+        self.assertIsNone(await watcher.watch(address, lambda _address, record: told.callback(record)))
+        now = int(reactor.seconds())
+        chain = [certificate.public_bytes(Encoding.DER) for certificate in (alice.certificate, *alice.chain)]
+        signed = sign_registration(alice.key, Registration(DOMAIN, address.sixid, 1, now, now + 600, ENDPOINTS), chain)
+        registrar = await self.connect()
+        registered = await registrar.register(signed)
+        self.assertEqual(registered.owner, Identity("alice", DOMAIN))
+        pushed = await told.addTimeout(30, reactor)
+        assert pushed is not None
+        self.assertEqual(pushed.data, registered.data)
+        found = await (await self.connect()).lookup(address)
+        self.assertEqual((found.owner, found.endpoints, found.seq), (Identity("alice", DOMAIN), ENDPOINTS, 1))
+
+    async def test_refusals_come_back_as_their_errors(self) -> None:
+        await self.start("certified")
+        client = await self.connect()
+        key = device()
+        with self.assertRaises(errors.NotAllowed):
+            await client.register(signed_registration(key))  # no certificate: the policy wants one
+        with self.assertRaises(errors.UnknownId):
+            await client.lookup(SixIdAddress(derive_id(key.public_key()), DOMAIN))
+        await client.ping()  # the connection outlives refusals
+
+    async def test_open_policy_replay_and_withdrawal(self) -> None:
+        await self.start("open")
+        client = await self.connect()
+        key = device()
+        first = await client.register(signed_registration(key, seq=5))
+        self.assertIsNone(first.owner)
+        with self.assertRaises(errors.Replayed):
+            await client.register(signed_registration(key, seq=5))
+        withdrawn = await client.register(signed_registration(key, seq=6, endpoints=()))
+        self.assertEqual(withdrawn.endpoints, ())
+        other = await self.connect()
+        self.assertEqual((await other.lookup(withdrawn.address)).seq, 6)
