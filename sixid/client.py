@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -253,10 +255,7 @@ class SixidClientProtocol(Protocol):
         """Fail everything outstanding; tell those waiting for the end."""
         self.closed = True
         if not self.ready.called:
-            self.ready.errback(
-                self.failure
-                or errors.ServerVerificationFailed(f"the TLS connection to the sixid server failed: {reason.getErrorMessage()}")
-            )
+            self.ready.errback(self.failure or errors.ServerVerificationFailed(describe_tls_failure(reason)))
         failure = self.failure or errors.ConnectionLost(f"the connection to the sixid server was lost: {reason.getErrorMessage()}")
         waiting = [*self.waiting.values(), *(deferred for _, deferred in self.queued)]
         self.waiting.clear()
@@ -664,9 +663,20 @@ async def _connect_one(reactor: Any, host: str, port: int, tls: Any, timeout: fl
     call = reactor.callLater(timeout, too_slow)
     try:
         return await protocol.ready
+    except errors.ServerVerificationFailed as error:
+        raise errors.ServerVerificationFailed(f"{error.message} (at {host} port {port})") from None
     finally:
         if call.active():
             call.cancel()
+
+
+def describe_tls_failure(reason: Failure) -> str:
+    """What a connection that ended before TLS was up says about the server."""
+    if reason.check(VerificationError):
+        return "the sixid server's certificate does not name the host dialled"
+    if reason.check(SSL.Error) and "certificate verify failed" in reason.getErrorMessage():
+        return "the sixid server's certificate does not chain to the root CA trusted for its domain (or is not valid now)"
+    return f"the TLS connection to the sixid server failed: {reason.getErrorMessage()}"
 
 
 def _is_ip(host: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from service_identity import VerificationError
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -35,6 +36,7 @@ from sixid.client import (
     SixidClient,
     SixidClientProtocol,
     connect_sixid,
+    describe_tls_failure,
     fetch_root,
     find_servers,
 )
@@ -155,8 +157,14 @@ class ConnectedTests(TestCase):
             await client.signer()
 
     async def test_server_of_another_ca_is_refused(self) -> None:
-        with self.assertRaises(errors.ServerVerificationFailed):
+        with self.assertRaises(errors.ServerVerificationFailed) as caught:
             await self.connect(root=registry_pki("impostor").root)
+        self.assertIn("does not chain to the root CA trusted", caught.exception.message)
+        self.assertIn(f"at 127.0.0.1 port {self.port}", caught.exception.message)
+
+    def test_certificate_for_another_host(self) -> None:
+        reason = Failure(VerificationError(errors=[]))
+        self.assertEqual(describe_tls_failure(reason), "the sixid server's certificate does not name the host dialled")
 
     async def test_watch_sees_changes_and_expiry(self) -> None:
         key = device()
