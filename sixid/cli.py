@@ -392,26 +392,33 @@ def _one_domain_per_server(ctx: SixidContext, addresses: Sequence[SixIdAddress])
 
 
 async def cmd_lookup(ctx: SixidContext) -> int:
-    """Look IDs up: where each can be reached now, verified."""
+    """Look IDs up: where each can be reached now, verified (the look-ups of one domain
+    pipelined on one connection)."""
     addresses = _addresses(ctx.args.address)
     _one_domain_per_server(ctx, addresses)
     clients: dict[str, SixidClient] = {}
-    missing = 0
-    for index, address in enumerate(addresses):
+    for address in addresses:
         if address.domain not in clients:
             clients[address.domain] = await ctx.connect(address.domain)
-        try:
-            record = await clients[address.domain].lookup(address)
-        except errors.UnknownId as error:
-            if len(addresses) == 1:
-                raise
-            note(f"sixid: {address}: {error.message} [{error.name}]")
-            missing += 1
-            continue
-        if index:
-            show()
-        for line in record_lines(record):
-            show(line)
+    lookups = [Deferred.fromCoroutine(clients[address.domain].lookup(address)) for address in addresses]
+    missing = 0
+    try:
+        for index, (address, lookup) in enumerate(zip(addresses, lookups, strict=True)):
+            try:
+                record = await lookup
+            except errors.UnknownId as error:
+                if len(addresses) == 1:
+                    raise
+                note(f"sixid: {address}: {error.message} [{error.name}]")
+                missing += 1
+                continue
+            if index:
+                show()
+            for line in record_lines(record):
+                show(line)
+    finally:
+        for lookup in lookups:
+            lookup.addErrback(lambda _failure: None)  # those not awaited after a failure
     return 4 if missing else 0
 
 

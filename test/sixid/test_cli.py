@@ -139,6 +139,17 @@ class CommandTests(TestCase):
         self.assertEqual(result.out, "")
         self.assertRegex(result.err, r"^sixid: .*\[unknown-id\]\n$")
 
+    async def test_lookup_of_several_ids(self) -> None:
+        known = [device() for _ in range(3)]
+        for key in known:
+            self.registry.store(self.registry.record_for(signed_registration(key)))
+        addresses = [str(SixIdAddress(derive_id(key.public_key()), DOMAIN)) for key in known]
+        unknown = str(SixIdAddress(derive_id(device().public_key()), DOMAIN))
+        result = await self.sixid(*self.online("lookup", addresses[0], unknown, *addresses[1:]), expect=4)
+        self.assertEqual([line for line in result.out.splitlines() if ID.match(line)], addresses)
+        self.assertEqual(result.err, f"sixid: {unknown}: no current record of this ID [unknown-id]\n")
+        self.assertEqual(self.registry.seen.count("lookup"), 4)
+
     async def test_root_by_fingerprint(self) -> None:
         key = device()
         self.registry.store(self.registry.record_for(signed_registration(key)))
