@@ -13,7 +13,9 @@ every wait is bounded. Every record the server answers or pushes is verified
 (:func:`sixid.records.verify_record`) against the registry's record-signing key, learnt
 once per connection from ``<signer/>`` and accepted only when its chain verifies to the
 pinned root with the IRP client's own check (:func:`irp.client.results.verify_ca_chain`).
-Looked-up records are kept in a small cache for their remaining lifetime.
+Looked-up records are kept in a small cache for their remaining lifetime. The server
+closes a connection idle for 5 minutes (3 while it watches: the client pings every minute
+then); a call on a closed connection fails with ``connection-lost``: connect again.
 
 Failures are :class:`~sixid.errors.SixidError` subclasses: the server's refusals by their
 wire names, and client-local ones (``connection-lost``, ``verification-failed``,
@@ -56,6 +58,7 @@ from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRecord, SignedRegistration, VerifiedRecord, verify_record
 from sixid.wire import (
     MAX_FRAME,
+    MAX_OUTSTANDING,
     Changed,
     ErrorAnswer,
     Gone,
@@ -97,8 +100,8 @@ DEFAULT_TIMEOUT = 15.0
 #: Seconds between keep-alive pings while the connection watches IDs (the server drops a
 #: watching connection after 180 s of silence).
 PING_INTERVAL = 60.0
-#: Requests in flight on one connection (the server's cap); more wait in a local queue.
-MAX_OUTSTANDING = 32
+#: Pushes held for a watch not answered yet (a server sending more is broken).
+MAX_HELD_PUSHES = 64
 #: Records the look-up cache holds at most (the least recently used goes first).
 CACHE_SIZE = 1024
 
@@ -160,6 +163,8 @@ class SixidClientProtocol(Protocol):
         self.reactor = reactor
         self.timeout = timeout
         self.decoder = FrameDecoder(MAX_FRAME)
+        #: Requests sent and not answered, by id (at most the server's MAX_OUTSTANDING; more
+        #: wait in ``queued``).
         self.waiting: dict[int, Deferred[Result]] = {}
         self.queued: list[tuple[Request, Deferred[Result]]] = []
         self.next_id = 1
@@ -456,6 +461,9 @@ class SixidClient:
         if watch is None:
             return  # not watched (any more): the push crossed an unwatch
         if not watch.answered:
+            if len(watch.pending) >= MAX_HELD_PUSHES:
+                self.protocol.fail(errors.MalformedMessage(f"the sixid server pushed more than {MAX_HELD_PUSHES} changes before answering a watch"))
+                return
             watch.pending.append(push)
         else:
             self._apply(watch, push)

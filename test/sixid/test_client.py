@@ -30,6 +30,7 @@ from common.pki.keyfiles import fingerprint
 from common.wire.framing import encode_frame
 from sixid import errors
 from sixid.client import (
+    MAX_HELD_PUSHES,
     MAX_OUTSTANDING,
     PING_INTERVAL,
     RecordCache,
@@ -61,7 +62,7 @@ from sixid.wire import (
 )
 from test.helpers import RunningRegistry, closed_port, frames_of
 from test.irp.client.helpers import ZoneAuthority, srv
-from test.sixid.fake_server import DOMAIN, ENDPOINTS, device, registry_pki, serve, signed_registration
+from test.sixid.fake_server import DOMAIN, ENDPOINTS, FakeRegistry, device, registry_pki, serve, signed_registration
 
 
 class ConnectedTests(TestCase):
@@ -399,6 +400,19 @@ class ProtocolTests(TestCase):
         self.successResultOf(unwatching)
         self.clock.advance(PING_INTERVAL * 3)
         self.assertEqual(self.sent(), [])  # nothing watched: no keep-alive
+
+    def test_pushes_held_before_a_watch_answer_are_bounded(self) -> None:
+        key = device()
+        address = SixIdAddress(derive_id(key.public_key()), DOMAIN)
+        watching = Deferred.fromCoroutine(self.client.watch(address, lambda _a, _r: None))
+        record = FakeRegistry(registry_pki()).record_for(signed_registration(key))
+        for _ in range(MAX_HELD_PUSHES):
+            self.protocol.dataReceived(encode_frame(encode_push(Changed(record))))
+        self.assertFalse(self.transport.disconnecting)
+        self.protocol.dataReceived(encode_frame(encode_push(Changed(record))))
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(Failure(ConnectionError()))
+        self.failureResultOf(watching, errors.MalformedMessage)
 
     def test_signer_fetched_once_for_concurrent_requests(self) -> None:
         first = self.client.signer()
