@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred, race
+from twisted.internet.defer import Deferred, DeferredList, FirstError, race
 from twisted.internet.task import deferLater
 
 from common.cliutil import CommandError, parse_endpoint, run_until_done
@@ -292,7 +292,10 @@ async def cmd_watch(ctx: SixidContext) -> int:
         by_domain.setdefault(address.domain, []).append(address)
     watchers = [Deferred.fromCoroutine(_watch_domain(ctx, domain, watched, stopping)) for domain, watched in by_domain.items()]
     try:
-        await race([stopping.wait(), *watchers])
+        # The first to end: an interruption, or a watcher's failure (never a success).
+        await DeferredList([stopping.wait(), *watchers], fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True)
+    except FirstError as error:
+        error.subFailure.raiseException()
     finally:
         stopping.stop()
     return 0

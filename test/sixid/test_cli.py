@@ -224,6 +224,14 @@ class CommandTests(TestCase):
         self.assertIn("reconnecting", command.err)
         self.assertEqual(len(command.out.splitlines()), 4, command.out)
 
+    async def test_watch_ends_when_a_record_fails_verification(self) -> None:
+        key = device()
+        self.registry.store(self.registry.record_for(signed_registration(key)))
+        self.registry.tamper = lambda data: data[:-1] + bytes([data[-1] ^ 1])
+        address = str(SixIdAddress(derive_id(key.public_key()), DOMAIN))
+        result = await self.sixid(*self.online("watch", address), expect=5)
+        self.assertIn("[verification-failed]", result.err)
+
     async def test_unreachable_server(self) -> None:
         address = SixIdAddress(derive_id(device().public_key()), DOMAIN)
         port = await closed_port()
