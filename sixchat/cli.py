@@ -27,19 +27,30 @@ from irp.client import initialise as cmd_init
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
+from sixchat.agent.sixid import device_id
+from sixchat.recipients import InvalidRecipient, Recipient, parse_recipient
 from sixchat.schedule import parse_at, state_text, when_text
+from sixid.ids import SixIdAddress
 
 Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
 
 
-def parse_identity(text: str, profile: Profile) -> Identity:
-    """``bob`` (same domain as the profile) or ``bob@example.org``."""
+def parse_who(text: str, profile: Profile) -> Recipient:
+    """``bob`` (same domain as the profile), ``bob@example.org``, or a device's
+    ``ID@example.org`` (see :func:`sixchat.recipients.parse_recipient`)."""
+    domain = profile.load_config().domain if "@" not in text else None
     try:
-        if "@" not in text:
-            return Identity(text, profile.load_config().domain)
-        return Identity.parse(text)
-    except InvalidIdentity as error:
+        return parse_recipient(text, domain)
+    except InvalidRecipient as error:
         raise CommandError(str(error)) from None
+
+
+def parse_identity(text: str, profile: Profile) -> Identity:
+    """``bob`` (same domain as the profile) or ``bob@example.org`` (not a device)."""
+    who = parse_who(text, profile)
+    if not isinstance(who, Identity):
+        raise CommandError(f"{text} is a device ID: give the user (user@domain) here ('sixchat lookup {text}' names them)")
+    return who
 
 
 class ChatContext(Context):
@@ -221,7 +232,7 @@ async def cmd_simple(ctx: ChatContext) -> int:
 
 async def cmd_send(ctx: ChatContext) -> int:
     """Send one message and wait for its receipt (or until it is stored or scheduled)."""
-    who = parse_identity(ctx.args.who, ctx.profile)
+    recipient = parse_who(ctx.args.who, ctx.profile)
     text = " ".join(ctx.args.text) if ctx.args.text else sys.stdin.read().rstrip("\n")
     if not text:
         raise CommandError("nothing to send")
@@ -245,7 +256,11 @@ async def cmd_send(ctx: ChatContext) -> int:
 
     control.on_event = event
     await control.call("subscribe")
-    result = await control.call("send", to=str(who), text=text, **({} if at is None else {"at": at}))
+    result = await control.call("send", to=str(recipient), text=text, **({} if at is None else {"at": at}))
+    # A device's message is for its owner: the agent's events name them.
+    who = Identity.parse(result["to"]) if result.get("to") else recipient
+    if isinstance(recipient, SixIdAddress):
+        note(f"Device {recipient.sixid.grouped()}@{recipient.domain} is {who}'s.")
     message_id["id"] = result["id"]
     for data in early:
         event(data)
@@ -338,9 +353,17 @@ async def cmd_status(ctx: ChatContext) -> int:
 
 
 async def cmd_lookup(ctx: ChatContext) -> int:
-    """Ask the registry where someone is."""
-    who = parse_identity(ctx.args.who, ctx.profile)
+    """Ask the registry where someone is (or a device's domain's sixid server where it is)."""
+    who = parse_who(ctx.args.who, ctx.profile)
     control = await ctx.agent()
+    if isinstance(who, SixIdAddress):
+        found = await control.call("find", who=str(who))
+        show(f"{found['grouped']}: device of {found['owner']}, until {time.strftime('%Y-%m-%d %H:%M', time.localtime(found['expires']))}")
+        if not found["endpoints"]:
+            show("  offline (no address)")
+        for address, port in found["endpoints"]:
+            show(f"  {'[' + address + ']' if ':' in address else address}:{port}")
+        return 0
     result = await control.call("lookup", who=str(who))
     show(f"{result['who']}: {result['presence']}")
     for address, port in result["endpoints"]:
@@ -352,9 +375,26 @@ async def cmd_chat(ctx: ChatContext) -> int:
     """Interactive chat with one contact."""
     from sixchat.chatui import run_chat
 
-    who = parse_identity(ctx.args.who, ctx.profile)
+    who = parse_who(ctx.args.who, ctx.profile)
     control = await ctx.agent(network=True)
+    if isinstance(who, SixIdAddress):
+        found = await control.call("find", who=str(who))
+        note(f"Device {found['grouped']} is {found['owner']}'s.")
+        return await run_chat(ctx.reactor, control, Identity.parse(found["owner"]), history=ctx.args.history, send_to=str(who))
     return await run_chat(ctx.reactor, control, who, history=ctx.args.history)
+
+
+async def cmd_id(ctx: ChatContext) -> int:
+    """Print this profile's device ID (its certificate's key's), as ID@domain and grouped."""
+    try:
+        _key, certificate, _chain = ctx.profile.credentials()
+        domain = ctx.profile.load_config().domain
+        sixid = device_id(certificate)
+    except (ProfileError, keyfiles.KeyFileError, ValueError) as error:
+        raise CommandError(f"no device ID: {error}") from None
+    show(f"{sixid}@{domain}")
+    show(f"{sixid.grouped()}@{domain}")
+    return 0
 
 
 # -- parsing and running -------------------------------------------------------------
@@ -417,8 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, cmd_simple, text)
         sub.add_argument("who")
 
+    command("id", cmd_id, "Print your device ID (ID@domain, then grouped): others can send to it ('twistd sixchat --sixid' publishes it).")
     sub = command("send", cmd_send, "Send one message and wait for the receipt.")
-    sub.add_argument("who")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     sub.add_argument("text", nargs="*", help="the message (default: read stdin)")
     sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the receipt (default 30)")
     sub.add_argument("--no-wait", action="store_true", help="queue and return at once")
@@ -434,14 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
         " one starting with /. Full Unicode is typed and shown (the terminal must use UTF-8)."
         " From a pipe, each line read is a message."
     )
-    sub.add_argument("who", help="user@domain, or a user name of your own domain")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     sub.add_argument("--history", type=int, default=20, help="earlier messages to show first (default 20)")
     sub = command("history", cmd_history, "Show your message history.")
     sub.add_argument("who", nargs="?")
     sub.add_argument("--limit", type=int, default=50)
     command("status", cmd_status, "Show your agent's status.")
-    sub = command("lookup", cmd_lookup, "Ask the registry where someone is.")
-    sub.add_argument("who")
+    sub = command("lookup", cmd_lookup, "Ask the registry where someone is (a device ID@domain: its sixid server).")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     return parser
 
 
