@@ -32,8 +32,8 @@ from sixchat import errors
 from sixchat.agent.deposit import DEPOSIT_LIFETIME, MAX_SCHEDULE_AHEAD, NoIntermediary
 from sixchat.agent.outcome import explain
 from sixchat.agent.store import StoredMessage
-from sixchat.recipients import Recipient
 from sixchat.peer.protocol import PeerConnection
+from sixchat.recipients import Recipient
 from sixchat.record import MAX_BODY
 from sixchat.wire.application import MAX_TEXT_LENGTH, ChatMessage, Receipt, encode_application
 

@@ -34,6 +34,7 @@ from common.identity import Identity
 from common.pki.errors import WeakKey
 from common.pki.keyfiles import PrivateKey
 from sixchat import errors
+from sixid import errors as sixid_errors
 from sixid.ids import SixId, SixIdAddress, derive_id
 from sixid.records import Registration, SignedRegistration, VerifiedRecord, sign_registration
 
@@ -160,7 +161,7 @@ class SixidServers:
         try:
             record = await self.lookup(address)
         except Exception as error:  # noqa: BLE001 - every failure is told in words
-            if getattr(error, "name", None) == "unknown-id":
+            if isinstance(error, sixid_errors.UnknownId):
                 raise errors.PeerUnreachable(
                     f"device {address.sixid.grouped()}@{address.domain} is not registered at the sixid server of"
                     f" {address.domain} now (it is offline, or the ID is wrong)"
@@ -301,7 +302,7 @@ class Publisher:
         try:
             return await self.servers.register(address.domain, self._sign(address, key, certificates, endpoints))
         except Exception as error:
-            if getattr(error, "name", None) != "replayed":
+            if not isinstance(error, sixid_errors.Replayed):
                 raise
         current = await self.servers.lookup(address)
         self._seq = max(self._seq, current.seq)
@@ -380,7 +381,7 @@ def _is_closed(client: SixidConnection) -> bool:
 
 
 def _connection_lost(error: BaseException, client: SixidConnection) -> bool:
-    return getattr(error, "name", None) == "connection-lost" or _is_closed(client)
+    return isinstance(error, sixid_errors.ConnectionLost) or _is_closed(client)
 
 
 async def _await(value: Any) -> Any:

@@ -263,8 +263,10 @@ class FindByIdTests(AgentTestCase):
 
         with capturedLogs() as logs:
             message = await alice.send_text(device, "only for the first device")
-            problem = await alice_events.wait_for(event="progress", id=message.id)
             await self.settle(alice)
+        problems = alice_events.matching(event="progress", id=message.id)
+        self.assertEqual(len(problems), 1, alice_events.events)
+        problem = problems[0]
         self.assertIn(f"dialled device {device.sixid.grouped()}@{DOMAIN} but bob@example.org answered there with the key of device", problem["reason"])
         self.assertIn(device_id(second.credentials.certificate).grouped(), problem["reason"])
         self.assertTrue(any("did not give a session with bob@example.org" in line for line in log_text(logs)), log_text(logs))
