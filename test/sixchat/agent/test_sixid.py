@@ -9,11 +9,13 @@ key and verified by the agent with :func:`sixid.records.verify_record`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.logger import capturedLogs
+from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from common.endpoint import Endpoint
@@ -22,6 +24,7 @@ from sixchat import errors
 from sixchat.agent.service import Agent
 from sixchat.agent.sixid import BACKOFF_FIRST, LIFETIME, device_id
 from sixchat.recipients import InvalidRecipient, parse_recipient
+from sixchat.tap import Options
 from sixid import errors as sixid_errors
 from sixid.ids import SixIdAddress, derive_id
 from sixid.records import (
@@ -33,7 +36,7 @@ from sixid.records import (
     sign_registration,
     verify_record,
 )
-from test.helpers import closed_port, fake_clock_now
+from test.helpers import CommandResult, closed_port, fake_clock_now, make_profile, run_module, start_agent
 from test.sixchat.agent.helpers import BOB, AgentTestCase, endpoint_of, log_text
 
 DOMAIN = "example.org"
@@ -253,8 +256,6 @@ class FindByIdTests(AgentTestCase):
         device = register_for(server, first, ())
         await first.stopService()
         second_user = await self.registry.issue("bob")
-        from test.helpers import start_agent
-
         second, second_events = await start_agent(self, self.registry, second_user, listen=("::1",))
         assert second.store is not None
         await second.store.add_contact(Identity("alice", DOMAIN))
@@ -313,3 +314,78 @@ class FindByIdTests(AgentTestCase):
         with self.assertRaises(ControlError) as caught:
             await run_command(alice, {"op": "find", "who": "bob@example.org"})
         self.assertIn("is a user, not a device", str(caught.exception))
+
+
+class CommandTests(AgentTestCase):
+    """``sixchat id``, and ``send``/``lookup``/``chat`` by device ID through the running
+    agent (the command runs in a child process; the agents run here)."""
+
+    async def sixchat(self, name: str, *args: str, stdin: bytes = b"") -> CommandResult:
+        result: CommandResult = await run_module("sixchat.cli", ["--profile", self.paths[name], *args], home=self.home, stdin=stdin)
+        self.assertNotIn("Traceback", result.err, result)
+        return result
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+
+    async def test_id(self) -> None:
+        alice, _ = await self.agent("alice")
+        await alice.stopService()
+        sixid = device_id(self.users["alice"].certificate)
+        result = await self.sixchat("alice", "id")
+        self.assertEqual((result.code, result.out), (0, f"{sixid}@{DOMAIN}\n{sixid.grouped()}@{DOMAIN}\n"), result)
+
+    async def test_send_lookup_and_chat_by_device_id(self) -> None:
+        server = SixidServerDouble(fake_clock_now())
+        await self.agent("alice", contacts=("bob",), control=True, sixid_connector=server.connect)
+        bob, _ = await self.agent("bob", listen=("::1",), contacts=("alice",))
+        device = register_for(server, bob, (endpoint_of(bob),))
+        grouped = f"{device.sixid.grouped()}@{DOMAIN}"
+
+        sent = await self.sixchat("alice", "send", grouped, "to", "your", "device")
+        self.assertEqual((sent.code, sent.out.strip()), (0, "Delivered to bob@example.org."), sent)
+        self.assertIn(f"Device {grouped} is bob@example.org's.", sent.err)
+
+        looked = await self.sixchat("alice", "lookup", str(device))
+        self.assertEqual(looked.code, 0, looked)
+        self.assertIn(f"{grouped}: device of bob@example.org, until", looked.out)
+        self.assertIn(f"[::1]:{endpoint_of(bob).port}", looked.out)
+
+        chat = await self.sixchat("alice", "chat", grouped, stdin=b"chatting with the device\n")
+        self.assertEqual(chat.code, 0, chat)
+        self.assertIn("Chatting with bob@example.org", chat.out)
+        self.assertIn("#2] you: chatting with the device\n-- #2 delivered", chat.out)
+        assert bob.store is not None
+        self.assertEqual([m.body for m in await bob.store.history(Identity("alice", DOMAIN))], ["to your device", "chatting with the device"])
+
+        unknown = await self.sixchat("alice", "send", f"{'a' * 32}@{DOMAIN}", "hello?")
+        self.assertEqual(unknown.code, 1, unknown)
+        self.assertIn("is not registered at the sixid server of example.org now", unknown.err)
+        refused = await self.sixchat("alice", "add", grouped)
+        self.assertEqual(refused.code, 1, refused)
+        self.assertIn("is a device ID: give the user", refused.err)
+
+
+class OptionTests(AgentTestCase):
+    """``twistd sixchat --sixid [--sixid-server HOST[:PORT]]``."""
+
+    async def test_options(self) -> None:
+        await self.user("alice")
+        profile = make_profile(self.registry, self.users["alice"], self.paths["alice"])
+
+        def parse(*argv: str) -> Options:
+            options = Options()
+            options.parseOptions(["--profile", profile, *argv])
+            return options
+
+        self.assertEqual((parse().settings().sixid, parse().settings().sixid_server), (False, None))
+        self.assertEqual((parse("--sixid").settings().sixid, parse("--sixid").settings().sixid_server), (True, None))
+        settings = parse("--sixid-server", "sixid.example.org").settings()
+        self.assertEqual((settings.sixid, settings.sixid_server), (True, ("sixid.example.org", 4606)))
+        self.assertEqual(parse("--sixid-server", "[::1]:7000").settings().sixid_server, ("::1", 7000))
+        for argv, text in ((["--sixid", "--no-register"], "leave out --no-register"), (["--sixid-server", "host:0"], "--sixid-server")):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(*argv)
+            self.assertIn(text, str(caught.exception))
