@@ -364,7 +364,7 @@ class CommandTests(AgentTestCase):
         self.assertEqual(unknown.code, 1, unknown)
         self.assertIn("is not registered at the sixid server of example.org now", unknown.err)
         refused = await self.sixchat("alice", "add", grouped)
-        self.assertEqual(refused.code, 1, refused)
+        self.assertEqual(refused.code, 2, refused)
         self.assertIn("is a device ID: give the user", refused.err)
 
 
