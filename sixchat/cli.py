@@ -330,6 +330,8 @@ async def cmd_status(ctx: ChatContext) -> int:
     status = await control.call("status")
     show(f"{status['identity']}  ({'running agent' if ctx.local_agent is None else 'no agent running'})")
     show(f"  certificate {keyfiles.format_fingerprint(status['fingerprint'])}")
+    if status.get("device"):
+        show(f"  device ID   {status['device']} ({status.get('sixid') or 'not published'})")
     for line in status["listening"]:
         show(f"  listening on {line}")
     if status.get("registering", True) and not status.get("registered", True):
