@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from common.addresses import advertised_endpoints
 from common.endpoint import Endpoint
 from common.identity import Identity
+from common.pki.errors import WeakKey
 from common.pki.keyfiles import KeyFileError, fingerprint
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
@@ -512,7 +513,10 @@ class Agent(service.Service):
 
     def device_address(self) -> str:
         """Our device address, ``ID@domain`` (grouped form)."""
-        address = self.publisher.address
+        try:
+            address = self.publisher.address
+        except (WeakKey, ValueError) as error:
+            return f"none ({error})"
         return f"{address.sixid.grouped()}@{address.domain}"
 
 

@@ -232,7 +232,13 @@ class Publisher:
     def addresses_changed(self) -> None:
         """The agent's addresses (or its certificate) may have changed: publish at once if
         what the server holds is not what we would publish now."""
-        if self._running and (self.published != self._endpoints() or self._last is None or self._last[0] != self.address):
+        if not self._running:
+            return
+        try:
+            moved = self._last is None or self._last[0] != self.address
+        except WeakKey:
+            moved = True
+        if moved or self.published != self._endpoints():
             self._publish_now()
 
     def _endpoints(self) -> tuple[Endpoint, ...]:
@@ -258,7 +264,12 @@ class Publisher:
             if not self._running:
                 return
             credentials = self.agent.credentials
-            address = self.address
+            try:
+                address = self.address
+            except WeakKey as error:
+                self.state = f"not published: the certificate's key cannot have a device ID ({error})"
+                log.warn("Cannot publish a device ID: the certificate's key cannot have one ({error})", error=str(error))
+                return
             if self._last is not None and self._last[0] != address and self.published is not None:
                 await self._withdraw(*self._last, why="the certificate changed")
             endpoints = self._endpoints()
