@@ -145,7 +145,8 @@ class Dialer:
         first); the peer must hold the device's key (see :func:`check_device_key`)."""
         name = f"{device.sixid.grouped()}@{device.domain}"
         self.agent.progress(peer, f"asking the sixid server of {device.domain} about device {name}")
-        record = await self.agent.sixid.find(device)
+        # Asked afresh at each dial: the device may have moved since the last record.
+        record = await self.agent.sixid.find(device, fresh=True)
         if record.owner != peer:
             raise errors.IdentityMismatch(f"device {name} now belongs to {record.owner}, not to {peer}")
         if not record.endpoints:

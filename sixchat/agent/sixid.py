@@ -35,6 +35,7 @@ from common.pki.errors import WeakKey
 from common.pki.keyfiles import PrivateKey
 from sixchat import errors
 from sixid import errors as sixid_errors
+from sixid.client import connect_sixid
 from sixid.ids import SixId, SixIdAddress, derive_id
 from sixid.records import Registration, SignedRegistration, VerifiedRecord, sign_registration
 
@@ -59,9 +60,11 @@ class SixidConnection(Protocol):
 
     def register(self, signed: SignedRegistration) -> Awaitable[VerifiedRecord]: ...
 
-    def lookup(self, address: SixIdAddress) -> Awaitable[VerifiedRecord]: ...
+    def lookup(self, address: SixIdAddress, *, cached: bool = True) -> Awaitable[VerifiedRecord]: ...
 
-    def close(self) -> Any: ...
+    def when_lost(self) -> Deferred[None]: ...
+
+    def close(self) -> Awaitable[None]: ...
 
 
 #: Opens a connection to the sixid server of a domain.
@@ -111,7 +114,7 @@ class SixidServers:
         """The connection to ``domain``'s sixid server (concurrent callers share one
         connection attempt)."""
         existing = self._clients.get(domain)
-        if existing is not None and not _is_closed(existing):
+        if existing is not None:
             return existing
         mine: Deferred[SixidConnection] = Deferred()
         waiters = self._connecting.get(domain)
@@ -126,22 +129,26 @@ class SixidServers:
         waiters = self._connecting.pop(domain, [])
         if not isinstance(result, Failure):
             self._clients[domain] = result
+            result.when_lost().addBoth(lambda _: self._lost(domain, result))
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
 
+    def _lost(self, domain: str, client: SixidConnection) -> None:
+        """A connection ended: the next call reconnects."""
+        if self._clients.get(domain) is client:
+            del self._clients[domain]
+
     async def _call(self, domain: str, operation: Callable[[SixidConnection], Awaitable[Any]]) -> Any:
         """Run ``operation`` on ``domain``'s connection; once more on a new connection if
-        the one it used turns out to be gone."""
+        the one it used was lost meanwhile (an idle connection the server closed)."""
         client = await self.client(domain)
         try:
             return await operation(client)
-        except Exception as error:
-            if not _connection_lost(error, client):
-                raise
-            self.forget(domain, client)
+        except sixid_errors.ConnectionLost:
+            self._lost(domain, client)
             return await operation(await self.client(domain))
 
     async def register(self, domain: str, signed: SignedRegistration) -> VerifiedRecord:
@@ -149,17 +156,18 @@ class SixidServers:
         record: VerifiedRecord = await self._call(domain, lambda client: client.register(signed))
         return record
 
-    async def lookup(self, address: SixIdAddress) -> VerifiedRecord:
-        """The verified current record of ``address`` (cached by the client)."""
-        record: VerifiedRecord = await self._call(address.domain, lambda client: client.lookup(address))
+    async def lookup(self, address: SixIdAddress, *, fresh: bool = False) -> VerifiedRecord:
+        """The verified current record of ``address`` (the client's cached one for its
+        lifetime, unless ``fresh``)."""
+        record: VerifiedRecord = await self._call(address.domain, lambda client: client.lookup(address, cached=not fresh))
         return record
 
-    async def find(self, address: SixIdAddress) -> VerifiedRecord:
+    async def find(self, address: SixIdAddress, *, fresh: bool = False) -> VerifiedRecord:
         """The verified current record of a device SixChat may talk to: certified, its owner
         a user of the ID's domain. Raises PeerUnreachable (not registered now, or the server
         cannot be asked) or IdentityMismatch (no certified owner)."""
         try:
-            record = await self.lookup(address)
+            record = await self.lookup(address, fresh=fresh)
         except Exception as error:  # noqa: BLE001 - every failure is told in words
             if isinstance(error, sixid_errors.UnknownId):
                 raise errors.PeerUnreachable(
@@ -181,18 +189,12 @@ class SixidServers:
             )
         return record
 
-    def forget(self, domain: str, client: SixidConnection) -> None:
-        """Drop ``client`` (closed) so that the next call reconnects."""
-        if self._clients.get(domain) is client:
-            del self._clients[domain]
-        Deferred.fromCoroutine(_await(client.close())).addErrback(lambda _: None)
-
     async def close(self) -> None:
         """Close every connection."""
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             try:
-                await _await(client.close())
+                await client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.failure("Closing a sixid connection failed")
 
@@ -370,29 +372,13 @@ def sixid_connector(agent: Agent) -> Connector:
     ``--sixid-server`` if given, any domain's otherwise found by DNS SRV."""
 
     async def connect(domain: str) -> SixidConnection:
-        from sixid import client as sixid_client
-
         roots = agent.profile.trusted_roots()
         if domain not in roots:
-            raise errors.PeerUnreachable(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
-        options: dict[str, Any] = {"trust_roots": [roots[domain]]}
+            raise sixid_errors.ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
         server = agent.settings.sixid_server if domain == agent.identity.domain else None
-        if server is not None:
-            client = await sixid_client.connect(agent.reactor, server[0], server[1], domain=domain, **options)
-        else:
-            client = await sixid_client.connect_domain(agent.reactor, domain, resolver=agent.settings.resolver, **options)
-        return client  # type: ignore[no-any-return]
+        return await connect_sixid(agent.reactor, domain, trust=roots[domain], server=server, resolver=agent.settings.resolver)
 
     return connect
-
-
-def _is_closed(client: SixidConnection) -> bool:
-    closed = getattr(client, "closed", False)
-    return bool(closed() if callable(closed) else closed)
-
-
-def _connection_lost(error: BaseException, client: SixidConnection) -> bool:
-    return isinstance(error, sixid_errors.ConnectionLost) or _is_closed(client)
 
 
 async def _await(value: Any) -> Any:

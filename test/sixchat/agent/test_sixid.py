@@ -14,6 +14,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -91,7 +92,7 @@ class SixidServerDouble:
         self.registrations.append(registration)
         return verified
 
-    async def lookup(self, address: SixIdAddress) -> VerifiedRecord:
+    async def lookup(self, address: SixIdAddress, *, cached: bool = True) -> VerifiedRecord:
         if self.down is not None:
             raise self.down
         self.lookups.append(address)
@@ -100,7 +101,10 @@ class SixidServerDouble:
             raise sixid_errors.UnknownId("no current record")
         return verify_record(record.data, expected=address, signer=self.signing_key.public_key(), now=self.clock.seconds())
 
-    def close(self) -> None:
+    def when_lost(self) -> Deferred[None]:
+        return Deferred()
+
+    async def close(self) -> None:
         pass
 
 
