@@ -34,7 +34,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from common.factory import QuietFactory
-from common.identity import Identity, InvalidIdentity
+from common.identity import Identity
 from common.pki.keyfiles import ensure_private_directory, parse_fingerprint
 from irp.client import IRPError
 from sixchat import errors
@@ -67,18 +67,18 @@ class ControlError(Exception):
         self.name = name
 
 
-def _identity(value: Any) -> Identity:
-    try:
-        return Identity.parse(str(value))
-    except InvalidIdentity as error:
-        raise ControlError(str(error), "invalid-identity") from None
-
-
 def _recipient(value: Any) -> Recipient:
     try:
         return parse_recipient(str(value))
     except InvalidRecipient as error:
         raise ControlError(str(error), "invalid-identity") from None
+
+
+def _identity(value: Any) -> Identity:
+    recipient = _recipient(value)
+    if not isinstance(recipient, Identity):
+        raise ControlError(f"{value} is a device ID: this needs the user (user@domain); 'find' names them", "invalid-identity")
+    return recipient
 
 
 def _device(value: Any) -> SixIdAddress:

@@ -318,6 +318,9 @@ class FindByIdTests(AgentTestCase):
         with self.assertRaises(ControlError) as caught:
             await run_command(alice, {"op": "find", "who": "bob@example.org"})
         self.assertIn("is a user, not a device", str(caught.exception))
+        with self.assertRaises(ControlError) as caught:
+            await run_command(alice, {"op": "block", "who": str(device)})
+        self.assertIn("is a device ID: this needs the user", str(caught.exception))
 
 
 class CommandTests(AgentTestCase):
