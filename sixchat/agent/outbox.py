@@ -187,8 +187,11 @@ class Outbox:
         await self.flush(peer, connection)
 
     async def flush(self, peer: Identity, connection: PeerConnection) -> None:
-        """Send every pending message to ``peer`` not yet sent on ``connection``."""
+        """Send every pending message to ``peer`` not yet sent on ``connection`` (none if
+        ``peer`` was addressed by a device and the session is with another)."""
         assert self.agent.store is not None
+        if not self.agent.dialer.usable(peer, connection):
+            return
         lock = self._flush_locks.setdefault(peer, DeferredLock())
         await lock.acquire()
         try:

@@ -447,7 +447,12 @@ class Agent(service.Service):
         assert peer is not None
         existing = self.sessions.get(peer)
         if existing is not None and existing is not connection and existing.is_established:
-            keep, drop = pick_session(existing, connection)
+            device = self.dialer.devices.get(peer)
+            if device is not None and (existing.peer_device == device.sixid) != (connection.peer_device == device.sixid):
+                # Two of the peer's devices: keep the one the user addressed them by.
+                keep, drop = (connection, existing) if connection.peer_device == device.sixid else (existing, connection)
+            else:
+                keep, drop = pick_session(existing, connection)
             log.info("Two sessions with {peer}: keeping the one {who} dialled", peer=str(peer), who="we" if keep.role is Role.INITIATOR else "they")
             self.sessions[peer] = keep
             drop.close("duplicate")

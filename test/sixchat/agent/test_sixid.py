@@ -279,6 +279,23 @@ class FindByIdTests(AgentTestCase):
         self.assertEqual(await self.history(alice, BOB), [("out", "only for the first device", "queued")])
         self.assertNotIn(BOB, alice.sessions)
 
+    async def test_only_the_addressed_device_gets_the_message(self) -> None:
+        server = SixidServerDouble(fake_clock_now())
+        alice, alice_events = await self.agent("alice", contacts=("bob",), sixid_connector=server.connect)
+        first, first_events = await self.agent("bob", listen=("::1",), contacts=("alice",))
+        second, second_events = await start_agent(self, self.registry, await self.registry.issue("bob"), listen=("::1",))
+        device = register_for(server, first, (endpoint_of(first),))
+        # Bob's second device has a session with Alice already (it wrote to her).
+        hello = await second.send_text(Identity("alice", DOMAIN), "from my other device")
+        await alice_events.wait_for(event="message", id=hello.id)
+        self.assertEqual(alice.sessions[BOB].peer_device, device_id(second.credentials.certificate))
+
+        message = await alice.send_text(device, "for the first device only")
+        await first_events.wait_for(event="message", id=message.id)
+        await alice_events.wait_for(event="receipt", id=message.id)
+        self.assertEqual(alice.sessions[BOB].peer_device, device.sixid)
+        self.assertEqual([event["text"] for event in second_events.matching(event="message")], [])
+
     async def test_unknown_uncertified_and_withdrawn_devices(self) -> None:
         server = SixidServerDouble(fake_clock_now())
         alice, _ = await self.agent("alice", sixid_connector=server.connect, intermediary=False)
