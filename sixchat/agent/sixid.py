@@ -226,6 +226,10 @@ class Publisher:
         """The agent's device address now."""
         return SixIdAddress(device_id(self.agent.credentials.certificate), self.agent.identity.domain)
 
+    def idle(self) -> Deferred[None]:
+        """Fires once no registration (or withdrawal) is under way."""
+        return self._lock.run(lambda: None)
+
     def start(self) -> None:
         """Publish now, then keep it published until :meth:`stop`."""
         self._running = True

@@ -37,7 +37,16 @@ from sixid.records import (
     sign_registration,
     verify_record,
 )
-from test.helpers import CommandResult, closed_port, fake_clock_now, make_profile, run_module, start_agent
+from sixid.server.operations import SixidSettings
+from test.helpers import (
+    CommandResult,
+    RunningRegistry,
+    closed_port,
+    fake_clock_now,
+    make_profile,
+    run_module,
+    start_agent,
+)
 from test.sixchat.agent.helpers import BOB, AgentTestCase, endpoint_of, log_text
 
 DOMAIN = "example.org"
@@ -165,7 +174,7 @@ class PublishTests(AgentTestCase):
         clock.advance(LIFETIME / 2 - 1)
         self.assertEqual(len(server.registrations), 1)
         clock.advance(1)
-        await alice.publisher._lock.run(lambda: None)
+        await alice.publisher.idle()
         self.assertEqual(len(server.registrations), 2)
         self.assertGreater(server.registrations[1].seq, server.registrations[0].seq)
 
@@ -173,11 +182,11 @@ class PublishTests(AgentTestCase):
         relay = Endpoint.parse("192.0.2.7", 40000)
         alice.mailbox.relay = relay
         await alice.relay_changed()
-        await alice.publisher._lock.run(lambda: None)
+        await alice.publisher.idle()
         self.assertEqual(server.records[address].endpoints, (endpoint_of(alice), relay))
         # The same addresses again: nothing to do.
         await alice.relay_changed()
-        await alice.publisher._lock.run(lambda: None)
+        await alice.publisher.idle()
         self.assertEqual(len(server.registrations), 3)
 
         with capturedLogs() as logs:
@@ -193,10 +202,10 @@ class PublishTests(AgentTestCase):
         server.down = sixid_errors.ConnectionLost("cannot connect to the sixid server at 192.0.2.1 port 4606")
         with capturedLogs() as logs:
             alice, _ = await self.agent("alice", clock=clock, sixid=True, sixid_connector=server.connect)
-            await alice.publisher._lock.run(lambda: None)
+            await alice.publisher.idle()
             for delay in (BACKOFF_FIRST, BACKOFF_FIRST * 2):
                 clock.advance(delay)
-                await alice.publisher._lock.run(lambda: None)
+                await alice.publisher.idle()
         lines = [line for line in log_text(logs) if "Could not publish device ID" in line]
         self.assertEqual(len(lines), 3, log_text(logs))
         self.assertIn("cannot connect to the sixid server", lines[0])
@@ -207,7 +216,7 @@ class PublishTests(AgentTestCase):
         clock.advance(BACKOFF_FIRST * 4 - 1)
         self.assertEqual(server.registrations, [])
         clock.advance(1)
-        await alice.publisher._lock.run(lambda: None)
+        await alice.publisher.idle()
         self.assertEqual(len(server.registrations), 1)
         self.assertEqual(alice.publisher.failures, 0)
 
@@ -222,7 +231,7 @@ class PublishTests(AgentTestCase):
         server.accept(sign_registration(bob.credentials.private_key, ahead), "bob@example.org")
         await bob.stopService()
         bob, _ = await self.agent("bob", clock=clock, sixid=True, sixid_connector=server.connect)
-        await bob.publisher._lock.run(lambda: None)
+        await bob.publisher.idle()
         self.assertEqual(server.records[address].endpoints, (endpoint_of(bob),))
         self.assertGreater(server.records[address].seq, ahead.seq)
 
@@ -413,3 +422,56 @@ class OptionTests(AgentTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 parse(*argv)
             self.assertIn(text, str(caught.exception))
+
+
+class RealServerTests(AgentTestCase):
+    """Against the registry's own sixid server: real TLS, the sixid client, the registry's
+    certificate check (policy ``certified``) and its SQLite store."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.registry = await RunningRegistry(self, sixid=SixidSettings()).start()
+        self.users = {}
+        self.paths = {}
+
+    def server(self) -> tuple[str, int]:
+        return (self.registry.connect_host, self.registry.sixid_port)
+
+    async def test_publish_send_by_id_and_withdraw(self) -> None:
+        with capturedLogs() as logs:
+            bob, bob_events = await self.agent("bob", listen=("::1",), contacts=("alice",), sixid=True, sixid_server=self.server())
+            await bob.publisher.idle()
+        device = SixIdAddress(device_id(bob.credentials.certificate), DOMAIN)
+        self.assertTrue(any(f"Published device ID {device}" in line for line in log_text(logs)), log_text(logs))
+        alice, alice_events = await self.agent("alice", contacts=("bob",), sixid_server=self.server())
+        record = await alice.sixid.find(device)
+        self.assertEqual((record.owner, record.endpoints), (BOB, (endpoint_of(bob),)))
+        self.assertEqual(record.expires - record.signed_at, LIFETIME)
+
+        message = await alice.send_text(device, "over the registry's sixid")
+        self.assertEqual((await bob_events.wait_for(event="message", id=message.id))["text"], "over the registry's sixid")
+        await alice_events.wait_for(event="receipt", id=message.id)
+
+        with capturedLogs() as logs:
+            await bob.stopService()
+        self.assertTrue(any(f"Withdrew device ID {device}" in line for line in log_text(logs)), log_text(logs))
+        withdrawn = await alice.sixid.find(device, fresh=True)
+        self.assertEqual(withdrawn.endpoints, ())
+        self.assertGreater(withdrawn.seq, record.seq)
+
+    async def test_peer_with_another_key_is_refused(self) -> None:
+        await self.user("bob")
+        second, second_events = await start_agent(self, self.registry, await self.registry.issue("bob"), listen=("::1",))
+        # Bob's first device publishes, certified, the address where his second one answers.
+        first, _ = await self.agent("bob", listen=("::1",), sixid=True, sixid_server=self.server(), advertise=[endpoint_of(second)])
+        await first.publisher.idle()
+        self.assertIn("published as", first.status()["sixid"])
+        device = SixIdAddress(device_id(first.credentials.certificate), DOMAIN)
+        alice, alice_events = await self.agent("alice", contacts=("bob",), sixid_server=self.server(), intermediary=False)
+
+        message = await alice.send_text(device, "for the first device")
+        await self.settle(alice)
+        problems = alice_events.matching(event="progress", id=message.id)
+        self.assertEqual(len(problems), 1, alice_events.events)
+        self.assertIn(f"dialled device {device.sixid.grouped()}@{DOMAIN} but bob@example.org answered there with the key of device", problems[0]["reason"])
+        self.assertEqual(second_events.matching(event="message"), [])
+        self.assertEqual(await self.history(alice, BOB), [("out", "for the first device", "queued")])
