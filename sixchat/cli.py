@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from common.cliutil import CommandError, Context, parse_endpoint, run_until_done, server_argument
+from common.endpoint import split_host_port
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
 from common.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
@@ -30,6 +31,7 @@ from sixchat.agent.service import Agent, AgentSettings
 from sixchat.agent.sixid import device_id
 from sixchat.recipients import InvalidRecipient, Recipient, parse_recipient
 from sixchat.schedule import parse_at, state_text, when_text
+from sixid import DEFAULT_PORT as SIXID_PORT
 from sixid.ids import SixIdAddress
 
 Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
@@ -73,13 +75,14 @@ class ChatContext(Context):
             return self.control
         control = await connect_control(self.reactor, self.args.profile)
         if control is not None:
-            if self.args.server:
-                transport: Any = control.transport
-                transport.loseConnection()
-                raise CommandError(
-                    "--server applies only to an agent this command starts, and an agent is running for this"
-                    " profile (it uses the profile's registry): stop that agent first, or leave out --server"
-                )
+            for option, value in (("--server", self.args.server), ("--sixid-server", self.args.sixid_server)):
+                if value:
+                    transport: Any = control.transport
+                    transport.loseConnection()
+                    raise CommandError(
+                        f"{option} applies only to an agent this command starts, and an agent is running for this"
+                        f" profile (it uses its own settings): stop that agent first, or leave out {option}"
+                    )
             self.control = control
             return control
         listen = (self.args.listen or [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]) if network else []
@@ -91,6 +94,7 @@ class ChatContext(Context):
             mailbox=network,
             control=False,
             server=server_argument(self.args.server) if self.args.server else None,
+            sixid_server=_sixid_server(self.args.sixid_server),
         )
         agent = Agent(settings, self.reactor)
         try:
@@ -110,6 +114,16 @@ class ChatContext(Context):
         elif self.control is not None and hasattr(self.control, "transport"):
             self.control.transport.loseConnection()
         self.close()
+
+
+def _sixid_server(text: str | None) -> tuple[str, int] | None:
+    """``--sixid-server HOST[:PORT]`` (port 4606 by default), or None."""
+    if not text:
+        return None
+    try:
+        return split_host_port(text, SIXID_PORT)
+    except ValueError as error:
+        raise CommandError(f"--sixid-server: {error}") from None
 
 
 def show(text: str = "") -> None:
@@ -415,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     for target, default in ((parser, None), (common, argparse.SUPPRESS)):
         target.add_argument("--profile", default=default_profile_path() if default is None else default, help="profile folder (default: $IRP_PROFILE or ~/.irp)")
         target.add_argument("--server", default=default, help="your registry HOST[:PORT], overriding the profile")
+        target.add_argument("--sixid-server", default=default, help="your domain's sixid server HOST[:PORT] for an agent this"
+                            " command starts (default: found by DNS SRV _sixid._tcp, else the domain on port 4606)")
         target.add_argument("--timeout", type=float, default=30.0 if default is None else default, help="seconds to wait for a registry (default 30)")
         target.add_argument("--listen", action="append", default=default, help="endpoint for an agent this command starts (chat)")
         target.add_argument("--advertise", action="append", default=default, help="address such an agent publishes")
@@ -491,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
-    for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None)):
+    for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None), ("sixid_server", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
     if reactor is None:

@@ -237,7 +237,7 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
         }
     if op == "find":
         device = _device(request.get("who"))
-        found = await agent.sixid.find(device)
+        found = await agent.sixid.find(device, fresh=True)
         return {
             "who": str(device),
             "grouped": f"{device.sixid.grouped()}@{device.domain}",

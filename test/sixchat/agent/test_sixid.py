@@ -399,6 +399,10 @@ class CommandTests(AgentTestCase):
         refused = await self.sixchat("alice", "add", grouped)
         self.assertEqual(refused.code, 2, refused)
         self.assertIn("is a device ID: give the user", refused.err)
+        # The running agent has its own sixid settings.
+        refused = await self.sixchat("alice", "send", grouped, "hi", "--sixid-server", "127.0.0.1:4606")
+        self.assertEqual(refused.code, 2, refused)
+        self.assertIn("--sixid-server applies only to an agent this command starts", refused.err)
 
 
 class OptionTests(AgentTestCase):
