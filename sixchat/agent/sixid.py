@@ -109,6 +109,7 @@ class SixidServers:
         self.connector = connector
         self._clients: dict[str, SixidConnection] = {}
         self._connecting: dict[str, list[Deferred[SixidConnection]]] = {}
+        self._closed = False
 
     async def client(self, domain: str) -> SixidConnection:
         """The connection to ``domain``'s sixid server (concurrent callers share one
@@ -116,6 +117,8 @@ class SixidServers:
         existing = self._clients.get(domain)
         if existing is not None:
             return existing
+        if self._closed:
+            raise sixid_errors.ClientError("the agent is stopping: no new sixid connections")
         mine: Deferred[SixidConnection] = Deferred()
         waiters = self._connecting.get(domain)
         if waiters is None:
@@ -127,6 +130,10 @@ class SixidServers:
 
     def _connected(self, result: SixidConnection | Failure, domain: str) -> None:
         waiters = self._connecting.pop(domain, [])
+        if not isinstance(result, Failure) and self._closed:
+            # Connected while the agent stopped: not kept.
+            Deferred.fromCoroutine(_await(result.close())).addErrback(lambda _: None)
+            result = Failure(sixid_errors.ClientError("the agent is stopping: no new sixid connections"))
         if not isinstance(result, Failure):
             self._clients[domain] = result
             result.when_lost().addBoth(lambda _: self._lost(domain, result))
@@ -190,7 +197,8 @@ class SixidServers:
         return record
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (none is opened after)."""
+        self._closed = True
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             try:

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from common.endpoint import Endpoint
 from common.identity import Identity, identity_from_certificate
+from common.profile import Profile
 from sixchat import errors
 from sixchat.agent.service import Agent
 from sixchat.agent.sixid import BACKOFF_FIRST, LIFETIME, device_id
@@ -195,6 +196,25 @@ class PublishTests(AgentTestCase):
         self.assertEqual(withdrawal.endpoints, ())
         self.assertGreater(withdrawal.seq, server.registrations[2].seq)
         self.assertTrue(any(f"Withdrew device ID {address}" in line for line in log_text(logs)), log_text(logs))
+
+    async def test_new_key_new_id(self) -> None:
+        server = SixidServerDouble(fake_clock_now())
+        alice, _ = await self.agent("alice", sixid=True, sixid_connector=server.connect)
+        await alice.publisher.idle()
+        old = SixIdAddress(device_id(alice.credentials.certificate), DOMAIN)
+        renewed = await self.registry.issue("alice")
+        Profile(self.paths["alice"]).save_credentials(renewed.key, [renewed.certificate, *renewed.chain])
+        with capturedLogs() as logs:
+            self.assertTrue(alice.reload_credentials(force=True))
+            await alice.publisher.idle()
+        new = SixIdAddress(device_id(renewed.certificate), DOMAIN)
+        self.assertNotEqual(new, old)
+        # The old ID is withdrawn (signed with the old key), the new one published.
+        self.assertEqual(server.records[old].endpoints, ())
+        self.assertEqual((server.records[new].endpoints, server.records[new].owner), ((endpoint_of(alice),), Identity("alice", DOMAIN)))
+        lines = log_text(logs)
+        self.assertTrue(any(f"Withdrew device ID {old}" in line and "the certificate changed" in line for line in lines), lines)
+        self.assertTrue(any(f"Published device ID {new}" in line for line in lines), lines)
 
     async def test_backoff_while_the_server_fails(self) -> None:
         clock = fake_clock_now()
