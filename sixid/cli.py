@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -28,21 +27,28 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred, race
+from twisted.internet.defer import Deferred, DeferredList, FirstError, race
 from twisted.internet.task import deferLater
 
-from common.cliutil import CommandError, Context, parse_endpoint, run_until_done
-from common.endpoint import Endpoint, split_host_port
-from common.identity import InvalidIdentity, check_domain, identity_from_certificate
+from common.cliutil import CommandError, parse_endpoint, run_until_done
+from common.endpoint import Endpoint
+from common.identity import InvalidIdentity, identity_from_certificate
 from common.pki import keyfiles
 from common.pki.errors import PKIError
 from common.pki.keyfiles import PrivateKey
 from common.pki.keys import KEY_TYPES, generate_key
-from common.pki.trust import check_anchor
-from common.profile import TRUSTED_DIRECTORY, Profile, ProfileError, default_profile_path
-from common.timeutil import format_timestamp
-from sixid import DEFAULT_PORT, errors
-from sixid.client import SixidClient, connect_sixid, fetch_root
+from common.profile import ProfileError, default_profile_path
+from sixid import errors
+from sixid.cli_context import (
+    SixidContext,
+    change_line,
+    domain_argument,
+    note,
+    parse_addresses,
+    record_lines,
+    show,
+)
+from sixid.client import SixidClient, connect_sixid
 from sixid.ids import InvalidSixId, SixIdAddress, derive_id
 from sixid.records import Registration, VerifiedRecord, sign_registration
 
@@ -52,155 +58,6 @@ Command = Callable[["SixidContext"], Coroutine[Any, Any, int]]
 DEFAULT_LIFETIME = 3600
 #: Longest wait between two attempts of ``sixid watch`` to reconnect.
 MAX_RECONNECT_DELAY = 60.0
-
-
-def show(text: str = "") -> None:
-    """Print one line of output (at once: watchers read it as it comes)."""
-    print(text, flush=True)
-
-
-def note(text: str) -> None:
-    """Print a progress line on standard error (output stays clean for scripts)."""
-    print(text, file=sys.stderr, flush=True)
-
-
-class SixidContext(Context):
-    """The command's profile, options, and the connections it opened (closed at the end)."""
-
-    program = "sixid"
-
-    def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
-        super().__init__(reactor, args)
-        # An IRP profile: its own messages name the irp command that fixes it.
-        self.profile = Profile(args.profile, "irp")
-        self.clients: list[SixidClient] = []
-
-    def server(self) -> tuple[str, int] | None:
-        """``--server HOST[:PORT]`` (port 4606 by default), or None: found by DNS."""
-        if not self.args.server:
-            return None
-        try:
-            return split_host_port(self.args.server, DEFAULT_PORT)
-        except ValueError as error:
-            raise CommandError(f"--server: {error}") from None
-
-    async def root(self, domain: str) -> x509.Certificate:
-        """The root CA trusted for ``domain``: ``--ca-file`` (with ``--ca-fingerprint``,
-        they must agree), ``--ca-fingerprint`` alone (the root fetched from the domain's
-        sixid server and accepted only with that fingerprint), else the profile's: its
-        own domain's pinned root, or one trusted with ``sixid trust``."""
-        args = self.args
-        expected = _fingerprint_argument(args.ca_fingerprint) if getattr(args, "ca_fingerprint", None) else None
-        if getattr(args, "ca_file", None):
-            root = _load_root(args.ca_file)
-            if expected is not None and keyfiles.fingerprint(root) != expected:
-                raise CommandError(f"{args.ca_file} does not have the fingerprint given: refusing to trust it")
-        elif expected is not None:
-            root = await fetch_root(self.reactor, domain, expected, server=self.server(), resolver=self.resolver, timeout=args.timeout)
-        else:
-            root = self._profile_root(domain)
-        _check_anchor(root, domain)
-        return root
-
-    def _profile_root(self, domain: str) -> x509.Certificate:
-        profile = self.profile
-        if profile.exists and profile.load_config().domain == domain:
-            return profile.root()
-        path = profile.file(os.path.join(TRUSTED_DIRECTORY, f"{domain}.pem"))
-        if os.path.exists(path):
-            return _load_root(path)
-        raise CommandError(
-            f"no root CA of {domain} is trusted yet: give --ca-file ROOT.pem or --ca-fingerprint FP,"
-            f" or trust it once with 'sixid --profile {shlex.quote(str(profile.path))} trust --domain {domain} --ca-file ROOT.pem'"
-        )
-
-    async def connect(self, domain: str) -> SixidClient:
-        """A verified connection to ``domain``'s sixid server (closed when the command ends)."""
-        root = await self.root(domain)
-        client = await connect_sixid(
-            self.reactor, domain, trust=root, server=self.server(), resolver=self.resolver, timeout=self.args.timeout
-        )
-        self.clients.append(client)
-        return client
-
-    async def finish(self) -> None:
-        """Close every connection still open."""
-        clients, self.clients = self.clients, []
-        for client in clients:
-            await client.close()
-
-
-def _fingerprint_argument(text: str) -> str:
-    try:
-        return keyfiles.parse_fingerprint(text)
-    except ValueError as error:
-        raise CommandError(f"--ca-fingerprint: {error}") from None
-
-
-def _load_root(path: str) -> x509.Certificate:
-    try:
-        return keyfiles.load_certificates(path)[0]
-    except (OSError, ValueError, IndexError, keyfiles.KeyFileError) as error:
-        raise CommandError(f"cannot read a root CA from {path}: {error}") from None
-
-
-def _check_anchor(root: x509.Certificate, domain: str) -> None:
-    try:
-        check_anchor(root, domain)
-    except ValueError as error:
-        raise CommandError(f"{error}: refusing to trust it") from None
-
-
-def _domain_argument(text: str) -> str:
-    try:
-        return check_domain(text)
-    except InvalidIdentity as error:
-        raise CommandError(str(error)) from None
-
-
-def _addresses(texts: Sequence[str]) -> list[SixIdAddress]:
-    try:
-        return [SixIdAddress.parse(text) for text in texts]
-    except InvalidSixId as error:
-        raise CommandError(error.message) from None
-
-
-# -- output --------------------------------------------------------------------------------
-
-
-def endpoint_text(endpoint: Endpoint) -> str:
-    """``[v6]:port`` or ``v4:port``."""
-    return f"[{endpoint.address}]:{endpoint.port}" if ":" in endpoint.address else f"{endpoint.address}:{endpoint.port}"
-
-
-def where_text(record: VerifiedRecord) -> str:
-    """The endpoints of a record, or that it was withdrawn."""
-    if not record.endpoints:
-        return "not reachable (withdrawn)"
-    return ", ".join(endpoint_text(endpoint) for endpoint in record.endpoints)
-
-
-def owner_text(record: VerifiedRecord) -> str:
-    """Who the domain's CA certified the key to, or that nobody vouches for it."""
-    return f"owner {record.owner}" if record.owner is not None else "not certified"
-
-
-def record_lines(record: VerifiedRecord) -> list[str]:
-    """The lines ``sixid lookup`` and ``sixid register`` print about a record."""
-    return [
-        f"{record.address}",
-        f"  reachable at  {where_text(record)}",
-        f"  valid until   {format_timestamp(record.expires)} (signed {format_timestamp(record.signed_at)}, seq {record.seq})",
-        f"  {owner_text(record)}",
-    ]
-
-
-def change_line(address: SixIdAddress, record: VerifiedRecord | None, now: float) -> str:
-    """One line of ``sixid watch``."""
-    stamp = format_timestamp(int(now))
-    if record is None:
-        return f"{stamp} {address}: no current record"
-    return f"{stamp} {address}: {where_text(record)} (until {format_timestamp(record.expires)}, seq {record.seq}, {owner_text(record)})"
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -253,7 +110,7 @@ async def cmd_id(ctx: SixidContext) -> int:
         raise CommandError(f"give --key FILE or --certificate FILE (or --profile of an enrolled IRP user; {ctx.profile.path} holds no key)")
     sixid = derive_id(public_key)
     text = sixid.grouped() if args.grouped else str(sixid)
-    show(f"{text}@{_domain_argument(args.domain)}" if args.domain else text)
+    show(f"{text}@{domain_argument(args.domain)}" if args.domain else text)
     return 0
 
 
@@ -263,7 +120,7 @@ async def cmd_id(ctx: SixidContext) -> int:
 async def cmd_trust(ctx: SixidContext) -> int:
     """Trust a domain's root CA for sixid (stored in the profile's trusted roots)."""
     args = ctx.args
-    domain = _domain_argument(args.domain)
+    domain = domain_argument(args.domain)
     if not args.ca_file and not args.ca_fingerprint:
         raise CommandError("give --ca-fingerprint FP (checked with the domain's operator) or --ca-file ROOT.pem")
     root = await ctx.root(domain)
@@ -285,6 +142,11 @@ async def cmd_trust(ctx: SixidContext) -> int:
         return 0
     path = profile.trust_domain(domain, root)
     show(f"Trusting {domain} (root {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}; {checked}), in {path}.")
+    if args.server:
+        server = ctx.server(domain)
+        assert server is not None
+        ctx.note_server(domain, *server)
+        show(f"Its sixid server: {server[0]} port {server[1]} (later commands use it without --server).")
     return 0
 
 
@@ -319,7 +181,7 @@ async def cmd_register(ctx: SixidContext) -> int:
     if chain and derive_id(chain[0].public_key()) != derive_id(key.public_key()):
         raise CommandError("the certificate is not for this key")
     if args.domain:
-        domain = _domain_argument(args.domain)
+        domain = domain_argument(args.domain)
     elif chain:
         try:
             domain = identity_from_certificate(chain[0]).domain
@@ -357,52 +219,91 @@ def _one_domain_per_server(ctx: SixidContext, addresses: Sequence[SixIdAddress])
 
 
 async def cmd_lookup(ctx: SixidContext) -> int:
-    """Look IDs up: where each can be reached now, verified."""
-    addresses = _addresses(ctx.args.address)
+    """Look IDs up: where each can be reached now, verified (the look-ups of one domain
+    pipelined on one connection)."""
+    addresses = parse_addresses(ctx.args.address)
     _one_domain_per_server(ctx, addresses)
     clients: dict[str, SixidClient] = {}
-    missing = 0
-    for index, address in enumerate(addresses):
+    for address in addresses:
         if address.domain not in clients:
             clients[address.domain] = await ctx.connect(address.domain)
-        try:
-            record = await clients[address.domain].lookup(address)
-        except errors.UnknownId as error:
-            if len(addresses) == 1:
-                raise
-            note(f"sixid: {address}: {error.message} [{error.name}]")
-            missing += 1
-            continue
-        if index:
-            show()
-        for line in record_lines(record):
-            show(line)
+    lookups = [Deferred.fromCoroutine(clients[address.domain].lookup(address)) for address in addresses]
+    missing = 0
+    try:
+        for index, (address, lookup) in enumerate(zip(addresses, lookups, strict=True)):
+            try:
+                record = await lookup
+            except errors.UnknownId as error:
+                if len(addresses) == 1:
+                    raise
+                note(f"sixid: {address}: {error.message} [{error.name}]")
+                missing += 1
+                continue
+            if index:
+                show()
+            for line in record_lines(record):
+                show(line)
+    finally:
+        for lookup in lookups:
+            lookup.addErrback(lambda _failure: None)  # those not awaited after a failure
     return 4 if missing else 0
+
+
+class Stopping:
+    """Fires every waiter once the command is to stop (Ctrl-C, SIGTERM: the reactor's
+    shutdown)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._waiters: list[Deferred[None]] = []
+
+    def stop(self) -> None:
+        """Stop now (once)."""
+        if not self.stopped:
+            self.stopped = True
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # not cancelled by a race an earlier one ended
+                    waiter.callback(None)
+
+    def wait(self) -> Deferred[None]:
+        """A new Deferred that fires on :meth:`stop` (each waiter its own: one may be
+        cancelled without touching the others)."""
+        waiter: Deferred[None] = Deferred(lambda cancelled: self._forget(cancelled))
+        if self.stopped:
+            waiter.callback(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _forget(self, waiter: Deferred[None]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
 
 async def cmd_watch(ctx: SixidContext) -> int:
     """Watch IDs: a line per change, until interrupted (Ctrl-C)."""
-    addresses = _addresses(ctx.args.address)
+    addresses = parse_addresses(ctx.args.address)
     _one_domain_per_server(ctx, addresses)
-    stopping: Deferred[None] = Deferred()
-    ctx.reactor.addSystemEventTrigger("before", "shutdown", lambda: None if stopping.called else stopping.callback(None))
+    stopping = Stopping()
+    ctx.reactor.addSystemEventTrigger("before", "shutdown", stopping.stop)
     by_domain: dict[str, list[SixIdAddress]] = {}
     for address in dict.fromkeys(addresses):
         by_domain.setdefault(address.domain, []).append(address)
     watchers = [Deferred.fromCoroutine(_watch_domain(ctx, domain, watched, stopping)) for domain, watched in by_domain.items()]
-    first = race([stopping, *watchers])
     try:
-        await first
-    except BaseException:
-        if not stopping.called:
-            stopping.callback(None)
-        raise
+        # The first to end: an interruption, or a watcher's failure (never a success).
+        await DeferredList([stopping.wait(), *watchers], fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True)
+    except FirstError as error:
+        error.subFailure.raiseException()
+    finally:
+        stopping.stop()
     return 0
 
 
-async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAddress], stopping: Deferred[None]) -> None:
+async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAddress], stopping: Stopping) -> None:
     """Watch ``addresses`` of one domain, reconnecting (with a growing delay) when the
-    connection is lost, until ``stopping`` fires."""
+    connection is lost, until ``stopping`` stops."""
     told: dict[SixIdAddress, tuple[int, bool] | None] = {}
 
     def changed(address: SixIdAddress, record: VerifiedRecord | None) -> None:
@@ -414,14 +315,14 @@ async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAdd
 
     delay = 1.0
     root = await ctx.root(domain)
-    while not stopping.called:
+    while not stopping.stopped:
         try:
             client = await connect_sixid(
-                ctx.reactor, domain, trust=root, server=ctx.server(), resolver=ctx.resolver, timeout=ctx.args.timeout
+                ctx.reactor, domain, trust=root, server=ctx.server(domain), resolver=ctx.resolver, timeout=ctx.args.timeout
             )
         except (errors.ConnectionLost, errors.Timeout, errors.Unavailable) as error:
             note(f"sixid: cannot reach the sixid server of {domain}: {error.message}; trying again in {delay:g} s")
-            await _pause(ctx, delay, stopping)
+            await race([deferLater(ctx.reactor, delay), stopping.wait()])
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
             continue
         ctx.clients.append(client)
@@ -432,17 +333,14 @@ async def _watch_domain(ctx: SixidContext, domain: str, addresses: list[SixIdAdd
             note(f"sixid: the connection to the sixid server of {domain} was lost: {error.message}; reconnecting")
             continue
         delay = 1.0
-        await race([client.when_lost(), stopping])
-        if stopping.called:
+        await race([client.when_lost(), stopping.wait()])
+        if stopping.stopped:
             return
-        why = client.failure.message if client.failure is not None else "closed by the server"
+        ctx.clients.remove(client)
         if isinstance(client.failure, errors.ServerVerificationFailed | errors.VerificationFailed):
             raise client.failure
+        why = client.failure.message if client.failure is not None else "closed by the server"
         note(f"sixid: the connection to the sixid server of {domain} was lost ({why}); reconnecting")
-
-
-async def _pause(ctx: SixidContext, seconds: float, stopping: Deferred[None]) -> None:
-    await race([deferLater(ctx.reactor, seconds), stopping])
 
 
 # -- parsing and running -----------------------------------------------------------------------

@@ -13,7 +13,9 @@ every wait is bounded. Every record the server answers or pushes is verified
 (:func:`sixid.records.verify_record`) against the registry's record-signing key, learnt
 once per connection from ``<signer/>`` and accepted only when its chain verifies to the
 pinned root with the IRP client's own check (:func:`irp.client.results.verify_ca_chain`).
-Looked-up records are kept in a small cache for their remaining lifetime.
+Looked-up records are kept in a small cache for their remaining lifetime. The server
+closes a connection idle for 5 minutes (3 while it watches: the client pings every minute
+then); a call on a closed connection fails with ``connection-lost``: connect again.
 
 Failures are :class:`~sixid.errors.SixidError` subclasses: the server's refusals by their
 wire names, and client-local ones (``connection-lost``, ``verification-failed``,
@@ -33,29 +35,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from common.caches import RecentCache
 from common.factory import QuietFactory
 from common.identity import check_domain
 from common.pki.keyfiles import fingerprint, format_fingerprint
-from common.tls import client_options, send_without_delay
-from common.wire.framing import FrameDecoder, FrameError, encode_frame
+from common.tls import client_options
 from irp.client import IRPError, NotFound
 from irp.client.discovery import discover
 from irp.client.results import CAChain, verify_ca_chain
 from sixid import DEFAULT_PORT, SRV_SERVICE, errors
+from sixid.client_protocol import DEFAULT_TIMEOUT, SixidClientProtocol, describe_tls_failure, request_result
 from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRecord, SignedRegistration, VerifiedRecord, verify_record
 from sixid.wire import (
-    MAX_FRAME,
+    MAX_OUTSTANDING,
     Changed,
-    ErrorAnswer,
     Gone,
     Lookup,
     Operation,
@@ -63,21 +61,17 @@ from sixid.wire import (
     Pong,
     RecordResult,
     Register,
-    Request,
-    Response,
-    Result,
     Signer,
     SignerChain,
     Unwatch,
     Unwatched,
     Watch,
     Watching,
-    encode_request,
-    parse_answer,
 )
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_HELD_PUSHES",
     "MAX_OUTSTANDING",
     "PING_INTERVAL",
     "RecordCache",
@@ -85,18 +79,19 @@ __all__ = [
     "SixidClientProtocol",
     "WatchCallback",
     "connect_sixid",
+    "describe_tls_failure",
     "fetch_root",
+    "find_servers",
+    "verify_signer_chain",
 ]
 
 log = Logger()
 
-#: Seconds to wait for a connection, the TLS handshake or an answer (default).
-DEFAULT_TIMEOUT = 15.0
 #: Seconds between keep-alive pings while the connection watches IDs (the server drops a
 #: watching connection after 180 s of silence).
 PING_INTERVAL = 60.0
-#: Requests in flight on one connection (the server's cap); more wait in a local queue.
-MAX_OUTSTANDING = 32
+#: Pushes held for a watch not answered yet (a server sending more is broken).
+MAX_HELD_PUSHES = 64
 #: Records the look-up cache holds at most (the least recently used goes first).
 CACHE_SIZE = 1024
 
@@ -147,136 +142,6 @@ class RecordCache:
         return len(self._records)
 
 
-# -- the connection --------------------------------------------------------------------------
-
-
-@implementer(IHandshakeListener)
-class SixidClientProtocol(Protocol):
-    """Frames requests, matches answers by id, hands pushes to ``on_push``."""
-
-    def __init__(self, reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.reactor = reactor
-        self.timeout = timeout
-        self.decoder = FrameDecoder(MAX_FRAME)
-        self.waiting: dict[int, Deferred[Result]] = {}
-        self.queued: list[tuple[Request, Deferred[Result]]] = []
-        self.next_id = 1
-        #: Fires once TLS is up (and the server's certificate verified).
-        self.ready: Deferred[SixidClientProtocol] = Deferred()
-        self.closed = False
-        self.failure: errors.SixidError | None = None
-        #: Called with each push (``Changed`` or ``Gone``).
-        self.on_push: Callable[[Changed | Gone], None] | None = None
-        self._lost_waiters: list[Deferred[None]] = []
-
-    def connectionMade(self) -> None:  # noqa: N802
-        """TCP is up (the TLS handshake starts): send small messages at once."""
-        send_without_delay(self.transport)
-
-    def handshakeCompleted(self) -> None:  # noqa: N802
-        """TLS is up; the server's certificate passed the TLS layer's check."""
-        if not self.ready.called:
-            self.ready.callback(self)
-
-    def request(self, operation: Operation) -> Deferred[Result]:
-        """Send one request; fire with its result, or fail with the error answered
-        (``timeout`` after ``timeout`` seconds, which also ends the connection: a late answer
-        could not be matched safely)."""
-        if self.closed:
-            raise self.failure or errors.ConnectionLost()
-        request = Request(self.next_id, operation)
-        self.next_id += 1
-        result: Deferred[Result] = Deferred()
-        if len(self.waiting) >= MAX_OUTSTANDING:
-            self.queued.append((request, result))
-        else:
-            self._send(request, result)
-        return result
-
-    def _send(self, request: Request, result: Deferred[Result]) -> None:
-        self.waiting[request.id] = result
-        self.transport.write(encode_frame(encode_request(request)))  # type: ignore[union-attr]
-        call = self.reactor.callLater(self.timeout, self._timed_out, request.id)
-
-        def cancel_timer(outcome: Any) -> Any:
-            if call.active():
-                call.cancel()
-            return outcome
-
-        result.addBoth(cancel_timer)
-
-    def _timed_out(self, request_id: int) -> None:
-        waiting = self.waiting.pop(request_id, None)
-        if waiting is not None:
-            self.failure = errors.Timeout("an earlier request to the sixid server timed out")
-            waiting.errback(errors.Timeout(f"the sixid server did not answer within {self.timeout:g} seconds"))
-            self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        """Frames to answers and pushes."""
-        try:
-            self.decoder.append(data)
-            while not self.closed:
-                frame = self.decoder.next_frame()
-                if frame is None:
-                    return
-                self._message(parse_answer(frame))
-        except FrameError as error:
-            self.fail(errors.MalformedMessage(f"the sixid server broke the framing: {error}"))
-        except errors.SixidError as error:
-            self.fail(errors.MalformedMessage(f"the sixid server sent an invalid message: {error.message}"))
-
-    def _message(self, message: Response | ErrorAnswer | Changed | Gone) -> None:
-        if isinstance(message, Response | ErrorAnswer):
-            if message.id is None:
-                assert isinstance(message, ErrorAnswer)
-                self.fail(message.error)
-                return
-            waiting = self.waiting.pop(message.id, None)
-            if waiting is None:
-                raise errors.MalformedMessage(f"an answer to request {message.id}, which is not outstanding")
-            if isinstance(message, ErrorAnswer):
-                waiting.errback(message.error)
-            else:
-                waiting.callback(message.result)
-            while self.queued and len(self.waiting) < MAX_OUTSTANDING and not self.closed:
-                self._send(*self.queued.pop(0))
-        elif self.on_push is not None:
-            self.on_push(message)
-
-    def fail(self, error: errors.SixidError) -> None:
-        """End the connection because of ``error`` (what every outstanding request fails with)."""
-        self.failure = self.failure or error
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
-        """Fail everything outstanding; tell those waiting for the end."""
-        self.closed = True
-        if not self.ready.called:
-            self.ready.errback(
-                self.failure
-                or errors.ServerVerificationFailed(f"the TLS connection to the sixid server failed: {reason.getErrorMessage()}")
-            )
-        failure = self.failure or errors.ConnectionLost(f"the connection to the sixid server was lost: {reason.getErrorMessage()}")
-        waiting = [*self.waiting.values(), *(deferred for _, deferred in self.queued)]
-        self.waiting.clear()
-        self.queued.clear()
-        for deferred in waiting:
-            deferred.errback(failure)
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def when_lost(self) -> Deferred[None]:
-        """A Deferred that fires once the connection is gone."""
-        waiter: Deferred[None] = Deferred()
-        if self.closed:
-            waiter.callback(None)
-        else:
-            self._lost_waiters.append(waiter)
-        return waiter
-
-
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -314,7 +179,7 @@ class SixidClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _call(self, operation: Operation, kind: type[R]) -> R:
-        return await _request(self.protocol, operation, kind)
+        return await request_result(self.protocol, operation, kind)
 
     def _now(self) -> float:
         return float(self.reactor.seconds())
@@ -457,6 +322,9 @@ class SixidClient:
         if watch is None:
             return  # not watched (any more): the push crossed an unwatch
         if not watch.answered:
+            if len(watch.pending) >= MAX_HELD_PUSHES:
+                self.protocol.fail(errors.MalformedMessage(f"the sixid server pushed more than {MAX_HELD_PUSHES} changes before answering a watch"))
+                return
             watch.pending.append(push)
         else:
             self._apply(watch, push)
@@ -616,7 +484,7 @@ async def fetch_root(
     unverified = ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
     protocol = await _connect_one(reactor, host, port, unverified, timeout)
     try:
-        chain: SignerChain = await _request(protocol, Signer(), SignerChain)
+        chain: SignerChain = await request_result(protocol, Signer(), SignerChain)
         _record_signing, issuing, root = load_signer_chain(chain.certificates)
         if fingerprint(root) != expected:
             raise errors.ServerVerificationFailed(
@@ -634,16 +502,6 @@ async def fetch_root(
         if not protocol.closed:
             protocol.transport.loseConnection()  # type: ignore[union-attr]
             await protocol.when_lost()
-
-
-async def _request(protocol: SixidClientProtocol, operation: Operation, kind: type[R]) -> R:
-    """Send ``operation``; its result, which must be a ``kind`` (else the connection ends:
-    the server broke the protocol)."""
-    result = await protocol.request(operation)
-    if not isinstance(result, kind):
-        protocol.fail(errors.MalformedMessage("the sixid server answered with the wrong result"))
-        raise errors.MalformedMessage(f"expected {kind.__name__}, got {type(result).__name__}")
-    return result
 
 
 async def _connect_one(reactor: Any, host: str, port: int, tls: Any, timeout: float) -> SixidClientProtocol:
@@ -664,6 +522,8 @@ async def _connect_one(reactor: Any, host: str, port: int, tls: Any, timeout: fl
     call = reactor.callLater(timeout, too_slow)
     try:
         return await protocol.ready
+    except errors.ServerVerificationFailed as error:
+        raise errors.ServerVerificationFailed(f"{error.message} (at {host} port {port})") from None
     finally:
         if call.active():
             call.cancel()

@@ -138,6 +138,22 @@ class WatchingAnswer:
     record_b64: bytes | None = field(repr=False)
 
 
+class TextLookup:
+    """A plain look-up read without the XML parser (:func:`sixid.wire.match_lookup`): the
+    request and its operation in one small object, the ID as canonical text."""
+
+    __slots__ = ("id", "sixid")
+
+    def __init__(self, request_id: int, sixid: str) -> None:
+        self.id = request_id
+        self.sixid = sixid
+
+    @property
+    def operation(self) -> TextLookup:
+        """The request is its own operation."""
+        return self
+
+
 class Operations:
     """Runs operations for clients (see the module docs)."""
 
@@ -168,9 +184,11 @@ class Operations:
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def run(self, client: Client, operation: Operation) -> Any:
+    def run(self, client: Client, operation: Operation | TextLookup) -> Any:
         """Run ``operation`` for ``client``: the result, or a Deferred firing with it."""
         kind = type(operation)
+        if kind is TextLookup:
+            return self.lookup(operation.sixid)  # type: ignore[union-attr]
         if kind is Lookup:
             return self.lookup(operation.sixid)  # type: ignore[union-attr]
         if kind is Register:
@@ -187,10 +205,13 @@ class Operations:
 
     # -- look-up --------------------------------------------------------------------------
 
-    def lookup(self, sixid: object) -> Deferred[RecordAnswer]:
-        """The current record of ``sixid``, or UnknownId."""
+    def lookup(self, sixid: object) -> RecordAnswer | Deferred[RecordAnswer]:
+        """The current record of ``sixid`` (or a Deferred firing with it), or UnknownId."""
         text = str(sixid)
         reading = self.store.get_sixid_record(text, int(self.clock.seconds()))
+        if reading.called and (reading.result is None or type(reading.result) is StoredRecord):
+            # The direct reader answered already: no callback chain on the hot path.
+            return _record_answer(reading.result, text)
         return reading.addCallback(_record_answer, text)
 
     # -- watch ----------------------------------------------------------------------------

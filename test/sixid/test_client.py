@@ -1,61 +1,54 @@
 """The sixid client library.
 
-Over real TLS on loopback against a small server built here with the core codec (it runs
-the operations on a dict, and can be told to misbehave: hold answers, push first, tamper
-with records, present another CA's chain): connecting (SRV, the server's certificate),
+Over real TLS on loopback against the real server hosted by a real registry, and against
+a small server made with the core codec (:mod:`test.sixid.fake_server`, which can be told
+to misbehave): connecting (SRV, the server's certificate),
 register, lookup and its cache, watch with pushes, verification failures. On a fake
 transport with a fake clock: pipelining and its cap, timeouts, the keep-alive.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from service_identity import VerificationError
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSQueryTimeoutError
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from common.endpoint import Endpoint
+from common.identity import Identity
 from common.pki.keyfiles import fingerprint
-from common.pki.keys import generate_key
-from common.tls import ServerTLS, make_server_context
-from common.wire.framing import FrameDecoder, encode_frame
-from irp.server.ca import CertificateAuthority
+from common.wire.framing import encode_frame
 from sixid import errors
 from sixid.client import (
+    MAX_HELD_PUSHES,
     MAX_OUTSTANDING,
     PING_INTERVAL,
     RecordCache,
     SixidClient,
     SixidClientProtocol,
     connect_sixid,
+    describe_tls_failure,
     fetch_root,
     find_servers,
 )
 from sixid.ids import SixIdAddress, derive_id
-from sixid.records import Record, Registration, SignedRecord, VerifiedRecord, sign_record, sign_registration
+from sixid.records import Registration, SignedRecord, VerifiedRecord, sign_record, sign_registration
+from sixid.server.service import SixidSettings
 from sixid.wire import (
     Changed,
     Gone,
-    Lookup,
     Ping,
     Pong,
-    RecordResult,
-    Register,
     Signer,
     SignerChain,
     Unwatch,
@@ -67,152 +60,9 @@ from sixid.wire import (
     encode_response,
     parse_request,
 )
-from test.helpers import frames_of
+from test.helpers import RunningRegistry, closed_port, frames_of
 from test.irp.client.helpers import ZoneAuthority, srv
-from test.pki import make_ca
-
-DOMAIN = "example.org"
-ENDPOINTS = (Endpoint.parse("2001:db8::7", 4605), Endpoint.parse("192.0.2.7", 4605))
-
-
-@dataclass(frozen=True)
-class RegistryPKI:
-    """A domain's CA, its server's TLS key and certificate, its record-signing key and chain."""
-
-    ca: CertificateAuthority
-    server_context: Any
-    signing_key: ed25519.Ed25519PrivateKey
-    signer_chain: tuple[bytes, bytes, bytes]
-
-    @property
-    def root(self) -> x509.Certificate:
-        return self.ca.root_certificate
-
-
-@functools.cache
-def registry_pki(label: str = "") -> RegistryPKI:
-    """The PKI of a registry of example.org (``label``: another CA of the same name)."""
-    ca = make_ca(DOMAIN, label=label)
-    server_key = generate_key("p256")
-    server_certificate = ca.issue_server_certificate(["127.0.0.1", "localhost"], server_key.public_key())
-    signing_key = ed25519.Ed25519PrivateKey.generate()
-    signing_certificate = ca.issue_signing_certificate(signing_key.public_key())
-    chain = tuple(certificate.public_bytes(Encoding.DER) for certificate in (signing_certificate, ca.issuing_certificate, ca.root_certificate))
-    context = make_server_context(server_key, server_certificate, [ca.issuing_certificate])
-    return RegistryPKI(ca, context, signing_key, chain)  # type: ignore[arg-type]
-
-
-def device(key_type: str = "p256") -> Any:
-    """A fresh device key."""
-    return generate_key(key_type)
-
-
-def signed_registration(key: Any, *, seq: int = 1, lifetime: int = 3600, endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> Any:
-    now = int(reactor.seconds())
-    return sign_registration(key, Registration(DOMAIN, derive_id(key.public_key()), seq, now, now + lifetime, endpoints))
-
-
-# -- a small server built with the core codec ---------------------------------------------------
-
-
-@dataclass
-class FakeRegistry:
-    """What the fake server holds and how it misbehaves (shared by its connections)."""
-
-    pki: RegistryPKI
-    records: dict[str, bytes] = field(default_factory=dict)
-    connections: list[FakeServerProtocol] = field(default_factory=list)
-    #: Operations received, by name.
-    seen: list[str] = field(default_factory=list)
-    #: The signer chain answered (default: the real one).
-    signer_chain: tuple[bytes, ...] | None = None
-    #: Changes records before they are answered.
-    tamper: Callable[[bytes], bytes] | None = None
-    #: Answers no request of these operations.
-    hold: set[str] = field(default_factory=set)
-    #: Pushes this record before answering a watch.
-    push_before_watch: bytes | None = None
-
-    def record_for(self, signed: Any, owner: str = "") -> bytes:
-        registration = signed.registration
-        record = Record(DOMAIN, registration.sixid, owner, int(reactor.seconds()), signed.registration_bytes, signed.spki, signed.signature)
-        return sign_record(self.pki.signing_key, record).to_bytes()
-
-    def store(self, data: bytes) -> None:
-        sixid = str(SignedRecord.from_bytes(data).record.sixid)
-        self.records[sixid] = data
-        for connection in self.connections:
-            if sixid in connection.watched:
-                connection.send(encode_push(Changed(data)))
-
-    def answer(self, data: bytes) -> bytes:
-        return data if self.tamper is None else self.tamper(data)
-
-
-class FakeServerProtocol(Protocol):
-    def __init__(self, registry: FakeRegistry) -> None:
-        self.registry = registry
-        self.decoder = FrameDecoder(32 * 1024)
-        self.watched: set[str] = set()
-
-    def connectionMade(self) -> None:
-        self.registry.connections.append(self)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.registry.connections.remove(self)
-
-    def send(self, document: bytes) -> None:
-        self.transport.write(encode_frame(document))  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        for frame in self.decoder.feed(data):
-            request = parse_request(frame)
-            operation = request.operation
-            name = type(operation).__name__.lower()
-            self.registry.seen.append(name)
-            if name in self.registry.hold:
-                continue
-            registry = self.registry
-            if isinstance(operation, Register):
-                signed = operation.registration
-                signed.verify()
-                data = registry.record_for(signed)
-                self.send(encode_response(request.id, RecordResult(registry.answer(data))))
-                registry.store(data)
-            elif isinstance(operation, Lookup):
-                stored = registry.records.get(str(operation.sixid))
-                if stored is None:
-                    self.send(encode_error(request.id, errors.UnknownId("no current record of this ID")))
-                else:
-                    self.send(encode_response(request.id, RecordResult(registry.answer(stored))))
-            elif isinstance(operation, Watch):
-                self.watched.add(str(operation.sixid))
-                if registry.push_before_watch is not None:
-                    self.send(encode_push(Changed(registry.push_before_watch)))
-                stored = registry.records.get(str(operation.sixid))
-                self.send(encode_response(request.id, Watching(None if stored is None else registry.answer(stored))))
-            elif isinstance(operation, Unwatch):
-                self.watched.discard(str(operation.sixid))
-                self.send(encode_response(request.id, Unwatched()))
-            elif isinstance(operation, Signer):
-                self.send(encode_response(request.id, SignerChain(registry.signer_chain or registry.pki.signer_chain)))
-            else:
-                self.send(encode_response(request.id, Pong()))
-
-
-async def serve(testcase: TestCase, pki: RegistryPKI | None = None) -> tuple[FakeRegistry, int]:
-    """Start a fake sixid server on loopback; returns its state and port."""
-    registry = FakeRegistry(pki or registry_pki())
-    factory = TLSMemoryBIOFactory(ServerTLS(registry.pki.server_context), False, Factory.forProtocol(lambda: FakeServerProtocol(registry)))
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined, arg-type]
-    testcase.addCleanup(port.stopListening)
-
-    def disconnect() -> None:
-        for connection in list(registry.connections):
-            connection.transport.abortConnection()  # type: ignore[union-attr]
-
-    testcase.addCleanup(disconnect)
-    return registry, port.getHost().port  # type: ignore[attr-defined]
+from test.sixid.fake_server import DOMAIN, ENDPOINTS, FakeRegistry, device, registry_pki, serve, signed_registration
 
 
 class ConnectedTests(TestCase):
@@ -308,8 +158,14 @@ class ConnectedTests(TestCase):
             await client.signer()
 
     async def test_server_of_another_ca_is_refused(self) -> None:
-        with self.assertRaises(errors.ServerVerificationFailed):
+        with self.assertRaises(errors.ServerVerificationFailed) as caught:
             await self.connect(root=registry_pki("impostor").root)
+        self.assertIn("does not chain to the root CA trusted", caught.exception.message)
+        self.assertIn(f"at 127.0.0.1 port {self.port}", caught.exception.message)
+
+    def test_certificate_for_another_host(self) -> None:
+        reason = Failure(VerificationError(errors=[]))
+        self.assertEqual(describe_tls_failure(reason), "the sixid server's certificate does not name the host dialled")
 
     async def test_watch_sees_changes_and_expiry(self) -> None:
         key = device()
@@ -413,8 +269,6 @@ class ConnectedTests(TestCase):
         self.assertIn("refusing to trust it", caught.exception.message)
 
     async def test_unreachable_server(self) -> None:
-        from test.helpers import closed_port
-
         port = await closed_port()
         with self.assertRaises(errors.ConnectionLost):
             await connect_sixid(reactor, DOMAIN, trust=registry_pki().root, server=("127.0.0.1", port), timeout=5)
@@ -547,6 +401,19 @@ class ProtocolTests(TestCase):
         self.clock.advance(PING_INTERVAL * 3)
         self.assertEqual(self.sent(), [])  # nothing watched: no keep-alive
 
+    def test_pushes_held_before_a_watch_answer_are_bounded(self) -> None:
+        key = device()
+        address = SixIdAddress(derive_id(key.public_key()), DOMAIN)
+        watching = Deferred.fromCoroutine(self.client.watch(address, lambda _a, _r: None))
+        record = FakeRegistry(registry_pki()).record_for(signed_registration(key))
+        for _ in range(MAX_HELD_PUSHES):
+            self.protocol.dataReceived(encode_frame(encode_push(Changed(record))))
+        self.assertFalse(self.transport.disconnecting)
+        self.protocol.dataReceived(encode_frame(encode_push(Changed(record))))
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(Failure(ConnectionError()))
+        self.failureResultOf(watching, errors.MalformedMessage)
+
     def test_signer_fetched_once_for_concurrent_requests(self) -> None:
         first = self.client.signer()
         second = self.client.signer()
@@ -586,3 +453,60 @@ class RecordCacheTests(TestCase):
             cache.put(record)
         self.assertEqual(len(cache), 2)
         self.assertIsNone(cache.get(records[0].address.sixid, 0))
+
+
+class RegistryTests(TestCase):
+    """The client against the real server, hosted by a real registry (``twistd irp
+    --sixid``: real TLS on loopback, a real SQLite file, a real CA and enrolled user)."""
+
+    async def start(self, policy: str) -> RunningRegistry:
+        self.registry = await RunningRegistry(self, sixid=SixidSettings(policy=policy)).start()
+        return self.registry
+
+    async def connect(self) -> SixidClient:
+        client = await connect_sixid(reactor, DOMAIN, trust=self.registry.root, server=("127.0.0.1", self.registry.sixid_port))
+        self.addCleanup(client.close)
+        return client
+
+    async def test_certified_registration_watched_and_looked_up(self) -> None:
+        await self.start("certified")
+        await self.registry.add_user("alice")
+        alice = await self.registry.issue("alice")
+        address = SixIdAddress(derive_id(alice.key.public_key()), DOMAIN)
+        watcher = await self.connect()
+        told: Deferred[VerifiedRecord | None] = Deferred()
+        self.assertIsNone(await watcher.watch(address, lambda _address, record: told.callback(record)))
+        now = int(reactor.seconds())
+        chain = [certificate.public_bytes(Encoding.DER) for certificate in (alice.certificate, *alice.chain)]
+        signed = sign_registration(alice.key, Registration(DOMAIN, address.sixid, 1, now, now + 600, ENDPOINTS), chain)
+        registrar = await self.connect()
+        registered = await registrar.register(signed)
+        self.assertEqual(registered.owner, Identity("alice", DOMAIN))
+        pushed = await told.addTimeout(30, reactor)
+        assert pushed is not None
+        self.assertEqual(pushed.data, registered.data)
+        found = await (await self.connect()).lookup(address)
+        self.assertEqual((found.owner, found.endpoints, found.seq), (Identity("alice", DOMAIN), ENDPOINTS, 1))
+
+    async def test_refusals_come_back_as_their_errors(self) -> None:
+        await self.start("certified")
+        client = await self.connect()
+        key = device()
+        with self.assertRaises(errors.NotAllowed):
+            await client.register(signed_registration(key))  # no certificate: the policy wants one
+        with self.assertRaises(errors.UnknownId):
+            await client.lookup(SixIdAddress(derive_id(key.public_key()), DOMAIN))
+        await client.ping()  # the connection outlives refusals
+
+    async def test_open_policy_replay_and_withdrawal(self) -> None:
+        await self.start("open")
+        client = await self.connect()
+        key = device()
+        first = await client.register(signed_registration(key, seq=5))
+        self.assertIsNone(first.owner)
+        with self.assertRaises(errors.Replayed):
+            await client.register(signed_registration(key, seq=5))
+        withdrawn = await client.register(signed_registration(key, seq=6, endpoints=()))
+        self.assertEqual(withdrawn.endpoints, ())
+        other = await self.connect()
+        self.assertEqual((await other.lookup(withdrawn.address)).seq, 6)
