@@ -300,9 +300,9 @@ class Connection:
         except self.codec.Refused as refused:
             request_id: int = refused.request_id  # type: ignore[attr-defined]
             error = refused.error  # type: ignore[attr-defined]
-            log.warn("Bad request from {host}: {error}", host=self.peer_host, error=str(error))
             if error.fatal or request_id == 0 or request_id in self.outstanding:
-                return self._fail(error)
+                return self._fail(error)  # logged there: one line per refusal
+            log.warn("Bad request from {host}: {error}", host=self.peer_host, error=str(error))
             return [Send(frame(self.codec.encode_error(request_id, error)))]
         request_id = request.id
         outstanding = self.outstanding

@@ -64,12 +64,7 @@ class SixidServer:
         settings: SixidSettings,
         reactor: Any,
     ) -> None:
-        if len(signer_chain) != SIGNER_CERTIFICATES:
-            raise ValueError("the signer chain is the record-signing certificate, its issuing CA and the root")
-        signing_public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        leaf_public = signer_chain[0].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        if signing_public != leaf_public:
-            raise ValueError("the record-signing certificate is not for the record-signing key")
+        _check_signer(signing_key, signer_chain)
         self.domain = domain
         self.store = store
         self.settings = settings
@@ -88,6 +83,12 @@ class SixidServer:
         self.connections = SixidFactory(self.operations, reactor, settings.limits)
         self._sweeper: LoopingCall | None = None
         self._following = False
+
+    def set_signer(self, signing_key: Ed25519PrivateKey, signer_chain: Sequence[x509.Certificate]) -> None:
+        """Sign and answer ``<signer/>`` with these from now on (a renewed record-signing
+        certificate)."""
+        _check_signer(signing_key, signer_chain)
+        self.operations.set_signer(signing_key, [certificate.public_bytes(serialization.Encoding.DER) for certificate in signer_chain])
 
     def factory(self, tls_context: SSL.Context) -> TLSMemoryBIOFactory:
         """A TLS-wrapped factory on ``tls_context`` (the registry's server certificate;
@@ -144,3 +145,13 @@ class SixidServer:
     def connection_count(self) -> int:
         """Connections open now."""
         return len(self.connections.open)
+
+
+def _check_signer(signing_key: Ed25519PrivateKey, signer_chain: Sequence[x509.Certificate]) -> None:
+    """ValueError unless ``signer_chain`` is three certificates, the first for ``signing_key``."""
+    if len(signer_chain) != SIGNER_CERTIFICATES:
+        raise ValueError("the signer chain is the record-signing certificate, its issuing CA and the root")
+    signing_public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    leaf_public = signer_chain[0].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if signing_public != leaf_public:
+        raise ValueError("the record-signing certificate is not for the record-signing key")

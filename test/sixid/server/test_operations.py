@@ -412,6 +412,12 @@ class WatchTests(OperationsTestCase):
         self.run_op(Unwatch(SixId.parse(devices[0].sixid)))
         self.watch(devices[3])
 
+    def test_failed_read_watches_nothing(self) -> None:
+        device = Device()
+        self.store.unavailable = RuntimeError("database gone")
+        self.failureResultOf(self.operations.run(self.client, Watch(SixId.parse(device.sixid))), RuntimeError)
+        self.assertEqual((self.hub.watched_ids(), self.client.watching), (0, [True, False]))
+
     def test_one_timer_per_watched_id(self) -> None:
         device = Device()
         self.register(device.register(self.now))

@@ -329,6 +329,26 @@ class ServerTests(TestCase):
         server.stop()
         self.assertEqual((store.followers, clock.getDelayedCalls()), ([], []))
 
+    def test_renewed_signer(self) -> None:
+        from sixid.server.service import SixidServer
+
+        keys = registry_keys()
+        server = SixidServer(
+            domain=DOMAIN,
+            store=MemoryStore(),
+            signing_key=keys.signing_key,
+            signer_chain=keys.signer_chain,
+            check_certificate=keys.check_certificate(),
+            settings=SixidSettings(),
+            reactor=Clock(),
+        )
+        renewed = keys.ca.issue_signing_certificate(keys.signing_key.public_key())
+        server.set_signer(keys.signing_key, [renewed, *keys.signer_chain[1:]])
+        chain = server.operations.run(_Quiet(), wire.Signer())
+        self.assertEqual(chain.certificates[0], renewed.public_bytes(serialization.Encoding.DER))
+        with self.assertRaises(ValueError):
+            server.set_signer(keys.signing_key, keys.signer_chain[:2])
+
     def test_signer_chain_must_match_the_key(self) -> None:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -360,3 +380,20 @@ class _Quiet:
 
     def gone(self, sixid: str) -> None:
         pass
+
+
+class LogTests(ProtocolTestCase):
+    """One log line per refusal, with its reason."""
+
+    def test_fatal_refusal_one_line(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(encode_frame(b"<request"))
+        (line,) = self.refusals()
+        self.assertIn("192.0.2.1", line)
+        self.assertIn("malformed-message", line)
+
+    def test_answered_refusal_one_line(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(encode_frame(b'<request v="1" id="4"><fly/></request>'))
+        lines = [formatEvent(event) for event in self.logged if "unexpected-message" in formatEvent(event)]
+        self.assertEqual(len(lines), 1)
