@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--profile", default=default_profile_path() if default is None else default, help="profile folder (default: $IRP_PROFILE or ~/.irp)")
         target.add_argument("--server", default=default, help="your registry HOST[:PORT], overriding the profile")
         target.add_argument("--sixid-server", default=default, help="your domain's sixid server HOST[:PORT] for an agent this"
-                            " command starts (default: found by DNS SRV _sixid._tcp, else the domain on port 4606)")
+                            " command starts (default: your registry's host on port 4606)")
         target.add_argument("--timeout", type=float, default=30.0 if default is None else default, help="seconds to wait for a registry (default 30)")
         target.add_argument("--listen", action="append", default=default, help="endpoint for an agent this command starts (chat)")
         target.add_argument("--advertise", action="append", default=default, help="address such an agent publishes")

@@ -46,8 +46,8 @@ class Options(EndpointOptions):
         ["max-handshakes", None, 64, "Incoming handshakes in progress at once, from everyone.", int],
         ["stranger-messages", None, 100, "With --policy anyone: messages one non-contact may have stored.", int],
         ["stranger-bytes", None, 1 << 20, "With --policy anyone: bytes of text one non-contact may have stored.", int],
-        ["sixid-server", None, None, "Your domain's sixid server HOST[:PORT] (default: found by DNS SRV _sixid._tcp,"
-         " else the domain on port 4606); implies --sixid."],
+        ["sixid-server", None, None, "Your domain's sixid server HOST[:PORT] (default: your registry's host on port"
+         " 4606); implies --sixid."],
     ]
     optFlags = [
         ["no-register", None, "Do not publish addresses with the registry."],

@@ -98,7 +98,8 @@ class AgentSettings:
     relay: bool = False
     #: Publish our device ID at our domain's sixid server (``--sixid``; needs ``register``).
     sixid: bool = False
-    #: Our domain's sixid server (host, port), instead of DNS SRV (``--sixid-server``).
+    #: Our domain's sixid server (host, port) (``--sixid-server``; default: our registry's
+    #: host on port 4606).
     sixid_server: tuple[str, int] | None = None
     #: How to reach a domain's sixid server (None: :func:`sixid_connector` of these
     #: settings); devices of any trusted domain can be looked up.

@@ -34,6 +34,7 @@ from common.identity import Identity
 from common.pki.errors import WeakKey
 from common.pki.keyfiles import PrivateKey
 from sixchat import errors
+from sixid import DEFAULT_PORT as SIXID_PORT
 from sixid import errors as sixid_errors
 from sixid.client import connect_sixid
 from sixid.ids import SixId, SixIdAddress, derive_id
@@ -378,17 +379,30 @@ class Publisher:
             self._lock.release()
 
 
+def sixid_server(agent: Agent, domain: str) -> tuple[str, int] | None:
+    """Where ``agent`` finds ``domain``'s sixid server: for its own domain,
+    ``--sixid-server``, else its registry's host (as ``sixid`` does with the same profile) on
+    port 4606; None for another domain (found by DNS SRV ``_sixid._tcp``, else the domain on
+    port 4606)."""
+    if domain != agent.identity.domain:
+        return None
+    if agent.settings.sixid_server is not None:
+        return agent.settings.sixid_server
+    registry = agent.settings.server[0] if agent.settings.server is not None else agent.profile.load_config().server
+    return registry, SIXID_PORT
+
+
 def sixid_connector(agent: Agent) -> Connector:
-    """How ``agent`` reaches a domain's sixid server: :mod:`sixid.client`, trusting the
-    domain's root CA its profile pins (as for IRP); our own domain's server is
-    ``--sixid-server`` if given, any domain's otherwise found by DNS SRV."""
+    """How ``agent`` reaches a domain's sixid server (:func:`sixid_server`):
+    :mod:`sixid.client`, trusting the domain's root CA its profile pins (as for IRP)."""
 
     async def connect(domain: str) -> SixidConnection:
         roots = agent.profile.trusted_roots()
         if domain not in roots:
             raise sixid_errors.ClientError(f"{domain} is not a trusted domain: trust its CA first (sixchat trust-domain)")
-        server = agent.settings.sixid_server if domain == agent.identity.domain else None
-        return await connect_sixid(agent.reactor, domain, trust=roots[domain], server=server, resolver=agent.settings.resolver)
+        return await connect_sixid(
+            agent.reactor, domain, trust=roots[domain], server=sixid_server(agent, domain), resolver=agent.settings.resolver
+        )
 
     return connect
 

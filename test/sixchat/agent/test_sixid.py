@@ -24,7 +24,7 @@ from common.identity import Identity, identity_from_certificate
 from common.profile import Profile
 from sixchat import errors
 from sixchat.agent.service import Agent
-from sixchat.agent.sixid import BACKOFF_FIRST, LIFETIME, device_id
+from sixchat.agent.sixid import BACKOFF_FIRST, LIFETIME, device_id, sixid_server
 from sixchat.recipients import InvalidRecipient, parse_recipient
 from sixchat.tap import Options
 from sixid import errors as sixid_errors
@@ -446,6 +446,23 @@ class OptionTests(AgentTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 parse(*argv)
             self.assertIn(text, str(caught.exception))
+
+
+class ServerChoiceTests(AgentTestCase):
+    """Where the agent finds a domain's sixid server."""
+
+    async def test_own_domain_and_others(self) -> None:
+        alice, _ = await self.agent("alice")
+        self.assertEqual(sixid_server(alice, DOMAIN), (self.registry.connect_host, 4606))
+        self.assertIsNone(sixid_server(alice, "example.net"))
+        alice.settings.sixid_server = ("sixid.example.org", 7000)
+        self.assertEqual(sixid_server(alice, DOMAIN), ("sixid.example.org", 7000))
+        alice.settings.sixid_server, alice.settings.server = None, ("registry.example.org", 4604)
+        self.assertEqual(sixid_server(alice, DOMAIN), ("registry.example.org", 4606))
+        # A domain the profile does not trust is refused before any connection.
+        with self.assertRaises(errors.PeerUnreachable) as caught:
+            await alice.sixid.find(SixIdAddress(device_id(alice.credentials.certificate), "example.net"))
+        self.assertIn("example.net is not a trusted domain", caught.exception.message)
 
 
 class RealServerTests(AgentTestCase):
