@@ -176,7 +176,7 @@ class SixidServers:
         cannot be asked) or IdentityMismatch (no certified owner)."""
         try:
             record = await self.lookup(address, fresh=fresh)
-        except Exception as error:  # noqa: BLE001 - every failure is told in words
+        except (sixid_errors.SixidError, OSError) as error:
             if isinstance(error, sixid_errors.UnknownId):
                 raise errors.PeerUnreachable(
                     f"device {address.sixid.grouped()}@{address.domain} is not registered at the sixid server of"
