@@ -261,10 +261,19 @@ class _PipeLine(LineReceiver):
 
 
 async def run_chat(
-    reactor: Any, control: Any, peer: Identity, *, history: int = 20, linger: float = 3.0, stdin: int | None = None, stdout: int | None = None
+    reactor: Any,
+    control: Any,
+    peer: Identity,
+    *,
+    history: int = 20,
+    linger: float = 3.0,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    send_to: str | None = None,
 ) -> int:
     """Chat with ``peer`` until the user leaves; returns the exit code. ``stdin`` and
-    ``stdout`` are file descriptors (the process's own by default)."""
+    ``stdout`` are file descriptors (the process's own by default). Messages are sent to
+    ``send_to`` (one of ``peer``'s devices, ``ID@domain``) if given, else to ``peer``."""
     in_fd = sys.stdin.fileno() if stdin is None else stdin
     out_fd = sys.stdout.fileno() if stdout is None else stdout
     done: Deferred[None] = Deferred()
@@ -318,7 +327,7 @@ async def run_chat(
             where = "the line is back for editing" if kept else "Up recalls the line" if terminal is not None else "the line was not sent"
             view.write(f"-- not sent: {failure.getErrorMessage()} ({where})")
 
-        call = control.call("send", to=str(peer), text=text)
+        call = control.call("send", to=send_to or str(peer), text=text)
         sending.append(call)
         call.addCallbacks(sent, failed).addBoth(lambda _: check_settled())
 

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from common.cliutil import CommandError, Context, parse_endpoint, run_until_done, server_argument
+from common.endpoint import split_host_port
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
 from common.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
@@ -27,19 +28,31 @@ from irp.client import initialise as cmd_init
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import ControlError, InProcessControl, connect_control
 from sixchat.agent.service import Agent, AgentSettings
+from sixchat.agent.sixid import device_id
+from sixchat.recipients import InvalidRecipient, Recipient, parse_recipient
 from sixchat.schedule import parse_at, state_text, when_text
+from sixid import DEFAULT_PORT as SIXID_PORT
+from sixid.ids import SixIdAddress
 
 Command = Callable[["ChatContext"], Coroutine[Any, Any, int]]
 
 
-def parse_identity(text: str, profile: Profile) -> Identity:
-    """``bob`` (same domain as the profile) or ``bob@example.org``."""
+def parse_who(text: str, profile: Profile) -> Recipient:
+    """``bob`` (same domain as the profile), ``bob@example.org``, or a device's
+    ``ID@example.org`` (see :func:`sixchat.recipients.parse_recipient`)."""
+    domain = profile.load_config().domain if "@" not in text else None
     try:
-        if "@" not in text:
-            return Identity(text, profile.load_config().domain)
-        return Identity.parse(text)
-    except InvalidIdentity as error:
+        return parse_recipient(text, domain)
+    except InvalidRecipient as error:
         raise CommandError(str(error)) from None
+
+
+def parse_identity(text: str, profile: Profile) -> Identity:
+    """``bob`` (same domain as the profile) or ``bob@example.org`` (not a device)."""
+    who = parse_who(text, profile)
+    if not isinstance(who, Identity):
+        raise CommandError(f"{text} is a device ID: give the user (user@domain) here ('sixchat lookup {text}' names them)")
+    return who
 
 
 class ChatContext(Context):
@@ -62,13 +75,14 @@ class ChatContext(Context):
             return self.control
         control = await connect_control(self.reactor, self.args.profile)
         if control is not None:
-            if self.args.server:
-                transport: Any = control.transport
-                transport.loseConnection()
-                raise CommandError(
-                    "--server applies only to an agent this command starts, and an agent is running for this"
-                    " profile (it uses the profile's registry): stop that agent first, or leave out --server"
-                )
+            for option, value in (("--server", self.args.server), ("--sixid-server", self.args.sixid_server)):
+                if value:
+                    transport: Any = control.transport
+                    transport.loseConnection()
+                    raise CommandError(
+                        f"{option} applies only to an agent this command starts, and an agent is running for this"
+                        f" profile (it uses its own settings): stop that agent first, or leave out {option}"
+                    )
             self.control = control
             return control
         listen = (self.args.listen or [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]) if network else []
@@ -80,6 +94,7 @@ class ChatContext(Context):
             mailbox=network,
             control=False,
             server=server_argument(self.args.server) if self.args.server else None,
+            sixid_server=_sixid_server(self.args.sixid_server),
         )
         agent = Agent(settings, self.reactor)
         try:
@@ -99,6 +114,16 @@ class ChatContext(Context):
         elif self.control is not None and hasattr(self.control, "transport"):
             self.control.transport.loseConnection()
         self.close()
+
+
+def _sixid_server(text: str | None) -> tuple[str, int] | None:
+    """``--sixid-server HOST[:PORT]`` (port 4606 by default), or None."""
+    if not text:
+        return None
+    try:
+        return split_host_port(text, SIXID_PORT)
+    except ValueError as error:
+        raise CommandError(f"--sixid-server: {error}") from None
 
 
 def show(text: str = "") -> None:
@@ -221,7 +246,7 @@ async def cmd_simple(ctx: ChatContext) -> int:
 
 async def cmd_send(ctx: ChatContext) -> int:
     """Send one message and wait for its receipt (or until it is stored or scheduled)."""
-    who = parse_identity(ctx.args.who, ctx.profile)
+    recipient = parse_who(ctx.args.who, ctx.profile)
     text = " ".join(ctx.args.text) if ctx.args.text else sys.stdin.read().rstrip("\n")
     if not text:
         raise CommandError("nothing to send")
@@ -245,7 +270,11 @@ async def cmd_send(ctx: ChatContext) -> int:
 
     control.on_event = event
     await control.call("subscribe")
-    result = await control.call("send", to=str(who), text=text, **({} if at is None else {"at": at}))
+    result = await control.call("send", to=str(recipient), text=text, **({} if at is None else {"at": at}))
+    # A device's message is for its owner: the agent's events name them.
+    who = Identity.parse(result["to"]) if result.get("to") else recipient
+    if isinstance(recipient, SixIdAddress):
+        note(f"Device {recipient.sixid.grouped()}@{recipient.domain} is {who}'s.")
     message_id["id"] = result["id"]
     for data in early:
         event(data)
@@ -315,6 +344,8 @@ async def cmd_status(ctx: ChatContext) -> int:
     status = await control.call("status")
     show(f"{status['identity']}  ({'running agent' if ctx.local_agent is None else 'no agent running'})")
     show(f"  certificate {keyfiles.format_fingerprint(status['fingerprint'])}")
+    if status.get("device"):
+        show(f"  device ID   {status['device']} ({status.get('sixid') or 'not published'})")
     for line in status["listening"]:
         show(f"  listening on {line}")
     if status.get("registering", True) and not status.get("registered", True):
@@ -338,9 +369,17 @@ async def cmd_status(ctx: ChatContext) -> int:
 
 
 async def cmd_lookup(ctx: ChatContext) -> int:
-    """Ask the registry where someone is."""
-    who = parse_identity(ctx.args.who, ctx.profile)
+    """Ask the registry where someone is (or a device's domain's sixid server where it is)."""
+    who = parse_who(ctx.args.who, ctx.profile)
     control = await ctx.agent()
+    if isinstance(who, SixIdAddress):
+        found = await control.call("find", who=str(who))
+        show(f"{found['grouped']}: device of {found['owner']}, until {time.strftime('%Y-%m-%d %H:%M', time.localtime(found['expires']))}")
+        if not found["endpoints"]:
+            show("  offline (no address)")
+        for address, port in found["endpoints"]:
+            show(f"  {'[' + address + ']' if ':' in address else address}:{port}")
+        return 0
     result = await control.call("lookup", who=str(who))
     show(f"{result['who']}: {result['presence']}")
     for address, port in result["endpoints"]:
@@ -352,9 +391,26 @@ async def cmd_chat(ctx: ChatContext) -> int:
     """Interactive chat with one contact."""
     from sixchat.chatui import run_chat
 
-    who = parse_identity(ctx.args.who, ctx.profile)
+    who = parse_who(ctx.args.who, ctx.profile)
     control = await ctx.agent(network=True)
+    if isinstance(who, SixIdAddress):
+        found = await control.call("find", who=str(who))
+        note(f"Device {found['grouped']} is {found['owner']}'s.")
+        return await run_chat(ctx.reactor, control, Identity.parse(found["owner"]), history=ctx.args.history, send_to=str(who))
     return await run_chat(ctx.reactor, control, who, history=ctx.args.history)
+
+
+async def cmd_id(ctx: ChatContext) -> int:
+    """Print this profile's device ID (its certificate's key's), as ID@domain and grouped."""
+    try:
+        _key, certificate, _chain = ctx.profile.credentials()
+        domain = ctx.profile.load_config().domain
+        sixid = device_id(certificate)
+    except (ProfileError, keyfiles.KeyFileError, ValueError) as error:
+        raise CommandError(f"no device ID: {error}") from None
+    show(f"{sixid}@{domain}")
+    show(f"{sixid.grouped()}@{domain}")
+    return 0
 
 
 # -- parsing and running -------------------------------------------------------------
@@ -373,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     for target, default in ((parser, None), (common, argparse.SUPPRESS)):
         target.add_argument("--profile", default=default_profile_path() if default is None else default, help="profile folder (default: $IRP_PROFILE or ~/.irp)")
         target.add_argument("--server", default=default, help="your registry HOST[:PORT], overriding the profile")
+        target.add_argument("--sixid-server", default=default, help="your domain's sixid server HOST[:PORT] for an agent this"
+                            " command starts (default: your registry's host on port 4606)")
         target.add_argument("--timeout", type=float, default=30.0 if default is None else default, help="seconds to wait for a registry (default 30)")
         target.add_argument("--listen", action="append", default=default, help="endpoint for an agent this command starts (chat)")
         target.add_argument("--advertise", action="append", default=default, help="address such an agent publishes")
@@ -417,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, cmd_simple, text)
         sub.add_argument("who")
 
+    command("id", cmd_id, "Print your device ID (ID@domain, then grouped): others can send to it ('twistd sixchat --sixid' publishes it).")
     sub = command("send", cmd_send, "Send one message and wait for the receipt.")
-    sub.add_argument("who")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     sub.add_argument("text", nargs="*", help="the message (default: read stdin)")
     sub.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the receipt (default 30)")
     sub.add_argument("--no-wait", action="store_true", help="queue and return at once")
@@ -434,21 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
         " one starting with /. Full Unicode is typed and shown (the terminal must use UTF-8)."
         " From a pipe, each line read is a message."
     )
-    sub.add_argument("who", help="user@domain, or a user name of your own domain")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     sub.add_argument("--history", type=int, default=20, help="earlier messages to show first (default 20)")
     sub = command("history", cmd_history, "Show your message history.")
     sub.add_argument("who", nargs="?")
     sub.add_argument("--limit", type=int, default=50)
     command("status", cmd_status, "Show your agent's status.")
-    sub = command("lookup", cmd_lookup, "Ask the registry where someone is.")
-    sub.add_argument("who")
+    sub = command("lookup", cmd_lookup, "Ask the registry where someone is (a device ID@domain: its sixid server).")
+    sub.add_argument("who", help="user@domain, a user name of your own domain, or a device's ID@domain")
     return parser
 
 
 def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
-    for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None)):
+    for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None), ("sixid_server", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
     if reactor is None:

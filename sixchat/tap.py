@@ -10,7 +10,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from common.cliutil import EndpointOptions
-from common.endpoint import Endpoint
+from common.endpoint import Endpoint, split_host_port
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
 from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
@@ -18,6 +18,7 @@ from irp.client import IRPError
 from sixchat import DEFAULT_PORT
 from sixchat.agent.service import Agent, AgentSettings
 from sixchat.peer.verification import POLICIES
+from sixid import DEFAULT_PORT as SIXID_PORT
 
 #: twistd's pid file, in the profile folder (unless --pidfile is given).
 PIDFILE = "agent.pid"
@@ -45,12 +46,16 @@ class Options(EndpointOptions):
         ["max-handshakes", None, 64, "Incoming handshakes in progress at once, from everyone.", int],
         ["stranger-messages", None, 100, "With --policy anyone: messages one non-contact may have stored.", int],
         ["stranger-bytes", None, 1 << 20, "With --policy anyone: bytes of text one non-contact may have stored.", int],
+        ["sixid-server", None, None, "Your domain's sixid server HOST[:PORT] (default: your registry's host on port"
+         " 4606); implies --sixid."],
     ]
     optFlags = [
         ["no-register", None, "Do not publish addresses with the registry."],
         ["relay", None, "Reserve a relay port at your domain's intermediary and publish it (reachable behind NAT)."],
         ["no-listen", None, "Accept no direct connection (as behind NAT): reachable only through the relay (implies --relay)."],
         ["no-intermediary", None, "Use no intermediary: no store and forward, no scheduled messages, no relay."],
+        ["sixid", None, "Also publish your addresses under your device ID ('sixchat id') at your domain's sixid server"
+         " (certified by your certificate; refreshed every 30 minutes, withdrawn when the agent stops)."],
     ]
 
     def postOptions(self) -> None:
@@ -74,6 +79,14 @@ class Options(EndpointOptions):
             self["relay"] = True
         elif self["relay"] and self["no-intermediary"]:
             raise usage.UsageError("--relay needs the intermediary: leave out --no-intermediary")
+        if self["sixid-server"] is not None:
+            try:
+                self["sixid-server"] = split_host_port(self["sixid-server"], SIXID_PORT)
+            except ValueError as error:
+                raise usage.UsageError(f"--sixid-server: {error}") from None
+            self["sixid"] = True
+        if self["sixid"] and self["no-register"]:
+            raise usage.UsageError("--sixid publishes the addresses the agent registers: leave out --no-register")
         if not self["listen"] and not self["no-listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
 
@@ -94,6 +107,8 @@ class Options(EndpointOptions):
             unknown_peer_bytes=self["stranger-bytes"],
             intermediary=not self["no-intermediary"],
             relay=self["relay"],
+            sixid=bool(self["sixid"]),
+            sixid_server=self["sixid-server"],
         )
 
 

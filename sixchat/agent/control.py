@@ -8,9 +8,12 @@ id are refused by checking the peer's credentials). One JSON object per line eac
     <- {"id": 2, "ok": false, "error": "bob@example.org is not a contact", "name": "..."}
     <- {"event": "receipt", "id": "<message id>", "to": "bob@example.org"}   (after subscribe)
 
-Operations: status (with the outgoing queue), send ("at": Unix seconds to deliver at), cancel ("message": its id), contacts (presence asked of the
-registry first unless "fresh": false), add-contact, remove-contact, block, unblock,
-history, lookup, reload (take up the profile's renewed certificate now), subscribe.
+Operations: status (with the outgoing queue), send ("to": user@domain or a device's
+ID@domain, parsed by :func:`sixchat.recipients.parse_recipient`; "at": Unix seconds to
+deliver at; the result's "to" is the user the message is for), cancel ("message": its id),
+contacts (presence asked of the registry first unless "fresh": false), add-contact,
+remove-contact, block, unblock, history, lookup, find (a device's verified sixid record:
+"who": ID@domain), reload (take up the profile's renewed certificate now), subscribe.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from common.factory import QuietFactory
-from common.identity import Identity, InvalidIdentity
+from common.identity import Identity
 from common.pki.keyfiles import ensure_private_directory, parse_fingerprint
 from irp.client import IRPError
 from sixchat import errors
+from sixchat.recipients import InvalidRecipient, Recipient, parse_recipient
+from sixid.ids import SixIdAddress
 
 log = Logger()
 
@@ -62,11 +67,25 @@ class ControlError(Exception):
         self.name = name
 
 
-def _identity(value: Any) -> Identity:
+def _recipient(value: Any) -> Recipient:
     try:
-        return Identity.parse(str(value))
-    except InvalidIdentity as error:
+        return parse_recipient(str(value))
+    except InvalidRecipient as error:
         raise ControlError(str(error), "invalid-identity") from None
+
+
+def _identity(value: Any) -> Identity:
+    recipient = _recipient(value)
+    if not isinstance(recipient, Identity):
+        raise ControlError(f"{value} is a device ID: this needs the user (user@domain); 'find' names them", "invalid-identity")
+    return recipient
+
+
+def _device(value: Any) -> SixIdAddress:
+    recipient = _recipient(value)
+    if not isinstance(recipient, SixIdAddress):
+        raise ControlError(f"{recipient} is a user, not a device ID@domain", "invalid-identity")
+    return recipient
 
 
 def _integer(value: Any, name: str) -> int:
@@ -179,8 +198,8 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
     if op == "send":
         at = request.get("at")
         deliver_at = None if at is None else _integer(at, "at")
-        message = await agent.send_text(_identity(request.get("to")), str(request.get("text", "")), deliver_at)
-        return {"id": message.id, "deliver_at": message.deliver_at}
+        message = await agent.send_text(_recipient(request.get("to")), str(request.get("text", "")), deliver_at)
+        return {"id": message.id, "deliver_at": message.deliver_at, "to": str(message.peer)}
     if op == "contacts":
         if request.get("fresh", True) and agent.directory is not None:
             await agent.refresh_presence()
@@ -215,6 +234,16 @@ async def run_command(agent: Any, request: dict[str, Any]) -> Any:
             "who": str(who),
             "presence": record.presence if current else "offline",
             "endpoints": [[endpoint.address, endpoint.port] for endpoint in record.endpoints] if current else [],
+        }
+    if op == "find":
+        device = _device(request.get("who"))
+        found = await agent.sixid.find(device, fresh=True)
+        return {
+            "who": str(device),
+            "grouped": f"{device.sixid.grouped()}@{device.domain}",
+            "owner": str(found.owner),
+            "endpoints": [[endpoint.address, endpoint.port] for endpoint in found.endpoints],
+            "expires": found.expires,
         }
     raise ControlError(f"unknown operation {op!r}", "unknown-operation")
 

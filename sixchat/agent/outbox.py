@@ -10,6 +10,10 @@ offline), pending messages are sealed and deposited at their domain's intermedia
 there for the peer, until the peer's receipt (by either path) makes them delivered. A
 scheduled message (``deliver_at``) is deposited at once. Without a usable intermediary the
 old path stays: retries every ``retry_interval`` until ``undelivered_after``.
+
+A message for a device (``ID@domain``) is looked up first: it is stored for the device's
+certified owner (the conversation is with them), and the owner is reached at that device
+from then on (:meth:`Dialer.route`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sixchat.agent.deposit import DEPOSIT_LIFETIME, MAX_SCHEDULE_AHEAD, NoInterm
 from sixchat.agent.outcome import explain
 from sixchat.agent.store import StoredMessage
 from sixchat.peer.protocol import PeerConnection
+from sixchat.recipients import Recipient
 from sixchat.record import MAX_BODY
 from sixchat.wire.application import MAX_TEXT_LENGTH, ChatMessage, Receipt, encode_application
 
@@ -63,11 +68,18 @@ class Outbox:
         """The connection ended: what it sent without a receipt may go on the next one."""
         self._in_flight.pop(connection, None)
 
-    async def send_text(self, peer: Identity, text: str, deliver_at: int | None = None) -> StoredMessage:
+    async def send_text(self, recipient: Recipient, text: str, deliver_at: int | None = None) -> StoredMessage:
         """Queue a message (stored first) and start delivering it (at ``deliver_at``, Unix
         seconds, if given: deposited at once at the peer's intermediary, which holds it
-        until then)."""
+        until then). A device recipient is looked up first (see the module docs)."""
         assert self.agent.store is not None
+        if isinstance(recipient, Identity):
+            peer, device = recipient, None
+        else:
+            device = recipient
+            record = await self.agent.sixid.find(device)
+            assert record.owner is not None  # find() refuses a device without a certified owner
+            peer = record.owner
         if peer == self.agent.identity:
             raise errors.SelfConnection("you cannot send messages to yourself")
         try:
@@ -82,6 +94,7 @@ class Outbox:
             deliver_at = None
         if deliver_at is not None and deliver_at > self.agent.clock.seconds() + MAX_SCHEDULE_AHEAD:
             raise errors.MalformedMessage(f"a message can be scheduled at most {MAX_SCHEDULE_AHEAD // 86400} days ahead", fatal=False)
+        self.agent.dialer.route(peer, device)
         message = await self.agent.store.queue_message(peer, text, deliver_at)
         self.agent.emit({"event": "queued", "id": message.id, "to": str(peer), "text": text})
         if deliver_at is not None:
@@ -174,8 +187,11 @@ class Outbox:
         await self.flush(peer, connection)
 
     async def flush(self, peer: Identity, connection: PeerConnection) -> None:
-        """Send every pending message to ``peer`` not yet sent on ``connection``."""
+        """Send every pending message to ``peer`` not yet sent on ``connection`` (none if
+        ``peer`` was addressed by a device and the session is with another)."""
         assert self.agent.store is not None
+        if not self.agent.dialer.usable(peer, connection):
+            return
         lock = self._flush_locks.setdefault(peer, DeferredLock())
         await lock.acquire()
         try:

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from common.addresses import advertised_endpoints
 from common.endpoint import Endpoint
 from common.identity import Identity
+from common.pki.errors import WeakKey
 from common.pki.keyfiles import KeyFileError, fingerprint
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
@@ -39,12 +40,14 @@ from sixchat.agent.mailbox import Mailbox
 from sixchat.agent.outbox import Outbox
 from sixchat.agent.responder import ResponderFactory
 from sixchat.agent.sessions import pick_session
+from sixchat.agent.sixid import Connector, Publisher, SixidServers, check_device_key, peer_device_id, sixid_connector
 from sixchat.agent.store import AgentStore, StoredMessage
 from sixchat.agent.trust import refresh_presence, trust_store
 from sixchat.handshake import LocalCredentials, Role
 from sixchat.peer.admission import HandshakeAdmission
 from sixchat.peer.protocol import ConnectionLimits, PeerConnection
 from sixchat.peer.verification import PeerVerifier, RevocationChecker
+from sixchat.recipients import Recipient
 from sixchat.wire.application import (
     ApplicationMessage,
     Presence,
@@ -93,6 +96,14 @@ class AgentSettings:
     mailbox: bool = True
     #: Reserve a relay port at our intermediary and register it (``--relay``).
     relay: bool = False
+    #: Publish our device ID at our domain's sixid server (``--sixid``; needs ``register``).
+    sixid: bool = False
+    #: Our domain's sixid server (host, port) (``--sixid-server``; default: our registry's
+    #: host on port 4606).
+    sixid_server: tuple[str, int] | None = None
+    #: How to reach a domain's sixid server (None: :func:`sixid_connector` of these
+    #: settings); devices of any trusted domain can be looked up.
+    sixid_connector: Connector | None = None
 
 
 class Agent(service.Service):
@@ -120,6 +131,9 @@ class Agent(service.Service):
         self.outbox = Outbox(self)
         self.depositor = Depositor(self)
         self.mailbox = Mailbox(self)
+        #: The sixid servers (looking devices up) and our device ID's publication.
+        self.sixid = SixidServers(settings.sixid_connector or sixid_connector(self))
+        self.publisher = Publisher(self, self.sixid)
         #: The addresses we listen on, as registered (the relay's is added to them).
         self._own_endpoints: list[Endpoint] = []
         self._registering = DeferredLock()
@@ -182,6 +196,8 @@ class Agent(service.Service):
             Deferred.fromCoroutine(self.directory.use_credentials(key, certificate, chain)).addErrback(
                 lambda failure: log.failure("Reconnecting to the registry with the new certificate failed", failure)
             )
+        # A new key is a new device ID: the old one is withdrawn, the new one published.
+        self.publisher.addresses_changed()
         log.info("Now presenting the profile's new certificate {fingerprint}", fingerprint=credentials.fingerprint)
         self.emit({"event": "credentials", "fingerprint": credentials.fingerprint})
         return True
@@ -244,6 +260,8 @@ class Agent(service.Service):
         if settings.register:
             await self._register("online")
             self._loop(self._refresh, max(settings.register_ttl / 2, 5))
+            if settings.sixid:
+                self.publisher.start()
         self._loop(self.outbox.retry_pending, settings.retry_interval)
         self._loop(self.outbox.give_up_old, min(settings.undelivered_after / 4, 15.0))
         log.info("SixChat agent of {user} is ready", user=str(self.identity))
@@ -266,6 +284,7 @@ class Agent(service.Service):
         self.advertised = [*self._own_endpoints, *([relay] if relay is not None else [])]
         if self.settings.register and self.running:
             await self._register("online")
+            self.publisher.addresses_changed()
 
     async def _refresh(self) -> None:
         self.reload_credentials()
@@ -301,6 +320,8 @@ class Agent(service.Service):
                 if loop.running:
                     loop.stop()
             self.loops.clear()
+            await self.publisher.stop()
+            await self.sixid.close()
             await self.mailbox.stop()
             await self.depositor.close()
             closing = list(self.connections)
@@ -347,8 +368,9 @@ class Agent(service.Service):
 
     # -- sending (see :mod:`sixchat.agent.outbox`) --------------------------------------
 
-    async def send_text(self, peer: Identity, text: str, deliver_at: int | None = None) -> StoredMessage:
-        """Queue a message (stored first) and start delivering it (at ``deliver_at``)."""
+    async def send_text(self, peer: Recipient, text: str, deliver_at: int | None = None) -> StoredMessage:
+        """Queue a message (stored first) for a user or one of their devices, and start
+        delivering it (at ``deliver_at``)."""
         return await self.outbox.send_text(peer, text, deliver_at)
 
     async def cancel(self, message_id: str) -> StoredMessage | None:
@@ -396,6 +418,9 @@ class Agent(service.Service):
             assert self.verifier is not None
             expected = None
             dialled = None
+            connection.peer_device = peer_device_id(chain[0])
+            if connection.expected_device is not None:
+                check_device_key(connection.expected_device, identity, chain[0])
             if connection.role is Role.INITIATOR:
                 dialled = connection.expected_peer
                 expected = await self.expected_fingerprints(identity)
@@ -423,7 +448,12 @@ class Agent(service.Service):
         assert peer is not None
         existing = self.sessions.get(peer)
         if existing is not None and existing is not connection and existing.is_established:
-            keep, drop = pick_session(existing, connection)
+            device = self.dialer.devices.get(peer)
+            if device is not None and (existing.peer_device == device.sixid) != (connection.peer_device == device.sixid):
+                # Two of the peer's devices: keep the one the user addressed them by.
+                keep, drop = (connection, existing) if connection.peer_device == device.sixid else (existing, connection)
+            else:
+                keep, drop = pick_session(existing, connection)
             log.info("Two sessions with {peer}: keeping the one {who} dialled", peer=str(peer), who="we" if keep.role is Role.INITIATOR else "they")
             self.sessions[peer] = keep
             drop.close("duplicate")
@@ -483,7 +513,17 @@ class Agent(service.Service):
             "registration_error": self.registration[1],
             "intermediary": self.mailbox.describe(),
             "relay": None if self.mailbox.relay is None else f"{self.mailbox.relay.address} port {self.mailbox.relay.port}",
+            "device": self.device_address(),
+            "sixid": self.publisher.state if self.settings.sixid else "not published (start the agent with --sixid)",
         }
+
+    def device_address(self) -> str:
+        """Our device address, ``ID@domain`` (grouped form)."""
+        try:
+            address = self.publisher.address
+        except (WeakKey, ValueError) as error:
+            return f"none ({error})"
+        return f"{address.sixid.grouped()}@{address.domain}"
 
 
 async def _call(function: Callable[[], Any]) -> None:

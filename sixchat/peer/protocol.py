@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from cryptography import x509
@@ -41,6 +41,9 @@ from sixchat.record import (
     Session,
 )
 from sixchat.wire import application
+
+if TYPE_CHECKING:
+    from sixid.ids import SixId, SixIdAddress
 
 log = Logger()
 
@@ -95,8 +98,13 @@ class PeerConnection(Protocol, TimeoutMixin):
         role: Role,
         expected_peer: Identity | None = None,
         on_handshake_over: Callable[[], None] | None = None,
+        expected_device: SixIdAddress | None = None,
     ) -> None:
         self.owner = owner
+        #: The device dialled by its sixid device ID: the peer's key must be that ID's.
+        self.expected_device = expected_device
+        #: The device ID of the key the peer proved in the handshake (set when checked).
+        self.peer_device: SixId | None = None
         #: Called once when the handshake is over, established or not (an admission slot).
         self._on_handshake_over = on_handshake_over
         self.role = role
