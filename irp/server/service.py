@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from common.pki import keyfiles
 from common.pki.revocation import RevocationChecker
@@ -283,9 +282,9 @@ class RegistryService(service.Service):
         assert settings is not None and self.registry is not None
         self.sixid = build_sixid_server(self.registry, credentials, settings, self.reactor)
         self.sixid_tls = AnonymousServerTLS(self._server_context(credentials))
-        # What SixidServer.factory builds, keeping the connection creator: a renewed server
-        # certificate then reaches new sixid connections too (see renew_credentials).
-        early.gate.open(TLSMemoryBIOFactory(self.sixid_tls, False, self.sixid.connections))
+        # The connection creator is kept: a renewed server certificate then reaches new
+        # sixid connections too (see renew_credentials).
+        early.gate.open(self.sixid.factory(self.sixid_tls))
         self.sixid.start()
         endpoints = ", ".join(describe_port(port) for port in self.sixid_ports)
         log.info("sixid serving on {endpoints} (policy {policy})", endpoints=endpoints, policy=settings.policy)

@@ -90,11 +90,11 @@ class SixidServer:
         _check_signer(signing_key, signer_chain)
         self.operations.set_signer(signing_key, [certificate.public_bytes(serialization.Encoding.DER) for certificate in signer_chain])
 
-    def factory(self, tls_context: SSL.Context) -> TLSMemoryBIOFactory:
-        """A TLS-wrapped factory on ``tls_context`` (the registry's server certificate;
-        no client certificate is asked for). Every listening port shares the connection
-        counts."""
-        return TLSMemoryBIOFactory(AnonymousServerTLS(tls_context), False, self.connections)  # type: ignore[arg-type]
+    def factory(self, tls: AnonymousServerTLS) -> TLSMemoryBIOFactory:
+        """A TLS-wrapped factory whose connections ``tls`` makes (the registry's server
+        certificate, replaced in ``tls`` when it is renewed; no client certificate is asked
+        for). Every listening port shares the connection counts."""
+        return TLSMemoryBIOFactory(tls, False, self.connections)  # type: ignore[arg-type]
 
     def start(self) -> None:
         """Sweep every minute; follow other processes' changes."""

@@ -23,7 +23,7 @@ from sixid import wire
 from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRegistration, verify_record
 from sixid.server.operations import SixidSettings
-from sixid.server.service import SixidServer
+from sixid.server.service import AnonymousServerTLS, SixidServer
 from test import pki
 from test.sixid.server.helpers import DOMAIN, Device, RawClient, certified_device, registry_keys
 
@@ -67,7 +67,7 @@ class ServiceTestCase(TestCase):
         )
         server.start()
         self.addCleanup(server.stop)
-        port: IListeningPort = reactor.listenTCP(0, server.factory(self.keys.tls_context()), interface="127.0.0.1")  # type: ignore[attr-defined, arg-type]
+        port: IListeningPort = reactor.listenTCP(0, server.factory(AnonymousServerTLS(self.keys.tls_context())), interface="127.0.0.1")  # type: ignore[attr-defined, arg-type]
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port  # type: ignore[attr-defined]
 
