@@ -22,7 +22,8 @@ from typing import Final, TypeAlias
 
 from common.identity import Identity, InvalidIdentity
 from common.integers import parse_decimal
-from common.wire.fields import Base64Rule, FieldMessages, StrictFields, encode_base64
+from common.rpc import envelope
+from common.wire.fields import encode_base64
 from common.wire.xmlcodec import Element, make_element, serialize, serialize_leaf, sub_element
 from intermediary import PROTOCOL_VERSION, errors
 
@@ -34,8 +35,6 @@ MAX_ENVELOPE: Final = 256 * 1024
 MAX_PREKEY: Final = 8 * 1024
 #: Prekeys in one ``<publish-prekeys>``.
 MAX_PREKEYS_PER_REQUEST: Final = 100
-#: Request ids: 1 .. 2^31 - 1.
-MAX_REQUEST_ID: Final = 2**31 - 1
 #: Times: Unix seconds, at most 12 decimal digits.
 MAX_TIME: Final = 10**12 - 1
 MAX_COUNT: Final = 10**9
@@ -44,23 +43,39 @@ _HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _MAX_DEPTH = 4
 _MAX_ELEMENTS = MAX_PREKEYS_PER_REQUEST + 4
 
-FIELDS = StrictFields(
-    errors.MalformedMessage,
+
+
+def parse_decimal_field(text: str, what: str, low: int, high: int) -> int:
+    """A decimal field between ``low`` and ``high`` (malformed or out of range: refused)."""
+    number = parse_decimal(text, 12)
+    if number is None:
+        raise errors.MalformedMessage(f"{what!r} must be a non-negative decimal integer without leading zeros")
+    if not low <= number <= high:
+        raise errors.InvalidArgument(f"{what!r} must be between {low} and {high}")
+    return number
+
+
+#: Request ids: 1 .. 2^31 - 1.
+MAX_REQUEST_ID: Final = envelope.MAX_REQUEST_ID
+#: A request that cannot be run (:class:`common.rpc.envelope.Refused`).
+Refused = envelope.Refused
+
+#: The outer layer of the intermediary's documents (:mod:`common.rpc.envelope`).
+ENVELOPE: Final = envelope.Envelope(
     protocol="intermediary",
-    base64_rule=Base64Rule.CANONICAL,
+    version=PROTOCOL_VERSION,
+    base_error=errors.IntermediaryError,
+    malformed=errors.MalformedMessage,
     range_error=errors.InvalidArgument,
-    messages=FieldMessages(),
+    version_error=errors.InvalidArgument,
+    error_class_for=errors.error_class_for,
+    server_name="this intermediary",
+    peer="the intermediary",
+    max_depth=_MAX_DEPTH,
+    max_elements=_MAX_ELEMENTS,
+    decimal=parse_decimal_field,
 )
-
-
-class Refused(Exception):
-    """A request that cannot be run: ``error`` answers request ``request_id`` (0: the id
-    could not be read, and the connection ends)."""
-
-    def __init__(self, request_id: int, error: errors.IntermediaryError) -> None:
-        super().__init__(str(error))
-        self.request_id = request_id
-        self.error = error
+FIELDS: Final = ENVELOPE.fields
 
 
 # -- operations (client -> server) --------------------------------------------------------
@@ -236,16 +251,6 @@ def check_hex_id(text: str, what: str) -> str:
     return text
 
 
-def parse_decimal_field(text: str, what: str, low: int, high: int) -> int:
-    """A decimal field between ``low`` and ``high`` (malformed or out of range: refused)."""
-    number = parse_decimal(text, 12)
-    if number is None:
-        raise errors.MalformedMessage(f"{what!r} must be a non-negative decimal integer without leading zeros")
-    if not low <= number <= high:
-        raise errors.InvalidArgument(f"{what!r} must be between {low} and {high}")
-    return number
-
-
 def _identity(text: str, what: str) -> Identity:
     try:
         return Identity.parse(text)
@@ -295,36 +300,10 @@ def encode_request(request: Request) -> bytes:
 _EMPTY_OPS: Final[dict[type, str]] = {Subscribe: "subscribe", Reserve: "reserve", Ping: "ping"}
 
 
-def request_id_of(root: Element) -> int:
-    """The id of a ``<request>`` root if it is a valid one, else 0."""
-    value = root.get("id")
-    number = None if value is None else parse_decimal(str(value), 10)
-    return number if number is not None and 1 <= number <= MAX_REQUEST_ID else 0
-
-
 def parse_request(payload: bytes) -> Request:
     """Parse one request document; raise :class:`Refused` (with the request's id when it
     could be read) for anything not acceptable."""
-    try:
-        root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
-    except errors.IntermediaryError as error:
-        raise Refused(0, error) from None
-    if root.tag != "request":
-        raise Refused(0, errors.MalformedMessage(f"expected <request>, not <{root.tag}>"))
-    request_id = request_id_of(root)
-    try:
-        FIELDS.check_attributes(root, ("v", "id"))
-        if request_id == 0:
-            raise errors.MalformedMessage(f"'id' must be a decimal integer from 1 to {MAX_REQUEST_ID}")
-        if root.get("v") != PROTOCOL_VERSION:
-            raise errors.InvalidArgument(f"unsupported protocol version; this intermediary speaks v={PROTOCOL_VERSION}")
-        children = list(root)
-        if len(children) != 1:
-            raise errors.MalformedMessage("<request> must contain exactly one operation")
-        FIELDS.no_text(root)
-        return Request(request_id, _parse_operation(children[0]))
-    except errors.IntermediaryError as error:
-        raise Refused(request_id, error) from None
+    return Request(*ENVELOPE.parse_request(payload, _parse_operation))
 
 
 def _parse_operation(element: Element) -> Operation:
@@ -396,11 +375,9 @@ _EMPTY_RESULTS: Final[dict[type, str]] = {Acked: "acked", Pong: "pong"}
 
 
 def encode_error(request_id: int | None, error: errors.IntermediaryError) -> bytes:
-    """The one place errors become wire bytes: ``<error [id] code name>message</error>``."""
-    attributes = {"code": str(error.code), "name": error.name}
-    if request_id:
-        attributes = {"id": str(request_id), **attributes}
-    return serialize_leaf("error", attributes, error.message)
+    """The one place the intermediary's errors become wire bytes: ``<error [id] code
+    name>message</error>`` (:func:`common.rpc.envelope.encode_error`)."""
+    return envelope.encode_error(request_id, error)
 
 
 def encode_push(event: Event) -> bytes:
@@ -415,36 +392,10 @@ def encode_push(event: Event) -> bytes:
 
 def parse_server_message(payload: bytes) -> ServerMessage:
     """Parse what the server sent (client side); raise MalformedMessage."""
-    try:
-        return _parse_server_message(payload)
-    except errors.MalformedMessage:
-        raise
-    except errors.IntermediaryError as error:
-        raise errors.MalformedMessage(error.message) from None
-
-
-def _parse_server_message(payload: bytes) -> ServerMessage:
-    root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
-    if root.tag == "error":
-        text = leaf_text(root, ("code", "name"), ("id",))
-        code = parse_decimal_field(FIELDS.attribute(root, "code"), "code", 0, 999)
-        identifier = root.get("id")
-        request_id = None if identifier is None else parse_decimal_field(str(identifier), "id", 1, MAX_REQUEST_ID)
-        cls = errors.error_class_for(FIELDS.attribute(root, "name"), code)
-        return ErrorAnswer(request_id, cls(text[:1000] or None))
-    children = list(root)
-    if len(children) != 1:
-        raise errors.MalformedMessage(f"<{root.tag}> must contain exactly one element")
-    FIELDS.no_text(root)
-    child = children[0]
-    if root.tag == "push":
-        FIELDS.check_attributes(root, ())
-        return _parse_event(child)
-    if root.tag == "response":
-        FIELDS.check_attributes(root, ("id",))
-        request_id = parse_decimal_field(FIELDS.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
-        return Response(request_id, _parse_result(child))
-    raise errors.MalformedMessage(f"unexpected <{root.tag}> from the intermediary")
+    message: ServerMessage = ENVELOPE.parse_answer(
+        payload, parse_result=_parse_result, parse_event=_parse_event, response=Response, error_answer=ErrorAnswer
+    )
+    return message
 
 
 def _parse_event(element: Element) -> Event:

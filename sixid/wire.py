@@ -24,17 +24,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from common.integers import parse_decimal
-from common.wire.fields import Base64Rule, FieldMessages, StrictFields, encode_base64
-from common.wire.xmlcodec import Element, serialize_leaf
+from common.rpc import envelope
+from common.wire.fields import encode_base64
+from common.wire.xmlcodec import Element
 from sixid import PROTOCOL_VERSION, errors
 from sixid.ids import InvalidSixId, SixId
 from sixid.records import MAX_DEVICE_SIGNATURE, MAX_RECORD, MAX_REGISTRATION, MAX_SPKI, SignedRegistration
 
 #: The largest frame either side accepts.
 MAX_FRAME: Final = 32 * 1024
-#: Request ids: 1 .. 2^31 - 1.
-MAX_REQUEST_ID: Final = 2**31 - 1
 #: Requests a client may have outstanding on one connection.
 MAX_OUTSTANDING: Final = 32
 #: Certificates in a ``<register>`` (leaf first).
@@ -55,23 +53,36 @@ _MAX_DEPTH = 4
 _MAX_ELEMENTS = 3 + 3 + MAX_CERTIFICATES
 _PAD = re.compile(r"x*\Z")
 
-FIELDS = StrictFields(
-    errors.MalformedMessage,
+
+def _check_server_attributes(element: Element, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """The attributes named, plus an optional ``pad`` (only ``x``, at most MAX_PAD)."""
+    FIELDS.check_attributes(element, required, (*optional, "pad"))
+    pad = element.get("pad")
+    if pad is not None and (len(pad) > MAX_PAD or not _PAD.match(pad)):
+        raise errors.MalformedMessage(f"'pad' must be at most {MAX_PAD} 'x'")
+
+
+#: Request ids: 1 .. 2^31 - 1.
+MAX_REQUEST_ID: Final = envelope.MAX_REQUEST_ID
+#: A request that cannot be run (:class:`common.rpc.envelope.Refused`).
+Refused = envelope.Refused
+
+#: The outer layer of sixid's documents (:mod:`common.rpc.envelope`).
+ENVELOPE: Final = envelope.Envelope(
     protocol="sixid",
-    base64_rule=Base64Rule.CANONICAL,
+    version=_VERSION,
+    base_error=errors.SixidError,
+    malformed=errors.MalformedMessage,
     range_error=errors.MalformedMessage,
-    messages=FieldMessages(),
+    version_error=errors.MalformedMessage,
+    error_class_for=errors.error_class_for,
+    server_name="this server",
+    peer="the sixid server",
+    max_depth=_MAX_DEPTH,
+    max_elements=_MAX_ELEMENTS,
+    check_attributes=_check_server_attributes,
 )
-
-
-class Refused(Exception):
-    """A request that cannot be run: ``error`` answers request ``request_id`` (0: the id
-    could not be read, and the connection ends)."""
-
-    def __init__(self, request_id: int, error: errors.SixidError) -> None:
-        super().__init__(str(error))
-        self.request_id = request_id
-        self.error = error
+FIELDS: Final = ENVELOPE.fields
 
 
 # -- operations (client -> server) --------------------------------------------------------
@@ -251,13 +262,6 @@ _REGISTER_TAGS: Final = ("registration", "key", "signature")
 _FAST_LOOKUP = re.compile(rb'<request v="1" id="([1-9][0-9]{0,9})"><lookup sixid="([a-z2-7]{32})"/></request>\Z')
 
 
-def request_id_of(root: Element) -> int:
-    """The id of a ``<request>`` root if it is a valid one, else 0."""
-    value = root.get("id")
-    number = None if value is None else parse_decimal(str(value), 10)
-    return number if number is not None and 1 <= number <= MAX_REQUEST_ID else 0
-
-
 def match_lookup(payload: bytes) -> tuple[int, str] | None:
     """``(request id, canonical ID text)`` of a look-up written exactly as
     :func:`encode_request` writes it, read without the XML parser (the server's hot path);
@@ -280,26 +284,7 @@ def parse_request(payload: bytes) -> Request:
         return Request(fast[0], Lookup(SixId.from_canonical(fast[1])))
     if len(payload) > MAX_FRAME:
         raise Refused(0, errors.TooLargeFrame(f"a frame may be at most {MAX_FRAME} bytes"))
-    try:
-        root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
-    except errors.SixidError as error:
-        raise Refused(0, error) from None
-    if root.tag != "request":
-        raise Refused(0, errors.MalformedMessage(f"expected <request>, not <{root.tag}>"))
-    request_id = request_id_of(root)
-    try:
-        FIELDS.check_attributes(root, ("v", "id"))
-        if request_id == 0:
-            raise errors.MalformedMessage(f"'id' must be a decimal integer from 1 to {MAX_REQUEST_ID}")
-        if root.get("v") != _VERSION:
-            raise errors.MalformedMessage(f"unsupported protocol version; this server speaks v={_VERSION}")
-        children = list(root)
-        if len(children) != 1:
-            raise errors.MalformedMessage("<request> must contain exactly one operation")
-        FIELDS.no_text(root)
-        return Request(request_id, _parse_operation(children[0]))
-    except errors.SixidError as error:
-        raise Refused(request_id, error) from None
+    return Request(*ENVELOPE.parse_request(payload, _parse_operation))
 
 
 def _sixid_attribute(element: Element) -> SixId:
@@ -406,11 +391,9 @@ def encode_response(request_id: int, result: Result) -> bytes:
 
 
 def encode_error(request_id: int | None, error: errors.SixidError) -> bytes:
-    """The one place errors become wire bytes: ``<error [id] code name>message</error>``."""
-    attributes = {"code": str(error.code), "name": error.name}
-    if request_id:
-        attributes = {"id": str(request_id), **attributes}
-    return serialize_leaf("error", attributes, error.message)
+    """The one place sixid's errors become wire bytes: ``<error [id] code name>message</error>``
+    (:func:`common.rpc.envelope.encode_error`)."""
+    return envelope.encode_error(request_id, error)
 
 
 def encode_push(event: Event) -> bytes:
@@ -426,35 +409,15 @@ def encode_push(event: Event) -> bytes:
 def parse_answer(payload: bytes) -> ServerMessage:
     """Parse what the server sent (client side): a response, an error or a push; raise
     MalformedMessage for anything else."""
-    try:
-        return _parse_answer(payload)
-    except errors.MalformedMessage:
-        raise
-    except errors.SixidError as error:
-        raise errors.MalformedMessage(error.message) from None
+    if len(payload) > MAX_FRAME:
+        raise errors.MalformedMessage(f"a frame may be at most {MAX_FRAME} bytes")
+    message: ServerMessage = ENVELOPE.parse_answer(
+        payload, parse_result=_parse_result, parse_event=_parse_event, response=Response, error_answer=ErrorAnswer
+    )
+    return message
 
 
-def _check_server_attributes(element: Element, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    """The attributes named, plus an optional ``pad`` (only ``x``, at most MAX_PAD)."""
-    FIELDS.check_attributes(element, required, (*optional, "pad"))
-    pad = element.get("pad")
-    if pad is not None and (len(pad) > MAX_PAD or not _PAD.match(pad)):
-        raise errors.MalformedMessage(f"'pad' must be at most {MAX_PAD} 'x'")
-
-
-def _decimal(text: str, what: str, low: int, high: int) -> int:
-    number = parse_decimal(text, 10)
-    if number is None or not low <= number <= high:
-        raise errors.MalformedMessage(f"{what!r} must be a decimal integer from {low} to {high}")
-    return number
-
-
-def _only_child(element: Element) -> Element:
-    children = list(element)
-    if len(children) != 1:
-        raise errors.MalformedMessage(f"<{element.tag}> must contain exactly one element")
-    FIELDS.no_text(element)
-    return children[0]
+_only_child = ENVELOPE.only_child
 
 
 def _record(element: Element) -> bytes:
@@ -467,29 +430,6 @@ def _record(element: Element) -> bytes:
     if len(text) > (MAX_RECORD + 2) // 3 * 4:
         raise errors.MalformedMessage(f"a record may be at most {MAX_RECORD} bytes")
     return FIELDS.decode_base64(text, "the record", max_length=MAX_RECORD)
-
-
-def _parse_answer(payload: bytes) -> ServerMessage:
-    if len(payload) > MAX_FRAME:
-        raise errors.MalformedMessage(f"a frame may be at most {MAX_FRAME} bytes")
-    root = FIELDS.parse(payload, max_depth=_MAX_DEPTH, max_elements=_MAX_ELEMENTS)
-    if root.tag == "error":
-        _check_server_attributes(root, ("code", "name"), ("id",))
-        if len(root):
-            raise errors.MalformedMessage("<error> must hold only text")
-        code = _decimal(FIELDS.attribute(root, "code"), "code", 0, 999)
-        identifier = root.get("id")
-        request_id = None if identifier is None else _decimal(str(identifier), "id", 1, MAX_REQUEST_ID)
-        cls = errors.error_class_for(FIELDS.attribute(root, "name"), code)
-        return ErrorAnswer(request_id, cls(str(root.text or "")[:1000] or None))
-    if root.tag == "push":
-        _check_server_attributes(root, ())
-        return _parse_event(_only_child(root))
-    if root.tag == "response":
-        _check_server_attributes(root, ("id",))
-        request_id = _decimal(FIELDS.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
-        return Response(request_id, _parse_result(_only_child(root)))
-    raise errors.MalformedMessage(f"unexpected <{root.tag}> from the sixid server")
 
 
 def _parse_event(element: Element) -> Event:
