@@ -16,17 +16,16 @@ import hashlib
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from common.identity import Identity
@@ -34,8 +33,8 @@ from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateInvalid
 from common.pki.keyfiles import PrivateKey
 from common.pki.trust import TrustStore
-from common.tls import make_client_context, send_without_delay
-from common.wire.framing import FrameDecoder, FrameError, encode_frame
+from common.rpc.client import ClientErrors, RpcClientProtocol
+from common.tls import make_client_context
 from intermediary import ACCOUNT, errors
 from intermediary.circuit import CircuitStream, join_circuit
 from intermediary.wire import (
@@ -59,6 +58,7 @@ from intermediary.wire import (
     Reserved,
     Response,
     Result,
+    ServerMessage,
     Subscribe,
     Subscribed,
     Superseded,
@@ -100,144 +100,55 @@ class _ClientTLS:
         return connection
 
 
-@implementer(IHandshakeListener)
-class IntermediaryClientProtocol(Protocol):
-    """Frames requests, matches answers by id, hands pushes to their callbacks."""
+class IntermediaryClientProtocol(RpcClientProtocol):
+    """Frames requests, matches answers by id, hands pushes to their callbacks
+    (:class:`common.rpc.client.RpcClientProtocol` speaking :mod:`intermediary.wire`)."""
+
+    error_classes: ClassVar[ClientErrors] = errors
+    base_error = errors.IntermediaryError
+    response_type = Response
+    error_type = ErrorAnswer
+    peer = "the intermediary"
+    max_frame = MAX_FRAME
+    max_outstanding = MAX_OUTSTANDING
 
     def __init__(self, reactor: Any, timeout: float, check_server: Callable[[x509.Certificate, list[x509.Certificate]], None]) -> None:
-        self.reactor = reactor
-        self.timeout = timeout
-        self.check_server = check_server
-        self.decoder = FrameDecoder(MAX_FRAME)
-        self.waiting: dict[int, Deferred[Result]] = {}
-        self.queued: list[tuple[Request, Deferred[Result]]] = []
-        self.next_id = 1
-        self.ready: Deferred[IntermediaryClientProtocol] = Deferred()
-        self.lost: Deferred[None] = Deferred()
-        self._lost_waiters: list[Deferred[None]] = []
-        self.closed = False
-        self.failure: errors.IntermediaryError | None = None
+        super().__init__(reactor, timeout)
+        self.check_server_certificate = check_server
         self.on_deliver: Callable[[Delivery], None] | None = None
         self.on_circuit: Callable[[str, str], None] | None = None
         self.on_superseded: Callable[[], None] | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802
-        """TCP is up."""
-        send_without_delay(self.transport)
-
-    def handshakeCompleted(self) -> None:  # noqa: N802
+    def check_server(self) -> None:
         """TLS is up: check that the server is the domain's intermediary."""
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         peer = handle.get_peer_certificate()
         chain = [certificate.to_cryptography() for certificate in handle.get_peer_cert_chain() or []]
-        try:
-            if peer is None:
-                raise errors.ServerVerificationFailed("the server presented no certificate")
-            leaf = peer.to_cryptography()
-            self.check_server(leaf, [c for c in chain if certificate_der(c) != certificate_der(leaf)])
-        except errors.IntermediaryError as error:
-            self.failure = error
-            self.transport.abortConnection()  # type: ignore[union-attr]
-            return
-        if not self.ready.called:
-            self.ready.callback(self)
+        if peer is None:
+            raise errors.ServerVerificationFailed("the server presented no certificate")
+        leaf = peer.to_cryptography()
+        self.check_server_certificate(leaf, [c for c in chain if certificate_der(c) != certificate_der(leaf)])
 
-    def request(self, operation: Operation) -> Deferred[Result]:
-        """Send one request; fire with its result (``timeout`` after ``timeout`` seconds,
-        which also ends the connection: a late answer could not be matched safely)."""
-        if self.closed:
-            raise self.failure or errors.ConnectionLost()
-        request = Request(self.next_id, operation)
-        self.next_id += 1
-        result: Deferred[Result] = Deferred()
-        if len(self.waiting) >= MAX_OUTSTANDING:
-            self.queued.append((request, result))
-        else:
-            self._send(request, result)
-        return result
+    def encode_request(self, request_id: int, operation: Operation) -> bytes:
+        """The document of request ``request_id``."""
+        return encode_request(Request(request_id, operation))
 
-    def _send(self, request: Request, result: Deferred[Result]) -> None:
-        self.waiting[request.id] = result
-        self.transport.write(encode_frame(encode_request(request)))  # type: ignore[union-attr]
-        call = self.reactor.callLater(self.timeout, self._timed_out, request.id)
-        result.addBoth(lambda outcome: (call.cancel() if call.active() else None, outcome)[1])
+    def parse_answer(self, payload: bytes) -> ServerMessage:
+        """What the server sent."""
+        return parse_server_message(payload)
 
-    def _timed_out(self, request_id: int) -> None:
-        waiting = self.waiting.pop(request_id, None)
-        if waiting is not None:
-            self.failure = errors.Timeout("an earlier request timed out")
-            waiting.errback(errors.Timeout(f"the intermediary did not answer within {self.timeout:g} seconds"))
-            self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        """Frames to answers and pushes."""
-        try:
-            self.decoder.append(data)
-            while not self.closed:
-                frame = self.decoder.next_frame()
-                if frame is None:
-                    return
-                self._message(parse_server_message(frame))
-        except FrameError as error:
-            self._fail(errors.MalformedMessage(f"the intermediary broke the framing: {error}"))
-        except errors.IntermediaryError as error:
-            self._fail(errors.MalformedMessage(f"the intermediary sent an invalid message: {error.message}"))
-
-    def _message(self, message: Response | ErrorAnswer | Delivery | CircuitOffer | Superseded) -> None:
-        if isinstance(message, Response | ErrorAnswer):
-            if message.id is None:
-                assert isinstance(message, ErrorAnswer)
-                self._fail(message.error)
-                return
-            waiting = self.waiting.pop(message.id, None)
-            if waiting is None:
-                raise errors.MalformedMessage(f"an answer to request {message.id}, which is not outstanding")
-            if isinstance(message, ErrorAnswer):
-                waiting.errback(message.error)
-            else:
-                waiting.callback(message.result)
-            while self.queued and len(self.waiting) < MAX_OUTSTANDING:
-                self._send(*self.queued.pop(0))
-        elif isinstance(message, Delivery):
+    def pushed(self, event: Delivery | CircuitOffer | Superseded) -> None:
+        """A push: to its callback."""
+        if isinstance(event, Delivery):
             if self.on_deliver is not None:
-                self.on_deliver(message)
-        elif isinstance(message, CircuitOffer):
+                self.on_deliver(event)
+        elif isinstance(event, CircuitOffer):
             if self.on_circuit is not None:
-                self.on_circuit(message.circuit_id, message.source)
+                self.on_circuit(event.circuit_id, event.source)
         elif self.on_superseded is not None:
             self.on_superseded()
         else:
             log.info("Another connection of this user subscribed: this one no longer receives messages")
-
-    def _fail(self, error: errors.IntermediaryError) -> None:
-        self.failure = self.failure or error
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008, N802
-        """Fail everything outstanding; fire ``lost``."""
-        self.closed = True
-        failure = self.failure or errors.ConnectionLost()
-        waiting = [*self.waiting.values(), *(deferred for _, deferred in self.queued)]
-        self.waiting.clear()
-        self.queued.clear()
-        for deferred in waiting:
-            deferred.errback(failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
-        if not self.lost.called:
-            self.lost.callback(None)
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def when_lost(self) -> Deferred[None]:
-        """A Deferred that fires once the connection is gone."""
-        waiter: Deferred[None] = Deferred()
-        if self.closed:
-            waiter.callback(None)
-        else:
-            self._lost_waiters.append(waiter)
-        return waiter
 
 
 class IntermediaryClient:
@@ -252,11 +163,7 @@ class IntermediaryClient:
         self.reservation: Reservation | None = None
 
     async def _call(self, operation: Operation, kind: type[Result]) -> Any:
-        result = await self.protocol.request(operation)
-        if not isinstance(result, kind):
-            self.protocol._fail(errors.MalformedMessage("the intermediary answered with the wrong result"))  # noqa: SLF001
-            raise errors.MalformedMessage(f"expected {kind.__name__}, got {type(result).__name__}")
-        return result
+        return await self.protocol.call(operation, kind)
 
     async def publish_prekeys(self, prekeys: list[bytes]) -> PrekeyCount:
         """Publish signed prekeys (encoded by ``sixchat.sealed.prekeys.encode_prekey``)."""
@@ -318,7 +225,7 @@ class IntermediaryClient:
             self._keepalive = LoopingCall(self._ping_quietly)
             self._keepalive.clock = self.protocol.reactor
             self._keepalive.start(PING_INTERVAL, now=False)
-            self.protocol.lost.addBoth(lambda _: self._stop_keepalive())
+            self.protocol.when_lost().addBoth(lambda _: self._stop_keepalive())
 
     def _ping_quietly(self) -> Deferred[None]:
         pinging: Deferred[Any] = Deferred.fromCoroutine(self.ping())

@@ -381,7 +381,9 @@ class SixidClient:
     @property
     def failure(self) -> errors.SixidError | None:
         """Why the connection ended, when the server or the network ended it."""
-        return self.protocol.failure
+        failure = self.protocol.failure
+        assert failure is None or isinstance(failure, errors.SixidError)  # the protocol only raises its own
+        return failure
 
     async def close(self) -> None:
         """Close the connection and wait until it is gone."""
