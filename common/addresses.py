@@ -1,4 +1,5 @@
-"""Which addresses a service (a SixChat agent, an intermediary) should publish for itself."""
+"""Which addresses a service (a SixChat agent, an intermediary) should publish for itself,
+and how a client dials a host (:func:`dial_name`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ def advertised_endpoints(bound: Sequence[tuple[str, int]], port_hint: int | None
         if endpoint not in unique:
             unique.append(endpoint)
     return unique
+
+
+def dial_name(host: str) -> str | bytes:
+    """What ``HostnameEndpoint`` is given to dial ``host``: an IP address as it is, a host
+    name in IDNA."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.encode("idna")
+    return host

@@ -11,7 +11,6 @@ SixChat session, authenticated and encrypted end to end (docs/relay.rst).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +19,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from common.addresses import dial_name
 from common.wire.framing import FrameDecoder, FrameError, encode_frame
 from intermediary import errors
 from intermediary.joinframes import MAX_JOIN_FRAME, encode_join, parse_join_answer
@@ -146,19 +146,10 @@ async def join_circuit(reactor: Any, host: str, port: int, circuit_id: str, time
     """Join circuit ``circuit_id`` at the relay's join port ``(host, port)``; returns the
     stream once ``<joined/>`` arrived (errors as :class:`JoinClientProtocol` says)."""
     protocol = JoinClientProtocol(reactor, circuit_id, timeout)
-    name: Any = host if _is_ip(host) else host.encode("idna")
-    endpoint = HostnameEndpoint(reactor, name, port, timeout=timeout)
+    endpoint = HostnameEndpoint(reactor, dial_name(host), port, timeout=timeout)
     try:
         await endpoint.connect(Factory.forProtocol(lambda: protocol))
     except Exception as error:  # noqa: BLE001 - any failure to connect
         raise errors.Unavailable(f"cannot reach the relay's join port at {host} port {port}: {error}") from None
     await protocol.joined
     return CircuitStream(protocol)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

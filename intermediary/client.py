@@ -13,7 +13,6 @@ a Deferred that fails with an :class:`~intermediary.errors.IntermediaryError`
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from common.addresses import dial_name
 from common.identity import Identity
 from common.pki.certificates import certificate_der
 from common.pki.errors import CertificateInvalid
@@ -342,26 +342,7 @@ async def _connect_one(
     reactor: Any, host: str, port: int, tls: _ClientTLS, check: Callable[[x509.Certificate, list[x509.Certificate]], None], timeout: float
 ) -> IntermediaryClientProtocol:
     protocol = IntermediaryClientProtocol(reactor, timeout, check)
-    name: Any = host if _is_ip(host) else host.encode("idna")
-    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, name, port, timeout=timeout))
+    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, dial_name(host), port, timeout=timeout))
     await endpoint.connect(Factory.forProtocol(lambda: protocol))
-
-    def too_slow() -> None:
-        if not protocol.ready.called:
-            protocol.failure = errors.Timeout("the TLS handshake with the intermediary took too long")
-            protocol.transport.abortConnection()  # type: ignore[union-attr]
-
-    call = reactor.callLater(timeout, too_slow)
-    try:
-        return await protocol.ready
-    finally:
-        if call.active():
-            call.cancel()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    connected: IntermediaryClientProtocol = await protocol.handshake(errors.Timeout("the TLS handshake with the intermediary took too long"))
+    return connected

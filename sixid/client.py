@@ -24,7 +24,6 @@ wire names, and client-local ones (``connection-lost``, ``verification-failed``,
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from common.addresses import dial_name
 from common.caches import RecentCache
 from common.factory import QuietFactory
 from common.identity import check_domain
@@ -509,31 +509,15 @@ async def fetch_root(
 async def _connect_one(reactor: Any, host: str, port: int, tls: Any, timeout: float) -> SixidClientProtocol:
     """One TLS connection, within ``timeout`` seconds for TCP and again for the handshake."""
     protocol = SixidClientProtocol(reactor, timeout)
-    name: Any = host if _is_ip(host) else host.encode("idna")
-    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, name, port, timeout=timeout))
+    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, dial_name(host), port, timeout=timeout))
     try:
         await endpoint.connect(QuietFactory.forProtocol(lambda: protocol))
     except Exception as error:  # noqa: BLE001 - every connection failure reads the same way
         raise errors.ConnectionLost(f"cannot connect to the sixid server at {host} port {port}: {error}") from None
-
-    def too_slow() -> None:
-        if not protocol.ready.called:
-            protocol.failure = errors.Timeout(f"the TLS handshake with the sixid server at {host} port {port} took too long")
-            protocol.transport.abortConnection()  # type: ignore[union-attr]
-
-    call = reactor.callLater(timeout, too_slow)
     try:
-        return await protocol.ready
+        connected: SixidClientProtocol = await protocol.handshake(
+            errors.Timeout(f"the TLS handshake with the sixid server at {host} port {port} took too long")
+        )
     except errors.ServerVerificationFailed as error:
         raise errors.ServerVerificationFailed(f"{error.message} (at {host} port {port})") from None
-    finally:
-        if call.active():
-            call.cancel()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return connected

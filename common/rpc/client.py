@@ -166,6 +166,22 @@ class RpcClientProtocol(Protocol):
             self._send(request_id, operation, result)
         return result
 
+    async def handshake(self, too_slow: ProtocolError) -> Any:
+        """Wait for ``ready`` (this protocol, TLS up and the server checked) at most
+        ``timeout`` seconds, else end the connection with ``too_slow``."""
+
+        def abort() -> None:
+            if not self.ready.called:
+                self.failure = too_slow
+                self.transport.abortConnection()  # type: ignore[union-attr]
+
+        call = self.reactor.callLater(self.timeout, abort)
+        try:
+            return await self.ready
+        finally:
+            if call.active():
+                call.cancel()
+
     async def call(self, operation: Any, kind: type[R]) -> R:
         """Send ``operation``; its result, which must be a ``kind`` (else the connection ends:
         the server broke the protocol)."""
