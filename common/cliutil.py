@@ -1,15 +1,16 @@
-"""What the command-line programs (``irp``, ``sixchat``) share: the command's context
-(profile and options), readable failures, secrets input, endpoint arguments, and running a
-command in a reactor started for it.
+"""What the command-line programs (``irp``, ``sixchat``, ``sixid``) share: the command's
+context (profile and options), readable failures, secrets input, endpoint arguments, and
+running a command in a reactor started for it (:func:`run_command`, :func:`console_main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -145,6 +146,10 @@ class Context:
         if self.client is not None:
             self.client.close()
 
+    async def finish(self) -> None:
+        """The command ended: release what it opened (here: :meth:`close`)."""
+        self.close()
+
 
 # -- running a command ---------------------------------------------------------------
 
@@ -189,6 +194,39 @@ def run_until_done(
     reactor.callWhenRunning(start)
     reactor.run()
     return outcome.get("code", 1)
+
+
+def run_command(
+    program: str,
+    args: argparse.Namespace,
+    reactor: Any,
+    make_context: Callable[[Any, argparse.Namespace], Context],
+    explain: Callable[[BaseException], tuple[str, int] | None],
+) -> int:
+    """Run the command ``args.function`` chose with the context ``make_context(reactor,
+    args)`` (``reactor`` None: the global one), finishing the context however it ends;
+    return the exit code (see :func:`run_until_done`)."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    ctx = make_context(reactor, args)
+
+    async def command() -> int:
+        try:
+            code: int = await args.function(ctx)
+            return code
+        finally:
+            await ctx.finish()
+
+    return run_until_done(reactor, program, command, explain)
+
+
+def console_main(run: Callable[[], int]) -> NoReturn:
+    """A console entry point: files are created private (umask 077), then ``run``'s exit
+    code ends the process."""
+    os.umask(0o077)
+    sys.exit(run())
 
 
 class EndpointOptions(usage.Options):

@@ -7,7 +7,6 @@ control socket; when none runs, the command runs an agent itself for as long as 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from common.cliutil import CommandError, Context, parse_endpoint, run_until_done, server_argument
+from common.cliutil import CommandError, Context, console_main, parse_endpoint, run_command, server_argument
 from common.endpoint import split_host_port
 from common.identity import Identity, InvalidIdentity, check_domain
 from common.pki import keyfiles
@@ -510,20 +509,7 @@ def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     for name, default in (("user", None), ("password_file", None), ("listen", None), ("advertise", None), ("server", None), ("sixid_server", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    ctx = ChatContext(reactor, args)
-
-    async def command() -> int:
-        try:
-            code: int = await args.function(ctx)
-            return code
-        finally:
-            await ctx.finish()
-
-    return run_until_done(reactor, "sixchat", command, explain_failure)
+    return run_command("sixchat", args, reactor, ChatContext, explain_failure)
 
 
 def explain_failure(error: BaseException) -> tuple[str, int] | None:
@@ -539,8 +525,7 @@ def explain_failure(error: BaseException) -> tuple[str, int] | None:
 
 def main() -> None:
     """Console entry point."""
-    os.umask(0o077)
-    sys.exit(run())
+    console_main(run)
 
 
 if __name__ == "__main__":

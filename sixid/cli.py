@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, DeferredList, FirstError, race
 from twisted.internet.task import deferLater
 
-from common.cliutil import CommandError, parse_endpoint, run_until_done
+from common.cliutil import CommandError, console_main, parse_endpoint, run_command
 from common.endpoint import Endpoint
 from common.identity import InvalidIdentity, identity_from_certificate
 from common.pki import keyfiles
@@ -447,27 +446,12 @@ def explain_failure(error: BaseException) -> tuple[str, int] | None:
 
 def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """Run the command line; return the exit code."""
-    args = build_parser().parse_args(argv)
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    ctx = SixidContext(reactor, args)
-
-    async def command() -> int:
-        try:
-            code: int = await args.function(ctx)
-            return code
-        finally:
-            await ctx.finish()
-
-    return run_until_done(reactor, "sixid", command, explain_failure)
+    return run_command("sixid", build_parser().parse_args(argv), reactor, SixidContext, explain_failure)
 
 
 def main() -> None:
     """Console entry point."""
-    os.umask(0o077)
-    sys.exit(run())
+    console_main(run)
 
 
 if __name__ == "__main__":

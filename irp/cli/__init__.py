@@ -10,12 +10,10 @@ unreachable, revoked certificate...) print one readable line to stderr and exit 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from common.cliutil import CommandError, Context, run_until_done
+from common.cliutil import CommandError, Context, console_main, run_command
 from common.pki import keyfiles
 from common.profile import ProfileError
 from irp import errors
@@ -49,24 +47,9 @@ def explain_failure(error: BaseException) -> tuple[str, int] | None:
 
 def run(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """Run the command line; return the exit code."""
-    args = build_parser().parse_args(argv)
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    ctx = Context(reactor, args)
-
-    async def command() -> int:
-        try:
-            code: int = await args.function(ctx)
-            return code
-        finally:
-            ctx.close()
-
-    return run_until_done(reactor, "irp", command, explain_failure)
+    return run_command("irp", build_parser().parse_args(argv), reactor, Context, explain_failure)
 
 
 def main() -> None:
     """Console entry point."""
-    os.umask(0o077)
-    sys.exit(run())
+    console_main(run)

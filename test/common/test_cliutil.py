@@ -96,3 +96,70 @@ class ContextTests(unittest.SynchronousTestCase):
         config = ctx.config()
         self.assertEqual((config.server, config.port, config.username), ("::1", 5000, "bob"))
         ctx.close()
+
+
+class _RunOnceReactor:
+    """Runs what is scheduled at once: a command that never waits completes in ``run``."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._start: object = None
+
+    def callWhenRunning(self, function: object) -> None:  # noqa: N802
+        self._start = function
+
+    def run(self) -> None:
+        self._start()  # type: ignore[operator]
+
+    def callLater(self, delay: float, function: object) -> None:  # noqa: N802
+        function()  # type: ignore[operator]
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class _FinishingContext(Context):
+    finished: list[str] = []
+
+    async def finish(self) -> None:
+        self.finished.append(self.args.name)
+
+
+class RunCommandTests(unittest.SynchronousTestCase):
+    """run_command: the chosen command with its context, finished however it ends."""
+
+    def test_exit_code_and_finish(self) -> None:
+        """The command's code is the exit code; the context is finished."""
+        self.patch(_FinishingContext, "finished", [])
+
+        async def command(ctx: Context) -> int:
+            return 3
+
+        args = argparse.Namespace(profile=self.mktemp(), function=command, name="ok")
+        reactor = _RunOnceReactor()
+        self.assertEqual(cliutil.run_command("prog", args, reactor, _FinishingContext, lambda error: None), 3)
+        self.assertEqual(_FinishingContext.finished, ["ok"])
+        self.assertTrue(reactor.stopped)
+
+    def test_failure_explained_and_finished(self) -> None:
+        """A failure ``explain`` knows gives its code; the context is finished all the same."""
+        self.patch(_FinishingContext, "finished", [])
+        self.patch(sys, "stderr", open(os.devnull, "w"))  # noqa: SIM115
+        self.addCleanup(sys.stderr.close)
+
+        async def command(ctx: Context) -> int:
+            raise CommandError("no", 4)
+
+        args = argparse.Namespace(profile=self.mktemp(), function=command, name="failed")
+        explain = lambda error: (str(error), error.exit_code) if isinstance(error, CommandError) else None  # noqa: E731
+        self.assertEqual(cliutil.run_command("prog", args, _RunOnceReactor(), _FinishingContext, explain), 4)
+        self.assertEqual(_FinishingContext.finished, ["failed"])
+
+    def test_console_main(self) -> None:
+        """Files are created private; run's code ends the process."""
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        with self.assertRaises(SystemExit) as exit_:
+            cliutil.console_main(lambda: 7)
+        self.assertEqual(exit_.exception.code, 7)
+        self.assertEqual(os.umask(0o022), 0o077)
