@@ -47,9 +47,7 @@ from sixid.wire import (
     parse_request,
 )
 from test.pki import make_ca
-
-DOMAIN = "example.org"
-ENDPOINTS = (Endpoint.parse("2001:db8::7", 4605), Endpoint.parse("192.0.2.7", 4605))
+from test.sixid.helpers import DOMAIN, ENDPOINTS
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ from irp.server.ca import CertificateAuthority, generate_key
 from sixid import wire
 from sixid.ids import derive_id
 from sixid.records import Registration, SignedRegistration, sign_registration
-from sixid.server.operations import CertificateChecker
+from sixid.server.operations import CertificateChecker, Operations, SixidSettings
 from sixid.server.store import AllowedSixid, Replayed, StoredRecord
+from sixid.server.watches import WatchHub
 from test import pki
+from test.sixid.helpers import DOMAIN
 
-DOMAIN = "example.org"
 #: A fixed moment for the fake clocks (Unix seconds).
 NOW = 1_800_000_000
 
@@ -156,6 +157,20 @@ class RegistryKeys:
                 return fail(error)
 
         return check
+
+    def operations(self, *, store: Any, settings: SixidSettings, hub: WatchHub, clock: Any, domain: str = DOMAIN) -> Operations:
+        """The server's operations for this registry on ``store`` (its signer chain, its
+        certificate check)."""
+        return Operations(
+            domain=domain,
+            store=store,
+            signing_key=self.signing_key,
+            signer_chain=[certificate.public_bytes(serialization.Encoding.DER) for certificate in self.signer_chain],
+            check_certificate=self.check_certificate(),
+            settings=settings,
+            hub=hub,
+            clock=clock,
+        )
 
 
 @functools.cache

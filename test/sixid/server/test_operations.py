@@ -59,16 +59,7 @@ class OperationsTestCase(TestCase):
         self.client = FakeClient()
 
     def make_operations(self) -> Operations:
-        return Operations(
-            domain=DOMAIN,
-            store=self.store,
-            signing_key=self.keys.signing_key,
-            signer_chain=[certificate.public_bytes(serialization.Encoding.DER) for certificate in self.keys.signer_chain],
-            check_certificate=self.keys.check_certificate(),
-            settings=self.settings,
-            hub=self.hub,
-            clock=self.clock,
-        )
+        return self.keys.operations(store=self.store, settings=self.settings, hub=self.hub, clock=self.clock)
 
     def run_op(self, operation: Any, client: FakeClient | None = None) -> Any:
         """The operation's result (it completes at once on the memory store)."""

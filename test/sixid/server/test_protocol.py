@@ -20,7 +20,7 @@ from common.wire.framing import encode_frame
 from irp import errors as irp_errors
 from sixid import wire
 from sixid.ids import SixId
-from sixid.server.operations import Operations, SixidSettings
+from sixid.server.operations import SixidSettings
 from sixid.server.protocol import SixidFactory, SixidProtocol
 from sixid.server.watches import WatchHub
 from test.helpers import frames_of
@@ -38,16 +38,7 @@ class ProtocolTestCase(TestCase):
         self.store = MemoryStore()
         self.settings = SixidSettings(policy="open")
         self.hub = WatchHub(self.store, self.clock)
-        self.operations = Operations(
-            domain=DOMAIN,
-            store=self.store,
-            signing_key=self.keys.signing_key,
-            signer_chain=[c.public_bytes(serialization.Encoding.DER) for c in self.keys.signer_chain],
-            check_certificate=self.keys.check_certificate(),
-            settings=self.settings,
-            hub=self.hub,
-            clock=self.clock,
-        )
+        self.operations = self.keys.operations(store=self.store, settings=self.settings, hub=self.hub, clock=self.clock)
         self.factory = SixidFactory(self.operations, self.clock, self.settings.limits)
         self.logged: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.logged.append)  # type: ignore[arg-type]
