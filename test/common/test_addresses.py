@@ -66,3 +66,13 @@ class PrimaryAddressTests(TestCase):
 
         self.patch(socket, "socket", Unroutable)
         self.assertEqual(primary_addresses(), [])
+
+
+class DialNameTests(TestCase):
+    """dial_name: what HostnameEndpoint is given."""
+
+    def test_addresses_as_they_are_names_in_idna(self) -> None:
+        self.assertEqual(addresses.dial_name("192.0.2.1"), "192.0.2.1")
+        self.assertEqual(addresses.dial_name("2001:db8::1"), "2001:db8::1")
+        self.assertEqual(addresses.dial_name("example.org"), b"example.org")
+        self.assertEqual(addresses.dial_name("bücher.example"), b"xn--bcher-kva.example")
