@@ -130,12 +130,8 @@ class Ping:
 Operation: TypeAlias = PublishPrekeys | FetchPrekey | Deposit | Subscribe | Ack | Reserve | Ping
 
 
-@dataclass(frozen=True)
-class Request:
-    """One request: its id and operation."""
-
-    id: int
-    operation: Operation
+class Request(envelope.Request[Operation]):
+    """One intermediary request: its id and operation."""
 
 
 # -- results (server -> client) -------------------------------------------------------------
@@ -195,20 +191,12 @@ class Pong:
 Result: TypeAlias = PrekeyCount | PrekeyData | Deposited | Subscribed | Acked | Reserved | Pong
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(envelope.Response[Result]):
     """A successful answer to request ``id``."""
 
-    id: int
-    result: Result
 
-
-@dataclass(frozen=True)
-class ErrorAnswer:
+class ErrorAnswer(envelope.ErrorAnswer[errors.IntermediaryError]):
     """A refusal: of request ``id``, or of the connection (``id`` None)."""
-
-    id: int | None
-    error: errors.IntermediaryError
 
 
 # -- pushes (server -> client) ------------------------------------------------------------

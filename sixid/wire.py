@@ -129,12 +129,8 @@ class Ping:
 Operation: TypeAlias = Register | Lookup | Watch | Unwatch | Signer | Ping
 
 
-@dataclass(frozen=True)
-class Request:
-    """One request: its id and operation."""
-
-    id: int
-    operation: Operation
+class Request(envelope.Request[Operation]):
+    """One sixid request: its id and operation."""
 
 
 # -- results (server -> client) -----------------------------------------------------------
@@ -174,20 +170,12 @@ class Pong:
 Result: TypeAlias = RecordResult | Watching | Unwatched | SignerChain | Pong
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(envelope.Response[Result]):
     """A successful answer to request ``id``."""
 
-    id: int
-    result: Result
 
-
-@dataclass(frozen=True)
-class ErrorAnswer:
+class ErrorAnswer(envelope.ErrorAnswer[errors.SixidError]):
     """A refusal: of request ``id``, or of the connection (``id`` None)."""
-
-    id: int | None
-    error: errors.SixidError
 
 
 # -- pushes (server -> client) --------------------------------------------------------------

@@ -14,7 +14,8 @@ bytes in one place.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
 
 from common.errors import ProtocolError
 from common.integers import parse_decimal
@@ -27,11 +28,37 @@ MAX_REQUEST_ID: Final = 2**31 - 1
 MAX_ERROR_TEXT: Final = 1000
 
 Op = TypeVar("Op")
+R = TypeVar("R")
+E = TypeVar("E", bound=ProtocolError)
 
 #: Checks an element's attributes: ``(element, required, optional)``.
 AttributeCheck = Callable[[Element, tuple[str, ...], tuple[str, ...]], None]
 #: Reads a decimal field: ``(text, what, low, high)``.
 DecimalField = Callable[[str, str, int, int], int]
+
+
+@dataclass(frozen=True)
+class Request(Generic[Op]):
+    """One request: its id and operation (each protocol names its own, of its operations)."""
+
+    id: int
+    operation: Op
+
+
+@dataclass(frozen=True)
+class Response(Generic[R]):
+    """A successful answer to request ``id``."""
+
+    id: int
+    result: R
+
+
+@dataclass(frozen=True)
+class ErrorAnswer(Generic[E]):
+    """A refusal: of request ``id``, or of the connection (``id`` None)."""
+
+    id: int | None
+    error: E
 
 
 class Refused(Exception):
@@ -150,38 +177,28 @@ class Envelope:
         ``error_answer(id or None, error)`` or ``parse_event(EVENT)``; raise ``malformed``
         for anything else (whatever the protocol's parsers raise becomes ``malformed``)."""
         try:
-            return self._parse_answer(payload, parse_result, parse_event, response, error_answer)
+            root = self.parse(payload)
+            if root.tag == "error":
+                self.check_attributes(root, ("code", "name"), ("id",))
+                if len(root):
+                    raise self.malformed("<error> must hold only text")
+                code = self.decimal(self.fields.attribute(root, "code"), "code", 0, 999)
+                identifier = root.get("id")
+                request_id = None if identifier is None else self.decimal(str(identifier), "id", 1, MAX_REQUEST_ID)
+                cls = self.error_class_for(self.fields.attribute(root, "name"), code)
+                return error_answer(request_id, cls(str(root.text or "")[:MAX_ERROR_TEXT] or None))
+            if root.tag == "push":
+                self.check_attributes(root, (), ())
+                return parse_event(self.only_child(root))
+            if root.tag == "response":
+                self.check_attributes(root, ("id",), ())
+                answered = self.decimal(self.fields.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
+                return response(answered, parse_result(self.only_child(root)))
+            raise self.malformed(f"unexpected <{root.tag}> from {self.peer}")
         except self.malformed:
             raise
         except self.base_error as error:
             raise self.malformed(error.message) from None
-
-    def _parse_answer(
-        self,
-        payload: bytes,
-        parse_result: Callable[[Element], Any],
-        parse_event: Callable[[Element], Any],
-        response: Callable[[int, Any], Any],
-        error_answer: Callable[[int | None, Any], Any],
-    ) -> Any:
-        root = self.parse(payload)
-        if root.tag == "error":
-            self.check_attributes(root, ("code", "name"), ("id",))
-            if len(root):
-                raise self.malformed("<error> must hold only text")
-            code = self.decimal(self.fields.attribute(root, "code"), "code", 0, 999)
-            identifier = root.get("id")
-            request_id = None if identifier is None else self.decimal(str(identifier), "id", 1, MAX_REQUEST_ID)
-            cls = self.error_class_for(self.fields.attribute(root, "name"), code)
-            return error_answer(request_id, cls(str(root.text or "")[:MAX_ERROR_TEXT] or None))
-        if root.tag == "push":
-            self.check_attributes(root, (), ())
-            return parse_event(self.only_child(root))
-        if root.tag == "response":
-            self.check_attributes(root, ("id",), ())
-            request_id = self.decimal(self.fields.attribute(root, "id"), "id", 1, MAX_REQUEST_ID)
-            return response(request_id, parse_result(self.only_child(root)))
-        raise self.malformed(f"unexpected <{root.tag}> from {self.peer}")
 
     def only_child(self, element: Element) -> Element:
         """The one element ``element`` holds (and no text)."""

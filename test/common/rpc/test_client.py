@@ -125,6 +125,7 @@ class PipelineTests(TestCase):
         self.protocol.connectionLost(Failure(ConnectionError()))
         with self.assertRaises(ToyErrors.Timeout):
             self.protocol.request("op")
+        self.failureResultOf(self.protocol.ready, ToyErrors.Timeout)
 
     def test_broken_server(self) -> None:
         """An answer to no request, or a message that does not parse, ends the connection
@@ -144,6 +145,7 @@ class PipelineTests(TestCase):
         self.protocol.connectionLost(Failure(ConnectionError()))
         self.assertEqual(self.failureResultOf(waiting, ToyError).value.message, "bye")
         self.successResultOf(self.protocol.when_lost())
+        self.failureResultOf(self.protocol.ready, ToyError)
 
     def test_lost(self) -> None:
         """The connection ending unasked fails what is outstanding with connection-lost."""
