@@ -57,7 +57,6 @@ from intermediary.wire import (
     Reserve,
     Reserved,
     Response,
-    Result,
     ServerMessage,
     Subscribe,
     Subscribed,
@@ -162,23 +161,20 @@ class IntermediaryClient:
         #: The last reservation this connection got (where circuits are joined).
         self.reservation: Reservation | None = None
 
-    async def _call(self, operation: Operation, kind: type[Result]) -> Any:
-        return await self.protocol.call(operation, kind)
-
     async def publish_prekeys(self, prekeys: list[bytes]) -> PrekeyCount:
         """Publish signed prekeys (encoded by ``sixchat.sealed.prekeys.encode_prekey``)."""
-        result: PrekeyCount = await self._call(PublishPrekeys(tuple(prekeys)), PrekeyCount)
+        result: PrekeyCount = await self.protocol.call(PublishPrekeys(tuple(prekeys)), PrekeyCount)
         return result
 
     async def fetch_prekey(self, user: Identity) -> bytes:
         """One prekey of ``user`` (a user of the intermediary's domain), as published."""
-        result: PrekeyData = await self._call(FetchPrekey(user), PrekeyData)
+        result: PrekeyData = await self.protocol.call(FetchPrekey(user), PrekeyData)
         return result.data
 
     async def deposit(self, to: Identity, envelope: bytes, expires: int, deliver_at: int | None = None) -> str:
         """Store a sealed message for ``to``; returns the server's message id once it is
         committed."""
-        result: Deposited = await self._call(Deposit(to, expires, deliver_at, envelope), Deposited)
+        result: Deposited = await self.protocol.call(Deposit(to, expires, deliver_at, envelope), Deposited)
         return result.message_id
 
     async def subscribe(self, on_deliver: Callable[[Delivery], None], on_superseded: Callable[[], None] | None = None) -> int:
@@ -187,20 +183,20 @@ class IntermediaryClient:
         called if a newer subscription of the same user (another connection) ends this one."""
         self.protocol.on_deliver = on_deliver
         self.protocol.on_superseded = on_superseded
-        result: Subscribed = await self._call(Subscribe(), Subscribed)
+        result: Subscribed = await self.protocol.call(Subscribe(), Subscribed)
         self._keep_alive()
         return result.pending
 
     async def ack(self, message_id: str) -> None:
         """The message is stored at the recipient: the intermediary deletes it."""
-        await self._call(Ack(message_id), Acked)
+        await self.protocol.call(Ack(message_id), Acked)
 
     async def reserve(self, on_circuit: Callable[[str, str], None]) -> Reservation:
         """Reserve a relay port; ``on_circuit(circuit_id, "address port")`` per dialer
         (``circuit_id`` is the circuit's single-use join secret: pass it to
         :meth:`accept_circuit`, never log it)."""
         self.protocol.on_circuit = on_circuit
-        result: Reserved = await self._call(Reserve(), Reserved)
+        result: Reserved = await self.protocol.call(Reserve(), Reserved)
         self.reservation = result
         self._keep_alive()
         return result
@@ -218,7 +214,7 @@ class IntermediaryClient:
 
     async def ping(self) -> None:
         """Round trip to the intermediary."""
-        await self._call(Ping(), Pong)
+        await self.protocol.call(Ping(), Pong)
 
     def _keep_alive(self) -> None:
         if self._keepalive is None:

@@ -48,7 +48,7 @@ from irp.client import IRPError, NotFound
 from irp.client.discovery import discover
 from irp.client.results import CAChain, verify_ca_chain
 from sixid import DEFAULT_PORT, SRV_SERVICE, errors
-from sixid.client_protocol import DEFAULT_TIMEOUT, SixidClientProtocol, describe_tls_failure, request_result
+from sixid.client_protocol import DEFAULT_TIMEOUT, SixidClientProtocol, describe_tls_failure
 from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRecord, SignedRegistration, VerifiedRecord, verify_record
 from sixid.wire import (
@@ -179,7 +179,7 @@ class SixidClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _call(self, operation: Operation, kind: type[R]) -> R:
-        return await request_result(self.protocol, operation, kind)
+        return await self.protocol.call(operation, kind)
 
     def _now(self) -> float:
         return float(self.reactor.seconds())
@@ -486,7 +486,7 @@ async def fetch_root(
     unverified = ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
     protocol = await _connect_one(reactor, host, port, unverified, timeout)
     try:
-        chain: SignerChain = await request_result(protocol, Signer(), SignerChain)
+        chain = await protocol.call(Signer(), SignerChain)
         _record_signing, issuing, root = load_signer_chain(chain.certificates)
         if fingerprint(root) != expected:
             raise errors.ServerVerificationFailed(

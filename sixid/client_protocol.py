@@ -12,7 +12,7 @@ server sends that breaks the protocol ends the connection with ``malformed-messa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -36,8 +36,6 @@ from sixid.wire import (
 
 #: Seconds to wait for a connection, the TLS handshake or an answer (default).
 DEFAULT_TIMEOUT = 15.0
-
-R = TypeVar("R")
 
 
 class SixidClientProtocol(RpcClientProtocol):
@@ -77,12 +75,6 @@ class SixidClientProtocol(RpcClientProtocol):
     def handshake_error(self, reason: Failure) -> errors.SixidError:
         """The connection ended before TLS was up: why the server was not accepted."""
         return errors.ServerVerificationFailed(describe_tls_failure(reason))
-
-
-async def request_result(protocol: SixidClientProtocol, operation: Operation, kind: type[R]) -> R:
-    """Send ``operation``; its result, which must be a ``kind`` (else the connection ends:
-    the server broke the protocol)."""
-    return await protocol.call(operation, kind)
 
 
 def describe_tls_failure(reason: Failure) -> str:
