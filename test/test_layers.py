@@ -3,7 +3,9 @@
 ``common`` is shared by every protocol and imports none; SixChat uses IRP only through
 its client API; the intermediary (issue 12) uses IRP only through its client API and never
 SixChat (it stores sealed messages it cannot open), while SixChat's agent uses the
-intermediary's client; IRP's wire format knows nothing of its server or client; nothing installed
+intermediary's client; sixid (issue 13) uses IRP only through its client API, its server
+not even that (the registry that hosts it passes its parts in), and SixChat uses sixid's
+core and client but never its server; IRP's wire format knows nothing of its server or client; nothing installed
 imports the tests or the tools. A module that breaks a rule fails here with the import that
 does.
 """
@@ -20,18 +22,20 @@ from test.helpers import REPOSITORY
 
 #: (package of the importing module, prefixes it may not import, prefixes allowed anyway).
 RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("common", ("irp", "sixchat", "intermediary", "test", "tools"), ()),
+    ("common", ("irp", "sixchat", "intermediary", "sixid", "test", "tools"), ()),
     ("irp", ("sixchat", "intermediary", "test", "tools"), ()),
-    ("intermediary", ("irp", "sixchat", "test", "tools"), ("irp.client", "irp.DEFAULT_PORT")),
+    ("intermediary", ("irp", "sixchat", "sixid", "test", "tools"), ("irp.client", "irp.DEFAULT_PORT")),
     ("irp.wire", ("irp.server", "irp.client", "irp.cli", "irp.tap"), ()),
     ("irp.client", ("irp.server", "irp.cli", "irp.tap"), ()),
-    ("sixchat", ("irp", "test", "tools"), ("irp.client", "irp.DEFAULT_PORT")),
+    ("sixchat", ("irp", "sixid.server", "test", "tools"), ("irp.client", "irp.DEFAULT_PORT")),
+    ("sixid", ("irp", "sixchat", "intermediary", "test", "tools"), ("irp.client", "irp.DEFAULT_PORT")),
+    ("sixid.server", ("irp",), ()),
 )
 
 
 def _modules() -> Iterator[tuple[str, str]]:
     """(dotted name, path) of every module of the installed packages."""
-    for top in ("common", "irp", "sixchat", "intermediary"):
+    for top in ("common", "irp", "sixchat", "intermediary", "sixid"):
         for folder, _, files in os.walk(os.path.join(REPOSITORY, top)):
             for name in files:
                 if name.endswith(".py"):
