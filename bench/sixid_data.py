@@ -242,7 +242,7 @@ def generate_records(folder: str, count: int, key_type: str, log: Callable[[str]
         statement = f"INSERT INTO rows VALUES ({', '.join('?' for _ in ROW_COLUMNS)})"
         database.execute("BEGIN")
         tasks = [(signing_raw, start, min(CHUNK, count - start), signed_at, RECORD_LIFETIME) for start in range(0, count, CHUNK)]
-        with open(os.path.join(building, IDS_FILE), "wb") as ids, _pool() as pool:
+        with open(os.path.join(building, IDS_FILE), "wb") as ids, _pool(len(tasks)) as pool:
             for rows, digests in pool.imap(_make_task, tasks):
                 ids.write(digests)
                 database.executemany(statement, rows)
@@ -305,15 +305,26 @@ def _write_json(path: str, value: dict[str, Any]) -> None:
 
 
 class _pool:
-    """The generating processes (``spawn``: nothing inherited), closed on exit."""
+    """The generating processes (``spawn``: nothing inherited), closed on exit; for a
+    single task, this process (no pool)."""
+
+    def __init__(self, tasks: int) -> None:
+        self.pool: Any = None if tasks <= 1 else multiprocessing.get_context("spawn").Pool(PROCESSES, initializer=_generator_init)
 
     def __enter__(self) -> Any:
-        self.pool = multiprocessing.get_context("spawn").Pool(PROCESSES, initializer=_generator_init)
-        return self.pool
+        return self.pool or _InProcess()
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+class _InProcess:
+    """``imap`` in this process."""
+
+    def imap(self, function: Callable[[Any], Any], tasks: list[Any]) -> Iterator[Any]:
+        return map(function, tasks)
 
 
 def _read_json(path: str) -> dict[str, Any]:

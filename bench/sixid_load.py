@@ -66,8 +66,8 @@ def stride_for(count: int) -> int:
 class UniformLookups(Sequence[bytes]):
     """Endless ``<lookup>`` frames over every ID of ``ids`` (joined 20-byte digests).
 
-    Item ``n`` looks up ID number ``(start + n) * stride % count``: every ID once in any
-    ``count`` consecutive items. ``issued`` is one past the highest item asked for, so a
+    Item ``n`` looks up ID number ``(start + n) * stride % size`` (``size`` IDs): every ID
+    once in any ``size`` consecutive items. ``issued`` is one past the highest item asked for, so a
     caller can start the next run where this one stopped (``start + issued``).
     """
 
@@ -75,8 +75,8 @@ class UniformLookups(Sequence[bytes]):
         if not ids or len(ids) % DIGEST_SIZE:
             raise ValueError("ids must be joined 20-byte digests")
         self.ids = ids
-        self.count = len(ids) // DIGEST_SIZE
-        self.stride = stride_for(self.count)
+        self.size = len(ids) // DIGEST_SIZE
+        self.stride = stride_for(self.size)
         self.start = start
         self.issued = 0
         self.heads = [b'<request v="1" id="%d"><lookup sixid="' % (1 + index) for index in range(REQUEST_IDS)]
@@ -87,7 +87,7 @@ class UniformLookups(Sequence[bytes]):
 
     def position(self, index: int) -> int:
         """Which ID (its index in ``ids``) item ``index`` looks up."""
-        return (self.start + index) * self.stride % self.count
+        return (self.start + index) * self.stride % self.size
 
     def __getitem__(self, index: Any) -> Any:
         if index >= self.issued:

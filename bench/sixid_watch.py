@@ -44,8 +44,8 @@ from typing import Any
 
 from bench.fixtures import HOST, client_context, source_addresses
 from bench.harness import Context, Figure
-from bench.sampling import SERVER_CPU, CpuWindow, Sample
-from bench.sixid_data import DOMAIN, id_text
+from bench.sampling import SERVER_CPU, CpuWindow
+from bench.sixid_data import DOMAIN
 from bench.sixid_load import OK, FreshRegistrations, device_keys, frame, frames_of
 
 FIGURE_ID = "13c"
