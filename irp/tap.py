@@ -20,6 +20,8 @@ from irp.server.passwords import Argon2Parameters
 from irp.server.protocol import ConnectionLimits
 from irp.server.registry import RegistryConfig
 from irp.server.service import RegistryService, RegistrySettings
+from sixid import DEFAULT_PORT as SIXID_PORT
+from sixid.server.service import SixidSettings
 
 #: The most processes ``--workers`` starts.
 MAX_WORKERS = 64
@@ -65,11 +67,20 @@ class Options(usage.Options):
         ["tls-key", None, None, "The key of --tls-certificate (PEM, mode 0600)."],
         ["workers", None, 1, "Processes serving the registry (1 to 64), all on the same ports and"
          " database: this one and WORKERS - 1 workers it starts and supervises. One per core.", int],
+        ["sixid-policy", None, "certified", "Which device IDs sixid serves: certified (keys the"
+         " domain's CA certified), open (any key), listed (IDs on the allow list: irp admin sixid-allow)."],
+        ["sixid-max-lifetime", None, 86_400, "Longest sixid registration accepted, in seconds.", int],
+        ["sixid-max-ids", None, 10_000_000, "Most device IDs sixid holds.", int],
+    ]
+    optFlags = [
+        ["sixid", None, f"Also serve sixid (device ID to address look-ups) on TCP {SIXID_PORT}, IPv6 and IPv4,"
+         " with the registry's TLS certificate (see --sixid-listen)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["sixid-listen"] = []
         self["hostnames"] = []
         self["federated-roots"] = []
         self["registries"] = {}
@@ -83,6 +94,10 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable); default tcp6:4604:interface=\\:\\: (IPv6 and IPv4)."""
         self["listen"].append(check_endpoint(description))
+
+    def opt_sixid_listen(self, description: str) -> None:
+        """Endpoint for sixid to listen on (repeatable; implies --sixid); default tcp6:4606:interface=\\:\\:."""
+        self["sixid-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
@@ -179,12 +194,35 @@ class Options(usage.Options):
                 raise usage.UsageError(str(error)) from None
         if not self["listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
+        self._check_sixid()
         data_dir = os.path.abspath(self["data-dir"])
         own_pidfile(self, os.path.join(os.path.dirname(data_dir), os.path.basename(data_dir) + ".pid"))
         if not self["hostnames"]:
             import socket
 
             self["hostnames"] = sorted({"localhost", "127.0.0.1", "::1", socket.getfqdn().lower()})
+
+    def _check_sixid(self) -> None:
+        from sixid.server.operations import POLICIES
+
+        if self["sixid-listen"]:
+            self["sixid"] = True
+        if self["sixid-policy"] not in POLICIES:
+            raise usage.UsageError(f"--sixid-policy must be one of {', '.join(POLICIES)}")
+        if self["sixid-max-lifetime"] < 60:
+            raise usage.UsageError("--sixid-max-lifetime must be at least 60 seconds")
+        if self["sixid-max-ids"] < 1:
+            raise usage.UsageError("--sixid-max-ids must be at least 1")
+        if self["sixid"] and not self["sixid-listen"]:
+            self["sixid-listen"] = [f"tcp6:{SIXID_PORT}:interface=\\:\\:"]
+
+    def sixid_settings(self) -> SixidSettings | None:
+        """sixid's settings, or None when it is not served."""
+        if not self["sixid"]:
+            return None
+        return SixidSettings(
+            policy=self["sixid-policy"], max_lifetime=self["sixid-max-lifetime"], max_ids=self["sixid-max-ids"]
+        )
 
     def settings(self) -> RegistrySettings:
         """The registry settings these options describe."""
@@ -226,6 +264,8 @@ class Options(usage.Options):
             config=config,
             limits=limits,
             argon2=Argon2Parameters(memory_kib=self["argon2-memory"]),
+            sixid=self.sixid_settings(),
+            sixid_listen=self["sixid-listen"],
         )
 
 
@@ -255,7 +295,7 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         pool.setServiceParent(parent)
 
         def start_workers(ready: RegistryService) -> RegistryService:
-            pool.start_workers(ready.ports)
+            pool.start_workers(ready.all_ports)
             return ready
 
         registry.ready.addCallback(start_workers)

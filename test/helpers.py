@@ -76,12 +76,21 @@ class RunningRegistry:
     admin_password: str = ""
     #: The password hashing cost: cheap by default, Argon2Parameters() for the shipped one.
     argon2: Argon2Parameters = TEST_PARAMETERS
+    #: sixid's settings (a sixid.server.service.SixidSettings): served on a port of its own
+    #: (:attr:`sixid_port`) when given.
+    sixid: Any = None
 
     @property
     def port(self) -> int:
         """The port the registry listens on."""
         assert self.service is not None
         return self.service.ports[0].getHost().port  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def sixid_port(self) -> int:
+        """The port sixid listens on (``sixid`` given)."""
+        assert self.service is not None
+        return self.service.sixid_ports[0].getHost().port  # type: ignore[attr-defined, no-any-return]
 
     @property
     def connect_host(self) -> str:
@@ -131,6 +140,8 @@ class RunningRegistry:
             config=self.config,
             limits=self.limits,
             argon2=self.argon2,
+            sixid=self.sixid,
+            sixid_listen=[listen],
         )
         self.service = RegistryService(settings, global_reactor)
         self.service.startService()

@@ -4,6 +4,7 @@ and the administrator's commands."""
 from __future__ import annotations
 
 from common.cliutil import CommandError, Context, parse_endpoint, read_secret, show
+from common.timeutil import format_timestamp
 from irp.cli.output import (
     describe_addresses,
     describe_certificate,
@@ -11,6 +12,7 @@ from irp.cli.output import (
     parse_serial_argument,
 )
 from irp.client import open_registry
+from sixid.ids import InvalidSixId, SixId
 
 
 async def cmd_login(ctx: Context) -> int:
@@ -112,6 +114,8 @@ async def cmd_passwd(ctx: Context) -> int:
 async def cmd_admin(ctx: Context) -> int:
     """Administrator commands."""
     args = ctx.args
+    if args.admin_action.startswith("sixid-"):
+        return await cmd_sixid_admin(ctx)
     client = await open_registry(ctx)
     action = args.admin_action
     if action == "create-user":
@@ -145,4 +149,29 @@ async def cmd_admin(ctx: Context) -> int:
         show(f"Deleted {element.get('user')}; {element.get('revoked')} certificates revoked.")
     elif action == "users":
         return await cmd_users(ctx)
+    return 0
+
+
+async def cmd_sixid_admin(ctx: Context) -> int:
+    """sixid's allow list: sixid-allow, sixid-disallow, sixid-list."""
+    args = ctx.args
+    action = args.admin_action
+    if action == "sixid-list":
+        client = await open_registry(ctx)
+        entries = await client.sixid_list(args.offset, args.limit)
+        for entry in entries:
+            show(f"{SixId.parse(entry.sixid).grouped()}  {format_timestamp(entry.added_at)}  {entry.added_by}  {entry.note}")
+        show(f"({len(entries)} shown from {args.offset})")
+        return 0
+    try:
+        sixid = SixId.parse(args.sixid)
+    except InvalidSixId as error:
+        raise CommandError(str(error)) from None
+    client = await open_registry(ctx)
+    if action == "sixid-allow":
+        added = await client.sixid_allow(str(sixid), args.note)
+        show(f"{sixid.grouped()} {'is now' if added else 'was already'} on the sixid allow list.")
+    else:
+        removed = await client.sixid_disallow(str(sixid))
+        show(f"{sixid.grouped()} {'is no longer' if removed else 'was not'} on the sixid allow list.")
     return 0

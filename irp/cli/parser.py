@@ -209,4 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--prefix")
     action.add_argument("--offset", type=int, default=0)
     action.add_argument("--limit", type=int, default=50)
+    action = admin_action("sixid-allow", "put a device ID on sixid's allow list (served under --sixid-policy listed)")
+    action.add_argument("sixid", metavar="ID", help="the device ID, in either form (xxxx-xxxx-... or 32 characters)")
+    action.add_argument("--note", default="", help="a note kept with the entry (whose device it is, say)")
+    action = admin_action("sixid-disallow", "take a device ID off sixid's allow list")
+    action.add_argument("sixid", metavar="ID", help="the device ID, in either form")
+    action = admin_action("sixid-list", "list sixid's allow list")
+    action.add_argument("--offset", type=int, default=0, help="entries to skip (default 0)")
+    action.add_argument("--limit", type=int, default=1000, help="entries to show (default 1000, at most 10000)")
     return parser

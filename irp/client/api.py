@@ -33,6 +33,7 @@ from irp.client.results import (
     parse_status,
     verify_ca_chain,
 )
+from irp.client.sixid_admin import SixidAdministration
 from irp.wire.elements import (
     AccountView,
     CertificateEntry,
@@ -55,8 +56,9 @@ def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
 
 
-class RegistryClient:
-    """A connection to one registry, with one method per operation."""
+class RegistryClient(SixidAdministration):
+    """A connection to one registry, with one method per operation (sixid's allow list:
+    :class:`~irp.client.sixid_admin.SixidAdministration`)."""
 
     def __init__(
         self,

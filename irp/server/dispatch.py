@@ -75,6 +75,9 @@ OPERATIONS: dict[str, OperationSpec] = {
     "set-password-login": _("local", ("user", "enabled"), required=("enabled",)),
     "set-admin": _("local", ("user", "enabled"), required=("user", "enabled")),
     "delete-user": _("local", ("user",), required=("user",)),
+    "sixid-allow": _("local", ("sixid", "note"), required=("sixid",)),
+    "sixid-disallow": _("local", ("sixid",), required=("sixid",)),
+    "sixid-list": _("local", ("offset", "limit")),
 }
 del _
 

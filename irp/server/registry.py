@@ -34,6 +34,7 @@ from irp.server.ops.certificates import CertificateOps
 from irp.server.ops.directory import DirectoryOps
 from irp.server.ops.pkcs12 import Pkcs12Ops
 from irp.server.ops.session import SessionOps
+from irp.server.ops.sixid import SixidOps
 from irp.server.passwords import HashQueue, PasswordHasher
 from irp.server.session import Session, SessionRules
 from irp.server.store import RegistryStore
@@ -98,7 +99,7 @@ class Registry:
         self.auth = Authenticator(self)
         self.admin = AdminOps(self)
         self.operations = bind_operations(
-            [SessionOps(self), DirectoryOps(self), CertificateOps(self), Pkcs12Ops(self), self.admin]
+            [SessionOps(self), DirectoryOps(self), CertificateOps(self), Pkcs12Ops(self), self.admin, SixidOps(self)]
         )
         self.dispatcher = Dispatcher(self.operations, self.sessions, self.domain)
 

@@ -38,10 +38,20 @@ from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
 from irp.server.store import RegistryStore, open_store
 from irp.wire.records import RecordSigner
+from sixid.server.service import SixidServer, SixidSettings
 
 log = Logger()
 
 ADMIN_PASSWORD_FILE = "admin-password"
+#: Seconds sixid's connections have to close when the registry stops.
+SIXID_CLOSE_GRACE = 2.0
+
+
+def describe_port(port: IListeningPort) -> str:
+    """``[host]:port`` of a listening port."""
+    address = port.getHost()
+    host = str(getattr(address, "host", "?"))
+    return f"[{host}]:{getattr(address, 'port', '?')}" if ":" in host else f"{host}:{getattr(address, 'port', '?')}"
 
 
 @dataclass
@@ -76,8 +86,12 @@ class RegistrySettings:
     tls_certificate: str | None = None
     tls_key: str | None = None
     #: Listening sockets inherited from the main process, as (file descriptor, address
-    #: family), instead of binding ``listen`` (a worker process: see irp.server.workers).
+    #: family), instead of binding ``listen`` then ``sixid_listen`` (a worker process: see
+    #: irp.server.workers): the first ``len(listen)`` are IRP's, the others sixid's.
     adopted: list[tuple[int, int]] = field(default_factory=list)
+    #: Serve sixid (issue 13) with these settings on ``sixid_listen``; None: not served.
+    sixid: SixidSettings | None = None
+    sixid_listen: list[str] = field(default_factory=lambda: ["tcp6:4606:interface=\\:\\:"])
 
     @property
     def database_url(self) -> str:
@@ -97,6 +111,11 @@ class RegistryService(service.Service):
         self.factory: RegistryServerFactory | None = None
         self.ports: list[IListeningPort] = []
         self.early_ports: EarlyPorts | None = None
+        #: sixid's listening ports and server (``settings.sixid``).
+        self.sixid_ports: list[IListeningPort] = []
+        self.sixid_early_ports: EarlyPorts | None = None
+        self.sixid: SixidServer | None = None
+        self.sixid_factory: Any = None
         self.loops: list[LoopingCall] = []
         self.ready: Deferred[RegistryService] = Deferred()
         self._last_security_events: int | None = None
@@ -126,10 +145,24 @@ class RegistryService(service.Service):
         before anything is created and a daemonizing twistd hears of it)."""
         super().privilegedStartService()
         self.early_ports = self._bind()
+        self.sixid_early_ports = self._bind_sixid()
 
     def _bind(self) -> EarlyPorts:
         settings = self.settings
-        return EarlyPorts(self.reactor, settings.listen, "IRP registry", adopted=settings.adopted)
+        adopted = settings.adopted[: len(settings.listen)]
+        return EarlyPorts(self.reactor, settings.listen, "IRP registry", adopted=adopted)
+
+    def _bind_sixid(self) -> EarlyPorts | None:
+        settings = self.settings
+        if settings.sixid is None:
+            return None
+        adopted = settings.adopted[len(settings.listen) :]
+        return EarlyPorts(self.reactor, settings.sixid_listen, "sixid", adopted=adopted)
+
+    @property
+    def all_ports(self) -> list[IListeningPort]:
+        """Every listening port, IRP's then sixid's (in the order workers adopt them)."""
+        return [*self.ports, *self.sixid_ports]
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
@@ -143,12 +176,16 @@ class RegistryService(service.Service):
             log.critical("The registry could not start: {why}", why=describe_start_failure(failure.value))
         else:
             log.failure("The registry could not start", failure)
-        for port in self.ports:
+        for port in self.all_ports:
             port.stopListening()
         self.ports.clear()
-        if self.early_ports is not None:
-            self.early_ports.release()
-            self.early_ports = None
+        self.sixid_ports.clear()
+        for early in (self.early_ports, self.sixid_early_ports):
+            if early is not None:
+                early.release()
+        self.early_ports = self.sixid_early_ports = None
+        if self.sixid is not None:
+            self.sixid.stop()
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -156,8 +193,12 @@ class RegistryService(service.Service):
         # Bind first: a port in use must be found before a CA or data folder is created.
         early = self.early_ports or self._bind()
         self.early_ports = None
+        sixid_early = self.sixid_early_ports or self._bind_sixid()
+        self.sixid_early_ports = None
         gate = early.gate
         self.ports.extend(await early.ports())
+        if sixid_early is not None:
+            self.sixid_ports.extend(await sixid_early.ports())
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
@@ -218,12 +259,28 @@ class RegistryService(service.Service):
             "CA root fingerprint: {fingerprint}",
             fingerprint=keyfiles.format_fingerprint(ca.root_fingerprint),
         )
+        if sixid_early is not None:
+            self._start_sixid(credentials, sixid_early)
         self._start_loop(self._sweep, settings.sweep_interval)
         # The baseline: later changes made through other processes end sessions here.
         self._last_security_events = await self.store.security_generation()
         self._start_loop(self._sync_generation, settings.sync_interval)
         self._start_loop(self._daily_renewal, settings.renew_interval)
         return self
+
+    def _start_sixid(self, credentials: ServerCredentials, early: EarlyPorts) -> None:
+        """Serve sixid on its ports: the registry's server certificate, no client
+        certificate asked for (see :mod:`irp.server.sixid_host`)."""
+        from irp.server.sixid_host import build_sixid_server
+
+        settings = self.settings.sixid
+        assert settings is not None and self.registry is not None
+        self.sixid = build_sixid_server(self.registry, credentials, settings, self.reactor)
+        self.sixid_factory = self.sixid.factory(self._server_context(credentials))
+        early.gate.open(self.sixid_factory)
+        self.sixid.start()
+        endpoints = ", ".join(describe_port(port) for port in self.sixid_ports)
+        log.info("sixid serving on {endpoints} (policy {policy})", endpoints=endpoints, policy=settings.policy)
 
     @staticmethod
     def _server_context(credentials: ServerCredentials) -> SSL.Context:
@@ -270,6 +327,10 @@ class RegistryService(service.Service):
         if new.server_certificate != old.server_certificate:
             if self.tls is not None:
                 self.tls.context = self._server_context(new)
+            if self.sixid_factory is not None:
+                # The factory's connection creator (Twisted's TLSMemoryBIOFactory) holds
+                # the context new sixid connections get.
+                self.sixid_factory._connectionCreator.context = self._server_context(new)
             log.info(
                 "Renewed the TLS server certificate; new connections get the one valid until {until}",
                 until=new.server_certificate.not_valid_after_utc.isoformat(),
@@ -384,8 +445,14 @@ class RegistryService(service.Service):
             if loop.running:
                 loop.stop()
         self.loops.clear()
-        stopping = [port.stopListening() for port in self.ports]
+        stopping = [port.stopListening() for port in self.all_ports]
         self.ports.clear()
+        self.sixid_ports.clear()
+        sixid = self.sixid
+        if sixid is not None:
+            sixid.stop()
+            stopping.append(sixid.close_connections(SIXID_CLOSE_GRACE))
+            self.sixid = None
 
         async def finish() -> None:
             for waiting in stopping:

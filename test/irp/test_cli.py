@@ -397,6 +397,33 @@ class AdministrationTests(CLITestCase):
         )
         self.assertIn("[forbidden]", result.err)
 
+    async def test_sixid_allow_list(self) -> None:
+        """irp admin sixid-allow / sixid-list / sixid-disallow: either form in, the
+        grouped form out; a mistyped ID is refused before asking the registry (exit 2)."""
+        await self.start()
+        admin = await self.init("admin", "admin")
+        password = self.secret("admin-password", self.registry.admin_password)
+        grouped = "q3dv-6zka-m4tf-jx2b-7wqp-le5n-yc4h-ur6g"
+        base = ("--profile", admin, "admin", "--password-file", password)
+        result = await self.irp(*base, "sixid-allow", "Q3DV6ZKAM4TFJX2B7WQPLE5NYC4HUR6G", "--note", "Alice's phone")
+        self.assertIn(f"{grouped} is now on the sixid allow list.", result.out)
+        result = await self.irp(*base, "sixid-allow", grouped)
+        self.assertIn(f"{grouped} was already on the sixid allow list.", result.out)
+        result = await self.irp(*base, "sixid-list")
+        [line, summary] = result.out.strip().splitlines()
+        self.assertTrue(line.startswith(f"{grouped}  "), line)
+        self.assertTrue(line.endswith("  admin@example.org  Alice's phone"), line)
+        self.assertEqual(summary, "(1 shown from 0)")
+        self.assertTrue(await self.registry.store.sixid_allowed("q3dv6zkam4tfjx2b7wqple5nyc4hur6g"))
+        result = await self.irp(*base, "sixid-disallow", grouped)
+        self.assertIn(f"{grouped} is no longer on the sixid allow list.", result.out)
+        result = await self.irp(*base, "sixid-disallow", grouped)
+        self.assertIn("was not on", result.out)
+        result = await self.irp(*base, "sixid-allow", "not-an-id", expect=2)
+        self.assertEqual(len(result.err.strip().splitlines()), 1, result.err)
+        self.assertTrue(result.err.startswith("irp: "), result.err)
+        self.assertEqual(await self.registry.store.list_allowed_sixids(), [])
+
 
 class ErrorTests(CLITestCase):
     """Readable errors and their exit codes."""
@@ -466,7 +493,7 @@ class ErrorTests(CLITestCase):
         pkcs12_help = (await self.irp("pkcs12", "--help")).out
         for group in ("get:", "upload:", "generate:", "list and generate:"):
             self.assertIn(group, pkcs12_help)
-        for action in ("create-user", "set-password", "delete-user", "users", "revoke", "set-admin"):
+        for action in ("create-user", "set-password", "delete-user", "users", "revoke", "set-admin", "sixid-allow", "sixid-disallow", "sixid-list"):
             result = await self.irp("admin", action, "--help")
             description = result.out.split("\n\n")[1]
             self.assertFalse(description.startswith(("positional", "options")), f"admin {action} has no description:\n{result.out}")

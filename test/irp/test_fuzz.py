@@ -344,6 +344,9 @@ def request_corpus() -> tuple[bytes, ...]:
         _operation("set-password-login", {"user": "alice", "enabled": "false"}),
         _operation("set-admin", {"user": "alice", "enabled": "true"}),
         _operation("delete-user", {"user": "carol"}),
+        _operation("sixid-allow", {"sixid": "q3dv-6zka-m4tf-jx2b-7wqp-le5n-yc4h-ur6g", "note": "Alice's phone"}),
+        _operation("sixid-list", {"offset": "0", "limit": "100"}),
+        _operation("sixid-disallow", {"sixid": "q3dv6zkam4tfjx2b7wqple5nyc4hur6g"}),
     ]
     return tuple(build_request(index + 1, operation) for index, operation in enumerate(operations))
 
@@ -813,6 +816,9 @@ async def drive_every_operation(running: Any) -> None:
     await admin.set_admin("bob", True)
     await admin.set_admin("bob", False)
     await admin.delete_user("carol")
+    await admin.sixid_allow("q3dv-6zka-m4tf-jx2b-7wqp-le5n-yc4h-ur6g", "Alice's phone")
+    await admin.sixid_list()
+    await admin.sixid_disallow("q3dv6zkam4tfjx2b7wqple5nyc4hur6g")
     await alice.logout()
 
 

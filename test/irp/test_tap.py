@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
+import struct
+import sys
+from typing import Any
 
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from common.pki.keyfiles import load_certificates
 from irp.tap import Options
-from test.helpers import run_python, run_twistd, taken_port
+from test.helpers import REPOSITORY, run_python, run_twistd, taken_port
 
 
 class OptionsTests(SynchronousTestCase):
@@ -62,9 +72,37 @@ class OptionsTests(SynchronousTestCase):
             ["--domain", "example.org", "--database", "mysql://x/y"],
             ["--domain", "example.org", "--registry", "example.net"],
             ["--domain", "example.org", "--trust-domain", "/nonexistent.pem"],
+            ["--domain", "example.org", "--sixid-policy", "anyone"],
+            ["--domain", "example.org", "--sixid-listen", "nonsense:1"],
+            ["--domain", "example.org", "--sixid", "--sixid-max-lifetime", "10"],
+            ["--domain", "example.org", "--sixid", "--sixid-max-ids", "0"],
         ):
             with self.subTest(argv=argv):
                 self.assertRaises(usage.UsageError, Options().parseOptions, argv)
+
+
+    def test_sixid_off_by_default(self) -> None:
+        settings = self.parse().settings()
+        self.assertIsNone(settings.sixid)
+
+    def test_sixid_defaults(self) -> None:
+        """--sixid serves on TCP 4606, IPv6 and IPv4, policy certified, the design's limits."""
+        settings = self.parse("--sixid").settings()
+        assert settings.sixid is not None
+        self.assertEqual(settings.sixid_listen, ["tcp6:4606:interface=\\:\\:"])
+        self.assertEqual(
+            (settings.sixid.policy, settings.sixid.max_lifetime, settings.sixid.max_ids), ("certified", 86_400, 10_000_000)
+        )
+
+    def test_sixid_options(self) -> None:
+        """--sixid-listen (repeatable) implies --sixid; the policy and limits reach the server."""
+        settings = self.parse(
+            "--sixid-listen", "tcp:14606", "--sixid-listen", "tcp6:14607", "--sixid-policy", "listed",
+            "--sixid-max-lifetime", "3600", "--sixid-max-ids", "1000",
+        ).settings()
+        assert settings.sixid is not None
+        self.assertEqual(settings.sixid_listen, ["tcp:14606", "tcp6:14607"])
+        self.assertEqual((settings.sixid.policy, settings.sixid.max_lifetime, settings.sixid.max_ids), ("listed", 3600, 1000))
 
 
 class PidFileTests(SynchronousTestCase):
@@ -123,6 +161,92 @@ class FailedStartTests(TestCase):
         self.assertNotIn("Traceback", result.out + result.err)
         self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
         self.assertEqual(sorted(os.listdir(home)), ["irp.log"])
+
+
+class StartingProcess(ProcessProtocol):
+    """A ``twistd -n irp`` process: its output, and the first line holding a text."""
+
+    def __init__(self, wanted: str) -> None:
+        self.wanted = wanted
+        self.output = b""
+        self.found: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output = (self.output + data)[-1_000_000:]
+        for line in self.output.decode("utf-8", "replace").splitlines():
+            if self.wanted in line and not self.found.called:
+                self.found.callback(line)
+
+    errReceived = outReceived  # noqa: N815 - Twisted's name
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        if not self.found.called:
+            self.found.errback(Exception(f"twistd ended without {self.wanted!r}: {self.output.decode('utf-8', 'replace')}"))
+        self.ended.callback(None)
+
+
+class SixidStartTests(TestCase):
+    """``twistd irp --sixid`` run as users run it (a separate process)."""
+
+    async def test_starts_serving_sixid(self) -> None:
+        """It says where sixid serves and with which policy, and answers there over TLS
+        with the registry's certificate (a ping)."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        process = StartingProcess("sixid serving on")
+        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        arguments = [
+            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+            "--sixid-listen", "tcp:0:interface=127.0.0.1", "--sixid-policy", "open", "--argon2-memory", "8192",
+        ]
+        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
+            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
+            env=environment, path=home,
+        )
+
+        def stop() -> Deferred[None]:
+            try:
+                transport.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+            return process.ended
+
+        self.addCleanup(stop)
+        line = await process.found.addTimeout(60, global_reactor)
+        found = re.search(r"sixid serving on 127\.0\.0\.1:(\d+) \(policy open\)", line)
+        assert found is not None, line
+        root = load_certificates(os.path.join(home, "irp-data", "ca", "root.pem"))[0]
+        port = int(found.group(1))
+        answer = await ping(root, port)
+        self.assertEqual(answer, b'<response id="1"><pong/></response>')
+
+
+def ping(root: Any, port: int) -> Deferred[bytes]:
+    """Connect to sixid on 127.0.0.1:port over TLS (trusting ``root``), send a ping; fire
+    with the answer's payload."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+
+    from common.tls import client_options
+
+    answered: Deferred[bytes] = Deferred()
+
+    class Pinger(Protocol):
+        buffer = b""
+
+        def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+            payload = b'<request v="1" id="1"><ping/></request>'
+            self.transport.write(struct.pack(">I", len(payload)) + payload)  # type: ignore[union-attr]
+
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+            self.buffer += data
+            if len(self.buffer) >= 4 and len(self.buffer) >= 4 + struct.unpack(">I", self.buffer[:4])[0]:
+                answered.callback(self.buffer[4:])
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+    endpoint = wrapClientTLS(client_options("localhost", [root]), TCP4ClientEndpoint(global_reactor, "127.0.0.1", port))
+    connectProtocol(endpoint, Pinger()).addErrback(answered.errback)
+    return answered.addTimeout(15, global_reactor)
 
 
 class PluginDiscoveryTests(TestCase):

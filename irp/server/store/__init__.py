@@ -43,15 +43,16 @@ def open_store(
     pool.start()
 
     def ready(_version: int) -> RegistryStore:
+        store.reactor = reactor
         if dialect is SQLITE and target != ":memory:":
             store.direct_reader = direct_sqlite_reader(target)
-            store.reactor = reactor
         elif dialect is POSTGRESQL:
             read_pool = postgresql_pool(target, reactor, pool_size, autocommit=True)
             read_pool.start()
             store.read_pool = read_pool
             store.address_listener = AddressListener(target, reactor)
             store.address_listener.start()
+            store.listen_url = target
         return store
 
     result: Deferred[RegistryStore] = store.upgrade().addCallback(ready)

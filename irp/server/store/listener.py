@@ -1,18 +1,23 @@
-"""PostgreSQL: following other processes' address changes through LISTEN/NOTIFY.
+"""PostgreSQL: following other processes' changes through LISTEN/NOTIFY.
 
-The ``addresses`` trigger (schema version 5) notifies the channel ``irp_addresses`` of every
-row written, with the user's name and the new record's sequence number (the name alone for
-a delete). An :class:`AddressListener` keeps one connection listening on that channel; the
-reactor reads it (no thread), so notifications are taken in as soon as they arrive.
+A :class:`ChangeListener` keeps one connection listening on one channel; the reactor reads
+it (no thread), so notifications are taken in as soon as they arrive, and each is handed on
+as a key and a version (the payload ``"KEY VERSION"``, or ``"KEY"`` alone). Two channels are
+followed:
 
-What may be served from a cache follows from it (:meth:`AddressListener.follow`):
-
-* not while the listening connection is down: when it is lost (or first made), changes may
-  have been missed, so every cached answer is forgotten and none is served until the
-  connection is back;
-* this process's own writes are told at once (the store reports each one when it has
-  committed: :meth:`AddressListener.own_change`), so an answer this process just changed
-  is never served stale, even for the moment its notification travels.
+* ``irp_addresses``: the ``addresses`` trigger (schema version 5) notifies it of every row
+  written, with the user's name and the new record's sequence number (the name alone for a
+  delete). An :class:`AddressListener` keeps them for the registry's answer cache, and what
+  may be served from that cache follows from it (:meth:`AddressListener.follow`): not while
+  the listening connection is down (when it is lost, or first made, changes may have been
+  missed, so every cached answer is forgotten and none is served until it is back); and
+  this process's own writes are told at once (the store reports each one when it has
+  committed: :meth:`AddressListener.own_change`), so an answer this process just changed is
+  never served stale, even for the moment its notification travels.
+* ``sixid_changes``: the ``sixid_records`` trigger (schema version 6) notifies it of every
+  record written (``"ID SEQ"``); the sixid store hands each to its followers at once (see
+  :mod:`irp.server.store.sixid`), and reads the change log to catch up on what a lost
+  connection missed.
 """
 
 from __future__ import annotations
@@ -48,23 +53,48 @@ class AddressWatcher(Protocol):
 
 
 @implementer(IReadDescriptor)
-class AddressListener:
-    """One connection listening on :data:`CHANNEL`, read by the reactor."""
+class ChangeListener:
+    """One connection listening on ``channel``, read by the reactor; each notification is
+    handed to :meth:`notified` (key, version), on the reactor thread.
 
-    def __init__(self, url: str, reactor: Any) -> None:
+    ``what`` names what is followed, in log lines. Subclasses may run :meth:`catch_up` on
+    the new connection (in a thread, once it listens) and take its result in
+    :meth:`caught_up` (on the reactor thread), to learn what was missed while no connection
+    listened.
+    """
+
+    what = "changes"
+
+    def __init__(self, url: str, reactor: Any, channel: str) -> None:
         self.url = url
         self.reactor = reactor
+        self.channel = channel
         self.connection: Any = None
         #: A duplicate of the connection's socket, for the reactor: it stays valid however
         #: libpq closes its own when the connection breaks.
         self._fileno = -1
-        self._pending: list[tuple[str, int | None]] = []
-        self._overflow = False
-        #: Forget every answer at the next follow (set when made or lost).
-        self._must_clear = True
         self._stopped = False
         self._retry: Any = None
         self.ready: Deferred[None] = Deferred()
+
+    # -- to be supplied by subclasses ---------------------------------------------------
+
+    def notified(self, key: str, version: int | None) -> None:
+        """A notification arrived: ``key`` was written (at ``version``, when given)."""
+
+    def catch_up(self, connection: Any) -> Any:
+        """Run in a thread on a new listening connection; its result goes to :meth:`caught_up`."""
+        return None
+
+    def caught_up(self, result: Any) -> None:
+        """The result of :meth:`catch_up`, on the reactor thread, before any notification
+        of the new connection is read."""
+
+    def made(self) -> None:
+        """A listening connection was made (the first, or again after one was lost)."""
+
+    def lost(self) -> None:
+        """The listening connection was lost."""
 
     # -- the connection -----------------------------------------------------------------
 
@@ -77,26 +107,32 @@ class AddressListener:
             self._connected, self._not_connected
         )
 
-    def _connect(self) -> Any:
+    def _connect(self) -> tuple[Any, Any]:
         import psycopg
 
         connection = psycopg.connect(self.url, autocommit=True)
-        connection.execute(f"LISTEN {CHANNEL}")
-        return connection
+        try:
+            connection.execute(f"LISTEN {self.channel}")
+            return connection, self.catch_up(connection)
+        except BaseException:
+            connection.close()
+            raise
 
-    def _connected(self, connection: Any) -> None:
+    def _connected(self, made: tuple[Any, Any]) -> None:
+        connection, caught = made
         if self._stopped:
             connection.close()
             return
         self.connection = connection
         self._fileno = os.dup(connection.pgconn.socket)
-        self._must_clear = True
+        self.made()
+        self.caught_up(caught)
         self.reactor.addReader(self)
         if not self.ready.called:
             self.ready.callback(None)
 
     def _not_connected(self, failure: Failure) -> None:
-        log.error("Cannot listen for address changes: {error}", error=str(failure.value))
+        log.error("Cannot listen for {what}: {error}", what=self.what, error=str(failure.value))
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -104,12 +140,11 @@ class AddressListener:
             self._retry = self.reactor.callLater(RECONNECT_DELAY, self.start)
 
     def _lost(self) -> None:
-        """The listening connection is gone: serve nothing cached until it is back."""
+        """The listening connection is gone: make it again."""
         if self.connection is None:
             return
-        log.warn("Lost the connection listening for address changes; answers are not cached until it is back")
         self._close()
-        self._must_clear = True
+        self.lost()
         self._schedule_retry()
 
     def _close(self) -> None:
@@ -148,7 +183,8 @@ class AddressListener:
             notice = pgconn.notifies()
             if notice is None:
                 break
-            self._received(notice.extra.decode("utf-8"))
+            key, _, version = notice.extra.decode("utf-8").partition(" ")
+            self.notified(key, int(version) if version else None)
         if pgconn.status != 0:  # not CONNECTION_OK
             self._lost()
 
@@ -158,13 +194,34 @@ class AddressListener:
 
     def logPrefix(self) -> str:
         """The name in the reactor's log lines."""
-        return "AddressListener"
+        return type(self).__name__
 
-    # -- notifications ------------------------------------------------------------------
 
-    def _received(self, payload: str) -> None:
-        username, _, seq = payload.partition(" ")
-        self.own_change(username, int(seq) if seq else None)
+class AddressListener(ChangeListener):
+    """Listens on :data:`CHANNEL`; keeps the address changes notified until the next
+    :meth:`follow`."""
+
+    what = "address changes"
+
+    def __init__(self, url: str, reactor: Any, channel: str = CHANNEL) -> None:
+        super().__init__(url, reactor, channel)
+        self._pending: list[tuple[str, int | None]] = []
+        self._overflow = False
+        #: Forget every answer at the next follow (set when made or lost).
+        self._must_clear = True
+
+    def made(self) -> None:
+        """Changes may have been missed: forget every answer at the next follow."""
+        self._must_clear = True
+
+    def lost(self) -> None:
+        """Serve nothing cached until the connection is back."""
+        log.warn("Lost the connection listening for address changes; answers are not cached until it is back")
+        self._must_clear = True
+
+    def notified(self, key: str, version: int | None) -> None:
+        """Keep the change for the next :meth:`follow`."""
+        self.own_change(key, version)
 
     def own_change(self, username: str, seq: int | None) -> None:
         """The user's record was written (at ``seq``; None: deleted or not known), to be

@@ -159,6 +159,69 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
             " INSERT INTO address_changes (username, seq) VALUES (OLD.username, NULL); END",
         },
     ],
+    # 5 -> 6: sixid (issue 13). ``sixid_records`` holds each ID's current signed record
+    # (what the registry signed, as served) with its sequence number, kept until
+    # ``keep_until`` (after expiry too, so an old registration cannot be replayed) and then
+    # swept; ``sixid_allowed`` is the allow list of the ``listed`` policy. Every insert and
+    # update of a record appends the ID and its new sequence number to ``sixid_changes``
+    # (pruned like ``address_changes``; ``sixid_changes_pruned`` is the highest id pruned),
+    # which registry processes sharing the database follow to tell their watchers; on
+    # PostgreSQL the trigger also notifies the channel ``sixid_changes`` ("ID SEQ"). The
+    # counter ``sixid_records`` counts the rows (the server's limit of IDs held).
+    [
+        """CREATE TABLE sixid_records (
+            sixid TEXT PRIMARY KEY,
+            seq {BIGINT} NOT NULL,
+            signed_at {BIGINT} NOT NULL,
+            expires_at {BIGINT} NOT NULL,
+            keep_until {BIGINT} NOT NULL,
+            owner TEXT NOT NULL,
+            record {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX sixid_records_keep_until ON sixid_records (keep_until)",
+        """CREATE TABLE sixid_allowed (
+            sixid TEXT PRIMARY KEY,
+            note TEXT NOT NULL,
+            added_at {BIGINT} NOT NULL,
+            added_by TEXT NOT NULL
+        )""",
+        """CREATE TABLE sixid_changes (
+            id {ID_PK},
+            sixid TEXT NOT NULL,
+            seq {BIGINT} NOT NULL
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('sixid_changes_pruned', 0)",
+        "INSERT INTO counters (name, value) VALUES ('sixid_records', 0)",
+        {
+            "sqlite": "CREATE TRIGGER sixid_records_inserted AFTER INSERT ON sixid_records BEGIN"
+            " INSERT INTO sixid_changes (sixid, seq) VALUES (NEW.sixid, NEW.seq);"
+            " UPDATE counters SET value = value + 1 WHERE name = 'sixid_records'; END",
+            "postgresql": """CREATE FUNCTION sixid_record_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'DELETE' THEN
+                    UPDATE counters SET value = value - 1 WHERE name = 'sixid_records';
+                    RETURN NULL;
+                END IF;
+                IF TG_OP = 'INSERT' THEN
+                    UPDATE counters SET value = value + 1 WHERE name = 'sixid_records';
+                END IF;
+                INSERT INTO sixid_changes (sixid, seq) VALUES (NEW.sixid, NEW.seq);
+                PERFORM pg_notify('sixid_changes', NEW.sixid || ' ' || NEW.seq);
+                RETURN NULL;
+            END
+            $$""",
+        },
+        {
+            "sqlite": "CREATE TRIGGER sixid_records_updated AFTER UPDATE ON sixid_records BEGIN"
+            " INSERT INTO sixid_changes (sixid, seq) VALUES (NEW.sixid, NEW.seq); END",
+            "postgresql": "CREATE TRIGGER sixid_records_changed AFTER INSERT OR UPDATE OR DELETE ON sixid_records"
+            " FOR EACH ROW EXECUTE FUNCTION sixid_record_changed()",
+        },
+        {
+            "sqlite": "CREATE TRIGGER sixid_records_deleted AFTER DELETE ON sixid_records BEGIN"
+            " UPDATE counters SET value = value - 1 WHERE name = 'sixid_records'; END",
+        },
+    ],
 ]
 
 #: The version a fully upgraded database has.

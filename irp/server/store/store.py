@@ -9,7 +9,8 @@ composed of one class per table (or group of tables) on :class:`~.engine.StoreEn
 - :mod:`~irp.server.store.addresses`: signed address records;
 - :mod:`~irp.server.store.certificates`: certificates and revocation;
 - :mod:`~irp.server.store.crls`: certificate revocation lists;
-- :mod:`~irp.server.store.pkcs12`: PKCS#12 files.
+- :mod:`~irp.server.store.pkcs12`: PKCS#12 files;
+- :mod:`~irp.server.store.sixid`: sixid records, the allow list and their change log.
 
 Public records are signed here, inside the transaction that writes them, so what is stored
 and what is served are always the same signed bytes. Every method returns a Deferred; the
@@ -22,10 +23,12 @@ from irp.server.store.accounts import Account
 from irp.server.store.certificates import serial_text
 from irp.server.store.crls import CRLTable, StoredCRL
 from irp.server.store.pkcs12 import Pkcs12Table
+from irp.server.store.sixid import SixidTable
 from irp.server.store.users import UserTable
 
 __all__ = ["Account", "RegistryStore", "StoredCRL", "serial_text"]
 
 
-class RegistryStore(UserTable, Pkcs12Table, CRLTable):
-    """Persistent users, addresses, certificates and PKCS#12 files of one domain."""
+class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable):
+    """Persistent users, addresses, certificates, PKCS#12 files and sixid records of one
+    domain."""

@@ -164,6 +164,9 @@ TABLE: list[Row] = [
     Row("enable-password-login", lambda c: op("set-password-login", {"user": c.target, "enabled": "true"}), (NA, FB, FB, FB, OK, PD, CR)),
     Row("set-admin", lambda c: op("set-admin", {"user": c.target, "enabled": "true"}), (NA, FB, FB, FB, OK, PD, CR), changes=True),
     Row("delete-user", lambda c: op("delete-user", {"user": c.target}), (NA, FB, FB, FB, OK, PD, CR), changes=True),
+    Row("sixid-allow", lambda c: op("sixid-allow", {"sixid": "a" * 32, "note": "a device"}), (NA, FB, FB, FB, OK, PD, CR)),
+    Row("sixid-disallow", lambda c: op("sixid-disallow", {"sixid": "a" * 32}), (NA, FB, FB, FB, OK, PD, CR)),
+    Row("sixid-list", lambda c: op("sixid-list"), (NA, FB, FB, FB, OK, PD, CR)),
 ]
 
 

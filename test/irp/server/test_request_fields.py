@@ -35,6 +35,8 @@ MISSING: dict[str, tuple[str, ...]] = {
     "set-password-login": ('<set-password-login user="bob"/>',),
     "set-admin": ('<set-admin enabled="true"/>', '<set-admin user="bob"/>'),
     "delete-user": ("<delete-user/>",),
+    "sixid-allow": ("<sixid-allow/>", '<sixid-allow note="a device"/>'),
+    "sixid-disallow": ("<sixid-disallow/>",),
     "request-certificate": ('<request-certificate user="bob"/>',),
     "generate-key": ('<generate-key key-type="p256"/>',),
     "upload-certificate": ("<upload-certificate/>",),

@@ -186,6 +186,10 @@ class RegistryMessagesTests(TestCase):
         await admin.set_password_login("carol", True)
         await admin.list_pkcs12("alice")
         await admin.list_certificates("alice")
+        await admin.sixid_allow("Q3DV-6ZKA-M4TF-JX2B-7WQP-LE5N-YC4H-UR6G", "Alice's phone")
+        self.assertEqual([entry.sixid for entry in await admin.sixid_list()], ["q3dv6zkam4tfjx2b7wqple5nyc4hur6g"])
+        await admin.sixid_disallow("q3dv6zkam4tfjx2b7wqple5nyc4hur6g")
+        self.assertEqual(await admin.sixid_list(), [])
 
         # -- the directory ------------------------------------------------------------
         alice = await registry.client("alice", DEFAULT_PASSWORD)
@@ -434,6 +438,7 @@ class RegistryMessagesTests(TestCase):
             {
                 "capabilities", "session", "user", "users", "addresses", "certificate",
                 "certificates", "pkcs12", "pkcs12-files", "crls", "status", "ca-chain", "deleted",
+                "sixid-allowed", "sixid-disallowed", "sixid",
             },
         )
 

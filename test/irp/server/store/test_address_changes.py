@@ -83,7 +83,7 @@ class AddressChangesTestsMixin(RegistryStoreTestsMixin):
         """A database of schema 4 keeps its records; their later changes are logged."""
         store = await self.make_store()
         await store.pool.runInteraction(upgrade_schema, store.dialect, MIGRATIONS[:4])
-        self.assertEqual(len(MIGRATIONS), 5)
+        self.assertGreaterEqual(len(MIGRATIONS), 5)
         self.assertEqual(await store.upgrade(), LATEST_VERSION)
         await store.create_user("alice")
         await store.put_addresses("alice", "busy", HERE, 60)
