@@ -13,7 +13,8 @@ from typing import Any
 
 from common.rpc import connection as rpc
 from sixid import errors, wire
-from sixid.server.operations import RecordAnswer, WatchingAnswer, default_connection_limits
+from sixid.server.operations import RecordAnswer, TextLookup, WatchingAnswer, default_connection_limits
+from sixid.wire import match_lookup
 
 __all__ = ["CODEC", "Connection", "ServerCodec", "default_connection_limits"]
 
@@ -24,8 +25,11 @@ class ServerCodec:
     Refused = wire.Refused
 
     @staticmethod
-    def parse_request(payload: bytes) -> wire.Request:
+    def parse_request(payload: bytes) -> wire.Request | TextLookup:
         """One request (a plain look-up is read without the XML parser)."""
+        fast = match_lookup(payload)
+        if fast is not None:
+            return TextLookup(*fast)
         return wire.parse_request(payload)
 
     @staticmethod

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from common.identity import Identity
 from common.limits import SlidingWindow, address_key
@@ -58,8 +59,6 @@ from sixid.wire import (
 log = Logger()
 
 POLICIES = ("certified", "open", "listed")
-#: How long a row outlives a record signed at ``signed_at`` at least (replays refused).
-REPLAY_WINDOW = 300
 #: How often the count of IDs held is read again (between reads it is counted here).
 COUNT_REFRESH = 60.0
 
@@ -138,6 +137,22 @@ class WatchingAnswer:
     record_b64: bytes | None = field(repr=False)
 
 
+class TextLookup:
+    """A plain look-up read without the XML parser (:func:`sixid.wire.match_lookup`): the
+    request and its operation in one small object, the ID as canonical text."""
+
+    __slots__ = ("id", "sixid")
+
+    def __init__(self, request_id: int, sixid: str) -> None:
+        self.id = request_id
+        self.sixid = sixid
+
+    @property
+    def operation(self) -> TextLookup:
+        """The request is its own operation."""
+        return self
+
+
 class Operations:
     """Runs operations for clients (see the module docs)."""
 
@@ -166,11 +181,18 @@ class Operations:
         self._held: int | None = None
         self._held_read_at = 0.0
 
+    def set_signer(self, signing_key: Ed25519PrivateKey, signer_chain: Sequence[bytes]) -> None:
+        """Sign with ``signing_key`` and answer ``<signer/>`` with ``signer_chain`` (DER)."""
+        self.signing_key = signing_key
+        self.signer = SignerChain(tuple(signer_chain))
+
     # -- dispatch -------------------------------------------------------------------------
 
-    def run(self, client: Client, operation: Operation) -> Any:
+    def run(self, client: Client, operation: Operation | TextLookup) -> Any:
         """Run ``operation`` for ``client``: the result, or a Deferred firing with it."""
         kind = type(operation)
+        if kind is TextLookup:
+            return self.lookup(operation.sixid)  # type: ignore[union-attr]
         if kind is Lookup:
             return self.lookup(operation.sixid)  # type: ignore[union-attr]
         if kind is Register:
@@ -187,10 +209,13 @@ class Operations:
 
     # -- look-up --------------------------------------------------------------------------
 
-    def lookup(self, sixid: object) -> Deferred[RecordAnswer]:
-        """The current record of ``sixid``, or UnknownId."""
+    def lookup(self, sixid: object) -> RecordAnswer | Deferred[RecordAnswer]:
+        """The current record of ``sixid`` (or a Deferred firing with it), or UnknownId."""
         text = str(sixid)
         reading = self.store.get_sixid_record(text, int(self.clock.seconds()))
+        if reading.called and (reading.result is None or type(reading.result) is StoredRecord):
+            # The direct reader answered already: no callback chain on the hot path.
+            return _record_answer(reading.result, text)
         return reading.addCallback(_record_answer, text)
 
     # -- watch ----------------------------------------------------------------------------
@@ -198,13 +223,22 @@ class Operations:
     def watch(self, client: Client, sixid: str) -> Deferred[WatchingAnswer]:
         """Watch ``sixid`` on ``client``'s connection; answer its current record."""
         hub = self.hub
-        if not hub.is_watching(client, sixid):
+        added = not hub.is_watching(client, sixid)
+        if added:
             if hub.watching(client) >= self.settings.max_watches:
                 raise errors.TooManyWatches(f"a connection may watch at most {self.settings.max_watches} IDs")
             hub.add(client, sixid)
             client.set_watching(True)
         reading = self.store.get_sixid_record(sixid, int(self.clock.seconds()))
-        return reading.addCallback(self._watched, sixid)
+        answer = reading.addCallback(self._watched, sixid)
+        if added:
+            answer.addErrback(self._not_watched, client, sixid)
+        return answer
+
+    def _not_watched(self, failure: Failure, client: Client, sixid: str) -> Failure:
+        """The read for a new watch failed: the ID is not watched (the client is told so)."""
+        self.unwatch(client, sixid)
+        return failure
 
     def _watched(self, stored: StoredRecord | None, sixid: str) -> WatchingAnswer:
         self.hub.current(sixid, stored)
@@ -264,14 +298,15 @@ class Operations:
             Record(self.domain, registration.sixid, owner or "", now, signed.registration_bytes, signed.spki, signed.signature),
         )
         stored = StoredRecord(sixid, registration.seq, registration.expires, owner or "", signed_record.to_bytes())
-        keep_until = max(registration.expires, registration.signed_at + REPLAY_WINDOW)
+        # Past both, the registration is stale anyway: its row is no longer needed to refuse it.
+        keep_until = max(registration.expires, registration.signed_at + settings.clock_skew)
         try:
             await self.store.put_sixid_record(stored, registration.signed_at, keep_until)  # 9
         except store_module.Replayed as replayed:
             raise _replayed(sixid, replayed.stored_seq, registration.seq) from None
         if existing is None and self._held is not None:
             self._held += 1
-        log.info(
+        log.debug(
             "Registered {sixid} seq {seq} ({endpoints} endpoints, owner {owner}) from {host}",
             sixid=sixid,
             seq=registration.seq,

@@ -22,10 +22,11 @@ from common.rpc.protocol import RpcFactory, RpcProtocol
 from sixid import errors, wire
 from sixid.ids import SixId
 from sixid.server.connection import CODEC
-from sixid.server.operations import Operations, default_connection_limits
+from sixid.server.operations import Operations, TextLookup, default_connection_limits
 from sixid.server.store import StoredRecord
 
 _OPERATION_NAMES: dict[type, str] = {
+    TextLookup: "lookup",
     wire.Register: "register",
     wire.Lookup: "lookup",
     wire.Watch: "watch",
@@ -40,11 +41,11 @@ class SixidProtocol(RpcProtocol):
 
     factory: SixidFactory
 
-    def run(self, request: wire.Request) -> Any:
+    def run(self, request: wire.Request | TextLookup) -> Any:
         """Run ``request`` on the operations."""
         return self.factory.operations.run(self, request.operation)
 
-    def describe(self, request: wire.Request) -> str:
+    def describe(self, request: wire.Request | TextLookup) -> str:
         """The operation's name (and ID: never key material)."""
         op = request.operation
         name = _OPERATION_NAMES.get(type(op), "request")

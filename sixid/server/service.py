@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -65,12 +64,7 @@ class SixidServer:
         settings: SixidSettings,
         reactor: Any,
     ) -> None:
-        if len(signer_chain) != SIGNER_CERTIFICATES:
-            raise ValueError("the signer chain is the record-signing certificate, its issuing CA and the root")
-        signing_public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        leaf_public = signer_chain[0].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        if signing_public != leaf_public:
-            raise ValueError("the record-signing certificate is not for the record-signing key")
+        _check_signer(signing_key, signer_chain)
         self.domain = domain
         self.store = store
         self.settings = settings
@@ -90,7 +84,13 @@ class SixidServer:
         self._sweeper: LoopingCall | None = None
         self._following = False
 
-    def factory(self, tls_context: SSL.Context) -> Factory:
+    def set_signer(self, signing_key: Ed25519PrivateKey, signer_chain: Sequence[x509.Certificate]) -> None:
+        """Sign and answer ``<signer/>`` with these from now on (a renewed record-signing
+        certificate)."""
+        _check_signer(signing_key, signer_chain)
+        self.operations.set_signer(signing_key, [certificate.public_bytes(serialization.Encoding.DER) for certificate in signer_chain])
+
+    def factory(self, tls_context: SSL.Context) -> TLSMemoryBIOFactory:
         """A TLS-wrapped factory on ``tls_context`` (the registry's server certificate;
         no client certificate is asked for). Every listening port shares the connection
         counts."""
@@ -102,30 +102,36 @@ class SixidServer:
             self.store.follow_sixid_changes(self._followed)
             self._following = True
         if self._sweeper is None:
-            sweeper = LoopingCall(self._sweep)
+            sweeper = LoopingCall(self.sweep)
             sweeper.clock = self.reactor
             sweeper.start(SWEEP_INTERVAL, now=False).addErrback(lambda failure: log.failure("The sixid sweeper stopped", failure))
             self._sweeper = sweeper
 
     def _followed(self, sixid: str, seq: int) -> None:
-        if self._sweeper is not None:
-            self.hub.followed(sixid, seq)
+        self.hub.followed(sixid, seq)
 
-    def _sweep(self) -> Deferred[None]:
+    def sweep(self) -> Deferred[int]:
+        """Delete the rows past their ``keep_until`` now (the sweeper does every minute);
+        fire with how many (0 when it failed: logged)."""
         sweeping = self.store.sweep_sixids(int(self.reactor.seconds()))
 
-        def swept(count: int) -> None:
+        def swept(count: int) -> int:
             if count:
                 log.info("Swept {count} sixid records past their replay window", count=count)
+            return count
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> int:
             log.failure("Sweeping the sixid records failed", failure)
+            return 0
 
         return sweeping.addCallbacks(swept, failed)
 
     def stop(self) -> None:
         """Stop sweeping and following; the watches end (close the connections with
         :meth:`close_connections`)."""
+        if self._following:
+            self.store.unfollow_sixid_changes(self._followed)
+            self._following = False
         if self._sweeper is not None:
             if self._sweeper.running:
                 self._sweeper.stop()
@@ -139,3 +145,13 @@ class SixidServer:
     def connection_count(self) -> int:
         """Connections open now."""
         return len(self.connections.open)
+
+
+def _check_signer(signing_key: Ed25519PrivateKey, signer_chain: Sequence[x509.Certificate]) -> None:
+    """ValueError unless ``signer_chain`` is three certificates, the first for ``signing_key``."""
+    if len(signer_chain) != SIGNER_CERTIFICATES:
+        raise ValueError("the signer chain is the record-signing certificate, its issuing CA and the root")
+    signing_public = signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    leaf_public = signer_chain[0].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if signing_public != leaf_public:
+        raise ValueError("the record-signing certificate is not for the record-signing key")

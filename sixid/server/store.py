@@ -85,3 +85,6 @@ class SixidStore(Protocol):
     def follow_sixid_changes(self, callback: Callable[[str, int], None]) -> None:
         """Call ``callback(sixid, seq)`` for every record other processes commit (workers
         sharing the database). The process's own commits are not told here."""
+
+    def unfollow_sixid_changes(self, callback: Callable[[str, int], None]) -> None:
+        """Stop calling ``callback`` (with no follower left, the store stops following)."""

@@ -228,3 +228,20 @@ class SlidingWindowTests(unittest.SynchronousTestCase):
             window.record("c")
         self.assertEqual(sorted(window._events), ["c"])
         self.assertEqual(len(window._events["c"]), 3)
+
+    def test_many_active_keys(self) -> None:
+        """While the keys are all active none is forgotten (their counts stay exact); the
+        next scan for idle ones waits until their number has doubled, and then forgets
+        them."""
+        clock = Clock()
+        window = SlidingWindow(clock, limit=1, window=10.0, max_keys=2)
+        for key in "abc":
+            self.assertTrue(window.allow(key))
+        self.assertFalse(window.allow("a"))
+        self.assertEqual(len(window._events), 3)
+        clock.advance(10)
+        for key in "def":
+            window.allow(key)
+        self.assertEqual(len(window._events), 6)  # the next scan is at 7 keys
+        window.allow("g")
+        self.assertEqual(sorted(window._events), ["d", "e", "f", "g"])
