@@ -192,6 +192,8 @@ def create_schema(database: sqlite3.Connection) -> None:
     from irp.server.store.schema import MIGRATIONS
 
     upgrade_schema(database.cursor(), SQLITE, MIGRATIONS)
+    if database.in_transaction:  # the migrations' transaction is the caller's to end
+        database.execute("COMMIT")
     if not _tables(database) & {"sixid_records"}:
         # A schema from before sixid's migration: the table as DESIGN-13 section 5 has it.
         database.executescript(FALLBACK_TABLE)

@@ -45,9 +45,9 @@ def serve_sixid(connection: Connection, params: dict[str, Any]) -> None:
         import dataclasses
 
         from cryptography.hazmat.primitives.serialization import Encoding
-        from sixid.server.operations import SixidSettings
 
         from irp.server.service import RegistryService, RegistrySettings
+        from sixid.server.service import SixidSettings
         from test.helpers import TEST_PARAMETERS
 
         sixid_settings = SixidSettings(policy=params.get("policy", "open"), **params.get("sixid", {}))
