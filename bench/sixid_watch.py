@@ -263,9 +263,9 @@ def measure(port: int, pids: list[int], registrations: int, watched: int, runs: 
             raise LoadError(f"watch refused: {answer[:300]!r}")
     chooser = random.Random(seed)
     results: list[dict[str, Any]] = []
-    per_run = max(registrations // runs, 1)
     try:
-        for _run in range(runs):
+        for run_index in range(runs):
+            per_run = registrations // runs + (1 if run_index < registrations % runs else 0)
             window = CpuWindow(pids)
             window.begin()
             push: list[float] = []
