@@ -12,7 +12,7 @@ Scenarios: ``lookups`` (figure 1), ``sessions`` (2), ``registrations`` (3), ``is
 ``large-lookups`` (8, with ``--users``), ``mixed`` (1m: 2 % registrations, look-ups
 spread wider than the answer cache, ``--users`` directory), ``idle-lookups`` (9: look-ups on one connection
 while ``--idle`` connections are held), ``sixid-lookups`` (13a: cold sixid look-ups over
-``--users`` IDs, from :mod:`bench.sixid_data`'s kept data). With ``--postgres``, the registry of the IRP
+``--users`` IDs, from :mod:`bench.sixid_data`'s kept data), ``sixid-registrations`` (13b). With ``--postgres``, the registry of the IRP
 scenarios stores in a PostgreSQL database (:mod:`bench.irp_postgres`) instead of SQLite.
 """
 
@@ -46,6 +46,7 @@ SCENARIOS = (
     "idle-lookups",
     "mixed",
     "sixid-lookups",
+    "sixid-registrations",
 )
 
 
@@ -57,18 +58,22 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
     """Run ``scenario``'s load against the server described by ``info`` for ``seconds``."""
     from bench import loadgen
 
-    if scenario == "sixid-lookups":
+    if scenario.startswith("sixid-"):
         from bench.sixid_load import OK as ANSWERED
-        from bench.sixid_load import UniformLookups
+        from bench.sixid_load import FreshRegistrations, UniformLookups, device_keys
         from bench.sixid_lookups import ping_frame
 
-        with open(info["ids_path"], "rb") as handle:
-            lookups = UniformLookups(handle.read())
+        requests: Any
+        if scenario == "sixid-lookups":
+            with open(info["ids_path"], "rb") as handle:
+                requests = UniformLookups(handle.read())
+        else:
+            requests = FreshRegistrations(device_keys(5000))
         connections = loadgen.connect_tls(
             HOST, info["port"], [client_context(None)], 50, sources=source_addresses(50), first=ping_frame(), check=ANSWERED
         )
         try:
-            return loadgen.round_trips(connections, lookups, warmup=0.5, duration=seconds, server_pid=info["pid"])
+            return loadgen.round_trips(connections, requests, warmup=0.5, duration=seconds, server_pid=info["pid"])
         finally:
             for connection in connections:
                 connection.close()
@@ -271,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
             from bench.sixid_lookups import start_registry
 
             server = start_registry(ctx, arguments.users)
+        elif scenario == "sixid-registrations":
+            from bench.sixid_server import UNLIMITED
+
+            server = ctx.server(
+                "sixid-registrations",
+                "bench.sixid_server:serve_sixid",
+                {"data_dir": ctx.path("sixid-registrations"), "policy": "open", "sixid": dict(UNLIMITED)},
+            )
         elif scenario.startswith("sixchat"):
             from bench.sixchat_handshakes import sixchat_pki, sixchat_server
 
