@@ -22,7 +22,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
     "abuse": ("10a", "10b", "10c"),
     "intermediary_deposits": ("12",),
-    "sixid_lookups": ("13a",),
+    "sixid_lookups": ("13a", "13a-p"),
     "sixid_registrations": ("13b",),
     "sixid_watch": ("13c", "13c-w2"),
 }

@@ -171,3 +171,21 @@ class GeneratedDataTests(TestCase):
             self.assertFalse(sixid_data.database_usable(folder, 12))
         self.assertFalse(sixid_data.records_usable(folder, 12, "ed25519", now=time.time() + 340 * 86400))
         self.assertFalse(sixid_data.records_usable(folder, 13, "ed25519"))
+
+
+class WiringTests(TestCase):
+    """``python -m bench`` runs the sixid figures, and ``--quick`` keeps them small."""
+
+    def test_selected_by_figure_and_module(self) -> None:
+        from bench.__main__ import selected_modules
+
+        self.assertEqual(selected_modules("13a"), ["sixid_lookups"])
+        self.assertEqual(selected_modules("13b"), ["sixid_registrations"])
+        self.assertEqual(selected_modules("13c-w2"), ["sixid_watch"])
+        self.assertIn("sixid_watch", selected_modules(""))
+
+    def test_quick_is_small(self) -> None:
+        from bench.harness import Settings
+
+        self.assertEqual(Settings.for_mode(False).sixid_ids, 1_000_000)
+        self.assertLessEqual(Settings.for_mode(True).sixid_ids, 20_000)
