@@ -16,7 +16,9 @@ registry might cache serves a second request. Every answer must be a ``<response
 Baseline: the bare Twisted TLS server of :mod:`bench.tls_echo` over as many connections,
 in the same window, answering the same request frames with frames of the mean size of
 the registry's answers (measured on 200 look-ups before the runs: records padded to a
-multiple of 256 bytes). Runs alternate echo, sixid, echo, sixid... as figure 1m's do.
+multiple of 256 bytes; each of them verified as a client verifies a record, with the
+key of the registry's ``<signer/>`` chain). Runs alternate echo, sixid, echo, sixid... as
+figure 1m's do.
 
 Target: ratio >= 0.8 (the issue: no client authentication, small signed records).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+import time
 from typing import Any
 
 from bench import sixid_data
@@ -62,33 +65,54 @@ def ping_frame() -> bytes:
 
 def answer_sizes(info: dict[str, Any], ids_path: str, count: int = SIZE_SAMPLE) -> list[int]:
     """Load generator: the payload sizes of the answers to ``count`` look-ups (IDs from the
-    far end of the list the runs use), one at a time on one connection."""
+    far end of the list the runs use), one at a time on one connection; each answer is
+    verified as a client verifies it (the registry's signature with the record-signing
+    key of its ``<signer/>`` chain, the ID, the device's signature, the expiry)."""
     import select
 
+    from cryptography import x509
+
     from bench.loadgen import LoadError, connect_tls
+    from sixid.ids import SixIdAddress
+    from sixid.records import verify_record
+    from sixid.wire import RecordResult, Request, Response, Signer, SignerChain, encode_request, parse_answer
 
     with open(ids_path, "rb") as handle:
         lookups = UniformLookups(handle.read(), start=-count)
     (connection,) = connect_tls(HOST, info["port"], [client_context(None)], 1, first=ping_frame(), check=OK)
     buffer = bytearray()
-    sizes = []
     epoll = select.epoll()
     epoll.register(connection.fd, select.EPOLLIN)
+
+    def ask(request: bytes) -> bytes:
+        connection.write(request)
+        while True:
+            connection.flush()
+            buffer.extend(connection.read_available())
+            answers = frames_of(buffer)
+            if answers:
+                if not answers[0].startswith(OK):
+                    raise LoadError(f"a request was refused: {answers[0][:300]!r}")
+                return answers[0]
+            if connection.closed:
+                raise LoadError("the server closed the connection")
+            epoll.poll(1.0)
+
     try:
+        chain = parse_answer(ask(frame(encode_request(Request(1, Signer())))))
+        assert isinstance(chain, Response) and isinstance(chain.result, SignerChain)
+        signer = x509.load_der_x509_certificate(chain.result.certificates[0]).public_key()
+        sizes = []
         for index in range(count):
-            connection.write(lookups[index])
-            while True:
-                connection.flush()
-                buffer += connection.read_available()
-                answers = frames_of(buffer)
-                if answers:
-                    break
-                if connection.closed:
-                    raise LoadError("the server closed the connection")
-                epoll.poll(1.0)
-            if not answers[0].startswith(OK):
-                raise LoadError(f"a look-up was refused: {answers[0][:300]!r}")
-            sizes.append(len(answers[0]))
+            request = lookups[index]
+            payload = ask(request)
+            answer = parse_answer(payload)
+            assert isinstance(answer, Response) and isinstance(answer.result, RecordResult)
+            sixid = request.split(b'sixid="', 1)[1].split(b'"', 1)[0].decode("ascii")
+            verify_record(
+                answer.result.record, expected=SixIdAddress.parse(f"{sixid}@{info['domain']}"), signer=signer, now=time.time()  # type: ignore[arg-type]
+            )
+            sizes.append(len(payload))
     finally:
         epoll.close()
         connection.goodbye()
