@@ -23,7 +23,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "abuse": ("10a", "10b", "10c"),
     "intermediary_deposits": ("12",),
     "sixid_lookups": ("13a", "13a-p"),
-    "sixid_registrations": ("13b",),
+    "sixid_registrations": ("13b", "13b-v"),
     "sixid_watch": ("13c", "13c-w2"),
 }
 

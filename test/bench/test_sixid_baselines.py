@@ -78,3 +78,14 @@ class WatchBookkeepingTests(TestCase):
         self.assertAlmostEqual(summary["median_ms"], 50.5)
         self.assertAlmostEqual(summary["p99_ms"], 99.01)
         self.assertAlmostEqual(summary["max_ms"], 100.0)
+
+
+class VerifiedRawRegistrationsTests(TestCase):
+    def test_each_row_checks_its_device_signature(self) -> None:
+        """13b-v's raw loop verifies one device signature per row, besides 13b's work."""
+        path = os.path.join(self.mktemp(), "raw.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        sixid_registrations.prepare(path)
+        sample = sixid_registrations.grouped_registrations(path, 0.01, 0.05, group=5, keys=5, verify=True)
+        self.assertEqual(sample.details["verifications"], sample.details["rows"])
+        self.assertEqual(sample.details["signatures"], sample.details["rows"])
