@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol, TypeAlias
 
 from twisted.logger import Logger
 
-from common.wire.framing import HEADER, FrameDecoder, FrameError, FrameTooLarge
+from common.wire.framing import HEADER, HEADER_SIZE, FrameDecoder, FrameError, FrameTooLarge
 
 log = Logger()
 
@@ -251,6 +251,17 @@ class Connection:
     def data_received(self, data: bytes) -> list[Action]:
         """Bytes from the peer."""
         if self.state is State.OPEN:
+            if len(data) > HEADER_SIZE and not self.reading_paused and not self.decoder.in_frame:
+                # The usual case, read without the decoder: the data is exactly one frame.
+                (length,) = HEADER.unpack_from(data)
+                if 0 < length == len(data) - HEADER_SIZE and length <= self.decoder.max_frame:
+                    actions = self._request(data[HEADER_SIZE:])
+                    if self.state is State.CLOSED:
+                        return actions
+                    actions.append(self._idle())
+                    if Deadline.FRAME in self._armed:
+                        actions += self._cancel(Deadline.FRAME)
+                    return actions
             return self._read(data)
         if self.state is State.CLOSED:
             return []  # closed: nothing more is read
@@ -320,7 +331,8 @@ class Connection:
         if request_id not in self.outstanding or self.state is State.CLOSED:
             return []
         self.outstanding.discard(request_id)
-        send = Send(frame(self.codec.encode_response(request_id, result)))
+        payload = self.codec.encode_response(request_id, result)
+        send = Send(HEADER.pack(len(payload)) + payload)
         if self.reading_paused or self.decoder.pending:
             return [send, *self._after_answer()]
         return [send]

@@ -132,8 +132,7 @@ class RpcProtocol(ActionRunner, Protocol):
         self.peer_host = getattr(self.transport.getPeer(), "host", "unknown")  # type: ignore[union-attr]
         self.core = Connection(factory.limits, self.peer_host, factory.codec, factory.errors)
         if not factory.connections.acquire(self.peer_host):
-            log.warn("Refused a connection from {host}: too many connections", host=self.peer_host)
-            self._do(self.core.refuse(factory.errors.TooManyConnections()))
+            self._do(self.core.refuse(factory.errors.TooManyConnections()))  # logged by the core
             return
         self.counted = True
         factory.open.add(self)
@@ -181,12 +180,13 @@ class RpcProtocol(ActionRunner, Protocol):
         elif kind is Dispatch:
             self._dispatch(action.request)  # type: ignore[union-attr]
         elif kind is ArmDeadline:
-            assert isinstance(action, ArmDeadline)
-            call = self._deadlines.get(action.deadline)
+            deadline: Deadline = action.deadline  # type: ignore[union-attr]
+            seconds: float = action.seconds  # type: ignore[union-attr]
+            call = self._deadlines.get(deadline)
             if call is not None and call.active():
-                call.reset(action.seconds)
+                call.reset(seconds)
             else:
-                self._deadlines[action.deadline] = self.factory.clock.callLater(action.seconds, self._expired, action.deadline)
+                self._deadlines[deadline] = self.factory.clock.callLater(seconds, self._expired, deadline)
         elif kind is CancelDeadline:
             self._cancel(action.deadline)  # type: ignore[union-attr]
         elif kind is PauseReading:

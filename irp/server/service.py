@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from common.pki import keyfiles
 from common.pki.revocation import RevocationChecker
@@ -36,9 +37,10 @@ from irp.server.credentials import (
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
+from irp.server.sixid_host import build_sixid_server, signer_chain
 from irp.server.store import RegistryStore, open_store
 from irp.wire.records import RecordSigner
-from sixid.server.service import SixidServer, SixidSettings
+from sixid.server.service import AnonymousServerTLS, SixidServer, SixidSettings
 
 log = Logger()
 
@@ -115,7 +117,8 @@ class RegistryService(service.Service):
         self.sixid_ports: list[IListeningPort] = []
         self.sixid_early_ports: EarlyPorts | None = None
         self.sixid: SixidServer | None = None
-        self.sixid_factory: Any = None
+        #: The TLS connection creator of sixid's listeners (no client certificate asked).
+        self.sixid_tls: AnonymousServerTLS | None = None
         self.loops: list[LoopingCall] = []
         self.ready: Deferred[RegistryService] = Deferred()
         self._last_security_events: int | None = None
@@ -196,9 +199,14 @@ class RegistryService(service.Service):
         sixid_early = self.sixid_early_ports or self._bind_sixid()
         self.sixid_early_ports = None
         gate = early.gate
-        self.ports.extend(await early.ports())
-        if sixid_early is not None:
-            self.sixid_ports.extend(await sixid_early.ports())
+        try:
+            self.ports.extend(await early.ports())
+            if sixid_early is not None:
+                self.sixid_ports.extend(await sixid_early.ports())
+        except BaseException:
+            if sixid_early is not None:
+                sixid_early.release()
+            raise
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
@@ -271,13 +279,13 @@ class RegistryService(service.Service):
     def _start_sixid(self, credentials: ServerCredentials, early: EarlyPorts) -> None:
         """Serve sixid on its ports: the registry's server certificate, no client
         certificate asked for (see :mod:`irp.server.sixid_host`)."""
-        from irp.server.sixid_host import build_sixid_server
-
         settings = self.settings.sixid
         assert settings is not None and self.registry is not None
         self.sixid = build_sixid_server(self.registry, credentials, settings, self.reactor)
-        self.sixid_factory = self.sixid.factory(self._server_context(credentials))
-        early.gate.open(self.sixid_factory)
+        self.sixid_tls = AnonymousServerTLS(self._server_context(credentials))
+        # What SixidServer.factory builds, keeping the connection creator: a renewed server
+        # certificate then reaches new sixid connections too (see renew_credentials).
+        early.gate.open(TLSMemoryBIOFactory(self.sixid_tls, False, self.sixid.connections))
         self.sixid.start()
         endpoints = ", ".join(describe_port(port) for port in self.sixid_ports)
         log.info("sixid serving on {endpoints} (policy {policy})", endpoints=endpoints, policy=settings.policy)
@@ -327,10 +335,8 @@ class RegistryService(service.Service):
         if new.server_certificate != old.server_certificate:
             if self.tls is not None:
                 self.tls.context = self._server_context(new)
-            if self.sixid_factory is not None:
-                # The factory's connection creator (Twisted's TLSMemoryBIOFactory) holds
-                # the context new sixid connections get.
-                self.sixid_factory._connectionCreator.context = self._server_context(new)
+            if self.sixid_tls is not None:
+                self.sixid_tls.context = self._server_context(new)
             log.info(
                 "Renewed the TLS server certificate; new connections get the one valid until {until}",
                 until=new.server_certificate.not_valid_after_utc.isoformat(),
@@ -338,6 +344,8 @@ class RegistryService(service.Service):
         if new.signing_certificate != old.signing_certificate:
             self.store.signer = RecordSigner(new.signing_key, new.signing_certificate)
             self.registry.signing_certificate = new.signing_certificate
+            if self.sixid is not None:
+                self.sixid.set_signer(new.signing_key, signer_chain(new))
             log.info(
                 "Renewed the record-signing certificate, valid until {until}",
                 until=new.signing_certificate.not_valid_after_utc.isoformat(),

@@ -67,6 +67,12 @@ class RegistryCertificateChecker:
         return Identity(info.username, domain)
 
 
+def signer_chain(credentials: ServerCredentials) -> list[x509.Certificate]:
+    """The record-signing certificate, its issuing CA and the root."""
+    ca = credentials.ca
+    return [credentials.signing_certificate, ca.issuing_certificate, ca.root_certificate]
+
+
 def build_sixid_server(
     registry: Registry, credentials: ServerCredentials, settings: SixidSettings, reactor: Any
 ) -> SixidServer:
@@ -77,7 +83,7 @@ def build_sixid_server(
         domain=registry.domain,
         store=registry.store,
         signing_key=credentials.signing_key,
-        signer_chain=[credentials.signing_certificate, ca.issuing_certificate, ca.root_certificate],
+        signer_chain=signer_chain(credentials),
         check_certificate=RegistryCertificateChecker(registry, ca.root_certificate, [ca.issuing_certificate]),
         settings=settings,
         reactor=reactor,

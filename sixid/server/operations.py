@@ -21,6 +21,7 @@ Look-ups are the hot path: the stored record's bytes become the answer without a
 
 from __future__ import annotations
 
+from binascii import b2a_base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -137,6 +138,34 @@ class WatchingAnswer:
     record_b64: bytes | None = field(repr=False)
 
 
+class RepeatLimit:
+    """At most ``limit`` events per key in any sliding ``window`` seconds, for keys that
+    mostly see one event per window (an ID registered every half hour): the first event of
+    a key costs a float in a dict (swept every window), only the further ones are counted
+    in a :class:`~common.limits.SlidingWindow` of ``limit - 1``. Any window holds at most
+    one first event (they are a window apart), so at most ``limit`` events in all."""
+
+    def __init__(self, clock: Any, *, limit: int, window: float) -> None:
+        self.clock = clock
+        self.window = window
+        self._first: dict[str, float] = {}
+        self._more = SlidingWindow(clock, limit=max(limit - 1, 0), window=window)
+        self._swept_at = clock.seconds()
+
+    def allow(self, key: str) -> bool:
+        """Count an event for ``key`` if the window has room for it (else False)."""
+        now = self.clock.seconds()
+        window = self.window
+        if now - self._swept_at >= window:
+            self._first = {k: t for k, t in self._first.items() if now - t < window}
+            self._swept_at = now
+        first = self._first.get(key)
+        if first is None or now - first >= window:
+            self._first[key] = now
+            return True
+        return self._more.allow(key)
+
+
 class TextLookup:
     """A plain look-up read without the XML parser (:func:`sixid.wire.match_lookup`): the
     request and its operation in one small object, the ID as canonical text."""
@@ -176,7 +205,7 @@ class Operations:
         self.settings = settings
         self.hub = hub
         self.clock = clock
-        self.per_id = SlidingWindow(clock, limit=settings.registrations_per_id_per_minute, window=60.0, max_keys=100_000)
+        self.per_id = RepeatLimit(clock, limit=settings.registrations_per_id_per_minute, window=60.0)
         self.new_ids = SlidingWindow(clock, limit=settings.new_ids_per_address_per_hour, window=3600.0)
         self._held: int | None = None
         self._held_read_at = 0.0
@@ -361,7 +390,8 @@ class Operations:
 def _record_answer(stored: StoredRecord | None, sixid: str) -> RecordAnswer:
     if stored is None:
         raise errors.UnknownId(f"no current record for {sixid}")
-    return RecordAnswer(record_base64(stored.record))
+    # sixid.wire.record_base64 in one call: canonical base64 (padded, no new line).
+    return RecordAnswer(b2a_base64(stored.record, newline=False))
 
 
 def _replayed(sixid: str, stored_seq: int, seq: int) -> errors.Replayed:

@@ -42,8 +42,14 @@ class SixidProtocol(RpcProtocol):
     factory: SixidFactory
 
     def run(self, request: wire.Request | TextLookup) -> Any:
-        """Run ``request`` on the operations."""
+        """Run ``request`` on the operations (a plain look-up straight away)."""
+        if type(request) is TextLookup:
+            return self.factory.operations.lookup(request.sixid)
         return self.factory.operations.run(self, request.operation)
+
+    def who(self) -> str:
+        """Every sixid client is anonymous (its address is logged beside)."""
+        return "an anonymous client"
 
     def describe(self, request: wire.Request | TextLookup) -> str:
         """The operation's name (and ID: never key material)."""

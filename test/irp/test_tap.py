@@ -12,6 +12,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -146,6 +147,23 @@ class FailedStartTests(TestCase):
         self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
         self.assertEqual(os.listdir(home), [])
 
+    async def test_sixid_port_in_use(self) -> None:
+        """sixid's port is taken: the same refusal, naming it; nothing left behind."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with taken_port() as port:
+            result = await run_twistd(
+                ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+                 "--sixid-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        lines = result.err.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.err)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}", lines[0])
+        self.assertEqual(os.listdir(home), [])
+
     async def test_port_in_use_daemon(self) -> None:
         """The same as a daemon (no -n, the README's form for agents): the process that
         was started exits non-zero and says why; no CA, data folder or pid file."""
@@ -220,6 +238,46 @@ class SixidStartTests(TestCase):
         port = int(found.group(1))
         answer = await ping(root, port)
         self.assertEqual(answer, b'<response id="1"><pong/></response>')
+
+
+    async def test_workers_serve_sixid_too(self) -> None:
+        """With --workers 2 the worker adopts sixid's listening socket as well as IRP's,
+        and serves it on the same port."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        process = StartingProcess("] sixid serving on")
+        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        arguments = [
+            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2",
+            "--sixid-listen", "tcp:0:interface=127.0.0.1", "--argon2-memory", "8192",
+        ]
+        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
+            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
+            env=environment, path=home,
+        )
+
+        def stop() -> Deferred[None]:
+            try:
+                transport.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+            return process.ended
+
+        self.addCleanup(stop)
+        await process.found.addTimeout(60, global_reactor)
+        lines: list[str] = []
+        for _ in range(600):  # the worker starts after the main process: up to 60 s
+            lines = [line for line in process.output.decode("utf-8", "replace").splitlines() if "sixid serving on" in line]
+            if any("[worker2/" in line for line in lines):
+                break
+            await deferLater(global_reactor, 0.1, lambda: None)
+        self.assertEqual(len(lines), 2, process.output.decode("utf-8", "replace"))
+        ports = {found.group(1) for line in lines if (found := re.search(r"sixid serving on 127\.0\.0\.1:(\d+)", line))}
+        self.assertEqual(len(ports), 1, lines)
+        root = load_certificates(os.path.join(home, "irp-data", "ca", "root.pem"))[0]
+        port = int(ports.pop())
+        answers = [await ping(root, port) for _ in range(4)]
+        self.assertEqual(answers, [b'<response id="1"><pong/></response>'] * 4)
 
 
 def ping(root: Any, port: int) -> Deferred[bytes]:

@@ -17,7 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from common.endpoint import Endpoint
@@ -30,7 +30,23 @@ from irp.server.sixid_host import RegistryCertificateChecker
 from sixid.ids import derive_id
 from sixid.records import Registration, sign_registration
 from sixid.server.service import SixidSettings
-from sixid.wire import Lookup, Ping, Pong, RecordResult, Register, Request, Response, encode_request, parse_answer
+from sixid.wire import (
+    Changed,
+    ErrorAnswer,
+    Lookup,
+    Ping,
+    Pong,
+    RecordResult,
+    Register,
+    Request,
+    Response,
+    Signer,
+    SignerChain,
+    Watch,
+    Watching,
+    encode_request,
+    parse_answer,
+)
 from test import pki
 from test.helpers import RunningRegistry
 
@@ -88,17 +104,22 @@ class FrameClient(Protocol):
         return list(self.transport.getHandle().get_client_ca_list())
 
 
+async def connect(testcase: TestCase, registry: RunningRegistry, port: int) -> FrameClient:
+    """A TLS connection to ``port`` trusting the registry's root (closed at the test's end)."""
+    client = FrameClient()
+    endpoint = wrapClientTLS(client_options("localhost", [registry.root]), TCP4ClientEndpoint(global_reactor, "127.0.0.1", port))
+    await endpoint.connect(Factory.forProtocol(lambda: client))
+    testcase.addCleanup(lambda: client.transport.loseConnection())
+    await client.handshake_done.addTimeout(10, global_reactor)
+    return client
+
+
 class SixidHostTests(TestCase):
     async def registry(self, **fields: Any) -> RunningRegistry:
         return await RunningRegistry(self, **fields).start()
 
     async def connect(self, registry: RunningRegistry, port: int) -> FrameClient:
-        client = FrameClient()
-        endpoint = wrapClientTLS(client_options("localhost", [registry.root]), TCP4ClientEndpoint(global_reactor, "127.0.0.1", port))
-        await endpoint.connect(Factory.forProtocol(lambda: client))
-        self.addCleanup(lambda: client.transport.loseConnection())
-        await client.handshake_done.addTimeout(10, global_reactor)
-        return client
+        return await connect(self, registry, port)
 
     # -- the certificate check --------------------------------------------------------
 
@@ -214,6 +235,97 @@ class SixidHostTests(TestCase):
         client.send(encode_request(Request(2, Lookup(sixid))))
         _first, looked_up = await client.frames_until(2)
         self.assertEqual(parse_answer(looked_up), Response(2, RecordResult(stored.record)))
+
+    async def test_listed_policy_follows_the_allow_list(self) -> None:
+        """Under the policy listed, an ID registers once an administrator allowed it over
+        IRP, and no longer once disallowed."""
+        registry = await self.registry(sixid=SixidSettings(policy="listed"))
+        admin = await registry.admin()
+        key = generate_key("ed25519")
+        sixid = derive_id(key.public_key())
+        client = await self.connect(registry, registry.sixid_port)
+        now = int(global_reactor.seconds())
+
+        async def register(request_id: int, seq: int) -> Any:
+            registration = Registration("example.org", sixid, seq, now, now + 600, (Endpoint("192.0.2.7", 4605),))
+            client.send(encode_request(Request(request_id, Register(sign_registration(key, registration)))))
+            frames = await client.frames_until(request_id)
+            return parse_answer(frames[-1])
+
+        refused = await register(1, 1)
+        assert isinstance(refused, ErrorAnswer), refused
+        self.assertEqual((refused.id, refused.error.name), (1, "not-allowed"))
+        self.assertTrue(await admin.sixid_allow(sixid.grouped(), "a test device"))
+        accepted = await register(2, 2)
+        assert isinstance(accepted, Response) and isinstance(accepted.result, RecordResult), accepted
+        self.assertTrue(await admin.sixid_disallow(str(sixid)))
+        refused = await register(3, 3)
+        assert isinstance(refused, ErrorAnswer), refused
+        self.assertEqual(refused.error.name, "not-allowed")
+
+    async def test_renewed_certificates_reach_sixid(self) -> None:
+        """After the daily renewal, new sixid connections get the new server certificate
+        and <signer/> answers the new record-signing certificate."""
+        registry = await self.registry(sixid=SixidSettings(policy="open"))
+        service = registry.service
+        assert service is not None and service.credentials is not None
+        old = service.credentials
+        await service.renew_credentials(renew_before=timedelta(days=398))
+        new = service.credentials
+        self.assertNotEqual(new.signing_certificate, old.signing_certificate)
+        client = await self.connect(registry, registry.sixid_port)
+        self.assertEqual(client.transport.getPeerCertificate().to_cryptography(), new.server_certificate)
+        client.send(encode_request(Request(3, Signer())))
+        [answer] = await client.frames_until(1)
+        parsed = parse_answer(answer)
+        assert isinstance(parsed, Response) and isinstance(parsed.result, SignerChain), parsed
+        self.assertEqual(parsed.result.certificates[0], new.signing_certificate.public_bytes(Encoding.DER))
+
+
+class CrossProcessWatchTests(TestCase):
+    """Two registry processes on one database (as --workers runs them): a registration
+    accepted by one is pushed to a watcher connected to the other (the store's change
+    feed), on SQLite (the change log, polled) and on PostgreSQL (LISTEN)."""
+
+    async def pair(self, database: str | None = None) -> tuple[RunningRegistry, RunningRegistry]:
+        settings = SixidSettings(policy="open")
+        first = await RunningRegistry(self, sixid=settings, database=database).start()
+        second = await RunningRegistry(self, sixid=settings, database=database, data_dir=first.data_dir).start()
+        return first, second
+
+    async def check_pushed_across(self, first: RunningRegistry, second: RunningRegistry) -> None:
+        key = generate_key("ed25519")
+        sixid = derive_id(key.public_key())
+        watcher = await connect(self, second, second.sixid_port)
+        watcher.send(encode_request(Request(1, Watch(sixid))))
+        [watching] = await watcher.frames_until(1)
+        self.assertEqual(parse_answer(watching), Response(1, Watching(None)))
+        now = int(global_reactor.seconds())
+        registration = Registration("example.org", sixid, 1, now, now + 600, (Endpoint("192.0.2.7", 4605),))
+        registrant = await connect(self, first, first.sixid_port)
+        registrant.send(encode_request(Request(1, Register(sign_registration(key, registration)))))
+        [registered] = await registrant.frames_until(1)
+        answer = parse_answer(registered)
+        assert isinstance(answer, Response) and isinstance(answer.result, RecordResult), answer
+        _watching, pushed = await watcher.frames_until(2)
+        self.assertEqual(parse_answer(pushed), Changed(answer.result.record))
+
+    async def test_sqlite(self) -> None:
+        await self.check_pushed_across(*await self.pair())
+
+    async def test_postgresql(self) -> None:
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            server = PostgresServer.shared()
+        except PostgresUnavailable as error:
+            raise SkipTest(f"no PostgreSQL server: {error}") from None
+        first, second = await self.pair(server.create_database())
+        assert second.service is not None and second.service.store is not None
+        listener = second.service.store.sixid_listener
+        assert listener is not None
+        await listener.ready
+        await self.check_pushed_across(first, second)
 
 
 class AdoptedSocketsTests(TestCase):

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from sixid import errors
 from sixid.ids import SixId, SixIdAddress
 from sixid.records import SignedRegistration, verify_record
-from sixid.server.operations import Operations, RecordAnswer, SixidSettings, WatchingAnswer
+from sixid.server.operations import Operations, RecordAnswer, RepeatLimit, SixidSettings, WatchingAnswer
 from sixid.server.store import StoredRecord
 from sixid.server.watches import WatchHub
 from sixid.wire import Lookup, Ping, Pong, Register, Signer, SignerChain, Unwatch, Unwatched, Watch
@@ -234,6 +234,19 @@ class RegisterTests(OperationsTestCase):
         self.assert_refused(device.register(self.now), "rate-limited", "per minute")
         self.clock.advance(60)
         self.register(device.register(self.now + 60))
+
+    def test_per_id_limit_state(self) -> None:
+        limit = RepeatLimit(self.clock, limit=3, window=60.0)
+        self.assertEqual([limit.allow("a") for _ in range(2)], [True, True])
+        self.clock.advance(30)
+        self.assertEqual([limit.allow("a") for _ in range(2)], [True, False])  # 3 in the window
+        for key in "bcd":
+            self.assertTrue(limit.allow(key))
+        self.clock.advance(30)  # the two at 0 left the window; the one at 30 is in it
+        self.assertEqual([limit.allow("a") for _ in range(3)], [True, True, False])
+        self.clock.advance(120)
+        limit.allow("e")
+        self.assertEqual(sorted(limit._first), ["e"])  # the others were swept
 
     def test_new_ids_per_address(self) -> None:
         self.settings.new_ids_per_address_per_hour = 3

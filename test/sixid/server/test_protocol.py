@@ -4,6 +4,7 @@ padding, pushes, connection counts."""
 from __future__ import annotations
 
 import base64
+import random
 import time
 from typing import Any
 
@@ -292,6 +293,8 @@ class ConnectionCountTests(ProtocolTestCase):
         protocol, transport = self.connect()
         (answer,) = self.answers(transport)
         self.assertEqual((answer.error.name, answer.error.code), ("rate-limited", 429))
+        (line,) = self.refusals()
+        self.assertIn("Too many connections", line)
         self.assertTrue(transport.disconnecting)
         first.connectionLost()
         _, transport = self.connect()
@@ -397,3 +400,56 @@ class LogTests(ProtocolTestCase):
         protocol.dataReceived(encode_frame(b'<request v="1" id="4"><fly/></request>'))
         lines = [formatEvent(event) for event in self.logged if "unexpected-message" in formatEvent(event)]
         self.assertEqual(len(lines), 1)
+
+
+class ParserPathTests(ProtocolTestCase):
+    """A look-up read by the XML parser (not written as the codec writes it) answers as the
+    fast path does."""
+
+    def test_same_answer(self) -> None:
+        protocol, transport = self.connect()
+        device = Device()
+        self.request(protocol, 1, wire.Register(device.register(self.now)))
+        self.request(protocol, 2, wire.Lookup(SixId.parse(device.sixid)))
+        protocol.dataReceived(encode_frame(b'<request id="3" v="1"><lookup sixid="%s" /></request>' % device.sixid.encode()))
+        _, fast, parsed = self.answers(transport)
+        self.assertEqual((fast.id, parsed.id), (2, 3))
+        self.assertEqual(fast.result, parsed.result)
+
+
+class MangledInputTests(ProtocolTestCase):
+    """Mangled requests (deterministic pseudo-random edits of valid ones) are answered with
+    a sixid error or closed, never an internal error, and the answers always parse."""
+
+    def test_mangled_requests(self) -> None:
+        rng = random.Random(13)
+        device = Device()
+        valid = [
+            wire.encode_request(wire.Request(1, operation))
+            for operation in (
+                wire.Register(device.register(self.now)),
+                wire.Lookup(SixId.parse(device.sixid)),
+                wire.Watch(SixId.parse(device.sixid)),
+                wire.Unwatch(SixId.parse(device.sixid)),
+                wire.Signer(),
+                wire.Ping(),
+            )
+        ]
+        for _ in range(400):
+            payload = bytearray(rng.choice(valid))
+            for _ in range(rng.randint(1, 4)):
+                position = rng.randrange(len(payload))
+                edit = rng.randrange(3)
+                if edit == 0:
+                    payload[position] = rng.randrange(256)
+                elif edit == 1:
+                    del payload[position]
+                else:
+                    payload.insert(position, rng.choice(b'<>/="&x ;!?\x00\xff'))
+            protocol, transport = self.connect(f"192.0.2.{rng.randrange(1, 250)}")
+            protocol.dataReceived(encode_frame(bytes(payload)) if payload else b"\x00\x00\x00\x00")
+            for answer in self.answers(transport):
+                if isinstance(answer, wire.ErrorAnswer):
+                    self.assertNotEqual(answer.error.name, "internal-error", bytes(payload))
+            protocol.connectionLost()
+        self.assertEqual(self.flushLoggedErrors(), [])
