@@ -251,6 +251,7 @@ def run(ctx: Context) -> list[Figure]:
             notes=[
                 f"information: {PIPELINED} requests outstanding per connection on both sides (the requests for the"
                 " answers read at once go in one write); runs interleaved with 13a's",
+                "the pipelined echo may be bound by the load generator (its CPU share near 100 %): then the ratio flatters",
                 *notes,
             ],
         )
