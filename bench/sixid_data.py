@@ -194,17 +194,8 @@ def create_schema(database: sqlite3.Connection) -> None:
     upgrade_schema(database.cursor(), SQLITE, MIGRATIONS)
     if database.in_transaction:  # the migrations' transaction is the caller's to end
         database.execute("COMMIT")
-    if not _tables(database) & {"sixid_records"}:
-        # A schema from before sixid's migration: the table as DESIGN-13 section 5 has it.
-        database.executescript(FALLBACK_TABLE)
-
-
-#: ``sixid_records`` as DESIGN-13 section 5 lays it out, for a schema without it.
-FALLBACK_TABLE = """
-CREATE TABLE sixid_records (sixid TEXT PRIMARY KEY, seq BIGINT NOT NULL, signed_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL, keep_until BIGINT NOT NULL, owner TEXT NOT NULL, record BLOB NOT NULL);
-CREATE INDEX sixid_records_keep_until ON sixid_records (keep_until);
-"""
+    if "sixid_records" not in _tables(database):
+        raise RuntimeError("the registry's schema has no sixid_records table (irp.server.store.schema)")
 
 
 def _tables(database: sqlite3.Connection) -> set[str]:
