@@ -22,6 +22,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "irp_postgres": ("pg1", "pg2", "pg3", "pg4"),
     "abuse": ("10a", "10b", "10c"),
     "intermediary_deposits": ("12",),
+    "sixid_lookups": ("13a", "13a-p"),
+    "sixid_registrations": ("13b", "13b-v"),
+    "sixid_watch": ("13c", "13c-w2"),
 }
 
 #: Modules run only when ``--only`` names them (they need more than the project's own

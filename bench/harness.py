@@ -288,6 +288,8 @@ class Settings:
     #: Users in the small database of the scale figure, and in the large one.
     small_users: int = 1_000
     large_users: int = 1_000_000
+    #: sixid records in the look-up figure's registry (13a).
+    sixid_ids: int = 1_000_000
     #: Idle authenticated connections held by one registry (figure 9; quick holds a
     #: quarter of them, then all, and extrapolates from the slope between the two).
     idle_connections: int = 10_000
@@ -304,6 +306,7 @@ class Settings:
                 warmup=0.15,
                 duration=0.3,
                 large_users=100_000,
+                sixid_ids=20_000,
                 idle_connections=1_200,
                 key_type=key_type,
             )

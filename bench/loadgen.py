@@ -328,9 +328,12 @@ def round_trips(
     server_pid: int | Sequence[int] | None,
     limit: int | None = None,
     trees: Mapping[str, int] | None = None,
+    depth: int = 1,
 ) -> Sample:
     """Closed loop: each connection sends a request, waits for its answer, sends the next.
 
+    With ``depth`` above 1, each connection keeps that many requests outstanding
+    (pipelined: the requests sent for the answers read at once go in one write).
     Requests cycle through ``frames`` (pre-serialised). The value is answers per second
     in the timed window that follows ``warmup`` seconds of the same load. Answers that
     fail the connection's ``check`` make the run fail. With ``limit``, no connection sends
@@ -346,9 +349,9 @@ def round_trips(
     try:
         for connection in connections:
             epoll.register(connection.fd, _IN)
-            connection.outstanding += 1
-            connection.write(frames[sent % count_frames])
-            sent += 1
+            connection.outstanding += depth
+            connection.write(b"".join(frames[(sent + index) % count_frames] for index in range(depth)))
+            sent += depth
         answered = 0
         measuring = False
         now = time.perf_counter()
@@ -369,10 +372,14 @@ def round_trips(
                         if budget[fd] < 0:
                             exhausted = True
                             continue
-                    connection.outstanding += 1
-                    if not connection.write(frames[sent % count_frames]):
+                    if depth == 1:
+                        request, more = frames[sent % count_frames], 1
+                    else:  # as many new requests as answers read: ``depth`` outstanding
+                        request, more = b"".join(frames[(sent + index) % count_frames] for index in range(got)), got
+                    connection.outstanding += more
+                    if not connection.write(request):
                         backlog.add(connection)
-                    sent += 1
+                    sent += more
                 elif connection.closed:
                     raise LoadError("the server closed a connection")
             if backlog:

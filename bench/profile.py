@@ -11,7 +11,8 @@ Scenarios: ``lookups`` (figure 1), ``sessions`` (2), ``registrations`` (3), ``is
 (4), ``sixchat-handshakes`` (5), ``sixchat-messages`` (6), ``sixchat-bulk`` (7),
 ``large-lookups`` (8, with ``--users``), ``mixed`` (1m: 2 % registrations, look-ups
 spread wider than the answer cache, ``--users`` directory), ``idle-lookups`` (9: look-ups on one connection
-while ``--idle`` connections are held). With ``--postgres``, the registry of the IRP
+while ``--idle`` connections are held), ``sixid-lookups`` (13a: cold sixid look-ups over
+``--users`` IDs, from :mod:`bench.sixid_data`'s kept data), ``sixid-registrations`` (13b). With ``--postgres``, the registry of the IRP
 scenarios stores in a PostgreSQL database (:mod:`bench.irp_postgres`) instead of SQLite.
 """
 
@@ -44,6 +45,8 @@ SCENARIOS = (
     "large-lookups",
     "idle-lookups",
     "mixed",
+    "sixid-lookups",
+    "sixid-registrations",
 )
 
 
@@ -55,6 +58,25 @@ def drive(scenario: str, info: dict[str, Any], seconds: float, extra: dict[str, 
     """Run ``scenario``'s load against the server described by ``info`` for ``seconds``."""
     from bench import loadgen
 
+    if scenario.startswith("sixid-"):
+        from bench.sixid_load import OK as ANSWERED
+        from bench.sixid_load import FreshRegistrations, UniformLookups, device_keys
+        from bench.sixid_lookups import ping_frame
+
+        requests: Any
+        if scenario == "sixid-lookups":
+            with open(info["ids_path"], "rb") as handle:
+                requests = UniformLookups(handle.read())
+        else:
+            requests = FreshRegistrations(device_keys(5000))
+        connections = loadgen.connect_tls(
+            HOST, info["port"], [client_context(None)], 50, sources=source_addresses(50), first=ping_frame(), check=ANSWERED
+        )
+        try:
+            return loadgen.round_trips(connections, requests, warmup=0.5, duration=seconds, server_pid=info["pid"])
+        finally:
+            for connection in connections:
+                connection.close()
     if scenario in ("lookups", "registrations", "large-lookups", "issuance", "idle-lookups", "mixed"):
         count = 1 if scenario == "idle-lookups" else 50
         users = extra.get("users") or info["users"][:count]
@@ -234,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--users", type=int, default=1_000_000, help="directory size for large-lookups")
+    parser.add_argument("--users", type=int, default=1_000_000, help="directory size for large-lookups and mixed, IDs for sixid-lookups")
     parser.add_argument("--idle", type=int, default=2000, help="held connections for idle-lookups")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="include native (C) frames")
@@ -250,7 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     try:
         scenario = arguments.scenario
-        if scenario.startswith("sixchat"):
+        if scenario == "sixid-lookups":
+            from bench.sixid_lookups import start_registry
+
+            server = start_registry(ctx, arguments.users)
+        elif scenario == "sixid-registrations":
+            from bench.sixid_server import UNLIMITED
+
+            server = ctx.server(
+                "sixid-registrations",
+                "bench.sixid_server:serve_sixid",
+                {"data_dir": ctx.path("sixid-registrations"), "policy": "open", "sixid": dict(UNLIMITED)},
+            )
+        elif scenario.startswith("sixchat"):
             from bench.sixchat_handshakes import sixchat_pki, sixchat_server
 
             pki = sixchat_pki(ctx)
