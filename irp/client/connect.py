@@ -8,7 +8,6 @@ them at once.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
+from common.addresses import dial_name
 from common.endpoint import split_host_port
 from common.factory import QuietFactory
 from common.identity import InvalidIdentity, identity_from_certificate
@@ -55,7 +55,7 @@ def connect(
     with the certificate at once. ``bind_address`` picks the local source address.
     """
     options = tls_options(host, trust_roots, client_key, client_certificate, client_chain)
-    name = host.encode("idna") if not _is_ip(host) else host
+    name = dial_name(host)
     bind = None if bind_address is None else (bind_address, 0)
     endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, name, port, timeout=timeout, bindAddress=bind))
     protocol = RegistryClientProtocol(reactor, timeout)
@@ -116,14 +116,6 @@ def connect_domain(
         raise type(failures[-1])(f"no registry of {domain} could be reached ({tried})")
 
     return Deferred.fromCoroutine(run())
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["connect", "connect_domain", "split_server"]
