@@ -22,7 +22,9 @@ from irp.wire.records import CertificateInfo, Pkcs12Info, RecordSigner
 #: short under the reader by something other than SQLite) is a SIGBUS that ends the
 #: process instead of an SQLite error. The registry's database is a local file that only
 #: SQLite writes (it never shrinks it: no auto_vacuum, no VACUUM while serving), so the
-#: mapping is safe there; the pool's writers keep ordinary reads.
+#: mapping is safe there; the pool's writers keep ordinary reads. The pages read count in
+#: the process's resident size (as shared file pages of the page cache, up to the file's
+#: size or this cap), not as memory of its own.
 DIRECT_READER_MMAP_SIZE = 1 << 30
 
 __all__ = [
