@@ -172,6 +172,18 @@ TRANSITIONS: Final[dict[tuple[State, str], State]] = {
 }
 
 
+#: Idle armings by timeout, shared by every connection (actions are frozen): a request
+#: re-arms the idle deadline without building an action, and a connection holds none.
+_IDLE_ARMINGS: dict[float, ArmDeadline] = {}
+
+
+def _new_idle_arming(seconds: float) -> ArmDeadline:
+    arming = ArmDeadline(Deadline.IDLE, seconds)
+    if len(_IDLE_ARMINGS) < 64:
+        _IDLE_ARMINGS[seconds] = arming
+    return arming
+
+
 def frame(payload: bytes) -> bytes:
     """``payload`` with its length prefix (payloads here are never empty)."""
     return HEADER.pack(len(payload)) + payload
@@ -213,7 +225,10 @@ class Connection:
         return [CancelDeadline(deadline) for deadline in found]
 
     def _idle(self) -> Action:
-        return self._arm(Deadline.IDLE, self.limits.kept_timeout if self.kept else self.limits.idle_timeout)
+        self._armed.add(Deadline.IDLE)
+        seconds = self.limits.kept_timeout if self.kept else self.limits.idle_timeout
+        arming = _IDLE_ARMINGS.get(seconds)
+        return arming if arming is not None else _new_idle_arming(seconds)
 
     @property
     def closing(self) -> bool:

@@ -40,7 +40,7 @@ from sixid import errors
 from sixid.ids import spki_der
 from sixid.records import Record, SignedRegistration, sign_record
 from sixid.server import store as store_module
-from sixid.server.store import SixidStore, StoredRecord
+from sixid.server.store import NOT_NOW, SixidStore, StoredRecord
 from sixid.server.watches import Watcher, WatchHub
 from sixid.wire import (
     MAX_FRAME,
@@ -241,11 +241,15 @@ class Operations:
     def lookup(self, sixid: object) -> RecordAnswer | Deferred[RecordAnswer]:
         """The current record of ``sixid`` (or a Deferred firing with it), or UnknownId."""
         text = str(sixid)
-        reading = self.store.get_sixid_record(text, int(self.clock.seconds()))
-        if reading.called and (reading.result is None or type(reading.result) is StoredRecord):
-            # The direct reader answered already: no callback chain on the hot path.
-            return _record_answer(reading.result, text)
-        return reading.addCallback(_record_answer, text)
+        now = int(self.clock.seconds())
+        record = self.store.sixid_record_now(text, now)
+        if record is NOT_NOW:
+            return self.store.get_sixid_record(text, now).addCallback(_record_answer, text)
+        if record is None:
+            raise errors.UnknownId(f"no current record for {text}")
+        # Read at once (the direct reader): no Deferred, no StoredRecord on the hot path;
+        # sixid.wire.record_base64 in one call (canonical base64: padded, no new line).
+        return RecordAnswer(b2a_base64(record, newline=False))  # type: ignore[arg-type]
 
     # -- watch ----------------------------------------------------------------------------
 

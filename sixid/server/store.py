@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import Enum
+from typing import Final, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -50,8 +51,26 @@ class AllowedSixid:
     added_by: str
 
 
+class Unread(Enum):
+    """What :meth:`SixidStore.sixid_record_now` answers when it cannot read at once."""
+
+    NOT_NOW = "not now"
+
+
+#: The store cannot read on the calling thread now (no direct reader, or it is busy):
+#: ask :meth:`SixidStore.get_sixid_record`.
+NOT_NOW: Final = Unread.NOT_NOW
+
+
 class SixidStore(Protocol):
     """The sixid tables' operations (see the module docs). IDs are canonical text."""
+
+    def sixid_record_now(self, sixid: str, now: int) -> bytes | Unread | None:
+        """The look-up's fast path: the signed record bytes of ``sixid``'s current record
+        (``expires_at > now``), or None, read on the calling thread (SQLite's direct
+        reader), with no Deferred and no :class:`StoredRecord`; :data:`NOT_NOW` when it
+        cannot be read at once (then :meth:`get_sixid_record` reads it). A failure of the
+        read is raised."""
 
     def get_sixid_record(self, sixid: str, now: int) -> Deferred[StoredRecord | None]:
         """The current record of ``sixid`` (``expires_at > now``), or None. On SQLite the

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from irp.server.store.engine import StoreEngine, Transaction
 from irp.server.store.listener import ChangeListener
-from sixid.server.store import AllowedSixid, Replayed, StoredRecord
+from sixid.server.store import NOT_NOW, AllowedSixid, Replayed, StoredRecord, Unread
 
 log = Logger()
 
@@ -56,6 +56,7 @@ MAX_ALLOWED_PAGE = 10_000
 ChangeCallback = Callable[[str, int], None]
 
 _SELECT_RECORD = "SELECT seq, expires_at, owner, record FROM sixid_records WHERE sixid = ? AND expires_at > ?"
+_SELECT_RECORD_BYTES = "SELECT record FROM sixid_records WHERE sixid = ? AND expires_at > ?"
 _UPSERT_RECORD = (
     "INSERT INTO sixid_records (sixid, seq, signed_at, expires_at, keep_until, owner, record)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -138,6 +139,19 @@ class SixidTable(StoreEngine):
         self._own_sixid_writes: dict[tuple[str, int], None] = {}
 
     # -- records ------------------------------------------------------------------------
+
+    def sixid_record_now(self, sixid: str, now: int) -> bytes | Unread | None:
+        """The signed record bytes of the ID's current record, or None, read on the direct
+        reader at once; :data:`~sixid.server.store.NOT_NOW` without a direct reader or
+        when it is busy (a checkpoint, a schema change: the pool's connection waits)."""
+        reader = self.direct_reader
+        if reader is None:
+            return NOT_NOW
+        try:
+            row = reader.execute(_SELECT_RECORD_BYTES, (sixid, now)).fetchone()
+        except self._operational_error:
+            return NOT_NOW
+        return None if row is None else row[0]  # type: ignore[no-any-return]
 
     def get_sixid_record(self, sixid: str, now: int) -> Deferred[StoredRecord | None]:
         """Fire with the ID's current record (``expires_at > now``), or None. SQLite: read

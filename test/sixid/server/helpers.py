@@ -32,7 +32,7 @@ from sixid import wire
 from sixid.ids import derive_id
 from sixid.records import Registration, SignedRegistration, sign_registration
 from sixid.server.operations import CertificateChecker, Operations, SixidSettings
-from sixid.server.store import AllowedSixid, Replayed, StoredRecord
+from sixid.server.store import NOT_NOW, AllowedSixid, Replayed, StoredRecord, Unread
 from sixid.server.watches import WatchHub
 from test import pki
 from test.sixid.helpers import DOMAIN
@@ -43,9 +43,12 @@ NOW = 1_800_000_000
 
 class MemoryStore:
     """An in-memory SixidStore (see the module docs). ``unavailable`` makes every call
-    fail with it; ``tell`` plays another process's commit to the followers."""
+    fail with it; ``tell`` plays another process's commit to the followers; ``reads_now``
+    answers the look-up's fast path at once (as the registry's store with a direct
+    reader), else it says NOT_NOW (as without one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reads_now: bool = False) -> None:
+        self.reads_now = reads_now
         self.rows: dict[str, tuple[StoredRecord, int, int]] = {}
         self.allowed: dict[str, AllowedSixid] = {}
         self.followers: list[Callable[[str, int], None]] = []
@@ -62,6 +65,14 @@ class MemoryStore:
             return succeed(compute())
         except Exception as error:  # noqa: BLE001 - a store fails its Deferred
             return fail(error)
+
+    def sixid_record_now(self, sixid: str, now: int) -> bytes | Unread | None:
+        if not self.reads_now:
+            return NOT_NOW
+        self.reads += 1
+        self._check()
+        row = self.rows.get(sixid)
+        return row[0].record if row is not None and row[0].expires_at > now else None
 
     def get_sixid_record(self, sixid: str, now: int) -> Deferred[StoredRecord | None]:
         self.reads += 1

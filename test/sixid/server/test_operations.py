@@ -323,6 +323,31 @@ class LookupTests(OperationsTestCase):
         self.clock.advance(60)
         self.assertEqual(self.refused(Lookup(SixId.parse(device.sixid))).name, "unknown-id")
 
+    def test_found(self) -> None:
+        device = Device()
+        answer = self.register(device.register(self.now))
+        self.assertEqual(self.run_op(Lookup(SixId.parse(device.sixid))), answer)
+
+    def test_store_unavailable(self) -> None:
+        """A failing read fails the look-up (the protocol answers it as unavailable)."""
+        device = Device()
+        self.register(device.register(self.now))
+        self.store.unavailable = RuntimeError("database gone")
+        try:
+            outcome = self.operations.run(self.client, Lookup(SixId.parse(device.sixid)))
+        except RuntimeError:
+            return
+        self.failureResultOf(outcome, RuntimeError)
+
+
+class LookupReadNowTests(LookupTests):
+    """The same look-ups on a store that reads at once (the registry's direct reader):
+    the fast path, without a Deferred."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.store.reads_now = True
+
 
 class WatchTests(OperationsTestCase):
     """Watches: answers, pushes on change and expiry, limits."""

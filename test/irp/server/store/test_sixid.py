@@ -22,7 +22,7 @@ from irp.server.store import RegistryStore, open_store
 from irp.server.store import listener as listener_module
 from irp.server.store import sixid as sixid_module
 from irp.server.store.schema import LATEST_VERSION, MIGRATIONS
-from sixid.server.store import AllowedSixid, Replayed, StoredRecord
+from sixid.server.store import NOT_NOW, AllowedSixid, Replayed, StoredRecord
 from test.irp.server.store.helpers import DOMAIN, START, PostgreSQLStore, RegistryStoreTestsMixin, SQLiteStore
 
 
@@ -205,6 +205,18 @@ class SQLiteSixidStoreTests(SixidStoreTestsMixin, SQLiteStore, unittest.TestCase
         self.assertEqual(self.successResultOf(answer), stored(ALICE, 1))
         many = store.get_sixid_records([ALICE, BOB], START)
         self.assertEqual(self.successResultOf(many), {ALICE: stored(ALICE, 1)})
+
+    async def test_record_read_now(self) -> None:
+        """With a direct reader the look-up's fast path reads the record's bytes at once
+        (None for an unknown or expired ID); without one it says NOT_NOW."""
+        plain = await self.store()
+        self.assertIs(plain.sixid_record_now(ALICE, START), NOT_NOW)
+        store = await self.following_store(Clock())
+        record = stored(ALICE, 1, expires_at=START + 60)
+        await self.put(store, record, keep_until=START + 300)
+        self.assertEqual(store.sixid_record_now(ALICE, START + 59), record.record)
+        self.assertIsNone(store.sixid_record_now(ALICE, START + 60))
+        self.assertIsNone(store.sixid_record_now(BOB, START))
 
     async def test_other_process_registrations_are_followed(self) -> None:
         """Another store's registrations are told (ID, seq) once each, at the next poll

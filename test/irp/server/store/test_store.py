@@ -13,7 +13,7 @@ import stat
 from twisted.internet import reactor as global_reactor
 from twisted.trial import unittest
 
-from irp.server.store import open_store
+from irp.server.store import DIRECT_READER_MMAP_SIZE, open_store
 from irp.wire.records import Endpoint
 from test.irp.server.store.helpers import (
     DOMAIN,
@@ -67,6 +67,16 @@ class SQLiteStoreTests(StoreTestsMixin, SQLiteStore, unittest.TestCase):
         await store.create_user("alice")
         self.assertTrue(os.path.exists(path))
         self.assertEqual(await check_integrity(store), "ok")
+
+    async def test_direct_reader_maps_the_file(self) -> None:
+        """open_store's direct reader maps the database file (mmap_size) for its point
+        reads."""
+        path = self.path("opened")
+        store = await open_store(f"sqlite:///{path}", domain=DOMAIN, signer=self.signer, now=self.clock.seconds, reactor=global_reactor)
+        self.addCleanup(store.close)
+        self.assertIsNotNone(store.direct_reader)
+        (mapped,) = store.direct_reader.execute("PRAGMA mmap_size").fetchone()
+        self.assertEqual(mapped, DIRECT_READER_MMAP_SIZE)
 
 
 class PostgreSQLStoreTests(StoreTestsMixin, PostgreSQLStore, unittest.TestCase):
