@@ -153,6 +153,10 @@ class Context:
 
 # -- running a command ---------------------------------------------------------------
 
+#: The exit code of a command whose output's reader went away (128 + SIGPIPE, as a shell
+#: reports a process that SIGPIPE ended).
+BROKEN_PIPE_EXIT = 141
+
 
 def run_until_done(
     reactor: Any,
@@ -172,6 +176,10 @@ def run_until_done(
         error = failure.value
         if isinstance(error, KeyboardInterrupt):
             outcome["code"] = 130
+            return
+        if isinstance(error, BrokenPipeError):
+            # Whoever read the output went away (``| head``): stop quietly, as other tools do.
+            outcome["code"] = BROKEN_PIPE_EXIT
             return
         explained = explain(error)
         if explained is None:
@@ -224,9 +232,14 @@ def run_command(
 
 def console_main(run: Callable[[], int]) -> NoReturn:
     """A console entry point: files are created private (umask 077), then ``run``'s exit
-    code ends the process."""
+    code ends the process. After a broken pipe, standard output goes nowhere, so that
+    Python's last flush at exit does not complain about it."""
     os.umask(0o077)
-    sys.exit(run())
+    code = run()
+    if code == BROKEN_PIPE_EXIT:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(code)
 
 
 class EndpointOptions(usage.Options):

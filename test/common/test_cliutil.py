@@ -7,6 +7,7 @@ The commands themselves run as processes in ``test/irp/test_cli.py`` and
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
@@ -154,6 +155,20 @@ class RunCommandTests(unittest.SynchronousTestCase):
         explain = lambda error: (str(error), error.exit_code) if isinstance(error, CommandError) else None  # noqa: E731
         self.assertEqual(cliutil.run_command("prog", args, _RunOnceReactor(), _FinishingContext, explain), 4)
         self.assertEqual(_FinishingContext.finished, ["failed"])
+
+    def test_broken_pipe_is_quiet(self) -> None:
+        """The reader of the output went away (``| head``): exit 141, nothing on stderr."""
+        self.patch(_FinishingContext, "finished", [])
+        errors = io.StringIO()
+        self.patch(sys, "stderr", errors)
+
+        async def command(ctx: Context) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        args = argparse.Namespace(profile=self.mktemp(), function=command, name="piped")
+        self.assertEqual(cliutil.run_command("prog", args, _RunOnceReactor(), _FinishingContext, lambda error: ("no", 2)), 141)
+        self.assertEqual(errors.getvalue(), "")
+        self.assertEqual(_FinishingContext.finished, ["piped"])
 
     def test_console_main(self) -> None:
         """Files are created private; run's code ends the process."""
