@@ -20,6 +20,7 @@ from common.endpoint import Endpoint, split_host_port
 from common.pki import keyfiles
 from common.ports import IRP_PORT
 from common.profile import Profile, ProfileConfig
+from common.version import describe_version
 
 
 class CommandError(Exception):
@@ -242,7 +243,19 @@ def console_main(run: Callable[[], int]) -> NoReturn:
     sys.exit(code)
 
 
-class EndpointOptions(usage.Options):
+class VersionOption:
+    """``--version`` for a twistd plugin's options (``usage.Options`` turns ``opt_version``
+    into the flag); subclasses name their plugin in :attr:`plugin`."""
+
+    plugin: str = ""
+
+    def opt_version(self) -> None:
+        """Print this program's version, and what it runs on, and exit."""
+        print(describe_version(f"twistd {self.plugin}"))
+        sys.exit(0)
+
+
+class EndpointOptions(VersionOption, usage.Options):
     """``--listen`` and ``--advertise`` (both repeatable) for a twistd plugin's options:
     the SixChat agent's and the intermediary's. Subclasses set :attr:`default_port` (the
     port of an ``--advertise`` address given without one)."""

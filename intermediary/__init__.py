@@ -7,8 +7,9 @@ domain, and relays connections for agents that cannot accept any (see docs/inter
 """
 
 from common.ports import SIXCHAT_PORT
+from common.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 #: The port the intermediary listens on by default (the design's choice: SixChat's port,
 #: on the intermediary's own host).

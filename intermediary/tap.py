@@ -38,6 +38,7 @@ def _port_range(text: str) -> range:
 class Options(EndpointOptions):
     """Options of ``twistd intermediary``."""
 
+    plugin = "intermediary"
     default_port = DEFAULT_PORT
     synopsis = "[--profile DIR] [options]"
     longdesc = (

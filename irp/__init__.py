@@ -1,8 +1,9 @@
 """IRP, the Identity Registration Protocol: a per-domain identity registry and CA."""
 
 from common.ports import IRP_PORT
+from common.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 #: The IANA-registered TCP port of IRP.
 DEFAULT_PORT = IRP_PORT

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from common.cliutil import check_endpoint
+from common.cliutil import VersionOption, check_endpoint
 from common.db.pools import UnsupportedDatabase, parse_database_url
 from common.identity import InvalidIdentity, check_domain
 from common.startup import ReportingParent, describe_start_failure, fail_start, own_pidfile
@@ -27,8 +27,10 @@ from sixid.server.service import SixidSettings
 MAX_WORKERS = 64
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     """Options of ``twistd irp``."""
+
+    plugin = "irp"
 
     synopsis = "--domain DOMAIN [options]"
     longdesc = (

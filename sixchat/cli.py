@@ -21,6 +21,7 @@ from common.pki import keyfiles
 from common.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 from common.pki.trust import check_anchor
 from common.profile import Profile, ProfileError, default_profile_path
+from common.version import describe_version
 from irp.client import IRPError, fetch_root_by_fingerprint, split_server
 from irp.client import enrol as cmd_enrol
 from irp.client import initialise as cmd_init
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="First 'sixchat init' and 'sixchat enrol'; then run your agent with 'twistd -n sixchat'"
         " (or let each command start one). Every command has --help.",
     )
+    parser.add_argument("--version", action="version", version=describe_version("sixchat"))
     common = argparse.ArgumentParser(add_help=False)
     for target, default in ((parser, None), (common, argparse.SUPPRESS)):
         target.add_argument("--profile", default=default_profile_path() if default is None else default, help="profile folder (default: $IRP_PROFILE or ~/.irp)")

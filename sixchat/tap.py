@@ -27,6 +27,7 @@ PIDFILE = "agent.pid"
 class Options(EndpointOptions):
     """Options of ``twistd sixchat``."""
 
+    plugin = "sixchat"
     default_port = DEFAULT_PORT
     synopsis = "[--profile DIR] [options]"
     longdesc = (

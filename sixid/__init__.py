@@ -9,8 +9,9 @@ The core (``ids``, ``records``, ``wire``, ``errors``) is pure; the server is
 """
 
 from common.ports import SIXID_PORT
+from common.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 #: The protocol version spoken (the ``v`` of every request, written in decimal).
 PROTOCOL_VERSION = 1

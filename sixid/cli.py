@@ -37,6 +37,7 @@ from common.pki.errors import PKIError
 from common.pki.keyfiles import PrivateKey
 from common.pki.keys import KEY_TYPES, generate_key
 from common.profile import ProfileError, default_profile_path
+from common.version import describe_version
 from sixid import errors
 from sixid.cli_context import (
     SixidContext,
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         " domain's registry, and look IDs up, every answer verified.",
         epilog="Start with 'sixid keygen --key my.key'. Every command has --help.",
     )
+    parser.add_argument("--version", action="version", version=describe_version("sixid"))
     common = argparse.ArgumentParser(add_help=False)
     for target, default in ((parser, None), (common, argparse.SUPPRESS)):
         target.add_argument(

@@ -30,6 +30,7 @@ from common.pki.trust import TrustStore, check_anchor
 from common.profile import Profile
 from common.startup import EarlyPorts
 from common.tls import ServerTLS, make_server_context
+from common.version import describe_version
 from intermediary import ACCOUNT, DEFAULT_JOIN_PORT, DEFAULT_PORT, DEFAULT_RELAY_PORTS, errors
 from intermediary.server import relay as relay_module
 from intermediary.server.connection import ConnectionLimits
@@ -133,6 +134,7 @@ class IntermediaryService(service.Service):
     def startService(self) -> None:  # noqa: N802
         """Start in the background."""
         super().startService()
+        log.info("Starting {version}", version=describe_version("intermediary"))
         Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_failed(self, failure: Failure) -> None:

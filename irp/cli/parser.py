@@ -9,6 +9,7 @@ from typing import Any
 from common.cliutil import Context
 from common.ports import SIXCHAT_PORT
 from common.profile import default_profile_path
+from common.version import describe_version
 from irp.cli.account import (
     cmd_admin,
     cmd_info,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with 'irp init', then 'irp enrol'. Every command has --help.",
     )
     # Global options work before or after the command name.
+    parser.add_argument("--version", action="version", version=describe_version("irp"))
     common = argparse.ArgumentParser(add_help=False)
     for target, default in ((parser, None), (common, argparse.SUPPRESS)):
         target.add_argument(

@@ -24,6 +24,7 @@ from common.pki.revocation import RevocationChecker
 from common.pki.trust import TrustStore, check_anchor
 from common.startup import EarlyPorts, describe_start_failure
 from common.tls import ServerTLS, make_server_context
+from common.version import describe_version
 from irp import errors
 from irp.client import connect, connect_domain
 from irp.server.admission import AdmittingTLSFactory
@@ -169,6 +170,7 @@ class RegistryService(service.Service):
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening (or fails)."""
         super().startService()
+        log.info("Starting {version}", version=describe_version("irp"))
         started = Deferred.fromCoroutine(self._start())
         started.addCallbacks(self.ready.callback, self._start_failed)
 

@@ -30,6 +30,7 @@ from common.pki.errors import WeakKey
 from common.pki.keyfiles import KeyFileError, fingerprint
 from common.profile import CERTIFICATE_FILE, KEY_FILE, Profile, ProfileError
 from common.startup import EarlyPorts
+from common.version import describe_version
 from irp.client import Directory, IRPError
 from sixchat import DEFAULT_PORT, errors
 from sixchat.agent.control import listen_control
@@ -211,6 +212,7 @@ class Agent(service.Service):
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening."""
         super().startService()
+        log.info("Starting {version}", version=describe_version("sixchat"))
         started = Deferred.fromCoroutine(self._start())
         started.addCallbacks(self.ready.callback, self._start_failed)
 
