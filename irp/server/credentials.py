@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.pki import keyfiles
@@ -53,6 +54,44 @@ def with_given_server_certificate(
     if key.public_key() != chain[0].public_key():
         raise keyfiles.KeyFileError(f"the key in {key_file} does not belong to the certificate in {certificate_file}")
     return replace(credentials, server_key=key, server_certificate=chain[0], server_chain=tuple(chain[1:]))
+
+
+def chains_to(certificate: x509.Certificate, intermediates: Sequence[x509.Certificate], root: x509.Certificate) -> bool:
+    """True if ``certificate`` is issued by ``root``, directly or through some of
+    ``intermediates`` (names and signatures checked; nothing else)."""
+    unused = list(intermediates)
+    current = certificate
+    while True:
+        if current.issuer == root.subject and _issued_by(current, root):
+            return True
+        issuer = next((candidate for candidate in unused if current.issuer == candidate.subject and _issued_by(current, candidate)), None)
+        if issuer is None:
+            return False
+        unused.remove(issuer)
+        current = issuer
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def foreign_certificate_warning(credentials: ServerCredentials, certificate_file: str) -> str | None:
+    """What to tell the operator when the TLS certificate given (``--tls-certificate``)
+    does not chain to the domain's root: clients that pinned only that root refuse it."""
+    ca = credentials.ca
+    chain = [*credentials.server_chain, ca.issuing_certificate]
+    if chains_to(credentials.server_certificate, chain, ca.root_certificate):
+        return None
+    return (
+        f"The TLS certificate in {certificate_file} does not chain to the root CA of {ca.domain}: every"
+        " client that pinned only the domain's root (irp init --ca-file or --ca-fingerprint, sixchat,"
+        " sixid) will refuse the connection. Give a certificate the domain's CA issued, or make sure"
+        " every client also trusts the CA that issued this one."
+    )
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from irp.server.admission import AdmittingTLSFactory
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,
+    foreign_certificate_warning,
     load_or_create_credentials,
     with_given_server_certificate,
 )
@@ -141,7 +142,11 @@ class RegistryService(service.Service):
         settings = self.settings
         if settings.tls_certificate is None or settings.tls_key is None:
             return credentials
-        return with_given_server_certificate(credentials, settings.tls_certificate, settings.tls_key)
+        given = with_given_server_certificate(credentials, settings.tls_certificate, settings.tls_key)
+        warning = foreign_certificate_warning(given, settings.tls_certificate)
+        if warning is not None:
+            log.critical("{message}", message=warning)
+        return given
 
     def privilegedStartService(self) -> None:
         """Bind the listening ports (before the reactor runs, so a port in use is found

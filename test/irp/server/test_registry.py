@@ -194,6 +194,31 @@ class GivenTLSCertificateTests(unittest.TestCase):
         chain = await client.ca_chain()
         self.assertEqual(chain.root, registry.root)
 
+    def test_foreign_certificate_is_said_loudly(self) -> None:
+        """A given certificate that does not chain to the domain's root (self-signed, or
+        another CA's) is named in a warning; one the domain's CA issued is not."""
+        from irp.server.credentials import ServerCredentials, chains_to, foreign_certificate_warning
+
+        domain = pki.make_ca("example.org")
+        web = pki.make_ca("example.org", label="web-pki")
+        key = generate_key("p256")
+        ours = domain.issue_server_certificate(["127.0.0.1"], key.public_key())
+        theirs = web.issue_server_certificate(["127.0.0.1"], key.public_key())
+        self.assertTrue(chains_to(ours, [domain.issuing_certificate], domain.root_certificate))
+        self.assertFalse(chains_to(theirs, [web.issuing_certificate, domain.issuing_certificate], domain.root_certificate))
+        self.assertFalse(chains_to(theirs, [], domain.root_certificate))
+
+        def credentials(certificate: object, chain: tuple[object, ...]) -> ServerCredentials:
+            return ServerCredentials(
+                ca=domain, server_key=key, server_certificate=certificate,  # type: ignore[arg-type]
+                signing_key=None, signing_certificate=None, server_chain=chain,  # type: ignore[arg-type]
+            )
+
+        self.assertIsNone(foreign_certificate_warning(credentials(ours, ()), "tls.pem"))
+        warning = foreign_certificate_warning(credentials(theirs, (web.issuing_certificate,)), "tls.pem")
+        assert warning is not None
+        self.assertIn("tls.pem does not chain to the root CA of example.org", warning)
+
     def test_key_must_match(self) -> None:
         import os
 
