@@ -14,17 +14,36 @@ from typing import Any
 
 from common.db.dialect import Dialect
 
-__all__ = ["upgrade_schema"]
+__all__ = ["describe_upgrade", "upgrade_schema", "upgrade_schema_from"]
 
 
 def upgrade_schema(
     txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str | Mapping[str, str]]], *, lock_key: int = 4604
 ) -> int:
+    """Bring a database to ``len(migrations)`` inside the caller's transaction; return the
+    version now in use (see :func:`upgrade_schema_from`)."""
+    return upgrade_schema_from(txn, dialect, migrations, lock_key=lock_key)[1]
+
+
+def describe_upgrade(found: int, now: int) -> str | None:
+    """The log line of an upgrade from schema version ``found`` to ``now`` (None: nothing
+    was done)."""
+    if found == now:
+        return None
+    if found == 0:
+        return f"Created the database schema (version {now})"
+    return f"Upgraded the database schema from version {found} to {now}"
+
+
+def upgrade_schema_from(
+    txn: Any, dialect: Dialect, migrations: Sequence[Sequence[str | Mapping[str, str]]], *, lock_key: int = 4604
+) -> tuple[int, int]:
     """Bring a database to ``len(migrations)`` inside the caller's transaction.
 
     Takes the write lock first (SQLite ``BEGIN IMMEDIATE``; a PostgreSQL advisory lock on
     ``lock_key``) so that concurrent upgraders of one database run one after the other.
-    Returns the version now in use; refuses a database newer than this software.
+    Returns the version found and the version now in use; refuses a database newer than
+    this software.
     """
     if dialect.begin_write:
         txn.execute(dialect.begin_write)
@@ -48,4 +67,4 @@ def upgrade_schema(
             if text is not None:
                 txn.execute(dialect.sql(text))
         txn.execute(dialect.sql("UPDATE schema_version SET version = ?"), (number + 1,))
-    return latest
+    return version, latest

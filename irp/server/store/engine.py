@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from common.db.dialect import Dialect
-from common.db.migrations import upgrade_schema
+from common.db.migrations import describe_upgrade, upgrade_schema_from
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, Unavailable
 from irp.server.store.listener import AddressListener, AddressWatcher
@@ -340,8 +340,16 @@ class StoreEngine:
     # -- schema -----------------------------------------------------------------------
 
     def upgrade(self) -> Deferred[int]:
-        """Create or upgrade the schema; fire with the version now in use."""
-        return self.pool.runInteraction(self._upgrade)
+        """Create or upgrade the schema (logging what was done); fire with the version now
+        in use."""
 
-    def _upgrade(self, txn: Transaction) -> int:
-        return upgrade_schema(txn, self.dialect, MIGRATIONS)
+        def upgraded(versions: tuple[int, int]) -> int:
+            line = describe_upgrade(*versions)
+            if line is not None:
+                log.info("{upgraded}", upgraded=line)
+            return versions[1]
+
+        return self.pool.runInteraction(self._upgrade).addCallback(upgraded)
+
+    def _upgrade(self, txn: Transaction) -> tuple[int, int]:
+        return upgrade_schema_from(txn, self.dialect, MIGRATIONS)

@@ -10,7 +10,7 @@ import sqlite3
 from twisted.trial import unittest
 
 from common.db.dialect import SQLITE
-from common.db.migrations import upgrade_schema
+from common.db.migrations import describe_upgrade, upgrade_schema, upgrade_schema_from
 
 MIGRATIONS = [
     ["CREATE TABLE notes (id {ID_PK}, body {BLOB} NOT NULL)"],
@@ -58,3 +58,17 @@ class UpgradeSchemaTests(unittest.TestCase):
         error = self.assertRaises(RuntimeError, self.upgrade, MIGRATIONS[:1])
         self.assertIn("newer", str(error))
         self.assertEqual(self.version(), 2)
+
+    def test_versions_found_and_reached_and_their_log_line(self) -> None:
+        """upgrade_schema_from says what it found and reached; describe_upgrade words it
+        (nothing when nothing was done)."""
+        cursor = self.connection.cursor()
+        self.assertEqual(upgrade_schema_from(cursor, SQLITE, MIGRATIONS[:1]), (0, 1))
+        self.connection.execute("COMMIT")
+        self.assertEqual(upgrade_schema_from(cursor, SQLITE, MIGRATIONS), (1, 2))
+        self.connection.execute("COMMIT")
+        self.assertEqual(upgrade_schema_from(cursor, SQLITE, MIGRATIONS), (2, 2))
+        self.connection.execute("COMMIT")
+        self.assertEqual(describe_upgrade(0, 6), "Created the database schema (version 6)")
+        self.assertEqual(describe_upgrade(5, 6), "Upgraded the database schema from version 5 to 6")
+        self.assertIsNone(describe_upgrade(6, 6))
