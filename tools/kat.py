@@ -27,6 +27,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, Final
@@ -477,6 +478,37 @@ def run_vectors(leaf_type: str = "p256") -> tuple[dict[str, Any], Session, Sessi
 def render(vectors: dict[str, Any]) -> str:
     """The JSON text as published (sorted keys, two-space indent, final newline)."""
     return json.dumps(vectors, indent=2, sort_keys=True) + "\n"
+
+
+def per_key_type_main(
+    argv: list[str] | None,
+    doc: str | None,
+    generate: Callable[[str], dict[str, Any]],
+    key_types: tuple[str, ...],
+    files: tuple[str, ...],
+    folder: str,
+) -> int:
+    """The command line of a generator that writes one file per key type (sealed messages,
+    sixid): every file into ``folder`` (or ``--write DIR``), or one printed (``--print
+    KEYTYPE``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--write", metavar="DIR", default=folder, help="folder to write")
+    parser.add_argument("--print", metavar="KEYTYPE", choices=key_types, help="print one file")
+    arguments = parser.parse_args(argv)
+    if arguments.print:
+        sys.stdout.write(render(generate(arguments.print)))
+        return 0
+    write_per_key_type(arguments.write, generate, key_types, files)
+    return 0
+
+
+def write_per_key_type(
+    folder: str, generate: Callable[[str], dict[str, Any]], key_types: tuple[str, ...], files: tuple[str, ...]
+) -> None:
+    """Write ``generate(key_type)`` for each key type into its file in ``folder``."""
+    for key_type, name in zip(key_types, files, strict=True):
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as output:
+            output.write(render(generate(key_type)))
 
 
 def main(argv: list[str] | None = None) -> int:

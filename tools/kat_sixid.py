@@ -24,11 +24,9 @@ How the inputs are fixed:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import os
-import sys
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
@@ -237,22 +235,12 @@ def _pad_of(document: bytes) -> int:
 
 def write_all(folder: str) -> None:
     """Write every vector file into ``folder``."""
-    for key_type, name in zip(KEY_TYPES, FILES, strict=True):
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as output:
-            output.write(kat.render(generate_vectors(key_type)))
+    kat.write_per_key_type(folder, generate_vectors, KEY_TYPES, FILES)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write every file into docs/vectors (or --write DIR), or print one (--print KEYTYPE)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--write", metavar="DIR", default=VECTORS_FOLDER, help="folder to write")
-    parser.add_argument("--print", metavar="KEYTYPE", choices=KEY_TYPES, help="print one file")
-    arguments = parser.parse_args(argv)
-    if arguments.print:
-        sys.stdout.write(kat.render(generate_vectors(arguments.print)))
-        return 0
-    write_all(arguments.write)
-    return 0
+    return kat.per_key_type_main(argv, __doc__, generate_vectors, KEY_TYPES, FILES, VECTORS_FOLDER)
 
 
 if __name__ == "__main__":
