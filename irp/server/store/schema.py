@@ -222,6 +222,44 @@ MIGRATIONS: list[list[str | dict[str, str]]] = [
             " UPDATE counters SET value = value - 1 WHERE name = 'sixid_records'; END",
         },
     ],
+    # 6 -> 7: issue 14. ``registry_facts`` holds facts about the domain that every
+    # process must agree on (``ca_root_fingerprint``: the SHA-256 fingerprint, 64
+    # lowercase hex digits, of the domain's root CA, written by the first process that
+    # creates or loads a CA for this database). ``audit_log`` is the tamper-evident audit
+    # trail: entries numbered 1, 2, ... without gaps, each with the SHA-384 hash chaining it
+    # to the one before; the counter ``audit_head`` (the last entry's id) is locked by
+    # every append so processes sharing the database extend one chain.
+    # ``audit_checkpoints`` are signatures by the registry's record-signing key over the
+    # chain's hash at an entry, with the DER certificate of the key that signed.
+    [
+        """CREATE TABLE registry_facts (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit_log (
+            id {BIGINT} PRIMARY KEY,
+            at {BIGINT} NOT NULL,
+            event TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            address TEXT NOT NULL,
+            details TEXT NOT NULL,
+            hash {BLOB} NOT NULL
+        )""",
+        "CREATE INDEX audit_log_by_event ON audit_log (event, id)",
+        "CREATE INDEX audit_log_by_actor ON audit_log (actor, id)",
+        "CREATE INDEX audit_log_by_subject ON audit_log (subject, id)",
+        "CREATE INDEX audit_log_by_time ON audit_log (at)",
+        """CREATE TABLE audit_checkpoints (
+            entry_id {BIGINT} PRIMARY KEY,
+            at {BIGINT} NOT NULL,
+            hash {BLOB} NOT NULL,
+            signature {BLOB} NOT NULL,
+            certificate {BLOB} NOT NULL
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('audit_head', 0)",
+    ],
 ]
 
 #: The version a fully upgraded database has.
