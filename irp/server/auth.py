@@ -25,6 +25,7 @@ from common.pki.certificates import UnusableCertificate, load_certificate
 from common.pki.keyfiles import fingerprint
 from common.pki.trust import TrustStore
 from irp import errors
+from irp.server.events import OK, LoginDone, outcome_of
 from irp.server.session import Session
 from irp.server.store import Account
 from irp.wire.records import CertificateInfo
@@ -167,18 +168,20 @@ class Authenticator:
         # The exact certificate this registry issued (same DER): it names its owner, and
         # deleting an owner revokes their certificates, so the status says it all.
         status = info.status(self.registry.clock.seconds())
-        if status != "good":
-            self.refuse_certificate(session, f"the client certificate is {status}")
-            return
         identity = Identity(info.username, self.registry.domain)
+        if status != "good":
+            self.refuse_certificate(session, f"the client certificate is {status}", str(identity))
+            return
         session.log_in_certificate(identity, info.serial, info.not_after, self.registry.sessions.generation)
         log.info("{user} logged in with certificate {serial:x} from {host}", user=str(session.identity), serial=info.serial, host=session.peer_host)
+        self.registry.events.login_done(LoginDone("certificate", str(identity), OK, session.peer_host))
 
-    @staticmethod
-    def refuse_certificate(session: Session, problem: str) -> None:
+    def refuse_certificate(self, session: Session, problem: str, user: str = "") -> None:
         """Mark ``session`` refused: every request it makes answers CertificateRejected."""
         log.warn("Refused client certificate from {host}: {problem}", host=session.peer_host, problem=problem)
         session.reject(problem)
+        rejected = errors.CertificateRejected.name
+        self.registry.events.login_done(LoginDone("certificate", user, rejected, session.peer_host, problem))
 
     async def _authenticate_federated(
         self, session: Session, identity: Identity, certificate: x509.Certificate, chain: Sequence[x509.Certificate]
@@ -195,16 +198,32 @@ class Authenticator:
         if problem is not None:
             log.warn("Refused client certificate of {user} from {host}: {problem}", user=str(identity), host=session.peer_host, problem=problem)
             session.reject(problem)
+            rejected = errors.CertificateRejected.name
+            registry.events.login_done(LoginDone("federated", str(identity), rejected, session.peer_host, problem))
             return
         not_after = int(certificate.not_valid_after_utc.timestamp())
         session.log_in_federated(identity, not_after, registry.sessions.generation)
         log.info("{user} (a federated domain) logged in from {host}", user=str(identity), host=session.peer_host)
+        registry.events.login_done(LoginDone("federated", str(identity), OK, session.peer_host))
 
     # -- passwords --------------------------------------------------------------------
 
     async def password_login(self, session: Session, username: str, password: str) -> Account:
         """Log ``session`` in as the local user ``username`` with ``password`` (UPA),
-        within the failure limits per user and per address; return the account."""
+        within the failure limits per user and per address; return the account.
+
+        The outcome, a refusal included, is told to the registry's listeners."""
+        user = f"{username}@{self.registry.domain}"
+        try:
+            account = await self._password_login(session, username, password)
+        except Exception as error:
+            reason = error.message if isinstance(error, errors.IRPError) else ""
+            self.registry.events.login_done(LoginDone("password", user, outcome_of(error), session.peer_host, reason))
+            raise
+        self.registry.events.login_done(LoginDone("password", user, OK, session.peer_host))
+        return account
+
+    async def _password_login(self, session: Session, username: str, password: str) -> Account:
         registry = self.registry
         user_key = ("user", username)
         address_key = ("address", limited_address(session.peer_host))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from common.wire.xmlcodec import Element
 from irp import errors
+from irp.server.events import OK, RegistryEvents, RequestDone, outcome_of
 from irp.server.session import Session, SessionRules
 from irp.wire.fields import check_fields
 from irp.wire.messages import Request, Result
@@ -145,11 +148,19 @@ def check_access(session: Session, access: str, domain: str) -> None:
 class Dispatcher:
     """Runs requests against the operation table, for the sessions of one registry."""
 
-    def __init__(self, operations: Mapping[str, Operation], sessions: SessionRules, domain: str) -> None:
+    def __init__(
+        self,
+        operations: Mapping[str, Operation],
+        sessions: SessionRules,
+        domain: str,
+        events: RegistryEvents | None = None,
+    ) -> None:
         #: The table itself (not a copy): what is added to it is dispatched.
         self.operations = operations
         self.sessions = sessions
         self.domain = domain
+        #: Told of every request run (metrics, the audit trail).
+        self.events = events if events is not None else RegistryEvents()
 
     def handle(self, session: Session, request: Request) -> Deferred[list[Result]]:
         """Run one request for ``session``; fire with the result elements."""
@@ -159,7 +170,37 @@ class Dispatcher:
     def handle_now(self, session: Session, request: Request) -> list[Result] | Deferred[list[Result]]:
         """Run one request for ``session``: the result elements at once when the operation
         can answer without waiting (a cached look-up answer: no coroutine, no Deferred),
-        else a Deferred that fires with them. Every refusal goes through the Deferred."""
+        else a Deferred that fires with them. Every refusal goes through the Deferred.
+
+        The listeners of :attr:`events` are told of the outcome; when one of them asks,
+        the answer waits for it (a Deferred then, even for a cached answer)."""
+        if not self.events.listeners:
+            return self._handle_now(session, request)
+        started = perf_counter()
+        result = self._handle_now(session, request)
+        if isinstance(result, Deferred):
+            return result.addBoth(self._reported, session, request, started)
+        held = self._report(session, request, OK, started, result)
+        return result if held is None else held.addCallback(lambda _: result)
+
+    def _reported(
+        self, outcome: list[Result] | Failure, session: Session, request: Request, started: float
+    ) -> list[Result] | Failure | Deferred[list[Result]]:
+        if isinstance(outcome, Failure):
+            held = self._report(session, request, outcome_of(outcome), started, ())
+        else:
+            held = self._report(session, request, OK, started, outcome)
+        if held is None:
+            return outcome
+        return held.addCallback(lambda _: outcome)
+
+    def _report(
+        self, session: Session, request: Request, outcome: str, started: float, results: Sequence[Result]
+    ) -> Deferred[None] | None:
+        event = RequestDone(request.operation, session, request.element, outcome, perf_counter() - started, results)
+        return self.events.request_done(event)
+
+    def _handle_now(self, session: Session, request: Request) -> list[Result] | Deferred[list[Result]]:
         operation = self.operations.get(request.operation)
         if operation is not None and operation.immediate is not None:
             try:

@@ -29,6 +29,7 @@ from irp.server.auth import Authenticator
 from irp.server.ca import CertificateAuthority
 from irp.server.caching import RegistryCaches
 from irp.server.dispatch import Dispatcher, Operation, bind_operations
+from irp.server.events import RegistryEvents
 from irp.server.ops.admin import AdminOps
 from irp.server.ops.certificates import CertificateOps
 from irp.server.ops.directory import DirectoryOps
@@ -91,8 +92,11 @@ class Registry:
     #: Domains whose users may look users of this domain up (their roots are trusted).
     federated_domains: frozenset[str] = frozenset()
     operations: dict[str, Operation] = field(init=False)
+    events: RegistryEvents = field(init=False)
 
     def __post_init__(self) -> None:
+        #: Told of every request and login: metrics and the audit trail listen here.
+        self.events = RegistryEvents()
         self.caches = RegistryCaches.build(self.config.no_cache)
         self.sessions = SessionRules(self)
         self.hashes = HashQueue(self, self.config.concurrent_hashes, lambda: self.config.hash_timeout)
@@ -101,7 +105,7 @@ class Registry:
         self.operations = bind_operations(
             [SessionOps(self), DirectoryOps(self), CertificateOps(self), Pkcs12Ops(self), self.admin, SixidOps(self)]
         )
-        self.dispatcher = Dispatcher(self.operations, self.sessions, self.domain)
+        self.dispatcher = Dispatcher(self.operations, self.sessions, self.domain, self.events)
 
     @property
     def domain(self) -> str:
