@@ -91,7 +91,7 @@ def foreign_certificate_warning(credentials: ServerCredentials, certificate_file
     """What to tell the operator when the TLS certificate given (``--tls-certificate``)
     does not chain to the domain's root: clients that pinned only that root refuse it."""
     ca = credentials.ca
-    chain = [*credentials.server_chain, ca.issuing_certificate]
+    chain = [*credentials.server_chain, *(issuing for issuing, _key in ca.issuers)]
     if chains_to(credentials.server_certificate, chain, ca.root_certificate):
         return None
     return (

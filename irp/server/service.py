@@ -250,7 +250,7 @@ class RegistryService(service.Service):
             hasher=hasher,
             clock=self.reactor,
             run_in_thread=self._run_in_thread,
-            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor),
+            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor, fetch_issuer=self._fetch_foreign_issuer_crl),
             federated_domains=frozenset(self.federated_roots),
         )
         await self._bootstrap_admin()
@@ -407,19 +407,29 @@ class RegistryService(service.Service):
             roots[domain] = root
         return roots
 
-    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
-        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+    async def _connect_federated(self, domain: str) -> Any:
         root = self.federated_roots[domain]
         server = self.settings.registries.get(domain)
         if server is not None:
-            client = await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
-        else:
-            client = await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
+            return await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
+        return await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
+
+    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
+        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+        client = await self._connect_federated(domain)
         try:
             for info in await client.get_crls():
                 if info.issuer == "issuing":
                     return info.crl
             raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+        finally:
+            client.close()
+
+    async def _fetch_foreign_issuer_crl(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+        """The CRL of a federated domain's (retired) issuing CA ``issuer``."""
+        client = await self._connect_federated(domain)
+        try:
+            return await client.get_crl_of(issuer)  # type: ignore[no-any-return]
         finally:
             client.close()
 
