@@ -113,7 +113,7 @@ def log_ca_state(credentials: ServerCredentials, *, at_start: bool) -> None:
             log.info("The root key is offline: the root CRL served is {path}", path=ca.root_crl_file.path if ca.root_crl_file else "?")
     warning = root_crl_warning(ca)
     if warning is not None:
-        log.warn("{message}", message=warning)
+        log.warn("{advice}", advice=warning)
 
 
 def issuing_changed(running: CertificateAuthority, on_disk: CertificateAuthority) -> bool:

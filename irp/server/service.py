@@ -204,6 +204,7 @@ class RegistryService(service.Service):
             self.sixid.stop()
         if self.store is not None:
             self.store.close()
+            self.store = None
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -501,5 +502,6 @@ class RegistryService(service.Service):
                     await waiting
             if self.store is not None:
                 self.store.close()
+                self.store = None
 
         return Deferred.fromCoroutine(finish())
