@@ -33,8 +33,8 @@ class CAOperationsTestCase(TestCase):
         os.makedirs(self.base)
         self.database = os.path.join(self.base, "registry.sqlite3")
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        globalLogPublisher.addObserver(self.events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)  # type: ignore[arg-type]
 
     def logged(self, text: str) -> list[str]:
         """The formatted log lines containing ``text``."""
@@ -137,7 +137,8 @@ class RotationTests(CAOperationsTestCase):
         self.assertNotEqual(new_issuer.subject, old_issuer.subject)
         self.assertEqual([c for c, _k in registry.ca.retired_issuers], [old_issuer])
         # The server and record-signing certificates were reissued under the new CA, and said so.
-        credentials = registry.service.credentials  # type: ignore[union-attr]
+        assert registry.service is not None and registry.service.credentials is not None
+        credentials = registry.service.credentials
         self.assertNotEqual(credentials.server_certificate, old_server)
         credentials.server_certificate.verify_directly_issued_by(new_issuer)
         credentials.signing_certificate.verify_directly_issued_by(new_issuer)
