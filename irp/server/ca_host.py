@@ -36,9 +36,9 @@ def read_passphrase_file(path: str) -> bytes:
     return passphrase
 
 
-def passphrase_file_from(option: str | None, environment: Mapping[str, str] = os.environ) -> str | None:
+def passphrase_file_from(option: str | None, environment: Mapping[str, str] | None = None) -> str | None:
     """The passphrase file to use: the option's, else the environment variable's."""
-    return option or environment.get(PASSPHRASE_FILE_VARIABLE) or None
+    return option or (os.environ if environment is None else environment).get(PASSPHRASE_FILE_VARIABLE) or None
 
 
 async def agreed_credentials(
