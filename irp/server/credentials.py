@@ -158,7 +158,7 @@ def _load_or_issue(
         done = (
             f"renewed (it ended on {certificate.not_valid_after_utc.isoformat()})"
             if ending
-            else "renewed (it no longer fitted: other host names or another issuing CA)"
+            else "renewed (it no longer fitted: another issuing CA, or other host names)"
         )
     else:
         key = make_key()

@@ -173,6 +173,21 @@ class RotationTests(CAOperationsTestCase):
         with self.assertRaises(errors.NotFound):
             await anonymous._single("get-crl", "crls", {"issuer": "issuing-0000000000000000"})
 
+    async def test_daily_check_keeps_running_ca(self) -> None:
+        """A process running during a rotation keeps its issuing CA, server certificate
+        and chain at the daily check, and says to restart it."""
+        registry = await self.start()
+        assert registry.service is not None and registry.service.credentials is not None
+        before = registry.service.credentials
+        ca_dir = os.path.join(registry.data_dir, "ca")
+        rotate_issuing(ca_dir, root_key_for(ca_dir, None, None), key_type="p256")
+        await registry.service.renew_credentials()
+        self.assertIs(registry.service.credentials, before)
+        self.assertIs(registry.registry.ca, before.ca)
+        self.assertEqual(len(self.logged("The issuing CA was rotated on disk; this process keeps using")), 1)
+        alice = await registry.enrol("alice")
+        alice.certificate.verify_directly_issued_by(before.ca.issuing_certificate)
+
     async def test_revocation_checker_follows_retired_issuer(self) -> None:
         """A client checking revocation (the agent's RevocationChecker with its
         directory) gets the retired issuing CA's CRL for an old certificate."""
