@@ -440,6 +440,7 @@ class CertificateAuthority:
 
 
 def same_public_key(key: PrivateKey, certificate: x509.Certificate) -> bool:
+    """True if ``key`` is the private key of ``certificate``."""
     encoding = serialization.Encoding.DER
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return key.public_key().public_bytes(encoding, spki) == certificate.public_key().public_bytes(
@@ -448,6 +449,7 @@ def same_public_key(key: PrivateKey, certificate: x509.Certificate) -> bool:
 
 
 def certificate_domain(certificate: x509.Certificate) -> str | None:
+    """The domain a CA certificate names (its one ``O`` attribute), or None."""
     values = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if len(values) != 1 or not isinstance(values[0].value, str):
         return None
@@ -455,6 +457,7 @@ def certificate_domain(certificate: x509.Certificate) -> str | None:
 
 
 def load_one_certificate(path: str) -> x509.Certificate:
+    """The one PEM certificate in ``path`` (:class:`CertificateAuthorityError` otherwise)."""
     certificates = keyfiles.load_certificates(path)
     if len(certificates) != 1:
         raise CertificateAuthorityError(f"{path} must hold exactly one certificate")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
 from common.pki.certificates import UnusableCertificate, issuing_crl_name, load_certificate
-from common.pki.keyfiles import fingerprint
+from common.pki.keyfiles import PrivateKey, fingerprint
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
 from irp.server.ca import (
@@ -214,7 +213,7 @@ class CertificateOps(Handlers):
         issuing = await self.issuing_crl(self.ca.issuing_certificate, self.ca.issuing_key)
         return [("issuing", *issuing[1:]), await self._root_crl()]
 
-    async def issuing_crl(self, certificate: x509.Certificate, key: Any) -> tuple[str, int, int, bytes]:
+    async def issuing_crl(self, certificate: x509.Certificate, key: PrivateKey) -> tuple[str, int, int, bytes]:
         """The current CRL of the issuing CA ``certificate`` (the current one or a retired
         one, signed with ``key``), stored as ``issuing-<its key identifier>``."""
         lifetime = self.config.crl_lifetime
