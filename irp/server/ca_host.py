@@ -116,7 +116,15 @@ def log_ca_state(credentials: ServerCredentials, *, at_start: bool) -> None:
         log.warn("{advice}", advice=warning)
 
 
-def issuing_changed(running: CertificateAuthority, on_disk: CertificateAuthority) -> bool:
-    """True if the CA folder now holds another issuing CA than the one in use (rotated):
-    the process keeps using its own until restarted."""
-    return running.issuing_certificate != on_disk.issuing_certificate
+def keeps_running_ca(running: CertificateAuthority, loaded: ServerCredentials) -> bool:
+    """At the daily check: log what loading did; True (and a line saying to restart) if
+    the CA folder now holds another issuing CA than the one in use (it was rotated): the
+    process then keeps its CA and certificates until it is restarted."""
+    log_ca_state(loaded, at_start=False)
+    if running.issuing_certificate == loaded.ca.issuing_certificate:
+        return False
+    log.warn(
+        "The issuing CA was rotated on disk; this process keeps using {subject} until it is restarted: restart it",
+        subject=running.issuing_certificate.subject.rfc4514_string(),
+    )
+    return True

@@ -348,9 +348,7 @@ class RegistryService(service.Service):
             passphrase=settings.key_passphrase,
             expected_root=old.ca.root_fingerprint,
         )
-        ca_host.log_ca_state(loaded, at_start=False)
-        if ca_host.issuing_changed(old.ca, loaded.ca):
-            log.warn("The issuing CA was rotated on disk; this process keeps using {subject} until it is restarted: restart it", subject=old.ca.issuing_certificate.subject.rfc4514_string())
+        if ca_host.keeps_running_ca(old.ca, loaded):
             return
         # The CA in use stays (it is never renewed here; the same one is on disk).
         new = self._given_tls(
