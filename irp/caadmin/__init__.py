@@ -24,6 +24,7 @@ from irp.server.ca import CertificateAuthorityError
 from irp.server.ca.ondisk import RETIRED_DIRECTORY, ROOT_CRL_FILE, holds_ca, read_crl_file, retired_folders
 from irp.server.ca.rotation import (
     DEFAULT_OFFLINE_ROOT_CRL_DAYS,
+    key_files,
     protect_keys,
     root_key_for,
     rotate_issuing,
@@ -75,8 +76,10 @@ def _ca_dir(args: argparse.Namespace) -> str:
     return directory
 
 
-def _issuing_key_passphrase(directory: str, passphrase: Passphrase) -> bytes | None:
-    return passphrase.for_key(os.path.join(directory, "issuing.key"))
+def _ca_keys_passphrase(directory: str, passphrase: Passphrase) -> bytes | None:
+    """The passphrase if any key of the CA folder is encrypted, else None."""
+    encrypted = any(keyfiles.is_encrypted_private_key(path) for path in key_files(directory))
+    return passphrase.get() if encrypted else None
 
 
 def _validity(certificate: x509.Certificate) -> str:
@@ -132,7 +135,7 @@ def command_rotate_issuing(args: argparse.Namespace) -> None:
     with data_directory_lock(args.data_dir):
         root_key = _root_key(args, directory, passphrase)
         rotation = rotate_issuing(
-            directory, root_key, passphrase=_issuing_key_passphrase(directory, passphrase), key_type=args.key_type
+            directory, root_key, passphrase=_ca_keys_passphrase(directory, passphrase), key_type=args.key_type
         )
     print(f"New issuing CA:   {rotation.new.subject.rfc4514_string()}, valid {_validity(rotation.new)}")
     print(f"Retired:          {rotation.old.subject.rfc4514_string()} -> {rotation.retired_to}")
