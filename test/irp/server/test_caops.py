@@ -87,6 +87,23 @@ class OneCAPerDatabaseTests(CAOperationsTestCase):
         third = await self.start("three")
         self.assertEqual(third.ca.root_fingerprint, first.ca.root_fingerprint)
 
+    async def test_postgresql(self) -> None:
+        """The same on PostgreSQL: recorded once; a second process without ca/ refused,
+        and the race's loser (its own CA, the fact recorded meanwhile) refused too."""
+        from twisted.trial.unittest import SkipTest
+
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            server = PostgresServer.shared()
+        except PostgresUnavailable as error:
+            raise SkipTest(f"no PostgreSQL server: {error}") from None
+        self.database = server.create_database()
+        first = await self.start()
+        self.assertEqual(await first.store.get_fact("ca_root_fingerprint"), first.ca.root_fingerprint)
+        self.assertIsInstance(await self.refused("two"), DatabaseCAMismatch)
+        self.assertEqual(await first.store.record_fact("ca_root_fingerprint", "0" * 64), first.ca.root_fingerprint)
+
     async def test_process_with_another_ca_refused(self) -> None:
         """A process whose data folder holds another CA refuses to start."""
         await self.start()
