@@ -137,6 +137,8 @@ def load(
     moment = (now or system_clock)()
     retired = []
     for _number, folder in retired_folders(directory):
+        if not os.path.exists(os.path.join(folder, ISSUING_CERTIFICATE_FILE)):
+            continue  # a rotation stopped while copying the old pair: it is still current
         certificate = load_one_certificate(os.path.join(folder, ISSUING_CERTIFICATE_FILE))
         if certificate.not_valid_after_utc <= moment:
             continue

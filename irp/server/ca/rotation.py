@@ -102,8 +102,10 @@ def rotate_issuing(
     )
     # 1. the old pair, complete, in retired/<n>/ (the key's bytes as they are).
     retired = os.path.join(directory, RETIRED_DIRECTORY, str(old_generation))
-    if os.path.exists(os.path.join(retired, ISSUING_CERTIFICATE_FILE)):
-        raise CertificateAuthorityError(f"{retired} already holds a retired issuing CA: nothing was changed")
+    kept = os.path.join(retired, ISSUING_CERTIFICATE_FILE)
+    # The same certificate there: an earlier rotation stopped after step 1; go on.
+    if os.path.exists(kept) and load_one_certificate(kept) != old:
+        raise CertificateAuthorityError(f"{retired} already holds another retired issuing CA")
     keyfiles.ensure_private_directory(retired)
     keyfiles.write_bytes_private(os.path.join(retired, ISSUING_KEY_FILE), keyfiles.read_bytes_private(old_key_path))
     keyfiles.write_certificates(os.path.join(retired, ISSUING_CERTIFICATE_FILE), [old])

@@ -97,6 +97,21 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(ca.issuing_certificate, self.first.issuing_certificate)
         self.assertFalse(os.path.exists(stray))
 
+    def test_retry_after_failure_in_first_step(self) -> None:
+        """A rotation that stopped after copying the old pair to retired/1 can be run
+        again; a retired/1 holding another CA is refused and nothing changes."""
+        keyfiles.ensure_private_directory(os.path.join(self.directory, "retired", "1"))
+        keyfiles.write_private_key(os.path.join(self.directory, "retired", "1", "issuing.key"), self.first.issuing_key)
+        self.assertEqual(load(self.directory, now=self.clock).retired_issuers, [])
+        self.rotate()
+        self.assertEqual(issuing_generation(load(self.directory, now=self.clock).issuing_certificate), 2)
+        keyfiles.ensure_private_directory(os.path.join(self.directory, "retired", "2"))
+        keyfiles.write_private_key(os.path.join(self.directory, "retired", "2", "issuing.key"), self.first.issuing_key)
+        keyfiles.write_certificates(os.path.join(self.directory, "retired", "2", "issuing.pem"), [self.first.issuing_certificate])
+        before = load(self.directory, now=self.clock).issuing_certificate
+        self.assertRaises(CertificateAuthorityError, self.rotate)
+        self.assertEqual(load(self.directory, now=self.clock).issuing_certificate, before)
+
     def test_wrong_root_key(self) -> None:
         """Another key than the root's is refused, and nothing changes."""
         other = os.path.join(self.mktemp())
