@@ -186,7 +186,8 @@ class EarlyPorts:
 
         def close(results: list[tuple[bool, Any]]) -> None:
             for ok, port in results:
-                if ok:
+                # None: a failed bind whose error ports() already consumed.
+                if ok and port is not None:
                     port.stopListening()
 
         DeferredList(self._listening, consumeErrors=True).addCallback(close)

@@ -73,6 +73,8 @@ class Options(VersionOption, usage.Options):
          " domain's CA certified), open (any key), listed (IDs on the allow list: irp admin sixid-allow)."],
         ["sixid-max-lifetime", None, 86_400, "Longest sixid registration accepted, in seconds.", int],
         ["sixid-max-ids", None, 10_000_000, "Most device IDs sixid holds.", int],
+        ["key-passphrase-file", None, None, "A file (mode 0600) whose first line is the passphrase of the"
+         " CA's encrypted keys (irp-ca protect-keys); default: the file named by IRP_KEY_PASSPHRASE_FILE."],
     ]
     optFlags = [
         ["sixid", None, f"Also serve sixid (device ID to address look-ups) on TCP {SIXID_PORT}, IPv6 and IPv4,"
@@ -197,12 +199,24 @@ class Options(VersionOption, usage.Options):
         if not self["listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
         self._check_sixid()
+        self._check_caops()
         data_dir = os.path.abspath(self["data-dir"])
         own_pidfile(self, os.path.join(os.path.dirname(data_dir), os.path.basename(data_dir) + ".pid"))
         if not self["hostnames"]:
             import socket
 
             self["hostnames"] = sorted({"localhost", "127.0.0.1", "::1", socket.getfqdn().lower()})
+
+    def _check_caops(self) -> None:
+        """Read the CA keys' passphrase (kept out of the options' dictionary)."""
+        from common.pki.keyfiles import KeyFileError
+        from irp.server.ca_host import passphrase_file_from, read_passphrase_file
+
+        path = passphrase_file_from(self["key-passphrase-file"])
+        try:
+            self.key_passphrase = None if path is None else read_passphrase_file(path)
+        except KeyFileError as error:
+            raise usage.UsageError(f"the key passphrase file: {error}") from None
 
     def _check_sixid(self) -> None:
         from sixid.server.operations import POLICIES
@@ -268,6 +282,7 @@ class Options(VersionOption, usage.Options):
             argon2=Argon2Parameters(memory_kib=self["argon2-memory"]),
             sixid=self.sixid_settings(),
             sixid_listen=self["sixid-listen"],
+            key_passphrase=getattr(self, "key_passphrase", None),
         )
 
 

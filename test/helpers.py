@@ -79,6 +79,8 @@ class RunningRegistry:
     #: sixid's settings (a sixid.server.service.SixidSettings): served on a port of its own
     #: (:attr:`sixid_port`) when given.
     sixid: Any = None
+    #: The CA keys' passphrase (--key-passphrase-file).
+    key_passphrase: bytes | None = None
 
     @property
     def port(self) -> int:
@@ -142,6 +144,7 @@ class RunningRegistry:
             argon2=self.argon2,
             sixid=self.sixid,
             sixid_listen=[listen],
+            key_passphrase=self.key_passphrase,
         )
         self.service = RegistryService(settings, global_reactor)
         self.service.startService()

@@ -99,3 +99,14 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     except _PARSE_FAILURES as error:
         raise UnusableCertificate(f"not a certificate signing request: {error}") from None
     return csr
+
+
+def issuing_crl_name(issuer: x509.Certificate) -> str:
+    """The name IRP's get-crl (and the HTTP CRL paths) give the CRL of the issuing CA
+    ``issuer``: ``issuing-`` and the first 16 hex digits of its subject key identifier
+    (of its key's SHA-1 when it has none)."""
+    try:
+        digest = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        digest = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest  # type: ignore[arg-type]
+    return "issuing-" + digest.hex()[:16]

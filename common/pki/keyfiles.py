@@ -147,6 +147,14 @@ def load_private_key(path: str, passphrase: bytes | None = None) -> PrivateKey:
     return key
 
 
+def is_encrypted_private_key(path: str) -> bool:
+    """True if the PEM private key file at ``path`` is encrypted (checked like
+    :func:`load_private_key` does; raises :class:`KeyFileError` as it does for an unsafe
+    or unreadable file)."""
+    data = read_bytes_private(path, max_size=MAX_KEY_FILE_SIZE)
+    return any(marker in data for marker in _ENCRYPTED_PEM_MARKERS)
+
+
 def write_certificates(path: str, certificates: list[x509.Certificate]) -> None:
     """Store ``certificates`` at ``path`` as concatenated PEM, mode 0644, atomically."""
     if not certificates:

@@ -39,6 +39,9 @@ log = Logger()
 #: Fetches a domain's current issuing CRL; raises a :class:`common.errors.ProtocolError`
 #: (the protocol's own wire or client error) when the registry refuses or cannot be reached.
 CRLFetcher = Callable[[str], Awaitable[x509.CertificateRevocationList]]
+#: Fetches the CRL of one issuing CA of a domain (a retired one, after the domain rotated
+#: its issuing CA: its certificates stay valid until they expire).
+IssuerCRLFetcher = Callable[[str, x509.Certificate], Awaitable[x509.CertificateRevocationList]]
 
 
 #: A cache key: the domain, and the issuer's subject and public key (DER).
@@ -105,8 +108,11 @@ class RevocationChecker:
         *,
         stale_grace: timedelta = timedelta(days=3),
         max_age: timedelta | None = timedelta(minutes=5),
+        fetch_issuer: IssuerCRLFetcher | None = None,
     ) -> None:
         self.fetch = fetch
+        #: Asked when the domain's current CRL is not the issuer's (None: unknown then).
+        self.fetch_issuer = fetch_issuer
         self.clock = clock
         self.stale_grace = stale_grace
         self.max_age = max_age
@@ -145,6 +151,8 @@ class RevocationChecker:
             return cached.crl
         try:
             crl = await self.fetch(domain)
+            if self.fetch_issuer is not None and not crl_signed_by(crl, issuer):
+                crl = await self.fetch_issuer(domain, issuer)
         except ProtocolError as error:
             if cached is not None and now < cached.next_update + self.stale_grace:
                 log.warn("Using a stale CRL of {domain}: {error}", domain=domain, error=str(error))

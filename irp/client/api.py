@@ -19,7 +19,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
+from common.pki.certificates import issuing_crl_name
 from common.pki.keyfiles import fingerprint
+from common.pki.revocation import crl_signed_by
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
 from irp.client.protocol import RegistryClientProtocol
@@ -392,6 +394,34 @@ class RegistryClient(SixidAdministration):
                     raise errors.ServerVerificationFailed(f"the {issuer} CRL's signature does not verify")
                 result.append(CRLInfo(issuer, number, crl))
             return result
+
+        return _deferred(run())
+
+    def get_crl_of(self, issuer: x509.Certificate) -> Deferred[x509.CertificateRevocationList]:
+        """The CRL of the issuing CA ``issuer`` (a retired one: the registry's current one is
+        in :meth:`get_crls`), asked by name (``get-crl issuer="issuing-<key id>"``). The
+        issuer must be signed by the pinned root and the CRL by the issuer."""
+
+        async def run() -> x509.CertificateRevocationList:
+            name = issuing_crl_name(issuer)
+            element = await self._single("get-crl", "crls", {"issuer": name})
+            check_fields(element, (), ("crl",))
+            if [child.get("issuer") for child in element] != [name]:
+                raise errors.BadRequest(f"expected only the CRL of {name}")
+            chain = await self.ca_chain()
+            try:
+                issuer.verify_directly_issued_by(chain.root)
+            except (ValueError, TypeError, InvalidSignature):
+                raise errors.ServerVerificationFailed(f"{name} is not an issuing CA of {self.domain}'s root") from None
+            child = element[0]
+            check_fields(child, ("issuer", "number", "next-update"), ("pem",))
+            try:
+                crl = x509.load_pem_x509_crl((child_text(child, "pem") or "").encode("ascii", "replace"))
+            except ValueError:
+                raise errors.BadRequest("a CRL is not valid PEM") from None
+            if not crl_signed_by(crl, issuer):
+                raise errors.ServerVerificationFailed(f"the {name} CRL is not signed by that issuing CA")
+            return crl
 
         return _deferred(run())
 

@@ -153,6 +153,11 @@ class Directory:
                 return info.crl
         raise ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
 
+    async def issuer_crl(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+        """The verified current CRL of one (retired) issuing CA of ``domain``."""
+        client = await self.client(domain)
+        return await client.get_crl_of(issuer)
+
     async def register(self, endpoints: Sequence[Endpoint], presence: str, ttl: int) -> AddressRecord:
         """Publish our addresses and presence with our own registry."""
         client = await self.client(self.home_domain)

@@ -70,7 +70,7 @@ OPERATIONS: dict[str, OperationSpec] = {
     "upload-pkcs12": _("local", ("label",), ("data",), ("data",)),
     "renew": _("local", ("serial",), ("csr",), ("serial",)),
     "revoke": _("local", ("serial", "reason"), required=("serial",)),
-    "get-crl": _("anyone"),
+    "get-crl": _("anyone", ("issuer",)),
     "certificate-status": _("anyone", ("serial",), ("pem",), one_of=("serial", "pem")),
     "ca-chain": _("anyone"),
     "create-user": _("local", ("user", "display-name", "email", "admin", "password-login"), ("password",), ("user",)),

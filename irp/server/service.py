@@ -6,7 +6,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -27,7 +27,9 @@ from common.tls import ServerTLS, make_server_context
 from common.version import describe_version
 from irp import errors
 from irp.client import connect, connect_domain
+from irp.server import ca_host
 from irp.server.admission import AdmittingTLSFactory
+from irp.server.ca import CertificateAuthorityError
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,
@@ -95,6 +97,8 @@ class RegistrySettings:
     #: Serve sixid (issue 13) with these settings on ``sixid_listen``; None: not served.
     sixid: SixidSettings | None = None
     sixid_listen: list[str] = field(default_factory=lambda: ["tcp6:4606:interface=\\:\\:"])
+    #: Decrypts the CA's keys (--key-passphrase-file); None: they are not encrypted.
+    key_passphrase: bytes | None = field(default=None, repr=False)
 
     @property
     def database_url(self) -> str:
@@ -126,13 +130,16 @@ class RegistryService(service.Service):
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
 
-    def prepare_credentials(self) -> ServerCredentials:
-        """Load or create the CA, server and signing credentials (synchronous)."""
+    def prepare_credentials(self, expected_root: str | None = None) -> ServerCredentials:
+        """Load or create the CA, server and signing credentials (synchronous); with
+        ``expected_root`` (the database's CA), no CA is created and another is refused."""
         settings = self.settings
         if self.credentials is None:
             credentials = load_or_create_credentials(
-                settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type
+                settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type,
+                passphrase=settings.key_passphrase, expected_root=expected_root,
             )
+            ca_host.log_ca_state(credentials, at_start=True)
             self.credentials = self._given_tls(credentials)
         return self.credentials
 
@@ -181,7 +188,7 @@ class RegistryService(service.Service):
 
     def _start_failed(self, failure: Any) -> None:
         # The caller (twistd irp: irp.tap) stops the process; the ports bound are let go.
-        if failure.check(errors.IRPError, keyfiles.KeyFileError, OSError, RuntimeError, CannotListenError):
+        if failure.check(errors.IRPError, keyfiles.KeyFileError, OSError, RuntimeError, CannotListenError, CertificateAuthorityError):
             log.critical("The registry could not start: {why}", why=describe_start_failure(failure.value))
         else:
             log.failure("The registry could not start", failure)
@@ -195,6 +202,9 @@ class RegistryService(service.Service):
         self.early_ports = self.sixid_early_ports = None
         if self.sixid is not None:
             self.sixid.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -213,16 +223,18 @@ class RegistryService(service.Service):
             if sixid_early is not None:
                 sixid_early.release()
             raise
-        credentials = self.prepare_credentials()
-        ca = credentials.ca
-        signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
+        # The store first: the database names its CA (see irp.server.ca_host); the
+        # record signer is set once the CA is loaded (nothing signs before).
         self.store = await open_store(
             settings.database_url,
             domain=settings.domain,
-            signer=signer,
+            signer=cast(RecordSigner, None),
             now=self.reactor.seconds,
             reactor=self.reactor,
         )
+        credentials = await ca_host.agreed_credentials(self.store, self.prepare_credentials)
+        ca = credentials.ca
+        self.store.signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
         config = settings.config or RegistryConfig(domain=settings.domain)
         config.max_request = settings.limits.max_request
         config.idle_timeout = settings.limits.idle_timeout
@@ -239,7 +251,7 @@ class RegistryService(service.Service):
             hasher=hasher,
             clock=self.reactor,
             run_in_thread=self._run_in_thread,
-            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor),
+            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor, fetch_issuer=self._fetch_foreign_issuer_crl),
             federated_domains=frozenset(self.federated_roots),
         )
         await self._bootstrap_admin()
@@ -257,7 +269,7 @@ class RegistryService(service.Service):
                 names=", ".join(sorted(config.no_cache)),
             )
         self.factory = RegistryServerFactory(
-            self.registry, trust, self.reactor, settings.limits, known_intermediates=[ca.issuing_certificate]
+            self.registry, trust, self.reactor, settings.limits, known_intermediates=ca_host.known_intermediates(ca)
         )
         self.tls = ServerTLS(self._server_context(credentials))
         gate.open(AdmittingTLSFactory(self.tls, False, self.factory))
@@ -333,7 +345,11 @@ class RegistryService(service.Service):
             settings.hostnames,
             key_type=settings.key_type,
             renew_before=renew_before,
+            passphrase=settings.key_passphrase,
+            expected_root=old.ca.root_fingerprint,
         )
+        if ca_host.keeps_running_ca(old.ca, loaded):
+            return
         # The CA in use stays (it is never renewed here; the same one is on disk).
         new = self._given_tls(
             ServerCredentials(old.ca, loaded.server_key, loaded.server_certificate, loaded.signing_key, loaded.signing_certificate)
@@ -390,19 +406,29 @@ class RegistryService(service.Service):
             roots[domain] = root
         return roots
 
-    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
-        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+    async def _connect_federated(self, domain: str) -> Any:
         root = self.federated_roots[domain]
         server = self.settings.registries.get(domain)
         if server is not None:
-            client = await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
-        else:
-            client = await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
+            return await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
+        return await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
+
+    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
+        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
+        client = await self._connect_federated(domain)
         try:
             for info in await client.get_crls():
                 if info.issuer == "issuing":
                     return info.crl
             raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
+        finally:
+            client.close()
+
+    async def _fetch_foreign_issuer_crl(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+        """The CRL of a federated domain's (retired) issuing CA ``issuer``."""
+        client = await self._connect_federated(domain)
+        try:
+            return await client.get_crl_of(issuer)  # type: ignore[no-any-return]
         finally:
             client.close()
 
@@ -474,5 +500,6 @@ class RegistryService(service.Service):
                     await waiting
             if self.store is not None:
                 self.store.close()
+                self.store = None
 
         return Deferred.fromCoroutine(finish())

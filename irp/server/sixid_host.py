@@ -84,7 +84,7 @@ def build_sixid_server(
         store=registry.store,
         signing_key=credentials.signing_key,
         signer_chain=signer_chain(credentials),
-        check_certificate=RegistryCertificateChecker(registry, ca.root_certificate, [ca.issuing_certificate]),
+        check_certificate=RegistryCertificateChecker(registry, ca.root_certificate, [issuing for issuing, _key in ca.issuers]),
         settings=settings,
         reactor=reactor,
     )

@@ -235,7 +235,9 @@ class Agent(service.Service):
             self.reactor, self.profile, key, certificate, chain, resolver=settings.resolver, home_server=settings.server
         )
         trust = trust_store(self.profile.trusted_roots())
-        revocation = RevocationChecker(self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age))
+        revocation = RevocationChecker(
+            self.directory.issuing_crl, self.clock, max_age=timedelta(seconds=settings.crl_max_age), fetch_issuer=self.directory.issuer_crl
+        )
         self.verifier = PeerVerifier(
             trust,
             revocation,

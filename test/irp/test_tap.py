@@ -82,6 +82,25 @@ class OptionsTests(SynchronousTestCase):
                 self.assertRaises(usage.UsageError, Options().parseOptions, argv)
 
 
+    def test_key_passphrase_file(self) -> None:
+        """--key-passphrase-file (or IRP_KEY_PASSPHRASE_FILE) reaches the settings, kept
+        out of the options and the settings' repr; an unsafe or empty file is refused."""
+        from common.pki.keyfiles import write_bytes_private
+
+        path = os.path.abspath(self.mktemp())
+        write_bytes_private(path, b"s3cret words\n")
+        self.assertIsNone(self.parse().settings().key_passphrase)
+        settings = self.parse("--key-passphrase-file", path).settings()
+        self.assertEqual(settings.key_passphrase, b"s3cret words")
+        self.assertNotIn("s3cret", repr(settings))
+        self.patch(os, "environ", dict(os.environ, IRP_KEY_PASSPHRASE_FILE=path))
+        self.assertEqual(self.parse().settings().key_passphrase, b"s3cret words")
+        os.chmod(path, 0o644)
+        error = self.assertRaises(usage.UsageError, self.parse, "--key-passphrase-file", path)
+        self.assertIn("chmod 600", str(error))
+        write_bytes_private(path, b"\n")
+        self.assertRaises(usage.UsageError, self.parse, "--key-passphrase-file", path)
+
     def test_sixid_off_by_default(self) -> None:
         settings = self.parse().settings()
         self.assertIsNone(settings.sixid)

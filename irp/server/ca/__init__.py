@@ -5,7 +5,12 @@ Each IRP domain runs its own two-level CA:
 * the **root** (self-signed, CA:TRUE pathlen 1, 20 years) only signs the issuing CA and its
   own, normally empty, CRL;
 * the **issuing CA** (CA:TRUE pathlen 0, 10 years) signs user, server and record-signing
-  certificates and the CRL of revoked user certificates.
+  certificates and the CRL of revoked user certificates. An operator may rotate it
+  (:mod:`~irp.server.ca.rotation`): the new one is ``CN=<domain> IRP Issuing CA 2`` (then
+  3, ...), and the old one is *retired*, still signing its CRL until it expires.
+
+The root key may be kept offline (the CA then loads without it); the CA keys may be
+encrypted with one passphrase.
 
 Both are ECDSA P-384 with SHA-384 unless another key type is chosen (see :data:`KEY_TYPES`).
 Subjects are ``O=<domain>, CN=<domain> IRP Root CA`` and ``O=<domain>, CN=<domain> IRP
@@ -22,7 +27,10 @@ the issuing CA: its ``notAfter`` is cut to the issuing CA's.
 The package: :mod:`~irp.server.ca.authority` (the CA object, kept on disk),
 :mod:`~irp.server.ca.issuance` (certificate contents), :mod:`~irp.server.ca.crl`,
 :mod:`~irp.server.ca.pkcs12` and :mod:`~irp.server.ca.keys` (the key policy with IRP's
-errors). It does no I/O except :meth:`CertificateAuthority.load_or_create`, and no Twisted.
+errors), :mod:`~irp.server.ca.ondisk` (the CA folder: loading, creating) and
+:mod:`~irp.server.ca.rotation` (the operator's changes to it). It does no I/O outside those
+two modules (and :meth:`CertificateAuthority.load_or_create`, which uses the first), and no
+Twisted.
 """
 
 from __future__ import annotations

@@ -9,11 +9,8 @@ The certificates' contents are built in :mod:`irp.server.ca.issuance`, CRLs in
 from __future__ import annotations
 
 import datetime
-import errno
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +52,9 @@ from irp.server.ca.pkcs12 import (
 )
 from irp.wire.records import RECORD_SIGNING_OID
 
+if TYPE_CHECKING:
+    from irp.server.ca.ondisk import RootCRLFile
+
 Clock = Callable[[], datetime.datetime]
 
 ROOT_KEY_FILE = "root.key"
@@ -83,21 +83,26 @@ class CertificateAuthority:
         self,
         domain: str,
         root_certificate: x509.Certificate,
-        root_key: PrivateKey,
+        root_key: PrivateKey | None,
         issuing_certificate: x509.Certificate,
         issuing_key: PrivateKey,
         *,
         now: Clock | None = None,
+        retired: Sequence[tuple[x509.Certificate, PrivateKey]] = (),
     ) -> None:
         self._domain = check_domain(domain)
         self._root_certificate = root_certificate
         self._root_key = root_key
         self._issuing_certificate = issuing_certificate
         self._issuing_key = issuing_key
+        self._retired = list(retired)
         self._clock = now or system_clock
         self._check_consistency()
-        self._root_hash = signature_hash(root_key)
         self._issuing_hash = signature_hash(issuing_key)
+        #: The folder the CA was loaded from (None: made in memory).
+        self.directory: str | None = None
+        #: The root CRL signed offline (``root.crl``), read when the root key is offline.
+        self.root_crl_file: RootCRLFile | None = None
         self._root_authority_key_identifier = (
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
                 subject_key_identifier(root_certificate)
@@ -110,18 +115,20 @@ class CertificateAuthority:
         )
 
     def _check_consistency(self) -> None:
-        root_domain = _certificate_domain(self._root_certificate)
+        root_domain = certificate_domain(self._root_certificate)
         if root_domain != self._domain:
             raise CertificateAuthorityError(
                 f"the CA is for the domain {root_domain!r}, not {self._domain!r}"
             )
-        if not _same_public_key(self._root_key, self._root_certificate):
+        if self._root_key is not None and not same_public_key(self._root_key, self._root_certificate):
             raise CertificateAuthorityError("the root key does not match the root certificate")
-        if not _same_public_key(self._issuing_key, self._issuing_certificate):
-            raise CertificateAuthorityError(
-                "the issuing CA key does not match the issuing CA certificate"
-            )
-        for certificate in (self._root_certificate, self._issuing_certificate):
+        for certificate, key in [(self._issuing_certificate, self._issuing_key), *self._retired]:
+            if not same_public_key(key, certificate):
+                raise CertificateAuthorityError(
+                    f"the key of {certificate.subject.rfc4514_string()} does not match its certificate"
+                )
+        retired = [certificate for certificate, _key in self._retired]
+        for certificate in (self._root_certificate, self._issuing_certificate, *retired):
             try:
                 certificate.verify_directly_issued_by(self._root_certificate)
             except (ValueError, TypeError, InvalidSignature):
@@ -159,8 +166,10 @@ class CertificateAuthority:
         """Load the CA kept in ``directory``, creating it there first if there is none.
 
         The directory (mode 0700) holds ``root.key``, ``root.pem``, ``issuing.key`` and
-        ``issuing.pem``; the keys are mode 0600, and ``root.key`` is encrypted with
-        ``passphrase`` if one is given. ``key_type`` only matters when creating.
+        ``issuing.pem`` (``root.key`` may be missing: an offline root), and the retired
+        issuing CAs in ``retired/<n>/`` (see :mod:`irp.server.ca.ondisk`); the keys are mode
+        0600, and a new CA's keys are encrypted with ``passphrase`` if one is given (an
+        encrypted key needs it to load). ``key_type`` only matters when creating.
 
         A new CA is written to a private temporary directory next to ``directory`` and
         renamed into place in one step, so a crash never leaves half a CA, and when several
@@ -172,78 +181,9 @@ class CertificateAuthority:
         domain or an incomplete or inconsistent one, and :class:`common.pki.keyfiles.KeyFileError`
         if a key file is unsafe or the passphrase is wrong.
         """
-        domain = check_domain(domain)
-        directory = os.path.abspath(directory)
-        if not os.path.exists(os.path.join(directory, ROOT_CERTIFICATE_FILE)):
-            created = cls._create_in_place(directory, domain, key_type, now, passphrase)
-            if created is not None:
-                return created
-        return cls._load(directory, domain, now, passphrase)
+        from irp.server.ca.ondisk import load_or_create
 
-    @classmethod
-    def _create_in_place(
-        cls,
-        directory: str,
-        domain: str,
-        key_type: str,
-        now: Clock | None,
-        passphrase: bytes | None,
-    ) -> CertificateAuthority | None:
-        """Create a CA in ``directory``; ``None`` if another process got there first."""
-        parent = os.path.dirname(directory)
-        if not os.path.isdir(parent):
-            keyfiles.ensure_private_directory(parent)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.new-", dir=parent)
-        try:
-            authority = cls.create(domain, key_type=key_type, now=now)
-            authority._write(staging, passphrase)
-            try:
-                os.rename(staging, directory)
-            except OSError as error:
-                if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    return None
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        keyfiles.fsync_directory(parent)
-        return authority
-
-    def _write(self, directory: str, passphrase: bytes | None) -> None:
-        keyfiles.write_private_key(
-            os.path.join(directory, ROOT_KEY_FILE), self._root_key, passphrase
-        )
-        keyfiles.write_private_key(os.path.join(directory, ISSUING_KEY_FILE), self._issuing_key)
-        keyfiles.write_certificates(
-            os.path.join(directory, ROOT_CERTIFICATE_FILE), [self._root_certificate]
-        )
-        keyfiles.write_certificates(
-            os.path.join(directory, ISSUING_CERTIFICATE_FILE), [self._issuing_certificate]
-        )
-
-    @classmethod
-    def _load(
-        cls, directory: str, domain: str, now: Clock | None, passphrase: bytes | None
-    ) -> CertificateAuthority:
-        for name in (
-            ROOT_CERTIFICATE_FILE, ISSUING_CERTIFICATE_FILE, ROOT_KEY_FILE, ISSUING_KEY_FILE
-        ):
-            if not os.path.exists(os.path.join(directory, name)):
-                raise CertificateAuthorityError(
-                    f"{directory} is not empty but holds no complete CA: {name} is missing"
-                )
-        keyfiles.ensure_private_directory(directory)
-        root_certificate = _load_one_certificate(os.path.join(directory, ROOT_CERTIFICATE_FILE))
-        issuing_certificate = _load_one_certificate(
-            os.path.join(directory, ISSUING_CERTIFICATE_FILE)
-        )
-        root_domain = _certificate_domain(root_certificate)
-        if root_domain != domain:
-            raise CertificateAuthorityError(
-                f"{directory} holds the CA of the domain {root_domain!r}, not {domain!r}"
-            )
-        root_key = keyfiles.load_private_key(os.path.join(directory, ROOT_KEY_FILE), passphrase)
-        issuing_key = keyfiles.load_private_key(os.path.join(directory, ISSUING_KEY_FILE))
-        return cls(domain, root_certificate, root_key, issuing_certificate, issuing_key, now=now)
+        return load_or_create(directory, domain, key_type=key_type, now=now, passphrase=passphrase)
 
     # -- what the CA is ---------------------------------------------------------------------
 
@@ -274,8 +214,31 @@ class CertificateAuthority:
 
     @property
     def root_key(self) -> PrivateKey:
-        """The root's private key (for the admin tool and test fixtures; never send it)."""
+        """The root's private key (for the admin tool and test fixtures; never send it).
+
+        Raises :class:`CertificateAuthorityError` when the root is offline."""
+        if self._root_key is None:
+            raise CertificateAuthorityError(
+                "the root key is offline (not in the CA folder): sign with it offline (irp-ca)"
+            )
         return self._root_key
+
+    @property
+    def root_key_online(self) -> bool:
+        """False when the root key was taken offline (only the issuing key is here)."""
+        return self._root_key is not None
+
+    @property
+    def retired_issuers(self) -> list[tuple[x509.Certificate, PrivateKey]]:
+        """The issuing CAs replaced by rotation that are still valid, newest first: their
+        certificates stay good until they expire, so their CRLs are still signed."""
+        moment = self.now()
+        return [(certificate, key) for certificate, key in self._retired if certificate.not_valid_after_utc > moment]
+
+    @property
+    def issuers(self) -> list[tuple[x509.Certificate, PrivateKey]]:
+        """The current issuing CA, then :attr:`retired_issuers`."""
+        return [(self._issuing_certificate, self._issuing_key), *self.retired_issuers]
 
     @property
     def issuing_key(self) -> PrivateKey:
@@ -443,18 +406,21 @@ class CertificateAuthority:
         crl_number: int,
         *,
         next_update_after: datetime.timedelta = DEFAULT_CRL_LIFETIME,
+        issuer: tuple[x509.Certificate, PrivateKey] | None = None,
     ) -> x509.CertificateRevocationList:
-        """The CRL of revoked user certificates, signed by the issuing CA.
+        """The CRL of revoked user certificates, signed by the issuing CA (or by
+        ``issuer``, one of :attr:`issuers`: a retired issuing CA's CRL).
 
         Entries carry a CRLReason extension unless their reason is unknown or
         ``unspecified`` (RFC 5280, 5.3.1 advises omitting it then).
         """
-        builder = crl_builder(
-            self._issuing_certificate, self._issuing_authority_key_identifier, crl_number,
-            next_update_after, self.now(),
+        certificate, key = issuer or (self._issuing_certificate, self._issuing_key)
+        identifier = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            subject_key_identifier(certificate)
         )
+        builder = crl_builder(certificate, identifier, crl_number, next_update_after, self.now())
         builder = with_revoked(builder, revoked)
-        return builder.sign(self._issuing_key, self._issuing_hash)
+        return builder.sign(key, signature_hash(key))
 
     def build_root_crl(
         self,
@@ -470,10 +436,11 @@ class CertificateAuthority:
             self._root_certificate, self._root_authority_key_identifier, crl_number,
             next_update_after, self.now(),
         )
-        return builder.sign(self._root_key, self._root_hash)
+        return builder.sign(self.root_key, signature_hash(self.root_key))
 
 
-def _same_public_key(key: PrivateKey, certificate: x509.Certificate) -> bool:
+def same_public_key(key: PrivateKey, certificate: x509.Certificate) -> bool:
+    """True if ``key`` is the private key of ``certificate``."""
     encoding = serialization.Encoding.DER
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return key.public_key().public_bytes(encoding, spki) == certificate.public_key().public_bytes(
@@ -481,14 +448,16 @@ def _same_public_key(key: PrivateKey, certificate: x509.Certificate) -> bool:
     )
 
 
-def _certificate_domain(certificate: x509.Certificate) -> str | None:
+def certificate_domain(certificate: x509.Certificate) -> str | None:
+    """The domain a CA certificate names (its one ``O`` attribute), or None."""
     values = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if len(values) != 1 or not isinstance(values[0].value, str):
         return None
     return values[0].value
 
 
-def _load_one_certificate(path: str) -> x509.Certificate:
+def load_one_certificate(path: str) -> x509.Certificate:
+    """The one PEM certificate in ``path`` (:class:`CertificateAuthorityError` otherwise)."""
     certificates = keyfiles.load_certificates(path)
     if len(certificates) != 1:
         raise CertificateAuthorityError(f"{path} must hold exactly one certificate")

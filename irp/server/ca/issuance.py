@@ -83,7 +83,6 @@ def ca_certificates(
     """A new root (CA:TRUE pathlen 1) and the issuing CA it signs (CA:TRUE pathlen 0)."""
     not_before = moment - CLOCK_SKEW_ALLOWANCE
     root_name = subject_name(domain, common_name(f"{domain} IRP Root CA", "IRP Root CA"))
-    issuing_name = subject_name(domain, common_name(f"{domain} IRP Issuing CA", "IRP Issuing CA"))
     root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
     root_certificate = (
         x509.CertificateBuilder()
@@ -102,14 +101,38 @@ def ca_certificates(
         )
         .sign(root_key, signature_hash(root_key))
     )
-    issuing_certificate = (
+    issuing_certificate = issuing_ca_certificate(domain, root_certificate, root_key, issuing_key, moment)
+    return root_certificate, issuing_certificate
+
+
+def issuing_ca_name(domain: str, generation: int = 1) -> x509.Name:
+    """The subject of the domain's ``generation``-th issuing CA: ``CN=<domain> IRP Issuing
+    CA`` for the first, ``... IRP Issuing CA 2`` and so on after each rotation (distinct
+    subjects, so chain building never mistakes one for another)."""
+    suffix = "" if generation == 1 else f" {generation}"
+    return subject_name(domain, common_name(f"{domain} IRP Issuing CA{suffix}", f"IRP Issuing CA{suffix}"))
+
+
+def issuing_ca_certificate(
+    domain: str,
+    root_certificate: x509.Certificate,
+    root_key: PrivateKey,
+    issuing_key: PrivateKey,
+    moment: datetime.datetime,
+    generation: int = 1,
+) -> x509.Certificate:
+    """An issuing CA (CA:TRUE pathlen 0, :data:`ISSUING_VALIDITY`) signed by the root,
+    cut to the root's end."""
+    root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
+    not_after = min(moment + ISSUING_VALIDITY, root_certificate.not_valid_after_utc)
+    return (
         x509.CertificateBuilder()
-        .subject_name(issuing_name)
-        .issuer_name(root_name)
+        .subject_name(issuing_ca_name(domain, generation))
+        .issuer_name(root_certificate.subject)
         .public_key(issuing_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(moment + ISSUING_VALIDITY)
+        .not_valid_before(moment - CLOCK_SKEW_ALLOWANCE)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(ca_key_usage(), critical=True)
         .add_extension(
@@ -122,7 +145,6 @@ def ca_certificates(
         )
         .sign(root_key, signature_hash(root_key))
     )
-    return root_certificate, issuing_certificate
 
 
 def end_entity_builder(

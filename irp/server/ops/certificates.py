@@ -10,11 +10,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from common.identity import Identity, InvalidIdentity, identity_from_certificate
-from common.pki.certificates import UnusableCertificate, load_certificate
-from common.pki.keyfiles import fingerprint
+from common.pki.certificates import UnusableCertificate, issuing_crl_name, load_certificate
+from common.pki.keyfiles import PrivateKey, fingerprint
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
-from irp.server.ca import DEFAULT_ROOT_CRL_LIFETIME, REVOCATION_REASONS, RevokedEntry, check_public_key
+from irp.server.ca import (
+    DEFAULT_ROOT_CRL_LIFETIME,
+    REVOCATION_REASONS,
+    CertificateAuthorityError,
+    RevokedEntry,
+    check_public_key,
+)
 from irp.server.ops.base import Handlers, log
 from irp.server.session import Session
 from irp.server.store import Account
@@ -126,7 +132,7 @@ class CertificateOps(Handlers):
         if not certificate.not_valid_before_utc.timestamp() <= now <= certificate.not_valid_after_utc.timestamp():
             raise errors.InvalidArgument("the certificate is expired or not yet valid")
         check_public_key(certificate.public_key())
-        if certificate.issuer == self.ca.issuing_certificate.subject:
+        if any(certificate.issuer == issuing.subject for issuing, _key in self.ca.issuers):
             raise errors.Conflict("certificates of this registry's CA are stored when issued; no upload is needed")
         account = await self._account(session.username)
         if not self._names_user(certificate, account):
@@ -201,8 +207,15 @@ class CertificateOps(Handlers):
 
         The issuing CRL lives ``crl_lifetime``, the root's (always empty)
         :data:`~irp.server.ca.DEFAULT_ROOT_CRL_LIFETIME`; each is rebuilt in the last quarter of
-        its life (and the issuing one after every revocation).
+        its life (and the issuing one after every revocation). With the root key offline,
+        the root CRL is the one signed offline (``ca/root.crl``).
         """
+        issuing = await self.issuing_crl(self.ca.issuing_certificate, self.ca.issuing_key)
+        return [("issuing", *issuing[1:]), await self._root_crl()]
+
+    async def issuing_crl(self, certificate: x509.Certificate, key: PrivateKey) -> tuple[str, int, int, bytes]:
+        """The current CRL of the issuing CA ``certificate`` (the current one or a retired
+        one, signed with ``key``), stored as ``issuing-<its key identifier>``."""
         lifetime = self.config.crl_lifetime
         refresh_before = int(lifetime.total_seconds() // 4)
 
@@ -213,8 +226,23 @@ class CertificateOps(Handlers):
                 RevokedEntry(serial, to_datetime(at), REVOCATION_REASONS.get(reason or "unspecified"))
                 for serial, at, reason in entries
             ]
-            crl = self.ca.build_crl(revoked, number, next_update_after=lifetime)
+            crl = self.ca.build_crl(revoked, number, next_update_after=lifetime, issuer=(certificate, key))
             return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
+
+        stored = await self.store.refresh_crl(issuing_crl_name(certificate), build_issuing, refresh_before)
+        return (stored.issuer, stored.crl_number, stored.next_update, stored.der)
+
+    async def _root_crl(self) -> tuple[str, int, int, bytes]:
+        if self.ca.root_crl_file is not None:
+            try:
+                offline = self.ca.root_crl_file.current()
+            except CertificateAuthorityError as error:
+                log.error("Cannot serve the root CRL: {error}", error=str(error))
+                offline = None
+            if offline is None or offline.next_update_utc is None:
+                raise errors.Unavailable("the root CRL is unavailable: the root key is offline and no root CRL signed offline can be served")
+            number = offline.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            return ("root", number, int(offline.next_update_utc.timestamp()), offline.public_bytes(Encoding.DER))
 
         def build_root(number: int, entries: list[tuple[int, int, str | None]]) -> tuple[bytes, int]:
             # The root CRL only ever lists nothing (the issuing CA is never revoked): it
@@ -222,24 +250,31 @@ class CertificateOps(Handlers):
             crl = self.ca.build_root_crl(number, next_update_after=DEFAULT_ROOT_CRL_LIFETIME)
             return crl.public_bytes(Encoding.DER), int(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
 
-        issuing = await self.store.refresh_crl("issuing", build_issuing, refresh_before)
         root_refresh_before = int(DEFAULT_ROOT_CRL_LIFETIME.total_seconds() // 4)
         root = await self.store.refresh_crl("root", build_root, root_refresh_before)
-        return [
-            (stored.issuer, stored.crl_number, stored.next_update, stored.der) for stored in (issuing, root)
-        ]
+        return (root.issuer, root.crl_number, root.next_update, root.der)
 
     async def get_crl(self, session: Session, element: Element) -> list[Element]:
-        """The current CRLs of the issuing CA and the root, PEM-encoded."""
+        """The current CRLs of the issuing CA and the root, PEM-encoded; with an ``issuer``
+        attribute (``issuing-<key identifier>``), the CRL of that issuing CA only (a
+        retired one, whose certificates are still valid)."""
         result = make_element("crls")
         from common.timeutil import format_timestamp
 
-        for issuer, number, next_update, der in await self.current_crls():
+        wanted = element.get("issuer")
+        if wanted is None:
+            crls = await self.current_crls()
+        else:
+            issuer = next(((c, k) for c, k in self.ca.issuers if issuing_crl_name(c) == wanted), None)
+            if issuer is None:
+                raise errors.NotFound(f"no valid issuing CA of {self.domain} is named {wanted[:40]!r}")
+            crls = [await self.issuing_crl(*issuer)]
+        for issuer_name, number, next_update, der in crls:
             crl = x509.load_der_x509_crl(der)
             crl_element = sub_element(
                 result,
                 "crl",
-                {"issuer": issuer, "number": str(number), "next-update": format_timestamp(next_update)},
+                {"issuer": issuer_name, "number": str(number), "next-update": format_timestamp(next_update)},
             )
             sub_element(crl_element, "pem", None, crl.public_bytes(Encoding.PEM).decode("ascii"))
         return [result]

@@ -77,6 +77,18 @@ class PrivateKeyTests(_TemporaryDirectoryMixin):
             self.assertIn(b"BEGIN ENCRYPTED PRIVATE KEY", stored.read())
         self.assertTrue(_same_key(keyfiles.load_private_key(path, b"correct horse"), key))
 
+    def test_is_encrypted(self) -> None:
+        """is_encrypted_private_key tells an encrypted key file from a plain one, and
+        refuses an unsafe one like the loader does."""
+        directory = self.make_directory()
+        plain, encrypted = os.path.join(directory, "plain.key"), os.path.join(directory, "encrypted.key")
+        keyfiles.write_private_key(plain, generate_key("p256"))
+        keyfiles.write_private_key(encrypted, generate_key("p256"), b"correct horse")
+        self.assertFalse(keyfiles.is_encrypted_private_key(plain))
+        self.assertTrue(keyfiles.is_encrypted_private_key(encrypted))
+        os.chmod(plain, 0o644)
+        self.assertRaises(keyfiles.KeyFileError, keyfiles.is_encrypted_private_key, plain)
+
     def test_empty_passphrase_refused(self) -> None:
         """An empty passphrase is a mistake, not a request for no encryption."""
         path = os.path.join(self.make_directory(), "root.key")

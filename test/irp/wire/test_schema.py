@@ -156,6 +156,8 @@ class RegistryMessagesTests(TestCase):
         await anonymous.ca_chain()
         crls = await anonymous.get_crls()
         self.assertEqual([crl.issuer for crl in crls], ["issuing", "root"])
+        # One issuing CA's CRL by name (what clients ask for a retired one).
+        await anonymous.get_crl_of(registry.ca.issuing_certificate)
         status = await anonymous.certificate_status(serial=0x1234ABCD)
         self.assertEqual(status.state, "unknown")
         with self.assertRaises(errors.NotAuthenticated):

@@ -210,13 +210,13 @@ class LoadOrCreateTests(unittest.TestCase):
         self.assertEqual(os.listdir(self.base), ["ca"])
 
     def test_root_passphrase(self) -> None:
-        """The root key can be encrypted; loading it then needs the passphrase."""
+        """The CA keys can be encrypted; loading them then needs the passphrase."""
         CertificateAuthority.load_or_create(self.directory, "example.org", key_type="p256",
                                             passphrase=b"root secret")
         with open(os.path.join(self.directory, "root.key"), "rb") as root_key:
             self.assertIn(b"ENCRYPTED", root_key.read())
         with open(os.path.join(self.directory, "issuing.key"), "rb") as issuing_key:
-            self.assertNotIn(b"ENCRYPTED", issuing_key.read())
+            self.assertIn(b"ENCRYPTED", issuing_key.read())
         self.assertRaises(keyfiles.KeyFileError, CertificateAuthority.load_or_create,
                           self.directory, "example.org")
         self.assertRaises(keyfiles.KeyFileError, CertificateAuthority.load_or_create,

@@ -1,0 +1,5 @@
+"""``python -m irp.caadmin``: the ``irp-ca`` command."""
+
+from irp.caadmin import main
+
+main()
