@@ -438,7 +438,10 @@ class RegistryService(service.Service):
 
     async def _sweep(self) -> None:
         assert self.store is not None
-        count = await self.store.expire_addresses()
+        try:
+            count = await self.store.expire_addresses()
+        except errors.Unavailable:
+            return  # logged by the store, once per outage; the next sweep tries again
         if count:
             log.debug("Expired {count} address records", count=count)
 
@@ -447,7 +450,10 @@ class RegistryService(service.Service):
         login and administrator changes, deleted users) made by other processes sharing
         the database."""
         assert self.store is not None and self.registry is not None
-        events = await self.store.security_generation()
+        try:
+            events = await self.store.security_generation()
+        except errors.Unavailable:
+            return  # logged by the store, once per outage; the next check tries again
         if self._last_security_events is not None and events != self._last_security_events:
             self.registry.security_changed()
         self._last_security_events = events

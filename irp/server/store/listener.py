@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from common.db.outage import describe
+
 log = Logger()
 
 #: The channel the ``addresses`` trigger notifies.
@@ -75,6 +77,9 @@ class ChangeListener:
         self._fileno = -1
         self._stopped = False
         self._retry: Any = None
+        #: Why the last attempt to listen failed (None: it did not): while attempts keep
+        #: failing (the database is down) the log has one line, not one per attempt.
+        self._failing: str | None = None
         self.ready: Deferred[None] = Deferred()
 
     # -- to be supplied by subclasses ---------------------------------------------------
@@ -125,6 +130,9 @@ class ChangeListener:
             return
         self.connection = connection
         self._fileno = os.dup(connection.pgconn.socket)
+        if self._failing is not None:
+            self._failing = None
+            log.info("Listening for {what} again", what=self.what)
         self.made()
         self.caught_up(caught)
         self.reactor.addReader(self)
@@ -132,7 +140,15 @@ class ChangeListener:
             self.ready.callback(None)
 
     def _not_connected(self, failure: Failure) -> None:
-        log.error("Cannot listen for {what}: {error}", what=self.what, error=str(failure.value))
+        reason = describe(failure.value) if failure.value is not None else "unknown"
+        if self._failing is None:
+            log.error(
+                "Cannot listen for {what}: {error}; trying again every {delay:g} s",
+                what=self.what,
+                error=reason,
+                delay=RECONNECT_DELAY,
+            )
+        self._failing = reason
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:

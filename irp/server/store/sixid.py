@@ -149,7 +149,7 @@ class SixidTable(StoreEngine):
             return NOT_NOW
         try:
             row = reader.execute(_SELECT_RECORD_BYTES, (sixid, now)).fetchone()
-        except self._operational_error:
+        except self._reader_error:
             return NOT_NOW
         return None if row is None else row[0]  # type: ignore[no-any-return]
 
@@ -160,7 +160,7 @@ class SixidTable(StoreEngine):
         if reader is not None:
             try:
                 row = reader.execute(_SELECT_RECORD, (sixid, now)).fetchone()
-            except self._operational_error:
+            except self._reader_error:
                 pass  # busy (a checkpoint, a schema change): the pool's connection waits instead
             except Exception:  # noqa: BLE001 - handed to the Deferred like the pool would
                 return fail()
@@ -375,7 +375,7 @@ class SixidTable(StoreEngine):
             if version == self._sixid_version:
                 return
             changes, complete = self._read_sixid_changes(reader)
-        except self._operational_error:
+        except self._reader_error:
             return  # busy: the next poll reads
         if complete:
             self._sixid_version = version
