@@ -9,8 +9,9 @@ the record separator twisted puts before each by default: plain newline-delimite
 environment:
 
 * ``IRP_LOG_JSON_FILE``: append to this file (created mode 0600) instead of standard
-  output. Rotate it with logrotate's ``copytruncate`` (the file is opened for appending,
-  so writes go on at the start of the truncated file).
+  output. To rotate it, rename it and send the process SIGUSR1: the file is opened again
+  under its name (as twistd does for its own ``--logfile``; no line is lost). logrotate's
+  ``copytruncate`` works as well (the file is opened for appending).
 * ``IRP_LOG_JSON_LEVEL``: the lowest level written: ``debug``, ``info`` (the default),
   ``warn``, ``error`` or ``critical``.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
@@ -40,7 +42,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["REDACTED", "SECRET_FIELD", "RedactingObserver", "observer", "open_output"]
+__all__ = ["REDACTED", "SECRET_FIELD", "RedactingObserver", "ReopenableFile", "observer", "open_output"]
 
 #: Field names that hold secrets (matched anywhere in the name, any case).
 SECRET_FIELD = re.compile(r"passw|passphrase|secret|token|private|pkcs12|p12|credential|authori[sz]ation|cookie", re.IGNORECASE)
@@ -77,15 +79,58 @@ class RedactingObserver:
         self.observer(_redact(event))
 
 
-def open_output(environ: Mapping[str, str] | None = None) -> IO[str]:
-    """Where the JSON goes: ``$IRP_LOG_JSON_FILE`` (appended to, created 0600), else
-    standard output."""
+class ReopenableFile:
+    """A log file opened for appending (created 0600) that :meth:`reopen` opens again
+    under its name, after it was renamed for rotation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.handle = self._open()
+
+    def _open(self) -> IO[str]:
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(descriptor, "a", encoding="utf-8", buffering=1)
+
+    def write(self, text: str) -> int:
+        """Write (line buffered: each event reaches the file at once)."""
+        return self.handle.write(text)
+
+    def flush(self) -> None:
+        """Flush."""
+        self.handle.flush()
+
+    def reopen(self) -> None:
+        """Open the file again under its name (a new one when it was renamed)."""
+        old, self.handle = self.handle, self._open()
+        old.close()
+
+    def close(self) -> None:
+        """Close."""
+        self.handle.close()
+
+    def reopen_on_sigusr1(self) -> None:
+        """Reopen when the process gets SIGUSR1 (unless something else handles it)."""
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+            return
+
+        def handler(_signal: int, _frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(self.reopen)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, handler)
+
+
+def open_output(environ: Mapping[str, str] | None = None) -> IO[str] | ReopenableFile:
+    """Where the JSON goes: ``$IRP_LOG_JSON_FILE`` (appended to, created 0600, reopened
+    on SIGUSR1), else standard output."""
     environ = os.environ if environ is None else environ
     path = environ.get(FILE_VARIABLE)
     if not path:
         return sys.stdout
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(descriptor, "a", encoding="utf-8", buffering=1)
+    output = ReopenableFile(path)
+    output.reopen_on_sigusr1()
+    return output
 
 
 def _level(environ: Mapping[str, str]) -> LogLevel:
@@ -97,12 +142,13 @@ def _level(environ: Mapping[str, str]) -> LogLevel:
         raise SystemExit(f"{LEVEL_VARIABLE}={name!r} is not a log level ({names})") from None
 
 
-def observer(environ: Mapping[str, str] | None = None, output: IO[str] | None = None) -> ILogObserver:
+def observer(environ: Mapping[str, str] | None = None, output: IO[str] | ReopenableFile | None = None) -> ILogObserver:
     """The observer ``twistd --logger=common.jsonlog.observer`` makes: JSON lines (see the
     module's docstring) on standard output or ``$IRP_LOG_JSON_FILE``, from
     ``$IRP_LOG_JSON_LEVEL`` (default info) up, secret fields redacted."""
     environ = os.environ if environ is None else environ
     level = _level(environ)
-    writer = jsonFileLogObserver(output if output is not None else open_output(environ), recordSeparator="")
+    target = output if output is not None else open_output(environ)
+    writer = jsonFileLogObserver(target, recordSeparator="")  # type: ignore[arg-type]
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     return FilteringLogObserver(RedactingObserver(writer), [predicate])

@@ -96,16 +96,23 @@ class ObserverTests(unittest.TestCase):
         self.assertEqual(seen[0]["password"], "hunter2-secret")
 
     def test_file(self) -> None:
-        """IRP_LOG_JSON_FILE: appended to, created mode 0600."""
+        """IRP_LOG_JSON_FILE: appended to, created mode 0600; reopened under its name
+        after a rename (rotation)."""
         path = os.path.abspath(self.mktemp())
         for round_ in range(2):
-            handle = jsonlog.open_output({"IRP_LOG_JSON_FILE": path})
+            handle = jsonlog.ReopenableFile(path)
             log = Logger(namespace="test", observer=jsonlog.observer({}, handle))
             log.info("Round {round}", round=round_)
+            if round_ == 1:
+                os.rename(path, path + ".1")
+                handle.reopen()
+                log.info("Round {round}", round=2)
             handle.close()
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        with open(path, encoding="utf-8") as handle:
+        with open(path + ".1", encoding="utf-8") as handle:
             self.assertEqual([event["round"] for event in lines_of(handle.read())], [0, 1])
+        with open(path, encoding="utf-8") as handle:
+            self.assertEqual([event["round"] for event in lines_of(handle.read())], [2])
 
 
 class JSONRegistry(ProcessProtocol):
