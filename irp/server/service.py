@@ -431,7 +431,7 @@ class RegistryService(service.Service):
         keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
         log.warn(
             "Created the administrator {user!r}; its password is in {path} (readable only by"
-            " this account). Log in, then change it with: irp admin set-password {user}",
+            " this account). Change it with irp passwd (logged in as {user}), then delete the file",
             user=username,
             path=path,
         )
