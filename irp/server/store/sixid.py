@@ -19,6 +19,7 @@ store (DESIGN-13 section 5; the schema is migration 5 -> 6 in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -398,7 +399,9 @@ class SixidTable(StoreEngine):
                 (seen, SIXID_CHANGES_READ_LIMIT),
             ).fetchall()
         finally:
-            reader.execute("COMMIT")
+            # Never left open on a failure (an unreadable file): the reader would go on
+            # reading this snapshot.
+            reader.execute("COMMIT" if sys.exc_info()[0] is None else "ROLLBACK")
         if pruned > seen:
             log.warn(
                 "This process read the sixid change log too late: {count} changes were pruned unread; their watchers here are not told",

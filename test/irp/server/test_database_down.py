@@ -16,6 +16,8 @@ from irp.cli import make_csr
 from irp.client import RegistryClient
 from irp.server.ca import generate_key
 from irp.wire.records import Endpoint
+from sixid.errors import SixidError
+from sixid.server.service import SixidSettings
 from test.helpers import EnrolledUser, RunningRegistry
 
 #: How many requests may meet a connection of the pool that broke during the outage
@@ -58,7 +60,22 @@ class Outage:
             "revoke": lambda: user.revoke(alice.serial),
             "password login": lambda: self.registry.client("alice", alice.password),
             "certificate login": self.certificate_login,
+            "sixid lookup": self.sixid_lookup,
         }
+
+    async def sixid_lookup(self) -> Any:
+        """A sixid look-up on the registry's sixid port (sixid's own ``unavailable``)."""
+        from twisted.internet import reactor
+
+        from sixid.client import connect_sixid
+        from sixid.ids import SixIdAddress, derive_id
+
+        client = await connect_sixid(
+            reactor, "example.org", trust=self.registry.root, server=("127.0.0.1", self.registry.sixid_port), timeout=10
+        )
+        self.testcase.addCleanup(client.close)
+        address = SixIdAddress(derive_id(generate_key("p256").public_key()), "example.org")
+        return await client.lookup(address, cached=False)
 
     async def certificate_login(self) -> Any:
         client = await self.registry.client(user=self.alice)
@@ -70,7 +87,7 @@ class Outage:
         for name, operation in self.operations().items():
             try:
                 await operation()
-            except errors.IRPError as error:
+            except (errors.IRPError, SixidError) as error:
                 answers[name] = error.name
             else:
                 answers[name] = "ok"
@@ -124,7 +141,7 @@ class PostgreSQLDownTests(unittest.TestCase):
         except PostgresUnavailable as error:
             raise unittest.SkipTest(f"no PostgreSQL server: {error}") from None
         self.addCleanup(server.stop)
-        registry = await RunningRegistry(self, database=server.create_database()).start()
+        registry = await RunningRegistry(self, database=server.create_database(), sixid=SixidSettings(policy="open")).start()
         outage = Outage(self, registry)
         await outage.prepare()
         server.halt()
@@ -140,7 +157,7 @@ class SQLiteDownTests(unittest.TestCase):
     """A SQLite file that cannot be read any more, then restored."""
 
     async def test_unreadable_file(self) -> None:
-        registry = await RunningRegistry(self).start()
+        registry = await RunningRegistry(self, sixid=SixidSettings(policy="open")).start()
         outage = Outage(self, registry)
         await outage.prepare()
         path = os.path.join(registry.data_dir, "registry.sqlite3")
@@ -159,3 +176,5 @@ class SQLiteDownTests(unittest.TestCase):
             with open(name, "r+b") as handle:
                 handle.write(data)
         await outage.check_back()
+        # The direct reader was left in no read transaction (it would read an old snapshot).
+        self.assertFalse(registry.store.direct_reader.in_transaction)
