@@ -18,9 +18,8 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-__all__ = ["OutageLog", "QuietConnection", "is_outage"]
+__all__ = ["OutageLog", "QuietConnection", "describe", "is_outage", "quiet_pool"]
 
 log = Logger()
 
@@ -74,12 +73,6 @@ class OutageLog:
             self.reason = None
             log.info("{what} is back", what=self.what)
 
-    def passed(self, result: Any) -> Any:
-        """Callback form of :meth:`answered` (the result is passed on)."""
-        if self.reason is not None:
-            self.answered()
-        return result
-
 
 class QuietConnection(adbapi.Connection):
     """An adbapi connection whose rollback after a failure logs nothing: when the
@@ -113,9 +106,3 @@ def quiet_pool(pool: adbapi.ConnectionPool) -> adbapi.ConnectionPool:
     """Make ``pool``'s connections :class:`QuietConnection` ones; return it."""
     pool.connectionFactory = QuietConnection  # type: ignore[assignment]
     return pool
-
-
-def outage_of(failure: Failure, dbapi: Any) -> BaseException | None:
-    """The outage error ``failure`` holds, or None."""
-    value = failure.value
-    return value if value is not None and is_outage(value, dbapi) else None

@@ -58,7 +58,6 @@ class StoreEngine:
         self.signer = signer
         self.now = now
         self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
-        self._operational_error: type[Exception] = pool.dbapi.OperationalError
         #: What the direct reader may raise when it cannot read now (busy, or the file
         #: cannot be read): the read is then tried on the pool, which reports outages.
         self._reader_error: type[Exception] = pool.dbapi.DatabaseError

@@ -119,7 +119,7 @@ class SixidListener(ChangeListener):
 
     def lost(self) -> None:
         """Say so; the next connection catches up."""
-        log.warn("Lost the connection listening for sixid changes; watchers here are told of other processes' registrations once it is back")
+        self.report_lost("watchers here are told of other processes' registrations once it is back")
 
 
 class SixidTable(StoreEngine):
@@ -332,6 +332,7 @@ class SixidTable(StoreEngine):
         elif self.listen_url is not None:
             if self.sixid_listener is None:
                 self.sixid_listener = SixidListener(self.listen_url, self.reactor, self._sixid_changed)
+                self.sixid_listener.outage = self.outage
                 self.sixid_listener.start()
         else:
             log.warn("This store cannot follow other processes' sixid changes (no direct reader, no listener)")
