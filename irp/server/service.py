@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -410,7 +411,11 @@ class RegistryService(service.Service):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
 
     def _start_loop(self, function: Any, interval: float) -> None:
-        loop = LoopingCall(function)
+        async def step() -> None:
+            with contextlib.suppress(errors.Unavailable):  # the store logs an outage once
+                await function()
+
+        loop = LoopingCall(step)
         loop.clock = self.reactor
         finished = loop.start(interval, now=False)
         finished.addErrback(lambda failure: log.failure("Housekeeping failed", failure))
@@ -438,10 +443,7 @@ class RegistryService(service.Service):
 
     async def _sweep(self) -> None:
         assert self.store is not None
-        try:
-            count = await self.store.expire_addresses()
-        except errors.Unavailable:
-            return  # logged by the store, once per outage; the next sweep tries again
+        count = await self.store.expire_addresses()
         if count:
             log.debug("Expired {count} address records", count=count)
 
@@ -450,10 +452,7 @@ class RegistryService(service.Service):
         login and administrator changes, deleted users) made by other processes sharing
         the database."""
         assert self.store is not None and self.registry is not None
-        try:
-            events = await self.store.security_generation()
-        except errors.Unavailable:
-            return  # logged by the store, once per outage; the next check tries again
+        events = await self.store.security_generation()
         if self._last_security_events is not None and events != self._last_security_events:
             self.registry.security_changed()
         self._last_security_events = events
