@@ -21,7 +21,7 @@ private key, PKCS#12 data, credentials: :data:`SECRET_FIELD`) are replaced by
 ``"[redacted]"`` before the event is written, in nested dictionaries too. (The project's
 log calls pass no secret as a field; this is the net under them.) Failures are written as
 twisted writes them: the exception's type and the stack's function names, files and lines,
-without local variables.
+without the exception's message or local variables.
 """
 
 from __future__ import annotations
