@@ -137,6 +137,9 @@ class Context:
         config = self.profile.load_config()
         if self.args.server:
             config.server, config.port = server_argument(self.args.server)
+        dns_server = getattr(self.args, "dns_server", None)
+        if dns_server:
+            config.dns_server = dns_server
         user = getattr(self.args, "user", None)
         if user:
             config.username = user

@@ -2,7 +2,8 @@
 
 Layout (folder mode 0700)::
 
-    config.json        server, port, domain, user name
+    config.json        server and port (or none: found by DNS SRV at each connection),
+                       domain, user name, the DNS server to ask (or none: the system's)
     ca.pem             the pinned root CA of the user's own domain
     key.pem            the user's private key (mode 0600), once enrolled
     certificate.pem    the user's certificate, then the issuing CA
@@ -47,12 +48,16 @@ def default_profile_path() -> str:
 class ProfileConfig:
     """What ``config.json`` holds."""
 
-    server: str
+    #: The registry's host (with :attr:`port`); None: the domain's registry is found by
+    #: DNS SRV (``_irp._tcp.<domain>``) at each connection, so that SRV failover works.
+    server: str | None
     domain: str
     port: int = IRP_PORT
     username: str | None = None
     #: Registries of other domains this user talks to: domain -> "host:port".
     registries: dict[str, str] = field(default_factory=dict)
+    #: The DNS server (``HOST[:PORT]``) SRV look-ups ask; None: the system's resolver.
+    dns_server: str | None = None
 
 
 class Profile:
@@ -104,12 +109,15 @@ class Profile:
             )
         try:
             data = json.loads((self.path / CONFIG_FILE).read_text("utf-8"))
+            server = data.get("server")
+            dns_server = data.get("dns_server")
             return ProfileConfig(
-                server=str(data["server"]),
+                server=None if server is None else str(server),
                 domain=str(data["domain"]),
                 port=int(data.get("port", IRP_PORT)),
                 username=data.get("username"),
                 registries={str(key): str(value) for key, value in dict(data.get("registries", {})).items()},
+                dns_server=None if dns_server is None else str(dns_server),
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ProfileError(f"the profile configuration {self.file(CONFIG_FILE)} is unreadable: {error}") from None

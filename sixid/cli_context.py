@@ -59,7 +59,7 @@ class SixidContext(Context):
         text = self.args.server or self.known_servers().get(domain)
         if not text and self.profile.exists:
             config = self.profile.load_config()
-            if config.domain == domain:
+            if config.domain == domain and config.server is not None:
                 return config.server, DEFAULT_PORT
         if not text:
             return None

@@ -47,6 +47,7 @@ class PostgresServer:
     def __init__(self) -> None:
         self.directory = ""
         self.port = 0
+        self._options = ""
         self._as_user: list[str] = []
 
     @classmethod
@@ -91,7 +92,21 @@ class PostgresServer:
             raise PostgresUnavailable(f"initdb failed: {result.stderr.strip()[-500:]}")
         self.port = _free_port()
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200"
-        result = self._run(pg_ctl, "-D", data, "-o", options, "-l", os.path.join(self.directory, "log"), "-w", "start")
+        self._options = options
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are ended), keeping its files."""
+        pg_ctl = _binary("pg_ctl")
+        assert pg_ctl is not None
+        self._run(pg_ctl, "-D", os.path.join(self.directory, "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again) on its files and port."""
+        pg_ctl = _binary("pg_ctl")
+        assert pg_ctl is not None
+        data = os.path.join(self.directory, "data")
+        result = self._run(pg_ctl, "-D", data, "-o", self._options, "-l", os.path.join(self.directory, "log"), "-w", "start")
         if result.returncode != 0:
             log = ""
             try:

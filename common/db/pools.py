@@ -13,6 +13,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.interfaces import IReactorCore
 
 from common.db.dialect import POSTGRESQL, SQLITE, Dialect
+from common.db.outage import quiet_pool
 
 __all__ = [
     "UnsupportedDatabase",
@@ -42,7 +43,7 @@ def sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
         # (SQLite gives its -wal and -shm files the database file's permissions.)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         os.chmod(path, 0o600)
-    return adbapi.ConnectionPool(
+    return quiet_pool(adbapi.ConnectionPool(
         "sqlite3",
         path,
         check_same_thread=False,
@@ -51,7 +52,7 @@ def sqlite_pool(path: str, reactor: IReactorCore) -> adbapi.ConnectionPool:
         cp_max=1,
         cp_openfun=_prepare_sqlite,
         cp_reactor=reactor,
-    )
+    ))
 
 
 def _autocommit(connection: Any) -> None:
@@ -69,7 +70,7 @@ def postgresql_pool(
         raise UnsupportedDatabase(
             "PostgreSQL needs the psycopg driver: pip install 'irp-sixchat[postgresql]'"
         ) from None
-    return adbapi.ConnectionPool(
+    return quiet_pool(adbapi.ConnectionPool(
         "psycopg",
         url,
         cp_min=1,
@@ -77,7 +78,7 @@ def postgresql_pool(
         cp_reconnect=True,
         cp_reactor=reactor,
         cp_openfun=_autocommit if autocommit else None,
-    )
+    ))
 
 
 def direct_sqlite_reader(path: str) -> sqlite3.Connection:

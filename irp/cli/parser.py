@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         target.add_argument("--server", default=default, help="registry HOST[:PORT], overriding the profile")
         target.add_argument(
+            "--dns-server",
+            default=default,
+            metavar="ADDRESS[:PORT]",
+            help="DNS server to ask for the registry's SRV records (_irp._tcp.DOMAIN), overriding"
+            " the profile's (default: the system's resolver); 'irp init' keeps it in the profile",
+        )
+        target.add_argument(
             "--timeout",
             type=float,
             default=30.0 if default is None else default,
@@ -79,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "init",
         initialise,
         "Create a profile pinned to a registry's root CA. Without --server the registry is"
-        " found by DNS SRV (_irp._tcp.DOMAIN).",
+        " found by DNS SRV (_irp._tcp.DOMAIN), and the profile keeps the domain: each command"
+        " looks the registry up again (SRV failover works). --dns-server names the DNS server to ask.",
         password=False,
     )
     sub.add_argument("--domain", required=True, help="the domain the registry serves")

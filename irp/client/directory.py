@@ -28,6 +28,7 @@ from common.profile import Profile
 from irp import DEFAULT_PORT
 from irp.client.api import RegistryClient
 from irp.client.connect import connect, connect_domain, split_server
+from irp.client.discovery import resolver_for
 from irp.client.results import CRLInfo
 from irp.errors import ClientError, ServerVerificationFailed
 from irp.wire.records import AddressRecord
@@ -56,12 +57,18 @@ class Directory:
         self.certificate = certificate
         self.chain = list(chain)
         self.timeout = timeout
-        #: The twisted.names resolver for SRV look-ups (None: the system's).
-        self.resolver = resolver
         config = profile.load_config()
+        #: The twisted.names resolver for SRV look-ups (None: the system's); by default
+        #: one asking the profile's DNS server, when it names one.
+        self.resolver = resolver if resolver is not None else resolver_for(config.dns_server, reactor)
         self.home_domain = config.domain
-        #: ``home_server`` overrides the profile's registry (the command's ``--server``).
-        self.servers: dict[str, tuple[str, int]] = {config.domain: home_server or (config.server, config.port)}
+        #: ``home_server`` overrides the profile's registry (the command's ``--server``);
+        #: a profile without one finds its registry by DNS SRV, as for other domains.
+        self.servers: dict[str, tuple[str, int]] = {}
+        if home_server is not None:
+            self.servers[config.domain] = home_server
+        elif config.server is not None:
+            self.servers[config.domain] = (config.server, config.port)
         for domain, server in config.registries.items():
             self.servers[domain] = split_server(server, DEFAULT_PORT)
         self.roots = profile.trusted_roots()

@@ -7,6 +7,7 @@ SRV records at all, the domain name itself on port 4604 is the fallback.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -15,10 +16,35 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DomainError
 
+from common.endpoint import split_host_port
 from common.identity import check_domain
 from irp import DEFAULT_PORT, errors
 
 SERVICE = "_irp._tcp"
+#: The port of a DNS server named without one.
+DNS_PORT = 53
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """Parse a DNS server ``ADDRESS[:PORT]`` (an IP address: ``192.0.2.53``,
+    ``192.0.2.53:5353``, ``[2001:db8::53]:5353`` or a bare IPv6 address; port 53 by
+    default); ValueError saying why when bad."""
+    host, port = split_host_port(text, DNS_PORT)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"a DNS server is given by its IP address, not {host!r}") from None
+    return host, port
+
+
+def resolver_for(dns_server: str | None, reactor: Any = None) -> Any:
+    """A ``twisted.names`` resolver asking only ``dns_server`` (``HOST[:PORT]``); None
+    (the system's resolver, from /etc/resolv.conf) when it is None."""
+    if dns_server is None:
+        return None
+    from twisted.names import client
+
+    return client.Resolver(servers=[parse_dns_server(dns_server)], reactor=reactor)
 
 
 def srv_name(domain: str, service: str = SERVICE) -> str:

@@ -25,7 +25,19 @@ from common.profile import ProfileConfig
 from common.timeutil import format_timestamp
 from irp.client.api import RegistryClient
 from irp.client.connect import connect, connect_domain
+from irp.client.discovery import parse_dns_server, resolver_for
 from irp.client.results import parse_ca_chain, verify_ca_chain
+
+
+def dns_server_argument(text: str | None) -> str | None:
+    """Check ``--dns-server ADDRESS[:PORT]`` (a readable error when bad); None when not given."""
+    if not text:
+        return None
+    try:
+        parse_dns_server(text)
+    except ValueError as error:
+        raise CommandError(f"--dns-server: {error}") from None
+    return text
 
 
 def make_csr(key: Any) -> bytes:
@@ -45,17 +57,19 @@ async def open_registry(ctx: Context, *, login: bool = True, use_certificate: bo
     chain: list[x509.Certificate] = []
     if use_certificate and ctx.profile.enrolled and not getattr(ctx.args, "password_file", None):
         key, certificate, chain = ctx.profile.credentials()
-    client = await connect(
-        ctx.reactor,
-        config.server,
-        config.port,
-        domain=config.domain,
-        trust_roots=[ctx.profile.root()],
-        client_key=key,
-        client_certificate=certificate,
-        client_chain=chain,
-        timeout=ctx.args.timeout,
-    )
+    options: dict[str, Any] = {
+        "trust_roots": [ctx.profile.root()],
+        "client_key": key,
+        "client_certificate": certificate,
+        "client_chain": chain,
+        "timeout": ctx.args.timeout,
+    }
+    if config.server is None:
+        # The profile keeps the domain: its registry is looked up by SRV each time.
+        resolver = ctx.resolver or resolver_for(config.dns_server, ctx.reactor)
+        client = await connect_domain(ctx.reactor, config.domain, resolver=resolver, **options)
+    else:
+        client = await connect(ctx.reactor, config.server, config.port, domain=config.domain, **options)
     ctx.client = client
     if login and certificate is None:
         if not config.username:
@@ -69,13 +83,19 @@ async def initialise(ctx: Context) -> int:
     """Create a profile pinned to a registry's root CA.
 
     Without ``--server`` the registry is found by DNS SRV (``_irp._tcp.<domain>``): the
-    targets are tried in order and the profile keeps the one that answered.
+    targets are tried in order, and the profile keeps the domain (not the target that
+    answered), so that each later connection looks the registry up again and SRV
+    failover keeps working. ``--dns-server`` names the DNS server to ask (kept in the
+    profile too).
     """
     args = ctx.args
     host: str | None = None
     port: int | None = None
     if args.server:
         host, port = server_argument(args.server)
+    dns_server = dns_server_argument(getattr(args, "dns_server", None))
+    if ctx.resolver is None:
+        ctx.resolver = resolver_for(dns_server, ctx.reactor)
     try:
         domain = check_domain(args.domain)
         username = check_username(args.user) if args.user else None
@@ -108,10 +128,15 @@ async def initialise(ctx: Context) -> int:
         root = await fetch_root_by_fingerprint(ctx, host, port, domain, expected or "")
     if host is None or port is None:
         assert ctx.client is not None and ctx.client.host is not None and ctx.client.port is not None
-        host, port = ctx.client.host, ctx.client.port
-        show(f"Found the registry of {domain} by DNS SRV: {host} port {port}.")
-    ctx.profile.create(ProfileConfig(server=host, port=port, domain=domain, username=username), root)
-    show(f"Profile {ctx.profile.path} created for {domain} at {host} port {port}.")
+        show(f"Found the registry of {domain} by DNS SRV: {ctx.client.host} port {ctx.client.port}.")
+        ctx.profile.create(ProfileConfig(server=None, domain=domain, username=username, dns_server=dns_server), root)
+        show(
+            f"Profile {ctx.profile.path} created for {domain}; each command finds its registry"
+            f" by DNS SRV (_irp._tcp.{domain}){'' if dns_server is None else f', asking {dns_server}'}."
+        )
+    else:
+        ctx.profile.create(ProfileConfig(server=host, port=port, domain=domain, username=username, dns_server=dns_server), root)
+        show(f"Profile {ctx.profile.path} created for {domain} at {host} port {port}.")
     show(f"Trusted root CA: {keyfiles.format_fingerprint(keyfiles.fingerprint(root))}")
     return 0
 

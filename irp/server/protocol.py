@@ -163,7 +163,7 @@ class RegistryServerProtocol(ActionRunner, Protocol):
             return
         core = self.core
         self._do(core.handshake_completed(authenticating=True))
-        result.addErrback(self._internal_failure)
+        result.addErrback(self._authentication_failed, core)
         result.addBoth(lambda _: self._do(core.authentication_finished()))
 
     def dataReceived(self, data: bytes) -> None:
@@ -281,6 +281,15 @@ class RegistryServerProtocol(ActionRunner, Protocol):
         error: errors.IRPError = outcome.value  # type: ignore[assignment]
         log.info("Request {op} from {host} refused: {error}", op=request.operation, host=self._peer_host, error=str(error))
         return core.request_failed(request, error)
+
+    def _authentication_failed(self, failure: Failure, core: Connection) -> None:
+        """The client certificate could not be checked: a refusal the client may act on
+        (the database is unavailable) ends the connection with it; anything else is an
+        internal failure."""
+        if not failure.check(errors.IRPError):
+            self._internal_failure(failure)
+            return
+        self._do(core.refuse(failure.value))  # type: ignore[arg-type] # logged by the core
 
     def _internal_failure(self, failure: Failure) -> None:
         log.failure("Internal failure serving {host}", failure, host=self._peer_host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -436,7 +437,11 @@ class RegistryService(service.Service):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
 
     def _start_loop(self, function: Any, interval: float) -> None:
-        loop = LoopingCall(function)
+        async def step() -> None:
+            with contextlib.suppress(errors.Unavailable):  # the store logs an outage once
+                await function()
+
+        loop = LoopingCall(step)
         loop.clock = self.reactor
         finished = loop.start(interval, now=False)
         finished.addErrback(lambda failure: log.failure("Housekeeping failed", failure))
@@ -457,7 +462,7 @@ class RegistryService(service.Service):
         keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
         log.warn(
             "Created the administrator {user!r}; its password is in {path} (readable only by"
-            " this account). Log in, then change it with: irp admin set-password {user}",
+            " this account). Change it with irp passwd (logged in as {user}), then delete the file",
             user=username,
             path=path,
         )

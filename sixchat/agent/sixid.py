@@ -389,7 +389,7 @@ def sixid_server(agent: Agent, domain: str) -> tuple[str, int] | None:
     if agent.settings.sixid_server is not None:
         return agent.settings.sixid_server
     registry = agent.settings.server[0] if agent.settings.server is not None else agent.profile.load_config().server
-    return registry, SIXID_PORT
+    return None if registry is None else (registry, SIXID_PORT)
 
 
 def sixid_connector(agent: Agent) -> Connector:

@@ -9,11 +9,11 @@ code and for the absence of a traceback.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import stat
 import sys
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -175,27 +175,39 @@ class InitTests(CLITestCase):
 
 
 class InitByDiscoveryTests(CLITestCase):
-    """irp init without --server: the registry is found by DNS SRV. Run in this process
-    (initialise itself), so that it can be given a resolver of a DNS server on loopback."""
+    """irp init without --server: the registry is found by DNS SRV, and the profile keeps
+    the domain, so that each later command looks the registry up again. A real
+    twisted.names DNS server on loopback serves the SRV records."""
 
-    def resolver(self, records: list[tuple[int, int, int, str]]) -> Any:
-        from twisted.names import client, dns, server
+    def dns_server(self, records: list[tuple[int, int, int, str]]) -> str:
+        """Serve ``_irp._tcp.example.org`` with ``records`` (priority, weight, port,
+        target); return the server's ``ADDRESS:PORT`` (:meth:`serve` changes the records)."""
+        from twisted.names import dns, server
 
-        from test.irp.client.helpers import ZoneAuthority, srv
+        from test.irp.client.helpers import ZoneAuthority
 
-        zone = ZoneAuthority("example.org", {b"_irp._tcp.example.org": [srv(*record) for record in records]})
-        protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[zone]))
+        self.zone = ZoneAuthority("example.org", {})
+        self.serve(records)
+        protocol = dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[self.zone]))
         port = global_reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        return client.Resolver(servers=[("127.0.0.1", port.getHost().port)])
+        return f"127.0.0.1:{port.getHost().port}"
+
+    def serve(self, records: list[tuple[int, int, int, str]]) -> None:
+        """Serve these SRV records from now on."""
+        from test.irp.client.helpers import srv
+
+        self.zone.records = {b"_irp._tcp.example.org": [srv(*record) for record in records]}
 
     async def init(self, *args: str) -> tuple[Profile, str]:  # type: ignore[override]
-        """Run ``irp --profile P init --domain example.org ARGS`` against the DNS server of
-        the test; return the profile and what was printed."""
-        dead = await closed_port()
+        """Run ``irp --profile P init --domain example.org ARGS`` in this process, with
+        ``--dns-server`` naming the DNS server of the test (the first SRV target is a closed
+        port, the second the registry); return the profile and what was printed."""
+        self.dead = await closed_port()
+        self.dns = self.dns_server([(0, 0, self.dead, "localhost"), (10, 0, self.registry.port, "localhost")])
         profile = self.path("profile")
-        ctx = Context(global_reactor, build_parser().parse_args(["--profile", profile, "--timeout", "10", "init", "--domain", "example.org", *args]))
-        ctx.resolver = self.resolver([(0, 0, dead, "localhost"), (10, 0, self.registry.port, "localhost")])
+        arguments = ["--profile", profile, "--timeout", "10", "--dns-server", self.dns, "init", "--domain", "example.org", *args]
+        ctx = Context(global_reactor, build_parser().parse_args(arguments))
         output = io.StringIO()
         self.patch(sys, "stdout", output)
         try:
@@ -206,13 +218,15 @@ class InitByDiscoveryTests(CLITestCase):
         return Profile(profile), output.getvalue()
 
     async def test_by_fingerprint(self) -> None:
-        """The first SRV target that answers is pinned-checked and stored in the profile."""
+        """The first SRV target that answers is pinned-checked; the profile keeps the domain
+        and the DNS server, not the target."""
         await self.start()
         profile, output = await self.init("--ca-fingerprint", format_fingerprint(self.registry.ca.root_fingerprint))
         config = profile.load_config()
-        self.assertEqual((config.server, config.port, config.domain), ("localhost", self.registry.port, "example.org"))
+        self.assertEqual((config.server, config.domain, config.dns_server), (None, "example.org", self.dns))
         self.assertEqual(profile.root(), self.registry.root)
-        self.assertIn("DNS SRV", output)
+        self.assertIn(f"Found the registry of example.org by DNS SRV: localhost port {self.registry.port}", output)
+        self.assertIn("each command finds its registry by DNS SRV", output)
 
     async def test_by_file(self) -> None:
         """With --ca-file the target must prove itself with that root."""
@@ -220,7 +234,56 @@ class InitByDiscoveryTests(CLITestCase):
         root_file = self.path("root.pem")
         write_file(root_file, self.registry.root.public_bytes(Encoding.PEM))
         profile, _output = await self.init("--ca-file", root_file)
-        self.assertEqual((profile.load_config().server, profile.load_config().port), ("localhost", self.registry.port))
+        self.assertIsNone(profile.load_config().server)
+
+    async def test_resolved_at_each_connection(self) -> None:
+        """Later commands (the real ``irp``, in a child process) look the registry up by
+        SRV at each connection, asking the profile's DNS server: the first target down, the
+        second is used; when DNS names only a dead target, the command fails saying so (a
+        profile pinned to the target found at init would not notice)."""
+        await self.start()
+        profile, _output = await self.init("--ca-fingerprint", format_fingerprint(self.registry.ca.root_fingerprint))
+        root_pem = self.registry.root.public_bytes(Encoding.PEM)
+        result = await self.irp("--profile", str(profile.path), "ca")
+        self.assertIn(root_pem.decode("ascii"), result.out)
+        other_dead = await closed_port()
+        self.serve([(0, 0, other_dead, "localhost")])
+        failed = await self.irp("--profile", str(profile.path), "--timeout", "5", "ca", expect=None)
+        self.assertNotEqual(failed.code, 0)
+        self.assertIn(f"localhost port {other_dead}", failed.err)
+        self.serve([(0, 0, other_dead, "localhost"), (5, 0, self.registry.port, "localhost")])
+        result = await self.irp("--profile", str(profile.path), "ca")
+        self.assertIn(root_pem.decode("ascii"), result.out)
+
+    async def test_dns_server_option_overrides(self) -> None:
+        """The global --dns-server overrides the profile's: a profile naming a DNS server
+        that does not answer works with the right one given; a bad address is refused with
+        a readable line (exit 2)."""
+        await self.start()
+        profile, _output = await self.init("--ca-fingerprint", format_fingerprint(self.registry.ca.root_fingerprint))
+        config = profile.load_config()
+        config.dns_server = f"127.0.0.1:{await closed_port()}"  # nothing answers there (UDP)
+        profile.save_config(config)
+        result = await self.irp("--profile", str(profile.path), "--dns-server", self.dns, "ca")
+        self.assertIn("BEGIN CERTIFICATE", result.out)
+        bad = await self.irp("--profile", self.path("new"), "--dns-server", "dns.example.org", "init", "--domain", "example.org",
+                             "--ca-fingerprint", "ab" * 32, expect=2)
+        self.assertIn("--dns-server: a DNS server is given by its IP address", bad.err)
+
+    async def test_profile_with_a_server_keeps_working(self) -> None:
+        """A profile an older version wrote (the server's host and port, no DNS server) is
+        used as it is: no DNS look-up."""
+        await self.start()
+        path = self.path("old")
+        Profile(path).create(ProfileConfig(server="127.0.0.1", port=self.registry.port, domain="example.org"), self.registry.root)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+            data = json.load(handle)
+        del data["dns_server"]
+        write_file(os.path.join(path, "config.json"), json.dumps(data).encode("utf-8"))
+        config = Profile(path).load_config()
+        self.assertEqual((config.server, config.port, config.dns_server), ("127.0.0.1", self.registry.port, None))
+        result = await self.irp("--profile", path, "ca")
+        self.assertIn("BEGIN CERTIFICATE", result.out)
 
 
 class UserJourneyTests(CLITestCase):

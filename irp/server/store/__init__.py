@@ -68,6 +68,7 @@ def open_store(
             read_pool.start()
             store.read_pool = read_pool
             store.address_listener = AddressListener(target, reactor)
+            store.address_listener.outage = store.outage
             store.address_listener.start()
             store.listen_url = target
         return store

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from common.db.dialect import Dialect
 from common.db.migrations import describe_upgrade, upgrade_schema_from
+from common.db.outage import OutageLog, is_outage
 from common.identity import Identity
 from irp.errors import Conflict, IRPError, Unavailable
 from irp.server.store.listener import AddressListener, AddressWatcher
@@ -57,7 +58,11 @@ class StoreEngine:
         self.signer = signer
         self.now = now
         self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
-        self._operational_error: type[Exception] = pool.dbapi.OperationalError
+        #: What the direct reader may raise when it cannot read now (busy, or the file
+        #: cannot be read): the read is then tried on the pool, which reports outages.
+        self._reader_error: type[Exception] = pool.dbapi.DatabaseError
+        #: One log line per outage of the database (see :mod:`common.db.outage`).
+        self.outage = OutageLog()
         #: A read-only SQLite connection used on the calling (reactor) thread for point
         #: reads: a look-up then costs one in-process query (about 10 us) instead of a
         #: hop to adbapi's thread (about 50 us). WAL lets it read while the writer writes,
@@ -96,12 +101,21 @@ class StoreEngine:
         return list(txn.fetchall())
 
     def _unavailable(self, failure: Failure) -> Failure:
-        """Turn the database's operational errors (locked, unreachable, out of space...)
-        into Unavailable (503, try again later), logged; pass other failures on."""
-        if failure.check(self._operational_error):
-            log.error("The database is unavailable: {error}", error=str(failure.value))
+        """Turn the failures that mean the database cannot be used now (locked,
+        unreachable, stopped, a lost connection, an unreadable file, out of space...) into
+        Unavailable (503, try again later), logged once per outage without a traceback;
+        pass other failures on."""
+        error = failure.value
+        if error is not None and is_outage(error, self.pool.dbapi):
+            self.outage.failed(error)
             raise Unavailable("the registry's database is unavailable; try again later")
         return failure
+
+    def _answered(self, result: T) -> T:
+        """Callback of every pool interaction: the database answers (ends an outage)."""
+        if self.outage.reason is not None:
+            self.outage.answered()
+        return result
 
     def _read(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run a point read: on the direct reader when there is one, else in the pool.
@@ -112,8 +126,9 @@ class StoreEngine:
         cursor = reader.cursor()
         try:
             return succeed(interaction(cursor, *args))
-        except self._operational_error:
-            # Busy (a checkpoint, a schema change): the pool's connection waits instead.
+        except self._reader_error:
+            # Busy (a checkpoint, a schema change): the pool's connection waits instead;
+            # an unreadable file fails there too, reported as an outage.
             return self._pool_read(interaction, *args)
         except Exception:  # noqa: BLE001 - handed to the Deferred like the pool would
             return fail()
@@ -138,7 +153,7 @@ class StoreEngine:
         if self._version is None:
             try:
                 self._version = int(reader.execute("PRAGMA data_version").fetchone()[0])
-            except self._operational_error:
+            except self._reader_error:
                 return None
             if not self._forget_scheduled:
                 self._forget_scheduled = True
@@ -175,7 +190,7 @@ class StoreEngine:
             return True
         try:
             self._read_address_changes(self.direct_reader, watcher)
-        except self._operational_error:
+        except self._reader_error:
             return False
         self._changes_version = version
         return True
@@ -229,7 +244,7 @@ class StoreEngine:
         """Run a read in a thread pool: the read pool's autocommit connections when there
         is one (PostgreSQL), else the store's pool (reads that may be long, on SQLite)."""
         pool = self.read_pool or self.pool
-        return pool.runInteraction(interaction, *args).addErrback(self._unavailable)
+        return pool.runInteraction(interaction, *args).addCallbacks(self._answered, self._unavailable)
 
     def _write(self, interaction: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``interaction`` in a write transaction; integrity errors become Conflict,
@@ -246,7 +261,7 @@ class StoreEngine:
 
         result = self.pool.runInteraction(transaction, *args)
         result.addBoth(self._count_write)
-        return result.addErrback(self._unavailable)
+        return result.addCallbacks(self._answered, self._unavailable)
 
     def _address_written(self, result: T, username: str, seq: int | None) -> T:
         """Callback of a write of the user's address record (at ``seq``; None: deleted, or

@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from common.db.outage import OutageLog, describe
+
 log = Logger()
 
 #: The channel the ``addresses`` trigger notifies.
@@ -75,6 +77,12 @@ class ChangeListener:
         self._fileno = -1
         self._stopped = False
         self._retry: Any = None
+        #: Why the last attempt to listen failed (None: it did not): while attempts keep
+        #: failing (the database is down) the log has one line, not one per attempt.
+        self._failing: str | None = None
+        #: The store's outage log, when set: a lost or failing listening connection is
+        #: reported there (one line per outage of the database, whoever notices first).
+        self.outage: OutageLog | None = None
         self.ready: Deferred[None] = Deferred()
 
     # -- to be supplied by subclasses ---------------------------------------------------
@@ -125,6 +133,11 @@ class ChangeListener:
             return
         self.connection = connection
         self._fileno = os.dup(connection.pgconn.socket)
+        if self.outage is not None:
+            self.outage.answered()
+        elif self._failing is not None:
+            log.info("Listening for {what} again", what=self.what)
+        self._failing = None
         self.made()
         self.caught_up(caught)
         self.reactor.addReader(self)
@@ -132,12 +145,31 @@ class ChangeListener:
             self.ready.callback(None)
 
     def _not_connected(self, failure: Failure) -> None:
-        log.error("Cannot listen for {what}: {error}", what=self.what, error=str(failure.value))
+        reason = describe(failure.value) if failure.value is not None else "unknown"
+        if self.outage is not None and failure.value is not None:
+            self.outage.failed(failure.value)
+        elif self._failing is None:
+            log.error(
+                "Cannot listen for {what}: {error}; trying again every {delay:g} s",
+                what=self.what,
+                error=reason,
+                delay=RECONNECT_DELAY,
+            )
+        self._failing = reason
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
         if not self._stopped and self._retry is None:
             self._retry = self.reactor.callLater(RECONNECT_DELAY, self.start)
+
+    def report_lost(self, consequence: str) -> None:
+        """Say (once per outage, with the store's outage log) that the listening
+        connection was lost, and what follows from it."""
+        problem = f"lost the connection listening for {self.what}; {consequence}"
+        if self.outage is not None:
+            self.outage.failed(ConnectionError(problem))
+        else:
+            log.warn("{problem}", problem=problem[0].upper() + problem[1:])
 
     def _lost(self) -> None:
         """The listening connection is gone: make it again."""
@@ -216,7 +248,7 @@ class AddressListener(ChangeListener):
 
     def lost(self) -> None:
         """Serve nothing cached until the connection is back."""
-        log.warn("Lost the connection listening for address changes; answers are not cached until it is back")
+        self.report_lost("answers are not cached until it is back")
         self._must_clear = True
 
     def notified(self, key: str, version: int | None) -> None:

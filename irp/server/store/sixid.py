@@ -19,6 +19,7 @@ store (DESIGN-13 section 5; the schema is migration 5 -> 6 in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -118,7 +119,7 @@ class SixidListener(ChangeListener):
 
     def lost(self) -> None:
         """Say so; the next connection catches up."""
-        log.warn("Lost the connection listening for sixid changes; watchers here are told of other processes' registrations once it is back")
+        self.report_lost("watchers here are told of other processes' registrations once it is back")
 
 
 class SixidTable(StoreEngine):
@@ -149,7 +150,7 @@ class SixidTable(StoreEngine):
             return NOT_NOW
         try:
             row = reader.execute(_SELECT_RECORD_BYTES, (sixid, now)).fetchone()
-        except self._operational_error:
+        except self._reader_error:
             return NOT_NOW
         return None if row is None else row[0]  # type: ignore[no-any-return]
 
@@ -160,7 +161,7 @@ class SixidTable(StoreEngine):
         if reader is not None:
             try:
                 row = reader.execute(_SELECT_RECORD, (sixid, now)).fetchone()
-            except self._operational_error:
+            except self._reader_error:
                 pass  # busy (a checkpoint, a schema change): the pool's connection waits instead
             except Exception:  # noqa: BLE001 - handed to the Deferred like the pool would
                 return fail()
@@ -331,6 +332,7 @@ class SixidTable(StoreEngine):
         elif self.listen_url is not None:
             if self.sixid_listener is None:
                 self.sixid_listener = SixidListener(self.listen_url, self.reactor, self._sixid_changed)
+                self.sixid_listener.outage = self.outage
                 self.sixid_listener.start()
         else:
             log.warn("This store cannot follow other processes' sixid changes (no direct reader, no listener)")
@@ -375,7 +377,7 @@ class SixidTable(StoreEngine):
             if version == self._sixid_version:
                 return
             changes, complete = self._read_sixid_changes(reader)
-        except self._operational_error:
+        except self._reader_error:
             return  # busy: the next poll reads
         if complete:
             self._sixid_version = version
@@ -398,7 +400,9 @@ class SixidTable(StoreEngine):
                 (seen, SIXID_CHANGES_READ_LIMIT),
             ).fetchall()
         finally:
-            reader.execute("COMMIT")
+            # Never left open on a failure (an unreadable file): the reader would go on
+            # reading this snapshot.
+            reader.execute("COMMIT" if sys.exc_info()[0] is None else "ROLLBACK")
         if pruned > seen:
             log.warn(
                 "This process read the sixid change log too late: {count} changes were pruned unread; their watchers here are not told",
