@@ -28,6 +28,7 @@ from common.version import describe_version
 from irp import errors
 from irp.client import connect, connect_domain
 from irp.server.admission import AdmittingTLSFactory
+from irp.server.audit.host import start_audit, stop_audit
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,
@@ -125,6 +126,7 @@ class RegistryService(service.Service):
         self._last_security_events: int | None = None
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
+        self.audit: Any = None  # the audit trail's recorder (irp.server.audit)
 
     def prepare_credentials(self) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous)."""
@@ -242,6 +244,7 @@ class RegistryService(service.Service):
             revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor),
             federated_domains=frozenset(self.federated_roots),
         )
+        self.audit = start_audit(self.registry, self.reactor)
         await self._bootstrap_admin()
         # Each root certifies exactly the domain it is trusted for: ours only ours.
         trust = TrustStore(anchors=[(settings.domain, ca.root_certificate), *self.federated_roots.items()])
@@ -472,6 +475,8 @@ class RegistryService(service.Service):
             for waiting in stopping:
                 if waiting is not None:
                     await waiting
+            if self.audit is not None:
+                await stop_audit(self.audit, self.reactor)
             if self.store is not None:
                 self.store.close()
 
