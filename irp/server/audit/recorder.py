@@ -124,6 +124,15 @@ class AuditRecorder:
         self._waiting.append((self._queued, waiting))
         return waiting
 
+    def idle(self) -> Deferred[None]:
+        """Fire once every entry queued so far was tried and no checkpoint is being signed."""
+
+        def checkpointed(_: object) -> Deferred[None] | None:
+            checkpointing = self._checkpointing
+            return None if checkpointing is None else self._after(checkpointing)
+
+        return self.flushed().addCallback(checkpointed)
+
     def _kick(self) -> None:
         if self._running or self._retry is not None or not self._queue:
             return
