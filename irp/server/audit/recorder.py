@@ -8,7 +8,9 @@ trail records is answered only after the batch holding its entry was tried: an
 administrator hears "done" once the trail has the action. When the database cannot take
 a batch, the failure is logged (once per outage), its entries are kept in memory, in order,
 and tried again every :attr:`AuditRecorder.retry_delay` seconds; the requests waiting for
-them are answered then (the action itself happened, or was refused, already). Past
+them are answered after the failed attempt, and until the database takes entries again
+requests are answered without waiting (the action itself happened, or was refused,
+already: the entry is recorded late, in order, or its loss is logged). Past
 :attr:`AuditRecorder.queue_limit` entries waiting, the oldest are dropped, never silently:
 each drop is a critical log line with the count.
 
@@ -111,14 +113,17 @@ class AuditRecorder:
                 "The audit trail dropped {count} entries: the database has refused them for too long",
                 count=dropped,
             )
+        if self._failing:
+            return succeed(None)  # the database refuses entries: kept for the retry
         waiting: Deferred[None] = Deferred()
         self._waiting.append((self._queued, waiting))
         self._kick()
         return waiting
 
     def flushed(self) -> Deferred[None]:
-        """Fire once every entry queued so far was tried."""
-        if self._done >= self._queued:
+        """Fire once every entry queued so far was tried (at once while the database
+        refuses entries)."""
+        if self._done >= self._queued or self._failing:
             return succeed(None)
         waiting: Deferred[None] = Deferred()
         self._waiting.append((self._queued, waiting))
@@ -179,7 +184,7 @@ class AuditRecorder:
 
     def _batch_done(self, _: object, last: int) -> None:
         self._running = False
-        self._done = max(self._done, self._queued if self._stopped and self._failing else last)
+        self._done = max(self._done, self._queued if self._failing else last)
         ready = [waiting for number, waiting in self._waiting if number <= self._done]
         self._waiting = [(number, waiting) for number, waiting in self._waiting if number > self._done]
         for waiting in ready:
