@@ -107,7 +107,7 @@ class VerifierTests(unittest.TestCase):
             entries = sample(6)
             value = getattr(entries[2], name)
             changed = value + 1 if isinstance(value, int) else value[:-1] + chr(ord(value[-1]) ^ 1)
-            entries[2] = dataclasses.replace(entries[2], **{name: changed})
+            entries[2] = dataclasses.replace(entries[2], **{name: changed})  # type: ignore[arg-type]
             verdict = self.verdict(entries)
             self.assertEqual(verdict.problem, "entry 3 was altered: its hash does not follow from entry 2", name)  # type: ignore[attr-defined]
             self.assertEqual(verdict.first_bad, 3)  # type: ignore[attr-defined]

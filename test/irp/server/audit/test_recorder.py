@@ -44,7 +44,7 @@ class RecorderTests(unittest.TestCase):
             self.appends.append(len(drafts))
             return append(drafts)
 
-        self.store.append_audit_entries = counted  # type: ignore[method-assign]
+        self.store.append_audit_entries = counted  # type: ignore[method-assign, assignment]
 
     def draft(self, number: int) -> object:
         return make_draft(int(self.clock.seconds() * 1_000_000), "create-user", "ok", "admin@example.org", f"u{number}@example.org")
@@ -99,8 +99,8 @@ class RecorderTests(unittest.TestCase):
             if event.get("log_namespace", "").startswith("irp.server.audit"):
                 logged.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
         outside = sqlite3.connect(self.path)
         outside.execute("ALTER TABLE audit_log RENAME TO audit_log_away")
         outside.commit()
