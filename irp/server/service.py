@@ -430,6 +430,7 @@ class RegistryService(service.Service):
             await self.registry.add_user(username, display_name="Administrator", is_admin=True, password=password)
         except errors.Conflict:
             return  # another process of this domain did it first
+        self.audit.registry_event("create-user", f"{username}@{self.settings.domain}", {"admin": "true"})
         path = os.path.join(self.settings.data_dir, ADMIN_PASSWORD_FILE)
         keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
         log.warn(

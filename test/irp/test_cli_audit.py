@@ -42,7 +42,7 @@ class AuditCommandTests(CLITestCase):
         self.assertTrue(any("create-user" in line and "zoe@example.org" in line for line in lines), result.out)
         self.assertTrue(any("sixid-allow" in line and '"note":"Zoë\'s phone"' in line for line in lines), result.out)
         self.assertRegex(lines[-1], r"^\(\d+ entries shown\)$")
-        result = await self.irp(*base, "audit", "--event", "create-user", "--json")
+        result = await self.irp(*base, "audit", "--event", "create-user", "--actor", "admin@example.org", "--json")
         [entry] = json.loads(result.out)
         self.assertEqual((entry["event"], entry["subject"], entry["outcome"]), ("create-user", "zoe@example.org", "ok"))
         self.assertEqual(len(entry["hash"]), 96)

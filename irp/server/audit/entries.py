@@ -105,6 +105,7 @@ def login_draft(event: LoginDone, at: int) -> EntryDraft:
     return make_draft(at, "login", event.outcome, actor, event.user, event.address, details)
 
 
-def registry_draft(event: str, at: int, details: dict[str, Any]) -> EntryDraft:
-    """An entry of the registry itself (``registry-start``, ``registry-stop``)."""
-    return make_draft(at, event, "ok", REGISTRY_ACTOR, "", "", details)
+def registry_draft(event: str, at: int, details: dict[str, Any], subject: str = "") -> EntryDraft:
+    """An entry of the registry itself (``registry-start``, ``registry-stop``, the first
+    administrator's ``create-user``)."""
+    return make_draft(at, event, "ok", REGISTRY_ACTOR, subject, "", details)

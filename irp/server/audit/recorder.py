@@ -244,6 +244,11 @@ class AuditRecorder:
         """Record the registry's start (with its version)."""
         return self.record(registry_draft(REGISTRY_START, self._now(), {"version": version}))
 
+    def registry_event(self, event: str, subject: str = "", details: dict[str, Any] | None = None) -> Deferred[None]:
+        """Record something the registry did of itself (actor ``registry``), such as
+        creating the first administrator at its first start."""
+        return self.record(registry_draft(event, self._now(), details or {}, subject))
+
     def stop(self) -> Deferred[None]:
         """Record the registry's stop, append what waits (one attempt) and sign a last
         checkpoint; fire when done (never fails)."""
