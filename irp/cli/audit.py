@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -44,8 +45,9 @@ def format_micros(at: int) -> str:
 
 
 def _cell(text: str, width: int) -> str:
-    # What the registry sent may be anything: never let it reach the terminal raw.
-    shown = clean_text(text, 10_000)
+    # What the registry sent may be anything: never let it reach the terminal raw (no
+    # control characters, no bidirectional overrides that would reorder the line).
+    shown = "".join("\ufffd" if unicodedata.category(char) == "Cf" else char for char in clean_text(text, 10_000))
     return shown if len(shown) <= width else shown[: width - 1] + "\u2026"
 
 

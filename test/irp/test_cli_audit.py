@@ -8,6 +8,10 @@ import json
 import os
 import sqlite3
 
+from twisted.trial import unittest
+
+from irp.cli.audit import describe_entry
+from irp.server.audit.chain import AuditEntry
 from test.irp.test_cli import CLITestCase
 
 
@@ -80,3 +84,20 @@ class AuditCommandTests(CLITestCase):
         password = self.secret("bob-password", "correct horse battery staple")
         result = await self.irp("--profile", bob, "admin", "--password-file", password, "audit", "verify", expect=1)
         self.assertIn("[forbidden]", result.err)
+
+
+class TableTests(unittest.SynchronousTestCase):
+    """How an entry is shown (no network)."""
+
+    def test_hostile_text_is_neutralised(self) -> None:
+        """Terminal escapes and bidirectional overrides a tampered database could hold are
+        shown as U+FFFD; long cells are cut with an ellipsis; Unicode text stays."""
+        entry = AuditEntry(7, 1_796_544_994_318_014, "login", "ok", "zoë@example.org", "a\x1b[2J\u202eb", "", "{}", bytes(48))
+        line = describe_entry(entry)
+        self.assertNotIn("\x1b", line)
+        self.assertNotIn("\u202e", line)
+        self.assertIn("a\ufffd[2J\ufffdb", line)
+        self.assertIn("zoë@example.org", line)
+        self.assertTrue(line.startswith("      7  2026-"), line)
+        long = describe_entry(AuditEntry(1, 0, "x" * 40, "ok", "", "", "", "{}", bytes(48)))
+        self.assertIn("x" * 19 + "\u2026", long)
