@@ -31,6 +31,8 @@ class TrailTestCase(RegistryTestCase):
         registry = await self.start()
         admin = await registry.admin()
         await admin.create_user("carol", password=SECRETS[0])
+        # The answer came after the entry was committed: it is in the file already.
+        self.assertEqual(self.last_event(), ("create-user", "carol@example.org"))
         await admin.set_password("carol", SECRETS[1])
         _pkcs12, certificate = await admin.generate_key(SECRETS[2], key_type="p256", label="laptop", user="carol")
         self.serial = certificate.serial
@@ -52,6 +54,15 @@ class TrailTestCase(RegistryTestCase):
             connection.commit()
         finally:
             connection.close()
+
+    def last_event(self) -> tuple[str, str]:
+        """The event and subject of the last entry in the database file, read directly."""
+        connection = sqlite3.connect(self.database)
+        try:
+            event, subject = connection.execute("SELECT event, subject FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+        finally:
+            connection.close()
+        return str(event), str(subject)
 
     async def checkpoint(self) -> None:
         service = self.registry.service
