@@ -29,6 +29,7 @@ from irp import errors
 from irp.client import connect, connect_domain
 from irp.server.admission import AdmittingTLSFactory
 from irp.server.audit.host import start_audit, stop_audit
+from irp.server.audit.recorder import AuditRecorder
 from irp.server.credentials import (
     RENEW_BEFORE,
     ServerCredentials,
@@ -126,7 +127,7 @@ class RegistryService(service.Service):
         self._last_security_events: int | None = None
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
-        self.audit: Any = None  # the audit trail's recorder (irp.server.audit)
+        self.audit: AuditRecorder | None = None  # the audit trail's recorder
 
     def prepare_credentials(self) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous)."""
@@ -430,7 +431,8 @@ class RegistryService(service.Service):
             await self.registry.add_user(username, display_name="Administrator", is_admin=True, password=password)
         except errors.Conflict:
             return  # another process of this domain did it first
-        self.audit.registry_event("create-user", f"{username}@{self.settings.domain}", {"admin": "true"})
+        if self.audit is not None:
+            self.audit.registry_event("create-user", f"{username}@{self.settings.domain}", {"admin": "true"})
         path = os.path.join(self.settings.data_dir, ADMIN_PASSWORD_FILE)
         keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
         log.warn(
