@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,6 +64,9 @@ class AuditRecorder:
     retry_delay = 5.0
     #: The most entries kept in memory while the database refuses them.
     queue_limit = 100_000
+    #: The longest an answer waits for its entry (a database that neither takes nor refuses
+    #: it): the answer then goes out, logged; the entry is written when the database answers.
+    hold_timeout = 30.0
 
     def __init__(self, store: AuditTable, domain: str, clock: IReactorTime, keys: SigningKeys) -> None:
         self.store = store
@@ -89,9 +92,25 @@ class AuditRecorder:
         """Record the request when the trail records its operation; hold its answer until
         the entry was appended (a password login's answer waits for its login entry)."""
         if event.operation == "login":
-            return self.flushed()
+            return self._bounded(self.flushed(), event.operation)
         draft = request_draft(event, self._now(), self.domain)
-        return None if draft is None else self.record(draft)
+        return None if draft is None else self._bounded(self.record(draft), event.operation)
+
+    def _bounded(self, waiting: Deferred[None], operation: str) -> Deferred[None]:
+        """``waiting``, given up after :attr:`hold_timeout` seconds (logged)."""
+        if waiting.called:
+            return waiting
+
+        def late(failure: Failure) -> None:
+            failure.trap(CancelledError)
+            log.error(
+                "The answer to {operation} went out before its audit entry was written: the database"
+                " took more than {timeout} s",
+                operation=operation,
+                timeout=self.hold_timeout,
+            )
+
+        return waiting.addTimeout(self.hold_timeout, self.clock, onTimeoutCancel=lambda result, _timeout: result).addErrback(late)
 
     def login_done(self, event: LoginDone) -> None:
         """Record a login (nothing waits for it: a certificate login is no request)."""
@@ -188,7 +207,8 @@ class AuditRecorder:
         ready = [waiting for number, waiting in self._waiting if number <= self._done]
         self._waiting = [(number, waiting) for number, waiting in self._waiting if number > self._done]
         for waiting in ready:
-            waiting.callback(None)
+            if not waiting.called:  # not given up (see _bounded)
+                waiting.callback(None)
         self._kick()
 
     # -- checkpoints --------------------------------------------------------------------

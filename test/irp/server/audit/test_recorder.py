@@ -9,13 +9,18 @@ import sqlite3
 import time
 
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from common.identity import Identity
+from common.wire.xmlcodec import make_element
 from irp.server.audit.chain import make_draft
 from irp.server.audit.recorder import AuditRecorder
 from irp.server.audit.verify import ChainVerifier
+from irp.server.events import RequestDone
+from irp.server.session import Session
 from irp.server.store import RegistryStore, open_store
 from irp.server.store.audit import AuditFilter
 from test import pki
@@ -119,6 +124,22 @@ class RecorderTests(unittest.TestCase):
         entries = await self.store.list_audit_entries(AuditFilter())
         self.assertEqual([entry.subject for entry in entries], ["u1@example.org", "u2@example.org"])
         self.assertEqual(logged[1:], ["The audit trail is being written again"])
+
+    def test_answer_not_held_forever(self) -> None:
+        """A database that never answers holds an administrator's answer for 30 s at most
+        (logged); the entry is written when it answers."""
+        stuck: Deferred[list[object]] = Deferred()
+        self.store.append_audit_entries = lambda drafts: stuck  # type: ignore[method-assign, assignment, return-value]
+        session = Session(peer_host="192.0.2.1", identity=Identity("admin", DOMAIN))
+        event = RequestDone("create-user", session, make_element("create-user", {"user": "zoe"}), "ok", 0.01, ())
+        held = self.recorder.request_done(event)
+        assert held is not None
+        self.clock.advance(29)
+        self.assertNoResult(held)
+        self.clock.advance(1)
+        self.assertIsNone(self.successResultOf(held))
+        stuck.callback([object()])  # the database answers at last: nothing breaks
+        self.assertTrue(self.recorder.flushed().called)
 
     async def test_stop(self) -> None:
         """The stop is recorded and signed."""
