@@ -9,13 +9,14 @@ import sqlite3
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial import unittest
 
 from irp.client import RegistryClient
 from irp.client.audit import verify_audit_trail
 from irp.server.audit.chain import GENESIS, AuditEntry, extend
 from irp.server.audit.verify import Verdict
-from test.helpers import DEFAULT_PASSWORD
+from test.helpers import DEFAULT_PASSWORD, RunningRegistry
 from test.irp.server.helpers import DOMAIN, RegistryTestCase
 
 #: Secrets handed to the registry: none may appear in the trail.
@@ -188,3 +189,49 @@ class VerificationTests(TrailTestCase):
         client = await self.user("erin")
         await self.fails("forbidden", client.audit_checkpoints())
         await self.fails("forbidden", client.audit_list())
+
+
+class SharedTrailTests(TrailTestCase):
+    """Two registry processes on one database (PostgreSQL, and one SQLite file) write one
+    chain: actions through both, at once, verify intact with every entry in it."""
+
+    async def pair(self, database: str | None) -> tuple[RunningRegistry, RunningRegistry]:
+        data_dir = os.path.abspath(self.mktemp())
+        first = await RunningRegistry(self, database=database, data_dir=data_dir).start()
+        second = await RunningRegistry(self, database=database, data_dir=data_dir).start()
+        self.registry = first
+        return first, second
+
+    async def exercise(self, first: RunningRegistry, second: RunningRegistry) -> None:
+        one, two = await first.admin(), await second.admin()
+        await gatherResults(
+            [Deferred.fromCoroutine(self.create(client, f"{prefix}{n}")) for n in range(10) for client, prefix in ((one, "one"), (two, "two"))]
+        )
+        for running in (first, second):
+            assert running.service is not None and running.service.audit is not None
+            await running.service.audit.idle()
+            await running.service.audit.checkpoint()
+        verdict = await self.verify(one)
+        self.assertTrue(verdict.intact, verdict.problem)
+        subjects = {entry.subject for entry in await one.audit_list(event="create-user", limit=1000)}
+        self.assertGreaterEqual(subjects, {f"{prefix}{n}@example.org" for n in range(10) for prefix in ("one", "two")})
+        starts = await two.audit_list(event="registry-start")
+        self.assertEqual(len(starts), 2)
+
+    @staticmethod
+    async def create(client: RegistryClient, name: str) -> None:
+        await client.create_user(name, password=None)
+
+    async def test_postgresql(self) -> None:
+        """On PostgreSQL (the append locks audit_head FOR UPDATE)."""
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            server = PostgresServer.shared()
+        except PostgresUnavailable as error:
+            raise unittest.SkipTest(f"no PostgreSQL server: {error}") from None
+        await self.exercise(*await self.pair(server.create_database()))
+
+    async def test_sqlite(self) -> None:
+        """On one SQLite file."""
+        await self.exercise(*await self.pair(None))
