@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from common.cliutil import CommandError, Context, parse_endpoint, read_secret, show
 from common.timeutil import format_timestamp
+from irp.cli.audit import cmd_audit
 from irp.cli.output import (
     describe_addresses,
     describe_certificate,
@@ -116,6 +117,8 @@ async def cmd_admin(ctx: Context) -> int:
     args = ctx.args
     if args.admin_action.startswith("sixid-"):
         return await cmd_sixid_admin(ctx)
+    if args.admin_action == "audit":
+        return await cmd_audit(ctx)
     client = await open_registry(ctx)
     action = args.admin_action
     if action == "create-user":

@@ -21,6 +21,7 @@ from irp.cli.account import (
     cmd_users,
     cmd_whoami,
 )
+from irp.cli.audit import add_audit_action
 from irp.cli.certificates import (
     PKCS12_HELP,
     cmd_ca,
@@ -227,4 +228,5 @@ def build_parser() -> argparse.ArgumentParser:
     action = admin_action("sixid-list", "list sixid's allow list")
     action.add_argument("--offset", type=int, default=0, help="entries to skip (default 0)")
     action.add_argument("--limit", type=int, default=1000, help="entries to show (default 1000, at most 10000)")
+    add_audit_action(admin_action)
     return parser

@@ -24,6 +24,7 @@ from common.pki.keyfiles import fingerprint
 from common.pki.revocation import crl_signed_by
 from common.wire.xmlcodec import Element, make_element, sub_element
 from irp import errors
+from irp.client.audit import AuditAdministration
 from irp.client.protocol import RegistryClientProtocol
 from irp.client.results import (
     CAChain,
@@ -58,9 +59,10 @@ def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
 
 
-class RegistryClient(SixidAdministration):
+class RegistryClient(SixidAdministration, AuditAdministration):
     """A connection to one registry, with one method per operation (sixid's allow list:
-    :class:`~irp.client.sixid_admin.SixidAdministration`)."""
+    :class:`~irp.client.sixid_admin.SixidAdministration`; the audit trail:
+    :class:`~irp.client.audit.AuditAdministration`)."""
 
     def __init__(
         self,

@@ -81,6 +81,8 @@ OPERATIONS: dict[str, OperationSpec] = {
     "sixid-allow": _("local", ("sixid", "note"), required=("sixid",)),
     "sixid-disallow": _("local", ("sixid",), required=("sixid",)),
     "sixid-list": _("local", ("offset", "limit")),
+    "audit-list": _("local", ("event", "actor", "subject", "since", "until", "after-id", "limit")),
+    "audit-checkpoints": _("local", ("after-id", "limit")),
 }
 del _
 

@@ -31,6 +31,7 @@ from irp.server.caching import RegistryCaches
 from irp.server.dispatch import Dispatcher, Operation, bind_operations
 from irp.server.events import RegistryEvents
 from irp.server.ops.admin import AdminOps
+from irp.server.ops.audit import AuditOps
 from irp.server.ops.certificates import CertificateOps
 from irp.server.ops.directory import DirectoryOps
 from irp.server.ops.pkcs12 import Pkcs12Ops
@@ -103,7 +104,7 @@ class Registry:
         self.auth = Authenticator(self)
         self.admin = AdminOps(self)
         self.operations = bind_operations(
-            [SessionOps(self), DirectoryOps(self), CertificateOps(self), Pkcs12Ops(self), self.admin, SixidOps(self)]
+            [SessionOps(self), DirectoryOps(self), CertificateOps(self), Pkcs12Ops(self), self.admin, SixidOps(self), AuditOps(self)]
         )
         self.dispatcher = Dispatcher(self.operations, self.sessions, self.domain, self.events)
 

@@ -30,6 +30,8 @@ from irp import errors
 from irp.client import connect, connect_domain
 from irp.server import ca_host
 from irp.server.admission import AdmittingTLSFactory
+from irp.server.audit.host import start_audit, stop_audit
+from irp.server.audit.recorder import AuditRecorder
 from irp.server.ca import CertificateAuthorityError
 from irp.server.credentials import (
     RENEW_BEFORE,
@@ -130,6 +132,7 @@ class RegistryService(service.Service):
         self._last_security_events: int | None = None
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
+        self.audit: AuditRecorder | None = None  # the audit trail's recorder
 
     def prepare_credentials(self, expected_root: str | None = None) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous); with
@@ -255,6 +258,7 @@ class RegistryService(service.Service):
             revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor, fetch_issuer=self._fetch_foreign_issuer_crl),
             federated_domains=frozenset(self.federated_roots),
         )
+        self.audit = start_audit(self.registry, self.reactor)
         await self._bootstrap_admin()
         # Each root certifies exactly the domain it is trusted for: ours only ours.
         trust = TrustStore(anchors=[(settings.domain, ca.root_certificate), *self.federated_roots.items()])
@@ -458,6 +462,8 @@ class RegistryService(service.Service):
             await self.registry.add_user(username, display_name="Administrator", is_admin=True, password=password)
         except errors.Conflict:
             return  # another process of this domain did it first
+        if self.audit is not None:
+            self.audit.registry_event("create-user", f"{username}@{self.settings.domain}", {"admin": "true"})
         path = os.path.join(self.settings.data_dir, ADMIN_PASSWORD_FILE)
         keyfiles.write_bytes_private(path, (password + "\n").encode("ascii"))
         log.warn(
@@ -503,6 +509,8 @@ class RegistryService(service.Service):
             for waiting in stopping:
                 if waiting is not None:
                     await waiting
+            if self.audit is not None:
+                await stop_audit(self.audit, self.reactor)
             if self.store is not None:
                 self.store.close()
                 self.store = None

@@ -556,7 +556,7 @@ class ErrorTests(CLITestCase):
         pkcs12_help = (await self.irp("pkcs12", "--help")).out
         for group in ("get:", "upload:", "generate:", "list and generate:"):
             self.assertIn(group, pkcs12_help)
-        for action in ("create-user", "set-password", "delete-user", "users", "revoke", "set-admin", "sixid-allow", "sixid-disallow", "sixid-list"):
+        for action in ("create-user", "set-password", "delete-user", "users", "revoke", "set-admin", "sixid-allow", "sixid-disallow", "sixid-list", "audit"):
             result = await self.irp("admin", action, "--help")
             description = result.out.split("\n\n")[1]
             self.assertFalse(description.startswith(("positional", "options")), f"admin {action} has no description:\n{result.out}")

@@ -347,6 +347,8 @@ def request_corpus() -> tuple[bytes, ...]:
         _operation("sixid-allow", {"sixid": "q3dv-6zka-m4tf-jx2b-7wqp-le5n-yc4h-ur6g", "note": "Alice's phone"}),
         _operation("sixid-list", {"offset": "0", "limit": "100"}),
         _operation("sixid-disallow", {"sixid": "q3dv6zkam4tfjx2b7wqple5nyc4hur6g"}),
+        _operation("audit-list", {"event": "login", "since": "2026-01-01T00:00:00Z", "after-id": "1", "limit": "10"}),
+        _operation("audit-checkpoints", {"after-id": "0", "limit": "10"}),
     ]
     return tuple(build_request(index + 1, operation) for index, operation in enumerate(operations))
 
@@ -819,6 +821,8 @@ async def drive_every_operation(running: Any) -> None:
     await admin.sixid_allow("q3dv-6zka-m4tf-jx2b-7wqp-le5n-yc4h-ur6g", "Alice's phone")
     await admin.sixid_list()
     await admin.sixid_disallow("q3dv6zkam4tfjx2b7wqple5nyc4hur6g")
+    await admin.audit_list(event="login", limit=10)
+    await admin.audit_checkpoints()
     await alice.logout()
 
 

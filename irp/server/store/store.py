@@ -11,7 +11,8 @@ composed of one class per table (or group of tables) on :class:`~.engine.StoreEn
 - :mod:`~irp.server.store.crls`: certificate revocation lists;
 - :mod:`~irp.server.store.pkcs12`: PKCS#12 files;
 - :mod:`~irp.server.store.sixid`: sixid records, the allow list and their change log;
-- :mod:`~irp.server.store.facts`: facts every process must agree on (the CA's root).
+- :mod:`~irp.server.store.facts`: facts every process must agree on (the CA's root);
+- :mod:`~irp.server.store.audit`: the audit trail and its checkpoints.
 
 Public records are signed here, inside the transaction that writes them, so what is stored
 and what is served are always the same signed bytes. Every method returns a Deferred; the
@@ -21,6 +22,7 @@ SQL runs in adbapi's thread pool.
 from __future__ import annotations
 
 from irp.server.store.accounts import Account
+from irp.server.store.audit import AuditTable
 from irp.server.store.certificates import serial_text
 from irp.server.store.crls import CRLTable, StoredCRL
 from irp.server.store.facts import FactsTable
@@ -31,6 +33,6 @@ from irp.server.store.users import UserTable
 __all__ = ["Account", "RegistryStore", "StoredCRL", "serial_text"]
 
 
-class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable, FactsTable):
-    """Persistent users, addresses, certificates, PKCS#12 files and sixid records of one
-    domain."""
+class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable, FactsTable, AuditTable):
+    """Persistent users, addresses, certificates, PKCS#12 files, sixid records and the
+    audit trail of one domain."""

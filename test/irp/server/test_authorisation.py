@@ -167,6 +167,8 @@ TABLE: list[Row] = [
     Row("sixid-allow", lambda c: op("sixid-allow", {"sixid": "a" * 32, "note": "a device"}), (NA, FB, FB, FB, OK, PD, CR)),
     Row("sixid-disallow", lambda c: op("sixid-disallow", {"sixid": "a" * 32}), (NA, FB, FB, FB, OK, PD, CR)),
     Row("sixid-list", lambda c: op("sixid-list"), (NA, FB, FB, FB, OK, PD, CR)),
+    Row("audit-list", lambda c: op("audit-list", {"subject": c.target}), (NA, FB, FB, FB, OK, PD, CR)),
+    Row("audit-checkpoints", lambda c: op("audit-checkpoints"), (NA, FB, FB, FB, OK, PD, CR)),
 ]
 
 

@@ -192,6 +192,10 @@ class RegistryMessagesTests(TestCase):
         self.assertEqual([entry.sixid for entry in await admin.sixid_list()], ["q3dv6zkam4tfjx2b7wqple5nyc4hur6g"])
         await admin.sixid_disallow("q3dv6zkam4tfjx2b7wqple5nyc4hur6g")
         self.assertEqual(await admin.sixid_list(), [])
+        await registry.service.audit.idle()
+        await registry.service.audit.checkpoint()
+        self.assertEqual(len(await admin.audit_checkpoints()), 1)
+        self.assertTrue(await admin.audit_list(event="sixid-allow", since=0, until=2_000_000_000, after_id=1, limit=5))
 
         # -- the directory ------------------------------------------------------------
         alice = await registry.client("alice", DEFAULT_PASSWORD)
@@ -440,7 +444,7 @@ class RegistryMessagesTests(TestCase):
             {
                 "capabilities", "session", "user", "users", "addresses", "certificate",
                 "certificates", "pkcs12", "pkcs12-files", "crls", "status", "ca-chain", "deleted",
-                "sixid-allowed", "sixid-disallowed", "sixid",
+                "sixid-allowed", "sixid-disallowed", "sixid", "audit-entries", "audit-checkpoints",
             },
         )
 

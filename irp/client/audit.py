@@ -1,0 +1,108 @@
+"""The client side of the audit trail: ``audit-list`` and ``audit-checkpoints``
+(administrators' operations of :class:`~irp.client.api.RegistryClient`, which inherits
+them), and :func:`verify_audit_trail`, which fetches the whole trail in pages and checks it
+(see :class:`~irp.server.audit.verify.ChainVerifier`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+
+from common.timeutil import format_timestamp
+from irp.server.audit.chain import AuditCheckpoint, AuditEntry
+from irp.server.audit.verify import ChainVerifier, Verdict
+from irp.wire.audit import parse_checkpoint, parse_entry
+from irp.wire.fields import check_fields
+from irp.wire.messages import Response
+
+#: Entries or checkpoints asked for per request while verifying (the registry's most).
+VERIFY_PAGE = 1000
+
+
+class AuditAdministration:
+    """The audit trail's operations, for :class:`~irp.client.api.RegistryClient`."""
+
+    async def _call(self, tag: str, attributes: dict[str, Any] | None = None, children: Sequence[tuple[str, str]] = ()) -> Response:
+        raise NotImplementedError  # RegistryClient's
+
+    def audit_list(
+        self,
+        *,
+        event: str | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> Deferred[list[AuditEntry]]:
+        """A page of the audit trail's entries (administrators): those matching every
+        filter given (``since``/``until``: POSIX seconds), numbered above ``after_id``, by
+        number; at most ``limit`` (the registry answers 100 by default, 1000 at most)."""
+
+        async def run() -> list[AuditEntry]:
+            attributes = {
+                "event": event,
+                "actor": actor,
+                "subject": subject,
+                "since": None if since is None else format_timestamp(since),
+                "until": None if until is None else format_timestamp(until),
+                "after-id": str(after_id) if after_id else None,
+                "limit": None if limit is None else str(limit),
+            }
+            response = await self._call("audit-list", attributes)
+            wrapper = response.single("audit-entries")
+            check_fields(wrapper, (), ("entry",))
+            return [parse_entry(element) for element in wrapper]
+
+        return Deferred.fromCoroutine(run())
+
+    def audit_checkpoints(self, after_id: int = 0, limit: int | None = None) -> Deferred[list[AuditCheckpoint]]:
+        """A page of the audit trail's signed checkpoints, by entry (administrators)."""
+
+        async def run() -> list[AuditCheckpoint]:
+            attributes = {"after-id": str(after_id) if after_id else None, "limit": None if limit is None else str(limit)}
+            response = await self._call("audit-checkpoints", attributes)
+            wrapper = response.single("audit-checkpoints")
+            check_fields(wrapper, (), ("checkpoint",))
+            return [parse_checkpoint(element) for element in wrapper]
+
+        return Deferred.fromCoroutine(run())
+
+
+async def verify_audit_trail(
+    client: AuditAdministration,
+    domain: str,
+    roots: Sequence[x509.Certificate],
+    progress: Callable[[str, int], None] | None = None,
+) -> Verdict:
+    """Fetch every checkpoint then every entry (pages of :data:`VERIFY_PAGE`) and check
+    the chain and the checkpoints' signatures against ``roots``; ``progress(what, count)``
+    is told after each page."""
+    verifier = ChainVerifier(domain, roots)
+    after = 0
+    fetched = 0
+    while True:
+        checkpoints = await client.audit_checkpoints(after, VERIFY_PAGE)
+        verifier.checkpoints(checkpoints)
+        fetched += len(checkpoints)
+        if progress is not None:
+            progress("checkpoints", fetched)
+        if len(checkpoints) < VERIFY_PAGE:
+            break
+        after = checkpoints[-1].entry_id
+    after = 0
+    fetched = 0
+    while verifier.problem is None:
+        entries = await client.audit_list(after_id=after, limit=VERIFY_PAGE)
+        verifier.entries(entries)
+        fetched += len(entries)
+        if progress is not None:
+            progress("entries", fetched)
+        if len(entries) < VERIFY_PAGE:
+            break
+        after = entries[-1].id
+    return verifier.finish()
