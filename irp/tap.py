@@ -87,6 +87,7 @@ class Options(VersionOption, usage.Options):
         self["federated-roots"] = []
         self["registries"] = {}
         self["no-cache"] = frozenset()
+        self["metrics-listen"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, keeping the arguments given (worker processes get the same ones)."""
@@ -100,6 +101,12 @@ class Options(VersionOption, usage.Options):
     def opt_sixid_listen(self, description: str) -> None:
         """Endpoint for sixid to listen on (repeatable; implies --sixid); default tcp6:4606:interface=\\:\\:."""
         self["sixid-listen"].append(check_endpoint(description))
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """Endpoint serving Prometheus metrics over plain HTTP at /metrics (repeatable; off
+        by default), e.g. tcp:9604:interface=127.0.0.1; with --workers, worker N serves its
+        own on the port plus N - 1."""
+        self["metrics-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
@@ -197,6 +204,7 @@ class Options(VersionOption, usage.Options):
         if not self["listen"]:
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
         self._check_sixid()
+        self._check_metrics()
         data_dir = os.path.abspath(self["data-dir"])
         own_pidfile(self, os.path.join(os.path.dirname(data_dir), os.path.basename(data_dir) + ".pid"))
         if not self["hostnames"]:
@@ -217,6 +225,16 @@ class Options(VersionOption, usage.Options):
             raise usage.UsageError("--sixid-max-ids must be at least 1")
         if self["sixid"] and not self["sixid-listen"]:
             self["sixid-listen"] = [f"tcp6:{SIXID_PORT}:interface=\\:\\:"]
+
+    def _check_metrics(self) -> None:
+        from common.metrics import shift_port
+
+        if self["workers"] > 1:
+            for description in self["metrics-listen"]:
+                try:
+                    shift_port(description, self["workers"] - 1)
+                except ValueError as error:
+                    raise usage.UsageError(f"--metrics-listen with --workers: {error}") from None
 
     def sixid_settings(self) -> SixidSettings | None:
         """sixid's settings, or None when it is not served."""
@@ -268,6 +286,7 @@ class Options(VersionOption, usage.Options):
             argon2=Argon2Parameters(memory_kib=self["argon2-memory"]),
             sixid=self.sixid_settings(),
             sixid_listen=self["sixid-listen"],
+            metrics_listen=self["metrics-listen"],
         )
 
 

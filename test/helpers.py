@@ -79,6 +79,8 @@ class RunningRegistry:
     #: sixid's settings (a sixid.server.service.SixidSettings): served on a port of its own
     #: (:attr:`sixid_port`) when given.
     sixid: Any = None
+    #: Endpoints serving the Prometheus metrics (none: not served).
+    metrics_listen: tuple[str, ...] = ()
 
     @property
     def port(self) -> int:
@@ -142,6 +144,7 @@ class RunningRegistry:
             argon2=self.argon2,
             sixid=self.sixid,
             sixid_listen=[listen],
+            metrics_listen=list(self.metrics_listen),
         )
         self.service = RegistryService(settings, global_reactor)
         self.service.startService()

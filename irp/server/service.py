@@ -35,6 +35,7 @@ from irp.server.credentials import (
     load_or_create_credentials,
     with_given_server_certificate,
 )
+from irp.server.metrics import RegistryMetricsHost
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
@@ -95,6 +96,8 @@ class RegistrySettings:
     #: Serve sixid (issue 13) with these settings on ``sixid_listen``; None: not served.
     sixid: SixidSettings | None = None
     sixid_listen: list[str] = field(default_factory=lambda: ["tcp6:4606:interface=\\:\\:"])
+    #: Serve Prometheus metrics over HTTP on these endpoints (none: not served).
+    metrics_listen: list[str] = field(default_factory=list)
 
     @property
     def database_url(self) -> str:
@@ -125,6 +128,7 @@ class RegistryService(service.Service):
         self._last_security_events: int | None = None
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
+        self.metrics = RegistryMetricsHost(reactor, settings.metrics_listen)
 
     def prepare_credentials(self) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous)."""
@@ -154,6 +158,7 @@ class RegistryService(service.Service):
         super().privilegedStartService()
         self.early_ports = self._bind()
         self.sixid_early_ports = self._bind_sixid()
+        self.metrics.bind()
 
     def _bind(self) -> EarlyPorts:
         settings = self.settings
@@ -195,6 +200,7 @@ class RegistryService(service.Service):
         self.early_ports = self.sixid_early_ports = None
         if self.sixid is not None:
             self.sixid.stop()
+        self.metrics.stop()
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -213,6 +219,7 @@ class RegistryService(service.Service):
             if sixid_early is not None:
                 sixid_early.release()
             raise
+        await self.metrics.listen()
         credentials = self.prepare_credentials()
         ca = credentials.ca
         signer = RecordSigner(credentials.signing_key, credentials.signing_certificate)
@@ -275,6 +282,7 @@ class RegistryService(service.Service):
         )
         if sixid_early is not None:
             self._start_sixid(credentials, sixid_early)
+        self.metrics.watch(self)
         self._start_loop(self._sweep, settings.sweep_interval)
         # The baseline: later changes made through other processes end sessions here.
         self._last_security_events = await self.store.security_generation()
@@ -459,7 +467,7 @@ class RegistryService(service.Service):
             if loop.running:
                 loop.stop()
         self.loops.clear()
-        stopping = [port.stopListening() for port in self.all_ports]
+        stopping = [port.stopListening() for port in self.all_ports] + [self.metrics.stop()]
         self.ports.clear()
         self.sixid_ports.clear()
         sixid = self.sixid

@@ -24,11 +24,12 @@ from irp.server.store.certificates import serial_text
 from irp.server.store.crls import CRLTable, StoredCRL
 from irp.server.store.pkcs12 import Pkcs12Table
 from irp.server.store.sixid import SixidTable
+from irp.server.store.stats import StatsTable
 from irp.server.store.users import UserTable
 
 __all__ = ["Account", "RegistryStore", "StoredCRL", "serial_text"]
 
 
-class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable):
+class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable, StatsTable):
     """Persistent users, addresses, certificates, PKCS#12 files and sixid records of one
     domain."""
