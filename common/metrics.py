@@ -23,8 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -115,8 +121,9 @@ class _CappedRequest(Request):
             size=size,
             cap=MAX_BODY,
         )
-        if self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.abortConnection()
+        transport: Any = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
 
 
 class MetricsSite(Site):

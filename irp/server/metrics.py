@@ -55,7 +55,8 @@ OTHER = "other"
 
 def wire_codes() -> frozenset[str]:
     """Every wire error code the registry can answer."""
-    return frozenset(cls.name for cls in (errors.IRPError, *subclasses_of(errors.IRPError)))
+    classes: list[type[errors.IRPError]] = [errors.IRPError, *subclasses_of(errors.IRPError)]
+    return frozenset(cls.name for cls in classes)
 
 
 class RegistryMetrics:
@@ -80,7 +81,11 @@ class RegistryMetrics:
         self.issued = Counter(
             "irp_certificates_issued", "Certificates issued by this process, by operation.", ["operation"], registry=registry
         )
-        self.revoked = Counter("irp_certificates_revoked", "Certificates revoked through this process.", registry=registry)
+        self.revoked = Counter(
+            "irp_certificates_revoked",
+            "Certificates revoked through this process, by operation (revoke; renew: the old one, superseded).",
+            ["operation"], registry=registry,
+        )
         self.commits = Histogram(
             "irp_database_commit_seconds",
             "Seconds from a write transaction's submission to its commit (a group commit is one).",
@@ -94,6 +99,8 @@ class RegistryMetrics:
             self.issued.labels(operation)
         for method in LOGIN_METHODS:
             self.logins.labels(method, OK)
+        for operation in ("revoke", "renew"):
+            self.revoked.labels(operation)
 
     def _outcome(self, outcome: str) -> str:
         return outcome if outcome == OK or outcome in self._codes else OTHER
@@ -114,8 +121,10 @@ class RegistryMetrics:
             self.errors.labels(self._outcome(event.outcome)).inc()
         elif event.operation in ISSUING_OPERATIONS:
             self.issued.labels(event.operation).inc()
+            if event.operation == "renew":
+                self.revoked.labels("renew").inc()
         elif event.operation == "revoke":
-            self.revoked.inc()
+            self.revoked.labels("revoke").inc()
         return None
 
     def login_done(self, event: LoginDone) -> None:
