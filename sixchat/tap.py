@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from common.cliutil import EndpointOptions
+from common.cliutil import EndpointOptions, check_endpoint
 from common.endpoint import Endpoint, split_host_port
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
@@ -58,6 +58,15 @@ class Options(EndpointOptions):
         ["sixid", None, "Also publish your addresses under your device ID ('sixchat id') at your domain's sixid server"
          " (certified by your certificate; refreshed every 30 minutes, withdrawn when the agent stops)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["metrics-listen"] = []
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """Endpoint serving the agent's Prometheus metrics over plain HTTP at /metrics
+        (repeatable; off by default), e.g. tcp:9605:interface=127.0.0.1."""
+        self["metrics-listen"].append(check_endpoint(description))
 
     def postOptions(self) -> None:
         """Check the options (the profile is checked by makeService)."""
@@ -110,6 +119,7 @@ class Options(EndpointOptions):
             relay=self["relay"],
             sixid=bool(self["sixid"]),
             sixid_server=self["sixid-server"],
+            metrics_listen=self["metrics-listen"],
         )
 
 
