@@ -165,7 +165,7 @@ class MetricsEndpoint:
     def bind(self) -> None:
         """Bind the ports now (connections wait until :meth:`start`)."""
         if self.descriptions and self._early is None and not self.ports:
-            self._early = EarlyPorts(self.reactor, self.descriptions, self.name)
+            self._early = EarlyPorts(self.reactor, self.descriptions, f"{self.name} metrics")
 
     async def start(self) -> list[IListeningPort]:
         """Serve the metrics (binding first if :meth:`bind` was not called); raises the

@@ -77,6 +77,14 @@ class OptionsTests(TestCase):
         self.assertEqual(settings.advertise, [Endpoint("2001:db8::1", 4605), Endpoint("192.0.2.1", 4605)])
         self.assertEqual((settings.policy, settings.register_ttl, settings.undelivered_after, settings.register), ("domain", 60, 30.0, False))
 
+    def test_metrics(self) -> None:
+        """``--metrics-listen``: off by default, repeatable, checked."""
+        self.assertEqual(self.parse().settings().metrics_listen, [])
+        settings = self.parse("--metrics-listen", "tcp:9605:interface=127.0.0.1", "--metrics-listen", "tcp6:9605").settings()
+        self.assertEqual(settings.metrics_listen, ["tcp:9605:interface=127.0.0.1", "tcp6:9605"])
+        with self.assertRaises(usage.UsageError):
+            self.parse("--metrics-listen", "nonsense:1")
+
     def test_refusals(self) -> None:
         for argv, text in (
             (["--policy", "everyone"], "--policy"),
