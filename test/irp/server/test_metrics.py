@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import socket
 
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from common.wire.xmlcodec import make_element
 from irp import errors
 from irp.cli import make_csr
 from irp.server.ca import generate_key
 from irp.server.dispatch import OPERATIONS
+from irp.server.events import LoginDone, RequestDone
 from irp.server.metrics import RegistryMetrics, wire_codes
+from irp.server.session import Session
 from irp.wire.records import Endpoint
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry, sample, scrape
 
@@ -83,11 +87,25 @@ class RegistryMetricsTests(TestCase):
         self.assertEqual(moved("irp_requests_total", operation="revoke", outcome="ok"), 1)
         self.assertEqual(moved("irp_requests_total", operation="revoke", outcome="conflict"), 1)
         self.assertEqual(moved("irp_errors_total", code="conflict"), 1)
+        self.assertEqual(moved("irp_logins_total", method="certificate", outcome="ok"), 0)
         # The database's totals: the renewed one valid; the first (superseded) and the
         # second revoked.
         self.assertEqual(sample(after, "irp_certificates_stored", state="valid"), 1)
         self.assertEqual(sample(after, "irp_certificates_stored", state="revoked"), 2)
         self.assertEqual(sample(after, "irp_certificates_stored", state="expired"), 0)
+
+    async def test_certificate_login(self) -> None:
+        user = await self.running.enrol("frank")
+        before = await scrape(self.port)
+        client = await self.running.client(user=user)
+        await client.whoami()
+        after = await scrape(self.port)
+        self.assertEqual(
+            sample(after, "irp_logins_total", method="certificate", outcome="ok")
+            - sample(before, "irp_logins_total", method="certificate", outcome="ok"),
+            1,
+        )
+        self.assertEqual(sample(after, "irp_logins_total", method="password", outcome="ok") - sample(before, "irp_logins_total", method="password", outcome="ok"), 0)
 
     async def test_users_online_and_cache(self) -> None:
         await self.running.create_user("dave")
@@ -149,14 +167,65 @@ class LabelTests(TestCase):
         self.assertNotIn("ok", codes)
 
     def test_unknown_outcome_is_other(self) -> None:
-        from prometheus_client import CollectorRegistry
-
-        from irp.server.events import LoginDone
-
-        metrics = RegistryMetrics(CollectorRegistry())
+        registry = CollectorRegistry()
+        metrics = RegistryMetrics(registry)
         metrics.login_done(LoginDone("carrier-pigeon", "x@example.org", "made-up-code", "192.0.2.1"))
-        self.assertEqual(metrics.logins.labels("unknown", "other")._value.get(), 1)
-        self.assertTrue(set(OPERATIONS))
+        self.assertEqual(registry.get_sample_value("irp_logins_total", {"method": "unknown", "outcome": "other"}), 1)
+
+    def test_unknown_operations_are_one_label(self) -> None:
+        """Names that are no operation all count as ``unknown`` (and are not remembered)."""
+        registry = CollectorRegistry()
+        metrics = RegistryMetrics(registry)
+        session = Session(peer_host="192.0.2.1")
+        for name in ("a", "b", "c"):
+            metrics.request_done(RequestDone(name, session, make_element(name, {}), "unknown-operation", 0.001, ()))
+        self.assertEqual(
+            registry.get_sample_value("irp_requests_total", {"operation": "unknown", "outcome": "unknown-operation"}), 3
+        )
+        self.assertEqual(metrics._children, {})
+        self.assertNotIn("unknown", OPERATIONS)
+
+
+class TotalsTests(TestCase):
+    """The database totals: read periodically; a failure logged once, the last kept."""
+
+    async def test_database_down(self) -> None:
+        from twisted.internet.defer import fail, succeed
+        from twisted.internet.task import Clock
+        from twisted.logger import capturedLogs
+
+        from irp.server.metrics import RegistryCollector, RegistryMetricsHost
+        from irp.server.store.stats import StoreTotals
+
+        class Store:
+            totals_answer: object = StoreTotals(users=7)
+
+            def totals(self) -> object:
+                answer = self.totals_answer
+                return fail(answer) if isinstance(answer, Exception) else succeed(answer)
+
+        clock = Clock()
+        clock.advance(1000)
+        host = RegistryMetricsHost(clock, ["tcp:0:interface=127.0.0.1"])
+        host.collector = RegistryCollector(type("Service", (), {"factory": None, "registry": None})())
+        host.registry.register(host.collector)
+        store = Store()
+        await host.read_totals(store)
+        self.assertEqual(host.registry.get_sample_value("irp_users_registered"), 7)
+        store.totals_answer = errors.Unavailable("the registry's database is unavailable; try again later")
+        with capturedLogs() as logs:
+            clock.advance(15)
+            await host.read_totals(store)
+            await host.read_totals(store)
+        self.assertEqual([event["log_format"] for event in logs], ["Metrics: cannot read the database totals: {error}"])
+        self.assertEqual(host.registry.get_sample_value("irp_users_registered"), 7)
+        self.assertEqual(host.registry.get_sample_value("irp_database_totals_timestamp_seconds"), 1000)
+        store.totals_answer = StoreTotals(users=8)
+        with capturedLogs() as logs:
+            await host.read_totals(store)
+        self.assertEqual([event["log_format"] for event in logs], ["Metrics: reading the database totals again"])
+        self.assertEqual(host.registry.get_sample_value("irp_users_registered"), 8)
+        self.assertEqual(host.registry.get_sample_value("irp_database_totals_timestamp_seconds"), 1015)
 
 
 class OffByDefaultTests(TestCase):
