@@ -8,7 +8,8 @@ from typing import Any
 from prometheus_client import Counter
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from common.metrics import MAX_BODY, MetricsEndpoint, new_registry, shift_port, split_endpoint
@@ -36,8 +37,7 @@ class RawClient(Protocol):
 async def raw_exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` on a plain TCP connection; what came back once it closed."""
     client = RawClient(data)
-    factory = ClientFactory.forProtocol(lambda: client)
-    reactor.connectTCP("127.0.0.1", port, factory)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
     return await client.closed.addTimeout(10, reactor)
 
 
