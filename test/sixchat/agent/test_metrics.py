@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import reactor
+
 from sixchat.agent.service import Agent
 from test.helpers import sample, scrape
-from test.sixchat.agent.helpers import BOB, HostileBytesTestCase
+from test.sixchat.agent.helpers import BOB, WAIT, AgentTestCase, HostileBytesTestCase, ready, start_intermediary
 
 METRICS = "tcp:0:interface=127.0.0.1"
 
@@ -69,3 +71,36 @@ class AgentMetricsTests(HostileBytesTestCase):
     async def test_off_by_default(self) -> None:
         alice, _events = await self.agent("alice", intermediary=False)
         self.assertEqual(alice.metrics.endpoint.ports, [])
+
+
+class IntermediaryMetricsTests(AgentTestCase):
+    """Messages through the intermediary: deposited, received that way, the connection to
+    the intermediary reported."""
+
+    timeout = 60
+
+    async def test_store_and_forward(self) -> None:
+        await start_intermediary(self, self.registry, await self.user("intermediary"))
+        alice, alice_events = await self.agent("alice", contacts=("bob",), metrics_listen=[METRICS])
+        bob, _ = await self.agent("bob", listen=("::1",), contacts=("alice",))
+        await ready(bob)
+        await ready(alice)
+        await bob.stopService()
+        alice_before = await scrape(metrics_port(alice))
+        self.assertEqual(sample(alice_before, "sixchat_intermediary_connected"), 1)
+        ids = []
+        for n in range(2):
+            message = await alice.send_text(BOB, f"message {n}")
+            await alice_events.wait_for(event="stored", id=message.id).addTimeout(WAIT, reactor)
+            ids.append(message.id)
+        bob, bob_events = await self.agent("bob", listen=("::1",), contacts=("alice",), metrics_listen=[METRICS])
+        for message_id in ids:
+            await alice_events.wait_for(event="receipt", id=message_id).addTimeout(WAIT, reactor)
+            await bob_events.wait_for(event="message", id=message_id).addTimeout(WAIT, reactor)
+        alice_after = await scrape(metrics_port(alice))
+        bob_after = await scrape(metrics_port(bob))
+        self.assertEqual(sample(alice_after, "sixchat_messages_deposited_total") - sample(alice_before, "sixchat_messages_deposited_total"), 2)
+        self.assertEqual(sample(alice_after, "sixchat_receipts_received_total") - sample(alice_before, "sixchat_receipts_received_total"), 2)
+        self.assertEqual(sample(alice_after, "sixchat_messages_sent_total") - sample(alice_before, "sixchat_messages_sent_total"), 0)
+        self.assertEqual(sample(bob_after, "sixchat_messages_received_total", via="intermediary"), 2)
+        self.assertEqual(sample(bob_after, "sixchat_messages_received_total", via="direct"), 0)
