@@ -31,6 +31,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -146,12 +147,17 @@ class MetricsSite(Site):
         """No access log."""
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(service.Service):
     """A service's metrics endpoint on one or more listening endpoints.
 
     :meth:`bind` (before the reactor runs, from ``privilegedStartService``) binds the ports
     through a gate, so a port in use is found early; :meth:`start` serves once the service
     is ready; :meth:`stop` lets the ports go. With no descriptions, nothing listens.
+
+    The service that owns it drives it. It is also a service of its own, to be added beside
+    its owner under a :class:`~common.startup.ReportingParent`: a daemonizing ``twistd``
+    then hears of a metrics port that cannot be bound (:attr:`early_ports`), as of the
+    owner's own ports.
     """
 
     def __init__(self, reactor: Any, descriptions: Sequence[str], registry: CollectorRegistry, name: str) -> None:
@@ -161,6 +167,21 @@ class MetricsEndpoint:
         self.name = name
         self.ports: list[IListeningPort] = []
         self._early: EarlyPorts | None = None
+
+    @property
+    def early_ports(self) -> EarlyPorts | None:
+        """The ports bound and not served yet (for :class:`~common.startup.ReportingParent`)."""
+        return self._early
+
+    def privilegedStartService(self) -> None:
+        """Bind the ports (before the reactor runs; see :meth:`bind`)."""
+        super().privilegedStartService()
+        self.bind()
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listening (see :meth:`stop`)."""
+        super().stopService()
+        return self.stop()
 
     def bind(self) -> None:
         """Bind the ports now (connections wait until :meth:`start`)."""

@@ -304,6 +304,8 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
     registry = RegistryService(options.settings(), reactor)
     parent = ReportingParent.for_options(options)
     registry.setServiceParent(parent)
+    if registry.metrics.endpoint.descriptions:  # a metrics port in use is reported too
+        registry.metrics.endpoint.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
         fail_start(reactor, "twistd irp", describe_start_failure(failure.value), at_exit=at_exit)

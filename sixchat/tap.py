@@ -147,6 +147,8 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         raise SystemExit(f"twistd sixchat: cannot load your credentials: {error}") from None
     parent = ReportingParent.for_options(options)
     agent.setServiceParent(parent)
+    if agent.metrics.endpoint.descriptions:  # a metrics port in use is reported too
+        agent.metrics.endpoint.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
         # Already logged by the agent; an agent that cannot run must not leave twistd idle.

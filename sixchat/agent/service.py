@@ -254,10 +254,10 @@ class Agent(service.Service):
             home_domain=self.identity.domain,
             known_intermediates=chain,
         )
+        await self.metrics.start()
         early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "SixChat agent")
         self.early_ports = None
         self.ports.extend(await early.ports())
-        await self.metrics.start()
         early.gate.open(ResponderFactory(self))
         for port in self.ports:
             address: Any = port.getHost()

@@ -188,6 +188,21 @@ class FailedStartTests(TestCase):
         self.assertEqual(lines[0], f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use")
         self.assertFalse(os.path.exists(os.path.join(profile, "agent.pid")))
 
+    async def test_metrics_port_in_use(self) -> None:
+        """The metrics port is taken: the same one line, exit non-zero."""
+        registry = await RunningRegistry(self).start()
+        home = os.path.abspath(self.mktemp())
+        profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
+        with taken_port() as port:
+            result = await run_twistd(
+                ["-n", "sixchat", "--profile", profile, "--no-register", "--no-intermediary", "--listen", "tcp:0:interface=127.0.0.1",
+                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        self.assertEqual(result.err.strip().splitlines(), [f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use"])
+
     async def test_port_in_use_daemon(self) -> None:
         """As a daemon (the README's form): the started process exits non-zero and says why."""
         registry = await RunningRegistry(self).start()
