@@ -113,7 +113,7 @@ class RegistryMetrics:
             operation = event.operation if event.operation in OPERATIONS else UNKNOWN
             outcome = self._outcome(event.outcome)
             children = (self.requests.labels(operation, outcome), self.latency.labels(operation))
-            if operation != UNKNOWN:  # unknown names are unbounded: not kept
+            if operation != UNKNOWN and outcome != OTHER:  # only bounded keys are kept
                 self._children[key] = children
         children[0].inc()
         children[1].observe(event.seconds)
