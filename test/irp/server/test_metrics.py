@@ -118,6 +118,8 @@ class RegistryMetricsTests(TestCase):
         self.assertEqual(sample(before, "irp_users_online", presence="online"), 1)
         self.assertEqual(sample(before, "irp_users_online", presence="away"), 0)
         self.assertGreater(sample(before, "irp_database_totals_timestamp_seconds"), 0)
+        self.assertIn(("irp_sixid_ids", ()), before)
+        self.assertEqual(sample(before, "irp_sixid_ids"), 0)
         erin = await self.running.client("erin", DEFAULT_PASSWORD)
         for _ in range(3):
             await erin.lookup("dave")
