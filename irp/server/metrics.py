@@ -190,7 +190,7 @@ class RegistryCollector(Collector):
             online.add_metric([presence], totals.online.get(presence, 0))
         yield online
         certificates = GaugeMetricFamily(
-            "irp_certificates_stored", "Certificates in the database, by state (valid, revoked, expired).", labels=["state"]
+            "irp_certificates_stored", "Certificates in the database, by state (revoked, not-revoked).", labels=["state"]
         )
         for state, count in sorted(totals.certificates.items()):
             certificates.add_metric([state], count)
