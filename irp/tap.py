@@ -103,9 +103,7 @@ class Options(VersionOption, usage.Options):
         self["sixid-listen"].append(check_endpoint(description))
 
     def opt_metrics_listen(self, description: str) -> None:
-        """Endpoint serving Prometheus metrics over plain HTTP at /metrics (repeatable; off
-        by default), e.g. tcp:9604:interface=127.0.0.1; with --workers, worker N serves its
-        own on the port plus N - 1."""
+        """Endpoint serving Prometheus metrics over plain HTTP at /metrics (repeatable; off by default), e.g. tcp:9604:interface=127.0.0.1; with --workers, worker N serves its own on the port plus N - 1."""
         self["metrics-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:

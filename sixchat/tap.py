@@ -64,8 +64,7 @@ class Options(EndpointOptions):
         self["metrics-listen"] = []
 
     def opt_metrics_listen(self, description: str) -> None:
-        """Endpoint serving the agent's Prometheus metrics over plain HTTP at /metrics
-        (repeatable; off by default), e.g. tcp:9605:interface=127.0.0.1."""
+        """Endpoint serving the agent's Prometheus metrics over plain HTTP at /metrics (repeatable; off by default), e.g. tcp:9605:interface=127.0.0.1."""
         self["metrics-listen"].append(check_endpoint(description))
 
     def postOptions(self) -> None:
