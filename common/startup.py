@@ -186,7 +186,8 @@ class EarlyPorts:
 
         def close(results: list[tuple[bool, Any]]) -> None:
             for ok, port in results:
-                if ok:
+                # A failure already consumed (by ports()) reads as a success with None.
+                if ok and port is not None:
                     port.stopListening()
 
         DeferredList(self._listening, consumeErrors=True).addCallback(close)

@@ -129,6 +129,9 @@ class AgentMetricsHost:
         self.agent = agent
         self.registry = new_registry()
         self.endpoint = MetricsEndpoint(agent.reactor, listen, self.registry, "SixChat agent")
+        if listen:
+            Info("sixchat_build", "The agent's version.", registry=self.registry).info({"version": VERSION})
+            self.registry.register(AgentCollector(agent))
 
     def bind(self) -> None:
         """Bind the metrics ports (before the reactor runs)."""
@@ -140,8 +143,6 @@ class AgentMetricsHost:
         if not self.endpoint.descriptions:
             return
         await self.endpoint.start()
-        Info("sixchat_build", "The agent's version.", registry=self.registry).info({"version": VERSION})
-        self.registry.register(AgentCollector(self.agent))
 
     def stop(self) -> Deferred[Any]:
         """Stop serving."""
