@@ -144,9 +144,13 @@ class RegistryMetricsTests(TestCase):
         self.assertEqual(sample(during, "irp_connections_accepted_total") - sample(before, "irp_connections_accepted_total"), 2)
         await first.close()
         await second.close()
-        while self.running.service.factory.admission.open:  # type: ignore[union-attr]
-            from twisted.internet.task import deferLater
+        # The server sees each close a moment after the client (its TLS shutdown): wait for
+        # it, at most 10 s.
+        from twisted.internet.task import deferLater
 
+        for _ in range(1000):
+            if not self.running.service.factory.admission.open:  # type: ignore[union-attr]
+                break
             await deferLater(reactor, 0.01, lambda: None)
         after = await scrape(self.port)
         self.assertEqual(sample(after, "irp_connections_open"), sample(before, "irp_connections_open"))
