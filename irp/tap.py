@@ -89,6 +89,7 @@ class Options(VersionOption, usage.Options):
         self["federated-roots"] = []
         self["registries"] = {}
         self["no-cache"] = frozenset()
+        self["metrics-listen"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse, keeping the arguments given (worker processes get the same ones)."""
@@ -102,6 +103,10 @@ class Options(VersionOption, usage.Options):
     def opt_sixid_listen(self, description: str) -> None:
         """Endpoint for sixid to listen on (repeatable; implies --sixid); default tcp6:4606:interface=\\:\\:."""
         self["sixid-listen"].append(check_endpoint(description))
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """Endpoint serving Prometheus metrics over plain HTTP at /metrics (repeatable; off by default), e.g. tcp:9604:interface=127.0.0.1; with --workers, worker N serves its own on the port plus N - 1."""
+        self["metrics-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
@@ -200,6 +205,7 @@ class Options(VersionOption, usage.Options):
             self["listen"] = [f"tcp6:{DEFAULT_PORT}:interface=\\:\\:"]
         self._check_sixid()
         self._check_caops()
+        self._check_metrics()
         data_dir = os.path.abspath(self["data-dir"])
         own_pidfile(self, os.path.join(os.path.dirname(data_dir), os.path.basename(data_dir) + ".pid"))
         if not self["hostnames"]:
@@ -231,6 +237,16 @@ class Options(VersionOption, usage.Options):
             raise usage.UsageError("--sixid-max-ids must be at least 1")
         if self["sixid"] and not self["sixid-listen"]:
             self["sixid-listen"] = [f"tcp6:{SIXID_PORT}:interface=\\:\\:"]
+
+    def _check_metrics(self) -> None:
+        from common.metrics import shift_port
+
+        if self["workers"] > 1:
+            for description in self["metrics-listen"]:
+                try:
+                    shift_port(description, self["workers"] - 1)
+                except ValueError as error:
+                    raise usage.UsageError(f"--metrics-listen with --workers: {error}") from None
 
     def sixid_settings(self) -> SixidSettings | None:
         """sixid's settings, or None when it is not served."""
@@ -283,6 +299,7 @@ class Options(VersionOption, usage.Options):
             sixid=self.sixid_settings(),
             sixid_listen=self["sixid-listen"],
             key_passphrase=getattr(self, "key_passphrase", None),
+            metrics_listen=self["metrics-listen"],
         )
 
 
@@ -300,6 +317,8 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
     registry = RegistryService(options.settings(), reactor)
     parent = ReportingParent.for_options(options)
     registry.setServiceParent(parent)
+    if registry.metrics.endpoint.descriptions:  # a metrics port in use is reported too
+        registry.metrics.endpoint.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
         fail_start(reactor, "twistd irp", describe_start_failure(failure.value), at_exit=at_exit)

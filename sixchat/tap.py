@@ -9,7 +9,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from common.cliutil import EndpointOptions
+from common.cliutil import EndpointOptions, check_endpoint
 from common.endpoint import Endpoint, split_host_port
 from common.pki.keyfiles import KeyFileError
 from common.profile import Profile, ProfileError, default_profile_path
@@ -58,6 +58,14 @@ class Options(EndpointOptions):
         ["sixid", None, "Also publish your addresses under your device ID ('sixchat id') at your domain's sixid server"
          " (certified by your certificate; refreshed every 30 minutes, withdrawn when the agent stops)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["metrics-listen"] = []
+
+    def opt_metrics_listen(self, description: str) -> None:
+        """Endpoint serving the agent's Prometheus metrics over plain HTTP at /metrics (repeatable; off by default), e.g. tcp:9605:interface=127.0.0.1."""
+        self["metrics-listen"].append(check_endpoint(description))
 
     def postOptions(self) -> None:
         """Check the options (the profile is checked by makeService)."""
@@ -110,6 +118,7 @@ class Options(EndpointOptions):
             relay=self["relay"],
             sixid=bool(self["sixid"]),
             sixid_server=self["sixid-server"],
+            metrics_listen=self["metrics-listen"],
         )
 
 
@@ -137,6 +146,8 @@ def makeService(options: Options, reactor: Any = None, at_exit: Callable[..., An
         raise SystemExit(f"twistd sixchat: cannot load your credentials: {error}") from None
     parent = ReportingParent.for_options(options)
     agent.setServiceParent(parent)
+    if agent.metrics.endpoint.descriptions:  # a metrics port in use is reported too
+        agent.metrics.endpoint.setServiceParent(parent)
 
     def start_failed(failure: Any) -> None:
         # Already logged by the agent; an agent that cannot run must not leave twistd idle.

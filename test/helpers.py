@@ -81,6 +81,8 @@ class RunningRegistry:
     sixid: Any = None
     #: The CA keys' passphrase (--key-passphrase-file).
     key_passphrase: bytes | None = None
+    #: Endpoints serving the Prometheus metrics (none: not served).
+    metrics_listen: tuple[str, ...] = ()
 
     @property
     def port(self) -> int:
@@ -145,6 +147,7 @@ class RunningRegistry:
             sixid=self.sixid,
             sixid_listen=[listen],
             key_passphrase=self.key_passphrase,
+            metrics_listen=list(self.metrics_listen),
         )
         self.service = RegistryService(settings, global_reactor)
         self.service.startService()
@@ -552,3 +555,46 @@ def run_python(arguments: Sequence[str], *, home: str, stdin: bytes = b"") -> An
         protocol, sys.executable, [sys.executable, *arguments], env=environment, path=home
     )
     return protocol.done
+
+
+# -- metrics endpoints -------------------------------------------------------------------
+
+#: A metrics sample's key: its name and its labels, sorted.
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+async def http_get(url: str, method: bytes = b"GET") -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    """Status, headers and body of one real HTTP request."""
+    from twisted.web.client import Agent, readBody
+
+    response = await Agent(global_reactor).request(method, url.encode("ascii"))
+    body = await readBody(response)
+    return response.code, dict(response.headers.getAllRawHeaders()), body
+
+
+def metric_samples(text: str) -> dict[SampleKey, float]:
+    """Every sample of a Prometheus exposition text (parsed with the client library's
+    parser) by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def scrape(port: int, host: str = "127.0.0.1") -> dict[SampleKey, float]:
+    """The samples served at http://HOST:PORT/metrics (asserting a 200 in the
+    exposition format)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    code, headers, body = await http_get(f"http://{host}:{port}/metrics")
+    assert code == 200, (code, body)
+    assert headers[b"Content-Type"] == [CONTENT_TYPE_LATEST.encode("ascii")], headers
+    return metric_samples(body.decode("utf-8"))
+
+
+def sample(samples: dict[SampleKey, float], name: str, **labels: str) -> float:
+    """One sample's value (0 when absent: a labelled counter appears at its first count)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -35,6 +35,26 @@ class ConnectionAdmission:
         self.connections = ConnectionCounter(max_connections_per_address)
         #: Recent refusals of over-limit connections, per address unit.
         self.refusals = SlidingWindow(clock, limit=READABLE_REFUSALS, window=REFUSAL_WINDOW)
+        #: Totals for the metrics: connections open now, accepted, refused over the limit
+        #: (answered ``too-many-connections``), and dropped before TLS.
+        self.open = 0
+        self.accepted = 0
+        self.refused = 0
+        self.dropped = 0
+
+    def acquire(self, host: str) -> bool:
+        """Count a new connection from ``host``; False when over its address's limit."""
+        if not self.connections.acquire(host):
+            self.refused += 1
+            return False
+        self.open += 1
+        self.accepted += 1
+        return True
+
+    def release(self, host: str) -> None:
+        """A connection counted by :meth:`acquire` closed."""
+        self.connections.release(host)
+        self.open -= 1
 
     def admit(self, host: str) -> bool:
         """Whether to start TLS for a new connection from ``host`` (see the module)."""
@@ -45,6 +65,7 @@ class ConnectionAdmission:
             return True
         if recent == READABLE_REFUSALS + 1:
             log.warn("Dropping connections from {host} before TLS: over its limit", host=host)
+        self.dropped += 1
         return False
 
 

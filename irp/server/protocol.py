@@ -132,7 +132,7 @@ class RegistryServerProtocol(ActionRunner, Protocol):
         self._peer_host = getattr(peer, "host", "unknown")
         session = self.session = Session(peer_host=self._peer_host)
         self.core = Connection(self.limits, self._peer_host, session.is_anonymous)
-        if not self.factory.connections.acquire(self._peer_host):
+        if not self.factory.admission.acquire(self._peer_host):
             log.warn("Refused a connection from {host}: too many connections", host=self._peer_host)
             self._do(self.core.refuse(errors.TooManyConnections()))
             return
@@ -176,7 +176,7 @@ class RegistryServerProtocol(ActionRunner, Protocol):
         if self.core is not None:
             self._do(self.core.connection_lost())
         if self.counted:
-            self.factory.connections.release(self._peer_host)
+            self.factory.admission.release(self._peer_host)
             self.counted = False
         # No reference cycle is left: no pending call and no transport reaches this protocol.
         for deadline in list(self._deadlines):  # none, the core cancelled them: made sure

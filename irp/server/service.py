@@ -40,6 +40,7 @@ from irp.server.credentials import (
     load_or_create_credentials,
     with_given_server_certificate,
 )
+from irp.server.metrics import RegistryMetricsHost
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
@@ -102,6 +103,8 @@ class RegistrySettings:
     sixid_listen: list[str] = field(default_factory=lambda: ["tcp6:4606:interface=\\:\\:"])
     #: Decrypts the CA's keys (--key-passphrase-file); None: they are not encrypted.
     key_passphrase: bytes | None = field(default=None, repr=False)
+    #: Serve Prometheus metrics over HTTP on these endpoints (none: not served).
+    metrics_listen: list[str] = field(default_factory=list)
 
     @property
     def database_url(self) -> str:
@@ -133,6 +136,7 @@ class RegistryService(service.Service):
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
         self.audit: AuditRecorder | None = None  # the audit trail's recorder
+        self.metrics = RegistryMetricsHost(reactor, settings.metrics_listen)
 
     def prepare_credentials(self, expected_root: str | None = None) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous); with
@@ -165,6 +169,7 @@ class RegistryService(service.Service):
         super().privilegedStartService()
         self.early_ports = self._bind()
         self.sixid_early_ports = self._bind_sixid()
+        self.metrics.bind()
 
     def _bind(self) -> EarlyPorts:
         settings = self.settings
@@ -209,6 +214,7 @@ class RegistryService(service.Service):
         if self.store is not None:
             self.store.close()
             self.store = None
+        self.metrics.stop()
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -227,6 +233,7 @@ class RegistryService(service.Service):
             if sixid_early is not None:
                 sixid_early.release()
             raise
+        await self.metrics.listen()
         # The store first: the database names its CA (see irp.server.ca_host); the
         # record signer is set once the CA is loaded (nothing signs before).
         self.store = await open_store(
@@ -292,6 +299,7 @@ class RegistryService(service.Service):
         )
         if sixid_early is not None:
             self._start_sixid(credentials, sixid_early)
+        self.metrics.watch(self)
         self._start_loop(self._sweep, settings.sweep_interval)
         # The baseline: later changes made through other processes end sessions here.
         self._last_security_events = await self.store.security_generation()
@@ -496,7 +504,7 @@ class RegistryService(service.Service):
             if loop.running:
                 loop.stop()
         self.loops.clear()
-        stopping = [port.stopListening() for port in self.all_ports]
+        stopping = [port.stopListening() for port in self.all_ports] + [self.metrics.stop()]
         self.ports.clear()
         self.sixid_ports.clear()
         sixid = self.sixid

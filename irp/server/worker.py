@@ -94,6 +94,10 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
         return 2
     settings = options.settings()
     settings.adopted = arguments.sockets
+    # Each process serves its own metrics: worker N on the given ports plus N - 1.
+    from common.metrics import shift_port
+
+    settings.metrics_listen = [shift_port(item, arguments.number - 1) for item in settings.metrics_listen]
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor

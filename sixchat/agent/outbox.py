@@ -209,6 +209,7 @@ class Outbox:
                         self.agent.emit({"event": "undelivered", "id": message.id, "to": str(peer), "text": message.body, "reason": why})
                     continue
                 sent.add(message.id)
+                self.agent.tally.sent += 1
                 await self.agent.store.set_state(message.id, "sent", only_from=("queued",))
         finally:
             lock.release()

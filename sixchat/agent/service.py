@@ -38,6 +38,7 @@ from sixchat.agent.deposit import Depositor
 from sixchat.agent.dialer import Dialer
 from sixchat.agent.inbox import handle_message
 from sixchat.agent.mailbox import Mailbox
+from sixchat.agent.metrics import CLOSED, ESTABLISHED, AgentMetricsHost, AgentTally
 from sixchat.agent.outbox import Outbox
 from sixchat.agent.responder import ResponderFactory
 from sixchat.agent.sessions import pick_session
@@ -105,6 +106,8 @@ class AgentSettings:
     #: How to reach a domain's sixid server (None: :func:`sixid_connector` of these
     #: settings); devices of any trusted domain can be looked up.
     sixid_connector: Connector | None = None
+    #: Serve Prometheus metrics over HTTP on these endpoints (none: not served).
+    metrics_listen: list[str] = field(default_factory=list)
 
 
 class Agent(service.Service):
@@ -153,6 +156,10 @@ class Agent(service.Service):
         self._credentials_stamp: tuple[int, ...] | None = None
         #: Why we closed a connection, for its "session down" event.
         self._closed_because: dict[PeerConnection, str] = {}
+        #: What the metrics report (see :mod:`sixchat.agent.metrics`).
+        self.tally = AgentTally()
+        self.subscribe(self.tally.event)
+        self.metrics = AgentMetricsHost(self, settings.metrics_listen)
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -208,6 +215,7 @@ class Agent(service.Service):
         a port in use); connections wait for the agent to be ready."""
         super().privilegedStartService()
         self.early_ports = EarlyPorts(self.reactor, self.settings.listen, "SixChat agent")
+        self.metrics.bind()
 
     def startService(self) -> None:
         """Start in the background; ``ready`` fires when listening."""
@@ -224,6 +232,7 @@ class Agent(service.Service):
         if self.early_ports is not None:
             self.early_ports.release()
             self.early_ports = None
+        self.metrics.stop()
         self.ready.errback(failure)
 
     async def _start(self) -> Agent:
@@ -247,6 +256,7 @@ class Agent(service.Service):
             home_domain=self.identity.domain,
             known_intermediates=chain,
         )
+        await self.metrics.start()
         early = self.early_ports or EarlyPorts(self.reactor, settings.listen, "SixChat agent")
         self.early_ports = None
         self.ports.extend(await early.ports())
@@ -324,6 +334,7 @@ class Agent(service.Service):
                 if loop.running:
                     loop.stop()
             self.loops.clear()
+            await self.metrics.stop()
             await self.publisher.stop()
             await self.sixid.close()
             await self.mailbox.stop()
@@ -448,6 +459,7 @@ class Agent(service.Service):
     def session_established(self, connection: PeerConnection) -> None:
         """Keep one session per peer; send presence and the outbox."""
         self.connections.add(connection)
+        self.tally.handshake_done(connection.role is Role.INITIATOR, ESTABLISHED)
         peer = connection.peer
         assert peer is not None
         existing = self.sessions.get(peer)
@@ -482,6 +494,8 @@ class Agent(service.Service):
     def connection_ended(self, connection: PeerConnection, error: errors.SixChatError | None) -> None:
         """Forget the connection; unacknowledged messages stay pending for the next one."""
         self.connections.discard(connection)
+        if connection.session is None:  # the handshake never completed
+            self.tally.handshake_done(connection.role is Role.INITIATOR, CLOSED if error is None else error.name)
         self.outbox.forget(connection)
         peer = connection.peer
         if peer is not None and self.sessions.get(peer) is connection:

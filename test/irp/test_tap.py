@@ -125,6 +125,33 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((settings.sixid.policy, settings.sixid.max_lifetime, settings.sixid.max_ids), ("listed", 3600, 1000))
 
 
+class MetricsOptionsTests(SynchronousTestCase):
+    """``--metrics-listen``: off by default, repeatable, checked against --workers."""
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(["--domain", "example.org", *argv])
+        return options
+
+    def test_off_by_default(self) -> None:
+        self.assertEqual(self.parse().settings().metrics_listen, [])
+
+    def test_given(self) -> None:
+        settings = self.parse("--metrics-listen", "tcp:9604:interface=127.0.0.1", "--metrics-listen", "tcp6:9604:interface=\\:\\:1").settings()
+        self.assertEqual(settings.metrics_listen, ["tcp:9604:interface=127.0.0.1", "tcp6:9604:interface=\\:\\:1"])
+        self.parse("--workers", "4", "--metrics-listen", "tcp:9604")
+
+    def test_refusals(self) -> None:
+        for argv, text in [
+            (["--metrics-listen", "bogus:1"], "invalid endpoint"),
+            (["--workers", "2", "--metrics-listen", "unix:/tmp/irp-metrics.sock"], "not a tcp or tcp6 endpoint"),
+            (["--workers", "3", "--metrics-listen", "tcp:65534"], "past 65535"),
+        ]:
+            with self.assertRaises(usage.UsageError) as raised:
+                self.parse(*argv)
+            self.assertIn(text, str(raised.exception), argv)
+
+
 class PidFileTests(SynchronousTestCase):
     """twistd's pid file: each service its own, so that the README's registry and agents
     run side by side in one folder (twistd's default 'twistd.pid' made the second refuse
@@ -166,6 +193,22 @@ class FailedStartTests(TestCase):
         self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
         self.assertEqual(os.listdir(home), [])
 
+    async def test_metrics_port_in_use(self) -> None:
+        """The metrics port is taken: the same one line, and nothing created."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with taken_port() as port:
+            result = await run_twistd(
+                ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        lines = result.err.strip().splitlines()
+        self.assertEqual(lines, [f"twistd irp: cannot listen on 127.0.0.1 port {port}: Address already in use"])
+        self.assertEqual(os.listdir(home), [])
+
     async def test_sixid_port_in_use(self) -> None:
         """sixid's port is taken: the same refusal, naming it; nothing left behind."""
         home = os.path.abspath(self.mktemp())
@@ -192,6 +235,22 @@ class FailedStartTests(TestCase):
             result = await run_twistd(
                 ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", f"tcp:{port}:interface=127.0.0.1",
                  "--argon2-memory", "8192"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
+        self.assertEqual(sorted(os.listdir(home)), ["irp.log"])
+
+    async def test_metrics_port_in_use_daemon(self) -> None:
+        """The metrics port taken, as a daemon: the started process exits non-zero and says
+        why; nothing created."""
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        with taken_port() as port:
+            result = await run_twistd(
+                ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
                 home=home,
             )
         self.assertNotEqual(result.code, 0, result)
@@ -297,6 +356,53 @@ class SixidStartTests(TestCase):
         port = int(ports.pop())
         answers = [await ping(root, port) for _ in range(4)]
         self.assertEqual(answers, [b'<response id="1"><pong/></response>'] * 4)
+
+
+class MetricsStartTests(TestCase):
+    """``twistd irp --metrics-listen`` run as users run it (separate processes)."""
+
+    async def test_workers_serve_their_own(self) -> None:
+        """With --workers 2 each process serves its own metrics on a port of its own (port
+        0: each a free one, named in its log line), both scraped over HTTP."""
+        from test.helpers import sample, scrape
+
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        process = StartingProcess("[worker2/common.metrics#info] IRP registry metrics at")
+        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        arguments = [
+            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2",
+            "--metrics-listen", "tcp:0:interface=127.0.0.1", "--argon2-memory", "8192",
+        ]
+        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
+            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
+            env=environment, path=home,
+        )
+
+        def stop() -> Deferred[None]:
+            try:
+                transport.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+            return process.ended
+
+        self.addCleanup(stop)
+        await process.found.addTimeout(60, global_reactor)
+        output = process.output.decode("utf-8", "replace")
+        ports = [int(port) for port in re.findall(r"IRP registry metrics at http://127\.0\.0\.1:(\d+)/metrics", output)]
+        self.assertEqual(len(set(ports)), 2, output)
+        for port in ports:
+            # A process serves its metrics before its registry is up: its totals come once
+            # it is (up to 60 s).
+            samples = await scrape(port)
+            for _ in range(600):
+                if sample(samples, "irp_database_totals_timestamp_seconds"):
+                    break
+                await deferLater(global_reactor, 0.1, lambda: None)
+                samples = await scrape(port)
+            self.assertEqual(sample(samples, "irp_users_registered"), 1)  # the administrator
+            self.assertEqual(sample(samples, "irp_connections_open"), 0)
+            self.assertIn(("process_cpu_seconds_total", ()), samples)
 
 
 def ping(root: Any, port: int) -> Deferred[bytes]:

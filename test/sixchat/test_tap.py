@@ -77,6 +77,14 @@ class OptionsTests(TestCase):
         self.assertEqual(settings.advertise, [Endpoint("2001:db8::1", 4605), Endpoint("192.0.2.1", 4605)])
         self.assertEqual((settings.policy, settings.register_ttl, settings.undelivered_after, settings.register), ("domain", 60, 30.0, False))
 
+    def test_metrics(self) -> None:
+        """``--metrics-listen``: off by default, repeatable, checked."""
+        self.assertEqual(self.parse().settings().metrics_listen, [])
+        settings = self.parse("--metrics-listen", "tcp:9605:interface=127.0.0.1", "--metrics-listen", "tcp6:9605").settings()
+        self.assertEqual(settings.metrics_listen, ["tcp:9605:interface=127.0.0.1", "tcp6:9605"])
+        with self.assertRaises(usage.UsageError):
+            self.parse("--metrics-listen", "nonsense:1")
+
     def test_refusals(self) -> None:
         for argv, text in (
             (["--policy", "everyone"], "--policy"),
@@ -179,6 +187,21 @@ class FailedStartTests(TestCase):
         self.assertEqual(len(lines), 1, result.err)
         self.assertEqual(lines[0], f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use")
         self.assertFalse(os.path.exists(os.path.join(profile, "agent.pid")))
+
+    async def test_metrics_port_in_use(self) -> None:
+        """The metrics port is taken: the same one line, exit non-zero."""
+        registry = await RunningRegistry(self).start()
+        home = os.path.abspath(self.mktemp())
+        profile = make_profile(registry, await registry.enrol("alice"), os.path.join(home, "alice"))
+        with taken_port() as port:
+            result = await run_twistd(
+                ["-n", "sixchat", "--profile", profile, "--no-register", "--no-intermediary", "--listen", "tcp:0:interface=127.0.0.1",
+                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1"],
+                home=home,
+            )
+        self.assertNotEqual(result.code, 0, result)
+        self.assertNotIn("Traceback", result.out + result.err)
+        self.assertEqual(result.err.strip().splitlines(), [f"twistd sixchat: cannot listen on 127.0.0.1 port {port}: Address already in use"])
 
     async def test_port_in_use_daemon(self) -> None:
         """As a daemon (the README's form): the started process exits non-zero and says why."""

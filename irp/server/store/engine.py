@@ -11,6 +11,7 @@ adbapi's thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -86,6 +87,9 @@ class StoreEngine:
         #: Small writes waiting for the next group commit (see _grouped_write).
         self._group_queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
         self._group_running = False
+        #: Told the seconds of every committed write transaction (a group commit is one),
+        #: from its submission to its commit (the metrics endpoint; None: nobody asks).
+        self.commit_observer: Callable[[float], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -259,9 +263,17 @@ class StoreEngine:
                 raise Conflict(f"the change conflicts with stored data ({error.__class__.__name__})") from None
             return result
 
+        observer, started = self.commit_observer, perf_counter()
         result = self.pool.runInteraction(transaction, *args)
+        if observer is not None:
+            result.addCallback(self._committed, observer, started)
         result.addBoth(self._count_write)
         return result.addCallbacks(self._answered, self._unavailable)
+
+    @staticmethod
+    def _committed(result: T, observer: Callable[[float], None], started: float) -> T:
+        observer(perf_counter() - started)
+        return result
 
     def _address_written(self, result: T, username: str, seq: int | None) -> T:
         """Callback of a write of the user's address record (at ``seq``; None: deleted, or

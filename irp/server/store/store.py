@@ -28,11 +28,12 @@ from irp.server.store.crls import CRLTable, StoredCRL
 from irp.server.store.facts import FactsTable
 from irp.server.store.pkcs12 import Pkcs12Table
 from irp.server.store.sixid import SixidTable
+from irp.server.store.stats import StatsTable
 from irp.server.store.users import UserTable
 
 __all__ = ["Account", "RegistryStore", "StoredCRL", "serial_text"]
 
 
-class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable, FactsTable, AuditTable):
+class RegistryStore(UserTable, Pkcs12Table, CRLTable, SixidTable, FactsTable, AuditTable, StatsTable):
     """Persistent users, addresses, certificates, PKCS#12 files, sixid records and the
     audit trail of one domain."""
