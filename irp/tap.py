@@ -73,6 +73,9 @@ class Options(VersionOption, usage.Options):
          " domain's CA certified), open (any key), listed (IDs on the allow list: irp admin sixid-allow)."],
         ["sixid-max-lifetime", None, 86_400, "Longest sixid registration accepted, in seconds.", int],
         ["sixid-max-ids", None, 10_000_000, "Most device IDs sixid holds.", int],
+        ["http-url", None, None, "Public base URL of the HTTP endpoint (e.g. http://pki.example.org/), named in every"
+         " certificate issued from now on (CRL distribution point, OCSP, CA issuers); default with --http-listen:"
+         " http://FIRST-HOSTNAME:PORT/."],
     ]
     optFlags = [
         ["sixid", None, f"Also serve sixid (device ID to address look-ups) on TCP {SIXID_PORT}, IPv6 and IPv4,"
@@ -83,6 +86,7 @@ class Options(VersionOption, usage.Options):
         super().__init__()
         self["listen"] = []
         self["sixid-listen"] = []
+        self["http-listen"] = []
         self["hostnames"] = []
         self["federated-roots"] = []
         self["registries"] = {}
@@ -100,6 +104,11 @@ class Options(VersionOption, usage.Options):
     def opt_sixid_listen(self, description: str) -> None:
         """Endpoint for sixid to listen on (repeatable; implies --sixid); default tcp6:4606:interface=\\:\\:."""
         self["sixid-listen"].append(check_endpoint(description))
+
+    def opt_http_listen(self, description: str) -> None:
+        """Endpoint to serve CRLs, CA certificates, OCSP and /health on over plain HTTP
+        (repeatable; off by default), e.g. tcp:8080 or tcp6:80:interface=\\:\\:."""
+        self["http-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
@@ -203,6 +212,30 @@ class Options(VersionOption, usage.Options):
             import socket
 
             self["hostnames"] = sorted({"localhost", "127.0.0.1", "::1", socket.getfqdn().lower()})
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """--http-url: an http:// URL ending in / (one is added); by default, with
+        --http-listen, http://FIRST-HOSTNAME:PORT/ of the first endpoint."""
+        from irp.server.ca.issuance import PublicationURLs
+
+        url = self["http-url"]
+        if not url and self["http-listen"]:
+            from twisted.internet.endpoints import serverFromString
+
+            port = getattr(serverFromString(None, self["http-listen"][0]), "_port", None)
+            if not isinstance(port, int) or port == 0:
+                raise usage.UsageError("--http-url is required when the first --http-listen has no fixed TCP port")
+            host = self["hostnames"][0]
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+        if url:
+            url = url if url.endswith("/") else url + "/"
+            try:
+                PublicationURLs(url)
+            except ValueError as error:
+                raise usage.UsageError(f"--http-url {self['http-url']}: {error}") from None
+        self["http-url"] = url or None
 
     def _check_sixid(self) -> None:
         from sixid.server.operations import POLICIES
@@ -268,6 +301,8 @@ class Options(VersionOption, usage.Options):
             argon2=Argon2Parameters(memory_kib=self["argon2-memory"]),
             sixid=self.sixid_settings(),
             sixid_listen=self["sixid-listen"],
+            http_listen=self["http-listen"],
+            http_url=self["http-url"],
         )
 
 

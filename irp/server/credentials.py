@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from common.pki import keyfiles
 from common.pki.keyfiles import PrivateKey
 from irp.server.ca import CertificateAuthority, generate_key
+from irp.server.ca.issuance import PublicationURLs
 
 RENEW_BEFORE = timedelta(days=30)
 
@@ -149,18 +150,21 @@ def load_or_create_credentials(
     key_type: str = "p384",
     now: Callable[[], datetime] | None = None,
     renew_before: timedelta = RENEW_BEFORE,
+    publication: PublicationURLs | None = None,
 ) -> ServerCredentials:
     """Load the registry's credentials from ``data_dir``, creating what is missing and
     renewing the server and record-signing certificates when they end within
     ``renew_before`` (or no longer fit: other host names, another issuing CA).
 
-    The registry runs this at start and then daily (see
+    With ``publication``, the certificates issued name the HTTP endpoint (see
+    :mod:`irp.server.http`). The registry runs this at start and then daily (see
     :meth:`irp.server.service.RegistryService.renew_credentials`).
     """
     with data_directory_lock(data_dir):
         ca = CertificateAuthority.load_or_create(
             os.path.join(data_dir, "ca"), domain, key_type=key_type, now=now
         )
+        ca.publication = publication
         moment = ca.now()
         issuing = ca.issuing_certificate
         wanted = {name.lower() for name in hostnames}

@@ -35,6 +35,7 @@ from irp.server.credentials import (
     load_or_create_credentials,
     with_given_server_certificate,
 )
+from irp.server.http.host import HTTPHost, publication_of
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
@@ -95,6 +96,10 @@ class RegistrySettings:
     #: Serve sixid (issue 13) with these settings on ``sixid_listen``; None: not served.
     sixid: SixidSettings | None = None
     sixid_listen: list[str] = field(default_factory=lambda: ["tcp6:4606:interface=\\:\\:"])
+    #: Serve CRLs, CA certificates and OCSP over HTTP on these (main process only), and
+    #: name ``http_url`` (the public base URL) in every certificate issued (issue 14).
+    http_listen: list[str] = field(default_factory=list)
+    http_url: str | None = None
 
     @property
     def database_url(self) -> str:
@@ -125,13 +130,15 @@ class RegistryService(service.Service):
         self._last_security_events: int | None = None
         #: The TLS connection creator of every listener: holds the current context.
         self.tls: ServerTLS | None = None
+        self.http = HTTPHost(settings, reactor) if settings.http_listen and not settings.adopted else None
 
     def prepare_credentials(self) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous)."""
         settings = self.settings
         if self.credentials is None:
             credentials = load_or_create_credentials(
-                settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type
+                settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type,
+                publication=publication_of(settings),
             )
             self.credentials = self._given_tls(credentials)
         return self.credentials
@@ -154,6 +161,8 @@ class RegistryService(service.Service):
         super().privilegedStartService()
         self.early_ports = self._bind()
         self.sixid_early_ports = self._bind_sixid()
+        if self.http is not None:
+            self.http.bind()
 
     def _bind(self) -> EarlyPorts:
         settings = self.settings
@@ -195,6 +204,8 @@ class RegistryService(service.Service):
         self.early_ports = self.sixid_early_ports = None
         if self.sixid is not None:
             self.sixid.stop()
+        if self.http is not None:
+            self.http.release()
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -209,6 +220,8 @@ class RegistryService(service.Service):
             self.ports.extend(await early.ports())
             if sixid_early is not None:
                 self.sixid_ports.extend(await sixid_early.ports())
+            if self.http is not None:
+                await self.http.listen()
         except BaseException:
             if sixid_early is not None:
                 sixid_early.release()
@@ -280,6 +293,8 @@ class RegistryService(service.Service):
         self._last_security_events = await self.store.security_generation()
         self._start_loop(self._sync_generation, settings.sync_interval)
         self._start_loop(self._daily_renewal, settings.renew_interval)
+        if self.http is not None:
+            await self.http.start(self.registry)
         return self
 
     def _start_sixid(self, credentials: ServerCredentials, early: EarlyPorts) -> None:
@@ -333,6 +348,7 @@ class RegistryService(service.Service):
             settings.hostnames,
             key_type=settings.key_type,
             renew_before=renew_before,
+            publication=publication_of(settings),
         )
         # The CA in use stays (it is never renewed here; the same one is on disk).
         new = self._given_tls(
@@ -467,6 +483,8 @@ class RegistryService(service.Service):
             sixid.stop()
             stopping.append(sixid.close_connections(SIXID_CLOSE_GRACE))
             self.sixid = None
+        if self.http is not None:
+            stopping.append(self.http.stop())
 
         async def finish() -> None:
             for waiting in stopping:

@@ -37,6 +37,7 @@ from irp.server.ca.issuance import (
     CLOCK_SKEW_ALLOWANCE,
     DEFAULT_SERVER_VALIDITY,
     DEFAULT_USER_VALIDITY,
+    PublicationURLs,
     aware_utc,
     ca_certificates,
     check_validity,
@@ -44,6 +45,7 @@ from irp.server.ca.issuance import (
     csr_public_key,
     end_entity_builder,
     host_name,
+    publication_extensions,
     subject_key_identifier,
     subject_name,
 )
@@ -95,6 +97,9 @@ class CertificateAuthority:
         self._issuing_certificate = issuing_certificate
         self._issuing_key = issuing_key
         self._clock = now or system_clock
+        #: Where CRLs, CA certificates and the OCSP responder are published over HTTP:
+        #: when set, every end-entity certificate signed from then on names them.
+        self.publication: PublicationURLs | None = None
         self._check_consistency()
         self._root_hash = signature_hash(root_key)
         self._issuing_hash = signature_hash(issuing_key)
@@ -420,7 +425,7 @@ class CertificateAuthority:
         not_after = min(moment + validity, self._issuing_certificate.not_valid_after_utc)
         if not_after <= moment:
             raise CertificateAuthorityError("the issuing CA certificate has expired")
-        return end_entity_builder(
+        builder = end_entity_builder(
             self._issuing_certificate.subject,
             subject,
             public_key,
@@ -429,6 +434,10 @@ class CertificateAuthority:
             not_after,
             extended_key_usage,
         )
+        if self.publication is not None:
+            for extension in publication_extensions(self.publication, self._issuing_certificate):
+                builder = builder.add_extension(extension, critical=False)
+        return builder
 
     def _sign_with_issuing_key(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         return builder.add_extension(
