@@ -79,6 +79,8 @@ class RunningRegistry:
     #: sixid's settings (a sixid.server.service.SixidSettings): served on a port of its own
     #: (:attr:`sixid_port`) when given.
     sixid: Any = None
+    #: Serve the HTTP endpoint (issue 14) on a loopback port of its own (:attr:`http_url`).
+    http: bool = False
 
     @property
     def port(self) -> int:
@@ -91,6 +93,12 @@ class RunningRegistry:
         """The port sixid listens on (``sixid`` given)."""
         assert self.service is not None
         return self.service.sixid_ports[0].getHost().port  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP endpoint (``http`` given), ending in ``/``."""
+        assert self.service is not None and self.service.settings.http_url is not None
+        return self.service.settings.http_url
 
     @property
     def connect_host(self) -> str:
@@ -143,7 +151,13 @@ class RunningRegistry:
             sixid=self.sixid,
             sixid_listen=[listen],
         )
+        if self.http:
+            settings.http_listen = ["tcp:0:interface=127.0.0.1"]
         self.service = RegistryService(settings, global_reactor)
+        if self.service.http is not None:
+            # Bound first: certificates issued at start name the port.
+            (port,) = await self.service.http.bind().ports()
+            settings.http_url = f"http://127.0.0.1:{port.getHost().port}/"  # type: ignore[attr-defined]
         self.service.startService()
         self.testcase.addCleanup(self.service.stopService)
         await self.service.ready
