@@ -152,7 +152,7 @@ def parse_request(der: bytes) -> Query:
         raise OCSPRefusal(malformed, "the request is empty")
     try:
         request = ocsp.load_der_ocsp_request(der)
-    except ValueError as error:
+    except (ValueError, NotImplementedError) as error:
         why = "it asks about more than one certificate" if "more than one" in str(error) else "it is not a DER OCSP request"
         raise OCSPRefusal(malformed, f"the request is malformed: {why}") from None
     try:
