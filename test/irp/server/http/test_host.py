@@ -1,0 +1,146 @@
+"""The HTTP endpoint in the registry: its options, the main process only, the endpoint's
+resources on a real registry over loopback HTTP, and the health check's timeout."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from irp.server.http.publisher import HEALTH_TIMEOUT, Publisher
+from irp.server.service import RegistryService, RegistrySettings
+from irp.tap import Options
+from test.helpers import RunningRegistry
+
+
+def parse(*arguments: str) -> Options:
+    options = Options()
+    options.parseOptions(["--domain", "example.org", "--data-dir", "/nonexistent/irp", *arguments])
+    return options
+
+
+class OptionTests(TestCase):
+    """--http-listen and --http-url."""
+
+    def test_off_by_default(self) -> None:
+        """Nothing is served and no URL named unless asked."""
+        options = parse()
+        self.assertEqual((options["http-listen"], options["http-url"]), ([], None))
+
+    def test_default_url(self) -> None:
+        """The URL defaults to the first host name and the first endpoint's port (none for 80)."""
+        options = parse("--hostname", "pki.example.org", "--http-listen", "tcp:8080")
+        self.assertEqual(options["http-url"], "http://pki.example.org:8080/")
+        options = parse("--hostname", "::1", "--http-listen", "tcp6:80:interface=\\:\\:")
+        self.assertEqual(options["http-url"], "http://[::1]/")
+        self.assertEqual(options.settings().http_listen, ["tcp6:80:interface=\\:\\:"])
+
+    def test_given_url(self) -> None:
+        """A given URL gets its trailing slash; it needs no --http-listen (another process
+        or a proxy serves it)."""
+        self.assertEqual(parse("--http-url", "http://pki.example.org").settings().http_url, "http://pki.example.org/")
+
+    def test_bad(self) -> None:
+        """A URL that is not http://, an endpoint that does not parse, a UNIX socket without
+        a URL: refused with a reason."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--http-url", "ftp://pki.example.org/")
+        self.assertIn("http://", str(caught.exception))
+        with self.assertRaises(usage.UsageError):
+            parse("--http-listen", "nonsense:1")
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--http-listen", "unix:/tmp/irp-http.sock")
+        self.assertIn("--http-url is required", str(caught.exception))
+
+    def test_main_process_only(self) -> None:
+        """A worker (adopted sockets) does not serve HTTP, but names the URL."""
+        settings = RegistrySettings(domain="example.org", data_dir="/nonexistent", http_listen=["tcp:8080"], http_url="http://x/")
+        self.assertIsNotNone(RegistryService(settings, reactor).http)
+        settings.adopted = [(3, 2)]
+        self.assertIsNone(RegistryService(settings, reactor).http)
+
+
+class HealthTimeoutTests(TestCase):
+    """The health check's deadline."""
+
+    def test_slow_database(self) -> None:
+        """A read that does not answer within 5 seconds: unhealthy, saying so."""
+
+        class Store:
+            def security_generation(self) -> Deferred[int]:
+                return Deferred()
+
+        class Registry:
+            store = Store()
+
+        clock = Clock()
+        checking = Deferred.fromCoroutine(Publisher(Registry(), clock).health())  # type: ignore[arg-type]
+        clock.advance(HEALTH_TIMEOUT - 0.1)
+        self.assertNoResult(checking)
+        clock.advance(0.2)
+        self.assertEqual(self.successResultOf(checking), "the database did not answer within 5 seconds")
+
+
+class EndpointTests(TestCase):
+    """A real registry's endpoint over loopback HTTP."""
+
+    timeout = 30
+
+    async def get(self, running: RunningRegistry, path: str) -> tuple[int, Headers, bytes]:
+        response = await Agent(reactor).request(b"GET", (running.http_url + path).encode())
+        return response.code, response.headers, await readBody(response)
+
+    async def test_resources(self) -> None:
+        """The CA certificates by name and label, the CRLs IRP's get-crl serves (the same
+        bytes), and /health."""
+        from irp.server.ca.issuance import issuer_label
+
+        running = await RunningRegistry(self, http=True).start()
+        ca = running.ca
+        label = issuer_label(ca.issuing_certificate)
+        code, headers, body = await self.get(running, "ca/root.crt")
+        self.assertEqual((code, body), (200, ca.root_certificate.public_bytes(Encoding.DER)))
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/pkix-cert"])
+        for name in ("issuing", label):
+            code, _, body = await self.get(running, f"ca/{name}.crt")
+            self.assertEqual((code, body), (200, ca.issuing_certificate.public_bytes(Encoding.DER)))
+        client = await running.client()
+        crls = {info.issuer: info.crl for info in await client.get_crls()}
+        for name, issuer in (("issuing", "issuing"), (label, "issuing"), ("root", "root")):
+            code, headers, body = await self.get(running, f"crl/{name}.crl")
+            self.assertEqual(code, 200)
+            self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/pkix-crl"])
+            self.assertEqual(x509.load_der_x509_crl(body), crls[issuer])
+        code, _, body = await self.get(running, "crl/issuing-0123456789abcdef.crl")
+        self.assertEqual(code, 404)
+        self.assertEqual(await self.get(running, "health"), (200, await self._headers(running), b"ok\n"))
+
+    async def _headers(self, running: RunningRegistry) -> Headers:
+        return (await self.get(running, "health"))[1]
+
+    async def test_revocation_reaches_the_crl(self) -> None:
+        """After a revocation the served CRL lists the certificate."""
+        running = await RunningRegistry(self, http=True).start()
+        user = await running.enrol("alice")
+        _, _, before = await self.get(running, "crl/issuing.crl")
+        self.assertIsNone(x509.load_der_x509_crl(before).get_revoked_certificate_by_serial_number(user.serial))
+        await running.store.revoke_certificate(user.serial, "superseded")
+        _, _, after = await self.get(running, "crl/issuing.crl")
+        entry = x509.load_der_x509_crl(after).get_revoked_certificate_by_serial_number(user.serial)
+        assert entry is not None
+        self.assertEqual(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason, x509.ReasonFlags.superseded)
+
+    async def test_stops(self) -> None:
+        """Stopping the endpoint (as the registry's stopService does) closes its port."""
+        running = await RunningRegistry(self, http=True).start()
+        assert running.service is not None and running.service.http is not None
+        port = running.service.http.ports[0]
+        await running.service.http.stop()
+        self.assertFalse(port.connected)  # type: ignore[attr-defined]
+        self.assertEqual(running.service.http.ports, [])
