@@ -158,7 +158,9 @@ class SignTests(TestCase):
         self.assertEqual(response.certificates, [responder.certificate])
         key = responder.certificate.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm))
+        algorithm = response.signature_hash_algorithm
+        assert algorithm is not None
+        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
         responder.certificate.verify_directly_issued_by(ca.issuing_certificate)
 
     def test_refusals(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +14,7 @@ from cryptography.x509 import ocsp
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from irp.server.http.publisher import Published
@@ -58,8 +58,9 @@ class SiteTests(TestCase):
         )
         self.site = PKISite(PKIResource(self.publisher, self.responder, self.clock.seconds), self.clock)  # type: ignore[arg-type]
         self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def connect(self) -> tuple[Any, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
