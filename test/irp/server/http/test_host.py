@@ -3,6 +3,8 @@ resources on a real registry over loopback HTTP, and the health check's timeout.
 
 from __future__ import annotations
 
+import os
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor
@@ -23,6 +25,12 @@ def parse(*arguments: str) -> Options:
     options = Options()
     options.parseOptions(["--domain", "example.org", "--data-dir", "/nonexistent/irp", *arguments])
     return options
+
+
+async def http_get(running: RunningRegistry, path: str) -> tuple[int, Headers, bytes]:
+    """GET ``path`` of the running registry's HTTP endpoint: (code, headers, body)."""
+    response = await Agent(reactor).request(b"GET", (running.http_url + path).encode())
+    return response.code, response.headers, await readBody(response)
 
 
 class OptionTests(TestCase):
@@ -92,10 +100,6 @@ class EndpointTests(TestCase):
 
     timeout = 30
 
-    async def get(self, running: RunningRegistry, path: str) -> tuple[int, Headers, bytes]:
-        response = await Agent(reactor).request(b"GET", (running.http_url + path).encode())
-        return response.code, response.headers, await readBody(response)
-
     async def test_resources(self) -> None:
         """The CA certificates by name and label, the CRLs IRP's get-crl serves (the same
         bytes), and /health."""
@@ -104,34 +108,34 @@ class EndpointTests(TestCase):
         running = await RunningRegistry(self, http=True).start()
         ca = running.ca
         label = issuer_label(ca.issuing_certificate)
-        code, headers, body = await self.get(running, "ca/root.crt")
+        code, headers, body = await http_get(running, "ca/root.crt")
         self.assertEqual((code, body), (200, ca.root_certificate.public_bytes(Encoding.DER)))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/pkix-cert"])
         for name in ("issuing", label):
-            code, _, body = await self.get(running, f"ca/{name}.crt")
+            code, _, body = await http_get(running, f"ca/{name}.crt")
             self.assertEqual((code, body), (200, ca.issuing_certificate.public_bytes(Encoding.DER)))
         client = await running.client()
         crls = {info.issuer: info.crl for info in await client.get_crls()}
         for name, issuer in (("issuing", "issuing"), (label, "issuing"), ("root", "root")):
-            code, headers, body = await self.get(running, f"crl/{name}.crl")
+            code, headers, body = await http_get(running, f"crl/{name}.crl")
             self.assertEqual(code, 200)
             self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/pkix-crl"])
             self.assertEqual(x509.load_der_x509_crl(body), crls[issuer])
-        code, _, body = await self.get(running, "crl/issuing-0123456789abcdef.crl")
+        code, _, body = await http_get(running, "crl/issuing-0123456789abcdef.crl")
         self.assertEqual(code, 404)
-        self.assertEqual(await self.get(running, "health"), (200, await self._headers(running), b"ok\n"))
+        self.assertEqual(await http_get(running, "health"), (200, await self._headers(running), b"ok\n"))
 
     async def _headers(self, running: RunningRegistry) -> Headers:
-        return (await self.get(running, "health"))[1]
+        return (await http_get(running, "health"))[1]
 
     async def test_revocation_reaches_the_crl(self) -> None:
         """After a revocation the served CRL lists the certificate."""
         running = await RunningRegistry(self, http=True).start()
         user = await running.enrol("alice")
-        _, _, before = await self.get(running, "crl/issuing.crl")
+        _, _, before = await http_get(running, "crl/issuing.crl")
         self.assertIsNone(x509.load_der_x509_crl(before).get_revoked_certificate_by_serial_number(user.serial))
         await running.store.revoke_certificate(user.serial, "superseded")
-        _, _, after = await self.get(running, "crl/issuing.crl")
+        _, _, after = await http_get(running, "crl/issuing.crl")
         entry = x509.load_der_x509_crl(after).get_revoked_certificate_by_serial_number(user.serial)
         assert entry is not None
         self.assertEqual(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason, x509.ReasonFlags.superseded)
@@ -144,3 +148,54 @@ class EndpointTests(TestCase):
         await running.service.http.stop()
         self.assertFalse(port.connected)  # type: ignore[attr-defined]
         self.assertEqual(running.service.http.ports, [])
+
+
+class RetiredIssuerTests(TestCase):
+    """An issuing CA replaced by a rotation (``ca.retired_issuers``) keeps its CRL, its
+    certificate and its OCSP answers under its label."""
+
+    timeout = 30
+
+    async def test_retired_issuer(self) -> None:
+        """Its certificate and CRL (signed by its key) by label; its own responder answers
+        for the certificates it issued, from ca/ocsp/<label>/."""
+        import datetime
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509 import ocsp
+
+        from common.identity import Identity
+        from common.pki.keyfiles import fingerprint
+        from irp.server.ca import CertificateAuthority, generate_key
+        from irp.server.ca.issuance import ca_certificates, issuer_label
+
+        running = await RunningRegistry(self, http=True).start()
+        ca = running.ca
+        old_key = generate_key("p256")
+        _, old_issuer = ca_certificates(ca.domain, ca.root_key, old_key, ca.now() - datetime.timedelta(days=400))
+        old_ca = CertificateAuthority(ca.domain, ca.root_certificate, ca.root_key, old_issuer, old_key)
+        ca.retired_issuers = [(old_issuer, old_key)]  # type: ignore[attr-defined]
+        label = issuer_label(old_issuer)
+        self.assertNotEqual(label, issuer_label(ca.issuing_certificate))
+        code, _, body = await http_get(running, f"ca/{label}.crt")
+        self.assertEqual((code, body), (200, old_issuer.public_bytes(Encoding.DER)))
+        await running.add_user("alice")
+        old = old_ca.issue_user_certificate(Identity("alice", ca.domain), generate_key("p256").public_key())
+        await running.store.add_certificate("alice", old, fingerprint(old))
+        await running.store.revoke_certificate(old.serial_number, "superseded")
+        code, _, body = await http_get(running, f"crl/{label}.crl")
+        crl = x509.load_der_x509_crl(body)
+        self.assertEqual(crl.issuer, old_issuer.subject)
+        self.assertTrue(crl.is_signature_valid(old_key.public_key()))  # type: ignore[arg-type]
+        self.assertIsNotNone(crl.get_revoked_certificate_by_serial_number(old.serial_number))
+
+        host = running.service.http  # type: ignore[union-attr]
+        assert host is not None and host.responder is not None
+        await host._renew()  # the daily check takes the retired issuer in
+        self.assertTrue(os.path.isfile(os.path.join(running.data_dir, "ca", "ocsp", label, "key.pem")))
+        request = ocsp.OCSPRequestBuilder().add_certificate(old, old_issuer, hashes.SHA1()).build()
+        answer = await host.responder.answer(request.public_bytes(Encoding.DER))
+        response = ocsp.load_der_ocsp_response(answer.body)
+        self.assertEqual(response.certificate_status, ocsp.OCSPCertStatus.REVOKED)
+        (signer,) = response.certificates
+        signer.verify_directly_issued_by(old_issuer)
