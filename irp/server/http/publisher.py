@@ -125,7 +125,11 @@ class Publisher:
         except Exception as error:  # noqa: BLE001 - any failure is an unhealthy database
             from twisted.internet.defer import TimeoutError as DeferredTimeout
 
+            from irp.errors import Unavailable
+
             if isinstance(error, DeferredTimeout):
                 return f"the database did not answer within {HEALTH_TIMEOUT:g} seconds"
-            return f"the database is unavailable: {error}"
+            if isinstance(error, Unavailable):
+                return "the database is unavailable"
+            return f"reading the database failed: {error.__class__.__name__}: {error}"
         return None

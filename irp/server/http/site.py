@@ -141,6 +141,18 @@ class DeadlineChannel(http.HTTPChannel):
         self._cancel_deadline()
         super().connectionLost(reason)
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """A request that is not HTTP/1.x or too long (twisted.web's 400): logged too."""
+        log.info(
+            "HTTP: refused a malformed or oversized request line or headers from {peer} (400)",
+            peer=str(getattr(getattr(self.transport, "getPeer", lambda: None)(), "host", "?")),
+        )
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request or header line over 16 KiB: 400 (twisted.web would just close)."""
+        self._respondToBadRequestAndDisconnect()
+
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             if self._deadline.active():

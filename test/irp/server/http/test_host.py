@@ -94,6 +94,22 @@ class HealthTimeoutTests(TestCase):
         clock.advance(0.2)
         self.assertEqual(self.successResultOf(checking), "the database did not answer within 5 seconds")
 
+    def test_unavailable(self) -> None:
+        """The store's Unavailable: said so, in one line."""
+        from twisted.internet.defer import fail
+
+        from irp.errors import Unavailable
+
+        class Store:
+            def security_generation(self) -> Deferred[int]:
+                return fail(Unavailable("the registry's database is unavailable; try again later"))
+
+        class Registry:
+            store = Store()
+
+        checking = Deferred.fromCoroutine(Publisher(Registry(), Clock()).health())  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(checking), "the database is unavailable")
+
 
 class EndpointTests(TestCase):
     """A real registry's endpoint over loopback HTTP."""

@@ -150,6 +150,20 @@ class SiteTests(TestCase):
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
         self.assertFalse(transport.disconnecting)
 
+    def test_bad_http(self) -> None:
+        """Not HTTP, or headers too long: 400 from twisted.web, closed, logged."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"\x16\x03\x01garbage\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertTrue(transport.disconnecting)
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /health HTTP/1.1\r\n" + b"X-Padding: " + b"a" * 17_000 + b"\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /health HTTP/1.1\r\n" + b"X-Padding: " + b"a" * 9_000 + b"\r\n" + b"X-More: " + b"a" * 9_000 + b"\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(len(self.refusals()), 3)
+
     def test_malformed_ocsp(self) -> None:
         """Bytes that are not an OCSP request: a malformedRequest response (HTTP 200), logged."""
         response = self.ocsp_body(self.post(b"\x30\x82\xff\xff garbage"))
