@@ -2,7 +2,8 @@
 refusals (see docs/http.rst). A thin adapter over :class:`~.publisher.Publisher` and
 :class:`~.responder.OCSPResponder`.
 
-Hostile input: a request body over :data:`MAX_BODY` is refused with 413 as soon as its
+Hostile input: past :data:`MAX_CONNECTIONS_PER_ADDRESS` open connections from one address
+new ones are closed at once; a request body over :data:`MAX_BODY` is refused with 413 as soon as its
 length is known (or its chunks pass the cap) and the connection closed; a request must
 arrive whole within :data:`REQUEST_DEADLINE` seconds of its first byte (else 408 and the
 connection closed); an idle connection is closed after :data:`IDLE_TIMEOUT` seconds;
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from common.limits import ConnectionCounter, SlidingWindow, address_key
 from irp.server.http.ocsp import MAX_OCSP_REQUEST
 from irp.server.http.publisher import Publisher
 from irp.server.http.responder import OCSPResponder
@@ -41,6 +43,10 @@ REQUEST_DEADLINE = 30.0
 IDLE_TIMEOUT = 15.0
 #: How long HTTP caches may keep a CA certificate, in seconds.
 CERTIFICATE_MAX_AGE = 86_400
+#: Open connections allowed per client address (IPv4, or IPv6 /64); more are closed at once.
+MAX_CONNECTIONS_PER_ADDRESS = 64
+#: Refused connections are logged once per address per this many seconds.
+REFUSAL_LOG_WINDOW = 60.0
 #: The longest path accepted (a GET OCSP request in base64 fits well within).
 MAX_PATH = 4096
 
@@ -137,9 +143,16 @@ class DeadlineChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Forget the deadline."""
+        """Forget the deadline and the connection's count."""
         self._cancel_deadline()
+        site = getattr(self, "site", None)
+        if isinstance(site, PKISite):
+            site.connections.release(self._host)
         super().connectionLost(reason)
+
+    @property
+    def _host(self) -> str:
+        return str(getattr(getattr(self.transport, "getPeer", lambda: None)(), "host", ""))
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """A request that is not HTTP/1.x or too long (twisted.web's 400): logged too."""
@@ -316,14 +329,28 @@ class PKIResource(Resource):
 
 
 class PKISite(server.Site):
-    """The site: capped requests, per-request deadlines, no access log (refusals are
-    logged by the resource)."""
+    """The site: connections per address capped, capped requests, per-request deadlines,
+    no access log (refusals are logged by the resource)."""
 
     protocol = DeadlineChannel  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, resource: PKIResource, reactor: Any) -> None:
+    def __init__(self, resource: PKIResource, reactor: Any, max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS) -> None:
         super().__init__(resource, requestFactory=CappedRequest, reactor=reactor, timeout=IDLE_TIMEOUT)
+        self.connections = ConnectionCounter(max_connections_per_address)
+        self._refused = SlidingWindow(reactor, limit=1, window=REFUSAL_LOG_WINDOW)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel, or None (closed at once) past the address's connection limit."""
+        host = str(getattr(addr, "host", ""))
+        if not self.connections.acquire(host):
+            if self._refused.record(address_key(host)) == 1:
+                log.info(
+                    "HTTP: refusing connections from {peer}: over {limit} open (logged once a minute)",
+                    peer=host, limit=self.connections.limit,
+                )
+            return None
+        return super().buildProtocol(addr)
 
     def log(self, request: Any) -> None:
         """No access log line per request (a responder answers thousands a second)."""

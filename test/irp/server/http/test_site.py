@@ -12,9 +12,11 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from irp.server.http.publisher import Published
@@ -62,9 +64,9 @@ class SiteTests(TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
-    def connect(self) -> tuple[Any, StringTransport]:
-        channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+    def connect(self, host: str = "192.0.2.7") -> tuple[Any, StringTransport]:
+        channel = self.site.buildProtocol(IPv4Address("TCP", host, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         channel.makeConnection(transport)
         return channel, transport
 
@@ -149,6 +151,20 @@ class SiteTests(TestCase):
             self.clock.advance(REQUEST_DEADLINE - 20)
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
         self.assertFalse(transport.disconnecting)
+
+    def test_connections_per_address(self) -> None:
+        """Past 64 open connections from one address, new ones are closed at once (logged
+        once); other addresses still get in; a closed one frees its place."""
+        from irp.server.http.site import MAX_CONNECTIONS_PER_ADDRESS
+
+        opened = [self.connect() for _ in range(MAX_CONNECTIONS_PER_ADDRESS)]
+        for _ in range(3):
+            self.assertIsNone(self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40001)))
+        self.assertEqual(len([e for e in self.events if "refusing connections" in str(e.get("log_format"))]), 1)
+        self.assertIsNotNone(self.site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 40001)))
+        channel, _transport = opened[0]
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40002)))
 
     def test_bad_http(self) -> None:
         """Not HTTP, or headers too long: 400 from twisted.web, closed, logged."""
