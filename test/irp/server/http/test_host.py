@@ -7,11 +7,12 @@ import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
@@ -215,3 +216,57 @@ class RetiredIssuerTests(TestCase):
         self.assertEqual(response.certificate_status, ocsp.OCSPCertStatus.REVOKED)
         (signer,) = response.certificates
         signer.verify_directly_issued_by(old_issuer)
+
+
+async def ocsp_post(running: RunningRegistry, der: bytes) -> ocsp.OCSPResponse:
+    """POST an OCSP request to the running registry's responder; the parsed response."""
+    from io import BytesIO
+
+    from twisted.web.client import FileBodyProducer
+
+    response = await Agent(reactor).request(
+        b"POST",
+        (running.http_url + "ocsp").encode(),
+        Headers({b"Content-Type": [b"application/ocsp-request"]}),
+        FileBodyProducer(BytesIO(der)),
+    )
+    return ocsp.load_der_ocsp_response(await readBody(response))
+
+
+class SharedDatabaseTests(TestCase):
+    """A revocation through another registry process sharing the database reaches this
+    one's responder (its cache) and CRL at once."""
+
+    timeout = 60
+
+    async def check(self, database: str | None) -> None:
+        from cryptography.hazmat.primitives import hashes
+
+        data_dir = os.path.abspath(self.mktemp())
+        serving = await RunningRegistry(self, database=database, data_dir=data_dir, http=True).start()
+        other = await RunningRegistry(self, database=database, data_dir=data_dir).start()
+        alice = await other.enrol("alice")
+        request = ocsp.OCSPRequestBuilder().add_certificate(alice.certificate, serving.ca.issuing_certificate, hashes.SHA1()).build()
+        der = request.public_bytes(Encoding.DER)
+        self.assertEqual((await ocsp_post(serving, der)).certificate_status, ocsp.OCSPCertStatus.GOOD)
+        self.assertEqual((await ocsp_post(serving, der)).certificate_status, ocsp.OCSPCertStatus.GOOD)
+        await other.store.revoke_certificate(alice.serial, "cessation-of-operation")
+        answer = await ocsp_post(serving, der)
+        self.assertEqual(answer.certificate_status, ocsp.OCSPCertStatus.REVOKED)
+        self.assertEqual(answer.revocation_reason, x509.ReasonFlags.cessation_of_operation)
+        _, _, body = await http_get(serving, "crl/issuing.crl")
+        self.assertIsNotNone(x509.load_der_x509_crl(body).get_revoked_certificate_by_serial_number(alice.serial))
+
+    async def test_sqlite(self) -> None:
+        """Two processes on one SQLite file."""
+        await self.check(None)
+
+    async def test_postgresql(self) -> None:
+        """Two processes on one PostgreSQL database."""
+        from test.pgserver import PostgresServer, PostgresUnavailable
+
+        try:
+            server = PostgresServer.shared()
+        except PostgresUnavailable as error:
+            raise SkipTest(f"no PostgreSQL server: {error}") from None
+        await self.check(server.create_database())
