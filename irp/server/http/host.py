@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
@@ -79,6 +80,13 @@ class HTTPHost:
             endpoints=", ".join(describe_port(port) for port in self.ports),
             url=self.settings.http_url,
         )
+        host = urlsplit(self.settings.http_url or "").hostname
+        if host in ("localhost", "127.0.0.1", "::1"):
+            log.warn(
+                "Certificates name {url}, which only this machine can reach: give --http-url with"
+                " the public URL clients will use",
+                url=self.settings.http_url,
+            )
         self._loop = LoopingCall(self._renew)
         self._loop.clock = self.reactor
         self._loop.start(RENEW_INTERVAL, now=False)

@@ -115,6 +115,7 @@ class CappedRequest(server.Request):
 
     def _refuse_body(self, what: str) -> None:
         self._refused = True
+        self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after the refusal
         transport: Any = self.channel.transport
         log.info(
             "HTTP: refused {what} over {cap} bytes from {peer}",
@@ -130,6 +131,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     request_deadline = REQUEST_DEADLINE
     _deadline: Any = None
+    _abort: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         """Start the deadline with a request's first byte."""
@@ -145,6 +147,8 @@ class DeadlineChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Forget the deadline and the connection's count."""
         self._cancel_deadline()
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
         site = getattr(self, "site", None)
         if isinstance(site, PKISite):
             site.connections.release(self._host)
@@ -180,7 +184,7 @@ class DeadlineChannel(http.HTTPChannel):
             peer=str(getattr(transport.getPeer(), "host", "?")), seconds=self.request_deadline,
         )
         _raw_refusal(transport, 408, "Request Timeout", "the request took too long to arrive")
-        self.callLater(1.0, transport.abortConnection)
+        self._abort = self.callLater(1.0, transport.abortConnection)
 
 
 class PKIResource(Resource):

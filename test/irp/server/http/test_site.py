@@ -105,6 +105,16 @@ class SiteTests(TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.refusals()), 1)
 
+    def test_body_too_large_expecting_continue(self) -> None:
+        """A client that waits for "100 Continue" before sending a body over the cap gets
+        the 413 alone."""
+        reply = self.exchange(
+            b"POST /ocsp HTTP/1.1\r\nHost: pki\r\nContent-Type: application/ocsp-request\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        self.assertTrue(reply.startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", reply)
+
     def test_chunked_body_too_large(self) -> None:
         """A chunked body passing 16 KiB: 413, closed, its request never handled."""
         channel, transport = self.connect()
