@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import re
 from collections.abc import Callable, Coroutine
+from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -96,7 +97,8 @@ class CappedRequest(server.Request):
         if length is not None and length > self.max_body:
             self._refuse_body(f"a {length}-byte body")
             return
-        super().gotLength(length)
+        # Capped: always in memory (twisted.web would spool a chunked body to a file).
+        self.content = BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         """Count the body as it comes (chunked bodies declare no length)."""
