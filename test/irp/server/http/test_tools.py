@@ -180,3 +180,21 @@ class OpenSSLTests(TestCase):
         self.assertEqual(os.stat(os.path.join(folder, "key.pem")).st_mode & 0o777, 0o600)
         with open(os.path.join(folder, "certificate.pem"), "rb") as handle:
             self.assertEqual(x509.load_pem_x509_certificate(handle.read()), certificate)
+
+    async def test_several_certificates_and_signed_requests(self) -> None:
+        """openssl ocsp asking about two certificates at once gets malformedRequest; a
+        signed request is answered (its signature is not needed)."""
+        from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+        await self.start()
+        alice, alice_path = await self.enrol("alice")
+        _bob, bob_path = await self.enrol("bob")
+        code, output = await self.ocsp("-cert", alice_path, "-cert", bob_path)
+        self.assertNotEqual(code, 0)
+        self.assertIn("Responder Error: malformedrequest", output)
+        key_path = self.path("alice.key")
+        with open(key_path, "wb") as handle:
+            handle.write(alice.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        code, output = await self.ocsp("-cert", alice_path, "-signer", alice_path, "-signkey", key_path)
+        self.assertEqual(code, 0, output)
+        self.assertIn(f"{alice_path}: good", output)
