@@ -83,29 +83,40 @@ def load_or_issue_responders(
     *,
     key_type: str = "p384",
     renew_before: datetime.timedelta = RESPONDER_RENEW_BEFORE,
+    issued: list[x509.Certificate] | None = None,
 ) -> list[Responder]:
     """The responders of every issuing CA of ``ca`` (see :func:`issuers_of`), loaded from
     ``<data_dir>/ca/ocsp/``, with keys and certificates made or renewed as needed (under
-    the data directory's lock, so processes starting together agree)."""
+    the data directory's lock, so processes starting together agree). The certificates
+    issued now (new or renewed) are appended to ``issued``."""
+    made = issued if issued is not None else []
     responders = []
     with data_directory_lock(data_dir):
         moment = ca.now()
         base = os.path.join(data_dir, "ca", "ocsp")
         for index, (issuer, issuer_key) in enumerate(issuers_of(ca)):
             directory = base if index == 0 else os.path.join(base, issuer_label(issuer))
-            key, certificate = _load_or_issue(
+            loaded = _load_or_issue(
                 directory,
                 moment,
                 lambda: generate_key(key_type),
-                partial(_issue, ca, issuer, issuer_key, moment),
+                partial(_issue, ca, issuer, issuer_key, moment, made),
                 partial(issued_by, issuer=issuer),
                 renew_before,
             )
+            key, certificate = loaded[0], loaded[1]
             responders.append(Responder(issuer, certificate, key))
     return responders
 
 
 def _issue(
-    ca: CertificateAuthority, issuer: x509.Certificate, issuer_key: PrivateKey, moment: datetime.datetime, key: PrivateKey
+    ca: CertificateAuthority,
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    moment: datetime.datetime,
+    made: list[x509.Certificate],
+    key: PrivateKey,
 ) -> x509.Certificate:
-    return responder_certificate(ca.domain, issuer, issuer_key, key.public_key(), moment, ca.publication)
+    certificate = responder_certificate(ca.domain, issuer, issuer_key, key.public_key(), moment, ca.publication)
+    made.append(certificate)
+    return certificate

@@ -10,6 +10,7 @@ import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from common.startup import EarlyPorts
 from irp.server.ca.issuance import PublicationURLs
 from irp.server.http.credentials import load_or_issue_responders
+from irp.server.http.ocsp import Responder
 from irp.server.http.publisher import Publisher
 from irp.server.http.responder import OCSPResponder
 from irp.server.http.site import PKIResource, PKISite
@@ -91,16 +93,26 @@ class HTTPHost:
         self._loop.clock = self.reactor
         self._loop.start(RENEW_INTERVAL, now=False)
 
-    def _load_responders(self) -> Deferred[Any]:
+    async def _load_responders(self) -> list[Responder]:
+        """Load the responder credentials (in a thread: files, a lock, maybe a new key);
+        log each certificate issued or renewed."""
         assert self.registry is not None
-        return deferToThreadPool(
+        issued: list[x509.Certificate] = []
+        responders: list[Responder] = await deferToThreadPool(
             self.reactor,
             self.reactor.getThreadPool(),
             load_or_issue_responders,
             self.settings.data_dir,
             self.registry.ca,
             key_type=self.settings.key_type,
+            issued=issued,
         )
+        for certificate in issued:
+            log.info(
+                "Issued the OCSP responder certificate, valid until {until}",
+                until=certificate.not_valid_after_utc.isoformat(),
+            )
+        return responders
 
     async def _renew(self) -> None:
         """The daily check: renewed responder certificates are used at once."""
@@ -112,10 +124,6 @@ class HTTPHost:
             return
         if [r.certificate for r in responders] != [r.certificate for r in self.responder.responders]:
             self.responder.responders = responders
-            log.info(
-                "Renewed the OCSP responder certificate, valid until {until}",
-                until=responders[0].certificate.not_valid_after_utc.isoformat(),
-            )
 
     def release(self) -> None:
         """The registry could not start: let the ports go."""

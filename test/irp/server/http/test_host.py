@@ -270,3 +270,29 @@ class SharedDatabaseTests(TestCase):
         except PostgresUnavailable as error:
             raise SkipTest(f"no PostgreSQL server: {error}") from None
         await self.check(server.create_database())
+
+
+class ResponderLogTests(TestCase):
+    """The start log tells when an OCSP responder certificate was issued or renewed."""
+
+    timeout = 30
+
+    async def test_issued_once(self) -> None:
+        """The first start issues it (one line); the next start loads it (no line)."""
+        from typing import cast
+
+        from twisted.logger import ILogObserver, globalLogPublisher
+
+        events: list[dict[str, object]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        def issued() -> int:
+            return len([event for event in events if "Issued the OCSP responder" in str(event.get("log_format"))])
+
+        data_dir = os.path.abspath(self.mktemp())
+        await RunningRegistry(self, data_dir=data_dir, http=True).start()
+        self.assertEqual(issued(), 1)
+        await RunningRegistry(self, data_dir=data_dir, http=True).start()
+        self.assertEqual(issued(), 1)
