@@ -219,6 +219,18 @@ class ResponderTests(TestCase):
         self.assertIsNone(third.revocation_reason)  # unspecified is left out, as in the CRL
         self.assertEqual(self.responder.signed, 2)
 
+    async def test_new_responder_certificate(self) -> None:
+        """Renewed responder certificates drop the kept responses: the next is signed by
+        the new one."""
+        self.source.add(self.certificate)
+        await self.ask()
+        key = generate_key("p256")
+        renewed = responder_certificate("example.org", self.ca.issuing_certificate, self.ca.issuing_key, key.public_key(), NOW)
+        self.responder.responders = [Responder(self.ca.issuing_certificate, renewed, key)]
+        response = await self.ask()
+        self.assertEqual(self.responder.signed, 2)
+        self.assertEqual(response.certificates, [renewed])
+
     async def test_cache_refreshed_at_half_life(self) -> None:
         """A kept response is replaced once half its lifetime (an hour) has passed."""
         self.source.add(self.certificate)
