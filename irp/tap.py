@@ -75,6 +75,9 @@ class Options(VersionOption, usage.Options):
         ["sixid-max-ids", None, 10_000_000, "Most device IDs sixid holds.", int],
         ["key-passphrase-file", None, None, "A file (mode 0600) whose first line is the passphrase of the"
          " CA's encrypted keys (irp-ca protect-keys); default: the file named by IRP_KEY_PASSPHRASE_FILE."],
+        ["http-url", None, None, "Public base URL of the HTTP endpoint (e.g. http://pki.example.org/), named in every"
+         " certificate issued from now on (CRL distribution point, OCSP, CA issuers); default with --http-listen:"
+         " http://FIRST-HOSTNAME:PORT/."],
     ]
     optFlags = [
         ["sixid", None, f"Also serve sixid (device ID to address look-ups) on TCP {SIXID_PORT}, IPv6 and IPv4,"
@@ -85,6 +88,7 @@ class Options(VersionOption, usage.Options):
         super().__init__()
         self["listen"] = []
         self["sixid-listen"] = []
+        self["http-listen"] = []
         self["hostnames"] = []
         self["federated-roots"] = []
         self["registries"] = {}
@@ -107,6 +111,10 @@ class Options(VersionOption, usage.Options):
     def opt_metrics_listen(self, description: str) -> None:
         """Endpoint serving Prometheus metrics over plain HTTP at /metrics (repeatable; off by default), e.g. tcp:9604:interface=127.0.0.1; with --workers, worker N serves its own on the port plus N - 1."""
         self["metrics-listen"].append(check_endpoint(description))
+    def opt_http_listen(self, description: str) -> None:
+        """Endpoint to serve CRLs, CA certificates, OCSP and /health on over plain HTTP
+        (repeatable; off by default), e.g. tcp:8080 or tcp6:80:interface=\\:\\:."""
+        self["http-listen"].append(check_endpoint(description))
 
     def opt_hostname(self, name: str) -> None:
         """Name or address for the server certificate (repeatable; default: localhost, 127.0.0.1, ::1, this host's name)."""
@@ -212,6 +220,30 @@ class Options(VersionOption, usage.Options):
             import socket
 
             self["hostnames"] = sorted({"localhost", "127.0.0.1", "::1", socket.getfqdn().lower()})
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """--http-url: an http:// URL ending in / (one is added); by default, with
+        --http-listen, http://FIRST-HOSTNAME:PORT/ of the first endpoint."""
+        from irp.server.ca.issuance import PublicationURLs
+
+        url = self["http-url"]
+        if not url and self["http-listen"]:
+            from twisted.internet.endpoints import serverFromString
+
+            port = getattr(serverFromString(None, self["http-listen"][0]), "_port", None)
+            if not isinstance(port, int) or port == 0:
+                raise usage.UsageError("--http-url is required when the first --http-listen has no fixed TCP port")
+            host = self["hostnames"][0]
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}/" if port == 80 else f"http://{host}:{port}/"
+        if url:
+            url = url if url.endswith("/") else url + "/"
+            try:
+                PublicationURLs(url)
+            except ValueError as error:
+                raise usage.UsageError(f"--http-url {self['http-url']}: {error}") from None
+        self["http-url"] = url or None
 
     def _check_caops(self) -> None:
         """Read the CA keys' passphrase (kept out of the options' dictionary)."""
@@ -300,6 +332,8 @@ class Options(VersionOption, usage.Options):
             sixid_listen=self["sixid-listen"],
             key_passphrase=getattr(self, "key_passphrase", None),
             metrics_listen=self["metrics-listen"],
+            http_listen=self["http-listen"],
+            http_url=self["http-url"],
         )
 
 

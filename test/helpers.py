@@ -83,6 +83,8 @@ class RunningRegistry:
     key_passphrase: bytes | None = None
     #: Endpoints serving the Prometheus metrics (none: not served).
     metrics_listen: tuple[str, ...] = ()
+    #: Serve the HTTP endpoint (issue 14) on a loopback port of its own (:attr:`http_url`).
+    http: bool = False
 
     @property
     def port(self) -> int:
@@ -95,6 +97,12 @@ class RunningRegistry:
         """The port sixid listens on (``sixid`` given)."""
         assert self.service is not None
         return self.service.sixid_ports[0].getHost().port  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP endpoint (``http`` given), ending in ``/``."""
+        assert self.service is not None and self.service.settings.http_url is not None
+        return self.service.settings.http_url
 
     @property
     def connect_host(self) -> str:
@@ -149,7 +157,13 @@ class RunningRegistry:
             key_passphrase=self.key_passphrase,
             metrics_listen=list(self.metrics_listen),
         )
+        if self.http:
+            settings.http_listen = ["tcp:0:interface=127.0.0.1"]
         self.service = RegistryService(settings, global_reactor)
+        if self.service.http is not None:
+            # Bound first: certificates issued at start name the port.
+            (port,) = await self.service.http.bind().ports()
+            settings.http_url = f"http://127.0.0.1:{port.getHost().port}/"  # type: ignore[attr-defined]
         self.service.startService()
         self.testcase.addCleanup(self.service.stopService)
         await self.service.ready

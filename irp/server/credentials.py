@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from common.pki import keyfiles
 from common.pki.keyfiles import PrivateKey
 from irp.server.ca import CertificateAuthority, CertificateAuthorityError, generate_key
-from irp.server.ca.issuance import subject_key_identifier
+from irp.server.ca.issuance import PublicationURLs, subject_key_identifier
 from irp.server.ca.ondisk import holds_ca
 
 RENEW_BEFORE = timedelta(days=30)
@@ -179,12 +179,14 @@ def load_or_create_credentials(
     renew_before: timedelta = RENEW_BEFORE,
     passphrase: bytes | None = None,
     expected_root: str | None = None,
+    publication: PublicationURLs | None = None,
 ) -> ServerCredentials:
     """Load the registry's credentials from ``data_dir``, creating what is missing and
     renewing the server and record-signing certificates when they end within
     ``renew_before`` (or no longer fit: other host names, another issuing CA).
 
-    ``passphrase`` decrypts the CA's keys (and encrypts a new CA's). ``expected_root`` is
+    With ``publication``, the certificates issued name the HTTP endpoint (see
+    :mod:`irp.server.http`). ``passphrase`` decrypts the CA's keys (and encrypts a new CA's). ``expected_root`` is
     the root fingerprint the database recorded: then no CA is created, and a CA with
     another root is refused (:class:`DatabaseCAMismatch`).
 
@@ -206,6 +208,7 @@ def load_or_create_credentials(
                 f" the database's (root fingerprint {keyfiles.format_fingerprint(expected_root)}): copy the"
                 " ca/ folder of the registry's first process there, or use this CA's own database"
             )
+        ca.publication = publication
         moment = ca.now()
         issuing = ca.issuing_certificate
         wanted = {name.lower() for name in hostnames}

@@ -41,6 +41,7 @@ from irp.server.credentials import (
     with_given_server_certificate,
 )
 from irp.server.metrics import RegistryMetricsHost
+from irp.server.http.host import HTTPHost, publication_of
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
@@ -105,6 +106,10 @@ class RegistrySettings:
     key_passphrase: bytes | None = field(default=None, repr=False)
     #: Serve Prometheus metrics over HTTP on these endpoints (none: not served).
     metrics_listen: list[str] = field(default_factory=list)
+    #: Serve CRLs, CA certificates and OCSP over HTTP on these (main process only), and
+    #: name ``http_url`` (the public base URL) in every certificate issued (issue 14).
+    http_listen: list[str] = field(default_factory=list)
+    http_url: str | None = None
 
     @property
     def database_url(self) -> str:
@@ -137,6 +142,7 @@ class RegistryService(service.Service):
         self.tls: ServerTLS | None = None
         self.audit: AuditRecorder | None = None  # the audit trail's recorder
         self.metrics = RegistryMetricsHost(reactor, settings.metrics_listen)
+        self.http = HTTPHost(settings, reactor) if settings.http_listen and not settings.adopted else None
 
     def prepare_credentials(self, expected_root: str | None = None) -> ServerCredentials:
         """Load or create the CA, server and signing credentials (synchronous); with
@@ -146,6 +152,7 @@ class RegistryService(service.Service):
             credentials = load_or_create_credentials(
                 settings.data_dir, settings.domain, settings.hostnames, key_type=settings.key_type,
                 passphrase=settings.key_passphrase, expected_root=expected_root,
+                publication=publication_of(settings),
             )
             ca_host.log_ca_state(credentials, at_start=True)
             self.credentials = self._given_tls(credentials)
@@ -170,6 +177,8 @@ class RegistryService(service.Service):
         self.early_ports = self._bind()
         self.sixid_early_ports = self._bind_sixid()
         self.metrics.bind()
+        if self.http is not None:
+            self.http.bind()
 
     def _bind(self) -> EarlyPorts:
         settings = self.settings
@@ -215,6 +224,8 @@ class RegistryService(service.Service):
             self.store.close()
             self.store = None
         self.metrics.stop()
+        if self.http is not None:
+            self.http.release()
         self.ready.errback(failure)
 
     async def _start(self) -> RegistryService:
@@ -229,6 +240,8 @@ class RegistryService(service.Service):
             self.ports.extend(await early.ports())
             if sixid_early is not None:
                 self.sixid_ports.extend(await sixid_early.ports())
+            if self.http is not None:
+                await self.http.listen()
         except BaseException:
             if sixid_early is not None:
                 sixid_early.release()
@@ -305,6 +318,8 @@ class RegistryService(service.Service):
         self._last_security_events = await self.store.security_generation()
         self._start_loop(self._sync_generation, settings.sync_interval)
         self._start_loop(self._daily_renewal, settings.renew_interval)
+        if self.http is not None:
+            await self.http.start(self.registry)
         return self
 
     def _start_sixid(self, credentials: ServerCredentials, early: EarlyPorts) -> None:
@@ -360,6 +375,7 @@ class RegistryService(service.Service):
             renew_before=renew_before,
             passphrase=settings.key_passphrase,
             expected_root=old.ca.root_fingerprint,
+            publication=publication_of(settings),
         )
         if ca_host.keeps_running_ca(old.ca, loaded):
             return
@@ -512,6 +528,8 @@ class RegistryService(service.Service):
             sixid.stop()
             stopping.append(sixid.close_connections(SIXID_CLOSE_GRACE))
             self.sixid = None
+        if self.http is not None:
+            stopping.append(self.http.stop())
 
         async def finish() -> None:
             for waiting in stopping:

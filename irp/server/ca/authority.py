@@ -34,6 +34,7 @@ from irp.server.ca.issuance import (
     CLOCK_SKEW_ALLOWANCE,
     DEFAULT_SERVER_VALIDITY,
     DEFAULT_USER_VALIDITY,
+    PublicationURLs,
     aware_utc,
     ca_certificates,
     check_validity,
@@ -41,6 +42,7 @@ from irp.server.ca.issuance import (
     csr_public_key,
     end_entity_builder,
     host_name,
+    publication_extensions,
     subject_key_identifier,
     subject_name,
 )
@@ -97,6 +99,9 @@ class CertificateAuthority:
         self._issuing_key = issuing_key
         self._retired = list(retired)
         self._clock = now or system_clock
+        #: Where CRLs, CA certificates and the OCSP responder are published over HTTP:
+        #: when set, every end-entity certificate signed from then on names them.
+        self.publication: PublicationURLs | None = None
         self._check_consistency()
         self._issuing_hash = signature_hash(issuing_key)
         #: The folder the CA was loaded from (None: made in memory).
@@ -383,7 +388,7 @@ class CertificateAuthority:
         not_after = min(moment + validity, self._issuing_certificate.not_valid_after_utc)
         if not_after <= moment:
             raise CertificateAuthorityError("the issuing CA certificate has expired")
-        return end_entity_builder(
+        builder = end_entity_builder(
             self._issuing_certificate.subject,
             subject,
             public_key,
@@ -392,6 +397,10 @@ class CertificateAuthority:
             not_after,
             extended_key_usage,
         )
+        if self.publication is not None:
+            for extension in publication_extensions(self.publication, self._issuing_certificate):
+                builder = builder.add_extension(extension, critical=False)
+        return builder
 
     def _sign_with_issuing_key(self, builder: x509.CertificateBuilder) -> x509.Certificate:
         return builder.add_extension(

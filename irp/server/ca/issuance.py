@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from common.identity import InvalidIdentity, check_domain
-from common.pki.certificates import load_csr
+from common.pki.certificates import issuing_crl_name, load_csr
 from common.pki.keyfiles import PrivateKey
 from common.pki.keys import AcceptedPublicKey, signature_hash
 from irp.errors import InvalidArgument
@@ -173,6 +174,63 @@ def end_entity_builder(
         .add_extension(extended_key_usage, critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
+
+
+@dataclass(frozen=True)
+class PublicationURLs:
+    """Where the registry publishes its CA certificates, CRLs and OCSP responder over
+    HTTP (``twistd irp --http-url``): ``base`` is an absolute ``http://`` URL ending in
+    ``/`` (see docs/http.rst for the layout)."""
+
+    base: str
+
+    def __post_init__(self) -> None:
+        if not self.base.startswith(("http://", "https://")) or not self.base.endswith("/"):
+            raise ValueError("the publication base URL must be an http:// URL ending in /")
+
+    def crl(self, label: str) -> str:
+        """The URL of the CRL of the issuing CA labelled ``label``."""
+        return f"{self.base}crl/{label}.crl"
+
+    def certificate(self, label: str) -> str:
+        """The URL of the (DER) certificate of the CA labelled ``label``."""
+        return f"{self.base}ca/{label}.crt"
+
+    @property
+    def ocsp(self) -> str:
+        """The OCSP responder's URL (POST, or GET with the request appended)."""
+        return f"{self.base}ocsp"
+
+
+def publication_extensions(
+    urls: PublicationURLs, issuer: x509.Certificate
+) -> list[x509.ExtensionType]:
+    """The CRL distribution point and authority information access (OCSP responder,
+    CA issuers) of a certificate ``issuer`` signs, naming that issuer's own URLs."""
+    label = issuing_crl_name(issuer)
+    return [
+        x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(urls.crl(label))],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        ),
+        x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)
+                ),
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS,
+                    x509.UniformResourceIdentifier(urls.certificate(label)),
+                ),
+            ]
+        ),
+    ]
 
 
 def csr_public_key(csr_data: bytes) -> AcceptedPublicKey:

@@ -156,6 +156,15 @@ class CertificateTable(AccountRows):
 
         return self._read(get)
 
+    def revocation_generation(self) -> Deferred[int]:
+        """Fire with the number of revocations so far, by any process sharing the
+        database (a cheap point read): caches of revocation answers are kept against it."""
+
+        def get(txn: Transaction) -> int:
+            return int(self._fetchone(txn, "SELECT value FROM counters WHERE name = 'revocations'")[0])
+
+        return self._read(get)
+
     def _revoke(self, txn: Transaction, serial: str, reason: str, at: int) -> None:
         self._execute(
             txn,
