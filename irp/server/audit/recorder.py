@@ -28,9 +28,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from irp.errors import Unavailable
 from irp.server.audit.chain import AuditCheckpoint, EntryDraft, checkpoint_message
 from irp.server.audit.entries import (
     REGISTRY_START,
@@ -187,7 +188,11 @@ class AuditRecorder:
         self._queue[:0] = batch
         if not self._failing:
             self._failing = True
-            log.error(
+            # A database outage was logged once already, by the store: this line only adds
+            # that entries wait (any other failure is an error of its own).
+            level = LogLevel.info if failure.check(Unavailable) else LogLevel.error
+            log.emit(
+                level,
                 "The audit trail could not be written ({count} entries wait, tried again every"
                 " {delay} s): {why}",
                 count=len(self._queue),

@@ -240,7 +240,9 @@ class OffByDefaultTests(TestCase):
         running = await RunningRegistry(self).start()
         assert running.service is not None
         self.assertEqual(running.service.metrics.endpoint.ports, [])
-        self.assertEqual(running.registry.events.listeners, [])
+        from irp.server.metrics import RegistryMetrics
+
+        self.assertFalse([listener for listener in running.registry.events.listeners if isinstance(listener, RegistryMetrics)])
         self.assertIsNone(running.store.commit_observer)
 
     async def test_port_in_use_fails_the_start(self) -> None:
