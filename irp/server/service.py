@@ -40,8 +40,8 @@ from irp.server.credentials import (
     load_or_create_credentials,
     with_given_server_certificate,
 )
-from irp.server.metrics import RegistryMetricsHost
 from irp.server.http.host import HTTPHost, publication_of
+from irp.server.metrics import RegistryMetricsHost
 from irp.server.passwords import Argon2Parameters, PasswordHasher
 from irp.server.protocol import ConnectionLimits, RegistryServerFactory
 from irp.server.registry import Registry, RegistryConfig
