@@ -298,7 +298,7 @@ class Deployment:
 
     def __init__(self, testcase: SynchronousTestCase) -> None:
         self.testcase = testcase
-        self.commands = {name: command_path(name) for name in ("twistd", "irp", "sixchat")}
+        self.commands = {name: command_path(name) for name in ("twistd", "irp", "irp-ca", "sixchat")}
         self.base = tempfile.mkdtemp(prefix="irp-acceptance-")
         #: $HOME of every child, and where profiles and password files go.
         self.home = self.folder("home")
