@@ -16,7 +16,7 @@ from typing import Final
 #: The distribution's name.
 DISTRIBUTION: Final = "irp-sixchat"
 #: The distribution's version (PEP 440).
-VERSION: Final = "0.13.0"
+VERSION: Final = "0.14.0"
 
 
 def _installed(name: str) -> str:
@@ -41,5 +41,5 @@ def dependency_versions() -> str:
 
 
 def describe_version(program: str) -> str:
-    """What ``PROGRAM --version`` prints: ``PROGRAM 0.13.0 (irp-sixchat; Python ..., ...)``."""
+    """What ``PROGRAM --version`` prints: ``PROGRAM 0.14.0 (irp-sixchat; Python ..., ...)``."""
     return f"{program} {VERSION} ({DISTRIBUTION}; {dependency_versions()})"
