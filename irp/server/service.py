@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -21,13 +20,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from common.pki import keyfiles
-from common.pki.revocation import RevocationChecker
-from common.pki.trust import TrustStore, check_anchor
+from common.pki.trust import TrustStore
 from common.startup import EarlyPorts, describe_start_failure
 from common.tls import ServerTLS, make_server_context
 from common.version import describe_version
 from irp import errors
-from irp.client import connect, connect_domain
 from irp.server import ca_host
 from irp.server.admission import AdmittingTLSFactory
 from irp.server.audit.host import start_audit, stop_audit
@@ -40,6 +37,7 @@ from irp.server.credentials import (
     load_or_create_credentials,
     with_given_server_certificate,
 )
+from irp.server.federation import FederatedRegistries, federated_roots
 from irp.server.http.host import HTTPHost, publication_of
 from irp.server.metrics import RegistryMetricsHost
 from irp.server.passwords import Argon2Parameters, PasswordHasher
@@ -275,7 +273,7 @@ class RegistryService(service.Service):
             hasher=hasher,
             clock=self.reactor,
             run_in_thread=self._run_in_thread,
-            revocation=RevocationChecker(self._fetch_foreign_crl, self.reactor, fetch_issuer=self._fetch_foreign_issuer_crl),
+            revocation=FederatedRegistries(self.federated_roots, settings.registries, settings.resolver, self.reactor).revocation_checker(),
             federated_domains=frozenset(self.federated_roots),
         )
         self.audit = start_audit(self.registry, self.reactor)
@@ -405,61 +403,9 @@ class RegistryService(service.Service):
 
     @property
     def federated_roots(self) -> dict[str, x509.Certificate]:
-        """The federated domains' roots, by the one domain each is trusted for.
-
-        A root must state the domain it is trusted for (its ``O`` attribute), may not be
-        trusted for this registry's own domain, and may not be trusted for two domains.
-        """
-        roots: dict[str, x509.Certificate] = {}
-        for entry in self.settings.federated_roots:
-            if isinstance(entry, tuple):
-                stated, root = entry
-            else:
-                root = entry
-                names = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-                if not names:
-                    raise errors.InvalidArgument("a federated root CA names no domain (O attribute)")
-                stated = str(names[0].value)
-            try:
-                domain = check_anchor(root, stated)
-            except ValueError as problem:
-                raise errors.InvalidArgument(f"cannot trust a root CA for {stated}: {problem}") from None
-            if domain == self.settings.domain:
-                raise errors.InvalidArgument(
-                    f"{domain} is this registry's own domain: only its own root CA certifies its users"
-                )
-            if domain in roots and roots[domain] != root:
-                raise errors.InvalidArgument(f"two root CAs are given for {domain}")
-            if any(other == root and name != domain for name, other in roots.items()):
-                raise errors.InvalidArgument(f"the root CA of {domain} is also given for another domain")
-            roots[domain] = root
-        return roots
-
-    async def _connect_federated(self, domain: str) -> Any:
-        root = self.federated_roots[domain]
-        server = self.settings.registries.get(domain)
-        if server is not None:
-            return await connect(self.reactor, server[0], server[1], domain=domain, trust_roots=[root], timeout=15)
-        return await connect_domain(self.reactor, domain, resolver=self.settings.resolver, trust_roots=[root], timeout=15)
-
-    async def _fetch_foreign_crl(self, domain: str) -> x509.CertificateRevocationList:
-        """The current issuing CRL of a federated domain, from its registry (anonymously)."""
-        client = await self._connect_federated(domain)
-        try:
-            for info in await client.get_crls():
-                if info.issuer == "issuing":
-                    return info.crl
-            raise errors.ServerVerificationFailed(f"the registry of {domain} returned no issuing CRL")
-        finally:
-            client.close()
-
-    async def _fetch_foreign_issuer_crl(self, domain: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
-        """The CRL of a federated domain's (retired) issuing CA ``issuer``."""
-        client = await self._connect_federated(domain)
-        try:
-            return await client.get_crl_of(issuer)  # type: ignore[no-any-return]
-        finally:
-            client.close()
+        """The federated domains' roots, by the one domain each is trusted for (see
+        :func:`irp.server.federation.federated_roots`)."""
+        return federated_roots(self.settings.federated_roots, self.settings.domain)
 
     def _run_in_thread(self, function: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
