@@ -112,7 +112,13 @@ class Authenticator:
         trust: TrustStore,
         known_intermediates: Sequence[x509.Certificate],
     ) -> None:
-        issued = await self.certificate(digest)
+        try:
+            issued = await self.certificate(digest)
+        except errors.Unavailable as down:
+            # The connection is refused (unavailable); the listeners hear of it too.
+            event = LoginDone("certificate", "", down.name, session.peer_host, down.message)
+            self.registry.events.login_done(event)
+            raise
         if issued is not None and issued.origin == "issued":
             self.login_with_issued_certificate(session, issued)
             return

@@ -3,15 +3,17 @@ listeners, with its outcome; a listener may hold an answer, never change it."""
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from common.pki.trust import TrustStore
 from common.wire.xmlcodec import make_element
+from irp import errors
 from irp.server.events import OK, LoginDone, RequestDone
 from irp.server.session import Session
 from irp.wire.messages import build_request, parse_request
-from test.irp.server.helpers import RegistryTestCase, make_registry
+from test.irp.server.helpers import EmptyStore, RegistryTestCase, make_registry
 
 
 class Recorder:
@@ -96,6 +98,29 @@ class DispatchEventTests(unittest.SynchronousTestCase):
         request = parse_request(build_request(1, make_element("whoami", {})))
         self.successResultOf(self.registry.handle(anonymous(), request))
         self.assertEqual(self.recorder.requests, [])
+
+
+class DownStore(EmptyStore):
+    """A store whose database is down."""
+
+    def get_certificate_by_fingerprint(self, digest: str) -> Deferred[None]:
+        return fail(errors.Unavailable("the registry's database is unavailable; try again later"))
+
+
+class UnavailableLoginTests(unittest.SynchronousTestCase):
+    """A certificate login the database cannot decide is refused and reported."""
+
+    def test_database_down(self) -> None:
+        registry = make_registry(Clock())
+        registry.store = DownStore()  # type: ignore[assignment]
+        recorder = Recorder()
+        registry.events.add(recorder)
+        session = anonymous()
+        deciding = registry.auth.authenticate_presented(session, b"any certificate", list, TrustStore(anchors=[]))
+        assert deciding is not None
+        self.failureResultOf(deciding, errors.Unavailable)
+        [event] = recorder.logins
+        self.assertEqual((event.method, event.user, event.outcome, event.address), ("certificate", "", "unavailable", "192.0.2.1"))
 
 
 class LoginEventTests(RegistryTestCase):
