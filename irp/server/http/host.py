@@ -109,7 +109,8 @@ class HTTPHost:
         )
         for certificate in issued:
             log.info(
-                "Issued the OCSP responder certificate, valid until {until}",
+                "Issued the OCSP responder certificate of {issuer}, valid until {until}",
+                issuer=certificate.issuer.rfc4514_string(),
                 until=certificate.not_valid_after_utc.isoformat(),
             )
         return responders
