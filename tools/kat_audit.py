@@ -22,7 +22,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from irp.server.audit.chain import GENESIS, checkpoint_message, encode_entry, extend, make_draft
+from irp.wire.audit_chain import GENESIS, checkpoint_message, encode_entry, extend, make_draft
 from tools.kat import render
 
 DOMAIN: Final = "example.org"

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from common.cliutil import CommandError, Context, show
 from irp.client import open_registry
 from irp.client.audit import VERIFY_PAGE, verify_audit_trail
-from irp.server.audit.chain import AuditEntry, clean_text
+from irp.wire.audit_chain import AuditEntry, clean_text
 
 #: Entries fetched per request when listing.
 LIST_PAGE = 1000

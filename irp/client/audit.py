@@ -1,7 +1,7 @@
 """The client side of the audit trail: ``audit-list`` and ``audit-checkpoints``
 (administrators' operations of :class:`~irp.client.api.RegistryClient`, which inherits
 them), and :func:`verify_audit_trail`, which fetches the whole trail in pages and checks it
-(see :class:`~irp.server.audit.verify.ChainVerifier`)."""
+(see :class:`~irp.wire.audit_verify.ChainVerifier`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from cryptography import x509
 from twisted.internet.defer import Deferred
 
 from common.timeutil import format_timestamp
-from irp.server.audit.chain import AuditCheckpoint, AuditEntry
-from irp.server.audit.verify import ChainVerifier, Verdict
 from irp.wire.audit import parse_checkpoint, parse_entry
+from irp.wire.audit_chain import AuditCheckpoint, AuditEntry
+from irp.wire.audit_verify import ChainVerifier, Verdict
 from irp.wire.fields import check_fields
 from irp.wire.messages import Response
 

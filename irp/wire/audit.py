@@ -13,7 +13,7 @@ from typing import Final
 
 from common.wire.xmlcodec import Element, make_element
 from irp import errors
-from irp.server.audit.chain import HASH_SIZE, AuditCheckpoint, AuditEntry
+from irp.wire.audit_chain import HASH_SIZE, AuditCheckpoint, AuditEntry
 from irp.wire.elements import int_attribute
 from irp.wire.fields import check_fields, decode_base64, encode_base64, required
 

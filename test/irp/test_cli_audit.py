@@ -11,7 +11,7 @@ import sqlite3
 from twisted.trial import unittest
 
 from irp.cli.audit import describe_entry
-from irp.server.audit.chain import AuditEntry
+from irp.wire.audit_chain import AuditEntry
 from test.irp.test_cli import CLITestCase
 
 

@@ -1,8 +1,8 @@
 """The registry's tamper-evident audit trail (docs/irp.rst, "The audit trail").
 
-- :mod:`~irp.server.audit.chain`: entries, their encoding and SHA-384 chain, checkpoints
+- :mod:`~irp.wire.audit_chain`: entries, their encoding and SHA-384 chain, checkpoints
   (sans I/O);
-- :mod:`~irp.server.audit.verify`: checking a trail and its signed checkpoints (sans I/O);
+- :mod:`~irp.wire.audit_verify`: checking a trail and its signed checkpoints (sans I/O);
 - :mod:`~irp.server.audit.entries`: which events are recorded, and what their entries say;
 - :mod:`~irp.server.audit.recorder`: the listener of the registry's events that appends
   entries in batches and signs checkpoints;

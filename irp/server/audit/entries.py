@@ -1,5 +1,5 @@
 """Which of the registry's events the audit trail records, and what their entries say
-(sans I/O: an event in, an :class:`~irp.server.audit.chain.EntryDraft` or None out).
+(sans I/O: an event in, an :class:`~irp.wire.audit_chain.EntryDraft` or None out).
 
 An entry's ``details`` hold only the named, non-secret fields listed in
 :data:`REQUEST_DETAILS` (attributes of the request) and the serial numbers the results
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from common.wire.xmlcodec import Element
-from irp.server.audit.chain import REGISTRY_ACTOR, EntryDraft, make_draft
 from irp.server.events import LoginDone, RequestDone
+from irp.wire.audit_chain import REGISTRY_ACTOR, EntryDraft, make_draft
 
 #: The operations recorded, each with the request attributes its entry keeps.
 REQUEST_DETAILS: Final[dict[str, tuple[str, ...]]] = {

@@ -32,7 +32,6 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from irp.errors import Unavailable
-from irp.server.audit.chain import AuditCheckpoint, EntryDraft, checkpoint_message
 from irp.server.audit.entries import (
     REGISTRY_START,
     REGISTRY_STOP,
@@ -43,6 +42,7 @@ from irp.server.audit.entries import (
 )
 from irp.server.events import LoginDone, RequestDone
 from irp.server.store.audit import AuditTable
+from irp.wire.audit_chain import AuditCheckpoint, EntryDraft, checkpoint_message
 from irp.wire.records import RecordSigner
 
 log = Logger()

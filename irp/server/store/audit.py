@@ -3,7 +3,7 @@
 
 Every append is one write transaction that locks ``audit_head`` (``SELECT ... FOR UPDATE``
 on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers), reads the hash of the
-entry it names, numbers and chains the new entries after it (:mod:`irp.server.audit.chain`),
+entry it names, numbers and chains the new entries after it (:mod:`irp.wire.audit_chain`),
 inserts them and moves the counter: processes sharing the database extend one chain.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from irp.server.audit.chain import GENESIS, AuditCheckpoint, AuditEntry, EntryDraft, extend
 from irp.server.store.engine import StoreEngine, Transaction
+from irp.wire.audit_chain import GENESIS, AuditCheckpoint, AuditEntry, EntryDraft, extend
 
 #: The most entries or checkpoints one read answers.
 AUDIT_PAGE_MAX = 1000

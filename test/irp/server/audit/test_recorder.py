@@ -16,13 +16,13 @@ from twisted.trial import unittest
 
 from common.identity import Identity
 from common.wire.xmlcodec import make_element
-from irp.server.audit.chain import make_draft
 from irp.server.audit.recorder import AuditRecorder
-from irp.server.audit.verify import ChainVerifier
 from irp.server.events import RequestDone
 from irp.server.session import Session
 from irp.server.store import RegistryStore, open_store
 from irp.server.store.audit import AuditFilter
+from irp.wire.audit_chain import make_draft
+from irp.wire.audit_verify import ChainVerifier
 from test import pki
 from test.irp.server.store.helpers import DOMAIN, make_signer
 

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 
 from irp.client import RegistryClient
 from irp.client.audit import verify_audit_trail
-from irp.server.audit.chain import GENESIS, AuditEntry, extend
-from irp.server.audit.verify import Verdict
+from irp.wire.audit_chain import GENESIS, AuditEntry, extend
+from irp.wire.audit_verify import Verdict
 from test.helpers import DEFAULT_PASSWORD, RunningRegistry
 from test.irp.server.helpers import DOMAIN, RegistryTestCase
 

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
-from irp.server.audit.chain import GENESIS, EntryDraft, checkpoint_message, extend, make_draft
-from irp.server.audit.verify import ChainVerifier
 from irp.server.store import RegistryStore
 from irp.server.store.audit import AuditFilter
+from irp.wire.audit_chain import GENESIS, EntryDraft, checkpoint_message, extend, make_draft
+from irp.wire.audit_verify import ChainVerifier
 from test import pki
 from test.irp.server.store.helpers import DOMAIN, START, PostgreSQLStore, RegistryStoreTestsMixin, SQLiteStore
 

@@ -1,4 +1,4 @@
-"""The audit trail's chain and its verification, sans I/O (irp.server.audit.chain and
+"""The audit trail's chain and its verification, sans I/O (irp.wire.audit_chain and
 verify): the published vectors, any changed byte caught, gaps, checkpoints with real keys."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.trial import unittest
 
-from irp.server.audit.chain import (
+from irp.wire.audit_chain import (
     GENESIS,
     AuditCheckpoint,
     AuditEntry,
@@ -25,7 +25,7 @@ from irp.server.audit.chain import (
     make_draft,
     split_der,
 )
-from irp.server.audit.verify import ChainVerifier, CheckpointRejected, checkpoint_signer
+from irp.wire.audit_verify import ChainVerifier, CheckpointRejected, checkpoint_signer
 from test import pki
 from test.helpers import REPOSITORY
 from tools import kat_audit

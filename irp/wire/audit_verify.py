@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.pki.keyfiles import fingerprint
-from irp.server.audit.chain import (
+from irp.wire.audit_chain import (
     GENESIS,
     AuditCheckpoint,
     AuditEntry,
