@@ -70,6 +70,23 @@ class RecorderTests(unittest.TestCase):
         entries = await self.store.list_audit_entries(AuditFilter(limit=1000))
         self.assertEqual([entry.subject for entry in entries], [f"u{n}@example.org" for n in range(300)])
 
+    async def test_logins_coalesced(self) -> None:
+        """Logins (nothing waits for them) are appended together after the coalescing
+        delay, in one transaction; an entry someone waits for takes them along at once."""
+        from irp.server.events import LoginDone
+
+        for n in range(5):
+            self.recorder.login_done(LoginDone("certificate", f"u{n}@example.org", "ok", "192.0.2.1"))
+        self.assertEqual(self.appends, [])
+        self.clock.advance(self.recorder.coalesce_delay)
+        await self.recorder.flushed()
+        self.assertEqual(self.appends, [5])
+        self.recorder.login_done(LoginDone("certificate", "u5@example.org", "ok", "192.0.2.1"))
+        await self.recorder.record(self.draft(6))  # type: ignore[arg-type]
+        self.assertEqual(self.appends, [5, 2])
+        entries = await self.store.list_audit_entries(AuditFilter())
+        self.assertEqual([entry.subject for entry in entries], [f"u{n}@example.org" for n in range(7)])
+
     async def test_checkpoint_every_hundred(self) -> None:
         """A checkpoint is signed once 100 entries were appended, at the last of them."""
         for n in range(99):
