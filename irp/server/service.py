@@ -7,7 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -250,7 +250,7 @@ class RegistryService(service.Service):
         self.store = await open_store(
             settings.database_url,
             domain=settings.domain,
-            signer=cast(RecordSigner, None),
+            signer=None,
             now=self.reactor.seconds,
             reactor=self.reactor,
         )

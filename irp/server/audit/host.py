@@ -24,7 +24,7 @@ STOP_TIMEOUT = 10.0
 def start_audit(registry: Registry, reactor: Any) -> AuditRecorder:
     """Record the registry's events from now on, starting with its start."""
     recorder = AuditRecorder(
-        registry.store, registry.domain, reactor, lambda: (registry.store.signer, registry.ca.issuing_certificate)
+        registry.store, registry.domain, reactor, lambda: (registry.store.record_signer(), registry.ca.issuing_certificate)
     )
     registry.events.add(recorder)
     recorder.start(VERSION)

@@ -43,7 +43,7 @@ def open_store(
     url: str,
     *,
     domain: str,
-    signer: RecordSigner,
+    signer: RecordSigner | None,
     now: Callable[[], float],
     reactor: Any,
     pool_size: int = 4,

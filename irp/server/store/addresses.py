@@ -35,7 +35,7 @@ class AddressTable(StoreEngine):
         now: int,
         insert: bool = True,
     ) -> AddressRecord:
-        record = self.signer.sign(
+        record = self.record_signer().sign(
             AddressRecord(self._identity(username), presence, endpoints, expires_at, seq, now)
         )
         encoded = json.dumps([[endpoint.address, endpoint.port] for endpoint in endpoints])

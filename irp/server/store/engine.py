@@ -50,12 +50,14 @@ class StoreEngine:
         pool: adbapi.ConnectionPool,
         dialect: Dialect,
         domain: str,
-        signer: RecordSigner,
+        signer: RecordSigner | None,
         now: Callable[[], float],
     ) -> None:
         self.pool = pool
         self.dialect = dialect
         self.domain = domain
+        #: Signs directory entries and address records as they are written; None until the
+        #: registry has loaded its CA (it opens the store first: the database names its CA).
         self.signer = signer
         self.now = now
         self._integrity_error: type[Exception] = pool.dbapi.IntegrityError
@@ -92,6 +94,12 @@ class StoreEngine:
         self.commit_observer: Callable[[float], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def record_signer(self) -> RecordSigner:
+        """The record signer (a store opened without one signs nothing)."""
+        if self.signer is None:
+            raise RuntimeError("the store has no record signer yet: the registry's CA is not loaded")
+        return self.signer
 
     def _execute(self, txn: Transaction, statement: str, params: Sequence[Any] = ()) -> None:
         txn.execute(self.dialect.sql(statement), tuple(params))

@@ -42,7 +42,7 @@ class UserTable(AddressTable, CertificateTable):
             # Deleting a user was a security event: a session of a deleted account of the
             # same name holds a lower version, and cannot pass for this account's.
             password_version = self._security_events(txn)
-            record = self.signer.sign(
+            record = self.record_signer().sign(
                 UserRecord(self._identity(username), display_name, email, attributes, 1, now)
             )
             self._execute(
@@ -83,7 +83,7 @@ class UserTable(AddressTable, CertificateTable):
             account = self._require_account(txn, username, lock=True)
             now = self._now()
             old = account.record
-            record = self.signer.sign(
+            record = self.record_signer().sign(
                 UserRecord(
                     old.identity,
                     old.display_name if display_name is None else display_name,
