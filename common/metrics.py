@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from common.startup import EarlyPorts
+from common.startup import EarlyPorts, describe_port
 
 log = Logger()
 
@@ -198,13 +198,7 @@ class MetricsEndpoint(service.Service):
         self.ports.extend(await early.ports())
         early.gate.open(MetricsSite(self.registry, self.reactor))
         for port in self.ports:
-            address = port.getHost()
-            log.info(
-                "{name} metrics at http://{host}:{port}/metrics",
-                name=self.name,
-                host=_url_host(str(getattr(address, "host", "?"))),
-                port=getattr(address, "port", "?"),
-            )
+            log.info("{name} metrics at http://{where}/metrics", name=self.name, where=describe_port(port))
         return self.ports
 
     def stop(self) -> Deferred[Any]:
@@ -215,10 +209,6 @@ class MetricsEndpoint(service.Service):
         stopping = [port.stopListening() for port in self.ports]
         self.ports.clear()
         return DeferredList([d for d in stopping if isinstance(d, Deferred)], consumeErrors=True)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def split_endpoint(description: str) -> list[str]:

@@ -131,6 +131,13 @@ def fail_start(
         reactor.callWhenRunning(reactor.stop)
 
 
+def describe_port(port: IListeningPort) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a listening port, for log lines."""
+    address = port.getHost()
+    host = str(getattr(address, "host", "?"))
+    return f"[{host}]:{getattr(address, 'port', '?')}" if ":" in host else f"{host}:{getattr(address, 'port', '?')}"
+
+
 def describe_start_failure(error: BaseException) -> str:
     """One readable line for why a service could not start."""
     from twisted.internet.error import CannotListenError

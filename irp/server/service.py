@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from common.pki import keyfiles
 from common.pki.trust import TrustStore
-from common.startup import EarlyPorts, describe_start_failure
+from common.startup import EarlyPorts, describe_port, describe_start_failure
 from common.tls import ServerTLS, make_server_context
 from common.version import describe_version
 from irp import errors
@@ -53,13 +53,6 @@ log = Logger()
 ADMIN_PASSWORD_FILE = "admin-password"
 #: Seconds sixid's connections have to close when the registry stops.
 SIXID_CLOSE_GRACE = 2.0
-
-
-def describe_port(port: IListeningPort) -> str:
-    """``[host]:port`` of a listening port."""
-    address = port.getHost()
-    host = str(getattr(address, "host", "?"))
-    return f"[{host}]:{getattr(address, 'port', '?')}" if ":" in host else f"{host}:{getattr(address, 'port', '?')}"
 
 
 @dataclass

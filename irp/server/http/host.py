@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from common.startup import EarlyPorts
+from common.startup import EarlyPorts, describe_port
 from irp.server.ca.issuance import PublicationURLs
 from irp.server.http.credentials import load_or_issue_responders
 from irp.server.http.ocsp import Responder
@@ -75,8 +75,6 @@ class HTTPHost:
         )
         resource = PKIResource(Publisher(registry, self.reactor), self.responder, self.reactor.seconds)
         self.bind().gate.open(PKISite(resource, self.reactor))
-        from irp.server.service import describe_port
-
         log.info(
             "Serving CRLs, CA certificates and OCSP over HTTP on {endpoints}; certificates name {url}",
             endpoints=", ".join(describe_port(port) for port in self.ports),
