@@ -32,8 +32,11 @@ from tools import kat_audit
 
 DOMAIN = "example.org"
 VECTORS = os.path.join(REPOSITORY, "docs", "vectors", "audit-chain.json")
-#: Now, in microseconds (the test CA's certificates are valid now).
-NOW = int(datetime.now(timezone.utc).timestamp()) * 1_000_000
+def now() -> int:
+    """Now, in microseconds: when a test's certificates are valid (read at each use, not
+    when the module is loaded: a suite loads it minutes before running its tests, and
+    certificates issued by a test are valid from five minutes before they are made)."""
+    return int(datetime.now(timezone.utc).timestamp()) * 1_000_000
 
 
 def load_vectors() -> dict:  # type: ignore[type-arg]
@@ -41,7 +44,8 @@ def load_vectors() -> dict:  # type: ignore[type-arg]
         return json.load(handle)  # type: ignore[no-any-return]
 
 
-def sample(count: int, start: int = NOW) -> list[AuditEntry]:
+def sample(count: int, start: int | None = None) -> list[AuditEntry]:
+    start = now() if start is None else start
     drafts = [make_draft(start + i, "login", "ok", f"user{i}@example.org", f"user{i}@example.org", "2001:db8::1", {"method": "password"}) for i in range(count)]
     return extend(GENESIS, 1, drafts)
 
@@ -137,7 +141,7 @@ class VerifierTests(unittest.TestCase):
         certificate = ca.issue_signing_certificate(key.public_key())
         blob = certificate.public_bytes(Encoding.DER) + ca.issuing_certificate.public_bytes(Encoding.DER)
         entries = sample(5)
-        checkpoint = AuditCheckpoint(5, NOW, entries[4].hash, key.sign(checkpoint_message(DOMAIN, 5, entries[4].hash)), blob)
+        checkpoint = AuditCheckpoint(5, now(), entries[4].hash, key.sign(checkpoint_message(DOMAIN, 5, entries[4].hash)), blob)
         verdict = self.verdict(entries, [checkpoint], [ca.root_certificate])
         self.assertTrue(verdict.intact, verdict.problem)  # type: ignore[attr-defined]
         self.assertEqual(verdict.last_checkpoint, (5, entries[4].at))  # type: ignore[attr-defined]
@@ -165,7 +169,7 @@ class VerifierTests(unittest.TestCase):
         key = ed25519.Ed25519PrivateKey.generate()
         blob = theirs.issue_signing_certificate(key.public_key()).public_bytes(Encoding.DER) + theirs.issuing_certificate.public_bytes(Encoding.DER)
         entries = sample(2)
-        checkpoint = AuditCheckpoint(2, NOW, entries[1].hash, key.sign(checkpoint_message(DOMAIN, 2, entries[1].hash)), blob)
+        checkpoint = AuditCheckpoint(2, now(), entries[1].hash, key.sign(checkpoint_message(DOMAIN, 2, entries[1].hash)), blob)
         verdict = self.verdict(entries, [checkpoint], [ours.root_certificate])
         self.assertEqual(
             verdict.problem,  # type: ignore[attr-defined]
@@ -177,7 +181,7 @@ class VerifierTests(unittest.TestCase):
         ca = pki.make_ca(DOMAIN)
         user = pki.issue_user(ca, "alice")
         blob = user.certificate.public_bytes(Encoding.DER) + ca.issuing_certificate.public_bytes(Encoding.DER)
-        checkpoint = AuditCheckpoint(1, NOW, bytes(48), b"", blob)
+        checkpoint = AuditCheckpoint(1, now(), bytes(48), b"", blob)
         with self.assertRaises(CheckpointRejected):
             checkpoint_signer(checkpoint, [ca.root_certificate], datetime.now(timezone.utc))
 
