@@ -21,6 +21,7 @@ from common.pki import keyfiles
 from common.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 from common.version import describe_version
 from irp.server.ca import CertificateAuthorityError
+from irp.server.ca.issuance import PublicationURLs
 from irp.server.ca.ondisk import RETIRED_DIRECTORY, ROOT_CRL_FILE, holds_ca, read_crl_file, retired_folders
 from irp.server.ca.rotation import (
     DEFAULT_OFFLINE_ROOT_CRL_DAYS,
@@ -33,6 +34,17 @@ from irp.server.ca.rotation import (
 )
 from irp.server.ca_host import PASSPHRASE_FILE_VARIABLE, read_passphrase_file
 from irp.server.credentials import data_directory_lock
+
+
+def _http_url(value: str) -> str:
+    """An ``--http-url`` as the registry takes it (``http://`` or ``https://``; a ``/`` is
+    added at the end)."""
+    url = value if value.endswith("/") else value + "/"
+    try:
+        PublicationURLs(url)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return url
 
 
 class CommandError(Exception):
@@ -135,7 +147,11 @@ def command_rotate_issuing(args: argparse.Namespace) -> None:
     with data_directory_lock(args.data_dir):
         root_key = _root_key(args, directory, passphrase)
         rotation = rotate_issuing(
-            directory, root_key, passphrase=_ca_keys_passphrase(directory, passphrase), key_type=args.key_type
+            directory,
+            root_key,
+            passphrase=_ca_keys_passphrase(directory, passphrase),
+            key_type=args.key_type,
+            publication=None if args.http_url is None else PublicationURLs(args.http_url),
         )
     print(f"New issuing CA:   {rotation.new.subject.rfc4514_string()}, valid {_validity(rotation.new)}")
     print(f"Retired:          {rotation.old.subject.rfc4514_string()} -> {rotation.retired_to}")
@@ -200,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     command("status", command_status, "Show the root fingerprint, the issuing CAs and their validity, where the root key is, which keys are encrypted, and the root CRL's end.")
     rotate = command("rotate-issuing", command_rotate_issuing, "Replace the issuing CA by a new one the root signs; the old one is kept in ca/retired/<n>/ and its certificates stay valid until they expire.")
     rotate.add_argument("--root-key", help="the root key file, when the root is offline (default: ca/root.key)")
+    rotate.add_argument(
+        "--http-url", type=_http_url, metavar="URL",
+        help="the registry's --http-url: the new issuing CA names the root's CRL and certificate there",
+    )
     rotate.add_argument("--key-type", default=DEFAULT_KEY_TYPE, choices=KEY_TYPES, help=f"the new issuing key's type (default {DEFAULT_KEY_TYPE})")
     offline = command("take-root-offline", command_take_root_offline, "Sign the root CRL, then move ca/root.key to a file you keep offline; the registry then runs with the issuing key only.")
     offline.add_argument("--to", required=True, help="where to move the root key (never overwritten)")

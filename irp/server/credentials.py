@@ -201,7 +201,9 @@ def load_or_create_credentials(
                 f" but {ca_dir} holds no CA: copy the ca/ folder of the registry's first process"
                 " there (a second CA for one database is refused)"
             )
-        ca = CertificateAuthority.load_or_create(ca_dir, domain, key_type=key_type, now=now, passphrase=passphrase)
+        ca = CertificateAuthority.load_or_create(
+            ca_dir, domain, key_type=key_type, now=now, passphrase=passphrase, publication=publication
+        )
         if expected_root is not None and ca.root_fingerprint != expected_root:
             raise DatabaseCAMismatch(
                 f"the CA in {ca_dir} (root fingerprint {keyfiles.format_fingerprint(ca.root_fingerprint)}) is not"

@@ -145,15 +145,21 @@ class CertificateAuthority:
 
     @classmethod
     def create(
-        cls, domain: str, *, key_type: str = DEFAULT_KEY_TYPE, now: Clock | None = None
+        cls,
+        domain: str,
+        *,
+        key_type: str = DEFAULT_KEY_TYPE,
+        now: Clock | None = None,
+        publication: PublicationURLs | None = None,
     ) -> CertificateAuthority:
-        """Create a new CA for ``domain`` in memory: fresh root and issuing keys."""
+        """Create a new CA for ``domain`` in memory: fresh root and issuing keys (the
+        issuing CA naming the root's CRL and certificate at ``publication`` when given)."""
         domain = check_domain(domain)
         clock = now or system_clock
         root_key = generate_key(key_type)
         issuing_key = generate_key(key_type)
         moment = aware_utc(clock(), "the clock's time")
-        root_certificate, issuing_certificate = ca_certificates(domain, root_key, issuing_key, moment)
+        root_certificate, issuing_certificate = ca_certificates(domain, root_key, issuing_key, moment, publication)
         return cls(
             domain, root_certificate, root_key, issuing_certificate, issuing_key, now=now
         )
@@ -167,6 +173,7 @@ class CertificateAuthority:
         key_type: str = DEFAULT_KEY_TYPE,
         now: Clock | None = None,
         passphrase: bytes | None = None,
+        publication: PublicationURLs | None = None,
     ) -> CertificateAuthority:
         """Load the CA kept in ``directory``, creating it there first if there is none.
 
@@ -174,7 +181,8 @@ class CertificateAuthority:
         ``issuing.pem`` (``root.key`` may be missing: an offline root), and the retired
         issuing CAs in ``retired/<n>/`` (see :mod:`irp.server.ca.ondisk`); the keys are mode
         0600, and a new CA's keys are encrypted with ``passphrase`` if one is given (an
-        encrypted key needs it to load). ``key_type`` only matters when creating.
+        encrypted key needs it to load). ``key_type`` and ``publication`` (URLs the new
+        issuing CA names, see :meth:`create`) only matter when creating.
 
         A new CA is written to a private temporary directory next to ``directory`` and
         renamed into place in one step, so a crash never leaves half a CA, and when several
@@ -188,7 +196,9 @@ class CertificateAuthority:
         """
         from irp.server.ca.ondisk import load_or_create
 
-        return load_or_create(directory, domain, key_type=key_type, now=now, passphrase=passphrase)
+        return load_or_create(
+            directory, domain, key_type=key_type, now=now, passphrase=passphrase, publication=publication
+        )
 
     # -- what the CA is ---------------------------------------------------------------------
 

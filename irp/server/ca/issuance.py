@@ -79,13 +79,19 @@ def aware_utc(moment: datetime.datetime, what: str) -> datetime.datetime:
 
 
 def ca_certificates(
-    domain: str, root_key: PrivateKey, issuing_key: PrivateKey, moment: datetime.datetime
+    domain: str,
+    root_key: PrivateKey,
+    issuing_key: PrivateKey,
+    moment: datetime.datetime,
+    publication: PublicationURLs | None = None,
 ) -> tuple[x509.Certificate, x509.Certificate]:
-    """A new root (CA:TRUE pathlen 1) and the issuing CA it signs (CA:TRUE pathlen 0)."""
+    """A new root (CA:TRUE pathlen 1) and the issuing CA it signs (CA:TRUE pathlen 0);
+    with ``publication``, both name the root's CRL, and the issuing CA the root's
+    certificate."""
     not_before = moment - CLOCK_SKEW_ALLOWANCE
     root_name = subject_name(domain, common_name(f"{domain} IRP Root CA", "IRP Root CA"))
     root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
-    root_certificate = (
+    root_builder = (
         x509.CertificateBuilder()
         .subject_name(root_name)
         .issuer_name(root_name)
@@ -100,10 +106,22 @@ def ca_certificates(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
             critical=False,
         )
-        .sign(root_key, signature_hash(root_key))
     )
-    issuing_certificate = issuing_ca_certificate(domain, root_certificate, root_key, issuing_key, moment)
+    if publication is not None:
+        # The root names its own CRL: checkers of the whole chain (openssl verify
+        # -crl_check_all) look the trust anchor's CRL up too.
+        root_builder = root_builder.add_extension(root_crl_distribution_point(publication), critical=False)
+    root_certificate = root_builder.sign(root_key, signature_hash(root_key))
+    issuing_certificate = issuing_ca_certificate(
+        domain, root_certificate, root_key, issuing_key, moment, publication=publication
+    )
     return root_certificate, issuing_certificate
+
+
+def root_crl_distribution_point(publication: PublicationURLs) -> x509.CRLDistributionPoints:
+    """The distribution point of the root's CRL: ``<base>crl/root.crl``."""
+    location = x509.UniformResourceIdentifier(publication.crl("root"))
+    return x509.CRLDistributionPoints([x509.DistributionPoint([location], None, None, None)])
 
 
 def issuing_ca_name(domain: str, generation: int = 1) -> x509.Name:
@@ -121,12 +139,14 @@ def issuing_ca_certificate(
     issuing_key: PrivateKey,
     moment: datetime.datetime,
     generation: int = 1,
+    publication: PublicationURLs | None = None,
 ) -> x509.Certificate:
     """An issuing CA (CA:TRUE pathlen 0, :data:`ISSUING_VALIDITY`) signed by the root,
-    cut to the root's end."""
+    cut to the root's end; with ``publication``, it names the root's CRL (distribution
+    point ``<base>crl/root.crl``) and certificate (CA issuers ``<base>ca/root.crt``)."""
     root_ski = x509.SubjectKeyIdentifier.from_public_key(root_key.public_key())
     not_after = min(moment + ISSUING_VALIDITY, root_certificate.not_valid_after_utc)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(issuing_ca_name(domain, generation))
         .issuer_name(root_certificate.subject)
@@ -144,8 +164,20 @@ def issuing_ca_certificate(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
             critical=False,
         )
-        .sign(root_key, signature_hash(root_key))
     )
+    if publication is not None:
+        builder = builder.add_extension(root_crl_distribution_point(publication), critical=False).add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(publication.certificate("root")),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return builder.sign(root_key, signature_hash(root_key))
 
 
 def end_entity_builder(

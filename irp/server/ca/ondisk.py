@@ -45,6 +45,7 @@ from irp.server.ca.authority import (
     load_one_certificate,
     system_clock,
 )
+from irp.server.ca.issuance import PublicationURLs
 
 ROOT_CRL_FILE = "root.crl"
 RETIRED_DIRECTORY = "retired"
@@ -95,12 +96,13 @@ def load_or_create(
     key_type: str = DEFAULT_KEY_TYPE,
     now: Clock | None = None,
     passphrase: bytes | None = None,
+    publication: PublicationURLs | None = None,
 ) -> CertificateAuthority:
     """See :meth:`CertificateAuthority.load_or_create`."""
     domain = check_domain(domain)
     directory = os.path.abspath(directory)
     if not holds_ca(directory):
-        created = _create_in_place(directory, domain, key_type, now, passphrase)
+        created = _create_in_place(directory, domain, key_type, now, passphrase, publication)
         if created is not None:
             return created
     return load(directory, domain, now=now, passphrase=passphrase)
@@ -181,7 +183,12 @@ def write_new(authority: CertificateAuthority, directory: str, passphrase: bytes
 
 
 def _create_in_place(
-    directory: str, domain: str, key_type: str, now: Clock | None, passphrase: bytes | None
+    directory: str,
+    domain: str,
+    key_type: str,
+    now: Clock | None,
+    passphrase: bytes | None,
+    publication: PublicationURLs | None,
 ) -> CertificateAuthority | None:
     """Create a CA in ``directory``; ``None`` if another process got there first.
 
@@ -193,7 +200,7 @@ def _create_in_place(
         keyfiles.ensure_private_directory(parent)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.new-", dir=parent)
     try:
-        authority = CertificateAuthority.create(domain, key_type=key_type, now=now)
+        authority = CertificateAuthority.create(domain, key_type=key_type, now=now, publication=publication)
         write_new(authority, staging, passphrase)
         try:
             os.rename(staging, directory)

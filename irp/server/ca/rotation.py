@@ -32,7 +32,7 @@ from irp.server.ca.authority import (
     system_clock,
 )
 from irp.server.ca.crl import crl_builder
-from irp.server.ca.issuance import issuing_ca_certificate, subject_key_identifier
+from irp.server.ca.issuance import PublicationURLs, issuing_ca_certificate, subject_key_identifier
 from irp.server.ca.keys import generate_key
 from irp.server.ca.ondisk import (
     NEW_SUFFIX,
@@ -80,13 +80,15 @@ def rotate_issuing(
     passphrase: bytes | None = None,
     key_type: str = DEFAULT_KEY_TYPE,
     now: Clock | None = None,
+    publication: PublicationURLs | None = None,
 ) -> Rotation:
     """Replace the issuing CA by a new one (``CN=<domain> IRP Issuing CA <n+1>``) that the
     root signs, keeping the old one in ``retired/<n>/``.
 
     The old issuing CA's certificates stay valid until they expire: registries accept them,
     and keep its CRL signed with its key. The new key is encrypted with ``passphrase`` when
-    the old one was encrypted (the passphrase is then required).
+    the old one was encrypted (the passphrase is then required). With ``publication``
+    (the registry's ``--http-url``) the new issuing CA names the root's CRL and certificate.
     """
     authority = load(directory, now=now, passphrase=passphrase)
     directory = authority.directory or directory
@@ -98,7 +100,7 @@ def rotate_issuing(
     moment = (now or system_clock)()
     new_key = generate_key(key_type)
     new = issuing_ca_certificate(
-        authority.domain, authority.root_certificate, root_key, new_key, moment, generation
+        authority.domain, authority.root_certificate, root_key, new_key, moment, generation, publication
     )
     # 1. the old pair, complete, in retired/<n>/ (the key's bytes as they are).
     retired = os.path.join(directory, RETIRED_DIRECTORY, str(old_generation))

@@ -61,6 +61,27 @@ class RotationTests(unittest.TestCase):
         self.assertTrue(crl_signed_by(crl, self.first.issuing_certificate))
         self.assertFalse(crl_signed_by(crl, ca.issuing_certificate))
 
+    def test_names_the_root_crl(self) -> None:
+        """With the registry's --http-url, the new issuing CA names the root's CRL and
+        certificate there (so whole-chain CRL checks find the root's); without, neither."""
+        from cryptography import x509
+        from cryptography.x509.oid import AuthorityInformationAccessOID
+
+        from irp.server.ca.issuance import PublicationURLs
+
+        self.assertRaises(x509.ExtensionNotFound, self.first.issuing_certificate.extensions.get_extension_for_class, x509.CRLDistributionPoints)
+        root_key = root_key_for(self.directory, None, None)
+        publication = PublicationURLs("http://pki.example.org/")
+        rotate_issuing(self.directory, root_key, key_type="p256", now=self.clock, publication=publication)
+        issuing = load(self.directory, now=self.clock).issuing_certificate
+        points = issuing.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        self.assertEqual([name.value for point in points for name in point.full_name or []], ["http://pki.example.org/crl/root.crl"])
+        access = issuing.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        self.assertEqual(
+            [(entry.access_method, entry.access_location.value) for entry in access],
+            [(AuthorityInformationAccessOID.CA_ISSUERS, "http://pki.example.org/ca/root.crt")],
+        )
+
     def test_twice(self) -> None:
         """A second rotation makes issuing CA 3 and keeps both retired ones, newest first."""
         self.rotate()

@@ -108,6 +108,23 @@ class OpenSSLTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("certificate revoked", output)
 
+    async def test_verify_checks_the_whole_chain(self) -> None:
+        """A CA created while --http-url is set names the root's CRL in its issuing CA
+        certificate, so openssl verify -crl_download -crl_check_all fetches both CRLs:
+        OK, then revoked."""
+        running = await self.start()
+        points = running.ca.issuing_certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        self.assertEqual([name.value for point in points for name in point.full_name or []], [f"{running.http_url}crl/root.crl"])
+        user, path = await self.enrol("alice")
+        arguments = ("verify", "-crl_download", "-crl_check_all", "-CAfile", self.path("root.pem"), "-untrusted", self.path("issuing.pem"), path)
+        code, output = await self.openssl(*arguments)
+        self.assertEqual((code, output.strip()), (0, f"{path}: OK"))
+        client = await running.client("alice")
+        await client.revoke(user.serial, "key-compromise")
+        code, output = await self.openssl(*arguments)
+        self.assertNotEqual(code, 0)
+        self.assertIn("certificate revoked", output)
+
     async def test_ocsp_good_revoked_unknown(self) -> None:
         """openssl ocsp: good; after IRP's revoke, revoked with its reason and time; a serial
         never issued, unknown; each response verified (delegated responder, nonce)."""
