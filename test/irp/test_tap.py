@@ -282,33 +282,38 @@ class StartingProcess(ProcessProtocol):
         self.ended.callback(None)
 
 
+def start_twistd(testcase: TestCase, wanted: str, *options: str) -> tuple[str, StartingProcess]:
+    """``twistd -n irp --domain example.org --listen tcp:0:interface=127.0.0.1 OPTIONS`` in a
+    new home folder (cheap password hashing), stopped (SIGTERM) at the test's end; returns
+    the folder and the process, whose ``found`` fires with the first line holding ``wanted``."""
+    home = os.path.abspath(testcase.mktemp())
+    os.makedirs(home)
+    process = StartingProcess(wanted)
+    environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    arguments = ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1", "--argon2-memory", "8192", *options]
+    transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
+        process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
+        env=environment, path=home,
+    )
+
+    def stop() -> Deferred[None]:
+        try:
+            transport.signalProcess("TERM")
+        except ProcessExitedAlready:
+            pass
+        return process.ended
+
+    testcase.addCleanup(stop)
+    return home, process
+
+
 class SixidStartTests(TestCase):
     """``twistd irp --sixid`` run as users run it (a separate process)."""
 
     async def test_starts_serving_sixid(self) -> None:
         """It says where sixid serves and with which policy, and answers there over TLS
         with the registry's certificate (a ping)."""
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        process = StartingProcess("sixid serving on")
-        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        arguments = [
-            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
-            "--sixid-listen", "tcp:0:interface=127.0.0.1", "--sixid-policy", "open", "--argon2-memory", "8192",
-        ]
-        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
-            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
-            env=environment, path=home,
-        )
-
-        def stop() -> Deferred[None]:
-            try:
-                transport.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
-            return process.ended
-
-        self.addCleanup(stop)
+        home, process = start_twistd(self, "sixid serving on", "--sixid-listen", "tcp:0:interface=127.0.0.1", "--sixid-policy", "open")
         line = await process.found.addTimeout(60, global_reactor)
         found = re.search(r"sixid serving on 127\.0\.0\.1:(\d+) \(policy open\)", line)
         assert found is not None, line
@@ -321,27 +326,7 @@ class SixidStartTests(TestCase):
     async def test_workers_serve_sixid_too(self) -> None:
         """With --workers 2 the worker adopts sixid's listening socket as well as IRP's,
         and serves it on the same port."""
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        process = StartingProcess("] sixid serving on")
-        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        arguments = [
-            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2",
-            "--sixid-listen", "tcp:0:interface=127.0.0.1", "--argon2-memory", "8192",
-        ]
-        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
-            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
-            env=environment, path=home,
-        )
-
-        def stop() -> Deferred[None]:
-            try:
-                transport.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
-            return process.ended
-
-        self.addCleanup(stop)
+        home, process = start_twistd(self, "] sixid serving on", "--workers", "2", "--sixid-listen", "tcp:0:interface=127.0.0.1")
         await process.found.addTimeout(60, global_reactor)
         lines: list[str] = []
         for _ in range(600):  # the worker starts after the main process: up to 60 s
@@ -366,27 +351,7 @@ class MetricsStartTests(TestCase):
         0: each a free one, named in its log line), both scraped over HTTP."""
         from test.helpers import sample, scrape
 
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        process = StartingProcess("[worker2/common.metrics#info] IRP registry metrics at")
-        environment = {"PYTHONPATH": REPOSITORY, "HOME": home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        arguments = [
-            "-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2",
-            "--metrics-listen", "tcp:0:interface=127.0.0.1", "--argon2-memory", "8192",
-        ]
-        transport = global_reactor.spawnProcess(  # type: ignore[attr-defined]
-            process, sys.executable, [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments],
-            env=environment, path=home,
-        )
-
-        def stop() -> Deferred[None]:
-            try:
-                transport.signalProcess("TERM")
-            except ProcessExitedAlready:
-                pass
-            return process.ended
-
-        self.addCleanup(stop)
+        home, process = start_twistd(self, "[worker2/common.metrics#info] IRP registry metrics at", "--workers", "2", "--metrics-listen", "tcp:0:interface=127.0.0.1")
         await process.found.addTimeout(60, global_reactor)
         output = process.output.decode("utf-8", "replace")
         ports = [int(port) for port in re.findall(r"IRP registry metrics at http://127\.0\.0\.1:(\d+)/metrics", output)]
