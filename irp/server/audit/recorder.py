@@ -35,6 +35,7 @@ from irp.errors import Unavailable
 from irp.server.audit.entries import (
     REGISTRY_START,
     REGISTRY_STOP,
+    REQUEST_DETAILS,
     login_draft,
     microseconds,
     registry_draft,
@@ -101,6 +102,8 @@ class AuditRecorder:
         the entry was appended (a password login's answer waits for its login entry)."""
         if event.operation == "login":
             return self._bounded(self.flushed(), event.operation)
+        if event.operation not in REQUEST_DETAILS:
+            return None  # most requests (look-ups, registrations): nothing to record
         draft = request_draft(event, self._now(), self.domain)
         return None if draft is None else self._bounded(self.record(draft), event.operation)
 
