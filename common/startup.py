@@ -258,13 +258,24 @@ class ReportingParent(MultiService):
         if not self.daemon:
             return
         for child in self:
-            early: EarlyPorts | None = getattr(child, "early_ports", None)
-            error = early.failure() if early is not None else None
-            if error is not None:
-                if self.pidfile:
-                    with contextlib.suppress(OSError):
-                        os.remove(self.pidfile)
-                raise StartFailed(describe_start_failure(error))
+            for early in bound_early(child):
+                error = early.failure()
+                if error is not None:
+                    if self.pidfile:
+                        with contextlib.suppress(OSError):
+                            os.remove(self.pidfile)
+                    raise StartFailed(describe_start_failure(error))
+
+
+def bound_early(service: Any) -> list[EarlyPorts]:
+    """The ports ``service`` bound before the reactor ran and serves later: its
+    ``every_early_ports`` (a service with several listeners: None for one it does not
+    have), else its ``early_ports``."""
+    every = getattr(service, "every_early_ports", None)
+    if every is None:
+        early = getattr(service, "early_ports", None)
+        every = [early]
+    return [early for early in every if early is not None]
 
 
 def daemonizing(options: Any) -> bool:

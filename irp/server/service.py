@@ -184,6 +184,13 @@ class RegistryService(service.Service):
         return EarlyPorts(self.reactor, settings.sixid_listen, "sixid", adopted=adopted)
 
     @property
+    def every_early_ports(self) -> list[EarlyPorts | None]:
+        """Every listener's ports bound before the reactor ran, not served yet (IRP's,
+        sixid's, the HTTP endpoint's), which a daemonizing ``twistd`` reports when one
+        could not be bound (see :class:`common.startup.ReportingParent`)."""
+        return [self.early_ports, self.sixid_early_ports, None if self.http is None else self.http.early]
+
+    @property
     def all_ports(self) -> list[IListeningPort]:
         """Every listening port, IRP's then sixid's (in the order workers adopt them)."""
         return [*self.ports, *self.sixid_ports]

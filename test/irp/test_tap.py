@@ -242,21 +242,22 @@ class FailedStartTests(TestCase):
         self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
         self.assertEqual(sorted(os.listdir(home)), ["irp.log"])
 
-    async def test_metrics_port_in_use_daemon(self) -> None:
-        """The metrics port taken, as a daemon: the started process exits non-zero and says
-        why; nothing created."""
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        with taken_port() as port:
-            result = await run_twistd(
-                ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
-                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
-                home=home,
-            )
-        self.assertNotEqual(result.code, 0, result)
-        self.assertNotIn("Traceback", result.out + result.err)
-        self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err)
-        self.assertEqual(sorted(os.listdir(home)), ["irp.log"])
+    async def test_other_ports_in_use_daemon(self) -> None:
+        """The metrics, sixid or HTTP port taken, as a daemon: each time the started process
+        exits non-zero and says why; nothing created."""
+        for option in ("--metrics-listen", "--sixid-listen", "--http-listen"):
+            home = os.path.abspath(self.mktemp())
+            os.makedirs(home)
+            with taken_port() as port:
+                result = await run_twistd(
+                    ["--logfile", "irp.log", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+                     option, f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
+                    home=home,
+                )
+            self.assertNotEqual(result.code, 0, (option, result))
+            self.assertNotIn("Traceback", result.out + result.err)
+            self.assertIn(f"cannot listen on 127.0.0.1 port {port}: Address already in use", result.err, option)
+            self.assertEqual(sorted(os.listdir(home)), ["irp.log"], option)
 
 
 class StartingProcess(ProcessProtocol):
