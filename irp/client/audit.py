@@ -5,8 +5,8 @@ them), and :func:`verify_audit_trail`, which fetches the whole trail in pages an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
@@ -17,6 +17,8 @@ from irp.wire.audit_chain import AuditCheckpoint, AuditEntry
 from irp.wire.audit_verify import ChainVerifier, Verdict
 from irp.wire.fields import check_fields
 from irp.wire.messages import Response
+
+T = TypeVar("T")
 
 #: Entries or checkpoints asked for per request while verifying (the registry's most).
 VERIFY_PAGE = 1000
@@ -83,26 +85,43 @@ async def verify_audit_trail(
     the chain and the checkpoints' signatures against ``roots``; ``progress(what, count)``
     is told after each page."""
     verifier = ChainVerifier(domain, roots)
-    after = 0
-    fetched = 0
-    while True:
-        checkpoints = await client.audit_checkpoints(after, VERIFY_PAGE)
-        verifier.checkpoints(checkpoints)
-        fetched += len(checkpoints)
-        if progress is not None:
-            progress("checkpoints", fetched)
-        if len(checkpoints) < VERIFY_PAGE:
-            break
-        after = checkpoints[-1].entry_id
-    after = 0
-    fetched = 0
-    while verifier.problem is None:
-        entries = await client.audit_list(after_id=after, limit=VERIFY_PAGE)
-        verifier.entries(entries)
-        fetched += len(entries)
-        if progress is not None:
-            progress("entries", fetched)
-        if len(entries) < VERIFY_PAGE:
-            break
-        after = entries[-1].id
+    await _read_pages(
+        lambda after: client.audit_checkpoints(after, VERIFY_PAGE),
+        lambda checkpoint: checkpoint.entry_id,
+        verifier.checkpoints,
+        "checkpoints",
+        progress,
+        lambda: True,
+    )
+    await _read_pages(
+        lambda after: client.audit_list(after_id=after, limit=VERIFY_PAGE),
+        lambda entry: entry.id,
+        verifier.entries,
+        "entries",
+        progress,
+        lambda: verifier.problem is None,
+    )
     return verifier.finish()
+
+
+async def _read_pages(
+    fetch: Callable[[int], Awaitable[list[T]]],
+    number: Callable[[T], int],
+    feed: Callable[[list[T]], None],
+    what: str,
+    progress: Callable[[str, int], None] | None,
+    going_on: Callable[[], bool],
+) -> None:
+    """Feed every page ``fetch(after)`` gives (pages of :data:`VERIFY_PAGE`, each after the
+    ``number`` of the last item read) while ``going_on()``; tell ``progress`` after each."""
+    after = 0
+    fetched = 0
+    while going_on():
+        page = await fetch(after)
+        feed(page)
+        fetched += len(page)
+        if progress is not None:
+            progress(what, fetched)
+        if len(page) < VERIFY_PAGE:
+            return
+        after = number(page[-1])

@@ -193,38 +193,23 @@ class FailedStartTests(TestCase):
         self.assertTrue(lines[0].startswith("twistd irp: "), lines[0])
         self.assertEqual(os.listdir(home), [])
 
-    async def test_metrics_port_in_use(self) -> None:
-        """The metrics port is taken: the same one line, and nothing created."""
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        with taken_port() as port:
-            result = await run_twistd(
-                ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
-                 "--metrics-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
-                home=home,
-            )
-        self.assertNotEqual(result.code, 0, result)
-        self.assertNotIn("Traceback", result.out + result.err)
-        lines = result.err.strip().splitlines()
-        self.assertEqual(lines, [f"twistd irp: cannot listen on 127.0.0.1 port {port}: Address already in use"])
-        self.assertEqual(os.listdir(home), [])
-
-    async def test_sixid_port_in_use(self) -> None:
-        """sixid's port is taken: the same refusal, naming it; nothing left behind."""
-        home = os.path.abspath(self.mktemp())
-        os.makedirs(home)
-        with taken_port() as port:
-            result = await run_twistd(
-                ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
-                 "--sixid-listen", f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
-                home=home,
-            )
-        self.assertNotEqual(result.code, 0, result)
-        self.assertNotIn("Traceback", result.out + result.err)
-        lines = result.err.strip().splitlines()
-        self.assertEqual(len(lines), 1, result.err)
-        self.assertIn(f"cannot listen on 127.0.0.1 port {port}", lines[0])
-        self.assertEqual(os.listdir(home), [])
+    async def test_other_ports_in_use(self) -> None:
+        """The metrics or sixid port is taken: the same one line, naming it, and nothing
+        created."""
+        for option in ("--metrics-listen", "--sixid-listen"):
+            home = os.path.abspath(self.mktemp())
+            os.makedirs(home)
+            with taken_port() as port:
+                result = await run_twistd(
+                    ["-n", "irp", "--domain", "example.org", "--listen", "tcp:0:interface=127.0.0.1",
+                     option, f"tcp:{port}:interface=127.0.0.1", "--argon2-memory", "8192"],
+                    home=home,
+                )
+            self.assertNotEqual(result.code, 0, (option, result))
+            self.assertNotIn("Traceback", result.out + result.err)
+            lines = result.err.strip().splitlines()
+            self.assertEqual(lines, [f"twistd irp: cannot listen on 127.0.0.1 port {port}: Address already in use"], option)
+            self.assertEqual(os.listdir(home), [], option)
 
     async def test_port_in_use_daemon(self) -> None:
         """The same as a daemon (no -n, the README's form for agents): the process that
