@@ -526,3 +526,11 @@ def taken_port() -> socket.socket:
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
     return holder
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago (for a command that must be told its port)."""
+    holder = taken_port()
+    port = int(holder.getsockname()[1])
+    holder.close()
+    return port

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from test.acceptance.processes import Deployment, taken_port
+from test.acceptance.processes import Deployment, free_port
 
 SERVING = re.compile(r"Serving CRLs, CA certificates and OCSP over HTTP on \S+; certificates name (\S+)")
 
@@ -32,9 +32,7 @@ class HTTPTourTests(SynchronousTestCase):
         if shutil.which("openssl") is None:
             raise SkipTest("openssl is not installed")
         deployment = Deployment(self)
-        holder = taken_port()
-        port = holder.getsockname()[1]
-        holder.close()
+        port = free_port()
         url = f"http://127.0.0.1:{port}/"
         registry = deployment.start_registry(
             "example.org", "registry", "--http-listen", f"tcp:{port}:interface=127.0.0.1", "--http-url", url

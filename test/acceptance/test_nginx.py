@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from test.acceptance.processes import Deployment, stop_process, taken_port
+from test.acceptance.processes import Deployment, free_port, stop_process
 
 #: Seconds nginx has to start or reload.
 NGINX_BOUND = 20.0
@@ -52,12 +52,6 @@ http {{
 }}
 """
 
-
-def free_port() -> int:
-    holder = taken_port()
-    port = int(holder.getsockname()[1])
-    holder.close()
-    return port
 
 
 def fetch(url: str) -> bytes:

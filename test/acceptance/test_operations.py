@@ -16,17 +16,11 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from test.acceptance.processes import Deployment, taken_port
+from test.acceptance.processes import Deployment, free_port
 
 #: The critical line of a second process whose data folder holds no CA.
 NO_CA_HERE = re.compile(r"the database belongs to the CA with root fingerprint SHA256:[0-9a-f ]+")
 
-
-def free_port() -> int:
-    holder = taken_port()
-    port = int(holder.getsockname()[1])
-    holder.close()
-    return port
 
 
 def issuer_name(profile: str) -> str:
